@@ -1,0 +1,127 @@
+"""The object-store interface every adapter implements (in the spirit of rclone's ``fs/types.go``).
+
+A few required verbs every store implements, and optional capabilities that are *declared* in
+:class:`Capabilities` and probed by callers, never assumed. The copy logic only ever talks to this
+interface; no adapter knows any other.
+
+Keys are ``/``-separated names relative to the store's root (a bucket, a container, a directory).
+Every method raises subclasses of :class:`planner.errors.SkyplaneError`
+(``NotFoundError``, ``AccessDeniedError``, ``ThrottledError``, ...), never SDK exceptions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from planner.errors import BadOptionError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a listing reports it."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    mtime: float | None = None  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded part of a multipart upload, as ``complete_multipart`` needs it."""
+
+    part_number: int  # 1-based
+    etag: str
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store can do beyond the required verbs.
+
+    ``multipart``: begin/upload_part/complete/abort work and parts may be uploaded in parallel.
+    ``max_parts`` / ``min_part_size`` / ``max_part_size``: limits the chunker must respect.
+    ``checksums``: content checksums the store reports and we can verify against
+    (``"md5"`` = the single-part ETag is the MD5 of the bytes; ``"crc32c"``).
+    """
+
+    multipart: bool = False
+    max_parts: int = 10_000
+    min_part_size: int = 0
+    max_part_size: int = 5 * 1024**3
+    checksums: frozenset[str] = field(default_factory=frozenset)
+
+
+class ObjectStore(ABC):
+    """A bucket (or container, or directory) of one provider."""
+
+    #: URI scheme, e.g. ``"s3"``.
+    scheme: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    @property
+    @abstractmethod
+    def root_uri(self) -> str:
+        """The URI of the store's root, e.g. ``s3://bucket`` or ``file:///data``."""
+
+    # ---- required verbs ------------------------------------------------------------------
+    @abstractmethod
+    def check(self) -> None:
+        """Raise ``NotFoundError`` if the bucket/container/directory does not exist,
+        ``AccessDeniedError`` / ``CredentialsError`` if we may not use it."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, paginating as needed, sorted by key."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """The object's metadata; ``NotFoundError`` if it does not exist."""
+
+    @abstractmethod
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """``length`` bytes from ``offset`` (to the end when ``length`` is None)."""
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> str:
+        """Write a whole object atomically (never visible half-written); returns its ETag."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete an object; deleting a missing object is not an error."""
+
+    def exists(self, key: str) -> bool:
+        from planner.errors import NotFoundError
+
+        try:
+            self.head(key)
+            return True
+        except NotFoundError:
+            return False
+
+    def region(self) -> str | None:
+        """The store's region tag (``aws:us-east-1``) when the API tells it, else None."""
+        return None
+
+    # ---- optional capability: multipart ----------------------------------------------------
+    def begin_multipart(self, key: str) -> str:
+        """Start a multipart upload of ``key``; returns the upload id."""
+        raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        """Upload part ``part_number`` (1-based); parts may arrive in any order and in parallel."""
+        raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+        """Assemble the parts (in part-number order) into the object; returns its ETag.
+        The object becomes visible only now."""
+        raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Discard an upload and every part of it; no object becomes visible."""
+        raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
+
+    def close(self) -> None:
+        """Release pooled connections."""

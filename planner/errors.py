@@ -1,0 +1,121 @@
+"""The one exception hierarchy of skyplane-provider.
+
+It lives in the bottom layer (``planner`` imports nothing else of ours) so that the planner, the
+gateway and the control plane all raise the same classes; ``skyplane_provider.errors`` re-exports it.
+Every message says what went wrong *and* what the user can do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SkyplaneError",
+    "BadInputError",
+    "BadURIError",
+    "UnknownRegionError",
+    "BadOptionError",
+    "CredentialsError",
+    "StoreError",
+    "NotFoundError",
+    "AccessDeniedError",
+    "ThrottledError",
+    "StoreUnavailableError",
+    "PlanError",
+    "InfeasiblePlanError",
+    "GatewayError",
+    "ProtocolError",
+    "ChecksumError",
+    "ProvisionError",
+    "TransferError",
+    "VerificationError",
+]
+
+
+class SkyplaneError(Exception):
+    """Root of every error skyplane-provider raises on purpose.
+
+    ``retryable`` tells retry loops whether trying the same call again may succeed.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class BadInputError(SkyplaneError):
+    """The caller passed something we cannot act on (checked before any gateway starts)."""
+
+
+class BadURIError(BadInputError):
+    """A URI is malformed, has an unknown scheme, or escapes its root."""
+
+
+class UnknownRegionError(BadInputError):
+    """A region tag is not in the grid."""
+
+
+class BadOptionError(BadInputError):
+    """An option has an invalid value or conflicts with another option."""
+
+
+class CredentialsError(SkyplaneError):
+    """Credentials for a store or a provisioner are missing or rejected."""
+
+
+class StoreError(SkyplaneError):
+    """An object store refused or failed a request."""
+
+
+class NotFoundError(StoreError):
+    """A bucket, container, prefix or object does not exist."""
+
+
+class AccessDeniedError(StoreError):
+    """The store refused access with the given credentials."""
+
+
+class ThrottledError(StoreError):
+    """The store asked us to slow down (503 SlowDown, 429)."""
+
+    retryable = True
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached, or the connection dropped."""
+
+    retryable = True
+
+
+class PlanError(SkyplaneError):
+    """The planner could not produce a plan."""
+
+
+class InfeasiblePlanError(PlanError):
+    """No plan meets the requested throughput or cost target."""
+
+
+class GatewayError(SkyplaneError):
+    """A gateway failed, or refused a request."""
+
+
+class ProtocolError(GatewayError):
+    """A peer sent a frame or handshake that is malformed, forged or of another job."""
+
+
+class ChecksumError(ProtocolError):
+    """A chunk's bytes do not match the checksum of the original data."""
+
+    retryable = True
+
+
+class ProvisionError(SkyplaneError):
+    """Starting, reaching or tearing down a gateway fleet failed."""
+
+
+class TransferError(SkyplaneError):
+    """A transfer could not complete."""
+
+
+class VerificationError(TransferError):
+    """An object at the destination does not match its source."""

@@ -1,0 +1,288 @@
+"""The Plan: the one value that the planner emits and the control plane and gateways act on.
+
+A plan routes the data of one transfer from a source region to one or more destination regions.
+The data is split into *partitions* (chunk ``i`` goes to a partition chosen by ``partition_weights``);
+each partition travels on its own tree of region-to-region edges (a path for unicast). A gateway
+therefore never splits a partition: it sends every chunk of a partition to every next hop of that
+partition, and writes it locally when its region is a destination. Unicast multipath is expressed as
+several partitions, one per path, weighted by the path's flow (as Cloudcast routes partitions on trees).
+
+A plan is plain data: print it, save it (``to_json``), diff it, load it back (``from_json``).
+``programs()`` turns it into one :class:`RegionProgram` per region, which every gateway of that
+region interprets; gateways hold no routing logic of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from planner.errors import PlanError
+
+BYTES_PER_GB = 1e9  # cloud egress is priced per decimal GB
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Traffic from region ``src`` to region ``dst``.
+
+    ``gbps`` is the planned rate on this edge, ``connections`` the total TCP connections over all
+    gateway pairs of the two regions, ``partitions`` the partitions routed over it and
+    ``cost_per_gb`` the egress price of the edge in USD per GB that crosses it.
+    """
+
+    src: str
+    dst: str
+    gbps: float
+    connections: int
+    partitions: tuple[int, ...] = (0,)
+    cost_per_gb: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["partitions"] = list(self.partitions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Edge":
+        return cls(
+            src=d["src"],
+            dst=d["dst"],
+            gbps=float(d["gbps"]),
+            connections=int(d["connections"]),
+            partitions=tuple(int(p) for p in d.get("partitions", (0,))),
+            cost_per_gb=float(d.get("cost_per_gb", 0.0)),
+        )
+
+
+@dataclass
+class Plan:
+    """A route for one transfer. See the module docstring for the partition model.
+
+    ``cost_per_gb`` is the predicted egress cost in USD per GB of *source* data (all edges, all
+    destinations); ``vm_cost_per_hour`` the hourly price of all gateways together.
+    """
+
+    src: str
+    dsts: tuple[str, ...]
+    solver: str
+    gateways: dict[str, int]
+    edges: list[Edge]
+    throughput_gbps: float
+    cost_per_gb: float
+    vm_cost_per_hour: float = 0.0
+    solve_seconds: float = 0.0
+    partition_weights: tuple[float, ...] = (1.0,)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def partitions(self) -> int:
+        return len(self.partition_weights)
+
+    @property
+    def regions(self) -> list[str]:
+        """Every region with gateways, source first, then in the order of ``gateways``."""
+        return [self.src] + [r for r in self.gateways if r != self.src]
+
+    def predicted_seconds(self, size_bytes: int) -> float:
+        if self.throughput_gbps <= 0:
+            return float("inf")
+        return size_bytes * 8 / (self.throughput_gbps * 1e9)
+
+    def egress_usd(self, size_bytes: int) -> float:
+        return self.cost_per_gb * size_bytes / BYTES_PER_GB
+
+    def vm_usd(self, seconds: float) -> float:
+        return self.vm_cost_per_hour * seconds / 3600.0
+
+    def cost_usd(self, size_bytes: int, seconds: float | None = None) -> float:
+        """Egress plus VM cost for ``size_bytes`` (VM time predicted unless ``seconds`` is given)."""
+        if seconds is None:
+            seconds = self.predicted_seconds(size_bytes)
+        return self.egress_usd(size_bytes) + self.vm_usd(seconds)
+
+    def validate(self) -> None:
+        """Check that every partition reaches every destination from the source on a tree.
+
+        Raises :class:`PlanError` naming the first broken partition.
+        """
+        if not self.partition_weights or any(w < 0 for w in self.partition_weights):
+            raise PlanError("plan has no partitions or a negative partition weight")
+        for region in [self.src, *self.dsts]:
+            if self.gateways.get(region, 0) < 1:
+                raise PlanError(f"plan has no gateway in {region}")
+        for p in range(self.partitions):
+            edges = [e for e in self.edges if p in e.partitions]
+            parents: dict[str, str] = {}
+            for e in edges:
+                if self.gateways.get(e.src, 0) < 1 or self.gateways.get(e.dst, 0) < 1:
+                    raise PlanError(f"edge {e.src}->{e.dst} ends in a region without gateways")
+                if e.dst in parents or e.dst == self.src:
+                    raise PlanError(f"partition {p} reaches {e.dst} twice; routes must be trees")
+                parents[e.dst] = e.src
+            for d in self.dsts:
+                if d == self.src:
+                    continue
+                seen, node = set(), d
+                while node != self.src:
+                    if node in seen or node not in parents:
+                        raise PlanError(f"partition {p} does not reach {d} from {self.src}")
+                    seen.add(node)
+                    node = parents[node]
+
+    def programs(self) -> dict[str, "RegionProgram"]:
+        """One program per region with gateways; every gateway of a region runs the same one."""
+        self.validate()
+        out: dict[str, RegionProgram] = {}
+        for region in self.regions:
+            parts: dict[int, PartitionProgram] = {}
+            for p in range(self.partitions):
+                hops = [
+                    Hop(region=e.dst, connections=max(1, e.connections // max(1, self.gateways[region])))
+                    for e in self.edges
+                    if e.src == region and p in e.partitions
+                ]
+                receives = any(e.dst == region and p in e.partitions for e in self.edges)
+                is_src = region == self.src
+                writes = region in self.dsts and (receives or is_src)
+                if not (is_src or receives):
+                    continue
+                parts[p] = PartitionProgram(
+                    source="read" if is_src else "receive", send=tuple(hops), write=writes
+                )
+            out[region] = RegionProgram(region=region, partitions=parts)
+        return out
+
+    def summary(self) -> dict:
+        """A compact description for logs, XCom and artifacts."""
+        return {
+            "solver": self.solver,
+            "src": self.src,
+            "dsts": list(self.dsts),
+            "gateways": dict(self.gateways),
+            "edges": [
+                {"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3), "connections": e.connections}
+                for e in self.edges
+            ],
+            "throughput_gbps": round(self.throughput_gbps, 3),
+            "cost_per_gb": round(self.cost_per_gb, 5),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "src": self.src,
+            "dsts": list(self.dsts),
+            "solver": self.solver,
+            "gateways": dict(self.gateways),
+            "edges": [e.to_dict() for e in self.edges],
+            "throughput_gbps": self.throughput_gbps,
+            "cost_per_gb": self.cost_per_gb,
+            "vm_cost_per_hour": self.vm_cost_per_hour,
+            "solve_seconds": self.solve_seconds,
+            "partition_weights": list(self.partition_weights),
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        try:
+            return cls(
+                src=d["src"],
+                dsts=tuple(d["dsts"]),
+                solver=d["solver"],
+                gateways={k: int(v) for k, v in d["gateways"].items()},
+                edges=[Edge.from_dict(e) for e in d["edges"]],
+                throughput_gbps=float(d["throughput_gbps"]),
+                cost_per_gb=float(d["cost_per_gb"]),
+                vm_cost_per_hour=float(d.get("vm_cost_per_hour", 0.0)),
+                solve_seconds=float(d.get("solve_seconds", 0.0)),
+                partition_weights=tuple(float(w) for w in d.get("partition_weights", (1.0,))),
+                notes=list(d.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"not a valid plan document: {exc!r}") from exc
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not JSON: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Hop:
+    """A next-hop region and how many TCP connections each local gateway opens towards it."""
+
+    region: str
+    connections: int = 1
+
+
+@dataclass(frozen=True)
+class PartitionProgram:
+    """What a gateway does with every chunk of one partition.
+
+    ``source``: ``"read"`` (read the chunk from the source store, compress, encrypt) or
+    ``"receive"`` (it arrives from a peer). Then the wire frame goes unchanged to every hop in
+    ``send`` (relays forward ciphertext they cannot read) and, when ``write`` is set, is decrypted,
+    decompressed, verified and written to this region's destination store.
+    """
+
+    source: str
+    send: tuple[Hop, ...] = ()
+    write: bool = False
+
+
+@dataclass(frozen=True)
+class RegionProgram:
+    """The program every gateway of ``region`` interprets: partition id -> what to do."""
+
+    region: str
+    partitions: dict[int, PartitionProgram]
+
+    def to_dict(self) -> dict:
+        return {
+            "region": self.region,
+            "partitions": {
+                str(p): {
+                    "source": pp.source,
+                    "send": [{"region": h.region, "connections": h.connections} for h in pp.send],
+                    "write": pp.write,
+                }
+                for p, pp in self.partitions.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegionProgram":
+        try:
+            parts = {
+                int(p): PartitionProgram(
+                    source=pp["source"],
+                    send=tuple(Hop(h["region"], int(h.get("connections", 1))) for h in pp.get("send", ())),
+                    write=bool(pp.get("write", False)),
+                )
+                for p, pp in d["partitions"].items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"not a valid gateway program: {exc!r}") from exc
+        for pp in parts.values():
+            if pp.source not in ("read", "receive"):
+                raise PlanError(f"gateway program has unknown source {pp.source!r}")
+        return cls(region=d["region"], partitions=parts)
+
+
+def direct_plan(src: str, dsts: list[str] | tuple[str, ...], *, gateways_per_region: int = 1,
+                connections: int = 8, gbps: float = 1.0) -> Plan:
+    """Source gateways straight to every destination's gateways; no grid needed.
+
+    The fallback for regions the grid does not know (``local``, testbed regions without a grid).
+    """
+    dsts = tuple(dict.fromkeys(dsts))
+    gateways = {r: gateways_per_region for r in (src, *dsts)}
+    edges = [Edge(src, d, gbps, connections * gateways_per_region) for d in dsts if d != src]
+    return Plan(src=src, dsts=dsts, solver="direct", gateways=gateways, edges=edges,
+                throughput_gbps=gbps, cost_per_gb=0.0)

@@ -1,0 +1,1 @@
+"""skyplane_provider."""

@@ -1,0 +1,88 @@
+"""One interface for every way of running a gateway fleet (local processes, SSH hosts, AWS EC2).
+
+The transfer runner only ever sees :class:`Provisioner` and :class:`Fleet`; which provisioner runs
+the gateways is a setting. A fleet is always torn down: ``Fleet`` is a context manager, teardown is
+idempotent, and provisioners register their fleets so SIGTERM / Ctrl-C handlers reach them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """One gateway to start.
+
+    ``config`` is the daemon's configuration document (see docs/gateway.md, "Daemon config"):
+    job id, program, secrets, credentials... The provisioner adds the bind address and ports,
+    writes it to a 0600 file on the host and starts ``skyplane-gateway --config FILE``.
+    """
+
+    gateway_id: str
+    region: str
+    config: dict
+
+
+@dataclass(frozen=True)
+class GatewayHandle:
+    """A started gateway as the orchestrator and the other gateways reach it.
+
+    ``control_url``: base URL of the control API, reachable from the orchestrator (possibly through
+    a tunnel). ``data_host``/``data_port``: where *peer gateways* connect for data.
+    """
+
+    gateway_id: str
+    region: str
+    control_url: str
+    control_token: str
+    data_host: str
+    data_port: int
+    pid: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Fleet(ABC):
+    """The running gateways of one job."""
+
+    job_id: str
+    gateways: list[GatewayHandle]
+
+    @abstractmethod
+    def logs(self, gateway_id: str, tail: int = 200) -> str:
+        """The last ``tail`` lines of a gateway's log (for error reports)."""
+
+    @abstractmethod
+    def alive(self, gateway_id: str) -> bool:
+        """Whether the gateway's process/host is still up (health is asked over its control API)."""
+
+    @abstractmethod
+    def teardown(self) -> None:
+        """Stop every gateway and remove every resource of this job. Idempotent, never raises
+        for a gateway that is already gone."""
+
+    def vm_seconds(self) -> float:
+        """Billable gateway-seconds so far (0 for local processes)."""
+        return 0.0
+
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.teardown()
+
+
+class Provisioner(ABC):
+    """Starts fleets. ``name`` is what users pass as ``provisioner=``."""
+
+    name: str = ""
+
+    @abstractmethod
+    def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:
+        """Start every gateway in ``specs`` and wait until each answers on its control API.
+        On any failure, tear down what was started and raise ``ProvisionError`` naming the host/region."""
+
+    def hourly_price(self, region: str) -> float:
+        """USD per hour of one gateway in ``region`` (0 for local processes)."""
+        return 0.0

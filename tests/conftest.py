@@ -1,0 +1,5 @@
+"""Shared pytest setup. Fixture modules live in tests/fixtures/, one per kind of real server."""
+
+pytest_plugins = [
+    "tests.fixtures.emulators",
+]
