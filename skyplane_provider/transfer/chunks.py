@@ -1,0 +1,119 @@
+"""Cutting objects into chunks, one chunk per multipart part, and assigning chunks to partitions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gateway.stores.base import ObjectInfo
+
+from .endpoints import Destination, Source
+
+
+@dataclass
+class Target:
+    """One destination copy of one object: where it goes and, for multipart, its upload id."""
+
+    dest_index: int
+    key: str
+    multipart: bool
+    upload_id: str | None = None
+    parts: dict[int, dict] = field(default_factory=dict)  # part_number -> {"etag", "size"}
+    checksums: dict[int, str] = field(default_factory=dict)  # chunk_id -> checksum reported
+    done: bool = False
+
+
+@dataclass
+class ObjectJob:
+    """One source object and its copies."""
+
+    info: ObjectInfo
+    targets: list[Target]
+    chunk_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Chunk:
+    """A byte range of one object, sent as one frame and written as one part (or whole object)."""
+
+    chunk_id: int
+    obj: ObjectJob
+    offset: int
+    length: int
+    part_number: int | None  # None = the whole object in one write
+    partition: int = 0
+    written: set[int] = field(default_factory=set)  # dest indexes confirmed
+
+    def request(self, source: Source, dests: list[Destination]) -> dict:
+        """The ChunkRequest document (docs/gateway.md) for the gateways."""
+        return {
+            "chunk_id": self.chunk_id,
+            "partition": self.partition,
+            "src": {"store": source.store.root_uri, "key": self.obj.info.key},
+            "offset": self.offset,
+            "length": self.length,
+            "dests": [
+                {
+                    "region": dests[t.dest_index].region,
+                    "store": dests[t.dest_index].store.root_uri,
+                    "key": t.key,
+                    "upload_id": t.upload_id,
+                    "part_number": self.part_number,
+                }
+                for t in self.obj.targets
+            ],
+        }
+
+
+def part_size_for(size: int, chunk_size: int, dests: list[Destination]) -> int | None:
+    """The part size for an object of ``size`` bytes, or None when it goes in one piece.
+
+    One piece when it fits a chunk or when any destination lacks multipart (every destination gets
+    the same chunks). Otherwise the chunk size, grown so no destination exceeds its part count and
+    no part is below a destination's minimum part size.
+    """
+    if size <= chunk_size or not all(d.store.capabilities.multipart for d in dests):
+        return None
+    caps = [d.store.capabilities for d in dests]
+    part = max(chunk_size, max(c.min_part_size for c in caps))
+    part = max(part, math.ceil(size / min(c.max_parts for c in caps)))
+    if part >= size:
+        return None
+    return part
+
+
+class PartitionPicker:
+    """Smooth weighted round robin: chunk ``i`` goes to partitions in proportion to their weights,
+    interleaved (not in runs), so every path carries traffic from the start."""
+
+    def __init__(self, weights: tuple[float, ...]) -> None:
+        total = sum(weights) or 1.0
+        self._weights = [w / total for w in weights]
+        self._current = [0.0] * len(weights)
+
+    def next(self) -> int:
+        for i, w in enumerate(self._weights):
+            self._current[i] += w
+        best = max(range(len(self._current)), key=self._current.__getitem__)
+        self._current[best] -= 1.0
+        return best
+
+
+def cut(objects: list[ObjectJob], chunk_size: int, dests: list[Destination],
+        weights: tuple[float, ...]) -> list[Chunk]:
+    """All chunks of all objects, ids from 0, partitions assigned by ``weights``."""
+    picker = PartitionPicker(weights)
+    chunks: list[Chunk] = []
+    for obj in objects:
+        size = obj.info.size
+        part = part_size_for(size, chunk_size, dests)
+        for t in obj.targets:
+            t.multipart = part is not None
+        ranges = [(0, size, None)] if part is None else [
+            (off, min(part, size - off), i + 1) for i, off in enumerate(range(0, size, part))
+        ]
+        for offset, length, part_number in ranges:
+            c = Chunk(len(chunks), obj, offset, length, part_number, picker.next())
+            obj.chunk_ids.append(c.chunk_id)
+            chunks.append(c)
+    return chunks

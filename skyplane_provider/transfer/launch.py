@@ -1,0 +1,73 @@
+"""From a Plan to a running fleet: per-gateway configs with this job's secrets, then peer wiring."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from gateway.control_client import GatewayClient
+from planner.plan import Plan, RegionProgram
+from skyplane_provider.provisioners.base import Fleet, GatewaySpec
+
+
+@dataclass
+class JobSecrets:
+    """Fresh per job: the peer-authentication secret, the end-to-end key, one control token per gateway."""
+
+    job_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    encryption_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, gateway_id: str) -> str:
+        return self.tokens.setdefault(gateway_id, secrets.token_urlsafe(32))
+
+
+def _handles_plaintext(program: RegionProgram) -> bool:
+    return any(p.source == "read" or p.write for p in program.partitions.values())
+
+
+def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,
+                  credentials: dict, queue_chunks: int = 8) -> list[GatewaySpec]:
+    """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
+    they only ever see ciphertext."""
+    specs = []
+    for region, program in plan.programs().items():
+        plaintext = _handles_plaintext(program)
+        for i in range(plan.gateways[region]):
+            gid = f"{region}/{i}"
+            config = {
+                "gateway_id": gid,
+                "job_id": job_id,
+                "region": region,
+                "program": program.to_dict(),
+                "job_secret": job_secrets.job_secret,
+                "control_token": job_secrets.token(gid),
+                "compress": compress,
+                "encrypt": encrypt,
+                "queue_chunks": queue_chunks,
+                "credentials": credentials if plaintext else {},
+            }
+            if plaintext and encrypt:
+                config["encryption_key"] = job_secrets.encryption_key
+            specs.append(GatewaySpec(gateway_id=gid, region=region, config=config))
+    return specs
+
+
+def wire_peers(fleet: Fleet, plan: Plan, alive: set[str] | None = None) -> dict[str, GatewayClient]:
+    """Tell every gateway the data addresses of its next-hop regions' (living) gateways.
+
+    Returns a control client per gateway. Called again after a gateway dies, with the survivors.
+    """
+    programs = plan.programs()
+    handles = [g for g in fleet.gateways if alive is None or g.gateway_id in alive]
+    by_region: dict[str, list[dict]] = {}
+    for g in handles:
+        by_region.setdefault(g.region, []).append(
+            {"gateway_id": g.gateway_id, "host": g.data_host, "data_port": g.data_port})
+    clients = {}
+    for g in handles:
+        client = GatewayClient(g.control_url, g.control_token)
+        hops = {h.region for p in programs[g.region].partitions.values() for h in p.send}
+        client.set_peers({r: by_region.get(r, []) for r in hops})
+        clients[g.gateway_id] = client
+    return clients

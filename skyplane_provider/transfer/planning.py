@@ -1,0 +1,64 @@
+"""Choosing the Plan for a request: a hand-written one, the planner's, or a grid-free direct plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from planner.errors import BadOptionError, UnknownRegionError
+from planner.plan import BYTES_PER_GB, Plan, direct_plan
+
+from .request import TransferRequest
+
+log = logging.getLogger(__name__)
+
+
+def make_plan(req: TransferRequest, src_region: str, dst_regions: list[str], size_bytes: int) -> Plan:
+    """The plan for this request. Regions the grid does not know (``local``, ``azure:unknown``,
+    testbed tags without ``--grid``) are fine for the direct solver, which needs no grid; any other
+    solver names the unknown region."""
+    dsts = list(dict.fromkeys(dst_regions))
+    if req.plan is not None:
+        plan = Plan.from_dict(req.plan)
+        if plan.src != src_region or not set(dsts) <= set(plan.dsts):
+            raise BadOptionError(
+                f"the given plan routes {plan.src} -> {', '.join(plan.dsts)}, but the transfer is "
+                f"{src_region} -> {', '.join(dsts)}", hint="pass --src-region/--dst-region or fix the plan")
+    else:
+        plan = _solve(req, src_region, dsts, size_bytes)
+    plan = _override(plan, req)
+    plan.validate()
+    return plan
+
+
+def _solve(req: TransferRequest, src: str, dsts: list[str], size_bytes: int) -> Plan:
+    import planner  # the ILP stack loads only when a transfer plans
+
+    grid = planner.Grid.from_csv(req.grid) if req.grid else planner.Grid.load_default()
+    try:
+        for region in (src, *dsts):
+            grid.check_region(region)
+    except UnknownRegionError:
+        if req.solver != "direct":
+            raise
+        log.info("region outside the grid: direct plan without cost figures")
+        n = req.gateways_per_region or req.max_gateways_per_region
+        return direct_plan(src, dsts, gateways_per_region=n, connections=req.connections or 8)
+    return planner.solve(
+        src, dsts, solver=req.solver, throughput_gbps=req.throughput_gbps,
+        max_cost_per_gb=req.max_cost_per_gb, max_gateways_per_region=req.max_gateways_per_region,
+        size_gb=max(size_bytes / BYTES_PER_GB, 1e-6), grid=grid)
+
+
+def _override(plan: Plan, req: TransferRequest) -> Plan:
+    """Apply the user's fixed fleet shape: gateways per region and connections per gateway."""
+    gateways = dict(plan.gateways)
+    if req.gateways_per_region:
+        gateways = {r: req.gateways_per_region for r in gateways}
+    edges = plan.edges
+    if req.connections:
+        edges = [dataclasses.replace(e, connections=req.connections * gateways[e.src]) for e in edges]
+    elif gateways != plan.gateways:
+        edges = [dataclasses.replace(e, connections=max(1, e.connections // plan.gateways[e.src]) * gateways[e.src])
+                 for e in edges]
+    return dataclasses.replace(plan, gateways=gateways, edges=edges)

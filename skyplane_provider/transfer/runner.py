@@ -1,0 +1,190 @@
+"""The engine-neutral transfer: validate, list, plan, provision, dispatch, complete, verify, tear down.
+
+``Transfer(request).run()`` is what the CLI, the Airflow operator and the Prefect task call. Every
+check that can fail on bad input runs in ``prepare()``, before any gateway starts. The fleet is torn
+down on every path out of ``run()`` (success, error, cancel, SIGTERM via the provisioner's hooks), and
+unfinished multipart uploads are aborted, so a failed transfer leaves only complete, verified objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Callable
+
+from planner.errors import BadOptionError, SkyplaneError, VerificationError
+from planner.plan import Plan
+from skyplane_provider.provisioners import get_provisioner
+from skyplane_provider.provisioners.base import Fleet, Provisioner
+
+from .chunks import Chunk, ObjectJob, Target, cut, part_size_for
+from .dispatch import Dispatcher, abort_uploads
+from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
+from .launch import JobSecrets, gateway_specs, wire_peers
+from .planning import make_plan
+from .request import TransferRequest
+from .stats import Progress, TransferStats
+
+log = logging.getLogger(__name__)
+
+
+class Transfer:
+    """One transfer job. Not reusable: create one per run."""
+
+    def __init__(self, request: TransferRequest, *, provisioner: Provisioner | None = None,
+                 progress: Callable[[Progress], None] | None = None) -> None:
+        self.request = request
+        self.job_id = request.job_id or uuid.uuid4().hex
+        self.progress = progress
+        self._provisioner = provisioner
+        self._stop = threading.Event()
+        self.source: Source | None = None
+        self.dests: list[Destination] = []
+        self.objects: list[ObjectJob] = []
+        self.skipped = 0
+        self.plan: Plan | None = None
+        self.fleet: Fleet | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    # -- phase 1: everything that can be checked without a gateway ---------------------------
+    def prepare(self) -> "Transfer":
+        """Validate the request, open and check every store, list, diff (sync) and plan."""
+        req = self.request
+        src_uri, dst_uris = req.validate()
+        self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
+        self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
+                                  region=req.src_region)
+        dst_regions = req.dst_regions or [None] * len(dst_uris)
+        self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials, region=r)
+                      for u, r in zip(dst_uris, dst_regions)]
+        listing = list_source(self.source)
+        present = [existing(d) for d in self.dests] if req.sync else None
+        for info in listing:
+            rel = self.source.relative(info.key)
+            targets = []
+            for i, d in enumerate(self.dests):
+                key = d.key_for(rel)
+                if present is None or needs_copy(info, present[i].get(key)):
+                    targets.append(Target(dest_index=i, key=key, multipart=False))
+            if targets:
+                self.objects.append(ObjectJob(info=info, targets=targets))
+            else:
+                self.skipped += 1
+        size = sum(o.info.size for o in self.objects)
+        self.plan = make_plan(req, self.source.region, [d.region for d in self.dests], size)
+        log.info("job %s: %d objects (%d bytes) to move, %d up to date; plan %s", self.job_id,
+                 len(self.objects), size, self.skipped, self.plan.summary())
+        return self
+
+    # -- phase 2: move the bytes ---------------------------------------------------------------
+    def run(self) -> TransferStats:
+        """Run the whole transfer and return its stats; raises a ``SkyplaneError`` on failure."""
+        if self.plan is None:
+            self.prepare()
+        started = time.monotonic()
+        if not self.objects:
+            return self._stats(started, chunks=[])
+        chunks = cut(self.objects, self.request.chunk_size, self.dests, self.plan.partition_weights)
+        try:
+            self._begin_uploads()
+            self.fleet = self._provision()
+            clients = wire_peers(self.fleet, self.plan)
+            self.dispatcher = Dispatcher(
+                job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, chunks=chunks,
+                objects=self.objects, source=self.source, dests=self.dests, stop=self._stop,
+                progress=self.progress)
+            self.dispatcher.run()
+            self._verify()
+            return self._stats(started, chunks)
+        except BaseException:
+            abort_uploads(self.objects, self.dests)
+            if self.fleet is not None:
+                for g in self.fleet.gateways:
+                    log.debug("log of %s:\n%s", g.gateway_id, self.fleet.logs(g.gateway_id, tail=40))
+            raise
+        finally:
+            if self.fleet is not None:
+                self.fleet.teardown()
+
+    def cancel(self) -> None:
+        """Ask a running transfer to stop; ``run()`` then tears down and raises."""
+        self._stop.set()
+
+    def _provision(self) -> Fleet:
+        req = self.request
+        specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
+                              credentials=req.credentials)
+        return self._provisioner.provision(self.job_id, specs)
+
+    def _begin_uploads(self) -> None:
+        for obj in self.objects:
+            if part_size_for(obj.info.size, self.request.chunk_size, self.dests) is None:
+                continue
+            for t in obj.targets:
+                t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
+
+    def _verify(self) -> None:
+        """Every object at every destination: present, the source's size, every chunk's checksum
+        confirmed by the writing gateway after decoding."""
+        for obj in self.objects:
+            for t in obj.targets:
+                dest = self.dests[t.dest_index]
+                info = dest.store.head(t.key)
+                if info.size != obj.info.size:
+                    raise VerificationError(
+                        f"{dest.store.root_uri}/{t.key} has {info.size} bytes, the source {obj.info.size}",
+                        hint="re-run the transfer; the object will be copied again")
+                missing = [c for c in obj.chunk_ids if not t.checksums.get(c)]
+                if missing:
+                    raise VerificationError(f"{t.key}: no checksum confirmed for chunks {missing[:5]}")
+
+    def _stats(self, started: float, chunks: list[Chunk]) -> TransferStats:
+        seconds = max(time.monotonic() - started, 1e-9)
+        moved = sum(o.info.size for o in self.objects)
+        d = self.dispatcher
+        wire = d.counter_sum("bytes_sent_wire", self.plan.src) if d else 0
+        vm_seconds = self.fleet.vm_seconds() if self.fleet else 0.0
+        vm_usd = self._provisioner_vm_usd(vm_seconds)
+        egress_pred = self.plan.egress_usd(moved)
+        ratio = (wire / moved) if moved else 0.0
+        return TransferStats(
+            job_id=self.job_id, src=self.request.src, dsts=list(self.request.dsts),
+            objects=len(self.objects), bytes=moved, bytes_on_wire=wire, seconds=round(seconds, 3),
+            gbps=round(moved * 8 / seconds / 1e9, 4), verified=True,
+            verification=("size + per-chunk checksum of the original bytes, checked by the writing gateway"
+                          if self.objects else "nothing to move: destination already up to date"),
+            retries=d.retries if d else 0, plan=self.plan.summary(),
+            cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
+            egress_usd_actual=round(egress_pred * ratio, 6), vm_usd=round(vm_usd, 6),
+            skipped_objects=self.skipped, chunks=len(chunks), provisioner=self.request.provisioner,
+            route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3)} for e in self.plan.edges])
+
+    def _provisioner_vm_usd(self, vm_seconds: float) -> float:
+        if not vm_seconds:
+            return 0.0
+        price = self._provisioner.hourly_price(self.plan.src)
+        return price * vm_seconds / 3600.0
+
+
+def copy(src: str, dst: str | list[str], *, progress: Callable[[Progress], None] | None = None,
+         provisioner: str | Provisioner = "local", **options) -> TransferStats:
+    """Copy ``src`` to one or more destinations through a gateway fleet; see :class:`TransferRequest`
+    for the options (recursive, sync, solver, throughput_gbps, max_cost_per_gb, compress, encrypt,
+    chunk_size, gateways_per_region, connections, src_region, dst_regions, credentials, plan, ...)."""
+    prov_obj = provisioner if isinstance(provisioner, Provisioner) else None
+    name = provisioner.name if prov_obj else provisioner
+    try:
+        req = TransferRequest(src=src, dsts=[dst] if isinstance(dst, str) else list(dst), provisioner=name, **options)
+    except TypeError as exc:
+        raise BadOptionError(f"unknown transfer option: {exc}") from exc
+    return Transfer(req, provisioner=prov_obj, progress=progress).run()
+
+
+def sync(src: str, dst: str | list[str], **options) -> TransferStats:
+    """Like :func:`copy`, but only objects missing or different at the destination move."""
+    return copy(src, dst, sync=True, **options)
+
+
+__all__ = ["Transfer", "TransferRequest", "TransferStats", "copy", "sync", "SkyplaneError"]

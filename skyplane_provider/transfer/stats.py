@@ -1,0 +1,93 @@
+"""What a transfer reports: :class:`Progress` while it runs, :class:`TransferStats` at the end.
+
+Both are compact on purpose (counts, bytes, seconds, a plan summary): they become XCom values and
+Prefect results, where a list of every key would blow up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Progress:
+    """A snapshot of a running transfer."""
+
+    job_id: str
+    bytes_done: int
+    bytes_total: int
+    objects_done: int
+    objects_total: int
+    seconds: float
+    retries: int = 0
+    phase: str = "transfer"
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        return self.bytes_done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate = self.rate_bytes_per_s
+        if rate <= 0:
+            return None
+        return (self.bytes_total - self.bytes_done) / rate
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.bytes_total == 0 else self.bytes_done / self.bytes_total
+
+    def line(self) -> str:
+        """One human line: ``412.0 MiB / 1.0 GiB (40%), 3/10 objects, 95.1 MiB/s, ETA 6s``."""
+        eta = self.eta_seconds
+        return (f"{human_bytes(self.bytes_done)} / {human_bytes(self.bytes_total)} ({self.fraction:.0%}), "
+                f"{self.objects_done}/{self.objects_total} objects, {human_bytes(self.rate_bytes_per_s)}/s, "
+                f"ETA {'?' if eta is None else f'{eta:.0f}s'}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(rate_bytes_per_s=self.rate_bytes_per_s, eta_seconds=self.eta_seconds)
+        return d
+
+
+@dataclass
+class TransferStats:
+    """The result of one transfer.
+
+    ``bytes`` counts source bytes moved (each object once, whatever the number of destinations);
+    ``bytes_on_wire`` the frame bytes the source gateways sent (after compression and encryption);
+    ``cost_usd`` the predicted egress of the plan for these bytes plus gateway VM time;
+    ``egress_usd_actual`` the egress of the bytes that really crossed each region edge.
+    """
+
+    job_id: str
+    src: str
+    dsts: list[str]
+    objects: int
+    bytes: int
+    bytes_on_wire: int
+    seconds: float
+    gbps: float
+    verified: bool
+    verification: str
+    retries: int
+    plan: dict
+    cost_usd: float
+    egress_usd_predicted: float
+    egress_usd_actual: float
+    vm_usd: float
+    skipped_objects: int = 0
+    chunks: int = 0
+    provisioner: str = "local"
+    route: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
