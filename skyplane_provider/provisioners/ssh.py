@@ -1,0 +1,191 @@
+"""The ``ssh`` provisioner: gateways on hosts you bring, reached with paramiko.
+
+    get_provisioner("ssh", hosts={"aws:us-east-1": [{"host": "10.0.0.5", "user": "ubuntu",
+                                                     "key_file": "~/.ssh/id_ed25519"}]},
+                    known_hosts="~/.ssh/known_hosts")
+
+``hosts`` is either a dict region -> list of hosts, or one list used round-robin for every region.
+A host is a dict of :class:`SSHHost` fields or ``"user@host:port"``; ``user``, ``key_file`` and
+``python`` given to the provisioner are defaults for hosts that leave them out. Each host gets this
+exact version of the package in a private venv, gateways are started detached with their secrets in
+0600 files, data ports bind to the host's address and control APIs to its 127.0.0.1, reached only
+through SSH tunnels. See docs/provisioners.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from planner.errors import BadOptionError, ProvisionError, SkyplaneError
+
+from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
+from .package_wheel import package_wheel
+from .ssh_bootstrap import DEFAULT_REMOTE_DIR, HostBootstrap
+from .ssh_connection import ConnectPolicy, SSHHost, SSHSession
+
+log = logging.getLogger(__name__)
+
+
+def skyplane_home() -> Path:
+    """The orchestrator's state directory (``$SKYPLANE_HOME``, default ``~/.skyplane``)."""
+    return Path(os.environ.get("SKYPLANE_HOME", Path.home() / ".skyplane"))
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class SSHFleet(Fleet):
+    """Gateways on SSH hosts; one :class:`HostBootstrap` (and SSH session) per host."""
+
+    def __init__(self, job_id: str, hosts: list[HostBootstrap], gateways: list[GatewayHandle]) -> None:
+        self.job_id = job_id
+        self.gateways = gateways
+        self._hosts = hosts
+        self._lock = threading.Lock()
+        self._done = False
+
+    def _host_of(self, gateway_id: str) -> HostBootstrap | None:
+        return next((h for h in self._hosts if gateway_id in h.gateways), None)
+
+    def logs(self, gateway_id: str, tail: int = 200) -> str:
+        host = self._host_of(gateway_id)
+        return host.log_tail(gateway_id, tail=tail) if host and not self._done else ""
+
+    def alive(self, gateway_id: str) -> bool:
+        host = self._host_of(gateway_id)
+        return bool(host and host.alive(gateway_id))
+
+    def teardown(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        teardown_hosts(self._hosts)
+
+
+def teardown_hosts(hosts: list[HostBootstrap]) -> None:
+    """Tear down every host in parallel; never raises."""
+    if not hosts:
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        list(pool.map(HostBootstrap.teardown, hosts))
+
+
+def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]], *, policy: ConnectPolicy,
+                    remote_dir: str, wheelhouse: str | None, health_timeout: float, provisioner: str,
+                    data_port: int = 0) -> SSHFleet:
+    """Install the package on every host, start every gateway, wait for health through tunnels.
+
+    Hosts are prepared in parallel, gateways of one host one after the other. On any failure every
+    host touched so far is torn down and a ``ProvisionError`` naming the host is raised.
+    """
+    wheel = package_wheel(skyplane_home() / "wheels")
+    created_at = utc_now()
+    by_host: dict[SSHHost, list[GatewaySpec]] = defaultdict(list)
+    for spec, host in assignments:
+        by_host[host].append(spec)
+    started: list[HostBootstrap] = []
+    lock = threading.Lock()
+
+    def prepare(host: SSHHost) -> list[GatewayHandle]:
+        boot = HostBootstrap(SSHSession(host, policy), job_id, remote_dir=host.remote_dir or remote_dir,
+                             created_at=created_at, provisioner=provisioner)
+        with lock:
+            started.append(boot)
+        boot.install(wheel, Path(wheelhouse).expanduser() if wheelhouse else None)
+        return [boot.start(spec, host, health_timeout=health_timeout, data_port=data_port)
+                for spec in by_host[host]]
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
+            futures = {host: pool.submit(prepare, host) for host in by_host}
+            handles = {h.gateway_id: h for f in futures.values() for h in _result(f, futures)}
+    except BaseException:
+        teardown_hosts(started)
+        raise
+    return SSHFleet(job_id, started, [handles[spec.gateway_id] for spec, _ in assignments])
+
+
+def _result(future, futures) -> list[GatewayHandle]:
+    """The future's result; on error, wait for the others first so none is left half-started."""
+    try:
+        return future.result()
+    except SkyplaneError:
+        _drain(futures)
+        raise
+    except Exception as exc:
+        _drain(futures)
+        host = next(h for h, f in futures.items() if f is future)
+        raise ProvisionError(f"provisioning on {host.label} failed: {exc}") from exc
+
+
+def _drain(futures) -> None:
+    for f in futures.values():
+        try:
+            f.result()
+        except Exception:
+            pass
+
+
+class SSHProvisioner(Provisioner):
+    """Gateways on the user's own hosts over SSH."""
+
+    name = "ssh"
+
+    def __init__(self, hosts: dict[str, list] | list | None = None, *, known_hosts: str | None = None,
+                 accept_unknown_host_keys: bool = False, remote_dir: str = DEFAULT_REMOTE_DIR,
+                 wheelhouse: str | None = None, user: str | None = None, key_file: str | None = None,
+                 python: str | None = None, connect_timeout: float = 10.0, health_timeout: float = 30.0,
+                 **unknown: Any) -> None:
+        if unknown:
+            raise BadOptionError(f"unknown ssh provisioner settings {sorted(unknown)}",
+                                 hint="see docs/provisioners.md for the ssh settings")
+        if not hosts:
+            raise BadOptionError("the ssh provisioner needs hosts",
+                                 hint='pass hosts={"REGION": [{"host": ..., "user": ..., "key_file": ...}]} '
+                                      "or a list of hosts")
+        defaults = {k: v for k, v in {"user": user, "key_file": key_file, "python": python}.items() if v}
+
+        def parse(value) -> SSHHost:
+            return SSHHost.from_setting(value, defaults)
+
+        if isinstance(hosts, dict):
+            self.hosts: dict[str, list[SSHHost]] | list[SSHHost] = {r: [parse(h) for h in hs] for r, hs in hosts.items()}
+        else:
+            self.hosts = [parse(h) for h in hosts]
+        if known_hosts is None and (Path.home() / ".ssh" / "known_hosts").exists():
+            known_hosts = str(Path.home() / ".ssh" / "known_hosts")
+        self.policy = ConnectPolicy(known_hosts=known_hosts and str(Path(known_hosts).expanduser()),
+                                    accept_unknown_host_keys=accept_unknown_host_keys, timeout=connect_timeout)
+        self.remote_dir = remote_dir
+        self.wheelhouse = wheelhouse
+        self.health_timeout = health_timeout
+
+    def assign(self, specs: list[GatewaySpec]) -> list[tuple[GatewaySpec, SSHHost]]:
+        """Which host runs which gateway: round-robin within the region's list (or the one list)."""
+        counters: dict[str, int] = defaultdict(int)
+        out = []
+        for spec in specs:
+            if isinstance(self.hosts, dict):
+                pool = self.hosts.get(spec.region)
+                if not pool:
+                    raise BadOptionError(f"no ssh host for region {spec.region}",
+                                         hint=f"add hosts[{spec.region!r}]; regions with hosts: {sorted(self.hosts)}")
+                key = spec.region
+            else:
+                pool, key = self.hosts, ""
+            out.append((spec, pool[counters[key] % len(pool)]))
+            counters[key] += 1
+        return out
+
+    def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:
+        return bootstrap_fleet(job_id, self.assign(specs), policy=self.policy, remote_dir=self.remote_dir,
+                               wheelhouse=self.wheelhouse, health_timeout=self.health_timeout, provisioner=self.name)
