@@ -22,7 +22,7 @@ from pathlib import Path
 from planner.errors import BadOptionError, ProvisionError
 
 from . import iproute, processes, safety
-from .addressing import CONTROL_NS_DEVICE, MAX_SLOT, PREFIX, Addressing, namespace_prefix, slot_of
+from .addressing import CONTROL_NS_DEVICE, ID_PATTERN, MAX_SLOT, PREFIX, Addressing, namespace_prefix, slot_of
 from .maxflow import max_flow
 from .scenario import Scenario
 from .state import TestbedState, host_lock, recorded_ids, state_file, state_root
@@ -46,7 +46,9 @@ class Testbed:
         self.root = root or state_root()
         self._state: TestbedState | None = None
         self._children: dict[int, subprocess.Popen] = {}
-        Addressing(self.testbed_id, 1, len(scenario.regions))  # validates the id early
+        if not ID_PATTERN.match(self.testbed_id):
+            raise BadOptionError(f"testbed id {self.testbed_id!r} is not valid",
+                                 hint="use 1-6 lowercase letters or digits (it becomes part of interface names)")
 
     # ---- lifecycle -------------------------------------------------------------------------
 
