@@ -25,10 +25,7 @@ from skyplane_provider.testbed.addressing import PREFIX, TESTBED_RANGE, Addressi
 from skyplane_provider.testbed.maxflow import max_flow
 from skyplane_provider.testbed.scenario import MAX_LINK_MBIT
 from skyplane_provider.testbed.state import state_file
-
-NETNS_REASON = iproute.unusable_reason()
-needs_netns = pytest.mark.skipif(NETNS_REASON is not None,
-                                 reason=f"the testbed needs root and ip netns: {NETNS_REASON}")
+from tests.fixtures.testbed import needs_netns
 
 TWO = Scenario(name="two", regions=("t:a", "t:b"), gbps={("t:a", "t:b"): 5.0, ("t:b", "t:a"): 2.5},
                scale_mbit_per_gbps=20.0, cost_per_gb={("t:a", "t:b"): 0.09})
@@ -89,28 +86,6 @@ def test_shipped_scenarios_come_from_the_grid_and_a_relay_wins_twice():
 
 # ---- real namespaces ---------------------------------------------------------------------------
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """Testbed state under a temp SKYPLANE_HOME, never the real ~/.skyplane."""
-    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
-    return tmp_path / "home" / "testbed"
-
-
-@pytest.fixture
-def testbeds(home):
-    """Make testbeds; whatever a test leaves up is taken down (by id, also after a failed test)."""
-    made: list[str] = []
-
-    def make(scenario: Scenario, cls: type[WanTestbed] = WanTestbed) -> WanTestbed:
-        tb = cls(scenario, root=home)
-        made.append(tb.testbed_id)
-        return tb
-
-    yield make
-    for testbed_id in made:
-        teardown(testbed_id, home)
-
-
 def leftovers(testbed_id: str) -> list[str]:
     return ([ns for ns in iproute.namespaces() if ns.startswith(namespace_prefix(testbed_id))]
             + [dev for dev in iproute.links() if dev.startswith(f"{PREFIX}{testbed_id}")])
@@ -118,7 +93,7 @@ def leftovers(testbed_id: str) -> list[str]:
 
 @pytest.mark.netns
 @needs_netns
-def test_up_checks_routes_and_down_leaves_nothing(testbeds, home):
+def test_up_checks_routes_and_down_leaves_nothing(testbeds, testbed_home):
     tb = testbeds(THREE).up()
     assert tb.status()["state"] == "up"
     plan = tb.addressing
@@ -137,8 +112,8 @@ def test_up_checks_routes_and_down_leaves_nothing(testbeds, home):
     tb.down()
     tb.down()  # idempotent
     assert leftovers(tb.testbed_id) == []
-    assert not state_file(home, tb.testbed_id).exists()
-    assert not (home / tb.testbed_id).exists()
+    assert not state_file(testbed_home, tb.testbed_id).exists()
+    assert not (testbed_home / tb.testbed_id).exists()
 
 
 @pytest.mark.netns
@@ -225,33 +200,34 @@ CRASHER = textwrap.dedent("""
 
 @pytest.mark.netns
 @needs_netns
-def test_down_from_a_fresh_process_cleans_up_after_a_crash(home):
-    crasher = subprocess.Popen([sys.executable, "-c", CRASHER, str(home)], stdout=subprocess.PIPE, text=True)
+def test_down_from_a_fresh_process_cleans_up_after_a_crash(testbed_home):
+    crasher = subprocess.Popen([sys.executable, "-c", CRASHER, str(testbed_home)],
+                               stdout=subprocess.PIPE, text=True)
     try:
         testbed_id, sleeper = crasher.stdout.readline().split()
     finally:
         crasher.send_signal(signal.SIGKILL)
         crasher.wait()
     try:
-        assert state_file(home, testbed_id).is_file()
+        assert state_file(testbed_home, testbed_id).is_file()
         assert os.path.exists(f"/proc/{sleeper}")
-        WanTestbed.attach(testbed_id, home).down()
+        WanTestbed.attach(testbed_id, testbed_home).down()
         assert leftovers(testbed_id) == []
         assert not os.path.exists(f"/proc/{sleeper}") or _zombie(int(sleeper))
-        assert not state_file(home, testbed_id).exists()
+        assert not state_file(testbed_home, testbed_id).exists()
     finally:
-        teardown(testbed_id, home)
+        teardown(testbed_id, testbed_home)
 
 
 @pytest.mark.netns
 @needs_netns
-def test_teardown_without_state_file_removes_namespaces_by_prefix(home):
+def test_teardown_without_state_file_removes_namespaces_by_prefix(testbed_home):
     testbed_id = "orphan"
     ns = f"{namespace_prefix(testbed_id)}r0"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "300"])
     try:
-        teardown(testbed_id, home)
+        teardown(testbed_id, testbed_home)
         assert leftovers(testbed_id) == []
         assert sleeper.wait(timeout=5) == -signal.SIGTERM
     finally:
@@ -268,7 +244,7 @@ def _zombie(pid: int) -> bool:
 
 @pytest.mark.netns
 @needs_netns
-def test_cli_up_status_down(home, tmp_path):
+def test_cli_up_status_down(testbed_home, tmp_path):
     import skyplane_provider.cli.testbed  # noqa: F401  (must import whatever the rest of the CLI does)
     try:
         from skyplane_provider.cli.main import build_parser
@@ -278,7 +254,7 @@ def test_cli_up_status_down(home, tmp_path):
     scenario_file = tmp_path / "two.json"
     scenario_file.write_text(json.dumps(TWO.to_dict()))
     grid = tmp_path / "grid.csv"
-    env = {**os.environ, "SKYPLANE_HOME": str(home.parent)}
+    env = {**os.environ, "SKYPLANE_HOME": str(testbed_home.parent)}
 
     def cli(*args: str) -> str:
         proc = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "testbed", *args],
@@ -299,4 +275,4 @@ def test_cli_up_status_down(home, tmp_path):
         assert leftovers(testbed_id) == []
         assert json.loads(cli("status", "--json")) == []
     finally:
-        teardown(testbed_id, home)
+        teardown(testbed_id, testbed_home)
