@@ -48,7 +48,7 @@ reap_job() {
     [ -f "$f" ] || continue
     p=$(cat "$f"); case "$p" in ''|*[!0-9]*) continue;; esac
     if alive "$p" && tr '\0' ' ' < /proc/$p/cmdline | grep -qF "$d/"; then
-      kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; pids="$pids $p"
+      kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; pids="$pids $p"
     fi
   done
   i=0; left=$pids
@@ -56,7 +56,7 @@ reap_job() {
     sleep 0.1; i=$((i+1)); still=""
     for p in $left; do alive "$p" && still="$still $p"; done; left=$still
   done
-  for p in $left; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
+  for p in $left; do kill -KILL "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
   rm -rf "$d"/gw-* "$d/job.json"; rmdir "$d" 2>/dev/null; true
 }
 """
