@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -183,6 +184,25 @@ def test_shaped_links_hold_their_cap_in_each_direction(testbeds):
         assert int(received) == mib << 20
         mbit = int(received) * 8 / float(seconds) / 1e6
         assert mbit == pytest.approx(TWO.link_mbit(src, dst), rel=0.15), f"{src}->{dst}: {mbit:.1f} Mbit/s"
+
+
+@pytest.mark.netns
+@needs_netns
+def test_root_namespace_reaches_a_region_address_over_the_control_link(testbeds):
+    tb = testbeds(TWO).up()
+    address = tb.region_address("t:b")
+    receiver = tb.popen("t:b", [sys.executable, "-c", RECEIVER, address], stdout=subprocess.PIPE, text=True)
+    port = int(receiver.stdout.readline())
+    tb.assert_routed(address)  # the orchestrator's duty before it sends anything to a testbed address
+    with socket.create_connection((address, port), timeout=10) as conn:
+        conn.sendall(bytes(4 << 20))
+    received, seconds = receiver.stdout.readline().split()
+    receiver.wait(timeout=10)
+    assert int(received) == 4 << 20
+    # unshaped: far above every data link of the scenario (100 Mbit/s at most)
+    assert int(received) * 8 / float(seconds) / 1e6 > 300
+    with pytest.raises(BadOptionError, match="not an address of testbed"):
+        tb.assert_routed("198.18.200.1")
 
 
 CRASHER = textwrap.dedent("""
