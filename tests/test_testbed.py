@@ -19,7 +19,7 @@ import pytest
 
 from planner.errors import BadOptionError, ProvisionError
 # aliased: pytest would try to collect a class called Test*
-from skyplane_provider.testbed import Scenario, shipped_scenarios, teardown
+from skyplane_provider.testbed import Scenario, shipped_scenarios, teardown, unrecorded_testbeds
 from skyplane_provider.testbed import Testbed as WanTestbed
 from skyplane_provider.testbed import iproute, safety
 from skyplane_provider.testbed.addressing import PREFIX, TESTBED_RANGE, Addressing, namespace_prefix
@@ -247,8 +247,10 @@ def test_teardown_without_state_file_removes_namespaces_by_prefix(testbed_home):
     subprocess.run(["ip", "netns", "add", ns], check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "300"])
     try:
+        assert unrecorded_testbeds(testbed_home)[testbed_id] == [ns]
         teardown(testbed_id, testbed_home)
         assert leftovers(testbed_id) == []
+        assert testbed_id not in unrecorded_testbeds(testbed_home)
         assert sleeper.wait(timeout=5) == -signal.SIGTERM
     finally:
         if sleeper.poll() is None:
@@ -283,16 +285,16 @@ def test_cli_up_status_down(testbed_home, tmp_path):
         return proc.stdout
 
     up = json.loads(cli("up", "--scenario", str(scenario_file), "--grid-csv", str(grid), "--json"))
-    testbed_id = up[0]["testbed_id"]
+    testbed_id = up["testbed_id"]
     try:
-        assert up[0]["state"] == "up"
+        assert up["state"] == "up"
         assert grid.read_text().splitlines() == ["src,dst,gbps,cost_per_gb", "t:a,t:b,0.100000,0.09",
                                                  "t:b,t:a,0.050000,0"]
-        status = json.loads(cli("status", "--json"))
+        status = json.loads(cli("status", "--json"))["testbeds"]
         assert [s["testbed_id"] for s in status] == [testbed_id]
-        assert status[0]["regions"][1]["region_address"] == up[0]["regions"][1]["region_address"]
+        assert status[0]["regions"][1]["region_address"] == up["regions"][1]["region_address"]
         assert f"testbed {testbed_id}: down" in cli("down")
         assert leftovers(testbed_id) == []
-        assert json.loads(cli("status", "--json")) == []
+        assert json.loads(cli("status", "--json"))["testbeds"] == []
     finally:
         teardown(testbed_id, testbed_home)

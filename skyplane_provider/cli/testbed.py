@@ -7,7 +7,7 @@ import json
 import sys
 
 from planner.errors import ProvisionError, SkyplaneError
-from skyplane_provider.testbed import Testbed, load_scenario, shipped_scenarios, teardown
+from skyplane_provider.testbed import Testbed, load_scenario, shipped_scenarios, teardown, unrecorded_testbeds
 from skyplane_provider.testbed.iproute import unusable_reason
 from skyplane_provider.testbed.state import recorded_ids, state_root
 
@@ -52,7 +52,10 @@ def run_up(args: argparse.Namespace) -> int:
     testbed = Testbed(scenario, testbed_id=args.testbed_id).up()
     if args.grid_csv:
         testbed.grid_csv(args.grid_csv)
-    _print_status([testbed.status()], as_json=args.json)
+    if args.json:
+        print(json.dumps(testbed.status(), indent=1))
+    else:
+        _print_status([testbed.status()])
     return 0
 
 
@@ -72,7 +75,14 @@ def run_down(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     statuses = [Testbed.attach(i).status() for i in args.ids or recorded_ids(state_root())]
-    _print_status(statuses, as_json=args.json)
+    unrecorded = {} if args.ids or unusable_reason() else unrecorded_testbeds()
+    if args.json:
+        print(json.dumps({"testbeds": statuses, "unrecorded": unrecorded}, indent=1))
+        return 0
+    _print_status(statuses)
+    for testbed_id, namespaces in sorted(unrecorded.items()):
+        print(f"testbed {testbed_id}: not recorded under {state_root()} ({', '.join(namespaces)}); "
+              f"`skyplane-provider testbed down {testbed_id}` removes it")
     return 0
 
 
@@ -82,10 +92,7 @@ def run_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_status(statuses: list[dict], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(statuses, indent=1))
-        return
+def _print_status(statuses: list[dict]) -> None:
     if not statuses:
         print("no testbeds")
     for st in statuses:

@@ -4,6 +4,6 @@ See docs/testbed.md for the addressing, the safety checks and the shipped scenar
 """
 
 from .scenario import Scenario, load_scenario, shipped_scenarios
-from .testbed import Testbed, teardown
+from .testbed import Testbed, teardown, unrecorded_testbeds
 
-__all__ = ["Scenario", "Testbed", "load_scenario", "shipped_scenarios", "teardown"]
+__all__ = ["Scenario", "Testbed", "load_scenario", "shipped_scenarios", "teardown", "unrecorded_testbeds"]

@@ -39,6 +39,8 @@ MAX_SLOT = 254
 TESTBED_RANGE = ipaddress.ip_network("198.18.0.0/15")
 #: Testbed ids are short so that ``skyt<id>c<i>`` fits Linux's 15-character interface names.
 ID_PATTERN = re.compile(r"^[a-z0-9]{1,6}$")
+#: A testbed namespace; group 1 is the testbed id.
+NAMESPACE_PATTERN = re.compile(rf"^{PREFIX}-([a-z0-9]{{1,6}})-r\d+$")
 #: The namespace end of every control link.
 CONTROL_NS_DEVICE = "ctl"
 

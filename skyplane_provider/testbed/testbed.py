@@ -22,7 +22,8 @@ from pathlib import Path
 from planner.errors import BadOptionError, ProvisionError
 
 from . import iproute, processes, safety
-from .addressing import CONTROL_NS_DEVICE, ID_PATTERN, MAX_SLOT, PREFIX, Addressing, namespace_prefix, slot_of
+from .addressing import (CONTROL_NS_DEVICE, ID_PATTERN, MAX_SLOT, NAMESPACE_PATTERN, PREFIX, Addressing,
+                         namespace_prefix, slot_of)
 from .maxflow import max_flow
 from .scenario import Scenario
 from .state import TestbedState, host_lock, recorded_ids, state_file, state_root
@@ -325,9 +326,8 @@ def remove_network(testbed_id: str, namespaces: list[str] = ()) -> list[str]:
     """Kill every process in the testbed's namespaces, delete them (their veths go with them) and
     any root device of the testbed. Namespaces are found by name prefix as well as from the given
     list. Returns what could not be removed."""
-    ours_ns = re.compile(rf"^{re.escape(namespace_prefix(testbed_id))}r\d+$")
     ours_dev = re.compile(rf"^{PREFIX}{testbed_id}c\d+$")
-    found = [ns for ns in iproute.namespaces() if ours_ns.match(ns) or ns in namespaces]
+    found = [ns for ns in iproute.namespaces() if _testbed_of(ns) == testbed_id or ns in namespaces]
     for ns in found:
         processes.stop(iproute.netns_pids(ns))
         iproute.run(["ip", "netns", "del", ns], check=False)
@@ -336,6 +336,24 @@ def remove_network(testbed_id: str, namespaces: list[str] = ()) -> list[str]:
             iproute.ip("link", "del", dev, check=False)
     left = [ns for ns in iproute.namespaces() if ns in found]
     return left + [dev for dev in iproute.links() if ours_dev.match(dev)]
+
+
+def unrecorded_testbeds(root: Path | None = None) -> dict[str, list[str]]:
+    """Testbeds whose namespaces exist on this host but which have no state file under ``root``
+    (left by a process that used another SKYPLANE_HOME, e.g. a killed test run): id -> namespaces.
+    ``teardown(id)`` removes them; nothing here guesses whether their owner still runs."""
+    recorded = set(recorded_ids(root or state_root()))
+    found: dict[str, list[str]] = {}
+    for ns in iproute.namespaces():
+        testbed_id = _testbed_of(ns)
+        if testbed_id and testbed_id not in recorded:
+            found.setdefault(testbed_id, []).append(ns)
+    return found
+
+
+def _testbed_of(netns: str) -> str | None:
+    m = NAMESPACE_PATTERN.match(netns)
+    return m.group(1) if m else None
 
 
 def teardown(testbed_id: str, root: Path | None = None) -> None:
