@@ -1,0 +1,164 @@
+"""Object-store adapters and :func:`open_store`, the one way to get one.
+
+Root URIs (as :attr:`gateway.stores.uri.StoreURI.root_uri` gives them)::
+
+    s3://bucket                 Amazon S3 (boto3)
+    gs://bucket                 Google Cloud Storage (google-cloud-storage)
+    az://account/container      Azure Blob Storage (azure-storage-blob)
+    file:///some/dir            a local directory (keys are paths relative to it)
+
+Credentials document
+--------------------
+A dict whose keys are store root URIs (most specific: ``"s3://bucket-a"``, ``"az://account/container"``;
+``"az://account"`` also matches every container of an account) or schemes (``"s3"``, ``"gs"``, ``"az"``;
+``"gcs"`` and ``"azure"`` are aliases). The most specific matching key wins. Values::
+
+    s3: {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region_name", "endpoint_url"}
+    gs: {"project", "endpoint" (an emulator URL), "service_account_info" (the key file's JSON as a dict),
+         "service_account_file", "anonymous" (bool)}
+    az: {"connection_string"}  or  {"account_url", "account_key" | "sas_token"}
+
+Every field is optional. Example::
+
+    {"s3": {"aws_access_key_id": "AKIA...", "aws_secret_access_key": "..."},
+     "s3://other-account-bucket": {"aws_access_key_id": "...", "aws_secret_access_key": "..."},
+     "gs": {"service_account_file": "/secrets/sa.json"},
+     "az://euwest": {"connection_string": "DefaultEndpointsProtocol=https;AccountName=euwest;..."}}
+
+With no matching entry each SDK's standard environment applies: ``AWS_ENDPOINT_URL`` and the AWS
+credential chain; ``STORAGE_EMULATOR_HOST`` and Google application default credentials;
+``AZURE_STORAGE_CONNECTION_STRING``. An Azure connection string for another account than the URI's
+raises :class:`CredentialsError`.
+
+Stores are cached per (root URI, matching credentials entry, relevant environment), and the SDK
+clients behind them are shared by every store with the same credentials, so calling
+:func:`open_store` per request is cheap and connections are pooled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+from planner.errors import BadOptionError, BadURIError
+
+from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .uri import _ALIASES, parse_uri
+
+__all__ = ["open_store", "close_all", "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
+
+_ENV_PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "CLOUDSDK_"),
+                 "az": ("AZURE_STORAGE_",), "file": ()}
+_lock = threading.Lock()
+_stores: dict[tuple, ObjectStore] = {}
+_clients: dict[tuple, Any] = {}
+
+
+def open_store(root_uri: str, credentials: dict | None = None) -> ObjectStore:
+    """The store at ``root_uri`` (``s3://bucket``, ``gs://bucket``, ``az://account/container``,
+    ``file:///dir``), using the matching entry of the ``credentials`` document (see the module doc).
+
+    Raises ``BadURIError`` for a malformed URI or one with a key path, ``BadOptionError`` for an
+    unknown credentials field and ``CredentialsError`` when credentials are missing or inconsistent.
+    Opening does not contact the store; call ``check()`` for that.
+    """
+    uri = parse_uri(root_uri)
+    if uri.scheme != "file" and uri.path:
+        raise BadURIError(f"{root_uri!r} is not a store root: it has the key path {uri.path!r}",
+                          hint=f"open {uri.root_uri} and pass the key to the store's methods")
+    entry = _entry(uri.scheme, uri.root_uri, credentials)
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES[uri.scheme])))
+    root = (uri.path.rstrip("/") or "/") if uri.scheme == "file" else uri.root_uri
+    cache_key = (uri.scheme, root, json.dumps(entry, sort_keys=True, default=str), env)
+    with _lock:
+        store = _stores.get(cache_key)
+        if store is None:
+            store = _stores[cache_key] = _make(uri.scheme, uri.bucket, root, entry, env)
+        return store
+
+
+def close_all() -> None:
+    """Drop every cached store and close every pooled client (e.g. before a fork)."""
+    with _lock:
+        clients = list(_clients.values())
+        _stores.clear()
+        _clients.clear()
+    for client in clients:
+        client.close()
+
+
+def _make(scheme: str, bucket: str, root: str, entry: dict, env: tuple) -> ObjectStore:
+    if scheme == "file":
+        from .local import LocalStore
+
+        return LocalStore(root)
+    entry_key = json.dumps(entry, sort_keys=True, default=str)
+    if scheme == "s3":
+        from . import s3
+
+        client = _client(("s3", entry_key, env), lambda: s3.make_client(entry))
+        return s3.S3Store(bucket, client)
+    if scheme == "gs":
+        from . import gcs
+
+        client = _client(("gs", entry_key, env), lambda: gcs.make_client(entry))
+        return gcs.GCSStore(bucket, client)
+    from . import azure
+
+    account, container = bucket.split("/", 1)
+    client = _client(("az", account, entry_key, env), lambda: azure.make_client(account, entry))
+    return azure.AzureStore(account, container, client)
+
+
+def _client(key: tuple, factory) -> Any:
+    """Called with ``_lock`` held: SDK clients are built once and shared."""
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = factory()
+    return client
+
+
+def _entry(scheme: str, root_uri: str, document: dict | None) -> dict:
+    """The most specific entry of ``document`` for this store, checked against its scheme's fields."""
+    if not document or scheme == "file":
+        return {}
+    if not isinstance(document, dict):
+        raise BadOptionError("the credentials document must be a dict", hint="see gateway.stores for its format")
+    normal = {_normal_key(k): v for k, v in document.items()}
+    candidates = [root_uri]
+    if scheme == "az":
+        candidates.append(root_uri.rsplit("/", 1)[0])  # az://account
+    candidates.append(scheme)
+    for candidate in candidates:
+        if candidate in normal:
+            entry = normal[candidate]
+            if not isinstance(entry, dict):
+                raise BadOptionError(f"credentials entry {candidate!r} must be a dict of settings",
+                                     hint="see gateway.stores for the fields")
+            unknown = set(entry) - _fields(scheme)
+            if unknown:
+                raise BadOptionError(f"unknown field(s) {sorted(unknown)} in credentials entry {candidate!r}",
+                                     hint=f"allowed: {sorted(_fields(scheme))}")
+            return dict(entry)
+    return {}
+
+
+def _fields(scheme: str) -> frozenset[str]:
+    if scheme == "s3":
+        from .s3 import CREDENTIAL_FIELDS
+    elif scheme == "gs":
+        from .gcs import CREDENTIAL_FIELDS
+    else:
+        from .azure import CREDENTIAL_FIELDS
+    return CREDENTIAL_FIELDS
+
+
+def _normal_key(key: str) -> str:
+    """``"GCS"`` -> ``"gs"``; ``"azure://acct/c/"`` -> ``"az://acct/c"``."""
+    key = str(key).strip()
+    if "://" in key:
+        scheme, rest = key.split("://", 1)
+        return f"{_ALIASES.get(scheme.lower(), scheme.lower())}://{rest.strip('/')}"
+    return _ALIASES.get(key.lower(), key.lower())

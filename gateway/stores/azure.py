@@ -1,0 +1,215 @@
+"""Azure Blob Storage (and Azurite) through azure-storage-blob.
+
+Multipart uploads are staged blocks: ``upload_part`` stages a block whose id is derived from the
+upload id and the part number, ``complete_multipart`` commits the block list in part order (the blob
+appears only then) and ``abort_multipart`` has nothing to do: uncommitted blocks are never visible
+and Azure discards them by itself.
+ETags are the blob's Content-MD5 in hex when Azure keeps one (single-shot uploads), else Azure's etag.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import azure.core.exceptions as aze
+import requests
+import requests.adapters
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+from azure.storage.blob import BlobBlock, BlobServiceClient
+from urllib3.util.retry import Retry
+
+from planner.errors import (AccessDeniedError, CredentialsError, NotFoundError, SkyplaneError, StoreError,
+                            StoreUnavailableError, ThrottledError)
+
+from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
+                     translated)
+
+MiB = 1024**2
+_SINGLE_PUT = 256 * MiB  # one Put Blob request up to this size; bigger writes are staged blocks
+_CREDENTIALS_HINT = ("set AZURE_STORAGE_CONNECTION_STRING, or give an 'az' entry in the credentials document: "
+                     "{connection_string} or {account_url, account_key | sas_token}")
+CREDENTIAL_FIELDS = frozenset({"connection_string", "account_url", "account_key", "sas_token"})
+
+
+def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
+    """One pooled service client for ``account`` from a credentials entry (see ``gateway.stores``),
+    else from ``AZURE_STORAGE_CONNECTION_STRING``. Raises ``CredentialsError`` when there is none, or
+    when the connection string is for another account."""
+    options: dict[str, Any] = dict(session=_pooled_session(), connection_timeout=CONNECT_TIMEOUT,
+                                   read_timeout=READ_TIMEOUT, retry_total=3, max_single_put_size=_SINGLE_PUT,
+                                   max_block_size=64 * MiB)
+    conn = settings.get("connection_string")
+    if not conn and not settings.get("account_url"):
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    try:
+        if conn:
+            named = connection_string_account(conn)
+            if named is not None and named != account:
+                raise CredentialsError(f"the Azure connection string is for account {named!r}, not {account!r}",
+                                       hint=f"give a credentials entry for az://{account}/... or fix the URI's account")
+            return BlobServiceClient.from_connection_string(conn, **options)
+        if settings.get("account_url"):
+            credential: Any = None
+            if settings.get("account_key"):
+                credential = AzureNamedKeyCredential(account, settings["account_key"])
+            elif settings.get("sas_token"):
+                credential = AzureSasCredential(settings["sas_token"].lstrip("?"))
+            return BlobServiceClient(settings["account_url"], credential=credential, **options)
+    except ValueError as exc:
+        raise CredentialsError(f"unusable Azure credentials for account {account!r}: {exc}",
+                               hint=_CREDENTIALS_HINT) from exc
+    raise CredentialsError(f"no Azure credentials for account {account!r}", hint=_CREDENTIALS_HINT)
+
+
+def connection_string_account(conn: str) -> str | None:
+    """The ``AccountName`` a connection string names (Azurite's for ``UseDevelopmentStorage``)."""
+    fields = dict(part.split("=", 1) for part in conn.strip().rstrip(";").split(";") if "=" in part)
+    fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return "devstoreaccount1"
+    return fields.get("accountname")
+
+
+def _pooled_session() -> requests.Session:
+    # azure-core retries on its own; the adapter must not (same settings azure-core uses itself).
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE,
+                                            max_retries=Retry(total=False, redirect=False, raise_on_status=False))
+    session = requests.Session()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class AzureStore(ObjectStore):
+    """One container of one storage account."""
+
+    scheme = "az"
+    capabilities = Capabilities(multipart=True, max_parts=50_000, min_part_size=0, max_part_size=4000 * MiB,
+                                checksums=frozenset({"md5"}))
+
+    def __init__(self, account: str, container: str, service: BlobServiceClient) -> None:
+        self.account, self.container = account, container
+        self._service = service
+        self._container = service.get_container_client(container)
+
+    @property
+    def root_uri(self) -> str:
+        return f"az://{self.account}/{self.container}"
+
+    def check(self) -> None:
+        with self._errors():
+            self._container.get_container_properties()
+
+    def region(self) -> str | None:
+        return None  # the blob API does not say; callers pass the region explicitly
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._errors():
+            for blob in self._container.list_blobs(name_starts_with=prefix or None):
+                yield ObjectInfo(blob.name, blob.size, _etag(blob.content_settings.content_md5, blob.etag),
+                                 blob.last_modified.timestamp() if blob.last_modified else None)
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._errors(key):
+            p = self._container.get_blob_client(key).get_blob_properties()
+        return ObjectInfo(key, p.size, _etag(p.content_settings.content_md5, p.etag),
+                          p.last_modified.timestamp() if p.last_modified else None)
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_range(offset, length)
+        if length == 0:
+            return b""
+        try:
+            with self._errors(key):
+                return self._container.get_blob_client(key).download_blob(offset=offset or None, length=length).readall()
+        except _RangeNotSatisfiable:
+            return b""  # the range starts at or past the end: like a slice, nothing
+
+    def write(self, key: str, data: bytes) -> str:
+        with self._errors(key):
+            r = self._container.get_blob_client(key).upload_blob(data, overwrite=True)
+        return _etag(r.get("content_md5"), r.get("etag"))
+
+    def delete(self, key: str) -> None:
+        try:
+            with self._errors(key):
+                self._container.get_blob_client(key).delete_blob()
+        except _BlobNotFound:
+            pass
+
+    def begin_multipart(self, key: str) -> str:
+        return new_upload_id()  # nothing exists on the server until the first block is staged
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        check_upload_id(upload_id)
+        block_id = _block_id(upload_id, part_number)
+        with self._errors(key):
+            self._container.get_blob_client(key).stage_block(block_id, data, length=len(data))
+        return PartInfo(part_number, block_id, len(data))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+        check_upload_id(upload_id)
+        numbers = sorted({p.part_number for p in parts})
+        with self._errors(key):
+            r = self._container.get_blob_client(key).commit_block_list(
+                [BlobBlock(block_id=_block_id(upload_id, n)) for n in numbers])
+        return _etag(None, r.get("etag"))
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        check_upload_id(upload_id)  # uncommitted blocks are invisible and expire on their own
+
+    def close(self) -> None:
+        self._service.close()
+
+    def _errors(self, key: str | None = None):
+        return translated(lambda exc: _translate(exc, self.root_uri, key))
+
+
+def _block_id(upload_id: str, part_number: int) -> str:
+    # Every block id of a blob must have the same length; the upload id keeps two concurrent
+    # uploads of one key from committing each other's blocks. The SDK base64-encodes it.
+    return f"{upload_id}{part_number:06d}"
+
+
+def _etag(content_md5: Any, etag: str | None) -> str | None:
+    return md5_hex(content_md5) or (etag.strip('"') if etag else None)
+
+
+class _RangeNotSatisfiable(StoreError):
+    """Internal: Azure answered 416 to a ranged GET."""
+
+
+class _BlobNotFound(NotFoundError):
+    """The blob (not the container) does not exist."""
+
+
+def _translate(exc: Exception, root: str, key: str | None) -> SkyplaneError | None:
+    where = f"{root}/{key}" if key else root
+    if isinstance(exc, (aze.ServiceRequestError, aze.ServiceResponseError)):
+        return StoreUnavailableError(f"cannot reach Azure Blob Storage for {where}: {exc}",
+                                     hint="check the network and the endpoint in the connection string, and retry")
+    if isinstance(exc, aze.ClientAuthenticationError):
+        return CredentialsError(f"Azure rejected the credentials for {where}", hint=_CREDENTIALS_HINT)
+    if not isinstance(exc, aze.HttpResponseError):
+        return None
+    code = str(exc.error_code or "")
+    status = exc.status_code or 0
+    if code == "ContainerNotFound" or (status == 404 and not key):
+        return NotFoundError(f"container {root} does not exist", hint="create it, or check the account and container names")
+    if status == 404:
+        return _BlobNotFound(f"{where} does not exist", hint="check the key, and that the container exists")
+    if code == "InvalidRange" or status == 416:
+        return _RangeNotSatisfiable(f"range not satisfiable on {where}")
+    if code in ("AuthenticationFailed", "InvalidAuthenticationInfo"):
+        return CredentialsError(f"Azure rejected the credentials for {where}", hint=_CREDENTIALS_HINT)
+    if status == 403:
+        return AccessDeniedError(f"access denied to {where}",
+                                 hint="grant these credentials the Storage Blob Data Contributor role")
+    if code == "ServerBusy" or status in (429, 503):
+        return ThrottledError(f"Azure is throttling requests to {where} ({code or status})",
+                              hint="retry with fewer connections")
+    if status >= 500:
+        return StoreUnavailableError(f"Azure failed a request on {where}: {code or status}", hint="retry later")
+    return StoreError(f"Azure refused a request on {where}: {code or status}: {exc.reason or exc}")

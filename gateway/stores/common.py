@@ -1,0 +1,58 @@
+"""Small pieces every store adapter shares: error translation, range checks, pool size."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from planner.errors import BadOptionError, SkyplaneError
+
+#: HTTP connections each SDK client may keep open: room for ~32 parallel users of one client.
+POOL_SIZE = 64
+
+#: Seconds to wait for a TCP connection, and for a response, before calling a store unavailable.
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 120
+
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@contextmanager
+def translated(translate: Callable[[Exception], SkyplaneError | None]) -> Iterator[None]:
+    """Re-raise SDK exceptions as the error ``translate`` maps them to (unmapped ones pass through)."""
+    try:
+        yield
+    except SkyplaneError:
+        raise
+    except Exception as exc:
+        mapped = translate(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def check_range(offset: int, length: int | None) -> None:
+    """Reject negative offsets and lengths (``read`` semantics are those of a slice otherwise)."""
+    if offset < 0 or (length is not None and length < 0):
+        raise BadOptionError(f"bad byte range (offset {offset}, length {length})", hint="offset and length must be >= 0")
+
+
+def new_upload_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_upload_id(upload_id: str) -> None:
+    """Upload ids we mint are 32 hex digits; anything else could name a path outside the upload."""
+    if not isinstance(upload_id, str) or not _UPLOAD_ID.match(upload_id):
+        raise BadOptionError(f"malformed multipart upload id {upload_id!r}", hint="pass the id begin_multipart returned")
+
+
+def md5_hex(b64: str | bytes | bytearray | None) -> str | None:
+    """An MD5 as stores report it (base64 text or raw bytes) -> 32 hex digits, or None."""
+    if not b64:
+        return None
+    raw = base64.b64decode(b64) if isinstance(b64, str) else bytes(b64)
+    return raw.hex() if len(raw) == 16 else None

@@ -1,0 +1,251 @@
+"""Google Cloud Storage (and fake-gcs-server) through google-cloud-storage.
+
+Multipart uploads have no native GCS call: each part is uploaded as a temporary object under the
+reserved prefix ``.skyplane-parts/<upload_id>/``, ``complete_multipart`` composes them into the
+object (at most 32 sources per compose, so larger uploads are composed in a tree) and deletes the
+parts; ``abort_multipart`` deletes them. Listings never show the reserved prefix.
+
+Uploads are single-shot (one request, or one resumable chunk as big as the data): resumable uploads
+in many chunks are quadratic on the emulators and buy nothing when a part is already in memory.
+ETags are the object's MD5 in hex when GCS reports one (composed objects have only a CRC32C; then
+the GCS etag is reported, which is never mistaken for an MD5).
+"""
+
+from __future__ import annotations
+
+import http.client
+from typing import Any, Iterator
+
+import google.api_core.exceptions as gex
+import google.auth.exceptions as aex
+import requests
+import requests.adapters
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from planner.errors import (AccessDeniedError, ChecksumError, CredentialsError, NotFoundError, SkyplaneError,
+                            StoreError, StoreUnavailableError, ThrottledError)
+
+from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
+                     translated)
+
+PARTS_PREFIX = ".skyplane-parts/"
+MAX_COMPOSE = 32  # sources per compose request (a GCS limit)
+_MULTIPART_LIMIT = 8 * 1024**2  # above this the library switches to a resumable upload
+_RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes must be multiples of this
+_TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
+_RETRY = DEFAULT_RETRY.with_timeout(20.0)  # seconds in all; the transfer retries on top of this
+_CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
+                     "or give a 'gs' entry in the credentials document")
+CREDENTIAL_FIELDS = frozenset({"project", "endpoint", "service_account_info", "service_account_file", "anonymous"})
+
+
+def make_client(settings: dict[str, Any]) -> storage.Client:
+    """One GCS client for a credentials entry (see ``gateway.stores``), with a pooled HTTP session.
+
+    With no entry the library's own rules apply: ``STORAGE_EMULATOR_HOST``, then application
+    default credentials.
+    """
+    from google.auth.credentials import AnonymousCredentials
+    from google.oauth2 import service_account
+
+    kwargs: dict[str, Any] = {}
+    scopes = ["https://www.googleapis.com/auth/devstorage.full_control"]
+    try:
+        if settings.get("service_account_info"):
+            kwargs["credentials"] = service_account.Credentials.from_service_account_info(
+                settings["service_account_info"], scopes=scopes)
+        elif settings.get("service_account_file"):
+            kwargs["credentials"] = service_account.Credentials.from_service_account_file(
+                settings["service_account_file"], scopes=scopes)
+        elif settings.get("anonymous") or settings.get("endpoint"):
+            kwargs["credentials"] = AnonymousCredentials()
+            kwargs["project"] = settings.get("project")  # None: no project needed for bucket operations
+        if settings.get("project"):
+            kwargs["project"] = settings["project"]
+        if settings.get("endpoint"):
+            kwargs["client_options"] = {"api_endpoint": settings["endpoint"]}
+        client = storage.Client(**kwargs)
+    except (aex.DefaultCredentialsError, ValueError, OSError) as exc:
+        raise CredentialsError(f"cannot set up Google Cloud credentials: {exc}", hint=_CREDENTIALS_HINT) from exc
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    client._http.mount("https://", adapter)  # noqa: SLF001  (the library offers no public pool setting)
+    client._http.mount("http://", adapter)  # noqa: SLF001
+    return client
+
+
+class GCSStore(ObjectStore):
+    """One GCS bucket."""
+
+    scheme = "gs"
+    capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=0, max_part_size=5 * 1024**3,
+                                checksums=frozenset({"md5", "crc32c"}))
+
+    def __init__(self, bucket: str, client: storage.Client) -> None:
+        self.bucket = bucket
+        self._client = client
+        self._bucket = client.bucket(bucket)
+        self._region: str | None = None
+
+    @property
+    def root_uri(self) -> str:
+        return f"gs://{self.bucket}"
+
+    def check(self) -> None:
+        with self._errors():
+            self._client.get_bucket(self.bucket, timeout=_TIMEOUT, retry=_RETRY)
+
+    def region(self) -> str | None:
+        if self._region is None:
+            with self._errors():
+                bucket = self._client.get_bucket(self.bucket, timeout=_TIMEOUT, retry=_RETRY)
+            self._region = f"gcp:{bucket.location.lower()}" if bucket.location else None
+        return self._region
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._errors():  # a 404 on a listing can only mean the bucket
+            for blob in self._client.list_blobs(self.bucket, prefix=prefix, timeout=_TIMEOUT, retry=_RETRY):
+                if not blob.name.startswith(PARTS_PREFIX):
+                    yield _info(blob)
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._errors(key):
+            blob = self._bucket.get_blob(key, timeout=_TIMEOUT, retry=_RETRY)
+        if blob is None:
+            raise NotFoundError(f"gs://{self.bucket}/{key} does not exist", hint="check the key, and that the bucket exists")
+        return _info(blob)
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_range(offset, length)
+        if length == 0:
+            return b""
+        end = None if length is None else offset + length - 1
+        try:
+            with self._errors(key):
+                return self._bucket.blob(key).download_as_bytes(start=offset or None, end=end, timeout=_TIMEOUT,
+                                                                retry=_RETRY)
+        except _RangeNotSatisfiable:
+            return b""  # the range starts at or past the end: like a slice, nothing
+
+    def write(self, key: str, data: bytes) -> str:
+        return self._put(key, data)
+
+    def delete(self, key: str) -> None:
+        try:
+            with self._errors(key):
+                self._bucket.delete_blob(key, timeout=_TIMEOUT, retry=_RETRY)
+        except NotFoundError:
+            pass
+
+    # ---- multipart as parts + compose -------------------------------------------------------
+    def begin_multipart(self, key: str) -> str:
+        return new_upload_id()  # nothing exists on the server until the first part arrives
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        check_upload_id(upload_id)
+        etag = self._put(_part_name(upload_id, part_number), data, what=key)
+        return PartInfo(part_number, etag, len(data))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+        check_upload_id(upload_id)
+        numbers = sorted({p.part_number for p in parts})
+        sources = [self._bucket.blob(_part_name(upload_id, n)) for n in numbers]
+        if not sources:
+            raise NotFoundError(f"no parts to complete gs://{self.bucket}/{key}", hint="upload at least one part")
+        level = 0
+        with self._errors(f"{key} (parts of multipart upload {upload_id})"):
+            # Compose in a tree: each round turns every 32 sources into one intermediate object.
+            while len(sources) > MAX_COMPOSE:
+                level += 1
+                merged = []
+                for i in range(0, len(sources), MAX_COMPOSE):
+                    target = self._bucket.blob(f"{PARTS_PREFIX}{upload_id}/c{level}-{i // MAX_COMPOSE:05d}")
+                    target.compose(sources[i:i + MAX_COMPOSE], timeout=_TIMEOUT, retry=_RETRY)
+                    merged.append(target)
+                sources = merged
+            final = self._bucket.blob(key)
+            final.content_type = "application/octet-stream"
+            final.compose(sources, timeout=_TIMEOUT, retry=_RETRY)
+        self._delete_upload(upload_id)
+        return _etag(final)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        check_upload_id(upload_id)
+        self._delete_upload(upload_id)
+
+    def close(self) -> None:
+        self._client._http.close()  # noqa: SLF001  (requests reopens connections on the next call)
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _put(self, name: str, data: bytes, *, what: str | None = None) -> str:
+        chunk = None
+        if len(data) > _MULTIPART_LIMIT:
+            chunk = -(-len(data) // _RESUMABLE_QUANTUM) * _RESUMABLE_QUANTUM  # one chunk holds everything
+        blob = self._bucket.blob(name, chunk_size=chunk)
+        with self._errors(what or name, bucket_level=True):
+            blob.upload_from_string(data, content_type="application/octet-stream", timeout=_TIMEOUT, retry=_RETRY)
+        return _etag(blob)
+
+    def _delete_upload(self, upload_id: str) -> None:
+        with self._errors(f"{PARTS_PREFIX}{upload_id}/"):
+            for blob in self._client.list_blobs(self.bucket, prefix=f"{PARTS_PREFIX}{upload_id}/", timeout=_TIMEOUT,
+                                                retry=_RETRY):
+                try:
+                    blob.delete(timeout=_TIMEOUT, retry=_RETRY)
+                except gex.NotFound:
+                    pass
+
+    def _errors(self, key: str | None = None, *, bucket_level: bool = False):
+        """Translate SDK errors; ``bucket_level``: a 404 means the bucket is missing (uploads)."""
+        return translated(lambda exc: _translate(exc, self.bucket, key, bucket_level))
+
+
+def _part_name(upload_id: str, part_number: int) -> str:
+    return f"{PARTS_PREFIX}{upload_id}/p{part_number:05d}"
+
+
+def _etag(blob: storage.Blob) -> str | None:
+    return md5_hex(blob.md5_hash) or blob.etag
+
+
+def _info(blob: storage.Blob) -> ObjectInfo:
+    return ObjectInfo(blob.name, blob.size or 0, _etag(blob), blob.updated.timestamp() if blob.updated else None)
+
+
+class _RangeNotSatisfiable(StoreError):
+    """Internal: GCS answered 416 to a ranged GET."""
+
+
+def _translate(exc: Exception, bucket: str, key: str | None, bucket_level: bool = False) -> SkyplaneError | None:
+    where = f"gs://{bucket}/{key}" if key else f"gs://{bucket}"
+    if isinstance(exc, gex.RetryError) and exc.cause is not None:
+        return _translate(exc.cause, bucket, key, bucket_level) or StoreUnavailableError(f"GCS kept failing on {where}: {exc}")
+    if isinstance(exc, (aex.DefaultCredentialsError, aex.RefreshError)):
+        return CredentialsError(f"no usable Google Cloud credentials for {where}: {exc}", hint=_CREDENTIALS_HINT)
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, aex.TransportError, http.client.HTTPException,
+                        ConnectionError, TimeoutError)):
+        return StoreUnavailableError(f"cannot reach GCS for {where}: {exc}",
+                                     hint="check the network, the endpoint (STORAGE_EMULATOR_HOST) and retry")
+    if isinstance(exc, DataCorruption):
+        return ChecksumError(f"GCS returned corrupt data for {where}", hint="retry the read")
+    if not isinstance(exc, gex.GoogleAPICallError):
+        return None
+    message = getattr(exc, "message", str(exc))
+    if isinstance(exc, gex.NotFound):
+        if not key or bucket_level:
+            return NotFoundError(f"bucket gs://{bucket} does not exist", hint="create it, or check the name and project")
+        return NotFoundError(f"{where} does not exist", hint="check the key, and that the bucket exists")
+    if isinstance(exc, gex.RequestRangeNotSatisfiable):
+        return _RangeNotSatisfiable(f"range not satisfiable on {where}")
+    if isinstance(exc, gex.Unauthorized):
+        return CredentialsError(f"GCS rejected the credentials for {where}: {message}", hint=_CREDENTIALS_HINT)
+    if isinstance(exc, gex.Forbidden):
+        return AccessDeniedError(f"access denied to {where}",
+                                 hint="grant these credentials roles/storage.objectAdmin on the bucket")
+    if isinstance(exc, gex.TooManyRequests):
+        return ThrottledError(f"GCS is throttling requests to {where}", hint="retry with fewer connections")
+    if exc.code is not None and int(exc.code) >= 500:
+        return StoreUnavailableError(f"GCS failed a request on {where}: {message}", hint="retry later")
+    return StoreError(f"GCS refused a request on {where}: {message}")

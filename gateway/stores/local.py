@@ -1,0 +1,284 @@
+"""A directory as an object store.
+
+Keys are ``/``-separated paths relative to the root directory. A key that would leave the root
+(``..``, an absolute path, an empty segment) raises :class:`BadURIError` before anything is written.
+Writes land in a temp file under ``<root>/.skyplane-tmp/`` and are renamed into place, so an object
+is never visible half-written; multipart parts live in ``.skyplane-tmp/<upload_id>/`` until
+``complete_multipart`` concatenates them. Listings never show the temp directory.
+ETags are the MD5 of the bytes (cached per file version, so repeated listings stay cheap).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from typing import Iterator
+
+from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotFoundError, SkyplaneError,
+                            StoreError, StoreUnavailableError)
+
+from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .common import check_range, check_upload_id, new_upload_id, translated
+
+TMP_DIR = ".skyplane-tmp"
+_BLOCK = 4 * 1024 * 1024
+_MD5_CACHE_MAX = 100_000  # file versions; about 20 MB at most
+
+
+class LocalStore(ObjectStore):
+    """Objects as files below ``root``."""
+
+    scheme = "file"
+    capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=0, max_part_size=5 * 1024**3,
+                                checksums=frozenset({"md5"}))
+
+    def __init__(self, root: str) -> None:
+        if not os.path.isabs(root):
+            raise BadURIError(f"local store root {root!r} is not an absolute path", hint="give an absolute path")
+        self._root = os.path.normpath(root)
+        self._md5_cache: dict[tuple, str] = {}
+        self._md5_lock = threading.Lock()
+
+    @property
+    def root_uri(self) -> str:
+        return "file://" + self._root
+
+    def region(self) -> str | None:
+        return "local"
+
+    # ---- required verbs --------------------------------------------------------------------
+    def check(self) -> None:
+        if not os.path.isdir(self._root):
+            raise NotFoundError(f"directory {self._root} does not exist", hint="create it first")
+        if not os.access(self._root, os.R_OK | os.X_OK):
+            raise AccessDeniedError(f"cannot read directory {self._root}", hint="fix its permissions")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._check_prefix(prefix)
+        # Walk only below the deepest directory the prefix names, then filter by the full prefix.
+        start_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self._root, start_rel) if start_rel else self._root
+        if not os.path.isdir(start):
+            if not os.path.isdir(self._root):
+                self.check()
+            return
+        keys = []
+        with self._errors(prefix):
+            for dirpath, dirnames, filenames in os.walk(start):
+                rel_dir = os.path.relpath(dirpath, self._root)
+                if rel_dir.split(os.sep, 1)[0] == TMP_DIR:
+                    dirnames.clear()
+                    continue
+                for name in filenames:
+                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                    if key.startswith(prefix):
+                        keys.append(key)
+        for key in sorted(keys):
+            try:
+                yield self.head(key)
+            except NotFoundError:
+                continue  # deleted while we listed
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        with self._errors(key):
+            st = os.stat(path)
+        if not os.path.isfile(path):
+            raise NotFoundError(f"{self._uri(key)} is a directory, not an object", hint="give the key of a file")
+        return ObjectInfo(key, st.st_size, self._md5(path, st), st.st_mtime)
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_range(offset, length)
+        path = self._path(key)
+        with self._errors(key), open(path, "rb") as f:
+            f.seek(offset)
+            return f.read() if length is None else f.read(length)
+
+    def write(self, key: str, data: bytes) -> str:
+        path = self._path(key, for_write=True)
+        tmp = self._temp_file()
+        try:
+            with self._errors(key):
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                self._publish(tmp, path)
+        finally:
+            _remove(tmp)
+        return hashlib.md5(data).hexdigest()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _translate(exc, self._uri(key)) from exc
+        self._prune_dirs(os.path.dirname(path))
+
+    # ---- multipart --------------------------------------------------------------------------
+    def begin_multipart(self, key: str) -> str:
+        self._path(key, for_write=True)  # reject a bad key now, not at completion
+        upload_id = new_upload_id()
+        with self._errors(key):
+            os.makedirs(self._upload_dir(upload_id))
+            with open(os.path.join(self._upload_dir(upload_id), "key"), "w", encoding="utf-8") as f:
+                f.write(key)
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        if not 1 <= part_number <= self.capabilities.max_parts:
+            raise BadOptionError(f"part number {part_number} is out of range",
+                                 hint=f"use 1..{self.capabilities.max_parts}")
+        directory = self._open_upload(key, upload_id)
+        part = os.path.join(directory, f"part-{part_number:05d}")
+        tmp = part + f".{new_upload_id()}.tmp"
+        try:
+            with self._errors(key):
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, part)
+        finally:
+            _remove(tmp)
+        return PartInfo(part_number, hashlib.md5(data).hexdigest(), len(data))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+        directory = self._open_upload(key, upload_id)
+        path = self._path(key, for_write=True)
+        ordered = sorted(parts, key=lambda p: p.part_number)
+        if not ordered or len({p.part_number for p in ordered}) != len(ordered):
+            raise BadOptionError(f"cannot complete {self._uri(key)}: the part list is empty or has duplicates",
+                                 hint="pass each uploaded part once")
+        tmp = self._temp_file()
+        digest = hashlib.md5()
+        try:
+            with self._errors(key), open(tmp, "wb") as out:
+                for part in ordered:
+                    part_path = os.path.join(directory, f"part-{part.part_number:05d}")
+                    if not os.path.exists(part_path):
+                        raise NotFoundError(f"part {part.part_number} of the upload of {self._uri(key)} is missing",
+                                            hint="upload every part before completing")
+                    with open(part_path, "rb") as f:
+                        while block := f.read(_BLOCK):
+                            digest.update(block)
+                            out.write(block)
+            with self._errors(key):
+                self._publish(tmp, path)
+        finally:
+            _remove(tmp)
+        shutil.rmtree(directory, ignore_errors=True)
+        return digest.hexdigest()
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        check_upload_id(upload_id)
+        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _uri(self, key: str) -> str:
+        return f"{self.root_uri.rstrip('/')}/{key}"
+
+    def _path(self, key: str, *, for_write: bool = False) -> str:
+        """The file of ``key``; raises BadURIError for any key that is not a plain relative path."""
+        if not isinstance(key, str) or not key:
+            raise BadURIError("empty object key", hint="give a key relative to the store root")
+        segments = key.split("/")
+        bad = next((s for s in segments if s in ("", ".", "..")), None)
+        if key.startswith("/") or "\0" in key or bad is not None:
+            raise BadURIError(f"key {key!r} would escape or leave the store root {self._root}",
+                              hint="keys are relative paths without '..', '.', empty segments or a leading '/'")
+        if segments[0] == TMP_DIR:
+            raise BadURIError(f"key {key!r} is inside the reserved directory {TMP_DIR}/", hint="choose another key")
+        if for_write and not os.path.isdir(self._root):
+            raise NotFoundError(f"directory {self._root} does not exist", hint="create it first")
+        return os.path.join(self._root, *segments)
+
+    def _check_prefix(self, prefix: str) -> None:
+        segments = prefix.split("/")
+        if prefix.startswith("/") or "\0" in prefix or ".." in segments or "." in segments[:-1]:
+            raise BadURIError(f"prefix {prefix!r} would escape the store root {self._root}",
+                              hint="give a prefix relative to the root, without '..'")
+
+    def _temp_file(self) -> str:
+        tmp_dir = os.path.join(self._root, TMP_DIR)
+        try:
+            os.makedirs(tmp_dir, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
+        except OSError as exc:
+            raise _translate(exc, self.root_uri) from exc
+        os.close(fd)
+        return tmp
+
+    def _publish(self, tmp: str, path: str) -> None:
+        # A rename within one file system is atomic: readers see the old object or the new one.
+        # No fsync: visibility is the contract; the transfer verifies what it wrote afterwards.
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(tmp, path)
+
+    def _upload_dir(self, upload_id: str) -> str:
+        return os.path.join(self._root, TMP_DIR, upload_id)
+
+    def _open_upload(self, key: str, upload_id: str) -> str:
+        check_upload_id(upload_id)
+        directory = self._upload_dir(upload_id)
+        try:
+            with open(os.path.join(directory, "key"), encoding="utf-8") as f:
+                owner = f.read()
+        except FileNotFoundError:
+            raise NotFoundError(f"no multipart upload {upload_id} in {self.root_uri}",
+                                hint="it was completed or aborted; begin a new one") from None
+        if owner != key:
+            raise BadOptionError(f"multipart upload {upload_id} belongs to key {owner!r}, not {key!r}",
+                                 hint="pass the key the upload was started with")
+        return directory
+
+    def _prune_dirs(self, directory: str) -> None:
+        """Remove directories left empty by a delete, like "folders" vanish from a bucket."""
+        while directory != self._root and directory.startswith(self._root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = os.path.dirname(directory)
+
+    def _md5(self, path: str, st: os.stat_result) -> str:
+        version = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._md5_lock:
+            cached = self._md5_cache.get(version)
+        if cached is not None:
+            return cached
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            while block := f.read(_BLOCK):
+                digest.update(block)
+        with self._md5_lock:
+            if len(self._md5_cache) >= _MD5_CACHE_MAX:
+                self._md5_cache.clear()
+            self._md5_cache[version] = digest.hexdigest()
+        return digest.hexdigest()
+
+    def _errors(self, key: str):
+        uri = self._uri(key)
+        return translated(lambda exc: _translate(exc, uri) if isinstance(exc, OSError) else None)
+
+
+def _translate(exc: OSError, what: str) -> SkyplaneError:
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return NotFoundError(f"{what} does not exist", hint="check the path")
+    if isinstance(exc, IsADirectoryError):
+        return NotFoundError(f"{what} is a directory, not an object", hint="give the key of a file")
+    if isinstance(exc, PermissionError):
+        return AccessDeniedError(f"permission denied on {what}", hint="fix the file permissions")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreUnavailableError(f"no space left while writing {what}", hint="free some disk space")
+    return StoreError(f"local file error on {what}: {exc.strerror or exc}")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

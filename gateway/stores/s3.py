@@ -1,0 +1,199 @@
+"""Amazon S3 (and S3-compatible servers such as moto) through boto3."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import boto3
+import botocore.exceptions as bex
+from botocore.config import Config
+
+from planner.errors import (AccessDeniedError, BadOptionError, CredentialsError, NotFoundError, SkyplaneError,
+                            StoreError, StoreUnavailableError, ThrottledError)
+
+from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, translated
+
+MiB = 1024**2
+_NOT_FOUND_KEY = {"NoSuchKey", "404", "NotFound"}
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+              "RequestThrottled", "503"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                    "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
+_CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+                     "or give an 's3' entry in the credentials document")
+CREDENTIAL_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region_name",
+                               "endpoint_url"})
+
+
+def make_client(settings: dict[str, Any]) -> Any:
+    """One boto3 S3 client for a credentials entry (see ``gateway.stores``); thread-safe, pooled.
+
+    Without an ``endpoint_url`` boto3 still honours ``AWS_ENDPOINT_URL`` and its usual credential chain.
+    """
+    session = boto3.session.Session(
+        aws_access_key_id=settings.get("aws_access_key_id"),
+        aws_secret_access_key=settings.get("aws_secret_access_key"),
+        aws_session_token=settings.get("aws_session_token"),
+        region_name=settings.get("region_name"),
+    )
+    endpoint = settings.get("endpoint_url")
+    custom = bool(endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"))
+    config = Config(
+        max_pool_connections=POOL_SIZE,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        retries={"max_attempts": 3, "mode": "standard"},
+        # Checksums only where S3 requires them: the transfer verifies every chunk end to end, and
+        # the default CRC trailers are not understood by every S3-compatible server.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # Emulators and on-premises servers on an IP address cannot use virtual-host addressing.
+        s3={"addressing_style": "path" if custom else "auto"},
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+class S3Store(ObjectStore):
+    """One S3 bucket."""
+
+    scheme = "s3"
+    capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=5 * MiB, max_part_size=5 * 1024**3,
+                                checksums=frozenset({"md5"}))
+
+    def __init__(self, bucket: str, client: Any) -> None:
+        self.bucket = bucket
+        self._client = client
+        self._region: str | None = None
+
+    @property
+    def root_uri(self) -> str:
+        return f"s3://{self.bucket}"
+
+    def check(self) -> None:
+        with self._errors():
+            self._client.head_bucket(Bucket=self.bucket)
+
+    def region(self) -> str | None:
+        if self._region is None:
+            with self._errors():
+                location = self._client.get_bucket_location(Bucket=self.bucket).get("LocationConstraint")
+            # S3 reports us-east-1 as no constraint, and the oldest EU buckets as "EU".
+            self._region = "aws:" + {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
+        return self._region
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"], obj["Size"], _etag(obj.get("ETag")),
+                                     obj["LastModified"].timestamp())
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._errors(key):
+            r = self._client.head_object(Bucket=self.bucket, Key=key)
+        return ObjectInfo(key, r["ContentLength"], _etag(r.get("ETag")), r["LastModified"].timestamp())
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_range(offset, length)
+        if length == 0:
+            return b""
+        kwargs: dict[str, Any] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            kwargs["Range"] = f"bytes={offset}-{end}"
+        try:
+            with self._errors(key):
+                return self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)["Body"].read()
+        except _RangeNotSatisfiable:
+            return b""  # the range starts at or past the end: like a slice, nothing
+
+    def write(self, key: str, data: bytes) -> str:
+        with self._errors(key):
+            return _etag(self._client.put_object(Bucket=self.bucket, Key=key, Body=data)["ETag"])
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def begin_multipart(self, key: str) -> str:
+        with self._errors(key):
+            return self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        with self._errors(key):
+            r = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number,
+                                         Body=data)
+        return PartInfo(part_number, _etag(r["ETag"]), len(data))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+        ordered = sorted(parts, key=lambda p: p.part_number)
+        with self._errors(key):
+            r = self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": f'"{p.etag}"'} for p in ordered]})
+        return _etag(r["ETag"])
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            with self._errors(key):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except _NoSuchUpload:
+            pass  # already completed or aborted: nothing left to discard
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _errors(self, key: str | None = None):
+        return translated(lambda exc: _translate(exc, self.bucket, key))
+
+
+class _RangeNotSatisfiable(StoreError):
+    """Internal: S3 answered 416 to a ranged GET."""
+
+
+class _NoSuchUpload(NotFoundError):
+    """The multipart upload id is unknown to S3."""
+
+
+def _etag(value: str | None) -> str | None:
+    return value.strip('"') if value else None
+
+
+def _translate(exc: Exception, bucket: str, key: str | None) -> SkyplaneError | None:
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+        return CredentialsError(f"no AWS credentials for {where}", hint=_CREDENTIALS_HINT)
+    if isinstance(exc, bex.ParamValidationError):
+        return BadOptionError(f"invalid request for {where}: {exc}")
+    if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ConnectTimeoutError,
+                        bex.ReadTimeoutError, bex.HTTPClientError)):
+        return StoreUnavailableError(f"cannot reach S3 for {where}: {exc}",
+                                     hint="check the network, the endpoint URL (AWS_ENDPOINT_URL) and retry")
+    if not isinstance(exc, bex.ClientError):
+        return None
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    message = error.get("Message") or code
+    if code == "NoSuchBucket" or (status == 404 and not key):
+        return NotFoundError(f"bucket s3://{bucket} does not exist", hint="create it, or check the name and the account")
+    if code == "NoSuchUpload":
+        return _NoSuchUpload(f"multipart upload for {where} does not exist",
+                             hint="it was completed or aborted; start a new one")
+    if code in _NOT_FOUND_KEY or status == 404:
+        return NotFoundError(f"{where} does not exist", hint="check the key, and that the bucket exists")
+    if code in ("InvalidRange",) or status == 416:
+        return _RangeNotSatisfiable(f"range not satisfiable on {where}")
+    if code in _BAD_CREDENTIALS:
+        return CredentialsError(f"S3 rejected the credentials for {where}: {message}", hint=_CREDENTIALS_HINT)
+    if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
+        return AccessDeniedError(f"access denied to {where}",
+                                 hint="grant these credentials s3:GetObject/PutObject/ListBucket on the bucket")
+    if code in _THROTTLED or status in (429, 503):
+        return ThrottledError(f"S3 is throttling requests to {where} ({code})", hint="retry with fewer connections")
+    if status >= 500:
+        return StoreUnavailableError(f"S3 failed a request on {where}: {code} {message}", hint="retry later")
+    return StoreError(f"S3 refused a request on {where}: {code}: {message}")
