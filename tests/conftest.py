@@ -3,4 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.emulators",
     "tests.fixtures.testbed",
+    "tests.fixtures.sshd",
+    "tests.fixtures.ec2",
 ]
