@@ -3,7 +3,8 @@
 Multipart uploads are staged blocks: ``upload_part`` stages a block whose id is derived from the
 upload id and the part number, ``complete_multipart`` commits the block list in part order (the blob
 appears only then) and ``abort_multipart`` has nothing to do: uncommitted blocks are never visible
-and Azure discards them by itself.
+and Azure discards them by itself after a week. (No call discards them sooner, so an aborted upload
+could still be committed with the same upload id; callers never do that.)
 ETags are the blob's Content-MD5 in hex when Azure keeps one (single-shot uploads), else Azure's etag.
 """
 
@@ -16,7 +17,7 @@ import azure.core.exceptions as aze
 import requests
 import requests.adapters
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
-from azure.storage.blob import BlobBlock, BlobServiceClient
+from azure.storage.blob import BlobBlock, BlobServiceClient, ExponentialRetry
 from urllib3.util.retry import Retry
 
 from planner.errors import (AccessDeniedError, CredentialsError, NotFoundError, SkyplaneError, StoreError,
@@ -24,7 +25,7 @@ from planner.errors import (AccessDeniedError, CredentialsError, NotFoundError, 
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
-                     translated)
+                     part_numbers, translated)
 
 MiB = 1024**2
 _SINGLE_PUT = 256 * MiB  # one Put Blob request up to this size; bigger writes are staged blocks
@@ -37,8 +38,11 @@ def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
     """One pooled service client for ``account`` from a credentials entry (see ``gateway.stores``),
     else from ``AZURE_STORAGE_CONNECTION_STRING``. Raises ``CredentialsError`` when there is none, or
     when the connection string is for another account."""
+    # The SDK's default storage retry waits 15 s + 3^n s between attempts (84 s for an unreachable
+    # host); the transfer retries on top of us, so keep ours short (about 9 s in all).
+    retry = ExponentialRetry(initial_backoff=0.5, increment_base=1.5, retry_total=3, random_jitter_range=0.5)
     options: dict[str, Any] = dict(session=_pooled_session(), connection_timeout=CONNECT_TIMEOUT,
-                                   read_timeout=READ_TIMEOUT, retry_total=3, max_single_put_size=_SINGLE_PUT,
+                                   read_timeout=READ_TIMEOUT, retry_policy=retry, max_single_put_size=_SINGLE_PUT,
                                    max_block_size=64 * MiB)
     conn = settings.get("connection_string")
     if not conn and not settings.get("account_url"):
@@ -123,7 +127,9 @@ class AzureStore(ObjectStore):
             return b""
         try:
             with self._errors(key):
-                return self._container.get_blob_client(key).download_blob(offset=offset or None, length=length).readall()
+                ranged = offset > 0 or length is not None
+                return self._container.get_blob_client(key).download_blob(offset=offset if ranged else None,
+                                                                          length=length).readall()
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
@@ -151,7 +157,7 @@ class AzureStore(ObjectStore):
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
         check_upload_id(upload_id)
-        numbers = sorted({p.part_number for p in parts})
+        numbers = part_numbers(parts, f"{self.root_uri}/{key}")  # an empty list would commit an empty blob
         with self._errors(key):
             r = self._container.get_blob_client(key).commit_block_list(
                 [BlobBlock(block_id=_block_id(upload_id, n)) for n in numbers])
@@ -200,9 +206,13 @@ def _translate(exc: Exception, root: str, key: str | None) -> SkyplaneError | No
         return NotFoundError(f"container {root} does not exist", hint="create it, or check the account and container names")
     if status == 404:
         return _BlobNotFound(f"{where} does not exist", hint="check the key, and that the container exists")
+    if code == "InvalidBlockList":
+        return NotFoundError(f"parts of the multipart upload of {where} are missing",
+                             hint="upload every part before completing; an aborted upload cannot be completed")
     if code == "InvalidRange" or status == 416:
         return _RangeNotSatisfiable(f"range not satisfiable on {where}")
-    if code in ("AuthenticationFailed", "InvalidAuthenticationInfo"):
+    # Azurite reports a bad key as AuthorizationFailure; its message still says "authenticate".
+    if code in ("AuthenticationFailed", "InvalidAuthenticationInfo") or "failed to authenticate" in str(exc.message):
         return CredentialsError(f"Azure rejected the credentials for {where}", hint=_CREDENTIALS_HINT)
     if status == 403:
         return AccessDeniedError(f"access denied to {where}",

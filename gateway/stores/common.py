@@ -50,6 +50,15 @@ def check_upload_id(upload_id: str) -> None:
         raise BadOptionError(f"malformed multipart upload id {upload_id!r}", hint="pass the id begin_multipart returned")
 
 
+def part_numbers(parts: list, what: str) -> list[int]:
+    """The sorted part numbers to assemble; an empty or duplicated list is the caller's mistake."""
+    numbers = sorted(p.part_number for p in parts)
+    if not numbers or len(set(numbers)) != len(numbers):
+        raise BadOptionError(f"cannot complete the multipart upload of {what}: the part list is empty or has duplicates",
+                             hint="pass each uploaded part once")
+    return numbers
+
+
 def md5_hex(b64: str | bytes | bytearray | None) -> str | None:
     """An MD5 as stores report it (base64 text or raw bytes) -> 32 hex digits, or None."""
     if not b64:

@@ -29,14 +29,15 @@ from planner.errors import (AccessDeniedError, ChecksumError, CredentialsError, 
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
-                     translated)
+                     part_numbers, translated)
 
 PARTS_PREFIX = ".skyplane-parts/"
 MAX_COMPOSE = 32  # sources per compose request (a GCS limit)
 _MULTIPART_LIMIT = 8 * 1024**2  # above this the library switches to a resumable upload
 _RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes must be multiples of this
 _TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
-_RETRY = DEFAULT_RETRY.with_timeout(20.0)  # seconds in all; the transfer retries on top of this
+# About 10 s in all (the library default is 120 s): the transfer retries on top of this.
+_RETRY = DEFAULT_RETRY.with_timeout(10.0).with_delay(initial=0.5, multiplier=2.0, maximum=4.0)
 _CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
                      "or give a 'gs' entry in the credentials document")
 CREDENTIAL_FIELDS = frozenset({"project", "endpoint", "service_account_info", "service_account_file", "anonymous"})
@@ -150,10 +151,9 @@ class GCSStore(ObjectStore):
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
         check_upload_id(upload_id)
-        numbers = sorted({p.part_number for p in parts})
+        numbers = part_numbers(parts, f"gs://{self.bucket}/{key}")
+        self._check_parts(key, upload_id, numbers)
         sources = [self._bucket.blob(_part_name(upload_id, n)) for n in numbers]
-        if not sources:
-            raise NotFoundError(f"no parts to complete gs://{self.bucket}/{key}", hint="upload at least one part")
         level = 0
         with self._errors(f"{key} (parts of multipart upload {upload_id})"):
             # Compose in a tree: each round turns every 32 sources into one intermediate object.
@@ -187,6 +187,17 @@ class GCSStore(ObjectStore):
         with self._errors(what or name, bucket_level=True):
             blob.upload_from_string(data, content_type="application/octet-stream", timeout=_TIMEOUT, retry=_RETRY)
         return _etag(blob)
+
+    def _check_parts(self, key: str, upload_id: str, numbers: list[int]) -> None:
+        """One listing instead of a compose that fails without saying which part is missing."""
+        with self._errors():
+            present = {blob.name for blob in self._client.list_blobs(self.bucket, prefix=f"{PARTS_PREFIX}{upload_id}/",
+                                                                     timeout=_TIMEOUT, retry=_RETRY)}
+        missing = [n for n in numbers if _part_name(upload_id, n) not in present]
+        if missing:
+            raise NotFoundError(f"part(s) {missing[:10]} of multipart upload {upload_id} of gs://{self.bucket}/{key} "
+                                "do not exist", hint="upload every part before completing; an aborted upload cannot "
+                                                     "be completed")
 
     def _delete_upload(self, upload_id: str) -> None:
         with self._errors(f"{PARTS_PREFIX}{upload_id}/"):

@@ -22,7 +22,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotF
                             StoreError, StoreUnavailableError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import check_range, check_upload_id, new_upload_id, translated
+from .common import check_range, check_upload_id, new_upload_id, part_numbers, translated
 
 TMP_DIR = ".skyplane-tmp"
 _BLOCK = 4 * 1024 * 1024
@@ -147,20 +147,17 @@ class LocalStore(ObjectStore):
         return PartInfo(part_number, hashlib.md5(data).hexdigest(), len(data))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+        numbers = part_numbers(parts, self._uri(key))
         directory = self._open_upload(key, upload_id)
         path = self._path(key, for_write=True)
-        ordered = sorted(parts, key=lambda p: p.part_number)
-        if not ordered or len({p.part_number for p in ordered}) != len(ordered):
-            raise BadOptionError(f"cannot complete {self._uri(key)}: the part list is empty or has duplicates",
-                                 hint="pass each uploaded part once")
         tmp = self._temp_file()
         digest = hashlib.md5()
         try:
             with self._errors(key), open(tmp, "wb") as out:
-                for part in ordered:
-                    part_path = os.path.join(directory, f"part-{part.part_number:05d}")
+                for number in numbers:
+                    part_path = os.path.join(directory, f"part-{number:05d}")
                     if not os.path.exists(part_path):
-                        raise NotFoundError(f"part {part.part_number} of the upload of {self._uri(key)} is missing",
+                        raise NotFoundError(f"part {number} of the upload of {self._uri(key)} is missing",
                                             hint="upload every part before completing")
                     with open(part_path, "rb") as f:
                         while block := f.read(_BLOCK):

@@ -13,7 +13,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, CredentialsError,
                             StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, translated
+from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers, translated
 
 MiB = 1024**2
 _NOT_FOUND_KEY = {"NoSuchKey", "404", "NotFound"}
@@ -129,6 +129,7 @@ class S3Store(ObjectStore):
         return PartInfo(part_number, _etag(r["ETag"]), len(data))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+        part_numbers(parts, f"s3://{self.bucket}/{key}")
         ordered = sorted(parts, key=lambda p: p.part_number)
         with self._errors(key):
             r = self._client.complete_multipart_upload(

@@ -1,0 +1,289 @@
+"""One contract every store adapter keeps, run against a local directory and the real emulators
+(moto_server, fake-gcs-server, Azurite): the same assertions for all four."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gateway.stores import open_store
+from gateway.stores.base import ObjectStore
+from planner.errors import BadOptionError, CredentialsError, NotFoundError, StoreUnavailableError
+from skyplane_provider.testing.emulators import AZURITE_ACCOUNT, AZURITE_KEY, connection_string, free_port
+
+MiB = 1024**2
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+
+
+@pytest.fixture
+def store(store_uri) -> ObjectStore:
+    return open_store(store_uri)
+
+
+def kind_of(store: ObjectStore) -> str:
+    return {"file": "local", "s3": "s3", "gs": "gcs", "az": "azure"}[store.scheme]
+
+
+# ---- required verbs -------------------------------------------------------------------------------
+
+def test_write_head_read_exists_delete(store):
+    data = b"some bytes\n" * 100
+    etag = store.write("dir/obj.txt", data)
+    info = store.head("dir/obj.txt")
+    assert (info.key, info.size) == ("dir/obj.txt", len(data))
+    assert info.etag == etag == hashlib.md5(data).hexdigest()  # single-part ETag = MD5 on every store
+    assert info.mtime and abs(info.mtime - time.time()) < 3600
+    assert store.exists("dir/obj.txt") and not store.exists("dir/obj")
+    assert store.read("dir/obj.txt") == data
+    store.write("dir/obj.txt", b"replaced")
+    assert store.read("dir/obj.txt") == b"replaced"
+    store.delete("dir/obj.txt")
+    assert not store.exists("dir/obj.txt")
+    store.delete("dir/obj.txt")  # deleting a missing object is not an error
+    with pytest.raises(NotFoundError, match="dir/obj.txt"):
+        store.head("dir/obj.txt")
+    with pytest.raises(NotFoundError, match="dir/obj.txt"):
+        store.read("dir/obj.txt")
+    assert list(store.list()) == []
+
+
+def test_ranged_reads(store):
+    data = os.urandom(1000)
+    store.write("r", data)
+    assert store.read("r", 10, 20) == data[10:30]
+    assert store.read("r", 990, 100) == data[990:]  # clipped at the end, like a slice
+    assert store.read("r", 500) == data[500:]
+    assert store.read("r", 999, 1) == data[999:]
+    assert store.read("r", 1000) == b""
+    assert store.read("r", 5000, 10) == b""
+    assert store.read("r", 0, 0) == b""
+    with pytest.raises(BadOptionError):
+        store.read("r", -1, 10)
+
+
+def test_zero_byte_objects(store):
+    assert store.write("empty", b"") == EMPTY_MD5
+    info = store.head("empty")
+    assert info.size == 0 and info.etag == EMPTY_MD5
+    assert store.read("empty") == b""
+    assert store.read("empty", 0, 10) == b""
+    assert [(o.key, o.size) for o in store.list()] == [("empty", 0)]
+
+
+def test_names_with_spaces_and_unicode(store):
+    keys = ["dir with space/ünïcödé 文件.txt", "a+b=c&d;e,f.txt", "percent%20not-decoded", "emoji 🚀/x", "tab\tx"]
+    for i, key in enumerate(keys):
+        store.write(key, b"%d" % i)
+    assert [o.key for o in store.list()] == sorted(keys)
+    for i, key in enumerate(keys):
+        assert store.read(key) == b"%d" % i
+        assert store.head(key).size == len(b"%d" % i)
+    assert [o.key for o in store.list("dir with space/")] == ["dir with space/ünïcödé 文件.txt"]
+
+
+def test_list_prefix_and_pagination(store):
+    """1,500 keys: more than one page (1,000) on S3 and GCS; sorted by key; prefixes exact."""
+    many = [f"many/k{i:05d}" for i in range(1500)]
+    others = ["many-sibling", "manx/x", "other/deep/er/key", "m"]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: store.write(k, k.encode()), many + others))
+    listed = list(store.list("many/"))
+    assert [o.key for o in listed] == many
+    assert all(o.size == len(o.key) for o in listed)
+    everything = [o.key for o in store.list()]
+    assert everything == sorted(many + others)
+    assert [o.key for o in store.list("many/k0001")] == [f"many/k{i:05d}" for i in range(10, 20)]
+    assert [o.key for o in store.list("many")] == sorted(many + ["many-sibling"])
+    assert [o.key for o in store.list("other/deep/")] == ["other/deep/er/key"]
+    assert list(store.list("nothing-here/")) == []
+
+
+# ---- multipart ------------------------------------------------------------------------------------
+
+def test_multipart_three_parts_in_any_order(store):
+    assert store.capabilities.multipart
+    minimum = max(store.capabilities.min_part_size, 1024)
+    parts_data = {1: os.urandom(minimum), 2: os.urandom(minimum), 3: os.urandom(1234)}  # last part may be small
+    upload = store.begin_multipart("big/object.bin")
+    with ThreadPoolExecutor(3) as pool:
+        parts = list(pool.map(lambda n: store.upload_part("big/object.bin", upload, n, parts_data[n]), [3, 1, 2]))
+    assert sorted(p.part_number for p in parts) == [1, 2, 3]
+    assert not store.exists("big/object.bin"), "visible before complete_multipart"
+    assert list(store.list()) == [], "parts must not show up in listings"
+    etag = store.complete_multipart("big/object.bin", upload, parts)
+    whole = parts_data[1] + parts_data[2] + parts_data[3]
+    assert etag
+    assert store.head("big/object.bin").size == len(whole)
+    assert store.read("big/object.bin") == whole
+    assert store.read("big/object.bin", minimum - 10, 20) == whole[minimum - 10:minimum + 10]  # across a part boundary
+    assert [o.key for o in store.list()] == ["big/object.bin"]
+    assert leftovers(store) == []
+
+
+def test_abort_leaves_no_object(store):
+    upload = store.begin_multipart("aborted")
+    parts = [store.upload_part("aborted", upload, 1, b"a" * 1000), store.upload_part("aborted", upload, 2, b"b" * 1000)]
+    store.abort_multipart("aborted", upload)
+    store.abort_multipart("aborted", upload)  # twice is harmless
+    assert not store.exists("aborted")
+    assert list(store.list()) == []
+    assert leftovers(store) == []
+    # Completing an aborted upload fails, except where the emulator or the API cannot tell: moto
+    # answers 500 (real S3: NoSuchUpload, mapped to NotFoundError); Azure has no call that discards
+    # staged blocks, so they stay committable until they expire (abort only guarantees "nothing visible").
+    if kind_of(store) in ("local", "gcs"):
+        with pytest.raises(NotFoundError):
+            store.complete_multipart("aborted", upload, parts)
+    with pytest.raises(BadOptionError):
+        store.complete_multipart("aborted", upload, [])
+    assert not store.exists("aborted")
+
+
+def test_multipart_compose_tree_past_32_parts(gcs_bucket):
+    """GCS composes at most 32 sources at once: 70 parts need a tree of composes."""
+    store = open_store(gcs_bucket)
+    upload = store.begin_multipart("tree")
+    chunks = [bytes([i]) * 100 for i in range(70)]
+    with ThreadPoolExecutor(8) as pool:
+        parts = list(pool.map(lambda i: store.upload_part("tree", upload, i + 1, chunks[i]), range(70)))
+    store.complete_multipart("tree", upload, parts)
+    assert store.read("tree") == b"".join(chunks)
+    assert leftovers(store) == []
+
+
+def leftovers(store: ObjectStore) -> list[str]:
+    """What a finished or aborted multipart upload left behind, seen with the SDK itself."""
+    kind = kind_of(store)
+    if kind == "local":
+        tmp = os.path.join(store.root_uri[len("file://"):], ".skyplane-tmp")
+        return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
+    if kind == "s3":
+        import boto3
+
+        return [u["Key"] for u in boto3.client("s3").list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])]
+    if kind == "gcs":
+        from google.cloud import storage
+
+        return [b.name for b in storage.Client().list_blobs(store.bucket, prefix=".skyplane-parts/")]
+    # Azure keeps staged blocks (invisible, expiring after 7 days) whatever we do: the contract is
+    # only that no blob appears, which the callers check through list() and exists().
+    return []
+
+
+# ---- missing buckets, capabilities, regions ---------------------------------------------------------
+
+def missing_root(store_uri: str) -> str:
+    """A root of the same kind that does not exist (a directory, bucket or container)."""
+    name = f"missing-{uuid.uuid4().hex[:12]}"
+    if store_uri.startswith(("file://", "az://")):
+        parent = store_uri if store_uri.startswith("file://") else store_uri.rsplit("/", 1)[0]
+        return f"{parent}/{name}"
+    return f"{store_uri.split('://')[0]}://{name}"
+
+
+def test_missing_bucket_is_not_found(store_uri):
+    uri = missing_root(store_uri)
+    name = uri.rsplit("/", 1)[1]
+    store = open_store(uri)
+    for call in (store.check, lambda: list(store.list()), lambda: store.write("k", b"x"), lambda: store.head("k"),
+                 lambda: store.read("k")):
+        with pytest.raises(NotFoundError, match=name) as info:
+            call()
+        assert info.value.hint  # says what to do
+    assert not store.exists("k")
+
+
+def test_capabilities_and_region(store):
+    caps = store.capabilities
+    expected = {
+        "local": ("local", 10_000, 0, {"md5"}),
+        "s3": ("aws:us-east-1", 10_000, 5 * MiB, {"md5"}),
+        "gcs": ("gcp:us-central1", 10_000, 0, {"md5", "crc32c"}),
+        "azure": (None, 50_000, 0, {"md5"}),
+    }[kind_of(store)]
+    assert (store.region(), caps.max_parts, caps.min_part_size, set(caps.checksums)) == expected
+    store.check()
+
+
+def test_open_store_is_cached_per_root_and_credentials(store_uri):
+    assert open_store(store_uri) is open_store(store_uri)
+    assert open_store(store_uri, {"unrelated://x": {}}) is open_store(store_uri)
+    assert open_store(store_uri).root_uri == store_uri
+
+
+# ---- credentials documents instead of the environment -----------------------------------------------
+
+@pytest.fixture
+def no_store_env(monkeypatch, tmp_path, emulators):
+    """The SDKs' environment emptied, so only the credentials document can point at the emulators."""
+    for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "STORAGE_EMULATOR_HOST", "AZURE_STORAGE_CONNECTION_STRING"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    return emulators.endpoints
+
+
+def test_credentials_documents_reach_each_emulator(s3_bucket, gcs_bucket, azure_container, no_store_env):
+    ep = no_store_env
+    account_url = f"{ep['azure']}/{AZURITE_ACCOUNT}"
+    docs = {
+        s3_bucket: {s3_bucket: {"endpoint_url": ep["s3"], "aws_access_key_id": "testing",
+                                "aws_secret_access_key": "testing", "region_name": "us-east-1"}},
+        gcs_bucket: {"gcs": {"endpoint": ep["gcs"], "anonymous": True, "project": "test"}},
+        azure_container: {"azure": {"connection_string": connection_string(ep["azure"])}},
+    }
+    for uri, doc in docs.items():
+        store = open_store(uri, doc)
+        store.write("via-doc", b"hello")
+        assert store.read("via-doc") == b"hello"
+    by_key = open_store(azure_container, {"az://" + AZURITE_ACCOUNT: {"account_url": account_url, "account_key": AZURITE_KEY}})
+    assert by_key.read("via-doc") == b"hello"
+    # the most specific key wins over the scheme-wide one
+    doc = {"s3": {"endpoint_url": "http://127.0.0.1:1", "aws_access_key_id": "x", "aws_secret_access_key": "y"},
+           s3_bucket: docs[s3_bucket][s3_bucket]}
+    assert open_store(s3_bucket, doc).read("via-doc") == b"hello"
+
+
+def test_credentials_errors(s3_bucket, azure_container, no_store_env):
+    with pytest.raises(CredentialsError, match="AWS"):
+        open_store(s3_bucket, {"s3": {"endpoint_url": no_store_env["s3"]}}).check()
+    with pytest.raises(CredentialsError, match="Azure"):
+        open_store(azure_container).check()
+    with pytest.raises(CredentialsError, match="otheraccount"):
+        open_store("az://otheraccount/container", {"az": {"connection_string": connection_string(no_store_env["azure"])}})
+    bad_key = {"az": {"account_url": f"{no_store_env['azure']}/{AZURITE_ACCOUNT}", "account_key": "AAAA" + AZURITE_KEY[4:]}}
+    with pytest.raises(CredentialsError):
+        open_store(azure_container, bad_key).check()
+    with pytest.raises(BadOptionError, match="aws_secret"):
+        open_store(s3_bucket, {"s3": {"aws_secret": "typo"}})
+
+
+def test_unreachable_store_is_unavailable(emulators):
+    """A closed port on loopback: a retryable StoreUnavailableError after a short SDK retry."""
+    url = f"http://127.0.0.1:{free_port()}"
+    cases = {
+        "s3://unreachable": {"s3": {"endpoint_url": url, "aws_access_key_id": "a", "aws_secret_access_key": "b"}},
+        "gs://unreachable": {"gs": {"endpoint": url, "anonymous": True}},
+        "az://devstoreaccount1/unreachable": {"az": {"connection_string": connection_string(url)}},
+    }
+
+    def attempt(uri: str) -> tuple[Exception | None, float]:
+        started = time.monotonic()
+        try:
+            open_store(uri, cases[uri]).check()
+        except Exception as exc:  # noqa: BLE001  (asserted below)
+            return exc, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    with ThreadPoolExecutor(len(cases)) as pool:  # each SDK retries for a few seconds: wait for all at once
+        outcomes = dict(zip(cases, pool.map(attempt, cases)))
+    for uri, (exc, seconds) in outcomes.items():
+        assert isinstance(exc, StoreUnavailableError), (uri, exc)
+        assert exc.retryable and "unreachable" in str(exc)
+        assert seconds < 20, (uri, seconds)
