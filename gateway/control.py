@@ -1,0 +1,149 @@
+"""The control API of a gateway (docs/gateway.md): HTTP + JSON, bearer token on every request.
+
+Built on the standard library's ``ThreadingHTTPServer``. Every request is authenticated before its
+body is read (401 otherwise, compared in constant time); bodies are size-limited and checked, so a
+bad request gets a 4xx answer with a message, never a crash of the daemon.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+from planner.errors import BadInputError
+
+from .chunk_request import ChunkRequest
+from .peers import parse_peers
+
+if TYPE_CHECKING:
+    from .node import GatewayNode
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ControlServer(ThreadingHTTPServer):
+    """Serves one gateway's control API; ``on_shutdown`` is called after ``POST /shutdown`` answered."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: str, port: int, *, node: "GatewayNode", token: str, on_shutdown) -> None:
+        self.node = node
+        self.token = token.encode()
+        self.on_shutdown = on_shutdown
+        super().__init__((host, port), _Handler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def start(self) -> None:
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="control", daemon=True).start()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ControlServer
+    server_version = "skyplane-gateway"
+    sys_version = ""
+    _after = None  # what to do once the answer is sent
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+        self._dispatch({"/health": self._health, "/status": self._status})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch({"/peers": self._peers, "/chunks": self._chunks, "/shutdown": self._shutdown})
+
+    def _dispatch(self, routes: dict) -> None:
+        try:
+            if not self._authorized():
+                raise _BadRequest(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+            url = urlsplit(self.path)
+            route = routes.get(url.path)
+            if route is None:
+                raise _BadRequest(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.command} {url.path}")
+            answer = route(url)
+            self._reply(HTTPStatus.OK, answer)
+        except _BadRequest as exc:
+            self._reply(exc.status, {"error": str(exc)})
+        except BadInputError as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - answer 500 and keep serving
+            log.exception("control API error on %s %s", self.command, self.path)
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"})
+        if self._after is not None:
+            self._after()
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.server.token)
+
+    def _body(self) -> object:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise _BadRequest(HTTPStatus.LENGTH_REQUIRED, "a JSON body with Content-Length is required")
+        if int(length) > MAX_BODY:
+            raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
+        raw = self.rfile.read(int(length))
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+
+    def _reply(self, status: HTTPStatus, doc: dict) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        self.wfile.write(data)
+
+    # ---- endpoints ----------------------------------------------------------------------------------
+    def _health(self, url) -> dict:
+        return self.server.node.health()
+
+    def _status(self, url) -> dict:
+        values = parse_qs(url.query).get("since", ["0"])
+        if len(values) != 1 or not values[0].isdigit():
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "since must be a non-negative integer")
+        return self.server.node.status(int(values[0]))
+
+    def _peers(self, url) -> dict:
+        self.server.node.set_peers(parse_peers(self._body()))
+        return {"ok": True}
+
+    def _chunks(self, url) -> dict:
+        doc = self._body()
+        chunks = doc.get("chunks") if isinstance(doc, dict) else None
+        if not isinstance(chunks, list):
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, 'the body must be {"chunks": [ChunkRequest, ...]}')
+        requests = []
+        for i, c in enumerate(chunks):
+            try:
+                requests.append(ChunkRequest.from_dict(c))
+            except BadInputError as exc:
+                raise _BadRequest(HTTPStatus.BAD_REQUEST, f"chunks[{i}]: {exc}") from None
+        return {"accepted": self.server.node.submit(requests)}
+
+    def _shutdown(self, url) -> dict:
+        self._after = self.server.on_shutdown
+        return {"ok": True}
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the http.server signature
+        log.debug("control %s: %s", self.address_string(), format % args)

@@ -1,0 +1,76 @@
+"""``skyplane-gateway --config FILE``: one gateway process (docs/gateway.md).
+
+Loads the config, binds the data port and the control API, writes the ready file, then runs until
+``POST /shutdown``, SIGTERM or SIGINT, and exits 0 after a graceful stop. A bad config exits 2 with
+the reason on stderr. Nothing secret is ever logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from planner.errors import SkyplaneError
+
+from .config import GatewayConfig, write_ready_file
+from .control import ControlServer
+from .node import GatewayNode
+
+log = logging.getLogger("gateway")
+
+
+def run(config: GatewayConfig) -> None:
+    """Run a gateway until it is told to stop."""
+    stop = threading.Event()
+    node = GatewayNode(config)
+    control = ControlServer(config.control_host, config.control_port, node=node, token=config.control_token,
+                            on_shutdown=stop.set)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    control.start()
+    log.info("gateway %s (%s) up: data %s:%d, control %s:%d, program %s", config.gateway_id, config.region,
+             config.bind_host, node.listener.port, config.control_host, control.port, config.program.to_dict())
+    if config.ready_file:
+        write_ready_file(config.ready_file, {"control_port": control.port, "data_port": node.listener.port,
+                                             "pid": os.getpid()})
+    while not stop.wait(1.0):
+        pass
+    log.info("gateway %s stopping", config.gateway_id)
+    node.stop()
+    control.shutdown()
+    control.server_close()
+    log.info("gateway %s stopped", config.gateway_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skyplane-gateway", description="Run one skyplane gateway.")
+    parser.add_argument("--config", required=True, help="the gateway's JSON config (see docs/gateway.md)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    args = parser.parse_args(argv)
+    try:
+        config = GatewayConfig.load(args.config)
+    except SkyplaneError as exc:
+        print(f"skyplane-gateway: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.FileHandler(config.log_file) if config.log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "azure", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        run(config)
+    except OSError as exc:
+        log.error("gateway %s could not start: %s", config.gateway_id, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The sending side of a gateway: frames to the gateways of next-hop regions.
+
+Per peer gateway a :class:`PeerLink` owns a bounded queue and a few persistent, authenticated TCP
+connections (each with its own sender thread, opened on first use and re-opened after a failure).
+The :class:`Router` picks, per frame and next-hop region, the region's least-loaded link (ties go
+round-robin), so a slow peer gets fewer frames and a full queue blocks the caller: backpressure
+reaches the reader or the receiving connection, and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import socket
+import threading
+from dataclasses import dataclass
+
+from planner.errors import BadOptionError, ProtocolError
+
+from . import wire
+from .events import EventLog
+
+log = logging.getLogger(__name__)
+
+SEND_ATTEMPTS = 3
+#: How long a frame for a region without known peers waits for ``/peers`` before it fails.
+PEER_WAIT = 30.0
+_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A next-hop gateway's data address."""
+
+    gateway_id: str
+    host: str
+    port: int
+
+
+def parse_peers(doc: object) -> dict[str, list[Peer]]:
+    """Check a ``POST /peers`` body: ``{"peers": {region: [{"gateway_id", "host", "data_port"}]}}``."""
+    peers = doc.get("peers") if isinstance(doc, dict) else None
+    if not isinstance(peers, dict):
+        raise BadOptionError('the body must be {"peers": {region: [{"gateway_id", "host", "data_port"}, ...]}}')
+    out: dict[str, list[Peer]] = {}
+    for region, entries in peers.items():
+        if not isinstance(entries, list):
+            raise BadOptionError(f"peers[{region!r}] must be a list")
+        parsed = []
+        for i, e in enumerate(entries):
+            where = f"peers[{region!r}][{i}]"
+            if not isinstance(e, dict):
+                raise BadOptionError(f"{where} must be an object")
+            gid, host, port = e.get("gateway_id"), e.get("host"), e.get("data_port")
+            if not isinstance(gid, str) or not gid or not isinstance(host, str) or not host:
+                raise BadOptionError(f"{where} needs a gateway_id and a host (strings)")
+            if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+                raise BadOptionError(f"{where}.data_port must be a port number, got {port!r}")
+            parsed.append(Peer(gid, host, port))
+        out[region] = parsed
+    return out
+
+
+class PeerLink:
+    """Frames to one peer gateway over ``connections`` persistent connections (opened lazily)."""
+
+    def __init__(self, peer: Peer, connections: int, *, job_id: bytes, secret: bytes, queue_chunks: int,
+                 events: EventLog, stop: threading.Event, send_timeout: float = 300.0) -> None:
+        self.peer = peer
+        self.connections = connections
+        self._job_id, self._secret, self._send_timeout = job_id, secret, send_timeout
+        self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_chunks)
+        self._events = events
+        self._stop = stop
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def load(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, frame: wire.Frame) -> bool:
+        """Queue a frame (blocking while the queue is full); False if the link closed meanwhile."""
+        self._start()
+        while not (self._closed.is_set() or self._stop.is_set()):
+            try:
+                self._queue.put(frame, timeout=_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop the senders; frames still queued are reported as failed (the orchestrator re-sends)."""
+        self._closed.set()
+        while True:
+            try:
+                frame = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._events.failed(frame.header.chunk_id, f"peer {self.peer.gateway_id} was removed before the "
+                                "chunk could be sent to it", retryable=True)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._threads:
+                return
+            for i in range(self.connections):
+                t = threading.Thread(target=self._run, name=f"send-{self.peer.gateway_id}-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _run(self) -> None:
+        sock: socket.socket | None = None
+        try:
+            while not (self._closed.is_set() or self._stop.is_set()):
+                try:
+                    frame = self._queue.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                sock = self._send(sock, frame)
+        finally:
+            if sock is not None:
+                sock.close()
+
+    def _send(self, sock: socket.socket | None, frame: wire.Frame) -> socket.socket | None:
+        """Send one frame, (re)connecting as needed; returns the connection to keep using."""
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                if sock is None:
+                    sock = wire.connect(self.peer.host, self.peer.port, job_id=self._job_id, secret=self._secret,
+                                        send_timeout=self._send_timeout)
+                wire.send_frame(sock, frame)
+                self._events.count("bytes_sent_wire", frame.size)
+                return sock
+            except (OSError, ProtocolError) as exc:
+                if sock is not None:
+                    sock.close()
+                    sock = None
+                # A peer that refuses our proof will refuse it again: only network trouble is retried.
+                final = attempt == SEND_ATTEMPTS or isinstance(exc, ProtocolError) or self._closed.is_set()
+                if final:
+                    log.warning("could not send chunk %d to %s: %s", frame.header.chunk_id, self.peer.gateway_id, exc)
+                    self._events.failed(frame.header.chunk_id, f"could not send to {self.peer.gateway_id} at "
+                                        f"{self.peer.host}:{self.peer.port}: {exc}",
+                                        retryable=not isinstance(exc, ProtocolError))
+                    return None
+                self._events.count("retries")
+                self._stop.wait(0.2 * 2**attempt)
+        return sock
+
+
+class Router:
+    """Picks a peer gateway of a next-hop region for each frame and queues the frame on its link.
+
+    ``hops``: next-hop region -> connections this gateway opens towards the region (the program's
+    ``Hop.connections``, split evenly over the region's gateways, at least one each).
+    """
+
+    def __init__(self, hops: dict[str, int], *, job_id: bytes, secret: bytes, queue_chunks: int,
+                 events: EventLog, stop: threading.Event) -> None:
+        self._hops = hops
+        self._job_id, self._secret, self._queue_chunks = job_id, secret, queue_chunks
+        self._events, self._stop = events, stop
+        self._links: dict[str, list[PeerLink]] = {}
+        self._changed = threading.Condition()
+        self._rr = itertools.count()
+
+    def set_peers(self, peers: dict[str, list[Peer]]) -> None:
+        """Replace the peers of the given regions; links to peers no longer listed are closed."""
+        with self._changed:
+            for region, plist in peers.items():
+                if region not in self._hops:
+                    log.info("ignoring peers of %s: not a next hop of this gateway", region)
+                    continue
+                old = {link.peer: link for link in self._links.get(region, [])}
+                per_peer = max(1, math.ceil(self._hops[region] / max(1, len(plist))))
+                links = []
+                for p in dict.fromkeys(plist):
+                    link = old.pop(p, None) or PeerLink(
+                        p, per_peer, job_id=self._job_id, secret=self._secret, queue_chunks=self._queue_chunks,
+                        events=self._events, stop=self._stop)
+                    links.append(link)
+                self._links[region] = links
+                for gone in old.values():
+                    gone.close()
+                log.info("peers of %s: %s", region, ", ".join(f"{p.gateway_id}@{p.host}:{p.port}" for p in plist))
+            self._changed.notify_all()
+
+    def send(self, region: str, frame: wire.Frame) -> None:
+        """Queue ``frame`` for one gateway of ``region``; blocks while every link is full.
+
+        When the region has no peers for :data:`PEER_WAIT` seconds the chunk is reported failed.
+        """
+        waited = 0.0
+        while not self._stop.is_set():
+            with self._changed:
+                links = self._links.get(region)
+                if not links:
+                    if waited >= PEER_WAIT:
+                        self._events.failed(frame.header.chunk_id, f"no gateway of {region} is known to send to",
+                                            retryable=True)
+                        return
+                    self._changed.wait(_POLL)
+                    waited += _POLL
+                    continue
+                turn = next(self._rr)
+                link = min((links[(turn + i) % len(links)] for i in range(len(links))), key=PeerLink.load)
+            if link.put(frame):
+                return
+
+    def close(self) -> None:
+        with self._changed:
+            for links in self._links.values():
+                for link in links:
+                    link.close()
+            self._links.clear()

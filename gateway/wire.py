@@ -1,0 +1,242 @@
+"""The gateway wire protocol: a per-job handshake, then a stream of framed chunks (docs/wire-protocol.md).
+
+Every data connection starts with a mutual HMAC-SHA256 challenge/response over the job's secret and
+id; only then does the client send frames, one after the other, never receiving anything back.
+A frame is a fixed binary header (:data:`HEADER`) followed by a body of ``wire_length`` bytes:
+``meta || payload`` in the clear, or ``nonce || AES-256-GCM(meta || payload)`` when encrypted (see
+:mod:`gateway.codec`). The header travels in the clear so that relays can route a frame by its
+partition without holding any key; when the frame is encrypted it is the AEAD's associated data,
+so any change to it is detected by the writer.
+
+This module only frames bytes on sockets; building and opening bodies is :mod:`gateway.codec`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from planner.errors import ProtocolError
+
+MAGIC = b"SKYF"
+VERSION = 1
+
+FLAG_COMPRESSED = 0x01
+FLAG_ENCRYPTED = 0x02
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_ENCRYPTED
+
+#: magic, version, flags, reserved, partition, job id, chunk id, raw length, wire length,
+#: checksum of the original bytes, meta length. Network byte order, 72 bytes.
+HEADER = struct.Struct(">4sBBHI16sQQQ16sI")
+HEADER_SIZE = HEADER.size
+
+NONCE_SIZE = 12  # AES-GCM nonce, random per frame
+TAG_SIZE = 16  # AES-GCM tag
+ENCRYPTION_OVERHEAD = NONCE_SIZE + TAG_SIZE
+CHECKSUM_SIZE = 16
+JOB_ID_SIZE = 16
+
+#: Upper bound of a frame's chunk metadata (a ChunkRequest as JSON: a few hundred bytes per dest).
+MAX_META = 1 << 20
+#: Default upper bound of a frame's raw and wire lengths; a header above it is rejected before
+#: anything is allocated.
+DEFAULT_MAX_CHUNK = 1 << 30
+
+HANDSHAKE_TIMEOUT = 10.0
+_NONCE = 32
+_HELLO = struct.Struct(f">4sB{_NONCE}s")  # server -> client: its challenge
+_AUTH = struct.Struct(f">4sB{JOB_ID_SIZE}s{_NONCE}s32s")  # client -> server: job, challenge, proof
+_ACCEPT = struct.Struct(">4s32s")  # server -> client: its proof
+_HELLO_MAGIC, _AUTH_MAGIC, _ACCEPT_MAGIC = b"SKYH", b"SKYA", b"SKYS"
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed header of one frame."""
+
+    flags: int
+    partition: int
+    job_id: bytes
+    chunk_id: int
+    raw_length: int
+    wire_length: int
+    checksum: bytes
+    meta_length: int
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & FLAG_COMPRESSED)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+    @property
+    def payload_length(self) -> int:
+        """Length of the (possibly compressed) payload inside the body."""
+        return self.wire_length - self.meta_length - (ENCRYPTION_OVERHEAD if self.encrypted else 0)
+
+    def pack(self) -> bytes:
+        return HEADER.pack(MAGIC, VERSION, self.flags, 0, self.partition, self.job_id, self.chunk_id,
+                           self.raw_length, self.wire_length, self.checksum, self.meta_length)
+
+    @classmethod
+    def unpack(cls, data: bytes | bytearray | memoryview, *, job_id: bytes,
+               max_chunk: int = DEFAULT_MAX_CHUNK) -> "Header":
+        """Parse and sanity-check a header; raise :class:`ProtocolError` for anything off.
+
+        Checked before the body is read: magic, version, flags, the job id, and that the lengths are
+        consistent and within ``max_chunk`` (so an absurd length never causes an allocation).
+        """
+        magic, version, flags, _, partition, job, chunk_id, raw, wire, checksum, meta = HEADER.unpack(data)
+        if magic != MAGIC:
+            raise ProtocolError("not a skyplane frame (bad magic)")
+        if version != VERSION:
+            raise ProtocolError(f"frame version {version} is not supported (this gateway speaks {VERSION})",
+                                hint="run the same skyplane-provider version on every gateway")
+        if flags & ~_KNOWN_FLAGS:
+            raise ProtocolError(f"frame has unknown flags {flags:#x}")
+        if not hmac.compare_digest(job, job_id):
+            raise ProtocolError(f"frame of another job ({job.hex()})")
+        header = cls(flags, partition, job, chunk_id, raw, wire, checksum, meta)
+        overhead = ENCRYPTION_OVERHEAD if header.encrypted else 0
+        if meta > MAX_META or raw > max_chunk or wire > max_chunk + MAX_META + overhead:
+            raise ProtocolError(f"frame of chunk {chunk_id} is too large ({raw} raw, {wire} on the wire)",
+                                hint=f"chunks are limited to {max_chunk} bytes")
+        if header.payload_length < 0 or (not header.compressed and header.payload_length != raw):
+            raise ProtocolError(f"frame of chunk {chunk_id} has inconsistent lengths")
+        return header
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame: its header (parsed and as sent) and its body, forwarded byte for byte by relays."""
+
+    header: Header
+    header_bytes: bytes
+    body: bytes | bytearray
+
+    @property
+    def size(self) -> int:
+        return len(self.header_bytes) + len(self.body)
+
+
+# ---- frames on sockets --------------------------------------------------------------------------
+def send_frame(sock: socket.socket, frame: Frame) -> None:
+    """Send one frame (header then body; no copy of the body)."""
+    sock.sendall(frame.header_bytes)
+    if frame.body:
+        sock.sendall(frame.body)
+
+
+def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_MAX_CHUNK) -> Frame | None:
+    """Read one frame; None on a clean end of stream between frames.
+
+    The body is read with ``recv_into`` into one buffer of exactly its size, allocated only after
+    the header passed :meth:`Header.unpack`. Raises :class:`ProtocolError` for a bad header and
+    ``ConnectionError`` when the stream ends inside a frame.
+    """
+    raw = bytearray(HEADER_SIZE)
+    if not _recv_exact(sock, memoryview(raw), allow_eof=True):
+        return None
+    header = Header.unpack(raw, job_id=job_id, max_chunk=max_chunk)
+    body = bytearray(header.wire_length)
+    if header.wire_length:
+        _recv_exact(sock, memoryview(body))
+    return Frame(header, bytes(raw), body)
+
+
+def _recv_exact(sock: socket.socket, view: memoryview, *, allow_eof: bool = False) -> bool:
+    """Fill ``view``; False if the peer closed before sending anything and ``allow_eof``."""
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if got == 0 and allow_eof:
+                return False
+            raise ConnectionError(f"peer closed the connection after {got} of {len(view)} bytes")
+        got += n
+    return True
+
+
+# ---- handshake ----------------------------------------------------------------------------------
+def _proof(secret: bytes, role: bytes, job_id: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    # The role label keeps a proof of one direction from being reflected as the other.
+    return hmac.new(secret, b"skyplane-" + role + job_id + server_nonce + client_nonce, hashlib.sha256).digest()
+
+
+def server_handshake(sock: socket.socket, *, job_id: bytes, secret: bytes,
+                     timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Authenticate a connecting peer for this job, and prove ourselves to it.
+
+    Raises :class:`ProtocolError` (the caller drops the connection) for a peer of another job, a
+    wrong proof, or a malformed message; ``OSError`` for timeouts and resets.
+    """
+    sock.settimeout(timeout)
+    server_nonce = os.urandom(_NONCE)
+    sock.sendall(_HELLO.pack(_HELLO_MAGIC, VERSION, server_nonce))
+    buf = bytearray(_AUTH.size)
+    _recv_exact(sock, memoryview(buf))
+    magic, version, job, client_nonce, proof = _AUTH.unpack(buf)
+    if magic != _AUTH_MAGIC or version != VERSION:
+        raise ProtocolError("peer did not answer the handshake with a skyplane authentication message")
+    if not hmac.compare_digest(job, job_id):
+        raise ProtocolError(f"peer belongs to another job ({job.hex()})")
+    if not hmac.compare_digest(proof, _proof(secret, b"client", job_id, server_nonce, client_nonce)):
+        raise ProtocolError("peer failed the job-secret challenge")
+    sock.sendall(_ACCEPT.pack(_ACCEPT_MAGIC, _proof(secret, b"server", job_id, server_nonce, client_nonce)))
+    sock.settimeout(None)
+
+
+def client_handshake(sock: socket.socket, *, job_id: bytes, secret: bytes,
+                     timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Prove to the server that we hold the job's secret, and check that it does too."""
+    sock.settimeout(timeout)
+    buf = bytearray(_HELLO.size)
+    _recv_exact(sock, memoryview(buf))
+    magic, version, server_nonce = _HELLO.unpack(buf)
+    if magic != _HELLO_MAGIC:
+        raise ProtocolError("the peer is not a skyplane gateway (bad handshake magic)")
+    if version != VERSION:
+        raise ProtocolError(f"the peer speaks wire version {version}, we speak {VERSION}",
+                            hint="run the same skyplane-provider version on every gateway")
+    client_nonce = os.urandom(_NONCE)
+    proof = _proof(secret, b"client", job_id, server_nonce, client_nonce)
+    sock.sendall(_AUTH.pack(_AUTH_MAGIC, VERSION, job_id, client_nonce, proof))
+    buf = bytearray(_ACCEPT.size)
+    try:
+        _recv_exact(sock, memoryview(buf))
+    except ConnectionError as exc:
+        raise ProtocolError("the peer refused our handshake (wrong job or job secret?)") from exc
+    magic, server_proof = _ACCEPT.unpack(buf)
+    if magic != _ACCEPT_MAGIC or not hmac.compare_digest(
+            server_proof, _proof(secret, b"server", job_id, server_nonce, client_nonce)):
+        raise ProtocolError("the peer failed to prove it holds the job secret")
+    sock.settimeout(None)
+
+
+def connect(host: str, port: int, *, job_id: bytes, secret: bytes, timeout: float = HANDSHAKE_TIMEOUT,
+            send_timeout: float | None = None) -> socket.socket:
+    """An authenticated data connection to a peer gateway, ready for :func:`send_frame`.
+
+    ``send_timeout`` bounds how long a send may make no progress before it raises (a dead peer).
+    """
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        tune(sock)
+        client_handshake(sock, job_id=job_id, secret=secret, timeout=timeout)
+        sock.settimeout(send_timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def tune(sock: socket.socket) -> None:
+    """Socket options of every data connection: no Nagle delay on frame tails, keepalive."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -1,0 +1,224 @@
+"""The wire protocol: frames, codec (lz4, AES-256-GCM, checksums) and the per-job handshake on real sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from gateway import wire
+from gateway.codec import Codec, worth_compressing
+from planner.errors import BadOptionError, ChecksumError, ProtocolError
+
+JOB = bytes.fromhex("00112233445566778899aabbccddeeff")
+OTHER_JOB = bytes.fromhex("ffeeddccbbaa99887766554433221100")
+SECRET = os.urandom(32)
+KEY = os.urandom(32)
+TEXT = b"id,name,value\n" + b"".join(b"%d,name-%d,%d\n" % (i, i % 97, i * 7) for i in range(40_000))
+META = b'{"chunk_id": 7, "dests": []}'
+
+
+def codec(**kw) -> Codec:
+    return Codec(JOB, **{"key": KEY, "encrypt": True, "compress": True, **kw})
+
+
+def roundtrip(frame: wire.Frame) -> wire.Frame:
+    """The frame as a receiver parses it off a real socket pair."""
+    a, b = socket.socketpair()
+    with a, b:
+        t = threading.Thread(target=wire.send_frame, args=(a, frame))
+        t.start()
+        got = wire.recv_frame(b, job_id=JOB)
+        t.join()
+    return got
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+@pytest.mark.parametrize("compress", [True, False])
+def test_frame_roundtrip(encrypt, compress):
+    c = codec(encrypt=encrypt, compress=compress, key=KEY if encrypt else None)
+    frame = c.encode(chunk_id=7, partition=3, meta=META, data=TEXT)
+    h = frame.header
+    assert (h.chunk_id, h.partition, h.raw_length, h.encrypted, h.compressed) == (7, 3, len(TEXT), encrypt, compress)
+    assert len(frame.header_bytes) == wire.HEADER_SIZE == 72
+    if compress:
+        assert h.wire_length < 0.7 * len(TEXT)  # CSV-like text compresses
+    got = roundtrip(frame)
+    assert got.header == h and bytes(got.body) == bytes(frame.body)
+    assert c.decode(got) == (META, TEXT)
+    if encrypt:
+        assert TEXT[:1000] not in bytes(frame.body) and b"chunk_id" not in bytes(frame.body)
+
+
+def test_empty_chunk():
+    c = codec()
+    assert c.decode(roundtrip(c.encode(chunk_id=0, partition=0, meta=META, data=b""))) == (META, b"")
+
+
+def test_incompressible_chunk_is_sent_raw():
+    data = os.urandom(1 << 20)
+    assert not worth_compressing(data) and worth_compressing(TEXT)
+    frame = codec().encode(chunk_id=1, partition=0, meta=META, data=data)
+    assert not frame.header.compressed
+    assert frame.header.wire_length == len(META) + len(data) + wire.ENCRYPTION_OVERHEAD
+    # A small chunk is tried whole, and kept raw when lz4 does not shrink it.
+    small = codec().encode(chunk_id=2, partition=0, meta=META, data=os.urandom(1000))
+    assert not small.header.compressed
+
+
+@pytest.mark.parametrize("where", ["header", "nonce", "ciphertext", "tag"])
+def test_tampered_encrypted_frame_is_rejected(where):
+    c = codec()
+    frame = c.encode(chunk_id=9, partition=1, meta=META, data=TEXT)
+    header, body = bytearray(frame.header_bytes), bytearray(frame.body)
+    if where == "header":
+        header[wire.HEADER_SIZE - 30] ^= 1  # inside the checksum field: still a well-formed header
+    else:
+        body[{"nonce": 0, "ciphertext": 100, "tag": -1}[where]] ^= 0x40
+    bad = wire.Frame(wire.Header.unpack(bytes(header), job_id=JOB), bytes(header), body)
+    with pytest.raises(ChecksumError) as info:
+        c.decode(bad)
+    assert info.value.retryable
+
+
+def test_corrupted_clear_frame_fails_its_checksum():
+    c = codec(encrypt=False, key=None)
+    for compress in (True, False):
+        frame = Codec(JOB, key=None, encrypt=False, compress=compress).encode(
+            chunk_id=4, partition=0, meta=META, data=TEXT)
+        body = bytearray(frame.body)
+        body[len(META) + 50] ^= 0xFF
+        with pytest.raises(ChecksumError):
+            c.decode(wire.Frame(frame.header, frame.header_bytes, body))
+
+
+def test_encrypting_receiver_refuses_clear_frames_and_keyless_receiver_refuses_encrypted():
+    clear = Codec(JOB, key=None, encrypt=False, compress=False).encode(chunk_id=1, partition=0, meta=META, data=b"x")
+    with pytest.raises(ProtocolError, match="unencrypted"):
+        codec().decode(clear)
+    sealed = codec().encode(chunk_id=1, partition=0, meta=META, data=b"x")
+    with pytest.raises(ProtocolError, match="no encryption key"):
+        Codec(JOB, key=None, encrypt=False, compress=False).decode(sealed)
+    with pytest.raises(ChecksumError):  # another job's key
+        Codec(JOB, key=os.urandom(32), encrypt=True, compress=True).decode(sealed)
+    with pytest.raises(BadOptionError):
+        Codec(JOB, key=None, encrypt=True, compress=True)
+
+
+def test_keyed_checksum_hides_plaintext_from_relays():
+    plain = Codec(JOB, key=None, encrypt=False, compress=False)
+    assert codec().checksum(b"guess") != plain.checksum(b"guess")
+    assert codec().checksum(b"guess") == codec().checksum(b"guess")  # same job key, same checksum
+
+
+def test_bad_headers_are_rejected_before_allocation():
+    frame = codec().encode(chunk_id=5, partition=0, meta=META, data=b"data")
+    with pytest.raises(ProtocolError, match="another job"):
+        wire.Header.unpack(frame.header_bytes, job_id=OTHER_JOB)
+    fields = list(wire.HEADER.unpack(frame.header_bytes))
+    for index, value, match in [(0, b"XXXX", "magic"), (1, 99, "version"), (2, 0x80, "flags"),
+                                (8, 1 << 62, "too large"), (7, 1 << 62, "too large"), (10, 1 << 30, "too large")]:
+        bad = list(fields)
+        bad[index] = value
+        with pytest.raises(ProtocolError, match=match):
+            wire.Header.unpack(wire.HEADER.pack(*bad), job_id=JOB)
+    # A receiver reading such a header off a socket raises before reading (or allocating) a body.
+    a, b = socket.socketpair()
+    with a, b:
+        bad = list(fields)
+        bad[8] = 1 << 62
+        a.sendall(wire.HEADER.pack(*bad))
+        with pytest.raises(ProtocolError):
+            wire.recv_frame(b, job_id=JOB)
+    # Truncated stream inside a frame: a connection error, not a frame.
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(frame.header_bytes + bytes(frame.body)[:3])
+        a.close()
+        with pytest.raises(ConnectionError):
+            wire.recv_frame(b, job_id=JOB)
+
+
+def test_too_large_chunk_is_refused_by_the_encoder():
+    with pytest.raises(BadOptionError):
+        Codec(JOB, key=KEY, encrypt=True, compress=False, max_chunk=10).encode(
+            chunk_id=1, partition=0, meta=META, data=b"x" * 11)
+
+
+# ---- handshake over real TCP ---------------------------------------------------------------------
+class Server:
+    """A one-connection TCP server on loopback running the server side of the handshake."""
+
+    def __init__(self, job_id: bytes = JOB, secret: bytes = SECRET) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.result: object = None
+        self.frames: list[wire.Frame] = []
+        self._thread = threading.Thread(target=self._serve, args=(job_id, secret))
+        self._thread.start()
+
+    def _serve(self, job_id: bytes, secret: bytes) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            try:
+                wire.server_handshake(conn, job_id=job_id, secret=secret, timeout=2)
+                while (f := wire.recv_frame(conn, job_id=job_id)) is not None:
+                    self.frames.append(f)
+                self.result = "ok"
+            except (ProtocolError, OSError) as exc:
+                self.result = exc
+
+    def join(self) -> object:
+        self._thread.join(10)
+        self.sock.close()
+        return self.result
+
+
+def test_handshake_then_frames():
+    server = Server()
+    frame = codec().encode(chunk_id=3, partition=0, meta=META, data=TEXT)
+    with wire.connect("127.0.0.1", server.port, job_id=JOB, secret=SECRET) as conn:
+        wire.send_frame(conn, frame)
+        wire.send_frame(conn, frame)
+    assert server.join() == "ok"
+    assert [f.header.chunk_id for f in server.frames] == [3, 3]
+    assert codec().decode(server.frames[1]) == (META, TEXT)
+
+
+@pytest.mark.parametrize("client_job, client_secret, match", [
+    (JOB, os.urandom(32), "challenge"),
+    (OTHER_JOB, SECRET, "another job"),
+])
+def test_wrong_job_or_secret_is_dropped(client_job, client_secret, match):
+    server = Server()
+    with pytest.raises(ProtocolError, match="refused"):
+        wire.connect("127.0.0.1", server.port, job_id=client_job, secret=client_secret)
+    result = server.join()
+    assert isinstance(result, ProtocolError) and match in str(result)
+    assert server.frames == []
+
+
+def test_client_refuses_a_server_without_the_secret():
+    server = Server(secret=os.urandom(32))
+    with pytest.raises(ProtocolError):
+        wire.connect("127.0.0.1", server.port, job_id=JOB, secret=SECRET)
+    assert isinstance(server.join(), ProtocolError)
+
+
+def test_unauthenticated_peer_cannot_send_frames():
+    """A peer that skips the handshake and sends a frame straight away is dropped, frame unread."""
+    server = Server()
+    frame = codec().encode(chunk_id=3, partition=0, meta=META, data=b"payload")
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(frame.header_bytes + bytes(frame.body) + bytes(200))
+        assert isinstance(server.join(), ProtocolError)
+    assert server.frames == []
+
+
+def test_silent_peer_times_out():
+    server = Server()
+    with socket.create_connection(("127.0.0.1", server.port)):
+        result = server.join()  # the server gives up after its 2 s handshake timeout
+    assert isinstance(result, OSError) and server.frames == []
