@@ -1,0 +1,304 @@
+"""The ``local`` provisioner: every gateway is a process on this host (the embedded default).
+
+    get_provisioner("local")                              # all on 127.0.0.1
+    get_provisioner("local", placement=testbed.gateway_placement())   # one netns per region
+
+State of a job, under ``$SKYPLANE_HOME/jobs/<job_id>/`` (default ``~/.skyplane``), directories 0700::
+
+    pids.json                 {"job_id", "created_at", "provisioner": "local",
+                               "gateways": [{"gateway_id", "pid", "cmdline_marker"}]}
+    gw-<gateway>/config.json  the daemon config, 0600 (job secret, control token, key, credentials)
+    gw-<gateway>/ready.json   written by the daemon once its ports are bound
+    gw-<gateway>/gateway.log  the daemon's stdout and stderr
+
+Each gateway runs ``python -m gateway.daemon --config <dir>/config.json`` in its own session and
+process group, so ``cmdline_marker`` (the config path, which names the job) identifies it for
+``deprovision`` even after this process died. Teardown asks each gateway to shut down, then sends
+SIGTERM and finally SIGKILL to its process group, and removes the job's files (secrets first).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gateway.control_client import GatewayClient
+from planner.errors import BadOptionError, ProvisionError, SkyplaneError
+
+from . import teardown_hooks
+from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
+
+log = logging.getLogger(__name__)
+
+PIDS_FILE = "pids.json"
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_PLACEMENT_FIELDS = {"netns", "bind_host", "control_host"}
+
+
+def skyplane_home() -> Path:
+    """The orchestrator's state directory (``$SKYPLANE_HOME``, default ``~/.skyplane``)."""
+    return Path(os.environ.get("SKYPLANE_HOME", Path.home() / ".skyplane"))
+
+
+def gateway_dir_name(gateway_id: str) -> str:
+    """``aws:us-east-1/0`` -> ``gw-aws_us-east-1_0`` (a safe file name)."""
+    return "gw-" + re.sub(r"[^A-Za-z0-9._-]", "_", gateway_id)
+
+
+class _LocalGateway:
+    """One started daemon process and its files."""
+
+    def __init__(self, spec: GatewaySpec, directory: Path, proc: subprocess.Popen, token: str,
+                 control_host: str, data_host: str) -> None:
+        self.spec, self.directory, self.proc, self.token = spec, directory, proc, token
+        self.control_host, self.data_host = control_host, data_host
+        self.handle: GatewayHandle | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "config.json"
+
+    def log_tail(self, tail: int) -> str:
+        try:
+            lines = (self.directory / "gateway.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-tail:])
+
+    def wait_ready(self, deadline: float) -> dict:
+        ready = self.directory / "ready.json"
+        while True:
+            if ready.exists():
+                try:
+                    return json.loads(ready.read_text())
+                except ValueError:
+                    pass  # being renamed into place
+            if self.proc.poll() is not None:
+                raise ProvisionError(f"gateway {self.spec.gateway_id} exited with code {self.proc.returncode} "
+                                     f"while starting; log tail:\n{self.log_tail(30)}", hint="see the log above")
+            if time.monotonic() > deadline:
+                raise ProvisionError(f"gateway {self.spec.gateway_id} did not bind its ports in time; "
+                                     f"log tail:\n{self.log_tail(30)}")
+            time.sleep(0.05)
+
+    def stop(self, grace: float) -> None:
+        """``POST /shutdown``, then SIGTERM, then SIGKILL of the process group; reaps the process."""
+        if self.proc.poll() is None and self.handle is not None:
+            try:
+                GatewayClient(self.handle.control_url, self.token, timeout=2.0).shutdown()
+                self.proc.wait(grace)
+            except (SkyplaneError, subprocess.TimeoutExpired):
+                pass
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                return
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        if self.proc.poll() is None:
+            log.error("gateway %s (pid %d) survived SIGKILL", self.spec.gateway_id, self.proc.pid)
+
+
+class LocalFleet(Fleet):
+    """Gateway processes of one job on this host."""
+
+    def __init__(self, job_id: str, job_dir: Path, members: list[_LocalGateway], *, grace: float,
+                 keep_logs: bool) -> None:
+        self.job_id = job_id
+        self.job_dir = job_dir
+        self._members = {m.spec.gateway_id: m for m in members}
+        self.gateways = [m.handle for m in members if m.handle is not None]
+        self._grace, self._keep_logs = grace, keep_logs
+        self._lock = threading.Lock()
+        self._done = False
+
+    def logs(self, gateway_id: str, tail: int = 200) -> str:
+        m = self._members.get(gateway_id)
+        return m.log_tail(tail) if m else ""
+
+    def alive(self, gateway_id: str) -> bool:
+        m = self._members.get(gateway_id)
+        return bool(m and not self._done and m.proc.poll() is None)
+
+    def teardown(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        members = list(self._members.values())
+        if members:
+            with ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
+                list(pool.map(lambda m: m.stop(self._grace), members))
+        _remove_job_files(self.job_dir, members, keep_logs=self._keep_logs)
+        teardown_hooks.unregister(self)
+        log.info("local fleet of job %s torn down", self.job_id)
+
+
+class LocalProvisioner(Provisioner):
+    """Gateways as processes on this host.
+
+    ``bind_host``: the address every gateway binds (default ``127.0.0.1``). ``placement``: per
+    region ``{"netns", "bind_host", "control_host"}`` (what ``Testbed.gateway_placement()`` returns):
+    the gateway runs in that network namespace (``ip netns exec``; needs root), binds ``bind_host``
+    and serves its control API on ``control_host``. ``netns``: per region just the namespace.
+    ``health_timeout``: seconds to wait for each gateway; ``stop_grace``: seconds between shutdown
+    steps; ``keep_logs``: leave the gateway logs in the job directory after teardown.
+    """
+
+    name = "local"
+
+    def __init__(self, *, bind_host: str = "127.0.0.1", placement: dict[str, dict] | None = None,
+                 netns: dict[str, str] | None = None, health_timeout: float = 30.0, stop_grace: float = 3.0,
+                 keep_logs: bool = False, **unknown: Any) -> None:
+        if unknown:
+            raise BadOptionError(f"unknown local provisioner settings {sorted(unknown)}",
+                                 hint="allowed: bind_host, placement, netns, health_timeout, stop_grace, keep_logs")
+        self.bind_host = bind_host
+        self.placement: dict[str, dict] = {}
+        for region, p in (placement or {}).items():
+            if not isinstance(p, dict) or set(p) - _PLACEMENT_FIELDS:
+                raise BadOptionError(f"placement[{region!r}] must be a dict with keys from {sorted(_PLACEMENT_FIELDS)}")
+            self.placement[region] = dict(p)
+        for region, ns in (netns or {}).items():
+            self.placement.setdefault(region, {})["netns"] = ns
+        self.health_timeout = health_timeout
+        self.stop_grace = stop_grace
+        self.keep_logs = keep_logs
+
+    def provision(self, job_id: str, specs: list[GatewaySpec]) -> LocalFleet:
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise BadOptionError(f"job id {job_id!r} cannot name a directory", hint="use letters, digits, '-', '_'")
+        job_dir = skyplane_home() / "jobs" / job_id
+        job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = {"job_id": job_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "provisioner": self.name, "gateways": []}
+        members: list[_LocalGateway] = []
+        try:
+            for spec in specs:
+                member = self._launch(job_id, job_dir, spec)
+                members.append(member)
+                record["gateways"].append({"gateway_id": spec.gateway_id, "pid": member.proc.pid,
+                                           "cmdline_marker": str(member.config_path)})
+                _write_private(job_dir / PIDS_FILE, json.dumps(record, indent=1))
+            deadline = time.monotonic() + self.health_timeout
+            for m in members:
+                ready = m.wait_ready(deadline)
+                m.handle = GatewayHandle(
+                    gateway_id=m.spec.gateway_id, region=m.spec.region,
+                    control_url=f"http://{_url_host(m.control_host)}:{int(ready['control_port'])}",
+                    control_token=m.token, data_host=m.data_host, data_port=int(ready["data_port"]),
+                    pid=m.proc.pid, extra={"directory": str(m.directory), "log": str(m.directory / "gateway.log")})
+            for m in members:
+                _wait_healthy(m, deadline)
+        except BaseException:
+            LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs).teardown()
+            raise
+        fleet = LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs)
+        teardown_hooks.register(fleet)
+        log.info("local fleet of job %s: %d gateway(s) up", job_id, len(members))
+        return fleet
+
+    def _launch(self, job_id: str, job_dir: Path, spec: GatewaySpec) -> _LocalGateway:
+        place = self.placement.get(spec.region, {})
+        bind_host = place.get("bind_host", self.bind_host)
+        control_host = place.get("control_host", bind_host)
+        netns = place.get("netns")
+        _check_reachable(control_host, spec.gateway_id)
+        directory = job_dir / gateway_dir_name(spec.gateway_id)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        (directory / "ready.json").unlink(missing_ok=True)
+        config = {**spec.config, "gateway_id": spec.gateway_id, "job_id": job_id, "region": spec.region,
+                  "bind_host": bind_host, "advertise_host": bind_host, "control_host": control_host,
+                  "data_port": 0, "control_port": 0, "ready_file": str(directory / "ready.json")}
+        config.pop("log_file", None)  # stdout/stderr already go to the gateway's log
+        config_path = directory / "config.json"
+        _write_private(config_path, json.dumps(config))
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        argv = [*prefix, sys.executable, "-m", "gateway.daemon", "--config", str(config_path)]
+        with open(directory / "gateway.log", "ab") as logf:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                        cwd=directory, start_new_session=True)
+            except OSError as exc:
+                raise ProvisionError(f"cannot start gateway {spec.gateway_id}: {exc}") from exc
+        log.debug("started gateway %s as pid %d", spec.gateway_id, proc.pid)
+        return _LocalGateway(spec, directory, proc, config.get("control_token", ""), control_host, bind_host)
+
+
+def _wait_healthy(member: _LocalGateway, deadline: float) -> None:
+    client = GatewayClient(member.handle.control_url, member.token, timeout=2.0)
+    while True:
+        try:
+            if client.health().get("ok"):
+                return
+            problem = "health answered not ok"
+        except SkyplaneError as exc:
+            problem = str(exc)
+        if member.proc.poll() is not None or time.monotonic() > deadline:
+            raise ProvisionError(f"gateway {member.spec.gateway_id} is not healthy: {problem}; "
+                                 f"log tail:\n{member.log_tail(30)}")
+        time.sleep(0.05)
+
+
+def _check_reachable(host: str, gateway_id: str) -> None:
+    """The orchestrator talks to a gateway's control API from here: only over loopback or a link of
+    this host's own (a namespace's veth), never through a router to somewhere else."""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        raise BadOptionError(f"control host {host!r} of {gateway_id} is not an IP address") from None
+    from skyplane_provider.testbed import iproute
+
+    route = iproute.route_get(host)
+    default_devs = {r.get("dev") for r in iproute.ip_json("route", "show", "default")}
+    if route is None or route.get("gateway") or route.get("dev") in default_devs:
+        raise ProvisionError(f"refusing to start {gateway_id}: its control address {host} does not route over a "
+                             f"link of this host ({route})", hint="bring the testbed up first, or use 127.0.0.1")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically (it may hold secrets)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _remove_job_files(job_dir: Path, members: list[_LocalGateway], *, keep_logs: bool) -> None:
+    """Secrets go first and always; logs stay only when asked; the job directory goes when empty
+    (a detached transfer runner may share it)."""
+    for m in members:
+        m.config_path.unlink(missing_ok=True)
+        (m.directory / "ready.json").unlink(missing_ok=True)
+        if not keep_logs:
+            shutil.rmtree(m.directory, ignore_errors=True)
+    if all(m.proc.poll() is not None for m in members):
+        (job_dir / PIDS_FILE).unlink(missing_ok=True)
+    try:
+        job_dir.rmdir()
+    except OSError:
+        pass
