@@ -16,6 +16,7 @@ __all__ = [
     "CredentialsError",
     "StoreError",
     "NotFoundError",
+    "ConflictError",
     "AccessDeniedError",
     "ThrottledError",
     "StoreUnavailableError",
@@ -69,6 +70,13 @@ class StoreError(SkyplaneError):
 
 class NotFoundError(StoreError):
     """A bucket, container, prefix or object does not exist."""
+
+
+class ConflictError(StoreError):
+    """A conditional write lost a race: the object changed (or appeared) since it was read.
+
+    Not ``retryable``: the same call fails again; read the object anew, then write.
+    """
 
 
 class AccessDeniedError(StoreError):

@@ -16,12 +16,13 @@ from typing import Any, Iterator
 import azure.core.exceptions as aze
 import requests
 import requests.adapters
+from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.storage.blob import BlobBlock, BlobServiceClient, ExponentialRetry
 from urllib3.util.retry import Retry
 
-from planner.errors import (AccessDeniedError, CredentialsError, NotFoundError, SkyplaneError, StoreError,
-                            StoreUnavailableError, ThrottledError)
+from planner.errors import (AccessDeniedError, ConflictError, CredentialsError, NotFoundError, SkyplaneError,
+                            StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
@@ -91,7 +92,7 @@ class AzureStore(ObjectStore):
 
     scheme = "az"
     capabilities = Capabilities(multipart=True, max_parts=50_000, min_part_size=0, max_part_size=4000 * MiB,
-                                checksums=frozenset({"md5"}))
+                                checksums=frozenset({"md5"}), conditional_write=True)
 
     def __init__(self, account: str, container: str, service: BlobServiceClient) -> None:
         self.account, self.container = account, container
@@ -144,6 +145,26 @@ class AzureStore(ObjectStore):
                 self._container.get_blob_client(key).delete_blob()
         except _BlobNotFound:
             pass
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        with self._errors(key):
+            downloader = self._container.get_blob_client(key).download_blob()
+            return downloader.readall(), downloader.properties.etag
+
+    def write_if(self, key: str, data: bytes, expected_version: str | None) -> str:
+        # The version is Azure's etag as the SDK returned it; it goes back unchanged in If-Match.
+        condition: dict[str, Any] = ({"etag": expected_version, "match_condition": MatchConditions.IfNotModified}
+                                     if expected_version else {"overwrite": False})
+        with self._errors(key):
+            try:
+                r = self._container.get_blob_client(key).upload_blob(data, **{"overwrite": True, **condition})
+            except aze.HttpResponseError as exc:
+                # 412: the etag differs; 409: it exists already; 404: deleted since it was read.
+                if exc.status_code in (404, 409, 412) and exc.error_code != "ContainerNotFound":
+                    raise ConflictError(f"{self.root_uri}/{key} changed since it was read",
+                                        hint="read it again and retry the update") from exc
+                raise
+        return r["etag"]
 
     def begin_multipart(self, key: str) -> str:
         return new_upload_id()  # nothing exists on the server until the first block is staged

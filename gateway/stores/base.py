@@ -45,6 +45,7 @@ class Capabilities:
     ``max_parts`` / ``min_part_size`` / ``max_part_size``: limits the chunker must respect.
     ``checksums``: content checksums the store reports and we can verify against
     (``"md5"`` = the single-part ETag is the MD5 of the bytes; ``"crc32c"``).
+    ``conditional_write``: ``read_versioned`` / ``write_if`` work (compare-and-swap of one object).
     """
 
     multipart: bool = False
@@ -52,6 +53,7 @@ class Capabilities:
     min_part_size: int = 0
     max_part_size: int = 5 * 1024**3
     checksums: frozenset[str] = field(default_factory=frozenset)
+    conditional_write: bool = False
 
 
 class ObjectStore(ABC):
@@ -122,6 +124,18 @@ class ObjectStore(ABC):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Discard an upload and every part of it; no object becomes visible."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
+
+    # ---- optional capability: conditional write ----------------------------------------------
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The whole object and an opaque version token of exactly these bytes (for ``write_if``);
+        ``NotFoundError`` if it does not exist."""
+        raise BadOptionError(f"{self.scheme} store does not support conditional writes")
+
+    def write_if(self, key: str, data: bytes, expected_version: str | None) -> str:
+        """Write a whole object only if its version is still ``expected_version`` (``None``: only if
+        the object does not exist); returns the new version token. Raises ``ConflictError`` when
+        another writer got there first."""
+        raise BadOptionError(f"{self.scheme} store does not support conditional writes")
 
     def close(self) -> None:
         """Release pooled connections."""

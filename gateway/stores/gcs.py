@@ -24,8 +24,8 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from planner.errors import (AccessDeniedError, ChecksumError, CredentialsError, NotFoundError, SkyplaneError,
-                            StoreError, StoreUnavailableError, ThrottledError)
+from planner.errors import (AccessDeniedError, ChecksumError, ConflictError, CredentialsError, NotFoundError,
+                            SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
@@ -82,7 +82,7 @@ class GCSStore(ObjectStore):
 
     scheme = "gs"
     capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=0, max_part_size=5 * 1024**3,
-                                checksums=frozenset({"md5", "crc32c"}))
+                                checksums=frozenset({"md5", "crc32c"}), conditional_write=True)
 
     def __init__(self, bucket: str, client: storage.Client) -> None:
         self.bucket = bucket
@@ -139,6 +139,33 @@ class GCSStore(ObjectStore):
                 self._bucket.delete_blob(key, timeout=_TIMEOUT, retry=_RETRY)
         except NotFoundError:
             pass
+
+    # ---- conditional writes on the object generation ----------------------------------------
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        with self._errors(key):
+            blob = self._bucket.get_blob(key, timeout=_TIMEOUT, retry=_RETRY)
+            if blob is None:
+                raise NotFoundError(f"gs://{self.bucket}/{key} does not exist", hint="check the key")
+            try:
+                data = blob.download_as_bytes(if_generation_match=blob.generation, timeout=_TIMEOUT, retry=_RETRY)
+            except gex.PreconditionFailed as exc:
+                raise ConflictError(f"gs://{self.bucket}/{key} changed while it was read",
+                                    hint="read it again") from exc
+        return data, str(blob.generation)
+
+    def write_if(self, key: str, data: bytes, expected_version: str | None) -> str:
+        blob = self._bucket.blob(key)
+        # Generation 0 means "only if no live object exists".
+        generation = int(expected_version) if expected_version else 0
+        with self._errors(key, bucket_level=True):
+            try:
+                blob.upload_from_string(data, content_type="application/octet-stream",
+                                        if_generation_match=generation,
+                                        timeout=_TIMEOUT, retry=_RETRY)
+            except gex.PreconditionFailed as exc:
+                raise ConflictError(f"gs://{self.bucket}/{key} changed since it was read",
+                                    hint="read it again and retry the update") from exc
+        return str(blob.generation)
 
     # ---- multipart as parts + compose -------------------------------------------------------
     def begin_multipart(self, key: str) -> str:

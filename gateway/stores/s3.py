@@ -9,8 +9,8 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from planner.errors import (AccessDeniedError, BadOptionError, CredentialsError, NotFoundError, SkyplaneError,
-                            StoreError, StoreUnavailableError, ThrottledError)
+from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, CredentialsError, NotFoundError,
+                            SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers, translated
@@ -60,7 +60,7 @@ class S3Store(ObjectStore):
 
     scheme = "s3"
     capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=5 * MiB, max_part_size=5 * 1024**3,
-                                checksums=frozenset({"md5"}))
+                                checksums=frozenset({"md5"}), conditional_write=True)
 
     def __init__(self, bucket: str, client: Any) -> None:
         self.bucket = bucket
@@ -117,6 +117,26 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         with self._errors(key):
             self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        with self._errors(key):
+            r = self._client.get_object(Bucket=self.bucket, Key=key)
+            return r["Body"].read(), _etag(r["ETag"])
+
+    def write_if(self, key: str, data: bytes, expected_version: str | None) -> str:
+        # S3 conditional writes (2024): If-Match on the ETag, or If-None-Match: * for "only if absent".
+        condition = {"IfMatch": f'"{expected_version}"'} if expected_version else {"IfNoneMatch": "*"}
+        with self._errors(key):
+            try:
+                r = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
+            except bex.ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                # 412: the ETag differs; 409: a concurrent conditional write; 404: deleted since read.
+                if status in (404, 409, 412) and exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                    raise ConflictError(f"s3://{self.bucket}/{key} changed since it was read",
+                                        hint="read it again and retry the update") from exc
+                raise
+        return _etag(r["ETag"])
 
     def begin_multipart(self, key: str) -> str:
         with self._errors(key):
