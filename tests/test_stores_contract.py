@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from gateway.stores import open_store
 from gateway.stores.base import ObjectStore
-from planner.errors import BadOptionError, CredentialsError, NotFoundError, StoreUnavailableError
+from planner.errors import BadOptionError, CredentialsError, NotFoundError, StoreUnavailableError, ThrottledError
 from skyplane_provider.testing.emulators import AZURITE_ACCOUNT, AZURITE_KEY, connection_string, free_port
 
 MiB = 1024**2
@@ -56,6 +60,7 @@ def test_ranged_reads(store):
     data = os.urandom(1000)
     store.write("r", data)
     assert store.read("r", 10, 20) == data[10:30]
+    assert store.read("r", 0, 10) == data[:10]
     assert store.read("r", 990, 100) == data[990:]  # clipped at the end, like a slice
     assert store.read("r", 500) == data[500:]
     assert store.read("r", 999, 1) == data[999:]
@@ -264,26 +269,77 @@ def test_credentials_errors(s3_bucket, azure_container, no_store_env):
         open_store(s3_bucket, {"s3": {"aws_secret": "typo"}})
 
 
-def test_unreachable_store_is_unavailable(emulators):
-    """A closed port on loopback: a retryable StoreUnavailableError after a short SDK retry."""
-    url = f"http://127.0.0.1:{free_port()}"
-    cases = {
-        "s3://unreachable": {"s3": {"endpoint_url": url, "aws_access_key_id": "a", "aws_secret_access_key": "b"}},
-        "gs://unreachable": {"gs": {"endpoint": url, "anonymous": True}},
-        "az://devstoreaccount1/unreachable": {"az": {"connection_string": connection_string(url)}},
-    }
+# ---- transient failures become retryable errors ------------------------------------------------------
 
-    def attempt(uri: str) -> tuple[Exception | None, float]:
+_THROTTLE_ANSWERS = {  # what each cloud sends when it wants us to slow down
+    "s3": (503, {"Content-Type": "application/xml"},
+           b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
+    "gs": (429, {"Content-Type": "application/json"},
+           b'{"error": {"code": 429, "message": "rateLimitExceeded", "errors": [{"reason": "rateLimitExceeded"}]}}'),
+    "az": (503, {"Content-Type": "application/xml", "x-ms-error-code": "ServerBusy"},
+           b"<?xml version='1.0' encoding='utf-8'?><Error><Code>ServerBusy</Code><Message>busy</Message></Error>"),
+}
+
+
+@contextmanager
+def throttling_server(kind: str) -> Iterator[str]:
+    """A real HTTP server on loopback that answers every request like a throttling ``kind`` store."""
+    status, headers, body = _THROTTLE_ANSWERS[kind]
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _docs(url: str) -> dict[str, dict]:
+    return {"s3": {"s3": {"endpoint_url": url, "aws_access_key_id": "a", "aws_secret_access_key": "b"}},
+            "gs": {"gs": {"endpoint": url, "anonymous": True}},
+            "az": {"az": {"connection_string": connection_string(url)}}}
+
+
+def test_transient_failures_are_retryable_errors(emulators):
+    """A closed loopback port -> StoreUnavailableError; a store that throttles -> ThrottledError;
+    both retryable, and raised after a short SDK retry (all cases run at once to save time)."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    roots = {"s3": "s3://transient", "gs": "gs://transient", "az": "az://devstoreaccount1/transient"}
+
+    def attempt(case: tuple[str, str, str]) -> tuple[Exception | None, float]:
+        kind, url, _ = case
         started = time.monotonic()
         try:
-            open_store(uri, cases[uri]).check()
+            open_store(roots[kind], _docs(url)[kind]).check()
         except Exception as exc:  # noqa: BLE001  (asserted below)
             return exc, time.monotonic() - started
         return None, time.monotonic() - started
 
-    with ThreadPoolExecutor(len(cases)) as pool:  # each SDK retries for a few seconds: wait for all at once
-        outcomes = dict(zip(cases, pool.map(attempt, cases)))
-    for uri, (exc, seconds) in outcomes.items():
-        assert isinstance(exc, StoreUnavailableError), (uri, exc)
-        assert exc.retryable and "unreachable" in str(exc)
-        assert seconds < 20, (uri, seconds)
+    with throttling_server("s3") as s3, throttling_server("gs") as gs, throttling_server("az") as az:
+        throttlers = {"s3": s3, "gs": gs, "az": az}
+        cases = [(k, closed, "unavailable") for k in roots] + [(k, throttlers[k], "throttled") for k in roots]
+        with ThreadPoolExecutor(len(cases)) as pool:
+            outcomes = list(pool.map(attempt, cases))
+    for (kind, _, expected), (exc, seconds) in zip(cases, outcomes):
+        wanted = StoreUnavailableError if expected == "unavailable" else ThrottledError
+        assert isinstance(exc, wanted), (kind, expected, exc)
+        assert exc.retryable and "transient" in str(exc) and exc.hint
+        assert seconds < 20, (kind, expected, seconds)

@@ -127,6 +127,10 @@ def test_local_writes_are_renames_and_delete_prunes_empty_dirs(tmp_path):
     store = open_store("file://" + str(tmp_path))
     store.write("a/b/c.txt", b"1")
     assert tree(tmp_path) == ["a/b/c.txt"]  # the temp file was renamed, not left behind
-    assert os.listdir(tmp_path / ".skyplane-tmp") == []
+    assert not (tmp_path / ".skyplane-tmp").exists()  # nor the temp dir, once idle
+    upload = store.begin_multipart("m")
+    store.upload_part("m", upload, 1, b"part")
+    assert list(store.list()) == [store.head("a/b/c.txt")]  # parts are not objects
+    store.abort_multipart("m", upload)
     store.delete("a/b/c.txt")
-    assert sorted(os.listdir(tmp_path)) == [".skyplane-tmp"]
+    assert os.listdir(tmp_path) == []

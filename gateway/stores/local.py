@@ -4,7 +4,8 @@ Keys are ``/``-separated paths relative to the root directory. A key that would 
 (``..``, an absolute path, an empty segment) raises :class:`BadURIError` before anything is written.
 Writes land in a temp file under ``<root>/.skyplane-tmp/`` and are renamed into place, so an object
 is never visible half-written; multipart parts live in ``.skyplane-tmp/<upload_id>/`` until
-``complete_multipart`` concatenates them. Listings never show the temp directory.
+``complete_multipart`` concatenates them. Listings never show the temp directory, and it is removed
+whenever it falls empty, so a finished copy leaves nothing of ours behind.
 ETags are the MD5 of the bytes (cached per file version, so repeated listings stay cheap).
 """
 
@@ -108,6 +109,7 @@ class LocalStore(ObjectStore):
                 self._publish(tmp, path)
         finally:
             _remove(tmp)
+            self._tidy_tmp_dir()
         return hashlib.md5(data).hexdigest()
 
     def delete(self, key: str) -> None:
@@ -124,8 +126,8 @@ class LocalStore(ObjectStore):
     def begin_multipart(self, key: str) -> str:
         self._path(key, for_write=True)  # reject a bad key now, not at completion
         upload_id = new_upload_id()
+        self._in_tmp_dir(lambda tmp_dir: os.mkdir(os.path.join(tmp_dir, upload_id)))
         with self._errors(key):
-            os.makedirs(self._upload_dir(upload_id))
             with open(os.path.join(self._upload_dir(upload_id), "key"), "w", encoding="utf-8") as f:
                 f.write(key)
         return upload_id
@@ -168,15 +170,17 @@ class LocalStore(ObjectStore):
         finally:
             _remove(tmp)
         shutil.rmtree(directory, ignore_errors=True)
+        self._tidy_tmp_dir()
         return digest.hexdigest()
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         check_upload_id(upload_id)
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+        self._tidy_tmp_dir()
 
     # ---- helpers ------------------------------------------------------------------------------
     def _uri(self, key: str) -> str:
-        return f"{self.root_uri.rstrip('/')}/{key}"
+        return "file://" + os.path.join(self._root, key)
 
     def _path(self, key: str, *, for_write: bool = False) -> str:
         """The file of ``key``; raises BadURIError for any key that is not a plain relative path."""
@@ -200,14 +204,30 @@ class LocalStore(ObjectStore):
                               hint="give a prefix relative to the root, without '..'")
 
     def _temp_file(self) -> str:
-        tmp_dir = os.path.join(self._root, TMP_DIR)
-        try:
-            os.makedirs(tmp_dir, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
-        except OSError as exc:
-            raise _translate(exc, self.root_uri) from exc
+        fd, tmp = self._in_tmp_dir(lambda tmp_dir: tempfile.mkstemp(dir=tmp_dir, suffix=".tmp"))
         os.close(fd)
         return tmp
+
+    def _in_tmp_dir(self, create):
+        """``create(tmp_dir)``, (re)making the temp dir first: another thread may remove it when
+        it is empty (see :meth:`_tidy_tmp_dir`) between our makedirs and our create."""
+        tmp_dir = os.path.join(self._root, TMP_DIR)
+        for attempt in range(5):
+            try:
+                os.makedirs(tmp_dir, exist_ok=True)
+                return create(tmp_dir)
+            except FileNotFoundError:
+                if attempt == 4 or not os.path.isdir(self._root):
+                    raise NotFoundError(f"directory {self._root} does not exist", hint="create it first") from None
+            except OSError as exc:
+                raise _translate(exc, self.root_uri) from exc
+
+    def _tidy_tmp_dir(self) -> None:
+        """Leave no ``.skyplane-tmp`` behind in the user's directory once nothing is in flight."""
+        try:
+            os.rmdir(os.path.join(self._root, TMP_DIR))
+        except OSError:
+            pass  # not empty (other writes or uploads in flight) or already gone
 
     def _publish(self, tmp: str, path: str) -> None:
         # A rename within one file system is atomic: readers see the old object or the new one.
@@ -234,7 +254,8 @@ class LocalStore(ObjectStore):
 
     def _prune_dirs(self, directory: str) -> None:
         """Remove directories left empty by a delete, like "folders" vanish from a bucket."""
-        while directory != self._root and directory.startswith(self._root + os.sep):
+        inside = os.path.join(self._root, "")  # "/data/" (or "/" for the file-system root)
+        while directory != self._root and directory.startswith(inside):
             try:
                 os.rmdir(directory)
             except OSError:
