@@ -48,6 +48,16 @@ class LocalChunk:
     checksum: bytes
 
 
+class _DestWrite:
+    """The write of one chunk to one dest, in progress (``done`` unset) or finished."""
+
+    def __init__(self, checksum: str) -> None:
+        self.checksum = checksum
+        self.done = threading.Event()
+        self.ok = False
+        self.part: dict | None = None
+
+
 class RequestQueue:
     """Chunk requests waiting for a reader, bounded by count and by bytes to read."""
 
@@ -106,7 +116,7 @@ class GatewayNode:
                              events=self.events, stop=self.stopping)
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
         self._writes: queue.Queue[LocalChunk | wire.Frame] = queue.Queue(maxsize=config.queue_chunks)
-        self._written: dict[tuple, tuple[str, dict | None]] = {}  # (chunk, dest) -> (checksum, part)
+        self._written: dict[tuple, _DestWrite] = {}  # (chunk id, dest) -> its write
         self._written_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.listener = DataListener(config.bind_host, config.data_port, job_id=config.job_id,
@@ -242,32 +252,45 @@ class GatewayNode:
                 self._guard(req.chunk_id, lambda d=dest: self._write_dest(req, d, data, checksum.hex()))
 
     def _write_dest(self, req: ChunkRequest, dest: Dest, data: bytes, checksum: str) -> None:
-        """Write one dest; a chunk re-sent after it was written is only confirmed again."""
+        """Write one dest once: a copy of the chunk that arrives while or after it is written (a
+        re-send by the orchestrator, a replay) is only confirmed, never written again."""
         key = (req.chunk_id, dest)
-        with self._written_lock:
-            before = self._written.get(key)
-        if before is not None:
-            if before[0] != checksum:
-                raise SkyplaneError(f"chunk {req.chunk_id} arrived again with different bytes: the source changed "
-                                    "during the transfer", hint="re-run the transfer")
-            part = before[1]
-        else:
+        while True:
+            with self._written_lock:
+                state = self._written.get(key)
+                if state is None:
+                    state = self._written[key] = _DestWrite(checksum)
+                    break  # ours to write
+            state.done.wait()
+            if state.ok:
+                if state.checksum != checksum:
+                    raise SkyplaneError(f"chunk {req.chunk_id} arrived again with different bytes: the source "
+                                        "changed during the transfer", hint="re-run the transfer")
+                self.events.written(chunk_id=req.chunk_id, region=self.config.region, store=dest.store,
+                                    key=dest.key, part=state.part, checksum=checksum)
+                return
+            # the other copy failed to write: try with ours
+        try:
             store = open_store(dest.store, self.config.credentials)
             what = f"writing {dest.store}/{dest.key}"
-            part = None
             if dest.upload_id is None:
                 with_retries(lambda: store.write(dest.key, data), what=what, on_retry=self._count_retry,
                              stop=self.stopping)
             else:
                 info = with_retries(lambda: store.upload_part(dest.key, dest.upload_id, dest.part_number, data),
                                     what=what, on_retry=self._count_retry, stop=self.stopping)
-                part = {"part_number": info.part_number, "etag": info.etag, "size": info.size}
+                state.part = {"part_number": info.part_number, "etag": info.etag, "size": info.size}
+            state.ok = True
+        except BaseException:
             with self._written_lock:
-                self._written[key] = (checksum, part)
-            self.events.count("bytes_written", len(data))
-            self.events.count("chunks_written")
+                del self._written[key]
+            raise
+        finally:
+            state.done.set()
+        self.events.count("bytes_written", len(data))
+        self.events.count("chunks_written")
         self.events.written(chunk_id=req.chunk_id, region=self.config.region, store=dest.store, key=dest.key,
-                            part=part, checksum=checksum)
+                            part=state.part, checksum=checksum)
 
     # ---- failures -----------------------------------------------------------------------------------------
     def _count_retry(self) -> None:

@@ -1,0 +1,397 @@
+"""Real gateway processes (started by the local provisioner) moving chunks between local-directory stores.
+
+Programs are written by hand here, so the gateways are tested on their own, without the planner or
+the orchestrator: source -> relay -> destination, fan-out, the relay's lack of a key, refused peers,
+tampered and replayed frames, backpressure, the control API's input checks and clean teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway import wire
+from gateway.codec import Codec
+from gateway.control_client import GatewayClient
+from gateway.stores import open_store
+from gateway.stores.base import PartInfo
+from planner.errors import GatewayError, ProtocolError, ProvisionError
+from planner.plan import Hop, PartitionProgram, RegionProgram
+from skyplane_provider.provisioners import get_provisioner
+from skyplane_provider.provisioners.base import GatewaySpec
+from skyplane_provider.provisioners.local import PIDS_FILE, LocalFleet
+
+from .helpers import gateway_pids
+
+MiB = 1024**2
+SRC, RELAY, DST, DST2 = "t:src", "t:relay", "t:dst", "t:dst2"
+
+
+class Job:
+    """One job's secrets and a fleet built from hand-written programs."""
+
+    def __init__(self, home: Path, programs: dict[str, RegionProgram], *, encrypt: bool = True,
+                 compress: bool = True, queue_chunks: int = 4, overrides: dict[str, dict] | None = None,
+                 wire_peers: bool = True) -> None:
+        self.id = uuid.uuid4().hex
+        self.secret = os.urandom(32).hex()
+        self.key = os.urandom(32).hex()
+        self.home = home
+        specs = []
+        for region, program in programs.items():
+            handles_data = any(p.source == "read" or p.write for p in program.partitions.values())
+            config = {"program": program.to_dict(), "job_secret": self.secret, "control_token": uuid.uuid4().hex,
+                      "compress": compress, "encrypt": encrypt, "queue_chunks": queue_chunks, "readers": 2,
+                      "writers": 2, "credentials": {}}
+            if encrypt and handles_data:
+                config["encryption_key"] = self.key
+            config.update((overrides or {}).get(region, {}))
+            specs.append(GatewaySpec(gateway_id=f"{region}/0", region=region, config=config))
+        self.fleet: LocalFleet = get_provisioner("local").provision(self.id, specs)
+        self.handles = {g.region: g for g in self.fleet.gateways}
+        self.clients = {g.region: GatewayClient(g.control_url, g.control_token) for g in self.fleet.gateways}
+        if wire_peers:
+            for region, program in programs.items():
+                self.wire(region, program)
+
+    def wire(self, region: str, program: RegionProgram) -> None:
+        hops = {h.region for p in program.partitions.values() for h in p.send}
+        if hops:
+            self.clients[region].set_peers({r: [self.peer(r)] for r in hops})
+
+    def peer(self, region: str) -> dict:
+        h = self.handles[region]
+        return {"gateway_id": h.gateway_id, "host": h.data_host, "data_port": h.data_port}
+
+    def directory(self, region: str) -> Path:
+        return Path(self.handles[region].extra["directory"])
+
+    def events(self, region: str, want: int, timeout: float = 30.0, kind: str | None = None) -> list[dict]:
+        """Poll until ``want`` events (of ``kind``) were reported by ``region``'s gateway."""
+        found: list[dict] = []
+        cursor, deadline = 0, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.clients[region].status(cursor)
+            cursor = status["next"]
+            if kind == "written" and any(e["type"] == "failed" for e in status["events"]):
+                raise AssertionError(f"{region} reported a failure: {status['events']}")
+            found += [e for e in status["events"] if kind is None or e["type"] == kind]
+            if len(found) >= want:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{region}: {len(found)} of {want} events after {timeout}s: {found} "
+                             f"{self.clients[region].status(0)}\n{self.fleet.logs(region + '/0', 30)}")
+
+
+def chunk(cid: int, src: str, key: str, offset: int, length: int, dests: list[dict], partition: int = 0) -> dict:
+    return {"chunk_id": cid, "partition": partition, "src": {"store": src, "key": key}, "offset": offset,
+            "length": length, "dests": dests}
+
+
+def dest(region: str, store: str, key: str, upload_id: str | None = None, part: int | None = None) -> dict:
+    return {"region": region, "store": store, "key": key, "upload_id": upload_id, "part_number": part}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_hung_up(sock: socket.socket) -> None:
+    """The peer closed the connection (a FIN, or a reset when it left our bytes unread)."""
+    sock.settimeout(10)
+    try:
+        assert sock.recv(1) == b""
+    except ConnectionResetError:
+        pass
+
+
+def chain() -> dict[str, RegionProgram]:
+    """Partition 0: source -> relay -> destination (2 connections per hop)."""
+    return {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(RELAY, 2),))}),
+            RELAY: RegionProgram(RELAY, {0: PartitionProgram("receive", (Hop(DST, 2),))}),
+            DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def stores(tmp_path) -> dict[str, str]:
+    out = {}
+    for name in ("src", "dst", "dst2"):
+        (tmp_path / name).mkdir()
+        out[name] = "file://" + str(tmp_path / name)
+    return out
+
+
+@pytest.fixture
+def jobs(home):
+    """Start jobs with ``jobs(programs, **kw)``; every fleet is torn down and checked gone afterwards."""
+    made: list[Job] = []
+
+    def make(programs, **kw) -> Job:
+        job = Job(home, programs, **kw)
+        made.append(job)
+        return job
+
+    yield make
+    for job in made:
+        pids = [g.pid for g in job.fleet.gateways]
+        job.fleet.teardown()
+        assert not any(p in gateway_pids() for p in pids), "a gateway process was left running"
+        assert not (home / "jobs" / job.id).exists(), "the job's files were left behind"
+
+
+def test_chain_whole_objects_and_parts_through_a_keyless_relay(jobs, stores):
+    job = jobs(chain())
+    relay_config = json.loads((job.directory(RELAY) / "config.json").read_text())
+    assert "encryption_key" not in relay_config and relay_config["encrypt"] is True
+    assert "encryption_key" in json.loads((job.directory(DST) / "config.json").read_text())
+    for region in (SRC, RELAY, DST):
+        assert (job.directory(region) / "config.json").stat().st_mode & 0o777 == 0o600
+
+    src, dst = open_store(stores["src"]), open_store(stores["dst"])
+    text = b"".join(b"%d,event-%d,%d\n" % (i, i % 13, i * i) for i in range(60_000))  # compresses
+    big = os.urandom(5 * MiB + 12345)  # does not: sent raw, in parts
+    objects = {"logs/a.csv": text, "empty": b"", "bin/big": big}
+    for k, v in objects.items():
+        src.write(k, v)
+    upload = dst.begin_multipart("out/big")
+    reqs = [chunk(0, stores["src"], "logs/a.csv", 0, len(text), [dest(DST, stores["dst"], "out/a.csv")]),
+            chunk(1, stores["src"], "empty", 0, 0, [dest(DST, stores["dst"], "out/empty")])]
+    part_size = 2 * MiB
+    for n, off in enumerate(range(0, len(big), part_size), start=1):
+        reqs.append(chunk(1 + n, stores["src"], "bin/big", off, min(part_size, len(big) - off),
+                          [dest(DST, stores["dst"], "out/big", upload, n)]))
+    accepted = 0
+    while accepted < len(reqs):
+        accepted += job.clients[SRC].submit(reqs[accepted:])
+    written = job.events(DST, len(reqs), kind="written")
+    assert sorted(e["chunk_id"] for e in written) == list(range(len(reqs)))
+    assert all(e["region"] == DST and len(e["checksum"]) == 32 for e in written)
+    parts = sorted((e["part"] for e in written if e["part"]), key=lambda p: p["part_number"])
+    assert [p["part_number"] for p in parts] == [1, 2, 3]
+    dst.complete_multipart("out/big", upload, [PartInfo(p["part_number"], p["etag"], p["size"]) for p in parts])
+
+    assert sha(dst.read("out/a.csv")) == sha(text)
+    assert dst.read("out/empty") == b""
+    assert sha(dst.read("out/big")) == sha(big)
+    counters = {r: job.clients[r].status(10**9)["counters"] for r in (SRC, RELAY, DST)}
+    total = len(text) + len(big)
+    assert counters[SRC]["bytes_read"] == total and counters[DST]["bytes_written"] == total
+    assert counters[RELAY]["bytes_received_wire"] == counters[RELAY]["bytes_sent_wire"] \
+        == counters[DST]["bytes_received_wire"] == counters[SRC]["bytes_sent_wire"]
+    # The text went compressed, the random bytes raw: the wire carries less than the data.
+    assert counters[SRC]["bytes_sent_wire"] < total
+    assert counters[DST]["chunks_written"] == len(reqs) and counters[DST]["frames_rejected"] == 0
+    assert job.clients[RELAY].status(0)["events"] == []  # relays write nothing
+
+    pids_record = json.loads((job.home / "jobs" / job.id / PIDS_FILE).read_text())
+    assert {g["gateway_id"] for g in pids_record["gateways"]} == {f"{r}/0" for r in (SRC, RELAY, DST)}
+    for g in pids_record["gateways"]:
+        assert job.id in g["cmdline_marker"]
+        cmdline = Path(f"/proc/{g['pid']}/cmdline").read_bytes().decode()
+        assert g["cmdline_marker"] in cmdline
+
+
+def test_fan_out_and_local_write(jobs, stores):
+    """The source writes locally, and sends each chunk to two destinations (multicast)."""
+    programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST), Hop(DST2)), write=True)}),
+                DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)}),
+                DST2: RegionProgram(DST2, {0: PartitionProgram("receive", (), write=True)})}
+    job = jobs(programs, encrypt=False, compress=False)
+    data = os.urandom(300_000)
+    open_store(stores["src"]).write("x", data)
+    targets = [dest(SRC, stores["src"], "copy-of-x"), dest(DST, stores["dst"], "x"), dest(DST2, stores["dst2"], "x")]
+    assert job.clients[SRC].submit([chunk(0, stores["src"], "x", 0, len(data), targets)]) == 1
+    for region in (SRC, DST, DST2):
+        (event,) = job.events(region, 1, kind="written")
+        assert event["region"] == region
+    for store, key in ((stores["src"], "copy-of-x"), (stores["dst"], "x"), (stores["dst2"], "x")):
+        assert sha(open_store(store).read(key)) == sha(data)
+
+
+def test_peer_with_wrong_job_secret_is_refused(jobs, stores):
+    """A gateway started with another secret cannot deliver to the destination; the test's own
+    connection with a wrong secret is dropped too."""
+    rogue = "t:rogue"
+    programs = {DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)}),
+                rogue: RegionProgram(rogue, {0: PartitionProgram("read", (Hop(DST),))})}
+    job = jobs(programs, overrides={rogue: {"job_secret": os.urandom(32).hex()}})
+    open_store(stores["src"]).write("x", b"secret data")
+    job.clients[rogue].submit([chunk(0, stores["src"], "x", 0, 11, [dest(DST, stores["dst"], "x")])])
+    (failed,) = job.events(rogue, 1, kind="failed")
+    assert "refused" in failed["error"] and failed["retryable"] is False
+    with pytest.raises(ProtocolError):
+        wire.connect(job.handles[DST].data_host, job.handles[DST].data_port, job_id=bytes.fromhex(job.id),
+                     secret=os.urandom(32))
+    errors = job.clients[DST].status(0)["errors"]
+    assert len([e for e in errors if "refused data connection" in e]) == 2
+    assert not open_store(stores["dst"]).exists("x")
+
+
+def test_tampered_frame_is_not_written_and_a_resend_is_harmless(jobs, stores):
+    """A peer holding the job secret (say, a compromised relay) sends the destination a frame with
+    one flipped bit: it is rejected with a retryable failure and nothing is written. The intact frame
+    is then written once; sending it again only confirms it; another job's frame ends the connection."""
+    job = jobs({DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})})
+    codec = Codec(bytes.fromhex(job.id), key=bytes.fromhex(job.key), encrypt=True, compress=True)
+    data = b"important bytes " * 5000
+    meta = json.dumps(chunk(5, stores["src"], "k", 0, len(data), [dest(DST, stores["dst"], "k")])).encode()
+    frame = codec.encode(chunk_id=5, partition=0, meta=meta, data=data)
+    body = bytearray(frame.body)
+    body[len(body) // 2] ^= 1
+    h = job.handles[DST]
+    conn = wire.connect(h.data_host, h.data_port, job_id=bytes.fromhex(job.id), secret=bytes.fromhex(job.secret))
+    with conn:
+        wire.send_frame(conn, wire.Frame(frame.header, frame.header_bytes, body))
+        (failed,) = job.events(DST, 1)
+        assert failed["type"] == "failed" and failed["chunk_id"] == 5 and failed["retryable"] is True
+        assert not open_store(stores["dst"]).exists("k")
+        wire.send_frame(conn, frame)
+        wire.send_frame(conn, frame)
+        events = job.events(DST, 3)
+    assert [e["type"] for e in events] == ["failed", "written", "written"]
+    assert open_store(stores["dst"]).read("k") == data
+    counters = job.clients[DST].status(0)["counters"]
+    assert counters["chunks_written"] == 1 and counters["frames_rejected"] == 1
+
+    other = Codec(os.urandom(16), key=bytes.fromhex(job.key), encrypt=True, compress=True)
+    with wire.connect(h.data_host, h.data_port, job_id=bytes.fromhex(job.id),
+                      secret=bytes.fromhex(job.secret)) as conn:
+        wire.send_frame(conn, other.encode(chunk_id=6, partition=0, meta=meta, data=data))
+        assert_hung_up(conn)
+    assert job.clients[DST].status(0)["counters"]["frames_rejected"] == 2
+
+
+def test_backpressure_accepts_a_prefix(jobs, stores):
+    """While the source cannot send (no peers yet), its full queues make it accept only a prefix."""
+    programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST),))}),
+                DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
+    job = jobs(programs, overrides={SRC: {"read_ahead_bytes": 1}}, queue_chunks=1, wire_peers=False)
+    open_store(stores["src"]).write("x", b"abc")
+    reqs = [chunk(i, stores["src"], "x", 0, 3, [dest(DST, stores["dst"], f"k{i}")]) for i in range(50)]
+    accepted = job.clients[SRC].submit(reqs)
+    assert accepted == 1  # one request at most waits when each is above the read-ahead budget
+    time.sleep(0.5)
+    for _ in range(5):  # the two readers each hold one chunk, then nothing moves
+        accepted += job.clients[SRC].submit(reqs[accepted:])
+    assert accepted <= 1 + 2 + 1 and job.clients[SRC].status(0)["queued"] == 1
+    job.wire(SRC, programs[SRC])
+    deadline = time.monotonic() + 60
+    while accepted < len(reqs) and time.monotonic() < deadline:
+        accepted += job.clients[SRC].submit(reqs[accepted:])
+        time.sleep(0.01)
+    assert accepted == len(reqs)
+    written = job.events(DST, 50, kind="written", timeout=60)
+    assert {e["chunk_id"] for e in written} == set(range(50))
+
+
+def test_missing_source_object_fails_without_retry(jobs, stores):
+    job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})})
+    job.clients[SRC].submit([chunk(3, stores["src"], "nope", 0, 10, [dest(SRC, stores["dst"], "nope")])])
+    (failed,) = job.events(SRC, 1)
+    assert failed["type"] == "failed" and failed["retryable"] is False and "nope" in failed["error"]
+    assert job.clients[SRC].status(0)["counters"]["retries"] == 0
+
+
+def test_control_api_checks_token_and_input(jobs, stores):
+    job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})})
+    h = job.handles[SRC]
+
+    def call(method: str, path: str, body: bytes | None = None, token: str | None = h.control_token) -> tuple:
+        req = urllib.request.Request(h.control_url + path, data=body, method=method)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert call("GET", "/health", token=None)[0] == 401
+    assert call("GET", "/health", token="wrong")[0] == 401
+    assert call("POST", "/shutdown", b"{}", token=h.control_token + "x")[0] == 401
+    assert call("GET", "/health") == (200, {"ok": True, "gateway_id": h.gateway_id, "region": SRC, "pid": h.pid})
+    assert call("GET", "/nope")[0] == 404
+    for path in ("/status?since=-1", "/status?since=abc"):
+        assert call("GET", path)[0] == 400
+    bad_bodies = [b"not json", b"[]", b'{"chunks": 3}', b'{"chunks": [{"chunk_id": "x"}]}',
+                  json.dumps({"chunks": [chunk(0, stores["src"], "k", -5, 1, [dest(SRC, stores["dst"], "k")])]}).encode(),
+                  json.dumps({"chunks": [chunk(0, stores["src"], "k", 0, 1, [])]}).encode(),
+                  json.dumps({"chunks": [chunk(0, stores["src"], "k", 0, 1, [dest(SRC, stores["dst"], "k")], 7)]}).encode()]
+    for body in bad_bodies:
+        status, doc = call("POST", "/chunks", body)
+        assert status == 400 and doc["error"], body
+    for body in (b'{"peers": []}', b'{"peers": {"r": [{"gateway_id": "g", "host": "h", "data_port": 0}]}}'):
+        assert call("POST", "/peers", body)[0] == 400
+    assert job.clients[SRC].status(0)["queued"] == 0  # nothing was accepted
+    with pytest.raises(GatewayError, match="refused the control token"):
+        GatewayClient(h.control_url, "wrong").health()
+    assert job.fleet.alive(h.gateway_id)
+
+
+def test_sigterm_stops_a_gateway_cleanly_and_teardown_reaps_everything(jobs, stores):
+    job = jobs(chain())
+    src = job.handles[SRC]
+    os.kill(src.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while job.fleet.alive(src.gateway_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not job.fleet.alive(src.gateway_id)
+    assert job.fleet._members[src.gateway_id].proc.returncode == 0
+    with pytest.raises(GatewayError, match="cannot reach"):
+        GatewayClient(src.control_url, src.control_token, timeout=2).health()
+    # A gateway that ignores SIGTERM-free shutdown paths is still killed: freeze one with SIGSTOP.
+    relay = job.handles[RELAY]
+    os.kill(relay.pid, signal.SIGSTOP)
+    job.fleet._grace = 0.5
+    job.fleet.teardown()
+    assert gateway_pids(job.id) == []
+    job.fleet.teardown()  # idempotent
+
+
+def test_bad_config_exits_with_a_message(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"gateway_id": "g", "job_id": "zz"}))
+    out = subprocess.run([sys.executable, "-m", "gateway.daemon", "--config", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "gateway config" in out.stderr
+
+
+def test_provisioning_failure_tears_down_what_started(home, stores):
+    good = RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})
+    specs = [GatewaySpec(f"{SRC}/0", SRC, {"program": good.to_dict(), "job_secret": "ab" * 32,
+                                           "control_token": "t" * 32, "encrypt": False}),
+             GatewaySpec(f"{DST}/0", DST, {"program": {"region": DST, "partitions": {}}, "job_secret": "ab" * 32,
+                                           "control_token": "short", "encrypt": False})]
+    job_id = uuid.uuid4().hex
+    with pytest.raises(ProvisionError, match="control_token is too short"):
+        get_provisioner("local", health_timeout=20).provision(job_id, specs)
+    assert gateway_pids(job_id) == []
+    assert not (home / "jobs" / job_id).exists()
+
+
+def test_data_port_refuses_garbage_before_allocating(jobs):
+    job = jobs({DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})})
+    h = job.handles[DST]
+    with socket.create_connection((h.data_host, h.data_port), timeout=15) as s:
+        s.recv(64)  # the server's challenge
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(100))
+        assert_hung_up(s)
+    assert job.fleet.alive(h.gateway_id)
