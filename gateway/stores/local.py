@@ -212,13 +212,17 @@ class LocalStore(ObjectStore):
         """``create(tmp_dir)``, (re)making the temp dir first: another thread may remove it when
         it is empty (see :meth:`_tidy_tmp_dir`) between our makedirs and our create."""
         tmp_dir = os.path.join(self._root, TMP_DIR)
-        for attempt in range(5):
+        attempts = 20
+        for attempt in range(attempts):
             try:
                 os.makedirs(tmp_dir, exist_ok=True)
                 return create(tmp_dir)
-            except FileNotFoundError:
-                if attempt == 4 or not os.path.isdir(self._root):
+            except (FileNotFoundError, FileExistsError) as exc:
+                # FileExistsError too: makedirs raises it when the dir vanishes between its mkdir and isdir
+                if not os.path.isdir(self._root):
                     raise NotFoundError(f"directory {self._root} does not exist", hint="create it first") from None
+                if attempt == attempts - 1:
+                    raise _translate(exc, self.root_uri) from exc
             except OSError as exc:
                 raise _translate(exc, self.root_uri) from exc
 
