@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.testbed",
     "tests.fixtures.sshd",
     "tests.fixtures.ec2",
+    "tests.fixtures.airflow",
 ]

@@ -1,0 +1,272 @@
+"""``SkyplaneHook``: Airflow connections -> a :class:`~skyplane_provider.transfer.TransferRequest`.
+
+Users already have connections for their clouds, so the hook reads the standard ones directly (the
+amazon/google/azure providers stay optional; nothing of theirs is imported):
+
+==========================  ===============================================================================
+connection type             fields read
+==========================  ===============================================================================
+``aws``                     login = access key id, password = secret key; extra ``aws_session_token``,
+                            ``region_name``, ``endpoint_url`` (or ``service_config.s3.endpoint_url``),
+                            ``role_arn`` (+ ``assume_role_kwargs``): assumed via STS, the gateways get the
+                            temporary credentials
+``google_cloud_platform``   extra ``key_path`` (read here, so remote gateways need no file),
+                            ``keyfile_dict``, ``project``, ``endpoint`` (an emulator URL, ours), ``anonymous``
+``wasb``                    extra ``connection_string``; or login = account + password = key; or extra
+                            ``sas_token``; host = account URL (default ``https://ACCOUNT.blob.core.windows.net``)
+``skyplane`` (ours)         extra ``{"provisioner": "ssh", "provisioner_settings": {...}}`` (see docs/provisioners.md)
+==========================  ===============================================================================
+
+Each side has its own connection (``src_conn_id``; ``dst_conn_id``, one per destination), and each
+becomes an entry of the credentials document keyed by that store's root URI (``s3://bucket``), so two
+AWS accounts in one transfer do not clash. A side without a connection uses the SDKs' environment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseHook, Connection
+
+from gateway.stores.uri import StoreURI, parse_uri
+from planner.errors import BadOptionError, CredentialsError
+from skyplane_provider.transfer import TransferRequest
+
+from .provider import CONN_TYPE
+
+#: Which connection type serves which URI scheme.
+CONN_TYPES = {"s3": "aws", "gs": "google_cloud_platform", "az": "wasb"}
+
+
+class SkyplaneHook(BaseHook):
+    """Builds transfer requests from Airflow connections.
+
+    :param src_conn_id: connection for the source store (``aws``, ``google_cloud_platform`` or ``wasb``).
+    :param dst_conn_id: connection for the destination, or a list aligned with the destinations
+        (``None`` entries use the environment).
+    :param skyplane_conn_id: a ``skyplane`` connection holding provisioner settings.
+    """
+
+    conn_name_attr = "skyplane_conn_id"
+    default_conn_name = "skyplane_default"
+    conn_type = CONN_TYPE
+    hook_name = "Skyplane"
+
+    def __init__(self, src_conn_id: str | None = None, dst_conn_id: str | Sequence[str | None] | None = None,
+                 skyplane_conn_id: str | None = None) -> None:
+        super().__init__()
+        self.src_conn_id = src_conn_id
+        self.dst_conn_id = dst_conn_id
+        self.skyplane_conn_id = skyplane_conn_id
+
+    def get_conn(self) -> dict:
+        """The provisioner setup: ``{"provisioner": NAME, "provisioner_settings": {...}}``."""
+        name, settings = self.provisioner()
+        return {"provisioner": name, "provisioner_settings": settings}
+
+    # -- the request ---------------------------------------------------------------------------
+    def make_request(self, src: str, dsts: str | Sequence[str], *, provisioner: str | None = None,
+                     **options: Any) -> TransferRequest:
+        """A request for ``src`` -> ``dsts`` with the connections' credentials and provisioner.
+
+        ``provisioner`` overrides the ``skyplane`` connection's (default ``local``); ``options`` are
+        the other :class:`TransferRequest` fields. Raises ``BadInputError``/``CredentialsError``
+        subclasses of ``SkyplaneError`` on bad URIs, options or connections.
+        """
+        dsts = [dsts] if isinstance(dsts, str) else list(dsts)
+        name, settings = self.provisioner(provisioner)
+        try:
+            request = TransferRequest(src=src, dsts=dsts, provisioner=name, provisioner_settings=settings,
+                                      credentials=self.credentials(src, dsts), **options)
+        except TypeError as exc:
+            raise BadOptionError(f"unknown transfer option: {exc}") from exc
+        request.validate()
+        return request
+
+    def credentials(self, src: str, dsts: Sequence[str]) -> dict[str, dict]:
+        """The credentials document for this transfer: one entry per store that has a connection."""
+        doc: dict[str, dict] = {}
+        for uri, conn_id in [(src, self.src_conn_id), *zip(dsts, self._dst_conn_ids(len(dsts)))]:
+            if conn_id is None:
+                continue
+            store = parse_uri(uri)
+            entry = self.store_credentials(conn_id, store)
+            if doc.setdefault(store.root_uri, entry) != entry:
+                raise BadOptionError(f"two different connections are given for {store.root_uri}",
+                                     hint="use one connection per bucket or container")
+        return doc
+
+    def _dst_conn_ids(self, n: int) -> list[str | None]:
+        ids = self.dst_conn_id
+        if ids is None or isinstance(ids, str):
+            return [ids] * n
+        ids = list(ids)
+        if len(ids) != n:
+            raise BadOptionError(f"dst_conn_id lists {len(ids)} connections for {n} destinations",
+                                 hint="give one connection id per destination (None for the environment)")
+        return ids
+
+    # -- one store's entry ---------------------------------------------------------------------
+    def store_credentials(self, conn_id: str, store: StoreURI) -> dict:
+        """The credentials entry for ``store`` from connection ``conn_id``."""
+        if store.scheme == "file":
+            raise BadOptionError(f"connection {conn_id!r} was given for the local path {store}",
+                                 hint="local paths need no connection; drop the conn id")
+        conn = self.get_connection(conn_id)
+        expected = CONN_TYPES[store.scheme]
+        if conn.conn_type != expected:
+            raise CredentialsError(f"connection {conn_id!r} has type {conn.conn_type!r}, but {store.root_uri} "
+                                   f"needs a {expected!r} connection", hint="pick the connection for that cloud")
+        return {"aws": aws_entry, "google_cloud_platform": gcp_entry, "wasb": wasb_entry}[expected](conn)
+
+    # -- provisioner ---------------------------------------------------------------------------
+    def provisioner(self, override: str | None = None) -> tuple[str, dict]:
+        """``(name, settings)`` from the ``skyplane`` connection; ``override`` wins over its name."""
+        if self.skyplane_conn_id is None:
+            return override or "local", {}
+        conn = self.get_connection(self.skyplane_conn_id)
+        if conn.conn_type != CONN_TYPE:
+            raise CredentialsError(f"connection {self.skyplane_conn_id!r} has type {conn.conn_type!r}, "
+                                   f"not {CONN_TYPE!r}", hint="create a connection of type skyplane")
+        extra = _extra(conn)
+        unknown = set(extra) - {"provisioner", "provisioner_settings"}
+        if unknown:
+            raise BadOptionError(f"unknown fields {sorted(unknown)} in connection {conn.conn_id!r}",
+                                 hint='its extra holds {"provisioner": NAME, "provisioner_settings": {...}}')
+        settings = extra.get("provisioner_settings") or {}
+        if not isinstance(settings, dict):
+            raise BadOptionError(f"provisioner_settings of connection {conn.conn_id!r} must be a JSON object")
+        return override or extra.get("provisioner") or "local", settings
+
+
+def aws_entry(conn: Connection) -> dict:
+    """An ``s3`` credentials entry from an ``aws`` connection (assuming ``role_arn`` when given)."""
+    extra = _extra(conn)
+    for unsupported in ("profile_name", "assume_role_method"):
+        if extra.get(unsupported) and not (unsupported == "assume_role_method"
+                                           and extra[unsupported] == "assume_role"):
+            raise CredentialsError(f"connection {conn.conn_id!r}: {unsupported}={extra[unsupported]!r} "
+                                   "is not supported (the gateways may run on other hosts)",
+                                   hint="put keys in login/password, or a role_arn to assume")
+    entry = _prune({
+        "aws_access_key_id": conn.login or extra.get("aws_access_key_id"),
+        "aws_secret_access_key": conn.password or extra.get("aws_secret_access_key"),
+        "aws_session_token": extra.get("aws_session_token"),
+        "region_name": extra.get("region_name"),
+        "endpoint_url": _service(extra, "s3").get("endpoint_url") or extra.get("endpoint_url"),
+    })
+    if extra.get("role_arn"):
+        entry.update(_assume_role(conn, extra, entry))
+    return entry
+
+
+def _assume_role(conn: Connection, extra: dict, base: dict) -> dict:
+    """Temporary credentials for ``role_arn`` from STS, asked with the connection's own keys."""
+    import boto3
+    import botocore.exceptions
+
+    sts = boto3.client("sts", region_name=base.get("region_name"),
+                       endpoint_url=_service(extra, "sts").get("endpoint_url") or extra.get("endpoint_url"),
+                       aws_access_key_id=base.get("aws_access_key_id"),
+                       aws_secret_access_key=base.get("aws_secret_access_key"),
+                       aws_session_token=base.get("aws_session_token"))
+    kwargs = {"RoleSessionName": f"Airflow_{conn.conn_id}", **_json_field(conn, extra, "assume_role_kwargs")}
+    try:
+        creds = sts.assume_role(RoleArn=extra["role_arn"], **kwargs)["Credentials"]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise CredentialsError(f"connection {conn.conn_id!r}: cannot assume role {extra['role_arn']}: {exc}",
+                               hint="check the role's trust policy and the connection's keys") from exc
+    return {"aws_access_key_id": creds["AccessKeyId"], "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"]}
+
+
+def gcp_entry(conn: Connection) -> dict:
+    """A ``gs`` credentials entry from a ``google_cloud_platform`` connection."""
+    extra = _extra(conn, prefix="extra__google_cloud_platform__")
+    for unsupported in ("credential_config_file", "impersonation_chain"):
+        if extra.get(unsupported):
+            raise CredentialsError(f"connection {conn.conn_id!r}: {unsupported} is not supported",
+                                   hint="use a service-account key (key_path or keyfile_dict)")
+    info = extra.get("keyfile_dict")
+    if isinstance(info, str) and info.strip():
+        try:
+            info = json.loads(info)
+        except ValueError as exc:
+            raise CredentialsError(f"connection {conn.conn_id!r}: keyfile_dict is not valid JSON",
+                                   hint="paste the service-account key file's content") from exc
+    if not info and extra.get("key_path"):
+        # read here: a gateway on another host has no access to this worker's files
+        try:
+            info = json.loads(Path(extra["key_path"]).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise CredentialsError(f"connection {conn.conn_id!r}: cannot read the key file {extra['key_path']}: "
+                                   f"{exc}", hint="point key_path at a service-account JSON key") from exc
+    return _prune({"service_account_info": info or None, "project": extra.get("project"),
+                   "endpoint": extra.get("endpoint"), "anonymous": _flag(extra.get("anonymous")) or None})
+
+
+def wasb_entry(conn: Connection) -> dict:
+    """An ``az`` credentials entry from a ``wasb`` connection."""
+    extra = _extra(conn, prefix="extra__wasb__")
+    if extra.get("connection_string"):
+        return {"connection_string": extra["connection_string"]}
+    if extra.get("tenant_id") or extra.get("managed_identity_client_id"):
+        raise CredentialsError(f"connection {conn.conn_id!r}: Entra ID (tenant_id / managed identity) "
+                               "logins are not supported", hint="use a connection string, an account key or a SAS token")
+    account_url = (conn.host or (f"https://{conn.login}.blob.core.windows.net" if conn.login else "")).rstrip("/")
+    sas = extra.get("sas_token")
+    if sas:
+        if sas.startswith("http"):  # a full SAS URL, as the azure provider accepts
+            account_url, _, sas = sas.partition("?")
+        if not account_url:
+            raise CredentialsError(f"connection {conn.conn_id!r} has a SAS token but no account",
+                                   hint="set login (account name) or host (account URL)")
+        return {"account_url": account_url, "sas_token": sas}
+    key = conn.password or extra.get("shared_access_key") or extra.get("account_key")
+    if not (account_url and key):
+        raise CredentialsError(f"connection {conn.conn_id!r} has no usable Azure credentials",
+                               hint="set extra connection_string, or login=account + password=key, or extra sas_token")
+    return {"account_url": account_url, "account_key": key}
+
+
+def _extra(conn: Connection, prefix: str = "") -> dict:
+    """The connection's extra as a dict without empty values; ``extra__TYPE__name`` keys (older UI
+    forms) read as ``name``. Airflow would log bad JSON and carry on with ``{}``: we refuse it."""
+    if conn.extra:
+        try:
+            json.loads(conn.extra)
+        except ValueError as exc:
+            raise CredentialsError(f"the extra of connection {conn.conn_id!r} is not valid JSON",
+                                   hint="fix it in the connection (Admin > Connections) or its AIRFLOW_CONN_ variable") from exc
+    extra = conn.extra_dejson  # also masks the secrets in it from task logs
+    return {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v
+            for k, v in extra.items() if v not in ("", None)}
+
+
+def _flag(value: Any) -> bool:
+    """A boolean extra, which URI-form connections carry as text."""
+    return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+
+
+def _json_field(conn: Connection, extra: dict, name: str) -> dict:
+    """A JSON-object extra, which URI-form connections carry as text."""
+    value = extra.get(name) or {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise CredentialsError(f"connection {conn.conn_id!r}: {name} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise CredentialsError(f"connection {conn.conn_id!r}: {name} must be a JSON object")
+    return value
+
+
+def _service(extra: dict, service: str) -> dict:
+    return (extra.get("service_config") or {}).get(service) or {}
+
+
+def _prune(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v not in (None, "")}

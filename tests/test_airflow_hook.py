@@ -1,0 +1,226 @@
+"""SkyplaneHook: real Airflow ``Connection`` objects (URI and JSON forms, through AIRFLOW_CONN_* variables)
+-> credentials documents and provisioner settings; provider registration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+pytest.importorskip("airflow")
+
+from planner.errors import BadOptionError, BadURIError, CredentialsError  # noqa: E402
+from skyplane_provider.airflow.hooks import SkyplaneHook  # noqa: E402
+from skyplane_provider.airflow.provider import get_provider_info  # noqa: E402
+from skyplane_provider.testing.emulators import AZURITE_KEY, connection_string  # noqa: E402
+
+
+def conn(monkeypatch, conn_id: str, value: dict | str) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value if isinstance(value, str) else json.dumps(value))
+
+
+def entry(monkeypatch, value: dict | str, uri: str) -> dict:
+    conn(monkeypatch, "side", value)
+    return SkyplaneHook(src_conn_id="side").credentials(uri, [])[parse_root(uri)]
+
+
+def parse_root(uri: str) -> str:
+    from gateway.stores.uri import parse_uri
+
+    return parse_uri(uri).root_uri
+
+
+# -- aws --------------------------------------------------------------------------------------------
+def test_aws_uri_form(monkeypatch):
+    uri = ("aws://AKIAEXAMPLE:" + quote("se/cr+et", safe="") + "@/?region_name=eu-west-1&endpoint_url="
+           + quote("http://127.0.0.1:9000", safe=""))
+    assert entry(monkeypatch, uri, "s3://bucket-a/x/") == {
+        "aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": "se/cr+et", "region_name": "eu-west-1",
+        "endpoint_url": "http://127.0.0.1:9000"}
+
+
+def test_aws_json_form_with_session_token_and_s3_endpoint(monkeypatch):
+    value = {"conn_type": "aws", "login": "AKIA2", "password": "s2",
+             "extra": {"aws_session_token": "tok", "endpoint_url": "http://127.0.0.1:1",
+                       "service_config": {"s3": {"endpoint_url": "http://127.0.0.1:2"}}}}
+    assert entry(monkeypatch, value, "s3://bucket-a") == {
+        "aws_access_key_id": "AKIA2", "aws_secret_access_key": "s2", "aws_session_token": "tok",
+        "endpoint_url": "http://127.0.0.1:2"}
+
+
+def test_aws_role_arn_is_assumed_through_sts(monkeypatch, emulators, s3_bucket):
+    """moto's STS hands out temporary credentials; the S3 store accepts them."""
+    from gateway.stores import open_store
+
+    endpoint = emulators.endpoints["s3"]
+    value = {"conn_type": "aws", "login": "testing", "password": "testing",
+             "extra": {"endpoint_url": endpoint, "region_name": "us-east-1",
+                       "role_arn": "arn:aws:iam::123456789012:role/skyplane-writer",
+                       "assume_role_kwargs": {"DurationSeconds": 900}}}
+    got = entry(monkeypatch, value, s3_bucket + "/p/")
+    assert got["aws_access_key_id"] != "testing" and got["aws_session_token"]
+    assert got["endpoint_url"] == endpoint
+    store = open_store(s3_bucket, {s3_bucket: got})
+    store.write("hello", b"hi")
+    assert store.read("hello") == b"hi"
+
+
+@pytest.mark.parametrize("extra", [{"profile_name": "dev"}, {"role_arn": "arn:x", "assume_role_method": "assume_role_with_saml"}])
+def test_aws_unsupported_fields_are_refused(monkeypatch, extra):
+    with pytest.raises(CredentialsError, match="not supported"):
+        entry(monkeypatch, {"conn_type": "aws", "extra": extra}, "s3://bucket-a")
+
+
+def test_aws_without_keys_leaves_the_sdk_chain(monkeypatch):
+    assert entry(monkeypatch, {"conn_type": "aws", "extra": {"region_name": "us-west-2"}}, "s3://bucket-a") == {
+        "region_name": "us-west-2"}
+
+
+# -- google_cloud_platform -------------------------------------------------------------------------
+SA = {"type": "service_account", "project_id": "p1", "client_email": "sa@p1.iam.gserviceaccount.com",
+      "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"}
+
+
+def test_gcp_key_path_is_read_for_remote_gateways(monkeypatch, tmp_path):
+    key = tmp_path / "sa.json"
+    key.write_text(json.dumps(SA))
+    value = {"conn_type": "google_cloud_platform", "extra": {"key_path": str(key), "project": "p1"}}
+    assert entry(monkeypatch, value, "gs://lake-bucket/x") == {"service_account_info": SA, "project": "p1"}
+
+
+def test_gcp_keyfile_dict_text_and_prefixed_extras(monkeypatch):
+    value = {"conn_type": "google_cloud_platform",
+             "extra": {"extra__google_cloud_platform__keyfile_dict": json.dumps(SA),
+                       "extra__google_cloud_platform__project": "p2"}}
+    assert entry(monkeypatch, value, "gs://lake-bucket") == {"service_account_info": SA, "project": "p2"}
+
+
+def test_gcp_emulator_uri_form(monkeypatch):
+    uri = "google-cloud-platform://?endpoint=" + quote("http://127.0.0.1:4443", safe="") + "&anonymous=true"
+    assert entry(monkeypatch, uri, "gs://lake-bucket") == {"endpoint": "http://127.0.0.1:4443", "anonymous": True}
+
+
+def test_gcp_bad_key_file(monkeypatch, tmp_path):
+    with pytest.raises(CredentialsError, match="cannot read the key file"):
+        entry(monkeypatch, {"conn_type": "google_cloud_platform", "extra": {"key_path": str(tmp_path / "no.json")}},
+              "gs://lake-bucket")
+
+
+# -- wasb -------------------------------------------------------------------------------------------
+def test_wasb_connection_string_uri_form(monkeypatch):
+    cs = connection_string("http://127.0.0.1:10000")
+    assert entry(monkeypatch, "wasb://?connection_string=" + quote(cs, safe=""), "az://devstoreaccount1/cont1/x") == {
+        "connection_string": cs}
+
+
+def test_wasb_account_key_and_host(monkeypatch):
+    value = {"conn_type": "wasb", "login": "devstoreaccount1", "password": AZURITE_KEY,
+             "host": "http://127.0.0.1:10000/devstoreaccount1"}
+    assert entry(monkeypatch, value, "az://devstoreaccount1/cont1") == {
+        "account_url": "http://127.0.0.1:10000/devstoreaccount1", "account_key": AZURITE_KEY}
+    value = {"conn_type": "wasb", "login": "acct1", "password": "k"}
+    assert entry(monkeypatch, value, "az://acct1/cont1")["account_url"] == "https://acct1.blob.core.windows.net"
+
+
+def test_wasb_sas_token_and_sas_url(monkeypatch):
+    value = {"conn_type": "wasb", "login": "acct1", "extra": {"sas_token": "sv=2024&sig=abc"}}
+    assert entry(monkeypatch, value, "az://acct1/cont1") == {
+        "account_url": "https://acct1.blob.core.windows.net", "sas_token": "sv=2024&sig=abc"}
+    value = {"conn_type": "wasb", "extra": {"sas_token": "https://acct1.blob.core.windows.net?sv=1&sig=x"}}
+    assert entry(monkeypatch, value, "az://acct1/cont1") == {
+        "account_url": "https://acct1.blob.core.windows.net", "sas_token": "sv=1&sig=x"}
+
+
+def test_wasb_entra_id_is_refused(monkeypatch):
+    with pytest.raises(CredentialsError, match="not supported"):
+        entry(monkeypatch, {"conn_type": "wasb", "login": "client", "password": "secret",
+                            "extra": {"tenant_id": "t"}}, "az://acct1/cont1")
+
+
+# -- sides, keys and errors --------------------------------------------------------------------------
+def test_each_side_keyed_by_its_store_root(monkeypatch):
+    conn(monkeypatch, "aws_a", {"conn_type": "aws", "login": "A", "password": "a"})
+    conn(monkeypatch, "aws_b", {"conn_type": "aws", "login": "B", "password": "b"})
+    conn(monkeypatch, "gcp", {"conn_type": "google_cloud_platform", "extra": {"project": "p"}})
+    hook = SkyplaneHook(src_conn_id="aws_a", dst_conn_id=["aws_b", "gcp", None])
+    doc = hook.credentials("s3://account-a/x/", ["s3://account-b/y/", "gs://lake-bucket/z/", "s3://env-bucket/"])
+    assert doc == {"s3://account-a": {"aws_access_key_id": "A", "aws_secret_access_key": "a"},
+                   "s3://account-b": {"aws_access_key_id": "B", "aws_secret_access_key": "b"},
+                   "gs://lake-bucket": {"project": "p"}}
+
+
+def test_one_dst_conn_id_serves_every_destination(monkeypatch):
+    conn(monkeypatch, "aws_b", {"conn_type": "aws", "login": "B", "password": "b"})
+    doc = SkyplaneHook(dst_conn_id="aws_b").credentials("gs://src-bucket/", ["s3://b-one/", "s3://b-two/"])
+    assert set(doc) == {"s3://b-one", "s3://b-two"}
+
+
+def test_side_errors(monkeypatch):
+    conn(monkeypatch, "aws_a", {"conn_type": "aws", "login": "A", "password": "a"})
+    conn(monkeypatch, "aws_b", {"conn_type": "aws", "login": "B", "password": "b"})
+    conn(monkeypatch, "broken", "aws://?__extra__=" + quote("{not json", safe=""))
+    with pytest.raises(BadOptionError, match="2 connections for 1 destinations"):
+        SkyplaneHook(dst_conn_id=["aws_a", "aws_b"]).credentials("s3://src-bucket/", ["s3://b-one/"])
+    with pytest.raises(BadOptionError, match="two different connections"):
+        SkyplaneHook(src_conn_id="aws_a", dst_conn_id="aws_b").credentials("s3://same-bucket/a/", ["s3://same-bucket/b/"])
+    with pytest.raises(CredentialsError, match="needs a 'google_cloud_platform' connection"):
+        SkyplaneHook(src_conn_id="aws_a").credentials("gs://lake-bucket/", [])
+    with pytest.raises(CredentialsError, match="not valid JSON"):
+        SkyplaneHook(src_conn_id="broken").credentials("s3://src-bucket/", [])
+    with pytest.raises(BadOptionError, match="local path"):
+        SkyplaneHook(src_conn_id="aws_a").credentials("/tmp/data/", [])
+    with pytest.raises(BadURIError):
+        SkyplaneHook(src_conn_id="aws_a").make_request("s3://Bad_Bucket/x", ["gs://lake-bucket/"])
+
+
+def test_make_request_carries_credentials_and_options(monkeypatch):
+    conn(monkeypatch, "aws_a", {"conn_type": "aws", "login": "A", "password": "a"})
+    req = SkyplaneHook(src_conn_id="aws_a").make_request("s3://src-bucket/x/", "gs://lake-bucket/y/",
+                                                         chunk_size="8MiB", sync=True)
+    assert req.dsts == ["gs://lake-bucket/y/"] and req.sync and req.chunk_size == 8 * 1024**2
+    assert req.credentials == {"s3://src-bucket": {"aws_access_key_id": "A", "aws_secret_access_key": "a"}}
+    assert req.provisioner == "local" and req.redacted()["credentials"] == {"s3://src-bucket": "<redacted>"}
+    with pytest.raises(BadOptionError, match="unknown transfer option"):
+        SkyplaneHook().make_request("s3://src-bucket/", ["gs://lake-bucket/"], colour="blue")
+
+
+# -- the skyplane connection ------------------------------------------------------------------------
+def test_skyplane_connection_provisioner(monkeypatch):
+    settings = {"hosts": {"aws:us-east-1": ["ubuntu@203.0.113.10"]}, "known_hosts": "~/.ssh/known_hosts"}
+    conn(monkeypatch, "sky", {"conn_type": "skyplane", "extra": {"provisioner": "ssh", "provisioner_settings": settings}})
+    assert SkyplaneHook(skyplane_conn_id="sky").get_conn() == {"provisioner": "ssh", "provisioner_settings": settings}
+    assert SkyplaneHook(skyplane_conn_id="sky").provisioner("aws") == ("aws", settings)
+    assert SkyplaneHook().provisioner() == ("local", {})
+    conn(monkeypatch, "sky_bad", {"conn_type": "skyplane", "extra": {"provisoner": "ssh"}})
+    with pytest.raises(BadOptionError, match="unknown fields"):
+        SkyplaneHook(skyplane_conn_id="sky_bad").provisioner()
+    conn(monkeypatch, "not_sky", {"conn_type": "aws"})
+    with pytest.raises(CredentialsError, match="not 'skyplane'"):
+        SkyplaneHook(skyplane_conn_id="not_sky").provisioner()
+
+
+# -- registration -----------------------------------------------------------------------------------
+def test_provider_info_matches_airflows_schema():
+    import airflow
+    import jsonschema
+
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_provider_registered_with_airflow():
+    """``airflow providers list`` (a real CLI run) shows us; the providers manager maps our connection type."""
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    hook = ProvidersManagerTaskRuntime().hooks["skyplane"]
+    assert hook.hook_class_name == "skyplane_provider.airflow.hooks.SkyplaneHook"
+    out = subprocess.run([str(Path(sys.executable).parent / "airflow"), "providers", "list", "-o", "json"],
+                         env=os.environ, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    listed = {p["package_name"]: p for p in json.loads(out.stdout[out.stdout.index("["):])}
+    assert "skyplane-provider" in listed
