@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.testbed",
     "tests.fixtures.sshd",
     "tests.fixtures.ec2",
+    "tests.fixtures.prefect",
     "tests.fixtures.airflow",
 ]

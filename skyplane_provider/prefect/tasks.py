@@ -1,0 +1,153 @@
+"""The ``skyplane_transfer`` Prefect task: one copy, sync or multicast through a gateway fleet.
+
+    from prefect import flow
+    from skyplane_provider.prefect import skyplane_transfer, teardown_fleets
+
+    @flow(on_cancellation=[teardown_fleets], on_crashed=[teardown_fleets])
+    def nightly():
+        return skyplane_transfer("s3://raw/events/", ["gs://lake/events/", "az://euwest/lake/events/"],
+                                 src_credentials="aws-credentials/prod", sync=True)
+
+The task returns the transfer's stats as a dict, logs through the run logger and writes three artifacts
+(see :mod:`.reporting`). Bad input fails before any gateway starts and is not retried; other failures
+are retried, and a retry runs as a sync, so it resumes instead of copying everything again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from prefect import Task, runtime, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+
+from gateway.stores.uri import parse_uri
+from planner.errors import AccessDeniedError, BadInputError, BadOptionError, CredentialsError, NotFoundError, PlanError
+from skyplane_provider.transfer import TransferRequest
+from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
+
+from .blocks import load_block
+from .credentials import credentials_document
+from .execution import GuardedTransfer
+from .reporting import RunReport, plan_markdown
+
+#: Failures that another attempt cannot fix: the task fails at once instead of retrying.
+NOT_RETRYABLE = (BadInputError, CredentialsError, AccessDeniedError, NotFoundError, PlanError)
+
+
+def retry_unless_bad_input(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient failures, never bad input or refused access."""
+    try:
+        state.result()
+    except NOT_RETRYABLE:
+        return False
+    except BaseException:  # noqa: BLE001 - anything else may pass on the next attempt
+        return True
+    return True
+
+
+def transfer_request(src: str, dsts: list[str], *, src_credentials: Any, dst_credentials: Any, credentials: Any,
+                     provisioner: str | None, provisioner_settings: dict | None, fleet: Any,
+                     **options: Any) -> TransferRequest:
+    """The engine's request from the task's arguments (credentials objects and blocks resolved)."""
+    doc = credentials_document(parse_uri(src), [parse_uri(d) for d in dsts], src_credentials=src_credentials,
+                               dst_credentials=dst_credentials, credentials=credentials)
+    fleet = load_block(fleet)
+    if fleet is not None:
+        if provisioner is not None or provisioner_settings:
+            raise BadOptionError("both a fleet and a provisioner are given",
+                                 hint="pass either fleet=SkyplaneFleet(...) or provisioner/provisioner_settings")
+        if not callable(getattr(fleet, "provisioner_settings", None)):
+            raise BadOptionError(f"fleet must be a SkyplaneFleet block, not {type(fleet).__name__}")
+        provisioner, provisioner_settings = fleet.provisioner, fleet.provisioner_settings()
+    return TransferRequest(src=src, dsts=dsts, credentials=doc, provisioner=provisioner or "local",
+                           provisioner_settings=dict(provisioner_settings or {}), **options)
+
+
+@task(name="skyplane-transfer", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_unless_bad_input,
+      cache_policy=NO_CACHE)
+def skyplane_transfer(
+    src: str,
+    dst: str | Sequence[str],
+    *,
+    src_credentials: Any = None,
+    dst_credentials: Any = None,
+    credentials: Any = None,
+    recursive: bool = True,
+    sync: bool = False,
+    solver: str = "direct",
+    throughput_gbps: float | None = None,
+    max_cost_per_gb: float | None = None,
+    max_gateways_per_region: int = 1,
+    gateways_per_region: int | None = None,
+    connections: int | None = None,
+    compress: bool = True,
+    encrypt: bool = True,
+    chunk_size: int | str = DEFAULT_CHUNK_SIZE,
+    src_region: str | None = None,
+    dst_regions: Sequence[str | None] | None = None,
+    provisioner: str | None = None,
+    provisioner_settings: dict[str, Any] | None = None,
+    fleet: Any = None,
+    artifact_key: str = "skyplane-transfer",
+    progress_interval: float = 2.0,
+) -> dict[str, Any]:
+    """Copy ``src`` to one or more destinations through an overlay of gateways; return the stats.
+
+    Args:
+        src: source URI (``s3://bucket/prefix/``, ``gs://...``, ``az://account/container/...``, a local path).
+        dst: one destination URI or a list (one source, several destinations: multicast).
+        src_credentials: credentials of the source store: ``SkyplaneCredentials``, ``AwsCredentials``,
+            ``GcpCredentials``, ``AzureBlobStorageCredentials``, a credentials-document entry (dict), or a
+            saved block as ``"block-type-slug/block-name"``. ``None``: the SDK's standard environment.
+        dst_credentials: the same for the destinations: one (for every destination of its cloud) or a
+            list aligned with ``dst``.
+        credentials: credentials for every store of their cloud (a block), or a whole credentials document.
+        recursive: copy everything under the source prefix (else the one object).
+        sync: copy only objects missing or different at the destination. Retries always sync.
+        solver: ``direct``, ``widest``, ``ilp``, ``mst`` or ``steiner``.
+        throughput_gbps: throughput target (cheapest plan that reaches it), or
+        max_cost_per_gb: cost ceiling in USD per GB (fastest plan under it).
+        max_gateways_per_region: most gateways the planner may put in one region.
+        gateways_per_region: fixed gateways per region (overrides the planner).
+        connections: TCP connections per gateway and next hop (default: the plan's).
+        compress: lz4 on the wire (skipped per chunk when it does not shrink).
+        encrypt: end-to-end AEAD encryption (relays never see plaintext).
+        chunk_size: part size, e.g. ``"32MiB"`` or bytes.
+        src_region: region of the source (``"azure:eastus"``) when the store cannot tell.
+        dst_regions: regions of the destinations, aligned with ``dst``.
+        provisioner: ``local`` (default), ``ssh`` or ``aws``, with
+        provisioner_settings: the provisioner's settings (docs/provisioners.md); or instead
+        fleet: a ``SkyplaneFleet`` block (or ``"skyplane-fleet/NAME"``).
+        artifact_key: prefix of the artifact keys (``<key>-progress``, ``<key>-stats``, ``<key>-plan``).
+        progress_interval: seconds between progress log lines and artifact updates.
+
+    Returns:
+        The transfer's stats (``TransferStats.to_dict()``): objects, bytes, seconds, gbps, verified, cost...
+    """
+    report = RunReport(artifact_key)
+    dsts = [dst] if isinstance(dst, str) else list(dst)
+    attempt = max(runtime.task_run.run_count, 1)
+    sync = sync or attempt > 1  # a retry resumes: what already arrived intact is skipped
+    report.started(src, dsts, attempt, sync)
+    guarded = None
+    try:
+        request = transfer_request(
+            src, dsts, src_credentials=src_credentials, dst_credentials=dst_credentials, credentials=credentials,
+            provisioner=provisioner, provisioner_settings=provisioner_settings, fleet=fleet, recursive=recursive,
+            sync=sync, solver=solver, throughput_gbps=throughput_gbps, max_cost_per_gb=max_cost_per_gb,
+            max_gateways_per_region=max_gateways_per_region, gateways_per_region=gateways_per_region,
+            connections=connections, compress=compress, encrypt=encrypt, chunk_size=chunk_size,
+            src_region=src_region, dst_regions=list(dst_regions) if dst_regions is not None else None)
+        guarded = GuardedTransfer(request, flow_run_id=runtime.flow_run.id)
+        transfer = guarded.prepare()
+        size = sum(o.info.size for o in transfer.objects)
+        report.planned(transfer.plan, len(transfer.objects), size, transfer.skipped)
+        stats = guarded.run(report.progress, progress_interval).to_dict()
+    except BaseException as exc:
+        plan = guarded.transfer.plan if guarded is not None else None
+        report.failed(exc, None if plan is None else plan_markdown(
+            src, dsts, plan, sum(o.info.size for o in guarded.transfer.objects), error=str(exc), sync=sync))
+        raise
+    report.finished(stats, plan_markdown(src, dsts, transfer.plan, size, stats=stats, sync=sync))
+    return stats
