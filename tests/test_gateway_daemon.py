@@ -32,6 +32,8 @@ from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
 from skyplane_provider.provisioners.local import PIDS_FILE, LocalFleet
+from skyplane_provider.testbed import Scenario
+from tests.fixtures.testbed import needs_netns
 
 from .helpers import gateway_pids
 
@@ -44,7 +46,7 @@ class Job:
 
     def __init__(self, home: Path, programs: dict[str, RegionProgram], *, encrypt: bool = True,
                  compress: bool = True, queue_chunks: int = 4, overrides: dict[str, dict] | None = None,
-                 wire_peers: bool = True) -> None:
+                 wire_peers: bool = True, provisioner=None) -> None:
         self.id = uuid.uuid4().hex
         self.secret = os.urandom(32).hex()
         self.key = os.urandom(32).hex()
@@ -59,7 +61,7 @@ class Job:
                 config["encryption_key"] = self.key
             config.update((overrides or {}).get(region, {}))
             specs.append(GatewaySpec(gateway_id=f"{region}/0", region=region, config=config))
-        self.fleet: LocalFleet = get_provisioner("local").provision(self.id, specs)
+        self.fleet: LocalFleet = (provisioner or get_provisioner("local")).provision(self.id, specs)
         self.handles = {g.region: g for g in self.fleet.gateways}
         self.clients = {g.region: GatewayClient(g.control_url, g.control_token) for g in self.fleet.gateways}
         if wire_peers:
@@ -395,3 +397,32 @@ def test_data_port_refuses_garbage_before_allocating(jobs):
         s.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(100))
         assert_hung_up(s)
     assert job.fleet.alive(h.gateway_id)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_chain_across_testbed_namespaces(testbeds, stores):
+    """Each gateway in its region's network namespace (placement from the testbed), frames over the
+    shaped veths between namespaces, control from here over the control links."""
+    scenario = Scenario(name="gw3", regions=(SRC, RELAY, DST), scale_mbit_per_gbps=50.0,
+                        gbps={(a, b): 1.0 for a in (SRC, RELAY, DST) for b in (SRC, RELAY, DST) if a != b})
+    tb = testbeds(scenario).up()
+    placement = tb.gateway_placement()
+    for region in scenario.regions:
+        tb.assert_routed(placement[region]["control_host"])
+    job = Job(tb.root.parent, chain(), provisioner=get_provisioner("local", placement=placement))
+    try:
+        for region in scenario.regions:
+            h = job.handles[region]
+            assert h.data_host == tb.region_address(region)
+            assert os.readlink(f"/proc/{h.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        data = os.urandom(700_000)
+        open_store(stores["src"]).write("x", data)
+        assert job.clients[SRC].submit([chunk(0, stores["src"], "x", 0, len(data), [dest(DST, stores["dst"], "y")])]) == 1
+        job.events(DST, 1, kind="written", timeout=60)
+        assert sha(open_store(stores["dst"]).read("y")) == sha(data)
+        assert job.clients[RELAY].status(0)["counters"]["bytes_received_wire"] > len(data)
+    finally:
+        pids = [g.pid for g in job.fleet.gateways]
+        job.fleet.teardown()
+    assert not any(p in gateway_pids() for p in pids)
