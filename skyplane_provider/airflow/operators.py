@@ -1,0 +1,259 @@
+"""``SkyplaneTransferOperator``: one operator for every cross-cloud copy, sync and multicast.
+
+    SkyplaneTransferOperator(task_id="nightly", src="s3://raw/events/",
+                             dst=["gs://lake/events/", "az://acct/lake/events/"],
+                             src_conn_id="aws_raw", dst_conn_id=["gcp_lake", "wasb_lake"],
+                             dst_regions=["gcp:us-central1", "azure:westeurope"], sync=True)
+
+The operator is thin: :class:`~.hooks.SkyplaneHook` turns connections into a
+:class:`~skyplane_provider.transfer.TransferRequest`, the engine-neutral Transfer API does the work.
+Every check that bad input can fail runs before a gateway starts. The XCom value is the compact
+stats dict (counts, bytes, seconds, cost, plan summary), never a list of keys.
+
+In deferrable mode the transfer runs as a detached job (:mod:`skyplane_provider.transfer.jobs`)
+watched by :class:`~.triggers.SkyplaneTransferTrigger`; the worker slot is free meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from airflow.sdk import Asset, BaseOperator
+from airflow.sdk.configuration import conf
+
+from gateway.stores.uri import parse_uri
+from planner.errors import BadInputError, TransferError
+from skyplane_provider.transfer import Progress, Transfer, TransferRequest
+from skyplane_provider.transfer.jobs import JobHandle, cancel_job, job_result, start_job
+from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
+from skyplane_provider.transfer.stats import human_bytes
+
+from .hooks import SkyplaneHook
+from .triggers import SkyplaneTransferTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+# Airflow's task logs run at INFO, where azure-core logs every HTTP request and response in full.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+
+#: XCom key under which a deferred task keeps its job handle (to cancel the job if the deferral fails).
+JOB_XCOM_KEY = "skyplane_job"
+#: How long on_kill waits for the transfer to tear its fleet down (Airflow SIGKILLs 5 s after SIGTERM).
+KILL_GRACE_SECONDS = 4.0
+#: Airflow's own deferral timeout comes this much after the trigger's deadline, as a backstop.
+DEFER_TIMEOUT_MARGIN = timedelta(seconds=60)
+
+
+class SkyplaneTransferOperator(BaseOperator):
+    """Copy (or sync) ``src`` to one or more destinations through an overlay of gateways.
+
+    :param src: source URI (``s3://``, ``gs://``, ``az://account/container/``, or a local path). Templated.
+    :param dst: destination URI, or a list of them for a multicast. Templated.
+    :param src_conn_id: Airflow connection for the source (``aws`` / ``google_cloud_platform`` / ``wasb``);
+        ``None`` uses the SDKs' environment. Templated.
+    :param dst_conn_id: connection for the destination, or a list aligned with ``dst``. Templated.
+    :param recursive: copy everything under ``src`` (a prefix) rather than one object.
+    :param sync: only copy objects missing or different at the destination.
+    :param solver: ``direct``, ``widest``, ``ilp`` (unicast overlay), ``mst`` or ``steiner`` (multicast).
+    :param throughput_gbps: throughput target for the ILP (cheapest plan reaching it).
+    :param max_cost_per_gb: cost ceiling in $/GB for the ILP (fastest plan under it); not with a target.
+    :param max_gateways_per_region: how many gateways the planner may use per region.
+    :param gateways_per_region: force this many gateways in every region of the plan.
+    :param connections: TCP connections per gateway pair (default: the planner's).
+    :param compress: lz4 on the wire.
+    :param encrypt: end-to-end AEAD encryption (relays forward ciphertext).
+    :param chunk_size: part size in bytes or text (``"32MiB"``).
+    :param src_region: region tag of the source when the store cannot tell (Azure: ``"azure:eastus"``). Templated.
+    :param dst_regions: region tags of the destinations, aligned with ``dst``. Templated.
+    :param grid: a throughput/price grid CSV instead of the packaged one.
+    :param provisioner: ``local``, ``ssh`` or ``aws``; default: the ``skyplane`` connection's, else ``local``. Templated.
+    :param skyplane_conn_id: a ``skyplane`` connection with provisioner settings. Templated.
+    :param deferrable: run the transfer as a detached job and free the worker slot while it runs.
+    :param poll_interval: seconds between progress lines (and status polls when deferred).
+    """
+
+    template_fields: Sequence[str] = ("src", "dst", "src_conn_id", "dst_conn_id", "src_region", "dst_regions",
+                                      "provisioner", "skyplane_conn_id")
+    ui_color = "#c6dbef"
+
+    def __init__(self, *, src: str, dst: str | list[str], src_conn_id: str | None = None,
+                 dst_conn_id: str | list[str | None] | None = None, recursive: bool = True, sync: bool = False,
+                 solver: str = "direct", throughput_gbps: float | None = None, max_cost_per_gb: float | None = None,
+                 max_gateways_per_region: int = 1, gateways_per_region: int | None = None,
+                 connections: int | None = None, compress: bool = True, encrypt: bool = True,
+                 chunk_size: int | str = DEFAULT_CHUNK_SIZE, src_region: str | None = None,
+                 dst_regions: list[str | None] | None = None, grid: str | None = None,
+                 provisioner: str | None = None, skyplane_conn_id: str | None = None,
+                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+                 poll_interval: float = 5.0, **kwargs: Any) -> None:
+        kwargs.setdefault("inlets", _assets([src]))
+        kwargs.setdefault("outlets", _assets([dst] if isinstance(dst, str) else list(dst)))
+        super().__init__(**kwargs)
+        self.src = src
+        self.dst = dst
+        self.src_conn_id = src_conn_id
+        self.dst_conn_id = dst_conn_id
+        self.src_region = src_region
+        self.dst_regions = dst_regions
+        self.provisioner = provisioner
+        self.skyplane_conn_id = skyplane_conn_id
+        self.options = dict(recursive=recursive, sync=sync, solver=solver, throughput_gbps=throughput_gbps,
+                            max_cost_per_gb=max_cost_per_gb, max_gateways_per_region=max_gateways_per_region,
+                            gateways_per_region=gateways_per_region, connections=connections, compress=compress,
+                            encrypt=encrypt, chunk_size=chunk_size, grid=grid)
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self._transfer: Transfer | None = None
+        self._thread: threading.Thread | None = None
+        self._job: JobHandle | None = None
+        self._progress: Progress | None = None
+
+    @property
+    def dsts(self) -> list[str]:
+        return [self.dst] if isinstance(self.dst, str) else list(self.dst)
+
+    @cached_property
+    def hook(self) -> SkyplaneHook:
+        return SkyplaneHook(src_conn_id=self.src_conn_id, dst_conn_id=self.dst_conn_id,
+                            skyplane_conn_id=self.skyplane_conn_id)
+
+    def make_request(self) -> TransferRequest:
+        """The validated request (raises a ``BadInputError`` before anything starts)."""
+        return self.hook.make_request(self.src, self.dsts, provisioner=self.provisioner, src_region=self.src_region,
+                                      dst_regions=self.dst_regions, **self.options)
+
+    # -- run in the worker ----------------------------------------------------------------------
+    def execute(self, context: Context) -> dict:
+        request = self.make_request()
+        if self.deferrable:
+            self._defer(context, request)  # raises TaskDeferred
+        transfer = self._transfer = Transfer(request, progress=self._on_progress)
+        transfer.prepare()  # lists and plans (and logs the plan): bad input fails here, before any gateway
+        return self._report(self._run(transfer).to_dict())
+
+    def _run(self, transfer: Transfer):
+        """Run the transfer in a thread; this (main) thread logs progress and stays free for signals,
+        so ``on_kill`` can cancel and wait for the teardown."""
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["stats"] = transfer.run()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                outcome["error"] = exc
+
+        self._thread = threading.Thread(target=work, name=f"skyplane-{transfer.job_id}", daemon=True)
+        self._thread.start()
+        next_line = time.monotonic() + self.poll_interval
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+            if time.monotonic() >= next_line and self._progress is not None:
+                self.log.info("job %s: %s", transfer.job_id, self._progress.line())
+                next_line = time.monotonic() + self.poll_interval
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["stats"]
+
+    def _on_progress(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def _report(self, stats: dict) -> dict:
+        self.log.info("job %s: %d objects, %s in %.1f s (%.3f Gbit/s), verified=%s, cost $%.4f, route %s",
+                      stats["job_id"], stats["objects"], human_bytes(stats["bytes"]), stats["seconds"],
+                      stats["gbps"], stats["verified"], stats["cost_usd"],
+                      " ".join(f"{e['src']}->{e['dst']}" for e in stats["route"]) or "-")
+        return stats
+
+    # -- deferrable mode -----------------------------------------------------------------------
+    def _defer(self, context: Context, request: TransferRequest) -> NoReturn:
+        self._job = start_job(request)  # prepares (fails on bad input) before the job process starts
+        self.log.info("job %s started as pid %d; deferring", self._job.job_id, self._job.pid)
+        context["ti"].xcom_push(key=JOB_XCOM_KEY, value=self._job.to_dict())
+        timeout = self.execution_timeout
+        self.defer(trigger=SkyplaneTransferTrigger(self._job.to_dict(), poll_interval=self.poll_interval,
+                                                   deadline=time.time() + timeout.total_seconds() if timeout else None),
+                   method_name="execute_complete", timeout=timeout + DEFER_TIMEOUT_MARGIN if timeout else None)
+
+    def execute_complete(self, context: Context, event: dict) -> dict:
+        """Resumed when the trigger fires: the job's stats, or its error (the same ``SkyplaneError`` class)."""
+        handle = JobHandle.from_dict(event["job"])
+        if event["status"] == "timeout":
+            cancel_job(handle)
+            raise TransferError(event["message"], hint="raise the task's execution_timeout")
+        return self._report(job_result(handle))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """When Airflow fails the deferral itself (its timeout, a crashed trigger), stop the job first."""
+        if next_method == "__fail__":
+            job = context["ti"].xcom_pull(task_ids=self.task_id, key=JOB_XCOM_KEY)
+            if job:
+                self.log.warning("deferral failed: cancelling job %s", job["job_id"])
+                cancel_job(JobHandle.from_dict(job))
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def on_kill(self) -> None:
+        """Cancel the transfer (or job) and wait for its fleet to be torn down."""
+        if self._job is not None:
+            cancel_job(self._job, grace=KILL_GRACE_SECONDS)
+        if self._transfer is None:
+            return
+        self._transfer.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=KILL_GRACE_SECONDS)
+        if self._transfer.fleet is not None and (self._thread is None or self._thread.is_alive()):
+            self._transfer.fleet.teardown()  # idempotent; the runner would do it too, but we may not live that long
+
+    # -- lineage ---------------------------------------------------------------------------------
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Inputs and outputs as OpenLineage datasets (``s3://bucket``, ``gs://bucket``,
+        ``wasbs://container@account`` namespaces), when the openlineage provider is installed."""
+        try:
+            from airflow.providers.common.compat.openlineage.facet import Dataset
+            from airflow.providers.openlineage.extractors import OperatorLineage
+        except ImportError:
+            return None
+        return OperatorLineage(inputs=[Dataset(namespace=ns, name=name) for ns, name in lineage_names([self.src])],
+                               outputs=[Dataset(namespace=ns, name=name) for ns, name in lineage_names(self.dsts)])
+
+
+def lineage_names(uris: list[str]) -> list[tuple[str, str]]:
+    """``(namespace, name)`` per URI, as the official transfer operators name their datasets."""
+    out = []
+    for uri in uris:
+        u = parse_uri(uri)
+        name = u.path.rstrip("/") or "/"
+        if u.scheme == "az":
+            account, container = u.bucket.split("/", 1)
+            out.append((f"wasbs://{container}@{account}", name))
+        elif u.scheme == "file":
+            out.append(("file", name))
+        else:
+            out.append((u.root_uri, name))
+    return out
+
+
+def _assets(uris: list[str]) -> list[Asset]:
+    """One Asset per URI, for scheduling downstream DAGs on the destination. A templated URI gives
+    the Asset of its static part (``gs://lake/events/dt={{ ... }}/`` -> ``gs://lake/events/``); a URI
+    that does not parse gives none (execute reports it)."""
+    assets = []
+    for uri in uris:
+        if not isinstance(uri, str):
+            continue
+        static = uri.split("{{", 1)[0]
+        if static != uri:
+            static = static[: static.rfind("/") + 1]
+        try:
+            parsed = parse_uri(static)
+        except BadInputError:
+            continue
+        if parsed.scheme != "file" or parsed.path.strip("/"):
+            assets.append(Asset(str(parsed)))
+    return assets

@@ -1,0 +1,234 @@
+"""The operator in real DAG runs (``dag.test()``: metadata DB, task runner, XCom, inline triggerer) moving
+bytes between moto, fake-gcs-server and Azurite through local gateway processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("airflow")
+
+from planner.errors import BadURIError, SkyplaneError, TransferError  # noqa: E402
+from skyplane_provider.airflow.examples import emulator_connections  # noqa: E402
+from skyplane_provider.airflow.operators import JOB_XCOM_KEY, SkyplaneTransferOperator  # noqa: E402
+from skyplane_provider.airflow.triggers import SkyplaneTransferTrigger  # noqa: E402
+from skyplane_provider.testing.buckets import create_bucket  # noqa: E402
+from skyplane_provider.testing.samples import digests, put_objects, sample_objects, sha256s  # noqa: E402
+
+from .fixtures.airflow import REPO  # noqa: E402
+from .helpers import gateway_pids  # noqa: E402
+
+MiB = 1024**2
+SMALL = dict(n_small=3, small_bytes=64 * 1024, big_bytes=3 * MiB)  # the big one spans two 2 MiB chunks
+
+
+@pytest.fixture
+def sky_home(monkeypatch, tmp_path) -> Path:
+    """SKYPLANE_HOME for this test; afterwards no gateway runs and no gateway state is left."""
+    home = tmp_path / "skyplane"
+    monkeypatch.setenv("SKYPLANE_HOME", str(home))
+    yield home
+    assert gateway_pids(str(home)) == [], "a gateway process of this test was left running"
+    assert not list(home.glob("jobs/*/gw-*")) and not list(home.glob("jobs/*/pids.json"))
+
+
+@pytest.fixture
+def example_env(monkeypatch, emulators, airflow_home, sky_home) -> dict[str, str]:
+    """Fresh example buckets, and the example connection ids pointing at the emulators."""
+    roots = {"SKYPLANE_EXAMPLE_S3": create_bucket("s3"), "SKYPLANE_EXAMPLE_GCS": create_bucket("gcs"),
+             "SKYPLANE_EXAMPLE_AZURE": create_bucket("azure")}
+    for name, value in {**roots, **emulator_connections(dict(os.environ))}.items():
+        monkeypatch.setenv(name, value)
+    return roots
+
+
+def load_dag(path: Path, dag_id: str):
+    """Import a DAG file afresh (module constants follow the current environment)."""
+    spec = importlib.util.spec_from_file_location(f"dagfile_{uuid.uuid4().hex}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return next(v for v in vars(module).values() if getattr(v, "dag_id", None) == dag_id)
+
+
+def run(dag, **kwargs) -> tuple[str, dict]:
+    """``dag.test()`` like a run triggered from the API (no logical date); the run's state and XComs."""
+    dag_run = dag.test(logical_date=None, **kwargs)
+    xcoms = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id, key="return_value") for ti in dag_run.get_task_instances()}
+    return dag_run.state, xcoms
+
+
+def test_nightly_sync_example(example_env):
+    """Yesterday's partition relative to run_after (no logical date), multicast to GCS and Azure."""
+    objs = sample_objects(**SMALL)
+    src = f"{example_env['SKYPLANE_EXAMPLE_S3']}/events/dt=2026-03-14/"
+    put_objects(src, objs)
+    put_objects(src.replace("2026-03-14", "2026-03-13"), {"other-day.csv": b"not this one"})
+    dag = load_dag(REPO / "dags_examples/nightly_sync_dag.py", "skyplane_nightly_sync")
+    state, xcoms = run(dag, run_after=datetime(2026, 3, 15, 2, 0, tzinfo=timezone.utc))
+    assert state == "success"
+    for root in (example_env["SKYPLANE_EXAMPLE_GCS"], example_env["SKYPLANE_EXAMPLE_AZURE"]):
+        assert digests(f"{root}/events/dt=2026-03-14/") == sha256s(objs)
+    stats = xcoms["sync_partition"]
+    assert stats["objects"] == len(objs) and stats["bytes"] == sum(map(len, objs.values())) and stats["verified"]
+    assert stats["plan"]["dsts"] == ["gcp:us-central1", "azure:westeurope"]
+    assert len(str(stats)) < 4000  # compact: counts and a plan summary, never a list of keys
+    outlets = {a.uri for a in dag.get_task("sync_partition").outlets}
+    assert outlets == {f"{example_env['SKYPLANE_EXAMPLE_GCS']}/events", f"{example_env['SKYPLANE_EXAMPLE_AZURE']}/events"}
+
+
+def test_replace_pairwise_example(example_env):
+    """Three syncs with one operator class; the summary task sums their XCom stats."""
+    s3, gcs, az = (example_env[f"SKYPLANE_EXAMPLE_{k}"] for k in ("S3", "GCS", "AZURE"))
+    features, models, partner = (sample_objects(**SMALL, seed=s) for s in (1, 2, 3))
+    put_objects(f"{s3}/features/", features)
+    put_objects(f"{gcs}/models/", models)
+    put_objects(f"{az}/daily/", partner)
+    put_objects(f"{gcs}/features/", {k: features[k] for k in list(features)[:2]})  # already in sync
+    state, xcoms = run(load_dag(REPO / "dags_examples/replace_pairwise_dag.py", "skyplane_replace_pairwise"))
+    assert state == "success"
+    assert digests(f"{gcs}/features/") == sha256s(features)
+    assert digests(f"{s3}/models/") == sha256s(models)
+    assert digests(f"{gcs}/partner/") == sha256s(partner)
+    assert xcoms["features_to_gcs"]["skipped_objects"] == 2
+    total = sum(map(len, [*features.values(), *models.values(), *partner.values()]))
+    moved_twice = sum(len(features[k]) for k in list(features)[:2])
+    assert xcoms["summary"] == {"objects": 3 * len(features) - 2, "bytes": total - moved_twice, "up_to_date": 2,
+                                "cost_usd": pytest.approx(sum(xcoms[t]["cost_usd"] for t in
+                                                              ("features_to_gcs", "models_to_s3", "partner_to_gcs")))}
+
+
+def test_multicast_example_deferrable(example_env):
+    """The deferrable path: start_job, defer, the trigger (run inline by dag.test) fires, execute_complete."""
+    s3, gcs, az = (example_env[f"SKYPLANE_EXAMPLE_{k}"] for k in ("S3", "GCS", "AZURE"))
+    objs = sample_objects(**SMALL)
+    put_objects(f"{gcs}/releases/v7/", objs)
+    dag = load_dag(REPO / "dags_examples/multicast_publish_dag.py", "skyplane_multicast_publish")
+    dag_run = dag.test(logical_date=None, run_conf={"release": "v7"})
+    assert dag_run.state == "success"
+    assert digests(f"{s3}/models/v7/") == sha256s(objs) and digests(f"{az}/v7/") == sha256s(objs)
+    ti = dag_run.get_task_instance("publish_release")
+    stats = ti.xcom_pull(task_ids="publish_release", key="return_value")
+    job = ti.xcom_pull(task_ids="publish_release", key=JOB_XCOM_KEY)
+    assert stats["objects"] == len(objs) and stats["job_id"] == job["job_id"] and stats["verified"]
+    assert stats["plan"]["solver"] == "ilp"
+    assert not _alive(job["pid"])
+
+
+def test_bad_uri_fails_the_task_before_any_gateway(airflow_home, sky_home, capfd):
+    dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_copy")
+    state, xcoms = run(dag, run_conf={"src": "s3://Not_A_Bucket/x/", "dst": "gs://some-bucket/y/"})
+    assert state == "failed" and xcoms == {"copy": None}
+    assert "BadURIError: bad bucket name 'Not_A_Bucket'" in capfd.readouterr().out
+    assert not sky_home.exists()  # no job, no gateway was ever started
+
+
+@pytest.mark.parametrize("dag_id", ["skyplane_test_copy", "skyplane_test_deferred"])
+def test_missing_source_bucket_fails_before_any_gateway(airflow_home, emulators, sky_home, gcs_bucket, dag_id, capfd):
+    dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", dag_id)
+    state, _ = run(dag, run_conf={"src": "s3://no-such-bucket-here/x/", "dst": f"{gcs_bucket}/y/"})
+    assert state == "failed"
+    assert "NotFoundError" in capfd.readouterr().out
+    assert not sky_home.exists()
+
+
+def test_on_kill_tears_the_fleet_down(emulators, airflow_home, sky_home, s3_bucket, gcs_bucket):
+    """What Airflow does on SIGTERM / execution timeout: on_kill while the bytes move."""
+    put_objects(f"{s3_bucket}/big/", sample_objects(n_small=0, big_bytes=48 * MiB))
+    op = SkyplaneTransferOperator(task_id="t", src=f"{s3_bucket}/big/", dst=f"{gcs_bucket}/big/", chunk_size="1MiB")
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: _capture(outcome, op.execute, {}))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while (op._transfer is None or op._transfer.fleet is None) and time.monotonic() < deadline and worker.is_alive():
+        time.sleep(0.05)
+    assert op._transfer.fleet is not None, outcome
+    pids = [g.pid for g in op._transfer.fleet.gateways]
+    assert pids and all(_alive(p) for p in pids)
+    op.on_kill()
+    worker.join(30)
+    assert isinstance(outcome.get("error"), SkyplaneError), outcome
+    assert not any(_alive(p) for p in pids)
+
+
+def test_trigger_round_trip_and_deadline_cancels_the_job(emulators, sky_home, s3_bucket, gcs_bucket):
+    """A real detached job: past its deadline the trigger cancels it (the fleet goes) and fires
+    ``timeout``; execute_complete turns that into a failed task."""
+    import asyncio
+
+    from skyplane_provider.transfer.jobs import start_job
+    from skyplane_provider.transfer.request import TransferRequest
+
+    put_objects(f"{s3_bucket}/d/", sample_objects(**SMALL))
+    handle = start_job(TransferRequest(src=f"{s3_bucket}/d/", dsts=[f"{gcs_bucket}/d/"], chunk_size="2MiB"))
+    trigger = SkyplaneTransferTrigger(handle.to_dict(), poll_interval=0.2, deadline=time.time())
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "skyplane_provider.airflow.triggers.SkyplaneTransferTrigger"
+    assert SkyplaneTransferTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "timeout" and payload["job"] == handle.to_dict()
+    assert not _alive(handle.pid)
+    op = SkyplaneTransferOperator(task_id="t", src=f"{s3_bucket}/d/", dst=f"{gcs_bucket}/d/")
+    with pytest.raises(TransferError, match="did not finish in time"):
+        op.execute_complete({}, payload)
+
+
+def test_trigger_on_kill_cancels_the_job(emulators, sky_home, s3_bucket, gcs_bucket):
+    import asyncio
+
+    from skyplane_provider.transfer.jobs import job_status, start_job
+    from skyplane_provider.transfer.request import TransferRequest
+
+    put_objects(f"{s3_bucket}/k/", sample_objects(n_small=0, big_bytes=32 * MiB))
+    handle = start_job(TransferRequest(src=f"{s3_bucket}/k/", dsts=[f"{gcs_bucket}/k/"], chunk_size="1MiB"))
+    asyncio.run(SkyplaneTransferTrigger(handle.to_dict()).on_kill())
+    assert not _alive(handle.pid)
+    assert job_status(handle)["state"] == "failed"
+
+
+def test_lineage_and_assets():
+    from skyplane_provider.airflow.operators import lineage_names
+
+    assert lineage_names(["s3://raw-bucket/events/", "gs://lake-bucket", "az://acct1/cont1/p/q", "/data/x/"]) == [
+        ("s3://raw-bucket", "events"), ("gs://lake-bucket", "/"), ("wasbs://cont1@acct1", "p/q"), ("file", "/data/x")]
+    op = SkyplaneTransferOperator(task_id="t", src="s3://raw-bucket/events/dt={{ ds }}/",
+                                  dst=["gs://lake-bucket/events/", "s3://{{ params.bucket }}/x/"])
+    assert [a.uri for a in op.inlets] == ["s3://raw-bucket/events"]
+    assert [a.uri for a in op.outlets] == ["gs://lake-bucket/events"]
+    try:
+        import airflow.providers.openlineage  # noqa: F401
+    except ImportError:
+        assert op.get_openlineage_facets_on_complete(None) is None
+
+
+def test_bad_uri_in_a_templated_field_does_not_break_parsing():
+    op = SkyplaneTransferOperator(task_id="t", src="not a uri", dst="gs://lake-bucket/x/")
+    assert op.inlets == []
+    with pytest.raises(BadURIError):
+        op.make_request()
+
+
+def _capture(outcome: dict, fn, *args) -> None:
+    try:
+        outcome["value"] = fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        outcome["error"] = exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
