@@ -36,6 +36,8 @@ def get_provider_info() -> dict:
                        "python-modules": ["skyplane_provider.airflow.operators"]}],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": ["skyplane_provider.airflow.hooks"]}],
         "triggers": [{"integration-name": INTEGRATION, "python-modules": ["skyplane_provider.airflow.triggers"]}],
+        # ObjectStoragePath("sky://DATASET/key"): the storage broker's replica-aware reads
+        "filesystems": ["skyplane_provider.broker.fs"],
         "connection-types": [{
             "connection-type": CONN_TYPE,
             "hook-class-name": "skyplane_provider.airflow.hooks.SkyplaneHook",
