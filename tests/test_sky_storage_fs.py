@@ -138,16 +138,14 @@ def test_writes_are_refused(replicas):
 def test_airflow_object_storage_path(replicas, monkeypatch):
     pytest.importorskip("airflow.sdk")
     from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.io import attach
+    from airflow.sdk.io import has_fs
 
     assert schemes == ["sky"] and isinstance(get_fs(None, {"grid": GRID}), SkyFileSystem)
-    # Until the provider lists this module under "filesystems", attach it for a connection id of our own.
-    attach(protocol="sky", conn_id="sky_test", fs=get_fs("sky_test", {"grid": GRID}))
+    assert has_fs("sky"), "the provider info should list skyplane_provider.broker.fs under 'filesystems'"
     for region in ("aws:us-east-1", "gcp:us-central1", "azure:eastus"):
         monkeypatch.setenv("SKYPLANE_REGION", region)
-        path = ObjectStoragePath("sky://ds/train/a.bin", conn_id="sky_test")
-        with path.open("rb") as f:
+        with ObjectStoragePath("sky://ds/train/a.bin").open("rb") as f:
             assert f.read() == BIG
             assert f.served_by == replicas[region]
-    listed = sorted(p.name for p in ObjectStoragePath("sky://ds/train/", conn_id="sky_test").iterdir())
+    listed = sorted(p.name for p in ObjectStoragePath("sky://ds/train/").iterdir())
     assert listed == ["a.bin", "b.txt"]

@@ -80,14 +80,10 @@ def test_fsspec_reads_pick_the_cheapest_replica(world, published, region, served
 def test_object_storage_path_reads(world, published, monkeypatch):
     pytest.importorskip("airflow.sdk")
     from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.io import attach
 
-    from skyplane_provider.broker.fs import get_fs
-
-    attach(protocol="sky", conn_id="sky_e2e", fs=get_fs("sky_e2e", {"catalogue_ttl": 0}))
     for region in ("gcp:us-central1", AZ):
         monkeypatch.setenv("SKYPLANE_REGION", region)
-        with ObjectStoragePath("sky://demo/train/part-0.bin", conn_id="sky_e2e").open("rb") as f:
+        with ObjectStoragePath("sky://demo/train/part-0.bin").open("rb") as f:
             assert f.read() == OBJECTS["train/part-0.bin"]
             assert f.served_by == world["replicas"][region]
 
