@@ -103,11 +103,17 @@ class PeerLink:
             self._events.failed(frame.header.chunk_id, f"peer {self.peer.gateway_id} was removed before the "
                                 "chunk could be sent to it", retryable=True)
 
+    def grow(self, connections: int) -> None:
+        """Use at least ``connections`` connections (when a region has fewer gateways left)."""
+        with self._lock:
+            self.connections = max(self.connections, connections)
+            started = bool(self._threads)
+        if started:
+            self._start()
+
     def _start(self) -> None:
         with self._lock:
-            if self._threads:
-                return
-            for i in range(self.connections):
+            for i in range(len(self._threads), self.connections):
                 t = threading.Thread(target=self._run, name=f"send-{self.peer.gateway_id}-{i}", daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -179,9 +185,12 @@ class Router:
                 per_peer = max(1, math.ceil(self._hops[region] / max(1, len(plist))))
                 links = []
                 for p in dict.fromkeys(plist):
-                    link = old.pop(p, None) or PeerLink(
-                        p, per_peer, job_id=self._job_id, secret=self._secret, queue_chunks=self._queue_chunks,
-                        events=self._events, stop=self._stop)
+                    link = old.pop(p, None)
+                    if link is None:
+                        link = PeerLink(p, per_peer, job_id=self._job_id, secret=self._secret,
+                                        queue_chunks=self._queue_chunks, events=self._events, stop=self._stop)
+                    else:
+                        link.grow(per_peer)
                     links.append(link)
                 self._links[region] = links
                 for gone in old.values():

@@ -426,3 +426,57 @@ def test_chain_across_testbed_namespaces(testbeds, stores):
         pids = [g.pid for g in job.fleet.gateways]
         job.fleet.teardown()
     assert not any(p in gateway_pids() for p in pids)
+
+
+#: An orchestrator that starts a fleet, says READY and then exits, or waits for a signal.
+ORCHESTRATOR = """
+import json, sys, time
+from planner.plan import PartitionProgram, RegionProgram
+from skyplane_provider.provisioners import get_provisioner
+from skyplane_provider.provisioners.base import GatewaySpec
+program = RegionProgram("t:a", {0: PartitionProgram("read", (), write=True)}).to_dict()
+specs = [GatewaySpec(f"t:a/{i}", "t:a", {"program": program, "job_secret": "ab" * 32, "control_token": "t" * 32,
+                                          "encrypt": False}) for i in range(2)]
+fleet = get_provisioner("local").provision(sys.argv[1], specs)
+print("READY", json.dumps([g.pid for g in fleet.gateways]), flush=True)
+if sys.argv[2] != "exit":
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "SIGTERM", "SIGINT"])
+def test_fleet_torn_down_when_the_orchestrator_exits_or_is_signalled(home, how):
+    job_id = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, job_id, how], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "SKYPLANE_HOME": str(home)})
+    try:
+        line = proc.stdout.readline().split(" ", 1)
+        assert line[0] == "READY", proc.stderr.read()
+        pids = json.loads(line[1])
+        if how != "exit":
+            assert all(p in gateway_pids(job_id) for p in pids)
+            proc.send_signal(getattr(signal, how))
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # The signal was handed on to the previous handler: the default action for SIGTERM, KeyboardInterrupt for
+    # SIGINT (an uncaught KeyboardInterrupt ends Python by SIGINT too).
+    assert code == {"exit": 0, "SIGTERM": -signal.SIGTERM, "SIGINT": -signal.SIGINT}[how]
+    assert gateway_pids(job_id) == []
+    assert not (home / "jobs" / job_id).exists()
+
+
+def test_get_provisioner_by_name_or_object():
+    from planner.errors import BadOptionError
+    from skyplane_provider.provisioners.local import LocalProvisioner
+
+    prov = get_provisioner("local", bind_host="127.0.0.1")
+    assert isinstance(prov, LocalProvisioner) and get_provisioner(prov) is prov
+    with pytest.raises(BadOptionError, match="unknown provisioner"):
+        get_provisioner("gcp-someday")
+    with pytest.raises(BadOptionError, match="unknown local provisioner settings"):
+        get_provisioner("local", hosts=["x"])
+    with pytest.raises(BadOptionError):
+        get_provisioner(prov, bind_host="0.0.0.0")

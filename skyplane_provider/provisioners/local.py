@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -94,29 +93,6 @@ class _LocalGateway:
                                      f"log tail:\n{self.log_tail(30)}")
             time.sleep(0.05)
 
-    def stop(self, grace: float) -> None:
-        """``POST /shutdown``, then SIGTERM, then SIGKILL of the process group; reaps the process."""
-        if self.proc.poll() is None and self.handle is not None:
-            try:
-                GatewayClient(self.handle.control_url, self.token, timeout=2.0).shutdown()
-                self.proc.wait(grace)
-            except (SkyplaneError, subprocess.TimeoutExpired):
-                pass
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                return
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        if self.proc.poll() is None:
-            log.error("gateway %s (pid %d) survived SIGKILL", self.spec.gateway_id, self.proc.pid)
-
-
 class LocalFleet(Fleet):
     """Gateway processes of one job on this host."""
 
@@ -144,9 +120,7 @@ class LocalFleet(Fleet):
                 return
             self._done = True
         members = list(self._members.values())
-        if members:
-            with ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
-                list(pool.map(lambda m: m.stop(self._grace), members))
+        _stop_all(members, self._grace)
         _remove_job_files(self.job_dir, members, keep_logs=self._keep_logs)
         teardown_hooks.unregister(self)
         log.info("local fleet of job %s torn down", self.job_id)
@@ -243,6 +217,38 @@ class LocalProvisioner(Provisioner):
         return _LocalGateway(spec, directory, proc, config.get("control_token", ""), control_host, bind_host)
 
 
+def _stop_all(members: list[_LocalGateway], grace: float) -> None:
+    """``POST /shutdown`` to every gateway, then SIGTERM, then SIGKILL to the process groups of those
+    still running, waiting up to ``grace`` seconds after each step; every process is reaped.
+
+    Steps go to all gateways at once, without helper threads: this also runs from ``atexit``, when
+    new threads may no longer be started."""
+    for m in members:
+        if m.proc.poll() is None and m.handle is not None:
+            try:
+                GatewayClient(m.handle.control_url, m.token, timeout=2.0).shutdown()
+            except SkyplaneError:
+                pass
+    _wait_all(members, grace)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        running = [m for m in members if m.proc.poll() is None]
+        for m in running:
+            try:
+                os.killpg(m.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        _wait_all(running, wait)
+    for m in members:
+        if m.proc.poll() is None:
+            log.error("gateway %s (pid %d) survived SIGKILL", m.spec.gateway_id, m.proc.pid)
+
+
+def _wait_all(members: list[_LocalGateway], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while any(m.proc.poll() is None for m in members) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _wait_healthy(member: _LocalGateway, deadline: float) -> None:
     client = GatewayClient(member.handle.control_url, member.token, timeout=2.0)
     while True:
@@ -261,6 +267,8 @@ def _wait_healthy(member: _LocalGateway, deadline: float) -> None:
 def _check_reachable(host: str, gateway_id: str) -> None:
     """The orchestrator talks to a gateway's control API from here: only over loopback or a link of
     this host's own (a namespace's veth), never through a router to somewhere else."""
+    if host == "localhost":
+        return
     try:
         if ipaddress.ip_address(host).is_loopback:
             return
