@@ -14,6 +14,7 @@ import pytest
 from planner.errors import BadOptionError, BadURIError, NotFoundError, StoreError
 from skyplane_provider.broker import Catalogue, Replica
 from skyplane_provider.broker.catalogue import catalogue_location
+from skyplane_provider.cli.main import main
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -98,3 +99,18 @@ def test_concurrent_writers_local_file(tmp_path):
 @pytest.mark.parametrize("bucket", ["s3_bucket", "gcs_bucket", "azure_container"])
 def test_concurrent_writers_in_a_bucket(request, bucket, tmp_path):
     _race(request.getfixturevalue(bucket) + "/meta/catalogue.json", tmp_path / "go")
+
+
+def test_datasets_command(tmp_path, capsys):
+    location = str(tmp_path / "catalogue.json")
+    Catalogue(location).put_replicas("imagenet", [Replica("s3://raw/imagenet/", "aws:us-east-1", state="verified",
+                                                          origin=True, objects=3, bytes=42)])
+    assert main(["datasets", "--catalogue", location, "--set-default-region", "gcp:us-central1"]) == 0
+    out = capsys.readouterr().out
+    assert "default region: gcp:us-central1" in out and "imagenet: 1 of 1 replica(s) readable" in out
+    assert "s3://raw/imagenet/  (origin)" in out
+    assert main(["datasets", "imagenet", "--catalogue", location, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["default_region"] == "gcp:us-central1" and doc["datasets"]["imagenet"]["replicas"][0]["bytes"] == 42
+    assert main(["datasets", "cifar", "--catalogue", location]) == 1
+    assert "no dataset 'cifar'" in capsys.readouterr().err

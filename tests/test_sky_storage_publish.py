@@ -14,9 +14,11 @@ import fsspec
 import pytest
 
 from gateway.stores import open_store
-from skyplane_provider.broker import Catalogue, publish
+from planner.errors import TransferError
+from skyplane_provider.broker import Catalogue, Publication, publish
 from skyplane_provider.broker.manifest import replica_store
 from skyplane_provider.testing.buckets import create_bucket
+from skyplane_provider.transfer import TransferRequest
 
 MiB = 1024**2
 CLI = [sys.executable, "-m", "skyplane_provider.cli.main"]
@@ -148,3 +150,15 @@ def test_publish_help_and_bad_input(world):
     bad = subprocess.run(CLI + ["publish", f"{world['s3']}/nothing-here/", "--dataset", "x", "--to",
                                 f"{world['gcs']}/x/"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 1 and "nothing to copy" in bad.stderr
+
+
+def test_failed_publish_leaves_its_destinations_stale(world):
+    open_store(world["s3"]).write("gamma/obj", b"x" * 1000)
+    request = TransferRequest(src=f"{world['s3']}/gamma/", dsts=[f"{world['gcs']}/gamma/"])
+    publication = Publication(request, "gamma").prepare()
+    publication.cancel()  # the transfer stops (and tears its fleet down) as soon as it runs
+    with pytest.raises(TransferError, match="cancelled"):
+        publication.run()
+    assert [(r.uri, r.state) for r in Catalogue().dataset("gamma").replicas] == [(f"{world['gcs']}/gamma/", "stale")]
+    with pytest.raises(FileNotFoundError, match="no verified replica"):
+        fsspec.open("sky://gamma/obj", "rb", region="gcp:us-central1", catalogue_ttl=0).open()

@@ -136,8 +136,9 @@ class CatalogueState:
             return self.datasets[name]
         except KeyError:
             known = ", ".join(sorted(self.datasets)) or "none"
-            raise NotFoundError(f"no dataset {name!r} in the catalogue (known: {known})",
-                                hint="publish it first: skyplane-provider publish SRC --dataset NAME --to DST") from None
+            raise NotFoundError(
+                f"no dataset {name!r} in the catalogue (known: {known})",
+                hint="publish it first: skyplane-provider publish SRC --dataset NAME --to DST") from None
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "default_region": self.default_region,
