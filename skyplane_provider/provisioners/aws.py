@@ -28,8 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
 
+from . import teardown_hooks
 from .base import Fleet, GatewaySpec, Provisioner
-from .ssh import SSHFleet, bootstrap_fleet, skyplane_home, utc_now
+from .local import skyplane_home
+from .ssh import SSHFleet, bootstrap_fleet, utc_now
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR
 from .ssh_connection import ConnectPolicy, SSHHost
 
@@ -301,6 +303,7 @@ class AWSFleet(Fleet):
             self._ssh.teardown()
         finally:
             self.resources.teardown()
+            teardown_hooks.unregister(self)
 
     def vm_seconds(self) -> float:
         return self.resources.vm_seconds()
@@ -406,4 +409,6 @@ class AWSProvisioner(Provisioner):
         except BaseException:
             resources.teardown()
             raise
-        return AWSFleet(job_id, resources, ssh_fleet, self.hourly_price(specs[0].region) if specs else 0.0)
+        fleet = AWSFleet(job_id, resources, ssh_fleet, self.hourly_price(specs[0].region) if specs else 0.0)
+        teardown_hooks.register(fleet)
+        return fleet

@@ -15,7 +15,6 @@ through SSH tunnels. See docs/provisioners.md.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -25,17 +24,14 @@ from typing import Any
 
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 
+from . import teardown_hooks
 from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
+from .local import skyplane_home
 from .package_wheel import package_wheel
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR, HostBootstrap
 from .ssh_connection import ConnectPolicy, SSHHost, SSHSession
 
 log = logging.getLogger(__name__)
-
-
-def skyplane_home() -> Path:
-    """The orchestrator's state directory (``$SKYPLANE_HOME``, default ``~/.skyplane``)."""
-    return Path(os.environ.get("SKYPLANE_HOME", Path.home() / ".skyplane"))
 
 
 def utc_now() -> str:
@@ -69,6 +65,7 @@ class SSHFleet(Fleet):
                 return
             self._done = True
         teardown_hosts(self._hosts)
+        teardown_hooks.unregister(self)
 
 
 def teardown_hosts(hosts: list[HostBootstrap]) -> None:
@@ -101,8 +98,7 @@ def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]],
         with lock:
             started.append(boot)
         boot.install(wheel, Path(wheelhouse).expanduser() if wheelhouse else None)
-        return [boot.start(spec, host, health_timeout=health_timeout, data_port=data_port)
-                for spec in by_host[host]]
+        return boot.start(by_host[host], host, health_timeout=health_timeout, data_port=data_port)
 
     try:
         with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
@@ -187,5 +183,7 @@ class SSHProvisioner(Provisioner):
         return out
 
     def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:
-        return bootstrap_fleet(job_id, self.assign(specs), policy=self.policy, remote_dir=self.remote_dir,
-                               wheelhouse=self.wheelhouse, health_timeout=self.health_timeout, provisioner=self.name)
+        fleet = bootstrap_fleet(job_id, self.assign(specs), policy=self.policy, remote_dir=self.remote_dir,
+                                wheelhouse=self.wheelhouse, health_timeout=self.health_timeout, provisioner=self.name)
+        teardown_hooks.register(fleet)
+        return fleet

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.control_client import GatewayClient
 from planner.errors import ProvisionError, SkyplaneError
 
 from .base import GatewayHandle, GatewaySpec
+from .local import gateway_dir_name
 from .package_wheel import PackagedWheel
 from .ssh_connection import LocalForward, SSHHost, SSHSession
 
@@ -62,16 +63,15 @@ reap_job() {
 """
 
 
-def gateway_slug(gateway_id: str) -> str:
-    """``aws:us-east-1/0`` -> ``gw-aws_us-east-1_0`` (a safe file name)."""
-    return "gw-" + re.sub(r"[^A-Za-z0-9._-]", "_", gateway_id)
-
-
 def resolve_remote_dir(session: SSHSession, remote_dir: str) -> str:
-    """``~/...`` -> an absolute path on the host."""
-    if remote_dir == "~" or remote_dir.startswith("~/"):
-        return session.home().rstrip("/") + remote_dir[1:]
-    return remote_dir.rstrip("/")
+    """``~/...`` or a relative path -> an absolute path on the host (relative to the login's home)."""
+    path = remote_dir.rstrip("/") or "/"
+    if path == "~" or path.startswith("~/"):
+        path = path[2:]
+    if path.startswith("/"):
+        return path
+    home = session.home().rstrip("/")
+    return f"{home}/{path}" if path else home
 
 
 @dataclass
@@ -111,49 +111,51 @@ class HostBootstrap:
 
         The venv sees the site-packages of the host's ``python`` (which must provide the
         dependencies), unless a ``wheelhouse`` of dependency wheels is shipped and installed from.
-        Nothing is fetched from a package index on the host.
+        Nothing is fetched from a package index on the host. The venv is marked complete only after
+        its python imported the shipped version from the venv itself.
         """
         host = self.session.host
         venv = f"{self.base}/venv-{wheel.content_hash}"
         marker = f"{venv}/.skyplane-complete"
+        self.venv_python = f"{venv}/bin/python"
+        if self.session.exists(marker):
+            return self.venv_python
         q = shlex.quote
-        rc, _, _ = self.session.run(f"test -f {q(marker)}", check=False)
+        self.session.makedirs(f"{self.base}/wheels")
+        remote_wheel = f"{self.base}/wheels/{wheel.filename}"
+        self.session.put_file(wheel.path, remote_wheel)
+        find_links = ""
+        if wheelhouse is not None:
+            remote_wh = f"{self.base}/wheelhouse"
+            self.session.makedirs(remote_wh)
+            for whl in sorted(Path(wheelhouse).glob("*.whl")):
+                self.session.put_file(whl, f"{remote_wh}/{whl.name}")
+            find_links = f"--find-links {q(remote_wh)}"
+        deps = "" if wheelhouse is not None else "--no-deps"
+        check = ("import sys, importlib.metadata as m, gateway; "
+                 "print(m.version('skyplane-provider'), gateway.__file__.startswith(sys.prefix + '/'))")
+        # One installer at a time per host (flock); an unfinished venv (no marker) is redone.
+        script = (
+            f"set -e; test -f {q(marker)} && exit 0; rm -rf {q(venv)}; "
+            f"{q(host.python)} -m venv --without-pip --system-site-packages {q(venv)}; "
+            f"{q(host.python)} -c 'import sysconfig; p=sysconfig.get_paths(); "
+            f"print(p[\"purelib\"]); print(p[\"platlib\"])' "
+            f"> \"$({q(venv)}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
+            f"/_skyplane_host_deps.pth\"; "
+            f"{q(host.python)} -m pip --python {q(venv)}/bin/python install -q --no-index {deps} "
+            f"{find_links} {q(remote_wheel)}; "
+            f"got=$({q(venv)}/bin/python -c {q(check)}); "
+            f"if [ \"$got\" != {q(wheel.version + ' True')} ]; then "
+            f"echo \"the venv imports $got, expected {wheel.version} from the venv\" >&2; exit 5; fi; "
+            f"touch {q(marker)}")
+        rc, _, err = self.session.run(f"flock {q(self.base)}/.install.lock sh -c {q(script)}", timeout=300,
+                                      check=False)
         if rc != 0:
-            self.session.run(f"mkdir -p {q(self.base)}/wheels && chmod 700 {q(self.base)}")
-            remote_wheel = f"{self.base}/wheels/{wheel.filename}"
-            self.session.put_file(wheel.path, remote_wheel)
-            find_links = ""
-            if wheelhouse is not None:
-                remote_wh = f"{self.base}/wheelhouse"
-                self.session.run(f"mkdir -p {q(remote_wh)}")
-                for whl in sorted(Path(wheelhouse).glob("*.whl")):
-                    self.session.put_file(whl, f"{remote_wh}/{whl.name}")
-                find_links = f"--find-links {q(remote_wh)}"
-            deps = "" if wheelhouse is not None else "--no-deps"
-            # One installer at a time per host (flock); an unfinished venv (no marker) is redone.
-            script = (
-                f"set -e; test -f {q(marker)} && exit 0; rm -rf {q(venv)}; "
-                f"{q(host.python)} -m venv --without-pip --system-site-packages {q(venv)}; "
-                f"{q(host.python)} -c 'import sysconfig; p=sysconfig.get_paths(); "
-                f"print(p[\"purelib\"]); print(p[\"platlib\"])' "
-                f"> \"$({q(venv)}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
-                f"/_skyplane_host_deps.pth\"; "
-                f"{q(host.python)} -m pip --python {q(venv)}/bin/python install -q --no-index {deps} "
-                f"{find_links} {q(remote_wheel)}; "
-                f"touch {q(marker)}")
-            self.session.run(f"flock {q(self.base)}/.install.lock sh -c {q(script)}", timeout=300)
-        python = f"{venv}/bin/python"
-        check = ("import importlib.metadata as m, gateway, planner; "
-                 "print(m.version('skyplane-provider')); print(gateway.__file__)")
-        _, out, _ = self.session.run(f"{q(python)} -c {q(check)}")
-        version, where = (out.strip().splitlines() + ["", ""])[:2]
-        if version != wheel.version or not where.startswith(venv + "/"):
-            raise ProvisionError(
-                f"the venv on {self.label} runs skyplane-provider {version} from {where}, "
-                f"expected {wheel.version} from {venv}",
-                hint=f"remove {venv} on the host and retry")
-        self.venv_python = python
-        return python
+            raise ProvisionError(f"installing skyplane-provider {wheel.version} into {venv} on {self.label} "
+                                 f"failed: {err.strip()[-1500:]}",
+                                 hint=f"the host's python ({host.python}) must be Python >= 3.11 with pip >= 22.3 "
+                                      "and the dependencies, or pass a wheelhouse")
+        return self.venv_python
 
     # -- gateways ------------------------------------------------------------------------------
     def _write_job_record(self) -> None:
@@ -161,59 +163,63 @@ class HostBootstrap:
                   "host": self.label, "pids": {g.gateway_id: g.pid for g in self.gateways.values()}}
         self.session.put_bytes(json.dumps(record).encode(), f"{self.job_dir}/job.json")
 
-    def start(self, spec: GatewaySpec, host: SSHHost, *, health_timeout: float,
-              data_port: int = 0) -> GatewayHandle:
-        """Start one gateway detached and wait until it answers on its control API through a tunnel."""
+    def start(self, specs: list[GatewaySpec], host: SSHHost, *, health_timeout: float,
+              data_port: int = 0) -> list[GatewayHandle]:
+        """Start the gateways detached (one round trip for all of them) and wait until each answers
+        on its control API through a tunnel."""
         if self.venv_python is None:
             raise ProvisionError(f"no package installed on {self.label} yet")
         q = shlex.quote
-        gdir = f"{self.job_dir}/{gateway_slug(spec.gateway_id)}"
-        self.session.run(f"mkdir -p {q(gdir)} && chmod 700 {q(self.job_dir)} {q(gdir)}")
-        if not self.gateways:
-            self._write_job_record()
-        config = {**spec.config, "gateway_id": spec.gateway_id, "job_id": self.job_id, "region": spec.region,
-                  "bind_host": host.bind_address, "advertise_host": host.peer_address,
-                  "control_host": "127.0.0.1", "data_port": data_port, "control_port": 0,
-                  "ready_file": f"{gdir}/ready.json"}
-        self.session.put_bytes(json.dumps(config).encode(), f"{gdir}/config.json", mode=0o600)
-        start = (f"cd {q(gdir)} && setsid nohup {q(self.venv_python)} -m gateway.daemon "
-                 f"--config {q(gdir + '/config.json')} > gateway.log 2>&1 < /dev/null & "
-                 f"echo $! > {q(gdir)}/gateway.pid; cat {q(gdir)}/gateway.pid")
-        _, out, _ = self.session.run(start)
-        pid = int(out.strip())
-        ready = self._wait_ready(spec.gateway_id, gdir, pid, health_timeout)
-        forward = self.session.forward("127.0.0.1", int(ready["control_port"]))
-        gw = RemoteGateway(spec.gateway_id, gdir, pid, int(ready["control_port"]), int(ready["data_port"]), forward)
-        self.gateways[spec.gateway_id] = gw
+        self.session.makedirs(self.job_dir)
         self._write_job_record()
-        handle = GatewayHandle(
-            gateway_id=spec.gateway_id, region=spec.region, control_url=f"http://127.0.0.1:{forward.port}",
-            control_token=config["control_token"], data_host=host.peer_address, data_port=gw.data_port, pid=pid,
-            extra={"ssh_host": self.label, "directory": gdir})
-        self._wait_healthy(handle, health_timeout)
-        return handle
-
-    def _wait_ready(self, gateway_id: str, gdir: str, pid: int, timeout: float) -> dict:
-        """Wait on the host (one round trip) for the daemon's ready file, or its death."""
-        q = shlex.quote
-        tries = max(1, int(timeout / 0.1))
-        script = (f"{REAP_SH}\ni=0; while [ $i -lt {tries} ]; do "
-                  f"[ -s {q(gdir)}/ready.json ] && cat {q(gdir)}/ready.json && exit 0; "
-                  f"alive {pid} || exit 3; sleep 0.1; i=$((i+1)); done; exit 4")
-        rc, out, _ = self.session.run(script, timeout=timeout + 30, check=False)
-        if rc == 0:
-            try:
-                return json.loads(out)
-            except ValueError:
-                pass
-        what = {3: "exited", 4: f"did not become ready within {timeout:.0f} s"}.get(rc, f"failed ({rc})")
-        raise ProvisionError(f"gateway {gateway_id} on {self.label} {what}; log tail:\n{self.log_tail(gateway_id, gdir)}",
-                             hint="see the gateway log above")
+        dirs, tokens = [], []
+        for spec in specs:
+            gdir = f"{self.job_dir}/{gateway_dir_name(spec.gateway_id)}"
+            self.session.makedirs(gdir)
+            config = {**spec.config, "gateway_id": spec.gateway_id, "job_id": self.job_id, "region": spec.region,
+                      "bind_host": host.bind_address, "advertise_host": host.peer_address,
+                      "control_host": "127.0.0.1", "data_port": data_port, "control_port": 0,
+                      "ready_file": f"{gdir}/ready.json"}
+            config.pop("log_file", None)  # stdout and stderr already go to gateway.log
+            self.session.put_bytes(json.dumps(config).encode(), f"{gdir}/config.json", mode=0o600)
+            dirs.append(gdir)
+            tokens.append(config["control_token"])
+        launch = "".join(
+            f"cd {q(d)} && setsid nohup {q(self.venv_python)} -m gateway.daemon --config {q(d + '/config.json')} "
+            f"> gateway.log 2>&1 < /dev/null & echo $! > {q(d)}/gateway.pid\n" for d in dirs)
+        tries = max(1, int(health_timeout / 0.1))
+        # Wait on the host for every ready file, or stop at the first gateway that died.
+        wait = (f"i=0; while :; do all=1; for d in {' '.join(q(d) for d in dirs)}; do "
+                f"[ -s \"$d/ready.json\" ] && continue; all=0; "
+                f"alive \"$(cat \"$d/gateway.pid\")\" || {{ echo \"$d\"; exit 3; }}; done; "
+                f"[ $all = 1 ] && exit 0; i=$((i+1)); [ $i -ge {tries} ] && exit 4; sleep 0.1; done")
+        rc, out, _ = self.session.run(f"{REAP_SH}\n{launch}{wait}", timeout=health_timeout + 30, check=False)
+        if rc != 0:
+            last = out.strip().splitlines()[-1] if out.strip() else ""
+            gdir = last if rc == 3 and last in dirs else dirs[0]
+            gateway_id = specs[dirs.index(gdir)].gateway_id
+            what = {3: "exited while starting",
+                    4: f"did not bind its ports within {health_timeout:.0f} s"}.get(rc, f"could not start ({rc})")
+            raise ProvisionError(f"gateway {gateway_id} on {self.label} {what}; log tail:\n"
+                                 f"{self.log_tail(gateway_id, gdir)}", hint="see the gateway log above")
+        handles = []
+        for spec, gdir, token in zip(specs, dirs, tokens):
+            ready = json.loads(self.session.read_bytes(f"{gdir}/ready.json"))
+            pid = int(self.session.read_bytes(f"{gdir}/gateway.pid"))
+            forward = self.session.forward("127.0.0.1", int(ready["control_port"]))
+            self.gateways[spec.gateway_id] = RemoteGateway(spec.gateway_id, gdir, pid, int(ready["control_port"]),
+                                                           int(ready["data_port"]), forward)
+            handles.append(GatewayHandle(
+                gateway_id=spec.gateway_id, region=spec.region, control_url=f"http://127.0.0.1:{forward.port}",
+                control_token=token, data_host=host.peer_address, data_port=int(ready["data_port"]), pid=pid,
+                extra={"ssh_host": self.label, "directory": gdir}))
+        self._write_job_record()
+        for handle in handles:
+            self._wait_healthy(handle, health_timeout)
+        return handles
 
     def _wait_healthy(self, handle: GatewayHandle, timeout: float) -> None:
-        from gateway.control_client import GatewayClient
-
-        client = GatewayClient(handle.control_url, handle.control_token)
+        client = GatewayClient(handle.control_url, handle.control_token, timeout=2.0)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -230,7 +236,7 @@ class HostBootstrap:
 
     def log_tail(self, gateway_id: str, directory: str | None = None, tail: int = 40) -> str:
         gdir = directory or (self.gateways[gateway_id].directory if gateway_id in self.gateways
-                             else f"{self.job_dir}/{gateway_slug(gateway_id)}")
+                             else f"{self.job_dir}/{gateway_dir_name(gateway_id)}")
         try:
             _, out, _ = self.session.run(f"tail -n {int(tail)} {shlex.quote(gdir)}/gateway.log", check=False,
                                          timeout=15)

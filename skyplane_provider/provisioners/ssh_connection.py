@@ -209,6 +209,25 @@ class SSHSession:
     def put_file(self, local: Path, path: str) -> None:
         self.sftp.put(str(local), path)
 
+    def read_bytes(self, path: str) -> bytes:
+        with self.sftp.open(path, "rb") as f:
+            return f.read()
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.sftp.stat(path)
+        except OSError:
+            return False
+        return True
+
+    def makedirs(self, path: str, mode: int = 0o700) -> None:
+        """``mkdir -p`` over SFTP; directories it creates get ``mode``."""
+        parts = path.rstrip("/").split("/")
+        for i in range(2, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if not self.exists(sub):
+                self.sftp.mkdir(sub, mode)
+
     def forward(self, remote_host: str, remote_port: int) -> "LocalForward":
         """A loopback port on this machine that reaches ``remote_host:remote_port`` as seen from the host."""
         fwd = LocalForward(self._client.get_transport(), remote_host, remote_port, self.host.label)
