@@ -1,0 +1,252 @@
+"""Find and remove what a job left behind when its orchestrator died before teardown.
+
+Every provisioner tags what it starts with the job id and creation time: local gateway processes
+(job records under ``$SKYPLANE_HOME/jobs``), SSH hosts (``<remote_dir>/jobs/<job_id>/job.json`` and
+pid files), AWS (``skyplane:job-id`` / ``skyplane:created-at`` tags on instances, security groups and
+key pairs). ``deprovision_*`` select jobs by id (or all) and age, and remove them; a process is only
+signalled after its command line was checked to still belong to the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from itertools import zip_longest
+from pathlib import Path
+
+from planner.errors import BadOptionError, SkyplaneError
+
+from .provisioners.ssh_bootstrap import DEFAULT_REMOTE_DIR, REAP_SH, resolve_remote_dir
+from .provisioners.ssh_connection import ConnectPolicy, SSHHost, SSHSession
+
+log = logging.getLogger(__name__)
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"1h30m"`` -> seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_RE.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise BadOptionError(f"cannot read duration {text!r}", hint="write e.g. 90s, 30m, 2h, 1d or 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """One job's leftovers removed (or, in a dry run, found) somewhere."""
+
+    provisioner: str
+    where: str
+    job_id: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.provisioner} {self.where}: job {self.job_id}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which jobs to reap: one id or all, optionally only those older than ``older_than`` seconds."""
+
+    job_id: str | None = None
+    older_than: float | None = None
+
+    def matches(self, job_id: str, created_at: datetime | str | None) -> bool:
+        if self.job_id is not None and job_id != self.job_id:
+            return False
+        if self.older_than is None:
+            return True
+        if isinstance(created_at, str):
+            try:
+                created_at = datetime.fromisoformat(created_at)
+            except ValueError:
+                created_at = None
+        if created_at is None:
+            return False  # unknown age: never assume a job is old
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=timezone.utc)
+        return (datetime.now(timezone.utc) - created_at).total_seconds() >= self.older_than
+
+
+# -- local processes -------------------------------------------------------------------------------
+def deprovision_local(selection: Selection, *, dry_run: bool = False, grace: float = 5.0) -> list[Reaped]:
+    """Stop leftover local gateway processes recorded in ``$SKYPLANE_HOME/jobs/*/pids.json`` (the
+    local provisioner's records) and remove their files."""
+    from .provisioners.local import PIDS_FILE, gateway_dir_name, skyplane_home
+
+    jobs = skyplane_home() / "jobs"
+    reaped = []
+    for job_dir in sorted(jobs.iterdir()) if jobs.is_dir() else []:
+        try:
+            record = json.loads((job_dir / PIDS_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        job_id = record.get("job_id", job_dir.name)
+        if record.get("provisioner") != "local" or not selection.matches(job_id, record.get("created_at")):
+            continue
+        gateways = record.get("gateways", [])
+        pids = [int(g["pid"]) for g in gateways if _is_gateway_of(int(g.get("pid", 0)), g.get("cmdline_marker"), job_id)]
+        if not dry_run:
+            _stop_groups(pids, grace)
+            for g in gateways:
+                shutil.rmtree(job_dir / gateway_dir_name(g["gateway_id"]), ignore_errors=True)
+            (job_dir / PIDS_FILE).unlink(missing_ok=True)
+            try:
+                job_dir.rmdir()  # only when empty: a detached transfer may share the directory
+            except OSError:
+                pass
+        reaped.append(Reaped("local", "this host", job_id,
+                             f"{len(pids)} gateway process(es) {'found' if dry_run else 'stopped, files removed'}"))
+    return reaped
+
+
+def _is_gateway_of(pid: int, marker: str | None, job_id: str) -> bool:
+    """Whether ``pid`` still runs and its command line names the job (so a recycled pid is left alone)."""
+    if pid <= 0 or not marker or job_id not in marker or not _running(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_groups(pids: list[int], grace: float) -> None:
+    """SIGTERM each gateway's process group, SIGKILL what is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [p for p in pids if _running(p)]
+        if not pids:
+            return
+
+
+# -- SSH hosts -------------------------------------------------------------------------------------
+def deprovision_ssh(hosts: list[SSHHost], selection: Selection, *, policy: ConnectPolicy,
+                    remote_dir: str = DEFAULT_REMOTE_DIR, dry_run: bool = False) -> list[Reaped]:
+    """Stop leftover gateways and remove job files on each host (job records of ssh and aws jobs)."""
+    reaped = []
+    for host in hosts:
+        try:
+            session = SSHSession(host, policy)
+        except SkyplaneError as exc:
+            log.warning("deprovision: skipping %s: %s", host.label, exc)
+            continue
+        try:
+            base = resolve_remote_dir(session, host.remote_dir or remote_dir)
+            jobs_dir = f"{base}/jobs"
+            try:
+                entries = session.sftp.listdir_attr(jobs_dir)
+            except OSError:
+                entries = []
+            for entry in entries:
+                if not stat.S_ISDIR(entry.st_mode or 0):
+                    continue
+                job_dir = f"{jobs_dir}/{entry.filename}"
+                try:
+                    with session.sftp.open(f"{job_dir}/job.json") as f:
+                        record = json.loads(f.read())
+                except (OSError, ValueError):
+                    continue  # not a gateway job directory (or not ours)
+                if record.get("provisioner") not in ("ssh", "aws"):
+                    continue
+                if not selection.matches(record.get("job_id", entry.filename), record.get("created_at")):
+                    continue
+                gateways = len(record.get("pids", {}))
+                if not dry_run:
+                    session.run(f"{REAP_SH}\nreap_job {shlex.quote(job_dir)}", timeout=60)
+                reaped.append(Reaped("ssh", host.label, entry.filename,
+                                     f"{gateways} gateway(s) {'found' if dry_run else 'stopped, files removed'}"))
+        finally:
+            session.close()
+    return reaped
+
+
+# -- AWS -------------------------------------------------------------------------------------------
+def deprovision_aws(regions: list[str], selection: Selection, *, endpoint_url: str | None = None,
+                    profile: str | None = None, poll_seconds: float = 5.0, dry_run: bool = False) -> list[Reaped]:
+    """Terminate tagged instances, then delete tagged security groups and key pairs, per region."""
+    from .provisioners.aws import TAG_CREATED, TAG_JOB, JobResources, RegionResources, api_error, aws_session
+
+    session = aws_session(profile=profile)
+    reaped = []
+    for region in regions:
+        ec2 = session.client("ec2", region_name=region, endpoint_url=endpoint_url)
+        try:
+            found = _tagged_resources(ec2, TAG_JOB, TAG_CREATED)
+        except SkyplaneError:
+            raise
+        except Exception as exc:
+            raise api_error(region, "listing tagged resources", exc) from exc
+        for job_id, (created_at, instances, groups, keys) in sorted(found.items()):
+            if not selection.matches(job_id, created_at):
+                continue
+            detail = f"{len(instances)} instance(s), {len(groups)} security group(s), {len(keys)} key pair(s)"
+            if not dry_run:
+                # Reuse the provisioner's own teardown (terminate, wait, delete groups and key pairs).
+                job = JobResources(job_id, session, endpoint_url=endpoint_url, poll_seconds=poll_seconds)
+                for n, (group, key) in enumerate(list(zip_longest(groups, keys)) or [(None, None)]):
+                    job.regions[f"{region}/{n}"] = RegionResources(
+                        region, ec2, group_id=group, key_name=key,
+                        instances=[{"InstanceId": i} for i in instances] if n == 0 else [])
+                job.teardown()
+            reaped.append(Reaped("aws", region, job_id, detail + (" found" if dry_run else " removed")))
+    return reaped
+
+
+def _tagged_resources(ec2, tag_job: str, tag_created: str) -> dict[str, tuple[str | None, list, list, list]]:
+    """job id -> (created-at, live instance ids, security group ids, key pair names) in one region."""
+    out: dict[str, tuple[str | None, list, list, list]] = {}
+
+    def entry(tags: list[dict]) -> tuple | None:
+        t = {x["Key"]: x["Value"] for x in tags or []}
+        if tag_job not in t:
+            return None
+        created, inst, groups, keys = out.get(t[tag_job], (None, [], [], []))
+        out[t[tag_job]] = (created or t.get(tag_created), inst, groups, keys)
+        return out[t[tag_job]]
+
+    live = ["pending", "running", "stopping", "stopped", "shutting-down"]
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": "tag-key", "Values": [tag_job]}, {"Name": "instance-state-name", "Values": live}]):
+        for r in page["Reservations"]:
+            for i in r["Instances"]:
+                e = entry(i.get("Tags"))
+                if e:
+                    e[1].append(i["InstanceId"])
+    for page in ec2.get_paginator("describe_security_groups").paginate(
+            Filters=[{"Name": "tag-key", "Values": [tag_job]}]):
+        for g in page["SecurityGroups"]:
+            e = entry(g.get("Tags"))
+            if e:
+                e[2].append(g["GroupId"])
+    for k in ec2.describe_key_pairs(Filters=[{"Name": "tag-key", "Values": [tag_job]}])["KeyPairs"]:
+        e = entry(k.get("Tags"))
+        if e:
+            e[3].append(k["KeyName"])
+    return out
