@@ -1,0 +1,140 @@
+"""The aws provisioner against a real moto EC2 API, with instances mapped onto local sshd servers.
+
+moto's instance addresses are fake: every test checks that no connection goes anywhere but loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from gateway.control_client import GatewayClient
+from planner.errors import CredentialsError, ProvisionError
+from planner.plan import direct_plan
+from skyplane_provider.provisioners import get_provisioner
+from skyplane_provider.provisioners.aws import TAG_CREATED, TAG_GATEWAY, TAG_JOB, AWSProvisioner
+from skyplane_provider.transfer.launch import JobSecrets, gateway_specs
+from tests.helpers import gateway_pids
+
+REGIONS = ("aws:us-east-1", "aws:eu-west-1")
+
+
+@pytest.fixture(autouse=True)
+def _skyplane_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def connections(monkeypatch) -> list[tuple[str, int]]:
+    """Every TCP connection this process opens through socket.create_connection (SSH, tunnels, HTTP)."""
+    seen: list[tuple[str, int]] = []
+    real = socket.create_connection
+
+    def spy(address, *args, **kwargs):
+        seen.append((address[0], int(address[1])))
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", spy)
+    return seen
+
+
+def specs_for(job_id: str):
+    plan = direct_plan(REGIONS[0], [REGIONS[1]])
+    return gateway_specs(plan, job_id, JobSecrets(), compress=True, encrypt=True, credentials={})
+
+
+def settings(ec2_endpoint, servers, known_hosts, **extra) -> dict:
+    return {"endpoint_url": ec2_endpoint, "orchestrator_cidr": "127.0.0.1/32", "poll_seconds": 0.1,
+            "instance_type": "m5.large", "known_hosts": str(known_hosts), "accept_unknown_host_keys": False,
+            "address_map": {str(i): s.host_setting() for i, s in enumerate(servers)}, **extra}
+
+
+def ec2(endpoint: str, region: str):
+    return boto3.client("ec2", region_name=region.split(":")[-1], endpoint_url=endpoint)
+
+
+def job_resources(endpoint: str, job_id: str) -> dict:
+    """Live instances, groups and key pairs tagged with the job, over all test regions."""
+    flt = [{"Name": f"tag:{TAG_JOB}", "Values": [job_id]}]
+    out = {"instances": [], "groups": [], "keys": []}
+    for region in REGIONS:
+        c = ec2(endpoint, region)
+        out["instances"] += [i for r in c.describe_instances(Filters=flt)["Reservations"] for i in r["Instances"]
+                             if i["State"]["Name"] != "terminated"]
+        out["groups"] += c.describe_security_groups(Filters=flt)["SecurityGroups"]
+        out["keys"] += c.describe_key_pairs(Filters=flt)["KeyPairs"]
+    return out
+
+
+def test_aws_fleet_on_moto_boots_over_mapped_sshd_and_tears_down(
+        ec2_endpoint, aws_env, sshd_servers, ssh_known_hosts, connections, tmp_path):
+    job_id = uuid.uuid4().hex
+    prov = get_provisioner("aws", spot=True, **settings(ec2_endpoint, sshd_servers, ssh_known_hosts))
+    assert isinstance(prov, AWSProvisioner)
+    mapped = {("127.0.0.1", s.port) for s in sshd_servers}
+    assert prov.allowed_addresses() == mapped
+    fleet = prov.provision(job_id, specs_for(job_id))
+    try:
+        res = job_resources(ec2_endpoint, job_id)
+        assert len(res["instances"]) == 2 and len(res["groups"]) == 2 and len(res["keys"]) == 2
+        instance_ips = set()
+        for inst in res["instances"]:
+            tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+            assert tags[TAG_JOB] == job_id and tags[TAG_CREATED] and tags[TAG_GATEWAY] in {g.gateway_id for g in fleet.gateways}
+            assert inst["State"]["Name"] == "running" and inst["InstanceType"] == "m5.large"
+            assert inst.get("InstanceLifecycle") == "spot"
+            instance_ips |= {inst["PublicIpAddress"], inst["PrivateIpAddress"]}
+        for group in res["groups"]:
+            rules = {(p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p["IpRanges"]}
+            assert rules == {(22, "127.0.0.1/32")} | {(47800, f"{ip}/32") for ip in instance_ips}
+        for g in fleet.gateways:
+            assert GatewayClient(g.control_url, g.control_token).health()["ok"]
+            assert g.data_host == "127.0.0.1"
+        assert len(gateway_pids(job_id)) == 2
+        key_file = Path(tmp_path / "home" / "keys" / f"{job_id}.key")
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert fleet.vm_seconds() > 0 and fleet.vm_usd() > 0
+    finally:
+        fleet.teardown()
+    # Nothing but loopback was ever contacted (SSH, tunnels, health); no fake instance address.
+    assert connections and {h for h, _ in connections} == {"127.0.0.1"}
+    assert {(h, p) for h, p in connections if p in {s.port for s in sshd_servers}} == mapped
+    assert job_resources(ec2_endpoint, job_id) == {"instances": [], "groups": [], "keys": []}
+    assert gateway_pids(job_id) == []
+    assert not key_file.exists()
+    seconds = fleet.vm_seconds()
+    assert fleet.vm_seconds() == seconds  # the clock stopped at termination
+
+
+def test_aws_missing_credentials_name_what_to_set(aws_env, monkeypatch, ec2_endpoint):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    job_id = uuid.uuid4().hex
+    prov = get_provisioner("aws", endpoint_url=ec2_endpoint, orchestrator_cidr="127.0.0.1/32")
+    with pytest.raises(CredentialsError, match="AWS_ACCESS_KEY_ID"):
+        prov.provision(job_id, specs_for(job_id))
+
+
+def test_aws_region_error_is_named_and_everything_started_is_removed(
+        ec2_endpoint, aws_env, sshd_servers, ssh_known_hosts, connections):
+    job_id = uuid.uuid4().hex
+    prov = get_provisioner("aws", **settings(ec2_endpoint, sshd_servers, ssh_known_hosts,
+                                             subnet_id={"eu-west-1": "subnet-00000000"}))
+    with pytest.raises(ProvisionError, match=r"AWS eu-west-1: .*InvalidSubnetID"):
+        prov.provision(job_id, specs_for(job_id))
+    assert job_resources(ec2_endpoint, job_id) == {"instances": [], "groups": [], "keys": []}
+    assert connections == [] or {h for h, _ in connections} == {"127.0.0.1"}
+
+
+def test_aws_unmapped_instance_is_never_contacted(ec2_endpoint, aws_env, sshd_servers, ssh_known_hosts, connections):
+    job_id = uuid.uuid4().hex
+    s = settings(ec2_endpoint, sshd_servers, ssh_known_hosts)
+    s["address_map"] = {"0": sshd_servers[0].host_setting()}
+    with pytest.raises(ProvisionError, match=r"gateway #1\) has no address_map entry"):
+        get_provisioner("aws", **s).provision(job_id, specs_for(job_id))
+    assert connections == []
+    assert job_resources(ec2_endpoint, job_id) == {"instances": [], "groups": [], "keys": []}
