@@ -39,6 +39,17 @@ def test_steiner_stages_through_a_free_egress_relay(tmp_path):
     assert steiner.cost_per_gb < mst.cost_per_gb
 
 
+def test_one_paid_copy_into_the_relay_then_free_fan_out(tmp_path):
+    # The talk's case: entering R2 costs what any internet egress from GCP costs (a tie with the direct
+    # links), and the saving appears only when the relay is shared by every destination.
+    grid = relay_grid(tmp_path, cost_into_relay=0.12)
+    plan = planner.solve("gcp:us-central1", DSTS, solver="steiner", grid=grid)
+    plan.validate()
+    assert {(e.src, e.dst) for e in plan.edges} == {("gcp:us-central1", RELAY)} | {(RELAY, d) for d in DSTS}
+    assert plan.cost_per_gb == pytest.approx(0.12)  # vs 0.36 direct and 0.2275 mst
+    assert plan.notes == [f"relays: {RELAY}"]
+
+
 def test_steiner_skips_the_relay_when_reaching_it_costs_more(tmp_path):
     grid = relay_grid(tmp_path, cost_into_relay=0.5)
     plan = planner.solve("gcp:us-central1", DSTS, solver="steiner", grid=grid)
