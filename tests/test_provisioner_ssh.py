@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import sys
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -154,3 +157,38 @@ def test_ssh_transfer_through_bootstrapped_gateways_is_byte_exact(sshd_servers, 
     for server in sshd_servers:
         assert gateway_pids(server.remote_dir) == []
         assert not list((Path(server.remote_dir) / "jobs").glob("*/gw-*"))
+
+
+#: Provisions one ssh fleet, says READY, then exits at once ("exit") or waits for a signal.
+ORCHESTRATOR = """
+import json, sys, time
+from skyplane_provider.provisioners import get_provisioner
+from skyplane_provider.provisioners.base import GatewaySpec
+job_id, settings, specs, how = json.loads(sys.argv[1])
+get_provisioner("ssh", **settings).provision(job_id, [GatewaySpec(**s) for s in specs])
+print("READY", flush=True)
+if how == "sleep":
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("end", ["SIGTERM", "exit"])
+def test_ssh_fleet_is_torn_down_when_the_orchestrator_ends(end, sshd_servers, ssh_known_hosts, tmp_path):
+    job_id = uuid.uuid4().hex
+    specs = [asdict(s) for s in specs_for(job_id) if s.region == REGIONS[0]]
+    settings = {"hosts": [sshd_servers[0].host_setting()], "known_hosts": str(ssh_known_hosts)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ORCHESTRATOR, json.dumps([job_id, settings, specs, "sleep" if end == "SIGTERM" else end])],
+        env={**os.environ, "SKYPLANE_HOME": str(tmp_path / "home")}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        if end == "SIGTERM":
+            assert len(gateway_pids(job_id)) == 1
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert leftovers(sshd_servers, job_id) == ([], [])

@@ -69,11 +69,22 @@ class SSHFleet(Fleet):
 
 
 def teardown_hosts(hosts: list[HostBootstrap]) -> None:
-    """Tear down every host in parallel; never raises."""
-    if not hosts:
-        return
-    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-        list(pool.map(HostBootstrap.teardown, hosts))
+    """Tear down every host, in parallel when threads can still start; never raises.
+
+    It also runs from the ``atexit`` hook, after ``concurrent.futures`` has stopped taking work, hence
+    plain threads with a one-by-one fallback.
+    """
+    threads = []
+    for boot in hosts:
+        t = threading.Thread(target=boot.teardown, name=f"teardown-{boot.label}", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # interpreter shutting down
+            boot.teardown()
+            continue
+        threads.append(t)
+    for t in threads:
+        t.join()
 
 
 def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]], *, policy: ConnectPolicy,
