@@ -48,6 +48,9 @@ class GuardedTransfer:
         self._latest: Progress | None = None
         self.transfer = Transfer(request, progress=self._note)
         self._worker: threading.Thread | None = None
+        # Waiting on an Event, not Thread.join: in CPython 3.11 a join interrupted by a signal handler
+        # that raises (Prefect's timeout alarm, its SIGTERM bridge) marks the live thread as stopped.
+        self._done = threading.Event()
         self._outcome: dict[str, Any] = {}
 
     def _note(self, progress: Progress) -> None:
@@ -64,8 +67,7 @@ class GuardedTransfer:
         self._worker.start()
         try:
             reported, last = None, time.monotonic()
-            while self._worker.is_alive():
-                self._worker.join(_POLL)
+            while not self._done.wait(_POLL):
                 latest = self._latest
                 if latest is not reported and time.monotonic() - last >= interval:
                     reported, last = latest, time.monotonic()
@@ -86,14 +88,12 @@ class GuardedTransfer:
             self._outcome["error"] = exc
         finally:
             self._unregister()
+            self._done.set()
 
     def cancel_and_wait(self, grace: float = TEARDOWN_GRACE) -> bool:
         """Cancel the transfer and wait until it has torn down; ``False`` if it did not in ``grace`` s."""
         self.transfer.cancel()
-        if self._worker is not None:
-            self._worker.join(grace)
-            return not self._worker.is_alive()
-        return True
+        return self._worker is None or self._done.wait(grace)
 
     # -- who is running: in memory for this process, on disk for the hooks of other processes ----
     def _record(self) -> Path | None:
@@ -114,6 +114,10 @@ class GuardedTransfer:
         path = self._record()
         if path is not None:
             path.unlink(missing_ok=True)
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass  # other transfers of the flow run are still recorded
 
 
 def active_transfers(flow_run_id: str | None = None) -> list[GuardedTransfer]:

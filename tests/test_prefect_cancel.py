@@ -1,0 +1,261 @@
+"""Stopping a Prefect run stops its transfer and tears the gateway fleet down: task timeout, SIGTERM to
+the flow's process (what a worker does to cancel), the flow hook stopping a transfer in another thread,
+and a process killed outright (the hook reaps its gateways from another process, as Prefect's runner
+runs hooks after killing a flow run).
+
+The transfers read their source through a bandwidth-capped TCP relay in front of moto, so they are
+still moving bytes when the run is stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("prefect")
+
+from prefect import flow, get_client  # noqa: E402
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, TaskRunFilter  # noqa: E402
+from prefect.client.schemas.filters import TaskRunFilterFlowRunId  # noqa: E402
+
+from planner.errors import TransferError  # noqa: E402
+from skyplane_provider.prefect import skyplane_transfer, teardown_fleets  # noqa: E402
+from skyplane_provider.prefect.execution import GuardedTransfer, active_transfers, records_dir  # noqa: E402
+from skyplane_provider.transfer import TransferRequest  # noqa: E402
+
+from .helpers import gateway_pids, put_objects, read_all  # noqa: E402
+
+MiB = 1024**2
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CappedRelay:
+    """A TCP relay on 127.0.0.1 whose downstream direction (upstream -> client) is capped at ``rate``
+    bytes per second over all connections together: a slow link in front of a real server."""
+
+    def __init__(self, upstream: str, rate: int) -> None:
+        host, port = upstream.split("//")[-1].rstrip("/").split(":")
+        assert host in ("127.0.0.1", "localhost")
+        self.upstream = (host, int(port))
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._next_send = time.monotonic()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, capped: bool) -> None:
+        try:
+            while data := src.recv(16384):
+                if capped:
+                    with self._lock:  # reserve a slot on the shared link
+                        start = max(self._next_send, time.monotonic())
+                        self._next_send = start + len(data) / self.rate
+                    time.sleep(max(0.0, start - time.monotonic()))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+        for s in self._sockets:
+            s.close()
+
+
+class GatewayWatch:
+    """Counts the gateway processes of one SKYPLANE_HOME seen while a run is going on."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.seen = str(home), set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.seen.update(gateway_pids(self.home))
+
+    def wait_for_gateways(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.seen, f"no gateway started within {timeout} s"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def home(prefect_skyplane_home):
+    yield prefect_skyplane_home
+    assert gateway_pids(str(prefect_skyplane_home)) == [], "a gateway process was left running"
+
+
+@pytest.fixture
+def slow_source(emulators, s3_bucket):
+    """An S3 prefix of 12 MiB that gateways read at 0.5 MiB/s (about 24 s): its credentials entry and URI."""
+    put_objects(s3_bucket, {f"big/part-{i}.bin": os.urandom(2 * MiB) for i in range(6)})
+    relay = CappedRelay(emulators.env["AWS_ENDPOINT_URL"], rate=MiB // 2)
+    yield f"{s3_bucket}/big/", {"endpoint_url": relay.url}
+    relay.close()
+
+
+def test_task_timeout_cancels_the_transfer_and_tears_down(prefect_harness, home, slow_source, gcs_bucket):
+    src, entry = slow_source
+
+    @flow
+    def bounded():
+        return skyplane_transfer.with_options(timeout_seconds=8, retries=0)(
+            src, gcs_bucket + "/out/", src_credentials=entry, chunk_size="1MiB")
+
+    watch = GatewayWatch(home)
+    started = time.monotonic()
+    state = bounded(return_state=True)
+    watch.stop()
+    assert state.is_failed() and time.monotonic() - started < 40
+    with pytest.raises(TimeoutError):
+        state.result()
+    assert watch.seen, "the timeout fired before any gateway started: nothing was tested"
+    assert gateway_pids(str(home)) == []
+    assert len(read_all(gcs_bucket, "out/")) < 6  # stopped before the end; nothing half-written is visible
+    assert not records_dir(str(state.state_details.flow_run_id)).exists()
+
+
+def _flow_process(api_url: str, src: str, dst: str, entry: dict, tmp_path: Path) -> subprocess.Popen:
+    """``skyplane_sync_flow`` in its own Python process, against the session's Prefect server."""
+    script = tmp_path / "run_flow.py"
+    script.write_text(
+        "import sys, json\n"
+        "from skyplane_provider.prefect import skyplane_sync_flow\n"
+        "src, dst, entry = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n"
+        "skyplane_sync_flow(src, [dst], src_credentials=entry, chunk_size='1MiB')\n")
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(script), src, dst, json.dumps(entry)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _flow_run_of(src: str):
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("src") == src]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _logs(flow_run_id) -> str:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
+def test_sigterm_to_the_flow_process_tears_down(prefect_harness, home, slow_source, gcs_bucket, tmp_path):
+    """A plain SIGTERM (a worker cancelling, ``kill``): the task's thread gets Prefect's TerminationSignal
+    and tears the fleet down before Prefect ends the process with the default SIGTERM action."""
+    src, entry = slow_source
+    proc = _flow_process(prefect_harness, src, gcs_bucket + "/out/", entry, tmp_path)
+    watch = GatewayWatch(home)
+    try:
+        watch.wait_for_gateways(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        watch.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = output.decode(errors="replace")
+    assert proc.returncode == -signal.SIGTERM, output[-3000:]
+    assert gateway_pids(str(home)) == [], output[-3000:]
+    run = _flow_run_of(src)
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])))
+    assert [t.state.type.value for t in task_runs] == ["CRASHED"], output[-3000:]
+    assert "transfer failed: TerminationSignal" in _logs(run.id)
+    assert not records_dir(str(run.id)).exists()
+
+
+def test_hook_cancels_the_transfers_of_its_flow_run(home, slow_source, gcs_bucket):
+    """``teardown_fleets`` stops a transfer running in another thread of this process (a task submitted
+    to a task runner) and waits for its teardown."""
+    src, entry = slow_source
+    request = TransferRequest(src=src, dsts=[gcs_bucket + "/out/"], credentials={src.split("/big")[0]: entry},
+                              chunk_size="1MiB")
+    guarded = GuardedTransfer(request, flow_run_id="flow-run-1")
+    guarded.prepare()
+    outcome = {}
+
+    def run():
+        try:
+            guarded.run(lambda p: None)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    watch = GatewayWatch(home)
+    thread.start()
+    try:
+        watch.wait_for_gateways(timeout=60)
+        assert active_transfers("flow-run-1") == [guarded]
+        teardown_fleets(None, SimpleNamespace(id="flow-run-1"), SimpleNamespace(name="Crashed"))
+        assert gateway_pids(str(home)) == [] and active_transfers() == []
+    finally:
+        guarded.cancel_and_wait()
+        thread.join(60)
+        watch.stop()
+    assert isinstance(outcome["error"], TransferError) and "cancelled" in str(outcome["error"])
+    assert not records_dir("flow-run-1").exists()
+
+
+def test_hook_reaps_the_gateways_of_a_killed_process(prefect_harness, home, slow_source, gcs_bucket, tmp_path):
+    """SIGKILL leaves the gateways running (they live in their own sessions); the flow hook, run from
+    another process as Prefect's runner does after killing a flow run, finds the job's record and reaps."""
+    src, entry = slow_source
+    proc = _flow_process(prefect_harness, src, gcs_bucket + "/out/", entry, tmp_path)
+    watch = GatewayWatch(home)
+    try:
+        watch.wait_for_gateways(timeout=60)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        watch.stop()
+    assert gateway_pids(str(home)), "the gateways died with their orchestrator: nothing left to reap"
+    run = _flow_run_of(src)
+    assert list(records_dir(str(run.id)).glob("*.json"))
+    teardown_fleets(None, run, run.state)
+    deadline = time.monotonic() + 30
+    while gateway_pids(str(home)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gateway_pids(str(home)) == []
+    assert not records_dir(str(run.id)).exists()
