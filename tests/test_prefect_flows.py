@@ -86,10 +86,11 @@ def test_nightly_sync_flow_to_two_clouds(prefect_harness, home, s3_bucket, gcs_b
     assert again["objects"] == 0 and again["skipped_objects"] == len(objs)
 
 
-def test_task_with_duck_typed_collection_credentials(prefect_harness, home, emulators, monkeypatch, s3_bucket,
-                                                     azure_container):
-    """prefect-aws / prefect-azure style blocks are the only credentials: the standard environment that
-    would otherwise point the SDKs at the emulators is removed (gateways inherit that removal)."""
+def test_task_with_collection_blocks_and_a_saved_block(prefect_harness, home, emulators, monkeypatch, s3_bucket,
+                                                       azure_container, gcs_bucket):
+    """The only credentials are prefect-aws / prefect-azure style blocks and a saved SkyplaneCredentials
+    block named in the call: the standard environment that would otherwise point the SDKs at the
+    emulators is removed (the gateways inherit that removal)."""
 
     class AwsCredentials:  # the attributes of prefect_aws.AwsCredentials
         aws_access_key_id = emulators.env["AWS_ACCESS_KEY_ID"]
@@ -103,20 +104,26 @@ def test_task_with_duck_typed_collection_credentials(prefect_harness, home, emul
         connection_string = SecretStr(emulators.env["AZURE_STORAGE_CONNECTION_STRING"])
         account_url = None
 
+    SkyplaneCredentials(gcp_endpoint=emulators.env["STORAGE_EMULATOR_HOST"], gcp_project="test").save(
+        "gcs-lake", overwrite=True)
     objs = sample(2)
     put_objects(s3_bucket, objs)
-    for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_CONNECTION_STRING"):
-        monkeypatch.delenv(var)
 
     @flow
     def copy_flow():
-        return skyplane_transfer(s3_bucket + "/", azure_container + "/in/", src_credentials=AwsCredentials(),
-                                 dst_credentials=AzureBlobStorageCredentials(), dst_regions=[AZ], chunk_size="1MiB")
+        return skyplane_transfer(s3_bucket + "/", [azure_container + "/in/", gcs_bucket + "/in/"],
+                                 src_credentials=AwsCredentials(),
+                                 dst_credentials=[AzureBlobStorageCredentials(), "skyplane-credentials/gcs-lake"],
+                                 dst_regions=[AZ, None], chunk_size="1MiB")
 
-    stats = copy_flow()
-    monkeypatch.undo()
+    with monkeypatch.context() as env:
+        for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                    "AZURE_STORAGE_CONNECTION_STRING", "STORAGE_EMULATOR_HOST"):
+            env.delenv(var)
+        stats = copy_flow()
     assert stats["objects"] == len(objs)
     assert read_all(azure_container, "in/") == digests(objs)
+    assert read_all(gcs_bucket, "in/") == digests(objs)
 
 
 def test_plain_call_outside_a_run(prefect_harness, home, tmp_path, s3_bucket):

@@ -66,7 +66,7 @@ def plan_markdown(src: str, dsts: list[str], plan: Plan, size_bytes: int, *, sta
     if stats is not None:
         lines += [f"**Verified** ({stats['verification']})." if stats.get("verified") else "**Not verified.**", ""]
     if error is not None:
-        lines += [f"**Failed:** {error}", ""]
+        lines += [f"**Did not finish:** {error}", ""]
     lines += [f"Solver `{plan.solver}`, regions {plan.src} → {', '.join(plan.dsts)}; "
               f"{human_bytes(size_bytes)} planned.", "", "## Route", "",
               "| from | to | planned Gbps | connections |", "|---|---|---:|---:|"]
@@ -139,11 +139,15 @@ class RunReport:
                        description=f"Route and cost of transfer {stats['job_id']}")
 
     def failed(self, exc: BaseException, markdown: str | None) -> None:
-        self.logger.error("transfer failed: %s: %s", type(exc).__name__, exc)
-        self._update(None, f"Failed: {type(exc).__name__}")
+        if isinstance(exc, Exception):
+            self.logger.error("transfer failed: %s: %s", type(exc).__name__, exc)
+            self._update(None, f"Failed: {type(exc).__name__}")
+        else:  # a timeout, a cancellation, SIGTERM or Ctrl-C reached the task
+            self.logger.error("transfer stopped by %s (timeout or cancellation); fleet torn down", type(exc).__name__)
+            self._update(None, f"Stopped by {type(exc).__name__}")
         if markdown is not None:
             self._artifact("plan", create_markdown_artifact, markdown, key=f"{self.key}-plan",
-                           description="Route of the failed transfer")
+                           description="Route of the transfer that did not finish")
 
     def _update(self, percent: float | None, description: str | None) -> None:
         if self._progress_id is None:

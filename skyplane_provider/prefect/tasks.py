@@ -147,7 +147,8 @@ def skyplane_transfer(
     except BaseException as exc:
         plan = guarded.transfer.plan if guarded is not None else None
         report.failed(exc, None if plan is None else plan_markdown(
-            src, dsts, plan, sum(o.info.size for o in guarded.transfer.objects), error=str(exc), sync=sync))
+            src, dsts, plan, sum(o.info.size for o in guarded.transfer.objects),
+            error=f"{type(exc).__name__}: {exc}".rstrip(": "), sync=sync))
         raise
     report.finished(stats, plan_markdown(src, dsts, transfer.plan, size, stats=stats, sync=sync))
     return stats
