@@ -3,12 +3,16 @@ server, and third-party collection blocks recognised by duck typing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("prefect")
 
+from prefect import get_client  # noqa: E402
 from prefect.blocks.core import Block  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
@@ -91,8 +95,6 @@ def test_block_round_trip(prefect_harness):
     assert loaded_fleet.provisioner_settings() == {"hosts": ["ubuntu@127.0.0.1:2222"], "known_hosts": "/kh",
                                                    "key_file": "/secret/key"}
 
-    from prefect import get_client
-
     with get_client(sync_client=True) as client:
         stored = client.read_block_document_by_name("test-creds", "skyplane-credentials", include_secrets=False)
     assert "topsecret" not in str(stored.data)  # secrets are stored encrypted and come back obfuscated
@@ -133,3 +135,13 @@ def test_same_bucket_with_two_credentials_is_refused():
     with pytest.raises(BadOptionError, match="two different credentials given for s3://raw"):
         doc("s3://raw/a/", ["s3://raw/b/"], src_credentials=AwsCredentials("k1", "s"),
             dst_credentials=AwsCredentials("k2", "s"))
+
+
+def test_block_types_register_with_the_cli(prefect_harness):
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.run([sys.executable, "-m", "prefect", "block", "register", "-m",
+                           "skyplane_provider.prefect.blocks"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with get_client(sync_client=True) as client:
+        for slug in ("skyplane-credentials", "skyplane-fleet"):
+            assert client.read_block_type_by_slug(slug).slug == slug
