@@ -131,7 +131,7 @@ def slow_source(emulators, s3_bucket):
     relay.close()
 
 
-def test_task_timeout_cancels_the_transfer_and_tears_down(prefect_harness, home, slow_source, gcs_bucket):
+def test_task_timeout_cancels_the_transfer_and_tears_down(prefect_harness, home, slow_source, gcs_bucket, caplog):
     src, entry = slow_source
 
     @flow
@@ -147,6 +147,9 @@ def test_task_timeout_cancels_the_transfer_and_tears_down(prefect_harness, home,
     with pytest.raises(TimeoutError):
         state.result()
     assert watch.seen, "the timeout fired before any gateway started: nothing was tested"
+    # The engine reports about every second; the task relays at most every 2 s.
+    progress = [r for r in caplog.records if r.name == "prefect.task_runs" and "/ 12.0 MiB (" in r.getMessage()]
+    assert 1 <= len(progress) <= 5
     assert gateway_pids(str(home)) == []
     assert len(read_all(gcs_bucket, "out/")) < 6  # stopped before the end; nothing half-written is visible
     assert not records_dir(str(state.state_details.flow_run_id)).exists()

@@ -141,13 +141,15 @@ def test_plain_call_outside_a_run(prefect_harness, home, tmp_path, s3_bucket):
         assert len(client.read_artifacts()) == before
 
 
-@pytest.mark.parametrize("case", ["missing-source", "cost-ceiling", "bad-artifact-key"])
+@pytest.mark.parametrize("case", ["missing-source", "cost-ceiling", "bad-artifact-key", "unknown-block"])
 def test_bad_input_fails_the_task_run_without_starting_gateways(prefect_harness, home, s3_bucket, gcs_bucket, case):
     put_objects(s3_bucket, {"x/a": b"a" * 100})
     kwargs, error, words = {
         "missing-source": (dict(src=f"{s3_bucket}/no-such-prefix/"), NotFoundError, "no-such-prefix"),
         "cost-ceiling": (dict(src=f"{s3_bucket}/x/", max_cost_per_gb=0.001), InfeasiblePlanError, "ceiling"),
         "bad-artifact-key": (dict(src=f"{s3_bucket}/x/", artifact_key="Nightly Sync"), BadOptionError, "artifact key"),
+        "unknown-block": (dict(src=f"{s3_bucket}/x/", src_credentials="skyplane-credentials/never-saved"),
+                          BadOptionError, "cannot load block"),
     }[case]
 
     @flow

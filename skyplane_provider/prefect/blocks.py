@@ -144,4 +144,8 @@ def load_block(value: Any) -> Any:
     if "/" not in value:
         raise BadOptionError(f"cannot read block reference {value!r}",
                              hint='write "block-type-slug/block-name", e.g. "skyplane-credentials/prod"')
-    return Block.load(value)
+    try:
+        return Block.load(value)
+    except ValueError as exc:  # Prefect's way of saying the type or the document is unknown
+        raise BadOptionError(f"cannot load block {value!r}: {exc}",
+                             hint="save the block first (block.save(NAME)) or fix the name") from exc

@@ -5,7 +5,8 @@
     skyplane_sync_flow.serve(name="nightly-events", cron="0 2 * * *", parameters={
         "src": "s3://raw/events/", "dsts": ["gs://lake/events/", "az://euwest/lake/events/"],
         "dst_regions": [None, "azure:westeurope"], "max_cost_per_gb": 0.12,
-        "src_credentials": "aws-credentials/prod", "dst_credentials": ["gcp-credentials/lake", "skyplane-credentials/eu"]})
+        "src_credentials": "aws-credentials/prod",
+        "dst_credentials": ["gcp-credentials/lake", "skyplane-credentials/eu"]})
 
 Only objects missing or different at a destination move. With a cost ceiling the planner picks the
 fastest route under it (``solver`` defaults to ``ilp`` then, else ``direct``). Cancelling or crashing

@@ -76,7 +76,8 @@ def plan_markdown(src: str, dsts: list[str], plan: Plan, size_bytes: int, *, sta
     predicted_s = plan.predicted_seconds(size_bytes) if plan.throughput_gbps > 0 else None
     actual = stats or {}
     lines += ["", "## Predicted vs. actual", "", "| | predicted | actual |", "|---|---:|---:|",
-              f"| throughput (Gbps) | {_num(plan.throughput_gbps or None, '.3f')} | {_num(actual.get('gbps'), '.4f')} |",
+              f"| throughput (Gbps) | {_num(plan.throughput_gbps or None, '.3f')} | "
+              f"{_num(actual.get('gbps'), '.4f')} |",
               f"| duration (s) | {_num(predicted_s, '.1f')} | {_num(actual.get('seconds'), '.1f')} |",
               f"| egress (USD) | {_num(plan.egress_usd(size_bytes), '.6f')} | "
               f"{_num(actual.get('egress_usd_actual'), '.6f')} |",

@@ -86,6 +86,7 @@ def skyplane_transfer(
     chunk_size: int | str = DEFAULT_CHUNK_SIZE,
     src_region: str | None = None,
     dst_regions: Sequence[str | None] | None = None,
+    grid: str | None = None,
     provisioner: str | None = None,
     provisioner_settings: dict[str, Any] | None = None,
     fleet: Any = None,
@@ -116,6 +117,7 @@ def skyplane_transfer(
         chunk_size: part size, e.g. ``"32MiB"`` or bytes.
         src_region: region of the source (``"azure:eastus"``) when the store cannot tell.
         dst_regions: regions of the destinations, aligned with ``dst``.
+        grid: a throughput/price grid CSV to plan with instead of the packaged one.
         provisioner: ``local`` (default), ``ssh`` or ``aws``, with
         provisioner_settings: the provisioner's settings (docs/provisioners.md); or instead
         fleet: a ``SkyplaneFleet`` block (or ``"skyplane-fleet/NAME"``).
@@ -138,7 +140,7 @@ def skyplane_transfer(
             sync=sync, solver=solver, throughput_gbps=throughput_gbps, max_cost_per_gb=max_cost_per_gb,
             max_gateways_per_region=max_gateways_per_region, gateways_per_region=gateways_per_region,
             connections=connections, compress=compress, encrypt=encrypt, chunk_size=chunk_size,
-            src_region=src_region, dst_regions=list(dst_regions) if dst_regions is not None else None)
+            src_region=src_region, dst_regions=list(dst_regions) if dst_regions is not None else None, grid=grid)
         guarded = GuardedTransfer(request, flow_run_id=runtime.flow_run.id)
         transfer = guarded.prepare()
         size = sum(o.info.size for o in transfer.objects)
