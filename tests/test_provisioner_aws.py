@@ -110,6 +110,14 @@ def test_aws_fleet_on_moto_boots_over_mapped_sshd_and_tears_down(
     assert fleet.vm_seconds() == seconds  # the clock stopped at termination
 
 
+def test_aws_prices_come_from_the_planner_for_its_vm_type():
+    from planner.providers import provider_of
+
+    planner_vm = provider_of("aws:us-east-1")
+    assert AWSProvisioner(instance_type=planner_vm.vm_type).hourly_price("aws:us-east-1") == planner_vm.usd_per_hour
+    assert AWSProvisioner(instance_type="m5.large").hourly_price("aws:us-east-1") == 0.096
+
+
 def test_aws_missing_credentials_name_what_to_set(aws_env, monkeypatch, ec2_endpoint):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

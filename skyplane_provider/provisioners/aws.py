@@ -41,8 +41,8 @@ TAG_JOB = "skyplane:job-id"
 TAG_CREATED = "skyplane:created-at"
 TAG_GATEWAY = "skyplane:gateway-id"
 
-#: USD per instance-hour, on-demand Linux in us-east-1 (aws.amazon.com/ec2/pricing/on-demand, 2024).
-#: Used when the planner has no VM price; other regions cost up to ~30% more.
+#: USD per instance-hour, on-demand Linux in us-east-1 (aws.amazon.com/ec2/pricing/on-demand, 2024),
+#: for instance types other than the planner's gateway VM; other regions cost up to ~30% more.
 HOURLY_PRICE = {
     "m5.large": 0.096, "m5.xlarge": 0.192, "m5.2xlarge": 0.384, "m5.4xlarge": 0.768, "m5.8xlarge": 1.536,
     "c5.large": 0.085, "c5.xlarge": 0.17, "c5.4xlarge": 0.68, "t3.micro": 0.0104, "t3.medium": 0.0416,
@@ -350,6 +350,12 @@ class AWSProvisioner(Provisioner):
         self.boot_timeout, self.health_timeout, self.poll_seconds = boot_timeout, health_timeout, poll_seconds
 
     def hourly_price(self, region: str) -> float:
+        """The planner's price when it plans with this instance type, else the table above."""
+        from planner.providers import provider_of
+
+        vm = provider_of(region)
+        if vm.name == "aws" and vm.vm_type == self.instance_type:
+            return vm.usd_per_hour
         return HOURLY_PRICE.get(self.instance_type, 0.0)
 
     def allowed_addresses(self) -> frozenset[tuple[str, int]] | None:
