@@ -59,7 +59,8 @@ def main() -> int:
             expected = sha256s(objects)
             for dst in stats["dsts"]:
                 ok = digests(dst) == expected
-                print(f"  {'OK ' if ok else 'BAD'} {dst}: {len(expected)} objects, sha256 {'match' if ok else 'MISMATCH'}")
+                verdict = "OK  " if ok else "BAD "
+                print(f"  {verdict}{dst}: {len(expected)} objects, sha256 {'match' if ok else 'MISMATCH'}")
                 if not ok:
                     return 1
         finally:

@@ -80,7 +80,7 @@ def test_nightly_sync_example(example_env):
     assert stats["plan"]["dsts"] == ["gcp:us-central1", "azure:westeurope"]
     assert len(str(stats)) < 4000  # compact: counts and a plan summary, never a list of keys
     outlets = {a.uri for a in dag.get_task("sync_partition").outlets}
-    assert outlets == {f"{example_env['SKYPLANE_EXAMPLE_GCS']}/events", f"{example_env['SKYPLANE_EXAMPLE_AZURE']}/events"}
+    assert outlets == {f"{example_env[k]}/events" for k in ("SKYPLANE_EXAMPLE_GCS", "SKYPLANE_EXAMPLE_AZURE")}
 
 
 def test_replace_pairwise_example(example_env):
@@ -195,6 +195,29 @@ def test_trigger_on_kill_cancels_the_job(emulators, sky_home, s3_bucket, gcs_buc
     asyncio.run(SkyplaneTransferTrigger(handle.to_dict()).on_kill())
     assert not _alive(handle.pid)
     assert job_status(handle)["state"] == "failed"
+
+
+def test_failed_deferral_cancels_the_job(emulators, sky_home, s3_bucket, gcs_bucket):
+    """Airflow's own deferral timeout resumes the task with ``__fail__`` (the event is lost): the
+    operator finds the job in its XCom and cancels it before failing."""
+    from airflow.sdk.bases.operator import TriggerFailureReason
+    from airflow.sdk.exceptions import TaskDeferralTimeout
+
+    from skyplane_provider.transfer.jobs import start_job
+    from skyplane_provider.transfer.request import TransferRequest
+
+    put_objects(f"{s3_bucket}/f/", sample_objects(n_small=0, big_bytes=32 * MiB))
+    handle = start_job(TransferRequest(src=f"{s3_bucket}/f/", dsts=[f"{gcs_bucket}/f/"], chunk_size="1MiB"))
+
+    class TaskInstance:  # the one call resume_execution makes on the runtime task instance
+        @staticmethod
+        def xcom_pull(task_ids: str, key: str) -> dict | None:
+            return handle.to_dict() if (task_ids, key) == ("t", JOB_XCOM_KEY) else None
+
+    op = SkyplaneTransferOperator(task_id="t", src=f"{s3_bucket}/f/", dst=f"{gcs_bucket}/f/", deferrable=True)
+    with pytest.raises(TaskDeferralTimeout):
+        op.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, {"ti": TaskInstance()})
+    assert not _alive(handle.pid)
 
 
 def test_lineage_and_assets():

@@ -70,7 +70,8 @@ def test_aws_role_arn_is_assumed_through_sts(monkeypatch, emulators, s3_bucket):
     assert store.read("hello") == b"hi"
 
 
-@pytest.mark.parametrize("extra", [{"profile_name": "dev"}, {"role_arn": "arn:x", "assume_role_method": "assume_role_with_saml"}])
+@pytest.mark.parametrize("extra", [{"profile_name": "dev"},
+                                   {"role_arn": "arn:x", "assume_role_method": "assume_role_with_saml"}])
 def test_aws_unsupported_fields_are_refused(monkeypatch, extra):
     with pytest.raises(CredentialsError, match="not supported"):
         entry(monkeypatch, {"conn_type": "aws", "extra": extra}, "s3://bucket-a")
@@ -167,7 +168,8 @@ def test_side_errors(monkeypatch):
     with pytest.raises(BadOptionError, match="2 connections for 1 destinations"):
         SkyplaneHook(dst_conn_id=["aws_a", "aws_b"]).credentials("s3://src-bucket/", ["s3://b-one/"])
     with pytest.raises(BadOptionError, match="two different connections"):
-        SkyplaneHook(src_conn_id="aws_a", dst_conn_id="aws_b").credentials("s3://same-bucket/a/", ["s3://same-bucket/b/"])
+        SkyplaneHook(src_conn_id="aws_a", dst_conn_id="aws_b").credentials("s3://same-bucket/a/",
+                                                                           ["s3://same-bucket/b/"])
     with pytest.raises(CredentialsError, match="needs a 'google_cloud_platform' connection"):
         SkyplaneHook(src_conn_id="aws_a").credentials("gs://lake-bucket/", [])
     with pytest.raises(CredentialsError, match="not valid JSON"):
@@ -192,7 +194,8 @@ def test_make_request_carries_credentials_and_options(monkeypatch):
 # -- the skyplane connection ------------------------------------------------------------------------
 def test_skyplane_connection_provisioner(monkeypatch):
     settings = {"hosts": {"aws:us-east-1": ["ubuntu@203.0.113.10"]}, "known_hosts": "~/.ssh/known_hosts"}
-    conn(monkeypatch, "sky", {"conn_type": "skyplane", "extra": {"provisioner": "ssh", "provisioner_settings": settings}})
+    conn(monkeypatch, "sky", {"conn_type": "skyplane",
+                              "extra": {"provisioner": "ssh", "provisioner_settings": settings}})
     assert SkyplaneHook(skyplane_conn_id="sky").get_conn() == {"provisioner": "ssh", "provisioner_settings": settings}
     assert SkyplaneHook(skyplane_conn_id="sky").provisioner("aws") == ("aws", settings)
     assert SkyplaneHook().provisioner() == ("local", {})

@@ -214,8 +214,8 @@ def wasb_entry(conn: Connection) -> dict:
     if extra.get("connection_string"):
         return {"connection_string": extra["connection_string"]}
     if extra.get("tenant_id") or extra.get("managed_identity_client_id"):
-        raise CredentialsError(f"connection {conn.conn_id!r}: Entra ID (tenant_id / managed identity) "
-                               "logins are not supported", hint="use a connection string, an account key or a SAS token")
+        raise CredentialsError(f"connection {conn.conn_id!r}: Entra ID (tenant_id / managed identity) logins "
+                               "are not supported", hint="use a connection string, an account key or a SAS token")
     account_url = (conn.host or (f"https://{conn.login}.blob.core.windows.net" if conn.login else "")).rstrip("/")
     sas = extra.get("sas_token")
     if sas:
@@ -240,7 +240,7 @@ def _extra(conn: Connection, prefix: str = "") -> dict:
             json.loads(conn.extra)
         except ValueError as exc:
             raise CredentialsError(f"the extra of connection {conn.conn_id!r} is not valid JSON",
-                                   hint="fix it in the connection (Admin > Connections) or its AIRFLOW_CONN_ variable") from exc
+                                   hint="fix it in Admin > Connections or in its AIRFLOW_CONN_ variable") from exc
     extra = conn.extra_dejson  # also masks the secrets in it from task logs
     return {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v
             for k, v in extra.items() if v not in ("", None)}

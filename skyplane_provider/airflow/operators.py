@@ -73,7 +73,8 @@ class SkyplaneTransferOperator(BaseOperator):
     :param src_region: region tag of the source when the store cannot tell (Azure: ``"azure:eastus"``). Templated.
     :param dst_regions: region tags of the destinations, aligned with ``dst``. Templated.
     :param grid: a throughput/price grid CSV instead of the packaged one.
-    :param provisioner: ``local``, ``ssh`` or ``aws``; default: the ``skyplane`` connection's, else ``local``. Templated.
+    :param provisioner: ``local``, ``ssh`` or ``aws``; default: the ``skyplane`` connection's, else
+        ``local``. Templated.
     :param skyplane_conn_id: a ``skyplane`` connection with provisioner settings. Templated.
     :param deferrable: run the transfer as a detached job and free the worker slot while it runs.
     :param poll_interval: seconds between progress lines (and status polls when deferred).

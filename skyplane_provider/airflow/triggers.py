@@ -50,6 +50,10 @@ class SkyplaneTransferTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         handle = self.handle
         while True:
+            # Read after waiting, also the first time: an event fired right after the deferral can
+            # reach the scheduler before the worker's exit does, and Airflow 3.3 then fails the
+            # resumed task as "killed externally" (apache/airflow#67287, #72716).
+            await asyncio.sleep(self.poll_interval)
             doc = await asyncio.to_thread(job_status, handle)
             state = doc.get("state")
             if state == "success":
@@ -67,7 +71,6 @@ class SkyplaneTransferTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "timeout", "job": self.job,
                                     "message": f"job {handle.job_id} did not finish in time and was cancelled"})
                 return
-            await asyncio.sleep(self.poll_interval)
 
     async def on_kill(self) -> None:
         """A user acted on the deferred task: stop the job (its runner tears the fleet down)."""

@@ -18,7 +18,8 @@ def sample_objects(n_small: int = 6, small_bytes: int = 256 * 1024, big_bytes: i
     rng = random.Random(seed)
     objects = {}
     for i in range(n_small):
-        rows = b"".join(b"%d,%d,%s\n" % (i, j, rng.choice([b"click", b"view", b"buy"])) for j in range(small_bytes // 12))
+        rows = b"".join(b"%d,%d,%s\n" % (i, j, rng.choice([b"click", b"view", b"buy"]))
+                        for j in range(small_bytes // 12))
         objects[f"part-{i:03d}.csv"] = rows[:small_bytes]
     objects["blob-000.bin"] = rng.randbytes(big_bytes)
     return objects
