@@ -37,7 +37,7 @@ RUN_ENV = "SKYPLANE_TEST_AIRFLOW_STANDALONE"
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get(RUN_ENV) != "1",
-                    reason=f"starts a whole Airflow (about 75 s idle, 90-160 s on the 2 shared cores); set {RUN_ENV}=1")
+                    reason=f"starts a whole Airflow: 60-120 s measured on the 2 shared cores; set {RUN_ENV}=1")
 def test_standalone_deferred_run_through_the_rest_api(tmp_path, emulators, s3_bucket, gcs_bucket):
     sky_home = tmp_path / "skyplane"
     port = free_port()
