@@ -174,6 +174,8 @@ def test_side_errors(monkeypatch):
         SkyplaneHook(src_conn_id="aws_a").credentials("gs://lake-bucket/", [])
     with pytest.raises(CredentialsError, match="not valid JSON"):
         SkyplaneHook(src_conn_id="broken").credentials("s3://src-bucket/", [])
+    with pytest.raises(CredentialsError, match="'nowhere' is not defined"):
+        SkyplaneHook(src_conn_id="nowhere").credentials("s3://src-bucket/", [])
     with pytest.raises(BadOptionError, match="local path"):
         SkyplaneHook(src_conn_id="aws_a").credentials("/tmp/data/", [])
     with pytest.raises(BadURIError):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook, Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError, CredentialsError
@@ -115,19 +116,26 @@ class SkyplaneHook(BaseHook):
         if store.scheme == "file":
             raise BadOptionError(f"connection {conn_id!r} was given for the local path {store}",
                                  hint="local paths need no connection; drop the conn id")
-        conn = self.get_connection(conn_id)
+        conn = self._connection(conn_id)
         expected = CONN_TYPES[store.scheme]
         if conn.conn_type != expected:
             raise CredentialsError(f"connection {conn_id!r} has type {conn.conn_type!r}, but {store.root_uri} "
                                    f"needs a {expected!r} connection", hint="pick the connection for that cloud")
         return {"aws": aws_entry, "google_cloud_platform": gcp_entry, "wasb": wasb_entry}[expected](conn)
 
+    def _connection(self, conn_id: str) -> Connection:
+        try:
+            return self.get_connection(conn_id)
+        except AirflowNotFoundException as exc:
+            raise CredentialsError(f"connection {conn_id!r} is not defined",
+                                   hint=f"create it (Admin > Connections) or set AIRFLOW_CONN_{conn_id.upper()}") from exc
+
     # -- provisioner ---------------------------------------------------------------------------
     def provisioner(self, override: str | None = None) -> tuple[str, dict]:
         """``(name, settings)`` from the ``skyplane`` connection; ``override`` wins over its name."""
         if self.skyplane_conn_id is None:
             return override or "local", {}
-        conn = self.get_connection(self.skyplane_conn_id)
+        conn = self._connection(self.skyplane_conn_id)
         if conn.conn_type != CONN_TYPE:
             raise CredentialsError(f"connection {self.skyplane_conn_id!r} has type {conn.conn_type!r}, "
                                    f"not {CONN_TYPE!r}", hint="create a connection of type skyplane")
