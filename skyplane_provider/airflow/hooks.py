@@ -127,8 +127,8 @@ class SkyplaneHook(BaseHook):
         try:
             return self.get_connection(conn_id)
         except AirflowNotFoundException as exc:
-            raise CredentialsError(f"connection {conn_id!r} is not defined",
-                                   hint=f"create it (Admin > Connections) or set AIRFLOW_CONN_{conn_id.upper()}") from exc
+            raise CredentialsError(f"connection {conn_id!r} is not defined", hint="create it in Admin > "
+                                   f"Connections or set AIRFLOW_CONN_{conn_id.upper()}") from exc
 
     # -- provisioner ---------------------------------------------------------------------------
     def provisioner(self, override: str | None = None) -> tuple[str, dict]:
