@@ -1,0 +1,136 @@
+"""The capacity and cost model every solver shares, and the assembly of its result into a Plan.
+
+Capacity (as Skyplane's planner models it): the grid's ``gbps(a, b)`` was measured between one VM
+pair with ``CONNECTIONS_PER_VM`` TCP connections, so one connection a -> b carries ``gbps / 64``; a
+region with ``n`` gateways opens at most ``64 n`` connections out and accepts ``64 n`` in, and sends
+(receives) at most ``n`` times its provider's per-VM egress (ingress) cap.
+
+Cost of a transfer of ``size_gb``: egress ``cost_per_gb`` of every edge times the GB crossing it,
+plus every gateway's hourly price for the transfer time and ``VM_STARTUP_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from planner.errors import InfeasiblePlanError
+from planner.grid import Grid
+from planner.plan import Edge, Plan
+from planner.providers import CONNECTIONS_PER_VM, VM_STARTUP_SECONDS, provider_of
+
+#: Gbps -> GB per hour: 1 Gbps = 1/8 GB/s = 450 GB/h.
+GB_PER_HOUR_PER_GBPS = 3600 / 8
+
+TreeEdges = Sequence[tuple[str, str]]
+
+
+def vm_usd_per_hour(gateways: dict[str, int]) -> float:
+    return sum(n * provider_of(r).usd_per_hour for r, n in gateways.items())
+
+
+def transfer_usd(plan: Plan, size_gb: float) -> float:
+    """Predicted egress + VM cost of moving ``size_gb`` of source data with ``plan``."""
+    hours = size_gb / (plan.throughput_gbps * GB_PER_HOUR_PER_GBPS) + VM_STARTUP_SECONDS / 3600
+    return plan.cost_per_gb * size_gb + plan.vm_cost_per_hour * hours
+
+
+def tree_rate(grid: Grid, tree: TreeEdges, gateways: dict[str, int]) -> tuple[float, dict[tuple[str, str], int]]:
+    """The rate at which one tree delivers the full data to each of its nodes, and its connections.
+
+    Each region splits its ``64 n`` outgoing connections between its children in inverse
+    proportion to the link rate (so every child gets the data at the same speed), capped by the
+    child's incoming budget; the tree then runs at its slowest edge or VM cap.
+    """
+    children: dict[str, list[str]] = {}
+    for a, b in tree:
+        children.setdefault(a, []).append(b)
+    conns: dict[tuple[str, str], int] = {}
+    rate = math.inf
+    for a, kids in children.items():
+        budget = CONNECTIONS_PER_VM * gateways[a]
+        inv = {b: 1.0 / grid.gbps(a, b) for b in kids}
+        total = sum(inv.values())
+        for b in kids:
+            c = max(1, min(int(budget * inv[b] / total), CONNECTIONS_PER_VM * gateways[b]))
+            conns[(a, b)] = c
+            rate = min(rate, c * grid.gbps(a, b) / CONNECTIONS_PER_VM, provider_of(b).ingress_gbps * gateways[b])
+        rate = min(rate, provider_of(a).egress_gbps * gateways[a] / len(kids))
+    return rate, conns
+
+
+def assemble(grid: Grid, src: str, dsts: Sequence[str], *, solver: str, gateways: dict[str, int],
+             partitions: Sequence[tuple[float, TreeEdges]], connections: dict[tuple[str, str], int],
+             throughput_gbps: float, started: float, notes: Sequence[str] = ()) -> Plan:
+    """Build and validate the Plan of ``partitions``: (share of the data, tree edges) pairs.
+
+    Edge rates follow from the partition shares: an edge carries ``share * throughput`` of every
+    partition routed over it. Regions without edges lose their gateways (except src and dsts).
+    """
+    total = sum(w for w, _ in partitions)
+    weights = [w / total for w, _ in partitions]
+    on_edge: dict[tuple[str, str], list[int]] = {}
+    for p, (_, tree) in enumerate(partitions):
+        for e in tree:
+            on_edge.setdefault(e, []).append(p)
+    order = _breadth_first(src, on_edge)
+    edges = [
+        Edge(src=a, dst=b, gbps=throughput_gbps * sum(weights[p] for p in ps),
+             connections=max(1, connections.get((a, b), 1)), partitions=tuple(ps),
+             cost_per_gb=grid.cost(a, b))
+        for (a, b), ps in sorted(on_edge.items(), key=lambda item: (order[item[0][0]], order[item[0][1]]))
+    ]
+    used = {src, *dsts} | {e.src for e in edges} | {e.dst for e in edges}
+    gws = {r: max(1, gateways.get(r, 1)) for r in [src, *dsts, *sorted(used)] if r in used}
+    plan = Plan(
+        src=src, dsts=tuple(dsts), solver=solver, gateways=gws, edges=edges,
+        throughput_gbps=throughput_gbps,
+        cost_per_gb=sum(e.cost_per_gb * sum(weights[p] for p in e.partitions) for e in edges),
+        vm_cost_per_hour=vm_usd_per_hour(gws),
+        solve_seconds=time.perf_counter() - started,
+        partition_weights=tuple(weights), notes=list(notes),
+    )
+    plan.validate()
+    return plan
+
+
+def _breadth_first(src: str, edges: dict[tuple[str, str], object]) -> dict[str, int]:
+    """Region -> position in a breadth-first walk from ``src`` (lists edges in the order data flows)."""
+    order, frontier = {src: 0}, [src]
+    while frontier:
+        frontier = sorted({b for a, b in edges if a in frontier and b not in order})
+        for region in frontier:
+            order[region] = len(order)
+    for a, b in edges:
+        order.setdefault(a, len(order))
+        order.setdefault(b, len(order))
+    return order
+
+
+def tree_plan(grid: Grid, src: str, dsts: Sequence[str], tree: TreeEdges, *, solver: str, max_gateways: int,
+              throughput_gbps: float | None, started: float, notes: Sequence[str] = ()) -> Plan:
+    """A one-partition plan on ``tree`` with the same gateway count in every region of it.
+
+    Without a target every region gets ``max_gateways``; with one, the fewest that reach it.
+    """
+    nodes = {src, *dsts, *(r for e in tree for r in e)}
+    counts = range(1, max_gateways + 1) if throughput_gbps else (max_gateways,)
+    for n in counts:
+        gateways = {r: n for r in nodes}
+        rate, conns = tree_rate(grid, tree, gateways)
+        if throughput_gbps is None or rate >= throughput_gbps * (1 - 1e-9):
+            break
+    else:
+        raise InfeasiblePlanError(
+            f"the {solver} route reaches at most {rate:.3f} Gbps with {max_gateways} gateway(s) per region, "
+            f"below the target of {throughput_gbps:g} Gbps",
+            hint="raise --max-gateways-per-region, lower the target, or use --solver ilp")
+    if math.isinf(rate):  # every destination is the source region: nothing crosses the network
+        vm = provider_of(src)
+        per_vm = min(vm.egress_gbps, vm.ingress_gbps, max((link.gbps for link in grid.successors(src).values()),
+                                                             default=1.0))
+        rate = per_vm * gateways[src]
+        notes = [*notes, "same-region copy: the rate is the VM cap or the fastest link out of the region"]
+    return assemble(grid, src, dsts, solver=solver, gateways=gateways, partitions=[(1.0, tree)],
+                    connections=conns, throughput_gbps=rate, started=started, notes=notes)
