@@ -13,7 +13,7 @@ import sys
 from planner.errors import SkyplaneError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS: list[str] = ["cp", "publish", "datasets", "deprovision", "testbed"]
+COMMANDS: list[str] = ["cp", "publish", "datasets", "deprovision", "plan", "testbed"]
 
 
 def build_parser() -> argparse.ArgumentParser:
