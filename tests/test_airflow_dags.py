@@ -64,6 +64,17 @@ def run(dag, **kwargs) -> tuple[str, dict]:
     return dag_run.state, xcoms
 
 
+def asset_events(dag_id: str) -> set[str]:
+    """URIs of the assets that runs of ``dag_id`` updated."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return set(session.scalars(select(AssetModel.uri).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+                                   .where(AssetEvent.source_dag_id == dag_id)))
+
+
 def test_nightly_sync_example(example_env):
     """Yesterday's partition relative to run_after (no logical date), multicast to GCS and Azure."""
     objs = sample_objects(**SMALL)
@@ -79,8 +90,9 @@ def test_nightly_sync_example(example_env):
     assert stats["objects"] == len(objs) and stats["bytes"] == sum(map(len, objs.values())) and stats["verified"]
     assert stats["plan"]["dsts"] == ["gcp:us-central1", "azure:westeurope"]
     assert len(str(stats)) < 4000  # compact: counts and a plan summary, never a list of keys
-    outlets = {a.uri for a in dag.get_task("sync_partition").outlets}
-    assert outlets == {f"{example_env[k]}/events" for k in ("SKYPLANE_EXAMPLE_GCS", "SKYPLANE_EXAMPLE_AZURE")}
+    outlets = {f"{example_env[k]}/events" for k in ("SKYPLANE_EXAMPLE_GCS", "SKYPLANE_EXAMPLE_AZURE")}
+    assert {a.uri for a in dag.get_task("sync_partition").outlets} == outlets
+    assert asset_events("skyplane_nightly_sync") == outlets  # what schedules downstream DAGs
 
 
 def test_replace_pairwise_example(example_env):
