@@ -23,7 +23,7 @@ import sys
 import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from gateway.stores import open_store
@@ -98,7 +98,7 @@ def example_env(airflow_home: Path, base: dict[str, str] | None = None) -> dict[
 
 
 def prepare_airflow_home(env: dict[str, str], dag_files: list[Path]) -> None:
-    """Link ``dag_files`` into the home's DAGS_FOLDER and migrate its database (about 3 s)."""
+    """Link ``dag_files`` into the home's DAGS_FOLDER and migrate its database (a few seconds)."""
     dags = Path(env["AIRFLOW__CORE__DAGS_FOLDER"])
     dags.mkdir(parents=True, exist_ok=True)
     for f in dag_files:
@@ -123,7 +123,7 @@ def seed_emulators(prefixes: list[str]) -> None:
             put_objects(prefix, sample_objects())
 
 
-def run_example(dag: Any, seed: list[str] = (), run_conf: dict | None = None) -> None:
+def run_example(dag: Any, seed: Sequence[str] = ()) -> None:
     """The ``__main__`` of an example DAG: run it once with ``dag.test()`` and exit with its outcome."""
     if os.environ.get(CHILD_MARKER) != "1":
         with tempfile.TemporaryDirectory(prefix="skyplane-airflow-") as home:
@@ -133,7 +133,7 @@ def run_example(dag: Any, seed: list[str] = (), run_conf: dict | None = None) ->
     if on_emulators(dict(os.environ)):
         seed_emulators(list(seed))
     # logical_date=None: like a run triggered from the UI, the REST API or the CLI
-    dag_run = dag.test(logical_date=None, run_conf=run_conf)
+    dag_run = dag.test(logical_date=None)
     for ti in dag_run.get_task_instances():
         value = ti.xcom_pull(task_ids=ti.task_id, key="return_value")
         if value is not None:
