@@ -112,7 +112,7 @@ class SkyplaneTransferOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self._transfer: Transfer | None = None
-        self._thread: threading.Thread | None = None
+        self._done: threading.Event | None = None  # set when the transfer thread has finished
         self._job: JobHandle | None = None
         self._progress: Progress | None = None
 
@@ -141,20 +141,22 @@ class SkyplaneTransferOperator(BaseOperator):
 
     def _run(self, transfer: Transfer):
         """Run the transfer in a thread; this (main) thread logs progress and stays free for signals,
-        so ``on_kill`` can cancel and wait for the teardown."""
+        so ``on_kill`` can cancel and wait for the teardown. Waits are on an Event: a ``Thread.join``
+        interrupted by Airflow's timeout alarm can leave the thread looking finished (CPython < 3.13)."""
         outcome: dict[str, Any] = {}
+        self._done = done = threading.Event()
 
         def work() -> None:
             try:
                 outcome["stats"] = transfer.run()
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 outcome["error"] = exc
+            finally:
+                done.set()
 
-        self._thread = threading.Thread(target=work, name=f"skyplane-{transfer.job_id}", daemon=True)
-        self._thread.start()
+        threading.Thread(target=work, name=f"skyplane-{transfer.job_id}", daemon=True).start()
         next_line = time.monotonic() + self.poll_interval
-        while self._thread.is_alive():
-            self._thread.join(timeout=0.5)
+        while not done.wait(timeout=0.5):
             if time.monotonic() >= next_line and self._progress is not None:
                 self.log.info("job %s: %s", transfer.job_id, self._progress.line())
                 next_line = time.monotonic() + self.poll_interval
@@ -206,9 +208,8 @@ class SkyplaneTransferOperator(BaseOperator):
         if self._transfer is None:
             return
         self._transfer.cancel()
-        if self._thread is not None:
-            self._thread.join(timeout=KILL_GRACE_SECONDS)
-        if self._transfer.fleet is not None and (self._thread is None or self._thread.is_alive()):
+        finished = self._done is not None and self._done.wait(timeout=KILL_GRACE_SECONDS)
+        if not finished and self._transfer.fleet is not None:
             self._transfer.fleet.teardown()  # idempotent; the runner would do it too, but we may not live that long
 
     # -- lineage ---------------------------------------------------------------------------------
