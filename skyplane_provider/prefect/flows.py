@@ -37,7 +37,7 @@ def skyplane_sync_flow(
     fleet: Any = None,
     compress: bool = True,
     encrypt: bool = True,
-    chunk_size: str = "32MiB",
+    chunk_size: int | str = "32MiB",
     artifact_key: str = "skyplane-sync",
 ) -> dict[str, Any]:
     """Sync ``src`` to every destination in ``dsts`` (multicast), optionally under a cost ceiling in
