@@ -51,7 +51,8 @@ def _find_path(residual: dict[tuple[str, str], float], src: str, dst: str) -> li
     return None
 
 
-def cheapest_paths(src: str, nodes: Iterable[str], weight: Callable[[str, str], float | None]) -> dict[str, tuple[float, list[str]]]:
+def cheapest_paths(src: str, nodes: Iterable[str],
+                   weight: Callable[[str, str], float | None]) -> dict[str, tuple[float, list[str]]]:
     """Dijkstra from ``src``: node -> (total weight, node path). ``weight(a, b)`` None = no edge."""
     nodes = list(nodes)
     best: dict[str, tuple[float, list[str]]] = {}

@@ -59,8 +59,7 @@ def test_ilp_splits_partitions_over_trees_when_the_cheap_tree_is_too_slow(tmp_pa
     # to one destination and fan out from there (0.12/GB).
     assert plan.cost_per_gb == pytest.approx(0.25 * 0.08 + 0.75 * 0.12)
     assert plan.partitions >= 2
-    assert sorted(plan.partition_weights) == pytest.approx(sorted(plan.partition_weights))
-    assert sum(plan.partition_weights) == pytest.approx(1)
+    assert all(round(w * 4) == pytest.approx(w * 4) for w in plan.partition_weights)  # 1/4 each, merged
 
 
 def test_every_destination_receives_each_partition_once(grid):
