@@ -1,0 +1,139 @@
+"""A fault-injecting HTTP proxy to put in front of a store emulator (real TCP, for fault tests).
+
+For a configurable fraction of requests it answers like a throttling store (S3 ``503 SlowDown``,
+GCS ``429``, Azure ``503 ServerBusy``) or drops the connection without an answer; everything else is
+forwarded to the upstream server unchanged. It counts what it did, so a test can show that faults
+really happened. Loopback only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_THROTTLE = {
+    "s3": (503, "application/xml",
+           b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+           b"<Message>Please reduce your request rate.</Message></Error>"),
+    "gcs": (429, "application/json",
+            b'{"error": {"code": 429, "message": "rateLimitExceeded", "errors": [{"reason": "rateLimitExceeded"}]}}'),
+    "azure": (503, "application/xml",
+              b"<?xml version='1.0' encoding='utf-8'?><Error><Code>ServerBusy</Code>"
+              b"<Message>The server is busy.</Message></Error>"),
+}
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
+
+
+@dataclass
+class FaultCounts:
+    forwarded: int = 0
+    throttled: int = 0
+    reset: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, what: str) -> None:
+        with self.lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+
+class FaultProxy:
+    """``FaultProxy(upstream_url, kind="s3", throttle=0.1, reset=0.05).start()`` -> its URL."""
+
+    def __init__(self, upstream: str, *, kind: str, throttle: float = 0.0, reset: float = 0.0,
+                 seed: int | None = None, spare_first: int = 0) -> None:
+        up = urlsplit(upstream)
+        if up.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("the fault proxy only forwards to loopback")
+        self.upstream = (up.hostname, up.port or 80)
+        self.kind, self.throttle, self.reset = kind, throttle, reset
+        self.rng = random.Random(seed)
+        self.rng_lock = threading.Lock()
+        self.spare_first = spare_first  # setup requests (bucket creation...) pass untouched
+        self.counts = FaultCounts()
+        self._server: ThreadingHTTPServer | None = None
+
+    def _roll(self) -> str:
+        with self.rng_lock:
+            if self.spare_first > 0:
+                self.spare_first -= 1
+                return "forward"
+            x = self.rng.random()
+        if x < self.throttle:
+            return "throttle"
+        if x < self.throttle + self.reset:
+            return "reset"
+        return "forward"
+
+    def start(self) -> str:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = bytearray()
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return bytes(out)
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                action = proxy._roll()
+                if action == "reset":
+                    proxy.counts.add("reset")
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if action == "throttle":
+                    proxy.counts.add("throttled")
+                    status, ctype, payload = _THROTTLE[proxy.kind]
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                proxy.counts.add("forwarded")
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None,
+                             headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,45 @@
+"""Small helpers shared by the end-to-end tests (no fixtures here: those live in tests/fixtures/)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from gateway.stores import open_store
+
+
+def gateway_pids(marker: str = "gateway.daemon") -> list[int]:
+    """PIDs of running gateway daemons (by command line), zombies excluded."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and ("gateway.daemon" in cmd or "skyplane-gateway" in cmd) and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def put_objects(root_uri: str, objects: dict[str, bytes]) -> None:
+    store = open_store(root_uri)
+    for key, data in objects.items():
+        store.write(key, data)
+
+
+def read_all(root_uri: str, prefix: str = "") -> dict[str, str]:
+    """key -> sha256 of every object under ``prefix`` (keys relative to the prefix)."""
+    store = open_store(root_uri)
+    return {o.key[len(prefix):]: sha256(store.read(o.key)) for o in store.list(prefix)}
+
+
+def digests(objects: dict[str, bytes]) -> dict[str, str]:
+    return {k: sha256(v) for k, v in objects.items()}
