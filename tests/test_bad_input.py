@@ -1,0 +1,119 @@
+"""A battery of bad inputs through the Transfer API and the CLI: each gets a clear SkyplaneError
+before any gateway starts, and nothing is written anywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, CredentialsError, NotFoundError,
+                            SkyplaneError, UnknownRegionError)
+from skyplane_provider.transfer import Transfer, TransferRequest
+
+from .helpers import gateway_pids, read_all
+from .reliability_report import record
+
+
+def _cases(tmp_path, s3):
+    src = str(tmp_path / "src")
+    f = str(tmp_path / "src" / "file.txt")
+    d = s3 + "/dst/"
+    return [
+        ("malformed URI (one slash)", dict(src="s3:/bucket/x", dsts=[d]), BadURIError),
+        ("unknown scheme", dict(src="ftp://host/x", dsts=[d]), BadURIError),
+        ("empty bucket name", dict(src="s3:///key", dsts=[d]), BadURIError),
+        ("bucket name with capitals", dict(src="s3://Bad_Bucket/x", dsts=[d]), BadURIError),
+        ("Azure URI without container", dict(src=src, dsts=["az://devstoreaccount1"]), BadURIError),
+        ("'..' escaping a local path", dict(src=str(tmp_path) + "/../etc", dsts=[d]), BadURIError),
+        ("relative local path", dict(src="relative/path", dsts=[d]), BadURIError),
+        ("'..' segment in an object key", dict(src=src, dsts=[s3 + "/a/../b/"]), BadURIError),
+        ("unknown solver", dict(src=src, dsts=[d], solver="fastest"), BadOptionError),
+        ("throughput target and cost ceiling together",
+         dict(src=src, dsts=[d], throughput_gbps=1.0, max_cost_per_gb=0.05), BadOptionError),
+        ("negative throughput target", dict(src=src, dsts=[d], throughput_gbps=-2.0), BadOptionError),
+        ("zero gateways per region", dict(src=src, dsts=[d], gateways_per_region=0), BadOptionError),
+        ("1000 gateways per region", dict(src=src, dsts=[d], gateways_per_region=1000), BadOptionError),
+        ("unreadable chunk size", dict(src=src, dsts=[d], chunk_size="12 parsecs"), BadOptionError),
+        ("chunk size below 1 MiB", dict(src=src, dsts=[d], chunk_size="4KiB"), BadOptionError),
+        ("no destination", dict(src=src, dsts=[]), BadOptionError),
+        ("same destination twice", dict(src=src, dsts=[d, d]), BadOptionError),
+        ("destination inside the source", dict(src=s3 + "/data/", dsts=[s3 + "/data/copy/"]), BadOptionError),
+        ("region count differs from destinations", dict(src=src, dsts=[d], dst_regions=["aws:us-east-1", "x:y"]),
+         BadOptionError),
+        ("unknown provisioner", dict(src=src, dsts=[d], provisioner="mainframe"), BadOptionError),
+        ("directory without recursive", dict(src=src, dsts=[d], recursive=False), BadOptionError),
+        ("unknown region for the ILP", dict(src=src, dsts=[d], solver="ilp", src_region="aws:mars-1"),
+         UnknownRegionError),
+        ("missing source directory", dict(src=str(tmp_path / "nope"), dsts=[d]), NotFoundError),
+        ("missing source prefix", dict(src=s3 + "/no/such/prefix/", dsts=[str(tmp_path / "out")]), NotFoundError),
+        ("missing single source object", dict(src=s3 + "/no-such-key", dsts=[str(tmp_path / "out")], recursive=False),
+         NotFoundError),
+        ("missing destination bucket", dict(src=src, dsts=["s3://no-such-bucket-anywhere/x/"]), NotFoundError),
+        ("missing destination directory", dict(src=f, dsts=[str(tmp_path / "no" / "dir") + "/"], recursive=False),
+         NotFoundError),
+        ("Azure account not matching the credentials",
+         dict(src=src, dsts=["az://otheraccount/container/x/"]), CredentialsError),
+    ]
+
+
+@pytest.fixture
+def layout(tmp_path, s3_bucket):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "file.txt").write_bytes(b"payload")
+    (tmp_path / "out").mkdir()
+    return tmp_path, s3_bucket
+
+
+def test_bad_input_battery(layout):
+    tmp_path, s3 = layout
+    cases = _cases(tmp_path, s3)
+    assert len(cases) >= 20
+    for name, kwargs, expected in cases:
+        with pytest.raises(expected) as info:
+            Transfer(TransferRequest(**kwargs)).prepare()
+        message = str(info.value)
+        assert len(message) > 15, name
+        assert gateway_pids() == [], f"{name}: a gateway started"
+        record("bad_input", name, f"{type(info.value).__name__}: {message}")
+    assert read_all(s3, "dst/") == {}
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_bad_input_unreadable_source(layout):
+    tmp_path, s3 = layout
+    if os.geteuid() == 0:
+        pytest.skip("root can read every file: unreadable sources cannot be made here")
+    os.chmod(tmp_path / "src" / "file.txt", 0)
+    with pytest.raises(AccessDeniedError):
+        Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[s3 + "/dst/"])).prepare()
+
+
+def test_bad_input_unknown_option():
+    from skyplane_provider.transfer import copy
+
+    with pytest.raises(BadOptionError, match="unknown"):
+        copy("/tmp", "/tmp/x", colour="blue")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["cp", "gs://", "/tmp"], "bucket"),
+    (["cp", "s3://bucket-x/a", "/tmp", "--chunk-size", "huge"], "size"),
+    (["cp", "/definitely/missing/dir", "/tmp", "-r"], "does not exist"),
+    (["sync", "ftp://x/y", "/tmp"], "scheme"),
+    (["cp", "-r", "/tmp", "/var/tmp", "--gateways-per-region", "0"], "gateways_per_region"),
+])
+def test_bad_input_cli(argv, needle):
+    out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", *argv],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode in (1, 2), out
+    assert needle in out.stderr, out.stderr
+    assert gateway_pids() == []
+    record("bad_input", "CLI " + " ".join(argv), out.stderr.strip().splitlines()[-1])
+
+
+def test_errors_share_one_root():
+    for cls in (BadURIError, BadOptionError, NotFoundError, CredentialsError, UnknownRegionError, AccessDeniedError):
+        assert issubclass(cls, SkyplaneError)

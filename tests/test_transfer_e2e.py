@@ -1,0 +1,200 @@
+"""End to end: real gateway processes moving bytes between the real store emulators."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from planner.errors import BadURIError, CredentialsError, NotFoundError, SkyplaneError
+from planner.plan import Edge, Plan
+from skyplane_provider.transfer import copy, sync
+
+from .helpers import digests, gateway_pids, put_objects, read_all
+
+MiB = 1024**2
+AZ = "azure:eastus"
+
+
+def sample(n_small: int = 3, big: int = 5 * MiB + 123) -> dict[str, bytes]:
+    """Objects above and below a 2 MiB chunk size; some compressible, some not."""
+    objs = {f"dir/small-{i}.csv": (b"id,value\n" + b"%d,%d\n" % (i, i * i)) * (1000 + i) for i in range(n_small)}
+    objs["dir/big.bin"] = os.urandom(big)
+    objs["top level with space é.txt"] = b"hello sky\n" * 10
+    objs["empty"] = b""
+    return objs
+
+
+@pytest.fixture(autouse=True)
+def no_gateway_left():
+    yield
+    assert gateway_pids() == [], "a gateway process was left running"
+
+
+def test_file_to_s3(tmp_path, s3_bucket):
+    objs = sample()
+    src = tmp_path / "src"
+    for k, v in objs.items():
+        (src / k).parent.mkdir(parents=True, exist_ok=True)
+        (src / k).write_bytes(v)
+    stats = copy(str(src), f"{s3_bucket}/in/", chunk_size="2MiB")
+    assert read_all(s3_bucket, "in/") == digests(objs)
+    assert stats.objects == len(objs) and stats.bytes == sum(map(len, objs.values()))
+    assert stats.verified and stats.chunks > stats.objects  # the big object went in parts
+    assert 0 < stats.bytes_on_wire < stats.bytes * 1.1
+
+
+def test_s3_to_gcs_to_azure_to_file(tmp_path, s3_bucket, gcs_bucket, azure_container):
+    objs = sample()
+    put_objects(s3_bucket, {"a/" + k: v for k, v in objs.items()})
+    copy(f"{s3_bucket}/a/", f"{gcs_bucket}/b/", chunk_size="2MiB")
+    assert read_all(gcs_bucket, "b/") == digests(objs)
+    copy(f"{gcs_bucket}/b/", f"{azure_container}/c/", chunk_size="2MiB", dst_regions=[AZ])
+    assert read_all(azure_container, "c/") == digests(objs)
+    out = tmp_path / "out"
+    out.mkdir()
+    copy(f"{azure_container}/c/", str(out), chunk_size="2MiB", src_region=AZ, encrypt=False, compress=False)
+    assert read_all("file://" + str(out)) == digests(objs)
+
+
+def test_one_source_two_destinations(s3_bucket, gcs_bucket, azure_container):
+    objs = sample(n_small=5)
+    put_objects(s3_bucket, objs)
+    stats = copy(s3_bucket + "/", [gcs_bucket + "/m/", azure_container + "/m/"], chunk_size="2MiB",
+                 dst_regions=["gcp:us-central1", AZ])
+    assert read_all(gcs_bucket, "m/") == digests(objs)
+    assert read_all(azure_container, "m/") == digests(objs)
+    assert stats.objects == len(objs)  # each source object counted once
+
+
+def test_forced_relay_hop(tmp_path, s3_bucket, gcs_bucket):
+    objs = sample()
+    put_objects(s3_bucket, objs)
+    relay = "aws:us-west-2"
+    plan = Plan(src="aws:us-east-1", dsts=("gcp:us-central1",), solver="manual",
+                gateways={"aws:us-east-1": 1, relay: 1, "gcp:us-central1": 1},
+                edges=[Edge("aws:us-east-1", relay, 1.0, 4), Edge(relay, "gcp:us-central1", 1.0, 4)],
+                throughput_gbps=1.0, cost_per_gb=0.0)
+    stats = copy(s3_bucket + "/", gcs_bucket + "/r/", plan=plan.to_dict(), chunk_size="2MiB")
+    assert read_all(gcs_bucket, "r/") == digests(objs)
+    assert [(e["src"], e["dst"]) for e in stats.route] == [("aws:us-east-1", relay), (relay, "gcp:us-central1")]
+
+
+def test_sync_twice_moves_nothing_the_second_time(tmp_path, s3_bucket):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(1000 + i))
+    first = sync(str(src), s3_bucket + "/s/")
+    assert first.objects == 20
+    second = sync(str(src), s3_bucket + "/s/")
+    assert second.objects == 0 and second.skipped_objects == 20
+    (src / "f3").write_bytes(b"changed size")
+    third = sync(str(src), s3_bucket + "/s/")
+    assert third.objects == 1
+    assert read_all(s3_bucket, "s/")["f3"] == digests({"f3": b"changed size"})["f3"]
+
+
+def test_two_thousand_small_objects(tmp_path, gcs_bucket):
+    src = tmp_path / "many"
+    src.mkdir()
+    objs = {f"k{i:05d}": os.urandom(64) + str(i).encode() for i in range(2000)}
+    for k, v in objs.items():
+        (src / k).write_bytes(v)
+    stats = copy(str(src), gcs_bucket + "/many/")
+    assert stats.objects == 2000
+    assert read_all(gcs_bucket, "many/") == digests(objs)
+
+
+@pytest.mark.slow
+def test_one_gib_file_to_file_with_parts(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    block = os.urandom(MiB)
+    sizes = {"huge-a": 700 * MiB, "huge-b": 300 * MiB, "small": 3 * MiB}
+    for name, size in sizes.items():
+        with open(src / name, "wb") as f:
+            for i in range(size // MiB):
+                f.write(block[i % 7:] + block[: i % 7])
+    stats = copy(str(src), str(dst), chunk_size="64MiB", gateways_per_region=2)
+    assert stats.bytes == sum(sizes.values())
+    assert read_all("file://" + str(dst)) == read_all("file://" + str(src))
+
+
+# ---- bad input: a clear error before any gateway starts, destination untouched ----------------
+
+def test_bad_input_errors_before_any_gateway(tmp_path, s3_bucket):
+    cases = [
+        (lambda: copy("s4://bucket/x", s3_bucket + "/"), BadURIError),
+        (lambda: copy(s3_bucket + "/does-not-exist/", str(tmp_path)), NotFoundError),
+        (lambda: copy(str(tmp_path / "nope"), s3_bucket + "/"), NotFoundError),
+        (lambda: copy(str(tmp_path), "s3://no-such-bucket-here/x/"), NotFoundError),
+    ]
+    (tmp_path / "f").write_bytes(b"x")
+    for call, exc in cases:
+        with pytest.raises(exc) as info:
+            call()
+        assert str(info.value)
+    assert read_all(s3_bucket) == {}
+
+
+def test_empty_source_prefix(tmp_path, s3_bucket):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotFoundError, match="nothing to copy"):
+        copy(str(tmp_path / "empty"), s3_bucket + "/")
+
+
+def test_missing_credentials(tmp_path, s3_bucket, monkeypatch):
+    (tmp_path / "f").write_bytes(b"x")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(CredentialsError):
+        copy(str(tmp_path), "s3://creds-test-bucket/x/", credentials={})
+
+
+def test_failed_transfer_leaves_no_partial_object(tmp_path, s3_bucket):
+    """Every gateway killed mid-transfer: the transfer fails loudly, its multipart uploads are
+    aborted and nothing partial is visible at the destination."""
+    import signal
+
+    import boto3
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(64 * MiB))
+
+    def kill_fleet(progress):
+        for pid in gateway_pids():
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(SkyplaneError, match="died|gone"):
+        copy(str(src), s3_bucket + "/p/", chunk_size="5MiB", progress=kill_fleet)
+    bucket = s3_bucket.split("://")[1]
+    assert boto3.client("s3").list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert read_all(s3_bucket, "p/") == {}
+
+
+def test_cli_cp_json(tmp_path, s3_bucket):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a" * 5000)
+    out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "cp", "-r", str(src), s3_bucket + "/cli/",
+                          "--json"], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("objects", "bytes", "bytes_on_wire", "seconds", "gbps", "verified", "retries", "plan", "cost_usd"):
+        assert key in stats
+    assert stats["objects"] == 1 and stats["verified"] is True
+
+
+def test_cli_bad_uri_exit_code(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "cp", "gs://", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "error:" in out.stderr and "bucket" in out.stderr
