@@ -84,7 +84,8 @@ class Selection:
 def deprovision_local(selection: Selection, *, dry_run: bool = False, grace: float = 5.0) -> list[Reaped]:
     """Stop leftover local gateway processes recorded in ``$SKYPLANE_HOME/jobs/*/pids.json`` (the
     local provisioner's records) and remove their files."""
-    from .provisioners.local import PIDS_FILE, gateway_dir_name, skyplane_home
+    from .paths import skyplane_home
+    from .provisioners.local import PIDS_FILE, gateway_dir_name
 
     jobs = skyplane_home() / "jobs"
     reaped = []

@@ -32,7 +32,7 @@ from typing import Callable
 
 from gateway.stores.uri import parse_uri
 from planner.errors import BadOptionError, NotFoundError, StoreError
-from skyplane_provider.transfer.jobs import skyplane_home
+from skyplane_provider.paths import skyplane_home
 
 from .document import JsonDocument, open_document
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from skyplane_provider.transfer import Progress, Transfer, TransferRequest, TransferStats
-from skyplane_provider.transfer.jobs import skyplane_home, write_json_atomic
+from skyplane_provider.paths import skyplane_home
+from skyplane_provider.transfer.jobs import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from planner.errors import BadOptionError, CredentialsError, ProvisionError
 
 from . import teardown_hooks
 from .base import Fleet, GatewaySpec, Provisioner
-from .local import skyplane_home
+from skyplane_provider.paths import skyplane_home
 from .ssh import SSHFleet, bootstrap_fleet, utc_now
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR
 from .ssh_connection import ConnectPolicy, SSHHost

@@ -36,6 +36,7 @@ from typing import Any
 
 from gateway.control_client import GatewayClient
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError
+from skyplane_provider.paths import skyplane_home
 
 from . import teardown_hooks
 from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
@@ -45,11 +46,6 @@ log = logging.getLogger(__name__)
 PIDS_FILE = "pids.json"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PLACEMENT_FIELDS = {"netns", "bind_host", "control_host"}
-
-
-def skyplane_home() -> Path:
-    """The orchestrator's state directory (``$SKYPLANE_HOME``, default ``~/.skyplane``)."""
-    return Path(os.environ.get("SKYPLANE_HOME", Path.home() / ".skyplane"))
 
 
 def gateway_dir_name(gateway_id: str) -> str:

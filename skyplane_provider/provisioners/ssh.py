@@ -26,7 +26,7 @@ from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 
 from . import teardown_hooks
 from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
-from .local import skyplane_home
+from skyplane_provider.paths import skyplane_home
 from .package_wheel import package_wheel
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR, HostBootstrap
 from .ssh_connection import ConnectPolicy, SSHHost, SSHSession

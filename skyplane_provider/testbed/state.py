@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skyplane_provider.provisioners.ssh import skyplane_home
+from skyplane_provider.paths import skyplane_home
 
 from .processes import ProcessRecord
 

@@ -22,15 +22,12 @@ from pathlib import Path
 
 import planner.errors as errors
 from planner.errors import SkyplaneError, TransferError
+from skyplane_provider.paths import skyplane_home
 
 from .request import TransferRequest
 from .stats import Progress
 
 log = logging.getLogger(__name__)
-
-
-def skyplane_home() -> Path:
-    return Path(os.environ.get("SKYPLANE_HOME", Path.home() / ".skyplane"))
 
 
 def job_dir(job_id: str) -> Path:

@@ -148,7 +148,12 @@ class Transfer:
         vm_seconds = self.fleet.vm_seconds() if self.fleet else 0.0
         vm_usd = self._provisioner_vm_usd(vm_seconds)
         egress_pred = self.plan.egress_usd(moved)
-        ratio = (wire / moved) if moved else 0.0
+        # Frames leaving the source are what the plan's egress is priced on, times how much lz4 and
+        # framing changed their size; the source sends each chunk once per out-edge of its partition.
+        total_w = sum(self.plan.partition_weights) or 1.0
+        fanout = sum(w / total_w * sum(1 for e in self.plan.edges if e.src == self.plan.src and p in e.partitions)
+                     for p, w in enumerate(self.plan.partition_weights))
+        ratio = wire / (moved * fanout) if moved and fanout else 0.0
         return TransferStats(
             job_id=self.job_id, src=self.request.src, dsts=list(self.request.dsts),
             objects=len(self.objects), bytes=moved, bytes_on_wire=wire, seconds=round(seconds, 3),
