@@ -36,6 +36,40 @@ def transfer_usd(plan: Plan, size_gb: float) -> float:
     return plan.cost_per_gb * size_gb + plan.vm_cost_per_hour * hours
 
 
+def vm_usd_term(nodes: Sequence[str], gateways: dict, size_gb: float, rate: float):
+    """The MILP expression for the gateways' USD over a transfer of ``size_gb`` at ``rate`` Gbps.
+
+    ``gateways`` maps each node to its gateway-count variable.
+    """
+    import pulp
+
+    hours = size_gb / (rate * GB_PER_HOUR_PER_GBPS) + VM_STARTUP_SECONDS / 3600
+    return hours * pulp.lpSum(provider_of(v).usd_per_hour * gateways[v] for v in nodes)
+
+
+def add_capacity_constraints(problem, grid: Grid, nodes: Sequence[str], edges: Sequence[tuple[str, str]], *,
+                             load: dict, connections: dict, gateways: dict) -> None:
+    """Add the shared capacity model to a MILP (see the module docstring).
+
+    ``load`` maps each edge to its Gbps expression, ``connections`` to its connection-count variable and
+    ``gateways`` each node to its gateway-count variable.
+    """
+    import pulp
+
+    for v in nodes:
+        out = [e for e in edges if e[0] == v]
+        into = [e for e in edges if e[1] == v]
+        problem += pulp.lpSum(connections[e] for e in out) <= CONNECTIONS_PER_VM * gateways[v]
+        problem += pulp.lpSum(connections[e] for e in into) <= CONNECTIONS_PER_VM * gateways[v]
+        cap = provider_of(v)
+        if math.isfinite(cap.egress_gbps):
+            problem += pulp.lpSum(load[e] for e in out) <= cap.egress_gbps * gateways[v]
+        if math.isfinite(cap.ingress_gbps):
+            problem += pulp.lpSum(load[e] for e in into) <= cap.ingress_gbps * gateways[v]
+    for e in edges:
+        problem += load[e] <= connections[e] * (grid.gbps(*e) / CONNECTIONS_PER_VM)
+
+
 def tree_rate(grid: Grid, tree: TreeEdges, gateways: dict[str, int]) -> tuple[float, dict[tuple[str, str], int]]:
     """The rate at which one tree delivers the full data to each of its nodes, and its connections.
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from planner import milp
 from planner.errors import InfeasiblePlanError
 from planner.grid import Grid
-from planner.model import GB_PER_HOUR_PER_GBPS, assemble
+from planner.model import add_capacity_constraints, assemble, vm_usd_term
 from planner.paths import prune_leaves
 from planner.plan import Plan
-from planner.providers import CONNECTIONS_PER_VM, VM_STARTUP_SECONDS, provider_of
+from planner.providers import CONNECTIONS_PER_VM, provider_of
 from planner.relays import candidate_relays
 
 PARTITIONS = 4
@@ -172,8 +172,7 @@ class MulticastMILP:
         if objective == "egress":
             prob += self.size_gb * egress
         elif objective == "cost":
-            hours = self.size_gb / (rate * GB_PER_HOUR_PER_GBPS) + VM_STARTUP_SECONDS / 3600
-            prob += self.size_gb * egress + hours * pulp.lpSum(provider_of(v).usd_per_hour * n[v] for v in self.nodes)
+            prob += self.size_gb * egress + vm_usd_term(self.nodes, n, self.size_gb, rate)
         for p in parts:
             for v in self.nodes[1:]:
                 into = [e for e in self.edges if e[1] == v]
@@ -189,18 +188,7 @@ class MulticastMILP:
         for p in parts[1:]:  # partitions are interchangeable: order them by egress to cut symmetric search
             prob += (pulp.lpSum(grid.cost(*e) * x[p - 1, e] for e in self.edges)
                      <= pulp.lpSum(grid.cost(*e) * x[p, e] for e in self.edges))
-        for v in self.nodes:
-            out = [e for e in self.edges if e[0] == v]
-            into = [e for e in self.edges if e[1] == v]
-            prob += pulp.lpSum(c[e] for e in out) <= CONNECTIONS_PER_VM * n[v]
-            prob += pulp.lpSum(c[e] for e in into) <= CONNECTIONS_PER_VM * n[v]
-            cap = provider_of(v)
-            if math.isfinite(cap.egress_gbps):
-                prob += pulp.lpSum(load[e] for e in out) <= cap.egress_gbps * n[v]
-            if math.isfinite(cap.ingress_gbps):
-                prob += pulp.lpSum(load[e] for e in into) <= cap.ingress_gbps * n[v]
-        for e in self.edges:
-            prob += load[e] <= c[e] * (grid.gbps(*e) / CONNECTIONS_PER_VM)
+        add_capacity_constraints(prob, grid, self.nodes, self.edges, load=load, connections=c, gateways=n)
         if ceiling is not None:
             prob += egress <= ceiling
         return _Model(prob, x, c, n)

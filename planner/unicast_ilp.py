@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from planner import milp
 from planner.errors import InfeasiblePlanError
 from planner.grid import Grid
-from planner.model import GB_PER_HOUR_PER_GBPS, assemble
+from planner.model import add_capacity_constraints, assemble, vm_usd_term
 from planner.paths import cheapest_paths, decompose
 from planner.plan import Plan
-from planner.providers import CONNECTIONS_PER_VM, VM_STARTUP_SECONDS, provider_of
+from planner.providers import CONNECTIONS_PER_VM
 from planner.relays import candidate_relays
 
 #: Candidate relays: the widest and the cheapest two-hop detours (14 regions, ~180 edges: < 1 s).
@@ -112,23 +112,13 @@ class UnicastMILP:
         if rate is None:
             prob += t
         else:
-            hours = self.size_gb / (rate * GB_PER_HOUR_PER_GBPS) + VM_STARTUP_SECONDS / 3600
-            prob += (self.size_gb / rate) * egress + hours * pulp.lpSum(
-                provider_of(v).usd_per_hour * n[v] for v in self.nodes)
+            prob += (self.size_gb / rate) * egress + vm_usd_term(self.nodes, n, self.size_gb, rate)
         for v in self.nodes:
             out = [e for e in self.edges if e[0] == v]
             into = [e for e in self.edges if e[1] == v]
             net = t if v == self.src else (-t if v == self.dst else 0)
             prob += pulp.lpSum(f[e] for e in out) - pulp.lpSum(f[e] for e in into) == net
-            prob += pulp.lpSum(c[e] for e in out) <= CONNECTIONS_PER_VM * n[v]
-            prob += pulp.lpSum(c[e] for e in into) <= CONNECTIONS_PER_VM * n[v]
-            vm = provider_of(v)
-            if math.isfinite(vm.egress_gbps):
-                prob += pulp.lpSum(f[e] for e in out) <= vm.egress_gbps * n[v]
-            if math.isfinite(vm.ingress_gbps):
-                prob += pulp.lpSum(f[e] for e in into) <= vm.ingress_gbps * n[v]
-        for e in self.edges:
-            prob += f[e] <= c[e] * (grid.gbps(*e) / CONNECTIONS_PER_VM)
+        add_capacity_constraints(prob, grid, self.nodes, self.edges, load=f, connections=c, gateways=n)
         if ceiling is not None:
             prob += egress <= ceiling * t
         return _Model(prob, t, f, c, n)
