@@ -104,6 +104,8 @@ def test_bad_input_unknown_option():
     (["cp", "/definitely/missing/dir", "/tmp", "-r"], "does not exist"),
     (["sync", "ftp://x/y", "/tmp"], "scheme"),
     (["cp", "-r", "/tmp", "/var/tmp", "--gateways-per-region", "0"], "gateways_per_region"),
+    (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/dev/null"], "not valid JSON"),
+    (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/no/such/settings.json"], "can't open"),
 ])
 def test_bad_input_cli(argv, needle):
     out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", *argv],
@@ -117,3 +119,15 @@ def test_bad_input_cli(argv, needle):
 def test_errors_share_one_root():
     for cls in (BadURIError, BadOptionError, NotFoundError, CredentialsError, UnknownRegionError, AccessDeniedError):
         assert issubclass(cls, SkyplaneError)
+
+
+def test_bad_input_cli_provisioner_settings_reach_the_provisioner(tmp_path):
+    settings = tmp_path / "local.json"
+    settings.write_text('{"colour": "blue"}')
+    argv = ["cp", "-r", str(tmp_path), "/var/tmp/never", "--provisioner-settings", str(settings)]
+    out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", *argv],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "unknown local provisioner settings ['colour']" in out.stderr, out.stderr
+    assert gateway_pids() == [] and not os.path.exists("/var/tmp/never")
+    record("bad_input", "CLI cp --provisioner-settings FILE with an unknown setting",
+           out.stderr.strip().splitlines()[-1])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any, TextIO
+
+from skyplane_provider.errors import BadOptionError
 
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.request import SOLVERS, parse_size
@@ -38,6 +41,9 @@ def add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src-region", help="region tag of the source, e.g. aws:us-east-1 (default: asked from the store)")
     p.add_argument("--dst-region", action="append", help="region tag per destination, in order")
     p.add_argument("--provisioner", default="local", help="local (default), ssh or aws")
+    p.add_argument("--provisioner-settings", type=argparse.FileType("r"), metavar="FILE",
+                   help="JSON object of provisioner settings (ssh hosts, aws region/instance type...), "
+                        "see docs/provisioners.md")
     p.add_argument("--grid", help="CSV grid (src,dst,gbps,cost_per_gb) to plan on instead of the built-in one")
     p.add_argument("--plan", type=argparse.FileType("r"), help="a saved plan (JSON) to use as is")
 
@@ -45,12 +51,26 @@ def add_transfer_options(p: argparse.ArgumentParser) -> None:
 def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] | None = None) -> TransferRequest:
     return TransferRequest(
         src=args.src, dsts=dsts if dsts is not None else args.dst, recursive=args.recursive or sync, sync=sync,
-        provisioner=args.provisioner, solver=args.solver, throughput_gbps=args.throughput_gbps,
+        provisioner=args.provisioner, provisioner_settings=_settings(args.provisioner_settings), solver=args.solver, throughput_gbps=args.throughput_gbps,
         max_cost_per_gb=args.max_cost_per_gb, max_gateways_per_region=args.max_gateways_per_region,
         gateways_per_region=args.gateways_per_region, connections=args.connections,
         compress=not args.no_compress, encrypt=not args.no_encrypt, chunk_size=args.chunk_size,
         src_region=args.src_region, dst_regions=args.dst_region, grid=args.grid,
         plan=json.load(args.plan) if args.plan else None)
+
+
+def _settings(file: TextIO | None) -> dict[str, Any]:
+    if file is None:
+        return {}
+    try:
+        settings = json.load(file)
+    except json.JSONDecodeError as exc:
+        raise BadOptionError(f"--provisioner-settings {file.name} is not valid JSON: {exc}",
+                             hint="write a JSON object, e.g. {\"hosts\": [\"user@host\"]}") from exc
+    if not isinstance(settings, dict):
+        raise BadOptionError(f"--provisioner-settings {file.name} must hold a JSON object, not {type(settings).__name__}",
+                             hint="write a JSON object of setting names to values")
+    return settings
 
 
 def execute(req: TransferRequest, args: argparse.Namespace) -> int:
