@@ -4,7 +4,8 @@ Airflow's deferrable mode (the worker slot is released while the triggerer polls
 need the transfer to outlive the process that started it. ``start_job`` writes the request (0600: it
 holds credentials) into the job's directory and starts ``python -m skyplane_provider.transfer.jobs``
 in a new session; that runner owns the fleet, writes ``status.json`` as it goes and ``result.json``
-at the end, and tears the fleet down on success, failure and SIGTERM (``cancel_job``).
+at the end, and tears the fleet down on success, failure and SIGTERM (``cancel_job``). Finished
+jobs' directories are pruned after a week (``prune_finished_jobs``, run whenever a job starts).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,9 @@ from .request import TransferRequest
 from .stats import Progress
 
 log = logging.getLogger(__name__)
+
+#: Finished jobs' directories (status, result, log) are kept this long for inspection, then pruned.
+KEEP_FINISHED_SECONDS = 7 * 24 * 3600
 
 
 def job_dir(job_id: str) -> Path:
@@ -65,6 +70,7 @@ def start_job(request: TransferRequest) -> JobHandle:
     from .runner import Transfer
 
     transfer = Transfer(request).prepare()  # fails fast on bad input
+    prune_finished_jobs()
     request.job_id = transfer.job_id
     directory = job_dir(transfer.job_id)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -114,6 +120,29 @@ def cancel_job(handle: JobHandle, grace: float = 30.0) -> None:
         time.sleep(0.2)
     if _alive(handle.pid):
         os.kill(handle.pid, signal.SIGKILL)
+
+
+def prune_finished_jobs(keep_seconds: float = KEEP_FINISHED_SECONDS) -> list[str]:
+    """Remove the directories of detached jobs that finished more than ``keep_seconds`` ago.
+
+    Only directories with a ``result.json`` are touched: a running job, or one whose runner died
+    without a result (which ``skyplane-provider deprovision`` reaps), is left alone. Returns the ids removed.
+    """
+    root = skyplane_home() / "jobs"
+    removed = []
+    cutoff = time.time() - keep_seconds
+    for directory in root.glob("*/"):
+        result = directory / "result.json"
+        try:
+            finished = result.stat().st_mtime
+        except OSError:
+            continue
+        if finished < cutoff:
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory.name)
+    if removed:
+        log.info("pruned %d finished job directories older than %.0f days", len(removed), keep_seconds / 86400)
+    return removed
 
 
 def _alive(pid: int) -> bool:
