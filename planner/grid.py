@@ -2,9 +2,14 @@
 
 The packaged grid is Skyplane's 2022-11-28 iperf3 grid with 2023-02 prices (``data/SOURCE.md``).
 Users may plan on their own grid, e.g. the emulated WAN of the testbed: a CSV with the columns
-``src,dst,gbps,cost_per_gb``. A pair missing from the grid has no link. A row with cost 0 makes its
-source a free-egress relay (e.g. a store class whose egress the user does not pay), which the
-solvers then use like any other cheap link.
+``src,dst,gbps,cost_per_gb`` and optionally ``capacity``. A pair missing from the grid has no link. A
+row with cost 0 makes its source a free-egress relay (e.g. a store class whose egress the user does
+not pay), which the solvers then use like any other cheap link.
+
+``capacity`` says what ``gbps`` is: ``vm`` (the default) the rate between one VM pair with 64
+connections, which more gateways multiply (Skyplane's measurement); ``link`` the total capacity of
+the path between the two regions, shared by all gateways and connections (an emulated link of the
+testbed, a leased line).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from planner.errors import BadOptionError, PlanError, UnknownRegionError
 
 COLUMNS = ("src", "dst", "gbps", "cost_per_gb")
+CAPACITY_KINDS = ("vm", "link")
 DEFAULT_GRID = "grid.csv"
 
 # GCP zones end in "-<letter>" after the region's digit: gcp:us-central1-a, gcp:europe-west1-b.
@@ -37,10 +43,12 @@ def strip_zone(tag: str) -> str:
 
 @dataclass(frozen=True)
 class Link:
-    """One directed pair of the grid."""
+    """One directed pair of the grid. ``shared``: ``gbps`` is the link's total capacity, whatever the
+    number of gateways and connections (grid column ``capacity`` = ``link``)."""
 
     gbps: float
     cost_per_gb: float
+    shared: bool = False
 
 
 class Grid:
@@ -130,12 +138,16 @@ def _parse(f: Iterable[str], where: str) -> dict[tuple[str, str], Link]:
         except (TypeError, ValueError):
             raise BadOptionError(f"grid {where} line {line}: gbps and cost_per_gb must be numbers",
                                  hint=f"got gbps={row['gbps']!r}, cost_per_gb={row['cost_per_gb']!r}") from None
+        capacity = (row.get("capacity") or "vm").strip()
+        if capacity not in CAPACITY_KINDS:
+            raise BadOptionError(f"grid {where} line {line}: capacity must be one of {', '.join(CAPACITY_KINDS)}",
+                                 hint=f"got {capacity!r}; vm: per VM pair, scaled by gateways; link: shared total")
         if not src or not dst or src == dst:
             raise BadOptionError(f"grid {where} line {line}: needs two different regions, got {src!r} -> {dst!r}")
         if not (math.isfinite(gbps) and math.isfinite(cost)) or gbps < 0 or cost < 0:
             raise BadOptionError(f"grid {where} line {line}: gbps and cost_per_gb must be finite and >= 0")
         if gbps > 0:
-            links[(src, dst)] = Link(gbps, cost)
+            links[(src, dst)] = Link(gbps, cost, shared=capacity == "link")
     if not links:
         raise BadOptionError(f"grid {where} has no link with gbps > 0", hint="add rows src,dst,gbps,cost_per_gb")
     return links

@@ -3,7 +3,9 @@
 Capacity (as Skyplane's planner models it): the grid's ``gbps(a, b)`` was measured between one VM
 pair with ``CONNECTIONS_PER_VM`` TCP connections, so one connection a -> b carries ``gbps / 64``; a
 region with ``n`` gateways opens at most ``64 n`` connections out and accepts ``64 n`` in, and sends
-(receives) at most ``n`` times its provider's per-VM egress (ingress) cap.
+(receives) at most ``n`` times its provider's per-VM egress (ingress) cap. A *shared* link (grid
+column ``capacity`` = ``link``, e.g. the testbed's) carries at most its ``gbps`` whatever the gateways,
+and one connection can fill it.
 
 Cost of a transfer of ``size_gb``: egress ``cost_per_gb`` of every edge times the GB crossing it,
 plus every gateway's hourly price for the transfer time and ``VM_STARTUP_SECONDS``.
@@ -24,6 +26,17 @@ from planner.providers import CONNECTIONS_PER_VM, VM_STARTUP_SECONDS, provider_o
 GB_PER_HOUR_PER_GBPS = 3600 / 8
 
 TreeEdges = Sequence[tuple[str, str]]
+
+#: A shared link needs no more connections than this (one fills it; a few ride out a loss).
+SHARED_LINK_CONNECTIONS = 8
+
+
+def edge_gbps(grid: Grid, a: str, b: str, connections: int) -> float:
+    """What ``connections`` TCP connections carry over a -> b."""
+    link = grid.link(a, b)
+    if link is None or connections < 1:
+        return 0.0
+    return link.gbps if link.shared else connections * link.gbps / CONNECTIONS_PER_VM
 
 
 def vm_usd_per_hour(gateways: dict[str, int]) -> float:
@@ -67,7 +80,12 @@ def add_capacity_constraints(problem, grid: Grid, nodes: Sequence[str], edges: S
         if math.isfinite(cap.ingress_gbps):
             problem += pulp.lpSum(load[e] for e in into) <= cap.ingress_gbps * gateways[v]
     for e in edges:
-        problem += load[e] <= connections[e] * (grid.gbps(*e) / CONNECTIONS_PER_VM)
+        if grid.link(*e).shared:
+            problem += load[e] <= grid.gbps(*e)
+            problem += load[e] <= connections[e] * grid.gbps(*e)  # at least one connection when used
+            problem += connections[e] <= SHARED_LINK_CONNECTIONS
+        else:
+            problem += load[e] <= connections[e] * (grid.gbps(*e) / CONNECTIONS_PER_VM)
 
 
 def tree_rate(grid: Grid, tree: TreeEdges, gateways: dict[str, int]) -> tuple[float, dict[tuple[str, str], int]]:
@@ -88,8 +106,10 @@ def tree_rate(grid: Grid, tree: TreeEdges, gateways: dict[str, int]) -> tuple[fl
         total = sum(inv.values())
         for b in kids:
             c = max(1, min(int(budget * inv[b] / total), CONNECTIONS_PER_VM * gateways[b]))
+            if grid.link(a, b).shared:
+                c = min(c, SHARED_LINK_CONNECTIONS)
             conns[(a, b)] = c
-            rate = min(rate, c * grid.gbps(a, b) / CONNECTIONS_PER_VM, provider_of(b).ingress_gbps * gateways[b])
+            rate = min(rate, edge_gbps(grid, a, b, c), provider_of(b).ingress_gbps * gateways[b])
         rate = min(rate, provider_of(a).egress_gbps * gateways[a] / len(kids))
     return rate, conns
 

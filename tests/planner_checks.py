@@ -5,15 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.grid import Grid
+from planner.model import edge_gbps
 from planner.plan import Plan
 from planner.providers import CONNECTIONS_PER_VM, provider_of
 
 TOL = 1e-6
 
 
-def write_grid(path: Path, rows: list[tuple[str, str, float, float]]) -> Path:
-    """A user grid CSV (``src,dst,gbps,cost_per_gb``)."""
-    path.write_text("src,dst,gbps,cost_per_gb\n" + "".join(f"{a},{b},{g},{c}\n" for a, b, g, c in rows))
+def write_grid(path: Path, rows: list[tuple[str, str, float, float]], capacity: str | None = None) -> Path:
+    """A user grid CSV (``src,dst,gbps,cost_per_gb``); with ``capacity`` (``vm`` or ``link``) that column too."""
+    if capacity is None:
+        path.write_text("src,dst,gbps,cost_per_gb\n" + "".join(f"{a},{b},{g},{c}\n" for a, b, g, c in rows))
+    else:
+        path.write_text("src,dst,gbps,cost_per_gb,capacity\n"
+                        + "".join(f"{a},{b},{g},{c},{capacity}\n" for a, b, g, c in rows))
     return path
 
 
@@ -36,7 +41,7 @@ def assert_consistent(plan: Plan, grid: Grid) -> None:
         assert e.cost_per_gb == grid.cost(tag(e.src), tag(e.dst))
         # Every partition routed over an edge crosses it at its share of the throughput.
         assert abs(e.gbps - plan.throughput_gbps * sum(weights[p] for p in e.partitions)) < 1e-6 * (1 + e.gbps)
-        assert e.gbps <= e.connections * g / CONNECTIONS_PER_VM * (1 + TOL) + TOL, e
+        assert e.gbps <= edge_gbps(grid, tag(e.src), tag(e.dst), e.connections) * (1 + TOL) + TOL, e
         out_gbps[e.src] = out_gbps.get(e.src, 0) + e.gbps
         in_gbps[e.dst] = in_gbps.get(e.dst, 0) + e.gbps
         out_conn[e.src] = out_conn.get(e.src, 0) + e.connections

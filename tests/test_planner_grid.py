@@ -70,6 +70,7 @@ def test_user_grid_with_made_up_tags_and_zoned_gcp_tags(tmp_path):
     ("src,dst,gbps,cost_per_gb\nx:a,x:a,1,0.1\n", "two different regions"),
     ("src,dst,gbps,cost_per_gb\nx:a,x:b,-1,0.1\n", "finite and >= 0"),
     ("src,dst,gbps,cost_per_gb\n", "no link"),
+    ("src,dst,gbps,cost_per_gb,capacity\nx:a,x:b,1,0.1,vms\n", "line 2: capacity must be one of vm, link"),
 ])
 def test_bad_user_grids_are_refused_with_the_line(tmp_path, text, match):
     path = tmp_path / "bad.csv"

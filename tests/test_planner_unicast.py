@@ -64,6 +64,23 @@ def test_direct_and_widest_on_a_hand_made_grid(slow_direct):
     assert two.throughput_gbps == pytest.approx(2.0) and two.gateways == {"x:a": 2, "x:b": 2}
 
 
+def test_shared_links_do_not_scale_with_gateways_and_the_ilp_uses_every_path(tmp_path):
+    """On a grid of shared links (the testbed's) the MILP reaches the max-flow with one gateway per
+    region; with per-VM links one source gateway's 64 connections go to the fastest path only."""
+    rows = [*SLOW_DIRECT, ("x:a", "x:s", 8.0, 0.02), ("x:s", "x:b", 8.0, 0.02), ("x:s", "x:a", 8.0, 0.02),
+            ("x:b", "x:s", 8.0, 0.02)]
+    shared = Grid.from_csv(write_grid(tmp_path / "link.csv", rows, capacity="link"))
+    per_vm = Grid.from_csv(write_grid(tmp_path / "vm.csv", rows, capacity="vm"))
+    plan = planner.solve("x:a", ["x:b"], solver="ilp", max_gateways_per_region=2, grid=shared)
+    assert_consistent(plan, shared)
+    assert_unicast_flow_conserved(plan)
+    assert plan.throughput_gbps == pytest.approx(19.0, rel=1e-3)  # 1 direct + 10 via r + 8 via s
+    assert all(e.connections <= 8 for e in plan.edges)
+    assert planner.solve("x:a", ["x:b"], solver="ilp", grid=per_vm).throughput_gbps == pytest.approx(10.0, rel=1e-3)
+    two = planner.solve("x:a", ["x:b"], solver="direct", max_gateways_per_region=2, grid=shared)
+    assert two.throughput_gbps == pytest.approx(1.0)
+
+
 def test_heuristics_use_the_fewest_gateways_that_reach_a_target(slow_direct):
     plan = planner.solve("x:a", ["x:b"], solver="direct", throughput_gbps=2.5, max_gateways_per_region=4,
                          grid=slow_direct)

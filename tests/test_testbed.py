@@ -288,8 +288,8 @@ def test_cli_up_status_down(testbed_home, tmp_path):
     testbed_id = up["testbed_id"]
     try:
         assert up["state"] == "up"
-        assert grid.read_text().splitlines() == ["src,dst,gbps,cost_per_gb", "t:a,t:b,0.100000,0.09",
-                                                 "t:b,t:a,0.050000,0"]
+        assert grid.read_text().splitlines() == ["src,dst,gbps,cost_per_gb,capacity", "t:a,t:b,0.100000,0.09,link",
+                                                 "t:b,t:a,0.050000,0,link"]
         status = json.loads(cli("status", "--json"))["testbeds"]
         assert [s["testbed_id"] for s in status] == [testbed_id]
         assert status[0]["regions"][1]["region_address"] == up["regions"][1]["region_address"]

@@ -273,14 +273,15 @@ class Testbed:
 
     def grid_csv(self, path: str | Path) -> Path:
         """Write the testbed's own grid: the emulated (scaled) rates in Gbps, with the scenario's
-        egress prices (0 where it has none), as ``src,dst,gbps,cost_per_gb``."""
+        egress prices (0 where it has none), as ``src,dst,gbps,cost_per_gb,capacity``. Each rate is
+        the cap of one veth direction, shared by every gateway and connection: ``capacity`` = ``link``."""
         path = Path(path)
-        lines = ["src,dst,gbps,cost_per_gb"]
+        lines = ["src,dst,gbps,cost_per_gb,capacity"]
         for a in self.scenario.regions:
             for b in self.scenario.regions:
                 if a != b:
                     cost = self.scenario.cost_per_gb.get((a, b), 0.0)
-                    lines.append(f"{a},{b},{self.scenario.scaled_gbps(a, b):.6f},{cost:g}")
+                    lines.append(f"{a},{b},{self.scenario.scaled_gbps(a, b):.6f},{cost:g},link")
         path.write_text("\n".join(lines) + "\n")
         return path
 
