@@ -4,7 +4,8 @@ Every accepted connection must pass the job handshake within a few seconds or it
 its frames are read one by one (headers checked before any body is allocated) and handed to
 ``on_frame``, which may block: a busy gateway stops reading, and TCP slows the sender down.
 A frame that breaks the protocol (another job's, absurd lengths) ends the connection, since the
-stream cannot be trusted past it.
+stream cannot be trusted past it; a connection cut inside a frame reports that chunk as failed
+(retryable), so it is sent again at once.
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ class DataListener:
                     self._events.count("frames_rejected")
                     self._events.error(f"dropped connection from {peer}: {exc}")
                     log.warning("dropped data connection from %s: %s", peer, exc)
+                    return
+                except wire.TruncatedFrame as exc:
+                    # The sender believes the frame went out: say so now rather than let the
+                    # orchestrator wait for its stall timeout before sending the chunk again.
+                    self._events.count("frames_rejected")
+                    self._events.failed(exc.header.chunk_id, f"connection from {peer} ended inside the frame",
+                                        retryable=True)
+                    log.warning("data connection from %s ended inside a frame: %s", peer, exc)
                     return
                 if frame is None:
                     return

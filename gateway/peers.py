@@ -1,7 +1,8 @@
 """The sending side of a gateway: frames to the gateways of next-hop regions.
 
 Per peer gateway a :class:`PeerLink` owns a bounded queue and a few persistent, authenticated TCP
-connections (each with its own sender thread, opened on first use and re-opened after a failure).
+connections (each with its own sender thread, opened on first use and re-opened after a failure;
+the chunks sent just before a connection broke are reported failed, so they are sent again).
 The :class:`Router` picks, per frame and next-hop region, the region's least-loaded link (ties go
 round-robin), so a slow peer gets fewer frames and a full queue blocks the caller: backpressure
 reaches the reader or the receiving connection, and memory stays bounded.
@@ -9,10 +10,12 @@ reaches the reader or the receiving connection, and memory stays bounded.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
 import queue
+import select
 import socket
 import threading
 from dataclasses import dataclass
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 SEND_ATTEMPTS = 3
 #: How long a frame for a region without known peers waits for ``/peers`` before it fails.
 PEER_WAIT = 30.0
+#: Bytes a broken connection may have swallowed unseen: our send buffer plus the peer's receive
+#: buffer (Linux autotunes each to a few MiB at most by default).
+AT_RISK_BYTES = 16 * 1024 * 1024
 _POLL = 0.5
 
 
@@ -119,32 +125,36 @@ class PeerLink:
                 self._threads.append(t)
 
     def _run(self) -> None:
-        sock: socket.socket | None = None
+        conn: _Connection | None = None
         try:
             while not (self._closed.is_set() or self._stop.is_set()):
                 try:
                     frame = self._queue.get(timeout=_POLL)
                 except queue.Empty:
+                    if conn is not None and conn.closed_by_peer():
+                        self._lost(conn, "the peer closed the connection")
+                        conn = None
                     continue
-                sock = self._send(sock, frame)
+                conn = self._send(conn, frame)
         finally:
-            if sock is not None:
-                sock.close()
+            if conn is not None:
+                conn.sock.close()
 
-    def _send(self, sock: socket.socket | None, frame: wire.Frame) -> socket.socket | None:
+    def _send(self, conn: "_Connection | None", frame: wire.Frame) -> "_Connection | None":
         """Send one frame, (re)connecting as needed; returns the connection to keep using."""
         for attempt in range(1, SEND_ATTEMPTS + 1):
             try:
-                if sock is None:
-                    sock = wire.connect(self.peer.host, self.peer.port, job_id=self._job_id, secret=self._secret,
-                                        send_timeout=self._send_timeout)
-                wire.send_frame(sock, frame)
+                if conn is None:
+                    conn = _Connection(wire.connect(self.peer.host, self.peer.port, job_id=self._job_id,
+                                                    secret=self._secret, send_timeout=self._send_timeout))
+                wire.send_frame(conn.sock, frame)
+                conn.sent(frame)
                 self._events.count("bytes_sent_wire", frame.size)
-                return sock
+                return conn
             except (OSError, ProtocolError) as exc:
-                if sock is not None:
-                    sock.close()
-                    sock = None
+                if conn is not None:
+                    self._lost(conn, str(exc))
+                    conn = None
                 # A peer that refuses our proof will refuse it again: only network trouble is retried.
                 final = attempt == SEND_ATTEMPTS or isinstance(exc, ProtocolError) or self._closed.is_set()
                 if final:
@@ -155,7 +165,50 @@ class PeerLink:
                     return None
                 self._events.count("retries")
                 self._stop.wait(0.2 * 2**attempt)
-        return sock
+        return conn
+
+    def _lost(self, conn: "_Connection", why: str) -> None:
+        """A connection broke: the frames it may have swallowed are reported failed (retryable), so
+        the orchestrator re-sends them now instead of after its stall timeout. A copy that did
+        arrive is only confirmed again by the writer."""
+        conn.sock.close()
+        chunks = conn.at_risk()
+        if chunks:
+            log.warning("connection to %s broke (%s): %d recently sent chunk(s) may be lost", self.peer.gateway_id,
+                        why, len(chunks))
+        for chunk_id in chunks:
+            self._events.failed(chunk_id, f"the connection to {self.peer.gateway_id} broke ({why}) "
+                                "shortly after the chunk was sent", retryable=True)
+
+
+class _Connection:
+    """An authenticated data connection and the frames recently sent on it.
+
+    There are no acknowledgements: a frame whose bytes sit in our send buffer or the peer's receive
+    buffer when the connection breaks is lost without a trace. So the newest frames, up to
+    :data:`AT_RISK_BYTES`, are remembered for :meth:`PeerLink._lost`.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._recent: collections.deque[tuple[int, int]] = collections.deque()  # (chunk id, bytes)
+        self._bytes = 0
+
+    def sent(self, frame: wire.Frame) -> None:
+        self._recent.append((frame.header.chunk_id, frame.size))
+        self._bytes += frame.size
+        while len(self._recent) > 1 and self._bytes - self._recent[0][1] >= AT_RISK_BYTES:
+            self._bytes -= self._recent.popleft()[1]
+
+    def at_risk(self) -> list[int]:
+        return list(dict.fromkeys(cid for cid, _ in self._recent))
+
+    def closed_by_peer(self) -> bool:
+        """The receiver never writes after the handshake: a readable socket means EOF or a reset."""
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
 
 class Router:

@@ -52,6 +52,8 @@ _HELLO = struct.Struct(f">4sB{_NONCE}s")  # server -> client: its challenge
 _AUTH = struct.Struct(f">4sB{JOB_ID_SIZE}s{_NONCE}s32s")  # client -> server: job, challenge, proof
 _ACCEPT = struct.Struct(">4s32s")  # server -> client: its proof
 _HELLO_MAGIC, _AUTH_MAGIC, _ACCEPT_MAGIC = b"SKYH", b"SKYA", b"SKYS"
+#: What a client sends during the handshake; its first frame follows.
+AUTH_SIZE = _AUTH.size
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,14 @@ class Header:
         return header
 
 
+class TruncatedFrame(ConnectionError):
+    """The stream ended inside the body of a frame whose header was valid: that chunk is lost."""
+
+    def __init__(self, header: Header, message: str) -> None:
+        super().__init__(message)
+        self.header = header
+
+
 @dataclass(frozen=True)
 class Frame:
     """One frame: its header (parsed and as sent) and its body, forwarded byte for byte by relays."""
@@ -137,8 +147,9 @@ def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_M
     """Read one frame; None on a clean end of stream between frames.
 
     The body is read with ``recv_into`` into one buffer of exactly its size, allocated only after
-    the header passed :meth:`Header.unpack`. Raises :class:`ProtocolError` for a bad header and
-    ``ConnectionError`` when the stream ends inside a frame.
+    the header passed :meth:`Header.unpack`. Raises :class:`ProtocolError` for a bad header,
+    :class:`TruncatedFrame` when the stream ends inside the body and ``ConnectionError`` when it
+    ends inside the header.
     """
     raw = bytearray(HEADER_SIZE)
     if not _recv_exact(sock, memoryview(raw), allow_eof=True):
@@ -146,7 +157,10 @@ def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_M
     header = Header.unpack(raw, job_id=job_id, max_chunk=max_chunk)
     body = bytearray(header.wire_length)
     if header.wire_length:
-        _recv_exact(sock, memoryview(body))
+        try:
+            _recv_exact(sock, memoryview(body))
+        except ConnectionError as exc:
+            raise TruncatedFrame(header, f"chunk {header.chunk_id}: {exc}") from None
     return Frame(header, bytes(raw), body)
 
 
