@@ -50,7 +50,8 @@ def run(config: GatewayConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skyplane-gateway", description="Run one skyplane gateway.")
     parser.add_argument("--config", required=True, help="the gateway's JSON config (see docs/gateway.md)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level (so does SKYPLANE_GATEWAY_DEBUG=1 in the environment)")
     args = parser.parse_args(argv)
     try:
         config = GatewayConfig.load(args.config)
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    debug = args.verbose or os.environ.get("SKYPLANE_GATEWAY_DEBUG") == "1"
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("botocore", "boto3", "urllib3", "azure", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

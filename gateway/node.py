@@ -239,10 +239,16 @@ class GatewayNode:
         else:
             try:
                 meta, data = self._codec.decode(item)
-                req = ChunkRequest.from_meta(meta)
-            except (ProtocolError, BadOptionError):
+            except ProtocolError:
                 self.events.count("frames_rejected")
                 raise
+            try:
+                req = ChunkRequest.from_meta(meta)
+            except BadOptionError as exc:
+                # The source only sends valid metadata: this one was damaged on the way (a clear
+                # frame's metadata is not covered by the checksum), so the chunk is sent again.
+                self.events.count("frames_rejected")
+                raise ChecksumError(f"chunk {item.header.chunk_id}: {exc}", hint="it will be sent again") from None
             if (req.chunk_id, req.partition) != (item.header.chunk_id, item.header.partition):
                 self.events.count("frames_rejected")
                 raise ProtocolError(f"frame header says chunk {item.header.chunk_id}, its metadata {req.chunk_id}")

@@ -1,7 +1,8 @@
 """A directory as an object store.
 
 Keys are ``/``-separated paths relative to the root directory. A key that would leave the root
-(``..``, an absolute path, an empty segment) raises :class:`BadURIError` before anything is written.
+(``..``, an absolute path, an empty segment, a symbolic link leading outside) raises
+:class:`BadURIError` before anything is read or written.
 Writes land in a temp file under ``<root>/.skyplane-tmp/`` and are renamed into place, so an object
 is never visible half-written; multipart parts live in ``.skyplane-tmp/<upload_id>/`` until
 ``complete_multipart`` concatenates them. Listings never show the temp directory, and it is removed
@@ -195,7 +196,13 @@ class LocalStore(ObjectStore):
             raise BadURIError(f"key {key!r} is inside the reserved directory {TMP_DIR}/", hint="choose another key")
         if for_write and not os.path.isdir(self._root):
             raise NotFoundError(f"directory {self._root} does not exist", hint="create it first")
-        return os.path.join(self._root, *segments)
+        path = os.path.join(self._root, *segments)
+        # A symbolic link below the root must not take a read or a write outside it.
+        root = os.path.realpath(self._root)
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            raise BadURIError(f"key {key!r} leads out of the store root {self._root} through a symbolic link",
+                              hint="replace the link by the files, or copy from or to its target directly")
+        return path
 
     def _check_prefix(self, prefix: str) -> None:
         segments = prefix.split("/")
