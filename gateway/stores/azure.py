@@ -113,14 +113,16 @@ class AzureStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         with self._errors():
             for blob in self._container.list_blobs(name_starts_with=prefix or None):
-                yield ObjectInfo(blob.name, blob.size, _etag(blob.content_settings.content_md5, blob.etag),
-                                 blob.last_modified.timestamp() if blob.last_modified else None)
+                md5 = blob.content_settings.content_md5
+                yield ObjectInfo(blob.name, blob.size, _etag(md5, blob.etag),
+                                 blob.last_modified.timestamp() if blob.last_modified else None, md5=md5_hex(md5))
 
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):
             p = self._container.get_blob_client(key).get_blob_properties()
-        return ObjectInfo(key, p.size, _etag(p.content_settings.content_md5, p.etag),
-                          p.last_modified.timestamp() if p.last_modified else None)
+        md5 = p.content_settings.content_md5
+        return ObjectInfo(key, p.size, _etag(md5, p.etag), p.last_modified.timestamp() if p.last_modified else None,
+                          md5=md5_hex(md5))
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)

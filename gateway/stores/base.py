@@ -26,6 +26,15 @@ class ObjectInfo:
     size: int
     etag: str | None = None
     mtime: float | None = None  # seconds since the epoch
+    #: Content checksums the store reported for this object, in lowercase hex (CRC32C big-endian);
+    #: None when it has none of that kind (a multipart S3 object has no MD5, a composed GCS object
+    #: only a CRC32C). Only kinds in the store's ``capabilities.checksums`` are ever set.
+    md5: str | None = None
+    crc32c: str | None = None
+
+    def checksums(self) -> dict[str, str]:
+        """``{"md5": ..., "crc32c": ...}`` with the kinds this object has."""
+        return {kind: value for kind, value in (("md5", self.md5), ("crc32c", self.crc32c)) if value}
 
 
 @dataclass(frozen=True)
@@ -43,8 +52,10 @@ class Capabilities:
 
     ``multipart``: begin/upload_part/complete/abort work and parts may be uploaded in parallel.
     ``max_parts`` / ``min_part_size`` / ``max_part_size``: limits the chunker must respect.
-    ``checksums``: content checksums the store reports and we can verify against
-    (``"md5"`` = the single-part ETag is the MD5 of the bytes; ``"crc32c"``).
+    ``checksums``: content checksums the store may report in :attr:`ObjectInfo.md5` /
+    :attr:`ObjectInfo.crc32c` and we can verify a copy against (``"md5"``, ``"crc32c"``). A
+    declared kind can still be missing on one object; ``head`` reports every kind the object has,
+    ``list`` may leave out what would cost an extra request (or, on S3, cannot be told apart).
     ``conditional_write``: ``read_versioned`` / ``write_if`` work (compare-and-swap of one object).
     """
 

@@ -13,6 +13,7 @@ the GCS etag is reported, which is never mistaken for an MD5).
 
 from __future__ import annotations
 
+import base64
 import http.client
 from typing import Any, Iterator
 
@@ -249,7 +250,9 @@ def _etag(blob: storage.Blob) -> str | None:
 
 
 def _info(blob: storage.Blob) -> ObjectInfo:
-    return ObjectInfo(blob.name, blob.size or 0, _etag(blob), blob.updated.timestamp() if blob.updated else None)
+    crc = base64.b64decode(blob.crc32c).hex() if blob.crc32c else None
+    return ObjectInfo(blob.name, blob.size or 0, _etag(blob), blob.updated.timestamp() if blob.updated else None,
+                      md5=md5_hex(blob.md5_hash), crc32c=crc)
 
 
 class _RangeNotSatisfiable(StoreError):

@@ -91,7 +91,8 @@ class LocalStore(ObjectStore):
             st = os.stat(path)
         if not os.path.isfile(path):
             raise NotFoundError(f"{self._uri(key)} is a directory, not an object", hint="give the key of a file")
-        return ObjectInfo(key, st.st_size, self._md5(path, st), st.st_mtime)
+        md5 = self._md5(path, st)
+        return ObjectInfo(key, st.st_size, md5, st.st_mtime, md5=md5)
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)

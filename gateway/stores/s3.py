@@ -94,7 +94,8 @@ class S3Store(ObjectStore):
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):
             r = self._client.head_object(Bucket=self.bucket, Key=key)
-        return ObjectInfo(key, r["ContentLength"], _etag(r.get("ETag")), r["LastModified"].timestamp())
+        etag = _etag(r.get("ETag"))
+        return ObjectInfo(key, r["ContentLength"], etag, r["LastModified"].timestamp(), md5=_md5_of(etag, r))
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)
@@ -181,6 +182,17 @@ class _NoSuchUpload(NotFoundError):
 
 def _etag(value: str | None) -> str | None:
     return value.strip('"') if value else None
+
+
+def _md5_of(etag: str | None, head: dict) -> str | None:
+    """The MD5 of the bytes, which S3's ETag is only for single-part objects stored in the clear or
+    with SSE-S3 (SSE-KMS and SSE-C ETags are something else, multipart ones end in ``-N``). Only a
+    HEAD says how the object is encrypted, so listings report no MD5."""
+    if not etag or len(etag) != 32 or any(c not in "0123456789abcdef" for c in etag.lower()):
+        return None
+    if head.get("SSECustomerAlgorithm") or str(head.get("ServerSideEncryption", "")).startswith("aws:kms"):
+        return None
+    return etag.lower()
 
 
 def _translate(exc: Exception, bucket: str, key: str | None) -> SkyplaneError | None:

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from gateway.control_client import GatewayClient
+from gateway.retry import with_retries
 from gateway.stores.base import PartInfo
 from planner.errors import GatewayError, SkyplaneError, TransferError
 from planner.plan import Plan
@@ -190,7 +191,8 @@ class Dispatcher:
             if t.multipart:
                 store = self.dests[t.dest_index].store
                 parts = [PartInfo(n, p["etag"], p["size"]) for n, p in sorted(t.parts.items())]
-                store.complete_multipart(t.key, t.upload_id, parts)
+                with_retries(lambda: store.complete_multipart(t.key, t.upload_id, parts),
+                             what=f"completing {store.root_uri}/{t.key}", stop=self.stop)
             t.done = True
         return obj
 

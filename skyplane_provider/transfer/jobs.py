@@ -4,8 +4,9 @@ Airflow's deferrable mode (the worker slot is released while the triggerer polls
 need the transfer to outlive the process that started it. ``start_job`` writes the request (0600: it
 holds credentials) into the job's directory and starts ``python -m skyplane_provider.transfer.jobs``
 in a new session; that runner owns the fleet, writes ``status.json`` as it goes and ``result.json``
-at the end, and tears the fleet down on success, failure and SIGTERM (``cancel_job``). Finished
-jobs' directories are pruned after a week (``prune_finished_jobs``, run whenever a job starts).
+at the end (after a success also ``manifest.json``: how each copy was verified), and tears the
+fleet down on success, failure and SIGTERM (``cancel_job``). Finished jobs' directories are
+pruned after a week (``prune_finished_jobs``, run whenever a job starts).
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ def _run(directory: Path) -> int:
         write_json_atomic(directory / "result.json",
                           {"state": "failed", "error": repr(exc), "error_type": "TransferError"})
         return 1
+    if transfer.manifest is not None:  # how each copy was verified, pruned with the job directory
+        write_json_atomic(directory / "manifest.json", transfer.manifest)
     write_json_atomic(directory / "result.json", {"state": "success", "stats": stats.to_dict()})
     return 0
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Callable
 
-from planner.errors import BadOptionError, SkyplaneError, VerificationError
+from planner.errors import BadOptionError, SkyplaneError
 from planner.plan import Plan
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import Fleet, Provisioner
@@ -26,6 +26,7 @@ from .launch import JobSecrets, gateway_specs, wire_peers
 from .planning import make_plan
 from .request import TransferRequest
 from .stats import Progress, TransferStats
+from .verify import Verification, verify_all
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Transfer:
         self.plan: Plan | None = None
         self.fleet: Fleet | None = None
         self.dispatcher: Dispatcher | None = None
+        self.verification = Verification()
+        #: Per copy: how it was verified and the per-chunk checksums the gateways confirmed (verify.py).
+        self.manifest: dict | None = None
 
     # -- phase 1: everything that can be checked without a gateway ---------------------------
     def prepare(self) -> "Transfer":
@@ -96,7 +100,7 @@ class Transfer:
                 objects=self.objects, source=self.source, dests=self.dests, stop=self._stop,
                 progress=self.progress)
             self.dispatcher.run()
-            self._verify()
+            self.verification, self.manifest = verify_all(self.objects, chunks, self.source, self.dests, self.job_id)
             return self._stats(started, chunks)
         except BaseException:
             abort_uploads(self.objects, self.dests)
@@ -125,21 +129,6 @@ class Transfer:
             for t in obj.targets:
                 t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
 
-    def _verify(self) -> None:
-        """Every object at every destination: present, the source's size, every chunk's checksum
-        confirmed by the writing gateway after decoding."""
-        for obj in self.objects:
-            for t in obj.targets:
-                dest = self.dests[t.dest_index]
-                info = dest.store.head(t.key)
-                if info.size != obj.info.size:
-                    raise VerificationError(
-                        f"{dest.store.root_uri}/{t.key} has {info.size} bytes, the source {obj.info.size}",
-                        hint="re-run the transfer; the object will be copied again")
-                missing = [c for c in obj.chunk_ids if not t.checksums.get(c)]
-                if missing:
-                    raise VerificationError(f"{t.key}: no checksum confirmed for chunks {missing[:5]}")
-
     def _stats(self, started: float, chunks: list[Chunk]) -> TransferStats:
         seconds = max(time.monotonic() - started, 1e-9)
         moved = sum(o.info.size for o in self.objects)
@@ -157,9 +146,7 @@ class Transfer:
         return TransferStats(
             job_id=self.job_id, src=self.request.src, dsts=list(self.request.dsts),
             objects=len(self.objects), bytes=moved, bytes_on_wire=wire, seconds=round(seconds, 3),
-            gbps=round(moved * 8 / seconds / 1e9, 4), verified=True,
-            verification=("size + per-chunk checksum of the original bytes, checked by the writing gateway"
-                          if self.objects else "nothing to move: destination already up to date"),
+            gbps=round(moved * 8 / seconds / 1e9, 4), verified=True, verification=self.verification.to_dict(),
             retries=d.retries if d else 0, plan=self.plan.summary(),
             cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
             egress_usd_actual=round(egress_pred * ratio, 6), vm_usd=round(vm_usd, 6),

@@ -57,7 +57,10 @@ class TransferStats:
     ``bytes`` counts source bytes moved (each object once, whatever the number of destinations);
     ``bytes_on_wire`` the frame bytes the source gateways sent (after compression and encryption);
     ``cost_usd`` the predicted egress of the plan for these bytes plus gateway VM time;
-    ``egress_usd_actual`` the egress of the bytes that really crossed each region edge.
+    ``egress_usd_actual`` the egress of the bytes that really crossed each region edge;
+    ``verification`` how every copy was checked after the transfer (``verified`` is True only
+    when all were): ``{"objects": copies checked, "by": {"md5" | "crc32c" | "chunk-sha256": n}}``
+    (see :mod:`skyplane_provider.transfer.verify`).
     """
 
     job_id: str
@@ -69,7 +72,7 @@ class TransferStats:
     seconds: float
     gbps: float
     verified: bool
-    verification: str
+    verification: dict
     retries: int
     plan: dict
     cost_usd: float

@@ -1,0 +1,104 @@
+"""After the copy: every destination object checked against its source.
+
+Each copy must have the source's size, and then the strongest check both sides allow passes:
+
+``md5`` / ``crc32c``
+    a content checksum the destination store reports (:attr:`ObjectInfo.md5` / ``.crc32c``) equals the
+    one the source store reports. Only kinds both stores declare in ``capabilities.checksums`` are
+    tried, and only when both objects really have one (a multipart S3 or Azure object has no MD5, a
+    composed GCS object only a CRC32C).
+``chunk-sha256``
+    otherwise: every chunk was confirmed by the gateway that wrote it, with the checksum of the
+    original bytes the source gateway computed (128 bits of SHA-256, keyed HMAC-SHA256 when the job
+    encrypts) and the writing gateway checked after decoding. These checksums are kept in the job
+    manifest (:func:`verify_all` returns it).
+
+A failed check raises :class:`VerificationError` naming the object; the transfer fails with it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from gateway.retry import with_retries
+from gateway.stores.base import ObjectInfo, ObjectStore
+from planner.errors import VerificationError
+
+from .chunks import Chunk, ObjectJob
+from .endpoints import Destination, Source
+
+#: Store-native checksums, strongest first.
+NATIVE = ("md5", "crc32c")
+CHUNKS = "chunk-sha256"
+_WORKERS = 8  # objects checked at once: each check is one or two metadata requests
+
+
+@dataclass
+class Verification:
+    """How many object copies were verified, and by which method."""
+
+    objects: int = 0
+    by: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {"objects": self.objects, "by": {m: self.by[m] for m in (*NATIVE, CHUNKS) if self.by[m]}}
+
+
+def shared_kinds(src: ObjectStore, dst: ObjectStore) -> tuple[str, ...]:
+    """The native checksum kinds both stores declare, strongest first."""
+    return tuple(k for k in NATIVE if k in src.capabilities.checksums and k in dst.capabilities.checksums)
+
+
+def check_copy(src: ObjectInfo, dst: ObjectInfo, where: str, kinds: tuple[str, ...],
+               chunk_checksums: list[str]) -> str:
+    """Check one copy (``where`` names it); return the method that verified it, or raise."""
+    if dst.size != src.size:
+        raise VerificationError(f"{where} has {dst.size} bytes, the source {src.key} {src.size}",
+                                hint="re-run the transfer; the object will be copied again")
+    theirs, ours = src.checksums(), dst.checksums()
+    for kind in kinds:
+        if kind in theirs and kind in ours:
+            if theirs[kind] != ours[kind]:
+                raise VerificationError(f"{where} has {kind} {ours[kind]}, the source {src.key} {theirs[kind]}: "
+                                        "the copy is corrupt or the source changed during the transfer",
+                                        hint="re-run the transfer; the object will be copied again")
+            return kind
+    if not chunk_checksums or not all(chunk_checksums):
+        raise VerificationError(f"{where}: no gateway confirmed the checksum of every chunk",
+                                hint="re-run the transfer; the object will be copied again")
+    return CHUNKS
+
+
+def verify_all(objects: list[ObjectJob], chunks: list[Chunk], source: Source,
+               dests: list[Destination], job_id: str) -> tuple[Verification, dict]:
+    """Check every copy of every object; returns the tally and the job manifest (per copy: the method
+    and the per-chunk checksums the gateways confirmed)."""
+    def one(obj: ObjectJob) -> dict:
+        src = obj.info
+        wanted = {k for d in dests for k in shared_kinds(source.store, d.store)}
+        if wanted and not wanted & set(src.checksums()):
+            # The listing lacked them (S3 listings never say whether an ETag is an MD5): ask once.
+            fresh = with_retries(lambda: source.store.head(src.key), what=f"checking {src.key} at the source")
+            src = ObjectInfo(src.key, src.size, src.etag, src.mtime, md5=fresh.md5, crc32c=fresh.crc32c)
+        copies = []
+        for t in obj.targets:
+            store = dests[t.dest_index].store
+            where = f"{store.root_uri}/{t.key}"
+            info = with_retries(lambda: store.head(t.key), what=f"verifying {where}")
+            method = check_copy(src, info, where, shared_kinds(source.store, store),
+                                [t.checksums.get(c, "") for c in obj.chunk_ids])
+            copies.append({"store": store.root_uri, "key": t.key, "verified_by": method, "checksums": info.checksums(),
+                           "chunks": [[chunks[c].offset, chunks[c].length, t.checksums.get(c, "")]
+                                      for c in obj.chunk_ids]})
+        return {"key": src.key, "size": src.size, "checksums": src.checksums(), "copies": copies}
+
+    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="verify") as pool:
+        entries = list(pool.map(one, objects))
+    tally = Verification()
+    for entry in entries:
+        for copy in entry["copies"]:
+            tally.objects += 1
+            tally.by[copy["verified_by"]] += 1
+    return tally, {"job_id": job_id, "source": source.store.root_uri, "objects": entries}

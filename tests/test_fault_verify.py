@@ -1,0 +1,101 @@
+"""Faults: a corrupt or short copy at the destination is caught by the verifier, loudly and by name,
+and the stats say how each copy was verified, per store pair (real emulators, real gateways)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gateway.stores import open_store
+from gateway.stores.uri import parse_uri
+from planner.errors import VerificationError
+from skyplane_provider.transfer import copy
+from skyplane_provider.transfer.chunks import Chunk, ObjectJob, Target
+from skyplane_provider.transfer.endpoints import open_destination, open_source
+from skyplane_provider.transfer.verify import verify_all
+
+from .helpers import digests, gateway_pids, put_objects, read_all
+from .reliability_report import record
+
+MiB = 1024**2
+AZ = "azure:eastus"
+_BUCKET_FIXTURE = {"s3": "s3_bucket", "gcs": "gcs_bucket", "azure": "azure_container", "local": "local_root"}
+
+
+def verify_one(src_root: str, dst_root: str, key: str, chunk_checksum: str = "c0ffee") -> dict:
+    """Run the transfer's verifier on one object copied as one chunk; returns its manifest entry."""
+    source = open_source(parse_uri(f"{src_root}/"), recursive=True, credentials={}, region="local")
+    dest = open_destination(parse_uri(f"{dst_root}/"), single_source=False, credentials={}, region="local")
+    info = next(o for o in source.store.list() if o.key == key)
+    obj = ObjectJob(info, [Target(0, key, multipart=False, checksums={0: chunk_checksum})], chunk_ids=[0])
+    tally, manifest = verify_all([obj], [Chunk(0, obj, 0, info.size, None)], source, [dest], "job")
+    assert tally.objects == 1
+    return manifest["objects"][0]["copies"][0]
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure", "local"])
+def test_fault_verifier_catches_corrupt_copy(kind, request, local_root, emulators):
+    """Same size, one flipped byte: the store-native MD5 tells. Then a short copy: the size tells."""
+    data = os.urandom(64 * 1024)
+    put_objects(local_root, {"obj": data})
+    dst = request.getfixturevalue(_BUCKET_FIXTURE[kind])
+    if kind == "local":  # a second directory, not the source itself
+        dst = request.getfixturevalue("tmp_path_factory").mktemp("dst").as_uri()
+    store = open_store(dst)
+    store.write("obj", data)
+    assert verify_one(local_root, dst, "obj")["verified_by"] == "md5"
+    store.write("obj", data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(VerificationError, match=r"/obj has md5 [0-9a-f]{32}, the source obj [0-9a-f]{32}"):
+        verify_one(local_root, dst, "obj")
+    store.write("obj", data[:-1])
+    with pytest.raises(VerificationError, match=f"/obj has {len(data) - 1} bytes, the source obj {len(data)}"):
+        verify_one(local_root, dst, "obj")
+    record("fault", f"verifier: a copy in {kind} with one flipped byte, then one byte short",
+           "VerificationError naming the object both times (md5 mismatch, then size mismatch)")
+
+
+def test_fault_verifier_needs_every_chunk_confirmed(s3_bucket, local_root):
+    """Without a native checksum in common (a multipart S3 copy has none) an unconfirmed chunk fails."""
+    data = os.urandom(6 * MiB)
+    put_objects(local_root, {"big": data})
+    store = open_store(s3_bucket)
+    upload = store.begin_multipart("big")
+    parts = [store.upload_part("big", upload, n + 1, data[n * 5 * MiB:(n + 1) * 5 * MiB]) for n in range(2)]
+    store.complete_multipart("big", upload, parts)
+    assert verify_one(local_root, s3_bucket, "big")["verified_by"] == "chunk-sha256"
+    with pytest.raises(VerificationError, match="big: no gateway confirmed the checksum of every chunk"):
+        verify_one(local_root, s3_bucket, "big", chunk_checksum="")
+
+
+@pytest.fixture
+def own_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("SKYPLANE_HOME", str(home))
+    yield
+    assert gateway_pids(marker=str(home)) == [], "a gateway process was left running"
+
+
+# Pairs, and how each object of (small, 6 MiB in parts) is verified on the emulators.
+PAIRS = [
+    ("local", "s3", {"md5": 1, "chunk-sha256": 1}),  # S3 multipart ETags are no MD5
+    ("s3", "azure", {"md5": 1, "chunk-sha256": 1}),  # S3 source MD5 from a HEAD; committed blocks have none
+    ("azure", "gcs", {"md5": 2}),  # fake-gcs keeps an MD5 of composed objects (real GCS: chunk-sha256)
+    ("gcs", "local", {"md5": 2}),
+]
+
+
+@pytest.mark.parametrize("src_kind,dst_kind,expected", PAIRS, ids=[f"{a}-{b}" for a, b, _ in PAIRS])
+def test_fault_stats_say_how_copies_were_verified(src_kind, dst_kind, expected, request, own_home):
+    objs = {"small.txt": b"hello\n" * 100, "big.bin": os.urandom(6 * MiB + 7)}
+    src = request.getfixturevalue(_BUCKET_FIXTURE[src_kind])
+    dst = request.getfixturevalue(_BUCKET_FIXTURE[dst_kind])
+    if dst_kind == "local":
+        dst = request.getfixturevalue("tmp_path_factory").mktemp("dst").as_uri()
+    put_objects(src, objs)
+    regions = {"src_region": AZ} if src_kind == "azure" else {"dst_regions": [AZ]} if dst_kind == "azure" else {}
+    stats = copy(f"{src}/", f"{dst}/", chunk_size="1MiB", **regions)
+    assert read_all(dst) == digests(objs)
+    assert stats.verified and stats.verification == {"objects": 2, "by": expected}
+    record("fault", f"verification of a {src_kind} -> {dst_kind} copy (one small object, one of 6 MiB in parts)",
+           f"stats.verification = {stats.verification}")
