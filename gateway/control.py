@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
+#: Seconds a connection may send nothing (headers or body) before it is dropped, so idle or
+#: half-sent requests cannot pin the server's threads; before authentication too.
+IDLE_TIMEOUT = 10.0
+_METHODS = "GET /health, GET /status, POST /peers, POST /chunks, POST /shutdown"
 
 
 class _BadRequest(Exception):
@@ -59,6 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: ControlServer
     server_version = "skyplane-gateway"
     sys_version = ""
+    timeout = IDLE_TIMEOUT
     _after = None  # what to do once the answer is sent
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
@@ -67,14 +72,24 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch({"/peers": self._peers, "/chunks": self._chunks, "/shutdown": self._shutdown})
 
+    def _other_method(self) -> None:
+        # http.server would answer 501 with an HTML page; this API answers 405 in JSON, after auth.
+        self._dispatch({})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = _other_method
+
     def _dispatch(self, routes: dict) -> None:
         try:
             if not self._authorized():
                 raise _BadRequest(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
             url = urlsplit(self.path)
             route = routes.get(url.path)
+            if route is None and self.command not in ("GET", "POST"):
+                raise _BadRequest(HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} is not used; the API is "
+                                  f"{_METHODS}")
             if route is None:
-                raise _BadRequest(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.command} {url.path}")
+                raise _BadRequest(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.command} {url.path} (the API is "
+                                  f"{_METHODS})")
             answer = route(url)
             self._reply(HTTPStatus.OK, answer)
         except _BadRequest as exc:
@@ -94,11 +109,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> object:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not _is_natural(length):
             raise _BadRequest(HTTPStatus.LENGTH_REQUIRED, "a JSON body with Content-Length is required")
         if int(length) > MAX_BODY:
             raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
-        raw = self.rfile.read(int(length))
+        try:
+            raw = self.rfile.read(int(length))
+        except TimeoutError:
+            raise _BadRequest(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {IDLE_TIMEOUT:.0f} s") \
+                from None
+        if len(raw) != int(length):
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"the body ended after {len(raw)} of {length} bytes")
         try:
             return json.loads(raw)
         except ValueError as exc:
@@ -112,7 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
         if status == HTTPStatus.UNAUTHORIZED:
             self.send_header("WWW-Authenticate", "Bearer")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     # ---- endpoints ----------------------------------------------------------------------------------
     def _health(self, url) -> dict:
@@ -120,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _status(self, url) -> dict:
         values = parse_qs(url.query).get("since", ["0"])
-        if len(values) != 1 or not values[0].isdigit():
+        if len(values) != 1 or not _is_natural(values[0]):
             raise _BadRequest(HTTPStatus.BAD_REQUEST, "since must be a non-negative integer")
         return self.server.node.status(int(values[0]))
 
@@ -147,3 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the http.server signature
         log.debug("control %s: %s", self.address_string(), format % args)
+
+
+def _is_natural(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts characters like '²' that ``int`` refuses."""
+    return text.isascii() and text.isdigit()

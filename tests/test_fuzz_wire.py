@@ -8,14 +8,12 @@ Deterministic: derandomized, no example database.
 
 from __future__ import annotations
 
-import collections
 import json
 import socket
 import threading
 import time
 import tracemalloc
 
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import wire
@@ -23,14 +21,12 @@ from gateway.chunk_request import ChunkRequest
 from gateway.codec import Codec
 from planner.errors import BadOptionError, ProtocolError
 
-from .reliability_report import record
+from .fuzzing import fuzz, json_values
 
 JOB = bytes(range(16))
 SECRET = b"s" * 32
 KEY = bytes(range(32))
 MAX_CHUNK = 64 * 1024
-FUZZ = settings(derandomize=True, database=None, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
 DATA = (b"0123456789abcdef" * 300)[:4000]  # compresses
 META = json.dumps({"chunk_id": 7, "partition": 0, "src": {"store": "file:///s", "key": "k"}, "offset": 0,
                    "length": len(DATA), "dests": [{"region": "r", "store": "file:///d", "key": "k"}]}).encode()
@@ -54,22 +50,6 @@ def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
 edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=4)
 
 
-def _fuzz(name: str, strategy, check, *, examples: int, what: str) -> None:
-    """Run ``check`` on ``examples`` inputs drawn from ``strategy``; record how the outcomes split."""
-    outcomes: collections.Counter[str] = collections.Counter()
-    started = time.monotonic()
-
-    @settings(FUZZ, max_examples=examples)
-    @given(strategy)
-    def run(x):
-        outcomes[check(x)] += 1
-
-    run()
-    split = ", ".join(f"{n} {k}" for k, n in outcomes.most_common())
-    record("fuzz", f"{name}: {sum(outcomes.values())} inputs ({what})",
-           f"{split}; nothing else raised; {time.monotonic() - started:.1f} s in all")
-
-
 def test_fuzz_header_parser():
     def check(raw: bytes) -> str:
         try:
@@ -81,7 +61,7 @@ def test_fuzz_header_parser():
 
     headers = st.one_of(st.binary(min_size=wire.HEADER_SIZE, max_size=wire.HEADER_SIZE),
                         st.tuples(st.sampled_from(FRAMES), edits).map(lambda fe: _mutate(fe[0].header_bytes, fe[1])))
-    _fuzz("Header.unpack", headers, check, examples=300, what="random 72-byte headers and valid ones with 1-4 bytes "
+    fuzz("Header.unpack", headers, check, examples=300, what="random 72-byte headers and valid ones with 1-4 bytes "
           "changed")
 
 
@@ -138,7 +118,7 @@ def test_fuzz_frame_reader():
                                                                           fe[1])),
         st.tuples(st.sampled_from(FRAMES), st.integers(1, 5000)).map(
             lambda ft: (ft[0].header_bytes + bytes(ft[0].body))[:ft[1]]))
-    _fuzz("recv_frame over a socket", streams, check, examples=300,
+    fuzz("recv_frame over a socket", streams, check, examples=300,
           what="random bytes, valid frames with 1-4 bytes changed, frames cut short; 64 KiB chunk limit; "
           "each read within 3 s and below 2 frame limits of memory")
 
@@ -175,14 +155,10 @@ def test_fuzz_codec_decode_of_damaged_frames():
         return "decoded, data intact"
 
     cases = st.tuples(st.sampled_from(range(len(FRAMES))), edits, st.booleans())
-    _fuzz("Codec.decode", cases, check, examples=300,
+    fuzz("Codec.decode", cases, check, examples=300,
           what="valid frames (AES-GCM or clear, lz4 or raw) with 1-4 header or body bytes changed")
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=5),
-    max_leaves=20)
 _GOOD = json.loads(META)
 chunk_docs = st.one_of(json_values, st.dictionaries(st.sampled_from(sorted(_GOOD)), json_values).map(
     lambda d: {**_GOOD, **d}))
@@ -200,7 +176,7 @@ def test_fuzz_chunk_metadata():
 
     docs = st.one_of(st.binary(max_size=300), chunk_docs.map(lambda d: json.dumps(d).encode()),
                      st.just(META))
-    _fuzz("ChunkRequest.from_meta", docs, check, examples=200,
+    fuzz("ChunkRequest.from_meta", docs, check, examples=200,
           what="random bytes, random JSON, a valid request with random fields replaced")
 
 
@@ -234,6 +210,6 @@ def test_fuzz_handshake():
                          st.binary(min_size=wire.AUTH_SIZE - 21, max_size=wire.AUTH_SIZE - 21).map(
                              lambda b: b"SKYA\x01" + JOB + b),
                          st.binary(max_size=100).map(lambda b: b"SKYH\x01" + b))
-    _fuzz("server_handshake / client_handshake", st.tuples(st.booleans(), incoming), _handshake, examples=300,
+    fuzz("server_handshake / client_handshake", st.tuples(st.booleans(), incoming), _handshake, examples=300,
           what="random bytes and near-valid messages (right magic and job id, made-up nonce and proof) to "
           "either side")
