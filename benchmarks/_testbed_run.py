@@ -5,6 +5,7 @@
         run = run_transfer(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a", grid=grid_csv,
                            solver="ilp", connections=4, chunk_size=MiB)
         run.seconds, run.stats                                   # moving time (gateway start-up excluded)
+        run.rx_gbps                                              # destination's receive rate while data arrived
         single_stream(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a")   # seconds, one TCP stream
 
 Gateways run inside the region namespaces (local provisioner, ``Testbed.gateway_placement()``); the
@@ -29,6 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,14 +102,57 @@ class _TimedProvisioner(LocalProvisioner):
         return fleet
 
 
+class RxMeter:
+    """Bytes arriving on a region's data links (its veths to the other regions, link-layer bytes as
+    tbf counts them), sampled every 20 ms by a small process inside the region's namespace."""
+
+    PROGRAM = ("import glob, sys, time\n"
+               "files = glob.glob('/sys/class/net/to*/statistics/rx_bytes')\n"
+               "while True:\n"
+               "    n = sum(int(open(f).read()) for f in files)\n"
+               "    print(f'{time.monotonic():.4f} {n}', flush=True)\n"
+               "    time.sleep(0.02)\n")
+
+    def __init__(self, tb: Testbed, region: str) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._tb = tb
+        self._proc = tb.popen(region, [sys.executable, "-c", self.PROGRAM], stdout=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            t, n = line.split()
+            self.samples.append((float(t), int(n)))
+
+    def stop(self) -> None:
+        self._tb.stop(self._proc)
+        self._reader.join(timeout=5)
+
+    def busy(self, since: float, slack: int = 64 * 1024) -> tuple[int, float]:
+        """(bytes, seconds) from the first to the last arrival after ``since`` (ignoring ``slack``
+        bytes at either end: handshakes, the meter's granularity)."""
+        after = [(t, n) for t, n in self.samples if t >= since]
+        if len(after) < 2:
+            return 0, 0.0
+        base, total = after[0][1], after[-1][1] - after[0][1]
+        first = next(t for t, n in after if n - base > slack)
+        last = next(t for t, n in after if n - base >= total - slack)
+        return total - 2 * slack, max(last - first, 1e-9)
+
+
 @dataclass
 class Run:
     """One timed transfer: ``seconds`` from the fleet being up until every object is written and
-    verified (gateway start-up and teardown excluded), ``setup_seconds`` the start-up."""
+    verified (gateway start-up and teardown excluded), ``setup_seconds`` the start-up;
+    ``rx_bytes`` / ``rx_seconds``: link-layer bytes that reached the destination region and the time
+    from its first to its last arriving byte (the network's part of ``seconds``)."""
 
     stats: TransferStats
     seconds: float
     setup_seconds: float
+    rx_bytes: int = 0
+    rx_seconds: float = 0.0
 
     @property
     def gbps(self) -> float:
@@ -119,6 +164,11 @@ class Run:
         """Frame bytes leaving the source per second (what the links carry), in Gbps."""
         return self.stats.bytes_on_wire * 8 / self.seconds / 1e9
 
+    @property
+    def rx_gbps(self) -> float:
+        """The destination's link-layer receive rate while data arrived, in Gbps (comparable with tbf caps)."""
+        return self.rx_bytes * 8 / self.rx_seconds / 1e9 if self.rx_seconds else 0.0
+
 
 def run_transfer(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,
                  **options) -> Run:
@@ -129,10 +179,16 @@ def run_transfer(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst
     request = TransferRequest(src=f"file://{src_dir}/", dsts=[f"file://{dst_dir}/"], src_region=src_region,
                               dst_regions=[dst_region], **options)
     transfer = Transfer(request, provisioner=provisioner).prepare()
-    started = time.monotonic()
-    stats = transfer.run()
+    meter = RxMeter(tb, dst_region)
+    try:
+        started = time.monotonic()
+        stats = transfer.run()
+    finally:
+        meter.stop()
     setup = provisioner.ready_at - started
-    return Run(stats=stats, seconds=stats.seconds - setup, setup_seconds=setup)
+    rx_bytes, rx_seconds = meter.busy(provisioner.ready_at)
+    return Run(stats=stats, seconds=stats.seconds - setup, setup_seconds=setup, rx_bytes=rx_bytes,
+               rx_seconds=rx_seconds)
 
 
 def single_stream(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,

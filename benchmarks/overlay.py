@@ -91,27 +91,28 @@ def print_table(name, sc, src, dst, runs: dict[str, Run], single_seconds: float,
     print(f"direct link {sc.link_mbit(src, dst):.1f} Mbit/s, max-flow {mbit(maxflow):.1f} Mbit/s "
           f"(= {grid_gbps(maxflow):.2f} grid Gbps)\n")
     print("| run | route (gateways; connections per edge) | planned Mbit/s | s | data Mbit/s | wire Mbit/s "
-          "| data grid Gbps | wire / data | wire / max-flow | egress $ (actual) | $/GB | start-up s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| wire / max-flow | dst rx Mbit/s while receiving | rx / max-flow | data grid Gbps | wire / data "
+          "| egress $ (actual) | $/GB | start-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for solver, r in runs.items():
         plan = r.stats.plan
         route = "; ".join(f"{e['src']}>{e['dst']} x{e['connections']}" for e in plan["edges"])
         gws = sum(plan["gateways"].values())
         gb = r.stats.bytes / 1e9
         print(f"| {solver} | {gws} gw: {route} | {mbit(plan['throughput_gbps']):.1f} | {r.seconds:.2f} "
-              f"| {mbit(r.gbps):.1f} | {mbit(r.wire_gbps):.1f} | {grid_gbps(r.gbps):.2f} "
-              f"| {r.stats.bytes_on_wire / r.stats.bytes:.3f} | {r.wire_gbps / maxflow:.2f} "
+              f"| {mbit(r.gbps):.1f} | {mbit(r.wire_gbps):.1f} | {r.wire_gbps / maxflow:.2f} | {mbit(r.rx_gbps):.1f} "
+              f"| {r.rx_gbps / maxflow:.2f} | {grid_gbps(r.gbps):.2f} | {r.stats.bytes_on_wire / r.stats.bytes:.3f} "
               f"| {r.stats.egress_usd_actual:.5f} | {r.stats.egress_usd_actual / gb:.4f} | {r.setup_seconds:.1f} |")
     single = moved * 8 / single_seconds / 1e9
     print(f"| single TCP stream | 1 connection {src}>{dst}, no lz4 | | {single_seconds:.2f} | {mbit(single):.1f} "
-          f"| {mbit(single):.1f} | {grid_gbps(single):.2f} | 1.000 | {single / maxflow:.2f} | | | |")
+          f"| {mbit(single):.1f} | {single / maxflow:.2f} | | | {grid_gbps(single):.2f} | 1.000 | | | |")
     print(f"\nILP / direct {runs['ilp'].gbps / runs['direct'].gbps:.2f}x, ILP / widest "
           f"{runs['ilp'].gbps / runs['widest'].gbps:.2f}x, ILP / single stream {runs['ilp'].gbps / single:.2f}x "
           f"(data rates)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"move {QUICK_SIZE // MiB} MiB per run (about 3 min)")
     ap.add_argument("--scenario", action="append", help="a shipped scenario name (repeat for several; default all)")
