@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export SKYPLANE_VENV := $(abspath $(VENV))
 
-.PHONY: setup test demo emulators-up emulators-down
+.PHONY: setup test demo emulators-up emulators-down reliability-report
 
 setup:
 	@scripts/setup.sh
@@ -19,3 +19,11 @@ emulators-up: setup
 
 emulators-down:
 	@scripts/emulators stop
+
+# The fault, fuzz and bad-input tests, each recording what it tried and saw; then docs/reliability.md.
+# The page is written even when a test fails (its row is then missing); the exit status is pytest's.
+reliability-report: setup
+	@report=$$(mktemp); \
+	SKYPLANE_RELIABILITY_REPORT=$$report $(PY) -m pytest tests -q -k "fault or fuzz or bad_input"; status=$$?; \
+	$(PY) -m tests.reliability_report $$report > docs/reliability.md; rm -f $$report; \
+	echo "docs/reliability.md: $$(grep -c '^| ' docs/reliability.md) table lines"; exit $$status
