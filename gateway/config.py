@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 _KNOWN = {"gateway_id", "job_id", "region", "program", "bind_host", "data_port", "control_port", "advertise_host",
           "control_host", "job_secret", "control_token", "encryption_key", "compress", "encrypt", "credentials",
-          "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes"}
+          "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes",
+          "parent_pid"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class GatewayConfig:
     writers: int = 8
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK
     read_ahead_bytes: int = 256 * 1024 * 1024
+    #: The process that started the gateway; when it is gone the gateway stops (see daemon.run).
+    parent_pid: int | None = None
 
     @property
     def reads(self) -> bool:
@@ -102,6 +105,7 @@ class GatewayConfig:
             writers=_positive(doc, "writers", 8),
             max_chunk_bytes=_positive(doc, "max_chunk_bytes", DEFAULT_MAX_CHUNK),
             read_ahead_bytes=_positive(doc, "read_ahead_bytes", 256 * 1024 * 1024),
+            parent_pid=_positive(doc, "parent_pid", 0) if "parent_pid" in doc else None,
         )
         if program.region != config.region:
             raise BadOptionError(f"gateway config: program is for {program.region}, the gateway is in {config.region}")

@@ -1,7 +1,8 @@
 """``skyplane-gateway --config FILE``: one gateway process (docs/gateway.md).
 
 Loads the config, binds the data port and the control API, writes the ready file, then runs until
-``POST /shutdown``, SIGTERM or SIGINT, and exits 0 after a graceful stop. A bad config exits 2 with
+``POST /shutdown``, SIGTERM or SIGINT, or until the process that started it (``parent_pid`` in the
+config) is gone, and exits 0 after a graceful stop. A bad config exits 2 with
 the reason on stderr. Nothing secret is ever logged.
 """
 
@@ -39,7 +40,12 @@ def run(config: GatewayConfig) -> None:
         write_ready_file(config.ready_file, {"control_port": control.port, "data_port": node.listener.port,
                                              "pid": os.getpid()})
     while not stop.wait(1.0):
-        pass
+        if config.parent_pid and os.getppid() != config.parent_pid:
+            # The orchestrator died without tearing us down (SIGKILL, OOM): nobody will ever
+            # read our events, so keeping the job's secrets and ports alive only leaks them.
+            log.warning("gateway %s: its orchestrator (pid %d) is gone; stopping", config.gateway_id,
+                        config.parent_pid)
+            break
     log.info("gateway %s stopping", config.gateway_id)
     node.stop()
     control.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -43,3 +44,16 @@ def read_all(root_uri: str, prefix: str = "") -> dict[str, str]:
 
 def digests(objects: dict[str, bytes]) -> dict[str, str]:
     return {k: sha256(v) for k, v in objects.items()}
+
+
+def fleet_pids(skyplane_home: Path | str) -> dict[str, int]:
+    """gateway id -> PID of every gateway the local provisioner started under ``skyplane_home``, as its
+    ``jobs/<job>/pids.json`` records them (how a test finds the gateways of a transfer run elsewhere)."""
+    pids = {}
+    for record in Path(skyplane_home).glob("jobs/*/pids.json"):
+        try:
+            doc = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced or already removed
+        pids.update({g["gateway_id"]: g["pid"] for g in doc.get("gateways", [])})
+    return pids

@@ -136,6 +136,13 @@ class ObjectStore(ABC):
         """Discard an upload and every part of it; no object becomes visible."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
 
+    def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """``(key, upload_id)`` of every multipart upload of a key under ``prefix`` that was begun and
+        neither completed nor aborted (what a killed transfer leaves behind). Stores whose unfinished
+        uploads cost nothing and expire on their own (Azure's uncommitted blocks), or that cannot
+        tell which key a leftover belongs to, report none."""
+        return []
+
     # ---- optional capability: conditional write ----------------------------------------------
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         """The whole object and an opaque version token of exactly these bytes (for ``write_if``);

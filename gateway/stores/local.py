@@ -180,6 +180,23 @@ class LocalStore(ObjectStore):
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
         self._tidy_tmp_dir()
 
+    def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        self._check_prefix(prefix)
+        try:
+            upload_ids = sorted(os.listdir(os.path.join(self._root, TMP_DIR)))
+        except FileNotFoundError:
+            return []
+        found = []
+        for upload_id in upload_ids:
+            try:
+                with open(os.path.join(self._upload_dir(upload_id), "key"), encoding="utf-8") as f:
+                    key = f.read()
+            except OSError:
+                continue  # a temp file of a whole-object write, or an upload completed meanwhile
+            if key.startswith(prefix):
+                found.append((key, upload_id))
+        return found
+
     # ---- helpers ------------------------------------------------------------------------------
     def _uri(self, key: str) -> str:
         return "file://" + os.path.join(self._root, key)

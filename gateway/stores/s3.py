@@ -165,6 +165,11 @@ class S3Store(ObjectStore):
         except _NoSuchUpload:
             pass  # already completed or aborted: nothing left to discard
 
+    def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        with self._errors():
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])]
+
     def close(self) -> None:
         self._client.close()
 

@@ -15,6 +15,8 @@ Each gateway runs ``python -m gateway.daemon --config <dir>/config.json`` in its
 process group, so ``cmdline_marker`` (the config path, which names the job) identifies it for
 ``deprovision`` even after this process died. Teardown asks each gateway to shut down, then sends
 SIGTERM and finally SIGKILL to its process group, and removes the job's files (secrets first).
+Should this process die without a teardown (SIGKILL, OOM), each gateway notices within a second
+that its parent (``parent_pid`` in its config) is gone and stops by itself.
 """
 
 from __future__ import annotations
@@ -197,7 +199,8 @@ class LocalProvisioner(Provisioner):
         (directory / "ready.json").unlink(missing_ok=True)
         config = {**spec.config, "gateway_id": spec.gateway_id, "job_id": job_id, "region": spec.region,
                   "bind_host": bind_host, "advertise_host": bind_host, "control_host": control_host,
-                  "data_port": 0, "control_port": 0, "ready_file": str(directory / "ready.json")}
+                  "data_port": 0, "control_port": 0, "ready_file": str(directory / "ready.json"),
+                  "parent_pid": os.getpid()}
         config.pop("log_file", None)  # stdout/stderr already go to the gateway's log
         config_path = directory / "config.json"
         _write_private(config_path, json.dumps(config))

@@ -2,7 +2,8 @@
 
 For a configurable fraction of requests it answers like a throttling store (S3 ``503 SlowDown``,
 GCS ``429``, Azure ``503 ServerBusy``) or drops the connection without an answer; everything else is
-forwarded to the upstream server unchanged. It counts what it did, so a test can show that faults
+forwarded to the upstream server unchanged, after ``delay`` seconds (a slow store, so that a test can
+act at a chosen point of a transfer). It counts what it did, so a test can show that faults
 really happened. Loopback only.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -44,12 +46,12 @@ class FaultProxy:
     """``FaultProxy(upstream_url, kind="s3", throttle=0.1, reset=0.05).start()`` -> its URL."""
 
     def __init__(self, upstream: str, *, kind: str, throttle: float = 0.0, reset: float = 0.0,
-                 seed: int | None = None, spare_first: int = 0) -> None:
+                 seed: int | None = None, spare_first: int = 0, delay: float = 0.0) -> None:
         up = urlsplit(upstream)
         if up.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fault proxy only forwards to loopback")
         self.upstream = (up.hostname, up.port or 80)
-        self.kind, self.throttle, self.reset = kind, throttle, reset
+        self.kind, self.throttle, self.reset, self.delay = kind, throttle, reset, delay
         self.rng = random.Random(seed)
         self.rng_lock = threading.Lock()
         self.spare_first = spare_first  # setup requests (bucket creation...) pass untouched
@@ -108,6 +110,8 @@ class FaultProxy:
                     self.wfile.write(payload)
                     return
                 proxy.counts.add("forwarded")
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))

@@ -8,6 +8,7 @@ multipart upload once every part of it is written.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -22,7 +23,7 @@ from planner.errors import GatewayError, SkyplaneError, TransferError
 from planner.plan import Plan
 from skyplane_provider.provisioners.base import Fleet
 
-from .chunks import Chunk, ObjectJob
+from .chunks import Chunk, ObjectJob, Target
 from .endpoints import Destination, Source
 from .launch import wire_peers
 from .stats import Progress
@@ -247,3 +248,22 @@ def abort_uploads(objects: list[ObjectJob], dests: list[Destination]) -> None:
                     dests[t.dest_index].store.abort_multipart(t.key, t.upload_id)
                 except SkyplaneError as exc:
                     log.warning("could not abort upload of %s: %s", t.key, exc)
+
+
+def abort_stale_uploads(targets: list[Target], dests: list[Destination]) -> int:
+    """Abort the unfinished multipart uploads of these targets' keys that an earlier run began and
+    could not finish or abort (its orchestrator was killed): the object is uploaded again from its
+    first part, and no upload is left dangling. Returns how many were aborted."""
+    keys: dict[int, set[str]] = {}
+    for t in targets:
+        keys.setdefault(t.dest_index, set()).add(t.key)
+    aborted = 0
+    for i, mine in keys.items():
+        store = dests[i].store
+        for key, upload_id in store.pending_uploads(os.path.commonprefix(sorted(mine))):
+            if key in mine:
+                log.info("aborting the unfinished upload %s of %s/%s left by an earlier run", upload_id,
+                         store.root_uri, key)
+                store.abort_multipart(key, upload_id)
+                aborted += 1
+    return aborted

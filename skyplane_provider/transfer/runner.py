@@ -20,7 +20,7 @@ from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import Fleet, Provisioner
 
 from .chunks import Chunk, ObjectJob, Target, cut, part_size_for
-from .dispatch import Dispatcher, abort_uploads
+from .dispatch import Dispatcher, abort_stale_uploads, abort_uploads
 from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
 from .launch import JobSecrets, gateway_specs, wire_peers
 from .planning import make_plan
@@ -123,11 +123,11 @@ class Transfer:
         return self._provisioner.provision(self.job_id, specs)
 
     def _begin_uploads(self) -> None:
-        for obj in self.objects:
-            if part_size_for(obj.info.size, self.request.chunk_size, self.dests) is None:
-                continue
-            for t in obj.targets:
-                t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
+        targets = [t for obj in self.objects if part_size_for(obj.info.size, self.request.chunk_size, self.dests)
+                   for t in obj.targets]
+        abort_stale_uploads(targets, self.dests)
+        for t in targets:
+            t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
 
     def _stats(self, started: float, chunks: list[Chunk]) -> TransferStats:
         seconds = max(time.monotonic() - started, 1e-9)

@@ -1,0 +1,133 @@
+"""Faults: one gateway killed (SIGKILL) at about half of a relayed transfer, with a spare in every region.
+
+The route is source (S3 on moto) -> relay -> destination (a local directory), two gateways per region.
+Only the source bucket goes through a :class:`FaultProxy` that holds every request for a while, so the
+transfer takes seconds and "half done" can be seen from the progress callback; the gateway to kill is
+found in the fleet the transfer started (its PID), never by guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from planner.plan import Edge, Plan
+from skyplane_provider.testing.faultproxy import FaultProxy
+from skyplane_provider.transfer import Transfer, TransferRequest
+
+from .helpers import digests, fleet_pids, gateway_pids, put_objects, read_all
+from .reliability_report import record
+
+MiB = 1024**2
+SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "local"
+ROLES = {"source": SRC, "relay": RELAY, "destination": DST}
+DELAY = 0.6  # seconds the proxy holds each source request
+
+
+def sample() -> dict[str, bytes]:
+    """48 small objects and one of 6 parts (1 MiB chunks): 54 reads, a few seconds through the proxy."""
+    objs = {f"small/{i:02d}.bin": os.urandom(64 * 1024 + i) for i in range(48)}
+    objs["big.bin"] = os.urandom(6 * MiB - 7)
+    return objs
+
+
+def relay_plan() -> dict:
+    return Plan(src=SRC, dsts=(DST,), solver="manual", gateways={SRC: 1, RELAY: 1, DST: 1},
+                edges=[Edge(SRC, RELAY, 1.0, 4), Edge(RELAY, DST, 1.0, 4)],
+                throughput_gbps=1.0, cost_per_gb=0.0).to_dict()
+
+
+@pytest.fixture
+def slow_source(emulators, s3_bucket):
+    """(bucket URI, credentials document routing it through a slow proxy, the sample put there)."""
+    objs = sample()
+    put_objects(s3_bucket, objs)
+    proxy = FaultProxy(emulators.endpoints["s3"], kind="s3", delay=DELAY)
+    url = proxy.start()
+    yield s3_bucket, {s3_bucket: {"endpoint_url": url}}, objs
+    proxy.stop()
+
+
+def wait_gone(marker: str, seconds: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while gateway_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return gateway_pids(marker)
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_fault_gateway_killed_at_half(role, tmp_path, slow_source):
+    src, credentials, objs = slow_source
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    req = TransferRequest(src=src + "/", dsts=[str(dst)], plan=relay_plan(), gateways_per_region=2,
+                          chunk_size="1MiB", credentials=credentials)
+    killed: dict = {}
+
+    def kill_one_at_half(p) -> None:
+        done = p.objects_done / p.objects_total
+        if killed or done < 0.4:
+            return
+        victim = next(g for g in transfer.fleet.gateways if g.region == ROLES[role])
+        os.kill(victim.pid, signal.SIGKILL)
+        killed.update(gateway=victim.gateway_id, pid=victim.pid, at=done)
+
+    transfer = Transfer(req, progress=kill_one_at_half)
+    started = time.monotonic()
+    stats = transfer.run()
+    seconds = time.monotonic() - started
+    assert killed and killed["at"] < 0.75, f"the transfer went too fast to kill a gateway mid-way: {killed}"
+    got = read_all("file://" + str(dst))
+    same = sum(got.get(k) == v for k, v in digests(objs).items())
+    left = wait_gone(transfer.job_id)
+    record("fault", f"SIGKILL of the {role} gateway {killed['gateway']} with {killed['at']:.0%} of the objects done, "
+           f"relayed transfer (S3 -> relay -> local, 2 gateways per region, {len(objs)} objects, one of 6 parts)",
+           f"completed in {seconds:.1f} s, {same}/{len(objs)} objects sha256-identical, {stats.retries} chunk "
+           f"re-dispatches, {len(left)} gateway processes left")
+    assert got == digests(objs)
+    assert stats.objects == len(objs) and stats.verified
+    assert stats.retries > 0  # the dead gateway's chunks really went again
+    assert left == []
+    assert not list(dst.rglob(".skyplane-tmp*")), "a part of the multipart upload was left behind"
+
+
+def test_fault_cli_gateway_killed_at_half(tmp_path, slow_source):
+    """The same through ``skyplane-provider cp --gateways-per-region 2``: a relay gateway dies mid-way."""
+    src, credentials, objs = slow_source
+    dst, home = tmp_path / "dst", tmp_path / "home"
+    dst.mkdir()
+    env = {**os.environ, "SKYPLANE_HOME": str(home), "AWS_ENDPOINT_URL": credentials[src]["endpoint_url"]}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(relay_plan()))
+    cli = subprocess.Popen([sys.executable, "-m", "skyplane_provider.cli.main", "cp", "-r", src + "/", str(dst),
+                            "--plan", str(plan_file), "--gateways-per-region", "2", "--chunk-size", "1MiB", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        victim = None
+        deadline = time.monotonic() + 60
+        while victim is None and cli.poll() is None and time.monotonic() < deadline:
+            if len(list(dst.rglob("small/*"))) >= len(objs) // 2:
+                victim = fleet_pids(home).get(f"{RELAY}/0")
+            time.sleep(0.05)
+        assert victim, "no relay gateway found while the transfer ran"
+        done_at = len(list(dst.rglob("small/*")))
+        os.kill(victim, signal.SIGKILL)
+        out, err = cli.communicate(timeout=90)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, err
+    stats = json.loads(out.strip().splitlines()[-1])
+    left = wait_gone(str(home))
+    got = read_all("file://" + str(dst))
+    same = sum(got.get(k) == v for k, v in digests(objs).items())
+    record("fault", f"CLI cp --gateways-per-region 2: SIGKILL of relay gateway {RELAY}/0 after {done_at}/"
+           f"{len(objs)} objects were written", f"exit 0, {same}/{len(objs)} objects sha256-identical, "
+           f"{stats['retries']} chunk re-dispatches, {len(left)} gateway processes left")
+    assert got == digests(objs) and left == []
