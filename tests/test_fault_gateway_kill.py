@@ -20,6 +20,7 @@ import pytest
 from planner.plan import Edge, Plan
 from skyplane_provider.testing.faultproxy import FaultProxy
 from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.transfer.dispatch import MAX_ATTEMPTS
 
 from .helpers import digests, fleet_pids, gateway_pids, put_objects, read_all
 from .reliability_report import record
@@ -89,7 +90,8 @@ def test_fault_gateway_killed_at_half(role, tmp_path, slow_source):
     record("fault", f"SIGKILL of the {role} gateway {killed['gateway']} with {killed['at']:.0%} of the objects done, "
            f"relayed transfer (S3 -> relay -> local, 2 gateways per region, {len(objs)} objects, one of 6 parts)",
            f"completed in {seconds:.1f} s, {same}/{len(objs)} objects sha256-identical, {stats.retries} chunk "
-           f"re-dispatches, {len(left)} gateway processes left")
+           f"re-dispatches (at most {max(transfer.dispatcher.attempts.values())} of one chunk; {MAX_ATTEMPTS} fail "
+           f"the transfer), {len(left)} gateway processes left")
     assert got == digests(objs)
     assert stats.objects == len(objs) and stats.verified
     assert stats.retries > 0  # the dead gateway's chunks really went again
