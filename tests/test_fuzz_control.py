@@ -47,7 +47,7 @@ def requests(draw, token: str):
     method = draw(st.sampled_from(["GET"] * 3 + ["POST"] * 5 + ["PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]))
     random_path = st.text(max_size=30).map(lambda t: "/" + quote(t, safe="/?=&"))
     path = draw(st.sampled_from(ENDPOINTS) if draw(st.integers(0, 9)) < 8 else random_path)
-    good = st.sampled_from([f"Bearer {token}", f"bearer  {token} "])
+    good = st.sampled_from([f"Bearer {token}", f"bearer  {token} "])  # what check() lets through
     bad = st.one_of(st.none(), token_text.map(lambda t: f"Bearer {t}"), token_text.map(lambda t: f"Basic {t}"),
                     st.just(f"Bearer {token}x"), st.just(f"Bearer {token[:-1]}"), st.just(token))
     auth = draw(good if draw(st.integers(0, 9)) < 6 else bad)  # most requests get past the token check
@@ -89,12 +89,15 @@ def test_fuzz_control_api_requests(jobs, stores):
         finally:
             conn.close()
         assert resp.status < 500, (req, resp.status, data)
+        if auth not in (f"Bearer {h.control_token}", f"bearer  {h.control_token} "):
+            assert resp.status == 401, (req, resp.status)  # nothing gets past a missing or wrong token
         if resp.status >= 400 and method != "HEAD":
             assert json.loads(data)["error"], (req, data)
         return str(resp.status)
 
     fuzz("control API over HTTP", requests(h.control_token), check, examples=250,
-         what="methods, known and random paths, right/missing/wrong/mangled tokens, random JSON and bytes as "
+         what="methods, known and random paths, right/missing/wrong/mangled tokens (every request without the "
+         "right token must get 401), random JSON and bytes as "
          "bodies, bad and lying Content-Length")
     _assert_healthy_and_untouched(job, h, stores)
 
@@ -137,9 +140,9 @@ def test_fuzz_control_idle_connection_is_dropped(jobs, stores):
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"GET /health HTTP/1.1\r\n")
         started = time.monotonic()
-        assert_hung_up(s)  # the server gives up on the request
+        assert s.recv(1) == b""  # the server gives up on the request (within the 30 s timeout)
         waited = time.monotonic() - started
-    assert waited < 15
+    assert 9 < waited < 20  # control.IDLE_TIMEOUT is 10 s
     _assert_healthy_and_untouched(job, h, stores)
     record("fault", "control API client sends half a request line, then nothing (unauthenticated)",
            f"connection dropped by the gateway after {waited:.1f} s; gateway healthy")
