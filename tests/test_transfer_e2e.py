@@ -171,7 +171,7 @@ def test_failed_transfer_leaves_no_partial_object(tmp_path, s3_bucket):
     (src / "big").write_bytes(os.urandom(64 * MiB))
 
     def kill_fleet(progress):
-        for pid in gateway_pids():
+        for pid in gateway_pids(progress.job_id):  # this job's gateways only: others may run on the host
             os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(SkyplaneError, match="died|gone"):
