@@ -24,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchutil import cpu_seconds, peak_rss_mib
 from gateway.control_client import GatewayClient
 from gateway.stores import open_store
 from gateway.stores.base import PartInfo
@@ -115,19 +116,6 @@ def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connection
           f"gateway CPU {cpu:.1f} s",
           flush=True)
     return seconds
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (start-up included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_socket_copy(src: Path, dst: Path) -> float:
