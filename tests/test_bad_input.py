@@ -59,6 +59,14 @@ def _cases(tmp_path, s3):
     ]
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> str:
+    """A private SKYPLANE_HOME (inherited by the CLI subprocesses): a gateway this test started would
+    have its config below it, while fleets of tests running elsewhere on the machine do not count."""
+    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
+    return str(tmp_path / "home")
+
+
 @pytest.fixture
 def layout(tmp_path, s3_bucket):
     (tmp_path / "src").mkdir()
@@ -67,7 +75,7 @@ def layout(tmp_path, s3_bucket):
     return tmp_path, s3_bucket
 
 
-def test_bad_input_battery(layout):
+def test_bad_input_battery(layout, home):
     tmp_path, s3 = layout
     cases = _cases(tmp_path, s3)
     assert len(cases) >= 20
@@ -76,7 +84,7 @@ def test_bad_input_battery(layout):
             Transfer(TransferRequest(**kwargs)).prepare()
         message = str(info.value)
         assert len(message) > 15, name
-        assert gateway_pids() == [], f"{name}: a gateway started"
+        assert gateway_pids(home) == [], f"{name}: a gateway started"
         record("bad_input", name, f"{type(info.value).__name__}: {message}")
     assert read_all(s3, "dst/") == {}
     assert os.listdir(tmp_path / "out") == []
@@ -107,12 +115,12 @@ def test_bad_input_unknown_option():
     (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/dev/null"], "not valid JSON"),
     (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/no/such/settings.json"], "can't open"),
 ])
-def test_bad_input_cli(argv, needle):
+def test_bad_input_cli(argv, needle, home):
     out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", *argv],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode in (1, 2), out
     assert needle in out.stderr, out.stderr
-    assert gateway_pids() == []
+    assert gateway_pids(home) == []
     record("bad_input", "CLI " + " ".join(argv), out.stderr.strip().splitlines()[-1])
 
 
@@ -121,13 +129,13 @@ def test_errors_share_one_root():
         assert issubclass(cls, SkyplaneError)
 
 
-def test_bad_input_cli_provisioner_settings_reach_the_provisioner(tmp_path):
+def test_bad_input_cli_provisioner_settings_reach_the_provisioner(tmp_path, home):
     settings = tmp_path / "local.json"
     settings.write_text('{"colour": "blue"}')
     argv = ["cp", "-r", str(tmp_path), "/var/tmp/never", "--provisioner-settings", str(settings)]
     out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", *argv],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "unknown local provisioner settings ['colour']" in out.stderr, out.stderr
-    assert gateway_pids() == [] and not os.path.exists("/var/tmp/never")
+    assert gateway_pids(home) == [] and not os.path.exists("/var/tmp/never")
     record("bad_input", "CLI cp --provisioner-settings FILE with an unknown setting",
            out.stderr.strip().splitlines()[-1])
