@@ -14,6 +14,14 @@ from skyplane_provider.transfer.request import SOLVERS, parse_size
 from .progress import progress_printer
 
 
+def _size(text: str) -> int:
+    # argparse turns only ValueError/ArgumentTypeError into a usage error; anything else is a traceback.
+    try:
+        return parse_size(text)
+    except BadOptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for name, help_text in (("cp", "copy objects to one or more destinations"),
                             ("sync", "copy only objects missing or different at the destinations")):
@@ -37,7 +45,7 @@ def add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-gateways-per-region", type=int, default=1, help="upper bound the planner may use")
     p.add_argument("--gateways-per-region", type=int, help="fixed number of gateways in every region")
     p.add_argument("--connections", type=int, help="TCP connections per gateway and next hop")
-    p.add_argument("--chunk-size", type=parse_size, default="32MiB", help="part size, e.g. 16MiB (default 32MiB)")
+    p.add_argument("--chunk-size", type=_size, default="32MiB", help="part size, e.g. 16MiB (default 32MiB)")
     p.add_argument("--src-region", help="region tag of the source, e.g. aws:us-east-1 (default: asked from the store)")
     p.add_argument("--dst-region", action="append", help="region tag per destination, in order")
     p.add_argument("--provisioner", default="local", help="local (default), ssh or aws")
