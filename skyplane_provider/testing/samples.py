@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from gateway.stores import open_store
+from gateway.stores import ObjectStore, open_store
 from gateway.stores.uri import parse_uri
 
 MiB = 1024**2
@@ -25,19 +25,24 @@ def sample_objects(n_small: int = 6, small_bytes: int = 256 * 1024, big_bytes: i
     return objects
 
 
+def _store_and_base(prefix_uri: str) -> tuple[ObjectStore, str]:
+    """The store holding ``prefix_uri`` and the key prefix inside it (a local directory is its own root)."""
+    uri = parse_uri(prefix_uri)
+    if uri.scheme == "file":
+        return open_store("file://" + uri.path), ""
+    return open_store(uri.root_uri), uri.join("").path
+
+
 def put_objects(prefix_uri: str, objects: dict[str, bytes]) -> None:
     """Write ``objects`` (key relative to the prefix -> bytes) under ``prefix_uri``."""
-    uri = parse_uri(prefix_uri)
-    store = open_store(uri.root_uri)
+    store, base = _store_and_base(prefix_uri)
     for key, data in objects.items():
-        store.write(uri.join(key).path, data)
+        store.write(base + key, data)
 
 
 def digests(prefix_uri: str) -> dict[str, str]:
     """key relative to ``prefix_uri`` -> sha256 of every object under it."""
-    uri = parse_uri(prefix_uri)
-    store = open_store(uri.root_uri)
-    base = uri.join("").path
+    store, base = _store_and_base(prefix_uri)
     return {o.key[len(base):]: hashlib.sha256(store.read(o.key)).hexdigest() for o in store.list(base)}
 
 

@@ -31,6 +31,9 @@ from .stats import Progress
 log = logging.getLogger(__name__)
 
 BATCH = 256  # chunk requests per POST: 100k small objects cost ~400 round trips, not 100k
+#: Batches per source gateway per tick (50 ms) while it accepts them. One batch a tick capped small
+#: objects at ~2,500/s whatever the gateways could do; their queues bound what is outstanding.
+BATCHES_PER_TICK = 8
 MAX_ATTEMPTS = 6
 
 
@@ -117,7 +120,7 @@ class Dispatcher:
         if not sources:
             raise TransferError(f"every gateway in the source region {self.plan.src} is gone")
         now = time.monotonic()
-        for _ in range(len(sources)):
+        for _ in range(len(sources) * BATCHES_PER_TICK):
             if not self.queue:
                 return
             gid = sources[self._rr % len(sources)]
