@@ -29,9 +29,13 @@ def sample(n_small: int = 3, big: int = 5 * MiB + 123) -> dict[str, bytes]:
 
 
 @pytest.fixture(autouse=True)
-def no_gateway_left():
+def no_gateway_left(tmp_path, monkeypatch):
+    """Each test's fleets live under a private SKYPLANE_HOME (inherited by CLI subprocesses), so the
+    check sees this test's gateways and not those of other runs on the machine."""
+    home = str(tmp_path / "home")
+    monkeypatch.setenv("SKYPLANE_HOME", home)
     yield
-    assert gateway_pids() == [], "a gateway process was left running"
+    assert gateway_pids(home) == [], "a gateway process was left running"
 
 
 def test_file_to_s3(tmp_path, s3_bucket):
