@@ -4,7 +4,7 @@
         make_dataset(src_dir, 64 * MiB, file_size=MiB)
         run = run_transfer(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a", grid=grid_csv,
                            solver="ilp", connections=4, chunk_size=MiB)
-        run.seconds, run.stats                                   # moving time (gateway start-up excluded)
+        run.seconds, run.stats                  # moving time (gateway start-up and the final verification excluded)
         run.rx_gbps                                              # destination's receive rate while data arrived
         single_stream(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a")   # seconds, one TCP stream
 
@@ -40,7 +40,7 @@ from skyplane_provider.provisioners.local import LocalProvisioner
 from skyplane_provider.testbed import Testbed, load_scenario, teardown
 from skyplane_provider.transfer.runner import Transfer
 from skyplane_provider.transfer.request import TransferRequest
-from skyplane_provider.transfer.stats import TransferStats
+from skyplane_provider.transfer.stats import Progress, TransferStats
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +143,17 @@ class RxMeter:
 
 @dataclass
 class Run:
-    """One timed transfer: ``seconds`` from the fleet being up until every object is written and
-    verified (gateway start-up and teardown excluded), ``setup_seconds`` the start-up;
+    """One timed transfer: ``seconds`` from the fleet being up until every object is written (the
+    gateways confirmed every chunk's checksum), ``setup_seconds`` the gateways' start-up before it,
+    ``verify_seconds`` the orchestrator's check of every copy after it (for local stores an MD5 read
+    of both files, which cloud stores report without reading);
     ``rx_bytes`` / ``rx_seconds``: link-layer bytes that reached the destination region and the time
     from its first to its last arriving byte (the network's part of ``seconds``)."""
 
     stats: TransferStats
     seconds: float
     setup_seconds: float
+    verify_seconds: float
     rx_bytes: int = 0
     rx_seconds: float = 0.0
 
@@ -178,17 +181,23 @@ def run_transfer(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst
     provisioner = _TimedProvisioner(placement=tb.gateway_placement())
     request = TransferRequest(src=f"file://{src_dir}/", dsts=[f"file://{dst_dir}/"], src_region=src_region,
                               dst_regions=[dst_region], **options)
-    transfer = Transfer(request, provisioner=provisioner).prepare()
+    written: list[float] = []
+
+    def on_progress(p: Progress) -> None:
+        if not written and p.bytes_done >= p.bytes_total and p.objects_done >= p.objects_total:
+            written.append(time.monotonic())
+
+    transfer = Transfer(request, provisioner=provisioner, progress=on_progress).prepare()
     meter = RxMeter(tb, dst_region)
     try:
         started = time.monotonic()
         stats = transfer.run()
     finally:
         meter.stop()
-    setup = provisioner.ready_at - started
-    rx_bytes, rx_seconds = meter.busy(provisioner.ready_at)
-    return Run(stats=stats, seconds=stats.seconds - setup, setup_seconds=setup, rx_bytes=rx_bytes,
-               rx_seconds=rx_seconds)
+    ready = provisioner.ready_at
+    rx_bytes, rx_seconds = meter.busy(ready)
+    return Run(stats=stats, seconds=written[0] - ready, setup_seconds=ready - started,
+               verify_seconds=started + stats.seconds - written[0], rx_bytes=rx_bytes, rx_seconds=rx_seconds)
 
 
 def single_stream(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,

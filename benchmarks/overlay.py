@@ -17,7 +17,9 @@ then one line per scenario::
 R1 = the ILP plan's throughput / the direct plan's (source bytes per second, both with lz4 on the same
 data); R2 = the ILP plan's rate on the wire (frame bytes leaving the source per second) / the max-flow
 of the capped mesh (the physical limit; the veths' caps do not grow with gateways, so it does not
-depend on the plan's gateway count). Times exclude gateway start-up. ``--quick`` (48 MiB) takes
+depend on the plan's gateway count). Times run from the fleet being up until the gateways confirmed
+every chunk written: gateway start-up and the final verification (an MD5 read of every local file;
+cloud stores report it without reading) are shown apart. ``--quick`` (48 MiB) takes
 about 3 minutes on two cores, the default (192 MiB) about 10.
 """
 
@@ -92,8 +94,8 @@ def print_table(name, sc, src, dst, runs: dict[str, Run], single_seconds: float,
           f"(= {grid_gbps(maxflow):.2f} grid Gbps)\n")
     print("| run | route (gateways; connections per edge) | planned Mbit/s | s | data Mbit/s | wire Mbit/s "
           "| wire / max-flow | dst rx Mbit/s while receiving | rx / max-flow | data grid Gbps | wire / data "
-          "| egress $ (actual) | $/GB | start-up s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| egress $ (actual) | $/GB | start-up s | verify s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for solver, r in runs.items():
         plan = r.stats.plan
         route = "; ".join(f"{e['src']}>{e['dst']} x{e['connections']}" for e in plan["edges"])
@@ -102,10 +104,11 @@ def print_table(name, sc, src, dst, runs: dict[str, Run], single_seconds: float,
         print(f"| {solver} | {gws} gw: {route} | {mbit(plan['throughput_gbps']):.1f} | {r.seconds:.2f} "
               f"| {mbit(r.gbps):.1f} | {mbit(r.wire_gbps):.1f} | {r.wire_gbps / maxflow:.2f} | {mbit(r.rx_gbps):.1f} "
               f"| {r.rx_gbps / maxflow:.2f} | {grid_gbps(r.gbps):.2f} | {r.stats.bytes_on_wire / r.stats.bytes:.3f} "
-              f"| {r.stats.egress_usd_actual:.5f} | {r.stats.egress_usd_actual / gb:.4f} | {r.setup_seconds:.1f} |")
+              f"| {r.stats.egress_usd_actual:.5f} | {r.stats.egress_usd_actual / gb:.4f} | {r.setup_seconds:.1f} "
+              f"| {r.verify_seconds:.1f} |")
     single = moved * 8 / single_seconds / 1e9
     print(f"| single TCP stream | 1 connection {src}>{dst}, no lz4 | | {single_seconds:.2f} | {mbit(single):.1f} "
-          f"| {mbit(single):.1f} | {single / maxflow:.2f} | | | {grid_gbps(single):.2f} | 1.000 | | | |")
+          f"| {mbit(single):.1f} | {single / maxflow:.2f} | | | {grid_gbps(single):.2f} | 1.000 | | | | |")
     print(f"\nILP / direct {runs['ilp'].gbps / runs['direct'].gbps:.2f}x, ILP / widest "
           f"{runs['ilp'].gbps / runs['widest'].gbps:.2f}x, ILP / single stream {runs['ilp'].gbps / single:.2f}x "
           f"(data rates)", flush=True)
