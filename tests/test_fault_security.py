@@ -75,6 +75,8 @@ def test_fault_secrets_stay_out_of_logs_and_in_private_files(tmp_path, monkeypat
     relay = next(c for c in seen.values() if c["region"] == R)
     assert "encryption_key" not in relay and relay["credentials"] == {} and relay["encrypt"] is True
     assert all("encryption_key" in c for c in seen.values() if c["region"] != R)
+    # A peer past the handshake cannot make a gateway allocate more than this job's largest chunk.
+    assert {c["max_chunk_bytes"] for c in seen.values()} == {1 << 20}
     wrong = {p: oct(m) for p, m in modes.items() if m != (0o600 if p.endswith(".json") else 0o700)}
     assert not wrong, wrong
 
@@ -91,7 +93,8 @@ def test_fault_secrets_stay_out_of_logs_and_in_private_files(tmp_path, monkeypat
     record("fault", "relayed encrypted transfer with the orchestrator and 3 gateways logging at DEBUG; "
            "logs grepped for the job secret, the key and 3 control tokens; file modes checked while running",
            f"{sum(map(len, logs.values()))} log bytes, no secret found; configs and pids.json 0600, job and "
-           "gateway dirs 0700, configs removed at teardown; relay config has no encryption_key and no credentials")
+           "gateway dirs 0700, configs removed at teardown; relay config has no encryption_key and no credentials; "
+           "every gateway refuses frames above the job's largest chunk (1 MiB)")
 
 
 def test_fault_replayed_and_forged_frames_change_nothing(jobs, stores):

@@ -27,9 +27,10 @@ def _handles_plaintext(program: RegionProgram) -> bool:
 
 
 def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,
-                  credentials: dict, queue_chunks: int = 8) -> list[GatewaySpec]:
+                  credentials: dict, queue_chunks: int = 8, max_chunk_bytes: int | None = None) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
-    they only ever see ciphertext."""
+    they only ever see ciphertext. ``max_chunk_bytes``: the job's largest chunk, so a gateway refuses
+    (before allocating) any frame longer than this job can send."""
     specs = []
     for region, program in plan.programs().items():
         plaintext = _handles_plaintext(program)
@@ -47,6 +48,8 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
                 "queue_chunks": queue_chunks,
                 "credentials": credentials if plaintext else {},
             }
+            if max_chunk_bytes is not None:
+                config["max_chunk_bytes"] = max(1, max_chunk_bytes)
             if plaintext and encrypt:
                 config["encryption_key"] = job_secrets.encryption_key
             specs.append(GatewaySpec(gateway_id=gid, region=region, config=config))

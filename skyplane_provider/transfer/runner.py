@@ -93,7 +93,7 @@ class Transfer:
         chunks = cut(self.objects, self.request.chunk_size, self.dests, self.plan.partition_weights)
         try:
             self._begin_uploads()
-            self.fleet = self._provision()
+            self.fleet = self._provision(max_chunk_bytes=max(c.length for c in chunks))
             clients = wire_peers(self.fleet, self.plan)
             self.dispatcher = Dispatcher(
                 job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, chunks=chunks,
@@ -116,10 +116,10 @@ class Transfer:
         """Ask a running transfer to stop; ``run()`` then tears down and raises."""
         self._stop.set()
 
-    def _provision(self) -> Fleet:
+    def _provision(self, *, max_chunk_bytes: int) -> Fleet:
         req = self.request
         specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
-                              credentials=req.credentials)
+                              credentials=req.credentials, max_chunk_bytes=max_chunk_bytes)
         return self._provisioner.provision(self.job_id, specs)
 
     def _begin_uploads(self) -> None:
