@@ -24,6 +24,8 @@ from planner.errors import BadOptionError, ChecksumError, ProtocolError
 from .wire import (CHECKSUM_SIZE, DEFAULT_MAX_CHUNK, FLAG_COMPRESSED, FLAG_ENCRYPTED, NONCE_SIZE, TAG_SIZE, Frame,
                    Header)
 
+#: Clear frames carry the first bytes of SHA-256 of their metadata after it (encrypted ones need not).
+META_DIGEST_SIZE = 16
 #: Chunks below this are compressed without sampling first (sampling would cost as much).
 _SAMPLE_BELOW = 256 * 1024
 _SAMPLE = 64 * 1024
@@ -80,6 +82,8 @@ class Codec:
             if len(packed) < len(data):
                 flags, payload = FLAG_COMPRESSED, packed
         if not self.encrypt:
+            # Without AEAD, the metadata (where the bytes go) needs a digest of its own.
+            meta = meta + hashlib.sha256(meta).digest()[:META_DIGEST_SIZE]
             header = Header(flags, partition, self.job_id, chunk_id, len(data), len(meta) + len(payload),
                             checksum, len(meta))
             return Frame(header, header.pack(), b"".join((meta, payload)))
@@ -117,6 +121,11 @@ class Codec:
         elif self.encrypt:
             raise ProtocolError(f"chunk {h.chunk_id} arrived unencrypted in a job that encrypts")
         meta, payload = bytes(body[:h.meta_length]), body[h.meta_length:]
+        if not h.encrypted:
+            meta, digest = meta[:-META_DIGEST_SIZE], meta[-META_DIGEST_SIZE:]
+            if len(digest) != META_DIGEST_SIZE or hashlib.sha256(meta).digest()[:META_DIGEST_SIZE] != digest:
+                raise ChecksumError(f"chunk {h.chunk_id}'s metadata does not match its digest (corrupted on the way)",
+                                    hint="it will be sent again")
         if h.compressed:
             try:
                 data = lz4.block.decompress(payload, uncompressed_size=h.raw_length)

@@ -94,6 +94,15 @@ def test_corrupted_clear_frame_fails_its_checksum():
             c.decode(wire.Frame(frame.header, frame.header_bytes, body))
 
 
+def test_clear_frame_metadata_changed_on_the_way_is_rejected():
+    """A change that still parses (one letter of where the bytes go) must not be written where it points."""
+    frame = codec(encrypt=False, key=None).encode(chunk_id=4, partition=0, meta=META, data=TEXT)
+    body = bytearray(frame.body)
+    body[META.index(b"dests") + 1] = ord("E")
+    with pytest.raises(ChecksumError, match="metadata"):
+        codec(encrypt=False, key=None).decode(wire.Frame(frame.header, frame.header_bytes, body))
+
+
 def test_encrypting_receiver_refuses_clear_frames_and_keyless_receiver_refuses_encrypted():
     clear = Codec(JOB, key=None, encrypt=False, compress=False).encode(chunk_id=1, partition=0, meta=META, data=b"x")
     with pytest.raises(ProtocolError, match="unencrypted"):
