@@ -108,7 +108,7 @@ def test_fault_orchestrator_killed_then_sync_resumes(tmp_path, emulators, gcs_bu
 
 
 def test_fault_stale_upload_listed_and_aborted_by_the_next_run(tmp_path, store_uri):
-    """What the re-run relies on, per store: an upload a killed run began is listed by key (S3, local)
+    """What the re-run relies on, per store: an upload a killed run began is listed by key (S3, GCS, local)
     and the next copy of that key aborts it; the copy is complete and identical everywhere."""
     store = open_store(store_uri)
     kind = store_uri.split(":")[0]
@@ -126,4 +126,4 @@ def test_fault_stale_upload_listed_and_aborted_by_the_next_run(tmp_path, store_u
            f"{'listed' if listed else 'not listed (this store does not track them)'} before the copy, "
            f"{len(after)} unfinished after it; copy sha256-identical: {identical}")
     assert identical and after == []
-    assert listed or kind in ("gs", "az")
+    assert listed or kind == "az"  # Azure keeps uncommitted blocks invisible and expires them itself

@@ -33,6 +33,7 @@ from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, chec
                      part_numbers, translated)
 
 PARTS_PREFIX = ".skyplane-parts/"
+_KEY_METADATA = "skyplane-key"  # on each part: the key its upload is for, so leftovers can be found
 MAX_COMPOSE = 32  # sources per compose request (a GCS limit)
 _MULTIPART_LIMIT = 8 * 1024**2  # above this the library switches to a resumable upload
 _RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes must be multiples of this
@@ -174,7 +175,7 @@ class GCSStore(ObjectStore):
 
     def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
         check_upload_id(upload_id)
-        etag = self._put(_part_name(upload_id, part_number), data, what=key)
+        etag = self._put(_part_name(upload_id, part_number), data, what=key, metadata={_KEY_METADATA: key})
         return PartInfo(part_number, etag, len(data))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
@@ -203,15 +204,28 @@ class GCSStore(ObjectStore):
         check_upload_id(upload_id)
         self._delete_upload(upload_id)
 
+    def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """Uploads whose parts are still under the reserved prefix; each part names its key in its metadata."""
+        found: dict[str, str] = {}
+        with self._errors(PARTS_PREFIX):
+            for blob in self._client.list_blobs(self.bucket, prefix=PARTS_PREFIX, timeout=_TIMEOUT, retry=_RETRY):
+                upload_id = blob.name[len(PARTS_PREFIX):].split("/", 1)[0]
+                key = (blob.metadata or {}).get(_KEY_METADATA)
+                if key is not None and key.startswith(prefix):
+                    found.setdefault(upload_id, key)
+        return sorted((key, upload_id) for upload_id, key in found.items())
+
     def close(self) -> None:
         self._client._http.close()  # noqa: SLF001  (requests reopens connections on the next call)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _put(self, name: str, data: bytes, *, what: str | None = None) -> str:
+    def _put(self, name: str, data: bytes, *, what: str | None = None, metadata: dict[str, str] | None = None) -> str:
         chunk = None
         if len(data) > _MULTIPART_LIMIT:
             chunk = -(-len(data) // _RESUMABLE_QUANTUM) * _RESUMABLE_QUANTUM  # one chunk holds everything
         blob = self._bucket.blob(name, chunk_size=chunk)
+        if metadata:
+            blob.metadata = metadata
         with self._errors(what or name, bucket_level=True):
             blob.upload_from_string(data, content_type="application/octet-stream", timeout=_TIMEOUT, retry=_RETRY)
         return _etag(blob)
