@@ -20,7 +20,7 @@ of the capped mesh (the physical limit; the veths' caps do not grow with gateway
 depend on the plan's gateway count). Times run from the fleet being up until the gateways confirmed
 every chunk written: gateway start-up and the final verification (an MD5 read of every local file;
 cloud stores report it without reading) are shown apart. ``--quick`` (48 MiB) takes
-about 3 minutes on two cores, the default (192 MiB) about 10.
+about 2.5 minutes on two cores, the default (192 MiB) about 8.5.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def print_table(name, sc, src, dst, runs: dict[str, Run], single_seconds: float,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"move {QUICK_SIZE // MiB} MiB per run (about 3 min)")
+    ap.add_argument("--quick", action="store_true", help=f"move {QUICK_SIZE // MiB} MiB per run (about 2.5 min)")
     ap.add_argument("--scenario", action="append", help="a shipped scenario name (repeat for several; default all)")
     ap.add_argument("--size", type=parse_size, help=f"data per run (default {FULL_SIZE // MiB}MiB)")
     ap.add_argument("--chunk-size", type=parse_size, default=MiB,

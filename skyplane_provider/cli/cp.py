@@ -52,7 +52,8 @@ def add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provisioner-settings", type=argparse.FileType("r"), metavar="FILE",
                    help="JSON object of provisioner settings (ssh hosts, aws region/instance type...), "
                         "see docs/provisioners.md")
-    p.add_argument("--grid", help="CSV grid (src,dst,gbps,cost_per_gb) to plan on instead of the built-in one")
+    p.add_argument("--grid", help="CSV grid (src,dst,gbps,cost_per_gb[,capacity: vm|link]) to plan on "
+                                  "instead of the built-in one")
     p.add_argument("--plan", type=argparse.FileType("r"), help="a saved plan (JSON) to use as is")
 
 

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=float, default=planner.DEFAULT_SIZE_GB, metavar="GB",
                    help=f"data size in GB, for the cost of the whole transfer (default {planner.DEFAULT_SIZE_GB:g})")
     p.add_argument("--grid", metavar="CSV",
-                   help="plan on this grid (src,dst,gbps,cost_per_gb) instead of the built-in one")
+                   help="plan on this grid (src,dst,gbps,cost_per_gb[,capacity: vm|link]) instead of the built-in one")
     p.add_argument("--backend", choices=BACKENDS, default="cbc", help="MILP solver for --solver ilp (default cbc)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON and nothing else")
     p.add_argument("--png", metavar="FILE", help="also draw the plan into this PNG file")
