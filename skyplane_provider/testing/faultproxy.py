@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,16 @@ _THROTTLE = {
               b"<Message>The server is busy.</Message></Error>"),
 }
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that reset their connections are part of the game here, not errors worth a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -134,8 +145,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True).start()
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
