@@ -102,6 +102,16 @@ def test_sync_twice_moves_nothing_the_second_time(tmp_path, s3_bucket):
     assert read_all(s3_bucket, "s/")["f3"] == digests({"f3": b"changed size"})["f3"]
 
 
+def test_sync_recopies_a_same_size_object_whose_checksum_differs(gcs_bucket):
+    objs = {f"k{i}": os.urandom(3000) for i in range(4)}
+    put_objects(gcs_bucket, {"a/" + k: v for k, v in objs.items()})
+    assert sync(gcs_bucket + "/a/", gcs_bucket + "/b/").objects == 4
+    put_objects(gcs_bucket, {"b/k2": os.urandom(3000)})  # same size, other bytes
+    again = sync(gcs_bucket + "/a/", gcs_bucket + "/b/")
+    assert again.objects == 1 and again.skipped_objects == 3
+    assert read_all(gcs_bucket, "b/") == digests(objs)
+
+
 def test_two_thousand_small_objects(tmp_path, gcs_bucket):
     src = tmp_path / "many"
     src.mkdir()

@@ -132,11 +132,15 @@ def list_source(source: Source) -> list[ObjectInfo]:
 
 
 def needs_copy(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
-    """Sync rule: copy when missing, when the size differs, or when both sides report an MD5
-    (single-part ETags of 32 hex digits) that differs. Multipart ETags are not comparable across
-    stores, so size decides there."""
+    """Sync rule: copy when missing, when the size differs, or when a content checksum both listings
+    report (MD5, CRC32C; else ETags that look like MD5s, 32 hex digits) differs. Multipart ETags are
+    not comparable across stores, so size decides there."""
     if dst is None or dst.size != src.size:
         return True
+    theirs, ours = src.checksums(), dst.checksums()
+    shared = theirs.keys() & ours.keys()
+    if shared:
+        return any(theirs[k] != ours[k] for k in shared)
     a, b = _md5_etag(src.etag), _md5_etag(dst.etag)
     return bool(a and b and a != b)
 
