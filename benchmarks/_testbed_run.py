@@ -4,8 +4,8 @@
         make_dataset(src_dir, 64 * MiB, file_size=MiB)
         run = run_transfer(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a", grid=grid_csv,
                            solver="ilp", connections=4, chunk_size=MiB)
-        run.seconds, run.stats                  # moving time (gateway start-up and the final verification excluded)
-        run.rx_gbps                                              # destination's receive rate while data arrived
+        run.seconds, run.stats      # moving time (without gateway start-up and the final verification)
+        run.rx_gbps                 # the destination's receive rate while data arrived
         single_stream(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a")   # seconds, one TCP stream
 
 Gateways run inside the region namespaces (local provisioner, ``Testbed.gateway_placement()``); the
@@ -69,7 +69,8 @@ def open_testbed(scenario: str, *, scale_mbit_per_gbps: float | None = None) -> 
             log.exception("testbed %s: down() failed; tearing down by id", tb.testbed_id)
             teardown(tb.testbed_id)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:  # else a fleet's teardown hook chains to it
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_on_sigterm(signum, frame) -> None:
