@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from skyplane_provider.testbed import shipped_scenarios
+from skyplane_provider.testbed import Scenario, shipped_scenarios
 from skyplane_provider.transfer.request import parse_size
 
 from _testbed_run import MiB, Run, make_dataset, open_testbed, run_transfer, single_stream
@@ -81,12 +81,15 @@ def bench_scenario(name: str, args: argparse.Namespace, work: Path) -> tuple[flo
     return ilp.gbps / runs["direct"].gbps, ilp.wire_gbps / maxflow
 
 
-def print_table(name, sc, src, dst, runs: dict[str, Run], single_seconds: float, moved: int,
-                maxflow: float) -> None:
+def print_table(name: str, sc: Scenario, src: str, dst: str, runs: dict[str, Run], single_seconds: float,
+                moved: int, maxflow: float) -> None:
+    """The scenario's Markdown table: every plan's run and the single stream, in testbed and grid units."""
     scale = sc.scale_mbit_per_gbps
-    mbit = lambda gbps: gbps * 1000  # noqa: E731 - scaled Gbps -> Mbit/s of the testbed
 
-    def grid_gbps(gbps: float) -> float:
+    def mbit(gbps: float) -> float:  # the testbed's scaled Gbps -> its Mbit/s
+        return gbps * 1000
+
+    def grid_gbps(gbps: float) -> float:  # -> the Gbps of the cloud grid the scenario was scaled from
         return mbit(gbps) / scale
 
     print(f"\n## {name}: {src} -> {dst}, {moved / MiB:.0f} MiB, scale {scale:g} Mbit/s per grid Gbps")
