@@ -187,6 +187,10 @@ def main() -> int:
     ap.add_argument("--gateways", type=int, default=2, help="our gateways per region")
     ap.add_argument("--connections", type=int, default=4, help="our connections per gateway and out-edge")
     ap.add_argument("--rclone-transfers", type=int, default=8)
+    ap.add_argument("--solver", default=None,
+                    help="our planner (default: ilp on the testbed, direct on loopback); direct on the testbed "
+                         "shows what the gateways gain without the overlay")
+    ap.add_argument("--skip-baselines", action="store_true", help="run ours only (no ratio lines)")
     args = ap.parse_args()
     size = parse_size(args.size)
     scratch = Path(tempfile.mkdtemp(prefix="pairwise-bench-"))
@@ -197,6 +201,8 @@ def main() -> int:
         world_cm = (testbed_world(logs, scratch) if args.network == "testbed" else loopback_world(logs))
         with world_cm as world:
             os.environ.update(world.env)
+            if args.solver:
+                world.transfer["solver"] = args.solver
             print(f"pairwise_operators: {args.objects} objects x {size / MiB:g} MiB "
                   f"({args.objects * size / MiB:g} MiB, half CSV text, half random), {world.label}", flush=True)
             print(f"  {machine_line()}", flush=True)
@@ -213,17 +219,19 @@ def main() -> int:
                     raise SystemExit(f"{name}: the copy at {dest_prefix_uri} does not match the source")
 
             dst = create_bucket("gcs")
-            seconds = run_airflow(world, src[len("s3://"):], "data/", dst + "/airflow/", scratch / "airflow-home")
-            check("airflow", dst + "/airflow/")
-            rows["Airflow S3ToGCSOperator"] = {"seconds": seconds, "wire": total, "egress": baseline_egress}
-            print(f"  airflow operator: {seconds:.2f} s", flush=True)
+            if not args.skip_baselines:
+                seconds = run_airflow(world, src[len("s3://"):], "data/", dst + "/airflow/",
+                                      scratch / "airflow-home")
+                check("airflow", dst + "/airflow/")
+                rows["Airflow S3ToGCSOperator"] = {"seconds": seconds, "wire": total, "egress": baseline_egress}
+                print(f"  airflow operator: {seconds:.2f} s", flush=True)
 
-            seconds = run_rclone(world, src[len("s3://"):], "data", dst[len("gs://"):], "rclone",
-                                 args.rclone_transfers)
-            check("rclone", dst + "/rclone/")
-            rows[f"rclone copy --transfers {args.rclone_transfers}"] = {
-                "seconds": seconds, "wire": total, "egress": baseline_egress}
-            print(f"  rclone: {seconds:.2f} s", flush=True)
+                seconds = run_rclone(world, src[len("s3://"):], "data", dst[len("gs://"):], "rclone",
+                                     args.rclone_transfers)
+                check("rclone", dst + "/rclone/")
+                rows[f"rclone copy --transfers {args.rclone_transfers}"] = {
+                    "seconds": seconds, "wire": total, "egress": baseline_egress}
+                print(f"  rclone: {seconds:.2f} s", flush=True)
 
             with Timer() as t:  # all of it: listing, planning, gateway start-up, transfer, teardown
                 stats = copy(src + "/data/", dst + "/ours/", src_region=world.src_region,
@@ -231,7 +239,8 @@ def main() -> int:
                              connections=args.connections, **world.transfer)
             check("ours", dst + "/ours/")
             route = " + ".join(f"{e['src']}->{e['dst']}" for e in stats.route)
-            rows[f"ours ({args.gateways} gateways/region x {args.connections} connections)"] = {
+            solver = world.transfer.get("solver", "direct")
+            rows[f"ours ({solver}, {args.gateways} gateways/region x {args.connections} connections)"] = {
                 "seconds": t.seconds, "wire": stats.bytes_on_wire, "egress": stats.egress_usd_actual,
                 "predicted": stats.egress_usd_predicted}
             print(f"  ours: {t.seconds:.2f} s ({stats.seconds:.2f} s after planning), route {route}", flush=True)
