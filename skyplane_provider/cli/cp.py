@@ -93,7 +93,7 @@ def execute(req: TransferRequest, args: argparse.Namespace) -> int:
     else:
         d = stats.to_dict()
         print(f"moved {d['objects']} objects, {d['bytes']} bytes in {d['seconds']:.2f}s "
-              f"({d['gbps']:.3f} Gbps), {d['skipped_objects']} already up to date; verified: {d['verified']}; "
+              f"({d['gbps']:.3f} Gbps; {d['move_gbps']:.3f} Gbps while moving), {d['skipped_objects']} already up to date; verified: {d['verified']}; "
               f"retries: {d['retries']}; predicted cost ${d['cost_usd']:.4f}")
         print(f"route ({d['plan']['solver']}): " + ", ".join(f"{e['src']} -> {e['dst']}" for e in d["route"])
               if d["route"] else f"route: within {d['plan']['src']}")

@@ -51,6 +51,8 @@ class Transfer:
         self.verification = Verification()
         #: Per copy: how it was verified and the per-chunk checksums the gateways confirmed (verify.py).
         self.manifest: dict | None = None
+        #: Seconds spent per phase of run(): provision (fleet up and wired), move, verify.
+        self.phases: dict[str, float] = {}
 
     # -- phase 1: everything that can be checked without a gateway ---------------------------
     def prepare(self) -> "Transfer":
@@ -95,12 +97,15 @@ class Transfer:
             self._begin_uploads()
             self.fleet = self._provision(max_chunk_bytes=max(c.length for c in chunks))
             clients = wire_peers(self.fleet, self.plan)
+            mark = self._phase("provision", started)
             self.dispatcher = Dispatcher(
                 job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, chunks=chunks,
                 objects=self.objects, source=self.source, dests=self.dests, stop=self._stop,
                 progress=self.progress)
             self.dispatcher.run()
+            mark = self._phase("move", mark)
             self.verification, self.manifest = verify_all(self.objects, chunks, self.source, self.dests, self.job_id)
+            self._phase("verify", mark)
             return self._stats(started, chunks)
         except BaseException:
             abort_uploads(self.objects, self.dests)
@@ -129,6 +134,11 @@ class Transfer:
         for t in targets:
             t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
 
+    def _phase(self, name: str, since: float) -> float:
+        now = time.monotonic()
+        self.phases[name] = round(now - since, 3)
+        return now
+
     def _stats(self, started: float, chunks: list[Chunk]) -> TransferStats:
         seconds = max(time.monotonic() - started, 1e-9)
         moved = sum(o.info.size for o in self.objects)
@@ -146,7 +156,9 @@ class Transfer:
         return TransferStats(
             job_id=self.job_id, src=self.request.src, dsts=list(self.request.dsts),
             objects=len(self.objects), bytes=moved, bytes_on_wire=wire, seconds=round(seconds, 3),
-            gbps=round(moved * 8 / seconds / 1e9, 4), verified=True, verification=self.verification.to_dict(),
+            gbps=round(moved * 8 / seconds / 1e9, 4), phases=dict(self.phases),
+            move_gbps=round(moved * 8 / self.phases["move"] / 1e9, 4) if self.phases.get("move") else 0.0,
+            verified=True, verification=self.verification.to_dict(),
             retries=d.retries if d else 0, plan=self.plan.summary(),
             cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
             egress_usd_actual=round(egress_pred * ratio, 6), vm_usd=round(vm_usd, 6),
