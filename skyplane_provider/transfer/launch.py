@@ -22,6 +22,19 @@ class JobSecrets:
         return self.tokens.setdefault(gateway_id, secrets.token_urlsafe(32))
 
 
+#: Roughly what one gateway's chunk buffers may add up to: each reader or writer holds up to three
+#: copies of its chunk (raw, compressed, sealed) and each queue slot one. With 8 of each and 32 MiB
+#: chunks a destination gateway peaked at 1.1 GiB (benchmarks/memory.py, 10 GiB through a relay).
+BUFFER_BUDGET = 512 * 1024**2
+MAX_DEPTH = 8
+
+
+def pipeline_depth(max_chunk_bytes: int) -> int:
+    """Readers, writers and queue slots per gateway for chunks up to this size: 8 for chunks up to
+    16 MiB (small objects need the parallelism), fewer for bigger ones, at least 2."""
+    return max(2, min(MAX_DEPTH, BUFFER_BUDGET // (4 * max(1, max_chunk_bytes))))
+
+
 def _handles_plaintext(program: RegionProgram) -> bool:
     return any(p.source == "read" or p.write for p in program.partitions.values())
 
@@ -30,7 +43,9 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
                   credentials: dict, queue_chunks: int = 8, max_chunk_bytes: int | None = None) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
     they only ever see ciphertext. ``max_chunk_bytes``: the job's largest chunk, so a gateway refuses
-    (before allocating) any frame longer than this job can send."""
+    (before allocating) any frame longer than this job can send, and so that big chunks get fewer
+    readers, writers and queue slots (:func:`pipeline_depth`): memory stays bounded."""
+    depth = pipeline_depth(max_chunk_bytes) if max_chunk_bytes is not None else None
     specs = []
     for region, program in plan.programs().items():
         plaintext = _handles_plaintext(program)
@@ -50,6 +65,7 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
             }
             if max_chunk_bytes is not None:
                 config["max_chunk_bytes"] = max(1, max_chunk_bytes)
+                config.update(readers=depth, writers=depth, queue_chunks=min(queue_chunks, depth))
             if plaintext and encrypt:
                 config["encryption_key"] = job_secrets.encryption_key
             specs.append(GatewaySpec(gateway_id=gid, region=region, config=config))
