@@ -99,6 +99,37 @@ def test_fault_gateway_killed_at_half(role, tmp_path, slow_source):
     assert not list(dst.rglob(".skyplane-tmp*")), "a part of the multipart upload was left behind"
 
 
+def test_fault_only_relay_gateway_killed_is_replaced(tmp_path, slow_source):
+    """No spares: the relay region's only gateway dies at about half; a new one is started in its
+    place, wired in, and the transfer completes."""
+    src, credentials, objs = slow_source
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    req = TransferRequest(src=src + "/", dsts=[str(dst)], plan=relay_plan(), chunk_size="1MiB",
+                          credentials=credentials)
+    killed: dict = {}
+
+    def kill_relay_at_half(p) -> None:
+        done = p.objects_done / p.objects_total
+        if not killed and done >= 0.4:
+            victim = next(g for g in transfer.fleet.gateways if g.region == RELAY)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.update(gateway=victim.gateway_id, at=done)
+
+    transfer = Transfer(req, progress=kill_relay_at_half)
+    stats = transfer.run()
+    got = read_all("file://" + str(dst))
+    left = wait_gone(transfer.job_id)
+    record("fault", f"SIGKILL of the only relay gateway {killed.get('gateway')} at {killed.get('at', 0):.0%} of the "
+           "objects (1 gateway per region, no spare)",
+           f"replaced by {', '.join(transfer.dispatcher.replaced)}; completed, "
+           f"{sum(got.get(k) == v for k, v in digests(objs).items())}/{len(objs)} objects sha256-identical, "
+           f"{stats.retries} chunk re-dispatches, {len(left)} gateway processes left")
+    assert killed and got == digests(objs)
+    assert stats.gateways_replaced == 1 and transfer.dispatcher.replaced == [f"{RELAY}/r1"]
+    assert left == []
+
+
 def test_fault_cli_gateway_killed_at_half(tmp_path, slow_source):
     """The same through ``skyplane-provider cp --gateways-per-region 2``: a relay gateway dies mid-way."""
     src, credentials, objs = slow_source

@@ -174,7 +174,8 @@ def test_missing_credentials(tmp_path, s3_bucket, monkeypatch):
 
 
 def test_failed_transfer_leaves_no_partial_object(tmp_path, s3_bucket):
-    """Every gateway killed mid-transfer: the transfer fails loudly, its multipart uploads are
+    """Every gateway killed mid-transfer, and each replacement as it starts: once the replacements
+    are used up the transfer fails loudly, its multipart uploads are
     aborted and nothing partial is visible at the destination."""
     import signal
 

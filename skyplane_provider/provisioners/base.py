@@ -10,6 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from planner.errors import ProvisionError
+
 
 @dataclass(frozen=True)
 class GatewaySpec:
@@ -44,10 +46,20 @@ class GatewayHandle:
 
 
 class Fleet(ABC):
-    """The running gateways of one job."""
+    """The running gateways of one job.
+
+    Optional capability: a fleet with ``can_replace`` starts a new gateway in place of a dead one
+    (:meth:`replace`); the transfer then goes on where it would otherwise have lost a whole region.
+    """
 
     job_id: str
     gateways: list[GatewayHandle]
+    can_replace: bool = False
+
+    def replace(self, gateway_id: str) -> GatewayHandle:
+        """Start a new gateway with the region and program of the dead ``gateway_id`` (under a new id
+        and control token), wait until it is healthy and add it to :attr:`gateways`."""
+        raise ProvisionError(f"a {type(self).__name__} cannot replace gateways")
 
     @abstractmethod
     def logs(self, gateway_id: str, tail: int = 200) -> str:

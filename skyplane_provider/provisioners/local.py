@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -92,17 +93,47 @@ class _LocalGateway:
             time.sleep(0.05)
 
 class LocalFleet(Fleet):
-    """Gateway processes of one job on this host."""
+    """Gateway processes of one job on this host; up to ``replacements`` dead ones are replaced."""
+
+    can_replace = True
 
     def __init__(self, job_id: str, job_dir: Path, members: list[_LocalGateway], *, grace: float,
-                 keep_logs: bool) -> None:
+                 keep_logs: bool, provisioner: "LocalProvisioner | None" = None, record: dict | None = None,
+                 replacements: int = 0) -> None:
         self.job_id = job_id
         self.job_dir = job_dir
         self._members = {m.spec.gateway_id: m for m in members}
         self.gateways = [m.handle for m in members if m.handle is not None]
         self._grace, self._keep_logs = grace, keep_logs
+        self._provisioner, self._record = provisioner, record
+        self._replacements_left = replacements if provisioner is not None else 0
+        self._replaced = 0
         self._lock = threading.Lock()
         self._done = False
+
+    def replace(self, gateway_id: str) -> GatewayHandle:
+        with self._lock:
+            if self._done:
+                raise ProvisionError(f"cannot replace {gateway_id}: the fleet of job {self.job_id} is torn down")
+            if self._replacements_left <= 0:
+                raise ProvisionError(f"cannot replace {gateway_id}: this job's replacements are used up",
+                                     hint="raise the local provisioner's 'replacements' setting")
+            self._replacements_left -= 1
+            self._replaced += 1
+            n = self._replaced
+        old = self._members[gateway_id].spec
+        spec = GatewaySpec(f"{old.region}/r{n}", old.region,
+                           {**old.config, "control_token": secrets.token_urlsafe(32)})
+        member = self._provisioner._launch(self.job_id, self.job_dir, spec)  # noqa: SLF001 - its own provisioner
+        with self._lock:
+            self._members[spec.gateway_id] = member
+        self._record["gateways"].append(_pid_entry(member))
+        _write_private(self.job_dir / PIDS_FILE, json.dumps(self._record, indent=1))
+        _bring_up([member], time.monotonic() + self._provisioner.health_timeout)
+        with self._lock:
+            self.gateways.append(member.handle)
+        log.warning("gateway %s replaces the dead %s", spec.gateway_id, gateway_id)
+        return member.handle
 
     def logs(self, gateway_id: str, tail: int = 200) -> str:
         m = self._members.get(gateway_id)
@@ -132,17 +163,23 @@ class LocalProvisioner(Provisioner):
     the gateway runs in that network namespace (``ip netns exec``; needs root), binds ``bind_host``
     and serves its control API on ``control_host``. ``netns``: per region just the namespace.
     ``health_timeout``: seconds to wait for each gateway; ``stop_grace``: seconds between shutdown
-    steps; ``keep_logs``: leave the gateway logs in the job directory after teardown.
+    steps; ``keep_logs``: leave the gateway logs in the job directory after teardown;
+    ``replacements``: how many dead gateways a job may replace (default 2), so a region whose
+    gateways all died gets a new one instead of failing the transfer.
     """
 
     name = "local"
 
     def __init__(self, *, bind_host: str = "127.0.0.1", placement: dict[str, dict] | None = None,
                  netns: dict[str, str] | None = None, health_timeout: float = 30.0, stop_grace: float = 3.0,
-                 keep_logs: bool = False, **unknown: Any) -> None:
+                 keep_logs: bool = False, replacements: int = 2, **unknown: Any) -> None:
         if unknown:
             raise BadOptionError(f"unknown local provisioner settings {sorted(unknown)}",
-                                 hint="allowed: bind_host, placement, netns, health_timeout, stop_grace, keep_logs")
+                                 hint="allowed: bind_host, placement, netns, health_timeout, stop_grace, keep_logs, "
+                                      "replacements")
+        if not isinstance(replacements, int) or replacements < 0:
+            raise BadOptionError(f"replacements must be a whole number >= 0, not {replacements!r}")
+        self.replacements = replacements
         self.bind_host = bind_host
         self.placement: dict[str, dict] = {}
         for region, p in (placement or {}).items():
@@ -167,23 +204,14 @@ class LocalProvisioner(Provisioner):
             for spec in specs:
                 member = self._launch(job_id, job_dir, spec)
                 members.append(member)
-                record["gateways"].append({"gateway_id": spec.gateway_id, "pid": member.proc.pid,
-                                           "cmdline_marker": str(member.config_path)})
+                record["gateways"].append(_pid_entry(member))
                 _write_private(job_dir / PIDS_FILE, json.dumps(record, indent=1))
-            deadline = time.monotonic() + self.health_timeout
-            for m in members:
-                ready = m.wait_ready(deadline)
-                m.handle = GatewayHandle(
-                    gateway_id=m.spec.gateway_id, region=m.spec.region,
-                    control_url=f"http://{_url_host(m.control_host)}:{int(ready['control_port'])}",
-                    control_token=m.token, data_host=m.data_host, data_port=int(ready["data_port"]),
-                    pid=m.proc.pid, extra={"directory": str(m.directory), "log": str(m.directory / "gateway.log")})
-            for m in members:
-                _wait_healthy(m, deadline)
+            _bring_up(members, time.monotonic() + self.health_timeout)
         except BaseException:
             LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs).teardown()
             raise
-        fleet = LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs)
+        fleet = LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs,
+                           provisioner=self, record=record, replacements=self.replacements)
         teardown_hooks.register(fleet)
         log.info("local fleet of job %s: %d gateway(s) up", job_id, len(members))
         return fleet
@@ -214,6 +242,23 @@ class LocalProvisioner(Provisioner):
                 raise ProvisionError(f"cannot start gateway {spec.gateway_id}: {exc}") from exc
         log.debug("started gateway %s as pid %d", spec.gateway_id, proc.pid)
         return _LocalGateway(spec, directory, proc, config.get("control_token", ""), control_host, bind_host)
+
+
+def _pid_entry(member: _LocalGateway) -> dict:
+    return {"gateway_id": member.spec.gateway_id, "pid": member.proc.pid, "cmdline_marker": str(member.config_path)}
+
+
+def _bring_up(members: list[_LocalGateway], deadline: float) -> None:
+    """Wait until each started gateway bound its ports (then give it its handle) and is healthy."""
+    for m in members:
+        ready = m.wait_ready(deadline)
+        m.handle = GatewayHandle(
+            gateway_id=m.spec.gateway_id, region=m.spec.region,
+            control_url=f"http://{_url_host(m.control_host)}:{int(ready['control_port'])}",
+            control_token=m.token, data_host=m.data_host, data_port=int(ready["data_port"]),
+            pid=m.proc.pid, extra={"directory": str(m.directory), "log": str(m.directory / "gateway.log")})
+    for m in members:
+        _wait_healthy(m, deadline)
 
 
 def _stop_all(members: list[_LocalGateway], grace: float) -> None:

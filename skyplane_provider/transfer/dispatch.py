@@ -56,6 +56,7 @@ class Dispatcher:
         self.cursor: dict[str, int] = {gid: 0 for gid in clients}
         self.counters: dict[str, dict] = {}
         self.retries = 0
+        self.replaced: list[str] = []  # gateways started in place of dead ones
         self.bytes_done = 0
         self.objects_done = 0
         self.bytes_total = sum(o.info.size for o in objects)
@@ -217,15 +218,30 @@ class Dispatcher:
         for gid in dead:
             log.error("gateway %s died; re-routing its work through the survivors", gid)
             del self.clients[gid]
-        regions = {r for r in self.plan.gateways}
-        living = {g.split("/")[0] for g in self.clients}
-        lost = regions - living
-        if lost:
-            raise TransferError(f"every gateway in {', '.join(sorted(lost))} died",
-                                hint="re-run the transfer (sync) to resume; see the gateway logs")
-        self.clients = wire_peers(self.fleet, self.plan, alive=set(self.clients))
+        alive = set(self.clients)
+        living = {g.split("/")[0] for g in alive}
+        for region in sorted(set(self.plan.gateways) - living):
+            alive.add(self._replace(next(g for g in dead if g.split("/")[0] == region)))
+        self.clients = wire_peers(self.fleet, self.plan, alive=alive)
+        for gid in self.clients:
+            self.cursor.setdefault(gid, 0)
         for cid in list(self.inflight):
             self._requeue(cid, "a gateway on its route died")
+
+    def _replace(self, dead: str) -> str:
+        """A new gateway for a region that lost all of its own; fails the transfer when none can start."""
+        region = dead.split("/")[0]
+        if not self.fleet.can_replace:
+            raise TransferError(f"every gateway in {region} died",
+                                hint="re-run the transfer (sync) to resume, with --gateways-per-region 2 for "
+                                     "spares; see the gateway logs")
+        try:
+            handle = self.fleet.replace(dead)
+        except SkyplaneError as exc:
+            raise TransferError(f"every gateway in {region} died and no replacement could start: {exc}",
+                                hint="re-run the transfer (sync) to resume; see the gateway logs") from exc
+        self.replaced.append(handle.gateway_id)
+        return handle.gateway_id
 
     def _check_stalls(self, now: float) -> None:
         for cid, t in list(self.inflight.items()):

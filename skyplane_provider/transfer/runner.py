@@ -159,7 +159,7 @@ class Transfer:
             gbps=round(moved * 8 / seconds / 1e9, 4), phases=dict(self.phases),
             move_gbps=round(moved * 8 / self.phases["move"] / 1e9, 4) if self.phases.get("move") else 0.0,
             verified=True, verification=self.verification.to_dict(),
-            retries=d.retries if d else 0, plan=self.plan.summary(),
+            retries=d.retries if d else 0, gateways_replaced=len(d.replaced) if d else 0, plan=self.plan.summary(),
             cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
             egress_usd_actual=round(egress_pred * ratio, 6), vm_usd=round(vm_usd, 6),
             skipped_objects=self.skipped, chunks=len(chunks), provisioner=self.request.provisioner,

@@ -57,7 +57,8 @@ class TransferStats:
     ``bytes`` counts source bytes moved (each object once, whatever the number of destinations);
     ``bytes_on_wire`` the frame bytes the source gateways sent (after compression and encryption);
     ``seconds`` / ``gbps`` the whole run, ``phases`` its seconds per phase (``provision``: fleet up and
-    wired, ``move``, ``verify``) and ``move_gbps`` the rate while data moved;
+    wired, ``move``, ``verify``) and ``move_gbps`` the rate while data moved; ``gateways_replaced``
+    how many dead gateways were replaced by new ones;
     ``cost_usd`` the predicted egress of the plan for these bytes plus gateway VM time;
     ``egress_usd_actual`` the egress of the bytes that really crossed each region edge;
     ``verification`` how every copy was checked after the transfer (``verified`` is True only
@@ -86,6 +87,7 @@ class TransferStats:
     provisioner: str = "local"
     route: list[dict] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    gateways_replaced: int = 0
     move_gbps: float = 0.0
 
     def to_dict(self) -> dict:
