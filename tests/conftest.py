@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.ec2",
     "tests.fixtures.prefect",
     "tests.fixtures.airflow",
+    "tests.fixtures.gateways",
 ]

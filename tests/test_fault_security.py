@@ -25,9 +25,9 @@ from planner.errors import BadURIError
 from planner.plan import Edge, Hop, PartitionProgram, Plan, RegionProgram
 from skyplane_provider.transfer import copy
 
+from .gateway_jobs import DST, SRC, chunk, dest
 from .helpers import digests, read_all
 from .reliability_report import record
-from .test_gateway_daemon import DST, SRC, chunk, dest, home, jobs, stores  # noqa: F401 - fixtures
 
 MiB = 1024**2
 A, R, B = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"

@@ -18,8 +18,8 @@ from gateway import wire
 from planner.plan import PartitionProgram, RegionProgram
 
 from .fuzzing import fuzz, json_values
+from .gateway_jobs import SRC, assert_hung_up
 from .reliability_report import record
-from .test_gateway_daemon import SRC, assert_hung_up, home, jobs, stores  # noqa: F401 - fixtures
 
 ENDPOINTS = ["/health", "/status", "/status?since=0", "/status?since=-1", "/status?since=%C2%B2", "/peers",
              "/chunks", "/", ""]

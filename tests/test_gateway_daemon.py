@@ -7,7 +7,6 @@ tampered and replayed frames, backpressure, the control API's input checks and c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -31,132 +30,24 @@ from planner.errors import GatewayError, ProtocolError, ProvisionError
 from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
-from skyplane_provider.provisioners.local import PIDS_FILE, LocalFleet
+from skyplane_provider.provisioners.local import PIDS_FILE
 from skyplane_provider.testbed import Scenario
 from tests.fixtures.testbed import needs_netns
 
+from .gateway_jobs import (
+    DST,
+    DST2,
+    RELAY,
+    SRC,
+    Job,
+    MiB,
+    assert_hung_up,
+    chain,
+    chunk,
+    dest,
+    sha,
+)
 from .helpers import gateway_pids
-
-MiB = 1024**2
-SRC, RELAY, DST, DST2 = "t:src", "t:relay", "t:dst", "t:dst2"
-
-
-class Job:
-    """One job's secrets and a fleet built from hand-written programs."""
-
-    def __init__(self, home: Path, programs: dict[str, RegionProgram], *, encrypt: bool = True,
-                 compress: bool = True, queue_chunks: int = 4, overrides: dict[str, dict] | None = None,
-                 wire_peers: bool = True, provisioner=None) -> None:
-        self.id = uuid.uuid4().hex
-        self.secret = os.urandom(32).hex()
-        self.key = os.urandom(32).hex()
-        self.home = home
-        specs = []
-        for region, program in programs.items():
-            handles_data = any(p.source == "read" or p.write for p in program.partitions.values())
-            config = {"program": program.to_dict(), "job_secret": self.secret, "control_token": uuid.uuid4().hex,
-                      "compress": compress, "encrypt": encrypt, "queue_chunks": queue_chunks, "readers": 2,
-                      "writers": 2, "credentials": {}}
-            if encrypt and handles_data:
-                config["encryption_key"] = self.key
-            config.update((overrides or {}).get(region, {}))
-            specs.append(GatewaySpec(gateway_id=f"{region}/0", region=region, config=config))
-        self.fleet: LocalFleet = (provisioner or get_provisioner("local")).provision(self.id, specs)
-        self.handles = {g.region: g for g in self.fleet.gateways}
-        self.clients = {g.region: GatewayClient(g.control_url, g.control_token) for g in self.fleet.gateways}
-        if wire_peers:
-            for region, program in programs.items():
-                self.wire(region, program)
-
-    def wire(self, region: str, program: RegionProgram) -> None:
-        hops = {h.region for p in program.partitions.values() for h in p.send}
-        if hops:
-            self.clients[region].set_peers({r: [self.peer(r)] for r in hops})
-
-    def peer(self, region: str) -> dict:
-        h = self.handles[region]
-        return {"gateway_id": h.gateway_id, "host": h.data_host, "data_port": h.data_port}
-
-    def directory(self, region: str) -> Path:
-        return Path(self.handles[region].extra["directory"])
-
-    def events(self, region: str, want: int, timeout: float = 30.0, kind: str | None = None) -> list[dict]:
-        """Poll until ``want`` events (of ``kind``) were reported by ``region``'s gateway."""
-        found: list[dict] = []
-        cursor, deadline = 0, time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.clients[region].status(cursor)
-            cursor = status["next"]
-            if kind == "written" and any(e["type"] == "failed" for e in status["events"]):
-                raise AssertionError(f"{region} reported a failure: {status['events']}")
-            found += [e for e in status["events"] if kind is None or e["type"] == kind]
-            if len(found) >= want:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"{region}: {len(found)} of {want} events after {timeout}s: {found} "
-                             f"{self.clients[region].status(0)}\n{self.fleet.logs(region + '/0', 30)}")
-
-
-def chunk(cid: int, src: str, key: str, offset: int, length: int, dests: list[dict], partition: int = 0) -> dict:
-    return {"chunk_id": cid, "partition": partition, "src": {"store": src, "key": key}, "offset": offset,
-            "length": length, "dests": dests}
-
-
-def dest(region: str, store: str, key: str, upload_id: str | None = None, part: int | None = None) -> dict:
-    return {"region": region, "store": store, "key": key, "upload_id": upload_id, "part_number": part}
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def assert_hung_up(sock: socket.socket) -> None:
-    """The peer closed the connection (a FIN, or a reset when it left our bytes unread)."""
-    sock.settimeout(10)
-    try:
-        assert sock.recv(1) == b""
-    except ConnectionResetError:
-        pass
-
-
-def chain() -> dict[str, RegionProgram]:
-    """Partition 0: source -> relay -> destination (2 connections per hop)."""
-    return {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(RELAY, 2),))}),
-            RELAY: RegionProgram(RELAY, {0: PartitionProgram("receive", (Hop(DST, 2),))}),
-            DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def stores(tmp_path) -> dict[str, str]:
-    out = {}
-    for name in ("src", "dst", "dst2"):
-        (tmp_path / name).mkdir()
-        out[name] = "file://" + str(tmp_path / name)
-    return out
-
-
-@pytest.fixture
-def jobs(home):
-    """Start jobs with ``jobs(programs, **kw)``; every fleet is torn down and checked gone afterwards."""
-    made: list[Job] = []
-
-    def make(programs, **kw) -> Job:
-        job = Job(home, programs, **kw)
-        made.append(job)
-        return job
-
-    yield make
-    for job in made:
-        pids = [g.pid for g in job.fleet.gateways]
-        job.fleet.teardown()
-        assert not any(p in gateway_pids() for p in pids), "a gateway process was left running"
-        assert not (home / "jobs" / job.id).exists(), "the job's files were left behind"
 
 
 def test_chain_whole_objects_and_parts_through_a_keyless_relay(jobs, stores):
