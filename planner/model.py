@@ -166,14 +166,18 @@ def tree_plan(grid: Grid, src: str, dsts: Sequence[str], tree: TreeEdges, *, sol
               throughput_gbps: float | None, started: float, notes: Sequence[str] = ()) -> Plan:
     """A one-partition plan on ``tree`` with the same gateway count in every region of it.
 
-    Without a target every region gets ``max_gateways``; with one, the fewest that reach it.
+    With a target, the fewest gateways that reach it; without one, the fewest that reach the rate of
+    ``max_gateways`` (on shared links, extra gateways add cost and no speed).
     """
     nodes = {src, *dsts, *(r for e in tree for r in e)}
-    counts = range(1, max_gateways + 1) if throughput_gbps else (max_gateways,)
+    target = throughput_gbps
+    if target is None:
+        target, _ = tree_rate(grid, tree, {r: max_gateways for r in nodes})
+    counts = range(1, max_gateways + 1) if math.isfinite(target) else (max_gateways,)
     for n in counts:
         gateways = {r: n for r in nodes}
         rate, conns = tree_rate(grid, tree, gateways)
-        if throughput_gbps is None or rate >= throughput_gbps * (1 - 1e-9):
+        if rate >= target * (1 - 1e-9):
             break
     else:
         raise InfeasiblePlanError(

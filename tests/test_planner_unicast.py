@@ -79,6 +79,9 @@ def test_shared_links_do_not_scale_with_gateways_and_the_ilp_uses_every_path(tmp
     assert planner.solve("x:a", ["x:b"], solver="ilp", grid=per_vm).throughput_gbps == pytest.approx(10.0, rel=1e-3)
     two = planner.solve("x:a", ["x:b"], solver="direct", max_gateways_per_region=2, grid=shared)
     assert two.throughput_gbps == pytest.approx(1.0)
+    assert two.gateways == {"x:a": 1, "x:b": 1}  # a second gateway would add cost, not speed
+    assert planner.solve("x:a", ["x:b"], solver="direct", max_gateways_per_region=2,
+                         grid=per_vm).gateways == {"x:a": 2, "x:b": 2}
 
 
 def test_heuristics_use_the_fewest_gateways_that_reach_a_target(slow_direct):
