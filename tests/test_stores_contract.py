@@ -343,3 +343,16 @@ def test_transient_failures_are_retryable_errors(emulators):
         assert isinstance(exc, wanted), (kind, expected, exc)
         assert exc.retryable and "transient" in str(exc) and exc.hint
         assert seconds < 20, (kind, expected, seconds)
+
+
+def test_local_objects_get_the_mode_of_a_plain_file(tmp_path):
+    """Temp files are private while being written; the published object is what open() would make."""
+    store = open_store("file://" + str(tmp_path))
+    store.write("whole", b"x")
+    upload = store.begin_multipart("parts")
+    part = store.upload_part("parts", upload, 1, b"y")
+    store.complete_multipart("parts", upload, [part])
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("whole", "parts"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask

@@ -33,6 +33,15 @@ _MD5_CACHE_MAX = 100_000  # file versions; about 20 MB at most
 _INSIDE_CACHE_MAX = 100_000  # directories found inside the root
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would create
+
+
 class LocalStore(ObjectStore):
     """Objects as files below ``root``."""
 
@@ -106,7 +115,7 @@ class LocalStore(ObjectStore):
 
     def write(self, key: str, data: bytes) -> str:
         path = self._path(key, for_write=True)
-        fd, tmp = self._in_tmp_dir(lambda tmp_dir: tempfile.mkstemp(dir=tmp_dir, suffix=".tmp"))
+        fd, tmp = self._new_temp()
         try:
             with self._errors(key):
                 _write_fd(fd, data)
@@ -254,8 +263,15 @@ class LocalStore(ObjectStore):
             raise BadURIError(f"prefix {prefix!r} would escape the store root {self._root}",
                               hint="give a prefix relative to the root, without '..'")
 
-    def _temp_file(self) -> str:
+    def _new_temp(self) -> tuple[int, str]:
+        """A new temp file (descriptor, path) with the mode a plain file would get here (mkstemp's
+        is 0600: the objects would end up readable by their owner only)."""
         fd, tmp = self._in_tmp_dir(lambda tmp_dir: tempfile.mkstemp(dir=tmp_dir, suffix=".tmp"))
+        os.fchmod(fd, _FILE_MODE)
+        return fd, tmp
+
+    def _temp_file(self) -> str:
+        fd, tmp = self._new_temp()
         os.close(fd)
         return tmp
 
