@@ -168,9 +168,11 @@ class SkyplaneTransferOperator(BaseOperator):
         self._progress = progress
 
     def _report(self, stats: dict) -> dict:
-        self.log.info("job %s: %d objects, %s in %.1f s (%.3f Gbit/s), verified=%s, cost $%.4f, route %s",
+        self.log.info("job %s: %d objects, %s in %.1f s (%.3f Gbit/s, %.3f while moving), verified %s, %d retries, "
+                      "%d gateways replaced, cost $%.4f, route %s",
                       stats["job_id"], stats["objects"], human_bytes(stats["bytes"]), stats["seconds"],
-                      stats["gbps"], stats["verified"], stats["cost_usd"],
+                      stats["gbps"], stats["move_gbps"], stats["verification"], stats["retries"],
+                      stats["gateways_replaced"], stats["cost_usd"],
                       " ".join(f"{e['src']}->{e['dst']}" for e in stats["route"]) or "-")
         return stats
 

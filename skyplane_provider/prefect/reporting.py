@@ -31,8 +31,8 @@ _KEY_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 #: The stats shown in the table artifact, in this order (nested ones go to the plan artifact).
 TABLE_FIGURES = ("job_id", "src", "dsts", "objects", "skipped_objects", "bytes", "bytes_on_wire", "chunks",
-                 "seconds", "gbps", "verified", "retries", "egress_usd_predicted", "egress_usd_actual",
-                 "vm_usd", "cost_usd", "provisioner")
+                 "seconds", "gbps", "move_gbps", "verified", "retries", "gateways_replaced", "egress_usd_predicted",
+                 "egress_usd_actual", "vm_usd", "cost_usd", "provisioner")
 
 
 def check_artifact_key(key: str) -> str:
