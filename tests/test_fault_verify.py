@@ -99,3 +99,21 @@ def test_fault_stats_say_how_copies_were_verified(src_kind, dst_kind, expected, 
     assert stats.verified and stats.verification == {"objects": 2, "by": expected}
     record("fault", f"verification of a {src_kind} -> {dst_kind} copy (one small object, one of 6 MiB in parts)",
            f"stats.verification = {stats.verification}")
+
+
+def test_fault_verifier_uses_crc32c_when_only_that_is_shared():
+    """A composed GCS object has only a CRC32C (fake-gcs keeps an MD5 too, so this is checked here)."""
+    from gateway.stores.base import ObjectInfo
+    from skyplane_provider.transfer.verify import check_copy
+
+    src = ObjectInfo("k", 10, md5=None, crc32c="0a0b0c0d")
+    assert check_copy(src, ObjectInfo("k", 10, crc32c="0a0b0c0d"), "gs://b/k", ("md5", "crc32c"), []) == "crc32c"
+    with pytest.raises(VerificationError, match="crc32c"):
+        check_copy(src, ObjectInfo("k", 10, crc32c="ffffffff"), "gs://b/k", ("md5", "crc32c"), ["c0ffee"])
+    # Neither side has a shared native checksum: the gateways' confirmed chunk checksums decide.
+    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["c0ffee"]) == "chunk-sha256"
+    with pytest.raises(VerificationError, match="no gateway confirmed"):
+        check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["c0ffee", ""])
+    record("fault", "verifier on copies with only a CRC32C in common (a composed GCS object), a wrong CRC32C, "
+           "and no common checksum with one chunk unconfirmed", "crc32c used and a mismatch raised "
+           "VerificationError; chunk-sha256 used otherwise, an unconfirmed chunk raised VerificationError")
