@@ -7,7 +7,8 @@ Writes land in a temp file under ``<root>/.skyplane-tmp/`` and are renamed into 
 is never visible half-written; multipart parts live in ``.skyplane-tmp/<upload_id>/`` until
 ``complete_multipart`` concatenates them. Listings never show the temp directory, and it is removed
 whenever it falls empty, so a finished copy leaves nothing of ours behind.
-ETags of objects are the MD5 of the bytes (cached per file version, so repeated listings stay cheap);
+ETags of objects are the MD5 of the bytes, cached per file version in memory and across runs
+(:mod:`gateway.stores.digest_cache`), so repeated listings stay cheap;
 a multipart part's ETag names its file's version (inode, mtime, size), which nothing checks.
 """
 
@@ -26,6 +27,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotF
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import check_range, check_upload_id, new_upload_id, part_numbers, translated
+from .digest_cache import shared_cache, version_of
 
 TMP_DIR = ".skyplane-tmp"
 _BLOCK = 4 * 1024 * 1024
@@ -343,15 +345,20 @@ class LocalStore(ObjectStore):
             cached = self._md5_cache.get(version)
         if cached is not None:
             return cached
-        digest = hashlib.md5()
-        with open(path, "rb") as f:
-            while block := f.read(_BLOCK):
-                digest.update(block)
+        persistent = shared_cache()
+        md5 = persistent.get(version_of(st))
+        if md5 is None:
+            digest = hashlib.md5()
+            with open(path, "rb") as f:
+                while block := f.read(_BLOCK):
+                    digest.update(block)
+            md5 = digest.hexdigest()
+            persistent.put(version_of(st), md5)
         with self._md5_lock:
             if len(self._md5_cache) >= _MD5_CACHE_MAX:
                 self._md5_cache.clear()
-            self._md5_cache[version] = digest.hexdigest()
-        return digest.hexdigest()
+            self._md5_cache[version] = md5
+        return md5
 
     def _errors(self, key: str):
         uri = self._uri(key)

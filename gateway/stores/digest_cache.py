@@ -1,0 +1,132 @@
+"""MD5s of local files by file version, kept across runs in a small SQLite file.
+
+Listing a local directory reports every file's MD5 (a sync compares it with the other side, the
+verifier checks copies against it), and that means reading every byte. A digest is valid exactly as
+long as its file is unchanged, so it is keyed by the file's version (device, inode, size, mtime in
+ns): a nightly sync of a large, mostly unchanged tree then reads only the files that changed.
+
+The file lives in ``$XDG_CACHE_HOME/skyplane/`` (default ``~/.cache/skyplane/``);
+``SKYPLANE_DIGEST_CACHE`` names another file, or ``off``. It holds one row per file (about 100 bytes)
+and starts afresh past :data:`MAX_ROWS`. It is a cache: any error with it turns it off for this
+process, and the digests are computed as before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: (st_dev, st_ino, st_size, st_mtime_ns)
+Version = tuple[int, int, int, int]
+
+MAX_ROWS = 2_000_000
+_FLUSH_EVERY = 512  # new digests written in one transaction
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS md5 (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, "
+           "md5 TEXT, PRIMARY KEY (dev, ino))")
+
+
+def version_of(st: os.stat_result) -> Version:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class DigestCache:
+    """``get(version)`` / ``put(version, md5)``; thread-safe, shared by every local store of a process."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._pending: dict[Version, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, version: Version) -> str | None:
+        with self._lock:
+            if version in self._pending:
+                return self._pending[version]
+            conn = self._connect()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute("SELECT md5 FROM md5 WHERE dev=? AND ino=? AND size=? AND mtime_ns=?",
+                                   version).fetchone()
+            except sqlite3.Error as exc:
+                self._disable(exc)
+                return None
+        return row[0] if row else None
+
+    def put(self, version: Version, md5: str) -> None:
+        with self._lock:
+            if self._path is None:
+                return
+            self._pending[version] = md5
+            if len(self._pending) >= _FLUSH_EVERY:
+                self._flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        conn = self._connect() if self._pending else None
+        if conn is None:
+            return
+        rows = [(*v, md5) for v, md5 in self._pending.items()]
+        try:
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?)", rows)
+            self._pending.clear()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._conn is not None or self._path is None:
+            return self._conn
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(self._path, timeout=5.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(_SCHEMA)
+            if conn.execute("SELECT count(*) FROM md5").fetchone()[0] > MAX_ROWS:
+                with conn:
+                    conn.execute("DELETE FROM md5")
+        except (OSError, sqlite3.Error) as exc:
+            self._disable(exc)
+            return None
+        self._conn = conn
+        return conn
+
+    def _disable(self, exc: Exception) -> None:
+        log.warning("local MD5 cache %s is off for this process: %s", self._path, exc)
+        self._path, self._pending = None, {}
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _default_path() -> Path | None:
+    setting = os.environ.get("SKYPLANE_DIGEST_CACHE")
+    if setting == "off":
+        return None
+    if setting:
+        return Path(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "skyplane" / "local-md5.sqlite3"
+
+
+_shared: DigestCache | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_cache() -> DigestCache:
+    """The process's cache (created on first use; its new digests are written at exit at the latest)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = DigestCache(_default_path())
+            atexit.register(_shared.flush)
+        return _shared

@@ -1,0 +1,55 @@
+"""The local store's MD5s survive the process: a second listing of unchanged files reads none of them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from gateway.stores.digest_cache import DigestCache, version_of
+
+LIST_AND_COUNT_READS = """
+import builtins, sys
+from gateway.stores.local import LocalStore
+reads = 0
+real_open = builtins.open
+def counting_open(path, mode="r", *a, **k):
+    global reads
+    if "rb" == mode and str(path).startswith(sys.argv[1]):
+        reads += 1
+    return real_open(path, mode, *a, **k)
+builtins.open = counting_open
+listed = [o for o in LocalStore(sys.argv[1]).list() if o.md5]
+print(len(listed), reads)
+"""
+
+
+def listing_reads(root, cache_file) -> int:
+    out = subprocess.run([sys.executable, "-c", LIST_AND_COUNT_READS, str(root)], capture_output=True, text=True,
+                         env={**os.environ, "SKYPLANE_DIGEST_CACHE": str(cache_file)}, check=True, timeout=60)
+    listed, reads = map(int, out.stdout.split())
+    assert listed == len(os.listdir(root))
+    return reads
+
+
+def test_digests_are_reused_across_processes_until_a_file_changes(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(os.urandom(1000))
+    cache = tmp_path / "md5.sqlite3"
+    assert listing_reads(root, cache) == 5
+    assert listing_reads(root, cache) == 0
+    (root / "f3").write_bytes(os.urandom(1001))
+    assert listing_reads(root, cache) == 1
+
+
+def test_a_broken_cache_file_turns_the_cache_off(tmp_path, caplog):
+    (tmp_path / "not-a-db").write_bytes(b"garbage " * 100)
+    cache = DigestCache(tmp_path / "not-a-db")
+    version = version_of(os.stat(tmp_path / "not-a-db"))
+    assert cache.get(version) is None
+    cache.put(version, "00" * 16)
+    cache.flush()
+    assert cache.get(version) is None
+    assert "is off for this process" in caplog.text
