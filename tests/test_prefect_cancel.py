@@ -30,6 +30,7 @@ from prefect.client.schemas.filters import TaskRunFilterFlowRunId  # noqa: E402
 from planner.errors import TransferError  # noqa: E402
 from skyplane_provider.prefect import skyplane_transfer, teardown_fleets  # noqa: E402
 from skyplane_provider.prefect.execution import GuardedTransfer, active_transfers, records_dir  # noqa: E402
+from skyplane_provider.testing.sockets import cut  # noqa: E402
 from skyplane_provider.transfer import TransferRequest  # noqa: E402
 
 from .helpers import gateway_pids, put_objects, read_all  # noqa: E402
@@ -80,11 +81,7 @@ class CappedRelay:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            cut(src, dst, close=False)
 
     def close(self) -> None:
         self._listener.close()

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from gateway import wire
 
+from .sockets import cut
+
 
 @dataclass
 class FrameCounts:
@@ -106,12 +108,7 @@ class FrameTamperProxy:
         except OSError:
             pass
         finally:
-            for s in (client, upstream):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+            cut(client, upstream)
 
 
 def _read(sock: socket.socket, n: int) -> bytes | None:
