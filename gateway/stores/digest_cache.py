@@ -1,4 +1,4 @@
-"""MD5s of local files by file version, kept across runs in a small SQLite file.
+"""MD5s of local files by file version, in memory and across runs in a small SQLite file.
 
 Listing a local directory reports every file's MD5 (a sync compares it with the other side, the
 verifier checks copies against it), and that means reading every byte. A digest is valid exactly as
@@ -8,7 +8,7 @@ ns): a nightly sync of a large, mostly unchanged tree then reads only the files 
 The file lives in ``$XDG_CACHE_HOME/skyplane/`` (default ``~/.cache/skyplane/``);
 ``SKYPLANE_DIGEST_CACHE`` names another file, or ``off``. It holds one row per file (about 100 bytes)
 and starts afresh past :data:`MAX_ROWS`. It is a cache: any error with it turns it off for this
-process, and the digests are computed as before.
+process, and only the in-memory part remains.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 Version = tuple[int, int, int, int]
 
 MAX_ROWS = 2_000_000
+MAX_IN_MEMORY = 100_000  # digests a process keeps at hand (about 20 MB at most)
 _FLUSH_EVERY = 512  # new digests written in one transaction
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS md5 (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, "
            "md5 TEXT, PRIMARY KEY (dev, ino))")
@@ -36,18 +37,20 @@ def version_of(st: os.stat_result) -> Version:
 
 
 class DigestCache:
-    """``get(version)`` / ``put(version, md5)``; thread-safe, shared by every local store of a process."""
+    """``get(version)`` / ``put(version, md5)``; thread-safe, shared by every local store of a process.
+    ``path`` None keeps digests in memory only."""
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._conn: sqlite3.Connection | None = None
-        self._pending: dict[Version, str] = {}
+        self._memory: dict[Version, str] = {}
+        self._pending: dict[Version, str] = {}  # in memory, not yet in the file
         self._lock = threading.Lock()
 
     def get(self, version: Version) -> str | None:
         with self._lock:
-            if version in self._pending:
-                return self._pending[version]
+            if version in self._memory:
+                return self._memory[version]
             conn = self._connect()
             if conn is None:
                 return None
@@ -57,15 +60,23 @@ class DigestCache:
             except sqlite3.Error as exc:
                 self._disable(exc)
                 return None
+            if row:
+                self._remember(version, row[0])
         return row[0] if row else None
 
     def put(self, version: Version, md5: str) -> None:
         with self._lock:
+            self._remember(version, md5)
             if self._path is None:
                 return
             self._pending[version] = md5
             if len(self._pending) >= _FLUSH_EVERY:
                 self._flush()
+
+    def _remember(self, version: Version, md5: str) -> None:
+        if len(self._memory) >= MAX_IN_MEMORY:
+            self._memory.clear()
+        self._memory[version] = md5
 
     def flush(self) -> None:
         with self._lock:

@@ -19,7 +19,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 from typing import Iterator
 
 from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotFoundError, SkyplaneError,
@@ -31,7 +30,6 @@ from .digest_cache import shared_cache, version_of
 
 TMP_DIR = ".skyplane-tmp"
 _BLOCK = 4 * 1024 * 1024
-_MD5_CACHE_MAX = 100_000  # file versions; about 20 MB at most
 _INSIDE_CACHE_MAX = 100_000  # directories found inside the root
 
 
@@ -55,8 +53,6 @@ class LocalStore(ObjectStore):
         if not os.path.isabs(root):
             raise BadURIError(f"local store root {root!r} is not an absolute path", hint="give an absolute path")
         self._root = os.path.normpath(root)
-        self._md5_cache: dict[tuple, str] = {}
-        self._md5_lock = threading.Lock()
         self._inside: set[str] = set()  # directories whose real path is inside the root (see _check_inside)
 
     @property
@@ -340,24 +336,15 @@ class LocalStore(ObjectStore):
             directory = os.path.dirname(directory)
 
     def _md5(self, path: str, st: os.stat_result) -> str:
-        version = (path, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._md5_lock:
-            cached = self._md5_cache.get(version)
-        if cached is not None:
-            return cached
-        persistent = shared_cache()
-        md5 = persistent.get(version_of(st))
+        cache = shared_cache()
+        md5 = cache.get(version_of(st))
         if md5 is None:
             digest = hashlib.md5()
             with open(path, "rb") as f:
                 while block := f.read(_BLOCK):
                     digest.update(block)
             md5 = digest.hexdigest()
-            persistent.put(version_of(st), md5)
-        with self._md5_lock:
-            if len(self._md5_cache) >= _MD5_CACHE_MAX:
-                self._md5_cache.clear()
-            self._md5_cache[version] = md5
+            cache.put(version_of(st), md5)
         return md5
 
     def _errors(self, key: str):
