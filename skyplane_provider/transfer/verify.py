@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.retry import with_retries
 from gateway.stores.base import ObjectInfo, ObjectStore
@@ -75,19 +75,21 @@ def verify_all(objects: list[ObjectJob], chunks: list[Chunk], source: Source,
                dests: list[Destination], job_id: str) -> tuple[Verification, dict]:
     """Check every copy of every object; returns the tally and the job manifest (per copy: the method
     and the per-chunk checksums the gateways confirmed)."""
+    kinds = [shared_kinds(source.store, d.store) for d in dests]
+    wanted = {k for per_dest in kinds for k in per_dest}
+
     def one(obj: ObjectJob) -> dict:
         src = obj.info
-        wanted = {k for d in dests for k in shared_kinds(source.store, d.store)}
         if wanted and not wanted & set(src.checksums()):
             # The listing lacked them (S3 listings never say whether an ETag is an MD5): ask once.
             fresh = with_retries(lambda: source.store.head(src.key), what=f"checking {src.key} at the source")
-            src = ObjectInfo(src.key, src.size, src.etag, src.mtime, md5=fresh.md5, crc32c=fresh.crc32c)
+            src = replace(src, md5=fresh.md5, crc32c=fresh.crc32c)
         copies = []
         for t in obj.targets:
             store = dests[t.dest_index].store
             where = f"{store.root_uri}/{t.key}"
             info = with_retries(lambda: store.head(t.key), what=f"verifying {where}")
-            method = check_copy(src, info, where, shared_kinds(source.store, store),
+            method = check_copy(src, info, where, kinds[t.dest_index],
                                 [t.checksums.get(c, "") for c in obj.chunk_ids])
             copies.append({"store": store.root_uri, "key": t.key, "verified_by": method, "checksums": info.checksums(),
                            "chunks": [[chunks[c].offset, chunks[c].length, t.checksums.get(c, "")]
