@@ -40,7 +40,7 @@ from skyplane_provider.provisioners.local import LocalProvisioner
 from skyplane_provider.testbed import Testbed, load_scenario, teardown
 from skyplane_provider.transfer.runner import Transfer
 from skyplane_provider.transfer.request import TransferRequest
-from skyplane_provider.transfer.stats import Progress, TransferStats
+from skyplane_provider.transfer.stats import TransferStats
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,6 @@ def make_dataset(directory: Path, size: int, *, file_size: int) -> list[Path]:
         make_file(path, file_size, max(1, file_size // 4))
         paths.append(path)
     return paths
-
-
-class _TimedProvisioner(LocalProvisioner):
-    """The local provisioner, noting when the fleet is up (its start-up is not part of the moving time)."""
-
-    ready_at: float | None = None
-
-    def provision(self, job_id, specs):
-        fleet = super().provision(job_id, specs)
-        self.ready_at = time.monotonic()
-        return fleet
 
 
 class RxMeter:
@@ -179,26 +168,19 @@ def run_transfer(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst
     """Copy every file of ``src_dir`` into ``dst_dir`` through gateways in the testbed's namespaces.
     ``options`` are :class:`TransferRequest` fields (solver, grid, connections, chunk_size, ...)."""
     dst_dir.mkdir(parents=True, exist_ok=True)
-    provisioner = _TimedProvisioner(placement=tb.gateway_placement())
     request = TransferRequest(src=f"file://{src_dir}/", dsts=[f"file://{dst_dir}/"], src_region=src_region,
                               dst_regions=[dst_region], **options)
-    written: list[float] = []
-
-    def on_progress(p: Progress) -> None:
-        if not written and p.bytes_done >= p.bytes_total and p.objects_done >= p.objects_total:
-            written.append(time.monotonic())
-
-    transfer = Transfer(request, provisioner=provisioner, progress=on_progress).prepare()
+    transfer = Transfer(request, provisioner=LocalProvisioner(placement=tb.gateway_placement())).prepare()
     meter = RxMeter(tb, dst_region)
     try:
         started = time.monotonic()
         stats = transfer.run()
     finally:
         meter.stop()
-    ready = provisioner.ready_at
-    rx_bytes, rx_seconds = meter.busy(ready)
-    return Run(stats=stats, seconds=written[0] - ready, setup_seconds=ready - started,
-               verify_seconds=started + stats.seconds - written[0], rx_bytes=rx_bytes, rx_seconds=rx_seconds)
+    phases = stats.phases
+    rx_bytes, rx_seconds = meter.busy(started + phases["provision"])
+    return Run(stats=stats, seconds=phases["move"], setup_seconds=phases["provision"],
+               verify_seconds=phases["verify"], rx_bytes=rx_bytes, rx_seconds=rx_seconds)
 
 
 def single_stream(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,
