@@ -28,6 +28,7 @@ __all__ = [
     "ProvisionError",
     "TransferError",
     "VerificationError",
+    "CoordinatorError",
 ]
 
 
@@ -127,3 +128,7 @@ class TransferError(SkyplaneError):
 
 class VerificationError(TransferError):
     """An object at the destination does not match its source."""
+
+
+class CoordinatorError(TransferError):
+    """A job's coordinator cannot be reached, refused a request, or is gone."""

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class Progress:
-    """A snapshot of a running transfer."""
+    """A snapshot of a running transfer. While the source is still being listed (``listing_done``
+    False) the totals are what was listed so far, and there is no ETA."""
 
     job_id: str
     bytes_done: int
@@ -21,6 +22,8 @@ class Progress:
     seconds: float
     retries: int = 0
     phase: str = "transfer"
+    listing_done: bool = True
+    objects_failed: int = 0
 
     @property
     def rate_bytes_per_s(self) -> float:
@@ -29,7 +32,7 @@ class Progress:
     @property
     def eta_seconds(self) -> float | None:
         rate = self.rate_bytes_per_s
-        if rate <= 0:
+        if rate <= 0 or not self.listing_done:
             return None
         return (self.bytes_total - self.bytes_done) / rate
 
@@ -38,16 +41,26 @@ class Progress:
         return 1.0 if self.bytes_total == 0 else self.bytes_done / self.bytes_total
 
     def line(self) -> str:
-        """One human line: ``412.0 MiB / 1.0 GiB (40%), 3/10 objects, 95.1 MiB/s, ETA 6s``."""
+        """One human line: ``412.0 MiB / 1.0 GiB (40%), 3/10 objects, 95.1 MiB/s, ETA 6s``; while the
+        source is still listed, ``412.0 MiB / 1.0+ GiB, 3/10+ objects, 95.1 MiB/s, listing``."""
         eta = self.eta_seconds
-        return (f"{human_bytes(self.bytes_done)} / {human_bytes(self.bytes_total)} ({self.fraction:.0%}), "
-                f"{self.objects_done}/{self.objects_total} objects, {human_bytes(self.rate_bytes_per_s)}/s, "
-                f"ETA {'?' if eta is None else f'{eta:.0f}s'}")
+        more = "" if self.listing_done else "+"
+        share = f" ({self.fraction:.0%})" if self.listing_done else ""
+        failed = f", {self.objects_failed} failed" if self.objects_failed else ""
+        return (f"{human_bytes(self.bytes_done)} / {human_bytes(self.bytes_total)}{more}{share}, "
+                f"{self.objects_done}/{self.objects_total}{more} objects{failed}, "
+                f"{human_bytes(self.rate_bytes_per_s)}/s, "
+                + ("listing" if not self.listing_done else f"ETA {'?' if eta is None else f'{eta:.0f}s'}"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(rate_bytes_per_s=self.rate_bytes_per_s, eta_seconds=self.eta_seconds)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Progress":
+        """From :meth:`to_dict` (derived values and unknown keys are left out)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -61,9 +74,12 @@ class TransferStats:
     how many dead gateways were replaced by new ones;
     ``cost_usd`` the predicted egress of the plan for these bytes plus gateway VM time;
     ``egress_usd_actual`` the egress of the bytes that really crossed each region edge;
-    ``verification`` how every copy was checked after the transfer (``verified`` is True only
-    when all were): ``{"objects": copies checked, "by": {"md5" | "crc32c" | "chunk-sha256": n}}``
-    (see :mod:`skyplane_provider.transfer.verify`).
+    ``verification`` how every copy was checked as it landed (``verified`` is True only when all
+    were): ``{"objects": copies checked, "by": {"md5" | "crc32c" | "aead" | "chunk-crc32c" | "local": n}}``
+    (see :mod:`skyplane_provider.coordinator.finish`); ``report`` the per-object report's
+    ``{"path", "counts": {"copied", "skipped", "failed"}}``; ``first_byte_seconds`` how long after the
+    start the first object was written; ``resumed_copies`` the copies an earlier run of the job had
+    done (a resumed job skips them).
     """
 
     job_id: str
@@ -89,6 +105,9 @@ class TransferStats:
     phases: dict[str, float] = field(default_factory=dict)
     gateways_replaced: int = 0
     move_gbps: float = 0.0
+    report: dict = field(default_factory=dict)
+    first_byte_seconds: float | None = None
+    resumed_copies: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,129 @@
+"""A client of a job's coordinator (:mod:`.server`), with async twins for an asyncio loop.
+
+    client = CoordinatorClient(url, token)
+    client.job()                 # {"job_id", "state", "progress", ...}
+    stats = client.result()      # None while running; the stats; or raises the job's SkyplaneError
+    await client.job_async()     # the same from a triggerer's event loop
+
+Every failure to talk to the coordinator is a :class:`CoordinatorError`; a failed job's error comes
+back as the same ``SkyplaneError`` subclass it had in the coordinator.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import httpx
+
+import planner.errors as errors
+from planner.errors import CoordinatorError, SkyplaneError, TransferError
+
+
+class CoordinatorClient:
+    """``CoordinatorClient("http://127.0.0.1:PORT", token, cert=None)``. ``cert``: the coordinator's
+    certificate (PEM) when it speaks TLS; only that certificate is trusted."""
+
+    def __init__(self, url: str, token: str, *, cert: str | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._verify: ssl.SSLContext | bool = _pinned(cert) if cert else True
+        self._timeout = timeout
+        self._sync: httpx.Client | None = None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"CoordinatorClient({self.url!r})"
+
+    # -- calls ---------------------------------------------------------------------------------------
+    def job(self) -> dict:
+        """``{"job_id", "state", "progress", "error"?, "error_type"?}``."""
+        return self._call("GET", "/job")
+
+    def result(self) -> dict | None:
+        """The stats of a succeeded job; None while it runs; raises the error of a failed or cancelled one."""
+        return _outcome(self._call("GET", "/job/result", running_ok=True))
+
+    def cancel(self) -> None:
+        self._call("POST", "/job/cancel")
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    async def job_async(self) -> dict:
+        return await self._call_async("GET", "/job")
+
+    async def result_async(self) -> dict | None:
+        return _outcome(await self._call_async("GET", "/job/result", running_ok=True))
+
+    async def cancel_async(self) -> None:
+        await self._call_async("POST", "/job/cancel")
+
+    async def health_async(self) -> dict:
+        return await self._call_async("GET", "/health")
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    # -- transport -----------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, *, running_ok: bool = False) -> dict | None:
+        if self._sync is None:
+            self._sync = httpx.Client(verify=self._verify, timeout=self._timeout, headers=self._headers)
+        try:
+            response = self._sync.request(method, self.url + path)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(method, path, exc) from None
+        return self._answer(method, path, response, running_ok)
+
+    async def _call_async(self, method: str, path: str, *, running_ok: bool = False) -> dict | None:
+        try:
+            async with httpx.AsyncClient(verify=self._verify, timeout=self._timeout, headers=self._headers) as c:
+                response = await c.request(method, self.url + path)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(method, path, exc) from None
+        return self._answer(method, path, response, running_ok)
+
+    def _unreachable(self, method: str, path: str, exc: Exception) -> CoordinatorError:
+        return CoordinatorError(f"cannot reach the coordinator at {self.url} ({method} {path}): {exc}",
+                                hint="if the job's coordinator is gone, resume the job with "
+                                     "`skyplane-provider resume JOB_ID`")
+
+    def _answer(self, method: str, path: str, response: httpx.Response, running_ok: bool) -> dict | None:
+        where = f"the coordinator at {self.url} ({method} {path})"
+        if response.status_code == 409 and running_ok:
+            return None
+        try:
+            doc = response.json()
+        except ValueError:
+            raise CoordinatorError(f"{where} did not answer JSON (status {response.status_code})") from None
+        if response.status_code == 401:
+            raise CoordinatorError(f"{where} refused the token", hint="use the job handle's token")
+        if response.status_code != 200 or not isinstance(doc, dict):
+            detail = doc.get("error", doc) if isinstance(doc, dict) else doc
+            raise CoordinatorError(f"{where} answered {response.status_code}: {detail}")
+        return doc
+
+
+def _outcome(doc: dict | None) -> dict | None:
+    if doc is None or "error_type" not in doc:
+        return doc
+    raise job_error(doc)
+
+
+def job_error(doc: dict) -> SkyplaneError:
+    """The ``SkyplaneError`` of a failed job's ``{"error", "error_type", "failed_objects"}``."""
+    cls = getattr(errors, str(doc.get("error_type", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, SkyplaneError)):
+        cls = TransferError
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, doc.get("error") or "the transfer failed")  # the message already holds its hint
+    exc.hint = None
+    exc.failed_objects = list(doc.get("failed_objects") or [])
+    return exc
+
+
+def _pinned(cert: str) -> ssl.SSLContext:
+    """Trust exactly this certificate (self-signed by the coordinator), whatever the host name."""
+    ctx = ssl.create_default_context(cadata=cert)
+    ctx.check_hostname = False
+    return ctx

@@ -1,0 +1,139 @@
+"""The coordinator's HTTP API (docs/coordinator.md): bearer token on every request, JSON answers.
+
+| call                | answer                                                                  |
+|---------------------|-------------------------------------------------------------------------|
+| ``GET /job``        | ``{"job_id", "state", "progress", "error"?, "error_type"?}``            |
+| ``GET /job/result`` | the stats when succeeded, ``{"error", "error_type", "failed_objects"}`` |
+|                     | when failed or cancelled; 409 while the job runs                        |
+| ``POST /job/cancel``| ``{"ok": true}``; the job stops, aborts its uploads, tears down         |
+| ``GET /health``     | ``{"ok": true, "job_id", "pid"}``                                       |
+
+Every call is cheap (no store access), so clients may poll it every few seconds. The token is
+compared in constant time; a wrong one answers 401. With a certificate and key the server speaks TLS
+(clients pin the certificate).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import ssl
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .state import JobState
+
+log = logging.getLogger(__name__)
+
+#: Seconds a connection may stay silent before it is dropped (idle clients cannot pin threads).
+IDLE_TIMEOUT = 10.0
+_API = "GET /job, GET /job/result, POST /job/cancel, GET /health"
+
+
+class CoordinatorServer(ThreadingHTTPServer):
+    """Serves one job's :class:`JobState` on ``(host, port)`` (port 0: any free one)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, job: JobState, token: str, *, host: str = "127.0.0.1", port: int = 0,
+                 certfile: str | None = None, keyfile: str | None = None) -> None:
+        self.job = job
+        self._token = token.encode()
+        super().__init__((host, port), _Handler)
+        self.scheme = "http"
+        if certfile:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certfile, keyfile)
+            self.socket = ctx.wrap_socket(self.socket, server_side=True)
+            self.scheme = "https"
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def authorized(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+
+    def start(self) -> "CoordinatorServer":
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="coordinator-api", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=5)
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: CoordinatorServer
+    server_version = "skyplane-coordinator"
+    sys_version = ""
+    timeout = IDLE_TIMEOUT
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+        self._route({"/job": self._job, "/job/result": self._result, "/health": self._health})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._route({"/job/cancel": self._cancel})
+
+    def _other(self) -> None:
+        self._route({})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = _other
+
+    def _route(self, routes: dict) -> None:
+        if not self.server.authorized(self.headers.get("Authorization", "")):
+            self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+            return
+        route = routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            status = HTTPStatus.NOT_FOUND if self.command in ("GET", "POST") else HTTPStatus.METHOD_NOT_ALLOWED
+            self._reply(status, {"error": f"no such call: {self.command} {self.path} (the API is {_API})"})
+            return
+        try:
+            status, doc = route()
+        except Exception as exc:  # noqa: BLE001 - answer 500 and keep serving
+            log.exception("coordinator API error on %s %s", self.command, self.path)
+            status, doc = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"}
+        self._reply(status, doc)
+
+    def _job(self) -> tuple[HTTPStatus, dict]:
+        return HTTPStatus.OK, self.server.job.view()
+
+    def _result(self) -> tuple[HTTPStatus, dict]:
+        doc = self.server.job.outcome()
+        if doc is None:
+            return HTTPStatus.CONFLICT, {"error": f"job {self.server.job.job_id} is still {self.server.job.state}"}
+        return HTTPStatus.OK, doc
+
+    def _cancel(self) -> tuple[HTTPStatus, dict]:
+        log.warning("job %s: cancel requested over the API", self.server.job.job_id)
+        self.server.job.cancel_requested.set()
+        return HTTPStatus.OK, {"ok": True}
+
+    def _health(self) -> tuple[HTTPStatus, dict]:
+        return HTTPStatus.OK, {"ok": True, "job_id": self.server.job.job_id, "pid": os.getpid()}
+
+    def _reply(self, status: HTTPStatus, doc: dict) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the http.server signature
+        log.debug("api %s: %s", self.address_string(), format % args)

@@ -1,0 +1,134 @@
+"""The client's handle on a running transfer job (as s3transfer's ``TransferFuture``).
+
+    handle = Transfer(request).start()       # returns at once
+    handle.subscribe(on_progress)            # called with Progress from the handle's polling thread
+    handle.cancel()                          # the coordinator aborts, tears down; result() then raises
+    stats = handle.result()                  # TransferStats, or the job's SkyplaneError
+    TransferHandle.from_dict(handle.to_dict())   # through XCom, to a trigger on another host
+
+The handle holds only the coordinator's address and token: any process that can reach the
+coordinator can watch or cancel the job. Progress is polled (``GET /job``) by one daemon thread,
+started by the first :meth:`subscribe` or :meth:`result`; subscribers are called from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from planner.errors import CoordinatorError
+from skyplane_provider.coordinator.client import CoordinatorClient
+
+from .stats import Progress, TransferStats
+
+log = logging.getLogger(__name__)
+
+#: Job states after which nothing changes any more.
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class TransferHandle:
+    """One started job. ``gone_after``: seconds the coordinator may stay unreachable before the job
+    counts as lost (its coordinator was killed: resume it)."""
+
+    def __init__(self, job_id: str, url: str, token: str, cert: str | None = None, *,
+                 poll_interval: float = 0.5, gone_after: float = 30.0) -> None:
+        self.job_id = job_id
+        self.url = url
+        self._token, self._cert = token, cert
+        self.client = CoordinatorClient(url, token, cert=cert)
+        self.poll_interval, self.gone_after = poll_interval, gone_after
+        self._subscribers: list[Callable[[Progress], None]] = []
+        self._lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+        self._done = threading.Event()
+        self._lost: CoordinatorError | None = None
+        self._last: dict | None = None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"TransferHandle(job_id={self.job_id!r}, url={self.url!r})"
+
+    # -- the future's interface ----------------------------------------------------------------------
+    def subscribe(self, on_progress: Callable[[Progress], None]) -> None:
+        """Call ``on_progress(Progress)`` whenever the job's progress changes, and once at its end."""
+        with self._lock:
+            self._subscribers.append(on_progress)
+        self._poll_in_background()
+
+    def cancel(self) -> None:
+        """Ask the coordinator to stop the job (it aborts its uploads and tears its fleet down).
+        A job that already ended, or whose coordinator is gone, is left as it is."""
+        try:
+            self.client.cancel()
+        except CoordinatorError as exc:
+            log.warning("job %s: could not ask for cancellation: %s", self.job_id, exc)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> TransferStats:
+        """Wait for the job; its stats, or its error raised as the same ``SkyplaneError`` subclass.
+        ``TimeoutError`` when ``timeout`` seconds pass first (the job goes on)."""
+        self._poll_in_background()
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.job_id} did not finish within {timeout} s")
+        if self._lost is not None:
+            raise self._lost
+        stats = self.client.result()
+        if stats is None:  # cannot happen after a final state; say so rather than return nothing
+            raise CoordinatorError(f"job {self.job_id} ended without a result")
+        return TransferStats(**{k: v for k, v in stats.items() if k in TransferStats.__dataclass_fields__})
+
+    # -- plain data, for XCom and triggers -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """``{"job_id", "url", "token", "cert"}`` (the token is a secret: keep the dict where secrets go)."""
+        return {"job_id": self.job_id, "url": self.url, "token": self._token, "cert": self._cert}
+
+    @classmethod
+    def from_dict(cls, d: dict, **options) -> "TransferHandle":
+        return cls(d["job_id"], d["url"], d["token"], d.get("cert"), **options)
+
+    # -- polling ---------------------------------------------------------------------------------------
+    def _poll_in_background(self) -> None:
+        with self._lock:
+            if self._poller is None:
+                self._poller = threading.Thread(target=self._poll, name=f"handle-{self.job_id[:8]}", daemon=True)
+                self._poller.start()
+
+    def _poll(self) -> None:
+        unreachable_since: float | None = None
+        while True:
+            try:
+                view = self.client.job()
+                unreachable_since = None
+            except CoordinatorError as exc:
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > self.gone_after:
+                    self._lost = CoordinatorError(
+                        f"the coordinator of job {self.job_id} is gone ({exc})",
+                        hint=f"resume the job: `skyplane-provider resume {self.job_id}`")
+                    self._done.set()
+                    return
+                time.sleep(self.poll_interval)
+                continue
+            final = view.get("state") in FINAL_STATES
+            progress = view.get("progress")
+            if progress and (progress != self._last or final):
+                self._last = progress
+                self._notify(Progress.from_dict(progress))
+            if final:
+                self._done.set()
+                return
+            time.sleep(self.poll_interval)
+
+    def _notify(self, progress: Progress) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(progress)
+            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the job's watch
+                log.exception("job %s: progress subscriber %r failed", self.job_id, callback)

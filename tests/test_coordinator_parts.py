@@ -1,0 +1,297 @@
+"""The coordinator's parts that need no gateway: the streaming sync diff, the chunker, the manifest,
+the report, and the HTTP API with its client and the client handle (over real loopback HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from gateway.stores.base import Capabilities, ObjectInfo
+from planner.errors import BadOptionError, CoordinatorError, NotFoundError, TransferError
+from skyplane_provider.coordinator.chunker import (MAX_BUNDLE_OBJECTS, Chunker, Copy, ObjectTask, PartitionPicker,
+                                                   part_size_for)
+from skyplane_provider.coordinator.client import CoordinatorClient
+from skyplane_provider.coordinator.listing import DestCursor, diff, differs, flatten, pages
+from skyplane_provider.coordinator.manifest import Manifest
+from skyplane_provider.coordinator.report import Report
+from skyplane_provider.coordinator.server import CoordinatorServer
+from skyplane_provider.coordinator.state import JobState
+from skyplane_provider.transfer.handle import TransferHandle
+from skyplane_provider.transfer.stats import Progress
+
+MiB = 1024**2
+
+
+def info(key: str, size: int = 10, **kw) -> ObjectInfo:
+    return ObjectInfo(key, size, **kw)
+
+
+def paged(objects: list[ObjectInfo], limit: int):
+    """A ListPage over a sorted list, with the last key as continuation token; counts its calls."""
+    calls = []
+
+    def list_page(token):
+        calls.append(token)
+        start = 0 if token is None else next(i for i, o in enumerate(objects) if o.key == token) + 1
+        page = objects[start:start + limit]
+        more = start + limit < len(objects)
+        return page, (page[-1].key if more else None)
+    return list_page, calls
+
+
+# ---- listing and diff ---------------------------------------------------------------------------------
+
+def test_pages_are_fetched_one_at_a_time():
+    objs = [info(f"k{i:03d}") for i in range(25)]
+    list_page, calls = paged(objs, 10)
+    it = pages(list_page)
+    assert [o.key for o in next(it)] == [f"k{i:03d}" for i in range(10)]
+    assert calls == [None]  # the second page is asked for only when the first was used
+    assert [o.key for o in flatten(it)] == [f"k{i:03d}" for i in range(10, 25)]
+    assert calls == [None, "k009", "k019"]
+
+
+def test_diff_copy_everything_when_not_a_sync():
+    src = [info("p/a"), info("p/dir/"), info("p/z")]
+    got = list(diff(src, lambda k: k[2:], [lambda r: "x/" + r, lambda r: r], None))
+    assert [(d.rel, d.copy, d.up_to_date) for d in got] == [("a", (0, 1), ()), ("z", (0, 1), ())]
+
+
+def test_diff_merge_joins_several_destinations():
+    src = [info("a", 1), info("b", 2), info("c", 3, md5="11" * 16), info("d", 4)]
+    d0 = [info("0/a", 1), info("0/aa", 9), info("0/c", 3, md5="22" * 16), info("0/d", 4), info("0/e", 1)]
+    d1 = [info("b", 2), info("c", 3, md5="11" * 16)]
+    got = {d.rel: (d.copy, d.up_to_date) for d in diff(src, lambda k: k, [lambda r: "0/" + r, lambda r: r], [d0, d1])}
+    assert got == {"a": ((1,), (0,)), "b": ((0,), (1,)), "c": ((0,), (1,)), "d": ((1,), (0,))}
+
+
+def test_diff_streams_listing_pages():
+    """The destination is read only as far as the source has got."""
+    src = [info(f"k{i:04d}") for i in range(100)]
+    read = []
+
+    def dest():
+        for o in src:
+            read.append(o.key)
+            yield o
+    it = diff(iter(src), lambda k: k, [lambda r: r], [dest()])
+    first = next(it)
+    assert first.copy == () and len(read) <= 2
+
+
+def test_diff_refuses_an_unsorted_listing():
+    with pytest.raises(TransferError, match="listed 'a' after 'b'"):
+        list(diff([info("b"), info("a")], lambda k: k, [lambda r: r], None))
+    with pytest.raises(TransferError, match="must be sorted"):
+        list(diff([info("a"), info("z")], lambda k: k, [lambda r: r], [[info("y"), info("x")]]))
+
+
+def test_dest_cursor_reports_extra_objects():
+    extra = []
+    cursor = DestCursor([info("a"), info("b"), info("c"), info("d")], "dest", on_extra=extra.append)
+    assert cursor.seek("b").key == "b" and cursor.seek("bb") is None
+    cursor.drain()
+    assert [o.key for o in extra] == ["a", "c", "d"]
+
+
+def test_differs():
+    assert differs(info("a", 1), None) and differs(info("a", 1), info("a", 2))
+    assert not differs(info("a", 1, crc32c="aa"), info("a", 1, crc32c="aa"))
+    assert differs(info("a", 1, md5="1" * 32), info("a", 1, md5="2" * 32))
+    assert differs(info("a", 1, etag='"' + "1" * 32 + '"'), info("a", 1, etag="2" * 32))
+    assert not differs(info("a", 1, etag="abc-3"), info("a", 1, etag="def-2"))
+
+
+# ---- chunker -------------------------------------------------------------------------------------------
+
+S3 = Capabilities(multipart=True, max_parts=10_000, min_part_size=5 * MiB)
+GCS = Capabilities(multipart=True, max_parts=32, min_part_size=0)
+
+
+def task(key: str, size: int, dests: int = 1, part_size: int | None = None) -> ObjectTask:
+    return ObjectTask(info(key, size), [Copy(d, f"x/{key}") for d in range(dests)], part_size)
+
+
+def test_part_size_respects_every_store():
+    assert part_size_for(10 * MiB, 16 * MiB, [S3]) is None
+    assert part_size_for(40 * MiB, 2 * MiB, [S3]) == 5 * MiB
+    assert part_size_for(40 * MiB, 1 * MiB, [GCS]) == 40 * MiB // 32
+    assert part_size_for(40 * MiB, 1 * MiB, [S3, Capabilities()]) is None  # one destination without multipart
+
+
+def test_small_objects_are_bundled_up_to_the_limits():
+    chunker = Chunker(chunk_size=1000, weights=(1.0,), max_objects=4)
+    out = []
+    for i in range(10):
+        out += list(chunker.add(task(f"k{i}", 100)))
+    out += chunker.flush()
+    assert [len(c.pieces) for c in out] == [4, 4, 2] and [c.id for c in out] == [0, 1, 2]
+    chunker = Chunker(chunk_size=1000, weights=(1.0,))
+    out = [c for size in (600, 300, 200, 900, 0) for c in chunker.add(task("k", size))] + chunker.flush()
+    assert [[p.length for p in c.pieces] for c in out] == [[600, 300], [200], [900, 0]]
+    assert all(c.length <= 1000 for c in out) and MAX_BUNDLE_OBJECTS == 1024
+
+
+def test_chunk_spec_of_a_bundle_and_of_a_part():
+    chunker = Chunker(chunk_size=MiB, weights=(1.0,))
+    small = task("s", 10, dests=2)
+    assert list(chunker.add(small)) == []
+    [bundle] = chunker.flush()
+    assert bundle.spec() == {"id": 0, "partition": 0, "objects": [
+        {"key": "s", "offset": 0, "length": 10, "to": [{"dest": 0, "key": "x/s"}, {"dest": 1, "key": "x/s"}]}]}
+    big = task("b", 5 * MiB + 1, dests=1, part_size=2 * MiB)
+    big.copies[0].upload_id = "u1"
+    parts = list(chunker.add(big))
+    assert big.pieces_left == 3 and [c.length for c in parts] == [2 * MiB, 2 * MiB, MiB + 1]
+    assert parts[2].spec()["objects"] == [{"key": "b", "offset": 4 * MiB, "length": MiB + 1,
+                                           "to": [{"dest": 0, "key": "x/b", "upload_id": "u1", "part": 3}]}]
+
+
+def test_parts_already_written_are_not_cut_again():
+    big = task("b", 6 * MiB, dests=2, part_size=2 * MiB)
+    big.copies[0].parts = {1: ("e1", 2 * MiB), 2: ("e2", 2 * MiB)}
+    big.copies[1].parts = {1: ("f1", 2 * MiB)}
+    parts = list(Chunker(MiB, (1.0,)).add(big))
+    assert [(c.pieces[0].part, c.pieces[0].to) for c in parts] == [(2, (1,)), (3, (0, 1))]
+    done = task("d", 4 * MiB, part_size=2 * MiB)
+    done.copies[0].parts = {1: ("a", 2 * MiB), 2: ("b", 2 * MiB)}
+    assert list(Chunker(MiB, (1.0,)).add(done)) == [] and done.pieces_left == 0
+
+
+def test_big_objects_are_cut_lazily():
+    big = task("b", 10_000 * MiB, part_size=MiB)
+    it = Chunker(MiB, (1.0,)).add(big)
+    assert next(it).pieces[0].part == 1 and big.pieces_left == 10_000
+
+
+def test_partition_picker_interleaves_by_weight():
+    picker = PartitionPicker((3.0, 1.0))
+    picks = [picker.next() for _ in range(8)]
+    assert picks.count(0) == 6 and picks.count(1) == 2 and picks[:4].count(1) == 1
+
+
+# ---- manifest and report --------------------------------------------------------------------------------
+
+def test_manifest_records_and_answers_resume_queries(tmp_path):
+    path = tmp_path / "manifest.sqlite3"
+    m = Manifest(path, {"src": "s3://a", "dsts": ["gs://b"]})
+    assert not m.resumed
+    m.record_upload(0, "x/big", "big", "up-1", 5 * MiB)
+    m.record_part(0, "x/big", 1, "e1", 5 * MiB, "aead")
+    m.record_copy("a", 0, "x/a", 3, "md5")
+    m.commit()
+    m.record_copy("b", 0, "x/b", 3, "md5")  # not committed yet: another connection does not see it
+    again = Manifest(path, {"src": "s3://a", "dsts": ["gs://b"]})
+    assert again.resumed and again.done_between("a", "z") == {("a", 0)}
+    up = again.upload(0, "x/big")
+    assert (up.upload_id, up.part_size, up.parts) == ("up-1", 5 * MiB, {1: ("e1", 5 * MiB, "aead")})
+    assert again.uploads() == [(0, "x/big", "up-1")]
+    m.commit()
+    again.record_copy("big", 0, "x/big", 10, "aead")
+    again.commit()
+    assert again.uploads() == [] and again.upload(0, "x/big") is None and again.copies_done() == 3
+    with pytest.raises(BadOptionError, match="records another transfer"):
+        Manifest(path, {"src": "s3://other", "dsts": ["gs://b"]})
+
+
+def test_manifest_survives_a_killed_writer(tmp_path):
+    """A committed record is there after the writing process was SIGKILLed."""
+    path = tmp_path / "m.sqlite3"
+    pid = os.fork()
+    if pid == 0:  # the child records, commits, and is killed before closing anything
+        m = Manifest(path, {"job": 1})
+        for i in range(1000):
+            m.record_copy(f"k{i:04d}", 0, f"k{i:04d}", 1, "md5")
+        m.commit()
+        os.kill(os.getpid(), 9)
+    os.waitpid(pid, 0)
+    assert Manifest(path, {"job": 1}).copies_done() == 1000
+
+
+def test_report_lines_and_counts(tmp_path):
+    r = Report(tmp_path / "report.jsonl")
+    r.add(key="a", dest="gs://b/", dest_key="x/a", status="copied", size=3, verified_by="md5")
+    r.add(key="b", dest="gs://b/", dest_key="x/b", status="skipped", size=4)
+    for i in range(7):
+        r.add(key=f"c{i}", dest="gs://b/", dest_key=f"x/c{i}", status="failed", size=1, error="AccessDenied")
+    r.close()
+    lines = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
+    assert lines[0] == {"key": "a", "dest": "gs://b/", "dest_key": "x/a", "status": "copied", "size": 3,
+                        "verified_by": "md5", "error": None}
+    assert r.summary()["counts"] == {"copied": 1, "skipped": 1, "failed": 7}
+    assert r.failure_text().startswith("c0 -> gs://b/: AccessDenied") and r.failure_text().endswith("and 2 more")
+    assert stat.S_IMODE((tmp_path / "report.jsonl").stat().st_mode) == 0o600
+
+
+# ---- HTTP API, client, handle ---------------------------------------------------------------------------
+
+@pytest.fixture
+def served():
+    job = JobState("job-1")
+    server = CoordinatorServer(job, "secret-token").start()
+    yield job, server
+    server.stop()
+
+
+def test_api_needs_the_token_and_answers_each_call(served):
+    job, server = served
+    with pytest.raises(CoordinatorError, match="refused the token"):
+        CoordinatorClient(server.url, "wrong").job()
+    client = CoordinatorClient(server.url, "secret-token")
+    assert client.health()["job_id"] == "job-1" and client.job()["state"] == "starting"
+    assert client.result() is None  # 409 while running
+    client.cancel()
+    assert job.cancel_requested.is_set()
+    job.fail(NotFoundError("gone", hint="look"), failed_objects=[{"key": "a"}], cancelled=True)
+    with pytest.raises(NotFoundError, match="gone") as exc:
+        client.result()
+    assert exc.value.failed_objects == [{"key": "a"}] and job.fetched.is_set()
+    assert "secret-token" not in repr(client)
+
+
+def test_async_twins_from_an_event_loop(served):
+    job, server = served
+    client = CoordinatorClient(server.url, "secret-token")
+
+    async def watch():
+        first = await client.job_async()
+        job.succeed({"objects": 3})
+        return first, await client.result_async(), await client.health_async()
+
+    first, result, health = asyncio.run(watch())
+    assert first["state"] == "starting" and result == {"objects": 3} and health["ok"]
+
+
+def test_handle_subscribes_cancels_and_returns_the_result(served):
+    job, server = served
+    handle = TransferHandle("job-1", server.url, "secret-token", poll_interval=0.05)
+    seen: list[Progress] = []
+    handle.subscribe(seen.append)
+    job.running()
+    job.progress(Progress("job-1", 5, 10, 1, 2, 1.0, listing_done=False).to_dict())
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen and seen[0].bytes_done == 5 and not seen[0].listing_done and "10 B+" in seen[0].line()
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.1)
+    again = TransferHandle.from_dict(json.loads(json.dumps(handle.to_dict())))
+    again.cancel()
+    assert job.cancel_requested.is_set() and "secret-token" not in repr(again)
+    threading.Timer(0.1, lambda: job.fail(TransferError("cancelled by the user"), cancelled=True)).start()
+    with pytest.raises(TransferError, match="cancelled by the user"):
+        handle.result(timeout=10)
+
+
+def test_handle_of_a_lost_coordinator(served):
+    job, server = served
+    handle = TransferHandle("job-1", server.url, "secret-token", poll_interval=0.05, gone_after=0.3)
+    server.stop()
+    with pytest.raises(CoordinatorError, match="resume"):
+        handle.result(timeout=10)
