@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from gateway.stores.base import ObjectInfo
+
+from skyplane_provider.coordinator.chunker import PartitionPicker, part_size_for
 
 from .endpoints import Destination, Source
 
@@ -65,40 +66,6 @@ class Chunk:
         }
 
 
-def part_size_for(size: int, chunk_size: int, dests: list[Destination]) -> int | None:
-    """The part size for an object of ``size`` bytes, or None when it goes in one piece.
-
-    One piece when it fits a chunk or when any destination lacks multipart (every destination gets
-    the same chunks). Otherwise the chunk size, grown so no destination exceeds its part count and
-    no part is below a destination's minimum part size.
-    """
-    if size <= chunk_size or not all(d.store.capabilities.multipart for d in dests):
-        return None
-    caps = [d.store.capabilities for d in dests]
-    part = max(chunk_size, max(c.min_part_size for c in caps))
-    part = max(part, math.ceil(size / min(c.max_parts for c in caps)))
-    if part >= size:
-        return None
-    return part
-
-
-class PartitionPicker:
-    """Smooth weighted round robin: chunk ``i`` goes to partitions in proportion to their weights,
-    interleaved (not in runs), so every path carries traffic from the start."""
-
-    def __init__(self, weights: tuple[float, ...]) -> None:
-        total = sum(weights) or 1.0
-        self._weights = [w / total for w in weights]
-        self._current = [0.0] * len(weights)
-
-    def next(self) -> int:
-        for i, w in enumerate(self._weights):
-            self._current[i] += w
-        best = max(range(len(self._current)), key=self._current.__getitem__)
-        self._current[best] -= 1.0
-        return best
-
-
 def cut(objects: list[ObjectJob], chunk_size: int, dests: list[Destination],
         weights: tuple[float, ...]) -> list[Chunk]:
     """All chunks of all objects, ids from 0, partitions assigned by ``weights``."""
@@ -106,7 +73,7 @@ def cut(objects: list[ObjectJob], chunk_size: int, dests: list[Destination],
     chunks: list[Chunk] = []
     for obj in objects:
         size = obj.info.size
-        part = part_size_for(size, chunk_size, dests)
+        part = part_size_for(size, chunk_size, [d.store.capabilities for d in dests])
         for t in obj.targets:
             t.multipart = part is not None
         ranges = [(0, size, None)] if part is None else [

@@ -15,6 +15,7 @@ from gateway.stores import open_store
 from gateway.stores.base import ObjectInfo, ObjectStore
 from gateway.stores.uri import StoreURI
 from planner.errors import AccessDeniedError, BadOptionError, NotFoundError
+from skyplane_provider.coordinator.listing import differs as needs_copy  # noqa: F401 - the sync rule, one copy
 
 log = logging.getLogger(__name__)
 
@@ -129,27 +130,6 @@ def list_source(source: Source) -> list[ObjectInfo]:
             raise AccessDeniedError(f"cannot read {len(unreadable)} source file(s), e.g. {unreadable[0]}",
                                     hint="fix their permissions or leave them out")
     return objs
-
-
-def needs_copy(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
-    """Sync rule: copy when missing, when the size differs, or when a content checksum both listings
-    report (MD5, CRC32C; else ETags that look like MD5s, 32 hex digits) differs. Multipart ETags are
-    not comparable across stores, so size decides there."""
-    if dst is None or dst.size != src.size:
-        return True
-    theirs, ours = src.checksums(), dst.checksums()
-    shared = theirs.keys() & ours.keys()
-    if shared:
-        return any(theirs[k] != ours[k] for k in shared)
-    a, b = _md5_etag(src.etag), _md5_etag(dst.etag)
-    return bool(a and b and a != b)
-
-
-def _md5_etag(etag: str | None) -> str | None:
-    if not etag:
-        return None
-    e = etag.strip('"').lower()
-    return e if len(e) == 32 and all(c in "0123456789abcdef" for c in e) else None
 
 
 def existing(dest: Destination) -> dict[str, ObjectInfo]:

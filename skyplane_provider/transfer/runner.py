@@ -128,7 +128,8 @@ class Transfer:
         return self._provisioner.provision(self.job_id, specs)
 
     def _begin_uploads(self) -> None:
-        targets = [t for obj in self.objects if part_size_for(obj.info.size, self.request.chunk_size, self.dests)
+        targets = [t for obj in self.objects if part_size_for(obj.info.size, self.request.chunk_size,
+                                                                   [d.store.capabilities for d in self.dests])
                    for t in obj.targets]
         abort_stale_uploads(targets, self.dests)
         for t in targets:
