@@ -107,7 +107,7 @@ def test_datasets_command(tmp_path, capsys):
                                                           origin=True, objects=3, bytes=42)])
     assert main(["datasets", "--catalogue", location, "--set-default-region", "gcp:us-central1"]) == 0
     out = capsys.readouterr().out
-    assert "default region: gcp:us-central1" in out and "imagenet: 1 of 1 replica(s) readable" in out
+    assert "default region: gcp:us-central1" in out and "imagenet: 1 of 1 replica readable" in out
     assert "s3://raw/imagenet/  (origin)" in out
     assert main(["datasets", "imagenet", "--catalogue", location, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

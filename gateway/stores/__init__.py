@@ -47,7 +47,7 @@ from planner.errors import BadOptionError, BadURIError
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .uri import _ALIASES, parse_uri
 
-__all__ = ["open_store", "close_all", "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
+__all__ = ["open_store", "credentials_entry", "close_all", "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
 
 _ENV_PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "CLOUDSDK_"),
                  "az": ("AZURE_STORAGE_",), "file": ()}
@@ -77,6 +77,13 @@ def open_store(root_uri: str, credentials: dict | None = None) -> ObjectStore:
         if store is None:
             store = _stores[cache_key] = _make(uri.scheme, uri.bucket, root, entry, env)
         return store
+
+
+def credentials_entry(root_uri: str, credentials: dict | None) -> dict:
+    """The entry of the ``credentials`` document that :func:`open_store` uses for ``root_uri`` (``{}``
+    when none matches and the SDK's environment applies)."""
+    uri = parse_uri(root_uri)
+    return _entry(uri.scheme, uri.root_uri, credentials)
 
 
 def close_all() -> None:

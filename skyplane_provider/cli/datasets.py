@@ -7,10 +7,18 @@ import json
 
 from skyplane_provider.broker import Catalogue
 
+from .wording import examples, plural
+
+EXAMPLES = examples(
+    "skyplane-provider datasets                                   # every dataset and its replicas",
+    "skyplane-provider datasets ref --json",
+    "skyplane-provider datasets --set-default-region gcp:us-central1",
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     help_text = "list published datasets and their replicas"
-    p = sub.add_parser("datasets", help=help_text, description=help_text)
+    p = sub.add_parser("datasets", help=help_text, description=help_text, epilog=EXAMPLES)
     p.add_argument("name", nargs="?", help="show only this dataset")
     p.add_argument("--catalogue", help="catalogue location (default: $SKYPLANE_CATALOGUE, else "
                                        "$SKYPLANE_HOME/catalogue.json)")
@@ -36,8 +44,8 @@ def run_datasets(args: argparse.Namespace) -> int:
         print("no datasets; publish one with: skyplane-provider publish SRC --dataset NAME --to DST")
     for d in datasets:
         readable = len(d.readable())
-        print(f"{d.name}: {readable} of {len(d.replicas)} replica(s) readable, updated {d.updated_at}")
+        print(f"{d.name}: {readable} of {plural(len(d.replicas), 'replica')} readable, updated {d.updated_at}")
         for r in d.replicas:
-            print(f"  {r.state:8} {r.region:24} {r.objects:>8} objects {r.bytes:>14} bytes  {r.uri}"
+            print(f"  {r.state:8} {r.region:24} {plural(r.objects, 'object'):>15} {plural(r.bytes, 'byte'):>20}  {r.uri}"
                   f"{'  (origin)' if r.origin else ''}")
     return 0

@@ -12,17 +12,26 @@ from skyplane_provider.deprovision import (Selection, deprovision_aws, deprovisi
 from skyplane_provider.provisioners.ssh_bootstrap import DEFAULT_REMOTE_DIR
 from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
 
+from .wording import examples, plural
+
 PROVISIONERS = ("local", "ssh", "aws")
+EXAMPLES = examples(
+    "skyplane-provider deprovision --all --dry-run                 # what a killed run left on this host",
+    "skyplane-provider deprovision --all --older-than 2h",
+    "skyplane-provider deprovision --job 3f2a... --provisioner ssh --ssh-config ssh.json",
+    "skyplane-provider deprovision --all --provisioner aws --aws-region us-east-1 --aws-region eu-west-1",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     text = "stop and remove gateways, instances, security groups and key pairs left over by jobs"
     p = sub.add_parser("deprovision", help=text, description=text + ". Everything skyplane-provider starts is "
-                       "tagged with its job id and creation time; this finds it again.")
+                       "tagged with its job id and creation time; this finds it again.", epilog=EXAMPLES)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--job", metavar="ID", help="only this job")
     which.add_argument("--all", action="store_true", help="every job found")
-    p.add_argument("--older-than", metavar="DURATION", help="only jobs created at least this long ago (90s, 30m, 2h, 1d)")
+    p.add_argument("--older-than", metavar="DURATION",
+                   help="only jobs created at least this long ago: 90s, 30m, 2h, 1d, 1h30m (default: any age)")
     p.add_argument("--provisioner", action="append", choices=PROVISIONERS,
                    help="where to look (repeatable); default: local, plus ssh/aws when hosts/regions are given")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
@@ -32,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssh.add_argument("--ssh-config", type=Path, metavar="FILE",
                      help="JSON settings of the ssh provisioner ({'hosts': ..., 'known_hosts': ...}); its hosts are searched")
     ssh.add_argument("--ssh-key", help="private key for --ssh-host hosts")
-    ssh.add_argument("--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)")
+    ssh.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default: ~/.ssh/known_hosts)")
     ssh.add_argument("--accept-unknown-host-keys", action="store_true", help="trust hosts whose key is not known")
-    ssh.add_argument("--remote-dir", default=DEFAULT_REMOTE_DIR, help=f"state directory on the hosts (default {DEFAULT_REMOTE_DIR})")
+    ssh.add_argument("--remote-dir", default=DEFAULT_REMOTE_DIR, metavar="DIR", help="state directory on the hosts")
     aws = p.add_argument_group("aws")
     aws.add_argument("--aws-region", action="append", default=[], metavar="REGION", help="an AWS region, e.g. us-east-1 (repeatable)")
     aws.add_argument("--aws-endpoint-url", help="EC2 endpoint override (an emulator)")
@@ -79,5 +88,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         for r in reaped:
             print(r)
-        print(f"{len(reaped)} job(s) {'found' if args.dry_run else 'cleaned up'}")
+        print(f"{plural(len(reaped), 'job')} {'found' if args.dry_run else 'cleaned up'}")
     return 0

@@ -1,6 +1,7 @@
 """The ``skyplane-provider`` command line: one sub-command per module in ``COMMANDS``.
 
 Each module exposes ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+Every parser, sub-commands' included, takes ``-v`` and shows defaults and examples (:mod:`.wording`).
 """
 
 from __future__ import annotations
@@ -12,34 +13,65 @@ import sys
 
 from planner.errors import SkyplaneError
 
+from .wording import HelpFormatter, UsageError, examples
+
+#: The loggers -v turns to DEBUG.
+OUR_LOGGERS = ("skyplane_provider", "gateway", "planner")
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS: list[str] = ["cp", "publish", "datasets", "deprovision", "plan", "testbed"]
+COMMANDS: list[str] = ["cp", "publish", "datasets", "mb", "deprovision", "plan", "testbed"]
+
+EXAMPLES = examples(
+    "skyplane-provider mb s3://raw                                  # a bucket (emulators: see README.md)",
+    "skyplane-provider cp -r s3://raw/events/ gs://lake/events/     # copy a prefix",
+    "skyplane-provider sync s3://raw/events/ gs://lake/events/      # only what is missing or changed",
+    "skyplane-provider plan --src aws:us-east-1 --dst gcp:us-west4-a --solver ilp",
+    "skyplane-provider COMMAND --help                               # options and examples of one command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skyplane-provider",
         description="Plan and run overlay-routed transfers between clouds and regions.",
+        epilog=EXAMPLES, formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"skyplane_provider.cli.{name}").register(sub)
+    for child in _subparsers(parser):
+        child.formatter_class = HelpFormatter
+        # SUPPRESS: a sub-command that was not given -v leaves the top-level answer alone.
+        child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="log at DEBUG level")
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every sub-command parser below ``parser``, nested ones (``testbed up``) included."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [child, *_subparsers(child)]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # ours only: the SDKs' DEBUG output would bury it
+        for name in OUR_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
+    except UsageError as exc:  # as argparse reports its own usage errors
+        print(f"skyplane-provider {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except SkyplaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

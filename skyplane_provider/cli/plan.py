@@ -9,25 +9,34 @@ from planner.milp import BACKENDS
 from planner.model import transfer_usd
 from planner.plan import Plan
 
+from .wording import examples
+
+EXAMPLES = examples(
+    "skyplane-provider plan --src aws:us-east-1 --dst gcp:us-west4-a                   # the direct path",
+    "skyplane-provider plan --src aws:us-east-1 --dst gcp:us-west4-a --solver ilp --throughput-gbps 5",
+    "skyplane-provider plan --src aws:us-east-1 --dst gcp:us-central1 --dst azure:westeurope --solver steiner",
+    "skyplane-provider plan --src aws:us-east-1 --dst gcp:us-west4-a --solver ilp --json > plan.json   # for cp --plan",
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     help_text = "plan a route between regions: gateways, edges, throughput and cost (no data moves)"
-    p = sub.add_parser("plan", help=help_text, description=help_text)
+    p = sub.add_parser("plan", help=help_text, description=help_text, epilog=EXAMPLES)
     p.add_argument("--src", required=True, metavar="TAG", help="source region, e.g. aws:us-east-1")
     p.add_argument("--dst", required=True, action="append", metavar="TAG",
                    help="destination region; repeat for a multicast")
-    p.add_argument("--solver", choices=planner.SOLVERS, default="direct", help="route planner (default: direct)")
+    p.add_argument("--solver", choices=planner.SOLVERS, default="direct", help="route planner")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--throughput-gbps", type=float, metavar="X",
                         help="throughput target (multicast: the rate each destination receives at)")
     target.add_argument("--max-cost-per-gb", type=float, metavar="Y", help="egress cost ceiling in USD/GB")
     p.add_argument("--max-gateways-per-region", type=int, default=1, metavar="N",
-                   help="gateways the planner may use per region (default 1)")
+                   help="gateways the planner may use per region")
     p.add_argument("--size", type=float, default=planner.DEFAULT_SIZE_GB, metavar="GB",
                    help=f"data size in GB, for the cost of the whole transfer (default {planner.DEFAULT_SIZE_GB:g})")
     p.add_argument("--grid", metavar="CSV",
                    help="plan on this grid (src,dst,gbps,cost_per_gb[,capacity: vm|link]) instead of the built-in one")
-    p.add_argument("--backend", choices=BACKENDS, default="cbc", help="MILP solver for --solver ilp (default cbc)")
+    p.add_argument("--backend", choices=BACKENDS, default="cbc", help="MILP solver for --solver ilp")
     p.add_argument("--json", action="store_true", help="print the plan as JSON and nothing else")
     p.add_argument("--png", metavar="FILE", help="also draw the plan into this PNG file")
     p.set_defaults(func=run_plan)

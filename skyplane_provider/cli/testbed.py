@@ -11,13 +11,23 @@ from skyplane_provider.testbed import Testbed, load_scenario, shipped_scenarios,
 from skyplane_provider.testbed.iproute import unusable_reason
 from skyplane_provider.testbed.state import recorded_ids, state_root
 
+from .wording import examples
+
+EXAMPLES = examples(
+    "skyplane-provider testbed scenarios",
+    "skyplane-provider testbed up --scenario aws-us-east-1--gcp-us-west4-a --id demo --grid-csv /tmp/tb-grid.csv",
+    "skyplane-provider testbed status demo",
+    "skyplane-provider testbed down demo",
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("testbed", help="emulated WAN: regions as network namespaces with capped links",
-                       description="Build, inspect and remove emulated wide-area testbeds (root only).")
+                       description="Build, inspect and remove emulated wide-area testbeds (root only; "
+                                   "docs/testbed.md).", epilog=EXAMPLES)
     cmds = p.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
 
-    up = cmds.add_parser("up", help="build a testbed from a scenario and leave it running")
+    up = cmds.add_parser("up", help="build a testbed from a scenario and leave it running", description="Build a testbed from a scenario and leave it running.")
     up.add_argument("--scenario", required=True, help="a shipped scenario name or a scenario .json file")
     up.add_argument("--scale", type=float, help="Mbit/s of emulated link per Gbps of grid (default: the scenario's)")
     up.add_argument("--id", dest="testbed_id", help="testbed id, 1-6 lowercase letters/digits (default: random)")
@@ -25,16 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--json", action="store_true", help="print the status as JSON")
     up.set_defaults(func=run_up)
 
-    down = cmds.add_parser("down", help="remove testbeds (default: every one recorded in $SKYPLANE_HOME)")
+    down = cmds.add_parser("down", help="remove testbeds (default: every one recorded in $SKYPLANE_HOME)", description="Remove testbeds (default: every one recorded in $SKYPLANE_HOME).")
     down.add_argument("ids", nargs="*", metavar="ID", help="testbed ids")
     down.set_defaults(func=run_down)
 
-    status = cmds.add_parser("status", help="show testbeds (default: every one recorded)")
+    status = cmds.add_parser("status", help="show testbeds (default: every one recorded)", description="Show testbeds (default: every one recorded).")
     status.add_argument("ids", nargs="*", metavar="ID", help="testbed ids")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=run_status)
 
-    scen = cmds.add_parser("scenarios", help="list the shipped scenarios")
+    scen = cmds.add_parser("scenarios", help="list the shipped scenarios", description="List the shipped scenarios.")
     scen.set_defaults(func=run_scenarios)
 
 

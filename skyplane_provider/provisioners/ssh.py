@@ -157,8 +157,8 @@ class SSHProvisioner(Provisioner):
                                  hint="see docs/provisioners.md for the ssh settings")
         if not hosts:
             raise BadOptionError("the ssh provisioner needs hosts",
-                                 hint='pass hosts={"REGION": [{"host": ..., "user": ..., "key_file": ...}]} '
-                                      "or a list of hosts")
+                                 hint='set "hosts" in its settings, e.g. {"hosts": {"aws:us-east-1": '
+                                      '["user@host:22"]}} or one list for every region (docs/provisioners.md)')
         defaults = {k: v for k, v in {"user": user, "key_file": key_file, "python": python}.items() if v}
 
         def parse(value) -> SSHHost:

@@ -40,6 +40,7 @@ def _solve(req: TransferRequest, src: str, dsts: list[str], size_bytes: int) -> 
             grid.check_region(region)
     except UnknownRegionError:
         if req.solver != "direct":
+            _name_unknown_region(region, req.solver)
             raise
         log.info("region outside the grid: direct plan without cost figures")
         n = req.gateways_per_region or req.max_gateways_per_region
@@ -48,6 +49,16 @@ def _solve(req: TransferRequest, src: str, dsts: list[str], size_bytes: int) -> 
         src, dsts, solver=req.solver, throughput_gbps=req.throughput_gbps,
         max_cost_per_gb=req.max_cost_per_gb, max_gateways_per_region=req.max_gateways_per_region,
         size_gb=max(size_bytes / BYTES_PER_GB, 1e-6), grid=grid)
+
+
+def _name_unknown_region(region: str, solver: str) -> None:
+    """A store that does not report its region (Azure) needs the user to name it: say how."""
+    if region.endswith(":unknown"):
+        raise UnknownRegionError(
+            f"an {region.split(':')[0]} store does not report its region, and the {solver} solver needs it",
+            hint="name it: --dst-region URI=TAG or --src-region TAG on the command line (e.g. --dst-region "
+                 "az://account/container=azure:westeurope); src_region= / dst_regions=[...] in Python, "
+                 "Airflow and Prefect")
 
 
 def _override(plan: Plan, req: TransferRequest) -> Plan:

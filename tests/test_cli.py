@@ -1,0 +1,128 @@
+"""The command line as a newcomer meets it: help with defaults and examples, -v anywhere, usage errors
+with status 2, ``mb`` on the emulators, regions named per destination, "unpriced", plurals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from skyplane_provider.cli.cp import dst_regions
+from skyplane_provider.cli.main import COMMANDS, build_parser, _subparsers
+from skyplane_provider.cli.wording import UsageError
+from tests.helpers import gateway_pids, put_objects, read_all
+from tests.reliability_report import record
+
+
+def cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", *argv],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
+    return str(tmp_path / "home")
+
+
+def test_every_subcommand_has_a_description_examples_and_verbose():
+    parser = build_parser()
+    children = _subparsers(parser)
+    assert len(children) >= len(COMMANDS) + 1  # sync, and testbed's actions
+    for child in children:
+        text = child.format_help()
+        assert child.description, child.prog
+        assert "-v, --verbose" in text, child.prog
+    for name in ("cp", "sync", "publish", "datasets", "mb", "deprovision", "plan", "testbed"):
+        assert "examples:\n  skyplane-provider" in cli(name, "--help").stdout, name
+
+
+@pytest.mark.parametrize("command, needles", [
+    ("cp", ["--connections N", "8 on a direct plan", "--gateways-per-region N", "what the planner picks",
+            "--max-gateways-per-region N", "(default: 1)", "--chunk-size SIZE", "(default: 32MiB)",
+            "repeat for each", "(default: local)"]),
+    ("deprovision", ["(default: any age)", "(default: ~/.skyplane)"]),
+    ("plan", ["(default: direct)", "(default: cbc)", "(default 1000)"]),
+])
+def test_help_shows_defaults(command, needles):
+    text = " ".join(cli(command, "--help").stdout.split())
+    for needle in needles:
+        assert needle in text, (command, needle)
+
+
+def test_verbose_is_accepted_after_the_subcommand(tmp_path):
+    out = cli("plan", "--src", "aws:us-east-1", "--dst", "gcp:us-west4-a", "-v")
+    assert out.returncode == 0 and "plan aws:us-east-1 -> gcp:us-west4-a" in out.stdout, out.stderr
+    assert cli("-v", "plan", "--src", "aws:us-east-1", "--dst", "gcp:us-west4-a").returncode == 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["cp", "-r", "/tmp", "/var/tmp/x", "--provisioner", "sssh"], "invalid choice: 'sssh'"),
+    (["sync", "-r", "/tmp", "/var/tmp/x"], "unrecognized arguments: -r"),
+    (["publish", "-r", "/tmp", "--dataset", "d", "--to", "/var/tmp/x"], "unrecognized arguments: -r"),
+    (["cp", "-r", "/tmp", "/var/tmp/x", "--dst-region", "file:///elsewhere=local"], "none of the destinations"),
+])
+def test_usage_errors_exit_2(argv, needle, home):
+    out = cli(*argv)
+    assert out.returncode == 2, out
+    assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert gateway_pids(home) == []
+    record("bad_input", "CLI " + " ".join(argv), out.stderr.strip().splitlines()[-1])
+
+
+def test_dst_regions_by_position_by_uri_and_by_cloud():
+    dsts = ["gs://lake/x/", "az://acct/cont/x/", "az://acct/other/x/"]
+    assert dst_regions(None, dsts) is None
+    assert dst_regions(["", "azure:westeurope", "azure:eastus"], dsts) == [None, "azure:westeurope", "azure:eastus"]
+    assert dst_regions(["az://acct/cont=azure:westeurope"], dsts) == [None, "azure:westeurope", None]
+    # a store root names every destination inside it; a bare tag goes to the one left on its cloud
+    assert dst_regions(["az://acct/cont/x/=azure:westeurope", "azure:eastus"], dsts) == [
+        None, "azure:westeurope", "azure:eastus"]
+    assert dst_regions(["gcp:us-central1"], dsts) == ["gcp:us-central1", None, None]
+    with pytest.raises(UsageError, match="2 destinations"):
+        dst_regions(["azure:westeurope"], dsts)
+    with pytest.raises(UsageError, match="no destination"):
+        dst_regions(["aws:us-east-1"], dsts)
+    with pytest.raises(UsageError, match="none of the destinations"):
+        dst_regions(["s3://raw=aws:us-east-1"], dsts)
+
+
+def test_mb_makes_buckets_on_every_emulator_and_refuses_existing_ones(emulators):
+    from skyplane_provider.testing.buckets import unique_name
+
+    uris = [f"s3://{unique_name()}", f"gs://{unique_name()}", f"az://devstoreaccount1/{unique_name()}"]
+    out = cli("mb", *uris)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"made {u}" for u in uris]
+    for uri in uris:
+        assert read_all(uri) == {}  # it exists, and is empty
+    again = cli("mb", uris[0])
+    assert again.returncode == 1 and "exists already" in again.stderr
+    assert cli("mb", "--exist-ok", *uris).returncode == 0
+    wrong = cli("mb", f"s3://{unique_name()}", "--region", "gcp:us-central1")
+    assert wrong.returncode == 1 and "not a region of" in wrong.stderr
+    made = cli("mb", f"s3://{unique_name()}", "--region", "aws:eu-west-1")
+    assert made.returncode == 0, made.stderr
+
+
+def test_azure_destination_regions_on_the_command_line(emulators, s3_bucket, gcs_bucket, azure_container):
+    put_objects(s3_bucket, {"events/a.json": b'{"a": 1}\n' * 100})
+    src, gs, az = f"{s3_bucket}/events/", f"{gcs_bucket}/events/", f"{azure_container}/events/"
+    refused = cli("cp", "-r", src, gs, az, "--solver", "ilp")
+    assert refused.returncode == 1
+    assert "does not report its region" in refused.stderr and "--dst-region URI=TAG" in refused.stderr
+    record("bad_input", "CLI cp to an Azure destination with --solver ilp and no region",
+           refused.stderr.strip().splitlines()[-1])
+    by_cloud = cli("cp", "-r", src, gs, az, "--solver", "ilp", "--dst-region", "azure:westeurope", "--json")
+    assert by_cloud.returncode == 0, by_cloud.stderr
+    stats = json.loads(by_cloud.stdout.splitlines()[-1])
+    assert "azure:westeurope" in stats["plan"]["dsts"] and stats["plan"]["cost_per_gb"] > 0
+    by_uri = cli("sync", src, az, "--dst-region", f"{azure_container}=azure:westeurope", "--solver", "ilp")
+    assert by_uri.returncode == 0 and "moved 0 objects" in by_uri.stdout, by_uri.stderr
+    unpriced = cli("cp", "-r", src, f"{azure_container}/again/")
+    assert unpriced.returncode == 0, unpriced.stderr
+    assert "moved 1 object," in unpriced.stdout
+    assert "predicted cost unpriced (azure:unknown not in the price grid)" in unpriced.stdout
+    assert read_all(azure_container, "again/") == read_all(s3_bucket, "events/")
