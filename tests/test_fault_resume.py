@@ -37,7 +37,8 @@ def sample() -> dict[str, bytes]:
 
 
 def cli(command: str, src: str, dst: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "skyplane_provider.cli.main", command, "-r", src, dst,
+    recursive = ["-r"] if command == "cp" else []  # sync always copies the whole prefix
+    return subprocess.Popen([sys.executable, "-m", "skyplane_provider.cli.main", command, *recursive, src, dst,
                              "--chunk-size", "5MiB", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
