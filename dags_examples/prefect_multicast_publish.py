@@ -17,9 +17,13 @@ import json
 import os
 import re
 
-from prefect import flow
+# Before Prefect reads its settings: its local server must not send usage telemetry (offline, the
+# heartbeat fails and logs an ERROR). Drop this line where you want to share usage data.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from skyplane_provider.prefect import SkyplaneFleet, skyplane_transfer, teardown_fleets
+from prefect import flow  # noqa: E402
+
+from skyplane_provider.prefect import SkyplaneFleet, skyplane_transfer, teardown_fleets  # noqa: E402
 
 # Bucket roots (the SKYPLANE_EXAMPLE_* variables let the demo and the tests use emulator buckets).
 MODELS = os.environ.get("SKYPLANE_EXAMPLE_GCS", "gs://models-us-central1")

@@ -22,9 +22,13 @@ import json
 import os
 from datetime import timedelta
 
-from prefect import flow, runtime
+# Before Prefect reads its settings: its local server must not send usage telemetry (offline, the
+# heartbeat fails and logs an ERROR). Drop this line where you want to share usage data.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from skyplane_provider.prefect import skyplane_sync_flow, teardown_fleets
+from prefect import flow, runtime  # noqa: E402
+
+from skyplane_provider.prefect import skyplane_sync_flow, teardown_fleets  # noqa: E402
 
 # Bucket roots. The SKYPLANE_EXAMPLE_* variables only exist so that the demo and the tests can point
 # this very file at emulator buckets; in your flow, write the URIs.

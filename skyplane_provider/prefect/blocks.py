@@ -79,7 +79,8 @@ class SkyplaneCredentials(CredentialsBlock):
     gcp_service_account_info: SecretDict | None = Field(
         default=None, description="GCS: the service account key file's JSON, as a dict.")
     gcp_service_account_file: str | None = Field(
-        default=None, description="GCS: path of a service account key file (on every gateway host).")
+        default=None, description="GCS: path of a service account key file on the host that starts the "
+                                   "transfer (gateways on other hosts get its content).")
     gcp_anonymous: bool = Field(default=False, description="GCS: no credentials (public buckets, emulators).")
     azure_connection_string: SecretStr | None = Field(default=None, description="Azure: storage connection string.")
     azure_account_url: str | None = Field(

@@ -89,6 +89,10 @@ class Provisioner(ABC):
     """Starts fleets. ``name`` is what users pass as ``provisioner=``."""
 
     name: str = ""
+    #: Whether the gateways inherit this process's environment (SDK variables, ~/.aws, ~/.config/gcloud).
+    #: Where they do not (other hosts), they can use only the job's credentials document, and the
+    #: transfer's pre-flight checks the stores with that alone (skyplane_provider/transfer/preflight.py).
+    shares_environment: bool = False
 
     @abstractmethod
     def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:

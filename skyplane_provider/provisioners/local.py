@@ -169,6 +169,7 @@ class LocalProvisioner(Provisioner):
     """
 
     name = "local"
+    shares_environment = True  # the gateways are our children
 
     def __init__(self, *, bind_host: str = "127.0.0.1", placement: dict[str, dict] | None = None,
                  netns: dict[str, str] | None = None, health_timeout: float = 30.0, stop_grace: float = 3.0,

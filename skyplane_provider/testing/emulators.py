@@ -98,6 +98,11 @@ class Emulator:
     def env(self, url: str) -> dict[str, str]:
         raise NotImplementedError
 
+    def credentials(self, url: str) -> dict[str, dict]:
+        """The credentials-document entry that reaches the server at ``url`` without any environment
+        (what gateways on other hosts need: they never see :meth:`env`)."""
+        raise NotImplementedError
+
     def launch(self, host: str = "127.0.0.1", port: int | None = None, *, log: IO[bytes] | None = None,
                prefix: Sequence[str] = (), detach: bool = False, cwd: Path | None = None) -> RunningEmulator:
         """Start the server without waiting for it; see :meth:`start`."""
@@ -165,6 +170,10 @@ class MotoS3(Emulator):
                 # never ask an instance-metadata address for credentials
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
+    def credentials(self, url: str) -> dict[str, dict]:
+        return {"s3": {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "endpoint_url": url,
+                       "region_name": "us-east-1"}}
+
 
 class FakeGCS(Emulator):
     """GCS via fake-gcs-server, in memory, over plain HTTP."""
@@ -188,6 +197,9 @@ class FakeGCS(Emulator):
         # NO_GCE_CHECK: google-auth must never probe the metadata server for credentials
         return {"STORAGE_EMULATOR_HOST": url, "NO_GCE_CHECK": "true"}
 
+    def credentials(self, url: str) -> dict[str, dict]:
+        return {"gs": {"endpoint": url, "project": "test"}}
+
 
 class Azurite(Emulator):
     """Azure Blob via Azurite, in memory."""
@@ -205,6 +217,9 @@ class Azurite(Emulator):
 
     def env(self, url: str) -> dict[str, str]:
         return {"AZURE_STORAGE_CONNECTION_STRING": connection_string(url)}
+
+    def credentials(self, url: str) -> dict[str, dict]:
+        return {"az": {"connection_string": connection_string(url)}}
 
 
 def connection_string(url: str) -> str:
@@ -228,6 +243,12 @@ class EmulatorSet:
         for emulator in self.running.values():
             merged.update(emulator.env)
         return merged
+
+    @property
+    def credentials(self) -> dict[str, dict]:
+        """A credentials document for all of them (``--credentials``; gateways on other hosts)."""
+        return {scheme: entry for name, running in self.running.items()
+                for scheme, entry in EMULATORS[name].credentials(running.url).items()}
 
     @property
     def endpoints(self) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """``scripts/emulators start|stop|status``: the three store emulators for a human at a shell.
 
 ``start`` runs them detached (they outlive this command), records their PIDs in
-``<dir>/state.json`` and writes ``<dir>/env.sh`` to ``source`` in a shell so that the SDKs, the CLI and
-the demo talk to them. ``stop`` stops exactly those PIDs (checking their start time, so a reused PID
+``<dir>/state.json``, writes ``<dir>/env.sh`` to ``source`` in a shell so that the SDKs, the CLI and
+the demo talk to them, and ``<dir>/credentials.json``, the same as a credentials document for
+``--credentials`` (gateways on other hosts never see the shell's environment). ``stop`` stops exactly those PIDs (checking their start time, so a reused PID
 is never hit). ``<dir>`` is the repository's ``.emulators/`` unless ``--dir`` says otherwise.
 """
 
@@ -19,6 +20,9 @@ from planner.errors import SkyplaneError
 from skyplane_provider.testing.emulators import RunningEmulator, free_port, process_start_time, start_all
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / ".emulators"
+#: Also exported by env.sh: Prefect's local server must not try to send usage telemetry from an
+#: offline machine (it logs an ERROR when it cannot).
+OFFLINE = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 PREFERRED_PORTS = {"s3": 5000, "gcs": 4443, "azure": 10000}  # the usual ones, when free
 
 
@@ -57,12 +61,17 @@ def start(directory: Path) -> int:
                for r in started.running.values()]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "state.json").write_text(json.dumps({"emulators": records}, indent=2) + "\n")
+    env = {**started.env, **OFFLINE}
     lines = ["# written by scripts/emulators start; undo with scripts/emulators stop"]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(started.env.items())]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     (directory / "env.sh").write_text("\n".join(lines) + "\n")
+    credentials = directory / "credentials.json"
+    credentials.write_text(json.dumps(started.credentials, indent=2) + "\n")
+    credentials.chmod(0o600)
     for r in records:
         print(f"{r['name']:6} {r['url']}  (pid {r['pid']})")
     print(f"now run: source {directory / 'env.sh'}")
+    print(f"gateways on other hosts (ssh, aws): --credentials {credentials}")
     return 0
 
 
@@ -72,7 +81,7 @@ def stop(directory: Path, quiet: bool = False) -> int:
             RunningEmulator(record["name"], record["pid"], record["url"], {}).stop()
             if not quiet:
                 print(f"stopped {record['name']} (pid {record['pid']})")
-    for name in ("state.json", "env.sh"):
+    for name in ("state.json", "env.sh", "credentials.json"):
         (directory / name).unlink(missing_ok=True)
     return 0
 

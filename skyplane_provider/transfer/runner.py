@@ -24,6 +24,7 @@ from .dispatch import Dispatcher, abort_stale_uploads, abort_uploads
 from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
 from .launch import JobSecrets, gateway_specs, wire_peers
 from .planning import make_plan
+from .preflight import preflight
 from .request import TransferRequest
 from .stats import Progress, TransferStats
 from .verify import Verification, verify_all
@@ -60,6 +61,7 @@ class Transfer:
         req = self.request
         src_uri, dst_uris = req.validate()
         self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
+        req.credentials = preflight(req.credentials, self._provisioner, src_uri, dst_uris)
         self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
                                   region=req.src_region)
         dst_regions = req.dst_regions or [None] * len(dst_uris)
