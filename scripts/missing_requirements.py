@@ -35,9 +35,15 @@ def missing(extras: list[str]) -> list[str]:
                 todo.append(text)
     lacking = []
     try:
-        md.distribution(name)
+        installed = md.distribution(name)
     except md.PackageNotFoundError:
         lacking.append(project["name"])
+    else:
+        # an editable install keeps the entry points it was installed with: new ones need a reinstall
+        wanted = {(group, key, value) for group, table in _entry_points(project).items() for key, value in table.items()}
+        have = {(ep.group, ep.name, ep.value) for ep in installed.entry_points}
+        if wanted - have:
+            lacking.append(f"{project['name']} (entry points changed)")
     for text in todo:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate():
@@ -50,6 +56,13 @@ def missing(extras: list[str]) -> list[str]:
         if not req.specifier.contains(version, prereleases=True):
             lacking.append(f"{text} (have {version})")
     return lacking
+
+
+def _entry_points(project: dict) -> dict[str, dict[str, str]]:
+    groups = dict(project.get("entry-points", {}))
+    if project.get("scripts"):
+        groups["console_scripts"] = project["scripts"]
+    return groups
 
 
 if __name__ == "__main__":

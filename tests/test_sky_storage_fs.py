@@ -134,11 +134,18 @@ def test_writes_are_refused(replicas):
         fsspec.open("sky://ds/new", "w", grid=GRID).open()
 
 
-@pytest.mark.filterwarnings("ignore:UPath .sky. filesystem not explicitly implemented")
+@pytest.mark.filterwarnings("error:UPath")  # 'sky' has a registered implementation: no fallback warning
+@pytest.mark.filterwarnings("error:Could not find default for known protocol")
 def test_airflow_object_storage_path(replicas, monkeypatch):
     pytest.importorskip("airflow.sdk")
     from airflow.sdk import ObjectStoragePath
     from airflow.sdk.io import has_fs
+    from upath import UPath
+
+    from skyplane_provider.broker.skypath import SkyPath
+
+    assert isinstance(UPath("sky://ds/train/a.bin"), SkyPath)
+    assert isinstance(ObjectStoragePath("sky://ds/train/a.bin").__wrapped__, SkyPath)
 
     assert schemes == ["sky"] and isinstance(get_fs(None, {"grid": GRID}), SkyFileSystem)
     assert has_fs("sky"), "the provider info should list skyplane_provider.broker.fs under 'filesystems'"
