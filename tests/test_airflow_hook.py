@@ -54,7 +54,10 @@ def test_aws_json_form_with_session_token_and_s3_endpoint(monkeypatch):
 
 
 def test_aws_role_arn_is_assumed_through_sts(monkeypatch, emulators, s3_bucket):
-    """moto's STS hands out temporary credentials; the S3 store accepts them."""
+    """moto's STS hands out temporary credentials; the S3 store accepts them; Airflow's log masker
+    hides them (it knows the connection's own secrets, not these new ones, unless the hook says)."""
+    from airflow.sdk._shared.secrets_masker import redact
+
     from gateway.stores import open_store
 
     endpoint = emulators.endpoints["s3"]
@@ -65,6 +68,8 @@ def test_aws_role_arn_is_assumed_through_sts(monkeypatch, emulators, s3_bucket):
     got = entry(monkeypatch, value, s3_bucket + "/p/")
     assert got["aws_access_key_id"] != "testing" and got["aws_session_token"]
     assert got["endpoint_url"] == endpoint
+    line = f"keys {got['aws_secret_access_key']} {got['aws_session_token']}"
+    assert redact(line) == "keys *** ***"
     store = open_store(s3_bucket, {s3_bucket: got})
     store.write("hello", b"hi")
     assert store.read("hello") == b"hi"

@@ -31,9 +31,11 @@ from typing import Any
 
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.log import mask_secret
 
 from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError, CredentialsError
+from skyplane_provider.redaction import secret_values
 from skyplane_provider.transfer import TransferRequest
 
 from .provider import CONN_TYPE
@@ -88,7 +90,10 @@ class SkyplaneHook(BaseHook):
         return request
 
     def credentials(self, src: str, dsts: Sequence[str]) -> dict[str, dict]:
-        """The credentials document for this transfer: one entry per store that has a connection."""
+        """The credentials document for this transfer: one entry per store that has a connection.
+
+        Airflow masks a connection's own password and secret extras in task logs; the secrets made
+        here (keys of an assumed role, a key file's content) are registered with its masker too."""
         doc: dict[str, dict] = {}
         for uri, conn_id in [(src, self.src_conn_id), *zip(dsts, self._dst_conn_ids(len(dsts)))]:
             if conn_id is None:
@@ -98,6 +103,8 @@ class SkyplaneHook(BaseHook):
             if doc.setdefault(store.root_uri, entry) != entry:
                 raise BadOptionError(f"two different connections are given for {store.root_uri}",
                                      hint="use one connection per bucket or container")
+        for secret in secret_values(doc):
+            mask_secret(secret)
         return doc
 
     def _dst_conn_ids(self, n: int) -> list[str | None]:
@@ -147,6 +154,8 @@ class SkyplaneHook(BaseHook):
         settings = extra.get("provisioner_settings") or {}
         if not isinstance(settings, dict):
             raise BadOptionError(f"provisioner_settings of connection {conn.conn_id!r} must be a JSON object")
+        for secret in secret_values(settings):
+            mask_secret(secret)
         return override or extra.get("provisioner") or "local", settings
 
 

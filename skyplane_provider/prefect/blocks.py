@@ -18,11 +18,12 @@ from typing import Any, Literal
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
 from prefect.types import SecretDict
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from gateway.stores import ObjectStore, open_store
 from gateway.stores.uri import parse_uri
 from planner.errors import BadOptionError
+from skyplane_provider.redaction import is_secret_name, redact
 
 # Block field -> (scheme, field of that scheme's entry in the credentials document).
 _DOCUMENT_FIELDS: dict[str, tuple[str, str]] = {
@@ -113,6 +114,8 @@ class SkyplaneFleet(Block):
     ``settings`` are the provisioner's settings (docs/provisioners.md), e.g. for ``ssh``
     ``{"hosts": {"aws:us-east-1": ["ubuntu@203.0.113.10"]}, "known_hosts": "~/.ssh/known_hosts"}``;
     ``secret_settings`` are merged over them and stored encrypted (e.g. the aws provisioner's keys).
+    A secret-named key given in ``settings`` (``aws_secret_access_key``, ``*password*``, ...) is moved
+    to ``secret_settings``, so it is neither stored in clear nor shown by ``repr``.
     """
 
     _block_type_name = "Skyplane Fleet"
@@ -129,6 +132,21 @@ class SkyplaneFleet(Block):
     settings: dict[str, Any] = Field(default_factory=dict, description="The provisioner's settings.")
     secret_settings: SecretDict | None = Field(
         default=None, description="Settings that are secrets (merged over settings).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_out_of_settings(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or not isinstance(values.get("settings"), dict):
+            return values
+        settings = values["settings"]
+        moved = {k: v for k, v in settings.items() if is_secret_name(k) and v is not None}
+        if not moved:
+            return values
+        return {**values, "settings": {k: v for k, v in settings.items() if k not in moved},
+                "secret_settings": {**moved, **(reveal(values.get("secret_settings")) or {})}}
+
+    def __repr_args__(self) -> list[tuple[str | None, Any]]:
+        return [(k, redact(v) if k == "settings" else v) for k, v in super().__repr_args__()]
 
     def provisioner_settings(self) -> dict[str, Any]:
         """``settings`` with ``secret_settings`` merged over them, secrets revealed."""

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from planner.errors import ProvisionError
+from skyplane_provider.redaction import redact
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class GatewaySpec:
     region: str
     config: dict
 
+    def __repr__(self) -> str:  # the config holds the job's secrets and store credentials
+        return f"GatewaySpec(gateway_id={self.gateway_id!r}, region={self.region!r}, config={redact(self.config)!r})"
+
 
 @dataclass(frozen=True)
 class GatewayHandle:
@@ -38,7 +42,7 @@ class GatewayHandle:
     gateway_id: str
     region: str
     control_url: str
-    control_token: str
+    control_token: str = field(repr=False)
     data_host: str
     data_port: int
     pid: int | None = None

@@ -22,6 +22,7 @@ from pathlib import Path
 import paramiko
 
 from planner.errors import BadOptionError, ProvisionError
+from skyplane_provider.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,15 @@ class SSHHost:
             return value
         if not isinstance(value, dict):
             user, _, rest = str(value).rpartition("@")
+            if ":" in user:  # user:password@host; never echo it back
+                raise BadOptionError("an ssh host setting carries a password (user:password@host)",
+                                     hint="the ssh provisioner logs in with keys only: give key_file")
             host, _, port = rest.partition(":")
             value = {"host": host, "port": port or 22, **({"user": user} if user else {})}
         value = {**(defaults or {}), **value}
         unknown = set(value) - set(cls.__dataclass_fields__)
         if unknown or not value.get("host"):
-            raise BadOptionError(f"bad ssh host setting {value!r}",
+            raise BadOptionError(f"bad ssh host setting {redact(value)!r}",
                                  hint=f"use the keys {sorted(cls.__dataclass_fields__)}; 'host' is required")
         if value.get("key_file"):
             value["key_file"] = str(Path(value["key_file"]).expanduser())

@@ -14,9 +14,9 @@ from skyplane_provider.provisioners.base import Fleet, GatewaySpec
 class JobSecrets:
     """Fresh per job: the peer-authentication secret, the end-to-end key, one control token per gateway."""
 
-    job_secret: str = field(default_factory=lambda: secrets.token_hex(32))
-    encryption_key: str = field(default_factory=lambda: secrets.token_hex(32))
-    tokens: dict[str, str] = field(default_factory=dict)
+    job_secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    encryption_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     def token(self, gateway_id: str) -> str:
         return self.tokens.setdefault(gateway_id, secrets.token_urlsafe(32))

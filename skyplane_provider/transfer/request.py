@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError
+from skyplane_provider.redaction import REDACTED, redact
 
 MiB = 1024**2
 DEFAULT_CHUNK_SIZE = 32 * MiB
@@ -30,13 +31,14 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-@dataclass
+@dataclass(repr=False)
 class TransferRequest:
     """One copy (or sync) from ``src`` to one or more ``dsts``.
 
     ``credentials`` is a credentials document (see ``gateway.stores``): keys are store root URIs or
     schemes. ``plan`` is an optional hand-written :class:`planner.plan.Plan` as a dict; otherwise the
-    planner computes one with ``solver`` and the targets.
+    planner computes one with ``solver`` and the targets. ``repr``/``str`` show :meth:`redacted`:
+    which stores have credentials, and the provisioner settings without their secrets.
     """
 
     src: str
@@ -115,10 +117,17 @@ class TransferRequest:
         return cls(**d)
 
     def redacted(self) -> dict:
-        """The request without secrets, for logs and XCom."""
+        """The request without secrets, for logs and XCom: each credentials entry is hidden whole,
+        provisioner settings lose the values of secret-named keys (:mod:`skyplane_provider.redaction`)."""
         d = self.to_dict()
-        d["credentials"] = {k: "<redacted>" for k in self.credentials}
+        creds, settings = self.credentials, self.provisioner_settings
+        d["credentials"] = {k: REDACTED for k in creds} if isinstance(creds, dict) else REDACTED
+        d["provisioner_settings"] = redact(settings) if isinstance(settings, dict) else REDACTED
         return d
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"{type(self).__name__}({fields})"
 
 
 def _overlaps(a: str, b: str) -> bool:
