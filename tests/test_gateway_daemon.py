@@ -319,9 +319,12 @@ def test_chain_across_testbed_namespaces(testbeds, stores):
     assert not any(p in gateway_pids() for p in pids)
 
 
-#: An orchestrator that starts a fleet, says READY and then exits, or waits for a signal.
+#: An orchestrator that starts a fleet, says READY and then exits, or waits for a signal. It starts with
+#: Python's own SIGINT handler, as at a terminal, even when pytest runs with SIGINT ignored (a background
+#: job), which its children would inherit.
 ORCHESTRATOR = """
-import json, sys, time
+import json, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from planner.plan import PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
