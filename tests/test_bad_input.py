@@ -90,13 +90,30 @@ def test_bad_input_battery(layout, home):
     assert os.listdir(tmp_path / "out") == []
 
 
-def test_bad_input_unreadable_source(layout):
+def test_bad_input_unreadable_source(layout, emulators, azure_container, home):
+    """A source the credentials may not read: an Azure account SAS that lets its holder read the
+    container's properties but not list or read its blobs, enforced by Azurite itself (file modes
+    would not stop root)."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from gateway.stores import open_store
+    from skyplane_provider.testing.emulators import AZURITE_ACCOUNT, AZURITE_KEY
+
     tmp_path, s3 = layout
-    if os.geteuid() == 0:
-        pytest.skip("root can read every file: unreadable sources cannot be made here")
-    os.chmod(tmp_path / "src" / "file.txt", 0)
-    with pytest.raises(AccessDeniedError):
-        Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[s3 + "/dst/"])).prepare()
+    open_store(azure_container).write("data/file.txt", b"payload")
+    sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(container=True),
+                               AccountSasPermissions(read=True), expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    entry = {"account_url": f"{emulators.endpoints['azure']}/{AZURITE_ACCOUNT}", "sas_token": sas}
+    open_store(azure_container, {azure_container: entry}).check()  # the credentials are good, reading is denied
+    with pytest.raises(AccessDeniedError) as info:
+        Transfer(TransferRequest(src=azure_container + "/data/", dsts=[s3 + "/dst/"],
+                                 credentials={azure_container: entry})).prepare()
+    assert gateway_pids(home) == []
+    assert read_all(s3, "dst/") == {}
+    record("bad_input", "source the credentials may not list or read (Azure account SAS for container properties only)",
+           f"{type(info.value).__name__}: {info.value}")
 
 
 def test_bad_input_unknown_option():
