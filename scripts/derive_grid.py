@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Derive the planner's packaged grid (``planner/data/grid.csv``) from Skyplane's 2022-11-28 profiles.
 
-Input: ``../shared/data/skyplane/broadcast_profiles/{throughput,cost}.csv`` (see the README there).
+Input: Skyplane's ``skyplane/broadcast/profiles/{throughput,cost}.csv`` (planner/data/SOURCE.md), from
+the xz-compressed byte-for-byte copies in ``scripts/grid_source/`` (checked against their sha256), or
+from a directory of the original files (``--source DIR``).
 Output: one row per directed region pair, ``src,dst,gbps,cost_per_gb``:
 
 - ``gbps`` = ``throughput_sent`` (iperf3, bits/s, 64 connections between one VM pair) / 1e9, 3 decimals;
@@ -19,12 +21,16 @@ import argparse
 import csv
 import hashlib
 import io
+import lzma
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "skyplane" / "broadcast_profiles"
+COPIES = ROOT / "scripts" / "grid_source"
+#: sha256 of the original files at skyplane commit 1e920e4a (planner/data/SOURCE.md).
+SOURCE_SHA256 = {"throughput.csv": "e45ee4f0b4101bee184966aedf8efb1e83add7cb3737e172f8729eac00b19e27",
+                 "cost.csv": "b0f97b744b8f0ba464f1098975a25232f168ff8a2c12bfc09efb1c35e4453eac"}
 OUT = ROOT / "planner" / "data" / "grid.csv"
 _GCP_ZONE = re.compile(r"^(gcp:[a-z]+-[a-z]+\d+)-[a-z]$")
 
@@ -35,18 +41,26 @@ def region_tag(tag: str) -> str:
     return m.group(1) if m else tag
 
 
-def derive(throughput_csv: Path, cost_csv: Path) -> str:
-    """The grid CSV text, rows sorted by (src, dst)."""
-    with cost_csv.open(newline="") as f:
-        costs = {(r["src"], r["dest"]): r["cost"] for r in csv.DictReader(f)}
+def source_text(name: str, directory: Path | None = None) -> str:
+    """One source file's text: the original in ``directory``, else our compressed copy; either must
+    have the sha256 of the original."""
+    data = (directory / name).read_bytes() if directory else lzma.decompress((COPIES / f"{name}.xz").read_bytes())
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SOURCE_SHA256[name]:
+        raise SystemExit(f"{name} has sha256 {digest[:12]}, not the source's {SOURCE_SHA256[name][:12]}")
+    return data.decode()
+
+
+def derive(throughput_csv: str, cost_csv: str) -> str:
+    """The grid CSV text from the source files' texts, rows sorted by (src, dst)."""
+    costs = {(r["src"], r["dest"]): r["cost"] for r in csv.DictReader(io.StringIO(cost_csv))}
     rows: dict[tuple[str, str], tuple[str, str]] = {}
-    with throughput_csv.open(newline="") as f:
-        for r in csv.DictReader(f):
-            pair = (r["src_region"], r["dst_region"])
-            key = (region_tag(pair[0]), region_tag(pair[1]))
-            if key in rows:
-                raise SystemExit(f"two measurements for {key}: stripping zones merged regions")
-            rows[key] = (f"{float(r['throughput_sent']) / 1e9:.3f}", costs[pair])
+    for r in csv.DictReader(io.StringIO(throughput_csv)):
+        pair = (r["src_region"], r["dst_region"])
+        key = (region_tag(pair[0]), region_tag(pair[1]))
+        if key in rows:
+            raise SystemExit(f"two measurements for {key}: stripping zones merged regions")
+        rows[key] = (f"{float(r['throughput_sent']) / 1e9:.3f}", costs[pair])
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["src", "dst", "gbps", "cost_per_gb"])
@@ -58,8 +72,9 @@ def derive(throughput_csv: Path, cost_csv: Path) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", action="store_true", help=f"rewrite {OUT.relative_to(ROOT)}")
+    ap.add_argument("--source", type=Path, help="a directory holding the original throughput.csv and cost.csv")
     args = ap.parse_args()
-    text = derive(DATA / "throughput.csv", DATA / "cost.csv")
+    text = derive(source_text("throughput.csv", args.source), source_text("cost.csv", args.source))
     n = text.count("\n") - 1
     regions = {line.split(",")[0] for line in text.splitlines()[1:]}
     print(f"{n} pairs, {len(regions)} regions, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}")

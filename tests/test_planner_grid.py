@@ -27,8 +27,7 @@ def test_default_grid_has_every_pair_of_71_regions():
 
 
 def test_shipped_grid_matches_its_derivation():
-    if not (ROOT.parent / "shared" / "data" / "skyplane" / "broadcast_profiles").is_dir():
-        pytest.skip("source data not on this machine")
+    """From the source copies in the repository (scripts/grid_source/), so it runs on any checkout."""
     out = subprocess.run([sys.executable, "scripts/derive_grid.py"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout
