@@ -239,23 +239,35 @@ def test_hook_cancels_the_transfers_of_its_flow_run(home, slow_source, gcs_bucke
 
 
 def test_hook_reaps_the_gateways_of_a_killed_process(prefect_harness, home, slow_source, gcs_bucket, tmp_path):
-    """SIGKILL leaves the gateways running (they live in their own sessions); the flow hook, run from
-    another process as Prefect's runner does after killing a flow run, finds the job's record and reaps."""
+    """A flow process killed outright: the flow hook, run from another process as Prefect's runner does
+    after killing a flow run, finds the job's record and reaps its gateways and their files. Local
+    gateways would also stop by themselves when they notice their orchestrator is gone; these are
+    frozen (SIGSTOP) first, as a hung or remote gateway would be, so only the reaper can end them."""
     src, entry = slow_source
     proc = _flow_process(prefect_harness, src, gcs_bucket + "/out/", entry, tmp_path)
     watch = GatewayWatch(home)
+    frozen: list[int] = []
     try:
         watch.wait_for_gateways(timeout=60)
+        deadline = time.monotonic() + 30
+        while len(frozen := gateway_pids(str(home))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
         proc.kill()
         proc.communicate(timeout=30)
+        time.sleep(2)  # longer than a running gateway takes to notice that its orchestrator is gone
+        assert sorted(gateway_pids(str(home))) == sorted(frozen) and len(frozen) == 2
+        run = _flow_run_of(src)
+        assert list(records_dir(str(run.id)).glob("*.json"))
+        teardown_fleets(None, run, run.state)
+        assert gateway_pids(str(home)) == []  # at once: the hook waited for them
+        assert list((home / "jobs").iterdir()) == []  # nor their configs (the job's secrets and credentials)
+        assert not records_dir(str(run.id)).exists()
     finally:
         watch.stop()
-    assert gateway_pids(str(home)), "the gateways died with their orchestrator: nothing left to reap"
-    run = _flow_run_of(src)
-    assert list(records_dir(str(run.id)).glob("*.json"))
-    teardown_fleets(None, run, run.state)
-    deadline = time.monotonic() + 30
-    while gateway_pids(str(home)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert gateway_pids(str(home)) == []
-    assert not records_dir(str(run.id)).exists()
+        for pid in frozen:  # what the hook did not stop, when it failed
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
