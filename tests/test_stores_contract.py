@@ -37,10 +37,14 @@ def kind_of(store: ObjectStore) -> str:
 
 def test_write_head_read_exists_delete(store):
     data = b"some bytes\n" * 100
-    etag = store.write("dir/obj.txt", data)
+    receipt = store.write("dir/obj.txt", data)
     info = store.head("dir/obj.txt")
-    assert (info.key, info.size) == ("dir/obj.txt", len(data))
-    assert info.etag == etag == hashlib.md5(data).hexdigest()  # single-part ETag = MD5 on every store
+    assert (info.key, info.size) == (receipt.key, receipt.size) == ("dir/obj.txt", len(data))
+    assert info.etag == info.md5 == hashlib.md5(data).hexdigest()  # single-part ETag = MD5 on every store
+    # The receipt is what the store answered: the clouds report the MD5 they computed, a directory none.
+    assert receipt.md5 == (None if kind_of(store) == "local" else info.md5)
+    if kind_of(store) == "gcs":
+        assert receipt.crc32c == info.crc32c and receipt.crc32c
     assert info.mtime and abs(info.mtime - time.time()) < 3600
     assert store.exists("dir/obj.txt") and not store.exists("dir/obj")
     assert store.read("dir/obj.txt") == data
@@ -72,7 +76,7 @@ def test_ranged_reads(store):
 
 
 def test_zero_byte_objects(store):
-    assert store.write("empty", b"") == EMPTY_MD5
+    assert store.write("empty", b"").size == 0
     info = store.head("empty")
     assert info.size == 0 and info.etag == EMPTY_MD5
     assert store.read("empty") == b""
@@ -106,6 +110,19 @@ def test_list_prefix_and_pagination(store):
     assert [o.key for o in store.list("many")] == sorted(many + ["many-sibling"])
     assert [o.key for o in store.list("other/deep/")] == ["other/deep/er/key"]
     assert list(store.list("nothing-here/")) == []
+    # Pages of any size, each started from the previous one's token alone, add up to the listing.
+    for prefix, limit in (("", 700), ("many/", 1000), ("m", 333), ("o", 1)):
+        keys, token, pages = [], None, 0
+        while True:
+            page, token = store.list_page(prefix, token, limit)
+            assert len(page) <= limit
+            keys += [o.key for o in page]
+            pages += 1
+            if token is None or pages > 2000:
+                break
+        assert keys == [o.key for o in store.list(prefix)], (prefix, limit)
+    assert store.list_page("many/k0001", None, 5)[0][-1].key == "many/k00014"
+    assert store.list_page("nothing-here/", None, 5) == ([], None)
 
 
 # ---- multipart ------------------------------------------------------------------------------------
@@ -120,9 +137,9 @@ def test_multipart_three_parts_in_any_order(store):
     assert sorted(p.part_number for p in parts) == [1, 2, 3]
     assert not store.exists("big/object.bin"), "visible before complete_multipart"
     assert list(store.list()) == [], "parts must not show up in listings"
-    etag = store.complete_multipart("big/object.bin", upload, parts)
+    receipt = store.complete_multipart("big/object.bin", upload, parts)
     whole = parts_data[1] + parts_data[2] + parts_data[3]
-    assert etag
+    assert receipt.key == "big/object.bin" and receipt.etag and receipt.size == len(whole)
     assert store.head("big/object.bin").size == len(whole)
     assert store.read("big/object.bin") == whole
     assert store.read("big/object.bin", minimum - 10, 20) == whole[minimum - 10:minimum + 10]  # across a part boundary

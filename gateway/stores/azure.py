@@ -11,7 +11,7 @@ ETags are the blob's Content-MD5 in hex when Azure keeps one (single-shot upload
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import azure.core.exceptions as aze
 import requests
@@ -110,19 +110,17 @@ class AzureStore(ObjectStore):
     def region(self) -> str | None:
         return None  # the blob API does not say; callers pass the region explicitly
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_page(self, prefix: str = "", token: str | None = None,
+                  limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
         with self._errors():
-            for blob in self._container.list_blobs(name_starts_with=prefix or None):
-                md5 = blob.content_settings.content_md5
-                yield ObjectInfo(blob.name, blob.size, _etag(md5, blob.etag),
-                                 blob.last_modified.timestamp() if blob.last_modified else None, md5=md5_hex(md5))
+            pages = self._container.list_blobs(name_starts_with=prefix or None,
+                                               results_per_page=limit).by_page(continuation_token=token)
+            page = [_info(blob.name, blob) for blob in next(pages, [])]
+        return page, pages.continuation_token or None
 
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):
-            p = self._container.get_blob_client(key).get_blob_properties()
-        md5 = p.content_settings.content_md5
-        return ObjectInfo(key, p.size, _etag(md5, p.etag), p.last_modified.timestamp() if p.last_modified else None,
-                          md5=md5_hex(md5))
+            return _info(key, self._container.get_blob_client(key).get_blob_properties())
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)
@@ -136,10 +134,13 @@ class AzureStore(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def write(self, key: str, data: bytes) -> str:
+    def write(self, key: str, data: bytes) -> ObjectInfo:
         with self._errors(key):
             r = self._container.get_blob_client(key).upload_blob(data, overwrite=True)
-        return _etag(r.get("content_md5"), r.get("etag"))
+        md5 = r.get("content_md5")
+        modified = r.get("last_modified")
+        return ObjectInfo(key, len(data), _etag(md5, r.get("etag")), modified.timestamp() if modified else None,
+                          md5=md5_hex(md5))
 
     def delete(self, key: str) -> None:
         try:
@@ -178,13 +179,13 @@ class AzureStore(ObjectStore):
             self._container.get_blob_client(key).stage_block(block_id, data, length=len(data))
         return PartInfo(part_number, block_id, len(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
         check_upload_id(upload_id)
         numbers = part_numbers(parts, f"{self.root_uri}/{key}")  # an empty list would commit an empty blob
         with self._errors(key):
-            r = self._container.get_blob_client(key).commit_block_list(
+            self._container.get_blob_client(key).commit_block_list(
                 [BlobBlock(block_id=_block_id(upload_id, n)) for n in numbers])
-        return _etag(None, r.get("etag"))
+        return self.head(key)  # the answer has no size
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         check_upload_id(upload_id)  # uncommitted blocks are invisible and expire on their own
@@ -204,6 +205,13 @@ def _block_id(upload_id: str, part_number: int) -> str:
 
 def _etag(content_md5: Any, etag: str | None) -> str | None:
     return md5_hex(content_md5) or (etag.strip('"') if etag else None)
+
+
+def _info(key: str, blob: Any) -> ObjectInfo:
+    """A listing entry's or a HEAD's BlobProperties as an ObjectInfo."""
+    md5 = blob.content_settings.content_md5
+    return ObjectInfo(key, blob.size, _etag(md5, blob.etag),
+                      blob.last_modified.timestamp() if blob.last_modified else None, md5=md5_hex(md5))
 
 
 class _RangeNotSatisfiable(StoreError):

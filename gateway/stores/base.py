@@ -15,12 +15,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterator
 
+#: Keys a listing page holds at most (the contract's ``POST /store`` list limit; Azure's own page limit).
+MAX_LIST_PAGE = 5000
+
 from planner.errors import BadOptionError
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object as a listing reports it."""
+    """One object as a listing, a HEAD or a write's answer (its *receipt*) reports it."""
 
     key: str
     size: int
@@ -86,8 +89,21 @@ class ObjectStore(ABC):
         ``AccessDeniedError`` / ``CredentialsError`` if we may not use it."""
 
     @abstractmethod
+    def list_page(self, prefix: str = "", token: str | None = None,
+                  limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
+        """One page of the objects whose key starts with ``prefix``, in key (code point) order: at most
+        ``limit`` (<= :data:`MAX_LIST_PAGE`) objects, and the token of the next page (None after the
+        last). Tokens are stateless (the store's continuation token, or the last key listed), so a
+        listing can go on from any page in another process."""
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, paginating as needed, sorted by key."""
+        """Every object whose key starts with ``prefix``, sorted by key, one page after the other."""
+        token: str | None = None
+        while True:
+            page, token = self.list_page(prefix, token, MAX_LIST_PAGE)
+            yield from page
+            if token is None:
+                return
 
     @abstractmethod
     def head(self, key: str) -> ObjectInfo:
@@ -98,8 +114,10 @@ class ObjectStore(ABC):
         """``length`` bytes from ``offset`` (to the end when ``length`` is None)."""
 
     @abstractmethod
-    def write(self, key: str, data: bytes) -> str:
-        """Write a whole object atomically (never visible half-written); returns its ETag."""
+    def write(self, key: str, data: bytes) -> ObjectInfo:
+        """Write a whole object atomically (never visible half-written); returns the receipt: what the
+        store answered (``size`` always; ``etag``, ``md5``, ``crc32c`` where it reported them; no
+        checksum is computed here just to fill it)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -127,9 +145,10 @@ class ObjectStore(ABC):
         """Upload part ``part_number`` (1-based); parts may arrive in any order and in parallel."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
-        """Assemble the parts (in part-number order) into the object; returns its ETag.
-        The object becomes visible only now."""
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
+        """Assemble the parts (in part-number order) into the object; returns what the store reported
+        of it (its size from a HEAD where the store's answer has none). The object becomes visible
+        only now."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
 
     def abort_multipart(self, key: str, upload_id: str) -> None:

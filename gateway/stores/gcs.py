@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import http.client
-from typing import Any, Iterator
+from typing import Any
 
 import google.api_core.exceptions as gex
 import google.auth.exceptions as aex
@@ -107,11 +107,13 @@ class GCSStore(ObjectStore):
             self._region = f"gcp:{bucket.location.lower()}" if bucket.location else None
         return self._region
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_page(self, prefix: str = "", token: str | None = None,
+                  limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
         with self._errors():  # a 404 on a listing can only mean the bucket
-            for blob in self._client.list_blobs(self.bucket, prefix=prefix, timeout=_TIMEOUT, retry=_RETRY):
-                if not blob.name.startswith(PARTS_PREFIX):
-                    yield _info(blob)
+            blobs = self._client.list_blobs(self.bucket, prefix=prefix, page_token=token, max_results=limit,
+                                            timeout=_TIMEOUT, retry=_RETRY)
+            page = [_info(blob) for blob in blobs if not blob.name.startswith(PARTS_PREFIX)]
+        return page, blobs.next_page_token
 
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):
@@ -132,8 +134,8 @@ class GCSStore(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def write(self, key: str, data: bytes) -> str:
-        return self._put(key, data)
+    def write(self, key: str, data: bytes) -> ObjectInfo:
+        return _info(self._put(key, data))
 
     def delete(self, key: str) -> None:
         try:
@@ -175,10 +177,10 @@ class GCSStore(ObjectStore):
 
     def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
         check_upload_id(upload_id)
-        etag = self._put(_part_name(upload_id, part_number), data, what=key, metadata={_KEY_METADATA: key})
-        return PartInfo(part_number, etag, len(data))
+        blob = self._put(_part_name(upload_id, part_number), data, what=key, metadata={_KEY_METADATA: key})
+        return PartInfo(part_number, _etag(blob), len(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
         check_upload_id(upload_id)
         numbers = part_numbers(parts, f"gs://{self.bucket}/{key}")
         self._check_parts(key, upload_id, numbers)
@@ -198,7 +200,7 @@ class GCSStore(ObjectStore):
             final.content_type = "application/octet-stream"
             final.compose(sources, timeout=_TIMEOUT, retry=_RETRY)
         self._delete_upload(upload_id)
-        return _etag(final)
+        return _info(final)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         check_upload_id(upload_id)
@@ -219,7 +221,9 @@ class GCSStore(ObjectStore):
         self._client._http.close()  # noqa: SLF001  (requests reopens connections on the next call)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _put(self, name: str, data: bytes, *, what: str | None = None, metadata: dict[str, str] | None = None) -> str:
+    def _put(self, name: str, data: bytes, *, what: str | None = None,
+             metadata: dict[str, str] | None = None) -> storage.Blob:
+        """Upload in one request; the blob's properties are then those the server answered."""
         chunk = None
         if len(data) > _MULTIPART_LIMIT:
             chunk = -(-len(data) // _RESUMABLE_QUANTUM) * _RESUMABLE_QUANTUM  # one chunk holds everything
@@ -228,7 +232,7 @@ class GCSStore(ObjectStore):
             blob.metadata = metadata
         with self._errors(what or name, bucket_level=True):
             blob.upload_from_string(data, content_type="application/octet-stream", timeout=_TIMEOUT, retry=_RETRY)
-        return _etag(blob)
+        return blob
 
     def _check_parts(self, key: str, upload_id: str, numbers: list[int]) -> None:
         """One listing instead of a compose that fails without saying which part is missing."""
@@ -264,6 +268,7 @@ def _etag(blob: storage.Blob) -> str | None:
 
 
 def _info(blob: storage.Blob) -> ObjectInfo:
+    """What GCS reported of a blob (a listing entry, or an upload's or compose's answer)."""
     crc = base64.b64decode(blob.crc32c).hex() if blob.crc32c else None
     return ObjectInfo(blob.name, blob.size or 0, _etag(blob), blob.updated.timestamp() if blob.updated else None,
                       md5=md5_hex(blob.md5_hash), crc32c=crc)

@@ -69,31 +69,47 @@ class LocalStore(ObjectStore):
         if not os.access(self._root, os.R_OK | os.X_OK):
             raise AccessDeniedError(f"cannot read directory {self._root}", hint="fix its permissions")
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_page(self, prefix: str = "", token: str | None = None,
+                  limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
+        """The token is the last key listed; the walk skips every directory that holds only keys up to it."""
         self._check_prefix(prefix)
         # Walk only below the deepest directory the prefix names, then filter by the full prefix.
-        start_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = os.path.join(self._root, start_rel) if start_rel else self._root
-        if not os.path.isdir(start):
+        start_rel = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        if not os.path.isdir(os.path.join(self._root, start_rel) if start_rel else self._root):
             if not os.path.isdir(self._root):
                 self.check()
-            return
-        keys = []
+            return [], None
+        page: list[ObjectInfo] = []
         with self._errors(prefix):
-            for dirpath, dirnames, filenames in os.walk(start):
-                rel_dir = os.path.relpath(dirpath, self._root)
-                if rel_dir.split(os.sep, 1)[0] == TMP_DIR:
-                    dirnames.clear()
+            for key in self._keys(start_rel, prefix, token or ""):
+                try:
+                    page.append(self.head(key))
+                except NotFoundError:
+                    continue  # deleted while we listed
+                if len(page) == limit:
+                    return page, key
+        return page, None
+
+    def _keys(self, rel_dir: str, prefix: str, after: str) -> Iterator[str]:
+        """Keys below ``rel_dir`` ("" or "a/b/") that start with ``prefix`` and sort after ``after``, in
+        code point order: a directory ``d`` is ordered as ``d/``, which is where its keys sort."""
+        entries = []
+        with os.scandir(os.path.join(self._root, rel_dir) if rel_dir else self._root) as it:
+            for entry in it:
+                if not rel_dir and entry.name == TMP_DIR:
                     continue
-                for name in filenames:
-                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                    if key.startswith(prefix):
-                        keys.append(key)
-        for key in sorted(keys):
-            try:
-                yield self.head(key)
-            except NotFoundError:
-                continue  # deleted while we listed
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not is_dir and entry.is_dir():
+                    continue  # a link to a directory: not followed
+                entries.append((f"{rel_dir}{entry.name}/" if is_dir else f"{rel_dir}{entry.name}", is_dir))
+        for name, is_dir in sorted(entries):
+            if not (name.startswith(prefix) or prefix.startswith(name)):
+                continue
+            if not is_dir:
+                if name > after and name.startswith(prefix):
+                    yield name
+            elif not (after > name and not after.startswith(name)):  # else every key in it is <= after
+                yield from self._keys(name, prefix, after)
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -111,7 +127,7 @@ class LocalStore(ObjectStore):
             f.seek(offset)
             return f.read() if length is None else f.read(length)
 
-    def write(self, key: str, data: bytes) -> str:
+    def write(self, key: str, data: bytes) -> ObjectInfo:
         path = self._path(key, for_write=True)
         fd, tmp = self._new_temp()
         try:
@@ -123,7 +139,8 @@ class LocalStore(ObjectStore):
             raise
         finally:
             self._tidy_tmp_dir()
-        return hashlib.md5(data).hexdigest()
+        # No MD5 here: a file system reports none, and computing one cost more than the write.
+        return ObjectInfo(key, len(data))
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -165,7 +182,7 @@ class LocalStore(ObjectStore):
         # does): so it names the part file's version, like a web server's ETag of a file.
         return PartInfo(part_number, f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}", len(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
         numbers = part_numbers(parts, self._uri(key))
         directory = self._open_upload(key, upload_id)
         path = self._path(key, for_write=True)
@@ -184,11 +201,15 @@ class LocalStore(ObjectStore):
                             out.write(block)
             with self._errors(key):
                 self._publish(tmp, path)
+                st = os.stat(path)
         finally:
             _remove(tmp)
         shutil.rmtree(directory, ignore_errors=True)
         self._tidy_tmp_dir()
-        return digest.hexdigest()
+        # The MD5 came with the concatenation: keep it for later HEADs and listings of this version.
+        md5 = digest.hexdigest()
+        shared_cache().put(version_of(st), md5)
+        return ObjectInfo(key, st.st_size, md5, st.st_mtime, md5=md5)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         check_upload_id(upload_id)

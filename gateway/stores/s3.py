@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import botocore.exceptions as bex
@@ -16,6 +16,7 @@ from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers, translated
 
 MiB = 1024**2
+_LIST_REQUEST = 1000  # keys per ListObjectsV2 request at most
 _NOT_FOUND_KEY = {"NoSuchKey", "404", "NotFound"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
               "RequestThrottled", "503"}
@@ -83,13 +84,21 @@ class S3Store(ObjectStore):
             self._region = "aws:" + {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
         return self._region
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        paginator = self._client.get_paginator("list_objects_v2")
+    def list_page(self, prefix: str = "", token: str | None = None,
+                  limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
+        # The token is the last key listed (StartAfter): S3's own continuation tokens are opaque, and
+        # moto's live only in the server's memory.
+        objects: list[ObjectInfo] = []
         with self._errors(prefix):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"], obj["Size"], _etag(obj.get("ETag")),
-                                     obj["LastModified"].timestamp())
+            while True:
+                kwargs = {"StartAfter": token} if token else {}
+                page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix,
+                                                    MaxKeys=min(_LIST_REQUEST, limit - len(objects)), **kwargs)
+                objects += [ObjectInfo(o["Key"], o["Size"], _etag(o.get("ETag")), o["LastModified"].timestamp())
+                            for o in page.get("Contents", [])]
+                token = objects[-1].key if page.get("IsTruncated") and objects else None
+                if token is None or len(objects) >= limit:
+                    return objects, token
 
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):
@@ -111,9 +120,11 @@ class S3Store(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def write(self, key: str, data: bytes) -> str:
+    def write(self, key: str, data: bytes) -> ObjectInfo:
         with self._errors(key):
-            return _etag(self._client.put_object(Bucket=self.bucket, Key=key, Body=data)["ETag"])
+            r = self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        etag = _etag(r["ETag"])
+        return ObjectInfo(key, len(data), etag, md5=_md5_of(etag, r))
 
     def delete(self, key: str) -> None:
         with self._errors(key):
@@ -149,14 +160,14 @@ class S3Store(ObjectStore):
                                          Body=data)
         return PartInfo(part_number, _etag(r["ETag"]), len(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> str:
+    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
         part_numbers(parts, f"s3://{self.bucket}/{key}")
         ordered = sorted(parts, key=lambda p: p.part_number)
         with self._errors(key):
-            r = self._client.complete_multipart_upload(
+            self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": f'"{p.etag}"'} for p in ordered]})
-        return _etag(r["ETag"])
+        return self.head(key)  # the answer has no size
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
