@@ -82,23 +82,23 @@ def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connection
         store = open_store(dst_root)
         started = time.perf_counter()
         upload = store.begin_multipart("out.bin")
-        reqs = [{"chunk_id": i, "partition": 0, "src": {"store": src_root, "key": "in.bin"}, "offset": off,
-                 "length": min(chunk, size - off),
-                 "dests": [{"region": DST, "store": dst_root, "key": "out.bin", "upload_id": upload,
-                            "part_number": i + 1}]}
+        reqs = [{"id": i, "partition": 0,
+                 "objects": [{"key": "in.bin", "offset": off, "length": min(chunk, size - off),
+                              "to": [{"dest": 0, "key": "out.bin", "upload_id": upload, "part": i + 1}]}]}
                 for i, off in enumerate(range(0, size, chunk))]
+        body = {"src": src_root, "dests": [{"region": DST, "store": dst_root}]}
         parts: dict[int, PartInfo] = {}
         accepted, cursor, polls = 0, 0, 0
         while len(parts) < len(reqs):
             # Poll like the orchestrator does (every 50 ms): on 2 cores, control traffic costs CPU.
             if accepted < len(reqs):
-                accepted += src.submit(reqs[accepted:])
+                accepted += src.submit({**body, "chunks": reqs[accepted:]})
             status = dst.status(cursor)
             cursor = status["next"]
             for e in status["events"]:
                 if e["type"] != "written":
                     raise RuntimeError(f"gateway reported {e}")
-                p = e["part"]
+                p = e["objects"][0]["part"]
                 parts[p["part_number"]] = PartInfo(p["part_number"], p["etag"], p["size"])
             polls += 1
             if polls % 20 == 0 and src.status(0)["events"]:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 _KNOWN = {"gateway_id", "job_id", "region", "program", "bind_host", "data_port", "control_port", "advertise_host",
           "control_host", "job_secret", "control_token", "encryption_key", "compress", "encrypt", "credentials",
           "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes",
-          "parent_pid"}
+          "parent_pid", "coordinator_timeout"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,9 @@ class GatewayConfig:
     read_ahead_bytes: int = 256 * 1024 * 1024
     #: The process that started the gateway; when it is gone the gateway stops (see daemon.run).
     parent_pid: int | None = None
+    #: Seconds without an authenticated control request after which the gateway stops (its
+    #: coordinator is gone: the dead-man timer of remote fleets).
+    coordinator_timeout: float = 120.0
 
     @property
     def reads(self) -> bool:
@@ -106,6 +109,7 @@ class GatewayConfig:
             max_chunk_bytes=_positive(doc, "max_chunk_bytes", DEFAULT_MAX_CHUNK),
             read_ahead_bytes=_positive(doc, "read_ahead_bytes", 256 * 1024 * 1024),
             parent_pid=_positive(doc, "parent_pid", 0) if "parent_pid" in doc else None,
+            coordinator_timeout=_seconds(doc, "coordinator_timeout", 120.0),
         )
         if program.region != config.region:
             raise BadOptionError(f"gateway config: program is for {program.region}, the gateway is in {config.region}")
@@ -158,6 +162,13 @@ def _positive(doc: dict, key: str, default: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise BadOptionError(f"gateway config: {key!r} must be a positive integer")
     return v
+
+
+def _seconds(doc: dict, key: str, default: float) -> float:
+    v = doc.get(key, default)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1e9:
+        raise BadOptionError(f"gateway config: {key!r} must be a positive number of seconds")
+    return float(v)
 
 
 def write_ready_file(path: str, doc: dict) -> None:

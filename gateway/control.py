@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from planner.errors import BadInputError
+from planner.errors import BadInputError, SkyplaneError
 
-from .chunk_request import ChunkRequest
+from .events import error_type
 from .peers import parse_peers
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ MAX_BODY = 64 * 1024 * 1024
 #: Seconds a connection may send nothing (headers or body) before it is dropped, so idle or
 #: half-sent requests cannot pin the server's threads; before authentication too.
 IDLE_TIMEOUT = 10.0
-_METHODS = "GET /health, GET /status, POST /peers, POST /chunks, POST /shutdown"
+_METHODS = "GET /health, GET /status, POST /peers, POST /chunks, POST /store, POST /shutdown"
 
 
 class _BadRequest(Exception):
@@ -70,7 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch({"/health": self._health, "/status": self._status})
 
     def do_POST(self) -> None:  # noqa: N802
-        self._dispatch({"/peers": self._peers, "/chunks": self._chunks, "/shutdown": self._shutdown})
+        self._dispatch({"/peers": self._peers, "/chunks": self._chunks, "/store": self._store,
+                        "/shutdown": self._shutdown})
 
     def _other_method(self) -> None:
         # http.server would answer 501 with an HTML page; this API answers 405 in JSON, after auth.
@@ -82,6 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if not self._authorized():
                 raise _BadRequest(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+            self.server.node.touch()
             url = urlsplit(self.path)
             route = routes.get(url.path)
             if route is None and self.command not in ("GET", "POST"):
@@ -96,6 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(exc.status, {"error": str(exc)})
         except BadInputError as exc:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except SkyplaneError as exc:  # a store refused or failed (POST /store)
+            self._reply(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(exc), "error_type": error_type(exc),
+                                                          "retryable": exc.retryable})
         except Exception as exc:  # noqa: BLE001 - answer 500 and keep serving
             log.exception("control API error on %s %s", self.command, self.path)
             self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"})
@@ -151,17 +156,10 @@ class _Handler(BaseHTTPRequestHandler):
         return {"ok": True}
 
     def _chunks(self, url) -> dict:
-        doc = self._body()
-        chunks = doc.get("chunks") if isinstance(doc, dict) else None
-        if not isinstance(chunks, list):
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, 'the body must be {"chunks": [ChunkRequest, ...]}')
-        requests = []
-        for i, c in enumerate(chunks):
-            try:
-                requests.append(ChunkRequest.from_dict(c))
-            except BadInputError as exc:
-                raise _BadRequest(HTTPStatus.BAD_REQUEST, f"chunks[{i}]: {exc}") from None
-        return {"accepted": self.server.node.submit(requests)}
+        return {"accepted": self.server.node.submit(self._body())}
+
+    def _store(self, url) -> dict:
+        return self.server.node.store_op(self._body())
 
     def _shutdown(self, url) -> dict:
         self._after = self.server.on_shutdown

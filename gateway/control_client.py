@@ -1,17 +1,27 @@
-"""A small client of a gateway's control API (docs/gateway.md), used by the orchestrator.
+"""The client of a gateway's control API (docs/gateway.md, "Control API version 2"), used by the
+orchestrator (the coordinator).
 
-Every failure (unreachable, timeout, refused token, 4xx/5xx answer, garbage) is a
-:class:`GatewayError` whose message names the gateway's URL and, for an answer, its error text.
+A store that refuses or fails an operation of ``POST /store`` (422) is re-raised as the same
+:class:`SkyplaneError` subclass (``NotFoundError``, ``AccessDeniedError``, ``ThrottledError``...),
+with the store's message. Every other failure (unreachable, timeout, refused token, another 4xx or
+5xx, garbage) is a :class:`GatewayError` whose message names the gateway's URL and the answer's text.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import urllib.error
 import urllib.request
 
-from planner.errors import GatewayError
+import planner.errors
+from planner.errors import GatewayError, SkyplaneError
+
+from .stores.base import ObjectInfo, PartInfo
+
+#: Seconds a store operation may take (a listing page of 5,000 keys on a slow store) before the call fails.
+STORE_TIMEOUT = 120.0
 
 
 class GatewayClient:
@@ -33,11 +43,12 @@ class GatewayClient:
         """Next-hop gateways by region: ``{region: [{"gateway_id", "host", "data_port"}]}``."""
         self._call("POST", "/peers", {"peers": peers})
 
-    def submit(self, chunks: list[dict]) -> int:
-        """Submit ChunkRequests; returns how many of the first ones were accepted (backpressure)."""
-        answer = self._call("POST", "/chunks", {"chunks": chunks})
+    def submit(self, batch: dict) -> int:
+        """Submit a batch ``{"src", "dests", "chunks"}``; returns how many of its first chunks were
+        accepted (backpressure: submit the rest later)."""
+        answer = self._call("POST", "/chunks", batch)
         accepted = answer.get("accepted")
-        if not isinstance(accepted, int) or not 0 <= accepted <= len(chunks):
+        if not isinstance(accepted, int) or not 0 <= accepted <= len(batch.get("chunks", ())):
             raise GatewayError(f"gateway {self.control_url} gave a bad answer to POST /chunks: {answer!r}")
         return accepted
 
@@ -49,20 +60,70 @@ class GatewayClient:
         """Ask the gateway to stop (it answers first, then exits)."""
         self._call("POST", "/shutdown", {})
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+    # ---- store operations (POST /store), with the gateway's credentials -----------------------------
+    def list_page(self, store: str, prefix: str = "", token: str | None = None,
+                  limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
+        """One listing page of ``store`` (a root URI): up to ``limit`` (<= 5,000) objects in key order,
+        and the token of the next page (None after the last)."""
+        answer = self._store("list", store, prefix=prefix, token=token, limit=limit)
+        return [self._info(o) for o in answer.get("objects", ())], answer.get("token")
+
+    def head(self, store: str, key: str) -> ObjectInfo:
+        return self._info(self._store("head", store, key=key).get("object"))
+
+    def begin_multipart(self, store: str, key: str) -> str:
+        upload_id = self._store("begin_multipart", store, key=key).get("upload_id")
+        if not isinstance(upload_id, str) or not upload_id:
+            raise GatewayError(f"gateway {self.control_url} gave no upload id for {store}/{key}")
+        return upload_id
+
+    def complete_multipart(self, store: str, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
+        """Assemble the parts; returns what the store reported of the object (its receipt)."""
+        doc = [{"part_number": p.part_number, "etag": p.etag, "size": p.size} for p in parts]
+        return self._info(self._store("complete_multipart", store, key=key, upload_id=upload_id,
+                                      parts=doc).get("object"))
+
+    def abort_multipart(self, store: str, key: str, upload_id: str) -> None:
+        self._store("abort_multipart", store, key=key, upload_id=upload_id)
+
+    def pending_uploads(self, store: str, prefix: str = "") -> list[tuple[str, str]]:
+        """``(key, upload_id)`` of the unfinished multipart uploads under ``prefix``."""
+        return [(k, u) for k, u in self._store("pending_uploads", store, prefix=prefix).get("uploads", ())]
+
+    def delete(self, store: str, key: str) -> None:
+        self._store("delete", store, key=key)
+
+    def write(self, store: str, key: str, data: bytes) -> ObjectInfo:
+        """Write a small object (at most 16 MiB: a manifest, a report); returns its receipt."""
+        return self._info(self._store("write", store, key=key,
+                                      data=base64.b64encode(data).decode()).get("object"))
+
+    def _store(self, op: str, store: str, **fields) -> dict:
+        return self._call("POST", "/store", {"op": op, "store": store, **fields}, timeout=STORE_TIMEOUT)
+
+    def _info(self, doc: object) -> ObjectInfo:
+        try:
+            return ObjectInfo(**doc)
+        except TypeError:
+            raise GatewayError(f"gateway {self.control_url} answered {doc!r}, not an object's info") from None
+
+    # ---- HTTP -------------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: dict | None = None, *, timeout: float | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.control_url + path, data=data, method=method,
                                      headers={"Authorization": f"Bearer {self._token}",
                                               "Content-Type": "application/json"})
         where = f"gateway {self.control_url} ({method} {path.split('?')[0]})"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = _error_text(exc)
+            doc = _error_doc(exc)
             if exc.code == 401:
                 raise GatewayError(f"{where} refused the control token", hint="use the token from its config") from None
-            raise GatewayError(f"{where} answered {exc.code}: {detail}") from None
+            if exc.code == 422:
+                raise _store_error(doc) from None
+            raise GatewayError(f"{where} answered {exc.code}: {doc.get('error', exc.reason or 'no detail')}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise GatewayError(f"cannot reach {where}: {reason}",
@@ -76,9 +137,20 @@ class GatewayClient:
         return doc
 
 
-def _error_text(exc: urllib.error.HTTPError) -> str:
+def _error_doc(exc: urllib.error.HTTPError) -> dict:
     try:
         doc = json.loads(exc.read())
-        return str(doc.get("error", doc)) if isinstance(doc, dict) else str(doc)
     except (ValueError, OSError):
-        return exc.reason or "no detail"
+        return {}
+    return doc if isinstance(doc, dict) else {"error": str(doc)}
+
+
+def _store_error(doc: dict) -> SkyplaneError:
+    """The error a store raised in the gateway, as the same class (its message already has its hint)."""
+    cls = getattr(planner.errors, str(doc.get("error_type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, SkyplaneError)):
+        cls = planner.errors.StoreError
+    error = cls(str(doc.get("error", "the store refused the operation")))
+    if isinstance(doc.get("retryable"), bool) and doc["retryable"] != error.retryable:
+        error.retryable = doc["retryable"]
+    return error

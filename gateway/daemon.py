@@ -1,8 +1,9 @@
 """``skyplane-gateway --config FILE``: one gateway process (docs/gateway.md).
 
 Loads the config, binds the data port and the control API, writes the ready file, then runs until
-``POST /shutdown``, SIGTERM or SIGINT, or until the process that started it (``parent_pid`` in the
-config) is gone, and exits 0 after a graceful stop. A bad config exits 2 with
+``POST /shutdown``, SIGTERM or SIGINT, until the process that started it (``parent_pid`` in the
+config) is gone, or until no authenticated control request arrived for ``coordinator_timeout``
+seconds, and exits 0 after a graceful stop. A bad config exits 2 with
 the reason on stderr. Nothing secret is ever logged.
 """
 
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from planner.errors import SkyplaneError
 
@@ -45,6 +47,12 @@ def run(config: GatewayConfig) -> None:
             # read our events, so keeping the job's secrets and ports alive only leaks them.
             log.warning("gateway %s: its orchestrator (pid %d) is gone; stopping", config.gateway_id,
                         config.parent_pid)
+            break
+        if time.monotonic() - node.last_control > config.coordinator_timeout:
+            # Nobody has asked anything for that long: the coordinator is gone (a remote fleet's
+            # dead-man timer); a gateway nobody drives only holds the job's secrets and ports.
+            log.warning("gateway %s: no control request for %.0f s; stopping", config.gateway_id,
+                        config.coordinator_timeout)
             break
     log.info("gateway %s stopping", config.gateway_id)
     node.stop()

@@ -10,10 +10,19 @@ import itertools
 import threading
 from collections import deque
 
+import planner.errors
+from planner.errors import ChecksumError, SkyplaneError
+
 COUNTERS = ("bytes_read", "bytes_sent_wire", "bytes_received_wire", "bytes_written", "chunks_written",
-            "frames_rejected", "retries")
+            "objects_written", "frames_rejected", "retries")
 _RECENT_ERRORS = 50
 _MAX_EVENTS_PER_READ = 10_000
+
+
+def error_type(error: SkyplaneError) -> str:
+    """The name of the error's nearest public class (a store's private ``_NoSuchUpload`` is a
+    ``NotFoundError``), which a client can raise again."""
+    return next(c.__name__ for c in type(error).__mro__ if c.__name__ in planner.errors.__all__)
 
 
 class EventLog:
@@ -24,15 +33,25 @@ class EventLog:
         self._events: deque[dict] = deque()
         self._next = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
+        self._sent_to: dict[str, int] = {}  # next-hop region -> frame bytes sent there
         self._errors: deque[str] = deque(maxlen=_RECENT_ERRORS)
 
-    def written(self, *, chunk_id: int, region: str, store: str, key: str, part: dict | None, checksum: str) -> None:
-        self._add({"type": "written", "chunk_id": chunk_id, "region": region, "store": store, "key": key,
-                   "part": part, "checksum": checksum})
+    def written(self, *, chunk_id: int, region: str, integrity: str, objects: list[dict]) -> None:
+        """One chunk's objects written by this gateway: ``objects`` are ``{"i", "dest", "key", "part",
+        "receipt"}`` (docs/gateway.md)."""
+        self._add({"type": "written", "chunk_id": chunk_id, "region": region, "integrity": integrity,
+                   "objects": objects})
 
-    def failed(self, chunk_id: int, error: str, *, retryable: bool) -> None:
-        self._add({"type": "failed", "chunk_id": chunk_id, "error": error, "retryable": retryable})
-        self.error(f"chunk {chunk_id}: {error}")
+    def failed(self, chunk_id: int, error: SkyplaneError, *, objects: list[int] | None = None,
+               region: str | None = None, retryable: bool | None = None) -> None:
+        """A chunk (``objects`` None) or some of its objects could not be read, sent or written;
+        ``region`` is this gateway's for a write failure. ``retryable`` defaults to the error's
+        (a chunk that arrived damaged is always sent again)."""
+        if retryable is None:
+            retryable = error.retryable or isinstance(error, ChecksumError)
+        self._add({"type": "failed", "chunk_id": chunk_id, "objects": objects, "region": region, "error": str(error),
+                   "error_type": error_type(error), "retryable": retryable})
+        self.error(f"chunk {chunk_id}{'' if objects is None else f' objects {objects}'}: {error}")
 
     def error(self, message: str) -> None:
         """Remember a problem for ``/status`` (also those that concern no chunk, e.g. a refused peer)."""
@@ -42,6 +61,12 @@ class EventLog:
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counters[name] += n
+
+    def sent_to(self, region: str, n: int) -> None:
+        """Frame bytes sent to a gateway of next-hop ``region`` (counted in ``bytes_sent_wire`` too)."""
+        with self._lock:
+            self._counters["bytes_sent_wire"] += n
+            self._sent_to[region] = self._sent_to.get(region, 0) + n
 
     def counter(self, name: str) -> int:
         with self._lock:
@@ -54,7 +79,7 @@ class EventLog:
                 self._events.popleft()
             events = list(itertools.islice(self._events, _MAX_EVENTS_PER_READ))
             return {"events": events, "next": events[-1]["seq"] + 1 if events else self._next,
-                    "counters": dict(self._counters),
+                    "counters": {**self._counters, "bytes_sent_wire_to": dict(self._sent_to), "workers": 1},
                     "errors": list(self._errors)}
 
     def _add(self, event: dict) -> None:

@@ -15,7 +15,7 @@ import socket
 import threading
 from typing import Callable
 
-from planner.errors import ProtocolError
+from planner.errors import GatewayError, ProtocolError
 
 from . import wire
 from .events import EventLog
@@ -89,7 +89,8 @@ class DataListener:
                     # The sender believes the frame went out: say so now rather than let the
                     # orchestrator wait for its stall timeout before sending the chunk again.
                     self._events.count("frames_rejected")
-                    self._events.failed(exc.header.chunk_id, f"connection from {peer} ended inside the frame",
+                    self._events.failed(exc.header.chunk_id,
+                                        GatewayError(f"connection from {peer} ended inside the frame"),
                                         retryable=True)
                     log.warning("data connection from %s ended inside a frame: %s", peer, exc)
                     return

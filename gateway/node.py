@@ -2,10 +2,11 @@
 
 Stages and the bounded queues between them (a slow stage blocks the one before it)::
 
-    POST /chunks -> request queue -> readers: store.read, checksum, compress, encrypt -> frame
-    data port    -> receivers (one thread per connection) -------------------------> frame
+    POST /chunks -> request queue -> readers: store.read of each object, lz4, AES-GCM (or CRC32C) -> frame
+    data port    -> receivers (one thread per connection) ------------------------------------> frame
     frame -> Router: every next hop of the partition (relays forward the bytes untouched)
-          -> write queue -> writers: decrypt, decompress, verify, write every dest of this region
+          -> write queue -> writers: authenticate (or check the CRC32C), decompress, write each object
+                                     to every target of this region
 
 The request queue holds requests, not data, so it is bounded by bytes to read ahead (many small
 chunks may wait, few big ones); every queue of data holds at most ``queue_chunks`` chunks.
@@ -18,12 +19,13 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
-from planner.errors import BadOptionError, ChecksumError, ProtocolError, SkyplaneError
+from planner.errors import BadOptionError, GatewayError, ProtocolError, SkyplaneError
 
-from . import wire
-from .chunk_request import ChunkRequest, Dest
+from . import store_api, wire
+from .batch import Batch, ChunkMeta, ChunkSpec, DestStore, ObjectSpec, Target
 from .codec import Codec
 from .config import GatewayConfig
 from .events import EventLog
@@ -37,37 +39,53 @@ log = logging.getLogger(__name__)
 _POLL = 0.5
 #: Requests the request queue holds at most, whatever their size.
 MAX_QUEUED_REQUESTS = 10_000
+#: Finished writes remembered, so that a re-sent chunk is confirmed rather than written again.
+WRITE_WINDOW = 65_536
+#: The ``integrity`` of a chunk read and written by the same gateway (never framed).
+LOCAL = "local"
 
 
 @dataclass(frozen=True)
-class LocalChunk:
-    """A chunk read by this gateway and written by it too: no need to decode a frame."""
+class SourceChunk:
+    """A chunk accepted from a batch, waiting for a reader."""
 
-    request: ChunkRequest
+    src: str
+    dests: tuple[DestStore, ...]
+    spec: ChunkSpec
+
+    @property
+    def length(self) -> int:
+        return self.spec.length
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A chunk's bytes ready to be written: read by this gateway, or decoded from a frame."""
+
+    chunk_id: int
+    meta: ChunkMeta
     data: bytes
-    checksum: bytes
+    integrity: str  # "aead", "crc32c" or "local" (read here, never framed)
 
 
-class _DestWrite:
-    """The write of one chunk to one dest, in progress (``done`` unset) or finished."""
+class _TargetWrite:
+    """The write of one object (or part) to one target, in progress (``done`` unset) or finished."""
 
-    def __init__(self, checksum: str) -> None:
-        self.checksum = checksum
+    def __init__(self) -> None:
         self.done = threading.Event()
-        self.ok = False
-        self.part: dict | None = None
+        self.result: dict | None = None  # {"part", "receipt"} once written
 
 
 class RequestQueue:
-    """Chunk requests waiting for a reader, bounded by count and by bytes to read."""
+    """Chunks waiting for a reader, bounded by count and by bytes to read."""
 
     def __init__(self, min_chunks: int, max_bytes: int) -> None:
-        self._items: collections.deque[ChunkRequest] = collections.deque()
+        self._items: collections.deque[SourceChunk] = collections.deque()
         self._bytes = 0
         self._min_chunks, self._max_bytes = min_chunks, max_bytes
         self._cond = threading.Condition()
 
-    def offer(self, requests: list[ChunkRequest]) -> int:
+    def offer(self, requests: list[SourceChunk]) -> int:
         """Queue the longest prefix of ``requests`` that fits; returns how many were taken."""
         with self._cond:
             taken = 0
@@ -83,7 +101,7 @@ class RequestQueue:
                 self._cond.notify(taken)
             return taken
 
-    def get(self, timeout: float) -> ChunkRequest | None:
+    def get(self, timeout: float) -> SourceChunk | None:
         with self._cond:
             if not self._items and not self._cond.wait_for(lambda: self._items, timeout):
                 return None
@@ -103,6 +121,7 @@ class GatewayNode:
         self.config = config
         self.events = EventLog()
         self.stopping = threading.Event()
+        self.last_control = time.monotonic()  # see touch()
         program = config.program.partitions
         self._program = program
         self._codec = (Codec(config.job_id, key=config.encryption_key, encrypt=config.encrypt,
@@ -115,8 +134,10 @@ class GatewayNode:
         self.router = Router(hops, job_id=config.job_id, secret=config.job_secret, queue_chunks=config.queue_chunks,
                              events=self.events, stop=self.stopping)
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
-        self._writes: queue.Queue[LocalChunk | wire.Frame] = queue.Queue(maxsize=config.queue_chunks)
-        self._written: dict[tuple, _DestWrite] = {}  # (chunk id, dest) -> its write
+        self._writes: queue.Queue[Decoded | wire.Frame] = queue.Queue(maxsize=config.queue_chunks)
+        # (chunk id, object index, store, key, upload id, part) -> its write, oldest first; finished
+        # entries beyond WRITE_WINDOW are forgotten (a re-send older than that is written again).
+        self._written: collections.OrderedDict[tuple, _TargetWrite] = collections.OrderedDict()
         self._written_lock = threading.Lock()
         self._stores: dict[str, ObjectStore] = {}  # root URI -> store (see _store)
         self._threads: list[threading.Thread] = []
@@ -150,6 +171,10 @@ class GatewayNode:
             t.join(per_thread)
 
     # ---- control API operations ---------------------------------------------------------------------
+    def touch(self) -> None:
+        """An authenticated control request arrived (the coordinator is alive: see daemon.run)."""
+        self.last_control = time.monotonic()
+
     def health(self) -> dict:
         return {"ok": not self.stopping.is_set(), "gateway_id": self.config.gateway_id,
                 "region": self.config.region, "pid": os.getpid()}
@@ -157,50 +182,71 @@ class GatewayNode:
     def set_peers(self, peers: dict[str, list[Peer]]) -> None:
         self.router.set_peers(peers)
 
-    def submit(self, requests: list[ChunkRequest]) -> int:
-        """Queue what fits of a batch (backpressure); every request must be for a partition we read."""
-        for r in requests:
-            pp = self._program.get(r.partition)
+    def submit(self, doc: object) -> int:
+        """Queue what fits of a batch (backpressure); refuse it whole if any chunk is bad or for a
+        partition this gateway does not read."""
+        batch = Batch.from_dict(doc, max_chunk_bytes=self.config.max_chunk_bytes)
+        for c in batch.chunks:
+            pp = self._program.get(c.partition)
             if pp is None or pp.source != "read":
-                raise BadOptionError(f"chunk {r.chunk_id}: partition {r.partition} is not read by this gateway",
+                raise BadOptionError(f"chunk {c.id}: partition {c.partition} is not read by this gateway",
                                      hint="submit chunks to the gateways of the source region")
-            if r.length > self.config.max_chunk_bytes:
-                raise BadOptionError(f"chunk {r.chunk_id} has {r.length} bytes, more than the gateway's limit "
-                                     f"of {self.config.max_chunk_bytes}", hint="use a smaller chunk size")
         if self.stopping.is_set():
             return 0
-        return self.requests.offer(requests)
+        return self.requests.offer([SourceChunk(batch.src, batch.dests, c) for c in batch.chunks])
 
     def status(self, since: int) -> dict:
         doc = self.events.status(since)
         doc["queued"] = len(self.requests)
         return doc
 
+    def store_op(self, doc: object) -> dict:
+        """``POST /store``: one store operation with this gateway's credentials (gateway/store_api.py)."""
+        return store_api.run(doc, self._store, lambda call, what: with_retries(
+            call, what=what, on_retry=self._count_retry, stop=self.stopping))
+
     # ---- source: read, encode, route ----------------------------------------------------------------
     def _read_loop(self) -> None:
         while not self.stopping.is_set():
-            req = self.requests.get(_POLL)
-            if req is not None:
-                self._guard(req.chunk_id, lambda: self._read_one(req))
+            item = self.requests.get(_POLL)
+            if item is not None:
+                self._guard(item.spec.id, lambda: self._read_one(item))
 
-    def _read_one(self, req: ChunkRequest) -> None:
-        store = self._store(req.src_store)
-        data = with_retries(lambda: store.read(req.src_key, req.offset, req.length),
-                            what=f"reading {req.src_store}/{req.src_key}", on_retry=self._count_retry,
-                            stop=self.stopping)
-        if len(data) != req.length:
-            raise SkyplaneError(f"{req.src_store}/{req.src_key} changed during the transfer: expected {req.length} "
-                                f"bytes at offset {req.offset}, got {len(data)}", hint="re-run the transfer")
+    def _read_one(self, item: SourceChunk) -> None:
+        """Read every object of the chunk; one that cannot be read fails alone, the others travel."""
+        spec = item.spec
+        store = self._store(item.src)
+        pieces, sent = [], []
+        for i, obj in enumerate(spec.objects):
+            try:
+                pieces.append(self._read_object(store, item.src, obj))
+                sent.append(i)
+            except Exception as exc:  # noqa: BLE001 - reported as this object's failure
+                self.events.failed(spec.id, self._as_error(spec.id, exc), objects=[i])
+        if not sent:
+            return
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self.events.count("bytes_read", len(data))
-        checksum = self._codec.checksum(data)
-        pp = self._program[req.partition]
+        meta = ChunkMeta.of(item.dests, spec, sent)
+        pp = self._program[spec.partition]
         if pp.send:
-            frame = self._codec.encode(chunk_id=req.chunk_id, partition=req.partition, meta=req.to_meta(),
-                                       data=data, checksum=checksum)
+            frame = self._codec.encode(chunk_id=spec.id, partition=spec.partition, meta=meta.encode(), data=data)
             for hop in pp.send:
                 self.router.send(hop.region, frame)
         if pp.write:
-            self._put_write(LocalChunk(req, data, checksum))
+            self._put_write(Decoded(spec.id, meta, data, LOCAL))
+
+    def _read_object(self, store: ObjectStore, src: str, obj: ObjectSpec) -> bytes:
+        # A whole object is read one byte past its size, so one that grew is caught too.
+        want = obj.length if obj.is_part else obj.length + 1
+        data = with_retries(lambda: store.read(obj.key, obj.offset, want), what=f"reading {src}/{obj.key}",
+                            on_retry=self._count_retry, stop=self.stopping)
+        if len(data) != obj.length:
+            what = f"{obj.length} bytes at offset {obj.offset}" if obj.is_part else f"a size of {obj.length} bytes"
+            raise SkyplaneError(f"{src}/{obj.key} changed during the transfer: expected {what}, "
+                                f"{'got' if obj.is_part else 'it now has'} {len(data)}{'+' * (len(data) > obj.length)}",
+                                hint="re-run the transfer")
+        return data
 
     # ---- relay and destination: route, then decode and write ----------------------------------------
     def _on_frame(self, frame: wire.Frame) -> None:
@@ -209,15 +255,16 @@ class GatewayNode:
         pp = self._program.get(h.partition)
         if pp is None or pp.source != "receive":
             self.events.count("frames_rejected")
-            self.events.failed(h.chunk_id, f"{self.config.gateway_id} does not receive partition {h.partition} "
-                               "(the gateways disagree about the plan)", retryable=False)
+            self.events.failed(h.chunk_id, ProtocolError(
+                f"{self.config.gateway_id} does not receive partition {h.partition} (the gateways disagree about "
+                "the plan)"))
             return
         for hop in pp.send:
             self.router.send(hop.region, frame)
         if pp.write:
             self._put_write(frame)
 
-    def _put_write(self, item: LocalChunk | wire.Frame) -> None:
+    def _put_write(self, item: Decoded | wire.Frame) -> None:
         while not self.stopping.is_set():
             try:
                 self._writes.put(item, timeout=_POLL)
@@ -231,73 +278,98 @@ class GatewayNode:
                 item = self._writes.get(timeout=_POLL)
             except queue.Empty:
                 continue
-            chunk_id = item.request.chunk_id if isinstance(item, LocalChunk) else item.header.chunk_id
-            self._guard(chunk_id, lambda: self._write_one(item))
+            chunk_id = item.chunk_id if isinstance(item, Decoded) else item.header.chunk_id
+            self._guard(chunk_id, lambda: self._write_chunk(item if isinstance(item, Decoded) else self._decode(item)))
 
-    def _write_one(self, item: LocalChunk | wire.Frame) -> None:
-        if isinstance(item, LocalChunk):
-            req, data, checksum = item.request, item.data, item.checksum
-        else:
-            try:
-                meta, data = self._codec.decode(item)
-            except ProtocolError:
-                self.events.count("frames_rejected")
-                raise
-            try:
-                req = ChunkRequest.from_meta(meta)
-            except BadOptionError as exc:
-                # The source only sends valid metadata: this one was damaged on the way (a clear
-                # frame's metadata is not covered by the checksum), so the chunk is sent again.
-                self.events.count("frames_rejected")
-                raise ChecksumError(f"chunk {item.header.chunk_id}: {exc}", hint="it will be sent again") from None
-            if (req.chunk_id, req.partition) != (item.header.chunk_id, item.header.partition):
-                self.events.count("frames_rejected")
-                raise ProtocolError(f"frame header says chunk {item.header.chunk_id}, its metadata {req.chunk_id}")
-            checksum = item.header.checksum
-        for dest in req.dests:
-            if dest.region == self.config.region:
-                self._guard(req.chunk_id, lambda d=dest: self._write_dest(req, d, data, checksum.hex()))
+    def _decode(self, frame: wire.Frame) -> Decoded:
+        try:
+            meta, data, integrity = self._codec.decode(frame)
+        except ProtocolError:
+            self.events.count("frames_rejected")
+            raise
+        try:
+            return Decoded(frame.header.chunk_id, ChunkMeta.decode(meta, len(data)), data, integrity)
+        except BadOptionError as exc:
+            # The source only sends valid metadata, and the frame passed its AEAD or CRC32C: only a
+            # source of another version could send this.
+            self.events.count("frames_rejected")
+            raise ProtocolError(f"chunk {frame.header.chunk_id}: {exc}",
+                                hint="run the same skyplane-provider version on every gateway") from None
 
-    def _write_dest(self, req: ChunkRequest, dest: Dest, data: bytes, checksum: str) -> None:
-        """Write one dest once: a copy of the chunk that arrives while or after it is written (a
-        re-send by the orchestrator, a replay) is only confirmed, never written again."""
-        key = (req.chunk_id, dest)
+    def _write_chunk(self, chunk: Decoded) -> None:
+        """Write every object of the chunk whose targets are in this region; one ``written`` event for
+        what was written (or confirmed), one ``failed`` event per object that could not be."""
+        region = self.config.region
+        dests = chunk.meta.dests
+        single = len(chunk.meta.objects) == 1
+        written: list[dict] = []
+        fresh = False
+        offset = 0
+        for obj in chunk.meta.objects:
+            start, offset = offset, offset + obj.length
+            mine = [t for t in obj.to if dests[t.dest].region == region]
+            if not mine:
+                continue
+            data = chunk.data if single else chunk.data[start:offset]
+            for target in mine:
+                try:
+                    result, new = self._write_target(chunk.chunk_id, obj.i, dests[target.dest].store, target, data)
+                except Exception as exc:  # noqa: BLE001 - reported as this object's failure
+                    self.events.failed(chunk.chunk_id, self._as_error(chunk.chunk_id, exc), objects=[obj.i],
+                                       region=region)
+                    continue
+                fresh |= new
+                written.append({"i": obj.i, "dest": target.dest, "key": target.key, **result})
+        if fresh:
+            self.events.count("chunks_written")
+        if written:
+            self.events.written(chunk_id=chunk.chunk_id, region=region, integrity=chunk.integrity, objects=written)
+
+    def _write_target(self, chunk_id: int, i: int, store_uri: str, target: Target, data: bytes) -> tuple[dict, bool]:
+        """Write one object (or part) to one target once: a copy that arrives while or after it is
+        written (a re-send, a replay) is only confirmed. Returns ``({"part", "receipt"}, written now)``."""
+        key = (chunk_id, i, store_uri, target.key, target.upload_id, target.part)
         while True:
             with self._written_lock:
                 state = self._written.get(key)
                 if state is None:
-                    state = self._written[key] = _DestWrite(checksum)
+                    state = self._written[key] = _TargetWrite()
+                    self._forget_old_writes()
                     break  # ours to write
             state.done.wait()
-            if state.ok:
-                if state.checksum != checksum:
-                    raise SkyplaneError(f"chunk {req.chunk_id} arrived again with different bytes: the source "
-                                        "changed during the transfer", hint="re-run the transfer")
-                self.events.written(chunk_id=req.chunk_id, region=self.config.region, store=dest.store,
-                                    key=dest.key, part=state.part, checksum=checksum)
-                return
+            if state.result is not None:
+                return state.result, False
             # the other copy failed to write: try with ours
         try:
-            store = self._store(dest.store)
-            what = f"writing {dest.store}/{dest.key}"
-            if dest.upload_id is None:
-                with_retries(lambda: store.write(dest.key, data), what=what, on_retry=self._count_retry,
-                             stop=self.stopping)
+            store = self._store(store_uri)
+            what = f"writing {store_uri}/{target.key}"
+            if target.upload_id is None:
+                info = with_retries(lambda: store.write(target.key, data), what=what, on_retry=self._count_retry,
+                                    stop=self.stopping)
+                state.result = {"part": None, "receipt": {"size": info.size, "etag": info.etag, "md5": info.md5,
+                                                          "crc32c": info.crc32c}}
             else:
-                info = with_retries(lambda: store.upload_part(dest.key, dest.upload_id, dest.part_number, data),
+                part = with_retries(lambda: store.upload_part(target.key, target.upload_id, target.part, data),
                                     what=what, on_retry=self._count_retry, stop=self.stopping)
-                state.part = {"part_number": info.part_number, "etag": info.etag, "size": info.size}
-            state.ok = True
+                state.result = {"part": {"part_number": part.part_number, "etag": part.etag, "size": part.size},
+                                "receipt": None}
         except BaseException:
             with self._written_lock:
-                del self._written[key]
+                self._written.pop(key, None)
             raise
         finally:
             state.done.set()
         self.events.count("bytes_written", len(data))
-        self.events.count("chunks_written")
-        self.events.written(chunk_id=req.chunk_id, region=self.config.region, store=dest.store, key=dest.key,
-                            part=state.part, checksum=checksum)
+        self.events.count("objects_written")
+        return state.result, True
+
+    def _forget_old_writes(self) -> None:
+        """Called with the lock held: drop the oldest finished writes beyond :data:`WRITE_WINDOW`."""
+        while len(self._written) > WRITE_WINDOW:
+            key, oldest = next(iter(self._written.items()))
+            if not oldest.done.is_set():
+                return  # still being written: the window waits for it
+            del self._written[key]
 
     def _store(self, root_uri: str) -> ObjectStore:
         """``open_store`` once per root: a gateway's credentials and environment are fixed for its
@@ -312,13 +384,17 @@ class GatewayNode:
     def _count_retry(self) -> None:
         self.events.count("retries")
 
+    def _as_error(self, chunk_id: int, exc: Exception) -> SkyplaneError:
+        """A failure as the SkyplaneError it reports; a bug is logged with its trace, as a GatewayError."""
+        if isinstance(exc, SkyplaneError):
+            log.warning("chunk %d failed: %s", chunk_id, exc)
+            return exc
+        log.error("chunk %d failed unexpectedly", chunk_id, exc_info=exc)
+        return GatewayError(f"internal error: {exc!r}")
+
     def _guard(self, chunk_id: int, step) -> None:
         """Run one chunk's step; any failure becomes a ``failed`` event, never a dead worker."""
         try:
             step()
-        except SkyplaneError as exc:
-            log.warning("chunk %d failed: %s", chunk_id, exc)
-            self.events.failed(chunk_id, str(exc), retryable=exc.retryable or isinstance(exc, ChecksumError))
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker thread
-            log.exception("chunk %d failed unexpectedly", chunk_id)
-            self.events.failed(chunk_id, f"internal error: {exc!r}", retryable=False)
+            self.events.failed(chunk_id, self._as_error(chunk_id, exc))

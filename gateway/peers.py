@@ -20,7 +20,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from planner.errors import BadOptionError, ProtocolError
+from planner.errors import BadOptionError, GatewayError, ProtocolError
 
 from . import wire
 from .events import EventLog
@@ -72,9 +72,10 @@ def parse_peers(doc: object) -> dict[str, list[Peer]]:
 class PeerLink:
     """Frames to one peer gateway over ``connections`` persistent connections (opened lazily)."""
 
-    def __init__(self, peer: Peer, connections: int, *, job_id: bytes, secret: bytes, queue_chunks: int,
-                 events: EventLog, stop: threading.Event, send_timeout: float = 300.0) -> None:
+    def __init__(self, peer: Peer, region: str, connections: int, *, job_id: bytes, secret: bytes,
+                 queue_chunks: int, events: EventLog, stop: threading.Event, send_timeout: float = 300.0) -> None:
         self.peer = peer
+        self.region = region
         self.connections = connections
         self._job_id, self._secret, self._send_timeout = job_id, secret, send_timeout
         self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_chunks)
@@ -106,8 +107,8 @@ class PeerLink:
                 frame = self._queue.get_nowait()
             except queue.Empty:
                 break
-            self._events.failed(frame.header.chunk_id, f"peer {self.peer.gateway_id} was removed before the "
-                                "chunk could be sent to it", retryable=True)
+            self._events.failed(frame.header.chunk_id, GatewayError(
+                f"peer {self.peer.gateway_id} was removed before the chunk could be sent to it"), retryable=True)
 
     def grow(self, connections: int) -> None:
         """Use at least ``connections`` connections (when a region has fewer gateways left)."""
@@ -149,7 +150,7 @@ class PeerLink:
                                                     secret=self._secret, send_timeout=self._send_timeout))
                 wire.send_frame(conn.sock, frame)
                 conn.sent(frame)
-                self._events.count("bytes_sent_wire", frame.size)
+                self._events.sent_to(self.region, frame.size)
                 return conn
             except (OSError, ProtocolError) as exc:
                 if conn is not None:
@@ -159,9 +160,10 @@ class PeerLink:
                 final = attempt == SEND_ATTEMPTS or isinstance(exc, ProtocolError) or self._closed.is_set()
                 if final:
                     log.warning("could not send chunk %d to %s: %s", frame.header.chunk_id, self.peer.gateway_id, exc)
-                    self._events.failed(frame.header.chunk_id, f"could not send to {self.peer.gateway_id} at "
-                                        f"{self.peer.host}:{self.peer.port}: {exc}",
-                                        retryable=not isinstance(exc, ProtocolError))
+                    refused = isinstance(exc, ProtocolError)
+                    error = (ProtocolError if refused else GatewayError)(
+                        f"could not send to {self.peer.gateway_id} at {self.peer.host}:{self.peer.port}: {exc}")
+                    self._events.failed(frame.header.chunk_id, error, retryable=not refused)
                     return None
                 self._events.count("retries")
                 self._stop.wait(0.2 * 2**attempt)
@@ -177,8 +179,8 @@ class PeerLink:
             log.warning("connection to %s broke (%s): %d recently sent chunk(s) may be lost", self.peer.gateway_id,
                         why, len(chunks))
         for chunk_id in chunks:
-            self._events.failed(chunk_id, f"the connection to {self.peer.gateway_id} broke ({why}) "
-                                "shortly after the chunk was sent", retryable=True)
+            self._events.failed(chunk_id, GatewayError(f"the connection to {self.peer.gateway_id} broke ({why}) "
+                                                       "shortly after the chunk was sent"), retryable=True)
 
 
 class _Connection:
@@ -240,7 +242,7 @@ class Router:
                 for p in dict.fromkeys(plist):
                     link = old.pop(p, None)
                     if link is None:
-                        link = PeerLink(p, per_peer, job_id=self._job_id, secret=self._secret,
+                        link = PeerLink(p, region, per_peer, job_id=self._job_id, secret=self._secret,
                                         queue_chunks=self._queue_chunks, events=self._events, stop=self._stop)
                     else:
                         link.grow(per_peer)
@@ -262,7 +264,8 @@ class Router:
                 links = self._links.get(region)
                 if not links:
                     if waited >= PEER_WAIT:
-                        self._events.failed(frame.header.chunk_id, f"no gateway of {region} is known to send to",
+                        self._events.failed(frame.header.chunk_id,
+                                            GatewayError(f"no gateway of {region} is known to send to"),
                                             retryable=True)
                         return
                     self._changed.wait(_POLL)

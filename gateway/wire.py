@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from planner.errors import ProtocolError
 
 MAGIC = b"SKYF"
-VERSION = 1
+VERSION = 2
 
 FLAG_COMPRESSED = 0x01
 FLAG_ENCRYPTED = 0x02
 _KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_ENCRYPTED
 
 #: magic, version, flags, reserved, partition, job id, chunk id, raw length, wire length,
-#: checksum of the original bytes, meta length. Network byte order, 72 bytes.
+#: checksum (a clear frame's CRC32C of its metadata and original bytes; zero when encrypted: the
+#: AEAD tag checks it), meta length. Network byte order, 72 bytes.
 HEADER = struct.Struct(">4sBBHI16sQQQ16sI")
 HEADER_SIZE = HEADER.size
 
@@ -40,8 +41,9 @@ ENCRYPTION_OVERHEAD = NONCE_SIZE + TAG_SIZE
 CHECKSUM_SIZE = 16
 JOB_ID_SIZE = 16
 
-#: Upper bound of a frame's chunk metadata (a ChunkRequest as JSON: a few hundred bytes per dest).
-MAX_META = 1 << 20
+#: Upper bound of a frame's chunk metadata (a ChunkMeta as JSON: a key and a few numbers per object and
+#: destination, up to 1,024 objects of a bundle).
+MAX_META = 8 << 20
 #: Default upper bound of a frame's raw and wire lengths; a header above it is rejected before
 #: anything is allocated.
 DEFAULT_MAX_CHUNK = 1 << 30

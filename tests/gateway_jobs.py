@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+from gateway.batch import ChunkMeta, DestStore, SentObject, Target
 from gateway.control_client import GatewayClient
 from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
@@ -79,13 +80,43 @@ class Job:
                              f"{self.clients[region].status(0)}\n{self.fleet.logs(region + '/0', 30)}")
 
 
-def chunk(cid: int, src: str, key: str, offset: int, length: int, dests: list[dict], partition: int = 0) -> dict:
-    return {"chunk_id": cid, "partition": partition, "src": {"store": src, "key": key}, "offset": offset,
-            "length": length, "dests": dests}
+def batch(src: str, dests: list[tuple[str, str]], *chunks: dict) -> dict:
+    """A ``POST /chunks`` body: ``dests`` are (region, store root) rows, indexed by :func:`to`."""
+    return {"src": src, "dests": [{"region": r, "store": s} for r, s in dests], "chunks": list(chunks)}
 
 
-def dest(region: str, store: str, key: str, upload_id: str | None = None, part: int | None = None) -> dict:
-    return {"region": region, "store": store, "key": key, "upload_id": upload_id, "part_number": part}
+def chunk(cid: int, *objects: dict, partition: int = 0) -> dict:
+    return {"id": cid, "partition": partition, "objects": list(objects)}
+
+
+def obj(key: str, length: int, *targets: dict, offset: int = 0) -> dict:
+    return {"key": key, "offset": offset, "length": length, "to": list(targets)}
+
+
+def to(dest: int, key: str, upload_id: str | None = None, part: int | None = None) -> dict:
+    return {"dest": dest, "key": key, "upload_id": upload_id, "part": part}
+
+
+def one(cid: int, src: str, key: str, length: int, region: str, dst: str, dst_key: str | None = None) -> dict:
+    """A batch of one chunk: the whole object ``key`` of ``src`` to ``dst_key`` in ``dst`` (``region``)."""
+    return batch(src, [(region, dst)], chunk(cid, obj(key, length, to(0, dst_key or key))))
+
+
+def frame_meta(region: str, store: str, *objects: tuple[str, int]) -> bytes:
+    """The metadata of a frame holding whole objects ``(key, length)``, all for ``store`` in ``region``."""
+    return ChunkMeta((DestStore(region, store),),
+                     tuple(SentObject(i, n, (Target(0, k),)) for i, (k, n) in enumerate(objects))).encode()
+
+
+def submit_all(client: GatewayClient, body: dict, timeout: float = 60.0) -> None:
+    """Submit every chunk of ``body``, again and again while the gateway accepts only a prefix."""
+    chunks, deadline = list(body["chunks"]), time.monotonic() + timeout
+    while chunks:
+        accepted = client.submit({**body, "chunks": chunks})
+        chunks = chunks[accepted:]
+        if chunks:
+            assert time.monotonic() < deadline, f"{len(chunks)} chunks still refused after {timeout}s"
+            time.sleep(0.05)
 
 
 def sha(data: bytes) -> str:

@@ -25,7 +25,7 @@ from planner.errors import BadURIError
 from planner.plan import Edge, Hop, PartitionProgram, Plan, RegionProgram
 from skyplane_provider.transfer import copy
 
-from .gateway_jobs import DST, SRC, chunk, dest
+from .gateway_jobs import DST, SRC, batch, chunk, frame_meta, obj, one, to
 from .helpers import digests, read_all
 from .reliability_report import record
 
@@ -108,8 +108,7 @@ def test_fault_replayed_and_forged_frames_change_nothing(jobs, stores):
     target = open_store(stores["dst"])
 
     def frame_for(cid: int, name: str, c: Codec = codec) -> wire.Frame:
-        meta = json.dumps(chunk(cid, stores["src"], "k", 0, len(data), [dest(DST, stores["dst"], name)])).encode()
-        return c.encode(chunk_id=cid, partition=0, meta=meta, data=data)
+        return c.encode(chunk_id=cid, partition=0, meta=frame_meta(DST, stores["dst"], (name, len(data))), data=data)
 
     good = frame_for(1, "replayed")
     forged = frame_for(2, "forged", Codec(job_id, key=os.urandom(32), encrypt=True, compress=True))
@@ -183,7 +182,7 @@ def test_fault_peer_without_the_secret_reads_nothing(jobs, stores):
         job.clients[SRC].set_peers({DST: [{"gateway_id": "impostor", "host": "127.0.0.1", "data_port": rogue.port}]})
         secret_data = b"do not leak " * 1000
         open_store(stores["src"]).write("x", secret_data)
-        job.clients[SRC].submit([chunk(0, stores["src"], "x", 0, len(secret_data), [dest(DST, stores["dst"], "x")])])
+        job.clients[SRC].submit(one(0, stores["src"], "x", len(secret_data), DST, stores["dst"]))
         (failed,) = job.events(SRC, 1, kind="failed")
     finally:
         rogue.close()
@@ -203,7 +202,7 @@ def test_fault_peer_of_another_job_injects_nothing(jobs, stores):
                  wire_peers=False)
     job_b.clients[SRC].set_peers({DST: [job_a.peer(DST)]})
     open_store(stores["src"]).write("x", b"injected?")
-    job_b.clients[SRC].submit([chunk(0, stores["src"], "x", 0, 9, [dest(DST, stores["dst"], "x")])])
+    job_b.clients[SRC].submit(one(0, stores["src"], "x", 9, DST, stores["dst"]))
     (failed,) = job_b.events(SRC, 1, kind="failed")
     assert failed["retryable"] is False
     errors = job_a.clients[DST].status(0)["errors"]
@@ -236,8 +235,8 @@ def test_fault_local_store_keys_stay_inside_the_root(tmp_path, jobs, stores):
 
     job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})})
     open_store(stores["src"]).write("x", b"escape")
-    reqs = [chunk(i, stores["src"], "x", 0, 6, [dest(SRC, stores["dst"], k)]) for i, k in enumerate(bad)]
-    assert job.clients[SRC].submit(reqs) == len(reqs)
+    reqs = [chunk(i, obj("x", 6, to(0, k))) for i, k in enumerate(bad)]
+    assert job.clients[SRC].submit(batch(stores["src"], [(SRC, stores["dst"])], *reqs)) == len(reqs)
     failed = job.events(SRC, len(bad), kind="failed")
     assert all(not e["retryable"] for e in failed)
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]

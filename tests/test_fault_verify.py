@@ -23,12 +23,12 @@ AZ = "azure:eastus"
 _BUCKET_FIXTURE = {"s3": "s3_bucket", "gcs": "gcs_bucket", "azure": "azure_container", "local": "local_root"}
 
 
-def verify_one(src_root: str, dst_root: str, key: str, chunk_checksum: str = "c0ffee") -> dict:
+def verify_one(src_root: str, dst_root: str, key: str, integrity: str = "aead") -> dict:
     """Run the transfer's verifier on one object copied as one chunk; returns its manifest entry."""
     source = open_source(parse_uri(f"{src_root}/"), recursive=True, credentials={}, region="local")
     dest = open_destination(parse_uri(f"{dst_root}/"), single_source=False, credentials={}, region="local")
     info = next(o for o in source.store.list() if o.key == key)
-    obj = ObjectJob(info, [Target(0, key, multipart=False, checksums={0: chunk_checksum})], chunk_ids=[0])
+    obj = ObjectJob(info, [Target(0, key, multipart=False, integrity={0: integrity})], chunk_ids=[0])
     tally, manifest = verify_all([obj], [Chunk(0, obj, 0, info.size, None)], source, [dest], "job")
     assert tally.objects == 1
     return manifest["objects"][0]["copies"][0]
@@ -63,9 +63,10 @@ def test_fault_verifier_needs_every_chunk_confirmed(s3_bucket, local_root):
     upload = store.begin_multipart("big")
     parts = [store.upload_part("big", upload, n + 1, data[n * 5 * MiB:(n + 1) * 5 * MiB]) for n in range(2)]
     store.complete_multipart("big", upload, parts)
-    assert verify_one(local_root, s3_bucket, "big")["verified_by"] == "chunk-sha256"
-    with pytest.raises(VerificationError, match="big: no gateway confirmed the checksum of every chunk"):
-        verify_one(local_root, s3_bucket, "big", chunk_checksum="")
+    assert verify_one(local_root, s3_bucket, "big")["verified_by"] == "aead"
+    assert verify_one(local_root, s3_bucket, "big", "crc32c")["verified_by"] == "chunk-crc32c"
+    with pytest.raises(VerificationError, match="big: no gateway confirmed the integrity of every chunk"):
+        verify_one(local_root, s3_bucket, "big", integrity="")
 
 
 @pytest.fixture
@@ -78,9 +79,9 @@ def own_home(tmp_path, monkeypatch):
 
 # Pairs, and how each object of (small, 6 MiB in parts) is verified on the emulators.
 PAIRS = [
-    ("local", "s3", {"md5": 1, "chunk-sha256": 1}),  # S3 multipart ETags are no MD5
-    ("s3", "azure", {"md5": 1, "chunk-sha256": 1}),  # S3 source MD5 from a HEAD; committed blocks have none
-    ("azure", "gcs", {"md5": 2}),  # fake-gcs keeps an MD5 of composed objects (real GCS: chunk-sha256)
+    ("local", "s3", {"md5": 1, "aead": 1}),  # S3 multipart ETags are no MD5
+    ("s3", "azure", {"md5": 1, "aead": 1}),  # S3 source MD5 from a HEAD; committed blocks have none
+    ("azure", "gcs", {"md5": 2}),  # fake-gcs keeps an MD5 of composed objects (real GCS: aead)
     ("gcs", "local", {"md5": 2}),
 ]
 
@@ -110,10 +111,13 @@ def test_fault_verifier_uses_crc32c_when_only_that_is_shared():
     assert check_copy(src, ObjectInfo("k", 10, crc32c="0a0b0c0d"), "gs://b/k", ("md5", "crc32c"), []) == "crc32c"
     with pytest.raises(VerificationError, match="crc32c"):
         check_copy(src, ObjectInfo("k", 10, crc32c="ffffffff"), "gs://b/k", ("md5", "crc32c"), ["c0ffee"])
-    # Neither side has a shared native checksum: the gateways' confirmed chunk checksums decide.
-    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["c0ffee"]) == "chunk-sha256"
+    # Neither side has a shared native checksum: how the gateways checked each chunk decides (the weakest).
+    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["aead"]) == "aead"
+    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"),
+                      ["aead", "crc32c"]) == "chunk-crc32c"
     with pytest.raises(VerificationError, match="no gateway confirmed"):
-        check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["c0ffee", ""])
+        check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["aead", ""])
     record("fault", "verifier on copies with only a CRC32C in common (a composed GCS object), a wrong CRC32C, "
            "and no common checksum with one chunk unconfirmed", "crc32c used and a mismatch raised "
-           "VerificationError; chunk-sha256 used otherwise, an unconfirmed chunk raised VerificationError")
+           "VerificationError; the chunks' integrity (aead, chunk-crc32c) used otherwise, an unconfirmed chunk "
+           "raised VerificationError")

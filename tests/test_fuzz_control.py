@@ -22,7 +22,7 @@ from .gateway_jobs import SRC, assert_hung_up
 from .reliability_report import record
 
 ENDPOINTS = ["/health", "/status", "/status?since=0", "/status?since=-1", "/status?since=%C2%B2", "/peers",
-             "/chunks", "/", ""]
+             "/chunks", "/store", "/", ""]
 token_text = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=40)
 
 
@@ -55,6 +55,9 @@ def requests(draw, token: str):
         st.none(), st.binary(max_size=200),
         json_values.map(lambda v: json.dumps(v).encode()),
         json_values.map(lambda v: json.dumps({"chunks": v if isinstance(v, list) else [v]}).encode()),
+        json_values.map(lambda v: json.dumps({"src": "file:///nonexistent", "dests": [{"region": SRC, "store": v}],
+                                              "chunks": [v]}).encode()),
+        json_values.map(lambda v: json.dumps({"op": v, "store": v, "key": v, "prefix": v}).encode()),
         json_values.map(lambda v: json.dumps({"peers": v}).encode()),
         json_values.map(lambda v: json.dumps({"peers": {"r": [{"gateway_id": "g", "host": "h", "data_port": v}]}})
                         .encode())))
@@ -168,7 +171,7 @@ def test_fuzz_data_port_handshake(jobs, stores):
 
     raw = st.one_of(st.binary(max_size=300),
                     st.binary(min_size=wire.AUTH_SIZE - 21, max_size=wire.AUTH_SIZE + 100).map(
-                        lambda b: b"SKYA\x01" + job_id + b))
+                        lambda b: b"SKYA" + bytes([wire.VERSION]) + job_id + b))
     fuzz("gateway data port handshake", raw, check, examples=100,
          what="random bytes and authentication messages with the right job id and made-up proofs, to a real "
          "gateway's data port")

@@ -7,6 +7,7 @@ tampered and replayed frames, backpressure, the control API's input checks and c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from gateway.codec import Codec
 from gateway.control_client import GatewayClient
 from gateway.stores import open_store
 from gateway.stores.base import PartInfo
-from planner.errors import GatewayError, ProtocolError, ProvisionError
+from planner.errors import GatewayError, NotFoundError, ProtocolError, ProvisionError
 from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
@@ -42,10 +43,15 @@ from .gateway_jobs import (
     Job,
     MiB,
     assert_hung_up,
+    batch,
     chain,
     chunk,
-    dest,
+    frame_meta,
+    obj,
+    one,
     sha,
+    submit_all,
+    to,
 )
 from .helpers import gateway_pids
 
@@ -65,20 +71,20 @@ def test_chain_whole_objects_and_parts_through_a_keyless_relay(jobs, stores):
     for k, v in objects.items():
         src.write(k, v)
     upload = dst.begin_multipart("out/big")
-    reqs = [chunk(0, stores["src"], "logs/a.csv", 0, len(text), [dest(DST, stores["dst"], "out/a.csv")]),
-            chunk(1, stores["src"], "empty", 0, 0, [dest(DST, stores["dst"], "out/empty")])]
+    reqs = [chunk(0, obj("logs/a.csv", len(text), to(0, "out/a.csv"))), chunk(1, obj("empty", 0, to(0, "out/empty")))]
     part_size = 2 * MiB
     for n, off in enumerate(range(0, len(big), part_size), start=1):
-        reqs.append(chunk(1 + n, stores["src"], "bin/big", off, min(part_size, len(big) - off),
-                          [dest(DST, stores["dst"], "out/big", upload, n)]))
-    accepted = 0
-    while accepted < len(reqs):
-        accepted += job.clients[SRC].submit(reqs[accepted:])
+        reqs.append(chunk(1 + n, obj("bin/big", min(part_size, len(big) - off), to(0, "out/big", upload, n),
+                                     offset=off)))
+    submit_all(job.clients[SRC], batch(stores["src"], [(DST, stores["dst"])], *reqs))
     written = job.events(DST, len(reqs), kind="written")
     assert sorted(e["chunk_id"] for e in written) == list(range(len(reqs)))
-    assert all(e["region"] == DST and len(e["checksum"]) == 32 for e in written)
-    parts = sorted((e["part"] for e in written if e["part"]), key=lambda p: p["part_number"])
-    assert [p["part_number"] for p in parts] == [1, 2, 3]
+    assert all(e["region"] == DST and e["integrity"] == "aead" and len(e["objects"]) == 1 for e in written)
+    entries = {e["chunk_id"]: e["objects"][0] for e in written}
+    assert entries[0]["receipt"]["size"] == len(text) and entries[1]["receipt"]["size"] == 0
+    assert (entries[0]["i"], entries[0]["dest"], entries[0]["key"], entries[0]["part"]) == (0, 0, "out/a.csv", None)
+    parts = sorted((entries[c]["part"] for c in range(2, len(reqs))), key=lambda p: p["part_number"])
+    assert [p["part_number"] for p in parts] == [1, 2, 3] and all(entries[c]["receipt"] is None for c in range(2, 5))
     dst.complete_multipart("out/big", upload, [PartInfo(p["part_number"], p["etag"], p["size"]) for p in parts])
 
     assert sha(dst.read("out/a.csv")) == sha(text)
@@ -91,7 +97,10 @@ def test_chain_whole_objects_and_parts_through_a_keyless_relay(jobs, stores):
         == counters[DST]["bytes_received_wire"] == counters[SRC]["bytes_sent_wire"]
     # The text went compressed, the random bytes raw: the wire carries less than the data.
     assert counters[SRC]["bytes_sent_wire"] < total
-    assert counters[DST]["chunks_written"] == len(reqs) and counters[DST]["frames_rejected"] == 0
+    assert counters[DST]["chunks_written"] == counters[DST]["objects_written"] == len(reqs)
+    assert counters[DST]["frames_rejected"] == 0
+    assert counters[SRC]["bytes_sent_wire_to"] == {RELAY: counters[SRC]["bytes_sent_wire"]}
+    assert counters[RELAY]["bytes_sent_wire_to"] == {DST: counters[RELAY]["bytes_sent_wire"]}
     assert job.clients[RELAY].status(0)["events"] == []  # relays write nothing
 
     pids_record = json.loads((job.home / "jobs" / job.id / PIDS_FILE).read_text())
@@ -102,6 +111,77 @@ def test_chain_whole_objects_and_parts_through_a_keyless_relay(jobs, stores):
         assert g["cmdline_marker"] in cmdline
 
 
+def test_bundle_of_many_objects_travels_in_one_frame_and_an_unreadable_one_fails_alone(jobs, stores):
+    """300 small objects and two bad ones in one chunk, through a keyless relay, to two stores of the
+    destination region: the missing object and the one whose size changed fail alone (named by their
+    index), the 300 others arrive in one frame, each written whole, in one ``written`` event."""
+    job = jobs(chain())
+    src = open_store(stores["src"])
+    objects = {f"small/{i:04d}.json": b'{"id": %d, "v": "%s"}\n' % (i, b"x" * (i % 50)) * 20 for i in range(300)}
+    for k, v in objects.items():
+        src.write(k, v)
+    entries = [obj(k, len(v), to(0, "out/" + k), to(1, "copy/" + k)) for k, v in objects.items()]
+    entries.insert(7, obj("small/missing", 10, to(0, "out/missing")))
+    entries.insert(20, obj("small/0000.json", len(objects["small/0000.json"]) - 1, to(0, "out/changed")))
+    body = batch(stores["src"], [(DST, stores["dst"]), (DST, stores["dst2"])], chunk(0, *entries))
+    assert job.clients[SRC].submit(body) == 1
+    failed = sorted(job.events(SRC, 2, kind="failed"), key=lambda e: e["objects"])
+    assert [(e["chunk_id"], e["objects"], e["retryable"]) for e in failed] == [(0, [7], False), (0, [20], False)]
+    assert failed[0]["error_type"] == "NotFoundError" and "small/missing" in failed[0]["error"]
+    assert "small/0000.json changed" in failed[1]["error"]
+    (written,) = job.events(DST, 1, kind="written")
+    assert written["chunk_id"] == 0 and written["integrity"] == "aead"
+    good = [i for i in range(len(entries)) if i not in (7, 20)]
+    assert sorted((o["i"], o["dest"]) for o in written["objects"]) == sorted((i, d) for i in good for d in (0, 1))
+    assert all(o["receipt"]["size"] == len(objects[o["key"].split("/", 1)[1]]) for o in written["objects"])
+    for root, prefix in ((stores["dst"], "out/"), (stores["dst2"], "copy/")):
+        copies = {o.key: open_store(root).read(o.key) for o in open_store(root).list()}
+        assert copies == {prefix + k: v for k, v in objects.items()}
+    counters = {r: job.clients[r].status(10**9)["counters"] for r in (SRC, RELAY, DST)}
+    total = sum(map(len, objects.values()))
+    assert counters[SRC]["bytes_read"] == total and counters[DST]["bytes_written"] == 2 * total
+    assert counters[DST]["chunks_written"] == 1 and counters[DST]["objects_written"] == 600
+    # One frame, compressed once: JSON lines shrink, and the relay forwarded exactly what it got.
+    assert counters[RELAY]["bytes_received_wire"] == counters[RELAY]["bytes_sent_wire"] < total
+
+
+def test_store_operations_through_the_gateway(jobs, stores):
+    """``POST /store`` with GatewayClient: paged listing, head, write, multipart begin/complete/abort,
+    pending uploads, delete; a store's refusal comes back as the same error class."""
+    job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})})
+    client, root = job.clients[SRC], stores["dst"]
+    keys = ["a", "b/c", "b/d", "b-e", "f 文件"]
+    for k in keys:
+        assert client.write(root, k, k.encode()).size == len(k.encode())
+    pages, token = [], None
+    while True:
+        page, token = client.list_page(root, token=token, limit=2)
+        pages.append([o.key for o in page])
+        if token is None:
+            break
+    assert sum(pages, []) == sorted(keys) and all(len(p) <= 2 for p in pages)
+    assert [o.key for o in client.list_page(root, prefix="b/")[0]] == ["b/c", "b/d"]
+    info = client.head(root, "b/c")
+    assert (info.key, info.size, info.md5) == ("b/c", 3, hashlib.md5(b"b/c").hexdigest())
+    with pytest.raises(NotFoundError, match="nope"):
+        client.head(root, "nope")
+    upload = client.begin_multipart(root, "big")
+    parts = [open_store(root).upload_part("big", upload, n, bytes([n]) * 1000) for n in (1, 2)]
+    assert client.pending_uploads(root) == [("big", upload)]
+    done = client.complete_multipart(root, "big", upload, parts)
+    assert (done.size, done.md5) == (2000, hashlib.md5(b"\x01" * 1000 + b"\x02" * 1000).hexdigest())
+    other = client.begin_multipart(root, "aborted")
+    client.abort_multipart(root, "aborted", other)
+    assert client.pending_uploads(root) == []
+    client.delete(root, "a")
+    assert not open_store(root).exists("a") and open_store(root).read("big")[999:1001] == b"\x01\x02"
+    for bad in ({"op": "nope", "store": root}, {"op": "list", "store": root, "limit": 5001},
+                {"op": "write", "store": root, "key": "k", "data": "not base64!"},
+                {"op": "head", "store": "s3://bucket/with-key", "key": "k"}, {"op": "head", "store": root}):
+        with pytest.raises(GatewayError, match="answered 400"):
+            client._call("POST", "/store", bad)
+
+
 def test_fan_out_and_local_write(jobs, stores):
     """The source writes locally, and sends each chunk to two destinations (multicast)."""
     programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST), Hop(DST2)), write=True)}),
@@ -110,11 +190,13 @@ def test_fan_out_and_local_write(jobs, stores):
     job = jobs(programs, encrypt=False, compress=False)
     data = os.urandom(300_000)
     open_store(stores["src"]).write("x", data)
-    targets = [dest(SRC, stores["src"], "copy-of-x"), dest(DST, stores["dst"], "x"), dest(DST2, stores["dst2"], "x")]
-    assert job.clients[SRC].submit([chunk(0, stores["src"], "x", 0, len(data), targets)]) == 1
-    for region in (SRC, DST, DST2):
+    dests = [(SRC, stores["src"]), (DST, stores["dst"]), (DST2, stores["dst2"])]
+    body = batch(stores["src"], dests, chunk(0, obj("x", len(data), to(0, "copy-of-x"), to(1, "x"), to(2, "x"))))
+    assert job.clients[SRC].submit(body) == 1
+    for i, (region, integrity) in enumerate(((SRC, "local"), (DST, "crc32c"), (DST2, "crc32c"))):
         (event,) = job.events(region, 1, kind="written")
-        assert event["region"] == region
+        assert (event["region"], event["integrity"]) == (region, integrity)
+        assert [(o["i"], o["dest"], o["receipt"]["size"]) for o in event["objects"]] == [(0, i, len(data))]
     for store, key in ((stores["src"], "copy-of-x"), (stores["dst"], "x"), (stores["dst2"], "x")):
         assert sha(open_store(store).read(key)) == sha(data)
 
@@ -127,9 +209,10 @@ def test_peer_with_wrong_job_secret_is_refused(jobs, stores):
                 rogue: RegionProgram(rogue, {0: PartitionProgram("read", (Hop(DST),))})}
     job = jobs(programs, overrides={rogue: {"job_secret": os.urandom(32).hex()}})
     open_store(stores["src"]).write("x", b"secret data")
-    job.clients[rogue].submit([chunk(0, stores["src"], "x", 0, 11, [dest(DST, stores["dst"], "x")])])
+    job.clients[rogue].submit(one(0, stores["src"], "x", 11, DST, stores["dst"]))
     (failed,) = job.events(rogue, 1, kind="failed")
     assert "refused" in failed["error"] and failed["retryable"] is False
+    assert (failed["objects"], failed["region"], failed["error_type"]) == (None, None, "ProtocolError")
     with pytest.raises(ProtocolError):
         wire.connect(job.handles[DST].data_host, job.handles[DST].data_port, job_id=bytes.fromhex(job.id),
                      secret=os.urandom(32))
@@ -138,14 +221,16 @@ def test_peer_with_wrong_job_secret_is_refused(jobs, stores):
     assert not open_store(stores["dst"]).exists("x")
 
 
-def test_tampered_frame_is_not_written_and_a_resend_is_harmless(jobs, stores):
-    """A peer holding the job secret (say, a compromised relay) sends the destination a frame with
-    one flipped bit: it is rejected with a retryable failure and nothing is written. The intact frame
-    is then written once; sending it again only confirms it; another job's frame ends the connection."""
+def test_tampered_bundle_is_not_written_and_a_resend_is_harmless(jobs, stores):
+    """A peer holding the job secret (say, a compromised relay) sends the destination a bundle of
+    three objects with one flipped bit: it is rejected with a retryable failure and none of them is
+    written. The intact frame is then written once; sending it again only confirms it; another job's
+    frame ends the connection."""
     job = jobs({DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})})
     codec = Codec(bytes.fromhex(job.id), key=bytes.fromhex(job.key), encrypt=True, compress=True)
-    data = b"important bytes " * 5000
-    meta = json.dumps(chunk(5, stores["src"], "k", 0, len(data), [dest(DST, stores["dst"], "k")])).encode()
+    objects = {"k": b"important bytes " * 5000, "k2": b"more", "k3": os.urandom(1000)}
+    data = b"".join(objects.values())
+    meta = frame_meta(DST, stores["dst"], *((k, len(v)) for k, v in objects.items()))
     frame = codec.encode(chunk_id=5, partition=0, meta=meta, data=data)
     body = bytearray(frame.body)
     body[len(body) // 2] ^= 1
@@ -155,14 +240,16 @@ def test_tampered_frame_is_not_written_and_a_resend_is_harmless(jobs, stores):
         wire.send_frame(conn, wire.Frame(frame.header, frame.header_bytes, body))
         (failed,) = job.events(DST, 1)
         assert failed["type"] == "failed" and failed["chunk_id"] == 5 and failed["retryable"] is True
-        assert not open_store(stores["dst"]).exists("k")
+        assert (failed["objects"], failed["error_type"]) == (None, "ChecksumError")
+        assert list(open_store(stores["dst"]).list()) == []
         wire.send_frame(conn, frame)
         wire.send_frame(conn, frame)
         events = job.events(DST, 3)
     assert [e["type"] for e in events] == ["failed", "written", "written"]
-    assert open_store(stores["dst"]).read("k") == data
+    assert [o["key"] for o in events[1]["objects"]] == [o["key"] for o in events[2]["objects"]] == list(objects)
+    assert all(open_store(stores["dst"]).read(k) == v for k, v in objects.items())
     counters = job.clients[DST].status(0)["counters"]
-    assert counters["chunks_written"] == 1 and counters["frames_rejected"] == 1
+    assert counters["chunks_written"] == 1 and counters["objects_written"] == 3 and counters["frames_rejected"] == 1
 
     other = Codec(os.urandom(16), key=bytes.fromhex(job.key), encrypt=True, compress=True)
     with wire.connect(h.data_host, h.data_port, job_id=bytes.fromhex(job.id),
@@ -178,17 +265,21 @@ def test_backpressure_accepts_a_prefix(jobs, stores):
                 DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
     job = jobs(programs, overrides={SRC: {"read_ahead_bytes": 1}}, queue_chunks=1, wire_peers=False)
     open_store(stores["src"]).write("x", b"abc")
-    reqs = [chunk(i, stores["src"], "x", 0, 3, [dest(DST, stores["dst"], f"k{i}")]) for i in range(50)]
-    accepted = job.clients[SRC].submit(reqs)
+    reqs = [chunk(i, obj("x", 3, to(0, f"k{i}"))) for i in range(50)]
+
+    def submit(chunks: list[dict]) -> int:
+        return job.clients[SRC].submit(batch(stores["src"], [(DST, stores["dst"])], *chunks))
+
+    accepted = submit(reqs)
     assert accepted == 1  # one request at most waits when each is above the read-ahead budget
     time.sleep(0.5)
     for _ in range(5):  # the two readers each hold one chunk, then nothing moves
-        accepted += job.clients[SRC].submit(reqs[accepted:])
+        accepted += submit(reqs[accepted:])
     assert accepted <= 1 + 2 + 1 and job.clients[SRC].status(0)["queued"] == 1
     job.wire(SRC, programs[SRC])
     deadline = time.monotonic() + 60
     while accepted < len(reqs) and time.monotonic() < deadline:
-        accepted += job.clients[SRC].submit(reqs[accepted:])
+        accepted += submit(reqs[accepted:])
         time.sleep(0.01)
     assert accepted == len(reqs)
     written = job.events(DST, 50, kind="written", timeout=60)
@@ -197,9 +288,10 @@ def test_backpressure_accepts_a_prefix(jobs, stores):
 
 def test_missing_source_object_fails_without_retry(jobs, stores):
     job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})})
-    job.clients[SRC].submit([chunk(3, stores["src"], "nope", 0, 10, [dest(SRC, stores["dst"], "nope")])])
+    job.clients[SRC].submit(one(3, stores["src"], "nope", 10, SRC, stores["dst"]))
     (failed,) = job.events(SRC, 1)
     assert failed["type"] == "failed" and failed["retryable"] is False and "nope" in failed["error"]
+    assert (failed["chunk_id"], failed["objects"], failed["error_type"]) == (3, [0], "NotFoundError")
     assert job.clients[SRC].status(0)["counters"]["retries"] == 0
 
 
@@ -224,12 +316,22 @@ def test_control_api_checks_token_and_input(jobs, stores):
     assert call("GET", "/nope")[0] == 404
     for path in ("/status?since=-1", "/status?since=abc"):
         assert call("GET", path)[0] == 400
-    bad_bodies = [b"not json", b"[]", b'{"chunks": 3}', b'{"chunks": [{"chunk_id": "x"}]}',
-                  json.dumps({"chunks": [chunk(0, stores["src"], "k", -5, 1, [dest(SRC, stores["dst"], "k")])]}).encode(),
-                  json.dumps({"chunks": [chunk(0, stores["src"], "k", 0, 1, [])]}).encode(),
-                  json.dumps({"chunks": [chunk(0, stores["src"], "k", 0, 1, [dest(SRC, stores["dst"], "k")], 7)]}).encode()]
+    dests = [(SRC, stores["dst"])]
+    part = obj("k", 1, to(0, "k", "upload", 1))
+    bad_bodies = [b"not json", b"[]", b'{"chunks": 3}', b'{"chunks": [{"id": "x"}]}',
+                  batch(stores["src"], dests, chunk(0, obj("k", 1, to(0, "k"), offset=-5))),
+                  batch(stores["src"], dests, chunk(0, obj("k", 1, to(0, "k"), offset=5))),  # a whole object at 5
+                  batch(stores["src"], dests, chunk(0, obj("k", 1))),
+                  batch(stores["src"], dests, chunk(0)),
+                  batch(stores["src"], dests, chunk(0, *[obj(f"k{i}", 1, to(0, f"k{i}")) for i in range(1025)])),
+                  batch(stores["src"], dests, chunk(0, part, obj("j", 1, to(0, "j")))),  # a part in a bundle
+                  batch(stores["src"], dests, chunk(0, obj("k", 1, to(1, "k")))),  # no dest 1
+                  batch(stores["src"], dests, chunk(0, obj("k", 1, to(0, "k", "upload", 1), to(0, "k2")))),
+                  batch(stores["src"] + "/sub", [(SRC, "s3://bucket/key")], chunk(0, obj("k", 1, to(0, "k")))),
+                  batch(stores["src"], dests, chunk(0, obj("k", 1, to(0, "k"))), chunk(1, obj("k", 1, to(0, "k")),
+                                                                                      partition=7))]
     for body in bad_bodies:
-        status, doc = call("POST", "/chunks", body)
+        status, doc = call("POST", "/chunks", body if isinstance(body, bytes) else json.dumps(body).encode())
         assert status == 400 and doc["error"], body
     for body in (b'{"peers": []}', b'{"peers": {"r": [{"gateway_id": "g", "host": "h", "data_port": 0}]}}'):
         assert call("POST", "/peers", body)[0] == 400
@@ -309,7 +411,7 @@ def test_chain_across_testbed_namespaces(testbeds, stores):
             assert os.readlink(f"/proc/{h.pid}/ns/net") != os.readlink("/proc/self/ns/net")
         data = os.urandom(700_000)
         open_store(stores["src"]).write("x", data)
-        assert job.clients[SRC].submit([chunk(0, stores["src"], "x", 0, len(data), [dest(DST, stores["dst"], "y")])]) == 1
+        assert job.clients[SRC].submit(one(0, stores["src"], "x", len(data), DST, stores["dst"], "y")) == 1
         job.events(DST, 1, kind="written", timeout=60)
         assert sha(open_store(stores["dst"]).read("y")) == sha(data)
         assert job.clients[RELAY].status(0)["counters"]["bytes_received_wire"] > len(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -47,14 +48,14 @@ def test_frame_roundtrip(encrypt, compress):
         assert h.wire_length < 0.7 * len(TEXT)  # CSV-like text compresses
     got = roundtrip(frame)
     assert got.header == h and bytes(got.body) == bytes(frame.body)
-    assert c.decode(got) == (META, TEXT)
+    assert c.decode(got) == (META, TEXT, "aead" if encrypt else "crc32c")
     if encrypt:
         assert TEXT[:1000] not in bytes(frame.body) and b"chunk_id" not in bytes(frame.body)
 
 
 def test_empty_chunk():
     c = codec()
-    assert c.decode(roundtrip(c.encode(chunk_id=0, partition=0, meta=META, data=b""))) == (META, b"")
+    assert c.decode(roundtrip(c.encode(chunk_id=0, partition=0, meta=META, data=b""))) == (META, b"", "aead")
 
 
 def test_incompressible_chunk_is_sent_raw():
@@ -99,8 +100,18 @@ def test_clear_frame_metadata_changed_on_the_way_is_rejected():
     frame = codec(encrypt=False, key=None).encode(chunk_id=4, partition=0, meta=META, data=TEXT)
     body = bytearray(frame.body)
     body[META.index(b"dests") + 1] = ord("E")
-    with pytest.raises(ChecksumError, match="metadata"):
+    with pytest.raises(ChecksumError, match="CRC32C"):
         codec(encrypt=False, key=None).decode(wire.Frame(frame.header, frame.header_bytes, body))
+
+
+def test_clear_frame_header_changed_on_the_way_is_rejected():
+    """The CRC32C covers the header too: a frame cannot be taken for another chunk or partition."""
+    c = codec(encrypt=False, key=None)
+    frame = c.encode(chunk_id=4, partition=0, meta=META, data=TEXT)
+    for field in ("chunk_id", "partition"):
+        header = dataclasses.replace(frame.header, **{field: 5})
+        with pytest.raises(ChecksumError, match="CRC32C"):
+            c.decode(wire.Frame(header, header.pack(), frame.body))
 
 
 def test_encrypting_receiver_refuses_clear_frames_and_keyless_receiver_refuses_encrypted():
@@ -116,10 +127,13 @@ def test_encrypting_receiver_refuses_clear_frames_and_keyless_receiver_refuses_e
         Codec(JOB, key=None, encrypt=True, compress=True)
 
 
-def test_keyed_checksum_hides_plaintext_from_relays():
-    plain = Codec(JOB, key=None, encrypt=False, compress=False)
-    assert codec().checksum(b"guess") != plain.checksum(b"guess")
-    assert codec().checksum(b"guess") == codec().checksum(b"guess")  # same job key, same checksum
+def test_encrypted_frames_carry_no_checksum_for_relays_to_confirm_guesses_with():
+    """The AEAD tag is the integrity check of an encrypted frame: its clear header holds no digest of
+    the plaintext, so a relay (which has no key) learns nothing by hashing guesses."""
+    for data in (b"guess", TEXT):
+        assert codec().encode(chunk_id=1, partition=0, meta=META, data=data).header.checksum == bytes(16)
+    assert Codec(JOB, key=None, encrypt=False, compress=False).encode(
+        chunk_id=1, partition=0, meta=META, data=b"guess").header.checksum != bytes(16)
 
 
 def test_bad_headers_are_rejected_before_allocation():
@@ -193,7 +207,7 @@ def test_handshake_then_frames():
         wire.send_frame(conn, frame)
     assert server.join() == "ok"
     assert [f.header.chunk_id for f in server.frames] == [3, 3]
-    assert codec().decode(server.frames[1]) == (META, TEXT)
+    assert codec().decode(server.frames[1]) == (META, TEXT, "aead")
 
 
 @pytest.mark.parametrize("client_job, client_secret, match", [

@@ -20,7 +20,7 @@ class Target:
     multipart: bool
     upload_id: str | None = None
     parts: dict[int, dict] = field(default_factory=dict)  # part_number -> {"etag", "size"}
-    checksums: dict[int, str] = field(default_factory=dict)  # chunk_id -> checksum reported
+    integrity: dict[int, str] = field(default_factory=dict)  # chunk_id -> how its writer checked it
     done: bool = False
 
 
@@ -45,25 +45,27 @@ class Chunk:
     partition: int = 0
     written: set[int] = field(default_factory=set)  # dest indexes confirmed
 
-    def request(self, source: Source, dests: list[Destination]) -> dict:
-        """The ChunkRequest document (docs/gateway.md) for the gateways."""
+    def request(self) -> dict:
+        """This chunk in a ``POST /chunks`` batch (docs/gateway.md, control API v2): one object per
+        chunk; ``dest`` indexes the batch's table of every destination (:func:`batch_request`)."""
         return {
-            "chunk_id": self.chunk_id,
+            "id": self.chunk_id,
             "partition": self.partition,
-            "src": {"store": source.store.root_uri, "key": self.obj.info.key},
-            "offset": self.offset,
-            "length": self.length,
-            "dests": [
-                {
-                    "region": dests[t.dest_index].region,
-                    "store": dests[t.dest_index].store.root_uri,
-                    "key": t.key,
-                    "upload_id": t.upload_id,
-                    "part_number": self.part_number,
-                }
-                for t in self.obj.targets
-            ],
+            "objects": [{
+                "key": self.obj.info.key,
+                "offset": self.offset,
+                "length": self.length,
+                "to": [{"dest": t.dest_index, "key": t.key, "upload_id": t.upload_id, "part": self.part_number}
+                       for t in self.obj.targets],
+            }],
         }
+
+
+def batch_request(chunks: list[Chunk], source: Source, dests: list[Destination]) -> dict:
+    """The ``POST /chunks`` body for these chunks: the source store, every destination, the chunks."""
+    return {"src": source.store.root_uri,
+            "dests": [{"region": d.region, "store": d.store.root_uri} for d in dests],
+            "chunks": [c.request() for c in chunks]}
 
 
 def cut(objects: list[ObjectJob], chunk_size: int, dests: list[Destination],

@@ -1,6 +1,6 @@
 """The orchestrator's loop: feed chunks to source gateways, track completion, retry, finish objects.
 
-The orchestrator never touches the data: it submits ChunkRequests, reads the gateways' events,
+The orchestrator never touches the data: it submits chunk batches, reads the gateways' events,
 re-submits what failed or stalled (a rewrite of identical bytes is harmless), and completes each
 multipart upload once every part of it is written.
 """
@@ -23,7 +23,7 @@ from planner.errors import GatewayError, SkyplaneError, TransferError
 from planner.plan import Plan
 from skyplane_provider.provisioners.base import Fleet
 
-from .chunks import Chunk, ObjectJob, Target
+from .chunks import Chunk, ObjectJob, Target, batch_request
 from .endpoints import Destination, Source
 from .launch import wire_peers
 from .stats import Progress
@@ -137,8 +137,8 @@ class Dispatcher:
             if not batch:
                 return
             try:
-                accepted = self.clients[gid].submit(
-                    [self.chunks[c].request(self.source, self.dests) for c in batch])
+                accepted = self.clients[gid].submit(batch_request([self.chunks[c] for c in batch], self.source,
+                                                                  self.dests))
             except GatewayError as exc:
                 log.warning("gateway %s refused a batch: %s", gid, exc)
                 accepted = 0
@@ -171,17 +171,17 @@ class Dispatcher:
                 raise TransferError(f"gateway {gid} could not move {chunk.obj.info.key}: {ev.get('error')}")
             self._requeue(cid, f"{gid}: {ev.get('error')}")
         elif ev.get("type") == "written":
-            for target in chunk.obj.targets:
-                d = self.dests[target.dest_index]
-                if d.store.root_uri == ev.get("store") and target.key == ev.get("key"):
-                    self._on_written(chunk, target, ev)
+            for entry in ev.get("objects") or ():
+                for target in chunk.obj.targets:
+                    if target.dest_index == entry.get("dest") and target.key == entry.get("key"):
+                        self._on_written(chunk, target, ev.get("integrity", ""), entry)
 
-    def _on_written(self, chunk: Chunk, target, ev: dict) -> None:
+    def _on_written(self, chunk: Chunk, target, integrity: str, entry: dict) -> None:
         if target.dest_index in chunk.written:
             return
         chunk.written.add(target.dest_index)
-        target.checksums[chunk.chunk_id] = ev.get("checksum", "")
-        part = ev.get("part")
+        target.integrity[chunk.chunk_id] = integrity
+        part = entry.get("part")
         if chunk.part_number is not None and part:
             target.parts[chunk.part_number] = {"etag": part["etag"], "size": part.get("size", chunk.length)}
         if self._chunk_done(chunk):

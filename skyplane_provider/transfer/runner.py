@@ -50,7 +50,7 @@ class Transfer:
         self.fleet: Fleet | None = None
         self.dispatcher: Dispatcher | None = None
         self.verification = Verification()
-        #: Per copy: how it was verified and the per-chunk checksums the gateways confirmed (verify.py).
+        #: Per copy: how it was verified and how the gateways checked each chunk (verify.py).
         self.manifest: dict | None = None
         #: Seconds spent per phase of run(): provision (fleet up and wired), move, verify.
         self.phases: dict[str, float] = {}

@@ -7,11 +7,12 @@ Each copy must have the source's size, and then the strongest check both sides a
     one the source store reports. Only kinds both stores declare in ``capabilities.checksums`` are
     tried, and only when both objects really have one (a multipart S3 or Azure object has no MD5, a
     composed GCS object only a CRC32C).
-``chunk-sha256``
-    otherwise: every chunk was confirmed by the gateway that wrote it, with the checksum of the
-    original bytes the source gateway computed (128 bits of SHA-256, keyed HMAC-SHA256 when the job
-    encrypts) and the writing gateway checked after decoding. These checksums are kept in the job
-    manifest (:func:`verify_all` returns it).
+``aead`` / ``chunk-crc32c`` / ``local``
+    otherwise: every chunk was confirmed by the gateway that wrote it, with how it checked the bytes
+    end to end (the ``integrity`` of its ``written`` event): authenticated by AES-256-GCM, the
+    CRC32C of the original bytes computed by the source gateway (a job without encryption), or read
+    and written by the same gateway. The weakest of a copy's chunks names its method; the per-chunk
+    integrity is kept in the job manifest (:func:`verify_all` returns it).
 
 A failed check raises :class:`VerificationError` naming the object; the transfer fails with it.
 """
@@ -31,7 +32,8 @@ from .endpoints import Destination, Source
 
 #: Store-native checksums, strongest first.
 NATIVE = ("md5", "crc32c")
-CHUNKS = "chunk-sha256"
+#: The method a copy's chunks give, by their writers' ``integrity``, weakest first.
+CHUNK_METHODS = {"local": "local", "crc32c": "chunk-crc32c", "aead": "aead"}
 _WORKERS = 8  # objects checked at once: each check is one or two metadata requests
 
 
@@ -43,7 +45,8 @@ class Verification:
     by: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict:
-        return {"objects": self.objects, "by": {m: self.by[m] for m in (*NATIVE, CHUNKS) if self.by[m]}}
+        return {"objects": self.objects,
+                "by": {m: self.by[m] for m in (*NATIVE, *CHUNK_METHODS.values()) if self.by[m]}}
 
 
 def shared_kinds(src: ObjectStore, dst: ObjectStore) -> tuple[str, ...]:
@@ -52,7 +55,7 @@ def shared_kinds(src: ObjectStore, dst: ObjectStore) -> tuple[str, ...]:
 
 
 def check_copy(src: ObjectInfo, dst: ObjectInfo, where: str, kinds: tuple[str, ...],
-               chunk_checksums: list[str]) -> str:
+               chunk_integrity: list[str]) -> str:
     """Check one copy (``where`` names it); return the method that verified it, or raise."""
     if dst.size != src.size:
         raise VerificationError(f"{where} has {dst.size} bytes, the source {src.key} {src.size}",
@@ -65,16 +68,16 @@ def check_copy(src: ObjectInfo, dst: ObjectInfo, where: str, kinds: tuple[str, .
                                         "the copy is corrupt or the source changed during the transfer",
                                         hint="re-run the transfer; the object will be copied again")
             return kind
-    if not chunk_checksums or not all(chunk_checksums):
-        raise VerificationError(f"{where}: no gateway confirmed the checksum of every chunk",
+    if not chunk_integrity or not all(i in CHUNK_METHODS for i in chunk_integrity):
+        raise VerificationError(f"{where}: no gateway confirmed the integrity of every chunk",
                                 hint="re-run the transfer; the object will be copied again")
-    return CHUNKS
+    return next(m for i, m in CHUNK_METHODS.items() if i in chunk_integrity)
 
 
 def verify_all(objects: list[ObjectJob], chunks: list[Chunk], source: Source,
                dests: list[Destination], job_id: str) -> tuple[Verification, dict]:
     """Check every copy of every object; returns the tally and the job manifest (per copy: the method
-    and the per-chunk checksums the gateways confirmed)."""
+    and how the gateways checked each chunk)."""
     kinds = [shared_kinds(source.store, d.store) for d in dests]
     wanted = {k for per_dest in kinds for k in per_dest}
 
@@ -90,9 +93,9 @@ def verify_all(objects: list[ObjectJob], chunks: list[Chunk], source: Source,
             where = f"{store.root_uri}/{t.key}"
             info = with_retries(lambda: store.head(t.key), what=f"verifying {where}")
             method = check_copy(src, info, where, kinds[t.dest_index],
-                                [t.checksums.get(c, "") for c in obj.chunk_ids])
+                                [t.integrity.get(c, "") for c in obj.chunk_ids])
             copies.append({"store": store.root_uri, "key": t.key, "verified_by": method, "checksums": info.checksums(),
-                           "chunks": [[chunks[c].offset, chunks[c].length, t.checksums.get(c, "")]
+                           "chunks": [[chunks[c].offset, chunks[c].length, t.integrity.get(c, "")]
                                       for c in obj.chunk_ids]})
         return {"key": src.key, "size": src.size, "checksums": src.checksums(), "copies": copies}
 

@@ -1,0 +1,125 @@
+"""``POST /store`` (docs/gateway.md): the coordinator's store operations, run by a gateway that holds
+the store's credentials, so that the coordinator holds none.
+
+:func:`run` checks the body (a bad one raises :class:`BadOptionError`: 400), calls the store with the
+gateway's retries, and returns the answer; a store's refusal propagates as its ``SkyplaneError``
+(the control API answers 422 with ``error_type``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from typing import Callable
+
+from planner.errors import BadOptionError
+
+from .stores import ObjectStore
+from .stores.base import MAX_LIST_PAGE, ObjectInfo, PartInfo
+from .stores.uri import parse_uri
+
+#: Largest object ``write`` accepts (manifests and reports, not data: data travels in chunks).
+MAX_WRITE = 16 * 1024 * 1024
+
+
+def info_dict(info: ObjectInfo) -> dict:
+    """``{"key", "size", "etag", "mtime", "md5", "crc32c"}``, nulls where unknown."""
+    return dataclasses.asdict(info)
+
+
+def run(doc: object, store_for: Callable[[str], ObjectStore], retrying: Callable) -> dict:
+    """Run one store operation. ``store_for(root_uri)`` opens a store; ``retrying(call, what)`` runs a
+    store call with the gateway's retries."""
+    if not isinstance(doc, dict):
+        raise BadOptionError('the body must be {"op", "store", ...}')
+    op = doc.get("op")
+    handler = _OPS.get(op) if isinstance(op, str) else None
+    if handler is None:
+        raise BadOptionError(f"unknown store op {op!r}", hint=f"one of {sorted(_OPS)}")
+    root = _text(doc, "store")
+    uri = parse_uri(root)
+    if uri.scheme != "file" and uri.path:
+        raise BadOptionError(f"store must be a store root URI, not {root!r}")
+    store = store_for(root)
+    return handler(store, doc, lambda call: retrying(call, f"{op} on {root}"))
+
+
+def _list(store: ObjectStore, doc: dict, retrying) -> dict:
+    prefix = doc.get("prefix") or ""
+    token, limit = doc.get("token"), doc.get("limit", 1000)
+    if not isinstance(prefix, str) or (token is not None and (not isinstance(token, str) or not token)):
+        raise BadOptionError("list: prefix must be a string and token a non-empty string or null")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_PAGE:
+        raise BadOptionError(f"list: limit must be an integer in [1, {MAX_LIST_PAGE}]")
+    objects, token = retrying(lambda: store.list_page(prefix, token, limit))
+    return {"objects": [info_dict(o) for o in objects], "token": token}
+
+
+def _head(store: ObjectStore, doc: dict, retrying) -> dict:
+    key = _text(doc, "key")
+    return {"object": info_dict(retrying(lambda: store.head(key)))}
+
+
+def _begin(store: ObjectStore, doc: dict, retrying) -> dict:
+    key = _text(doc, "key")
+    return {"upload_id": retrying(lambda: store.begin_multipart(key))}
+
+
+def _complete(store: ObjectStore, doc: dict, retrying) -> dict:
+    key, upload_id = _text(doc, "key"), _text(doc, "upload_id")
+    parts = doc.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise BadOptionError("complete_multipart: parts must be a non-empty list of {part_number, etag, size}")
+    infos = []
+    for i, p in enumerate(parts):
+        number, etag, size = (p.get("part_number"), p.get("etag"), p.get("size")) if isinstance(p, dict) else (0,) * 3
+        if not (_natural(number) and number >= 1 and isinstance(etag, str) and etag and _natural(size)):
+            raise BadOptionError(f"complete_multipart: parts[{i}] must be {{part_number >= 1, etag, size >= 0}}")
+        infos.append(PartInfo(number, etag, size))
+    return {"object": info_dict(retrying(lambda: store.complete_multipart(key, upload_id, infos)))}
+
+
+def _abort(store: ObjectStore, doc: dict, retrying) -> dict:
+    key, upload_id = _text(doc, "key"), _text(doc, "upload_id")
+    retrying(lambda: store.abort_multipart(key, upload_id))
+    return {"ok": True}
+
+
+def _pending(store: ObjectStore, doc: dict, retrying) -> dict:
+    prefix = doc.get("prefix") or ""
+    if not isinstance(prefix, str):
+        raise BadOptionError("pending_uploads: prefix must be a string")
+    return {"uploads": [list(u) for u in retrying(lambda: store.pending_uploads(prefix))]}
+
+
+def _delete(store: ObjectStore, doc: dict, retrying) -> dict:
+    key = _text(doc, "key")
+    retrying(lambda: store.delete(key))
+    return {"ok": True}
+
+
+def _write(store: ObjectStore, doc: dict, retrying) -> dict:
+    key, text = _text(doc, "key"), doc.get("data")
+    if not isinstance(text, str) or len(text) > (MAX_WRITE + 2) // 3 * 4:
+        raise BadOptionError(f"write: data must be base64 of at most {MAX_WRITE} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadOptionError("write: data is not base64") from None
+    return {"object": info_dict(retrying(lambda: store.write(key, data)))}
+
+
+_OPS = {"list": _list, "head": _head, "begin_multipart": _begin, "complete_multipart": _complete,
+        "abort_multipart": _abort, "pending_uploads": _pending, "delete": _delete, "write": _write}
+
+
+def _text(doc: dict, field: str) -> str:
+    v = doc.get(field)
+    if not isinstance(v, str) or not v:
+        raise BadOptionError(f"{field} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _natural(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
