@@ -6,12 +6,26 @@ factor (Mbit/s of emulated link per Gbps of grid) that makes the whole mesh fit 
 Scenarios shipped with the package live in ``scenarios.json`` beside this module, written by
 ``scripts/find_overlay_scenarios.py`` together with the source of every figure.
 
+Two readings of a rate (``capacity``), as the planner's grid has them (``planner/grid.py``):
+
+- ``link`` (the default): ``gbps`` is the total capacity between two regions, one shaped veth
+  shared by every gateway and connection;
+- ``vm``: ``gbps`` is what one gateway VM sends to (and receives from) the other region, as the
+  grid was measured (one VM pair, 64 connections). Every region has ``vms_per_region`` VMs, each
+  with its provider's NIC caps (``vm_caps``, from ``planner/providers.py`` when the scenario was made):
+  a VM sends at most ``egress_gbps`` in all and at most ``gbps(a, b)`` towards region b, and receives
+  at most ``ingress_gbps`` in all and at most ``gbps(a, b)`` from region a. Between two regions with
+  ``n`` and ``m`` VMs that is ``min(n, m) * gbps``: the planner's model, where a VM's 64 connections
+  carry ``gbps``.
+
 JSON form of one scenario::
 
     {"name": "...", "description": "...", "regions": ["aws:us-east-1", ...],
      "scale_mbit_per_gbps": 20,
      "links": [{"src": "aws:us-east-1", "dst": "gcp:us-west4-a", "gbps": 0.55, "cost_per_gb": 0.09}, ...],
-     "found": {...}}
+     "found": {...},
+     "capacity": "vm", "vms_per_region": 2,                                  # vm scenarios only
+     "vm_caps": {"aws": {"egress_gbps": 5.0, "ingress_gbps": 10.0}, ...}}
 
 ``links`` lists every ordered pair of distinct regions; ``cost_per_gb`` is optional (0 when absent);
 ``found`` is free-form provenance (what the finder measured on the grid).
@@ -20,13 +34,15 @@ JSON form of one scenario::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
 from planner.errors import BadOptionError
 
-from .addressing import MAX_REGIONS
+from .addressing import MAX_NODES, MAX_REGIONS
+from .maxflow import max_flow
 
 #: Above this, the emulated mesh would not fit two shared cores (the caps hold within 4-12% up to here).
 MAX_LINK_MBIT = 400.0
@@ -34,6 +50,11 @@ MAX_LINK_MBIT = 400.0
 MIN_LINK_MBIT = 1.0
 
 SHIPPED_FILE = "scenarios.json"
+CAPACITY_KINDS = ("link", "vm")
+#: What a ``vm`` scenario's whole network may carry at once, testbed Mbit/s: the gateways that move
+#: it share two cores (the link scenarios' fastest mesh, 636 Mbit/s, made the gateways' CPU the limit).
+VM_BUDGET_MBIT = 240.0
+MAX_SCALE = 20.0
 
 
 @dataclass(frozen=True)
@@ -47,10 +68,13 @@ class Scenario:
     cost_per_gb: dict[tuple[str, str], float] = field(default_factory=dict)
     description: str = ""
     found: dict = field(default_factory=dict)
+    capacity: str = "link"
+    vms_per_region: int = 1
+    vm_caps: dict[str, tuple[float, float]] = field(default_factory=dict)  # provider -> (egress, ingress) Gbps
 
     def validate(self) -> None:
         """Raise ``BadOptionError`` unless every ordered pair has a rate that scales into
-        [MIN_LINK_MBIT, MAX_LINK_MBIT]."""
+        [MIN_LINK_MBIT, MAX_LINK_MBIT] (and, for ``vm`` scenarios, the VMs fit the address plan)."""
         if len(set(self.regions)) != len(self.regions):
             raise BadOptionError(f"scenario {self.name!r} lists a region twice", hint="list each region once")
         if not 2 <= len(self.regions) <= MAX_REGIONS:
@@ -58,6 +82,15 @@ class Scenario:
                                  hint=f"a testbed holds 2..{MAX_REGIONS} regions")
         if self.scale_mbit_per_gbps <= 0:
             raise BadOptionError(f"scenario {self.name!r}: scale must be positive")
+        if self.capacity not in CAPACITY_KINDS:
+            raise BadOptionError(f"scenario {self.name!r}: capacity {self.capacity!r}",
+                                 hint=f"use one of {', '.join(CAPACITY_KINDS)}")
+        if self.capacity == "vm" and not 1 <= self.vms_per_region * len(self.regions) <= MAX_NODES:
+            raise BadOptionError(f"scenario {self.name!r}: {self.vms_per_region} VMs in each of "
+                                 f"{len(self.regions)} regions", hint=f"a testbed holds 1..{MAX_NODES} VMs")
+        for provider, caps in self.vm_caps.items():
+            if len(caps) != 2 or not all(c > 0 for c in caps):
+                raise BadOptionError(f"scenario {self.name!r}: VM caps of {provider} must be two positive Gbps")
         for a in self.regions:
             for b in self.regions:
                 if a == b:
@@ -65,16 +98,26 @@ class Scenario:
                 if (a, b) not in self.gbps:
                     raise BadOptionError(f"scenario {self.name!r} has no rate for {a} -> {b}",
                                          hint="give a rate for every ordered pair of regions")
-                mbit = self.link_mbit(a, b)
-                if not MIN_LINK_MBIT <= mbit <= MAX_LINK_MBIT:
-                    raise BadOptionError(
-                        f"scenario {self.name!r}: {a} -> {b} scales to {mbit:.1f} Mbit/s",
-                        hint=f"choose a scale that keeps every link within {MIN_LINK_MBIT:g}-{MAX_LINK_MBIT:g} "
-                             f"Mbit/s (at most {MAX_LINK_MBIT / max(self.gbps.values()):.2f} Mbit/s per Gbps here)")
+        for a, b in self.gbps:
+            mbit = self.link_mbit(a, b)
+            if not MIN_LINK_MBIT <= mbit <= MAX_LINK_MBIT:
+                fastest = max(self.pair_gbps(*pair) for pair in self.gbps)
+                raise BadOptionError(
+                    f"scenario {self.name!r}: {a} -> {b} scales to {mbit:.1f} Mbit/s",
+                    hint=f"choose a scale that keeps every link within {MIN_LINK_MBIT:g}-{MAX_LINK_MBIT:g} "
+                         f"Mbit/s (at most {MAX_LINK_MBIT / fastest:.2f} Mbit/s per Gbps here)")
+
+    def pair_gbps(self, src: str, dst: str) -> float:
+        """Grid Gbps src -> dst: of the shared link (``link``), or of one VM of src to one of dst
+        within their NIC caps (``vm``)."""
+        gbps = self.gbps[(src, dst)]
+        if self.capacity == "vm":
+            gbps = min(gbps, self.vm_cap(src)[0], self.vm_cap(dst)[1])
+        return gbps
 
     def link_mbit(self, src: str, dst: str) -> float:
-        """The emulated cap of src -> dst in Mbit/s."""
-        return self.gbps[(src, dst)] * self.scale_mbit_per_gbps
+        """The emulated cap of src -> dst in Mbit/s of payload (``pair_gbps`` times the scale)."""
+        return self.pair_gbps(src, dst) * self.scale_mbit_per_gbps
 
     def scaled_gbps(self, src: str, dst: str) -> float:
         """The emulated cap of src -> dst in Gbps (what the testbed really offers)."""
@@ -82,6 +125,65 @@ class Scenario:
 
     def with_scale(self, scale_mbit_per_gbps: float) -> "Scenario":
         return replace(self, scale_mbit_per_gbps=scale_mbit_per_gbps)
+
+    def vm_cap(self, region: str) -> tuple[float, float]:
+        """(egress, ingress) Gbps of one VM of ``region`` (of its provider); inf when uncapped."""
+        return self.vm_caps.get(region.split(":", 1)[0], (math.inf, math.inf))
+
+    def as_vms(self, vms_per_region: int, *, budget_mbit: float = VM_BUDGET_MBIT) -> "Scenario":
+        """This scenario as gateway VMs (``capacity`` = ``vm``) with the planner's per-VM caps, scaled
+        so that its max-flow between the ``found`` pair fits ``budget_mbit`` (at most ``MAX_SCALE``
+        Mbit/s per Gbps, as the link scenarios)."""
+        from planner.providers import provider_of  # the caps the planner plans with
+
+        caps = {}
+        for region in self.regions:
+            vm = provider_of(region)
+            if math.isfinite(vm.egress_gbps) and math.isfinite(vm.ingress_gbps):
+                caps[vm.name] = (vm.egress_gbps, vm.ingress_gbps)
+        scenario = replace(self, capacity="vm", vms_per_region=vms_per_region, vm_caps=caps)
+        return scenario.with_scale(scenario.fitted_scale(budget_mbit))
+
+    def fitted_scale(self, budget_mbit: float) -> float:
+        """The largest scale (0.1 steps, at most ``MAX_SCALE``) that keeps the max-flow of the
+        ``found`` pair (every pair when there is none) within ``budget_mbit``."""
+        pairs = ([(self.found["src"], self.found["dst"])] if {"src", "dst"} <= set(self.found)
+                 else [(a, b) for a in self.regions for b in self.regions if a != b])
+        widest = max(self.maxflow_gbps(a, b) for a, b in pairs)
+        return min(MAX_SCALE, math.floor(budget_mbit / widest * 10) / 10)
+
+    def maxflow_gbps(self, src: str, dst: str) -> float:
+        """Max-flow from ``src`` to ``dst`` in grid Gbps: what the emulated network can carry at most
+        (every VM of every region in use, for ``vm`` scenarios)."""
+        for region in (src, dst):
+            if region not in self.regions:
+                raise BadOptionError(f"region {region!r} is not in scenario {self.name!r}",
+                                     hint=f"use one of {', '.join(self.regions)}")
+        if self.capacity == "link":
+            return max_flow(dict(self.gbps), src, dst)
+        return max_flow(self._vm_graph(src, dst), "source", "sink")
+
+    def _vm_graph(self, src: str, dst: str) -> dict[tuple[str, str], float]:
+        """The ``vm`` network as a flow graph: per VM, its egress and ingress caps and its per-region
+        caps on both sides; ``source`` feeds the source region's VMs, ``sink`` drains the destination's."""
+        caps: dict[tuple[str, str], float] = {}
+        for a in self.regions:
+            egress, ingress = self.vm_cap(a)
+            for k in range(self.vms_per_region):
+                vm = f"{a}#{k}"
+                caps[(f"{vm}.in", vm)] = ingress
+                caps[(vm, f"{vm}.out")] = egress
+                if a == src:
+                    caps[("source", vm)] = math.inf
+                if a == dst:
+                    caps[(vm, "sink")] = math.inf
+                for b in self.regions:
+                    if b != a:
+                        caps[(f"{vm}.out", f"{vm}>{b}")] = self.gbps[(a, b)]
+                        caps[(f"{vm}<{b}", f"{vm}.in")] = self.gbps[(b, a)]
+                        for m in range(self.vms_per_region):
+                            caps[(f"{vm}>{b}", f"{b}#{m}<{a}")] = math.inf
+        return caps
 
     def to_dict(self) -> dict:
         links = []
@@ -92,8 +194,12 @@ class Scenario:
                     if (a, b) in self.cost_per_gb:
                         link["cost_per_gb"] = self.cost_per_gb[(a, b)]
                     links.append(link)
-        return {"name": self.name, "description": self.description, "regions": list(self.regions),
-                "scale_mbit_per_gbps": self.scale_mbit_per_gbps, "links": links, "found": self.found}
+        d = {"name": self.name, "description": self.description, "regions": list(self.regions),
+             "scale_mbit_per_gbps": self.scale_mbit_per_gbps, "links": links, "found": self.found}
+        if self.capacity != "link":
+            d.update(capacity=self.capacity, vms_per_region=self.vms_per_region,
+                     vm_caps={p: {"egress_gbps": e, "ingress_gbps": i} for p, (e, i) in sorted(self.vm_caps.items())})
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scenario":
@@ -104,7 +210,10 @@ class Scenario:
                 gbps={(x["src"], x["dst"]): float(x["gbps"]) for x in links},
                 scale_mbit_per_gbps=float(d.get("scale_mbit_per_gbps", 20.0)),
                 cost_per_gb={(x["src"], x["dst"]): float(x["cost_per_gb"]) for x in links if "cost_per_gb" in x},
-                description=d.get("description", ""), found=d.get("found", {}))
+                description=d.get("description", ""), found=d.get("found", {}),
+                capacity=d.get("capacity", "link"), vms_per_region=int(d.get("vms_per_region", 1)),
+                vm_caps={p: (float(c["egress_gbps"]), float(c["ingress_gbps"]))
+                         for p, c in d.get("vm_caps", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise BadOptionError(f"malformed scenario: {exc!r}",
                                  hint="see skyplane_provider/testbed/scenario.py for the JSON form") from exc

@@ -1,12 +1,10 @@
-"""An emulated wide-area network on one host: one network namespace per region, a shaped full mesh.
+"""An emulated wide-area network on one host: namespaces for regions (or their gateway VMs), shaped veths.
 
-``Testbed(scenario).up()`` builds it (names and addresses: see ``addressing``), checks every route
-(see ``safety``) and refuses to run otherwise; ``down()`` removes every namespace, veth, process
-and store directory it made, also from a fresh process after a crash (``Testbed.attach(id)`` or
-``teardown(id)``), guided by the state file and by the testbed's name prefix.
-
-Each direction of a data link is capped on the sending end's egress with
-``tbf rate R burst B limit L``; the control links from the root namespace are not shaped.
+``Testbed(scenario).up()`` builds it (names and addresses: see ``addressing``; links and shapers:
+``network``), checks every route (see ``safety``) and refuses to run otherwise; ``down()`` removes
+every namespace, veth, process and store directory it made, also from a fresh process after a crash
+(``Testbed.attach(id)`` or ``teardown(id)``), guided by the state file and by the testbed's name prefix.
+The control links from the root namespace are not shaped.
 """
 
 from __future__ import annotations
@@ -21,22 +19,13 @@ from pathlib import Path
 
 from planner.errors import BadOptionError, ProvisionError
 
-from . import iproute, processes, safety
-from .addressing import (CONTROL_NS_DEVICE, ID_PATTERN, MAX_SLOT, NAMESPACE_PATTERN, PREFIX, Addressing,
-                         namespace_prefix, slot_of)
-from .maxflow import max_flow
+from . import iproute, network, processes, safety
+from .addressing import ID_PATTERN, MAX_SLOT, NAMESPACE_PATTERN, PREFIX, Addressing, namespace_prefix, slot_of
+from .network import Bytes
 from .scenario import Scenario
 from .state import TestbedState, host_lock, recorded_ids, state_file, state_root
 
 log = logging.getLogger(__name__)
-
-#: tbf bucket: 2 ms worth of the rate, at least 32 KiB (tbf undershoots with a tiny bucket).
-TBF_MIN_BURST = 32 * 1024
-TBF_BURST_SECONDS = 0.002
-#: tbf queue: 50 ms worth of the rate, at least 256 KiB. With a 50 ms queue alone, a 10.9 Mbit/s
-#: link dropped a third of its packets and one TCP stream got 83% of the cap; with 256 KiB, 97%.
-TBF_MIN_LIMIT = 256 * 1024
-TBF_QUEUE_SECONDS = 0.05
 
 
 class Testbed:
@@ -79,11 +68,11 @@ class Testbed:
                                  hint="pick another id, or take that testbed down first")
         try:
             with host_lock():
-                plan = Addressing(self.testbed_id, self._free_slot(), len(self.scenario.regions))
+                plan = self._addressing(self._free_slot())
                 self._state = TestbedState(
                     testbed_id=self.testbed_id, slot=plan.slot, scenario=self.scenario.to_dict(),
-                    namespaces=[plan.netns(i) for i in range(plan.regions)],
-                    root_devices=[plan.control_root_device(i) for i in range(plan.regions)],
+                    namespaces=plan.namespaces(),
+                    root_devices=[plan.control_root_device(i, k) for i, k in plan.nodes()],
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 self._save()  # before the first namespace: a crash from here on is recoverable
                 self._build(plan)
@@ -96,7 +85,8 @@ class Testbed:
             except Exception:
                 log.exception("testbed %s: teardown after a failed up() failed too", self.testbed_id)
             raise
-        log.info("testbed %s up: slot %d, %d regions", self.testbed_id, plan.slot, plan.regions)
+        log.info("testbed %s up: slot %d, %d regions, %s", self.testbed_id, plan.slot, plan.regions,
+                 f"{plan.vms} VM(s) per region" if plan.vms else "shared links")
         return self
 
     def down(self) -> None:
@@ -140,51 +130,17 @@ class Testbed:
                              hint="take old testbeds down: `skyplane-provider testbed down`")
 
     def _build(self, plan: Addressing) -> None:
-        regions = self.scenario.regions
-        for i in range(len(regions)):
-            ns = plan.netns(i)
-            iproute.run(["ip", "netns", "add", ns])
-            iproute.ip("link", "set", "lo", "up", netns=ns)
-            iproute.ip("addr", "add", f"{plan.region_address(i)}/32", "dev", "lo", netns=ns)
-            root_dev = plan.control_root_device(i)
-            iproute.ip("link", "add", root_dev, "type", "veth", "peer", "name", CONTROL_NS_DEVICE, "netns", ns)
-            iproute.ip("addr", "add", f"{plan.control_root_address(i)}/31", "dev", root_dev)
-            iproute.ip("link", "set", root_dev, "up")
-            iproute.ip("addr", "add", f"{plan.control_address(i)}/31", "dev", CONTROL_NS_DEVICE, netns=ns)
-            iproute.ip("link", "set", CONTROL_NS_DEVICE, "up", netns=ns)
-            iproute.ip("route", "add", f"{plan.region_address(i)}/32", "via", plan.control_address(i),
-                       "dev", root_dev, "src", plan.control_root_address(i))
-        for i, j in plan.pairs():
-            a, b = plan.link_end(i, j), plan.link_end(j, i)
-            iproute.ip("link", "add", a.device, "netns", plan.netns(i), "type", "veth",
-                       "peer", "name", b.device, "netns", plan.netns(j))
-            for end in (a, b):
-                ns = plan.netns(end.region_index)
-                iproute.ip("addr", "add", f"{end.address}/31", "dev", end.device, netns=ns)
-                iproute.ip("link", "set", end.device, "up", netns=ns)
-                mbit = self.scenario.link_mbit(regions[end.region_index], regions[end.peer_index])
-                iproute.tc("qdisc", "add", "dev", end.device, "root", *tbf_args(mbit), netns=ns)
-                iproute.ip("route", "add", f"{plan.region_address(end.peer_index)}/32", "via", end.peer_address,
-                           "dev", end.device, "src", plan.region_address(end.region_index), netns=ns)
+        network.build(plan, self.scenario)
 
     # ---- safety ----------------------------------------------------------------------------
 
     def verify(self) -> None:
         """Raise ``ProvisionError`` unless every testbed address routes over the testbed's own
-        devices: region addresses between namespaces over the direct veth, control and region
-        addresses from the root namespace over the region's control veth, and no namespace has a
-        default route."""
+        devices (``network.expected_routes``: between namespaces over the shaped links, from the root
+        namespace over each namespace's control veth) and no namespace has a default route."""
         plan = self.addressing
-        problems = []
-        for i in range(plan.regions):
-            ns = plan.netns(i)
-            problems.append(safety.isolation_problem(ns))
-            problems.append(safety.route_problem(plan.region_address(i), "lo", ns))
-            for j in range(plan.regions):
-                if j != i:
-                    problems.append(safety.route_problem(plan.region_address(j), plan.link_end(i, j).device, ns))
-            for address in (plan.control_address(i), plan.region_address(i)):
-                problems.append(safety.route_problem(address, plan.control_root_device(i)))
+        problems = [safety.isolation_problem(ns) for ns in plan.namespaces()]
+        problems += [safety.route_problem(address, device, ns) for address, device, ns in network.expected_routes(plan)]
         problems = [p for p in problems if p]
         if problems:
             raise ProvisionError(f"testbed {self.testbed_id} routes are unsafe: " + "; ".join(problems),
@@ -194,9 +150,9 @@ class Testbed:
         """Before the root namespace talks to ``address``: it must be one of this testbed's region
         or control addresses, and route over that region's control veth."""
         plan = self.addressing
-        for i in range(plan.regions):
-            if address in (plan.region_address(i), plan.control_address(i)):
-                safety.check_route(address, plan.control_root_device(i))
+        for i, k in plan.nodes():
+            if address in (plan.region_address(i, k), plan.control_address(i, k)):
+                safety.check_route(address, plan.control_root_device(i, k))
                 return
         raise BadOptionError(f"{address} is not an address of testbed {self.testbed_id}",
                              hint="use region_address() or control_address()")
@@ -207,7 +163,16 @@ class Testbed:
     def addressing(self) -> Addressing:
         if self._state is None:
             raise BadOptionError(f"testbed {self.testbed_id} is not up", hint="call up() first")
-        return Addressing(self.testbed_id, self._state.slot, len(self.scenario.regions))
+        return self._addressing(self._state.slot)
+
+    def _addressing(self, slot: int) -> Addressing:
+        vms = self.scenario.vms_per_region if self.scenario.capacity == "vm" else 0
+        return Addressing(self.testbed_id, slot, len(self.scenario.regions), vms)
+
+    @property
+    def vms_per_region(self) -> int:
+        """Namespaces per region: the scenario's VMs (``vm``), or the region's one (``link``)."""
+        return self.scenario.vms_per_region if self.scenario.capacity == "vm" else 1
 
     def _index(self, region: str) -> int:
         try:
@@ -216,37 +181,47 @@ class Testbed:
             raise BadOptionError(f"region {region!r} is not in scenario {self.scenario.name!r}",
                                  hint=f"use one of {', '.join(self.scenario.regions)}") from None
 
-    def netns(self, region: str) -> str:
-        return self.addressing.netns(self._index(region))
+    def netns(self, region: str, vm: int = 0) -> str:
+        """The namespace of the region (its VM ``vm`` on a ``vm`` testbed)."""
+        return self.addressing.netns(self._index(region), vm)
 
-    def region_address(self, region: str) -> str:
-        """Where the region's gateways and stores bind; reachable from every namespace (over the
-        shaped direct link) and from the root namespace (over the control link)."""
-        return self.addressing.region_address(self._index(region))
+    def region_address(self, region: str, vm: int = 0) -> str:
+        """Where the region's gateways and stores bind (VM ``vm``'s on a ``vm`` testbed); reachable
+        from every namespace (over the shaped links) and from the root namespace (over the control link)."""
+        return self.addressing.region_address(self._index(region), vm)
 
-    def control_address(self, region: str) -> str:
-        """The namespace end of the region's unshaped control link from the root namespace."""
-        return self.addressing.control_address(self._index(region))
+    def control_address(self, region: str, vm: int = 0) -> str:
+        """The namespace end of the region's (VM's) unshaped control link from the root namespace."""
+        return self.addressing.control_address(self._index(region), vm)
 
     def store_dir(self, region: str) -> Path:
         """The region's store directory (the filesystem is shared by every namespace)."""
         return self.root / self.testbed_id / "stores" / region.replace(":", "_")
 
     def gateway_placement(self) -> dict[str, dict[str, str]]:
-        """Per region, where a provisioner starts its gateways: ``netns`` to run them in,
-        ``bind_host`` to bind to (and advertise to peers), ``control_host`` for the orchestrator.
-        A daemon bound to ``bind_host`` is reachable from the root namespace at ``bind_host`` too
-        (routed over the control link); ``control_host`` reaches what listens on the control link
-        (e.g. a daemon bound to 0.0.0.0 inside the namespace)."""
-        return {r: {"netns": self.netns(r), "bind_host": self.region_address(r),
-                    "control_host": self.control_address(r)} for r in self.scenario.regions}
+        """Where a provisioner starts each gateway: ``netns`` to run it in, ``bind_host`` to bind to
+        (and advertise to peers), ``control_host`` for the orchestrator. Keyed by region (its first
+        VM) and, on a ``vm`` testbed, by gateway id ``<region>/<k>`` (VM k): gateway k of a region
+        runs in its own VM. A daemon bound to ``bind_host`` is reachable from the root namespace at
+        ``bind_host`` too (routed over the control link); ``control_host`` reaches what listens on the
+        control link (e.g. a daemon bound to 0.0.0.0 inside the namespace)."""
+        placement = {}
+        for region in self.scenario.regions:
+            for k in range(self.vms_per_region):
+                place = {"netns": self.netns(region, k), "bind_host": self.region_address(region, k),
+                         "control_host": self.control_address(region, k)}
+                if k == 0:
+                    placement[region] = place
+                if self.scenario.capacity == "vm":
+                    placement[f"{region}/{k}"] = place
+        return placement
 
     # ---- processes -------------------------------------------------------------------------
 
-    def popen(self, region: str, argv: list[str], **kwargs) -> subprocess.Popen:
-        """Start ``argv`` inside the region's namespace. ``ip netns exec`` execs, so the Popen's
-        PID is the program's own; it is recorded and stopped by ``down()`` at the latest."""
-        ns = self.netns(region)
+    def popen(self, region: str, argv: list[str], *, vm: int = 0, **kwargs) -> subprocess.Popen:
+        """Start ``argv`` inside the region's namespace (its VM ``vm``'s). ``ip netns exec`` execs, so
+        the Popen's PID is the program's own; it is recorded and stopped by ``down()`` at the latest."""
+        ns = self.netns(region, vm)
         child = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
         self._children[child.pid] = child
         self._state.processes.append(processes.record(child.pid, region, list(argv)))
@@ -262,36 +237,50 @@ class Testbed:
             self._state.processes = [p for p in self._state.processes if p.pid != child.pid]
             self._save()
 
-    def run(self, region: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-        """Run a short command to completion inside the region's namespace."""
-        return subprocess.run(["ip", "netns", "exec", self.netns(region), *argv], **kwargs)
+    def run(self, region: str, argv: list[str], *, vm: int = 0, **kwargs) -> subprocess.CompletedProcess:
+        """Run a short command to completion inside the region's namespace (its VM ``vm``'s)."""
+        return subprocess.run(["ip", "netns", "exec", self.netns(region, vm), *argv], **kwargs)
 
     def _save(self) -> None:
         self._state.save(state_file(self.root, self.testbed_id))
 
     # ---- what the network offers -----------------------------------------------------------
 
+    @property
+    def plan_scale(self) -> float:
+        """Testbed Gbps per Gbps of ``grid_csv``: a plan made on that grid predicts ``plan_scale``
+        times its throughput here (1 for a ``link`` testbed, whose grid is in testbed Gbps)."""
+        return self.scenario.scale_mbit_per_gbps / 1000 if self.scenario.capacity == "vm" else 1.0
+
     def grid_csv(self, path: str | Path) -> Path:
-        """Write the testbed's own grid: the emulated (scaled) rates in Gbps, with the scenario's
-        egress prices (0 where it has none), as ``src,dst,gbps,cost_per_gb,capacity``. Each rate is
-        the cap of one veth direction, shared by every gateway and connection: ``capacity`` = ``link``."""
+        """Write the grid to plan on for this testbed, with the scenario's egress prices (0 where it
+        has none), as ``src,dst,gbps,cost_per_gb,capacity``.
+
+        ``link``: the emulated (scaled) rates in Gbps, ``capacity`` = ``link`` (each is one veth
+        direction, shared by every gateway and connection). ``vm``: the grid's own rates, ``capacity``
+        = ``vm``, because the planner's per-VM caps are in grid Gbps; the testbed is that grid scaled
+        by ``plan_scale``."""
         path = Path(path)
+        vm = self.scenario.capacity == "vm"
         lines = ["src,dst,gbps,cost_per_gb,capacity"]
         for a in self.scenario.regions:
             for b in self.scenario.regions:
                 if a != b:
                     cost = self.scenario.cost_per_gb.get((a, b), 0.0)
-                    lines.append(f"{a},{b},{self.scenario.scaled_gbps(a, b):.6f},{cost:g},link")
+                    gbps = self.scenario.gbps[(a, b)] if vm else self.scenario.scaled_gbps(a, b)
+                    lines.append(f"{a},{b},{gbps:.6f},{cost:g},{self.scenario.capacity}")
         path.write_text("\n".join(lines) + "\n")
         return path
 
     def maxflow(self, src: str, dst: str) -> float:
-        """Max-flow from src to dst over the capped links, in Gbps: the physical limit."""
-        self._index(src)
-        self._index(dst)
-        regions = self.scenario.regions
-        caps = {(a, b): self.scenario.scaled_gbps(a, b) for a in regions for b in regions if a != b}
-        return max_flow(caps, src, dst)
+        """Max-flow from src to dst over the capped links (and VMs), in testbed Gbps of payload: the
+        physical limit of any plan."""
+        return self.scenario.maxflow_gbps(src, dst) * self.scenario.scale_mbit_per_gbps / 1000
+
+    def edge_bytes(self) -> dict[tuple[str, str], Bytes]:
+        """(src region, dst region) -> what the shapers counted from src to dst since ``up()``
+        (``network.edge_bytes``); take the difference of two readings for one transfer."""
+        return network.edge_bytes(self.addressing, self.scenario)
 
     def status(self) -> dict:
         """What exists right now, from the kernel's point of view."""
@@ -307,20 +296,16 @@ class Testbed:
                 "store": str(self.store_dir(region)),
                 "processes": [p.pid for p in (state.processes if state else []) if p.region == region and p.alive()],
             })
-        up = [r["exists"] for r in regions]
+            if state and self.vms_per_region > 1:
+                regions[-1]["vms"] = [{"netns": self.netns(region, k), "region_address": self.region_address(region, k)}
+                                      for k in range(self.vms_per_region)]
+        up = [ns in existing for ns in (state.namespaces if state else [r["netns"] for r in regions])]
         return {"testbed_id": self.testbed_id, "scenario": self.scenario.name, "slot": state.slot if state else None,
+                "capacity": self.scenario.capacity, "vms_per_region": self.vms_per_region,
                 "state": "up" if all(up) else "partial" if any(up) else "down",
                 "created": state.created if state else None, "regions": regions,
                 "links_mbit": [{"src": a, "dst": b, "mbit": round(self.scenario.link_mbit(a, b), 3)}
                                for a in self.scenario.regions for b in self.scenario.regions if a != b]}
-
-
-def tbf_args(mbit: float) -> list[str]:
-    """``tc`` arguments of a tbf qdisc capping at ``mbit`` Mbit/s."""
-    bytes_per_second = mbit * 1e6 / 8
-    burst = max(TBF_MIN_BURST, int(bytes_per_second * TBF_BURST_SECONDS))
-    limit = max(TBF_MIN_LIMIT, int(bytes_per_second * TBF_QUEUE_SECONDS))
-    return ["tbf", "rate", f"{round(mbit * 1000)}kbit", "burst", str(burst), "limit", str(limit)]
 
 
 def remove_network(testbed_id: str, namespaces: list[str] = ()) -> list[str]:
