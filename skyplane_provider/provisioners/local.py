@@ -161,7 +161,8 @@ class LocalProvisioner(Provisioner):
     ``bind_host``: the address every gateway binds (default ``127.0.0.1``). ``placement``: per
     region ``{"netns", "bind_host", "control_host"}`` (what ``Testbed.gateway_placement()`` returns):
     the gateway runs in that network namespace (``ip netns exec``; needs root), binds ``bind_host``
-    and serves its control API on ``control_host``. ``netns``: per region just the namespace.
+    and serves its control API on ``control_host``; an entry keyed by a gateway id (``region/k``, one
+    namespace per gateway VM) takes precedence over its region's. ``netns``: per region just the namespace.
     ``health_timeout``: seconds to wait for each gateway; ``stop_grace``: seconds between shutdown
     steps; ``keep_logs``: leave the gateway logs in the job directory after teardown;
     ``replacements``: how many dead gateways a job may replace (default 2), so a region whose
@@ -218,7 +219,7 @@ class LocalProvisioner(Provisioner):
         return fleet
 
     def _launch(self, job_id: str, job_dir: Path, spec: GatewaySpec) -> _LocalGateway:
-        place = self.placement.get(spec.region, {})
+        place = self.placement.get(spec.gateway_id) or self.placement.get(spec.region, {})
         bind_host = place.get("bind_host", self.bind_host)
         control_host = place.get("control_host", bind_host)
         netns = place.get("netns")
