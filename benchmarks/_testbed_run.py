@@ -1,16 +1,20 @@
-"""Running transfers on the emulated WAN and timing them: shared by the testbed benchmarks.
+"""Running transfers on the emulated WAN, timing them and checking the planner's predictions: shared
+by the testbed benchmarks (overlay.py, multicast_testbed.py).
 
-    with open_testbed("aws-us-east-1--gcp-us-west4-a") as tb:      # always torn down, even on SIGTERM
-        make_dataset(src_dir, 64 * MiB, file_size=MiB)
-        run = run_transfer(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a", grid=grid_csv,
-                           solver="ilp", connections=4, chunk_size=MiB)
-        run.seconds, run.stats      # moving time (without gateway start-up and the final verification)
-        run.rx_gbps                 # the destination's receive rate while data arrived
+    with open_testbed(scenario) as tb:                  # a Scenario or a shipped name; always torn down
+        pool = make_dataset(pool_dir, 256 * MiB, file_size=MiB)
+        subset(pool, src_dir, 64 * MiB)                  # hard links to the first 64 files
+        run = run_transfer(tb, src_dir, [(dst_dir, "gcp:us-west4-a")], "aws:us-east-1", plan,
+                           connections=4, chunk_size=MiB)
+        run.seconds, run.stats        # moving time (without gateway start-up and the final verification)
+        run.wire_gbps, run.predicted_gbps, run.egress_usd_measured, run.egress_usd_predicted
         single_stream(tb, src_dir, dst_dir, "aws:us-east-1", "gcp:us-west4-a")   # seconds, one TCP stream
 
-Gateways run inside the region namespaces (local provisioner, ``Testbed.gateway_placement()``); the
-stores are local directories (the filesystem is shared by every namespace; put them on ``/dev/shm``
-so the disk is not measured). Run as root from the repository root or ``benchmarks/``.
+Gateways run inside the region (VM) namespaces: the local provisioner with the testbed's placement
+(``Testbed.gateway_placement()``), passed as provisioner settings of the transfer request. The plan is
+made by the caller (on ``Testbed.grid_csv``) and handed to the transfer, so the prediction checked is
+the plan that ran. Stores are local directories (the filesystem is shared by every namespace; put them
+on ``/dev/shm`` so the disk is not measured). Run as root from the repository root or ``benchmarks/``.
 
 As a script this module is the single-stream baseline's two ends (started by ``single_stream`` inside
 the namespaces)::
@@ -32,14 +36,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from skyplane_provider.provisioners.local import LocalProvisioner
-from skyplane_provider.testbed import Testbed, load_scenario, teardown
-from skyplane_provider.transfer.runner import Transfer
+from planner.plan import BYTES_PER_GB, Plan
+from skyplane_provider.testbed import Scenario, Testbed, load_scenario, teardown
+from skyplane_provider.testbed.network import Bytes
+from skyplane_provider.testbed.shaping import WIRE_OVERHEAD
 from skyplane_provider.transfer.request import TransferRequest
+from skyplane_provider.transfer.runner import Transfer
 from skyplane_provider.transfer.stats import TransferStats
 
 log = logging.getLogger(__name__)
@@ -47,14 +53,16 @@ log = logging.getLogger(__name__)
 MiB = 1024**2
 _HEADER = struct.Struct("!QH")  # file size, name length; then the name and the bytes
 _BUFFER = 4 * MiB
+#: Within this share, a measured figure agrees with the planner's prediction (the issue's goal).
+AGREEMENT = 0.10
 
 
 @contextlib.contextmanager
-def open_testbed(scenario: str, *, scale_mbit_per_gbps: float | None = None) -> Iterator[Testbed]:
-    """A testbed of ``scenario`` (a shipped name or a JSON path) that is taken down however the block
-    ends: normally, on an exception, or on SIGTERM (turned into SystemExit while the block runs).
-    If ``down()`` fails, the crash-proof ``teardown(id)`` runs as well."""
-    sc = load_scenario(scenario)
+def open_testbed(scenario: Scenario | str, *, scale_mbit_per_gbps: float | None = None) -> Iterator[Testbed]:
+    """A testbed of ``scenario`` (a Scenario, a shipped name or a JSON path) that is taken down however
+    the block ends: normally, on an exception, or on SIGTERM (turned into SystemExit while the block
+    runs). If ``down()`` fails, the crash-proof ``teardown(id)`` runs as well."""
+    sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     if scale_mbit_per_gbps:
         sc = sc.with_scale(scale_mbit_per_gbps)
     tb = Testbed(sc)
@@ -92,40 +100,78 @@ def make_dataset(directory: Path, size: int, *, file_size: int) -> list[Path]:
     return paths
 
 
+def subset(pool: list[Path], directory: Path, size: int) -> int:
+    """Hard-link the first files of ``pool`` (at least one) that add up to about ``size`` bytes into
+    ``directory``; return their bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for path in pool:
+        if total and total + path.stat().st_size > size:
+            break
+        os.link(path, directory / path.name)
+        total += path.stat().st_size
+    return total
+
+
 class RxMeter:
-    """Bytes arriving on a region's data links (its veths to the other regions, link-layer bytes as
-    tbf counts them), sampled every 20 ms by a small process inside the region's namespace."""
+    """Bytes arriving on a region's data links (its veths ``to*`` on a link testbed, each VM's ``wan``
+    on a vm one; frame bytes as the shapers count them), sampled every 20 ms by a small process in
+    each of the region's namespaces."""
 
     PROGRAM = ("import glob, sys, time\n"
-               "files = glob.glob('/sys/class/net/to*/statistics/rx_bytes')\n"
+               "files = glob.glob('/sys/class/net/to*/statistics/rx_bytes') + "
+               "glob.glob('/sys/class/net/wan/statistics/rx_bytes')\n"
                "while True:\n"
                "    n = sum(int(open(f).read()) for f in files)\n"
                "    print(f'{time.monotonic():.4f} {n}', flush=True)\n"
                "    time.sleep(0.02)\n")
 
     def __init__(self, tb: Testbed, region: str) -> None:
-        self.samples: list[tuple[float, int]] = []
         self._tb = tb
-        self._proc = tb.popen(region, [sys.executable, "-c", self.PROGRAM], stdout=subprocess.PIPE, text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._samples: list[list[tuple[float, int]]] = []
+        self._procs, self._readers = [], []
+        for vm in range(tb.vms_per_region):
+            proc = tb.popen(region, [sys.executable, "-c", self.PROGRAM], vm=vm, stdout=subprocess.PIPE, text=True)
+            samples: list[tuple[float, int]] = []
+            reader = threading.Thread(target=self._read, args=(proc, samples), daemon=True)
+            reader.start()
+            self._procs.append(proc)
+            self._readers.append(reader)
+            self._samples.append(samples)
 
-    def _read(self) -> None:
-        for line in self._proc.stdout:
+    @staticmethod
+    def _read(proc: subprocess.Popen, samples: list[tuple[float, int]]) -> None:
+        for line in proc.stdout:
             t, n = line.split()
-            self.samples.append((float(t), int(n)))
+            samples.append((float(t), int(n)))
 
     def stop(self) -> None:
-        self._tb.stop(self._proc)
-        self._reader.join(timeout=5)
+        for proc in self._procs:
+            self._tb.stop(proc)
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+    def _total(self, since: float) -> list[tuple[float, int]]:
+        """The region's total at every sample time of any of its namespaces (each namespace's last
+        reading so far), from ``since`` on."""
+        events = sorted((t, k, n) for k, samples in enumerate(self._samples) for t, n in samples if t >= since)
+        last: dict[int, int] = {}
+        out = []
+        for t, k, n in events:
+            last[k] = n
+            if len(last) == len(self._samples):
+                out.append((t, sum(last.values())))
+        return out
 
     def busy(self, since: float, slack: int = 64 * 1024) -> tuple[int, float]:
         """(bytes, seconds) from the first to the last arrival after ``since`` (ignoring ``slack``
         bytes at either end: handshakes, the meter's granularity)."""
-        after = [(t, n) for t, n in self.samples if t >= since]
+        after = self._total(since)
         if len(after) < 2:
             return 0, 0.0
         base, total = after[0][1], after[-1][1] - after[0][1]
+        if total <= 2 * slack:
+            return 0, 0.0
         first = next(t for t, n in after if n - base > slack)
         last = next(t for t, n in after if n - base >= total - slack)
         return total - 2 * slack, max(last - first, 1e-9)
@@ -133,17 +179,21 @@ class RxMeter:
 
 @dataclass
 class Run:
-    """One timed transfer: ``seconds`` from the fleet being up until every object is written (the
-    gateways confirmed every chunk's checksum), ``setup_seconds`` the gateways' start-up before it,
-    ``verify_seconds`` the orchestrator's check of every copy after it (for local stores an MD5 read
-    of both files, which cloud stores report without reading);
-    ``rx_bytes`` / ``rx_seconds``: link-layer bytes that reached the destination region and the time
-    from its first to its last arriving byte (the network's part of ``seconds``)."""
+    """One timed transfer of ``plan`` on the testbed.
+
+    ``seconds`` run from the fleet being up until every object is written (the gateways confirmed every
+    chunk), ``setup_seconds`` is the gateways' start-up before it, ``verify_seconds`` the orchestrator's
+    check of every copy after it; ``edges`` what the shapers counted per region pair during the run;
+    ``rx_bytes`` / ``rx_seconds`` the frame bytes that reached the (first) destination region and the
+    time from its first to its last arriving byte (the network's part of ``seconds``)."""
 
     stats: TransferStats
+    plan: Plan
+    plan_scale: float
     seconds: float
     setup_seconds: float
     verify_seconds: float
+    edges: dict[tuple[str, str], Bytes] = field(default_factory=dict)
     rx_bytes: int = 0
     rx_seconds: float = 0.0
 
@@ -153,41 +203,93 @@ class Run:
         return self.stats.bytes * 8 / self.seconds / 1e9
 
     @property
+    def fanout(self) -> float:
+        """Copies of each chunk the source sends: one per out-edge of the chunk's partition."""
+        total = sum(self.plan.partition_weights) or 1.0
+        return sum(w / total * sum(1 for e in self.plan.edges if e.src == self.plan.src and p in e.partitions)
+                   for p, w in enumerate(self.plan.partition_weights)) or 1.0
+
+    @property
+    def copy_wire_bytes(self) -> float:
+        """Frame bytes of one copy of the data (after lz4 and encryption): what every destination receives."""
+        return self.stats.bytes_on_wire / self.fanout
+
+    @property
     def wire_gbps(self) -> float:
-        """Frame bytes leaving the source per second (what the links carry), in Gbps."""
-        return self.stats.bytes_on_wire * 8 / self.seconds / 1e9
+        """Frame bytes of one copy per second, in testbed Gbps: the rate the plan's throughput predicts."""
+        return self.copy_wire_bytes * 8 / self.seconds / 1e9
 
     @property
     def rx_gbps(self) -> float:
-        """The destination's link-layer receive rate while data arrived, in Gbps (comparable with tbf caps)."""
-        return self.rx_bytes * 8 / self.rx_seconds / 1e9 if self.rx_seconds else 0.0
+        """The destination's receive rate while data arrived, in Gbps of payload (the frames it received
+        less their headers, ``WIRE_OVERHEAD``): comparable with the max-flow."""
+        return self.rx_bytes * 8 / WIRE_OVERHEAD / self.rx_seconds / 1e9 if self.rx_seconds else 0.0
+
+    @property
+    def predicted_gbps(self) -> float:
+        """The planner's throughput for this plan, in testbed Gbps."""
+        return self.plan.throughput_gbps * self.plan_scale
+
+    @property
+    def predicted_seconds(self) -> float:
+        """The planner's time for the bytes this run sent (one copy of the frames)."""
+        return self.copy_wire_bytes * 8 / (self.predicted_gbps * 1e9)
+
+    @property
+    def egress_usd_predicted(self) -> float:
+        """The planner's egress for the bytes this run put on the wire: its USD per GB, which weighs every
+        edge's price by the edge's share of the data, times one copy of the frames. (The plan prices
+        source bytes; how much lz4 shrinks them is the data's business, reported apart as ``wire_per_byte``.)"""
+        return self.plan.cost_per_gb * self.copy_wire_bytes / BYTES_PER_GB
+
+    def egress_usd_measured(self, prices: dict[tuple[str, str], float]) -> float:
+        """What the bytes that crossed each region pair cost (IP packets as the shapers counted them,
+        TCP acknowledgements included as the receiver's egress)."""
+        return sum(b.ip_bytes * prices.get(edge, 0.0) for edge, b in self.edges.items()) / BYTES_PER_GB
+
+    @property
+    def wire_per_byte(self) -> float:
+        """Frame bytes per source byte of one copy (lz4, framing, encryption)."""
+        return self.copy_wire_bytes / self.stats.bytes if self.stats.bytes else 0.0
 
 
-def run_transfer(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,
+def agrees(measured: float, predicted: float) -> bool:
+    """Whether ``measured`` is within ``AGREEMENT`` of ``predicted``."""
+    return predicted > 0 and abs(measured / predicted - 1) <= AGREEMENT
+
+
+def run_transfer(tb: Testbed, src_dir: Path, dsts: list[tuple[Path, str]], src_region: str, plan: Plan,
                  **options) -> Run:
-    """Copy every file of ``src_dir`` into ``dst_dir`` through gateways in the testbed's namespaces.
-    ``options`` are :class:`TransferRequest` fields (solver, grid, connections, chunk_size, ...)."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    request = TransferRequest(src=f"file://{src_dir}/", dsts=[f"file://{dst_dir}/"], src_region=src_region,
-                              dst_regions=[dst_region], **options)
-    transfer = Transfer(request, provisioner=LocalProvisioner(placement=tb.gateway_placement())).prepare()
-    meter = RxMeter(tb, dst_region)
+    """Copy every file of ``src_dir`` into each (directory, region) of ``dsts`` with ``plan``, through
+    gateways in the testbed's namespaces. ``options`` are :class:`TransferRequest` fields
+    (connections, chunk_size, ...)."""
+    for directory, _ in dsts:
+        directory.mkdir(parents=True, exist_ok=True)
+    request = TransferRequest(src=f"file://{src_dir}/", dsts=[f"file://{d}/" for d, _ in dsts], src_region=src_region,
+                              dst_regions=[r for _, r in dsts], plan=plan.to_dict(),
+                              provisioner_settings={"placement": tb.gateway_placement()}, **options)
+    transfer = Transfer(request).prepare()
+    meter = RxMeter(tb, dsts[0][1])
+    before = tb.edge_bytes()
     try:
         started = time.monotonic()
         stats = transfer.run()
     finally:
         meter.stop()
+    after = tb.edge_bytes()
     phases = stats.phases
     rx_bytes, rx_seconds = meter.busy(started + phases["provision"])
-    return Run(stats=stats, seconds=phases["move"], setup_seconds=phases["provision"],
-               verify_seconds=phases["verify"], rx_bytes=rx_bytes, rx_seconds=rx_seconds)
+    return Run(stats=stats, plan=plan, plan_scale=tb.plan_scale, seconds=phases["move"],
+               setup_seconds=phases["provision"], verify_seconds=phases["verify"],
+               edges={e: after[e] - before.get(e, Bytes()) for e in after}, rx_bytes=rx_bytes, rx_seconds=rx_seconds)
 
 
 def single_stream(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,
                   timeout: float = 600.0) -> float:
     """Seconds for one TCP connection from the source namespace to the destination namespace (the
-    direct, shaped link) to carry every file of ``src_dir`` into ``dst_dir``: plain bytes, no
-    compression or encryption, timed by the receiver from accept to EOF. Checks the sha256."""
+    direct, shaped path; each region's first VM on a vm testbed) to carry every file of ``src_dir``
+    into ``dst_dir``: plain bytes, no compression or encryption, timed by the receiver from accept to
+    EOF. Checks the sha256."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve())]
     recv = tb.popen(dst_region, [*me, "recv", tb.region_address(dst_region), str(dst_dir)],

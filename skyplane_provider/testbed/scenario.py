@@ -132,8 +132,7 @@ class Scenario:
 
     def as_vms(self, vms_per_region: int, *, budget_mbit: float = VM_BUDGET_MBIT) -> "Scenario":
         """This scenario as gateway VMs (``capacity`` = ``vm``) with the planner's per-VM caps, scaled
-        so that its max-flow between the ``found`` pair fits ``budget_mbit`` (at most ``MAX_SCALE``
-        Mbit/s per Gbps, as the link scenarios)."""
+        (:meth:`fitted_scale`) so that what its plans can move fits ``budget_mbit``."""
         from planner.providers import provider_of  # the caps the planner plans with
 
         caps = {}
@@ -145,11 +144,17 @@ class Scenario:
         return scenario.with_scale(scenario.fitted_scale(budget_mbit))
 
     def fitted_scale(self, budget_mbit: float) -> float:
-        """The largest scale (0.1 steps, at most ``MAX_SCALE``) that keeps the max-flow of the
-        ``found`` pair (every pair when there is none) within ``budget_mbit``."""
-        pairs = ([(self.found["src"], self.found["dst"])] if {"src", "dst"} <= set(self.found)
-                 else [(a, b) for a in self.regions for b in self.regions if a != b])
-        widest = max(self.maxflow_gbps(a, b) for a, b in pairs)
+        """The largest scale (0.1 steps, at most ``MAX_SCALE``) at which the widest transfer of the
+        scenario moves at most ``budget_mbit`` through the network: the max-flow of the ``found``
+        pair; for a multicast (``found`` lists ``dsts``) a copy for each destination at the slowest
+        destination's max-flow; otherwise the widest pair."""
+        found = self.found
+        if "dsts" in found:
+            widest = len(found["dsts"]) * min(self.maxflow_gbps(found["src"], d) for d in found["dsts"])
+        elif {"src", "dst"} <= set(found):
+            widest = self.maxflow_gbps(found["src"], found["dst"])
+        else:
+            widest = max(self.maxflow_gbps(a, b) for a in self.regions for b in self.regions if a != b)
         return min(MAX_SCALE, math.floor(budget_mbit / widest * 10) / 10)
 
     def maxflow_gbps(self, src: str, dst: str) -> float:
