@@ -230,6 +230,15 @@ class Run:
         """The planner's throughput for this plan, in testbed Gbps."""
         return self.plan.throughput_gbps * self.plan_scale
 
+    def headroom(self, scenario: Scenario) -> float:
+        """How many times the plan's edge rates the emulated network could carry (``Scenario.headroom``):
+        1 when the testbed is as tight as the planner's model of this plan."""
+        grid_per_planned = self.plan_scale * 1000 / scenario.scale_mbit_per_gbps
+        flows: dict[tuple[str, str], float] = {}
+        for e in self.plan.edges:
+            flows[(e.src, e.dst)] = flows.get((e.src, e.dst), 0.0) + e.gbps * grid_per_planned
+        return scenario.headroom(flows, self.plan.gateways)
+
     @property
     def predicted_seconds(self) -> float:
         """The planner's time for the bytes this run sent (one copy of the frames)."""

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from planner import Grid, solve
+from skyplane_provider.testbed import Scenario
 from skyplane_provider.testbed.draw import multicast_scenario
 from skyplane_provider.transfer.request import parse_size
 
@@ -60,11 +61,12 @@ def bench_multicast(args: argparse.Namespace, work: Path) -> dict:
                 shutil.rmtree(out)
         shutil.rmtree(data)
     print_table(sc, dsts, runs)
-    return {"scenario": sc.to_dict(), "dsts": dsts, "runs": {s: record(r, sc.cost_per_gb) for s, r in runs.items()}}
+    return {"scenario": sc.to_dict(), "dsts": dsts, "runs": {s: record(r, sc) for s, r in runs.items()}}
 
 
-def record(run: Run, prices: dict) -> dict:
-    return {"edges": [f"{e.src}>{e.dst}" for e in run.plan.edges], "partitions": run.plan.partitions,
+def record(run: Run, sc: Scenario) -> dict:
+    prices = sc.cost_per_gb
+    return {"headroom": run.headroom(sc), "edges": [f"{e.src}>{e.dst}" for e in run.plan.edges], "partitions": run.plan.partitions,
             "bytes": run.stats.bytes, "seconds": run.seconds, "predicted_seconds": run.predicted_seconds,
             "data_mbit_per_destination": run.gbps * 1000, "wire_mbit": run.wire_gbps * 1000,
             "predicted_mbit": run.predicted_gbps * 1000, "wire_per_byte": run.wire_per_byte,
@@ -72,18 +74,19 @@ def record(run: Run, prices: dict) -> dict:
             "egress_usd_plan_on_source_bytes": run.plan.egress_usd(run.stats.bytes)}
 
 
-def print_table(sc, dsts: list[str], runs: dict[str, Run]) -> None:
+def print_table(sc: Scenario, dsts: list[str], runs: dict[str, Run]) -> None:
     prices = sc.cost_per_gb
     relays = sorted({r for run in runs.values() for e in run.plan.edges for r in (e.src, e.dst)} - {SRC, *dsts})
     print(f"\n## Multicast {SRC} -> {len(dsts)} destinations ({', '.join(dsts)}); 1 VM per region, "
           f"scale {sc.scale_mbit_per_gbps:g} Mbit/s per grid Gbps; relays used: {', '.join(relays) or 'none'}\n")
-    print("| plan | edges (partitions) | MiB | s | predicted s | predicted / measured | data Mbit/s per destination "
+    print("| plan | edges (partitions) | MiB | s | predicted s | predicted / measured | headroom | data Mbit/s per destination "
           "| egress $ predicted | egress $ measured | measured / predicted | egress $/GB of data (plan) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for solver, run in runs.items():
         usd = run.egress_usd_measured(prices)
         print(f"| {solver} | {len(run.plan.edges)} ({run.plan.partitions}) | {run.stats.bytes / MiB:.0f} | {run.seconds:.2f} "
-              f"| {run.predicted_seconds:.2f} | {run.predicted_seconds / run.seconds:.3f} | {run.gbps * 1000:.1f} "
+              f"| {run.predicted_seconds:.2f} | {run.predicted_seconds / run.seconds:.3f} | {run.headroom(sc):.2f} "
+              f"| {run.gbps * 1000:.1f} "
               f"| {run.egress_usd_predicted:.6f} | {usd:.6f} | {usd / run.egress_usd_predicted:.3f} "
               f"| {run.plan.cost_per_gb:.4f} |")
     ok_time = sum(agrees(r.seconds, r.predicted_seconds) for r in runs.values())

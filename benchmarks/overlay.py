@@ -119,7 +119,6 @@ class ScenarioResult:
         return self.ilp.predicted_gbps / self.ilp.wire_gbps
 
     def to_dict(self) -> dict:
-        prices = self.scenario.cost_per_gb
         return {
             "scenario": self.scenario.name, "kind": self.kind, "src": self.src, "dst": self.dst,
             "capacity": self.scenario.capacity, "vms_per_region": self.scenario.vms_per_region,
@@ -127,13 +126,14 @@ class ScenarioResult:
             "single_stream_mbit": self.single_gbps * 1000, "overlay_vs_direct": self.vs_direct,
             "overlay_vs_widest": self.vs_widest, "overlay_vs_maxflow": self.vs_maxflow,
             "predicted_over_measured": self.predicted_over_measured,
-            "runs": {solver: run_record(run, prices) for solver, run in self.runs.items()},
+            "runs": {solver: run_record(run, self.scenario) for solver, run in self.runs.items()},
         }
 
 
-def run_record(run: Run, prices: dict[tuple[str, str], float]) -> dict:
+def run_record(run: Run, scenario: Scenario) -> dict:
     """What one run measured and what its plan predicted, for ``--json``."""
-    return {
+    prices = scenario.cost_per_gb
+    return {"headroom": run.headroom(scenario),
         "route": route(run.plan), "gateways": dict(run.plan.gateways), "bytes": run.stats.bytes,
         "seconds": run.seconds, "setup_seconds": run.setup_seconds, "verify_seconds": run.verify_seconds,
         "data_mbit": run.gbps * 1000, "wire_mbit": run.wire_gbps * 1000, "rx_mbit": run.rx_gbps * 1000,
@@ -203,21 +203,21 @@ def print_table(r: ScenarioResult) -> None:
     print(f"direct path {sc.link_mbit(r.src, r.dst):.1f} Mbit/s per VM pair, max-flow {r.maxflow_gbps * 1000:.1f} Mbit/s "
           f"(= {r.maxflow_gbps * 1000 / scale:.2f} grid Gbps)\n")
     print("| run | route | gateways | MiB | s | data Mbit/s | wire Mbit/s | predicted Mbit/s | predicted / measured "
-          "| wire / max-flow | rx / max-flow | egress $ predicted | egress $ measured | measured / predicted "
+          "| headroom | wire / max-flow | rx / max-flow | egress $ predicted | egress $ measured | measured / predicted "
           "| wire / data | start-up s | verify s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     maxflow_mbit = r.maxflow_gbps * 1000
     for solver, run in r.runs.items():
         measured_usd = run.egress_usd_measured(prices)
         print(f"| {solver} | {route(run.plan)} | {sum(run.plan.gateways.values())} | {run.stats.bytes / MiB:.0f} "
               f"| {run.seconds:.2f} | {run.gbps * 1000:.1f} | {run.wire_gbps * 1000:.1f} | {run.predicted_gbps * 1000:.1f} "
-              f"| {run.predicted_gbps / run.wire_gbps:.3f} | {run.wire_gbps * 1000 / maxflow_mbit:.2f} "
+              f"| {run.predicted_gbps / run.wire_gbps:.3f} | {run.headroom(sc):.2f} | {run.wire_gbps * 1000 / maxflow_mbit:.2f} "
               f"| {run.rx_gbps * 1000 / maxflow_mbit:.2f} | {run.egress_usd_predicted:.6f} | {measured_usd:.6f} "
               f"| {measured_usd / run.egress_usd_predicted if run.egress_usd_predicted else float('nan'):.3f} "
               f"| {run.wire_per_byte:.3f} | {run.setup_seconds:.1f} | {run.verify_seconds:.1f} |")
     print(f"| single TCP stream | {r.src}>{r.dst}, no lz4 | | | | {r.single_gbps * 1000:.1f} | {r.single_gbps * 1000:.1f} "
           f"| {sc.link_mbit(r.src, r.dst):.1f} | {sc.link_mbit(r.src, r.dst) / (r.single_gbps * 1000):.3f} "
-          f"| {r.single_gbps * 1000 / maxflow_mbit:.2f} | | | | | 1.000 | | |")
+          f"| | {r.single_gbps * 1000 / maxflow_mbit:.2f} | | | | | 1.000 | | |")
     print(f"\nILP / direct {r.vs_direct:.2f}x, ILP / widest {r.vs_widest:.2f}x, ILP / single stream "
           f"{r.ilp.gbps / r.single_gbps:.2f}x (data rates)", flush=True)
 

@@ -81,6 +81,28 @@ def test_vm_network_is_the_planners_model_as_a_flow_network():
     assert fast.maxflow_gbps("azure:c", "gcp:b") == pytest.approx(3.0)
 
 
+def test_headroom_says_how_much_more_the_network_would_carry():
+    sc = vm_scenario(2)
+    # one aws VM sending 2 Gbps to each of two regions: each region's rate allows it, the NIC (3) does not
+    assert sc.headroom({("aws:a", "gcp:b"): 2.0, ("aws:a", "azure:c"): 2.0}, {"aws:a": 1, "gcp:b": 1, "azure:c": 1}) \
+        == pytest.approx(0.75)
+    assert sc.headroom({("azure:c", "aws:a"): 2.0}, {"azure:c": 2, "aws:a": 2}) == pytest.approx(2.0)
+
+
+def test_the_testbed_carries_exactly_what_the_planner_plans_on_the_shipped_scenarios(tmp_path):
+    """The planner's capacity model and the emulated network agree: every plan fills the network
+    exactly (no headroom) or leaves only what the ILP leaves on purpose (under 2%)."""
+    from skyplane_provider.testbed import Testbed as WanTestbed
+
+    for name, shipped in shipped_scenarios().items():
+        sc = shipped.as_vms(2)
+        grid = Grid.from_csv(WanTestbed(sc).grid_csv(tmp_path / f"{name}.csv"))
+        for solver in ("direct", "widest", "ilp"):
+            plan = solve(sc.found["src"], [sc.found["dst"]], solver=solver, max_gateways_per_region=2, grid=grid)
+            flows = {(e.src, e.dst): e.gbps for e in plan.edges}
+            assert 1.0 - 1e-6 <= sc.headroom(flows, plan.gateways) <= 1.02, (name, solver)
+
+
 def test_vm_scenarios_scale_to_the_budget_and_refuse_too_many_vms():
     sc = vm_scenario(1, regions=("aws:a", "gcp:b")).as_vms(2)
     assert sc.vm_caps == {"aws": (5.0, 10.0), "gcp": (7.0, 16.0)}  # the planner's own caps

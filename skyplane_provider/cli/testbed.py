@@ -29,9 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     up = cmds.add_parser("up", help="build a testbed from a scenario and leave it running", description="Build a testbed from a scenario and leave it running.")
     up.add_argument("--scenario", required=True, help="a shipped scenario name or a scenario .json file")
-    up.add_argument("--scale", type=float, help="Mbit/s of emulated link per Gbps of grid (default: the scenario's)")
+    up.add_argument("--vms", type=int, metavar="N",
+                    help="gateway VMs per region: each in its own namespace with the planner's per-VM caps "
+                         "(default: the scenario's shape; shipped scenarios share one link per region pair)")
+    up.add_argument("--scale", type=float, help="Mbit/s of emulated link per Gbps of grid (default: the scenario's, "
+                                                "or what fits two cores with --vms)")
     up.add_argument("--id", dest="testbed_id", help="testbed id, 1-6 lowercase letters/digits (default: random)")
-    up.add_argument("--grid-csv", help="write the testbed's own grid (scaled Gbps and prices) to this file")
+    up.add_argument("--grid-csv", help="write the grid to plan on for this testbed (with its prices) to this file")
     up.add_argument("--json", action="store_true", help="print the status as JSON")
     up.set_defaults(func=run_up)
 
@@ -57,6 +61,8 @@ def _require_host() -> None:
 def run_up(args: argparse.Namespace) -> int:
     _require_host()
     scenario = load_scenario(args.scenario)
+    if args.vms:
+        scenario = scenario.as_vms(args.vms)
     if args.scale:
         scenario = scenario.with_scale(args.scale)
     testbed = Testbed(scenario, testbed_id=args.testbed_id).up()
@@ -106,9 +112,13 @@ def _print_status(statuses: list[dict]) -> None:
     if not statuses:
         print("no testbeds")
     for st in statuses:
-        print(f"testbed {st['testbed_id']} ({st['scenario']}): {st['state']}, slot {st['slot']}")
+        shape = f"{st['vms_per_region']} VM(s) per region" if st.get("capacity") == "vm" else "shared links"
+        print(f"testbed {st['testbed_id']} ({st['scenario']}): {st['state']}, slot {st['slot']}, {shape}")
         for r in st["regions"]:
             print(f"  {r['region']:<28} netns {r['netns']}  region {r['region_address']}  "
                   f"control {r['control_address']}  processes {len(r['processes'])}")
+            for k, vm in enumerate(r.get("vms", [])[1:], start=1):
+                print(f"  {'':<24} VM {k} netns {vm['netns']}  region {vm['region_address']}")
+        per = " from each VM" if st.get("capacity") == "vm" else ""
         for link in st["links_mbit"]:
-            print(f"  {link['src']} -> {link['dst']}: {link['mbit']:g} Mbit/s")
+            print(f"  {link['src']} -> {link['dst']}: {link['mbit']:g} Mbit/s{per}")

@@ -168,6 +168,26 @@ class Scenario:
             return max_flow(dict(self.gbps), src, dst)
         return max_flow(self._vm_graph(src, dst), "source", "sink")
 
+    def headroom(self, flows: dict[tuple[str, str], float], gateways: dict[str, int]) -> float:
+        """How many times ``flows`` (grid Gbps per region pair, e.g. a plan's edges) the emulated
+        network could carry with ``gateways`` per region (``vm``: each region's traffic spread evenly
+        over its VMs, as the gateways spread their connections): 1 when the scenario is exactly as
+        tight as the flows, more when it has room the flows' model does not see."""
+        if self.capacity == "link":
+            return min((self.gbps[e] / f for e, f in flows.items() if f > 0), default=math.inf)
+        limits = []
+        out: dict[str, float] = {}
+        into: dict[str, float] = {}
+        for (a, b), f in flows.items():
+            if f <= 0:
+                continue
+            limits.append(self.gbps[(a, b)] * min(gateways[a], gateways[b]) / f)  # per VM and remote region
+            out[a] = out.get(a, 0.0) + f
+            into[b] = into.get(b, 0.0) + f
+        limits += [self.vm_cap(v)[0] * gateways[v] / f for v, f in out.items()]
+        limits += [self.vm_cap(v)[1] * gateways[v] / f for v, f in into.items()]
+        return min(limits, default=math.inf)
+
     def _vm_graph(self, src: str, dst: str) -> dict[tuple[str, str], float]:
         """The ``vm`` network as a flow graph: per VM, its egress and ingress caps and its per-region
         caps on both sides; ``source`` feeds the source region's VMs, ``sink`` drains the destination's."""
