@@ -177,6 +177,40 @@ class RxMeter:
         return total - 2 * slack, max(last - first, 1e-9)
 
 
+class CpuMeter:
+    """CPU seconds used by the processes of each testbed namespace (the gateways of each VM), sampled
+    every half second from /proc (a process's last half second before it exits is missed)."""
+
+    def __init__(self, tb: Testbed, every: float = 0.5) -> None:
+        self._inodes = {os.stat(f"/run/netns/{ns}").st_ino: ns for ns in tb.addressing.namespaces()}
+        self._cpu: dict[int, tuple[str, float]] = {}
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.wait(self._every):
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+                    if inode in self._inodes:
+                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                        self._cpu[pid] = (self._inodes[inode], (int(fields[11]) + int(fields[12])) / tick)
+                except OSError:
+                    continue  # gone, or not ours to read
+
+    def stop(self) -> dict[str, float]:
+        """Namespace -> CPU seconds of the processes seen in it."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        by_ns: dict[str, float] = {}
+        for ns, seconds in self._cpu.values():
+            by_ns[ns] = by_ns.get(ns, 0.0) + seconds
+        return by_ns
+
+
 @dataclass
 class Run:
     """One timed transfer of ``plan`` on the testbed.
@@ -196,6 +230,14 @@ class Run:
     edges: dict[tuple[str, str], Bytes] = field(default_factory=dict)
     rx_bytes: int = 0
     rx_seconds: float = 0.0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def busiest_cpu(self) -> float:
+        """The busiest namespace's CPU seconds (its gateway, on a vm testbed) per second of the run
+        (start-up and verification included: the gateways live that long)."""
+        lifetime = self.setup_seconds + self.seconds + self.verify_seconds
+        return max(self.cpu_seconds.values(), default=0.0) / lifetime if lifetime else 0.0
 
     @property
     def gbps(self) -> float:
@@ -280,17 +322,20 @@ def run_transfer(tb: Testbed, src_dir: Path, dsts: list[tuple[Path, str]], src_r
     transfer = Transfer(request).prepare()
     meter = RxMeter(tb, dsts[0][1])
     before = tb.edge_bytes()
+    cpu = CpuMeter(tb)
     try:
         started = time.monotonic()
         stats = transfer.run()
     finally:
         meter.stop()
+        cpu_seconds = cpu.stop()
     after = tb.edge_bytes()
     phases = stats.phases
     rx_bytes, rx_seconds = meter.busy(started + phases["provision"])
     return Run(stats=stats, plan=plan, plan_scale=tb.plan_scale, seconds=phases["move"],
                setup_seconds=phases["provision"], verify_seconds=phases["verify"],
-               edges={e: after[e] - before.get(e, Bytes()) for e in after}, rx_bytes=rx_bytes, rx_seconds=rx_seconds)
+               edges={e: after[e] - before.get(e, Bytes()) for e in after}, rx_bytes=rx_bytes, rx_seconds=rx_seconds,
+               cpu_seconds=cpu_seconds)
 
 
 def single_stream(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,

@@ -66,7 +66,7 @@ def bench_multicast(args: argparse.Namespace, work: Path) -> dict:
 
 def record(run: Run, sc: Scenario) -> dict:
     prices = sc.cost_per_gb
-    return {"headroom": run.headroom(sc), "edges": [f"{e.src}>{e.dst}" for e in run.plan.edges], "partitions": run.plan.partitions,
+    return {"headroom": run.headroom(sc), "busiest_cpu": run.busiest_cpu, "cpu_seconds": run.cpu_seconds, "edges": [f"{e.src}>{e.dst}" for e in run.plan.edges], "partitions": run.plan.partitions,
             "bytes": run.stats.bytes, "seconds": run.seconds, "predicted_seconds": run.predicted_seconds,
             "data_mbit_per_destination": run.gbps * 1000, "wire_mbit": run.wire_gbps * 1000,
             "predicted_mbit": run.predicted_gbps * 1000, "wire_per_byte": run.wire_per_byte,

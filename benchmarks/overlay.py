@@ -136,6 +136,7 @@ def run_record(run: Run, scenario: Scenario) -> dict:
     return {"headroom": run.headroom(scenario),
         "route": route(run.plan), "gateways": dict(run.plan.gateways), "bytes": run.stats.bytes,
         "seconds": run.seconds, "setup_seconds": run.setup_seconds, "verify_seconds": run.verify_seconds,
+        "busiest_cpu": run.busiest_cpu, "cpu_seconds": run.cpu_seconds,
         "data_mbit": run.gbps * 1000, "wire_mbit": run.wire_gbps * 1000, "rx_mbit": run.rx_gbps * 1000,
         "predicted_mbit": run.predicted_gbps * 1000, "wire_per_byte": run.wire_per_byte,
         "egress_usd_predicted": run.egress_usd_predicted, "egress_usd_measured": run.egress_usd_measured(prices),
@@ -204,8 +205,8 @@ def print_table(r: ScenarioResult) -> None:
           f"(= {r.maxflow_gbps * 1000 / scale:.2f} grid Gbps)\n")
     print("| run | route | gateways | MiB | s | data Mbit/s | wire Mbit/s | predicted Mbit/s | predicted / measured "
           "| headroom | wire / max-flow | rx / max-flow | egress $ predicted | egress $ measured | measured / predicted "
-          "| wire / data | start-up s | verify s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| wire / data | busiest gateway CPU | start-up s | verify s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     maxflow_mbit = r.maxflow_gbps * 1000
     for solver, run in r.runs.items():
         measured_usd = run.egress_usd_measured(prices)
@@ -214,10 +215,10 @@ def print_table(r: ScenarioResult) -> None:
               f"| {run.predicted_gbps / run.wire_gbps:.3f} | {run.headroom(sc):.2f} | {run.wire_gbps * 1000 / maxflow_mbit:.2f} "
               f"| {run.rx_gbps * 1000 / maxflow_mbit:.2f} | {run.egress_usd_predicted:.6f} | {measured_usd:.6f} "
               f"| {measured_usd / run.egress_usd_predicted if run.egress_usd_predicted else float('nan'):.3f} "
-              f"| {run.wire_per_byte:.3f} | {run.setup_seconds:.1f} | {run.verify_seconds:.1f} |")
+              f"| {run.wire_per_byte:.3f} | {run.busiest_cpu:.0%} | {run.setup_seconds:.1f} | {run.verify_seconds:.1f} |")
     print(f"| single TCP stream | {r.src}>{r.dst}, no lz4 | | | | {r.single_gbps * 1000:.1f} | {r.single_gbps * 1000:.1f} "
           f"| {sc.link_mbit(r.src, r.dst):.1f} | {sc.link_mbit(r.src, r.dst) / (r.single_gbps * 1000):.3f} "
-          f"| | {r.single_gbps * 1000 / maxflow_mbit:.2f} | | | | | 1.000 | | |")
+          f"| | {r.single_gbps * 1000 / maxflow_mbit:.2f} | | | | | 1.000 | | | |")
     print(f"\nILP / direct {r.vs_direct:.2f}x, ILP / widest {r.vs_widest:.2f}x, ILP / single stream "
           f"{r.ilp.gbps / r.single_gbps:.2f}x (data rates)", flush=True)
 
