@@ -17,6 +17,7 @@ EXAMPLES = examples(
     "skyplane-provider testbed scenarios",
     "skyplane-provider testbed up --scenario aws-us-east-1--gcp-us-west4-a --id demo --grid-csv /tmp/tb-grid.csv",
     "skyplane-provider testbed status demo",
+    "skyplane-provider testbed settings demo > /tmp/tb.json     # for cp --provisioner-settings",
     "skyplane-provider testbed down demo",
 )
 
@@ -47,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("ids", nargs="*", metavar="ID", help="testbed ids")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=run_status)
+
+    text = "print the local provisioner's settings that start gateways in a testbed's namespaces"
+    settings = cmds.add_parser("settings", help=text, description=text + ": save them and pass the file as "
+                               "`cp --provisioner-settings FILE` (docs/testbed.md).")
+    settings.add_argument("testbed_id", metavar="ID", help="testbed id")
+    settings.set_defaults(func=run_settings)
 
     scen = cmds.add_parser("scenarios", help="list the shipped scenarios", description="List the shipped scenarios.")
     scen.set_defaults(func=run_scenarios)
@@ -99,6 +106,11 @@ def run_status(args: argparse.Namespace) -> int:
     for testbed_id, namespaces in sorted(unrecorded.items()):
         print(f"testbed {testbed_id}: not recorded under {state_root()} ({', '.join(namespaces)}); "
               f"`skyplane-provider testbed down {testbed_id}` removes it")
+    return 0
+
+
+def run_settings(args: argparse.Namespace) -> int:
+    print(json.dumps({"placement": Testbed.attach(args.testbed_id).gateway_placement()}, indent=1))
     return 0
 
 
