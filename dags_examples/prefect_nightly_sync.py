@@ -22,9 +22,11 @@ import json
 import os
 from datetime import timedelta
 
-# Before Prefect reads its settings: its local server must not send usage telemetry (offline, the
-# heartbeat fails and logs an ERROR). Drop this line where you want to share usage data.
+# Before Prefect reads its settings, for its temporary local server: no usage telemetry (offline, the
+# heartbeat fails and logs an ERROR), and time to create its database on a first run on a busy
+# machine (the default 20 s is not always enough). A flow run against a Prefect server needs neither.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, runtime  # noqa: E402
 

@@ -22,9 +22,9 @@ from skyplane_provider.testing.emulators import (EMULATORS, RunningEmulator, fre
                                                  start_all)
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / ".emulators"
-#: Also exported by env.sh: Prefect's local server must not try to send usage telemetry from an
-#: offline machine (it logs an ERROR when it cannot).
-OFFLINE = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+#: Also exported by env.sh, for Prefect's temporary local server: no usage telemetry (offline, it logs
+#: an ERROR), and time to create its database on a first run on a busy machine (default 20 s).
+PREFECT_LOCAL = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 PREFERRED_PORTS = {"s3": 5000, "gcs": 4443, "azure": 10000}  # the usual ones, when free
 
 
@@ -63,7 +63,7 @@ def start(directory: Path) -> int:
                for r in started.running.values()]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "state.json").write_text(json.dumps({"emulators": records}, indent=2) + "\n")
-    env = {**started.env, **OFFLINE}
+    env = {**started.env, **PREFECT_LOCAL}
     lines = ["# written by scripts/emulators start; undo with scripts/emulators stop"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     (directory / "env.sh").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,144 @@
+"""The shell blocks README.md and docs/*.md mark as runnable, run as a newcomer would: so the docs cannot drift.
+
+A block is runnable when the line before its opening fence is ``<!-- runnable -->`` (or
+``<!-- runnable: root -->`` for blocks that need root: namespaces, sshd) and the fence is ```` ```sh ````.
+The blocks of one page run in order in one fresh ``bash`` (as a reader types them into one shell), with
+``set -euo pipefail`` added, in a fresh copy of the checkout (the files git tracks or would track; the
+``.venv`` and Azurite's ``node_modules`` are links to this checkout's). The shell starts with nothing of
+this process's environment: a standard ``PATH`` without the venv, an empty ``HOME``, no emulator
+variables. The pages start their own emulators with ``make emulators-up`` in that copy and their data
+is small; whatever a page leaves running (emulators, a testbed, an sshd) is stopped afterwards.
+
+Two variables let pages stay readable and still run side by side with other test runs: ``SSH_PORT`` (a
+free port) and ``TESTBED_ID`` (a fresh id), which the pages use as ``${SSH_PORT:-2222}`` and
+``${TESTBED_ID:-demo}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from skyplane_provider.testing.emulators import free_port
+from tests.helpers import gateway_pids
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<needs>[a-z, ]+))? -->\s*$")
+PAGE_TIMEOUT = 900  # seconds for all the blocks of one page
+
+
+@dataclass
+class Block:
+    page: Path
+    line: int  # of the opening fence, 1-based
+    text: str
+    needs: frozenset[str]
+
+
+def runnable_blocks(page: Path) -> list[Block]:
+    """The page's runnable blocks; a marker not followed by a ```sh fence is an error."""
+    lines = page.read_text().splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        m = MARKER.match(line)
+        if not m:
+            continue
+        assert i + 1 < len(lines) and lines[i + 1].strip() == "```sh", \
+            f"{page.name}:{i + 1}: a runnable marker must stand right before a ```sh fence"
+        end = next(j for j in range(i + 2, len(lines)) if lines[j].strip() == "```")
+        needs = frozenset(n.strip() for n in (m.group("needs") or "").split(",") if n.strip())
+        blocks.append(Block(page, i + 2, "\n".join(lines[i + 2:end]), needs))
+    return blocks
+
+
+def script(blocks: list[Block]) -> str:
+    parts = ["set -euo pipefail"]
+    for b in blocks:
+        parts.append(f"echo '=== {b.page.name}:{b.line}' >&2")
+        parts.append(b.text)
+    return "\n".join(parts) + "\n"
+
+
+def fresh_checkout(dest: Path) -> Path:
+    """A copy of the files git tracks or would track (no build output, no state), with the venv and
+    Azurite linked from this checkout: what `make setup` leaves in a fresh clone."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    (dest / ".venv").symlink_to(Path(sys.prefix))
+    node_modules = REPO / ".emulators" / "node_modules"
+    if node_modules.is_dir():
+        (dest / ".emulators").mkdir(exist_ok=True)
+        (dest / ".emulators" / "node_modules").symlink_to(node_modules)
+    return dest
+
+
+def newcomer_env(home: Path) -> dict[str, str]:
+    return {"HOME": str(home), "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8", "TERM": "dumb", "USER": os.environ.get("USER", "root"),
+            "LOGNAME": os.environ.get("LOGNAME", "root"), "TMPDIR": str(home / "tmp"),
+            "SSH_PORT": str(free_port()), "TESTBED_ID": "d" + uuid.uuid4().hex[:5]}
+
+
+def documented_pages() -> list[Path]:
+    return [p for p in PAGES if runnable_blocks(p)]
+
+
+def test_readme_has_runnable_blocks():
+    assert runnable_blocks(REPO / "README.md"), "README.md must mark its first steps runnable"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", documented_pages(), ids=lambda p: p.name)
+def test_doc_runs_as_written(page, tmp_path):
+    blocks = runnable_blocks(page)
+    missing = set().union(*(b.needs for b in blocks)) - ({"root"} if os.geteuid() == 0 else set())
+    if missing:
+        pytest.skip(f"{page.name} has blocks that need {', '.join(sorted(missing))}")
+    checkout = fresh_checkout(tmp_path / "checkout")
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    env = newcomer_env(home)
+    proc = subprocess.Popen(["bash", "--noprofile", "--norc", "-c", script(blocks)], cwd=checkout, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=PAGE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{page.name} did not finish in {PAGE_TIMEOUT} s:\n{output[-6000:]}")
+    finally:
+        _clean_up(proc, checkout, env)
+    where = [line for line in output.splitlines() if line.startswith("=== ")]
+    assert proc.returncode == 0, f"{page.name}: the block at {where[-1][4:] if where else '?'} failed:\n{output[-6000:]}"
+    assert len(where) == len(blocks)
+    assert not re.search(r"^\S* ?\| ERROR|Traceback \(most recent call last\)", output, re.M), output[-6000:]
+    assert gateway_pids(str(home)) == [] and gateway_pids(str(checkout)) == []
+
+
+def _clean_up(proc: subprocess.Popen, checkout: Path, env: dict[str, str]) -> None:
+    """Stop what the page may have left: its shell's process group, the copy's emulators, a testbed."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    subprocess.run([sys.executable, "-m", "skyplane_provider.testing.emulators_cli", "stop", "--dir",
+                    str(checkout / ".emulators")], cwd=checkout, capture_output=True, timeout=60)
+    if os.geteuid() == 0:
+        subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "testbed", "down", env["TESTBED_ID"]],
+                       env={**os.environ, "SKYPLANE_HOME": str(Path(env["HOME"]) / ".skyplane")},
+                       capture_output=True, timeout=120)
