@@ -126,3 +126,26 @@ def test_azure_destination_regions_on_the_command_line(emulators, s3_bucket, gcs
     assert "moved 1 object," in unpriced.stdout
     assert "predicted cost unpriced (azure:unknown not in the price grid)" in unpriced.stdout
     assert read_all(azure_container, "again/") == read_all(s3_bucket, "events/")
+
+
+def test_ssh_without_hosts_is_explained_in_settings_terms(tmp_path, home):
+    out = cli("cp", "-r", str(tmp_path), "/var/tmp/never", "--provisioner", "ssh")
+    assert out.returncode == 1 and 'set "hosts" in its settings' in out.stderr, out.stderr
+    assert "hosts={" not in out.stderr and gateway_pids(home) == []
+
+
+def test_emulators_start_writes_a_credentials_document_and_quiet_prefect_settings(tmp_path):
+    from skyplane_provider.testing import emulators_cli
+
+    directory = tmp_path / "emulators"
+    try:
+        assert emulators_cli.main(["start", "--dir", str(directory)]) == 0
+        env = (directory / "env.sh").read_text()
+        assert "export PREFECT_SERVER_ANALYTICS_ENABLED=false" in env
+        credentials = directory / "credentials.json"
+        assert credentials.stat().st_mode & 0o777 == 0o600
+        doc = json.loads(credentials.read_text())
+        assert set(doc) == {"s3", "gs", "az"} and doc["s3"]["endpoint_url"] in env
+    finally:
+        emulators_cli.main(["stop", "--dir", str(directory)])
+    assert not (directory / "credentials.json").exists()

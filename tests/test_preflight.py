@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.errors import AccessDeniedError, CredentialsError, NotFoundError
+from planner.errors import AccessDeniedError, BadOptionError, CredentialsError, NotFoundError
 from skyplane_provider.testing.emulators import AZURITE_KEY, connection_string
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.preflight import portable
@@ -107,31 +107,47 @@ def test_airflow_connections_reach_ssh_gateways(stores, ssh_settings, emulators,
     assert read_all(gs, "x/") == read_all(az, "y/") == read_all(s3, "events/")
 
 
-def test_prefect_blocks_reach_ssh_gateways(stores, ssh_settings, emulators, tmp_path):
+def test_prefect_blocks_and_fleet_settings_reach_ssh_gateways(stores, ssh_settings, emulators, tmp_path):
+    """S3 and GCS credentials from credential blocks, Azure's from the fleet block's (encrypted)
+    settings: a fleet may bring the store credentials of its hosts."""
     pytest.importorskip("prefect")
     from skyplane_provider.prefect.blocks import SkyplaneCredentials, SkyplaneFleet
     from skyplane_provider.prefect.tasks import transfer_request
 
     s3, gs, az = stores
     doc = emulators.credentials
-    # a service-account file on this host only: its content must travel, not its path
-    key_file = tmp_path / "sa.json"
-    key_file.write_text(json.dumps({"type": "service_account"}))
     aws = SkyplaneCredentials(aws_access_key_id="testing", aws_secret_access_key="testing",
                               aws_endpoint_url=doc["s3"]["endpoint_url"])
     gcp = SkyplaneCredentials(gcp_endpoint=doc["gs"]["endpoint"], gcp_project="test")
-    azure = SkyplaneCredentials(azure_connection_string=doc["az"]["connection_string"])
+    fleet = SkyplaneFleet(provisioner="ssh", settings=ssh_settings, secret_settings={"credentials": {"az": doc["az"]}})
     request = transfer_request(f"{s3}/events/", [f"{gs}/x/", f"{az}/y/"], src_credentials=aws,
-                               dst_credentials=[gcp, azure], credentials=None, provisioner=None,
-                               provisioner_settings=None, fleet=SkyplaneFleet(provisioner="ssh", settings=ssh_settings),
-                               src_region=REGIONS[0], dst_regions=list(REGIONS[1:]), chunk_size="1MiB")
+                               dst_credentials=[gcp, None], credentials=None, provisioner=None,
+                               provisioner_settings=None, fleet=fleet, src_region=REGIONS[0],
+                               dst_regions=list(REGIONS[1:]), chunk_size="1MiB")
+    assert "credentials" not in request.provisioner_settings and request.credentials["az"] == doc["az"]
     stats = Transfer(request).run()
     assert stats.objects == 2 and stats.provisioner == "ssh"
     assert read_all(gs, "x/") == read_all(az, "y/") == read_all(s3, "events/")
+
+
+def test_service_account_files_travel_as_their_content(tmp_path):
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(json.dumps({"type": "service_account"}))
     assert portable({"gs": {"service_account_file": str(key_file), "project": "p"}}) == {
         "gs": {"service_account_info": {"type": "service_account"}, "project": "p"}}
     with pytest.raises(CredentialsError, match="cannot read the service account file"):
         portable({"gs": {"service_account_file": str(tmp_path / "elsewhere.json")}})
+
+
+def test_fleet_credentials_fill_in_what_the_request_lacks():
+    request = TransferRequest(src="s3://raw/x/", dsts=["gs://lake/y/"], credentials={"s3": {"region_name": "a"}},
+                              provisioner_settings={"hosts": ["h"], "credentials": {"s3": {"region_name": "b"},
+                                                                                    "gs": {"project": "p"}}})
+    assert request.credentials == {"s3": {"region_name": "a"}, "gs": {"project": "p"}}
+    assert request.provisioner_settings == {"hosts": ["h"]}
+    assert TransferRequest.from_dict(request.to_dict()).credentials == request.credentials
+    with pytest.raises(BadOptionError, match="credentials document"):
+        TransferRequest(src="s3://raw/x/", dsts=["gs://lake/y/"], provisioner_settings={"credentials": "s3"})
 
 
 def test_remote_gateways_with_a_wrong_azure_key_are_refused(stores, ssh_settings, sshd_servers, emulators, home):

@@ -36,8 +36,9 @@ class TransferRequest:
     """One copy (or sync) from ``src`` to one or more ``dsts``.
 
     ``credentials`` is a credentials document (see ``gateway.stores``): keys are store root URIs or
-    schemes. ``plan`` is an optional hand-written :class:`planner.plan.Plan` as a dict; otherwise the
-    planner computes one with ``solver`` and the targets. ``repr``/``str`` show :meth:`redacted`:
+    schemes; one under ``provisioner_settings["credentials"]`` fills in the entries it lacks. ``plan``
+    is an optional hand-written :class:`planner.plan.Plan` as a dict; otherwise the planner computes
+    one with ``solver`` and the targets. ``repr``/``str`` show :meth:`redacted`:
     which stores have credentials, and the provisioner settings without their secrets.
     """
 
@@ -68,6 +69,19 @@ class TransferRequest:
             self.dsts = [self.dsts]
         self.dsts = list(self.dsts)
         self.chunk_size = parse_size(self.chunk_size)
+        self._take_fleet_credentials()
+
+    def _take_fleet_credentials(self) -> None:
+        """A ``credentials`` document among the provisioner settings (a fleet that comes with the
+        store credentials of its hosts) fills in the entries the request's own document lacks."""
+        if not isinstance(self.provisioner_settings, dict) or "credentials" not in self.provisioner_settings:
+            return
+        self.provisioner_settings = dict(self.provisioner_settings)
+        fleet = self.provisioner_settings.pop("credentials")
+        if not isinstance(fleet, dict) or not isinstance(self.credentials, dict):
+            raise BadOptionError("the credentials in the provisioner settings must be a credentials document",
+                                 hint='a JSON object such as {"s3": {...}, "az://account": {...}}; see gateway.stores')
+        self.credentials = {**fleet, **self.credentials}
 
     def validate(self) -> tuple[StoreURI, list[StoreURI]]:
         """Check every option; return the parsed source and destination URIs.
