@@ -8,8 +8,8 @@ connection type             fields read
 ==========================  ===============================================================================
 ``aws``                     login = access key id, password = secret key; extra ``aws_session_token``,
                             ``region_name``, ``endpoint_url`` (or ``service_config.s3.endpoint_url``),
-                            ``role_arn`` (+ ``assume_role_kwargs``): assumed via STS, the gateways get the
-                            temporary credentials
+                            ``role_arn`` (+ ``assume_role_kwargs``): assumed via STS by botocore, which
+                            renews the keys; the gateways get the temporary keys
 ``google_cloud_platform``   extra ``key_path`` (read here, so remote gateways need no file),
                             ``keyfile_dict``, ``project``, ``endpoint`` (an emulator URL, ours), ``anonymous``
 ``wasb``                    extra ``connection_string``; or login = account + password = key; or extra
@@ -37,6 +37,7 @@ from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError, CredentialsError
 from skyplane_provider.redaction import secret_values
 from skyplane_provider.transfer import TransferRequest
+from skyplane_provider.transfer.credential_sources import CredentialSource, assume_role, document
 
 from .provider import CONN_TYPE
 
@@ -94,18 +95,26 @@ class SkyplaneHook(BaseHook):
 
         Airflow masks a connection's own password and secret extras in task logs; the secrets made
         here (keys of an assumed role, a key file's content) are registered with its masker too."""
-        doc: dict[str, dict] = {}
+        doc = document(self.credential_sources(src, dsts))
+        for secret in secret_values(doc):
+            mask_secret(secret)
+        return doc
+
+    def credential_sources(self, src: str, dsts: Sequence[str]) -> list[CredentialSource]:
+        """One source per store that has a connection: its entry now, and again when renewed (an
+        assumed role's keys come from botocore's refreshing credentials, docs/credentials.md)."""
+        by_root: dict[str, tuple[str, CredentialSource]] = {}
         for uri, conn_id in [(src, self.src_conn_id), *zip(dsts, self._dst_conn_ids(len(dsts)))]:
             if conn_id is None:
                 continue
             store = parse_uri(uri)
-            entry = self.store_credentials(conn_id, store)
-            if doc.setdefault(store.root_uri, entry) != entry:
+            seen = by_root.get(store.root_uri)
+            if seen is not None and seen[0] != conn_id:
                 raise BadOptionError(f"two different connections are given for {store.root_uri}",
                                      hint="use one connection per bucket or container")
-        for secret in secret_values(doc):
-            mask_secret(secret)
-        return doc
+            if seen is None:
+                by_root[store.root_uri] = (conn_id, self.store_source(conn_id, store))
+        return [source for _, source in by_root.values()]
 
     def _dst_conn_ids(self, n: int) -> list[str | None]:
         ids = self.dst_conn_id
@@ -118,8 +127,8 @@ class SkyplaneHook(BaseHook):
         return ids
 
     # -- one store's entry ---------------------------------------------------------------------
-    def store_credentials(self, conn_id: str, store: StoreURI) -> dict:
-        """The credentials entry for ``store`` from connection ``conn_id``."""
+    def store_source(self, conn_id: str, store: StoreURI) -> CredentialSource:
+        """The credentials source for ``store`` from connection ``conn_id``."""
         if store.scheme == "file":
             raise BadOptionError(f"connection {conn_id!r} was given for the local path {store}",
                                  hint="local paths need no connection; drop the conn id")
@@ -128,7 +137,9 @@ class SkyplaneHook(BaseHook):
         if conn.conn_type != expected:
             raise CredentialsError(f"connection {conn_id!r} has type {conn.conn_type!r}, but {store.root_uri} "
                                    f"needs a {expected!r} connection", hint="pick the connection for that cloud")
-        return {"aws": aws_entry, "google_cloud_platform": gcp_entry, "wasb": wasb_entry}[expected](conn)
+        if expected == "aws":
+            return aws_source(conn, store.root_uri)
+        return CredentialSource(store.root_uri, {"google_cloud_platform": gcp_entry, "wasb": wasb_entry}[expected](conn))
 
     def _connection(self, conn_id: str) -> Connection:
         try:
@@ -159,8 +170,9 @@ class SkyplaneHook(BaseHook):
         return override or extra.get("provisioner") or "local", settings
 
 
-def aws_entry(conn: Connection) -> dict:
-    """An ``s3`` credentials entry from an ``aws`` connection (assuming ``role_arn`` when given)."""
+def aws_source(conn: Connection, key: str) -> CredentialSource:
+    """The ``s3`` entry of an ``aws`` connection; with ``role_arn``, the role's temporary keys, asked
+    with the connection's own keys and renewed by botocore before they expire."""
     extra = _extra(conn)
     for unsupported in ("profile_name", "assume_role_method"):
         if extra.get(unsupported) and not (unsupported == "assume_role_method"
@@ -175,29 +187,17 @@ def aws_entry(conn: Connection) -> dict:
         "region_name": extra.get("region_name"),
         "endpoint_url": _service(extra, "s3").get("endpoint_url") or extra.get("endpoint_url"),
     })
-    if extra.get("role_arn"):
-        entry.update(_assume_role(conn, extra, entry))
-    return entry
-
-
-def _assume_role(conn: Connection, extra: dict, base: dict) -> dict:
-    """Temporary credentials for ``role_arn`` from STS, asked with the connection's own keys."""
-    import boto3
-    import botocore.exceptions
-
-    sts = boto3.client("sts", region_name=base.get("region_name"),
-                       endpoint_url=_service(extra, "sts").get("endpoint_url") or extra.get("endpoint_url"),
-                       aws_access_key_id=base.get("aws_access_key_id"),
-                       aws_secret_access_key=base.get("aws_secret_access_key"),
-                       aws_session_token=base.get("aws_session_token"))
-    kwargs = {"RoleSessionName": f"Airflow_{conn.conn_id}", **_json_field(conn, extra, "assume_role_kwargs")}
+    if not extra.get("role_arn"):
+        return CredentialSource(key, entry)
+    source = assume_role(key, entry, extra["role_arn"], session_name=f"Airflow_{conn.conn_id}",
+                         extra_args=_json_field(conn, extra, "assume_role_kwargs"),
+                         sts_endpoint=_service(extra, "sts").get("endpoint_url") or extra.get("endpoint_url"))
     try:
-        creds = sts.assume_role(RoleArn=extra["role_arn"], **kwargs)["Credentials"]
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        source.current()  # a role that cannot be assumed fails here, before any gateway starts
+    except Exception as exc:  # noqa: BLE001 - botocore raises ClientError, BotoCoreError and more
         raise CredentialsError(f"connection {conn.conn_id!r}: cannot assume role {extra['role_arn']}: {exc}",
                                hint="check the role's trust policy and the connection's keys") from exc
-    return {"aws_access_key_id": creds["AccessKeyId"], "aws_secret_access_key": creds["SecretAccessKey"],
-            "aws_session_token": creds["SessionToken"]}
+    return source
 
 
 def gcp_entry(conn: Connection) -> dict:
