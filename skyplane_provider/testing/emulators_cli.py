@@ -73,6 +73,8 @@ def start(directory: Path) -> int:
     for r in records:
         print(f"{r['name']:6} {r['url']}  (pid {r['pid']})")
     print(f"now run: source {directory / 'env.sh'}")
+    print("then make buckets: skyplane-provider mb s3://NAME gs://NAME az://devstoreaccount1/NAME "
+          "(Azurite's one account)")
     print(f"gateways on other hosts (ssh, aws): --credentials {credentials}")
     return 0
 
