@@ -192,7 +192,7 @@ def deprovision_ssh(hosts: list[SSHHost], selection: Selection, *, policy: Conne
 def deprovision_aws(regions: list[str], selection: Selection, *, endpoint_url: str | None = None,
                     profile: str | None = None, poll_seconds: float = 5.0, dry_run: bool = False) -> list[Reaped]:
     """Terminate tagged instances, then delete tagged security groups and key pairs, per region."""
-    from .provisioners.aws import TAG_CREATED, TAG_JOB, JobResources, RegionResources, api_error, aws_session
+    from .provisioners.aws import TAG_CREATED, TAG_JOB, AWSJob, RegionResources, api_error, aws_session
 
     session = aws_session(profile=profile)
     reaped = []
@@ -210,7 +210,7 @@ def deprovision_aws(regions: list[str], selection: Selection, *, endpoint_url: s
             detail = f"{len(instances)} instance(s), {len(groups)} security group(s), {len(keys)} key pair(s)"
             if not dry_run:
                 # Reuse the provisioner's own teardown (terminate, wait, delete groups and key pairs).
-                job = JobResources(job_id, session, endpoint_url=endpoint_url, poll_seconds=poll_seconds)
+                job = AWSJob(job_id, session, endpoint_url=endpoint_url, poll_seconds=poll_seconds)
                 for n, (group, key) in enumerate(list(zip_longest(groups, keys)) or [(None, None)]):
                     job.regions[f"{region}/{n}"] = RegionResources(
                         region, ec2, group_id=group, key_name=key,
