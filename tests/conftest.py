@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.testbed",
     "tests.fixtures.sshd",
     "tests.fixtures.ec2",
+    "tests.fixtures.cloud_standins",
     "tests.fixtures.prefect",
     "tests.fixtures.airflow",
     "tests.fixtures.gateways",

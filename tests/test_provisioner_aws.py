@@ -5,7 +5,6 @@ moto's instance addresses are fake: every test checks that no connection goes an
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 
@@ -26,20 +25,6 @@ REGIONS = ("aws:us-east-1", "aws:eu-west-1")
 @pytest.fixture(autouse=True)
 def _skyplane_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture
-def connections(monkeypatch) -> list[tuple[str, int]]:
-    """Every TCP connection this process opens through socket.create_connection (SSH, tunnels, HTTP)."""
-    seen: list[tuple[str, int]] = []
-    real = socket.create_connection
-
-    def spy(address, *args, **kwargs):
-        seen.append((address[0], int(address[1])))
-        return real(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", spy)
-    return seen
 
 
 def specs_for(job_id: str):

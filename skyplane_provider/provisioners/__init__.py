@@ -1,4 +1,4 @@
-"""Provisioners by name: ``get_provisioner("local" | "ssh" | "aws", **settings)``.
+"""Provisioners by name: ``get_provisioner("local" | "ssh" | "aws" | "gcp" | "azure", **settings)``.
 
 Each is imported only when asked for, so a missing optional piece of one never breaks another.
 """
@@ -17,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "local": "local:LocalProvisioner",
     "ssh": "ssh:SSHProvisioner",
     "aws": "aws:AWSProvisioner",
+    "gcp": "gcp:GCPProvisioner",
+    "azure": "azure:AzureProvisioner",
 }
 
 
