@@ -3,7 +3,9 @@
 Every provisioner tags what it starts with the job id and creation time: local gateway processes
 (job records under ``$SKYPLANE_HOME/jobs``), SSH hosts (``<remote_dir>/jobs/<job_id>/job.json`` and
 pid files), AWS (``skyplane:job-id`` / ``skyplane:created-at`` tags on instances, security groups and
-key pairs). ``deprovision_*`` select jobs by id (or all) and age, and remove them; a process is only
+key pairs), GCP (``skyplane-job-id`` / ``skyplane-created-at`` labels on instances; firewall rules,
+which have no labels, by their description) and Azure (``skyplane-job-id`` / ``skyplane-created-at``
+tags on every resource). ``deprovision_*`` select jobs by id (or all) and age, and remove them; a process is only
 signalled after its command line was checked to still belong to the job.
 """
 
@@ -150,7 +152,7 @@ def _stop_groups(pids: list[int], grace: float) -> None:
 # -- SSH hosts -------------------------------------------------------------------------------------
 def deprovision_ssh(hosts: list[SSHHost], selection: Selection, *, policy: ConnectPolicy,
                     remote_dir: str = DEFAULT_REMOTE_DIR, dry_run: bool = False) -> list[Reaped]:
-    """Stop leftover gateways and remove job files on each host (job records of ssh and aws jobs)."""
+    """Stop leftover gateways and remove job files on each host (job records of ssh and cloud jobs)."""
     reaped = []
     for host in hosts:
         try:
@@ -174,7 +176,7 @@ def deprovision_ssh(hosts: list[SSHHost], selection: Selection, *, policy: Conne
                         record = json.loads(f.read())
                 except (OSError, ValueError):
                     continue  # not a gateway job directory (or not ours)
-                if record.get("provisioner") not in ("ssh", "aws"):
+                if record.get("provisioner") not in ("ssh", "aws", "gcp", "azure"):
                     continue
                 if not selection.matches(record.get("job_id", entry.filename), record.get("created_at")):
                     continue
@@ -251,3 +253,82 @@ def _tagged_resources(ec2, tag_job: str, tag_created: str) -> dict[str, tuple[st
         if e:
             e[3].append(k["KeyName"])
     return out
+
+
+# -- GCP -------------------------------------------------------------------------------------------
+def deprovision_gcp(selection: Selection, *, project: str | None = None, endpoint: str | None = None,
+                    poll_seconds: float = 5.0, dry_run: bool = False) -> list[Reaped]:
+    """Delete labelled instances (and wait), then the jobs' firewall rules, in one project."""
+    from .provisioners.gcp import (FIREWALL_DESCRIPTION_RE, LABEL_CREATED, LABEL_JOB, GCPClients, GCPJob, api_error,
+                                   gcp_credentials, parse_label_time)
+
+    credentials, project = gcp_credentials(project)
+    clients = GCPClients(credentials, project, endpoint)
+    found: dict[str, tuple[datetime | None, list[dict], list[str]]] = {}
+
+    def entry(job_id: str, created: str | None):
+        old = found.get(job_id, (None, [], []))
+        found[job_id] = (old[0] or parse_label_time(created), old[1], old[2])
+        return found[job_id]
+
+    try:
+        for scope, listed in clients.instances.aggregated_list(
+                request={"project": project, "filter": f"labels.{LABEL_JOB}:*"}):
+            for inst in listed.instances:
+                entry(inst.labels[LABEL_JOB], inst.labels.get(LABEL_CREATED))[1].append(
+                    {"zone": scope.rsplit("/", 1)[-1], "name": inst.name, "gateway_id": ""})
+        for rule in clients.firewalls.list(project=project):
+            match = FIREWALL_DESCRIPTION_RE.search(rule.description or "")
+            if match and rule.name.startswith("skyplane-"):
+                entry(match["job_id"], match["created_at"])[2].append(rule.name)
+    except Exception as exc:
+        raise api_error(project, "listing labelled instances and firewall rules", exc) from exc
+    reaped = []
+    for job_id, (created, instances, firewalls) in sorted(found.items()):
+        if not selection.matches(job_id, created):
+            continue
+        if not dry_run:
+            job = GCPJob(job_id, clients, project, poll_seconds=poll_seconds)
+            job.instances, job.firewalls = instances, firewalls
+            job.teardown()
+        reaped.append(Reaped("gcp", project, job_id, f"{len(instances)} instance(s), {len(firewalls)} firewall "
+                                                     f"rule(s) {'found' if dry_run else 'removed'}"))
+    return reaped
+
+
+# -- Azure -----------------------------------------------------------------------------------------
+def deprovision_azure(selection: Selection, *, subscription_id: str | None = None, base_url: str | None = None,
+                      poll_seconds: float = 5.0, dry_run: bool = False) -> list[Reaped]:
+    """Delete tagged VMs (and wait), then the jobs' NICs, public IPs, networks, security groups and keys."""
+    from .provisioners.azure import (KINDS, TAG_CREATED, TAG_JOB, AzureClients, AzureJob, api_error, azure_credential,
+                                     parse_resource_id)
+
+    subscription_id = subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    if not subscription_id:
+        raise BadOptionError("deprovision --provisioner azure needs a subscription",
+                             hint="pass --azure-subscription or set AZURE_SUBSCRIPTION_ID")
+    clients = AzureClients(azure_credential(), subscription_id, base_url, poll_seconds)
+    found: dict[str, tuple[str | None, dict[str, list]]] = {}
+    for kind, _, _ in KINDS:
+        ops = clients.operations(kind)
+        try:
+            listed = list(ops.list_by_subscription() if kind == "sshPublicKeys" else ops.list_all())
+        except Exception as exc:
+            raise api_error(subscription_id, f"listing {kind}", exc) from exc
+        for res in listed:
+            tags = res.tags or {}
+            if TAG_JOB not in tags:
+                continue
+            created, by_kind = found.setdefault(tags[TAG_JOB], (tags.get(TAG_CREATED), {k: [] for k, _, _ in KINDS}))
+            by_kind[kind].append((*parse_resource_id(res.id), res.location))
+    reaped = []
+    for job_id, (created, by_kind) in sorted(found.items()):
+        if not selection.matches(job_id, created):
+            continue
+        if not dry_run:
+            job = AzureJob(job_id, clients, subscription_id=subscription_id, poll_seconds=poll_seconds)
+            job.created = by_kind
+            job.teardown()
+        counts = ", ".join(f"{len(v)} {k}" for k, v in by_kind.items() if v)
+        reaped.append(Reaped("azure", subscription_id, job_id, f"{counts} {'found' if dry_run else 'removed'}"))
+    return reaped

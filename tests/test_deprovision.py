@@ -141,3 +141,64 @@ def test_deprovision_all_removes_local_ssh_aws_leftovers_of_a_killed_orchestrato
     assert not any(d.exists() for d in job_dirs)
     assert _aws_live(ec2_endpoint, aws_job) == 0
     assert not (home / "keys" / f"{aws_job}.key").exists()
+
+
+def test_deprovision_removes_gcp_and_azure_leftovers_of_a_killed_orchestrator(
+        tmp_path, gcp_standin, azure_standin, sshd_servers, ssh_known_hosts):
+    """Against the local stand-ins of the Compute Engine and Azure Resource Manager APIs (no emulator
+    of either exists; see tests/fixtures/cloud_standins.py)."""
+    from skyplane_provider.provisioners.azure import TAG_JOB as AZURE_TAG
+    from skyplane_provider.provisioners.gcp import LABEL_JOB
+    from tests.fixtures.cloud_standins import AZURE_RESOURCE_GROUP
+
+    home = tmp_path / "home"
+    env = {**os.environ, "SKYPLANE_HOME": str(home)}
+    gcp_job, azure_job = uuid.uuid4().hex, uuid.uuid4().hex
+    mapped = {str(i): {k: v for k, v in s.host_setting().items() if k != "key_file"} for i, s in enumerate(sshd_servers)}
+    common = {"orchestrator_cidr": "127.0.0.1/32", "poll_seconds": 0.05, "known_hosts": str(ssh_known_hosts),
+              "accept_unknown_host_keys": False, "address_map": mapped}
+    fleets = [(gcp_job, "gcp", {**common, "endpoint": gcp_standin.url, "instance_type": "e2-standard-2"},
+               _specs(gcp_job, "gcp:us-central1", "gcp:europe-west1")),
+              (azure_job, "azure", {**common, "base_url": azure_standin.url, "resource_group": AZURE_RESOURCE_GROUP,
+                                    "instance_type": "Standard_D2s_v5"},
+               _specs(azure_job, "azure:eastus", "azure:westeurope"))]
+    proc = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, json.dumps(fleets)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def cloud_left() -> tuple[int, int, int]:
+        return (len(gcp_standin.live_instances(LABEL_JOB, gcp_job)),
+                sum(gcp_job in f["description"] for f in gcp_standin.firewalls.values()),
+                sum(len(azure_standin.of_kind(k, AZURE_TAG, azure_job)) for k in (
+                    "virtualMachines", "networkInterfaces", "publicIPAddresses", "virtualNetworks",
+                    "networkSecurityGroups", "sshPublicKeys")))
+
+    assert [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
+    assert cloud_left() == (2, 2, 12)
+    ssh_config = tmp_path / "ssh.json"
+    ssh_config.write_text(json.dumps({"hosts": [s.host_setting() for s in sshd_servers],
+                                      "known_hosts": str(ssh_known_hosts)}))
+    args = [*CLI, "deprovision", "--all", "--ssh-config", str(ssh_config), "--gcp-project", gcp_standin.project,
+            "--gcp-endpoint", gcp_standin.url, "--azure-subscription", azure_standin.subscription,
+            "--azure-endpoint", azure_standin.url, "--json"]
+
+    dry = subprocess.run([*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert {(r["provisioner"], r["job_id"]) for r in json.loads(dry.stdout.splitlines()[-1])} >= {
+        ("gcp", gcp_job), ("azure", azure_job)}
+    assert cloud_left() == (2, 2, 12) and [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
+
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    reaped = {(r["provisioner"], r["job_id"]) for r in json.loads(done.stdout.splitlines()[-1])}
+    assert {("ssh", gcp_job), ("ssh", azure_job), ("gcp", gcp_job), ("azure", azure_job)} <= reaped
+    assert cloud_left() == (0, 0, 0)
+    assert [gateway_pids(j) for j in (gcp_job, azure_job)] == [[], []]
+    assert not any((home / "keys" / f"{j}.key").exists() for j in (gcp_job, azure_job))

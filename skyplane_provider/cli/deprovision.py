@@ -7,24 +7,25 @@ import json
 from pathlib import Path
 
 from planner.errors import BadOptionError
-from skyplane_provider.deprovision import (Selection, deprovision_aws, deprovision_local, deprovision_ssh,
-                                           parse_duration)
+from skyplane_provider.deprovision import (Selection, deprovision_aws, deprovision_azure, deprovision_gcp,
+                                           deprovision_local, deprovision_ssh, parse_duration)
 from skyplane_provider.provisioners.ssh_bootstrap import DEFAULT_REMOTE_DIR
 from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
 
 from .wording import examples, plural
 
-PROVISIONERS = ("local", "ssh", "aws")
+PROVISIONERS = ("local", "ssh", "aws", "gcp", "azure")
 EXAMPLES = examples(
     "skyplane-provider deprovision --all --dry-run                 # what a killed run left on this host",
     "skyplane-provider deprovision --all --older-than 2h",
     "skyplane-provider deprovision --job 3f2a... --provisioner ssh --ssh-config ssh.json",
     "skyplane-provider deprovision --all --provisioner aws --aws-region us-east-1 --aws-region eu-west-1",
+    "skyplane-provider deprovision --all --gcp-project my-project --azure-subscription 0000...",
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    text = "stop and remove gateways, instances, security groups and key pairs left over by jobs"
+    text = "stop and remove gateways, VMs, firewall rules, networks and keys left over by jobs"
     p = sub.add_parser("deprovision", help=text, description=text + ". Everything skyplane-provider starts is "
                        "tagged with its job id and creation time; this finds it again.", epilog=EXAMPLES)
     which = p.add_mutually_exclusive_group(required=True)
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--older-than", metavar="DURATION",
                    help="only jobs created at least this long ago: 90s, 30m, 2h, 1d, 1h30m (default: any age)")
     p.add_argument("--provisioner", action="append", choices=PROVISIONERS,
-                   help="where to look (repeatable); default: local, plus ssh/aws when hosts/regions are given")
+                   help="where to look (repeatable); default: local, plus ssh/aws/gcp/azure when hosts, regions, "
+                        "a project or a subscription are given")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
     ssh = p.add_argument_group("ssh hosts")
@@ -48,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     aws.add_argument("--aws-region", action="append", default=[], metavar="REGION", help="an AWS region, e.g. us-east-1 (repeatable)")
     aws.add_argument("--aws-endpoint-url", help="EC2 endpoint override (an emulator)")
     aws.add_argument("--aws-profile", help="AWS profile to use")
+    gcp = p.add_argument_group("gcp (Application Default Credentials)")
+    gcp.add_argument("--gcp-project", metavar="PROJECT", help="the project to search (default: the credentials' project)")
+    gcp.add_argument("--gcp-endpoint", metavar="URL", help="Compute Engine endpoint override")
+    azure = p.add_argument_group("azure (DefaultAzureCredential)")
+    azure.add_argument("--azure-subscription", metavar="ID", help="the subscription to search (default: AZURE_SUBSCRIPTION_ID)")
+    azure.add_argument("--azure-endpoint", metavar="URL", help="Azure Resource Manager endpoint override")
     p.set_defaults(func=run)
 
 
@@ -70,7 +78,8 @@ def _ssh_targets(args: argparse.Namespace) -> tuple[list[SSHHost], ConnectPolicy
 def run(args: argparse.Namespace) -> int:
     selection = Selection(job_id=args.job, older_than=parse_duration(args.older_than) if args.older_than else None)
     hosts, policy = _ssh_targets(args)
-    wanted = args.provisioner or ["local"] + (["ssh"] if hosts else []) + (["aws"] if args.aws_region else [])
+    wanted = args.provisioner or (["local"] + (["ssh"] if hosts else []) + (["aws"] if args.aws_region else [])
+                                  + (["gcp"] if args.gcp_project else []) + (["azure"] if args.azure_subscription else []))
     if "ssh" in wanted and not hosts:
         raise BadOptionError("deprovision --provisioner ssh needs hosts", hint="pass --ssh-host or --ssh-config")
     if "aws" in wanted and not args.aws_region:
@@ -83,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if "aws" in wanted:
         reaped += deprovision_aws(args.aws_region, selection, endpoint_url=args.aws_endpoint_url,
                                   profile=args.aws_profile, dry_run=args.dry_run)
+    if "gcp" in wanted:
+        reaped += deprovision_gcp(selection, project=args.gcp_project, endpoint=args.gcp_endpoint, dry_run=args.dry_run)
+    if "azure" in wanted:
+        reaped += deprovision_azure(selection, subscription_id=args.azure_subscription, base_url=args.azure_endpoint,
+                                    dry_run=args.dry_run)
     if args.json:
         print(json.dumps([vars(r) for r in reaped]))
     else:

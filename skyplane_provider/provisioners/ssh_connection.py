@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import select
 import shlex
 import socket
@@ -211,7 +212,11 @@ class SSHSession:
             f.write(data)
 
     def put_file(self, local: Path, path: str) -> None:
-        self.sftp.put(str(local), path)
+        """Copy ``local`` to ``path`` through a temporary name, so that another job on the host never
+        sees a half-written file there."""
+        part = f"{path}.{os.getpid()}-{threading.get_ident()}.part"
+        self.sftp.put(str(local), part)
+        self.sftp.posix_rename(part, path)
 
     def read_bytes(self, path: str) -> bytes:
         with self.sftp.open(path, "rb") as f:
@@ -230,7 +235,11 @@ class SSHSession:
         for i in range(2, len(parts) + 1):
             sub = "/".join(parts[:i])
             if not self.exists(sub):
-                self.sftp.mkdir(sub, mode)
+                try:
+                    self.sftp.mkdir(sub, mode)
+                except OSError:
+                    if not self.exists(sub):  # else another job on this host made it meanwhile
+                        raise
 
     def forward(self, remote_host: str, remote_port: int) -> "LocalForward":
         """A loopback port on this machine that reaches ``remote_host:remote_port`` as seen from the host."""
