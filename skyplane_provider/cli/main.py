@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import platform
 import sys
 
 from planner.errors import SkyplaneError
@@ -29,6 +30,22 @@ EXAMPLES = examples(
 )
 
 
+def version_text() -> str:
+    """``skyplane-provider 0.1.0 (Python 3.11.7; apache-airflow 3.3.2, prefect 3.7.7)``: this build (a
+    gateway host's shipped copy says ``0.1.0+<content hash>``) and the integrations installed beside it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    extras = ", ".join(f"{d} {v}" for d in ("apache-airflow", "prefect") if (v := installed(d)))
+    return (f"skyplane-provider {installed('skyplane-provider') or 'unknown (not installed)'} "
+            f"(Python {platform.python_version()}{'; ' + extras if extras else ''})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skyplane-provider",
@@ -36,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version (and Python's, Airflow's and Prefect's) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"skyplane_provider.cli.{name}").register(sub)
