@@ -156,3 +156,13 @@ def test_bad_input_gcp_refuses_regions_of_other_clouds(gcp_standin):
     with pytest.raises(BadOptionError, match="cannot run a gateway in aws:us-east-1"):
         get_provisioner("gcp", endpoint=gcp_standin.url, orchestrator_cidr="127.0.0.1/32").provision("j", specs)
     assert gcp_standin.server.log == []
+
+
+def test_bad_input_gcp_without_its_sdk_says_which_extra_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "google.cloud.compute_v1" else real(name, *a))
+    with pytest.raises(BadOptionError, match=r"pip install 'skyplane-provider\[gcp\]'"):
+        get_provisioner("gcp", orchestrator_cidr="127.0.0.1/32")

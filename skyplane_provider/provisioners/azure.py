@@ -25,7 +25,7 @@ from typing import Any
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
 
 from .base import GatewaySpec
-from .cloud_fleet import CloudJob, CloudProvisioner, Instance, per_region
+from .cloud_fleet import CloudJob, CloudProvisioner, Instance, per_region, require_sdk
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ class AzureProvisioner(CloudProvisioner):
                  user_data: str | None = None, ssh_user: str = "skyplane", base_url: str | None = None,
                  **common: Any) -> None:
         super().__init__(instance_type=instance_type, ssh_user=ssh_user, **common)
+        require_sdk(("azure.mgmt.compute", "azure.mgmt.network", "azure.identity"), self.name)
         self.subscription_id = subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID")
         if not self.subscription_id:
             raise BadOptionError("the azure provisioner needs a subscription",

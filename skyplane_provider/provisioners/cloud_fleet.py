@@ -19,6 +19,7 @@ allow-list (``ssh_connection.open_socket``), so the VMs' own addresses are never
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import logging
 import threading
@@ -189,6 +190,18 @@ class CloudFleet(Fleet):
     def vm_usd(self) -> float:
         """What the VMs cost so far at the on-demand price."""
         return self.vm_seconds() * self._price / 3600.0
+
+
+def require_sdk(modules: tuple[str, ...], provisioner: str) -> None:
+    """Refuse a cloud provisioner whose SDK is not installed, before anything starts."""
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise BadOptionError(f"the {provisioner} provisioner needs {module}, which is not installed",
+                                 hint=f"pip install 'skyplane-provider[{provisioner}]'")
 
 
 def per_region(value: Any, region: str) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
 
 from .base import GatewaySpec
-from .cloud_fleet import CloudJob, CloudProvisioner, Instance, per_region, poll_until
+from .cloud_fleet import CloudJob, CloudProvisioner, Instance, per_region, poll_until, require_sdk
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +298,7 @@ class GCPProvisioner(CloudProvisioner):
                  disk_gb: int = 20, spot: bool = False, user_data: str | None = None, ssh_user: str = "skyplane",
                  endpoint: str | None = None, **common: Any) -> None:
         super().__init__(instance_type=instance_type, ssh_user=ssh_user, **common)
+        require_sdk(("google.cloud.compute_v1",), self.name)
         if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", ssh_user or ""):
             raise BadOptionError(f"bad ssh_user {ssh_user!r} for GCP",
                                  hint="use a lowercase Linux user name such as 'skyplane'")
