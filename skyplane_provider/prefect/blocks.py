@@ -109,7 +109,8 @@ class SkyplaneCredentials(CredentialsBlock):
 
 
 class SkyplaneFleet(Block):
-    """Where the gateways of a transfer run: ``local`` processes, your own ``ssh`` hosts, or ``aws`` EC2.
+    """Where the gateways of a transfer run: ``local`` processes, your own ``ssh`` hosts, or VMs of ``aws``,
+    ``gcp`` or ``azure``.
 
     ``settings`` are the provisioner's settings (docs/provisioners.md), e.g. for ``ssh``
     ``{"hosts": {"aws:us-east-1": ["ubuntu@203.0.113.10"]}, "known_hosts": "~/.ssh/known_hosts"}``;
@@ -120,7 +121,7 @@ class SkyplaneFleet(Block):
 
     _block_type_name = "Skyplane Fleet"
     _block_type_slug = "skyplane-fleet"
-    _description = "Where skyplane-provider runs its gateways: a provisioner (local, ssh, aws) and its settings."
+    _description = "Where skyplane-provider runs its gateways: a provisioner (local, ssh, aws, gcp, azure) and its settings."
     _code_example = """
     ```python
     from skyplane_provider.prefect import SkyplaneFleet, skyplane_transfer
@@ -128,7 +129,7 @@ class SkyplaneFleet(Block):
     skyplane_transfer("s3://raw/events/", "gs://lake/events/", fleet=SkyplaneFleet.load("BLOCK_NAME"))
     ```"""
 
-    provisioner: Literal["local", "ssh", "aws"] = Field(default="local", description="How gateways are started.")
+    provisioner: Literal["local", "ssh", "aws", "gcp", "azure"] = Field(default="local", description="How gateways are started.")
     settings: dict[str, Any] = Field(default_factory=dict, description="The provisioner's settings.")
     secret_settings: SecretDict | None = Field(
         default=None, description="Settings that are secrets (merged over settings).")
