@@ -57,3 +57,18 @@ def fleet_pids(skyplane_home: Path | str) -> dict[str, int]:
             continue  # being replaced or already removed
         pids.update({g["gateway_id"]: g["pid"] for g in doc.get("gateways", [])})
     return pids
+
+
+def direct_specs(job_id: str, src: str, *dsts: str) -> list:
+    """The gateway specs of a direct plan ``src`` -> ``dsts`` (what a provisioner test starts)."""
+    from planner.plan import direct_plan
+    from skyplane_provider.transfer.launch import JobSecrets, gateway_specs
+
+    return gateway_specs(direct_plan(src, list(dsts)), job_id, JobSecrets(), compress=True, encrypt=True,
+                         credentials={})
+
+
+def mapped_to(servers, *drop: str) -> dict[str, dict]:
+    """An ``address_map`` putting gateway i on test sshd server i, without the host fields in ``drop``
+    (without ``key_file``, the job's own key must log in)."""
+    return {str(i): {k: v for k, v in s.host_setting().items() if k not in drop} for i, s in enumerate(servers)}

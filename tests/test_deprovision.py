@@ -22,7 +22,7 @@ from skyplane_provider.deprovision import (Selection, deprovision_aws, deprovisi
 from skyplane_provider.provisioners.aws import TAG_JOB
 from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
 from skyplane_provider.transfer.launch import JobSecrets, gateway_specs
-from tests.helpers import gateway_pids
+from tests.helpers import gateway_pids, mapped_to
 
 CLI = [sys.executable, "-m", "skyplane_provider.cli.main"]
 
@@ -40,6 +40,20 @@ with ThreadPoolExecutor() as pool:
 print("READY", flush=True)
 time.sleep(600)
 """
+
+
+def provision_then_kill(fleets: list, env: dict) -> None:
+    """Run the orchestrator with ``fleets`` until they are all up, then SIGKILL it: no teardown runs."""
+    proc = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, json.dumps(fleets)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_ssh_aws_deprovision_parses_durations():
@@ -93,16 +107,7 @@ def test_deprovision_all_removes_local_ssh_aws_leftovers_of_a_killed_orchestrato
     fleets = [(local_job, "local", {}, _specs(local_job, "aws:us-east-1")),
               (ssh_job, "ssh", ssh_settings, _specs(ssh_job, "aws:us-east-1")),
               (aws_job, "aws", aws_settings, _specs(aws_job, "aws:us-east-1", "aws:eu-west-1"))]
-    proc = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, json.dumps(fleets)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    provision_then_kill(fleets, env)
 
     # The kill left remote gateways, job files and cloud resources behind. The local gateway saw its
     # parent die and stopped by itself (``parent_pid``); its files, secrets included, are still there.
@@ -154,7 +159,7 @@ def test_deprovision_removes_gcp_and_azure_leftovers_of_a_killed_orchestrator(
     home = tmp_path / "home"
     env = {**os.environ, "SKYPLANE_HOME": str(home)}
     gcp_job, azure_job = uuid.uuid4().hex, uuid.uuid4().hex
-    mapped = {str(i): {k: v for k, v in s.host_setting().items() if k != "key_file"} for i, s in enumerate(sshd_servers)}
+    mapped = mapped_to(sshd_servers, "key_file")
     common = {"orchestrator_cidr": "127.0.0.1/32", "poll_seconds": 0.05, "known_hosts": str(ssh_known_hosts),
               "accept_unknown_host_keys": False, "address_map": mapped}
     fleets = [(gcp_job, "gcp", {**common, "endpoint": gcp_standin.url, "instance_type": "e2-standard-2"},
@@ -162,16 +167,7 @@ def test_deprovision_removes_gcp_and_azure_leftovers_of_a_killed_orchestrator(
               (azure_job, "azure", {**common, "base_url": azure_standin.url, "resource_group": AZURE_RESOURCE_GROUP,
                                     "instance_type": "Standard_D2s_v5"},
                _specs(azure_job, "azure:eastus", "azure:westeurope"))]
-    proc = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, json.dumps(fleets)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    provision_then_kill(fleets, env)
 
     def cloud_left() -> tuple[int, int, int]:
         return (len(gcp_standin.live_instances(LABEL_JOB, gcp_job)),

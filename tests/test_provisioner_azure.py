@@ -15,32 +15,27 @@ import pytest
 
 from gateway.control_client import GatewayClient
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
-from planner.plan import direct_plan
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.azure import TAG_CREATED, TAG_GATEWAY, TAG_JOB, AzureProvisioner
-from skyplane_provider.transfer.launch import JobSecrets, gateway_specs
 from tests.fixtures.cloud_standins import AZURE_RESOURCE_GROUP
-from tests.helpers import gateway_pids
+from tests.helpers import direct_specs, gateway_pids, mapped_to
 
 REGIONS = ("azure:eastus", "azure:westeurope")
 KINDS = ("virtualMachines", "networkInterfaces", "publicIPAddresses", "virtualNetworks", "networkSecurityGroups",
          "sshPublicKeys")
 
 
-@pytest.fixture(autouse=True)
-def _skyplane_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")  # a private SKYPLANE_HOME (keys, wheel cache)
 
 
 def specs_for(job_id: str):
-    plan = direct_plan(REGIONS[0], [REGIONS[1]])
-    return gateway_specs(plan, job_id, JobSecrets(), compress=True, encrypt=True, credentials={})
+    return direct_specs(job_id, *REGIONS)
 
 
 def settings(standin, servers, known_hosts, **extra) -> dict:
     """VMs map to the sshd servers (as root there); no key_file: the job's own key, installed by the
     stand-in's provisioning agent, must be what logs in."""
-    mapped = {str(i): {k: v for k, v in s.host_setting().items() if k != "key_file"} for i, s in enumerate(servers)}
+    mapped = mapped_to(servers, "key_file")
     return {"base_url": standin.url, "resource_group": AZURE_RESOURCE_GROUP, "orchestrator_cidr": "127.0.0.1/32",
             "poll_seconds": 0.05, "instance_type": "Standard_D2s_v5", "known_hosts": str(known_hosts),
             "accept_unknown_host_keys": False, "address_map": mapped, **extra}

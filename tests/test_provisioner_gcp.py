@@ -14,31 +14,25 @@ import pytest
 
 from gateway.control_client import GatewayClient
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
-from planner.plan import direct_plan
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
 from skyplane_provider.provisioners.gcp import LABEL_CREATED, LABEL_JOB, META_GATEWAY, GCPProvisioner
-from skyplane_provider.transfer.launch import JobSecrets, gateway_specs
-from tests.helpers import gateway_pids
+from tests.helpers import direct_specs, gateway_pids, mapped_to
 
 REGIONS = ("gcp:us-central1", "gcp:europe-west1")
 
 
-@pytest.fixture(autouse=True)
-def _skyplane_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SKYPLANE_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")  # a private SKYPLANE_HOME (keys, wheel cache)
 
 
 def specs_for(job_id: str):
-    plan = direct_plan(REGIONS[0], [REGIONS[1]])
-    return gateway_specs(plan, job_id, JobSecrets(), compress=True, encrypt=True, credentials={})
+    return direct_specs(job_id, *REGIONS)
 
 
 def settings(standin, servers, known_hosts, **extra) -> dict:
     """Instances map to the sshd servers; no key_file: the job's own key, installed by the stand-in's
     guest agent, must be what logs in."""
-    mapped = {str(i): {k: v for k, v in s.host_setting().items() if k not in ("key_file", "user")}
-              for i, s in enumerate(servers)}
+    mapped = mapped_to(servers, "key_file", "user")
     return {"endpoint": standin.url, "orchestrator_cidr": "127.0.0.1/32", "poll_seconds": 0.05,
             "instance_type": "e2-standard-2", "ssh_user": "root", "known_hosts": str(known_hosts),
             "accept_unknown_host_keys": False, "address_map": mapped, **extra}
@@ -151,8 +145,7 @@ def test_bad_input_gcp_settings_are_refused_before_any_call(gcp_standin, sshd_se
 
 
 def test_bad_input_gcp_refuses_regions_of_other_clouds(gcp_standin):
-    plan = direct_plan("aws:us-east-1", ["gcp:us-central1"])
-    specs = gateway_specs(plan, "j", JobSecrets(), compress=True, encrypt=True, credentials={})
+    specs = direct_specs("j", "aws:us-east-1", "gcp:us-central1")
     with pytest.raises(BadOptionError, match="cannot run a gateway in aws:us-east-1"):
         get_provisioner("gcp", endpoint=gcp_standin.url, orchestrator_cidr="127.0.0.1/32").provision("j", specs)
     assert gcp_standin.server.log == []

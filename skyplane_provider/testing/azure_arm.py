@@ -40,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from .standin_http import GuestKeys, HTTPError, Request, Response, StandInServer
+from .standin_http import HTTPError, Request, Response, StandIn, StandInServer
 
 SUB = "/subscriptions/(?P<sub>[^/]+)"
 TYPES = {"Microsoft.Compute": ("virtualMachines", "sshPublicKeys"),
@@ -52,7 +52,7 @@ def _error(status: int, code: str, message: str) -> HTTPError:
     return HTTPError(status, {"error": {"code": code, "message": message}})
 
 
-class AzureARMStandIn:
+class AzureARMStandIn(StandIn):
     """``AzureARMStandIn(subscription, resource_groups).start()`` -> its URL (``base_url`` for the clients)."""
 
     def __init__(self, subscription: str, resource_groups: list[str], *, boot_seconds: float = 0.2,
@@ -62,7 +62,6 @@ class AzureARMStandIn:
         self.resource_groups = {g.lower() for g in resource_groups}
         self.boot_seconds = boot_seconds
         self.quota_vms = quota_vms
-        self.guest = GuestKeys(authorized_keys)
         self.resources: dict[str, dict] = {}  # lowercased id -> resource
         self._operations: dict[str, dict] = {}  # id -> {"done_at", "then", "resource_id"}
         self.identity_header = secrets.token_urlsafe(16)
@@ -70,7 +69,7 @@ class AzureARMStandIn:
         self._ips = itertools.count(10)
         self._lock = threading.RLock()
         resource = f"{SUB}/resourceGroups/(?P<rg>[^/]+)/providers/(?P<ns>[^/]+)/(?P<kind>[^/]+)/(?P<name>[^/]+)"
-        self.server = StandInServer([
+        super().__init__(StandInServer([
             ("GET", "/msi/token", self._token),
             ("PUT", resource, self._put),
             ("GET", resource, self._get),
@@ -78,17 +77,7 @@ class AzureARMStandIn:
             ("GET", f"{SUB}/providers/(?P<ns>[^/]+)/(?P<kind>[^/]+)", self._list),
             ("GET", f"{SUB}/providers/(?P<ns>[^/]+)/locations/(?P<location>[^/]+)/operations/(?P<op>[^/]+)",
              self._operation),
-        ], tls=True, certificate_dir=certificate_dir)
-        self.url = ""
-
-    # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> str:
-        self.url = self.server.start()
-        return self.url
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.guest.remove()
+        ], tls=True, certificate_dir=certificate_dir), authorized_keys)
 
     @property
     def ca_file(self) -> Path | None:

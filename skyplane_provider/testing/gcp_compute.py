@@ -42,7 +42,7 @@ from urllib.parse import parse_qs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .standin_http import GuestKeys, HTTPError, Request, Response, StandInServer
+from .standin_http import HTTPError, Request, Response, StandIn, StandInServer
 
 BASE = "/compute/v1/projects/(?P<project>[^/]+)"
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -56,7 +56,7 @@ def _error(code: int, reason: str, message: str) -> HTTPError:
                                       "errors": [{"reason": reason, "message": message, "domain": "global"}]}})
 
 
-class GCPComputeStandIn:
+class GCPComputeStandIn(StandIn):
     """``GCPComputeStandIn(project, regions).start()`` -> its URL (``api_endpoint`` for the client).
 
     ``regions``: region -> zone suffixes, e.g. ``{"us-central1": ["a", "b"]}``.
@@ -69,7 +69,6 @@ class GCPComputeStandIn:
         self.regions = regions
         self.boot_seconds = boot_seconds
         self.quota_instances = quota_instances
-        self.guest = GuestKeys(authorized_keys)
         self.instances: dict[tuple[str, str], dict] = {}  # (zone, name) -> instance
         self.firewalls: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}
@@ -83,7 +82,7 @@ class GCPComputeStandIn:
         self._ips = itertools.count(10)
         self._lock = threading.RLock()
         zone = f"{BASE}/zones/(?P<zone>[^/]+)"
-        self.server = StandInServer([
+        super().__init__(StandInServer([
             ("POST", "/token", self._token),
             ("GET", f"{BASE}/regions/(?P<region>[^/]+)", self._region),
             ("POST", f"{zone}/instances", self._insert_instance),
@@ -99,17 +98,7 @@ class GCPComputeStandIn:
             ("POST", f"{zone}/operations/(?P<op>[^/]+)/wait", self._get_operation),
             ("GET", f"{BASE}/global/operations/(?P<op>[^/]+)", self._get_operation),
             ("POST", f"{BASE}/global/operations/(?P<op>[^/]+)/wait", self._get_operation),
-        ])
-        self.url = ""
-
-    # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> str:
-        self.url = self.server.start()
-        return self.url
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.guest.remove()
+        ]), authorized_keys)
 
     def adc_file(self, path: Path) -> Path:
         """A service-account key file (Application Default Credentials) whose tokens come from here."""

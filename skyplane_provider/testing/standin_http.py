@@ -214,3 +214,21 @@ class GuestKeys:
                 for f in self._files:
                     lines = f.read_text().splitlines()
                     f.write_text("".join(line + "\n" for line in lines if line != key))
+
+
+class StandIn:
+    """What both cloud stand-ins share: their server, its URL, and the guest agent's keys."""
+
+    def __init__(self, server: StandInServer, authorized_keys: list[Path] | tuple[Path, ...]) -> None:
+        self.server = server
+        self.guest = GuestKeys(authorized_keys)
+        self.url = ""
+
+    def start(self) -> str:
+        self.url = self.server.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving and take every key the stand-in's instances installed back out."""
+        self.server.stop()
+        self.guest.remove()
