@@ -19,6 +19,7 @@ from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.azure import TAG_CREATED, TAG_GATEWAY, TAG_JOB, AzureProvisioner
 from tests.fixtures.cloud_standins import AZURE_RESOURCE_GROUP
 from tests.helpers import direct_specs, gateway_pids, mapped_to
+from tests.reliability_report import record
 
 REGIONS = ("azure:eastus", "azure:westeurope")
 KINDS = ("virtualMachines", "networkInterfaces", "publicIPAddresses", "virtualNetworks", "networkSecurityGroups",
@@ -132,11 +133,13 @@ def test_azure_refused_credentials_name_what_to_set(azure_standin, monkeypatch):
 ])
 def test_bad_input_azure_settings_are_refused_before_any_call(azure_standin, sshd_servers, ssh_known_hosts,
                                                              case, extra, job_id, message):
-    with pytest.raises(BadOptionError, match=message):
+    with pytest.raises(BadOptionError, match=message) as info:
         job = job_id or uuid.uuid4().hex
         get_provisioner("azure", **{**settings(azure_standin, sshd_servers, ssh_known_hosts), **extra}).provision(
             job, specs_for(job))
     assert azure_standin.server.log == []
+    record("bad_input", f"azure provisioner: {case}",
+           f"{type(info.value).__name__}: {info.value}; no call reached the (stand-in) cloud API")
 
 
 def test_bad_input_azure_needs_a_subscription(monkeypatch):

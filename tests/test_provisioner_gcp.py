@@ -18,6 +18,7 @@ from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
 from skyplane_provider.provisioners.gcp import LABEL_CREATED, LABEL_JOB, META_GATEWAY, GCPProvisioner
 from tests.helpers import direct_specs, gateway_pids, mapped_to
+from tests.reliability_report import record
 
 REGIONS = ("gcp:us-central1", "gcp:europe-west1")
 
@@ -133,15 +134,18 @@ def test_gcp_refused_or_missing_credentials_name_what_to_set(gcp_standin, monkey
     ("bad orchestrator", {"orchestrator_cidr": "10.0.0.300/32"}, None, "bad orchestrator_cidr"),
     ("bad data port", {"data_port": 22}, None, "bad data_port"),
     ("bad disk", {"disk_gb": 2}, None, "bad disk_gb"),
+    ("zone of another region", {"zone": "us-central1-a"}, None, "zone us-central1-a is not in region europe-west1"),
     ("job id not a label", {}, "Nightly.Run", "cannot label resources with job id"),
 ])
 def test_bad_input_gcp_settings_are_refused_before_any_call(gcp_standin, sshd_servers, ssh_known_hosts,
                                                            case, extra, job_id, message):
-    with pytest.raises(BadOptionError, match=message):
+    with pytest.raises(BadOptionError, match=message) as info:
         job = job_id or uuid.uuid4().hex
         get_provisioner("gcp", **{**settings(gcp_standin, sshd_servers, ssh_known_hosts), **extra}).provision(
             job, specs_for(job))
     assert gcp_standin.server.log == []
+    record("bad_input", f"gcp provisioner: {case}",
+           f"{type(info.value).__name__}: {info.value}; no call reached the (stand-in) cloud API")
 
 
 def test_bad_input_gcp_refuses_regions_of_other_clouds(gcp_standin):

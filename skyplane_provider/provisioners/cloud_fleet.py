@@ -254,6 +254,9 @@ class CloudProvisioner(Provisioner):
                                  hint=f"use {self.name}:<region> regions, or another provisioner for other clouds")
         return name
 
+    def check_regions(self, regions: list[str]) -> None:
+        """Refuse per-region settings that cannot work in ``regions`` (before anything is created)."""
+
     # -- shared --------------------------------------------------------------------------------
     def hourly_price(self, region: str) -> float:
         """The planner's price when it plans with this instance type, else :attr:`hourly_prices`."""
@@ -307,6 +310,7 @@ class CloudProvisioner(Provisioner):
         for spec in specs:
             by_region.setdefault(self.region_name(spec.region), []).append(spec)
         cidr = self.check_orchestrator_cidr()
+        self.check_regions(list(by_region))
         job = self.new_job(job_id)
         try:
             for region, region_specs in by_region.items():

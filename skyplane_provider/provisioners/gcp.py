@@ -308,6 +308,13 @@ class GCPProvisioner(CloudProvisioner):
         self.network, self.subnetwork, self.disk_gb = network, subnetwork, disk_gb
         self.spot, self.user_data, self.endpoint = spot, user_data, endpoint
 
+    def check_regions(self, regions: list[str]) -> None:
+        for region in regions:
+            zone = per_region(self.zone, region)
+            if zone and not zone.startswith(f"{region}-"):
+                raise BadOptionError(f"zone {zone} is not in region {region}",
+                                     hint=f"give a zone of {region} (e.g. {region}-b), or a dict region -> zone")
+
     def new_job(self, job_id: str) -> GCPJob:
         if not _JOB_ID.fullmatch(job_id):
             raise BadOptionError(f"the gcp provisioner cannot label resources with job id {job_id!r}",
