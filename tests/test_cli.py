@@ -1,11 +1,15 @@
 """The command line as a newcomer meets it: help with defaults and examples, -v anywhere, usage errors
-with status 2, ``mb`` on the emulators, regions named per destination, "unpriced", plurals."""
+with status 2, ``mb`` on the emulators, regions named per destination, "unpriced", plurals, ``--version``."""
 
 from __future__ import annotations
 
 import json
+import platform
+import re
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +153,14 @@ def test_emulators_start_writes_a_credentials_document_and_quiet_prefect_setting
     finally:
         emulators_cli.main(["stop", "--dir", str(directory)])
     assert not (directory / "credentials.json").exists()
+
+
+def test_version_names_this_build_python_and_the_integrations():
+    """Through the installed console script, as a user (or a bug report) runs it."""
+    done = subprocess.run([str(Path(sys.executable).parent / "skyplane-provider"), "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert re.fullmatch(r"skyplane-provider \S+ \(Python [\d.]+(; .+)?\)", line), line
+    assert line.startswith(f"skyplane-provider {version('skyplane-provider')} (Python {platform.python_version()}")
+    assert f"apache-airflow {version('apache-airflow')}" in line and f"prefect {version('prefect')}" in line

@@ -60,7 +60,7 @@ def add_transfer_options(p: argparse.ArgumentParser, *, recursive: bool = True) 
     p.add_argument("--json", action="store_true", help="print the stats as JSON on the last line of stdout")
     p.add_argument("--credentials", type=argparse.FileType("r"), metavar="FILE",
                    help="JSON credentials document for the stores (keys: s3, gs, az or a store root URI; "
-                        "see docs/provisioners.md, \"Store credentials\"). Gateways on other hosts (ssh, aws) "
+                        "see docs/provisioners.md, \"Store credentials\"). Gateways on other hosts (ssh, aws, gcp, azure) "
                         "get only this, never this machine's environment (default: the SDKs' environment, "
                         "local gateways only)")
     p.add_argument("--no-compress", action="store_true", help="do not lz4-compress chunks")
@@ -88,7 +88,7 @@ def add_transfer_options(p: argparse.ArgumentParser, *, recursive: bool = True) 
                         "cloud, or give one TAG per destination in order ('' = ask the store). Azure does "
                         "not report regions: name them (default: asked from each store)")
     p.add_argument("--provisioner", choices=sorted(REGISTRY), default="local",
-                   help="where the gateways run: processes here, your ssh hosts, or EC2")
+                   help="where the gateways run: processes here, your ssh hosts, or VMs on EC2, Compute Engine or Azure")
     p.add_argument("--provisioner-settings", type=argparse.FileType("r"), metavar="FILE",
                    help="JSON object of provisioner settings (ssh hosts, aws region/instance type...), "
                         "see docs/provisioners.md")

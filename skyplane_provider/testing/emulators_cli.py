@@ -75,7 +75,7 @@ def start(directory: Path) -> int:
     print(f"now run: source {directory / 'env.sh'}")
     print("then make buckets: skyplane-provider mb s3://NAME gs://NAME az://devstoreaccount1/NAME "
           "(Azurite's one account)")
-    print(f"gateways on other hosts (ssh, aws): --credentials {credentials}")
+    print(f"gateways on other hosts (ssh, aws, gcp, azure): --credentials {credentials}")
     return 0
 
 
