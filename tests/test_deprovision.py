@@ -176,25 +176,29 @@ def test_deprovision_removes_gcp_and_azure_leftovers_of_a_killed_orchestrator(
                     "virtualMachines", "networkInterfaces", "publicIPAddresses", "virtualNetworks",
                     "networkSecurityGroups", "sshPublicKeys")))
 
-    assert [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
-    assert cloud_left() == (2, 2, 12)
-    ssh_config = tmp_path / "ssh.json"
-    ssh_config.write_text(json.dumps({"hosts": [s.host_setting() for s in sshd_servers],
-                                      "known_hosts": str(ssh_known_hosts)}))
-    args = [*CLI, "deprovision", "--all", "--ssh-config", str(ssh_config), "--gcp-project", gcp_standin.project,
-            "--gcp-endpoint", gcp_standin.url, "--azure-subscription", azure_standin.subscription,
-            "--azure-endpoint", azure_standin.url, "--json"]
+    try:
+        assert [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
+        assert cloud_left() == (2, 2, 12)
+        ssh_config = tmp_path / "ssh.json"
+        ssh_config.write_text(json.dumps({"hosts": [s.host_setting() for s in sshd_servers],
+                                          "known_hosts": str(ssh_known_hosts)}))
+        args = [*CLI, "deprovision", "--all", "--ssh-config", str(ssh_config), "--gcp-project", gcp_standin.project,
+                "--gcp-endpoint", gcp_standin.url, "--azure-subscription", azure_standin.subscription,
+                "--azure-endpoint", azure_standin.url, "--json"]
 
-    dry = subprocess.run([*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
-    assert dry.returncode == 0, dry.stderr
-    assert {(r["provisioner"], r["job_id"]) for r in json.loads(dry.stdout.splitlines()[-1])} >= {
-        ("gcp", gcp_job), ("azure", azure_job)}
-    assert cloud_left() == (2, 2, 12) and [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
+        dry = subprocess.run([*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+        assert dry.returncode == 0, dry.stderr
+        assert {(r["provisioner"], r["job_id"]) for r in json.loads(dry.stdout.splitlines()[-1])} >= {
+            ("gcp", gcp_job), ("azure", azure_job)}
+        assert cloud_left() == (2, 2, 12) and [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
 
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
-    reaped = {(r["provisioner"], r["job_id"]) for r in json.loads(done.stdout.splitlines()[-1])}
-    assert {("ssh", gcp_job), ("ssh", azure_job), ("gcp", gcp_job), ("azure", azure_job)} <= reaped
-    assert cloud_left() == (0, 0, 0)
-    assert [gateway_pids(j) for j in (gcp_job, azure_job)] == [[], []]
-    assert not any((home / "keys" / f"{j}.key").exists() for j in (gcp_job, azure_job))
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        reaped = {(r["provisioner"], r["job_id"]) for r in json.loads(done.stdout.splitlines()[-1])}
+        assert {("ssh", gcp_job), ("ssh", azure_job), ("gcp", gcp_job), ("azure", azure_job)} <= reaped
+        assert cloud_left() == (0, 0, 0)
+        assert [gateway_pids(j) for j in (gcp_job, azure_job)] == [[], []]
+        assert not any((home / "keys" / f"{j}.key").exists() for j in (gcp_job, azure_job))
+    finally:  # a failed assertion must not leave the remote gateways of the killed orchestrator running
+        for pid in gateway_pids(gcp_job) + gateway_pids(azure_job):
+            os.kill(pid, signal.SIGKILL)
