@@ -1,28 +1,33 @@
 """Turning a chunk into a frame and back: lz4, AES-256-GCM or CRC32C (docs/wire-protocol.md).
 
 A source gateway *encodes* (compress when it pays, then seal metadata and payload with AES-256-GCM,
-the fixed header as associated data; or, in a job without encryption, put the CRC32C of the
-metadata and the original bytes in the header); a destination gateway *decodes* (authenticate and
-decrypt, or recompute the CRC32C; decompress). Relays do neither.
+the fixed header as associated data; or, in the clear, put the CRC32C of the header, the metadata
+and the original bytes in the header); a destination gateway *decodes* (authenticate and decrypt,
+or recompute the CRC32C; decompress) into one buffer per object. Relays do neither.
 
 Each byte is checked once end to end: the AEAD tag when the frame is encrypted (it authenticates
 the compressed bytes, so what decompresses is what the source read: no second hash), the CRC32C
-(hardware-accelerated, ``google-crc32c``) of the header, the metadata and the original bytes when it
-is not.
+(hardware-accelerated, ``crc32c``: it takes any buffer, where ``google-crc32c`` takes bytes only)
+when it is not. And each byte is copied at most once in
+user space: the AEAD runs over the scattered metadata and object buffers (no ``meta || payload``
+join), clear frames go out with ``sendmsg`` as they are, and a destination decrypts each object of
+an uncompressed frame straight into a buffer of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
-import google_crc32c
+import crc32c
 import lz4.block
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from planner.errors import BadOptionError, ChecksumError, ProtocolError
 
+from .batch import ChunkMeta
 from .wire import (CHECKSUM_SIZE, DEFAULT_MAX_CHUNK, FLAG_COMPRESSED, FLAG_ENCRYPTED, NONCE_SIZE, TAG_SIZE, Frame,
                    Header)
 
@@ -35,9 +40,15 @@ _NO_CHECKSUM = bytes(CHECKSUM_SIZE)
 
 #: How a decoded chunk's bytes were checked (the ``integrity`` of ``written`` events).
 AEAD, CRC32C = "aead", "crc32c"
+#: Why lz4 or encryption was not applied to a frame (the ``skipped`` counters).
+SKIP_LZ4_INCOMPRESSIBLE = "lz4_incompressible"
+SKIP_LZ4_LOOPBACK = "lz4_loopback"
+SKIP_ENCRYPTION_LOOPBACK = "encryption_loopback"
+
+Buffer = bytes | bytearray | memoryview
 
 
-def worth_compressing(data: bytes) -> bool:
+def worth_compressing(data: Buffer) -> bool:
     """Whether lz4 is likely to shrink ``data``: three 64 KiB samples (start, middle, end) are tried."""
     if len(data) < _SAMPLE_BELOW:
         return True
@@ -47,12 +58,24 @@ def worth_compressing(data: bytes) -> bool:
     return len(lz4.block.compress(sample, store_size=False)) < _WORTH * len(sample)
 
 
-def crc32c_of(header: Header, meta: bytes, data: bytes | memoryview) -> bytes:
+def crc32c_of(header: Header, meta: Buffer, pieces: Sequence[Buffer]) -> bytes:
     """The checksum field of a clear frame: CRC32C of the header (its checksum field zero), the
     metadata and the original bytes, big-endian, in the first 4 bytes of the field."""
-    crc = google_crc32c.value(dataclasses.replace(header, checksum=_NO_CHECKSUM).pack())
-    crc = google_crc32c.extend(google_crc32c.extend(crc, meta), data)
+    crc = crc32c.crc32c(meta, crc32c.crc32c(dataclasses.replace(header, checksum=_NO_CHECKSUM).pack()))
+    for piece in pieces:
+        crc = crc32c.crc32c(piece, crc)
     return crc.to_bytes(4, "big") + bytes(CHECKSUM_SIZE - 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A chunk ready to be written: its metadata, one buffer per object it carries, and how its
+    bytes were checked (``aead``, ``crc32c``, or ``local``: read by this gateway, never framed)."""
+
+    chunk_id: int
+    meta: ChunkMeta
+    objects: list[Buffer]
+    integrity: str
 
 
 class Codec:
@@ -60,12 +83,13 @@ class Codec:
 
     ``key`` (32 bytes) is the job's end-to-end key, or None on a gateway that must not read data
     (a pure relay never builds a codec) or in a job without encryption. ``encrypt`` makes
-    :meth:`encode` encrypt and :meth:`decode` refuse frames sent in the clear; ``compress`` makes
+    :meth:`encode` encrypt and :meth:`decode` refuse frames sent in the clear (except, with
+    ``loopback_clear``, those that arrived from a loopback address); ``compress`` makes
     :meth:`encode` compress chunks that shrink.
     """
 
     def __init__(self, job_id: bytes, *, key: bytes | None, encrypt: bool, compress: bool,
-                 max_chunk: int = DEFAULT_MAX_CHUNK) -> None:
+                 max_chunk: int = DEFAULT_MAX_CHUNK, loopback_clear: bool = False) -> None:
         if encrypt and (key is None or len(key) != 32):
             raise BadOptionError("encryption is on but no 256-bit encryption key was given",
                                  hint="pass encryption_key as 64 hex digits to gateways that read or write")
@@ -73,72 +97,144 @@ class Codec:
         self.encrypt = encrypt
         self.compress = compress
         self.max_chunk = max_chunk
-        self._aead = AESGCM(key) if key is not None else None
+        self.loopback_clear = loopback_clear
+        self._key = key
 
-    def encode(self, *, chunk_id: int, partition: int, meta: bytes, data: bytes) -> Frame:
-        """The frame carrying ``data`` (the original bytes) and ``meta`` (the chunk's metadata)."""
-        if len(data) > self.max_chunk:
-            raise BadOptionError(f"chunk {chunk_id} has {len(data)} bytes, more than the limit of {self.max_chunk}",
+    def encode(self, *, chunk_id: int, partition: int, meta: bytes, pieces: Sequence[Buffer],
+               loopback: bool = False) -> tuple[Frame, list[str]]:
+        """The frame carrying ``pieces`` (the original bytes, back to back) and ``meta``, and why lz4
+        or encryption were skipped. ``loopback``: every next hop is on this host (see
+        ``loopback_clear``): the frame then goes without lz4 and encryption, with its CRC32C."""
+        raw_length = sum(len(p) for p in pieces)
+        if raw_length > self.max_chunk:
+            raise BadOptionError(f"chunk {chunk_id} has {raw_length} bytes, more than the limit of {self.max_chunk}",
                                  hint="use a smaller chunk size")
-        flags, payload = 0, data
-        if self.compress and data and worth_compressing(data):
-            packed = lz4.block.compress(data, store_size=False)
-            if len(packed) < len(data):
-                flags, payload = FLAG_COMPRESSED, packed
-        if not self.encrypt:
-            header = Header(flags, partition, self.job_id, chunk_id, len(data), len(meta) + len(payload),
+        local = loopback and self.loopback_clear
+        skipped = []
+        flags, payload = 0, list(pieces)
+        if self.compress and local:
+            skipped.append(SKIP_LZ4_LOOPBACK)
+        elif self.compress and raw_length:
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)  # several only when a bundle has holes
+            packed = lz4.block.compress(data, store_size=False) if worth_compressing(data) else None
+            if packed is not None and len(packed) < raw_length:
+                flags, payload = FLAG_COMPRESSED, [packed]
+            else:
+                skipped.append(SKIP_LZ4_INCOMPRESSIBLE)
+        payload_length = sum(len(p) for p in payload)
+        if not self.encrypt or local:
+            if self.encrypt:
+                skipped.append(SKIP_ENCRYPTION_LOOPBACK)
+            header = Header(flags, partition, self.job_id, chunk_id, raw_length, len(meta) + payload_length,
                             _NO_CHECKSUM, len(meta))
-            header = dataclasses.replace(header, checksum=crc32c_of(header, meta, data))
-            return Frame(header, header.pack(), b"".join((meta, payload)))
+            header = dataclasses.replace(header, checksum=crc32c_of(header, meta, pieces))
+            return Frame(header, header.pack(), (meta, *payload)), skipped
         flags |= FLAG_ENCRYPTED
-        wire_length = NONCE_SIZE + len(meta) + len(payload) + TAG_SIZE
-        header = Header(flags, partition, self.job_id, chunk_id, len(data), wire_length, _NO_CHECKSUM, len(meta))
+        wire_length = NONCE_SIZE + len(meta) + payload_length + TAG_SIZE
+        header = Header(flags, partition, self.job_id, chunk_id, raw_length, wire_length, _NO_CHECKSUM, len(meta))
         header_bytes = header.pack()
-        nonce = os.urandom(NONCE_SIZE)
         body = bytearray(wire_length)
+        nonce = os.urandom(NONCE_SIZE)
         body[:NONCE_SIZE] = nonce
-        self._aead.encrypt_into(nonce, b"".join((meta, payload)), header_bytes, memoryview(body)[NONCE_SIZE:])
-        return Frame(header, header_bytes, body)
+        out = memoryview(body)
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(header_bytes)
+        at = NONCE_SIZE
+        for part in (meta, *payload):  # scattered: nothing is joined before sealing
+            at += encryptor.update_into(part, out[at:])
+        encryptor.finalize()
+        out[at:] = encryptor.tag
+        return Frame(header, header_bytes, (body,)), skipped
 
-    def decode(self, frame: Frame) -> tuple[bytes, bytes, str]:
-        """``(meta, data, integrity)`` of a frame, authenticated or checksummed; ``integrity`` is
-        :data:`AEAD` or :data:`CRC32C`.
+    def decode(self, frame: Frame) -> Decoded:
+        """Open a frame: authenticate and decrypt (or check the CRC32C), decompress, and cut the
+        payload into its objects as the metadata lists them.
 
         Raises :class:`ChecksumError` (retryable: the chunk must be sent again) when decryption
         fails authentication, decompression fails or the CRC32C does not match, and
-        :class:`ProtocolError` for a frame this gateway must not accept (clear text in an encrypted
-        job, or encrypted without our having the key).
+        :class:`ProtocolError` for a frame this gateway must not accept (clear text in a job that
+        encrypts, from anywhere but a loopback address with ``loopback_clear``; encrypted without
+        our having the key; metadata that does not parse although it arrived intact).
         """
         h = frame.header
-        body = memoryview(frame.body)
         if h.encrypted:
-            if self._aead is None:
+            if self._key is None:
                 raise ProtocolError(f"chunk {h.chunk_id} is encrypted but this gateway has no encryption key",
                                     hint="give the job's encryption_key to every gateway that writes")
-            plain = bytearray(h.wire_length - NONCE_SIZE - TAG_SIZE)
-            try:
-                self._aead.decrypt_into(body[:NONCE_SIZE], body[NONCE_SIZE:], frame.header_bytes, plain)
-            except InvalidTag:
-                raise ChecksumError(f"chunk {h.chunk_id} failed authentication (tampered or corrupted on the way)",
-                                    hint="it will be sent again") from None
-            body = memoryview(plain)
-        elif self.encrypt:
+            return self._open(frame)
+        if self.encrypt and not (self.loopback_clear and frame.via_loopback):
             raise ProtocolError(f"chunk {h.chunk_id} arrived unencrypted in a job that encrypts")
-        meta, payload = bytes(body[:h.meta_length]), body[h.meta_length:]
+        meta_raw, *parts = frame.body  # as received: (meta, payload); as encoded: the payload may be in pieces
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        data = self._decompress(h, payload) if h.compressed else payload
+        if crc32c_of(h, meta_raw, [data]) != h.checksum:
+            raise ChecksumError(f"chunk {h.chunk_id} does not match the CRC32C of the original bytes "
+                                "(corrupted on the way)", hint="it will be sent again")
+        meta = _meta(h, bytes(meta_raw))
+        return Decoded(h.chunk_id, meta, _split(data, meta), CRC32C)
+
+    def _open(self, frame: Frame) -> Decoded:
+        """Decrypt an encrypted frame, each object of an uncompressed one into a buffer of its own;
+        nothing is used before the tag is verified."""
+        h = frame.header
+        (body,) = frame.body
+        view = memoryview(body)
+        nonce, tag = bytes(view[:NONCE_SIZE]), bytes(view[-TAG_SIZE:])
+        decryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce, tag)).decryptor()
+        decryptor.authenticate_additional_data(frame.header_bytes)
+        at = NONCE_SIZE
+        meta_raw = bytearray(h.meta_length)
+        at += decryptor.update_into(view[at:at + h.meta_length], meta_raw)
+        try:
+            lengths = ([h.payload_length] if h.compressed
+                       else [o.length for o in ChunkMeta.decode(bytes(meta_raw), h.raw_length).objects])
+        except BadOptionError:  # unauthenticated so far: a damaged frame, or one from another version
+            lengths = [h.payload_length]
+        buffers = []
+        for n in lengths:
+            buf = bytearray(n)
+            at += decryptor.update_into(view[at:at + n], buf)
+            buffers.append(buf)
+        try:
+            decryptor.finalize()
+        except InvalidTag:
+            raise ChecksumError(f"chunk {h.chunk_id} failed authentication (tampered or corrupted on the way)",
+                                hint="it will be sent again") from None
+        meta = _meta(h, bytes(meta_raw))  # authenticated: it parses now, as it did above
         if h.compressed:
-            try:
-                data = lz4.block.decompress(payload, uncompressed_size=h.raw_length)
-            except lz4.block.LZ4BlockError:
-                raise ChecksumError(f"chunk {h.chunk_id} does not decompress (corrupted on the way)",
-                                    hint="it will be sent again") from None
-        else:
-            data = bytes(payload)
+            return Decoded(h.chunk_id, meta, _split(self._decompress(h, buffers[0]), meta), AEAD)
+        return Decoded(h.chunk_id, meta, buffers, AEAD)
+
+    @staticmethod
+    def _decompress(h: Header, payload: Buffer) -> bytes:
+        try:
+            data = lz4.block.decompress(payload, uncompressed_size=h.raw_length)
+        except lz4.block.LZ4BlockError:
+            raise ChecksumError(f"chunk {h.chunk_id} does not decompress (corrupted on the way)",
+                                hint="it will be sent again") from None
         if len(data) != h.raw_length:
             raise ChecksumError(f"chunk {h.chunk_id} decompressed to {len(data)} bytes, not {h.raw_length}",
                                 hint="it will be sent again")
-        if h.encrypted:
-            return meta, data, AEAD
-        if crc32c_of(h, meta, data) != h.checksum:
-            raise ChecksumError(f"chunk {h.chunk_id} does not match the CRC32C of the original bytes "
-                                "(corrupted on the way)", hint="it will be sent again")
-        return meta, data, CRC32C
+        return data
+
+
+def _meta(h: Header, raw: bytes) -> ChunkMeta:
+    """The metadata of a frame that arrived intact: one that does not parse comes from a source of
+    another version (the AEAD or the CRC32C rules out damage on the way)."""
+    try:
+        return ChunkMeta.decode(raw, h.raw_length)
+    except BadOptionError as exc:
+        raise ProtocolError(f"chunk {h.chunk_id}: {exc}",
+                            hint="run the same skyplane-provider version on every gateway") from None
+
+
+def _split(payload: Buffer, meta: ChunkMeta) -> list[Buffer]:
+    """One buffer per object: the payload itself for one object, else a copy of each object's bytes
+    (stores' SDKs take bytes, not views)."""
+    if len(meta.objects) == 1:
+        return [payload]
+    view, at, out = memoryview(payload), 0, []
+    for o in meta.objects:
+        out.append(bytes(view[at:at + o.length]))
+        at += o.length
+    return out

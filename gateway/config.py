@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 _KNOWN = {"gateway_id", "job_id", "region", "program", "bind_host", "data_port", "control_port", "advertise_host",
           "control_host", "job_secret", "control_token", "encryption_key", "compress", "encrypt", "credentials",
           "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes",
-          "parent_pid", "coordinator_timeout"}
+          "parent_pid", "coordinator_timeout", "loopback_clear"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class GatewayConfig:
     #: Seconds without an authenticated control request after which the gateway stops (its
     #: coordinator is gone: the dead-man timer of remote fleets).
     coordinator_timeout: float = 120.0
+    #: Frames to and from peers on a loopback address (a hop that never leaves the host) go without
+    #: lz4 and encryption, checked by their CRC32C.
+    loopback_clear: bool = True
 
     @property
     def reads(self) -> bool:
@@ -110,6 +113,7 @@ class GatewayConfig:
             read_ahead_bytes=_positive(doc, "read_ahead_bytes", 256 * 1024 * 1024),
             parent_pid=_positive(doc, "parent_pid", 0) if "parent_pid" in doc else None,
             coordinator_timeout=_seconds(doc, "coordinator_timeout", 120.0),
+            loopback_clear=_bool(doc, "loopback_clear", True),
         )
         if program.region != config.region:
             raise BadOptionError(f"gateway config: program is for {program.region}, the gateway is in {config.region}")

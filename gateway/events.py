@@ -34,6 +34,7 @@ class EventLog:
         self._next = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._sent_to: dict[str, int] = {}  # next-hop region -> frame bytes sent there
+        self._skipped: dict[str, int] = {}  # reason -> frames it applied to (codec.SKIP_*)
         self._errors: deque[str] = deque(maxlen=_RECENT_ERRORS)
 
     def written(self, *, chunk_id: int, region: str, integrity: str, objects: list[dict]) -> None:
@@ -68,6 +69,11 @@ class EventLog:
             self._counters["bytes_sent_wire"] += n
             self._sent_to[region] = self._sent_to.get(region, 0) + n
 
+    def skipped(self, reason: str) -> None:
+        """A frame went without lz4 or encryption, for ``reason`` (where the work buys nothing)."""
+        with self._lock:
+            self._skipped[reason] = self._skipped.get(reason, 0) + 1
+
     def counter(self, name: str) -> int:
         with self._lock:
             return self._counters[name]
@@ -79,7 +85,8 @@ class EventLog:
                 self._events.popleft()
             events = list(itertools.islice(self._events, _MAX_EVENTS_PER_READ))
             return {"events": events, "next": events[-1]["seq"] + 1 if events else self._next,
-                    "counters": {**self._counters, "bytes_sent_wire_to": dict(self._sent_to), "workers": 1},
+                    "counters": {**self._counters, "bytes_sent_wire_to": dict(self._sent_to),
+                                 "skipped": dict(self._skipped), "workers": 1},
                     "errors": list(self._errors)}
 
     def _add(self, event: dict) -> None:

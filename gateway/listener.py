@@ -69,6 +69,7 @@ class DataListener:
 
     def _serve(self, conn: socket.socket, addr: tuple) -> None:
         peer = f"{addr[0]}:{addr[1]}"
+        loopback = wire.is_loopback(addr[0])
         try:
             wire.tune(conn)
             try:
@@ -79,7 +80,7 @@ class DataListener:
                 return
             while not self._stop.is_set():
                 try:
-                    frame = wire.recv_frame(conn, job_id=self._job_id, max_chunk=self._max_chunk)
+                    frame = wire.recv_frame(conn, job_id=self._job_id, max_chunk=self._max_chunk, via_loopback=loopback)
                 except ProtocolError as exc:
                     self._events.count("frames_rejected")
                     self._events.error(f"dropped connection from {peer}: {exc}")

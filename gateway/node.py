@@ -26,7 +26,7 @@ from planner.errors import BadOptionError, GatewayError, ProtocolError, Skyplane
 
 from . import store_api, wire
 from .batch import Batch, ChunkMeta, ChunkSpec, DestStore, ObjectSpec, Target
-from .codec import Codec
+from .codec import Codec, Decoded
 from .config import GatewayConfig
 from .events import EventLog
 from .listener import DataListener
@@ -56,16 +56,6 @@ class SourceChunk:
     @property
     def length(self) -> int:
         return self.spec.length
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A chunk's bytes ready to be written: read by this gateway, or decoded from a frame."""
-
-    chunk_id: int
-    meta: ChunkMeta
-    data: bytes
-    integrity: str  # "aead", "crc32c" or "local" (read here, never framed)
 
 
 class _TargetWrite:
@@ -125,14 +115,15 @@ class GatewayNode:
         program = config.program.partitions
         self._program = program
         self._codec = (Codec(config.job_id, key=config.encryption_key, encrypt=config.encrypt,
-                             compress=config.compress, max_chunk=config.max_chunk_bytes)
+                             compress=config.compress, max_chunk=config.max_chunk_bytes,
+                             loopback_clear=config.loopback_clear)
                        if config.reads or config.writes else None)
         hops: dict[str, int] = {}
         for pp in program.values():
             for hop in pp.send:
                 hops[hop.region] = max(hops.get(hop.region, 0), hop.connections)
         self.router = Router(hops, job_id=config.job_id, secret=config.job_secret, queue_chunks=config.queue_chunks,
-                             events=self.events, stop=self.stopping)
+                             events=self.events, stop=self.stopping, encrypted_job=config.encrypt)
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
         self._writes: queue.Queue[Decoded | wire.Frame] = queue.Queue(maxsize=config.queue_chunks)
         # (chunk id, object index, store, key, upload id, part) -> its write, oldest first; finished
@@ -213,7 +204,8 @@ class GatewayNode:
                 self._guard(item.spec.id, lambda: self._read_one(item))
 
     def _read_one(self, item: SourceChunk) -> None:
-        """Read every object of the chunk; one that cannot be read fails alone, the others travel."""
+        """Read every object of the chunk into a buffer of its own; one that cannot be read fails
+        alone, the others travel (sealed or checksummed together, never joined for it)."""
         spec = item.spec
         store = self._store(item.src)
         pieces, sent = [], []
@@ -225,28 +217,37 @@ class GatewayNode:
                 self.events.failed(spec.id, self._as_error(spec.id, exc), objects=[i])
         if not sent:
             return
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self.events.count("bytes_read", len(data))
+        self.events.count("bytes_read", sum(map(len, pieces)))
         meta = ChunkMeta.of(item.dests, spec, sent)
         pp = self._program[spec.partition]
         if pp.send:
-            frame = self._codec.encode(chunk_id=spec.id, partition=spec.partition, meta=meta.encode(), data=data)
+            loopback = all(self.router.loopback(hop.region) for hop in pp.send)
+            frame, skipped = self._codec.encode(chunk_id=spec.id, partition=spec.partition, meta=meta.encode(),
+                                                pieces=pieces, loopback=loopback)
+            for reason in skipped:
+                self.events.skipped(reason)
             for hop in pp.send:
                 self.router.send(hop.region, frame)
         if pp.write:
-            self._put_write(Decoded(spec.id, meta, data, LOCAL))
+            self._put_write(Decoded(spec.id, meta, pieces, LOCAL))
 
-    def _read_object(self, store: ObjectStore, src: str, obj: ObjectSpec) -> bytes:
+    def _read_object(self, store: ObjectStore, src: str, obj: ObjectSpec) -> bytearray:
+        """The object's bytes (or the part's), read straight into a buffer of their size."""
         # A whole object is read one byte past its size, so one that grew is caught too.
-        want = obj.length if obj.is_part else obj.length + 1
-        data = with_retries(lambda: store.read(obj.key, obj.offset, want), what=f"reading {src}/{obj.key}",
-                            on_retry=self._count_retry, stop=self.stopping)
-        if len(data) != obj.length:
+        buf = bytearray(obj.length if obj.is_part else obj.length + 1)
+
+        def read() -> int:
+            with memoryview(buf) as view:
+                return store.read_into(obj.key, obj.offset, view)
+
+        got = with_retries(read, what=f"reading {src}/{obj.key}", on_retry=self._count_retry, stop=self.stopping)
+        if got != obj.length:
             what = f"{obj.length} bytes at offset {obj.offset}" if obj.is_part else f"a size of {obj.length} bytes"
             raise SkyplaneError(f"{src}/{obj.key} changed during the transfer: expected {what}, "
-                                f"{'got' if obj.is_part else 'it now has'} {len(data)}{'+' * (len(data) > obj.length)}",
+                                f"{'got' if obj.is_part else 'it now has'} {got}{'+' * (got > obj.length)}",
                                 hint="re-run the transfer")
-        return data
+        del buf[obj.length:]  # the byte past the end: a shrink in place, no copy
+        return buf
 
     # ---- relay and destination: route, then decode and write ----------------------------------------
     def _on_frame(self, frame: wire.Frame) -> None:
@@ -283,35 +284,20 @@ class GatewayNode:
 
     def _decode(self, frame: wire.Frame) -> Decoded:
         try:
-            meta, data, integrity = self._codec.decode(frame)
-        except ProtocolError:
+            return self._codec.decode(frame)
+        except ProtocolError:  # ChecksumError included
             self.events.count("frames_rejected")
             raise
-        try:
-            return Decoded(frame.header.chunk_id, ChunkMeta.decode(meta, len(data)), data, integrity)
-        except BadOptionError as exc:
-            # The source only sends valid metadata, and the frame passed its AEAD or CRC32C: only a
-            # source of another version could send this.
-            self.events.count("frames_rejected")
-            raise ProtocolError(f"chunk {frame.header.chunk_id}: {exc}",
-                                hint="run the same skyplane-provider version on every gateway") from None
 
     def _write_chunk(self, chunk: Decoded) -> None:
         """Write every object of the chunk whose targets are in this region; one ``written`` event for
         what was written (or confirmed), one ``failed`` event per object that could not be."""
         region = self.config.region
         dests = chunk.meta.dests
-        single = len(chunk.meta.objects) == 1
         written: list[dict] = []
         fresh = False
-        offset = 0
-        for obj in chunk.meta.objects:
-            start, offset = offset, offset + obj.length
-            mine = [t for t in obj.to if dests[t.dest].region == region]
-            if not mine:
-                continue
-            data = chunk.data if single else chunk.data[start:offset]
-            for target in mine:
+        for obj, data in zip(chunk.meta.objects, chunk.objects):
+            for target in (t for t in obj.to if dests[t.dest].region == region):
                 try:
                     result, new = self._write_target(chunk.chunk_id, obj.i, dests[target.dest].store, target, data)
                 except Exception as exc:  # noqa: BLE001 - reported as this object's failure
@@ -325,7 +311,8 @@ class GatewayNode:
         if written:
             self.events.written(chunk_id=chunk.chunk_id, region=region, integrity=chunk.integrity, objects=written)
 
-    def _write_target(self, chunk_id: int, i: int, store_uri: str, target: Target, data: bytes) -> tuple[dict, bool]:
+    def _write_target(self, chunk_id: int, i: int, store_uri: str, target: Target,
+                      data: bytes | bytearray) -> tuple[dict, bool]:
         """Write one object (or part) to one target once: a copy that arrives while or after it is
         written (a re-send, a replay) is only confirmed. Returns ``({"part", "receipt"}, written now)``."""
         key = (chunk_id, i, store_uri, target.key, target.upload_id, target.part)

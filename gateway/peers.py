@@ -73,9 +73,12 @@ class PeerLink:
     """Frames to one peer gateway over ``connections`` persistent connections (opened lazily)."""
 
     def __init__(self, peer: Peer, region: str, connections: int, *, job_id: bytes, secret: bytes,
-                 queue_chunks: int, events: EventLog, stop: threading.Event, send_timeout: float = 300.0) -> None:
+                 queue_chunks: int, events: EventLog, stop: threading.Event, send_timeout: float = 300.0,
+                 encrypted_job: bool = True) -> None:
         self.peer = peer
         self.region = region
+        self.loopback = wire.is_loopback(peer.host)
+        self._encrypted_job = encrypted_job
         self.connections = connections
         self._job_id, self._secret, self._send_timeout = job_id, secret, send_timeout
         self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_chunks)
@@ -143,6 +146,13 @@ class PeerLink:
 
     def _send(self, conn: "_Connection | None", frame: wire.Frame) -> "_Connection | None":
         """Send one frame, (re)connecting as needed; returns the connection to keep using."""
+        if self._encrypted_job and not frame.header.encrypted and not self.loopback:
+            # Sent in the clear for a loopback hop (codec.encode), but the peers changed since: never
+            # let it leave the host. Sent again, the chunk is encrypted.
+            self._events.failed(frame.header.chunk_id, GatewayError(
+                f"chunk {frame.header.chunk_id} is not encrypted and {self.peer.gateway_id} at {self.peer.host} "
+                "is not on this host"), retryable=True)
+            return conn
         for attempt in range(1, SEND_ATTEMPTS + 1):
             try:
                 if conn is None:
@@ -221,8 +231,9 @@ class Router:
     """
 
     def __init__(self, hops: dict[str, int], *, job_id: bytes, secret: bytes, queue_chunks: int,
-                 events: EventLog, stop: threading.Event) -> None:
+                 events: EventLog, stop: threading.Event, encrypted_job: bool = True) -> None:
         self._hops = hops
+        self._encrypted_job = encrypted_job
         self._job_id, self._secret, self._queue_chunks = job_id, secret, queue_chunks
         self._events, self._stop = events, stop
         self._links: dict[str, list[PeerLink]] = {}
@@ -243,7 +254,8 @@ class Router:
                     link = old.pop(p, None)
                     if link is None:
                         link = PeerLink(p, region, per_peer, job_id=self._job_id, secret=self._secret,
-                                        queue_chunks=self._queue_chunks, events=self._events, stop=self._stop)
+                                        queue_chunks=self._queue_chunks, events=self._events, stop=self._stop,
+                                        encrypted_job=self._encrypted_job)
                     else:
                         link.grow(per_peer)
                     links.append(link)
@@ -252,6 +264,12 @@ class Router:
                     gone.close()
                 log.info("peers of %s: %s", region, ", ".join(f"{p.gateway_id}@{p.host}:{p.port}" for p in plist))
             self._changed.notify_all()
+
+    def loopback(self, region: str) -> bool:
+        """Whether every known gateway of next-hop ``region`` is on this host (a loopback address)."""
+        with self._changed:
+            links = self._links.get(region)
+            return bool(links) and all(link.loopback for link in links)
 
     def send(self, region: str, frame: wire.Frame) -> None:
         """Queue ``frame`` for one gateway of ``region``; blocks while every link is full.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import socket
 import struct
@@ -49,6 +50,7 @@ MAX_META = 8 << 20
 DEFAULT_MAX_CHUNK = 1 << 30
 
 HANDSHAKE_TIMEOUT = 10.0
+_IOV_MAX = 1024  # buffers one sendmsg takes at most (Linux)
 _NONCE = 32
 _HELLO = struct.Struct(f">4sB{_NONCE}s")  # server -> client: its challenge
 _AUTH = struct.Struct(f">4sB{JOB_ID_SIZE}s{_NONCE}s32s")  # client -> server: job, challenge, proof
@@ -126,44 +128,72 @@ class TruncatedFrame(ConnectionError):
 
 @dataclass(frozen=True)
 class Frame:
-    """One frame: its header (parsed and as sent) and its body, forwarded byte for byte by relays."""
+    """One frame: its header (parsed and as sent) and its body in one or more buffers (sent back to
+    back, never joined), forwarded byte for byte by relays.
+
+    A received clear frame's body is ``(meta, payload)`` (two buffers, so the payload needs no
+    slicing), an encrypted one's a single buffer. ``via_loopback``: it arrived on a connection
+    from a loopback address (see :func:`is_loopback`).
+    """
 
     header: Header
     header_bytes: bytes
-    body: bytes | bytearray
+    body: tuple[bytes | bytearray | memoryview, ...]
+    via_loopback: bool = False
 
     @property
     def size(self) -> int:
-        return len(self.header_bytes) + len(self.body)
+        return len(self.header_bytes) + sum(len(b) for b in self.body)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is this host's loopback: traffic to it never
+    leaves the host."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 # ---- frames on sockets --------------------------------------------------------------------------
 def send_frame(sock: socket.socket, frame: Frame) -> None:
-    """Send one frame (header then body; no copy of the body)."""
-    sock.sendall(frame.header_bytes)
-    if frame.body:
-        sock.sendall(frame.body)
+    """Send one frame: header and body buffers in one ``sendmsg`` (again for what a partial send left),
+    without joining or copying them."""
+    views = [memoryview(b).cast("B") for b in (frame.header_bytes, *frame.body) if len(b)]
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
 
 
-def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_MAX_CHUNK) -> Frame | None:
+def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_MAX_CHUNK,
+               via_loopback: bool = False) -> Frame | None:
     """Read one frame; None on a clean end of stream between frames.
 
-    The body is read with ``recv_into`` into one buffer of exactly its size, allocated only after
-    the header passed :meth:`Header.unpack`. Raises :class:`ProtocolError` for a bad header,
-    :class:`TruncatedFrame` when the stream ends inside the body and ``ConnectionError`` when it
-    ends inside the header.
+    The body is read with ``recv_into`` into buffers of exactly its size (a clear frame's metadata
+    and payload apart), allocated only after the header passed :meth:`Header.unpack`. Raises
+    :class:`ProtocolError` for a bad header, :class:`TruncatedFrame` when the stream ends inside the
+    body and ``ConnectionError`` when it ends inside the header.
     """
     raw = bytearray(HEADER_SIZE)
     if not _recv_exact(sock, memoryview(raw), allow_eof=True):
         return None
     header = Header.unpack(raw, job_id=job_id, max_chunk=max_chunk)
-    body = bytearray(header.wire_length)
-    if header.wire_length:
-        try:
-            _recv_exact(sock, memoryview(body))
-        except ConnectionError as exc:
-            raise TruncatedFrame(header, f"chunk {header.chunk_id}: {exc}") from None
-    return Frame(header, bytes(raw), body)
+    sizes = (header.wire_length,) if header.encrypted else (header.meta_length, header.payload_length)
+    body = tuple(bytearray(n) for n in sizes)
+    try:
+        for buf in body:
+            _recv_exact(sock, memoryview(buf))
+    except ConnectionError as exc:
+        raise TruncatedFrame(header, f"chunk {header.chunk_id}: {exc}") from None
+    return Frame(header, bytes(raw), body, via_loopback)
 
 
 def _recv_exact(sock: socket.socket, view: memoryview, *, allow_eof: bool = False) -> bool:

@@ -13,7 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
+from gateway import wire
 from gateway.batch import ChunkMeta, DestStore, SentObject, Target
+from gateway.codec import Codec
 from gateway.control_client import GatewayClient
 from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
@@ -106,6 +108,11 @@ def frame_meta(region: str, store: str, *objects: tuple[str, int]) -> bytes:
     """The metadata of a frame holding whole objects ``(key, length)``, all for ``store`` in ``region``."""
     return ChunkMeta((DestStore(region, store),),
                      tuple(SentObject(i, n, (Target(0, k),)) for i, (k, n) in enumerate(objects))).encode()
+
+
+def seal(codec: Codec, chunk_id: int, meta: bytes, data: bytes) -> wire.Frame:
+    """The frame a source would send for ``data`` (one piece) with metadata ``meta``."""
+    return codec.encode(chunk_id=chunk_id, partition=0, meta=meta, pieces=[data])[0]
 
 
 def submit_all(client: GatewayClient, body: dict, timeout: float = 60.0) -> None:

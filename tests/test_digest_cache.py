@@ -1,4 +1,5 @@
-"""The local store's MD5s survive the process: a second listing of unchanged files reads none of them."""
+"""The local store's MD5s survive the process: once a HEAD read a file for its MD5, a listing in another
+process reports it without reading the file; a listing alone reads no file at all."""
 
 from __future__ import annotations
 
@@ -19,17 +20,21 @@ def counting_open(path, mode="r", *a, **k):
         reads += 1
     return real_open(path, mode, *a, **k)
 builtins.open = counting_open
-listed = [o for o in LocalStore(sys.argv[1]).list() if o.md5]
-print(len(listed), reads)
+store = LocalStore(sys.argv[1])
+known = [o for o in store.list() if o.md5]
+listing_reads = reads
+headed = [store.head(o.key) for o in store.list()]
+print(len(known), listing_reads, len([o for o in headed if o.md5]), reads)
 """
 
 
-def listing_reads(root, cache_file) -> int:
+def listing_reads(root, cache_file) -> tuple[int, int]:
+    """(objects whose MD5 a listing knew, files read to HEAD every object) in a new process."""
     out = subprocess.run([sys.executable, "-c", LIST_AND_COUNT_READS, str(root)], capture_output=True, text=True,
                          env={**os.environ, "SKYPLANE_DIGEST_CACHE": str(cache_file)}, check=True, timeout=60)
-    listed, reads = map(int, out.stdout.split())
-    assert listed == len(os.listdir(root))
-    return reads
+    known, listing_read, headed, reads = map(int, out.stdout.split())
+    assert listing_read == 0 and headed == len(os.listdir(root))
+    return known, reads
 
 
 def test_digests_are_reused_across_processes_until_a_file_changes(tmp_path):
@@ -38,10 +43,10 @@ def test_digests_are_reused_across_processes_until_a_file_changes(tmp_path):
     for i in range(5):
         (root / f"f{i}").write_bytes(os.urandom(1000))
     cache = tmp_path / "md5.sqlite3"
-    assert listing_reads(root, cache) == 5
-    assert listing_reads(root, cache) == 0
+    assert listing_reads(root, cache) == (0, 5)
+    assert listing_reads(root, cache) == (5, 0)
     (root / "f3").write_bytes(os.urandom(1001))
-    assert listing_reads(root, cache) == 1
+    assert listing_reads(root, cache) == (4, 1)
 
 
 def test_a_broken_cache_file_turns_persistence_off(tmp_path, caplog):

@@ -25,7 +25,7 @@ from planner.errors import BadURIError
 from planner.plan import Edge, Hop, PartitionProgram, Plan, RegionProgram
 from skyplane_provider.transfer import copy
 
-from .gateway_jobs import DST, SRC, batch, chunk, frame_meta, obj, one, to
+from .gateway_jobs import DST, SRC, batch, chunk, frame_meta, obj, one, seal, to
 from .helpers import digests, read_all
 from .reliability_report import record
 
@@ -101,14 +101,16 @@ def test_fault_replayed_and_forged_frames_change_nothing(jobs, stores):
     """At a destination gateway, from a peer that passed the handshake (a compromised relay): a
     replay of a written chunk is confirmed without writing; a frame sealed with another key, a valid
     body under another chunk's header and a clear frame in an encrypted job are all rejected."""
-    job = jobs({DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})})
+    # loopback_clear off: this host stands for another one, where clear frames are refused.
+    job = jobs({DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})},
+               overrides={DST: {"loopback_clear": False}})
     job_id, key = bytes.fromhex(job.id), bytes.fromhex(job.key)
     codec = Codec(job_id, key=key, encrypt=True, compress=True)
     data = b"payload " * 4000
     target = open_store(stores["dst"])
 
     def frame_for(cid: int, name: str, c: Codec = codec) -> wire.Frame:
-        return c.encode(chunk_id=cid, partition=0, meta=frame_meta(DST, stores["dst"], (name, len(data))), data=data)
+        return seal(c, cid, frame_meta(DST, stores["dst"], (name, len(data))), data)
 
     good = frame_for(1, "replayed")
     forged = frame_for(2, "forged", Codec(job_id, key=os.urandom(32), encrypt=True, compress=True))

@@ -33,7 +33,11 @@ META = json.dumps({"dests": [["r", "file:///d"]], "objects": [[0, len(DATA), [[0
 
 def _valid_frames() -> list[wire.Frame]:
     return [Codec(JOB, key=KEY if enc else None, encrypt=enc, compress=comp).encode(
-        chunk_id=7, partition=0, meta=META, data=DATA) for enc in (True, False) for comp in (True, False)]
+        chunk_id=7, partition=0, meta=META, pieces=[DATA])[0] for enc in (True, False) for comp in (True, False)]
+
+
+def _flat(frame: wire.Frame) -> bytes:
+    return frame.header_bytes + b"".join(bytes(b) for b in frame.body)
 
 
 FRAMES = _valid_frames()
@@ -113,10 +117,8 @@ def test_fuzz_frame_reader():
 
     streams = st.one_of(
         st.binary(max_size=600),
-        st.tuples(st.sampled_from(FRAMES), edits).map(lambda fe: _mutate(fe[0].header_bytes + bytes(fe[0].body),
-                                                                          fe[1])),
-        st.tuples(st.sampled_from(FRAMES), st.integers(1, 5000)).map(
-            lambda ft: (ft[0].header_bytes + bytes(ft[0].body))[:ft[1]]))
+        st.tuples(st.sampled_from(FRAMES), edits).map(lambda fe: _mutate(_flat(fe[0]), fe[1])),
+        st.tuples(st.sampled_from(FRAMES), st.integers(1, 5000)).map(lambda ft: _flat(ft[0])[:ft[1]]))
     fuzz("recv_frame over a socket", streams, check, examples=300,
           what="random bytes, valid frames with 1-4 bytes changed, frames cut short; 64 KiB chunk limit; "
           "each read within 3 s and below 2 frame limits of memory")
@@ -136,16 +138,19 @@ def test_fuzz_codec_decode_of_damaged_frames():
                 return "header refused"  # the reader would have read another body: the stream case above
             damaged = wire.Frame(header, raw, frame.body)
         else:
-            damaged = wire.Frame(frame.header, frame.header_bytes, _mutate(bytes(frame.body), changes))
+            body = _mutate(_flat(frame)[wire.HEADER_SIZE:], changes)
+            h = frame.header
+            parts = (body,) if h.encrypted else (body[:h.meta_length], body[h.meta_length:])
+            damaged = wire.Frame(frame.header, frame.header_bytes, parts)
         receiver = Codec(JOB, key=KEY if frame.header.encrypted else None, encrypt=frame.header.encrypted,
                          compress=True)
         try:
-            meta, data, _ = receiver.decode(damaged)
+            decoded = receiver.decode(damaged)
         except ProtocolError as exc:  # ChecksumError included
             return type(exc).__name__
         # Whatever gets through is the original bytes and metadata, never damaged ones (the AEAD or
         # the CRC32C covers the header, the metadata and the data).
-        assert (meta, data) == (META, DATA)
+        assert (decoded.meta, decoded.objects) == (ChunkMeta.decode(META, len(DATA)), [DATA])
         return "decoded intact (no-op change)"
 
     cases = st.tuples(st.sampled_from(range(len(FRAMES))), edits, st.booleans())

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from gateway import wire
+from gateway.batch import ChunkMeta, DestStore, SentObject, Target
 from gateway.codec import Codec, worth_compressing
 from planner.errors import BadOptionError, ChecksumError, ProtocolError
 
@@ -18,11 +19,33 @@ OTHER_JOB = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 SECRET = os.urandom(32)
 KEY = os.urandom(32)
 TEXT = b"id,name,value\n" + b"".join(b"%d,name-%d,%d\n" % (i, i % 97, i * 7) for i in range(40_000))
-META = b'{"chunk_id": 7, "dests": []}'
 
 
 def codec(**kw) -> Codec:
     return Codec(JOB, **{"key": KEY, "encrypt": True, "compress": True, **kw})
+
+
+def meta_for(*objects: bytes) -> ChunkMeta:
+    return ChunkMeta((DestStore("r", "file:///d"),),
+                     tuple(SentObject(i, len(o), (Target(0, f"k{i}"),)) for i, o in enumerate(objects)))
+
+
+def encode(c: Codec, *objects: bytes, chunk_id: int = 7, partition: int = 0, **kw) -> wire.Frame:
+    """A frame of ``objects`` (one piece each) with metadata that lists them."""
+    frame, _ = c.encode(chunk_id=chunk_id, partition=partition, meta=meta_for(*objects).encode(),
+                        pieces=list(objects), **kw)
+    return frame
+
+
+def flat(frame: wire.Frame) -> bytes:
+    return b"".join(bytes(b) for b in frame.body)
+
+
+def with_body(frame: wire.Frame, body: bytes, header: wire.Header | None = None) -> wire.Frame:
+    """``frame`` with another body, split as a receiver splits it (a clear frame's metadata apart)."""
+    h = header or frame.header
+    parts = (body,) if h.encrypted else (body[:h.meta_length], body[h.meta_length:])
+    return wire.Frame(h, h.pack() if header else frame.header_bytes, parts)
 
 
 def roundtrip(frame: wire.Frame) -> wire.Frame:
@@ -40,85 +63,138 @@ def roundtrip(frame: wire.Frame) -> wire.Frame:
 @pytest.mark.parametrize("compress", [True, False])
 def test_frame_roundtrip(encrypt, compress):
     c = codec(encrypt=encrypt, compress=compress, key=KEY if encrypt else None)
-    frame = c.encode(chunk_id=7, partition=3, meta=META, data=TEXT)
+    frame = encode(c, TEXT, partition=3)
     h = frame.header
     assert (h.chunk_id, h.partition, h.raw_length, h.encrypted, h.compressed) == (7, 3, len(TEXT), encrypt, compress)
     assert len(frame.header_bytes) == wire.HEADER_SIZE == 72
     if compress:
         assert h.wire_length < 0.7 * len(TEXT)  # CSV-like text compresses
     got = roundtrip(frame)
-    assert got.header == h and bytes(got.body) == bytes(frame.body)
-    assert c.decode(got) == (META, TEXT, "aead" if encrypt else "crc32c")
+    assert got.header == h and flat(got) == flat(frame)
+    decoded = c.decode(got)
+    assert (decoded.chunk_id, decoded.meta, decoded.objects, decoded.integrity) == (
+        7, meta_for(TEXT), [TEXT], "aead" if encrypt else "crc32c")
     if encrypt:
-        assert TEXT[:1000] not in bytes(frame.body) and b"chunk_id" not in bytes(frame.body)
+        assert TEXT[:1000] not in flat(frame) and b"file:///d" not in flat(frame)
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+@pytest.mark.parametrize("compress", [True, False])
+def test_bundle_roundtrip_gives_each_object_its_own_buffer(encrypt, compress):
+    """A bundle is sealed (or checksummed) over its scattered objects and opened into one buffer per
+    object; an uncompressed encrypted one is decrypted straight into them."""
+    c = codec(encrypt=encrypt, compress=compress, key=KEY if encrypt else None)
+    objects = [TEXT[:5000], b"", os.urandom(3000), TEXT[5000:9000]]
+    got = c.decode(roundtrip(encode(c, *objects)))
+    assert [bytes(o) for o in got.objects] == objects and got.meta == meta_for(*objects)
+    if encrypt and not compress:
+        assert all(isinstance(o, bytearray) for o in got.objects)
 
 
 def test_empty_chunk():
     c = codec()
-    assert c.decode(roundtrip(c.encode(chunk_id=0, partition=0, meta=META, data=b""))) == (META, b"", "aead")
+    assert c.decode(roundtrip(encode(c, b""))).objects == [b""]
 
 
-def test_incompressible_chunk_is_sent_raw():
+def test_incompressible_chunk_is_sent_raw_and_the_skip_is_said():
     data = os.urandom(1 << 20)
     assert not worth_compressing(data) and worth_compressing(TEXT)
-    frame = codec().encode(chunk_id=1, partition=0, meta=META, data=data)
-    assert not frame.header.compressed
-    assert frame.header.wire_length == len(META) + len(data) + wire.ENCRYPTION_OVERHEAD
+    frame, skipped = codec().encode(chunk_id=1, partition=0, meta=meta_for(data).encode(), pieces=[data])
+    assert not frame.header.compressed and skipped == ["lz4_incompressible"]
+    assert frame.header.wire_length == len(meta_for(data).encode()) + len(data) + wire.ENCRYPTION_OVERHEAD
     # A small chunk is tried whole, and kept raw when lz4 does not shrink it.
-    small = codec().encode(chunk_id=2, partition=0, meta=META, data=os.urandom(1000))
+    small = encode(codec(), os.urandom(1000))
     assert not small.header.compressed
+    assert codec().encode(chunk_id=1, partition=0, meta=meta_for(TEXT).encode(), pieces=[TEXT])[1] == []
+
+
+def test_loopback_frames_skip_lz4_and_encryption():
+    """A hop that never leaves the host gets a clear, uncompressed frame with its CRC32C, which a
+    receiver in an encrypting job accepts only from a loopback connection (and only with
+    ``loopback_clear``)."""
+    sender = codec(loopback_clear=True)
+    frame, skipped = sender.encode(chunk_id=1, partition=0, meta=meta_for(TEXT).encode(), pieces=[TEXT],
+                                   loopback=True)
+    assert not frame.header.encrypted and not frame.header.compressed
+    assert skipped == ["lz4_loopback", "encryption_loopback"]
+    got = roundtrip(frame)
+    with pytest.raises(ProtocolError, match="unencrypted"):
+        codec(loopback_clear=True).decode(got)  # not from a loopback connection
+    loopback = dataclasses.replace(got, via_loopback=True)
+    assert codec(loopback_clear=True).decode(loopback).integrity == "crc32c"
+    with pytest.raises(ProtocolError, match="unencrypted"):
+        codec(loopback_clear=False).decode(loopback)
+    # Without loopback_clear the sender encrypts even for a loopback hop.
+    assert codec().encode(chunk_id=1, partition=0, meta=meta_for(TEXT).encode(), pieces=[TEXT],
+                          loopback=True)[0].header.encrypted
 
 
 @pytest.mark.parametrize("where", ["header", "nonce", "ciphertext", "tag"])
 def test_tampered_encrypted_frame_is_rejected(where):
     c = codec()
-    frame = c.encode(chunk_id=9, partition=1, meta=META, data=TEXT)
-    header, body = bytearray(frame.header_bytes), bytearray(frame.body)
+    frame = encode(c, TEXT, chunk_id=9, partition=1)
+    header, body = bytearray(frame.header_bytes), bytearray(flat(frame))
     if where == "header":
         header[wire.HEADER_SIZE - 30] ^= 1  # inside the checksum field: still a well-formed header
     else:
         body[{"nonce": 0, "ciphertext": 100, "tag": -1}[where]] ^= 0x40
-    bad = wire.Frame(wire.Header.unpack(bytes(header), job_id=JOB), bytes(header), body)
+    bad = wire.Frame(wire.Header.unpack(bytes(header), job_id=JOB), bytes(header), (body,))
     with pytest.raises(ChecksumError) as info:
         c.decode(bad)
     assert info.value.retryable
 
 
+def test_tampered_encrypted_bundle_is_rejected_whole():
+    c = codec(compress=False)
+    frame = encode(c, b"a" * 100, b"b" * 100, b"c" * 100)
+    body = bytearray(flat(frame))
+    body[-20] ^= 1  # in the last object
+    with pytest.raises(ChecksumError):
+        c.decode(with_body(frame, bytes(body)))
+
+
 def test_corrupted_clear_frame_fails_its_checksum():
     c = codec(encrypt=False, key=None)
     for compress in (True, False):
-        frame = Codec(JOB, key=None, encrypt=False, compress=compress).encode(
-            chunk_id=4, partition=0, meta=META, data=TEXT)
-        body = bytearray(frame.body)
-        body[len(META) + 50] ^= 0xFF
+        frame = encode(Codec(JOB, key=None, encrypt=False, compress=compress), TEXT)
+        body = bytearray(flat(frame))
+        body[frame.header.meta_length + 50] ^= 0xFF
         with pytest.raises(ChecksumError):
-            c.decode(wire.Frame(frame.header, frame.header_bytes, body))
+            c.decode(with_body(frame, bytes(body)))
 
 
 def test_clear_frame_metadata_changed_on_the_way_is_rejected():
     """A change that still parses (one letter of where the bytes go) must not be written where it points."""
-    frame = codec(encrypt=False, key=None).encode(chunk_id=4, partition=0, meta=META, data=TEXT)
-    body = bytearray(frame.body)
-    body[META.index(b"dests") + 1] = ord("E")
+    frame = encode(codec(encrypt=False, key=None), TEXT)
+    body = bytearray(flat(frame))
+    body[flat(frame).index(b"file:///d") + 8] = ord("e")
     with pytest.raises(ChecksumError, match="CRC32C"):
-        codec(encrypt=False, key=None).decode(wire.Frame(frame.header, frame.header_bytes, body))
+        codec(encrypt=False, key=None).decode(with_body(frame, bytes(body)))
 
 
 def test_clear_frame_header_changed_on_the_way_is_rejected():
     """The CRC32C covers the header too: a frame cannot be taken for another chunk or partition."""
     c = codec(encrypt=False, key=None)
-    frame = c.encode(chunk_id=4, partition=0, meta=META, data=TEXT)
+    frame = encode(c, TEXT, chunk_id=4)
     for field in ("chunk_id", "partition"):
         header = dataclasses.replace(frame.header, **{field: 5})
         with pytest.raises(ChecksumError, match="CRC32C"):
-            c.decode(wire.Frame(header, header.pack(), frame.body))
+            c.decode(with_body(frame, flat(frame), header))
+
+
+def test_intact_metadata_that_does_not_parse_is_refused_without_retry():
+    """A frame that passed its AEAD but whose metadata is not ours comes from another version."""
+    frame, _ = codec().encode(chunk_id=1, partition=0, meta=b'{"not": "ours"}', pieces=[b"data"])
+    with pytest.raises(ProtocolError, match="metadata") as info:
+        codec().decode(frame)
+    assert not isinstance(info.value, ChecksumError)
 
 
 def test_encrypting_receiver_refuses_clear_frames_and_keyless_receiver_refuses_encrypted():
-    clear = Codec(JOB, key=None, encrypt=False, compress=False).encode(chunk_id=1, partition=0, meta=META, data=b"x")
+    clear = encode(Codec(JOB, key=None, encrypt=False, compress=False), b"x")
     with pytest.raises(ProtocolError, match="unencrypted"):
         codec().decode(clear)
-    sealed = codec().encode(chunk_id=1, partition=0, meta=META, data=b"x")
+    sealed = encode(codec(), b"x")
     with pytest.raises(ProtocolError, match="no encryption key"):
         Codec(JOB, key=None, encrypt=False, compress=False).decode(sealed)
     with pytest.raises(ChecksumError):  # another job's key
@@ -131,13 +207,12 @@ def test_encrypted_frames_carry_no_checksum_for_relays_to_confirm_guesses_with()
     """The AEAD tag is the integrity check of an encrypted frame: its clear header holds no digest of
     the plaintext, so a relay (which has no key) learns nothing by hashing guesses."""
     for data in (b"guess", TEXT):
-        assert codec().encode(chunk_id=1, partition=0, meta=META, data=data).header.checksum == bytes(16)
-    assert Codec(JOB, key=None, encrypt=False, compress=False).encode(
-        chunk_id=1, partition=0, meta=META, data=b"guess").header.checksum != bytes(16)
+        assert encode(codec(), data).header.checksum == bytes(16)
+    assert encode(Codec(JOB, key=None, encrypt=False, compress=False), b"guess").header.checksum != bytes(16)
 
 
 def test_bad_headers_are_rejected_before_allocation():
-    frame = codec().encode(chunk_id=5, partition=0, meta=META, data=b"data")
+    frame = encode(codec(), b"data", chunk_id=5)
     with pytest.raises(ProtocolError, match="another job"):
         wire.Header.unpack(frame.header_bytes, job_id=OTHER_JOB)
     fields = list(wire.HEADER.unpack(frame.header_bytes))
@@ -158,7 +233,7 @@ def test_bad_headers_are_rejected_before_allocation():
     # Truncated stream inside a frame: a connection error, not a frame.
     a, b = socket.socketpair()
     with a, b:
-        a.sendall(frame.header_bytes + bytes(frame.body)[:3])
+        a.sendall(frame.header_bytes + flat(frame)[:3])
         a.close()
         with pytest.raises(ConnectionError):
             wire.recv_frame(b, job_id=JOB)
@@ -166,8 +241,23 @@ def test_bad_headers_are_rejected_before_allocation():
 
 def test_too_large_chunk_is_refused_by_the_encoder():
     with pytest.raises(BadOptionError):
-        Codec(JOB, key=KEY, encrypt=True, compress=False, max_chunk=10).encode(
-            chunk_id=1, partition=0, meta=META, data=b"x" * 11)
+        encode(Codec(JOB, key=KEY, encrypt=True, compress=False, max_chunk=10), b"x" * 11)
+
+
+def test_a_frame_of_more_buffers_than_one_sendmsg_takes_arrives_whole():
+    """A clear bundle of 1,024 objects goes out as 1,026 buffers (header, metadata, objects)."""
+    c = Codec(JOB, key=None, encrypt=False, compress=False)
+    objects = [bytes([i % 256]) * 10 for i in range(1024)]
+    frame = encode(c, *objects)
+    assert len(frame.body) == 1025
+    assert [bytes(o) for o in c.decode(roundtrip(frame)).objects] == objects
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.3.2.1", True), ("::1", True),
+                                            ("::ffff:127.0.0.1", True), ("localhost", True), ("10.0.0.1", False),
+                                            ("::ffff:10.0.0.1", False), ("gateway.example", False)])
+def test_is_loopback(host, loopback):
+    assert wire.is_loopback(host) is loopback
 
 
 # ---- handshake over real TCP ---------------------------------------------------------------------
@@ -201,13 +291,13 @@ class Server:
 
 def test_handshake_then_frames():
     server = Server()
-    frame = codec().encode(chunk_id=3, partition=0, meta=META, data=TEXT)
+    frame = encode(codec(), TEXT, chunk_id=3)
     with wire.connect("127.0.0.1", server.port, job_id=JOB, secret=SECRET) as conn:
         wire.send_frame(conn, frame)
         wire.send_frame(conn, frame)
     assert server.join() == "ok"
     assert [f.header.chunk_id for f in server.frames] == [3, 3]
-    assert codec().decode(server.frames[1]) == (META, TEXT, "aead")
+    assert codec().decode(server.frames[1]).objects == [TEXT]
 
 
 @pytest.mark.parametrize("client_job, client_secret, match", [
@@ -233,9 +323,9 @@ def test_client_refuses_a_server_without_the_secret():
 def test_unauthenticated_peer_cannot_send_frames():
     """A peer that skips the handshake and sends a frame straight away is dropped, frame unread."""
     server = Server()
-    frame = codec().encode(chunk_id=3, partition=0, meta=META, data=b"payload")
+    frame = encode(codec(), b"payload", chunk_id=3)
     with socket.create_connection(("127.0.0.1", server.port)) as conn:
-        conn.sendall(frame.header_bytes + bytes(frame.body) + bytes(200))
+        conn.sendall(frame.header_bytes + flat(frame) + bytes(200))
         assert isinstance(server.join(), ProtocolError)
     assert server.frames == []
 

@@ -25,8 +25,8 @@ from planner.errors import (AccessDeniedError, ConflictError, CredentialsError, 
                             StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
-                     part_numbers, translated)
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, download_into, md5_hex,
+                     new_upload_id, part_numbers, translated)
 
 MiB = 1024**2
 _SINGLE_PUT = 256 * MiB  # one Put Blob request up to this size; bigger writes are staged blocks
@@ -134,9 +134,14 @@ class AzureStore(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def write(self, key: str, data: bytes) -> ObjectInfo:
+    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+        blob = self._container.get_blob_client(key)
+        return download_into(view, offset, self._errors(key), _RangeNotSatisfiable,
+                             lambda writer: blob.download_blob(offset=offset, length=len(view)).readinto(writer))
+
+    def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         with self._errors(key):
-            r = self._container.get_blob_client(key).upload_blob(data, overwrite=True)
+            r = self._container.get_blob_client(key).upload_blob(_as_bytes(data), overwrite=True)
         md5 = r.get("content_md5")
         modified = r.get("last_modified")
         return ObjectInfo(key, len(data), _etag(md5, r.get("etag")), modified.timestamp() if modified else None,
@@ -172,11 +177,11 @@ class AzureStore(ObjectStore):
     def begin_multipart(self, key: str) -> str:
         return new_upload_id()  # nothing exists on the server until the first block is staged
 
-    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | bytearray) -> PartInfo:
         check_upload_id(upload_id)
         block_id = _block_id(upload_id, part_number)
         with self._errors(key):
-            self._container.get_blob_client(key).stage_block(block_id, data, length=len(data))
+            self._container.get_blob_client(key).stage_block(block_id, _as_bytes(data), length=len(data))
         return PartInfo(part_number, block_id, len(data))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
@@ -195,6 +200,12 @@ class AzureStore(ObjectStore):
 
     def _errors(self, key: str | None = None):
         return translated(lambda exc: _translate(exc, self.root_uri, key))
+
+
+def _as_bytes(data: bytes | bytearray) -> bytes:
+    """The SDK takes bytes (a bytearray would be read as an iterable of ints): this is the copy a
+    decrypted object costs here."""
+    return data if isinstance(data, bytes) else bytes(data)
 
 
 def _block_id(upload_id: str, part_number: int) -> str:

@@ -113,8 +113,16 @@ class ObjectStore(ABC):
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """``length`` bytes from ``offset`` (to the end when ``length`` is None)."""
 
+    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+        """Fill ``view`` with the object's bytes from ``offset`` (fewer where the object ends); returns
+        how many. Stores whose SDK can fill a caller's buffer override this; here it costs one copy
+        of :meth:`read`'s answer."""
+        data = self.read(key, offset, len(view))
+        view[:len(data)] = data
+        return len(data)
+
     @abstractmethod
-    def write(self, key: str, data: bytes) -> ObjectInfo:
+    def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         """Write a whole object atomically (never visible half-written); returns the receipt: what the
         store answered (``size`` always; ``etag``, ``md5``, ``crc32c`` where it reported them; no
         checksum is computed here just to fill it)."""
@@ -141,7 +149,7 @@ class ObjectStore(ABC):
         """Start a multipart upload of ``key``; returns the upload id."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
 
-    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | bytearray) -> PartInfo:
         """Upload part ``part_number`` (1-based); parts may arrive in any order and in parallel."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
 

@@ -59,6 +59,37 @@ def part_numbers(parts: list, what: str) -> list[int]:
     return numbers
 
 
+class ViewWriter:
+    """A writable file object that fills a caller's buffer (for SDKs that download into a file)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view, self.written = view, 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        if self.written + n > len(self._view):
+            raise ValueError(f"the store sent more than the {len(self._view)} bytes asked for")
+        self._view[self.written:self.written + n] = data
+        self.written += n
+        return n
+
+
+def download_into(view: memoryview, offset: int, errors, past_end: type[Exception],
+                  download: Callable[[ViewWriter], object]) -> int:
+    """``read_into`` for SDKs that download a range into a file: ``download(writer)`` fills ``view``
+    under the store's ``errors`` translation; a range starting past the end (``past_end``) reads 0."""
+    check_range(offset, len(view))
+    if not len(view):
+        return 0
+    writer = ViewWriter(view)
+    try:
+        with errors:
+            download(writer)
+    except past_end:
+        return 0
+    return writer.written
+
+
 def md5_hex(b64: str | bytes | bytearray | None) -> str | None:
     """An MD5 as stores report it (base64 text or raw bytes) -> 32 hex digits, or None."""
     if not b64:

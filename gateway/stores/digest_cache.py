@@ -1,9 +1,10 @@
 """MD5s of local files by file version, in memory and across runs in a small SQLite file.
 
-Listing a local directory reports every file's MD5 (a sync compares it with the other side, the
-verifier checks copies against it), and that means reading every byte. A digest is valid exactly as
-long as its file is unchanged, so it is keyed by the file's version (device, inode, size, mtime in
-ns): a nightly sync of a large, mostly unchanged tree then reads only the files that changed.
+A HEAD of a local file reports its MD5 (a verifier checks copies against it), and that means reading
+every byte. A digest is valid exactly as long as its file is unchanged, so it is keyed by the file's
+version (device, inode, size, mtime in ns): a file is read for its MD5 once, and a listing (which
+reads no file) reports the MD5s this cache knows, so a nightly sync of a large, mostly unchanged tree
+can compare checksums without reading it.
 
 The file lives in ``$XDG_CACHE_HOME/skyplane/`` (default ``~/.cache/skyplane/``);
 ``SKYPLANE_DIGEST_CACHE`` names another file, or ``off``. It holds one row per file (about 100 bytes)

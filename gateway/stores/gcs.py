@@ -29,8 +29,8 @@ from planner.errors import (AccessDeniedError, ChecksumError, ConflictError, Cre
                             SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, md5_hex, new_upload_id,
-                     part_numbers, translated)
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, download_into, md5_hex,
+                     new_upload_id, part_numbers, translated)
 
 PARTS_PREFIX = ".skyplane-parts/"
 _KEY_METADATA = "skyplane-key"  # on each part: the key its upload is for, so leftovers can be found
@@ -134,7 +134,13 @@ class GCSStore(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def write(self, key: str, data: bytes) -> ObjectInfo:
+    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+        blob = self._bucket.blob(key)
+        # No checksum: a ranged download has none to compare, and the copy is checked end to end.
+        return download_into(view, offset, self._errors(key), _RangeNotSatisfiable, lambda writer: blob.download_to_file(
+            writer, start=offset, end=offset + len(view) - 1, checksum=None, timeout=_TIMEOUT, retry=_RETRY))
+
+    def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         return _info(self._put(key, data))
 
     def delete(self, key: str) -> None:
@@ -175,7 +181,7 @@ class GCSStore(ObjectStore):
     def begin_multipart(self, key: str) -> str:
         return new_upload_id()  # nothing exists on the server until the first part arrives
 
-    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | bytearray) -> PartInfo:
         check_upload_id(upload_id)
         blob = self._put(_part_name(upload_id, part_number), data, what=key, metadata={_KEY_METADATA: key})
         return PartInfo(part_number, _etag(blob), len(data))
@@ -221,7 +227,7 @@ class GCSStore(ObjectStore):
         self._client._http.close()  # noqa: SLF001  (requests reopens connections on the next call)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _put(self, name: str, data: bytes, *, what: str | None = None,
+    def _put(self, name: str, data: bytes | bytearray, *, what: str | None = None,
              metadata: dict[str, str] | None = None) -> storage.Blob:
         """Upload in one request; the blob's properties are then those the server answered."""
         chunk = None
@@ -230,6 +236,8 @@ class GCSStore(ObjectStore):
         blob = self._bucket.blob(name, chunk_size=chunk)
         if metadata:
             blob.metadata = metadata
+        if not isinstance(data, bytes):
+            data = bytes(data)  # the library takes bytes only (this is the copy a decrypted object costs here)
         with self._errors(what or name, bucket_level=True):
             blob.upload_from_string(data, content_type="application/octet-stream", timeout=_TIMEOUT, retry=_RETRY)
         return blob

@@ -7,9 +7,11 @@ Writes land in a temp file under ``<root>/.skyplane-tmp/`` and are renamed into 
 is never visible half-written; multipart parts live in ``.skyplane-tmp/<upload_id>/`` until
 ``complete_multipart`` concatenates them. Listings never show the temp directory, and it is removed
 whenever it falls empty, so a finished copy leaves nothing of ours behind.
-ETags of objects are the MD5 of the bytes, cached per file version in memory and across runs
-(:mod:`gateway.stores.digest_cache`), so repeated listings stay cheap;
-a multipart part's ETag names its file's version (inode, mtime, size), which nothing checks.
+ETags of objects are the MD5 of the bytes: a HEAD computes it, cached per file version in memory and
+across runs (:mod:`gateway.stores.digest_cache`); a listing reads no file, so it reports an MD5 only
+where that cache knows the file's version; a write and a multipart completion report none (nothing
+hashes the bytes on their way). A multipart part's ETag names its file's version (inode, mtime,
+size), which nothing checks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from typing import Iterator
 
@@ -83,7 +86,7 @@ class LocalStore(ObjectStore):
         with self._errors(prefix):
             for key in self._keys(start_rel, prefix, token or ""):
                 try:
-                    page.append(self.head(key))
+                    page.append(self._info(key, with_md5=False))
                 except NotFoundError:
                     continue  # deleted while we listed
                 if len(page) == limit:
@@ -112,12 +115,17 @@ class LocalStore(ObjectStore):
                 yield from self._keys(name, prefix, after)
 
     def head(self, key: str) -> ObjectInfo:
+        return self._info(key, with_md5=True)
+
+    def _info(self, key: str, *, with_md5: bool) -> ObjectInfo:
+        """The object's size and mtime, and its MD5: computed (a read of the file) only ``with_md5``,
+        else only when the digest cache knows this version of the file (a listing reads no file)."""
         path = self._path(key)
         with self._errors(key):
             st = os.stat(path)
-        if not os.path.isfile(path):
+        if not stat.S_ISREG(st.st_mode):
             raise NotFoundError(f"{self._uri(key)} is a directory, not an object", hint="give the key of a file")
-        md5 = self._md5(path, st)
+        md5 = self._md5(path, st) if with_md5 else shared_cache().get(version_of(st))
         return ObjectInfo(key, st.st_size, md5, st.st_mtime, md5=md5)
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -127,7 +135,20 @@ class LocalStore(ObjectStore):
             f.seek(offset)
             return f.read() if length is None else f.read(length)
 
-    def write(self, key: str, data: bytes) -> ObjectInfo:
+    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+        check_range(offset, len(view))
+        path = self._path(key)
+        with self._errors(key):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                got = 0
+                while got < len(view) and (n := os.preadv(fd, [view[got:]], offset + got)):
+                    got += n
+                return got
+            finally:
+                os.close(fd)
+
+    def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         path = self._path(key, for_write=True)
         fd, tmp = self._new_temp()
         try:
@@ -162,7 +183,7 @@ class LocalStore(ObjectStore):
                 f.write(key)
         return upload_id
 
-    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | bytearray) -> PartInfo:
         if not 1 <= part_number <= self.capabilities.max_parts:
             raise BadOptionError(f"part number {part_number} is out of range",
                                  hint=f"use 1..{self.capabilities.max_parts}")
@@ -186,30 +207,26 @@ class LocalStore(ObjectStore):
         numbers = part_numbers(parts, self._uri(key))
         directory = self._open_upload(key, upload_id)
         path = self._path(key, for_write=True)
-        tmp = self._temp_file()
-        digest = hashlib.md5()
+        fd, tmp = self._new_temp()
         try:
-            with self._errors(key), open(tmp, "wb") as out:
-                for number in numbers:
-                    part_path = os.path.join(directory, f"part-{number:05d}")
-                    if not os.path.exists(part_path):
-                        raise NotFoundError(f"part {number} of the upload of {self._uri(key)} is missing",
-                                            hint="upload every part before completing")
-                    with open(part_path, "rb") as f:
-                        while block := f.read(_BLOCK):
-                            digest.update(block)
-                            out.write(block)
             with self._errors(key):
+                try:
+                    for number in numbers:
+                        part_path = os.path.join(directory, f"part-{number:05d}")
+                        if not os.path.exists(part_path):
+                            raise NotFoundError(f"part {number} of the upload of {self._uri(key)} is missing",
+                                                hint="upload every part before completing")
+                        _append_file(part_path, fd)
+                finally:
+                    os.close(fd)
                 self._publish(tmp, path)
                 st = os.stat(path)
         finally:
             _remove(tmp)
         shutil.rmtree(directory, ignore_errors=True)
         self._tidy_tmp_dir()
-        # The MD5 came with the concatenation: keep it for later HEADs and listings of this version.
-        md5 = digest.hexdigest()
-        shared_cache().put(version_of(st), md5)
-        return ObjectInfo(key, st.st_size, md5, st.st_mtime, md5=md5)
+        # No MD5: the parts are joined in the kernel (sendfile), no byte passes through here.
+        return ObjectInfo(key, st.st_size, None, st.st_mtime)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         check_upload_id(upload_id)
@@ -288,11 +305,6 @@ class LocalStore(ObjectStore):
         fd, tmp = self._in_tmp_dir(lambda tmp_dir: tempfile.mkstemp(dir=tmp_dir, suffix=".tmp"))
         os.fchmod(fd, _FILE_MODE)
         return fd, tmp
-
-    def _temp_file(self) -> str:
-        fd, tmp = self._new_temp()
-        os.close(fd)
-        return tmp
 
     def _in_tmp_dir(self, create):
         """``create(tmp_dir)``, (re)making the temp dir first: another thread may remove it when
@@ -383,6 +395,17 @@ def _translate(exc: OSError, what: str) -> SkyplaneError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreUnavailableError(f"no space left while writing {what}", hint="free some disk space")
     return StoreError(f"local file error on {what}: {exc.strerror or exc}")
+
+
+def _append_file(path: str, out: int) -> None:
+    """Append the file at ``path`` to descriptor ``out`` inside the kernel (sendfile: no byte passes
+    through user space)."""
+    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while os.sendfile(out, src, None, _BLOCK * 16):
+            pass
+    finally:
+        os.close(src)
 
 
 def _write_fd(fd: int, data: bytes) -> None:

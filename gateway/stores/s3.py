@@ -120,7 +120,22 @@ class S3Store(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def write(self, key: str, data: bytes) -> ObjectInfo:
+    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+        check_range(offset, len(view))
+        if not len(view):
+            return 0
+        try:
+            with self._errors(key):
+                r = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + len(view) - 1}")
+                with r["Body"] as body:
+                    got = 0
+                    while got < len(view) and (n := body.readinto(view[got:])):
+                        got += n
+                return got
+        except _RangeNotSatisfiable:
+            return 0
+
+    def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         with self._errors(key):
             r = self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
         etag = _etag(r["ETag"])
@@ -154,7 +169,7 @@ class S3Store(ObjectStore):
         with self._errors(key):
             return self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
 
-    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | bytearray) -> PartInfo:
         with self._errors(key):
             r = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number,
                                          Body=data)
