@@ -92,7 +92,9 @@ class AzureStore(ObjectStore):
 
     scheme = "az"
     capabilities = Capabilities(multipart=True, max_parts=50_000, min_part_size=0, max_part_size=4000 * MiB,
-                                checksums=frozenset({"md5"}), conditional_write=True)
+                                checksums=frozenset({"md5"}), conditional_write=True,
+                                # azure-storage-blob's default max_single_put_size (64 MiB): one Put Blob.
+                                single_request_max=64 * MiB)
 
     def __init__(self, account: str, container: str, service: BlobServiceClient) -> None:
         self.account, self.container = account, container

@@ -60,6 +60,8 @@ class Capabilities:
     declared kind can still be missing on one object; ``head`` reports every kind the object has,
     ``list`` may leave out what would cost an extra request (or, on S3, cannot be told apart).
     ``conditional_write``: ``read_versioned`` / ``write_if`` work (compare-and-swap of one object).
+    ``single_request_max``: the largest object worth writing in one request; bigger ones go in parts
+    (the threshold the store's own tools use by default; see :mod:`gateway.sizing`).
     """
 
     multipart: bool = False
@@ -68,6 +70,7 @@ class Capabilities:
     max_part_size: int = 5 * 1024**3
     checksums: frozenset[str] = field(default_factory=frozenset)
     conditional_write: bool = False
+    single_request_max: int = 64 * 1024**2
 
 
 class ObjectStore(ABC):

@@ -84,7 +84,10 @@ class GCSStore(ObjectStore):
 
     scheme = "gs"
     capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=0, max_part_size=5 * 1024**3,
-                                checksums=frozenset({"md5", "crc32c"}), conditional_write=True)
+                                checksums=frozenset({"md5", "crc32c"}), conditional_write=True,
+                                # GCS has no multipart upload: parts are objects composed afterwards (more
+                                # requests). gsutil composes above 150 MiB (parallel_composite_upload_threshold).
+                                single_request_max=150 * 1024**2)
 
     def __init__(self, bucket: str, client: storage.Client) -> None:
         self.bucket = bucket

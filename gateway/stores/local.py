@@ -50,7 +50,10 @@ class LocalStore(ObjectStore):
 
     scheme = "file"
     capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=0, max_part_size=5 * 1024**3,
-                                checksums=frozenset({"md5"}))
+                                checksums=frozenset({"md5"}),
+                                # Parts are joined again on completion: only worth it for parallel writes
+                                # of very big files.
+                                single_request_max=256 * 1024**2)
 
     def __init__(self, root: str) -> None:
         if not os.path.isabs(root):

@@ -61,7 +61,11 @@ class S3Store(ObjectStore):
 
     scheme = "s3"
     capabilities = Capabilities(multipart=True, max_parts=10_000, min_part_size=5 * MiB, max_part_size=5 * 1024**3,
-                                checksums=frozenset({"md5"}), conditional_write=True)
+                                checksums=frozenset({"md5"}), conditional_write=True,
+                                # AWS: "when your object size reaches 100 MB, you should consider using
+                                # multipart uploads" (S3 User Guide, "Uploading and copying objects using
+                                # multipart upload"); rclone's --s3-upload-cutoff is 200 MiB.
+                                single_request_max=100 * MiB)
 
     def __init__(self, bucket: str, client: Any) -> None:
         self.bucket = bucket

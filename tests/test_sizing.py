@@ -1,0 +1,39 @@
+"""gateway.sizing: how objects are cut and bundled by default, from their sizes and the stores."""
+
+from __future__ import annotations
+
+from gateway.sizing import BUNDLE_MAX, BUNDLE_MIN, PART_SIZE, choose
+from gateway.stores.azure import AzureStore
+from gateway.stores.base import Capabilities
+from gateway.stores.gcs import GCSStore
+from gateway.stores.local import LocalStore
+from gateway.stores.s3 import S3Store
+
+MiB = 1024**2
+S3, GCS, AZ, LOCAL = (c.capabilities for c in (S3Store, GCSStore, AzureStore, LocalStore))
+
+
+def test_objects_up_to_the_destinations_single_request_size_go_whole():
+    """As each store's own tools do: S3 up to 100 MiB, GCS 150 MiB, Azure 64 MiB, in one request."""
+    for caps, limit in ((S3, 100 * MiB), (GCS, 150 * MiB), (AZ, 64 * MiB)):
+        sizing = choose([64 * MiB] * 8, [caps])
+        assert sizing.multipart_threshold == limit and not sizing.in_parts(64 * MiB)
+        assert sizing.in_parts(limit + 1) and sizing.part_size == PART_SIZE
+    # Several destinations: the smallest threshold; one without multipart: never parts.
+    assert choose([1], [S3, AZ]).multipart_threshold == 64 * MiB
+    assert not choose([1], [S3, Capabilities(multipart=False)]).in_parts(10 * 1024**3)
+    # A user's chunk size above the threshold raises it: no part is smaller than a whole object could be.
+    assert choose([1], [AZ], part_size=128 * MiB).multipart_threshold == 128 * MiB
+
+
+def test_small_objects_are_bundled_over_enough_chunks():
+    many_tiny = choose([4096] * 100_000, [S3])
+    assert many_tiny.bundled(4096) and not many_tiny.bundled(2 * MiB)
+    assert many_tiny.bundle_bytes == BUNDLE_MAX and many_tiny.bundle_objects == 1024
+    few = choose([64 * 1024] * 2000, [GCS])  # 125 MiB of small objects: 16 bundles of ~7.8 MiB
+    assert 7 * MiB < few.bundle_bytes < 8 * MiB and few.bundled(64 * 1024)
+    handful = choose([1000] * 10, [AZ])
+    assert handful.bundle_bytes == BUNDLE_MIN and handful.bundle_threshold == BUNDLE_MIN
+    assert choose([], [S3]).bundle_bytes == BUNDLE_MAX
+    # A bundle is never bigger than a part (the chunk size the gateways are told to accept).
+    assert choose([4096] * 100_000, [S3], part_size=2 * MiB).bundle_bytes == 2 * MiB
