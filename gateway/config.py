@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 _KNOWN = {"gateway_id", "job_id", "region", "program", "bind_host", "data_port", "control_port", "advertise_host",
           "control_host", "job_secret", "control_token", "encryption_key", "compress", "encrypt", "credentials",
           "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes",
-          "parent_pid", "coordinator_timeout", "loopback_clear"}
+          "parent_pid", "coordinator_timeout", "loopback_clear", "workers", "supervised"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ class GatewayConfig:
     #: Frames to and from peers on a loopback address (a hop that never leaves the host) go without
     #: lz4 and encryption, checked by their CRC32C.
     loopback_clear: bool = True
+    #: Worker processes behind the one data port and control endpoint (gateway/supervisor.py).
+    workers: int = 1
+    #: Set by a supervisor in its workers' configs: bind the data port shared (SO_REUSEPORT) and
+    #: report the chunks held in /status.
+    supervised: bool = False
 
     @property
     def reads(self) -> bool:
@@ -114,6 +119,8 @@ class GatewayConfig:
             parent_pid=_positive(doc, "parent_pid", 0) if "parent_pid" in doc else None,
             coordinator_timeout=_seconds(doc, "coordinator_timeout", 120.0),
             loopback_clear=_bool(doc, "loopback_clear", True),
+            workers=_positive(doc, "workers", default_workers()),
+            supervised=_bool(doc, "supervised", False),
         )
         if program.region != config.region:
             raise BadOptionError(f"gateway config: program is for {program.region}, the gateway is in {config.region}")
@@ -166,6 +173,11 @@ def _positive(doc: dict, key: str, default: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise BadOptionError(f"gateway config: {key!r} must be a positive integer")
     return v
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may use."""
+    return len(os.sched_getaffinity(0))
 
 
 def _seconds(doc: dict, key: str, default: float) -> float:

@@ -22,7 +22,7 @@ from .events import error_type
 from .peers import parse_peers
 
 if TYPE_CHECKING:
-    from .node import GatewayNode
+    from .node import Controlled
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ControlServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str, port: int, *, node: "GatewayNode", token: str, on_shutdown) -> None:
+    def __init__(self, host: str, port: int, *, node: "Controlled", token: str, on_shutdown) -> None:
         self.node = node
         self.token = token.encode()
         self.on_shutdown = on_shutdown

@@ -22,25 +22,37 @@ from planner.errors import SkyplaneError
 from .config import GatewayConfig, write_ready_file
 from .control import ControlServer
 from .node import GatewayNode
+from .supervisor import Supervisor
 
 log = logging.getLogger("gateway")
 
 
-def run(config: GatewayConfig) -> None:
-    """Run a gateway until it is told to stop."""
+def run(config: GatewayConfig, config_path: str) -> None:
+    """Run a gateway until it is told to stop: one process, or (``workers`` > 1) a supervisor of
+    worker processes (gateway/supervisor.py), each of which runs this with ``workers`` 1."""
     stop = threading.Event()
-    node = GatewayNode(config)
+    node: GatewayNode | Supervisor
+    if config.workers > 1 and not config.supervised:
+        node = Supervisor(config, config_path)
+        data_port = node.data_port
+    else:
+        node = GatewayNode(config)
+        data_port = node.listener.port
     control = ControlServer(config.control_host, config.control_port, node=node, token=config.control_token,
                             on_shutdown=stop.set)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    node.start()
+    try:
+        node.start()
+    except BaseException:
+        node.stop()
+        raise
     control.start()
-    log.info("gateway %s (%s) up: data %s:%d, control %s:%d, program %s", config.gateway_id, config.region,
-             config.bind_host, node.listener.port, config.control_host, control.port, config.program.to_dict())
+    log.info("gateway %s (%s) up: data %s:%d, control %s:%d, %d worker(s), program %s", config.gateway_id,
+             config.region, config.bind_host, data_port, config.control_host, control.port, config.workers,
+             config.program.to_dict())
     if config.ready_file:
-        write_ready_file(config.ready_file, {"control_port": control.port, "data_port": node.listener.port,
-                                             "pid": os.getpid()})
+        write_ready_file(config.ready_file, {"control_port": control.port, "data_port": data_port, "pid": os.getpid()})
     while not stop.wait(1.0):
         if config.parent_pid and os.getppid() != config.parent_pid:
             # The orchestrator died without tearing us down (SIGKILL, OOM): nobody will ever
@@ -73,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skyplane-gateway: {exc}", file=sys.stderr)
         return 2
     handler = logging.FileHandler(config.log_file) if config.log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(process)d %(threadName)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     debug = args.verbose or os.environ.get("SKYPLANE_GATEWAY_DEBUG") == "1"
@@ -81,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3", "azure", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        run(config)
-    except OSError as exc:
+        run(config, args.config)
+    except (OSError, SkyplaneError) as exc:
         log.error("gateway %s could not start: %s", config.gateway_id, exc)
         return 1
     return 0

@@ -89,6 +89,10 @@ class EventLog:
                                  "skipped": dict(self._skipped), "workers": 1},
                     "errors": list(self._errors)}
 
+    def relay(self, event: dict) -> None:
+        """Add an event another log numbered (a worker's, gateway/supervisor.py), numbered anew here."""
+        self._add({k: v for k, v in event.items() if k != "seq"})
+
     def _add(self, event: dict) -> None:
         with self._lock:
             event["seq"] = self._next

@@ -29,10 +29,12 @@ class DataListener:
     """Binds at construction (``port`` is then known); ``start()`` begins accepting."""
 
     def __init__(self, host: str, port: int, *, job_id: bytes, secret: bytes, max_chunk: int,
-                 on_frame: Callable[[wire.Frame], None], events: EventLog, stop: threading.Event) -> None:
+                 on_frame: Callable[[wire.Frame], None], events: EventLog, stop: threading.Event,
+                 shared: bool = False) -> None:
         self._job_id, self._secret, self._max_chunk = job_id, secret, max_chunk
         self._on_frame, self._events, self._stop = on_frame, events, stop
-        self._sock = socket.create_server((host, port), backlog=128)
+        # shared: the workers of one gateway all listen on its port; the kernel spreads connections.
+        self._sock = socket.create_server((host, port), backlog=128, reuse_port=shared)
         self.port: int = self._sock.getsockname()[1]
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()

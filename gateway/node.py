@@ -32,7 +32,7 @@ from .events import EventLog
 from .listener import DataListener
 from .peers import Peer, Router
 from .retry import with_retries
-from .stores import ObjectStore, open_store
+from .stores import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,67 @@ class RequestQueue:
             return len(self._items)
 
 
-class GatewayNode:
-    """Binds the data port at construction; ``start()`` runs the stages; ``stop()`` ends them."""
+def check_batch(doc: object, config: GatewayConfig) -> Batch:
+    """A ``POST /chunks`` body checked whole: well-formed, and every chunk for a partition ``config``'s
+    program reads (else :class:`BadOptionError`: the batch is refused)."""
+    batch = Batch.from_dict(doc, max_chunk_bytes=config.max_chunk_bytes)
+    for c in batch.chunks:
+        pp = config.program.partitions.get(c.partition)
+        if pp is None or pp.source != "read":
+            raise BadOptionError(f"chunk {c.id}: partition {c.partition} is not read by this gateway",
+                                 hint="submit chunks to the gateways of the source region")
+    return batch
+
+
+class InFlight:
+    """The chunks a gateway holds (accepted and not yet read, received and not yet written), and the
+    last few it let go of, whose frames may still wait in its send queues: what a supervisor reports
+    failed when this worker dies (a chunk sent again that did arrive is only confirmed)."""
+
+    def __init__(self, recent: int = 256) -> None:
+        self._held: collections.Counter[int] = collections.Counter()
+        self._recent: collections.deque[int] = collections.deque(maxlen=recent)
+        self._lock = threading.Lock()
+
+    def hold(self, chunk_id: int) -> None:
+        with self._lock:
+            self._held[chunk_id] += 1
+
+    def release(self, chunk_id: int) -> None:
+        with self._lock:
+            self._held[chunk_id] -= 1
+            if self._held[chunk_id] <= 0:
+                del self._held[chunk_id]
+            self._recent.append(chunk_id)
+
+    def snapshot(self) -> list[int]:
+        with self._lock:
+            return sorted(set(self._held) | set(self._recent))
+
+
+class Controlled:
+    """What the control API needs of a gateway process, one node or a supervisor of several."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.events = EventLog()
         self.stopping = threading.Event()
         self.last_control = time.monotonic()  # see touch()
+
+    def touch(self) -> None:
+        """An authenticated control request arrived (the coordinator is alive: see daemon.run)."""
+        self.last_control = time.monotonic()
+
+    def health(self) -> dict:
+        return {"ok": not self.stopping.is_set(), "gateway_id": self.config.gateway_id,
+                "region": self.config.region, "pid": os.getpid()}
+
+
+class GatewayNode(Controlled):
+    """Binds the data port at construction; ``start()`` runs the stages; ``stop()`` ends them."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        super().__init__(config)
         program = config.program.partitions
         self._program = program
         self._codec = (Codec(config.job_id, key=config.encryption_key, encrypt=config.encrypt,
@@ -130,11 +183,13 @@ class GatewayNode:
         # entries beyond WRITE_WINDOW are forgotten (a re-send older than that is written again).
         self._written: collections.OrderedDict[tuple, _TargetWrite] = collections.OrderedDict()
         self._written_lock = threading.Lock()
-        self._stores: dict[str, ObjectStore] = {}  # root URI -> store (see _store)
+        self._store = store_api.Stores(config.credentials)
+        self.in_flight = InFlight()
         self._threads: list[threading.Thread] = []
         self.listener = DataListener(config.bind_host, config.data_port, job_id=config.job_id,
                                      secret=config.job_secret, max_chunk=config.max_chunk_bytes,
-                                     on_frame=self._on_frame, events=self.events, stop=self.stopping)
+                                     on_frame=self._on_frame, events=self.events, stop=self.stopping,
+                                     shared=config.supervised)
 
     # ---- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -162,33 +217,25 @@ class GatewayNode:
             t.join(per_thread)
 
     # ---- control API operations ---------------------------------------------------------------------
-    def touch(self) -> None:
-        """An authenticated control request arrived (the coordinator is alive: see daemon.run)."""
-        self.last_control = time.monotonic()
-
-    def health(self) -> dict:
-        return {"ok": not self.stopping.is_set(), "gateway_id": self.config.gateway_id,
-                "region": self.config.region, "pid": os.getpid()}
-
     def set_peers(self, peers: dict[str, list[Peer]]) -> None:
         self.router.set_peers(peers)
 
     def submit(self, doc: object) -> int:
         """Queue what fits of a batch (backpressure); refuse it whole if any chunk is bad or for a
         partition this gateway does not read."""
-        batch = Batch.from_dict(doc, max_chunk_bytes=self.config.max_chunk_bytes)
-        for c in batch.chunks:
-            pp = self._program.get(c.partition)
-            if pp is None or pp.source != "read":
-                raise BadOptionError(f"chunk {c.id}: partition {c.partition} is not read by this gateway",
-                                     hint="submit chunks to the gateways of the source region")
+        batch = check_batch(doc, self.config)
         if self.stopping.is_set():
             return 0
-        return self.requests.offer([SourceChunk(batch.src, batch.dests, c) for c in batch.chunks])
+        accepted = self.requests.offer([SourceChunk(batch.src, batch.dests, c) for c in batch.chunks])
+        for c in batch.chunks[:accepted]:
+            self.in_flight.hold(c.id)
+        return accepted
 
     def status(self, since: int) -> dict:
         doc = self.events.status(since)
         doc["queued"] = len(self.requests)
+        if self.config.supervised:
+            doc["holding"] = self.in_flight.snapshot()  # for the supervisor (gateway/supervisor.py)
         return doc
 
     def store_op(self, doc: object) -> dict:
@@ -202,6 +249,7 @@ class GatewayNode:
             item = self.requests.get(_POLL)
             if item is not None:
                 self._guard(item.spec.id, lambda: self._read_one(item))
+                self.in_flight.release(item.spec.id)
 
     def _read_one(self, item: SourceChunk) -> None:
         """Read every object of the chunk into a buffer of its own; one that cannot be read fails
@@ -253,8 +301,10 @@ class GatewayNode:
     def _on_frame(self, frame: wire.Frame) -> None:
         """Called by the receiving connection's thread; blocking here slows that sender down."""
         h = frame.header
+        self.in_flight.hold(h.chunk_id)
         pp = self._program.get(h.partition)
         if pp is None or pp.source != "receive":
+            self.in_flight.release(h.chunk_id)
             self.events.count("frames_rejected")
             self.events.failed(h.chunk_id, ProtocolError(
                 f"{self.config.gateway_id} does not receive partition {h.partition} (the gateways disagree about "
@@ -263,7 +313,9 @@ class GatewayNode:
         for hop in pp.send:
             self.router.send(hop.region, frame)
         if pp.write:
-            self._put_write(frame)
+            self._put_write(frame)  # released once written (_write_loop)
+        else:
+            self.in_flight.release(h.chunk_id)
 
     def _put_write(self, item: Decoded | wire.Frame) -> None:
         while not self.stopping.is_set():
@@ -279,8 +331,11 @@ class GatewayNode:
                 item = self._writes.get(timeout=_POLL)
             except queue.Empty:
                 continue
-            chunk_id = item.chunk_id if isinstance(item, Decoded) else item.header.chunk_id
-            self._guard(chunk_id, lambda: self._write_chunk(item if isinstance(item, Decoded) else self._decode(item)))
+            if isinstance(item, Decoded):  # read here: held by the reader until it is handed over
+                self._guard(item.chunk_id, lambda: self._write_chunk(item))
+            else:
+                self._guard(item.header.chunk_id, lambda: self._write_chunk(self._decode(item)))
+                self.in_flight.release(item.header.chunk_id)
 
     def _decode(self, frame: wire.Frame) -> Decoded:
         try:
@@ -357,15 +412,6 @@ class GatewayNode:
             if not oldest.done.is_set():
                 return  # still being written: the window waits for it
             del self._written[key]
-
-    def _store(self, root_uri: str) -> ObjectStore:
-        """``open_store`` once per root: a gateway's credentials and environment are fixed for its
-        life, and open_store's cache key (a scan of the environment, the credentials as JSON) cost
-        a fifth of the gateway's CPU per 4 KiB object. A race only opens the same cached store twice."""
-        store = self._stores.get(root_uri)
-        if store is None:
-            store = self._stores[root_uri] = open_store(root_uri, self.config.credentials)
-        return store
 
     # ---- failures -----------------------------------------------------------------------------------------
     def _count_retry(self) -> None:

@@ -499,3 +499,108 @@ def test_get_provisioner_by_name_or_object():
         get_provisioner("local", hosts=["x"])
     with pytest.raises(BadOptionError):
         get_provisioner(prov, bind_host="0.0.0.0")
+
+
+# ---- several workers per gateway host (gateway/supervisor.py) -------------------------------------------
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _move(job: Job, body: dict, chunks: list[dict], *, during=None, timeout: float = 120.0) -> dict:
+    """Act as a coordinator: submit ``chunks``, re-submit every one reported failed (retryable), until the
+    destination wrote them all; ``during(written)`` runs after each poll. Returns the retries made."""
+    by_id = {c["id"]: c for c in chunks}
+    pending, written, retries = list(chunks), set(), 0
+    cursors = {SRC: 0, DST: 0}
+    deadline = time.monotonic() + timeout
+    while len(written) < len(chunks):
+        assert time.monotonic() < deadline, f"{len(written)} of {len(chunks)} chunks written after {timeout}s"
+        if pending:
+            took = job.clients[SRC].submit({**body, "chunks": pending})
+            pending = pending[took:]
+        for region in (SRC, DST):
+            status = job.clients[region].status(cursors[region])
+            cursors[region] = status["next"]
+            for e in status["events"]:
+                if e["type"] == "written":
+                    written.add(e["chunk_id"])
+                elif e["chunk_id"] not in written:
+                    assert e["retryable"], e
+                    pending.append(by_id[e["chunk_id"]])
+                    retries += 1
+        if during:
+            during(written)
+        time.sleep(0.05)
+    return {"retries": retries}
+
+
+def test_a_host_of_two_workers_moves_data_behind_one_port_and_one_control_endpoint(jobs, stores):
+    programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST, 4),))}),
+                DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
+    job = jobs(programs, overrides={SRC: {"workers": 2}, DST: {"workers": 2}})
+    src = open_store(stores["src"])
+    objects = {f"o{i:03d}": os.urandom(100_000 + i) for i in range(40)}
+    for k, v in objects.items():
+        src.write(k, v)
+    chunks = [chunk(i, obj(k, len(v), to(0, k))) for i, (k, v) in enumerate(objects.items())]
+    _move(job, batch(stores["src"], [(DST, stores["dst"])]), chunks)
+    dst = open_store(stores["dst"])
+    assert {o.key: dst.read(o.key) for o in dst.list()} == objects
+    for region in (SRC, DST):
+        h = job.handles[region]
+        assert len(_children(h.pid)) == 2  # the supervisor, started by the provisioner, and its workers
+        assert job.clients[region].health()["pid"] == h.pid
+    counters = {r: job.clients[r].status(0)["counters"] for r in (SRC, DST)}
+    assert counters[SRC]["workers"] == counters[DST]["workers"] == 2
+    assert counters[DST]["objects_written"] == 40 and counters[SRC]["bytes_read"] == sum(map(len, objects.values()))
+    assert counters[SRC]["bytes_sent_wire_to"] == {DST: counters[SRC]["bytes_sent_wire"]}
+    assert counters[DST]["bytes_received_wire"] == counters[SRC]["bytes_sent_wire"]
+    # Both workers of the destination received frames: the kernel spread the connections over them.
+    assert all(w.counters.get("bytes_received_wire") for w in _supervisor_workers(job, DST))
+
+
+def _supervisor_workers(job: Job, region: str) -> list:
+    """The destination's workers' own counters, read from their private control endpoints."""
+    directory = job.directory(region)
+    out = []
+    for ready in sorted(directory.glob("worker-*.ready.json")):
+        config = json.loads((directory / ready.name.replace(".ready", "")).read_text())
+        port = json.loads(ready.read_text())["control_port"]
+        out.append(type("W", (), {"counters": GatewayClient(f"http://127.0.0.1:{port}",
+                                                            config["control_token"]).status(0)["counters"]}))
+    return out
+
+
+def test_a_worker_killed_mid_transfer_is_replaced_and_the_copy_completes(jobs, stores):
+    """SIGKILL one of the destination's two workers while chunks flow: the supervisor restarts it and
+    reports the chunks it held failed (retryable); sent again, every object arrives identical; nothing
+    is left running after the teardown."""
+    programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST, 4),))}),
+                DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
+    job = jobs(programs, overrides={SRC: {"workers": 2}, DST: {"workers": 2, "writers": 1}}, queue_chunks=4)
+    src = open_store(stores["src"])
+    objects = {f"big{i:02d}": os.urandom(2 * MiB + i) for i in range(40)}
+    for k, v in objects.items():
+        src.write(k, v)
+    chunks = [chunk(i, obj(k, len(v), to(0, k))) for i, (k, v) in enumerate(objects.items())]
+    dst_pid = job.handles[DST].pid
+    victims: list[int] = []
+
+    def kill_one(written: set) -> None:
+        if not victims and len(written) >= 5:
+            victims.append(_children(dst_pid)[0])
+            os.kill(victims[0], signal.SIGKILL)
+
+    moved = _move(job, batch(stores["src"], [(DST, stores["dst"])]), chunks, during=kill_one)
+    assert victims and moved["retries"] >= 1
+    dst = open_store(stores["dst"])
+    assert {o.key: sha(dst.read(o.key)) for o in dst.list()} == {k: sha(v) for k, v in objects.items()}
+    deadline = time.monotonic() + 30
+    while job.clients[DST].status(10**9)["counters"]["workers"] < 2:
+        assert time.monotonic() < deadline, "the dead worker was not replaced"
+        time.sleep(0.2)
+    counters = job.clients[DST].status(10**9)["counters"]
+    assert counters["worker_restarts"] == 1 and victims[0] not in _children(dst_pid)
+    job.fleet.teardown()
+    assert gateway_pids(job.id) == []

@@ -203,8 +203,10 @@ class LocalProvisioner(Provisioner):
                   "provisioner": self.name, "gateways": []}
         members: list[_LocalGateway] = []
         try:
+            # The gateways of a local fleet share this host's CPUs: each gets its share as workers.
+            workers = max(1, len(os.sched_getaffinity(0)) // max(1, len(specs)))
             for spec in specs:
-                member = self._launch(job_id, job_dir, spec)
+                member = self._launch(job_id, job_dir, spec, workers)
                 members.append(member)
                 record["gateways"].append(_pid_entry(member))
                 _write_private(job_dir / PIDS_FILE, json.dumps(record, indent=1))
@@ -218,7 +220,7 @@ class LocalProvisioner(Provisioner):
         log.info("local fleet of job %s: %d gateway(s) up", job_id, len(members))
         return fleet
 
-    def _launch(self, job_id: str, job_dir: Path, spec: GatewaySpec) -> _LocalGateway:
+    def _launch(self, job_id: str, job_dir: Path, spec: GatewaySpec, workers: int = 1) -> _LocalGateway:
         place = self.placement.get(spec.gateway_id) or self.placement.get(spec.region, {})
         bind_host = place.get("bind_host", self.bind_host)
         control_host = place.get("control_host", bind_host)
@@ -227,7 +229,7 @@ class LocalProvisioner(Provisioner):
         directory = job_dir / gateway_dir_name(spec.gateway_id)
         directory.mkdir(mode=0o700, exist_ok=True)
         (directory / "ready.json").unlink(missing_ok=True)
-        config = {**spec.config, "gateway_id": spec.gateway_id, "job_id": job_id, "region": spec.region,
+        config = {"workers": workers, **spec.config, "gateway_id": spec.gateway_id, "job_id": job_id, "region": spec.region,
                   "bind_host": bind_host, "advertise_host": bind_host, "control_host": control_host,
                   "data_port": 0, "control_port": 0, "ready_file": str(directory / "ready.json"),
                   "parent_pid": os.getpid()}
