@@ -229,7 +229,8 @@ class LocalProvisioner(Provisioner):
         directory = job_dir / gateway_dir_name(spec.gateway_id)
         directory.mkdir(mode=0o700, exist_ok=True)
         (directory / "ready.json").unlink(missing_ok=True)
-        config = {"workers": workers, **spec.config, "gateway_id": spec.gateway_id, "job_id": job_id, "region": spec.region,
+        config = {"workers": workers, **spec.config, "gateway_id": spec.gateway_id, "job_id": job_id,
+                  "region": spec.region,
                   "bind_host": bind_host, "advertise_host": bind_host, "control_host": control_host,
                   "data_port": 0, "control_port": 0, "ready_file": str(directory / "ready.json"),
                   "parent_pid": os.getpid()}
