@@ -1,17 +1,22 @@
 """Gateway throughput on loopback: one source and one destination gateway moving a file between two
 local-directory stores, against a plain Python socket copy of the same bytes and against ``cp``.
 
-    .venv/bin/python benchmarks/gateway_loopback.py [--size 1GiB] [--chunk 32MiB] [--connections 4]
+    .venv/bin/python benchmarks/gateway_loopback.py [--size 1GiB] [--chunk 32MiB] [--connections 4] [--workers 1]
 
 The file is half compressible (CSV-like text) and half random, in chunk-sized stretches. Every run
 starts with a warm page cache; each figure is the best of ``--repeat`` runs. Prints one line per
 comparison, ``gateway_loopback ours/baseline=R``, R = our throughput / the baseline's (>1: we are
-faster). Gateways are started (and their start-up excluded) with the local provisioner.
+faster). Gateways are started (and their start-up excluded) with the local provisioner, each with
+``--workers`` worker processes. The gateways are told to treat the loopback hop as if it left the
+host (``loopback_clear`` off), so the lz4 + AES-GCM run does all of that work; the CPU limit it is
+compared with is measured in the same run: the cores times one core's rate of the same lz4 +
+AES-GCM calls on the same file (the work each byte needs at the source and at the destination).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -23,8 +28,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
-from benchutil import cpu_seconds, peak_rss_mib
+from benchutil import cpu_seconds, machine_line, peak_rss_mib
+from gateway.sizing import choose
+from gateway.batch import ChunkMeta, DestStore, SentObject, Target
+from gateway.codec import Codec
 from gateway.control_client import GatewayClient
 from gateway.stores import open_store
 from gateway.stores.base import PartInfo
@@ -59,16 +68,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connections: int, *, compress: bool,
-                 encrypt: bool) -> float:
-    """Seconds from the first submitted chunk until the destination object is complete."""
+@contextlib.contextmanager
+def two_gateways(connections: int, *, compress: bool, encrypt: bool, workers: int) -> Iterator[tuple]:
+    """A source and a destination gateway wired to each other: ``(source client, destination client,
+    {region: its processes' pids})``."""
     job_id, secret, key = uuid.uuid4().hex, os.urandom(32).hex(), os.urandom(32).hex()
     programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST, connections),))}),
                 DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
     specs = []
     for region, program in programs.items():
         config = {"program": program.to_dict(), "job_secret": secret, "control_token": uuid.uuid4().hex,
-                  "compress": compress, "encrypt": encrypt, "queue_chunks": 4}
+                  "compress": compress, "encrypt": encrypt, "queue_chunks": 4, "workers": workers,
+                  "loopback_clear": False}
         if encrypt:
             config["encryption_key"] = key
         specs.append(GatewaySpec(f"{region}/0", region, config))
@@ -78,44 +89,109 @@ def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connection
         dst = GatewayClient(h[DST].control_url, h[DST].control_token)
         src.set_peers({DST: [{"gateway_id": h[DST].gateway_id, "host": h[DST].data_host,
                               "data_port": h[DST].data_port}]})
+        yield src, dst, {g.region: [g.pid, *_children(g.pid)] for g in fleet.gateways}
+
+
+def drive(src: GatewayClient, dst: GatewayClient, body: dict, chunks: list[dict]) -> list[dict]:
+    """Submit ``chunks`` and poll like the orchestrator (every 50 ms: on 2 cores, control traffic costs
+    CPU) until the destination wrote them all; returns the ``written`` events."""
+    written: list[dict] = []
+    accepted, cursor, polls = 0, 0, 0
+    while len(written) < len(chunks):
+        if accepted < len(chunks):
+            accepted += src.submit({**body, "chunks": chunks[accepted:]})
+        status = dst.status(cursor)
+        cursor = status["next"]
+        for e in status["events"]:
+            if e["type"] != "written":
+                raise RuntimeError(f"gateway reported {e}")
+            written.append(e)
+        polls += 1
+        if polls % 20 == 0 and src.status(0)["events"]:
+            raise RuntimeError(f"source gateway reported {src.status(0)['events']}")
+        time.sleep(0.05)
+    return written
+
+
+def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connections: int, *, compress: bool,
+                 encrypt: bool, workers: int) -> float:
+    """Seconds from the first submitted chunk until the destination object is complete."""
+    with two_gateways(connections, compress=compress, encrypt=encrypt, workers=workers) as (src, dst, procs):
         src_root, dst_root = "file://" + str(src_dir), "file://" + str(dst_dir)
         store = open_store(dst_root)
+        at_start = {r: sum(cpu_seconds(p) for p in pids) for r, pids in procs.items()}  # start-up excluded
         started = time.perf_counter()
         upload = store.begin_multipart("out.bin")
         reqs = [{"id": i, "partition": 0,
                  "objects": [{"key": "in.bin", "offset": off, "length": min(chunk, size - off),
                               "to": [{"dest": 0, "key": "out.bin", "upload_id": upload, "part": i + 1}]}]}
                 for i, off in enumerate(range(0, size, chunk))]
-        body = {"src": src_root, "dests": [{"region": DST, "store": dst_root}]}
-        parts: dict[int, PartInfo] = {}
-        accepted, cursor, polls = 0, 0, 0
-        while len(parts) < len(reqs):
-            # Poll like the orchestrator does (every 50 ms): on 2 cores, control traffic costs CPU.
-            if accepted < len(reqs):
-                accepted += src.submit({**body, "chunks": reqs[accepted:]})
-            status = dst.status(cursor)
-            cursor = status["next"]
-            for e in status["events"]:
-                if e["type"] != "written":
-                    raise RuntimeError(f"gateway reported {e}")
-                p = e["objects"][0]["part"]
-                parts[p["part_number"]] = PartInfo(p["part_number"], p["etag"], p["size"])
-            polls += 1
-            if polls % 20 == 0 and src.status(0)["events"]:
-                raise RuntimeError(f"source gateway reported {src.status(0)['events']}")
-            time.sleep(0.05)
+        events = drive(src, dst, {"src": src_root, "dests": [{"region": DST, "store": dst_root}]}, reqs)
+        parts = [PartInfo(p["part_number"], p["etag"], p["size"]) for p in (e["objects"][0]["part"] for e in events)]
         moved = time.perf_counter() - started
-        store.complete_multipart("out.bin", upload, list(parts.values()))
+        store.complete_multipart("out.bin", upload, parts)
         seconds = time.perf_counter() - started
         wire = src.status(0)["counters"]["bytes_sent_wire"]
-        peak = {g.region: peak_rss_mib(g.pid) for g in fleet.gateways}
-        cpu = sum(cpu_seconds(g.pid) for g in fleet.gateways)
-    print(f"  gateways compress={compress} encrypt={encrypt}: {seconds:.2f} s, {size / seconds / MiB:.0f} MiB/s "
-          f"(all parts written after {moved:.2f} s, then the local store assembles them), "
-          f"wire/data={wire / size:.3f}, peak RSS source {peak[SRC]:.0f} MiB, destination {peak[DST]:.0f} MiB, "
-          f"gateway CPU {cpu:.1f} s",
-          flush=True)
+        peak = {r: max(peak_rss_mib(p) for p in pids) for r, pids in procs.items()}
+        cpu = {r: sum(cpu_seconds(p) for p in pids) - at_start[r] for r, pids in procs.items()}
+    gib = size / 1024**3
+    print(f"  gateways compress={compress} encrypt={encrypt} workers={workers}: {seconds:.2f} s, "
+          f"{size / seconds / MiB:.0f} MiB/s (all parts written after {moved:.2f} s, then the local store "
+          f"assembles them), wire/data={wire / size:.3f}, peak RSS per process: source {peak[SRC]:.0f} MiB, "
+          f"destination {peak[DST]:.0f} MiB; gateway CPU after start-up: source {cpu[SRC] / gib:.2f}, "
+          f"destination {cpu[DST] / gib:.2f} CPU-s/GiB", flush=True)
     return seconds
+
+
+def run_small(src_dir: Path, dst_dir: Path, count: int, size: int, *, bundled: bool, workers: int) -> float:
+    """``count`` objects of ``size`` bytes, bundled as gateway.sizing chooses, or one per chunk (as the
+    orchestrator sent them before bundles); returns gateway CPU-seconds per 1,000 objects."""
+    keys = sorted(p.name for p in src_dir.iterdir())
+    sizing = choose([size] * count, [open_store("file://" + str(dst_dir)).capabilities])
+    per_chunk = min(sizing.bundle_objects, sizing.bundle_bytes // size) if bundled else 1
+    chunks = [{"id": i, "partition": 0, "objects": [{"key": k, "offset": 0, "length": size, "to": [{"dest": 0, "key": k}]}
+                                                    for k in keys[off:off + per_chunk]]}
+              for i, off in enumerate(range(0, count, per_chunk))]
+    with two_gateways(4, compress=True, encrypt=True, workers=workers) as (src, dst, procs):
+        at_start = {r: sum(cpu_seconds(p) for p in pids) for r, pids in procs.items()}
+        started = time.perf_counter()
+        body = {"src": "file://" + str(src_dir), "dests": [{"region": DST, "store": "file://" + str(dst_dir)}]}
+        for i in range(0, len(chunks), 256):  # batches as the orchestrator sends them
+            drive(src, dst, body, chunks[i:i + 256])
+        seconds = time.perf_counter() - started
+        cpu = {r: sum(cpu_seconds(p) for p in pids) - at_start[r] for r, pids in procs.items()}
+    per_k = sum(cpu.values()) / count * 1000
+    print(f"  {count} x {size} B, {'bundles of ' + str(per_chunk) if bundled else 'one object per chunk'}: "
+          f"{seconds:.2f} s, {count / seconds:.0f} objects/s; gateway CPU after start-up: source "
+          f"{cpu[SRC] / count * 1000:.2f}, destination {cpu[DST] / count * 1000:.2f} CPU-s per 1,000 objects",
+          flush=True)
+    return per_k
+
+
+def _children(pid: int) -> list[int]:
+    """A supervisor's worker processes (none for a one-process gateway)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_limit(path: Path, chunk: int) -> float:
+    """Bytes per second the machine's cores could push through the source's and the destination's
+    lz4 + AES-GCM work on this file, from one core's rate of the same calls (the codec's own)."""
+    codec = Codec(b"b" * 16, key=os.urandom(32), encrypt=True, compress=True, loopback_clear=False)
+    data = path.read_bytes()
+    started = time.process_time()
+    for i, off in enumerate(range(0, len(data), chunk)):
+        piece = data[off:off + chunk]
+        meta = ChunkMeta((DestStore(DST, "file:///d"),), (SentObject(0, len(piece), (Target(0, "k", "u", 1),)),))
+        frame, _ = codec.encode(chunk_id=i, partition=0, meta=meta.encode(), pieces=[piece])
+        codec.decode(frame)
+    per_core = len(data) / (time.process_time() - started)
+    cores = len(os.sched_getaffinity(0))
+    print(f"  CPU limit: lz4 + AES-GCM encode and decode at {per_core / MiB:.0f} MiB/s on one core, "
+          f"x {cores} cores = {cores * per_core / MiB:.0f} MiB/s", flush=True)
+    return cores * per_core
 
 
 def run_socket_copy(src: Path, dst: Path) -> float:
@@ -153,12 +229,33 @@ def run_cp(src: Path, dst: Path) -> float:
     return seconds
 
 
+def small_objects(src_dir: Path, dst_dir: Path, count: int, workers: int) -> int:
+    size = 4096
+    for i in range(count):
+        (src_dir / f"o{i:07d}").write_bytes(os.urandom(size))
+    print(f"gateway_loopback --small: {count} x {size} B, lz4 + AES-GCM, {workers} worker(s) per gateway; "
+          f"{machine_line()}", flush=True)
+    runs = {}
+    for bundled in (False, True):
+        shutil.rmtree(dst_dir, ignore_errors=True)
+        dst_dir.mkdir()
+        runs[bundled] = run_small(src_dir, dst_dir, count, size, bundled=bundled, workers=workers)
+        if sorted(p.name for p in dst_dir.iterdir()) != sorted(p.name for p in src_dir.iterdir()):
+            raise SystemExit("the copy does not have every object")
+    print(f"gateway_loopback cpu_per_object bundled/one_per_chunk={runs[True] / runs[False]:.2f} "
+          f"({runs[True]:.2f} vs {runs[False]:.2f} gateway CPU-s per 1,000 objects)")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--chunk", default="32MiB")
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=1, help="worker processes per gateway")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--small", type=int, default=0, metavar="COUNT",
+                    help="instead: COUNT objects of 4 KiB, bundled vs one per chunk (CPU per 1,000 objects)")
     ap.add_argument("--dir", default=None,
                     help="work directory (default: a temp dir in /dev/shm, so that the disk is not measured)")
     args = ap.parse_args()
@@ -169,10 +266,13 @@ def main() -> int:
     try:
         src_dir, dst_dir = work / "src", work / "dst"
         src_dir.mkdir(parents=True, exist_ok=True)
+        if args.small:
+            return small_objects(src_dir, dst_dir, args.small, args.workers)
         make_file(src_dir / "in.bin", size, chunk)
         expected = sha256_file(src_dir / "in.bin")
         print(f"gateway_loopback: {size / MiB:.0f} MiB, chunks of {chunk / MiB:.0f} MiB, "
-              f"{args.connections} connections, best of {args.repeat}", flush=True)
+              f"{args.connections} connections, {args.workers} worker(s) per gateway, best of {args.repeat}; "
+              f"{machine_line()}", flush=True)
 
         def best(run, check: Path) -> float:
             times = []
@@ -186,20 +286,26 @@ def main() -> int:
 
         ours = {
             "compress+encrypt": best(lambda: run_gateways(src_dir, dst_dir, size, chunk, args.connections,
-                                                          compress=True, encrypt=True), dst_dir / "out.bin"),
+                                                          compress=True, encrypt=True, workers=args.workers),
+                                     dst_dir / "out.bin"),
             "plain": best(lambda: run_gateways(src_dir, dst_dir, size, chunk, args.connections,
-                                               compress=False, encrypt=False), dst_dir / "out.bin"),
+                                               compress=False, encrypt=False, workers=args.workers),
+                          dst_dir / "out.bin"),
         }
         baselines = {
             "python socket copy": best(lambda: run_socket_copy(src_dir / "in.bin", dst_dir / "out.bin"),
                                        dst_dir / "out.bin"),
             "cp": best(lambda: run_cp(src_dir / "in.bin", dst_dir / "out.bin"), dst_dir / "out.bin"),
         }
+        limit = cpu_limit(src_dir / "in.bin", chunk)
         for name, seconds in ours.items():
             for base, base_seconds in baselines.items():
                 print(f"gateway_loopback ours/baseline={base_seconds / seconds:.2f} "
                       f"(ours: {name} {size / seconds / MiB:.0f} MiB/s; baseline: {base} "
                       f"{size / base_seconds / MiB:.0f} MiB/s)")
+        rate = size / ours["compress+encrypt"]
+        print(f"gateway_loopback ours/cpu_limit={rate / limit:.2f} (ours: compress+encrypt {rate / MiB:.0f} MiB/s; "
+              f"limit: {limit / MiB:.0f} MiB/s)")
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
