@@ -10,8 +10,9 @@ from pathlib import Path
 from gateway.stores import open_store
 
 
-def gateway_pids(marker: str = "gateway.daemon") -> list[int]:
-    """PIDs of running gateway daemons (by command line), zombies excluded."""
+def gateway_pids(marker: str = "gateway.daemon", *, workers: bool = True) -> list[int]:
+    """PIDs of running gateway daemons (by command line), zombies excluded; without a multi-worker
+    gateway's worker processes (gateway/supervisor.py) when ``workers`` is False: one pid per gateway."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -21,7 +22,9 @@ def gateway_pids(marker: str = "gateway.daemon") -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().split(")")[-1].split()[0]
         except OSError:
             continue
-        if marker in cmd and ("gateway.daemon" in cmd or "skyplane-gateway" in cmd) and state != "Z":
+        worker = "/worker-" in cmd
+        if marker in cmd and ("gateway.daemon" in cmd or "skyplane-gateway" in cmd) and state != "Z" \
+                and (workers or not worker):
             pids.append(int(entry))
     return pids
 

@@ -114,7 +114,7 @@ def test_deprovision_all_removes_local_ssh_aws_leftovers_of_a_killed_orchestrato
     deadline = time.monotonic() + 10
     while gateway_pids(local_job) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [len(gateway_pids(j)) for j in (local_job, ssh_job, aws_job)] == [0, 1, 2]
+    assert [len(gateway_pids(j, workers=False)) for j in (local_job, ssh_job, aws_job)] == [0, 1, 2]
     assert (home / "jobs" / local_job / "gw-aws_us-east-1_0" / "config.json").exists()
     assert (home / "jobs" / local_job / "pids.json").exists()
     assert _aws_live(ec2_endpoint, aws_job) == 2 + 2 + 2
@@ -134,7 +134,7 @@ def test_deprovision_all_removes_local_ssh_aws_leftovers_of_a_killed_orchestrato
     assert deprovision_local(young) == []
     assert deprovision_ssh(hosts, young, policy=ConnectPolicy(known_hosts=str(ssh_known_hosts))) == []
     assert deprovision_aws(["us-east-1", "eu-west-1"], young, endpoint_url=ec2_endpoint) == []
-    assert [len(gateway_pids(j)) for j in (local_job, ssh_job, aws_job)] == [0, 1, 2]
+    assert [len(gateway_pids(j, workers=False)) for j in (local_job, ssh_job, aws_job)] == [0, 1, 2]
     assert _aws_live(ec2_endpoint, aws_job) == 6
 
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)

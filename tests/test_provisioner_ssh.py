@@ -75,7 +75,7 @@ def test_ssh_fleet_two_hosts_healthy_through_tunnels_then_torn_down(sshd_servers
             cmdline = Path(f"/proc/{g.pid}/cmdline").read_bytes().split(b"\0")
             assert cmdline[0].decode().startswith(server.remote_dir + "/venv-")
         assert isinstance(fleet.logs(fleet.gateways[0].gateway_id), str)
-        assert len(gateway_pids(job_id)) == 2
+        assert len(gateway_pids(job_id, workers=False)) == 2
     finally:
         fleet.teardown()
     assert leftovers(sshd_servers, job_id) == ([], [])
@@ -184,7 +184,7 @@ def test_ssh_fleet_is_torn_down_when_the_orchestrator_ends(end, sshd_servers, ss
     try:
         assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
         if end == "SIGTERM":
-            assert len(gateway_pids(job_id)) == 1
+            assert len(gateway_pids(job_id, workers=False)) == 1
             proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
