@@ -79,13 +79,13 @@ def print_table(sc: Scenario, dsts: list[str], runs: dict[str, Run]) -> None:
     relays = sorted({r for run in runs.values() for e in run.plan.edges for r in (e.src, e.dst)} - {SRC, *dsts})
     print(f"\n## Multicast {SRC} -> {len(dsts)} destinations ({', '.join(dsts)}); 1 VM per region, "
           f"scale {sc.scale_mbit_per_gbps:g} Mbit/s per grid Gbps; relays used: {', '.join(relays) or 'none'}\n")
-    print("| plan | edges (partitions) | MiB | s | predicted s | predicted / measured | headroom | data Mbit/s per destination "
+    print("| plan | edges (partitions) | MiB | s | predicted s | predicted / measured rate | headroom | data Mbit/s per destination "
           "| egress $ predicted | egress $ measured | measured / predicted | egress $/GB of data (plan) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for solver, run in runs.items():
         usd = run.egress_usd_measured(prices)
         print(f"| {solver} | {len(run.plan.edges)} ({run.plan.partitions}) | {run.stats.bytes / MiB:.0f} | {run.seconds:.2f} "
-              f"| {run.predicted_seconds:.2f} | {run.predicted_seconds / run.seconds:.3f} | {run.headroom(sc):.2f} "
+              f"| {run.predicted_seconds:.2f} | {run.predicted_gbps / run.wire_gbps:.3f} | {run.headroom(sc):.2f} "
               f"| {run.gbps * 1000:.1f} "
               f"| {run.egress_usd_predicted:.6f} | {usd:.6f} | {usd / run.egress_usd_predicted:.3f} "
               f"| {run.plan.cost_per_gb:.4f} |")

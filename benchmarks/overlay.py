@@ -78,7 +78,7 @@ def build_scenarios(args: argparse.Namespace) -> list[tuple[Scenario, str]]:
     """(scenario, kind) to run: the shipped ones (as VMs unless ``--capacity link``), then the drawn ones."""
     shipped = shipped_scenarios()
     chosen = []
-    for name in select_scenarios(args.scenario) if args.scenario or not args.random else []:
+    for name in [] if args.no_shipped else select_scenarios(args.scenario):
         sc = shipped[name]
         chosen.append((sc.as_vms(args.vms) if args.capacity == "vm" else sc, "shipped"))
     if args.random:
@@ -245,8 +245,8 @@ def print_summary(results: list[ScenarioResult]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"runs of about {QUICK_SECONDS:g} s (default {FULL_SECONDS:g})")
-    ap.add_argument("--scenario", action="append", help="a shipped scenario name (repeat for several; default all, "
-                                                        "none when --random is given)")
+    ap.add_argument("--scenario", action="append", help="a shipped scenario name (repeat for several; default all)")
+    ap.add_argument("--no-shipped", action="store_true", help="no shipped scenario (with --random)")
     ap.add_argument("--random", type=int, default=0, metavar="K", help="also K region pairs drawn from the whole grid")
     ap.add_argument("--seed", type=int, default=2026, help="seed of the --random draw (default 2026)")
     ap.add_argument("--capacity", choices=("vm", "link"), default="vm",
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     args.seconds = args.seconds or (QUICK_SECONDS if args.quick else FULL_SECONDS)
     if args.random and args.capacity == "link":
         raise SystemExit("--random draws vm scenarios; drop --capacity link")
+    if args.no_shipped and not args.random:
+        raise SystemExit("--no-shipped leaves nothing to run; add --random K")
     scenarios = build_scenarios(args)
     if os.geteuid() != 0:
         raise SystemExit("overlay.py needs root: it creates network namespaces")
