@@ -209,6 +209,15 @@ def test_vm_caps_hold_for_real_tcp(testbeds):
 
 @pytest.mark.netns
 @needs_netns
+def test_a_vm_receives_from_a_region_more_than_one_vm_of_it_can_send(testbeds):
+    # aws:a -> azure:c 4 Gbps per VM (40 Mbit/s), but one aws VM sends at most 3 (30 Mbit/s)
+    tb = testbeds(vm_scenario(2, gbps=4.0, regions=("aws:a", "azure:c"))).up()
+    assert within_cap(tcp_flows(tb, [("aws:a", 0, "azure:c", 0)], 4).mbit, 30.0)
+    assert within_cap(tcp_flows(tb, [("aws:a", 0, "azure:c", 0), ("aws:a", 1, "azure:c", 0)], 4).mbit, 40.0)
+
+
+@pytest.mark.netns
+@needs_netns
 def test_edge_counters_see_each_region_pair_and_replies_as_the_receivers_egress(testbeds):
     tb = testbeds(vm_scenario(2)).up()
     a, b, c = REGIONS

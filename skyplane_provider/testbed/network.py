@@ -90,9 +90,11 @@ def _core(plan: Addressing, scenario: Scenario) -> None:
     for i, k in plan.nodes():
         egress, ingress = scenario.vm_cap(regions[i])
         scale = scenario.scale_mbit_per_gbps
-        out = [shaping.RegionClass(j, scenario.link_mbit(regions[i], regions[j]), _vm_addresses(plan, j))
+        # A region class is the grid's rate alone: the VM's own NIC cap is its parent; the other end's
+        # NIC is not this VM's business (two VMs of a may together send more than one can).
+        out = [shaping.RegionClass(j, scenario.gbps[(regions[i], regions[j])] * scale, _vm_addresses(plan, j))
                for j in range(plan.regions) if j != i]
-        into = [shaping.RegionClass(j, scenario.link_mbit(regions[j], regions[i]), _vm_addresses(plan, j))
+        into = [shaping.RegionClass(j, scenario.gbps[(regions[j], regions[i])] * scale, _vm_addresses(plan, j))
                 for j in range(plan.regions) if j != i]
         _tc_batch(plan.netns(i, k), shaping.nic_batch(WAN_DEVICE, _scaled(egress, scale), out, match="dst"))
         _tc_batch(core, shaping.nic_batch(plan.wan_end(i, k).core_device, _scaled(ingress, scale), into,
