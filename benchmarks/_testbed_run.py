@@ -114,9 +114,9 @@ def subset(pool: list[Path], directory: Path, size: int) -> int:
 
 
 class RxMeter:
-    """Bytes arriving on a region's data links (its veths ``to*`` on a link testbed, each VM's ``wan``
-    on a vm one; frame bytes as the shapers count them), sampled every 20 ms by a small process in
-    each of the region's namespaces."""
+    """Bytes arriving on the data links of some regions together (their veths ``to*`` on a link
+    testbed, each VM's ``wan`` on a vm one; frame bytes as the shapers count them), sampled every 20 ms
+    by a small process in each of the regions' namespaces."""
 
     PROGRAM = ("import glob, sys, time\n"
                "files = glob.glob('/sys/class/net/to*/statistics/rx_bytes') + "
@@ -126,11 +126,11 @@ class RxMeter:
                "    print(f'{time.monotonic():.4f} {n}', flush=True)\n"
                "    time.sleep(0.02)\n")
 
-    def __init__(self, tb: Testbed, region: str) -> None:
+    def __init__(self, tb: Testbed, regions: list[str]) -> None:
         self._tb = tb
         self._samples: list[list[tuple[float, int]]] = []
         self._procs, self._readers = [], []
-        for vm in range(tb.vms_per_region):
+        for region, vm in ((r, k) for r in regions for k in range(tb.vms_per_region)):
             proc = tb.popen(region, [sys.executable, "-c", self.PROGRAM], vm=vm, stdout=subprocess.PIPE, text=True)
             samples: list[tuple[float, int]] = []
             reader = threading.Thread(target=self._read, args=(proc, samples), daemon=True)
@@ -152,7 +152,7 @@ class RxMeter:
             reader.join(timeout=5)
 
     def _total(self, since: float) -> list[tuple[float, int]]:
-        """The region's total at every sample time of any of its namespaces (each namespace's last
+        """The regions' total at every sample time of any of their namespaces (each namespace's last
         reading so far), from ``since`` on."""
         events = sorted((t, k, n) for k, samples in enumerate(self._samples) for t, n in samples if t >= since)
         last: dict[int, int] = {}
@@ -163,18 +163,18 @@ class RxMeter:
                 out.append((t, sum(last.values())))
         return out
 
-    def busy(self, since: float, slack: int = 64 * 1024) -> tuple[int, float]:
-        """(bytes, seconds) from the first to the last arrival after ``since`` (ignoring ``slack``
-        bytes at either end: handshakes, the meter's granularity)."""
+    def steady(self, since: float, low: float = 0.1, high: float = 0.9) -> tuple[int, float]:
+        """(bytes, seconds) between the moments the regions had received ``low`` and ``high`` of what
+        arrived after ``since``: the rate once the pipeline is full and before it drains."""
         after = self._total(since)
         if len(after) < 2:
             return 0, 0.0
         base, total = after[0][1], after[-1][1] - after[0][1]
-        if total <= 2 * slack:
+        if total <= 0:
             return 0, 0.0
-        first = next(t for t, n in after if n - base > slack)
-        last = next(t for t, n in after if n - base >= total - slack)
-        return total - 2 * slack, max(last - first, 1e-9)
+        first = next((t, n) for t, n in after if n - base >= low * total)
+        last = next((t, n) for t, n in after if n - base >= high * total)
+        return last[1] - first[1], max(last[0] - first[0], 1e-9)
 
 
 class CpuMeter:
@@ -218,8 +218,9 @@ class Run:
     ``seconds`` run from the fleet being up until every object is written (the gateways confirmed every
     chunk), ``setup_seconds`` is the gateways' start-up before it, ``verify_seconds`` the orchestrator's
     check of every copy after it; ``edges`` what the shapers counted per region pair during the run;
-    ``rx_bytes`` / ``rx_seconds`` the frame bytes that reached the (first) destination region and the
-    time from its first to its last arriving byte (the network's part of ``seconds``)."""
+    ``steady`` the frame bytes the destination regions received together and the seconds they took
+    between having 10% and 90% of them (the rate with the pipeline full: without the fill at the start,
+    when the first chunks cross every hop one after the other, and the drain at the end)."""
 
     stats: TransferStats
     plan: Plan
@@ -228,8 +229,7 @@ class Run:
     setup_seconds: float
     verify_seconds: float
     edges: dict[tuple[str, str], Bytes] = field(default_factory=dict)
-    rx_bytes: int = 0
-    rx_seconds: float = 0.0
+    steady: tuple[int, float] = (0, 0.0)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -262,10 +262,12 @@ class Run:
         return self.copy_wire_bytes * 8 / self.seconds / 1e9
 
     @property
-    def rx_gbps(self) -> float:
-        """The destination's receive rate while data arrived, in Gbps of payload (the frames it received
-        less their headers, ``WIRE_OVERHEAD``): comparable with the max-flow."""
-        return self.rx_bytes * 8 / WIRE_OVERHEAD / self.rx_seconds / 1e9 if self.rx_seconds else 0.0
+    def steady_gbps(self) -> float:
+        """What each destination received per second with the pipeline full (``steady``, divided by the
+        destinations), in Gbps of payload (frames less their headers, ``WIRE_OVERHEAD``): comparable
+        with the plan's throughput and the max-flow."""
+        frames, seconds = self.steady
+        return frames * 8 / WIRE_OVERHEAD / seconds / 1e9 / len(self.plan.dsts) if seconds else 0.0
 
     @property
     def predicted_gbps(self) -> float:
@@ -320,7 +322,7 @@ def run_transfer(tb: Testbed, src_dir: Path, dsts: list[tuple[Path, str]], src_r
                               dst_regions=[r for _, r in dsts], plan=plan.to_dict(),
                               provisioner_settings={"placement": tb.gateway_placement()}, **options)
     transfer = Transfer(request).prepare()
-    meter = RxMeter(tb, dsts[0][1])
+    meter = RxMeter(tb, list(dict.fromkeys(r for _, r in dsts)))
     before = tb.edge_bytes()
     cpu = CpuMeter(tb)
     try:
@@ -331,11 +333,11 @@ def run_transfer(tb: Testbed, src_dir: Path, dsts: list[tuple[Path, str]], src_r
         cpu_seconds = cpu.stop()
     after = tb.edge_bytes()
     phases = stats.phases
-    rx_bytes, rx_seconds = meter.busy(started + phases["provision"])
+    moving = started + phases["provision"]
     return Run(stats=stats, plan=plan, plan_scale=tb.plan_scale, seconds=phases["move"],
                setup_seconds=phases["provision"], verify_seconds=phases["verify"],
-               edges={e: after[e] - before.get(e, Bytes()) for e in after}, rx_bytes=rx_bytes, rx_seconds=rx_seconds,
-               cpu_seconds=cpu_seconds)
+               edges={e: after[e] - before.get(e, Bytes()) for e in after},
+               steady=meter.steady(moving), cpu_seconds=cpu_seconds)
 
 
 def single_stream(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,
