@@ -218,7 +218,8 @@ class Run:
     ``seconds`` run from the fleet being up until every object is written (the gateways confirmed every
     chunk), ``setup_seconds`` is the gateways' start-up before it, ``verify_seconds`` the orchestrator's
     check of every copy after it; ``edges`` what the shapers counted per region pair during the run;
-    ``steady`` the frame bytes the destination regions received together and the seconds they took
+    ``vm_sent`` the frame bytes each VM (``<region>/<k>``) sent during the run; ``steady`` the frame bytes
+    the destination regions received together and the seconds they took
     between having 10% and 90% of them (the rate with the pipeline full: without the fill at the start,
     when the first chunks cross every hop one after the other, and the drain at the end)."""
 
@@ -230,7 +231,15 @@ class Run:
     verify_seconds: float
     edges: dict[tuple[str, str], Bytes] = field(default_factory=dict)
     steady: tuple[int, float] = (0, 0.0)
+    vm_sent: dict[str, int] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def source_balance(self) -> float:
+        """Frame bytes sent by the least busy of the plan's source gateways (their VMs) over the busiest's:
+        1 when the source region's gateways shared the work evenly, 0 when one of them sent nothing."""
+        sent = [self.vm_sent.get(f"{self.plan.src}/{k}", 0) for k in range(self.plan.gateways[self.plan.src])]
+        return min(sent) / max(sent) if max(sent, default=0) else 0.0
 
     @property
     def busiest_cpu(self) -> float:
@@ -323,7 +332,7 @@ def run_transfer(tb: Testbed, src_dir: Path, dsts: list[tuple[Path, str]], src_r
                               provisioner_settings={"placement": tb.gateway_placement()}, **options)
     transfer = Transfer(request).prepare()
     meter = RxMeter(tb, list(dict.fromkeys(r for _, r in dsts)))
-    before = tb.edge_bytes()
+    before, vm_before = tb.edge_bytes(), tb.vm_frames()
     cpu = CpuMeter(tb)
     try:
         started = time.monotonic()
@@ -331,13 +340,14 @@ def run_transfer(tb: Testbed, src_dir: Path, dsts: list[tuple[Path, str]], src_r
     finally:
         meter.stop()
         cpu_seconds = cpu.stop()
-    after = tb.edge_bytes()
+    after, vm_after = tb.edge_bytes(), tb.vm_frames()
     phases = stats.phases
     moving = started + phases["provision"]
     return Run(stats=stats, plan=plan, plan_scale=tb.plan_scale, seconds=phases["move"],
                setup_seconds=phases["provision"], verify_seconds=phases["verify"],
                edges={e: after[e] - before.get(e, Bytes()) for e in after},
-               steady=meter.steady(moving), cpu_seconds=cpu_seconds)
+               steady=meter.steady(moving), vm_sent={vm: n - vm_before.get(vm, 0) for vm, n in vm_after.items()},
+               cpu_seconds=cpu_seconds)
 
 
 def single_stream(tb: Testbed, src_dir: Path, dst_dir: Path, src_region: str, dst_region: str,

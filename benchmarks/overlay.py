@@ -138,7 +138,8 @@ def run_record(run: Run, scenario: Scenario) -> dict:
     return {"headroom": run.headroom(scenario),
         "route": route(run.plan), "gateways": dict(run.plan.gateways), "bytes": run.stats.bytes,
         "seconds": run.seconds, "setup_seconds": run.setup_seconds, "verify_seconds": run.verify_seconds,
-        "busiest_cpu": run.busiest_cpu, "cpu_seconds": run.cpu_seconds,
+        "busiest_cpu": run.busiest_cpu, "cpu_seconds": run.cpu_seconds, "source_balance": run.source_balance,
+        "vm_sent": {vm: n for vm, n in run.vm_sent.items() if n},
         "data_mbit": run.gbps * 1000, "wire_mbit": run.wire_gbps * 1000, "steady_mbit": run.steady_gbps * 1000,
         "predicted_mbit": run.predicted_gbps * 1000, "wire_per_byte": run.wire_per_byte,
         "egress_usd_predicted": run.egress_usd_predicted, "egress_usd_measured": run.egress_usd_measured(prices),
@@ -207,8 +208,8 @@ def print_table(r: ScenarioResult) -> None:
           f"(= {r.maxflow_gbps * 1000 / scale:.2f} grid Gbps)\n")
     print("| run | route | gateways | MiB | s | data Mbit/s | wire Mbit/s | steady Mbit/s | predicted Mbit/s "
           "| predicted / steady | predicted / wire | headroom | wire / max-flow | egress $ predicted | egress $ measured "
-          "| measured / predicted | wire / data | busiest gateway CPU | start-up s | verify s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| measured / predicted | wire / data | source gateways' balance | busiest gateway CPU | start-up s | verify s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     maxflow_mbit = r.maxflow_gbps * 1000
     for solver, run in r.runs.items():
         measured_usd = run.egress_usd_measured(prices)
@@ -218,10 +219,11 @@ def print_table(r: ScenarioResult) -> None:
               f"| {run.predicted_gbps / run.wire_gbps:.3f} | {run.headroom(sc):.2f} "
               f"| {run.wire_gbps * 1000 / maxflow_mbit:.2f} | {run.egress_usd_predicted:.6f} | {measured_usd:.6f} "
               f"| {measured_usd / run.egress_usd_predicted if run.egress_usd_predicted else float('nan'):.3f} "
-              f"| {run.wire_per_byte:.3f} | {run.busiest_cpu:.0%} | {run.setup_seconds:.1f} | {run.verify_seconds:.1f} |")
+              f"| {run.wire_per_byte:.3f} | {run.source_balance:.2f} | {run.busiest_cpu:.0%} | {run.setup_seconds:.1f} "
+              f"| {run.verify_seconds:.1f} |")
     print(f"| single TCP stream | {r.src}>{r.dst}, no lz4 | | | | {r.single_gbps * 1000:.1f} | {r.single_gbps * 1000:.1f} "
           f"| | {sc.link_mbit(r.src, r.dst):.1f} | | {sc.link_mbit(r.src, r.dst) / (r.single_gbps * 1000):.3f} "
-          f"| | {r.single_gbps * 1000 / maxflow_mbit:.2f} | | | | 1.000 | | | |")
+          f"| | {r.single_gbps * 1000 / maxflow_mbit:.2f} | | | | 1.000 | | | | |")
     print(f"\nILP / direct {r.vs_direct:.2f}x, ILP / widest {r.vs_widest:.2f}x, ILP / single stream "
           f"{r.ilp.gbps / r.single_gbps:.2f}x (data rates)", flush=True)
 
@@ -237,7 +239,8 @@ def print_summary(results: list[ScenarioResult]) -> None:
           f"steady, {len(wire_ok)} ({len(wire_ok) / n:.0%}) end to end; egress $ {len(usd_ok)} ({len(usd_ok) / n:.0%})")
     for r, solver, run in plans:
         if (r, solver, run) not in steady_ok:
-            print(f"  throughput off: {r.scenario.name} {solver}: predicted / steady {run.predicted_gbps / run.steady_gbps:.3f}")
+            print(f"  throughput off: {r.scenario.name} {solver}: predicted / steady {run.predicted_gbps / run.steady_gbps:.3f}"
+                  f", source gateways' balance {run.source_balance:.2f}")
     for kind in ("random", "shipped"):
         mine = [r for r in results if r.kind == kind]
         if mine:

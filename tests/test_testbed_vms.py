@@ -221,9 +221,12 @@ def test_a_vm_receives_from_a_region_more_than_one_vm_of_it_can_send(testbeds):
 def test_edge_counters_see_each_region_pair_and_replies_as_the_receivers_egress(testbeds):
     tb = testbeds(vm_scenario(2)).up()
     a, b, c = REGIONS
-    before = tb.edge_bytes()
+    before, vm_before = tb.edge_bytes(), tb.vm_frames()
     tcp_flows(tb, [(a, 0, b, 1), (a, 1, b, 0)], 2)
     moved = {edge: after - before[edge] for edge, after in tb.edge_bytes().items()}
+    sent = {vm: n - vm_before[vm] for vm, n in tb.vm_frames().items()}
+    assert sent[f"{a}/0"] > 2 << 20 and sent[f"{a}/1"] > 2 << 20  # each VM's own NIC
+    assert sent[f"{c}/0"] < 4096 and sent[f"{c}/1"] < 4096
     payload = 4 << 20
     assert payload < moved[(a, b)].ip_bytes < moved[(a, b)].frames < payload * 1.06
     assert 0 < moved[(b, a)].frames < payload * 0.05  # acknowledgements: the receiver's egress

@@ -191,6 +191,17 @@ def edge_bytes(plan: Addressing, scenario: Scenario) -> dict[tuple[str, str], By
     return found
 
 
+def vm_frames(plan: Addressing, scenario: Scenario) -> dict[str, int]:
+    """``<region>/<k>`` -> frame bytes VM k of the region has sent since the testbed came up (its NIC's
+    root shaper on a vm testbed; a link testbed's one namespace per region is VM 0, all its links)."""
+    sent = {}
+    for i, k in plan.nodes():
+        devices = [WAN_DEVICE] if plan.vms else [plan.link_end(i, j).device for j in range(plan.regions) if j != i]
+        sent[f"{scenario.regions[i]}/{k}"] = sum(
+            int(q.get("bytes", 0)) for d in devices for q in _qdiscs(plan.netns(i, k), d) if q.get("root"))
+    return sent
+
+
 def _qdiscs(netns: str, device: str) -> list[dict]:
     out = iproute.tc("-s", "-j", "qdisc", "show", "dev", device, netns=netns).stdout
     return json.loads(out) if out.strip() else []

@@ -282,6 +282,11 @@ class Testbed:
         (``network.edge_bytes``); take the difference of two readings for one transfer."""
         return network.edge_bytes(self.addressing, self.scenario)
 
+    def vm_frames(self) -> dict[str, int]:
+        """``<region>/<k>`` -> frame bytes VM k of the region has sent since ``up()`` (``network.vm_frames``):
+        shows whether every gateway of a region carried its share."""
+        return network.vm_frames(self.addressing, self.scenario)
+
     def status(self) -> dict:
         """What exists right now, from the kernel's point of view."""
         existing = set(iproute.namespaces())
