@@ -177,7 +177,7 @@ def test_deprovision_removes_gcp_and_azure_leftovers_of_a_killed_orchestrator(
                     "networkSecurityGroups", "sshPublicKeys")))
 
     try:
-        assert [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
+        assert [len(gateway_pids(j, workers=False)) for j in (gcp_job, azure_job)] == [2, 2]
         assert cloud_left() == (2, 2, 12)
         ssh_config = tmp_path / "ssh.json"
         ssh_config.write_text(json.dumps({"hosts": [s.host_setting() for s in sshd_servers],
@@ -190,7 +190,7 @@ def test_deprovision_removes_gcp_and_azure_leftovers_of_a_killed_orchestrator(
         assert dry.returncode == 0, dry.stderr
         assert {(r["provisioner"], r["job_id"]) for r in json.loads(dry.stdout.splitlines()[-1])} >= {
             ("gcp", gcp_job), ("azure", azure_job)}
-        assert cloud_left() == (2, 2, 12) and [len(gateway_pids(j)) for j in (gcp_job, azure_job)] == [2, 2]
+        assert cloud_left() == (2, 2, 12) and [len(gateway_pids(j, workers=False)) for j in (gcp_job, azure_job)] == [2, 2]
 
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr
