@@ -315,6 +315,25 @@ class Run:
         return self.copy_wire_bytes / self.stats.bytes if self.stats.bytes else 0.0
 
 
+    def record(self, scenario: Scenario) -> dict:
+        """What the run measured and what its plan predicted, for a benchmark's ``--json``."""
+        return {
+            "edges": [f"{e.src}>{e.dst}" for e in self.plan.edges], "partitions": self.plan.partitions,
+            "gateways": dict(self.plan.gateways), "bytes": self.stats.bytes, "seconds": self.seconds,
+            "setup_seconds": self.setup_seconds, "verify_seconds": self.verify_seconds,
+            "predicted_seconds": self.predicted_seconds, "data_mbit": self.gbps * 1000,
+            "wire_mbit": self.wire_gbps * 1000, "steady_mbit": self.steady_gbps * 1000,
+            "predicted_mbit": self.predicted_gbps * 1000, "headroom": self.headroom(scenario),
+            "wire_per_byte": self.wire_per_byte, "egress_usd_predicted": self.egress_usd_predicted,
+            "egress_usd_measured": self.egress_usd_measured(scenario.cost_per_gb),
+            "egress_usd_plan_on_source_bytes": self.plan.egress_usd(self.stats.bytes),
+            "counted": {f"{a}>{b}": {"frames": v.frames, "packets": v.packets}
+                        for (a, b), v in self.edges.items() if v.frames},
+            "vm_sent": {vm: n for vm, n in self.vm_sent.items() if n}, "source_balance": self.source_balance,
+            "cpu_seconds": self.cpu_seconds, "busiest_cpu": self.busiest_cpu,
+        }
+
+
 def agrees(measured: float, predicted: float) -> bool:
     """Whether ``measured`` is within ``AGREEMENT`` of ``predicted``."""
     return predicted > 0 and abs(measured / predicted - 1) <= AGREEMENT

@@ -61,19 +61,7 @@ def bench_multicast(args: argparse.Namespace, work: Path) -> dict:
                 shutil.rmtree(out)
         shutil.rmtree(data)
     print_table(sc, dsts, runs)
-    return {"scenario": sc.to_dict(), "dsts": dsts, "runs": {s: record(r, sc) for s, r in runs.items()}}
-
-
-def record(run: Run, sc: Scenario) -> dict:
-    prices = sc.cost_per_gb
-    return {"headroom": run.headroom(sc), "busiest_cpu": run.busiest_cpu, "cpu_seconds": run.cpu_seconds, "edges": [f"{e.src}>{e.dst}" for e in run.plan.edges], "partitions": run.plan.partitions,
-            "bytes": run.stats.bytes, "seconds": run.seconds, "predicted_seconds": run.predicted_seconds,
-            "data_mbit_per_destination": run.gbps * 1000, "wire_mbit": run.wire_gbps * 1000,
-            "steady_mbit": run.steady_gbps * 1000,
-            "predicted_mbit": run.predicted_gbps * 1000, "wire_per_byte": run.wire_per_byte,
-            "egress_usd_predicted": run.egress_usd_predicted, "egress_usd_measured": run.egress_usd_measured(prices),
-            "egress_usd_plan_on_source_bytes": run.plan.egress_usd(run.stats.bytes),
-            "counted": {f"{a}>{b}": {"frames": v.frames, "packets": v.packets} for (a, b), v in run.edges.items() if v.frames}}
+    return {"scenario": sc.to_dict(), "dsts": dsts, "runs": {s: r.record(sc) for s, r in runs.items()}}
 
 
 def print_table(sc: Scenario, dsts: list[str], runs: dict[str, Run]) -> None:
@@ -81,15 +69,17 @@ def print_table(sc: Scenario, dsts: list[str], runs: dict[str, Run]) -> None:
     relays = sorted({r for run in runs.values() for e in run.plan.edges for r in (e.src, e.dst)} - {SRC, *dsts})
     print(f"\n## Multicast {SRC} -> {len(dsts)} destinations ({', '.join(dsts)}); 1 VM per region, "
           f"scale {sc.scale_mbit_per_gbps:g} Mbit/s per grid Gbps; relays used: {', '.join(relays) or 'none'}\n")
-    print("| plan | edges (partitions) | MiB | s | predicted s | data Mbit/s per destination | steady Mbit/s per "
-          "destination | predicted / steady | predicted / end to end | headroom | egress $ predicted | egress $ measured "
-          "| measured / predicted | egress $/GB of data (plan) |")
+    print("| plan | edges (partitions) | MiB | s | predicted s | data Mbit/s per destination "
+          "| steady Mbit/s per destination | predicted / steady | predicted / end to end | headroom "
+          "| egress $ predicted | egress $ measured | measured / predicted | egress $/GB of data (plan) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for solver, run in runs.items():
         usd = run.egress_usd_measured(prices)
-        print(f"| {solver} | {len(run.plan.edges)} ({run.plan.partitions}) | {run.stats.bytes / MiB:.0f} | {run.seconds:.2f} "
+        print(f"| {solver} | {len(run.plan.edges)} ({run.plan.partitions}) | {run.stats.bytes / MiB:.0f} "
+              f"| {run.seconds:.2f} "
               f"| {run.predicted_seconds:.2f} | {run.gbps * 1000:.1f} | {run.steady_gbps * 1000:.1f} "
-              f"| {run.predicted_gbps / run.steady_gbps:.3f} | {run.predicted_gbps / run.wire_gbps:.3f} | {run.headroom(sc):.2f} "
+              f"| {run.predicted_gbps / run.steady_gbps:.3f} | {run.predicted_gbps / run.wire_gbps:.3f} "
+              f"| {run.headroom(sc):.2f} "
               f"| {run.egress_usd_predicted:.6f} | {usd:.6f} | {usd / run.egress_usd_predicted:.3f} "
               f"| {run.plan.cost_per_gb:.4f} |")
     ok_time = sum(agrees(r.steady_gbps, r.predicted_gbps) for r in runs.values())
@@ -102,9 +92,11 @@ def print_table(sc: Scenario, dsts: list[str], runs: dict[str, Run]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"4 destinations, about {QUICK_SECONDS:g} s for the fastest plan")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"4 destinations, about {QUICK_SECONDS:g} s for the fastest plan")
     ap.add_argument("--dsts", type=int, help=f"destinations, 3..{len(DSTS)} (default 6; 4 with --quick)")
-    ap.add_argument("--seconds", type=float, help=f"about how long the fastest plan moves data (default {FULL_SECONDS:g})")
+    ap.add_argument("--seconds", type=float,
+                    help=f"about how long the fastest plan moves data (default {FULL_SECONDS:g})")
     ap.add_argument("--chunk-size", type=parse_size, default=MiB, help="chunk and file size (default 1MiB)")
     ap.add_argument("--connections", type=int, default=4, help="TCP connections per gateway and edge (default 4)")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")

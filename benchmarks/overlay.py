@@ -128,24 +128,8 @@ class ScenarioResult:
             "single_stream_mbit": self.single_gbps * 1000, "overlay_vs_direct": self.vs_direct,
             "overlay_vs_widest": self.vs_widest, "overlay_vs_maxflow": self.vs_maxflow,
             "predicted_over_measured": self.predicted_over_measured,
-            "runs": {solver: run_record(run, self.scenario) for solver, run in self.runs.items()},
+            "runs": {solver: run.record(self.scenario) for solver, run in self.runs.items()},
         }
-
-
-def run_record(run: Run, scenario: Scenario) -> dict:
-    """What one run measured and what its plan predicted, for ``--json``."""
-    prices = scenario.cost_per_gb
-    return {"headroom": run.headroom(scenario),
-        "route": route(run.plan), "gateways": dict(run.plan.gateways), "bytes": run.stats.bytes,
-        "seconds": run.seconds, "setup_seconds": run.setup_seconds, "verify_seconds": run.verify_seconds,
-        "busiest_cpu": run.busiest_cpu, "cpu_seconds": run.cpu_seconds, "source_balance": run.source_balance,
-        "vm_sent": {vm: n for vm, n in run.vm_sent.items() if n},
-        "data_mbit": run.gbps * 1000, "wire_mbit": run.wire_gbps * 1000, "steady_mbit": run.steady_gbps * 1000,
-        "predicted_mbit": run.predicted_gbps * 1000, "wire_per_byte": run.wire_per_byte,
-        "egress_usd_predicted": run.egress_usd_predicted, "egress_usd_measured": run.egress_usd_measured(prices),
-        "egress_usd_plan_on_source_bytes": run.plan.egress_usd(run.stats.bytes),
-        "edges": {f"{a}>{b}": {"frames": v.frames, "packets": v.packets} for (a, b), v in run.edges.items() if v.frames},
-    }
 
 
 def route(plan: Plan) -> str:
@@ -201,27 +185,30 @@ def print_table(r: ScenarioResult) -> None:
     sc = r.scenario
     scale = sc.scale_mbit_per_gbps
     prices = sc.cost_per_gb
-    shape = (f"{sc.vms_per_region} VM(s) per region, VM caps {', '.join(f'{p} {e:g}/{i:g}' for p, (e, i) in sorted(sc.vm_caps.items()))} Gbps"
-             if sc.capacity == "vm" else "shared links")
+    caps = ", ".join(f"{p} {e:g}/{i:g}" for p, (e, i) in sorted(sc.vm_caps.items()))
+    shape = f"{sc.vms_per_region} VM(s) per region, VM caps {caps} Gbps" if sc.capacity == "vm" else "shared links"
     print(f"\n## {sc.name} ({r.kind}): {r.src} -> {r.dst}; {shape}; scale {scale:g} Mbit/s per grid Gbps")
-    print(f"direct path {sc.link_mbit(r.src, r.dst):.1f} Mbit/s per VM pair, max-flow {r.maxflow_gbps * 1000:.1f} Mbit/s "
-          f"(= {r.maxflow_gbps * 1000 / scale:.2f} grid Gbps)\n")
+    print(f"direct path {sc.link_mbit(r.src, r.dst):.1f} Mbit/s per VM pair, max-flow "
+          f"{r.maxflow_gbps * 1000:.1f} Mbit/s (= {r.maxflow_gbps * 1000 / scale:.2f} grid Gbps)\n")
     print("| run | route | gateways | MiB | s | data Mbit/s | wire Mbit/s | steady Mbit/s | predicted Mbit/s "
-          "| predicted / steady | predicted / wire | headroom | wire / max-flow | egress $ predicted | egress $ measured "
-          "| measured / predicted | wire / data | source gateways' balance | busiest gateway CPU | start-up s | verify s |")
+          "| predicted / steady | predicted / wire | headroom | wire / max-flow | egress $ predicted "
+          "| egress $ measured | measured / predicted | wire / data | source gateways' balance "
+          "| busiest gateway CPU | start-up s | verify s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     maxflow_mbit = r.maxflow_gbps * 1000
     for solver, run in r.runs.items():
         measured_usd = run.egress_usd_measured(prices)
         print(f"| {solver} | {route(run.plan)} | {sum(run.plan.gateways.values())} | {run.stats.bytes / MiB:.0f} "
-              f"| {run.seconds:.2f} | {run.gbps * 1000:.1f} | {run.wire_gbps * 1000:.1f} | {run.steady_gbps * 1000:.1f} "
+              f"| {run.seconds:.2f} | {run.gbps * 1000:.1f} | {run.wire_gbps * 1000:.1f} "
+              f"| {run.steady_gbps * 1000:.1f} "
               f"| {run.predicted_gbps * 1000:.1f} | {run.predicted_gbps / run.steady_gbps:.3f} "
               f"| {run.predicted_gbps / run.wire_gbps:.3f} | {run.headroom(sc):.2f} "
               f"| {run.wire_gbps * 1000 / maxflow_mbit:.2f} | {run.egress_usd_predicted:.6f} | {measured_usd:.6f} "
               f"| {measured_usd / run.egress_usd_predicted if run.egress_usd_predicted else float('nan'):.3f} "
               f"| {run.wire_per_byte:.3f} | {run.source_balance:.2f} | {run.busiest_cpu:.0%} | {run.setup_seconds:.1f} "
               f"| {run.verify_seconds:.1f} |")
-    print(f"| single TCP stream | {r.src}>{r.dst}, no lz4 | | | | {r.single_gbps * 1000:.1f} | {r.single_gbps * 1000:.1f} "
+    print(f"| single TCP stream | {r.src}>{r.dst}, no lz4 | | | | {r.single_gbps * 1000:.1f} "
+          f"| {r.single_gbps * 1000:.1f} "
           f"| | {sc.link_mbit(r.src, r.dst):.1f} | | {sc.link_mbit(r.src, r.dst) / (r.single_gbps * 1000):.3f} "
           f"| | {r.single_gbps * 1000 / maxflow_mbit:.2f} | | | | 1.000 | | | | |")
     print(f"\nILP / direct {r.vs_direct:.2f}x, ILP / widest {r.vs_widest:.2f}x, ILP / single stream "
@@ -233,26 +220,29 @@ def print_summary(results: list[ScenarioResult]) -> None:
     plans = [(r, solver, run) for r in results for solver, run in r.runs.items()]
     steady_ok = [p for p in plans if agrees(p[2].steady_gbps, p[2].predicted_gbps)]
     wire_ok = [p for p in plans if agrees(p[2].wire_gbps, p[2].predicted_gbps)]
-    usd_ok = [p for p in plans if agrees(p[2].egress_usd_measured(p[0].scenario.cost_per_gb), p[2].egress_usd_predicted)]
+    usd_ok = [(r, solver, run) for r, solver, run in plans
+              if agrees(run.egress_usd_measured(r.scenario.cost_per_gb), run.egress_usd_predicted)]
     n = len(plans)
     print(f"\nprediction check over {n} plans, within 10%: throughput {len(steady_ok)} ({len(steady_ok) / n:.0%}) "
           f"steady, {len(wire_ok)} ({len(wire_ok) / n:.0%}) end to end; egress $ {len(usd_ok)} ({len(usd_ok) / n:.0%})")
     for r, solver, run in plans:
         if (r, solver, run) not in steady_ok:
-            print(f"  throughput off: {r.scenario.name} {solver}: predicted / steady {run.predicted_gbps / run.steady_gbps:.3f}"
-                  f", source gateways' balance {run.source_balance:.2f}")
+            print(f"  throughput off: {r.scenario.name} {solver}: predicted / steady "
+                  f"{run.predicted_gbps / run.steady_gbps:.3f}, source gateways' balance {run.source_balance:.2f}")
     for kind in ("random", "shipped"):
         mine = [r for r in results if r.kind == kind]
         if mine:
-            print(f"{kind} scenarios ({len(mine)}): ILP / direct median {statistics.median(r.vs_direct for r in mine):.2f}x "
-                  f"(best {max(r.vs_direct for r in mine):.2f}x), ILP / widest median "
+            print(f"{kind} scenarios ({len(mine)}): ILP / direct median "
+                  f"{statistics.median(r.vs_direct for r in mine):.2f}x (best {max(r.vs_direct for r in mine):.2f}x), "
+                  f"ILP / widest median "
                   f"{statistics.median(r.vs_widest for r in mine):.2f}x, wire / max-flow median "
                   f"{statistics.median(r.vs_maxflow for r in mine):.2f} (lowest {min(r.vs_maxflow for r in mine):.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"runs of about {QUICK_SECONDS:g} s (default {FULL_SECONDS:g})")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"runs of about {QUICK_SECONDS:g} s (default {FULL_SECONDS:g})")
     ap.add_argument("--scenario", action="append", help="a shipped scenario name (repeat for several; default all)")
     ap.add_argument("--no-shipped", action="store_true", help="no shipped scenario (with --random)")
     ap.add_argument("--random", type=int, default=0, metavar="K", help="also K region pairs drawn from the whole grid")

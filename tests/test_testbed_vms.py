@@ -31,7 +31,8 @@ def vm_scenario(vms: int, gbps: float = 2.0, regions: tuple[str, ...] = REGIONS)
     pairs = [(a, b) for a in regions for b in regions if a != b]
     return Scenario(name=f"vms{vms}", regions=regions, gbps=dict.fromkeys(pairs, gbps), scale_mbit_per_gbps=10.0,
                     cost_per_gb={p: 0.01 * (1 + i) for i, p in enumerate(pairs)}, capacity="vm",
-                    vms_per_region=vms, vm_caps={p: c for p, c in CAPS.items() if any(r.startswith(p) for r in regions)})
+                    vms_per_region=vms,
+                    vm_caps={p: c for p, c in CAPS.items() if any(r.startswith(p) for r in regions)})
 
 
 # ---- pure ---------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def random_scenarios(k: int, seed: int, *, vms_per_region: int = 2, relays: int 
     for n, (src, dst) in enumerate(random_pairs(k, seed, grid)):
         chosen = candidate_relays(grid, src, [dst], fast=relays, cheap=0)
         best = chosen[0] if chosen else None
-        found = {"src": src, "dst": dst, "direct_gbps": grid.gbps(src, dst), "drawn": f"seed {seed}, pair {n + 1} of {k}"}
+        found = {"src": src, "dst": dst, "direct_gbps": grid.gbps(src, dst),
+                 "drawn": f"seed {seed}, pair {n + 1} of {k}"}
         if best:
             found.update(best_relay=best, best_relay_gbps=min(grid.gbps(src, best), grid.gbps(best, dst)))
         name = f"{src}--{dst}".replace(":", "-")
