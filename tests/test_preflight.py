@@ -193,3 +193,32 @@ def test_missing_destination_bucket_says_how_to_make_it(stores, home):
     s3, _, _ = stores
     with pytest.raises(NotFoundError, match="skyplane-provider mb gs://no-such-lake"):
         Transfer(TransferRequest(src=f"{s3}/events/", dsts=["gs://no-such-lake/x/"])).prepare()
+
+
+def test_container_sas_tokens_copy_from_and_to_a_container(stores, emulators, home):
+    """A container-scoped SAS (what a data owner hands out for one container) may not read the
+    container's properties, only list, read and write its blobs: read+list is enough to copy from it,
+    read+write+list to copy to it."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    s3, _, az = stores
+    account, container = az.removeprefix("az://").split("/")
+
+    def entry(**permission) -> dict:
+        sas = generate_container_sas(account, container, account_key=AZURITE_KEY,
+                                      permission=ContainerSasPermissions(**permission),
+                                      expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+        return {"account_url": f"{emulators.endpoints['azure']}/{account}", "sas_token": sas}
+
+    Transfer(TransferRequest(src=f"{s3}/events/", dsts=[f"{az}/in/"], dst_regions=[REGIONS[2]],
+                             credentials={az: entry(read=True, write=True, list=True)})).run()
+    moved = digests({k.removeprefix("events/"): v for k, v in OBJECTS.items()})
+    assert read_all(az, "in/") == moved
+    Transfer(TransferRequest(src=f"{az}/in/", dsts=[f"{s3}/out/"], src_region=REGIONS[2],
+                             credentials={az: entry(read=True, list=True)})).run()
+    assert read_all(s3, "out/") == moved
+    with pytest.raises(AccessDeniedError, match="list") as info:  # without list: said plainly, before any gateway
+        Transfer(TransferRequest(src=f"{az}/in/", dsts=[f"{s3}/none/"], src_region=REGIONS[2],
+                                 credentials={az: entry(read=True)})).prepare()
+    assert gateway_pids(home) == []
+    record("bad_input", "container SAS without list permission for a source", str(info.value))

@@ -106,8 +106,22 @@ class AzureStore(ObjectStore):
         return f"az://{self.account}/{self.container}"
 
     def check(self) -> None:
-        with self._errors():
-            self._container.get_container_properties()
+        try:
+            with self._errors():
+                self._container.get_container_properties()
+        except AccessDeniedError as exc:
+            # A container-scoped SAS never grants Get Container Properties (that takes an account SAS
+            # or a key), however many blob permissions it has: one listing request tells instead that
+            # the container exists and that these credentials reach it.
+            try:
+                with self._errors():
+                    next(self._container.list_blobs(results_per_page=1).by_page(), None)
+            except AccessDeniedError:
+                raise AccessDeniedError(
+                    f"access denied to {self.root_uri}: these credentials may neither read the container's "
+                    "properties nor list it", hint="a container SAS needs list (l) permission, with read (r) to "
+                    "copy from the container and write (w) to copy to it; or grant the Storage Blob Data "
+                    "Contributor role") from exc
 
     def region(self) -> str | None:
         return None  # the blob API does not say; callers pass the region explicitly
