@@ -30,7 +30,7 @@ MAX_BODY = 64 * 1024 * 1024
 #: Seconds a connection may send nothing (headers or body) before it is dropped, so idle or
 #: half-sent requests cannot pin the server's threads; before authentication too.
 IDLE_TIMEOUT = 10.0
-_METHODS = "GET /health, GET /status, POST /peers, POST /chunks, POST /store, POST /shutdown"
+_METHODS = "GET /health, GET /status, POST /peers, POST /chunks, POST /store, POST /credentials, POST /shutdown"
 
 
 class _BadRequest(Exception):
@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch({"/peers": self._peers, "/chunks": self._chunks, "/store": self._store,
-                        "/shutdown": self._shutdown})
+                        "/credentials": self._credentials, "/shutdown": self._shutdown})
 
     def _other_method(self) -> None:
         # http.server would answer 501 with an HTML page; this API answers 405 in JSON, after auth.
@@ -160,6 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _store(self, url) -> dict:
         return self.server.node.store_op(self._body())
+
+    def _credentials(self, url) -> dict:
+        return self.server.node.update_credentials(self._body())
 
     def _shutdown(self, url) -> dict:
         self._after = self.server.on_shutdown

@@ -56,6 +56,10 @@ class GatewayClient:
         """``{"events", "next", "counters", "queued", "errors"}``: events with sequence >= ``since``."""
         return self._call("GET", f"/status?since={int(since)}")
 
+    def push_credentials(self, entries: dict[str, dict]) -> list[str]:
+        """Hand the gateway renewed entries of its credentials document; returns their keys."""
+        return list(self._call("POST", "/credentials", {"credentials": entries}).get("replaced", ()))
+
     def shutdown(self) -> None:
         """Ask the gateway to stop (it answers first, then exits)."""
         self._call("POST", "/shutdown", {})

@@ -150,6 +150,7 @@ class Controlled:
         self.events = EventLog()
         self.stopping = threading.Event()
         self.last_control = time.monotonic()  # see touch()
+        self.stores = store_api.Stores(config.credentials)
 
     def touch(self) -> None:
         """An authenticated control request arrived (the coordinator is alive: see daemon.run)."""
@@ -158,6 +159,16 @@ class Controlled:
     def health(self) -> dict:
         return {"ok": not self.stopping.is_set(), "gateway_id": self.config.gateway_id,
                 "region": self.config.region, "pid": os.getpid()}
+
+    def update_credentials(self, doc: object) -> dict:
+        """``POST /credentials``: renewed entries of the credentials document (docs/credentials.md)."""
+        entries = store_api.parse_credentials(doc)
+        if not (self.config.reads or self.config.writes):
+            raise BadOptionError(f"{self.config.gateway_id} is a relay: it holds no store credentials",
+                                 hint="send renewed credentials to the gateways that read or write")
+        replaced = self.stores.update(entries)
+        log.info("renewed credentials for %s", ", ".join(replaced))
+        return {"ok": True, "replaced": replaced}
 
 
 class GatewayNode(Controlled):
@@ -183,7 +194,6 @@ class GatewayNode(Controlled):
         # entries beyond WRITE_WINDOW are forgotten (a re-send older than that is written again).
         self._written: collections.OrderedDict[tuple, _TargetWrite] = collections.OrderedDict()
         self._written_lock = threading.Lock()
-        self._store = store_api.Stores(config.credentials)
         self.in_flight = InFlight()
         self._threads: list[threading.Thread] = []
         self.listener = DataListener(config.bind_host, config.data_port, job_id=config.job_id,
@@ -240,7 +250,7 @@ class GatewayNode(Controlled):
 
     def store_op(self, doc: object) -> dict:
         """``POST /store``: one store operation with this gateway's credentials (gateway/store_api.py)."""
-        return store_api.run(doc, self._store, lambda call, what: with_retries(
+        return store_api.run(doc, self.stores, lambda call, what: with_retries(
             call, what=what, on_retry=self._count_retry, stop=self.stopping))
 
     # ---- source: read, encode, route ----------------------------------------------------------------
@@ -255,7 +265,7 @@ class GatewayNode(Controlled):
         """Read every object of the chunk into a buffer of its own; one that cannot be read fails
         alone, the others travel (sealed or checksummed together, never joined for it)."""
         spec = item.spec
-        store = self._store(item.src)
+        store = self.stores(item.src)
         pieces, sent = [], []
         for i, obj in enumerate(spec.objects):
             try:
@@ -383,7 +393,7 @@ class GatewayNode(Controlled):
                 return state.result, False
             # the other copy failed to write: try with ours
         try:
-            store = self._store(store_uri)
+            store = self.stores(store_uri)
             what = f"writing {store_uri}/{target.key}"
             if target.upload_id is None:
                 info = with_retries(lambda: store.write(target.key, data), what=what, on_retry=self._count_retry,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import threading
 from typing import Callable
 
 from planner.errors import BadOptionError
 
-from .stores import ObjectStore, open_store
+from .stores import ObjectStore, check_document, credentials_entry, discard, merge_documents, open_store
 from .stores.base import MAX_LIST_PAGE, ObjectInfo, PartInfo
 from .stores.uri import parse_uri
 
@@ -24,20 +25,47 @@ MAX_WRITE = 16 * 1024 * 1024
 
 
 class Stores:
-    """``stores(root_uri)``: the gateway's store for a root, opened once. A gateway's credentials and
-    environment are fixed for its life, and open_store's cache key (a scan of the environment, the
-    credentials as JSON) cost a fifth of the gateway's CPU per 4 KiB object. A race only opens the
-    same cached store twice."""
+    """``stores(root_uri)``: the gateway's store for a root, opened once. A gateway's environment is
+    fixed for its life, and open_store's cache key (a scan of the environment, the credentials as
+    JSON) cost a fifth of the gateway's CPU per 4 KiB object. A race only opens the same cached store
+    twice. Its credentials change only by :meth:`update` (``POST /credentials``)."""
 
     def __init__(self, credentials: dict) -> None:
         self._credentials = credentials
         self._stores: dict[str, ObjectStore] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, root_uri: str) -> ObjectStore:
         store = self._stores.get(root_uri)
         if store is None:
             store = self._stores[root_uri] = open_store(root_uri, self._credentials)
         return store
+
+    @property
+    def document(self) -> dict:
+        """The credentials document as it stands (renewed entries merged in)."""
+        return self._credentials
+
+    def update(self, entries: dict) -> list[str]:
+        """Merge renewed ``entries`` into the document (``BadOptionError`` if one is malformed); store
+        calls that start afterwards use them, calls in progress finish with the old ones. Returns the
+        entries' keys, in normal form."""
+        with self._lock:
+            old = self._credentials
+            self._credentials = merge_documents(old, entries)
+            stale, self._stores = self._stores, {}
+            for root in stale:
+                if credentials_entry(root, old) != credentials_entry(root, self._credentials):
+                    discard(root, old)
+        return sorted(check_document(entries))
+
+
+def parse_credentials(doc: object) -> dict:
+    """The body of ``POST /credentials``, ``{"credentials": {key: entry}}``: its entries (at least one)."""
+    entries = doc.get("credentials") if isinstance(doc, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise BadOptionError('the body must be {"credentials": {key: entry, ...}} with at least one entry')
+    return entries
 
 
 def info_dict(info: ObjectInfo) -> dict:

@@ -85,10 +85,10 @@ class Supervisor(Controlled):
         directory = os.path.dirname(os.path.abspath(config_path))
         self._workers = [_Worker(i, os.path.join(directory, f"worker-{i}.json"),
                                  os.path.join(directory, f"worker-{i}.ready.json")) for i in range(config.workers)]
-        self._stores = store_api.Stores(config.credentials)
         self._lock = threading.RLock()
         self._retired: dict = {}  # counters of workers that died
         self._peers: dict | None = None
+        self._renewed: dict = {}  # credentials entries pushed since the start, for workers started later
         self._restarts = 0
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -150,6 +150,10 @@ class Supervisor(Controlled):
         w.client = GatewayClient(f"http://127.0.0.1:{port}", w.token)
         if self._peers is not None:
             w.client.set_peers(self._peers)
+        with self._lock:
+            renewed = dict(self._renewed)
+        if renewed:
+            w.client.push_credentials(renewed)
 
     def _share_of_connections(self) -> RegionProgram:
         """The program with each hop's connections split over the workers (at least one each)."""
@@ -257,8 +261,22 @@ class Supervisor(Controlled):
             doc["errors"] = (doc["errors"] + [e for w in live for e in w.errors])[-50:]
         return doc
 
+    def update_credentials(self, doc: object) -> dict:
+        """Renew the supervisor's own (``POST /store``) and every worker's; a worker (re)started later gets
+        them as soon as it is up."""
+        answer = super().update_credentials(doc)
+        with self._lock:
+            self._renewed.update(doc["credentials"])
+            for w in self._workers:
+                if w.client is not None and w.alive:
+                    try:
+                        w.client.push_credentials(doc["credentials"])
+                    except SkyplaneError as exc:  # it is dying: its replacement starts with the new document
+                        log.warning("worker %d did not take the renewed credentials: %s", w.index, exc)
+        return answer
+
     def store_op(self, doc: object) -> dict:
-        return store_api.run(doc, self._stores, lambda call, what: with_retries(
+        return store_api.run(doc, self.stores, lambda call, what: with_retries(
             call, what=what, on_retry=lambda: self.events.count("retries"), stop=self.stopping))
 
 

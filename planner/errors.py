@@ -14,6 +14,7 @@ __all__ = [
     "UnknownRegionError",
     "BadOptionError",
     "CredentialsError",
+    "CredentialsExpiredError",
     "StoreError",
     "NotFoundError",
     "ConflictError",
@@ -42,6 +43,8 @@ class SkyplaneError(Exception):
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.hint = hint
+        #: The message without its hint (for callers that give a hint of their own).
+        self.message = message
         super().__init__(f"{message} ({hint})" if hint else message)
 
 
@@ -63,6 +66,16 @@ class BadOptionError(BadInputError):
 
 class CredentialsError(SkyplaneError):
     """Credentials for a store or a provisioner are missing or rejected."""
+
+
+class CredentialsExpiredError(CredentialsError):
+    """Temporary credentials ran out (an STS session, a SAS token, an access token).
+
+    ``retryable``: the client that started the job renews them and pushes the new ones to the
+    gateways (docs/credentials.md), so the same call may succeed once they arrive.
+    """
+
+    retryable = True
 
 
 class StoreError(SkyplaneError):

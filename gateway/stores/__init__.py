@@ -18,7 +18,9 @@ A dict whose keys are store root URIs (most specific: ``"s3://bucket-a"``, ``"az
          "service_account_file", "anonymous" (bool)}
     az: {"connection_string"}  or  {"account_url", "account_key" | "sas_token"}
 
-Every field is optional. Example::
+Every field is optional; every entry may also carry ``expiration`` (ISO 8601) when its secrets stop
+working (an Azure ``sas_token``'s own ``se=`` counts too): a refusal of them from then on is a
+retryable ``CredentialsExpiredError``, since the client renews them (docs/credentials.md). Example::
 
     {"s3": {"aws_access_key_id": "AKIA...", "aws_secret_access_key": "..."},
      "s3://other-account-bucket": {"aws_access_key_id": "...", "aws_secret_access_key": "..."},
@@ -45,9 +47,11 @@ from typing import Any
 from planner.errors import BadOptionError, BadURIError
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .common import parse_expiration
 from .uri import _ALIASES, parse_uri
 
-__all__ = ["open_store", "credentials_entry", "close_all", "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
+__all__ = ["open_store", "credentials_entry", "check_document", "merge_documents", "discard", "close_all",
+           "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
 
 _ENV_PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "CLOUDSDK_"),
                  "az": ("AZURE_STORAGE_",), "file": ()}
@@ -69,14 +73,63 @@ def open_store(root_uri: str, credentials: dict | None = None) -> ObjectStore:
         raise BadURIError(f"{root_uri!r} is not a store root: it has the key path {uri.path!r}",
                           hint=f"open {uri.root_uri} and pass the key to the store's methods")
     entry = _entry(uri.scheme, uri.root_uri, credentials)
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES[uri.scheme])))
-    root = (uri.path.rstrip("/") or "/") if uri.scheme == "file" else uri.root_uri
-    cache_key = (uri.scheme, root, json.dumps(entry, sort_keys=True, default=str), env)
+    cache_key = _cache_key(uri, entry)
     with _lock:
         store = _stores.get(cache_key)
         if store is None:
-            store = _stores[cache_key] = _make(uri.scheme, uri.bucket, root, entry, env)
+            store = _make(uri.scheme, uri.bucket, cache_key[1], entry, cache_key[3])
+            store.expires_at = _expiry(uri.scheme, uri.root_uri, entry)
+            _stores[cache_key] = store
         return store
+
+
+def discard(root_uri: str, credentials: dict | None) -> None:
+    """Forget the store :func:`open_store` gave for these credentials (and its SDK client), once they
+    were replaced: callers still holding it may finish with it, the next open gets a new one."""
+    uri = parse_uri(root_uri)
+    entry = _entry(uri.scheme, uri.root_uri, credentials)
+    cache_key = _cache_key(uri, entry)
+    with _lock:
+        _stores.pop(cache_key, None)
+        if uri.scheme != "file":
+            _clients.pop(_client_key(uri.scheme, uri.bucket, cache_key[2], cache_key[3]), None)
+
+
+def check_document(document: object) -> dict:
+    """A credentials document with its keys in normal form (``"GCS"`` -> ``"gs"``), every entry checked
+    against its scheme's fields. Raises ``BadOptionError`` naming what is wrong."""
+    if not isinstance(document, dict):
+        raise BadOptionError("the credentials document must be a dict", hint="see gateway.stores for its format")
+    out = {}
+    for name, entry in document.items():
+        key = _normal_key(name)
+        scheme = parse_uri(key).scheme if "://" in key else key
+        if scheme not in ("s3", "gs", "az"):
+            raise BadOptionError(f"credentials entry {name!r} names no store and no scheme",
+                                 hint="keys are store root URIs (s3://bucket, az://account/container) or s3, gs, az")
+        out[key] = _check_entry(scheme, name, entry)
+    return out
+
+
+def merge_documents(document: dict | None, entries: dict) -> dict:
+    """``document`` with ``entries`` (checked) put in, each replacing the entry of the same key."""
+    return {**{_normal_key(k): v for k, v in (document or {}).items()}, **check_document(entries)}
+
+
+def _cache_key(uri, entry: dict) -> tuple:
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES[uri.scheme])))
+    root = (uri.path.rstrip("/") or "/") if uri.scheme == "file" else uri.root_uri
+    return uri.scheme, root, json.dumps(entry, sort_keys=True, default=str), env
+
+
+def _expiry(scheme: str, root_uri: str, entry: dict) -> float | None:
+    if entry.get("expiration"):
+        return parse_expiration(entry["expiration"], root_uri)
+    if scheme == "az":
+        from .azure import sas_expiry
+
+        return sas_expiry(entry)
+    return None
 
 
 def credentials_entry(root_uri: str, credentials: dict | None) -> dict:
@@ -101,22 +154,27 @@ def _make(scheme: str, bucket: str, root: str, entry: dict, env: tuple) -> Objec
         from .local import LocalStore
 
         return LocalStore(root)
-    entry_key = json.dumps(entry, sort_keys=True, default=str)
+    key = _client_key(scheme, bucket, json.dumps(entry, sort_keys=True, default=str), env)
     if scheme == "s3":
         from . import s3
 
-        client = _client(("s3", entry_key, env), lambda: s3.make_client(entry))
+        client = _client(key, lambda: s3.make_client(entry))
         return s3.S3Store(bucket, client)
     if scheme == "gs":
         from . import gcs
 
-        client = _client(("gs", entry_key, env), lambda: gcs.make_client(entry))
+        client = _client(key, lambda: gcs.make_client(entry))
         return gcs.GCSStore(bucket, client)
     from . import azure
 
     account, container = bucket.split("/", 1)
-    client = _client(("az", account, entry_key, env), lambda: azure.make_client(account, entry))
+    client = _client(key, lambda: azure.make_client(account, entry))
     return azure.AzureStore(account, container, client)
+
+
+def _client_key(scheme: str, bucket: str, entry_key: str, env: tuple) -> tuple:
+    """SDK clients are shared by every store of a scheme with the same credentials (Azure: per account)."""
+    return (scheme, bucket.split("/", 1)[0], entry_key, env) if scheme == "az" else (scheme, entry_key, env)
 
 
 def _client(key: tuple, factory) -> Any:
@@ -140,16 +198,21 @@ def _entry(scheme: str, root_uri: str, document: dict | None) -> dict:
     candidates.append(scheme)
     for candidate in candidates:
         if candidate in normal:
-            entry = normal[candidate]
-            if not isinstance(entry, dict):
-                raise BadOptionError(f"credentials entry {candidate!r} must be a dict of settings",
-                                     hint="see gateway.stores for the fields")
-            unknown = set(entry) - _fields(scheme)
-            if unknown:
-                raise BadOptionError(f"unknown field(s) {sorted(unknown)} in credentials entry {candidate!r}",
-                                     hint=f"allowed: {sorted(_fields(scheme))}")
-            return dict(entry)
+            return _check_entry(scheme, candidate, normal[candidate])
     return {}
+
+
+def _check_entry(scheme: str, name: str, entry: object) -> dict:
+    if not isinstance(entry, dict):
+        raise BadOptionError(f"credentials entry {name!r} must be a dict of settings",
+                             hint="see gateway.stores for the fields")
+    unknown = set(entry) - _fields(scheme)
+    if unknown:
+        raise BadOptionError(f"unknown field(s) {sorted(unknown)} in credentials entry {name!r}",
+                             hint=f"allowed: {sorted(_fields(scheme))}")
+    if entry.get("expiration"):
+        parse_expiration(entry["expiration"], name)
+    return dict(entry)
 
 
 def _fields(scheme: str) -> frozenset[str]:

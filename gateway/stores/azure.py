@@ -11,6 +11,7 @@ ETags are the blob's Content-MD5 in hex when Azure keeps one (single-shot upload
 from __future__ import annotations
 
 import os
+import urllib.parse
 from typing import Any
 
 import azure.core.exceptions as aze
@@ -21,18 +22,18 @@ from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.storage.blob import BlobBlock, BlobServiceClient, ExponentialRetry
 from urllib3.util.retry import Retry
 
-from planner.errors import (AccessDeniedError, ConflictError, CredentialsError, NotFoundError, SkyplaneError,
-                            StoreError, StoreUnavailableError, ThrottledError)
+from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, CredentialsError, NotFoundError,
+                            SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, download_into, md5_hex,
-                     new_upload_id, part_numbers, translated)
+                     new_upload_id, parse_expiration, part_numbers, translated)
 
 MiB = 1024**2
 _SINGLE_PUT = 256 * MiB  # one Put Blob request up to this size; bigger writes are staged blocks
 _CREDENTIALS_HINT = ("set AZURE_STORAGE_CONNECTION_STRING, or give an 'az' entry in the credentials document: "
                      "{connection_string} or {account_url, account_key | sas_token}")
-CREDENTIAL_FIELDS = frozenset({"connection_string", "account_url", "account_key", "sas_token"})
+CREDENTIAL_FIELDS = frozenset({"connection_string", "account_url", "account_key", "sas_token", "expiration"})
 
 
 def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
@@ -66,6 +67,18 @@ def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
         raise CredentialsError(f"unusable Azure credentials for account {account!r}: {exc}",
                                hint=_CREDENTIALS_HINT) from exc
     raise CredentialsError(f"no Azure credentials for account {account!r}", hint=_CREDENTIALS_HINT)
+
+
+def sas_expiry(settings: dict[str, Any]) -> float | None:
+    """When the entry's SAS token stops working: its signed expiry (``se=``), if it has one."""
+    token = settings.get("sas_token")
+    values = urllib.parse.parse_qs(str(token).lstrip("?")).get("se") if token else None
+    if not values:
+        return None
+    try:
+        return parse_expiration(values[0], "sas_token")
+    except BadOptionError:
+        return None  # Azure will say what it makes of it
 
 
 def connection_string_account(conn: str) -> str | None:
@@ -215,7 +228,7 @@ class AzureStore(ObjectStore):
         self._service.close()
 
     def _errors(self, key: str | None = None):
-        return translated(lambda exc: _translate(exc, self.root_uri, key))
+        return translated(lambda exc: _translate(exc, self.root_uri, key), self.expires_at)
 
 
 def _as_bytes(data: bytes | bytearray) -> bytes:

@@ -79,6 +79,9 @@ class ObjectStore(ABC):
     #: URI scheme, e.g. ``"s3"``.
     scheme: str = ""
     capabilities: Capabilities = Capabilities()
+    #: When the credentials this store was opened with stop working (seconds since the epoch), if they
+    #: do: a refusal of them from then on is a retryable ``CredentialsExpiredError``.
+    expires_at: float | None = None
 
     @property
     @abstractmethod

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from planner.errors import BadOptionError, SkyplaneError
+from planner.errors import BadOptionError, CredentialsError, CredentialsExpiredError, SkyplaneError
 
 #: HTTP connections each SDK client may keep open: room for ~32 parallel users of one client.
 POOL_SIZE = 64
@@ -20,9 +22,18 @@ READ_TIMEOUT = 120
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+#: Seconds before an entry's ``expiration`` from which the store's refusal of its credentials is
+#: taken for their expiry: the gateway's clock and the store's may differ.
+EXPIRY_SKEW = 300.0
+EXPIRED_HINT = ("the client that started the job renews temporary credentials and hands them to the gateways "
+                "(docs/credentials.md); if it is gone, resume the job with fresh credentials")
+
+
 @contextmanager
-def translated(translate: Callable[[Exception], SkyplaneError | None]) -> Iterator[None]:
-    """Re-raise SDK exceptions as the error ``translate`` maps them to (unmapped ones pass through)."""
+def translated(translate: Callable[[Exception], SkyplaneError | None],
+               expires_at: float | None = None) -> Iterator[None]:
+    """Re-raise SDK exceptions as the error ``translate`` maps them to (unmapped ones pass through).
+    ``expires_at``: when the store's credentials stop working (see :func:`expired`)."""
     try:
         yield
     except SkyplaneError:
@@ -31,7 +42,26 @@ def translated(translate: Callable[[Exception], SkyplaneError | None]) -> Iterat
         mapped = translate(exc)
         if mapped is None:
             raise
-        raise mapped from exc
+        raise expired(mapped, expires_at) from exc
+
+
+def expired(error: SkyplaneError, expires_at: float | None) -> SkyplaneError:
+    """A refusal of credentials that were due to expire (``expires_at``, seconds since the epoch) is
+    their expiry: a retryable :class:`CredentialsExpiredError`, since renewed ones may be on the way."""
+    if type(error) is not CredentialsError or expires_at is None or time.time() < expires_at - EXPIRY_SKEW:
+        return error
+    when = datetime.fromtimestamp(expires_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return CredentialsExpiredError(f"{error.message}: these credentials expire(d) at {when}", hint=EXPIRED_HINT)
+
+
+def parse_expiration(value: object, where: str) -> float:
+    """An entry's ``expiration`` (ISO 8601; UTC when it names no zone) as seconds since the epoch."""
+    try:
+        moment = datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise BadOptionError(f"unreadable expiration {value!r} in credentials entry {where!r}",
+                             hint="write it in ISO 8601, e.g. 2026-12-04T02:14:00Z") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def check_range(offset: int, length: int | None) -> None:

@@ -42,7 +42,8 @@ _TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
 _RETRY = DEFAULT_RETRY.with_timeout(10.0).with_delay(initial=0.5, multiplier=2.0, maximum=4.0)
 _CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
                      "or give a 'gs' entry in the credentials document")
-CREDENTIAL_FIELDS = frozenset({"project", "endpoint", "service_account_info", "service_account_file", "anonymous"})
+CREDENTIAL_FIELDS = frozenset({"project", "endpoint", "service_account_info", "service_account_file", "anonymous",
+                               "expiration"})
 
 
 def make_client(settings: dict[str, Any]) -> storage.Client:
@@ -267,7 +268,7 @@ class GCSStore(ObjectStore):
 
     def _errors(self, key: str | None = None, *, bucket_level: bool = False):
         """Translate SDK errors; ``bucket_level``: a 404 means the bucket is missing (uploads)."""
-        return translated(lambda exc: _translate(exc, self.bucket, key, bucket_level))
+        return translated(lambda exc: _translate(exc, self.bucket, key, bucket_level), self.expires_at)
 
 
 def _part_name(upload_id: str, part_number: int) -> str:

@@ -9,23 +9,25 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, CredentialsError, NotFoundError,
-                            SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
+from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, CredentialsError,
+                            CredentialsExpiredError, NotFoundError, SkyplaneError, StoreError, StoreUnavailableError,
+                            ThrottledError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers, translated
+from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers,
+                     translated)
 
 MiB = 1024**2
 _LIST_REQUEST = 1000  # keys per ListObjectsV2 request at most
 _NOT_FOUND_KEY = {"NoSuchKey", "404", "NotFound"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
               "RequestThrottled", "503"}
-_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-                    "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "AuthorizationHeaderMalformed"}
+_EXPIRED = {"ExpiredToken", "TokenRefreshRequired"}
 _CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
                      "or give an 's3' entry in the credentials document")
 CREDENTIAL_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region_name",
-                               "endpoint_url"})
+                               "endpoint_url", "expiration"})
 
 
 def make_client(settings: dict[str, Any]) -> Any:
@@ -204,7 +206,7 @@ class S3Store(ObjectStore):
         self._client.close()
 
     def _errors(self, key: str | None = None):
-        return translated(lambda exc: _translate(exc, self.bucket, key))
+        return translated(lambda exc: _translate(exc, self.bucket, key), self.expires_at)
 
 
 class _RangeNotSatisfiable(StoreError):
@@ -255,6 +257,8 @@ def _translate(exc: Exception, bucket: str, key: str | None) -> SkyplaneError | 
         return NotFoundError(f"{where} does not exist", hint="check the key, and that the bucket exists")
     if code in ("InvalidRange",) or status == 416:
         return _RangeNotSatisfiable(f"range not satisfiable on {where}")
+    if code in _EXPIRED:
+        return CredentialsExpiredError(f"the credentials for {where} expired: {message}", hint=EXPIRED_HINT)
     if code in _BAD_CREDENTIALS:
         return CredentialsError(f"S3 rejected the credentials for {where}: {message}", hint=_CREDENTIALS_HINT)
     if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:

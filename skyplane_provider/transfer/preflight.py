@@ -91,8 +91,7 @@ def check_store(check: dict[str, Any], credentials: dict) -> None:
 
 def _message(exc: Exception) -> str:
     """The error's text without its hint (callers add a hint of their own)."""
-    text, hint = str(exc), getattr(exc, "hint", None)
-    return text.removesuffix(f" ({hint})") if hint else text
+    return exc.message if isinstance(exc, SkyplaneError) else str(exc)
 
 
 def portable(credentials: dict) -> dict:
