@@ -95,6 +95,21 @@ def test_nightly_sync_example(example_env):
     assert asset_events("skyplane_nightly_sync") == outlets  # what schedules downstream DAGs
 
 
+def test_object_storage_paths(example_env):
+    """Source and destinations given as ObjectStoragePath objects (their connections in the paths:
+    aws_raw in the netloc, gcp_lake as conn_id, wasb_lake for an abfs path whose account the
+    connection string names)."""
+    s3, gcs, az = (example_env[f"SKYPLANE_EXAMPLE_{k}"] for k in ("S3", "GCS", "AZURE"))
+    objs = sample_objects(**SMALL)
+    put_objects(f"{s3}/paths/", objs)
+    dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_paths")
+    state, xcoms = run(dag)
+    assert state == "success"
+    assert digests(f"{gcs}/paths/") == sha256s(objs) and digests(f"{az}/paths/") == sha256s(objs)
+    assert xcoms["copy"]["objects"] == len(objs) and xcoms["copy"]["verified"]
+    assert [a.uri for a in dag.get_task("copy").inlets] == [f"{s3}/paths"]
+
+
 def test_replace_pairwise_example(example_env):
     """Three syncs with one operator class; the summary task sums their XCom stats."""
     s3, gcs, az = (example_env[f"SKYPLANE_EXAMPLE_{k}"] for k in ("S3", "GCS", "AZURE"))

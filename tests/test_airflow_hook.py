@@ -214,13 +214,98 @@ def test_skyplane_connection_provisioner(monkeypatch):
         SkyplaneHook(skyplane_conn_id="not_sky").provisioner()
 
 
+def test_skyplane_connection_form_fields(monkeypatch):
+    """What the connection form stores: provisioner_settings as an object or JSON text, and
+    secret_settings (a password field: JSON text) merged over them, masked in task logs."""
+    from airflow.sdk._shared.secrets_masker import redact
+
+    secret = {"aws_secret_access_key": "s3cr3t-value", "aws_access_key_id": "AKIAFORM"}
+    conn(monkeypatch, "sky_form", {"conn_type": "skyplane", "extra": {
+        "provisioner": "aws", "provisioner_settings": json.dumps({"orchestrator_cidr": "203.0.113.7/32"}),
+        "secret_settings": json.dumps(secret)}})
+    name, settings = SkyplaneHook(skyplane_conn_id="sky_form").provisioner()
+    assert (name, settings) == ("aws", {"orchestrator_cidr": "203.0.113.7/32", **secret})
+    assert redact("key s3cr3t-value") == "key ***"
+    conn(monkeypatch, "sky_prefixed", {"conn_type": "skyplane", "extra": {
+        "extra__skyplane__provisioner": "ssh", "extra__skyplane__provisioner_settings": {"hosts": ["h1"]}}})
+    assert SkyplaneHook(skyplane_conn_id="sky_prefixed").provisioner() == ("ssh", {"hosts": ["h1"]})
+    conn(monkeypatch, "sky_badjson", {"conn_type": "skyplane", "extra": {"secret_settings": "{oops"}})
+    with pytest.raises(CredentialsError, match="secret_settings is not valid JSON"):
+        SkyplaneHook(skyplane_conn_id="sky_badjson").provisioner()
+
+
+# -- ObjectStoragePath --------------------------------------------------------------------------------
+def test_object_storage_paths_bring_their_connections(monkeypatch):
+    from airflow.sdk import ObjectStoragePath
+
+    conn(monkeypatch, "aws_raw", {"conn_type": "aws", "login": "A", "password": "a"})
+    conn(monkeypatch, "gcp_lake", {"conn_type": "google_cloud_platform", "extra": {"project": "p"}})
+    conn(monkeypatch, "wasb_lake", {"conn_type": "wasb",
+                                    "extra": {"connection_string": connection_string("http://127.0.0.1:10000")}})
+    conn(monkeypatch, "wasb_host", {"conn_type": "wasb", "host": "https://acct9.blob.core.windows.net",
+                                    "password": "k"})
+    hook = SkyplaneHook()
+    src = ObjectStoragePath("s3://aws_raw@raw-bucket/events/")
+    dsts = [ObjectStoragePath("gs://lake-bucket/events/", conn_id="gcp_lake"),
+            ObjectStoragePath("abfs://wasb_lake@lake/events/"), ObjectStoragePath("az://wasb_host@cont2/x"),
+            "s3://plain-bucket/x/", ObjectStoragePath("file:///tmp/out/")]
+    assert hook.sides(src, dsts) == [
+        ("s3://raw-bucket/events", "aws_raw"), ("gs://lake-bucket/events/", "gcp_lake"),
+        ("az://devstoreaccount1/lake/events/", "wasb_lake"), ("az://acct9/cont2/x", "wasb_host"),
+        ("s3://plain-bucket/x/", None), ("/tmp/out", None)]
+    doc = hook.credentials(src, dsts[:1])
+    assert set(doc) == {"s3://raw-bucket", "gs://lake-bucket"}
+    req = SkyplaneHook(dst_conn_id="gcp_lake").make_request(src, dsts[0])
+    assert (req.src, req.dsts) == ("s3://raw-bucket/events", ["gs://lake-bucket/events/"])
+
+
+def test_object_storage_path_errors(monkeypatch):
+    from airflow.sdk import ObjectStoragePath
+
+    conn(monkeypatch, "aws_raw", {"conn_type": "aws", "login": "A", "password": "a"})
+    conn(monkeypatch, "wasb_nothing", {"conn_type": "wasb", "password": "k"})
+    with pytest.raises(BadOptionError, match="carries connection 'aws_raw' but src_conn_id is 'aws_other'"):
+        SkyplaneHook(src_conn_id="aws_other").sides(ObjectStoragePath("s3://aws_raw@raw-bucket/x/"), [])
+    with pytest.raises(BadURIError, match="protocol 'http'"):
+        SkyplaneHook().sides(ObjectStoragePath("http://example.com/x"), [])
+    with pytest.raises(BadURIError, match="which storage account"):
+        SkyplaneHook().sides("s3://raw-bucket/", [ObjectStoragePath("az://wasb_nothing@cont/x")])
+
+
 # -- registration -----------------------------------------------------------------------------------
-def test_provider_info_matches_airflows_schema():
+def test_provider_info_matches_airflows_schemas():
+    """What get_provider_info returns fits airflow-core's provider_info schema; provider.yaml fits the
+    provider.yaml schema of Airflow's own providers (minus the release fields it has no use for)."""
     import airflow
     import jsonschema
+    import yaml
 
-    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
-    jsonschema.validate(get_provider_info(), schema)
+    from skyplane_provider.airflow.provider import PROVIDER_YAML
+
+    root = Path(airflow.__file__).parent
+    jsonschema.validate(get_provider_info(), json.loads((root / "provider_info.schema.json").read_text()))
+    schema = json.loads((root / "provider.yaml.schema.json").read_text())
+    schema["required"] = [r for r in schema["required"] if r not in ("state", "source-date-epoch", "versions")]
+    jsonschema.validate(yaml.safe_load(PROVIDER_YAML.read_text()), schema)
+
+
+def test_connection_form_is_declared_without_importing_the_hook(recwarn):
+    """Airflow's providers manager builds the skyplane form from provider.yaml: the UI needs no
+    hook method (get_connection_form_widgets / get_ui_field_behaviour are deprecated in 3.2)."""
+    from airflow.providers_manager import ProvidersManager
+
+    from skyplane_provider.airflow.hooks import SKYPLANE_FIELDS
+
+    manager = ProvidersManager()
+    widgets = {k.removeprefix("extra__skyplane__"): w for k, w in manager.connection_form_widgets.items()
+               if k.startswith("extra__skyplane__")}
+    assert tuple(widgets) == SKYPLANE_FIELDS
+    assert widgets["provisioner"].field["schema"]["enum"] == ["local", "ssh", "aws", "gcp", "azure"]
+    assert widgets["secret_settings"].is_sensitive and not widgets["provisioner_settings"].is_sensitive
+    assert set(manager.field_behaviours["skyplane"]["hidden_fields"]) == {"host", "schema", "login", "password",
+                                                                          "port", "extra"}
+    assert not {"get_ui_field_behaviour", "get_connection_form_widgets"} & set(vars(SkyplaneHook))
+    assert not [w for w in recwarn if "skyplane" in str(w.message).lower()]
 
 
 def test_provider_registered_with_airflow():

@@ -14,7 +14,8 @@ connection type             fields read
                             ``keyfile_dict``, ``project``, ``endpoint`` (an emulator URL, ours), ``anonymous``
 ``wasb``                    extra ``connection_string``; or login = account + password = key; or extra
                             ``sas_token``; host = account URL (default ``https://ACCOUNT.blob.core.windows.net``)
-``skyplane`` (ours)         extra ``{"provisioner": "ssh", "provisioner_settings": {...}}`` (see docs/provisioners.md)
+``skyplane`` (ours)         extra ``provisioner`` (``ssh``...), ``provisioner_settings`` and ``secret_settings``
+                            (JSON objects, the second for secrets; see docs/provisioners.md)
 ==========================  ===============================================================================
 
 Each side has its own connection (``src_conn_id``; ``dst_conn_id``, one per destination), and each
@@ -28,8 +29,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from airflow.sdk import BaseHook, Connection
+from airflow.sdk import BaseHook, Connection, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.sdk.log import mask_secret
 
@@ -39,10 +41,17 @@ from skyplane_provider.redaction import secret_values
 from skyplane_provider.transfer import TransferRequest
 from skyplane_provider.transfer.credential_sources import CredentialSource, assume_role, document
 
+from .paths import is_path, path_uri
 from .provider import CONN_TYPE
+
+#: A source or destination: a URI, or Airflow's ``ObjectStoragePath`` (which brings its connection).
+Target = str | ObjectStoragePath
 
 #: Which connection type serves which URI scheme.
 CONN_TYPES = {"s3": "aws", "gs": "google_cloud_platform", "az": "wasb"}
+#: The fields of a ``skyplane`` connection (its form, declared in provider.yaml); ``secret_settings``
+#: is merged over ``provisioner_settings``.
+SKYPLANE_FIELDS = ("provisioner", "provisioner_settings", "secret_settings")
 
 
 class SkyplaneHook(BaseHook):
@@ -72,39 +81,62 @@ class SkyplaneHook(BaseHook):
         return {"provisioner": name, "provisioner_settings": settings}
 
     # -- the request ---------------------------------------------------------------------------
-    def make_request(self, src: str, dsts: str | Sequence[str], *, provisioner: str | None = None,
+    def make_request(self, src: Target, dsts: Target | Sequence[Target], *, provisioner: str | None = None,
                      **options: Any) -> TransferRequest:
         """A request for ``src`` -> ``dsts`` with the connections' credentials and provisioner.
 
-        ``provisioner`` overrides the ``skyplane`` connection's (default ``local``); ``options`` are
-        the other :class:`TransferRequest` fields. Raises ``BadInputError``/``CredentialsError``
-        subclasses of ``SkyplaneError`` on bad URIs, options or connections.
+        ``src`` and each destination are URIs or ``ObjectStoragePath`` objects (which bring their
+        connection). ``provisioner`` overrides the ``skyplane`` connection's (default ``local``);
+        ``options`` are the other :class:`TransferRequest` fields. Raises ``BadInputError`` /
+        ``CredentialsError`` subclasses of ``SkyplaneError`` on bad URIs, options or connections.
         """
-        dsts = [dsts] if isinstance(dsts, str) else list(dsts)
+        sides = self.sides(src, dsts)
         name, settings = self.provisioner(provisioner)
         try:
-            request = TransferRequest(src=src, dsts=dsts, provisioner=name, provisioner_settings=settings,
-                                      credentials=self.credentials(src, dsts), **options)
+            request = TransferRequest(src=sides[0][0], dsts=[uri for uri, _ in sides[1:]], provisioner=name,
+                                      provisioner_settings=settings, credentials=self._credentials(sides), **options)
         except TypeError as exc:
             raise BadOptionError(f"unknown transfer option: {exc}") from exc
         request.validate()
         return request
 
-    def credentials(self, src: str, dsts: Sequence[str]) -> dict[str, dict]:
+    def sides(self, src: Target, dsts: Target | Sequence[Target]) -> list[tuple[str, str | None]]:
+        """``(URI, connection id)`` of the source, then of each destination: the hook's connection ids,
+        or those the ``ObjectStoragePath`` objects carry (giving both, different, is refused)."""
+        dsts = list(dsts) if isinstance(dsts, (list, tuple)) else [dsts]
+        given = [("src_conn_id", self.src_conn_id), *(("dst_conn_id", c) for c in self._dst_conn_ids(len(dsts)))]
+        return [self._side(target, what, conn_id) for target, (what, conn_id) in zip([src, *dsts], given)]
+
+    def _side(self, target: Target, what: str, given: str | None) -> tuple[str, str | None]:
+        if not is_path(target):
+            return target, given
+        carried = target.conn_id
+        if given is not None and carried is not None and given != carried:
+            raise BadOptionError(f"{target} carries connection {carried!r} but {what} is {given!r}",
+                                 hint=f"drop {what}, or the connection id from the path")
+        return path_uri(target, self.storage_account), given or carried
+
+    def credentials(self, src: Target, dsts: Target | Sequence[Target]) -> dict[str, dict]:
         """The credentials document for this transfer: one entry per store that has a connection.
 
         Airflow masks a connection's own password and secret extras in task logs; the secrets made
         here (keys of an assumed role, a key file's content) are registered with its masker too."""
-        doc = document(self.credential_sources(src, dsts))
+        return self._credentials(self.sides(src, dsts))
+
+    def _credentials(self, sides: list[tuple[str, str | None]]) -> dict[str, dict]:
+        doc = document(self._sources(sides))
         for secret in secret_values(doc):
             mask_secret(secret)
         return doc
 
-    def credential_sources(self, src: str, dsts: Sequence[str]) -> list[CredentialSource]:
+    def credential_sources(self, src: Target, dsts: Target | Sequence[Target]) -> list[CredentialSource]:
         """One source per store that has a connection: its entry now, and again when renewed (an
         assumed role's keys come from botocore's refreshing credentials, docs/credentials.md)."""
+        return self._sources(self.sides(src, dsts))
+
+    def _sources(self, sides: list[tuple[str, str | None]]) -> list[CredentialSource]:
         by_root: dict[str, tuple[str, CredentialSource]] = {}
-        for uri, conn_id in [(src, self.src_conn_id), *zip(dsts, self._dst_conn_ids(len(dsts)))]:
+        for uri, conn_id in sides:
             if conn_id is None:
                 continue
             store = parse_uri(uri)
@@ -125,6 +157,19 @@ class SkyplaneHook(BaseHook):
             raise BadOptionError(f"dst_conn_id lists {len(ids)} connections for {n} destinations",
                                  hint="give one connection id per destination (None for the environment)")
         return ids
+
+    def storage_account(self, conn_id: str) -> str | None:
+        """The storage account a ``wasb`` connection names: its connection string's ``AccountName``,
+        its login, or its host (``https://ACCOUNT.blob...``; an emulator's ``http://IP:PORT/ACCOUNT``)."""
+        conn = self._connection(conn_id)
+        extra = _extra(conn, prefix="extra__wasb__")
+        fields = dict(p.split("=", 1) for p in str(extra.get("connection_string", "")).split(";") if "=" in p)
+        if fields.get("AccountName") or conn.login:
+            return fields.get("AccountName") or conn.login
+        url = urlsplit(conn.host if conn.host and "://" in conn.host else f"https://{conn.host or ''}")
+        if url.hostname and url.hostname.replace(".", "").isdigit():
+            return url.path.strip("/").split("/", 1)[0] or None
+        return (url.hostname or "").split(".", 1)[0] or None
 
     # -- one store's entry ---------------------------------------------------------------------
     def store_source(self, conn_id: str, store: StoreURI) -> CredentialSource:
@@ -157,14 +202,12 @@ class SkyplaneHook(BaseHook):
         if conn.conn_type != CONN_TYPE:
             raise CredentialsError(f"connection {self.skyplane_conn_id!r} has type {conn.conn_type!r}, "
                                    f"not {CONN_TYPE!r}", hint="create a connection of type skyplane")
-        extra = _extra(conn)
-        unknown = set(extra) - {"provisioner", "provisioner_settings"}
+        extra = _extra(conn, prefix=f"extra__{CONN_TYPE}__")
+        unknown = set(extra) - set(SKYPLANE_FIELDS)
         if unknown:
             raise BadOptionError(f"unknown fields {sorted(unknown)} in connection {conn.conn_id!r}",
-                                 hint='its extra holds {"provisioner": NAME, "provisioner_settings": {...}}')
-        settings = extra.get("provisioner_settings") or {}
-        if not isinstance(settings, dict):
-            raise BadOptionError(f"provisioner_settings of connection {conn.conn_id!r} must be a JSON object")
+                                 hint=f"its fields are {', '.join(SKYPLANE_FIELDS)} (the connection form's)")
+        settings = {**_json_field(conn, extra, "provisioner_settings"), **_json_field(conn, extra, "secret_settings")}
         for secret in secret_values(settings):
             mask_secret(secret)
         return override or extra.get("provisioner") or "local", settings

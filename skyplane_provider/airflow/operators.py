@@ -34,7 +34,8 @@ from skyplane_provider.transfer.jobs import JobHandle, cancel_job, job_result, s
 from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
 from skyplane_provider.transfer.stats import human_bytes
 
-from .hooks import SkyplaneHook
+from .hooks import SkyplaneHook, Target
+from .paths import is_path, path_uri
 from .triggers import SkyplaneTransferTrigger
 
 if TYPE_CHECKING:
@@ -54,8 +55,9 @@ DEFER_TIMEOUT_MARGIN = timedelta(seconds=60)
 class SkyplaneTransferOperator(BaseOperator):
     """Copy (or sync) ``src`` to one or more destinations through an overlay of gateways.
 
-    :param src: source URI (``s3://``, ``gs://``, ``az://account/container/``, or a local path). Templated.
-    :param dst: destination URI, or a list of them for a multicast. Templated.
+    :param src: source URI (``s3://``, ``gs://``, ``az://account/container/``, or a local path), or an
+        ``ObjectStoragePath`` (its connection id is the source's connection). Templated.
+    :param dst: destination URI or ``ObjectStoragePath``, or a list of them for a multicast. Templated.
     :param src_conn_id: Airflow connection for the source (``aws`` / ``google_cloud_platform`` / ``wasb``);
         ``None`` uses the SDKs' environment. Templated.
     :param dst_conn_id: connection for the destination, or a list aligned with ``dst``. Templated.
@@ -84,7 +86,7 @@ class SkyplaneTransferOperator(BaseOperator):
                                       "provisioner", "skyplane_conn_id")
     ui_color = "#c6dbef"
 
-    def __init__(self, *, src: str, dst: str | list[str], src_conn_id: str | None = None,
+    def __init__(self, *, src: Target, dst: Target | list[Target], src_conn_id: str | None = None,
                  dst_conn_id: str | list[str | None] | None = None, recursive: bool = True, sync: bool = False,
                  solver: str = "direct", throughput_gbps: float | None = None, max_cost_per_gb: float | None = None,
                  max_gateways_per_region: int = 1, gateways_per_region: int | None = None,
@@ -95,7 +97,7 @@ class SkyplaneTransferOperator(BaseOperator):
                  deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
                  poll_interval: float = 5.0, **kwargs: Any) -> None:
         kwargs.setdefault("inlets", _assets([src]))
-        kwargs.setdefault("outlets", _assets([dst] if isinstance(dst, str) else list(dst)))
+        kwargs.setdefault("outlets", _assets(list(dst) if isinstance(dst, (list, tuple)) else [dst]))
         super().__init__(**kwargs)
         self.src = src
         self.dst = dst
@@ -117,8 +119,8 @@ class SkyplaneTransferOperator(BaseOperator):
         self._progress: Progress | None = None
 
     @property
-    def dsts(self) -> list[str]:
-        return [self.dst] if isinstance(self.dst, str) else list(self.dst)
+    def dsts(self) -> list[Target]:
+        return list(self.dst) if isinstance(self.dst, (list, tuple)) else [self.dst]
 
     @cached_property
     def hook(self) -> SkyplaneHook:
@@ -227,10 +229,10 @@ class SkyplaneTransferOperator(BaseOperator):
                                outputs=[Dataset(namespace=ns, name=name) for ns, name in lineage_names(self.dsts)])
 
 
-def lineage_names(uris: list[str]) -> list[tuple[str, str]]:
+def lineage_names(targets: list[Target]) -> list[tuple[str, str]]:
     """``(namespace, name)`` per URI, as the official transfer operators name their datasets."""
     out = []
-    for uri in uris:
+    for uri in filter(None, map(_uri_text, targets)):
         u = parse_uri(uri)
         name = u.path.rstrip("/") or "/"
         if u.scheme == "az":
@@ -243,12 +245,18 @@ def lineage_names(uris: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _assets(uris: list[str]) -> list[Asset]:
+def _uri_text(target: Target) -> str | None:
+    """A target as URI text, without looking up connections (None for an Azure path whose account
+    only its connection knows)."""
+    return path_uri(target) if is_path(target) else target
+
+
+def _assets(uris: list[Target]) -> list[Asset]:
     """One Asset per URI, for scheduling downstream DAGs on the destination. A templated URI gives
     the Asset of its static part (``gs://lake/events/dt={{ ... }}/`` -> ``gs://lake/events/``); a URI
     that does not parse gives none (execute reports it)."""
     assets = []
-    for uri in uris:
+    for uri in map(_uri_text, uris):
         if not isinstance(uri, str):
             continue
         static = uri.split("{{", 1)[0]

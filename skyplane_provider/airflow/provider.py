@@ -1,15 +1,20 @@
 """Provider registration: what ``airflow providers list`` shows and which hook serves our connection type.
 
-Airflow calls :func:`get_provider_info` while it reads its configuration, so this module must import
-nothing of Airflow and nothing heavy of ours.
+The metadata is declared in ``provider.yaml`` beside this module (the shape of Airflow's own
+providers' ``provider.yaml``, including the ``skyplane`` connection form's ``conn-fields`` and
+``ui-field-behaviour``); :func:`get_provider_info` returns it with the installed version. Airflow calls
+it while it reads its configuration, so this module imports nothing of Airflow and nothing heavy of
+ours (PyYAML comes with Airflow).
 """
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-INTEGRATION = "Skyplane"
 CONN_TYPE = "skyplane"
+PROVIDER_YAML = Path(__file__).with_name("provider.yaml")
 
 
 def _version() -> str:
@@ -19,36 +24,13 @@ def _version() -> str:
         return "0.0.0"
 
 
+@cache
+def _declared() -> dict:
+    import yaml
+
+    return yaml.safe_load(PROVIDER_YAML.read_text())
+
+
 def get_provider_info() -> dict:
     """The provider's metadata, in the shape of airflow-core's ``provider_info.schema.json``."""
-    return {
-        "package-name": "skyplane-provider",
-        "name": "Skyplane",
-        "description": "Cross-cloud object transfers (S3, GCS, Azure Blob) through an overlay of gateways: "
-                       "one operator for every copy, sync and multicast.",
-        "versions": [_version()],
-        "integrations": [{
-            "integration-name": INTEGRATION,
-            "external-doc-url": "https://www.usenix.org/conference/nsdi23/presentation/jain",
-            "tags": ["software"],
-        }],
-        "operators": [{"integration-name": INTEGRATION,
-                       "python-modules": ["skyplane_provider.airflow.operators"]}],
-        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["skyplane_provider.airflow.hooks"]}],
-        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["skyplane_provider.airflow.triggers"]}],
-        # ObjectStoragePath("sky://DATASET/key"): the storage broker's replica-aware reads
-        "filesystems": ["skyplane_provider.broker.fs"],
-        "connection-types": [{
-            "connection-type": CONN_TYPE,
-            "hook-class-name": "skyplane_provider.airflow.hooks.SkyplaneHook",
-            "hook-name": "Skyplane",
-            "ui-field-behaviour": {
-                "hidden-fields": ["host", "schema", "login", "password", "port"],
-                "relabeling": {},
-                "placeholders": {
-                    "extra": '{"provisioner": "ssh", "provisioner_settings": {"hosts": {"aws:us-east-1": '
-                             '["ubuntu@203.0.113.10"]}, "known_hosts": "~/.ssh/known_hosts"}}',
-                },
-            },
-        }],
-    }
+    return {**_declared(), "versions": [_version()]}

@@ -1,4 +1,5 @@
-"""DAGs for the Airflow tests: one copy task whose URIs come from the run's conf, blocking or deferred.
+"""DAGs for the Airflow tests: one copy task whose URIs come from the run's conf, blocking or deferred;
+and one whose source and destinations are ``ObjectStoragePath`` objects.
 
 The deferred one polls every 5 s: its first event must not beat the scheduler to the worker's exit
 (see SkyplaneTransferTrigger.run).
@@ -6,8 +7,10 @@ The deferred one polls every 5 s: its first event must not beat the scheduler to
 
 from __future__ import annotations
 
+import os
+
 import pendulum
-from airflow.sdk import DAG
+from airflow.sdk import DAG, ObjectStoragePath
 
 from skyplane_provider.airflow.operators import SkyplaneTransferOperator
 
@@ -18,3 +21,19 @@ for dag_id, deferrable, poll in (("skyplane_test_copy", False, 0.5), ("skyplane_
                                  dst_regions=["{{ params.dst_region }}"], chunk_size="2MiB",
                                  deferrable=deferrable, poll_interval=poll)
     globals()[dag_id] = dag
+
+
+def _bucket(variable: str, default: str) -> str:
+    """The bucket (or Azure container) of an example root the test environment names."""
+    return os.environ.get(variable, default).rstrip("/").rsplit("/", 1)[-1]
+
+
+# Sources and destinations as Airflow's ObjectStoragePath, each bringing its connection (parsed here,
+# never touched before the task runs: no connection is looked up while the file is parsed).
+with DAG(dag_id="skyplane_test_paths", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    SkyplaneTransferOperator(
+        task_id="copy", src=ObjectStoragePath(f"s3://aws_raw@{_bucket('SKYPLANE_EXAMPLE_S3', 'raw')}/paths/"),
+        dst=[ObjectStoragePath(f"gs://{_bucket('SKYPLANE_EXAMPLE_GCS', 'lake')}/paths/", conn_id="gcp_lake"),
+             ObjectStoragePath(f"abfs://wasb_lake@{_bucket('SKYPLANE_EXAMPLE_AZURE', 'lake')}/paths/")],
+        dst_regions=[None, "azure:westeurope"], chunk_size="2MiB")
+skyplane_test_paths = dag
