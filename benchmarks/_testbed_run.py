@@ -237,9 +237,13 @@ class Run:
     @property
     def source_balance(self) -> float:
         """Frame bytes sent by the least busy of the plan's source gateways (their VMs) over the busiest's:
-        1 when the source region's gateways shared the work evenly, 0 when one of them sent nothing."""
-        sent = [self.vm_sent.get(f"{self.plan.src}/{k}", 0) for k in range(self.plan.gateways[self.plan.src])]
-        return min(sent) / max(sent) if max(sent, default=0) else 0.0
+        1 when the source region's gateways shared the work evenly, 0 when one of them sent nothing; nan
+        when they do not have a VM each (a link testbed)."""
+        vms = [f"{self.plan.src}/{k}" for k in range(self.plan.gateways[self.plan.src])]
+        if any(vm not in self.vm_sent for vm in vms):
+            return float("nan")
+        sent = [self.vm_sent[vm] for vm in vms]
+        return min(sent) / max(sent) if max(sent) else 0.0
 
     @property
     def busiest_cpu(self) -> float:
