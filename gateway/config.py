@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from planner.errors import BadOptionError, PlanError
 from planner.plan import RegionProgram
 
+from .bandwidth import check_rate
 from .wire import DEFAULT_MAX_CHUNK, JOB_ID_SIZE
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 _KNOWN = {"gateway_id", "job_id", "region", "program", "bind_host", "data_port", "control_port", "advertise_host",
           "control_host", "job_secret", "control_token", "encryption_key", "compress", "encrypt", "credentials",
           "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes",
-          "parent_pid", "coordinator_timeout", "loopback_clear", "workers", "supervised"}
+          "parent_pid", "coordinator_timeout", "loopback_clear", "workers", "supervised", "bwlimit"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class GatewayConfig:
     #: Set by a supervisor in its workers' configs: bind the data port shared (SO_REUSEPORT) and
     #: report the chunks held in /status.
     supervised: bool = False
+    #: This gateway's share of the job's bandwidth cap, bytes per second (None: no cap); see
+    #: gateway/bandwidth.py. ``POST /bwlimit`` changes it while the job runs.
+    bwlimit: float | None = None
 
     @property
     def reads(self) -> bool:
@@ -121,6 +125,7 @@ class GatewayConfig:
             loopback_clear=_bool(doc, "loopback_clear", True),
             workers=_positive(doc, "workers", default_workers()),
             supervised=_bool(doc, "supervised", False),
+            bwlimit=check_rate(doc.get("bwlimit"), "gateway config: 'bwlimit'"),
         )
         if program.region != config.region:
             raise BadOptionError(f"gateway config: program is for {program.region}, the gateway is in {config.region}")

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from planner.errors import BadInputError, SkyplaneError
 
+from .bandwidth import check_rate
 from .events import error_type
 from .peers import parse_peers
 
@@ -30,7 +31,8 @@ MAX_BODY = 64 * 1024 * 1024
 #: Seconds a connection may send nothing (headers or body) before it is dropped, so idle or
 #: half-sent requests cannot pin the server's threads; before authentication too.
 IDLE_TIMEOUT = 10.0
-_METHODS = "GET /health, GET /status, POST /peers, POST /chunks, POST /store, POST /credentials, POST /shutdown"
+_METHODS = ("GET /health, GET /status, POST /peers, POST /chunks, POST /store, POST /credentials, "
+            "POST /bwlimit, POST /shutdown")
 
 
 class _BadRequest(Exception):
@@ -71,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch({"/peers": self._peers, "/chunks": self._chunks, "/store": self._store,
-                        "/credentials": self._credentials, "/shutdown": self._shutdown})
+                        "/credentials": self._credentials, "/bwlimit": self._bwlimit, "/shutdown": self._shutdown})
 
     def _other_method(self) -> None:
         # http.server would answer 501 with an HTML page; this API answers 405 in JSON, after auth.
@@ -163,6 +165,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _credentials(self, url) -> dict:
         return self.server.node.update_credentials(self._body())
+
+    def _bwlimit(self, url) -> dict:
+        body = self._body()
+        if not isinstance(body, dict) or set(body) != {"bytes_per_second"}:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, 'the body must be {"bytes_per_second": number or null}')
+        self.server.node.set_bwlimit(check_rate(body["bytes_per_second"], "bytes_per_second"))
+        return {"ok": True}
 
     def _shutdown(self, url) -> dict:
         self._after = self.server.on_shutdown

@@ -60,6 +60,10 @@ class GatewayClient:
         """Hand the gateway renewed entries of its credentials document; returns their keys."""
         return list(self._call("POST", "/credentials", {"credentials": entries}).get("replaced", ()))
 
+    def set_bwlimit(self, bytes_per_second: float | None) -> None:
+        """This gateway's share of the job's bandwidth cap (None: no cap); see gateway/bandwidth.py."""
+        self._call("POST", "/bwlimit", {"bytes_per_second": bytes_per_second})
+
     def shutdown(self) -> None:
         """Ask the gateway to stop (it answers first, then exits)."""
         self._call("POST", "/shutdown", {})

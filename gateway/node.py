@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from planner.errors import BadOptionError, GatewayError, ProtocolError, SkyplaneError
 
 from . import store_api, wire
+from .bandwidth import Pacer, pacing_counters
 from .batch import Batch, ChunkMeta, ChunkSpec, DestStore, ObjectSpec, Target
 from .codec import Codec, Decoded
 from .config import GatewayConfig
@@ -186,8 +187,9 @@ class GatewayNode(Controlled):
         for pp in program.values():
             for hop in pp.send:
                 hops[hop.region] = max(hops.get(hop.region, 0), hop.connections)
+        self.pacer = Pacer(config.bwlimit)
         self.router = Router(hops, job_id=config.job_id, secret=config.job_secret, queue_chunks=config.queue_chunks,
-                             events=self.events, stop=self.stopping, encrypted_job=config.encrypt)
+                             events=self.events, stop=self.stopping, encrypted_job=config.encrypt, pacer=self.pacer)
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
         self._writes: queue.Queue[Decoded | wire.Frame] = queue.Queue(maxsize=config.queue_chunks)
         # (chunk id, object index, store, key, upload id, part) -> its write, oldest first; finished
@@ -241,8 +243,13 @@ class GatewayNode(Controlled):
             self.in_flight.hold(c.id)
         return accepted
 
+    def set_bwlimit(self, rate: float | None) -> None:
+        """``POST /bwlimit``: this gateway's new share of the job's bandwidth cap."""
+        self.pacer.set_rate(rate)
+
     def status(self, since: int) -> dict:
         doc = self.events.status(since)
+        doc["counters"].update(pacing_counters(self.pacer))
         doc["queued"] = len(self.requests)
         if self.config.supervised:
             doc["holding"] = self.in_flight.snapshot()  # for the supervisor (gateway/supervisor.py)
@@ -363,6 +370,8 @@ class GatewayNode(Controlled):
         fresh = False
         for obj, data in zip(chunk.meta.objects, chunk.objects):
             for target in (t for t in obj.to if dests[t.dest].region == region):
+                if chunk.integrity == LOCAL and not self.pacer.take_all(len(data), stop=self.stopping):
+                    return  # stopping; the bytes of a chunk never framed leave the gateway here, paced
                 try:
                     result, new = self._write_target(chunk.chunk_id, obj.i, dests[target.dest].store, target, data)
                 except Exception as exc:  # noqa: BLE001 - reported as this object's failure

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from planner.errors import BadOptionError, GatewayError, ProtocolError
 
 from . import wire
+from .bandwidth import Pacer
 from .events import EventLog
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ class PeerLink:
 
     def __init__(self, peer: Peer, region: str, connections: int, *, job_id: bytes, secret: bytes,
                  queue_chunks: int, events: EventLog, stop: threading.Event, send_timeout: float = 300.0,
-                 encrypted_job: bool = True) -> None:
+                 encrypted_job: bool = True, pacer: Pacer | None = None) -> None:
         self.peer = peer
+        self._pacer = pacer
         self.region = region
         self.loopback = wire.is_loopback(peer.host)
         self._encrypted_job = encrypted_job
@@ -158,7 +160,7 @@ class PeerLink:
                 if conn is None:
                     conn = _Connection(wire.connect(self.peer.host, self.peer.port, job_id=self._job_id,
                                                     secret=self._secret, send_timeout=self._send_timeout))
-                wire.send_frame(conn.sock, frame)
+                wire.send_frame(conn.sock, frame, self._pacer)
                 conn.sent(frame)
                 self._events.sent_to(self.region, frame.size)
                 return conn
@@ -227,12 +229,15 @@ class Router:
     """Picks a peer gateway of a next-hop region for each frame and queues the frame on its link.
 
     ``hops``: next-hop region -> connections this gateway opens towards the region (the program's
-    ``Hop.connections``, split evenly over the region's gateways, at least one each).
+    ``Hop.connections``, split evenly over the region's gateways, at least one each). Every link's
+    sends take their bytes from ``pacer`` (the gateway's share of the job's bandwidth cap).
     """
 
     def __init__(self, hops: dict[str, int], *, job_id: bytes, secret: bytes, queue_chunks: int,
-                 events: EventLog, stop: threading.Event, encrypted_job: bool = True) -> None:
+                 events: EventLog, stop: threading.Event, encrypted_job: bool = True,
+                 pacer: Pacer | None = None) -> None:
         self._hops = hops
+        self._pacer = pacer
         self._encrypted_job = encrypted_job
         self._job_id, self._secret, self._queue_chunks = job_id, secret, queue_chunks
         self._events, self._stop = events, stop
@@ -255,7 +260,7 @@ class Router:
                     if link is None:
                         link = PeerLink(p, region, per_peer, job_id=self._job_id, secret=self._secret,
                                         queue_chunks=self._queue_chunks, events=self._events, stop=self._stop,
-                                        encrypted_job=self._encrypted_job)
+                                        encrypted_job=self._encrypted_job, pacer=self._pacer)
                     else:
                         link.grow(per_peer)
                     links.append(link)

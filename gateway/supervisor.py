@@ -36,6 +36,7 @@ from planner.errors import GatewayError, SkyplaneError
 from planner.plan import Hop, PartitionProgram, RegionProgram
 
 from . import store_api
+from .bandwidth import Sharer
 from .config import GatewayConfig
 from .control_client import GatewayClient
 from .node import Controlled, check_batch
@@ -45,6 +46,7 @@ from .retry import with_retries
 log = logging.getLogger(__name__)
 
 _PUMP_EVERY = 0.5  # seconds between two reads of every worker's events, when nobody asks
+_SHARE_EVERY = 1.0  # seconds between two splits of the gateway's bandwidth cap over its workers
 _READY_TIMEOUT = 60.0
 _DICT_COUNTERS = ("bytes_sent_wire_to", "skipped")
 
@@ -64,6 +66,7 @@ class _Worker:
     errors: list = field(default_factory=list)
     holding: set[int] = field(default_factory=set)  # its last report, and what was given to it since
     token: str = ""
+    bwlimit: float | None = None  # its share of the gateway's bandwidth cap
 
     @property
     def alive(self) -> bool:
@@ -90,6 +93,8 @@ class Supervisor(Controlled):
         self._peers: dict | None = None
         self._renewed: dict = {}  # credentials entries pushed since the start, for workers started later
         self._restarts = 0
+        self._sharer: Sharer | None = None
+        self.set_bwlimit(config.bwlimit)
 
     # ---- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,7 +128,7 @@ class Supervisor(Controlled):
         token = secrets.token_hex(16)
         doc = {**self._doc, "workers": 1, "supervised": True, "control_host": "127.0.0.1", "control_port": 0,
                "control_token": token, "data_port": self.data_port, "ready_file": w.ready_path,
-               "parent_pid": os.getpid(), "program": self._share_of_connections().to_dict(),
+               "parent_pid": os.getpid(), "program": self._share_of_connections().to_dict(), "bwlimit": w.bwlimit,
                # the supervisor reads every worker's status twice a second: its dead-man timer is ours
                "coordinator_timeout": max(self.config.coordinator_timeout, 60.0)}
         _remove(w.ready_path)
@@ -205,6 +210,26 @@ class Supervisor(Controlled):
                 w.holding = set(status.get("holding", ()))
                 for event in status["events"]:
                     self.events.relay(event)
+            self._share_bandwidth()
+
+    def _share_bandwidth(self) -> None:
+        """Called with the lock held: move the cap's shares towards the workers held back by theirs."""
+        if self._sharer is None:
+            return
+        live = {str(w.index): w for w in self._workers if w.client is not None and w.alive}
+        shares = self._sharer.update({name: (int(w.counters.get("paced_bytes", 0)),
+                                             float(w.counters.get("paced_held_seconds", 0.0)))
+                                      for name, w in live.items()})
+        for name, share in (shares or {}).items():
+            self._give_share(live[name], share)
+
+    def _give_share(self, w: _Worker, share: float | None) -> None:
+        w.bwlimit = share
+        if w.client is not None and w.alive:
+            try:
+                w.client.set_bwlimit(share)
+            except GatewayError as exc:
+                log.warning("worker %d did not take its bandwidth share: %s", w.index, exc)
 
     # ---- control API operations (as GatewayNode's) ------------------------------------------------------
     def set_peers(self, peers: dict[str, list[Peer]]) -> None:
@@ -215,6 +240,14 @@ class Supervisor(Controlled):
             for w in self._workers:
                 if w.client is not None and w.alive:
                     w.client.set_peers(doc)
+
+    def set_bwlimit(self, rate: float | None) -> None:
+        """The gateway's share of the job's bandwidth cap: split equally over the workers at first,
+        then re-split every second by :class:`gateway.bandwidth.Sharer` (gateway/bandwidth.py)."""
+        with self._lock:
+            self._sharer = Sharer(rate, period=_SHARE_EVERY) if rate is not None else None
+            for w in self._workers:
+                self._give_share(w, None if rate is None else rate / len(self._workers))
 
     def submit(self, doc: object) -> int:
         """Check the batch whole, then hand consecutive slices to the least busy workers; the answer is

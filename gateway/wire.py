@@ -20,8 +20,12 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from planner.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .bandwidth import Pacer
 
 MAGIC = b"SKYF"
 VERSION = 2
@@ -160,17 +164,38 @@ def is_loopback(host: str) -> bool:
 
 
 # ---- frames on sockets --------------------------------------------------------------------------
-def send_frame(sock: socket.socket, frame: Frame) -> None:
+def send_frame(sock: socket.socket, frame: Frame, pace: Pacer | None = None) -> None:
     """Send one frame: header and body buffers in one ``sendmsg`` (again for what a partial send left),
-    without joining or copying them."""
+    without joining or copying them. With a ``pace`` (the job's bandwidth cap, gateway/bandwidth.py)
+    each ``sendmsg`` sends only the bytes it grants."""
     views = [memoryview(b).cast("B") for b in (frame.header_bytes, *frame.body) if len(b)]
     while views:
-        sent = sock.sendmsg(views[:_IOV_MAX])
+        if pace is None:
+            sent = sock.sendmsg(views[:_IOV_MAX])
+        else:
+            sent = _paced_send(sock, views[:_IOV_MAX], pace)
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
         if sent:
             views[0] = views[0][sent:]
+
+
+def _paced_send(sock: socket.socket, views: list[memoryview], pace: Pacer) -> int:
+    """One ``sendmsg`` of the first bytes of ``views`` that ``pace`` grants; what was not sent goes back."""
+    granted = pace.take(sum(len(v) for v in views))
+    batch, n = [], granted
+    for v in views:
+        if n <= 0:
+            break
+        batch.append(v[:n])
+        n -= len(batch[-1])
+    sent = 0
+    try:
+        sent = sock.sendmsg(batch)
+    finally:
+        pace.give_back(granted - sent)
+    return sent
 
 
 def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_MAX_CHUNK,
