@@ -68,12 +68,7 @@ def test_a_gateway_that_writes_what_it_read_paces_its_writes(jobs, stores):
     programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})}
     job = jobs(programs, overrides={SRC: {"workers": 1, "bwlimit": cap}})
     objects = _objects(stores["src"], 16, 256 * KiB)
-    dests = [(SRC, stores["dst"])]
-    chunks = [chunk(i, obj(k, len(v), to(0, k))) for i, (k, v) in enumerate(objects.items())]
-    started = time.monotonic()
-    submit_all(job.clients[SRC], batch(stores["src"], dests, *chunks))
-    job.events(SRC, len(chunks), timeout=60, kind="written")
-    rate = sum(map(len, objects.values())) / (time.monotonic() - started)
+    rate = sum(map(len, objects.values())) / _move(job, stores, objects, SRC)
     assert 0.85 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s under a cap of {cap / MiB:.2f}"
 
 
