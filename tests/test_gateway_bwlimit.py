@@ -39,19 +39,26 @@ def _move(job, stores: dict, objects: dict[str, bytes], region: str, first_id: i
     return time.monotonic() - started
 
 
-def _two_regions(**source) -> dict:
+def _two_regions() -> dict:
     return {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST, 2),))}),
             DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
 
 
-def test_a_capped_source_sends_at_its_rate_and_a_new_cap_applies_at_once(jobs, stores):
-    cap = 3 * MiB
-    job = jobs(_two_regions(), compress=False, overrides={SRC: {"workers": 1, "bwlimit": cap},
+def _capped_run(jobs, stores, cap: int, workers: int, count: int):
+    """A source of ``workers`` workers capped at ``cap`` moves ``count`` objects of 256 KiB to DST;
+    checks the rate and returns the job, the objects and the seconds it took."""
+    job = jobs(_two_regions(), compress=False, overrides={SRC: {"workers": workers, "bwlimit": cap},
                                                           DST: {"workers": 1}})
-    objects = _objects(stores["src"], 24, 256 * KiB)
+    objects = _objects(stores["src"], count, 256 * KiB)
     seconds = _move(job, stores, objects, DST)
     rate = sum(map(len, objects.values())) / seconds
     assert 0.85 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s under a cap of {cap / MiB:.2f}"
+    return job, objects, seconds
+
+
+def test_a_capped_source_sends_at_its_rate_and_a_new_cap_applies_at_once(jobs, stores):
+    cap = 3 * MiB
+    job, objects, seconds = _capped_run(jobs, stores, cap, workers=1, count=24)
     counters = job.clients[SRC].status(10**9)["counters"]
     assert counters["bwlimit"] == cap
     assert counters["paced_bytes"] == counters["bytes_sent_wire"] and counters["paced_held_seconds"] > 1.0
@@ -74,12 +81,7 @@ def test_a_gateway_that_writes_what_it_read_paces_its_writes(jobs, stores):
 
 def test_a_host_of_two_workers_splits_its_cap_and_keeps_to_it(jobs, stores):
     cap = 4 * MiB
-    job = jobs(_two_regions(), compress=False, overrides={SRC: {"workers": 2, "bwlimit": cap},
-                                                          DST: {"workers": 1}})
-    objects = _objects(stores["src"], 32, 256 * KiB)
-    seconds = _move(job, stores, objects, DST)
-    rate = sum(map(len, objects.values())) / seconds
-    assert 0.85 * cap <= rate <= 1.1 * cap, f"{rate / MiB:.2f} MiB/s under a cap of {cap / MiB:.2f}"
+    job, _, _ = _capped_run(jobs, stores, cap, workers=2, count=32)
     counters = job.clients[SRC].status(10**9)["counters"]
     assert counters["workers"] == 2 and counters["bwlimit"] == pytest.approx(cap)  # the workers' shares add up
 
