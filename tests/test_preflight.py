@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.stores import open_store
 from planner.errors import AccessDeniedError, BadOptionError, CredentialsError, NotFoundError
 from skyplane_provider.testing.emulators import AZURITE_KEY, connection_string
+from skyplane_provider.testing.leftovers import leftovers
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.preflight import portable
 from tests.helpers import digests, gateway_pids, put_objects, read_all
@@ -185,8 +187,15 @@ def test_read_only_destination_is_refused_before_local_gateways_start(stores, em
     record("bad_input", "read-only SAS token for a destination (local fleet)", str(info.value))
     doc[az]["sas_token"] = sas(read=True, list=True, write=True)
     Transfer(TransferRequest(src=f"{s3}/events/", dsts=[f"{az}/y/"], credentials=doc,
-                             dst_regions=[REGIONS[2]])).prepare()  # the probe left nothing behind
-    assert read_all(az) == {}
+                             dst_regions=[REGIONS[2]])).prepare()
+    assert read_all(az) == {}  # the probe left nothing visible (its staged block expires: no delete permission)
+    doc[az]["sas_token"] = sas(read=True, list=True, write=True, delete=True)
+    clean = open_store(az)
+    for key, upload_id in clean.pending_uploads():
+        clean.abort_multipart(key, upload_id)
+    Transfer(TransferRequest(src=f"{s3}/events/", dsts=[f"{az}/y/"], credentials=doc,
+                             dst_regions=[REGIONS[2]])).prepare()
+    assert read_all(az) == {} and leftovers(az) == []  # with delete permission, not even a staged block
 
 
 def test_missing_destination_bucket_says_how_to_make_it(stores, home):

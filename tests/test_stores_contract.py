@@ -19,6 +19,7 @@ from gateway.stores import open_store
 from gateway.stores.base import ObjectStore
 from planner.errors import BadOptionError, CredentialsError, NotFoundError, StoreUnavailableError, ThrottledError
 from skyplane_provider.testing.emulators import AZURITE_ACCOUNT, AZURITE_KEY, connection_string, free_port
+from skyplane_provider.testing.leftovers import leftovers
 
 MiB = 1024**2
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
@@ -152,7 +153,7 @@ def test_multipart_three_parts_in_any_order(store):
     assert store.read("big/object.bin") == whole
     assert store.read("big/object.bin", minimum - 10, 20) == whole[minimum - 10:minimum + 10]  # across a part boundary
     assert [o.key for o in store.list()] == ["big/object.bin"]
-    assert leftovers(store) == []
+    assert leftovers(store.root_uri) == []
 
 
 def test_abort_leaves_no_object(store):
@@ -162,7 +163,7 @@ def test_abort_leaves_no_object(store):
     store.abort_multipart("aborted", upload)  # twice is harmless
     assert not store.exists("aborted")
     assert list(store.list()) == []
-    assert leftovers(store) == []
+    assert leftovers(store.root_uri) == []
     # Completing an aborted upload fails, except where the emulator or the API cannot tell: moto
     # answers 500 (real S3: NoSuchUpload, mapped to NotFoundError); Azure has no call that discards
     # staged blocks, so they stay committable until they expire (abort only guarantees "nothing visible").
@@ -183,26 +184,7 @@ def test_multipart_compose_tree_past_32_parts(gcs_bucket):
         parts = list(pool.map(lambda i: store.upload_part("tree", upload, i + 1, chunks[i]), range(70)))
     store.complete_multipart("tree", upload, parts)
     assert store.read("tree") == b"".join(chunks)
-    assert leftovers(store) == []
-
-
-def leftovers(store: ObjectStore) -> list[str]:
-    """What a finished or aborted multipart upload left behind, seen with the SDK itself."""
-    kind = kind_of(store)
-    if kind == "local":
-        tmp = os.path.join(store.root_uri[len("file://"):], ".skyplane-tmp")
-        return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
-    if kind == "s3":
-        import boto3
-
-        return [u["Key"] for u in boto3.client("s3").list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])]
-    if kind == "gcs":
-        from google.cloud import storage
-
-        return [b.name for b in storage.Client().list_blobs(store.bucket, prefix=".skyplane-parts/")]
-    # Azure keeps staged blocks (invisible, expiring after 7 days) whatever we do: the contract is
-    # only that no blob appears, which the callers check through list() and exists().
-    return []
+    assert leftovers(store.root_uri) == []
 
 
 # ---- missing buckets, capabilities, regions ---------------------------------------------------------
@@ -381,3 +363,34 @@ def test_local_objects_get_the_mode_of_a_plain_file(tmp_path):
     os.umask(mask)
     for name in ("whole", "parts"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_local_temporaries_of_a_writer_that_died_are_removed(tmp_path):
+    """Two writer processes each hold a temp file of a write not yet published; one is SIGKILLed. The
+    next pending_uploads() (what a transfer asks of a destination) removes the dead writer's file and
+    keeps the living one's; once that one is gone too, nothing of ours is left in the directory."""
+    import signal
+    import subprocess
+    import sys
+
+    writer = ("import sys, time; from gateway.stores.local import LocalStore; "
+              "fd, _ = LocalStore(sys.argv[1])._new_temp(); print('ready', flush=True); time.sleep(600)")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        tmp = tmp_path / ".skyplane-tmp"
+        assert len(list(tmp.iterdir())) == 2
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        store = open_store("file://" + str(tmp_path))
+        assert store.pending_uploads() == []
+        assert [f.name.split("~")[1] for f in tmp.iterdir()] == [str(procs[1].pid)]
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait()
+        assert store.pending_uploads() == [] and not tmp.exists()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

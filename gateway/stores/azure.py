@@ -2,15 +2,18 @@
 
 Multipart uploads are staged blocks: ``upload_part`` stages a block whose id is derived from the
 upload id and the part number, ``complete_multipart`` commits the block list in part order (the blob
-appears only then) and ``abort_multipart`` has nothing to do: uncommitted blocks are never visible
-and Azure discards them by itself after a week. (No call discards them sooner, so an aborted upload
-could still be committed with the same upload id; callers never do that.)
+appears only then; Azure discards every block of the key left out of the list). Uncommitted blocks
+are never visible, but they are kept (and billed) for a week: ``pending_uploads`` finds the keys that
+hold only staged blocks, and ``abort_multipart`` deletes such a key's blob, which takes its staged
+blocks with it. Blocks staged for a key that also has a committed blob cannot be discarded without
+rewriting that blob: Azure drops them at the key's next write, or after the week.
 ETags are the blob's Content-MD5 in hex when Azure keeps one (single-shot uploads), else Azure's etag.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from typing import Any
 
@@ -30,6 +33,7 @@ from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, chec
                      new_upload_id, parse_expiration, part_numbers, translated)
 
 MiB = 1024**2
+_HEX = re.compile(r"^[0-9a-f]{32}$")
 _SINGLE_PUT = 256 * MiB  # one Put Blob request up to this size; bigger writes are staged blocks
 _CREDENTIALS_HINT = ("set AZURE_STORAGE_CONNECTION_STRING, or give an 'az' entry in the credentials document: "
                      "{connection_string} or {account_url, account_key | sas_token}")
@@ -222,7 +226,35 @@ class AzureStore(ObjectStore):
         return self.head(key)  # the answer has no size
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
-        check_upload_id(upload_id)  # uncommitted blocks are invisible and expire on their own
+        check_upload_id(upload_id)
+        blob = self._container.get_blob_client(key)
+        try:
+            with self._errors(key):
+                _, staged = blob.get_block_list("uncommitted")
+                if not any(_upload_of(b.id) == upload_id for b in staged) or self.exists(key):
+                    return  # nothing staged, or a committed blob that holds the blocks until its next write
+                blob.delete_blob()  # a blob of staged blocks only: they go with it
+        except _BlobNotFound:
+            pass  # nothing staged for the key, or deleted meanwhile
+        except AccessDeniedError:
+            pass  # credentials that may write but not delete: the staged blocks expire after the week
+
+    def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """Keys that hold staged blocks and no committed blob, by the upload ids of those blocks. One
+        listing that includes such keys (they list with size 0), and a block list per size-0 key."""
+        found: set[tuple[str, str]] = set()
+        with self._errors():
+            empty = [b.name for b in self._container.list_blobs(name_starts_with=prefix or None,
+                                                                include=["uncommittedblobs"]) if not b.size]
+        for key in empty:
+            try:
+                with self._errors(key):
+                    committed, staged = self._container.get_blob_client(key).get_block_list("all")
+            except _BlobNotFound:
+                continue
+            if not committed and not self.exists(key):
+                found.update((key, u) for u in map(_upload_of, (b.id for b in staged)) if u is not None)
+        return sorted(found)
 
     def close(self) -> None:
         self._service.close()
@@ -241,6 +273,12 @@ def _block_id(upload_id: str, part_number: int) -> str:
     # Every block id of a blob must have the same length; the upload id keeps two concurrent
     # uploads of one key from committing each other's blocks. The SDK base64-encodes it.
     return f"{upload_id}{part_number:06d}"
+
+
+def _upload_of(block_id: str) -> str | None:
+    """The upload id a block id of ours begins with (None for another tool's block)."""
+    upload_id = block_id[:32]
+    return upload_id if len(block_id) == 38 and block_id[32:].isdigit() and _HEX.match(upload_id) else None
 
 
 def _etag(content_md5: Any, etag: str | None) -> str | None:

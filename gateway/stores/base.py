@@ -171,9 +171,8 @@ class ObjectStore(ABC):
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """``(key, upload_id)`` of every multipart upload of a key under ``prefix`` that was begun and
-        neither completed nor aborted (what a killed transfer leaves behind). Stores whose unfinished
-        uploads cost nothing and expire on their own (Azure's uncommitted blocks), or that cannot
-        tell which key a leftover belongs to, report none."""
+        neither completed nor aborted (what a killed transfer leaves behind), as far as the store can
+        tell (Azure: keys with staged blocks and no committed blob). Stores without multipart report none."""
         return []
 
     # ---- optional capability: conditional write ----------------------------------------------

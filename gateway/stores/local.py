@@ -6,7 +6,10 @@ Keys are ``/``-separated paths relative to the root directory. A key that would 
 Writes land in a temp file under ``<root>/.skyplane-tmp/`` and are renamed into place, so an object
 is never visible half-written; multipart parts live in ``.skyplane-tmp/<upload_id>/`` until
 ``complete_multipart`` concatenates them. Listings never show the temp directory, and it is removed
-whenever it falls empty, so a finished copy leaves nothing of ours behind.
+whenever it falls empty, so a finished copy leaves nothing of ours behind. A temp file's name says
+which process writes it (host, PID, the PID's start time): the temp files of a writer that died (a
+killed gateway worker) are removed by the next store opened on that host, and by every
+:meth:`LocalStore.pending_uploads`, which is what a transfer calls to find what earlier runs left.
 ETags of objects are the MD5 of the bytes: a HEAD computes it, cached per file version in memory and
 across runs (:mod:`gateway.stores.digest_cache`); a listing reads no file, so it reports an MD5 only
 where that cache knows the file's version; a write and a multipart completion report none (nothing
@@ -20,6 +23,7 @@ import errno
 import hashlib
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from typing import Iterator
@@ -43,6 +47,37 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()  # what open() would create
+_HOST = socket.gethostname()
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+_tag: tuple[int, str] | None = None
+
+
+def _writer_tag() -> str:
+    """This process among the writers of a directory: a reused PID has another start time. Worked out
+    once per process (reading /proc per write would cost a write two more system calls)."""
+    global _tag
+    pid = os.getpid()
+    if _tag is None or _tag[0] != pid:
+        _tag = (pid, f"{_HOST}~{pid}~{_start_time(pid)}~")
+    return _tag[1]
+
+
+def _orphaned(name: str) -> bool:
+    """A temp file's name says it was written by a process of this host that is gone."""
+    parts = name.split("~")
+    if len(parts) != 4 or parts[0] != _HOST or not parts[1].isdigit() or not name.endswith(".tmp"):
+        return False
+    return _start_time(int(parts[1])) != parts[2]
 
 
 class LocalStore(ObjectStore):
@@ -60,6 +95,7 @@ class LocalStore(ObjectStore):
             raise BadURIError(f"local store root {root!r} is not an absolute path", hint="give an absolute path")
         self._root = os.path.normpath(root)
         self._inside: set[str] = set()  # directories whose real path is inside the root (see _check_inside)
+        self._remove_orphans()
 
     @property
     def root_uri(self) -> str:
@@ -237,7 +273,9 @@ class LocalStore(ObjectStore):
         self._tidy_tmp_dir()
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """As the interface says; the temp files of writers that died go first (they belong to no upload)."""
         self._check_prefix(prefix)
+        self._remove_orphans()
         try:
             upload_ids = sorted(os.listdir(os.path.join(self._root, TMP_DIR)))
         except FileNotFoundError:
@@ -305,7 +343,8 @@ class LocalStore(ObjectStore):
     def _new_temp(self) -> tuple[int, str]:
         """A new temp file (descriptor, path) with the mode a plain file would get here (mkstemp's
         is 0600: the objects would end up readable by their owner only)."""
-        fd, tmp = self._in_tmp_dir(lambda tmp_dir: tempfile.mkstemp(dir=tmp_dir, suffix=".tmp"))
+        tag = _writer_tag()
+        fd, tmp = self._in_tmp_dir(lambda tmp_dir: tempfile.mkstemp(dir=tmp_dir, prefix=tag, suffix=".tmp"))
         os.fchmod(fd, _FILE_MODE)
         return fd, tmp
 
@@ -327,6 +366,17 @@ class LocalStore(ObjectStore):
                     raise _translate(exc, self.root_uri) from exc
             except OSError as exc:
                 raise _translate(exc, self.root_uri) from exc
+
+    def _remove_orphans(self) -> None:
+        """Remove the temp files of whole-object writes whose writer died (SIGKILL, OOM) mid-write."""
+        try:
+            names = os.listdir(os.path.join(self._root, TMP_DIR))
+        except OSError:
+            return  # none (the usual case), or not ours to read
+        for name in names:
+            if _orphaned(name):
+                _remove(os.path.join(self._root, TMP_DIR, name))
+        self._tidy_tmp_dir()
 
     def _tidy_tmp_dir(self) -> None:
         """Leave no ``.skyplane-tmp`` behind in the user's directory once nothing is in flight."""

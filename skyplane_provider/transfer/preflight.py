@@ -12,9 +12,9 @@ the gateways run (:attr:`Provisioner.shares_environment`):
   ever sees of this machine. A file named by the document (``service_account_file``) is read here
   and its content shipped instead, since the hosts do not have it.
 
-The write probe leaves nothing visible: a multipart upload of a probe key under the destination
+The write probe leaves nothing behind: a multipart upload of a probe key under the destination
 prefix is begun, takes a one-byte part and is aborted (S3: an upload never completed; GCS: a part
-object deleted again; Azure: an uncommitted block, which expires by itself).
+object deleted again; Azure: a staged block, deleted with the key's blob of staged blocks).
 """
 
 from __future__ import annotations

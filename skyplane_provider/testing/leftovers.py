@@ -1,0 +1,34 @@
+"""What a transfer may leave in a store besides objects, seen with the SDKs themselves (not through
+our adapters, whose job it is to leave nothing): for tests and the chaos soak.
+
+- a local directory: anything in ``.skyplane-tmp/`` (temp files of writes, multipart upload folders);
+- S3: unfinished multipart uploads;
+- GCS: part objects (and compose temporaries) under ``.skyplane-parts/``;
+- Azure: keys that hold staged (uncommitted) blocks and no blob.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gateway.stores import open_store
+from gateway.stores.gcs import PARTS_PREFIX
+from gateway.stores.local import TMP_DIR
+
+
+def leftovers(root_uri: str, prefix: str = "") -> list[str]:
+    """Names of what is left under ``prefix`` of the store at ``root_uri`` that is not an object."""
+    store = open_store(root_uri)
+    if store.scheme == "file":
+        tmp = os.path.join(store.root_uri[len("file://"):], TMP_DIR)
+        return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
+    if store.scheme == "s3":
+        client = store._client  # noqa: SLF001 - the adapter's own SDK client, credentials and endpoint
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket, Prefix=prefix)
+        return sorted(u["Key"] for page in pages for u in page.get("Uploads", []))
+    if store.scheme == "gs":
+        return sorted(b.name for b in store._client.list_blobs(store.bucket, prefix=PARTS_PREFIX))  # noqa: SLF001
+    container = store._container  # noqa: SLF001
+    committed = {b.name for b in container.list_blobs(name_starts_with=prefix or None)}
+    return sorted(b.name for b in container.list_blobs(name_starts_with=prefix or None, include=["uncommittedblobs"])
+                  if b.name not in committed)
