@@ -18,7 +18,7 @@ import urllib.request
 import planner.errors
 from planner.errors import GatewayError, SkyplaneError
 
-from .stores.base import ObjectInfo, PartInfo
+from .stores.base import CopySource, ObjectInfo, PartInfo
 
 #: Seconds a store operation may take (a listing page of 5,000 keys on a slow store) before the call fails.
 STORE_TIMEOUT = 120.0
@@ -106,6 +106,35 @@ class GatewayClient:
         return self._info(self._store("write", store, key=key,
                                       data=base64.b64encode(data).decode()).get("object"))
 
+    def presign(self, store: str, key: str, seconds: int) -> str:
+        """A URL reading ``key`` for ``seconds`` (a secret while it lives: never log it)."""
+        url = self._store("presign", store, key=key, seconds=seconds).get("url")
+        if not isinstance(url, str) or not url:
+            raise GatewayError(f"gateway {self.control_url} gave no presigned URL for {store}/{key}")
+        return url
+
+    def copy(self, store: str, key: str, source: CopySource, token: str | None = None) -> tuple[ObjectInfo | None,
+                                                                                               str | None]:
+        """Copy ``source`` to ``key`` of ``store`` server-side: ``(receipt, None)`` when done, ``(None,
+        token)`` while the store is still copying (call again with the token)."""
+        answer = self._store("copy", store, key=key, source=_source_doc(source), token=token)
+        if "object" in answer:
+            return self._info(answer["object"]), None
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise GatewayError(f"gateway {self.control_url} gave neither an object nor a token for a copy")
+        return None, token
+
+    def copy_part(self, store: str, key: str, upload_id: str, part: int, source: CopySource, offset: int,
+                  length: int) -> PartInfo:
+        """Copy ``length`` bytes of ``source`` from ``offset`` as part ``part`` of an upload, server-side."""
+        doc = self._store("copy_part", store, key=key, upload_id=upload_id, part=part, source=_source_doc(source),
+                          offset=offset, length=length).get("part")
+        try:
+            return PartInfo(**doc)
+        except TypeError:
+            raise GatewayError(f"gateway {self.control_url} answered {doc!r}, not a part") from None
+
     def _store(self, op: str, store: str, **fields) -> dict:
         return self._call("POST", "/store", {"op": op, "store": store, **fields}, timeout=STORE_TIMEOUT)
 
@@ -143,6 +172,10 @@ class GatewayClient:
         if not isinstance(doc, dict):
             raise GatewayError(f"{where} answered {doc!r}, not a JSON object")
         return doc
+
+
+def _source_doc(source: CopySource) -> dict:
+    return {"store": source.store, "key": source.key, "size": source.size, "url": source.url}
 
 
 def _error_doc(exc: urllib.error.HTTPError) -> dict:

@@ -11,17 +11,22 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import time
 import threading
 from typing import Callable
 
 from planner.errors import BadOptionError
 
 from .stores import ObjectStore, check_document, credentials_entry, discard, merge_documents, open_store
-from .stores.base import MAX_LIST_PAGE, ObjectInfo, PartInfo
+from .stores.base import MAX_LIST_PAGE, CopySource, ObjectInfo, PartInfo
 from .stores.uri import parse_uri
 
 #: Largest object ``write`` accepts (manifests and reports, not data: data travels in chunks).
 MAX_WRITE = 16 * 1024 * 1024
+#: A presigned URL lives at most this long (S3's limit for SigV4 presigned URLs: 7 days).
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+#: Seconds one ``copy`` call keeps a copy going before it answers with a token to continue.
+COPY_WAIT = 20.0
 
 
 class Stores:
@@ -155,8 +160,56 @@ def _write(store: ObjectStore, doc: dict, retrying) -> dict:
     return {"object": info_dict(retrying(lambda: store.write(key, data)))}
 
 
+def _presign(store: ObjectStore, doc: dict, retrying) -> dict:
+    key, seconds = _text(doc, "key"), doc.get("seconds")
+    if not _natural(seconds) or not 1 <= seconds <= MAX_PRESIGN_SECONDS:
+        raise BadOptionError(f"presign: seconds must be an integer in [1, {MAX_PRESIGN_SECONDS}]")
+    return {"url": retrying(lambda: store.presign(key, seconds))}
+
+
+def _copy(store: ObjectStore, doc: dict, retrying) -> dict:
+    """A server-side copy, for up to :data:`COPY_WAIT` seconds; then ``{"token"}`` to call again with."""
+    key, source, token = _text(doc, "key"), _source(doc), doc.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise BadOptionError("copy: token must be a non-empty string or null")
+    deadline = time.monotonic() + COPY_WAIT
+    while True:
+        info, token = retrying(lambda: store.copy_from(source, key, token))
+        if info is not None:
+            return {"object": info_dict(info)}
+        if time.monotonic() >= deadline:
+            return {"token": token}
+
+
+def _copy_part(store: ObjectStore, doc: dict, retrying) -> dict:
+    key, upload_id, source = _text(doc, "key"), _text(doc, "upload_id"), _source(doc)
+    number, offset, length = doc.get("part"), doc.get("offset"), doc.get("length")
+    if not (_natural(number) and number >= 1 and _natural(offset) and _natural(length) and length >= 1
+            and offset + length <= source.size):
+        raise BadOptionError("copy_part: part >= 1, offset >= 0 and length >= 1 must lie within the source's size")
+    part = retrying(lambda: store.copy_part_from(source, key, upload_id, number, offset, length))
+    return {"part": {"part_number": part.part_number, "etag": part.etag, "size": part.size}}
+
+
+def _source(doc: dict) -> CopySource:
+    """The ``source`` of a copy: ``{"store": root URI, "key", "size", "url": presigned URL or null}``."""
+    src = doc.get("source")
+    if not isinstance(src, dict):
+        raise BadOptionError('the copy needs a source: {"store", "key", "size", "url"}')
+    store, key, size, url = src.get("store"), src.get("key"), src.get("size"), src.get("url")
+    if not (isinstance(store, str) and store and isinstance(key, str) and key and _natural(size)):
+        raise BadOptionError("source: store and key must be non-empty strings and size an integer >= 0")
+    root = parse_uri(store)
+    if root.scheme == "file" or root.path:
+        raise BadOptionError(f"source: {store!r} is not the root of a cloud store")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("https://", "http://"))):
+        raise BadOptionError("source: url must be an http(s) URL or null")
+    return CopySource(store, key, size, url)
+
+
 _OPS = {"list": _list, "head": _head, "begin_multipart": _begin, "complete_multipart": _complete,
-        "abort_multipart": _abort, "pending_uploads": _pending, "delete": _delete, "write": _write}
+        "abort_multipart": _abort, "pending_uploads": _pending, "delete": _delete, "write": _write,
+        "presign": _presign, "copy": _copy, "copy_part": _copy_part}
 
 
 def _text(doc: dict, field: str) -> str:

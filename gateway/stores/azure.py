@@ -12,6 +12,7 @@ ETags are the blob's Content-MD5 in hex when Azure keeps one (single-shot upload
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import urllib.parse
@@ -22,19 +23,20 @@ import requests
 import requests.adapters
 from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
-from azure.storage.blob import BlobBlock, BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient, ExponentialRetry, generate_blob_sas
 from urllib3.util.retry import Retry
 
 from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, CredentialsError, NotFoundError,
                             SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
-from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, download_into, md5_hex,
-                     new_upload_id, parse_expiration, part_numbers, translated)
+                     new_upload_id, parse_expiration, part_numbers, probe_key, translated)
 
 MiB = 1024**2
 _HEX = re.compile(r"^[0-9a-f]{32}$")
 _SINGLE_PUT = 256 * MiB  # one Put Blob request up to this size; bigger writes are staged blocks
+_SYNC_COPY_MAX = 256 * MiB  # Copy Blob From URL copies up to this in one synchronous request
 _CREDENTIALS_HINT = ("set AZURE_STORAGE_CONNECTION_STRING, or give an 'az' entry in the credentials document: "
                      "{connection_string} or {account_url, account_key | sas_token}")
 CREDENTIAL_FIELDS = frozenset({"connection_string", "account_url", "account_key", "sas_token", "expiration"})
@@ -111,7 +113,11 @@ class AzureStore(ObjectStore):
     capabilities = Capabilities(multipart=True, max_parts=50_000, min_part_size=0, max_part_size=4000 * MiB,
                                 checksums=frozenset({"md5"}), conditional_write=True,
                                 # azure-storage-blob's default max_single_put_size (64 MiB): one Put Blob.
-                                single_request_max=64 * MiB)
+                                single_request_max=64 * MiB,
+                                # Copy Blob From URL is synchronous up to 256 MiB; Put Block From URL
+                                # copies ranges of bigger ones (Blob service REST API reference).
+                                copy_from=frozenset({"url"}), copy_parts=True, copy_max=_SYNC_COPY_MAX,
+                                presign=True)
 
     def __init__(self, account: str, container: str, service: BlobServiceClient) -> None:
         self.account, self.container = account, container
@@ -256,6 +262,53 @@ class AzureStore(ObjectStore):
                 found.update((key, u) for u in map(_upload_of, (b.id for b in staged)) if u is not None)
         return sorted(found)
 
+    # ---- server-side copy: from a URL -----------------------------------------------------------
+    def presign(self, key: str, seconds: int) -> str:
+        """A read-only SAS for the blob when the credentials hold the account key, else the
+        credentials' own SAS (which must allow reading)."""
+        blob = self._container.get_blob_client(key)
+        credential = self._service.credential
+        account_key = getattr(credential, "account_key", None)
+        if account_key:
+            expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+            sas = generate_blob_sas(self.account, self.container, key, account_key=account_key,
+                                    permission=BlobSasPermissions(read=True), expiry=expiry)
+            return f"{blob.url}?{sas}"
+        if isinstance(credential, AzureSasCredential):
+            return f"{blob.url}?{credential.signature}"
+        if "sig=" in urllib.parse.urlsplit(blob.url).query:
+            return blob.url  # a SAS in the connection string
+        raise CredentialsError(f"cannot presign {self.root_uri}/{key}: the credentials hold neither the account "
+                               "key nor a SAS", hint="give an account_key or a sas_token in the credentials entry")
+
+    def copy_from(self, source: CopySource, key: str, token: str | None = None) -> tuple[ObjectInfo | None, str | None]:
+        if source.url is None or source.size > _SYNC_COPY_MAX:
+            raise BadOptionError(f"Azure copies whole objects of up to {_SYNC_COPY_MAX} bytes from a URL",
+                                 hint="presign the source; copy bigger objects in parts")
+        with self._errors(key):
+            self._container.get_blob_client(key).start_copy_from_url(source.url, requires_sync=True)
+        return self.head(key), None  # the answer has no size
+
+    def copy_part_from(self, source: CopySource, key: str, upload_id: str, part_number: int, offset: int,
+                       length: int) -> PartInfo:
+        check_upload_id(upload_id)
+        check_range(offset, length)
+        if source.url is None:
+            raise BadOptionError("Azure copies parts from a URL only", hint="presign the source")
+        block_id = _block_id(upload_id, part_number)
+        with self._errors(key):
+            self._container.get_blob_client(key).stage_block_from_url(block_id, source.url, source_offset=offset,
+                                                                      source_length=length)
+        return PartInfo(part_number, block_id, length)
+
+    def probe_copy_from(self, source: CopySource, *, parts: bool = False) -> None:
+        key = probe_key()
+        if parts:  # a staged block is never visible, and expires uncommitted
+            self.copy_part_from(source, key, new_upload_id(), 1, 0, 1)
+            return
+        self.copy_from(source, key)
+        self.delete(key)
+
     def close(self) -> None:
         self._service.close()
 
@@ -313,6 +366,10 @@ def _translate(exc: Exception, root: str, key: str | None) -> SkyplaneError | No
     status = exc.status_code or 0
     if code == "ContainerNotFound" or (status == 404 and not key):
         return NotFoundError(f"container {root} does not exist", hint="create it, or check the account and container names")
+    if code == "CannotVerifyCopySource":
+        reason = str(exc.message or code).splitlines()[0]
+        return StoreError(f"Azure could not read the source of the copy to {where}: {reason}",
+                          hint="the source URL must be readable from Azure (a presigned or SAS URL)")
     if status == 404:
         return _BlobNotFound(f"{where} does not exist", hint="check the key, and that the container exists")
     if code == "InvalidBlockList":

@@ -50,6 +50,22 @@ class PartInfo:
 
 
 @dataclass(frozen=True)
+class CopySource:
+    """What a server-side copy reads: ``key`` (of ``size`` bytes) in the store at ``store`` (a root
+    URI), and, for stores that copy from a URL, ``url``: a presigned URL reading it (a secret for its
+    lifetime: never shown in a repr)."""
+
+    store: str
+    key: str
+    size: int
+    url: str | None = field(default=None, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return self.store.split("://", 1)[0]
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a store can do beyond the required verbs.
 
@@ -62,6 +78,14 @@ class Capabilities:
     ``conditional_write``: ``read_versioned`` / ``write_if`` work (compare-and-swap of one object).
     ``single_request_max``: the largest object worth writing in one request; bigger ones go in parts
     (the threshold the store's own tools use by default; see :mod:`gateway.sizing`).
+
+    Server-side copy (the bytes never pass through us; see :meth:`ObjectStore.copy_from`):
+    ``copy_from`` names what this store can copy from: a scheme (``"s3"``: any bucket of that service
+    its own credentials can read) and/or ``"url"`` (any URL the service can fetch, e.g. a presigned
+    one). ``copy_parts``: a byte range can be copied into a multipart upload (:meth:`copy_part_from`);
+    ``copy_max``: the largest object one :meth:`copy_from` copies (bigger ones need parts).
+    ``presign``: :meth:`presign` can give a time-limited URL reading one object (if the credentials
+    can sign). Declared here, then probed (:meth:`probe_copy_from`) before a job relies on it.
     """
 
     multipart: bool = False
@@ -71,6 +95,10 @@ class Capabilities:
     checksums: frozenset[str] = field(default_factory=frozenset)
     conditional_write: bool = False
     single_request_max: int = 64 * 1024**2
+    copy_from: frozenset[str] = field(default_factory=frozenset)
+    copy_parts: bool = False
+    copy_max: int = 5 * 1024**4
+    presign: bool = False
 
 
 class ObjectStore(ABC):
@@ -174,6 +202,29 @@ class ObjectStore(ABC):
         neither completed nor aborted (what a killed transfer leaves behind), as far as the store can
         tell (Azure: keys with staged blocks and no committed blob). Stores without multipart report none."""
         return []
+
+    # ---- optional capability: server-side copy ------------------------------------------------
+    def presign(self, key: str, seconds: int) -> str:
+        """A URL that reads ``key`` for ``seconds`` without further credentials."""
+        raise BadOptionError(f"{self.scheme} store cannot presign URLs")
+
+    def copy_from(self, source: CopySource, key: str, token: str | None = None) -> tuple[ObjectInfo | None, str | None]:
+        """Copy ``source`` to ``key`` inside the store's service (atomically: the object appears when
+        the copy is complete). Returns ``(receipt, None)`` when done, or ``(None, token)`` while the
+        service is still copying: call again with the token (each call does a bounded share)."""
+        raise BadOptionError(f"{self.scheme} store cannot copy server-side")
+
+    def copy_part_from(self, source: CopySource, key: str, upload_id: str, part_number: int, offset: int,
+                       length: int) -> PartInfo:
+        """Copy ``length`` bytes of ``source`` from ``offset`` as part ``part_number`` of an upload."""
+        raise BadOptionError(f"{self.scheme} store cannot copy parts server-side")
+
+    def probe_copy_from(self, source: CopySource, *, parts: bool = False) -> None:
+        """Check with one small real copy that this store can copy ``source`` server-side with its
+        credentials: a whole copy (to a scratch key under ``.skyplane-probe/``, removed at once), or
+        with ``parts`` one byte copied into an upload that is never completed. Raises the store's
+        error when it cannot."""
+        raise BadOptionError(f"{self.scheme} store cannot copy server-side")
 
     # ---- optional capability: conditional write ----------------------------------------------
     def read_versioned(self, key: str) -> tuple[bytes, str]:

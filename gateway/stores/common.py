@@ -70,6 +70,14 @@ def check_range(offset: int, length: int | None) -> None:
         raise BadOptionError(f"bad byte range (offset {offset}, length {length})", hint="offset and length must be >= 0")
 
 
+#: Where a server-side copy probe puts what it copies for a moment (removed at once).
+PROBE_PREFIX = ".skyplane-probe/"
+
+
+def probe_key() -> str:
+    return f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+
+
 def new_upload_id() -> str:
     return uuid.uuid4().hex
 

@@ -14,6 +14,7 @@ the GCS etag is reported, which is never mistaken for an MD5).
 from __future__ import annotations
 
 import base64
+import datetime
 import http.client
 from typing import Any
 
@@ -28,9 +29,9 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from planner.errors import (AccessDeniedError, ChecksumError, ConflictError, CredentialsError, NotFoundError,
                             SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
-from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
+from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, download_into, md5_hex,
-                     new_upload_id, part_numbers, translated)
+                     new_upload_id, part_numbers, probe_key, translated)
 
 PARTS_PREFIX = ".skyplane-parts/"
 _KEY_METADATA = "skyplane-key"  # on each part: the key its upload is for, so leftovers can be found
@@ -88,7 +89,10 @@ class GCSStore(ObjectStore):
                                 checksums=frozenset({"md5", "crc32c"}), conditional_write=True,
                                 # GCS has no multipart upload: parts are objects composed afterwards (more
                                 # requests). gsutil composes above 150 MiB (parallel_composite_upload_threshold).
-                                single_request_max=150 * 1024**2)
+                                single_request_max=150 * 1024**2,
+                                # objects.rewrite copies any size, resumed with a token between calls
+                                # (Cloud Storage JSON API, "Objects: rewrite"); signing needs a private key.
+                                copy_from=frozenset({"gs"}), presign=True)
 
     def __init__(self, bucket: str, client: storage.Client) -> None:
         self.bucket = bucket
@@ -226,6 +230,33 @@ class GCSStore(ObjectStore):
                 if key is not None and key.startswith(prefix):
                     found.setdefault(upload_id, key)
         return sorted((key, upload_id) for upload_id, key in found.items())
+
+    # ---- server-side copy: objects.rewrite -----------------------------------------------------
+    def presign(self, key: str, seconds: int) -> str:
+        with self._errors(key):
+            try:
+                return self._bucket.blob(key).generate_signed_url(expiration=datetime.timedelta(seconds=seconds),
+                                                                  version="v4")
+            except AttributeError as exc:  # the library's way of saying the credentials hold no private key
+                raise CredentialsError(f"these Google credentials cannot sign a URL for gs://{self.bucket}/{key}",
+                                       hint="use a service account key (service_account_file or _info)") from exc
+
+    def copy_from(self, source: CopySource, key: str, token: str | None = None) -> tuple[ObjectInfo | None, str | None]:
+        if source.scheme != "gs":
+            raise BadOptionError(f"GCS cannot copy server-side from {source.store}",
+                                 hint="only from GCS buckets its credentials can read")
+        src = self._client.bucket(source.store.split("://", 1)[1]).blob(source.key)
+        target = self._bucket.blob(key)
+        with translated(lambda exc: _translate(exc, src.bucket.name, source.key)):
+            token, _, _ = target.rewrite(src, token=token, timeout=_TIMEOUT, retry=_RETRY)
+        return (None, token) if token else (_info(target), None)
+
+    def probe_copy_from(self, source: CopySource, *, parts: bool = False) -> None:
+        """A rewrite to a scratch object under the reserved prefix (never listed), then removed; a
+        rewrite that needs more calls has created nothing yet and is left."""
+        key = PARTS_PREFIX + probe_key()
+        self.copy_from(source, key)
+        self.delete(key)
 
     def close(self) -> None:
         self._client._http.close()  # noqa: SLF001  (requests reopens connections on the next call)

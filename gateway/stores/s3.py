@@ -13,8 +13,8 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
                             CredentialsExpiredError, NotFoundError, SkyplaneError, StoreError, StoreUnavailableError,
                             ThrottledError)
 
-from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers,
+from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
+from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers, probe_key,
                      translated)
 
 MiB = 1024**2
@@ -67,7 +67,10 @@ class S3Store(ObjectStore):
                                 # AWS: "when your object size reaches 100 MB, you should consider using
                                 # multipart uploads" (S3 User Guide, "Uploading and copying objects using
                                 # multipart upload"); rclone's --s3-upload-cutoff is 200 MiB.
-                                single_request_max=100 * MiB)
+                                single_request_max=100 * MiB,
+                                # CopyObject copies up to 5 GB; UploadPartCopy copies ranges of bigger
+                                # objects (S3 API Reference, CopyObject).
+                                copy_from=frozenset({"s3"}), copy_parts=True, copy_max=5 * 1000**3, presign=True)
 
     def __init__(self, bucket: str, client: Any) -> None:
         self.bucket = bucket
@@ -201,6 +204,46 @@ class S3Store(ObjectStore):
         with self._errors():
             pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
             return [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])]
+
+    # ---- server-side copy ---------------------------------------------------------------------
+    def presign(self, key: str, seconds: int) -> str:
+        with self._errors(key):
+            return self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                       ExpiresIn=int(seconds))
+
+    def copy_from(self, source: CopySource, key: str, token: str | None = None) -> tuple[ObjectInfo | None, str | None]:
+        bucket = self._same_service(source)
+        with self._errors(key):
+            self._client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": bucket, "Key": source.key})
+        return self.head(key), None  # the answer has no size
+
+    def copy_part_from(self, source: CopySource, key: str, upload_id: str, part_number: int, offset: int,
+                       length: int) -> PartInfo:
+        bucket = self._same_service(source)
+        check_range(offset, length)
+        with self._errors(key):
+            r = self._client.upload_part_copy(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number,
+                                              CopySource={"Bucket": bucket, "Key": source.key},
+                                              CopySourceRange=f"bytes={offset}-{offset + length - 1}")
+        return PartInfo(part_number, _etag(r["CopyPartResult"]["ETag"]), length)
+
+    def probe_copy_from(self, source: CopySource, *, parts: bool = False) -> None:
+        key = probe_key()
+        if not parts:
+            self.copy_from(source, key)
+            self.delete(key)
+            return
+        upload_id = self.begin_multipart(key)
+        try:
+            self.copy_part_from(source, key, upload_id, 1, 0, 1)
+        finally:
+            self.abort_multipart(key, upload_id)
+
+    def _same_service(self, source: CopySource) -> str:
+        if source.scheme != "s3":
+            raise BadOptionError(f"S3 cannot copy server-side from {source.store}",
+                                 hint="only from S3 buckets its credentials can read")
+        return source.store.split("://", 1)[1]
 
     def close(self) -> None:
         self._client.close()
