@@ -60,7 +60,9 @@ class Plan:
     """A route for one transfer. See the module docstring for the partition model.
 
     ``cost_per_gb`` is the predicted egress cost in USD per GB of *source* data (all edges, all
-    destinations); ``vm_cost_per_hour`` the hourly price of all gateways together.
+    destinations); ``vm_cost_per_hour`` the hourly price of all gateways together. ``server_side``:
+    destinations whose store copies the data from the source's store itself (no gateway, no route;
+    :mod:`planner.server_side`); a plan with only those has no gateways at all.
     """
 
     src: str
@@ -74,6 +76,12 @@ class Plan:
     solve_seconds: float = 0.0
     partition_weights: tuple[float, ...] = (1.0,)
     notes: list[str] = field(default_factory=list)
+    server_side: tuple[str, ...] = ()
+
+    @property
+    def routed(self) -> tuple[str, ...]:
+        """The destinations the gateways deliver to (every one not copied server-side)."""
+        return tuple(d for d in self.dsts if d not in self.server_side)
 
     @property
     def partitions(self) -> int:
@@ -108,7 +116,13 @@ class Plan:
         """
         if not self.partition_weights or any(w < 0 for w in self.partition_weights):
             raise PlanError("plan has no partitions or a negative partition weight")
-        for region in [self.src, *self.dsts]:
+        if not set(self.server_side) <= set(self.dsts):
+            raise PlanError("plan copies server-side to a region that is not one of its destinations")
+        if not self.routed:
+            if self.gateways or self.edges:
+                raise PlanError("a plan that copies every destination server-side has no gateways and no route")
+            return
+        for region in [self.src, *self.routed]:
             if self.gateways.get(region, 0) < 1:
                 raise PlanError(f"plan has no gateway in {region}")
         for p in range(self.partitions):
@@ -120,7 +134,7 @@ class Plan:
                 if e.dst in parents or e.dst == self.src:
                     raise PlanError(f"partition {p} reaches {e.dst} twice; routes must be trees")
                 parents[e.dst] = e.src
-            for d in self.dsts:
+            for d in self.routed:
                 if d == self.src:
                     continue
                 seen, node = set(), d
@@ -134,6 +148,8 @@ class Plan:
         """One program per region with gateways; every gateway of a region runs the same one."""
         self.validate()
         out: dict[str, RegionProgram] = {}
+        if not self.gateways:
+            return out
         for region in self.regions:
             parts: dict[int, PartitionProgram] = {}
             for p in range(self.partitions):
@@ -144,7 +160,7 @@ class Plan:
                 ]
                 receives = any(e.dst == region and p in e.partitions for e in self.edges)
                 is_src = region == self.src
-                writes = region in self.dsts and (receives or is_src)
+                writes = region in self.routed and (receives or is_src)
                 if not (is_src or receives):
                     continue
                 parts[p] = PartitionProgram(
@@ -166,6 +182,7 @@ class Plan:
             ],
             "throughput_gbps": round(self.throughput_gbps, 3),
             "cost_per_gb": round(self.cost_per_gb, 5),
+            **({"server_side": list(self.server_side)} if self.server_side else {}),
         }
 
     def to_dict(self) -> dict:
@@ -181,6 +198,7 @@ class Plan:
             "solve_seconds": self.solve_seconds,
             "partition_weights": list(self.partition_weights),
             "notes": list(self.notes),
+            "server_side": list(self.server_side),
         }
 
     @classmethod
@@ -198,6 +216,7 @@ class Plan:
                 solve_seconds=float(d.get("solve_seconds", 0.0)),
                 partition_weights=tuple(float(w) for w in d.get("partition_weights", (1.0,))),
                 notes=list(d.get("notes", [])),
+                server_side=tuple(d.get("server_side", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"not a valid plan document: {exc!r}") from exc
