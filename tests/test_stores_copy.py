@@ -20,6 +20,7 @@ from planner.errors import BadOptionError, CredentialsError, StoreError
 from planner.plan import RegionProgram
 from skyplane_provider.buckets import make_bucket
 from skyplane_provider.testing.buckets import create_bucket, unique_name
+from skyplane_provider.testing.leftovers import leftovers
 
 MiB = 1024**2
 
@@ -31,8 +32,9 @@ def _source(root: str, key: str, data: bytes, *, presigned: bool = False) -> Cop
 
 
 def _nothing_left(root: str) -> None:
-    """No probe object and no object of ours besides the test's own."""
+    """No probe object, and nothing that is not an object (uploads, parts, staged blocks)."""
     assert not [o.key for o in open_store(root).list(PROBE_PREFIX)]
+    assert leftovers(root) == []
 
 
 def test_what_each_store_declares():
@@ -78,6 +80,7 @@ def test_gcs_rewrites_across_buckets(emulators):
     assert receipt.md5 == hashlib.md5(data).hexdigest() and receipt.crc32c
     assert store.read("b/x") == data
     assert [o.key for o in store.list()] == ["b/x"]  # the probe's scratch object is gone
+    _nothing_left(dst)
     # fake-gcs takes anonymous credentials, which hold no key to sign a URL with
     with pytest.raises(CredentialsError, match="cannot sign"):
         open_store(src).presign("a/x", 600)
@@ -96,6 +99,7 @@ def test_azure_copies_from_a_presigned_url_and_azurite_has_no_block_from_url(emu
     with pytest.raises(StoreError, match="APINotImplemented"):  # Put Block From URL (EMULATORS.md)
         store.probe_copy_from(source, parts=True)
     assert [o.key for o in store.list()] == ["b/x"]
+    _nothing_left(dst)
     with pytest.raises(BadOptionError, match="from a URL"):
         store.copy_from(CopySource(src, "a/x", len(data)), "c/x")
 

@@ -303,8 +303,12 @@ class AzureStore(ObjectStore):
 
     def probe_copy_from(self, source: CopySource, *, parts: bool = False) -> None:
         key = probe_key()
-        if parts:  # a staged block is never visible, and expires uncommitted
-            self.copy_part_from(source, key, new_upload_id(), 1, 0, 1)
+        if parts:  # a staged block is never visible; discarded at once all the same
+            upload_id = new_upload_id()
+            try:
+                self.copy_part_from(source, key, upload_id, 1, 0, 1)
+            finally:
+                self.abort_multipart(key, upload_id)
             return
         self.copy_from(source, key)
         self.delete(key)
