@@ -4,14 +4,16 @@ through a real gateway's ``POST /store`` (presign on one gateway, copy on anothe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 
 import pytest
 
 from gateway.stores import open_store
 from gateway.stores.azure import AzureStore
-from gateway.stores.base import CopySource
+from gateway.stores.base import Capabilities, CopySource
 from gateway.stores.gcs import GCSStore
 from gateway.stores.local import LocalStore
 from gateway.stores.s3 import S3Store
@@ -39,10 +41,13 @@ def _nothing_left(root: str) -> None:
 
 def test_what_each_store_declares():
     caps = {store.scheme: store.capabilities for store in (LocalStore, S3Store, GCSStore, AzureStore)}
-    assert caps["file"].copy_from == frozenset() and not caps["file"].presign
-    assert caps["s3"].copy_from == {"s3"} and caps["s3"].copy_parts and caps["s3"].presign
-    assert caps["gs"].copy_from == {"gs"} and not caps["gs"].copy_parts
-    assert caps["az"].copy_from == {"url"} and caps["az"].copy_parts and caps["az"].copy_max == 256 * MiB
+    assert caps["file"].copy_from == () and not caps["file"].presign
+    assert caps["s3"].copy_from == ("s3",) and caps["s3"].copy_parts and caps["s3"].presign
+    assert caps["gs"].copy_from == ("gs",) and not caps["gs"].copy_parts
+    assert caps["az"].copy_from == ("url",) and caps["az"].copy_parts and caps["az"].copy_max == 256 * MiB
+    # a job document carries them as JSON (the checksums as a list)
+    loaded = json.loads(json.dumps({**dataclasses.asdict(caps["s3"]), "checksums": ["md5"]}))
+    assert Capabilities(**{**loaded, "checksums": frozenset(loaded["checksums"])}) == caps["s3"]
     with pytest.raises(BadOptionError, match="cannot copy server-side"):
         open_store("file:///tmp").copy_from(CopySource("s3://x-y-z", "k", 1), "k")
 

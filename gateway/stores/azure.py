@@ -116,7 +116,7 @@ class AzureStore(ObjectStore):
                                 single_request_max=64 * MiB,
                                 # Copy Blob From URL is synchronous up to 256 MiB; Put Block From URL
                                 # copies ranges of bigger ones (Blob service REST API reference).
-                                copy_from=frozenset({"url"}), copy_parts=True, copy_max=_SYNC_COPY_MAX,
+                                copy_from=("url",), copy_parts=True, copy_max=_SYNC_COPY_MAX,
                                 presign=True)
 
     def __init__(self, account: str, container: str, service: BlobServiceClient) -> None:

@@ -95,10 +95,14 @@ class Capabilities:
     checksums: frozenset[str] = field(default_factory=frozenset)
     conditional_write: bool = False
     single_request_max: int = 64 * 1024**2
-    copy_from: frozenset[str] = field(default_factory=frozenset)
+    copy_from: tuple[str, ...] = ()
     copy_parts: bool = False
     copy_max: int = 5 * 1024**4
     presign: bool = False
+
+    def __post_init__(self) -> None:
+        # A tuple, so that the capabilities travel as JSON (a job document) and come back equal.
+        object.__setattr__(self, "copy_from", tuple(sorted(self.copy_from)))
 
 
 class ObjectStore(ABC):

@@ -92,7 +92,7 @@ class GCSStore(ObjectStore):
                                 single_request_max=150 * 1024**2,
                                 # objects.rewrite copies any size, resumed with a token between calls
                                 # (Cloud Storage JSON API, "Objects: rewrite"); signing needs a private key.
-                                copy_from=frozenset({"gs"}), presign=True)
+                                copy_from=("gs",), presign=True)
 
     def __init__(self, bucket: str, client: storage.Client) -> None:
         self.bucket = bucket

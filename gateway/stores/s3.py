@@ -70,7 +70,7 @@ class S3Store(ObjectStore):
                                 single_request_max=100 * MiB,
                                 # CopyObject copies up to 5 GB; UploadPartCopy copies ranges of bigger
                                 # objects (S3 API Reference, CopyObject).
-                                copy_from=frozenset({"s3"}), copy_parts=True, copy_max=5 * 1000**3, presign=True)
+                                copy_from=("s3",), copy_parts=True, copy_max=5 * 1000**3, presign=True)
 
     def __init__(self, bucket: str, client: Any) -> None:
         self.bucket = bucket
