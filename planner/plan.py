@@ -118,7 +118,7 @@ class Plan:
             raise PlanError("plan has no partitions or a negative partition weight")
         if not set(self.server_side) <= set(self.dsts):
             raise PlanError("plan copies server-side to a region that is not one of its destinations")
-        if not self.routed:
+        if self.server_side and not self.routed:
             if self.gateways or self.edges:
                 raise PlanError("a plan that copies every destination server-side has no gateways and no route")
             return
