@@ -100,6 +100,14 @@ class Plan:
     def egress_usd(self, size_bytes: int) -> float:
         return self.cost_per_gb * size_bytes / BYTES_PER_GB
 
+    def egress_usd_sent(self, sent: dict[tuple[str, str], int]) -> float:
+        """Egress in USD of the bytes that really crossed each edge: ``sent`` maps ``(src, dst)`` region
+        pairs to the frame bytes the gateways of ``src`` sent to those of ``dst`` (relays included),
+        each priced at its edge's ``cost_per_gb``. Bytes on a pair the plan has no edge for (none
+        should exist: gateways send only along the plan's edges) are not priced."""
+        price = {(e.src, e.dst): e.cost_per_gb for e in self.edges}
+        return sum(n * price.get(pair, 0.0) for pair, n in sent.items()) / BYTES_PER_GB
+
     def vm_usd(self, seconds: float) -> float:
         return self.vm_cost_per_hour * seconds / 3600.0
 

@@ -80,11 +80,17 @@ def test_forced_relay_hop(tmp_path, s3_bucket, gcs_bucket):
     relay = "aws:us-west-2"
     plan = Plan(src="aws:us-east-1", dsts=("gcp:us-central1",), solver="manual",
                 gateways={"aws:us-east-1": 1, relay: 1, "gcp:us-central1": 1},
-                edges=[Edge("aws:us-east-1", relay, 1.0, 4), Edge(relay, "gcp:us-central1", 1.0, 4)],
-                throughput_gbps=1.0, cost_per_gb=0.0)
+                edges=[Edge("aws:us-east-1", relay, 1.0, 4, cost_per_gb=0.02),
+                       Edge(relay, "gcp:us-central1", 1.0, 4, cost_per_gb=0.09)],
+                throughput_gbps=1.0, cost_per_gb=0.11)
     stats = copy(s3_bucket + "/", gcs_bucket + "/r/", plan=plan.to_dict(), chunk_size="2MiB")
     assert read_all(gcs_bucket, "r/") == digests(objs)
     assert [(e["src"], e["dst"]) for e in stats.route] == [("aws:us-east-1", relay), (relay, "gcp:us-central1")]
+    # The actual egress prices the frame bytes each hop's gateways sent (counted by the gateways,
+    # the relay's too: it forwards the source's frames as they are), each at its edge's price.
+    first, second = (e["bytes_sent"] for e in stats.route)
+    assert first == second == stats.bytes_on_wire > 0
+    assert stats.egress_usd_actual == round((first * 0.02 + second * 0.09) / 1e9, 6)
 
 
 def test_sync_twice_moves_nothing_the_second_time(tmp_path, s3_bucket):

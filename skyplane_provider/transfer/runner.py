@@ -26,7 +26,7 @@ from .launch import JobSecrets, gateway_specs, wire_peers
 from .planning import make_plan
 from .preflight import preflight
 from .request import TransferRequest
-from .stats import Progress, TransferStats
+from .stats import Progress, TransferStats, egress_usd_actual, wire_bytes_by_edge
 from .verify import Verification, verify_all
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,8 @@ class Transfer:
         vm_seconds = self.fleet.vm_seconds() if self.fleet else 0.0
         vm_usd = self._provisioner_vm_usd(vm_seconds)
         egress_pred = self.plan.egress_usd(moved)
-        # Frames leaving the source are what the plan's egress is priced on, times how much lz4 and
-        # framing changed their size; the source sends each chunk once per out-edge of its partition.
-        total_w = sum(self.plan.partition_weights) or 1.0
-        fanout = sum(w / total_w * sum(1 for e in self.plan.edges if e.src == self.plan.src and p in e.partitions)
-                     for p, w in enumerate(self.plan.partition_weights))
-        ratio = wire / (moved * fanout) if moved and fanout else 0.0
+        counters = d.counters if d else {}
+        sent = wire_bytes_by_edge(counters)
         return TransferStats(
             job_id=self.job_id, src=self.request.src, dsts=list(self.request.dsts),
             objects=len(self.objects), bytes=moved, bytes_on_wire=wire, seconds=round(seconds, 3),
@@ -164,9 +160,10 @@ class Transfer:
             verified=True, verification=self.verification.to_dict(),
             retries=d.retries if d else 0, gateways_replaced=len(d.replaced) if d else 0, plan=self.plan.summary(),
             cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
-            egress_usd_actual=round(egress_pred * ratio, 6), vm_usd=round(vm_usd, 6),
+            egress_usd_actual=round(egress_usd_actual(self.plan, counters), 6), vm_usd=round(vm_usd, 6),
             skipped_objects=self.skipped, chunks=len(chunks), provisioner=self.request.provisioner,
-            route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3)} for e in self.plan.edges])
+            route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3), "bytes_sent": sent.get((e.src, e.dst), 0)}
+                   for e in self.plan.edges])
 
     def _provisioner_vm_usd(self, vm_seconds: float) -> float:
         if not vm_seconds:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from planner.plan import Plan
+
 
 @dataclass
 class Progress:
@@ -73,7 +75,8 @@ class TransferStats:
     wired, ``move``, ``verify``) and ``move_gbps`` the rate while data moved; ``gateways_replaced``
     how many dead gateways were replaced by new ones;
     ``cost_usd`` the predicted egress of the plan for these bytes plus gateway VM time;
-    ``egress_usd_actual`` the egress of the bytes that really crossed each region edge;
+    ``egress_usd_actual`` the egress of the frame bytes that really crossed each region edge
+    (:func:`egress_usd_actual`), each route entry's ``bytes_sent`` those bytes;
     ``verification`` how every copy was checked as it landed (``verified`` is True only when all
     were): ``{"objects": copies checked, "by": {"md5" | "crc32c" | "aead" | "chunk-crc32c" | "local": n}}``
     (see :mod:`skyplane_provider.coordinator.finish`); ``report`` the per-object report's
@@ -119,3 +122,27 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def region_of(gateway_id: str) -> str:
+    """The region of a gateway id ``REGION/N`` (``aws:us-east-1/0``, a replacement ``aws:us-east-1/r1``)."""
+    return gateway_id.rsplit("/", 1)[0]
+
+
+def wire_bytes_by_edge(counters: dict[str, dict]) -> dict[tuple[str, str], int]:
+    """Frame bytes sent per region edge ``(src, dst)``, summed over every gateway (and, through each
+    host's supervisor, every worker) from their ``/status`` counters keyed by gateway id: each
+    gateway's ``bytes_sent_wire_to`` says how much it sent to each next-hop region."""
+    edges: dict[tuple[str, str], int] = {}
+    for gid, c in counters.items():
+        for dst, n in (c.get("bytes_sent_wire_to") or {}).items():
+            pair = (region_of(gid), dst)
+            edges[pair] = edges.get(pair, 0) + int(n)
+    return edges
+
+
+def egress_usd_actual(plan: Plan, counters: dict[str, dict]) -> float:
+    """The egress, in USD, of what the gateways really sent: the bytes on every edge of the route
+    (relay hops too, and chunks sent again after a failure) times that edge's price in the plan
+    (the planner's grid). ``counters`` are the gateways' last ``/status`` counters by gateway id."""
+    return plan.egress_usd_sent(wire_bytes_by_edge(counters))
