@@ -25,5 +25,6 @@ emulators-down:
 reliability-report: setup
 	@report=$$(mktemp); \
 	SKYPLANE_RELIABILITY_REPORT=$$report $(PY) -m pytest tests -q -k "fault or fuzz or bad_input"; status=$$?; \
-	$(PY) -m tests.reliability_report $$report > docs/reliability.md; rm -f $$report; \
+	$(PY) -m tests.reliability_report $$report --keep docs/reliability.md > $$report.md \
+	  && mv $$report.md docs/reliability.md; rm -f $$report $$report.md; \
 	echo "docs/reliability.md: $$(grep -c '^| ' docs/reliability.md) table lines"; exit $$status

@@ -50,8 +50,11 @@ class EventLog:
         (a chunk that arrived damaged is always sent again)."""
         if retryable is None:
             retryable = error.retryable or isinstance(error, ChecksumError)
-        self._add({"type": "failed", "chunk_id": chunk_id, "objects": objects, "region": region, "error": str(error),
-                   "error_type": error_type(error), "retryable": retryable})
+        event = {"type": "failed", "chunk_id": chunk_id, "objects": objects, "region": region, "error": str(error),
+                 "error_type": error_type(error), "retryable": retryable}
+        if error.retry_after is not None:
+            event["retry_after"] = error.retry_after  # the store's Retry-After: the re-send waits as long
+        self._add(event)
         self.error(f"chunk {chunk_id}{'' if objects is None else f' objects {objects}'}: {error}")
 
     def error(self, message: str) -> None:

@@ -40,6 +40,12 @@ class SkyplaneError(Exception):
     """
 
     retryable: bool = False
+    #: True on a retryable error raised after the store's own SDK retried the call (botocore, google
+    #: api-core, azure-core): the retries of that call are spent, no loop above retries it again
+    #: (gateway/retry.py; docs/reliability.md "One retry budget").
+    retried: bool = False
+    #: Seconds the store asked to wait before trying again (its ``Retry-After``), when it said so.
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.hint = hint

@@ -31,11 +31,23 @@ so a row is here only if its test ran, and the numbers are from that run on that
 Regenerate with `make reliability-report`: it runs
 `pytest tests -k "fault or fuzz or bad_input"` with `SKYPLANE_RELIABILITY_REPORT` pointing at a
 scratch file (each `tests.reliability_report.record(kind, what, outcome)` appends a row) and
-renders this page with `python -m tests.reliability_report FILE`. Do not edit it by hand.
+renders this page with `python -m tests.reliability_report FILE --keep docs/reliability.md`.
+Do not edit the tables by hand; what follows the line `<!-- kept -->` at the end (notes written
+by hand, the chaos soak's table) is carried over from the page as it was.
 """
 
+#: The line after which the page's hand-written part starts; ``render`` carries it over unchanged.
+KEEP_MARKER = "<!-- kept -->"
 
-def render(path: str) -> str:
+
+def kept(page: str) -> str:
+    """The part of an existing page from :data:`KEEP_MARKER` on ("" when it has none)."""
+    at = page.find("\n" + KEEP_MARKER + "\n")  # a line of its own (the intro names it in backticks)
+    return "" if at < 0 else page[at + 1:]
+
+
+def render(path: str, keep: str = "") -> str:
+    """The page for the rows in ``path``, then ``keep`` (see :func:`kept`)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     counts = ", ".join(f"{sum(r['kind'] == k for r in rows)} {k.replace('_', ' ')}" for k in ("fault", "fuzz",
                                                                                                 "bad_input"))
@@ -48,7 +60,7 @@ def render(path: str) -> str:
         out += [f"## {title}", "", "| what was tried | what happened |", "|---|---|"]
         out += [f"| {_cell(r['what'])} | {_cell(r['outcome'])} |" for r in mine]
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out) + ("\n" + keep.rstrip("\n") + "\n" if keep else "")
 
 
 def _cell(text: str) -> str:
@@ -56,4 +68,5 @@ def _cell(text: str) -> str:
 
 
 if __name__ == "__main__":
-    print(render(sys.argv[1]))
+    page = sys.argv[3] if len(sys.argv) == 4 and sys.argv[2] == "--keep" else None
+    print(render(sys.argv[1], kept(open(page).read()) if page and os.path.exists(page) else ""), end="")

@@ -94,3 +94,58 @@ def test_fault_throttling_store(kind, role, request, tmp_path, emulators):
                     f"{len(objs)} objects incl. one of 6 MiB in parts",
            f"{counts.throttled} throttled, {counts.reset} reset, {counts.forwarded} forwarded; completed, "
            f"{len(got)}/{len(objs)} objects identical (sha256), no dangling uploads, {stats.retries} chunk retries")
+
+
+def _gets_of(key: str):
+    """A fault proxy ``match``: the GETs of one object (its reads), not listings or HEADs."""
+    return lambda method, path: method == "GET" and path.split("?")[0].endswith("/" + key)
+
+
+def test_fault_throttled_s3_call_spends_the_sdk_retries_once(s3_bucket, emulators):
+    """The store's own retry is the call's only one: botocore makes SDK_ATTEMPTS attempts, then the
+    error says they are spent and carries S3's Retry-After, for the layers above to honour."""
+    from gateway.stores import open_store
+    from gateway.stores.s3 import SDK_ATTEMPTS
+    from planner.errors import ThrottledError
+
+    put_objects(s3_bucket, {"hot.bin": b"x" * 1000})
+    proxy = FaultProxy(emulators.endpoints["s3"], kind="s3", throttle=1.0, match=_gets_of("hot.bin"),
+                       retry_after="2")
+    url = proxy.start()
+    try:
+        store = open_store(s3_bucket, proxied_credentials("s3", s3_bucket, url))
+        with pytest.raises(ThrottledError) as caught:
+            store.read("hot.bin")
+    finally:
+        proxy.stop()
+    assert proxy.counts.throttled == SDK_ATTEMPTS, proxy.counts
+    assert caught.value.retried and caught.value.retry_after == 2.0
+    record("fault", "one S3 GET throttled every time (503 SlowDown, Retry-After: 2) through the store",
+           f"{proxy.counts.throttled} attempts (botocore adaptive, max {SDK_ATTEMPTS}), then ThrottledError "
+           f"marked retried, retry_after={caught.value.retry_after}")
+
+
+def test_fault_throttled_s3_read_attempts_in_a_transfer(s3_bucket, emulators, tmp_path):
+    """A read that S3 throttles every time, end to end: its attempts are botocore's times the chunk's
+    dispatches (no gateway retry stacked on the SDK's), then the transfer fails loudly and leaves
+    nothing at the destination. Before the one retry budget: 4 x 5 x 6 = 120 attempts."""
+    from gateway.stores.s3 import SDK_ATTEMPTS
+    from planner.errors import TransferError
+    from skyplane_provider.transfer.dispatch import MAX_ATTEMPTS
+
+    put_objects(s3_bucket, {"in/hot.bin": os.urandom(1000), "in/cold.bin": os.urandom(1000)})
+    out = tmp_path / "out"
+    out.mkdir()
+    proxy = FaultProxy(emulators.endpoints["s3"], kind="s3", throttle=1.0, match=_gets_of("in/hot.bin"))
+    url = proxy.start()
+    try:
+        with pytest.raises(TransferError, match="hot.bin failed 4 times"):
+            copy(f"{s3_bucket}/in/", str(out), credentials=proxied_credentials("s3", s3_bucket, url))
+    finally:
+        proxy.stop()
+    assert proxy.counts.throttled == SDK_ATTEMPTS * MAX_ATTEMPTS == 16, proxy.counts
+    assert not (out / "hot.bin").exists()
+    record("fault", "one S3 object's GET throttled every time (503 SlowDown) in a transfer to a local directory",
+           f"{proxy.counts.throttled} GET attempts in all ({SDK_ATTEMPTS} by botocore x {MAX_ATTEMPTS} dispatches of "
+           f"its chunk; 120 before the one retry budget), then the transfer failed with TransferError; "
+           f"the object was not written")

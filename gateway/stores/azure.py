@@ -46,8 +46,9 @@ def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
     """One pooled service client for ``account`` from a credentials entry (see ``gateway.stores``),
     else from ``AZURE_STORAGE_CONNECTION_STRING``. Raises ``CredentialsError`` when there is none, or
     when the connection string is for another account."""
-    # The SDK's default storage retry waits 15 s + 3^n s between attempts (84 s for an unreachable
-    # host); the transfer retries on top of us, so keep ours short (about 9 s in all).
+    # The one retry of an Azure call (docs/reliability.md "One retry budget"): 4 attempts, about 9 s
+    # of waits in all (the SDK's default waits 15 s + 3^n s, 84 s for an unreachable host); nothing
+    # above the store retries the call again, only the coordinator re-sends a failed chunk.
     retry = ExponentialRetry(initial_backoff=0.5, increment_base=1.5, retry_total=3, random_jitter_range=0.5)
     options: dict[str, Any] = dict(session=_pooled_session(), connection_timeout=CONNECT_TIMEOUT,
                                    read_timeout=READ_TIMEOUT, retry_policy=retry, max_single_put_size=_SINGLE_PUT,
@@ -317,7 +318,7 @@ class AzureStore(ObjectStore):
         self._service.close()
 
     def _errors(self, key: str | None = None):
-        return translated(lambda exc: _translate(exc, self.root_uri, key), self.expires_at)
+        return translated(lambda exc: _translate(exc, self.root_uri, key), self.expires_at, sdk_retries=True)
 
 
 def _as_bytes(data: bytes | bytearray) -> bytes:

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from planner.errors import BadOptionError, CredentialsError, CredentialsExpiredError, SkyplaneError
+from planner.errors import (BadOptionError, CredentialsError, CredentialsExpiredError, SkyplaneError,
+                            StoreUnavailableError, ThrottledError)
 
 #: HTTP connections each SDK client may keep open: room for ~32 parallel users of one client.
 POOL_SIZE = 64
@@ -31,9 +32,11 @@ EXPIRED_HINT = ("the client that started the job renews temporary credentials an
 
 @contextmanager
 def translated(translate: Callable[[Exception], SkyplaneError | None],
-               expires_at: float | None = None) -> Iterator[None]:
+               expires_at: float | None = None, *, sdk_retries: bool = False) -> Iterator[None]:
     """Re-raise SDK exceptions as the error ``translate`` maps them to (unmapped ones pass through).
-    ``expires_at``: when the store's credentials stop working (see :func:`expired`)."""
+    ``expires_at``: when the store's credentials stop working (see :func:`expired`). ``sdk_retries``:
+    the SDK retries throttled and failed requests itself, so a throttled or unavailable store's
+    error comes after its retries and is marked ``retried`` (with the store's ``Retry-After``)."""
     try:
         yield
     except SkyplaneError:
@@ -42,7 +45,30 @@ def translated(translate: Callable[[Exception], SkyplaneError | None],
         mapped = translate(exc)
         if mapped is None:
             raise
+        if sdk_retries and isinstance(mapped, (ThrottledError, StoreUnavailableError)):
+            mapped.retried = True
+            mapped.retry_after = retry_after_of(exc)
         raise expired(mapped, expires_at) from exc
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The ``Retry-After`` seconds of the HTTP answer behind an SDK exception, if it carried one:
+    botocore's ``ClientError.response`` (a dict), an azure-core or google-api-core exception's
+    ``response`` (an HTTP response with headers), or the error a google ``RetryError`` wraps.
+    The HTTP-date form is not read (no store we know sends it)."""
+    for candidate in (exc, getattr(exc, "cause", None)):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            headers = response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+        else:
+            headers = getattr(response, "headers", None) or {}
+        value = headers.get("retry-after") or headers.get("Retry-After")
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def expired(error: SkyplaneError, expires_at: float | None) -> SkyplaneError:

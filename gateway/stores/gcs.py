@@ -39,7 +39,9 @@ MAX_COMPOSE = 32  # sources per compose request (a GCS limit)
 _MULTIPART_LIMIT = 8 * 1024**2  # above this the library switches to a resumable upload
 _RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes must be multiples of this
 _TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
-# About 10 s in all (the library default is 120 s): the transfer retries on top of this.
+# The one retry of a GCS call (docs/reliability.md "One retry budget"): attempts for at most 10 s
+# (the library default is 120 s), waits from 0.5 s doubling to 4 s; nothing above the store
+# retries the call again, only the coordinator re-sends a failed chunk.
 _RETRY = DEFAULT_RETRY.with_timeout(10.0).with_delay(initial=0.5, multiplier=2.0, maximum=4.0)
 _CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
                      "or give a 'gs' entry in the credentials document")
@@ -247,7 +249,7 @@ class GCSStore(ObjectStore):
                                  hint="only from GCS buckets its credentials can read")
         src = self._client.bucket(source.store.split("://", 1)[1]).blob(source.key)
         target = self._bucket.blob(key)
-        with translated(lambda exc: _translate(exc, src.bucket.name, source.key)):
+        with translated(lambda exc: _translate(exc, src.bucket.name, source.key), sdk_retries=True):
             token, _, _ = target.rewrite(src, token=token, timeout=_TIMEOUT, retry=_RETRY)
         return (None, token) if token else (_info(target), None)
 
@@ -299,7 +301,7 @@ class GCSStore(ObjectStore):
 
     def _errors(self, key: str | None = None, *, bucket_level: bool = False):
         """Translate SDK errors; ``bucket_level``: a 404 means the bucket is missing (uploads)."""
-        return translated(lambda exc: _translate(exc, self.bucket, key, bucket_level), self.expires_at)
+        return translated(lambda exc: _translate(exc, self.bucket, key, bucket_level), self.expires_at, sdk_retries=True)
 
 
 def _part_name(upload_id: str, part_number: int) -> str:

@@ -30,6 +30,10 @@ CREDENTIAL_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aw
                                "endpoint_url", "expiration"})
 
 
+#: Attempts botocore makes for one S3 call (the first and its retries).
+SDK_ATTEMPTS = 4
+
+
 def make_client(settings: dict[str, Any]) -> Any:
     """One boto3 S3 client for a credentials entry (see ``gateway.stores``); thread-safe, pooled.
 
@@ -47,7 +51,11 @@ def make_client(settings: dict[str, Any]) -> Any:
         max_pool_connections=POOL_SIZE,
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
-        retries={"max_attempts": 3, "mode": "standard"},
+        # The one retry of an S3 call (docs/reliability.md "One retry budget"): 4 attempts in all
+        # (botocore's ``max_attempts`` counts retries, one more attempt: ``total_max_attempts`` does not),
+        # and adaptive mode's client-side rate limiter slows every request of this client once S3
+        # answers SlowDown. Nothing above the store retries a throttled call again.
+        retries={"total_max_attempts": SDK_ATTEMPTS, "mode": "adaptive"},
         # Checksums only where S3 requires them: the transfer verifies every chunk end to end, and
         # the default CRC trailers are not understood by every S3-compatible server.
         request_checksum_calculation="when_required",
@@ -249,7 +257,7 @@ class S3Store(ObjectStore):
         self._client.close()
 
     def _errors(self, key: str | None = None):
-        return translated(lambda exc: _translate(exc, self.bucket, key), self.expires_at)
+        return translated(lambda exc: _translate(exc, self.bucket, key), self.expires_at, sdk_retries=True)
 
 
 class _RangeNotSatisfiable(StoreError):

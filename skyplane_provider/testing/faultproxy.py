@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import urlsplit
 
 _THROTTLE = {
@@ -57,7 +58,10 @@ class FaultProxy:
     """``FaultProxy(upstream_url, kind="s3", throttle=0.1, reset=0.05).start()`` -> its URL."""
 
     def __init__(self, upstream: str, *, kind: str, throttle: float = 0.0, reset: float = 0.0,
-                 seed: int | None = None, spare_first: int = 0, delay: float = 0.0) -> None:
+                 seed: int | None = None, spare_first: int = 0, delay: float = 0.0,
+                 match: Callable[[str, str], bool] | None = None, retry_after: str = "0") -> None:
+        """``match(method, path)``: only the requests it accepts may be faulted (all when None);
+        ``retry_after``: the ``Retry-After`` header of a throttling answer."""
         up = urlsplit(upstream)
         if up.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fault proxy only forwards to loopback")
@@ -66,10 +70,13 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.rng_lock = threading.Lock()
         self.spare_first = spare_first  # setup requests (bucket creation...) pass untouched
+        self.match, self.retry_after = match, retry_after
         self.counts = FaultCounts()
         self._server: ThreadingHTTPServer | None = None
 
-    def _roll(self) -> str:
+    def _roll(self, method: str, path: str) -> str:
+        if self.match is not None and not self.match(method, path):
+            return "forward"
         with self.rng_lock:
             if self.spare_first > 0:
                 self.spare_first -= 1
@@ -104,7 +111,7 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                action = proxy._roll()
+                action = proxy._roll(self.command, self.path)
                 if action == "reset":
                     proxy.counts.add("reset")
                     self.close_connection = True
@@ -116,7 +123,7 @@ class FaultProxy:
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
                     self.send_header("Content-Length", str(len(payload)))
-                    self.send_header("Retry-After", "0")
+                    self.send_header("Retry-After", proxy.retry_after)
                     self.end_headers()
                     self.wfile.write(payload)
                     return

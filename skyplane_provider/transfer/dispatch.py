@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from gateway.control_client import GatewayClient
-from gateway.retry import with_retries
+from gateway.retry import MAX_RETRY_AFTER, RetryBudget, with_retries
 from gateway.stores.base import PartInfo
 from planner.errors import GatewayError, SkyplaneError, TransferError
 from planner.plan import Plan
@@ -34,7 +34,10 @@ BATCH = 256  # chunk requests per POST: 100k small objects cost ~400 round trips
 #: Batches per source gateway per tick (50 ms) while it accepts them. One batch a tick capped small
 #: objects at ~2,500/s whatever the gateways could do; their queues bound what is outstanding.
 BATCHES_PER_TICK = 8
-MAX_ATTEMPTS = 6
+#: Dispatches of one chunk whose own operation failed (a store error, a damaged frame, a stall):
+#: the fourth failure fails the transfer. Re-sends after a gateway on the chunk's route died do not
+#: count here (the chunk did nothing wrong) but draw on the job's RetryBudget like every re-send.
+MAX_ATTEMPTS = 4
 
 
 class Dispatcher:
@@ -56,6 +59,7 @@ class Dispatcher:
         self.cursor: dict[str, int] = {gid: 0 for gid in clients}
         self.counters: dict[str, dict] = {}
         self.retries = 0
+        self.budget = RetryBudget.for_chunks(len(chunks))
         self.replaced: list[str] = []  # gateways started in place of dead ones
         self.bytes_done = 0
         self.objects_done = 0
@@ -70,19 +74,28 @@ class Dispatcher:
     def _sources(self) -> list[str]:
         return [g for g in self.clients if g.startswith(self.plan.src + "/")]
 
-    def _requeue(self, cid: int, reason: str) -> None:
+    def _requeue(self, cid: int, reason: str, *, failed: bool = True, retry_after: float | None = None) -> None:
+        """Send chunk ``cid`` again after a backoff (at least the store's ``retry_after``); ``failed``:
+        its own operation failed (counted against MAX_ATTEMPTS), not a gateway on its route."""
         chunk = self.chunks[cid]
         if self._chunk_done(chunk) or cid in self.queue:
             return
         self.inflight.pop(cid, None)
-        n = self.attempts.get(cid, 0) + 1
+        n = self.attempts.get(cid, 0) + failed
         self.attempts[cid] = n
         if n >= MAX_ATTEMPTS:
             raise TransferError(
                 f"chunk {cid} of {chunk.obj.info.key} failed {n} times, last: {reason}",
                 hint="see the gateway logs; the destination was left without partial objects")
+        if not self.budget.spend():
+            raise TransferError(
+                f"the job's retry budget is spent ({self.budget.total} re-sent chunks); last: chunk {cid} of "
+                f"{chunk.obj.info.key}: {reason}",
+                hint="the store or the fleet keeps failing: see the gateway logs, then re-run the transfer "
+                     "(sync) to finish what is missing; the destination was left without partial objects")
         self.retries += 1
-        self.not_before[cid] = time.monotonic() + min(10.0, 0.2 * 2**n) * (0.5 + random.random())
+        backoff = min(10.0, 0.2 * 2**max(n, 1)) * (0.5 + random.random())
+        self.not_before[cid] = time.monotonic() + max(backoff, min(retry_after or 0.0, MAX_RETRY_AFTER))
         log.warning("retrying chunk %d (%s), attempt %d: %s", cid, chunk.obj.info.key, n + 1, reason)
         self.queue.append(cid)
 
@@ -169,7 +182,7 @@ class Dispatcher:
                 return
             if not ev.get("retryable", False):
                 raise TransferError(f"gateway {gid} could not move {chunk.obj.info.key}: {ev.get('error')}")
-            self._requeue(cid, f"{gid}: {ev.get('error')}")
+            self._requeue(cid, f"{gid}: {ev.get('error')}", retry_after=ev.get("retry_after"))
         elif ev.get("type") == "written":
             for entry in ev.get("objects") or ():
                 for target in chunk.obj.targets:
@@ -226,7 +239,7 @@ class Dispatcher:
         for gid in self.clients:
             self.cursor.setdefault(gid, 0)
         for cid in list(self.inflight):
-            self._requeue(cid, "a gateway on its route died")
+            self._requeue(cid, "a gateway on its route died", failed=False)
 
     def _replace(self, dead: str) -> str:
         """A new gateway for a region that lost all of its own; fails the transfer when none can start."""
