@@ -13,6 +13,8 @@ __all__ = [
     "BadURIError",
     "UnknownRegionError",
     "BadOptionError",
+    "CostLimitError",
+    "DeleteLimitError",
     "CredentialsError",
     "CredentialsExpiredError",
     "StoreError",
@@ -68,6 +70,16 @@ class UnknownRegionError(BadInputError):
 
 class BadOptionError(BadInputError):
     """An option has an invalid value or conflicts with another option."""
+
+
+class CostLimitError(BadOptionError):
+    """The job's predicted total cost (egress + VMs + store requests) is over its ``max_cost_usd``;
+    refused before any gateway starts."""
+
+
+class DeleteLimitError(BadOptionError):
+    """A mirror (``sync`` with ``delete``) would delete more destination objects than its
+    ``max_delete``; refused before anything is copied or deleted."""
 
 
 class CredentialsError(SkyplaneError):

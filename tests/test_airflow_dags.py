@@ -148,6 +148,20 @@ def test_multicast_example_deferrable(example_env):
     assert not _alive(job["pid"])
 
 
+def test_dry_run_then_mirror_with_filters(airflow_home, emulators, sky_home, s3_bucket, gcs_bucket):
+    """dry_run, include, delete, max_delete and max_cost_usd as operator arguments in a real DAG run."""
+    put_objects(f"{s3_bucket}/in/", {"a.json": b"{}", "b.json": b"[]", "c.tmp": b"scratch"})
+    put_objects(f"{gcs_bucket}/out/", {"gone.json": b"stale", "keep.tmp": b"not taken"})
+    dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_mirror")
+    state, xcoms = run(dag, run_conf={"src": f"{s3_bucket}/in/", "dst": f"{gcs_bucket}/out/"})
+    assert state == "success", xcoms
+    preview, mirror = xcoms["preview"], xcoms["mirror"]
+    assert preview["dry_run"] and preview["objects"] == 2 and preview["deleted_objects"] == 1
+    assert preview["cost"]["requests"] and "copies" not in preview
+    assert mirror["objects"] == 2 and mirror["deleted_objects"] == 1 and mirror["verified"]
+    assert digests(f"{gcs_bucket}/out/") == sha256s({"a.json": b"{}", "b.json": b"[]", "keep.tmp": b"not taken"})
+
+
 def test_bad_uri_fails_the_task_before_any_gateway(airflow_home, sky_home, capfd):
     dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_copy")
     state, xcoms = run(dag, run_conf={"src": "s3://Not_A_Bucket/x/", "dst": "gs://some-bucket/y/"})

@@ -141,6 +141,26 @@ def test_plain_call_outside_a_run(prefect_harness, home, tmp_path, s3_bucket):
         assert len(client.read_artifacts()) == before
 
 
+def test_dry_run_and_mirror_with_filters(prefect_harness, home, s3_bucket, azure_container):
+    """dry_run, exclude, min_size, delete and max_cost_usd as task arguments in a real flow run."""
+    put_objects(s3_bucket, {"in/a.csv": b"x" * 500, "in/tiny.csv": b"x", "in/b.tmp": b"y" * 500})
+    put_objects(azure_container, {"out/gone.csv": b"z" * 500})
+    options = dict(sync=True, delete=True, exclude=["*.tmp"], min_size="100B", dst_regions=[AZ], max_cost_usd=1.0)
+
+    @flow
+    def preview_then_mirror():
+        dry = skyplane_transfer(f"{s3_bucket}/in/", f"{azure_container}/out/", dry_run=True,
+                                artifact_key="mirror-preview", **options)
+        return dry, skyplane_transfer(f"{s3_bucket}/in/", f"{azure_container}/out/", **options)
+
+    state = preview_then_mirror(return_state=True)
+    dry, stats = state.result()
+    assert dry["dry_run"] and dry["objects"] == 1 and dry["deleted_objects"] == 1 and dry["cost"]["total_usd"] > 0
+    assert "would move 1 objects" in artifacts_of(state.state_details.flow_run_id)["mirror-preview-plan"].data
+    assert stats["objects"] == 1 and stats["deleted_objects"] == 1 and stats["verified"]
+    assert read_all(azure_container, "out/") == digests({"a.csv": b"x" * 500})
+
+
 @pytest.mark.parametrize("case", ["missing-source", "cost-ceiling", "bad-artifact-key", "unknown-block"])
 def test_bad_input_fails_the_task_run_without_starting_gateways(prefect_harness, home, s3_bucket, gcs_bucket, case):
     put_objects(s3_bucket, {"x/a": b"a" * 100})

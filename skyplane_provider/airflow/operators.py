@@ -78,6 +78,17 @@ class SkyplaneTransferOperator(BaseOperator):
     :param provisioner: ``local``, ``ssh`` or ``aws``; default: the ``skyplane`` connection's, else
         ``local``. Templated.
     :param skyplane_conn_id: a ``skyplane`` connection with provisioner settings. Templated.
+    :param include: globs of the names to take (rclone's ``--include``; names relative to ``src``).
+    :param exclude: globs of the names to leave out (``--exclude``).
+    :param filter: rules ``"+ GLOB"`` / ``"- GLOB"`` tried in order after the includes and excludes.
+    :param min_size: leave out smaller objects (``"100KiB"`` or bytes); ``max_size``: larger ones.
+    :param min_age: leave out objects modified more recently (``"2h"``, ``"7d"``, a date); ``max_age``: older ones.
+    :param dry_run: list, diff, plan and price, log every object it would copy (and delete), move nothing;
+        the XCom value is the dry run's summary (objects, bytes, route, predicted time and cost).
+    :param max_cost_usd: fail before any gateway starts when the predicted cost (egress + VMs + store
+        requests) is over this many US dollars.
+    :param delete: with ``sync``: delete destination objects the source no longer has, once every copy is verified.
+    :param max_delete: with ``delete``: fail, deleting nothing, when more objects would be deleted.
     :param deferrable: run the transfer as a detached job and free the worker slot while it runs.
     :param poll_interval: seconds between progress lines (and status polls when deferred).
     """
@@ -94,6 +105,11 @@ class SkyplaneTransferOperator(BaseOperator):
                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, src_region: str | None = None,
                  dst_regions: list[str | None] | None = None, grid: str | None = None,
                  provisioner: str | None = None, skyplane_conn_id: str | None = None,
+                 include: Sequence[str] = (), exclude: Sequence[str] = (), filter: Sequence[str] = (),
+                 min_size: int | str | None = None, max_size: int | str | None = None,
+                 min_age: float | str | None = None, max_age: float | str | None = None,
+                 dry_run: bool = False, max_cost_usd: float | None = None, delete: bool = False,
+                 max_delete: int | None = None,
                  deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
                  poll_interval: float = 5.0, **kwargs: Any) -> None:
         kwargs.setdefault("inlets", _assets([src]))
@@ -110,7 +126,10 @@ class SkyplaneTransferOperator(BaseOperator):
         self.options = dict(recursive=recursive, sync=sync, solver=solver, throughput_gbps=throughput_gbps,
                             max_cost_per_gb=max_cost_per_gb, max_gateways_per_region=max_gateways_per_region,
                             gateways_per_region=gateways_per_region, connections=connections, compress=compress,
-                            encrypt=encrypt, chunk_size=chunk_size, grid=grid)
+                            encrypt=encrypt, chunk_size=chunk_size, grid=grid, include=list(include),
+                            exclude=list(exclude), filter=list(filter), min_size=min_size, max_size=max_size,
+                            min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd,
+                            delete=delete, max_delete=max_delete)
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self._transfer: Transfer | None = None
@@ -135,6 +154,8 @@ class SkyplaneTransferOperator(BaseOperator):
     # -- run in the worker ----------------------------------------------------------------------
     def execute(self, context: Context) -> dict:
         request = self.make_request()
+        if request.dry_run:
+            return self._dry_run(request)
         if self.deferrable:
             self._defer(context, request)  # raises TaskDeferred
         transfer = self._transfer = Transfer(request, progress=self._on_progress)
@@ -165,6 +186,13 @@ class SkyplaneTransferOperator(BaseOperator):
         if "error" in outcome:
             raise outcome["error"]
         return outcome["stats"]
+
+    def _dry_run(self, request: TransferRequest) -> dict:
+        """Log what the transfer would do and return its summary; nothing moves, no gateway starts."""
+        dry = Transfer(request).dry_run()
+        for line in dry.lines():
+            self.log.info("%s", line)
+        return dry.to_dict()
 
     def _on_progress(self, progress: Progress) -> None:
         self._progress = progress

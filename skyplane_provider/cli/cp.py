@@ -10,9 +10,9 @@ from gateway.stores.uri import StoreURI, parse_uri
 from skyplane_provider.errors import BadInputError, BadOptionError
 from skyplane_provider.provisioners import REGISTRY
 from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.transfer.estimate import unpriced_regions
 from skyplane_provider.transfer.request import SOLVERS, parse_size
 
-from .pricing import unpriced_regions
 from .progress import progress_printer
 from .wording import UsageError, examples, plural, usd
 
@@ -26,6 +26,8 @@ CP_EXAMPLES = examples(
 )
 SYNC_EXAMPLES = examples(
     "skyplane-provider sync s3://raw/events/ gs://lake/events/",
+    "skyplane-provider sync s3://raw/events/ gs://lake/events/ --delete --max-delete 100 --dry-run   # a mirror",
+    "skyplane-provider sync s3://raw/ gs://lake/ --include '/2024/**' --exclude '*.tmp' --max-age 7d --max-cost-usd 5",
     "skyplane-provider sync /data/events/ s3://raw/events/ --gateways-per-region 2",
 )
 #: Cloud of a region tag -> URI scheme of its stores.
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "or an absolute path")
         p.add_argument("dst", nargs="+", help="one or more destination URIs (one fleet multicasts to all)")
         add_transfer_options(p, recursive=name == "cp")
+        add_selection_options(p)
         p.set_defaults(func=run_sync if name == "sync" else run_cp)
 
 
@@ -98,6 +101,33 @@ def add_transfer_options(p: argparse.ArgumentParser, *, recursive: bool = True) 
                    help="a saved plan (JSON, e.g. from `skyplane-provider plan --json`) to use as is")
 
 
+def add_selection_options(p: argparse.ArgumentParser) -> None:
+    """What cp and sync take (rclone's filters), what they may cost, and the mirror's deletions."""
+    g = p.add_argument_group("what is taken (rclone's filters, applied while listing; names are relative to the "
+                             "source prefix, a leading / anchors a glob there)")
+    g.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="take only names matching GLOB (repeatable; *, **, ?, [a-z], {a,b})")
+    g.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out names matching GLOB "
+                   "(repeatable; includes are tried first, as in rclone)")
+    g.add_argument("--filter", action="append", default=[], metavar="RULE",
+                   help="'+ GLOB' or '- GLOB', tried in the order given after the includes and excludes")
+    g.add_argument("--min-size", metavar="SIZE", help="leave out objects smaller than SIZE (e.g. 100KiB)")
+    g.add_argument("--max-size", metavar="SIZE", help="leave out objects larger than SIZE (e.g. 1GiB)")
+    g.add_argument("--min-age", metavar="AGE", help="leave out objects modified less than AGE ago "
+                                                     "(90s, 2h, 7d, 1M, or a date 2024-05-01)")
+    g.add_argument("--max-age", metavar="AGE", help="leave out objects modified more than AGE ago")
+    g = p.add_argument_group("before paying, and mirroring")
+    g.add_argument("--dry-run", action="store_true", help="list, diff, plan and price the job, print every object it "
+                                                          "would copy (and delete), move nothing, start no gateway")
+    g.add_argument("--max-cost-usd", type=float, metavar="USD",
+                   help="refuse the job, before any gateway starts, when its predicted cost (egress + VMs + store "
+                        "requests) is over USD")
+    g.add_argument("--delete", action="store_true", help="sync only: delete destination objects the source no "
+                                                         "longer has, once every copy is verified")
+    g.add_argument("--max-delete", type=int, metavar="N",
+                   help="with --delete: refuse a run that would delete more than N objects (deleting nothing)")
+
+
 def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] | None = None) -> TransferRequest:
     dsts = dsts if dsts is not None else args.dst
     return TransferRequest(
@@ -109,7 +139,13 @@ def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] |
         max_gateways_per_region=args.max_gateways_per_region, gateways_per_region=args.gateways_per_region,
         connections=args.connections, compress=not args.no_compress, encrypt=not args.no_encrypt,
         chunk_size=args.chunk_size, src_region=args.src_region, dst_regions=dst_regions(args.dst_region, dsts),
-        grid=args.grid, plan=json.load(args.plan) if args.plan else None)
+        grid=args.grid, plan=json.load(args.plan) if args.plan else None,
+        **{name: getattr(args, name) for name in _SELECTION if getattr(args, name, None) is not None})
+
+
+#: The options of :func:`add_selection_options`, named as in :class:`TransferRequest`.
+_SELECTION = ("include", "exclude", "filter", "min_size", "max_size", "min_age", "max_age", "dry_run",
+              "max_cost_usd", "delete", "max_delete")
 
 
 def json_object(file: TextIO | None, option: str) -> dict[str, Any]:
@@ -176,7 +212,14 @@ def _inside(dst: StoreURI, named: StoreURI) -> bool:
 
 
 def execute(req: TransferRequest, args: argparse.Namespace) -> int:
-    """Run a request with a progress bar (terminal) and print the stats."""
+    """Run a request with a progress bar (terminal) and print the stats (a dry run: what it would do)."""
+    if req.dry_run:
+        dry = Transfer(req).dry_run()
+        if args.json:
+            print(json.dumps(dry.to_dict(), sort_keys=True))
+        else:
+            print("\n".join(dry.lines()))
+        return 0
     with progress_printer(enabled=not args.json) as show:
         transfer = Transfer(req, progress=show)
         transfer.prepare()
@@ -185,10 +228,11 @@ def execute(req: TransferRequest, args: argparse.Namespace) -> int:
         print(json.dumps(stats.to_dict(), sort_keys=True))
     else:
         d = stats.to_dict()
+        deleted = f", {plural(d['deleted_objects'], 'object')} deleted" if req.delete else ""
         unpriced = unpriced_regions(d["plan"], req.grid)
         print(f"moved {plural(d['objects'], 'object')}, {plural(d['bytes'], 'byte')} in {d['seconds']:.2f}s "
               f"({d['gbps']:.3f} Gbps; {d['move_gbps']:.3f} Gbps while moving), {d['skipped_objects']} already "
-              f"up to date; verified: {d['verified']}; retries: {d['retries']}; "
+              f"up to date{deleted}; verified: {d['verified']}; retries: {d['retries']}; "
               f"predicted cost {usd(d['cost_usd'], unpriced)}")
         print(f"route ({d['plan']['solver']}): " + ", ".join(f"{e['src']} -> {e['dst']}" for e in d["route"])
               if d["route"] else f"route: within {d['plan']['src']}")

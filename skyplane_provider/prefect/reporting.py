@@ -22,7 +22,7 @@ from prefect.logging import get_run_logger
 
 from planner.errors import BadOptionError
 from planner.plan import Plan
-from skyplane_provider.transfer import Progress
+from skyplane_provider.transfer import DryRun, Progress
 from skyplane_provider.transfer.stats import human_bytes
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,16 @@ class RunReport:
                        description=f"Skyplane transfer {stats['job_id']}")
         self._artifact("plan", create_markdown_artifact, markdown, key=f"{self.key}-plan",
                        description=f"Route and cost of transfer {stats['job_id']}")
+
+    def dry_run(self, dry: DryRun) -> dict:
+        """A dry run: every object it would copy (and delete) in the log, its summary as the ``<key>-plan``
+        artifact; returns the summary dict (the task's result)."""
+        for line in dry.lines():
+            self.logger.info("%s", line)
+        self._update(100.0, "Dry run: nothing moved")
+        self._artifact("plan", create_markdown_artifact, "# Skyplane dry run\n\n" + "\n\n".join(dry.summary()) + "\n",
+                       key=f"{self.key}-plan", description=f"What transfer {dry.job_id} would do")
+        return dry.to_dict()
 
     def failed(self, exc: BaseException, markdown: str | None) -> None:
         if isinstance(exc, Exception):

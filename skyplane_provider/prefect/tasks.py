@@ -23,7 +23,7 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from gateway.stores.uri import parse_uri
 from planner.errors import AccessDeniedError, BadInputError, BadOptionError, CredentialsError, NotFoundError, PlanError
-from skyplane_provider.transfer import TransferRequest
+from skyplane_provider.transfer import DryRun, TransferRequest
 from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
 
 from .blocks import load_block
@@ -90,6 +90,17 @@ def skyplane_transfer(
     provisioner: str | None = None,
     provisioner_settings: dict[str, Any] | None = None,
     fleet: Any = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    filter: Sequence[str] = (),
+    min_size: int | str | None = None,
+    max_size: int | str | None = None,
+    min_age: float | str | None = None,
+    max_age: float | str | None = None,
+    dry_run: bool = False,
+    max_cost_usd: float | None = None,
+    delete: bool = False,
+    max_delete: int | None = None,
     artifact_key: str = "skyplane-transfer",
     progress_interval: float = 2.0,
 ) -> dict[str, Any]:
@@ -121,6 +132,17 @@ def skyplane_transfer(
         provisioner: ``local`` (default), ``ssh`` or ``aws``, with
         provisioner_settings: the provisioner's settings (docs/provisioners.md); or instead
         fleet: a ``SkyplaneFleet`` block (or ``"skyplane-fleet/NAME"``).
+        include: globs of the names to take (rclone's ``--include``; names relative to ``src``).
+        exclude: globs of the names to leave out (``--exclude``).
+        filter: rules ``"+ GLOB"`` / ``"- GLOB"`` tried in order after the includes and excludes.
+        min_size: leave out smaller objects (``"100KiB"`` or bytes); ``max_size``: larger ones.
+        min_age: leave out objects modified more recently (``"2h"``, ``"7d"``, a date); ``max_age``: older ones.
+        dry_run: list, diff, plan and price, log every object it would copy (and delete), move nothing;
+            the result is the dry run's summary (objects, bytes, route, predicted time and cost).
+        max_cost_usd: fail before any gateway starts when the predicted cost (egress + VMs + store
+            requests) is over this many US dollars.
+        delete: with ``sync``: delete destination objects the source no longer has, once every copy is verified.
+        max_delete: with ``delete``: fail, deleting nothing, when more objects would be deleted.
         artifact_key: prefix of the artifact keys (``<key>-progress``, ``<key>-stats``, ``<key>-plan``).
         progress_interval: seconds between progress log lines and artifact updates.
 
@@ -140,9 +162,14 @@ def skyplane_transfer(
             sync=sync, solver=solver, throughput_gbps=throughput_gbps, max_cost_per_gb=max_cost_per_gb,
             max_gateways_per_region=max_gateways_per_region, gateways_per_region=gateways_per_region,
             connections=connections, compress=compress, encrypt=encrypt, chunk_size=chunk_size,
-            src_region=src_region, dst_regions=list(dst_regions) if dst_regions is not None else None, grid=grid)
+            src_region=src_region, dst_regions=list(dst_regions) if dst_regions is not None else None, grid=grid,
+            include=list(include), exclude=list(exclude), filter=list(filter), min_size=min_size, max_size=max_size,
+            min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd, delete=delete,
+            max_delete=max_delete)
         guarded = GuardedTransfer(request, flow_run_id=runtime.flow_run.id)
         transfer = guarded.prepare()
+        if request.dry_run:
+            return report.dry_run(DryRun.of(transfer))
         size = sum(o.info.size for o in transfer.objects)
         report.planned(transfer.plan, len(transfer.objects), size, transfer.skipped)
         stats = guarded.run(report.progress, progress_interval).to_dict()

@@ -5,7 +5,8 @@
 """
 
 from .request import TransferRequest
+from .dryrun import DryRun
 from .runner import Transfer, copy, sync
 from .stats import Progress, TransferStats
 
-__all__ = ["Progress", "Transfer", "TransferRequest", "TransferStats", "copy", "sync"]
+__all__ = ["DryRun", "Progress", "Transfer", "TransferRequest", "TransferStats", "copy", "sync"]

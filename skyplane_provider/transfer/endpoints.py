@@ -9,13 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from gateway.stores import open_store
 from gateway.stores.base import ObjectInfo, ObjectStore
 from gateway.stores.uri import StoreURI
 from planner.errors import AccessDeniedError, BadOptionError, NotFoundError
+from planner.store_requests import RequestCounts
+from skyplane_provider.filters import Filter
 from skyplane_provider.coordinator.listing import differs as needs_copy  # noqa: F401 - the sync rule, one copy
+
+from .estimate import list_requests
 
 log = logging.getLogger(__name__)
 
@@ -115,28 +120,60 @@ def _region_of(store: ObjectStore, uri: StoreURI) -> str:
     return f"{_PROVIDER[uri.scheme]}:unknown"
 
 
-def list_source(source: Source) -> list[ObjectInfo]:
-    """Every object to consider; raises ``NotFoundError`` when there is none."""
+@dataclass
+class Listing:
+    """What the source listing found: the objects the filters take (in key order), the names
+    (relative to the source prefix) of those their rules took but their size or age bounds left
+    out (a mirror never deletes a copy whose source still exists), and what it cost: ``requests``
+    (listing pages, or the HEAD of a single object)."""
+
+    objects: list[ObjectInfo]
+    kept_back: set[str] = field(default_factory=set)
+    requests: RequestCounts = field(default_factory=RequestCounts)
+
+
+def list_source(source: Source, filters: Filter | None = None) -> Listing:
+    """Every object to consider, with the filters applied while listing (only the prefixes their
+    rules can take are listed). Raises ``NotFoundError`` when an unfiltered source holds nothing; a
+    filtered one that yields nothing is a job with nothing to move."""
+    filters = filters or Filter()
+    listing = Listing([])
     if source.single:
-        objs = [source.store.head(source.prefix)]
+        found = [source.store.head(source.prefix)]
+        listing.requests.head += 1
     else:
-        objs = [o for o in source.store.list(source.prefix) if not o.key.endswith("/")]
-    if not objs:
+        found = []
+        for head in filters.list_prefixes():
+            before = len(found)
+            found += [o for o in source.store.list(source.prefix + head) if not o.key.endswith("/")]
+            listing.requests.list += list_requests(len(found) - before)
+    if not found and not filters.active:
         raise NotFoundError(f"nothing to copy: no object under {source.uri}", hint="check the source prefix")
+    for info in found:
+        name = source.relative(info.key)
+        if not filters.path_included(name):
+            continue
+        if filters.bounds_pass(info):
+            listing.objects.append(info)
+        else:
+            listing.kept_back.add(name)
+    if not listing.objects:
+        log.warning("nothing under %s passes the filters (%s)", source.uri, "; ".join(filters.describe()))
     if source.uri.scheme == "file":
         root = source.store.root_uri[len("file://"):]
-        unreadable = [o.key for o in objs if not os.access(os.path.join(root, o.key), os.R_OK)]
+        unreadable = [o.key for o in listing.objects if not os.access(os.path.join(root, o.key), os.R_OK)]
         if unreadable:
             raise AccessDeniedError(f"cannot read {len(unreadable)} source file(s), e.g. {unreadable[0]}",
                                     hint="fix their permissions or leave them out")
-    return objs
+    return listing
 
 
-def existing(dest: Destination) -> dict[str, ObjectInfo]:
-    """Objects already under the destination, by key (for sync)."""
+def existing(dest: Destination, heads: Sequence[str] = ("",)) -> dict[str, ObjectInfo]:
+    """Objects already under the destination, by key (for sync); ``heads`` confine the listing to
+    those prefixes below the destination's (the filters' :meth:`Filter.list_prefixes`)."""
     if dest.exact_key is not None:
         try:
             return {dest.exact_key: dest.store.head(dest.exact_key)}
         except NotFoundError:
             return {}
-    return {o.key: o for o in dest.store.list(dest.base)}
+    return {o.key: o for head in heads for o in dest.store.list(dest.base + head)}

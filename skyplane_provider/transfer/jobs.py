@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import planner.errors as errors
-from planner.errors import SkyplaneError, TransferError
+from planner.errors import BadOptionError, SkyplaneError, TransferError
 from skyplane_provider.paths import skyplane_home
 
 from .request import TransferRequest
@@ -70,6 +70,9 @@ def start_job(request: TransferRequest) -> JobHandle:
     the transfer in a detached process."""
     from .runner import Transfer
 
+    if request.dry_run:
+        raise BadOptionError("a dry run moves nothing and is not started as a job",
+                             hint="call Transfer(request).dry_run() where you are")
     transfer = Transfer(request).prepare()  # fails fast on bad input
     prune_finished_jobs()
     request.job_id = transfer.job_id

@@ -6,12 +6,14 @@ Prefect retry can carry it across processes.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError
+from skyplane_provider.filters import Filter
 from skyplane_provider.redaction import REDACTED, redact
 
 MiB = 1024**2
@@ -40,6 +42,14 @@ class TransferRequest:
     is an optional hand-written :class:`planner.plan.Plan` as a dict; otherwise the planner computes
     one with ``solver`` and the targets. ``repr``/``str`` show :meth:`redacted`:
     which stores have credentials, and the provisioner settings without their secrets.
+
+    What is taken (rclone's filters, :mod:`skyplane_provider.filters`): ``include`` / ``exclude``
+    globs and ``filter`` rules (``"+ glob"`` / ``"- glob"``), ``min_size`` / ``max_size`` and
+    ``min_age`` / ``max_age``. Before paying: ``dry_run`` (list, diff and plan, move nothing:
+    :meth:`Transfer.dry_run`) and ``max_cost_usd`` (a job whose predicted egress + VM + store request
+    cost is over it is refused before any gateway starts). Mirror: ``delete`` (sync only) removes the
+    destination objects the source no longer has, once every copy is verified; ``max_delete`` refuses
+    a run that would delete more.
     """
 
     src: str
@@ -63,6 +73,17 @@ class TransferRequest:
     grid: str | None = None
     plan: dict | None = None
     job_id: str | None = None
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    filter: list[str] = field(default_factory=list)
+    min_size: int | str | None = None
+    max_size: int | str | None = None
+    min_age: float | str | None = None
+    max_age: float | str | None = None
+    dry_run: bool = False
+    max_cost_usd: float | None = None
+    delete: bool = False
+    max_delete: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dsts, str):
@@ -117,7 +138,39 @@ class TransferRequest:
             raise BadOptionError("give one destination region per destination (or none)")
         if not isinstance(self.credentials, dict):
             raise BadOptionError("credentials must be a mapping of store root URI or scheme to settings")
+        self.filters()
+        self._check_guards()
         return src, dsts
+
+    def filters(self, now: float | None = None) -> Filter:
+        """The request's :class:`Filter` (ages counted back from ``now``, default: this moment);
+        ``BadOptionError`` saying what to write for a bad glob, size or age."""
+        return Filter.from_options(self.to_dict(), now=now)
+
+    def _check_guards(self) -> None:
+        """The cost guard and the mirror's options."""
+        cap = self.max_cost_usd
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or math.isnan(cap)
+                                or cap < 0):
+            raise BadOptionError(f"max_cost_usd must be a number of US dollars, 0 or more, got {cap!r}",
+                                 hint="write e.g. --max-cost-usd 5 (max_cost_usd=5.0)")
+        for name in ("dry_run", "delete"):
+            if not isinstance(getattr(self, name), bool):
+                raise BadOptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.delete and not self.sync:
+            raise BadOptionError("delete removes what the source no longer has, which only a sync compares",
+                                 hint="use `skyplane-provider sync --delete` (sync=True, delete=True), or drop delete")
+        if self.delete and not self.recursive:
+            raise BadOptionError("delete mirrors a prefix, but the source is one object",
+                                 hint="name a source prefix with recursive=True, or drop delete")
+        n = self.max_delete
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise BadOptionError(f"max_delete must be a whole number, 0 or more, got {n!r}",
+                                     hint="write e.g. --max-delete 100 (0: delete nothing)")
+            if not self.delete:
+                raise BadOptionError("max_delete limits the deletions of delete, which is not set",
+                                     hint="add --delete (delete=True) to a sync, or drop max_delete")
 
     def to_dict(self) -> dict:
         return asdict(self)

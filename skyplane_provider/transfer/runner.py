@@ -22,7 +22,10 @@ from skyplane_provider.provisioners.base import Fleet, Provisioner
 from .chunks import Chunk, ObjectJob, Target, cut, part_size_for
 from .dispatch import Dispatcher, abort_stale_uploads, abort_uploads
 from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
+from .dryrun import DryRun
+from .estimate import Estimate, check_budget, count_requests, estimate
 from .launch import JobSecrets, gateway_specs, wire_peers
+from .mirror import Deletion, check_limit, delete_all, extraneous, probe_delete
 from .planning import make_plan
 from .preflight import preflight
 from .request import TransferRequest
@@ -54,6 +57,11 @@ class Transfer:
         self.manifest: dict | None = None
         #: Seconds spent per phase of run(): provision (fleet up and wired), move, verify.
         self.phases: dict[str, float] = {}
+        #: Mirror (sync with delete): destination objects the source no longer has; how many were deleted.
+        self.deletions: list[Deletion] = []
+        self.deleted = 0
+        #: The predicted cost (egress + VMs + store requests), set by prepare().
+        self.estimate: Estimate | None = None
 
     # -- phase 1: everything that can be checked without a gateway ---------------------------
     def prepare(self) -> "Transfer":
@@ -67,9 +75,11 @@ class Transfer:
         dst_regions = req.dst_regions or [None] * len(dst_uris)
         self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials, region=r)
                       for u, r in zip(dst_uris, dst_regions)]
-        listing = list_source(self.source)
-        present = [existing(d) for d in self.dests] if req.sync else None
-        for info in listing:
+        filters = req.filters()
+        listing = list_source(self.source, filters)
+        heads = filters.list_prefixes()
+        present = [existing(d, heads) for d in self.dests] if req.sync else None
+        for info in listing.objects:
             rel = self.source.relative(info.key)
             targets = []
             for i, d in enumerate(self.dests):
@@ -80,19 +90,46 @@ class Transfer:
                 self.objects.append(ObjectJob(info=info, targets=targets))
             else:
                 self.skipped += 1
+        if req.delete:
+            names = {self.source.relative(o.key) for o in listing.objects} | listing.kept_back
+            self.deletions = [x for i, d in enumerate(self.dests)
+                              for x in extraneous(i, d, present[i], names, filters)]
+            check_limit(self.deletions, req.max_delete)
+            for i in sorted({x.dest_index for x in self.deletions}):
+                probe_delete(self.dests[i])
         size = sum(o.info.size for o in self.objects)
         self.plan = make_plan(req, self.source.region, [d.region for d in self.dests], size)
-        log.info("job %s: %d objects (%d bytes) to move, %d up to date; plan %s", self.job_id,
-                 len(self.objects), size, self.skipped, self.plan.summary())
+        self.estimate = estimate(
+            self.plan, size, len(self.objects),
+            count_requests(self.source, self.dests, listing.requests, present, self.objects, self.deletions,
+                           req.chunk_size),
+            hourly_price=self._provisioner.hourly_price, grid_csv=req.grid)
+        log.info("job %s: %d objects (%d bytes) to move, %d up to date%s; plan %s; predicted cost %s", self.job_id,
+                 len(self.objects), size, self.skipped,
+                 f", {len(self.deletions)} to delete" if req.delete else "", self.plan.summary(),
+                 self.estimate.breakdown())
+        check_budget(self.estimate, req.max_cost_usd)
         return self
+
+    def dry_run(self) -> DryRun:
+        """Everything :meth:`prepare` does (list with the filters, diff, plan, price), then what a run
+        would do, moving and deleting nothing and starting no gateway. A budget
+        (``max_cost_usd``) or deletion limit the job exceeds raises as the run would."""
+        if self.plan is None:
+            self.prepare()
+        return DryRun.of(self)
 
     # -- phase 2: move the bytes ---------------------------------------------------------------
     def run(self) -> TransferStats:
         """Run the whole transfer and return its stats; raises a ``SkyplaneError`` on failure."""
         if self.plan is None:
             self.prepare()
+        if self.request.dry_run:
+            raise BadOptionError("this request is a dry run: it moves nothing",
+                                 hint="call Transfer.dry_run() for what it would do, or drop dry_run to run it")
         started = time.monotonic()
         if not self.objects:
+            self.deleted = delete_all(self.deletions, self.dests)
             return self._stats(started, chunks=[])
         chunks = cut(self.objects, self.request.chunk_size, self.dests, self.plan.partition_weights)
         try:
@@ -108,7 +145,6 @@ class Transfer:
             mark = self._phase("move", mark)
             self.verification, self.manifest = verify_all(self.objects, chunks, self.source, self.dests, self.job_id)
             self._phase("verify", mark)
-            return self._stats(started, chunks)
         except BaseException:
             abort_uploads(self.objects, self.dests)
             if self.fleet is not None:
@@ -118,6 +154,8 @@ class Transfer:
         finally:
             if self.fleet is not None:
                 self.fleet.teardown()
+        self.deleted = delete_all(self.deletions, self.dests)  # only once every copy is verified
+        return self._stats(started, chunks)
 
     def cancel(self) -> None:
         """Ask a running transfer to stop; ``run()`` then tears down and raises."""
@@ -161,7 +199,8 @@ class Transfer:
             retries=d.retries if d else 0, gateways_replaced=len(d.replaced) if d else 0, plan=self.plan.summary(),
             cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
             egress_usd_actual=round(egress_usd_actual(self.plan, counters), 6), vm_usd=round(vm_usd, 6),
-            skipped_objects=self.skipped, chunks=len(chunks), provisioner=self.request.provisioner,
+            skipped_objects=self.skipped, deleted_objects=self.deleted, chunks=len(chunks),
+            provisioner=self.request.provisioner,
             route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3), "bytes_sent": sent.get((e.src, e.dst), 0)}
                    for e in self.plan.edges])
 
@@ -173,22 +212,25 @@ class Transfer:
 
 
 def copy(src: str, dst: str | list[str], *, progress: Callable[[Progress], None] | None = None,
-         provisioner: str | Provisioner = "local", **options) -> TransferStats:
+         provisioner: str | Provisioner = "local", **options) -> TransferStats | DryRun:
     """Copy ``src`` to one or more destinations through a gateway fleet; see :class:`TransferRequest`
     for the options (recursive, sync, solver, throughput_gbps, max_cost_per_gb, compress, encrypt,
-    chunk_size, gateways_per_region, connections, src_region, dst_regions, credentials, plan, ...)."""
+    chunk_size, gateways_per_region, connections, src_region, dst_regions, credentials, plan,
+    include / exclude / filter / min_size / max_size / min_age / max_age, max_cost_usd, delete,
+    max_delete, ...). With ``dry_run=True``: the :class:`DryRun` of what it would do, nothing moved."""
     prov_obj = provisioner if isinstance(provisioner, Provisioner) else None
     name = provisioner.name if prov_obj else provisioner
     try:
         req = TransferRequest(src=src, dsts=[dst] if isinstance(dst, str) else list(dst), provisioner=name, **options)
     except TypeError as exc:
         raise BadOptionError(f"unknown transfer option: {exc}") from exc
-    return Transfer(req, provisioner=prov_obj, progress=progress).run()
+    transfer = Transfer(req, provisioner=prov_obj, progress=progress)
+    return transfer.dry_run() if req.dry_run else transfer.run()
 
 
-def sync(src: str, dst: str | list[str], **options) -> TransferStats:
+def sync(src: str, dst: str | list[str], **options) -> TransferStats | DryRun:
     """Like :func:`copy`, but only objects missing or different at the destination move."""
     return copy(src, dst, sync=True, **options)
 
 
-__all__ = ["Transfer", "TransferRequest", "TransferStats", "copy", "sync", "SkyplaneError"]
+__all__ = ["DryRun", "Transfer", "TransferRequest", "TransferStats", "copy", "sync", "SkyplaneError"]

@@ -82,7 +82,8 @@ class TransferStats:
     (see :mod:`skyplane_provider.coordinator.finish`); ``report`` the per-object report's
     ``{"path", "counts": {"copied", "skipped", "failed"}}``; ``first_byte_seconds`` how long after the
     start the first object was written; ``resumed_copies`` the copies an earlier run of the job had
-    done (a resumed job skips them).
+    done (a resumed job skips them); ``deleted_objects`` the destination objects a mirror (sync with
+    delete) removed after every copy was verified.
     """
 
     job_id: str
@@ -102,6 +103,7 @@ class TransferStats:
     egress_usd_actual: float
     vm_usd: float
     skipped_objects: int = 0
+    deleted_objects: int = 0
     chunks: int = 0
     provisioner: str = "local"
     route: list[dict] = field(default_factory=list)

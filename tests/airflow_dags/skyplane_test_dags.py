@@ -37,3 +37,13 @@ with DAG(dag_id="skyplane_test_paths", schedule=None, start_date=pendulum.dateti
              ObjectStoragePath(f"abfs://wasb_lake@{_bucket('SKYPLANE_EXAMPLE_AZURE', 'lake')}/paths/")],
         dst_regions=[None, "azure:westeurope"], chunk_size="2MiB")
 skyplane_test_paths = dag
+
+
+# A mirror with filters: a dry run (its XCom is what would happen), then the sync that deletes.
+with DAG(dag_id="skyplane_test_mirror", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         params={"src": "", "dst": ""}) as dag:
+    mirror = dict(src="{{ params.src }}", dst="{{ params.dst }}", sync=True, delete=True, max_delete=5,
+                  include=["*.json"], max_cost_usd=1.0)
+    (SkyplaneTransferOperator(task_id="preview", dry_run=True, **mirror)
+     >> SkyplaneTransferOperator(task_id="mirror", **mirror))
+skyplane_test_mirror = dag

@@ -1,0 +1,95 @@
+"""Mirror (``sync`` with ``delete``): the destination objects the source no longer has, and their removal.
+
+As rclone's ``sync`` (``--delete-after``, its default): deletions are found while the run is prepared,
+counted against ``max_delete`` before anything moves, and carried out only after every copy of the
+run has been verified, so a failed run deletes nothing. The filters apply to the destination too:
+an object their rules or bounds leave out is never deleted. Unlike rclone, an object is also kept
+when its source still exists but was left out by a size or age bound (rclone deletes such a copy):
+a mirror removes what the source no longer has, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gateway.retry import with_retries
+from gateway.stores.base import ObjectInfo
+from planner.errors import DeleteLimitError, SkyplaneError, TransferError
+from skyplane_provider.filters import Filter
+
+from .endpoints import Destination
+
+log = logging.getLogger(__name__)
+
+_WORKERS = 8  # deletions at once: each is one small request
+PROBE_NAME = ".skyplane-delete-probe-"
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """One destination object to remove."""
+
+    dest_index: int
+    key: str
+    size: int
+
+
+def extraneous(dest_index: int, dest: Destination, present: dict[str, ObjectInfo], source_names: set[str],
+               filters: Filter) -> list[Deletion]:
+    """The objects of destination ``dest_index`` (``present``: its listing by key) that no source
+    object of ``source_names`` (names relative to the source prefix) has and the filters take."""
+    out = []
+    for key in sorted(present):
+        rel = key[len(dest.base):]
+        if key.endswith("/") or rel in source_names:
+            continue
+        info = present[key]
+        if filters.takes(info, rel):
+            out.append(Deletion(dest_index, key, info.size))
+    return out
+
+
+def check_limit(deletions: list[Deletion], max_delete: int | None) -> None:
+    """Refuse a run that would delete more than ``max_delete`` objects (before anything moves)."""
+    if max_delete is not None and len(deletions) > max_delete:
+        raise DeleteLimitError(
+            f"the sync would delete {len(deletions)} destination objects, more than max_delete {max_delete}; "
+            "nothing was copied or deleted",
+            hint="check the source and the filters with --dry-run, then raise --max-delete (max_delete=) "
+                 "or drop it")
+
+
+def probe_delete(dest: Destination) -> None:
+    """Check that the destination's credentials may delete, with one request that deletes nothing:
+    a delete of a key that does not exist (the stores answer it as a success, or refuse it)."""
+    key = dest.base + PROBE_NAME + uuid.uuid4().hex
+    with_retries(lambda: dest.store.delete(key), what=f"delete probe in {dest.uri}")
+
+
+def delete_all(deletions: list[Deletion], dests: list[Destination]) -> int:
+    """Delete every object of ``deletions``; how many. A failure raises ``TransferError`` after the
+    other deletions have run, saying how to finish (the copies are complete and verified)."""
+    if not deletions:
+        return 0
+
+    def one(d: Deletion) -> SkyplaneError | None:
+        dest = dests[d.dest_index]
+        try:
+            with_retries(lambda: dest.store.delete(d.key), what=f"delete of {d.key} in {dest.uri}")
+        except SkyplaneError as exc:
+            return exc
+        log.info("deleted %s/%s (not in the source)", dest.store.root_uri, d.key)
+        return None
+
+    with ThreadPoolExecutor(min(_WORKERS, len(deletions))) as pool:
+        failures = [(d, e) for d, e in zip(deletions, pool.map(one, deletions)) if e is not None]
+    if failures:
+        d, exc = failures[0]
+        raise TransferError(f"{len(failures)} of {len(deletions)} deletions failed, e.g. {d.key} in "
+                            f"{dests[d.dest_index].uri}: {exc}",
+                            hint="every copy is complete and verified; fix the cause and run the sync --delete "
+                                 "again to finish the deletions") from exc
+    return len(deletions)
