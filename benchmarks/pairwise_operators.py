@@ -6,7 +6,7 @@ Three ways to move the same objects from moto (S3) to fake-gcs (GCS):
 
 - **airflow**: Airflow's own ``S3ToGCSOperator`` (apache-airflow-providers-google 22.8.0 on Airflow
   3.3.2), executed for real in its own virtualenv (``benchmarks/setup_bench_venv.sh``, run when
-  missing) through ``benchmarks/airflow_s3_to_gcs.py``, with ``aws_default`` / ``google_cloud_default``
+  missing) through ``benchmarks/airflow_operator.py``, with ``aws_default`` / ``google_cloud_default``
   connections from ``AIRFLOW_CONN_*`` pointing at the emulators. It copies one object at a time
   through a temp file on the worker.
 - **rclone**: ``rclone copy`` (Debian's 1.60.1) with ``--transfers`` parallel objects.
@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from baselines import airflow_env, rclone_remote, run_airflow, run_rclone
 from benchutil import MiB, Timer, machine_line, mixed_objects, ratio_line
 from planner import Grid
 from planner.plan import BYTES_PER_GB
@@ -48,8 +47,6 @@ from skyplane_provider.testing.samples import digests, put_objects
 from skyplane_provider.transfer import copy
 from skyplane_provider.transfer.request import parse_size
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH_PY = REPO / ".bench-venv" / "bin" / "python"
 SCENARIO = "aws-us-east-1--gcp-us-west4-a"
 WORKER = "airflow-worker"
 PORTS = {"s3": 9000, "gcs": 4443}  # inside fresh namespaces every port is free
@@ -129,56 +126,6 @@ def testbed_world(log_dir: Path, scratch: Path) -> Iterator[World]:
         tb.down()
 
 
-def worker_env(world: World) -> dict[str, str]:
-    env = {**os.environ, **world.env}
-    env.pop("AWS_CA_BUNDLE", None)  # Debian's rclone cannot load it ("unsupported transport")
-    return env
-
-
-def run_airflow(world: World, s3_bucket: str, prefix: str, dest: str, home: Path) -> float:
-    """S3ToGCSOperator.execute() in the bench venv, on the worker; returns the operator's own seconds."""
-    if not BENCH_PY.exists() or subprocess.run([str(BENCH_PY), "-c", "import airflow"], capture_output=True).returncode:
-        subprocess.run(["bash", str(REPO / "benchmarks/setup_bench_venv.sh")], check=True)
-    env = worker_env(world)
-    for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        env.pop(var, None)  # the operator must get S3 from its connection, as in a deployment
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": world.endpoints["s3"], "region_name": "us-east-1"}}),
-        "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps({
-            "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "bench"}}),
-    })
-    out = subprocess.run([*world.worker_prefix, str(BENCH_PY), str(REPO / "benchmarks/airflow_s3_to_gcs.py"),
-                          "--bucket", s3_bucket, "--prefix", prefix, "--dest-gcs", dest],
-                         env=env, capture_output=True, text=True, timeout=3600)
-    if out.returncode:
-        raise SystemExit(f"the Airflow operator failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
-
-
-def run_rclone(world: World, s3_bucket: str, prefix: str, gcs_bucket: str, dest_prefix: str, transfers: int) -> float:
-    env = worker_env(world)
-    env.update({
-        "RCLONE_CONFIG_SRC_TYPE": "s3", "RCLONE_CONFIG_SRC_PROVIDER": "Other",
-        "RCLONE_CONFIG_SRC_ENDPOINT": world.endpoints["s3"], "RCLONE_CONFIG_SRC_ACCESS_KEY_ID": "testing",
-        "RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY": "testing", "RCLONE_CONFIG_SRC_REGION": "us-east-1",
-        "RCLONE_CONFIG_SRC_FORCE_PATH_STYLE": "true",
-        "RCLONE_CONFIG_DST_TYPE": "gcs", "RCLONE_CONFIG_DST_ANONYMOUS": "true",
-        "RCLONE_CONFIG_DST_ENDPOINT": world.endpoints["gcs"] + "/storage/v1/",
-        "RCLONE_CONFIG_DST_PROJECT_NUMBER": "bench", "RCLONE_CONFIG_DST_BUCKET_POLICY_ONLY": "true",
-        "RCLONE_CONFIG": "/dev/null",
-    })
-    argv = [*world.worker_prefix, "rclone", "copy", f"src:{s3_bucket}/{prefix}", f"dst:{gcs_bucket}/{dest_prefix}",
-            "--transfers", str(transfers)]
-    with Timer() as t:
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
-    if out.returncode:
-        raise SystemExit(f"rclone failed:\n{out.stderr[-3000:]}")
-    return t.seconds
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--network", choices=("loopback", "testbed"), default="loopback")
@@ -220,14 +167,17 @@ def main() -> int:
 
             dst = create_bucket("gcs")
             if not args.skip_baselines:
-                seconds = run_airflow(world, src[len("s3://"):], "data/", dst + "/airflow/",
-                                      scratch / "airflow-home")
+                env = airflow_env(world.env, world.endpoints, scratch / "airflow-home")
+                seconds = run_airflow("s3_to_gcs", src[len("s3://"):], "data/", dst + "/airflow/", env,
+                                      world.worker_prefix).seconds
                 check("airflow", dst + "/airflow/")
                 rows["Airflow S3ToGCSOperator"] = {"seconds": seconds, "wire": total, "egress": baseline_egress}
                 print(f"  airflow operator: {seconds:.2f} s", flush=True)
 
-                seconds = run_rclone(world, src[len("s3://"):], "data", dst[len("gs://"):], "rclone",
-                                     args.rclone_transfers)
+                env = {**world.env, **rclone_remote("src", "s3", world.endpoints["s3"]),
+                       **rclone_remote("dst", "gcs", world.endpoints["gcs"])}
+                seconds = run_rclone(f"src:{src[len('s3://'):]}/data", f"dst:{dst[len('gs://'):]}/rclone", env,
+                                     args.rclone_transfers, world.worker_prefix).seconds
                 check("rclone", dst + "/rclone/")
                 rows[f"rclone copy --transfers {args.rclone_transfers}"] = {
                     "seconds": seconds, "wire": total, "egress": baseline_egress}

@@ -1,0 +1,262 @@
+"""Three routes x three object mixes: ``skyplane-provider cp -r`` with default flags against rclone and
+Airflow's own transfer operators, in one run on one machine, against moto, fake-gcs-server and Azurite.
+
+    .venv/bin/python benchmarks/routes.py                    # the 3 x 3 table (~893 MiB per route)
+    .venv/bin/python benchmarks/routes.py --routes s3-gcs --mixes small --scale 0.25
+
+Routes: S3 -> GCS, S3 -> Azure, GCS -> S3. Mixes (issue #14): ``big`` 8 x 64 MiB random, ``small``
+2,000 x 64 KiB random, ``text`` 8 x 32 MiB CSV-like text (lz4 shrinks it); ``--scale`` multiplies the
+object counts (development).
+
+- **ours**: ``skyplane-provider cp -r SRC DST --json`` with no other flag, timed around the whole
+  process (start-up, listing, planning, gateway start-up, transfer, verification, teardown).
+- **rclone**: ``rclone copy --transfers 16`` (Debian's 1.60.1), timed around the whole process.
+- **Airflow**: the route's own operator (``S3ToGCSOperator``, ``S3ToAzureBlobStorageOperator``,
+  ``GCSToS3Operator``) in the benchmark virtualenv (``benchmarks/setup_bench_venv.sh``), timed around
+  ``execute()`` (a worker has already started and imported Airflow; that start-up is not counted).
+
+Every copy is checked object by object (sha256) against the source, then deleted. Besides time, each
+run's CPU: the tool's own (ours: the CLI process and every gateway process and worker it starts;
+rclone: its process; Airflow: the worker process during ``execute()``) and the stores' (the two
+emulators' processes), as CPU-seconds per GiB and per 1,000 objects. Prints a table per mix and
+``routes ours/baseline=R`` lines (R = the baseline's seconds / ours: above 1, we are faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from baselines import AIRFLOW_NAMES, AIRFLOW_OPERATORS, airflow_env, rclone_remote, run_airflow, run_rclone
+from benchutil import MiB, Timer, TreeCPU, cpu_seconds, machine_line, ratio_line
+from gateway.stores import open_store
+from skyplane_provider.testing.buckets import create_bucket
+from skyplane_provider.testing.emulators import EmulatorSet, start_all
+from skyplane_provider.testing.samples import digests, put_objects
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "skyplane-provider"
+GiB = 1024**3
+ROUTES = {"s3-gcs": ("s3", "gcs"), "s3-azure": ("s3", "azure"), "gcs-s3": ("gcs", "s3")}
+LABELS = {"s3": "S3", "gcs": "GCS", "azure": "Azure"}
+MIXES = {"big": (8, 64 * MiB, "random"), "small": (2000, 64 * 1024, "random"), "text": (8, 32 * MiB, "csv")}
+RCLONE_TRANSFERS = 16
+
+
+def csv_text(size: int, rng: random.Random) -> bytes:
+    rows = b"".join(b"%d,sensor-%d,%d.%d,%s\n" % (j, rng.randrange(500), rng.randrange(1000), rng.randrange(10),
+                                                   rng.choice((b"ok", b"late", b"err"))) for j in range(size // 24 + 1))
+    return rows[:size]
+
+
+def make_mix(mix: str, scale: float, seed: int = 2026) -> dict[str, bytes]:
+    """The mix's objects, ``obj-NNNN``: distinct windows of one random block, or rotations of one CSV
+    text (distinct objects that lz4, with its 64 KiB window, cannot compress against each other)."""
+    count, size, kind = MIXES[mix]
+    count = max(1, round(count * scale))
+    rng = random.Random(seed)
+    if kind == "csv":
+        text = csv_text(size, rng)
+        step = size // count
+        return {f"obj-{i:04d}.csv": text[i * step + i:] + text[:i * step + i] for i in range(count)}
+    if size >= MiB:  # big objects: each its own random bytes
+        return {f"obj-{i:04d}.bin": rng.randbytes(size) for i in range(count)}
+    block = rng.randbytes(size + count * 64)
+    return {f"obj-{i:04d}.bin": block[i * 64:i * 64 + size] for i in range(count)}
+
+
+@dataclass
+class Run:
+    route: str
+    mix: str
+    tool: str
+    seconds: float
+    objects: int
+    nbytes: int
+    tool_cpu: float
+    stores_cpu: float
+
+    @property
+    def mib_s(self) -> float:
+        return self.nbytes / MiB / self.seconds
+
+    @property
+    def obj_s(self) -> float:
+        return self.objects / self.seconds
+
+    def per_gib(self, cpu: float) -> float:
+        return cpu / (self.nbytes / GiB)
+
+    def per_kobj(self, cpu: float) -> float:
+        return cpu / (self.objects / 1000)
+
+
+def bucket_name(root_uri: str) -> str:
+    return root_uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def delete_prefix(prefix_uri: str) -> None:
+    """Remove every object under ``prefix_uri`` (keeps the emulators' memory down between runs)."""
+    from gateway.stores.uri import parse_uri
+
+    uri = parse_uri(prefix_uri)
+    store = open_store(uri.root_uri)
+    for o in list(store.list(uri.join("").path)):
+        store.delete(o.key)
+
+
+def run_ours(src: str, dst: str, env: dict[str, str]) -> tuple[float, float, dict]:
+    """``skyplane-provider cp -r SRC DST --json``: whole-process seconds, CPU of its process tree, stats."""
+    with Timer() as t:
+        proc = subprocess.Popen([str(CLI), "cp", "-r", src, dst, "--json"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        tree = TreeCPU(proc.pid)
+        out, err = proc.communicate(timeout=3600)
+    cpu = tree.total()
+    if proc.returncode:
+        raise SystemExit(f"skyplane-provider cp failed:\n{err[-3000:]}")
+    return t.seconds, cpu, json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--routes", default=",".join(ROUTES), help="comma-separated, of: " + ", ".join(ROUTES))
+    ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated, of: " + ", ".join(MIXES))
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every mix's object count (development)")
+    ap.add_argument("--tools", default="airflow,rclone,ours", help="comma-separated, of: airflow, rclone, ours")
+    ap.add_argument("--json", metavar="FILE", help="also write every run as JSON")
+    args = ap.parse_args()
+    routes = [r for r in args.routes.split(",") if r]
+    mixes = [m for m in args.mixes.split(",") if m]
+    tools = [t for t in args.tools.split(",") if t]
+    for r in routes:
+        if r not in ROUTES:
+            ap.error(f"unknown route {r!r}")
+    for m in mixes:
+        if m not in MIXES:
+            ap.error(f"unknown mix {m!r}")
+    scratch = Path(tempfile.mkdtemp(prefix="routes-bench-"))
+    home = scratch / "home"
+    os.environ["SKYPLANE_HOME"] = str(home)
+    runs: list[Run] = []
+    emulators: EmulatorSet | None = None
+    try:
+        kinds = sorted({k for r in routes for k in ROUTES[r]})
+        emulators = start_all(kinds, log_dir=scratch / "logs")
+        os.environ.update(emulators.env)
+        env = {**os.environ}
+        print(f"routes: {', '.join(routes)} x {', '.join(mixes)} (scale {args.scale:g}); {machine_line()}", flush=True)
+        for route in routes:
+            src_kind, dst_kind = ROUTES[route]
+            name = f"{LABELS[src_kind]} -> {LABELS[dst_kind]}"
+            pids = [emulators.running[src_kind].pid, emulators.running[dst_kind].pid]
+            src_root, dst_root = create_bucket(src_kind), create_bucket(dst_kind)
+            for mix in mixes:
+                objects = make_mix(mix, args.scale)
+                put_objects(src_root + "/data/", objects)
+                expected = {k: hashlib.sha256(v).hexdigest() for k, v in objects.items()}
+                nbytes = sum(map(len, objects.values()))
+                del objects
+
+                def measured(tool: str, dest: str, go) -> None:
+                    stores_before = sum(cpu_seconds(p) for p in pids)
+                    seconds, cpu = go()
+                    stores = sum(cpu_seconds(p) for p in pids) - stores_before
+                    if digests(dest) != expected:
+                        raise SystemExit(f"{name} {mix} {tool}: the copy at {dest} does not match the source")
+                    delete_prefix(dest)
+                    run = Run(name, mix, tool, seconds, len(expected), nbytes, cpu, stores)
+                    runs.append(run)
+                    print(f"  {name} {mix} {tool}: {seconds:.2f} s, {run.mib_s:.1f} MiB/s, {run.obj_s:.0f} obj/s, "
+                          f"CPU {cpu:.1f} s (stores {stores:.1f} s)", flush=True)
+
+                if "airflow" in tools:
+                    operator = AIRFLOW_OPERATORS[(src_kind, dst_kind)]
+                    a_env = airflow_env(env, emulators.endpoints, scratch / "airflow-home")
+                    if dst_kind == "azure":
+                        a_dst, dest = bucket_name(dst_root) + "/airflow/", dst_root + "/airflow/"
+                    elif dst_kind == "s3":  # GCSToS3Operator keeps the source's whole key
+                        a_dst, dest = dst_root + "/airflow/", dst_root + "/airflow/data/"
+                    else:
+                        a_dst = dest = dst_root + "/airflow/"
+
+                    def go_airflow():
+                        r = run_airflow(operator, bucket_name(src_root), "data/", a_dst, a_env)
+                        return r.seconds, r.cpu_seconds
+
+                    measured(f"Airflow {AIRFLOW_NAMES[operator]}", dest, go_airflow)
+                if "rclone" in tools:
+                    r_env = {**env, **rclone_remote("src", src_kind, emulators.endpoints[src_kind]),
+                             **rclone_remote("dst", dst_kind, emulators.endpoints[dst_kind])}
+
+                    def go_rclone():
+                        r = run_rclone(f"src:{bucket_name(src_root)}/data", f"dst:{bucket_name(dst_root)}/rclone",
+                                       r_env, RCLONE_TRANSFERS)
+                        return r.seconds, r.cpu_seconds
+
+                    measured(f"rclone --transfers {RCLONE_TRANSFERS}", dst_root + "/rclone/", go_rclone)
+                if "ours" in tools:
+                    def go_ours():
+                        seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/ours/", env)
+                        return seconds, cpu
+
+                    measured("ours (cp -r, default flags)", dst_root + "/ours/", go_ours)
+                delete_prefix(src_root + "/data/")
+    finally:
+        if emulators is not None:
+            emulators.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    report(runs, routes, mixes)
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    return 0
+
+
+def report(runs: list[Run], routes: list[str], mixes: list[str]) -> None:
+    by = {(r.route, r.mix, r.tool.split()[0]): r for r in runs}
+    names = [f"{LABELS[ROUTES[r][0]]} -> {LABELS[ROUTES[r][1]]}" for r in routes]
+    order = [t for t in ("ours", "rclone", "Airflow") if any(k[2] == t for k in by)]
+    unit = {m: ("obj/s" if MIXES[m][1] < MiB else "MiB/s") for m in mixes}
+    print()
+    print("| route | " + " | ".join(f"{m} {unit[m]}: {' / '.join(order)}" for m in mixes) + " |")
+    print("|---|" + "---|" * len(mixes))
+    for name in names:
+        cells = []
+        for m in mixes:
+            vals = [by.get((name, m, t)) for t in order]
+            cells.append(" / ".join("-" if v is None else f"{v.obj_s if unit[m] == 'obj/s' else v.mib_s:.0f}"
+                                    for v in vals))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    print("CPU-seconds (tool's own; stores' in brackets): per GiB for big and text, per 1,000 objects for small")
+    print("| route | " + " | ".join(f"{m}: {' / '.join(order)}" for m in mixes) + " |")
+    print("|---|" + "---|" * len(mixes))
+    for name in names:
+        cells = []
+        for m in mixes:
+            per = (lambda r, c: r.per_kobj(c)) if unit[m] == "obj/s" else (lambda r, c: r.per_gib(c))
+            vals = [by.get((name, m, t)) for t in order]
+            cells.append(" / ".join("-" if v is None else f"{per(v, v.tool_cpu):.2f} ({per(v, v.stores_cpu):.2f})"
+                                    for v in vals))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    for name in names:
+        for m in mixes:
+            ours = by.get((name, m, "ours"))
+            for t in order[1:]:
+                base = by.get((name, m, t))
+                if ours and base:
+                    print(ratio_line("routes", ours.seconds, base.seconds, f"{name} {m}; baseline: {base.tool}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

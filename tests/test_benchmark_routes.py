@@ -1,0 +1,35 @@
+"""benchmarks/routes.py: its options, and one tiny real run (rclone and our CLI on moto -> fake-gcs),
+so the table's plumbing (remotes, prefixes, checks, CPU accounting) stays working between full runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / "routes.py"), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_routes_help_and_bad_options():
+    helped = run("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "--scale" in helped.stdout and "s3-azure" in helped.stdout
+    assert "unknown route 'ftp-s3'" in run("--routes", "ftp-s3").stderr
+    assert "unknown mix 'huge'" in run("--mixes", "huge").stderr
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed (make setup)")
+def test_routes_small_run_checks_every_copy_and_prints_ratios():
+    out = run("--routes", "s3-azure", "--mixes", "small", "--scale", "0.005", "--tools", "rclone,ours", timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "S3 -> Azure small rclone --transfers 16:" in out.stdout
+    assert "S3 -> Azure small ours (cp -r, default flags):" in out.stdout
+    assert "routes ours/baseline=" in out.stdout and "baseline: rclone --transfers 16" in out.stdout
