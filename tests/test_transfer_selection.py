@@ -86,6 +86,11 @@ def test_dry_run_moves_nothing_and_prices_requests(s3_bucket, azure_container, h
     lines = list(dry.lines())
     assert any(line.startswith("would delete") for line in lines) and "predicted cost" in lines[-2]
 
+    # Anchored includes confine the listing to their prefixes: one LIST each, nothing else listed.
+    confined = copy(f"{s3_bucket}/in/", f"{azure_container}/out/", include=["/2024/**", "/2025/**"], dry_run=True,
+                    dst_regions=[AZ])
+    assert confined.cost["requests"][s3_bucket]["list"] == 2 and confined.objects == 4
+
     with pytest.raises(BadOptionError, match="dry run"):
         Transfer(TransferRequest(src=f"{s3_bucket}/in/", dsts=[f"{azure_container}/out/"], dry_run=True)).run()
 

@@ -37,19 +37,21 @@ class Deletion:
     size: int
 
 
-def extraneous(dest_index: int, dest: Destination, present: dict[str, ObjectInfo], source_names: set[str],
-               filters: Filter) -> list[Deletion]:
-    """The objects of destination ``dest_index`` (``present``: its listing by key) that no source
-    object of ``source_names`` (names relative to the source prefix) has and the filters take."""
-    out = []
-    for key in sorted(present):
-        rel = key[len(dest.base):]
-        if key.endswith("/") or rel in source_names:
-            continue
-        info = present[key]
-        if filters.takes(info, rel):
-            out.append(Deletion(dest_index, key, info.size))
-    return out
+class DestOnly:
+    """Gathers a mirror's deletions from the objects a destination holds and the source does not:
+    call it with ``(destination index, object)`` for each (the ``on_dest_only`` callback of the sync
+    diff, :func:`skyplane_provider.coordinator.listing.diff`); it keeps those the filters take.
+    The source side must hold every object the filters' rules take, even one a size or age bound
+    leaves out, so that such an object's copy is not taken for extraneous."""
+
+    def __init__(self, dests: list[Destination], filters: Filter) -> None:
+        self.dests, self.filters = dests, filters
+        self.deletions: list[Deletion] = []
+
+    def __call__(self, dest_index: int, info: ObjectInfo) -> None:
+        rel = info.key[len(self.dests[dest_index].base):]
+        if not info.key.endswith("/") and self.filters.takes(info, rel):
+            self.deletions.append(Deletion(dest_index, info.key, info.size))
 
 
 def check_limit(deletions: list[Deletion], max_delete: int | None) -> None:

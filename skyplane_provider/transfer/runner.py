@@ -25,7 +25,7 @@ from .endpoints import Destination, Source, existing, list_source, needs_copy, o
 from .dryrun import DryRun
 from .estimate import Estimate, check_budget, count_requests, estimate
 from .launch import JobSecrets, gateway_specs, wire_peers
-from .mirror import Deletion, check_limit, delete_all, extraneous, probe_delete
+from .mirror import Deletion, DestOnly, check_limit, delete_all, probe_delete
 from .planning import make_plan
 from .preflight import preflight
 from .request import TransferRequest
@@ -92,8 +92,12 @@ class Transfer:
                 self.skipped += 1
         if req.delete:
             names = {self.source.relative(o.key) for o in listing.objects} | listing.kept_back
-            self.deletions = [x for i, d in enumerate(self.dests)
-                              for x in extraneous(i, d, present[i], names, filters)]
+            dest_only = DestOnly(self.dests, filters)
+            for i, d in enumerate(self.dests):
+                for key in sorted(present[i]):
+                    if key[len(d.base):] not in names:
+                        dest_only(i, present[i][key])
+            self.deletions = dest_only.deletions
             check_limit(self.deletions, req.max_delete)
             for i in sorted({x.dest_index for x in self.deletions}):
                 probe_delete(self.dests[i])
