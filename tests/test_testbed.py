@@ -261,3 +261,34 @@ def test_cli_up_status_down(testbed_home, tmp_path):
         assert json.loads(cli("status", "--json"))["testbeds"] == []
     finally:
         teardown(testbed_id, testbed_home)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_cli_up_vms_builds_gateway_vms_and_settings_place_gateways_on_them(testbed_home, tmp_path):
+    env = {**os.environ, "SKYPLANE_HOME": str(testbed_home.parent)}
+
+    def cli(*args: str, status: int = 0) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "testbed", *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == status, proc.stderr
+        return proc
+
+    refused = cli("up", "--scenario", "aws-us-east-1--gcp-us-west4-a", "--vms", "0", status=1)
+    assert "0 VMs in each region" in refused.stderr and "Traceback" not in refused.stderr
+    grid = tmp_path / "grid.csv"
+    up = json.loads(cli("up", "--scenario", "aws-us-east-1--gcp-us-west4-a", "--vms", "2", "--grid-csv", str(grid),
+                        "--json").stdout)
+    testbed_id = up["testbed_id"]
+    try:
+        assert up["capacity"] == "vm" and up["vms_per_region"] == 2
+        assert all(len(r["vms"]) == 2 for r in up["regions"])
+        assert all(line.endswith(",vm") for line in grid.read_text().splitlines()[1:])  # the planner reads VM caps
+        placement = json.loads(cli("settings", testbed_id).stdout)["placement"]
+        src_vm1 = placement["aws:us-east-1/1"]
+        assert src_vm1["netns"] == up["regions"][0]["vms"][1]["netns"] != placement["aws:us-east-1/0"]["netns"]
+        assert "2 VM(s) per region" in cli("status", testbed_id).stdout
+        cli("down", testbed_id)
+        assert leftovers(testbed_id) == []
+    finally:
+        teardown(testbed_id, testbed_home)

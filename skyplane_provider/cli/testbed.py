@@ -68,7 +68,7 @@ def _require_host() -> None:
 def run_up(args: argparse.Namespace) -> int:
     _require_host()
     scenario = load_scenario(args.scenario)
-    if args.vms:
+    if args.vms is not None:  # 0 is refused by the scenario, not taken for "not given"
         scenario = scenario.as_vms(args.vms)
     if args.scale:
         scenario = scenario.with_scale(args.scale)

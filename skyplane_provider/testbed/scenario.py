@@ -135,6 +135,9 @@ class Scenario:
         (:meth:`fitted_scale`) so that what its plans can move fits ``budget_mbit``."""
         from planner.providers import provider_of  # the caps the planner plans with
 
+        if vms_per_region < 1:  # before the scale is fitted, which divides by what the VMs can move
+            raise BadOptionError(f"scenario {self.name!r}: {vms_per_region} VMs in each region",
+                                 hint="give at least 1 VM per region")
         caps = {}
         for region in self.regions:
             vm = provider_of(region)
