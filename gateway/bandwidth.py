@@ -9,11 +9,11 @@ how long its sends waited for its pacer, and calls :func:`share_out`:
 
 - a member that waited for its pacer (*held back*) asks for more; its share is unbounded demand;
 - any other member (idle, or slower than its share) keeps what it sent plus a quarter, and at least a
-  tenth of an equal share, so that it can start sending at once and be seen to be held back;
+  fiftieth of an equal share, so that it can start sending at once and be seen to be held back;
 - the cap is divided max-min fairly over these demands (water-filling), and what nobody asked for is
   spread equally, so the shares always add up to the cap.
 
-So when one of two gateways falls idle, the busy one gets about nine tenths of the cap within a
+So when one of two gateways falls idle, the busy one gets 99% of the cap within a
 period or two, and an idle member that starts again gets an equal share back after one period. Only
 the *sum* of the shares is the cap at every moment; a member's burst is at most :data:`BURST_SECONDS`
 of its share.
@@ -36,7 +36,11 @@ MIN_BURST = 64 * 1024
 HELD_BACK = 0.05
 #: What a member that is not held back keeps beyond what it sent, and its least share (of an equal one).
 HEADROOM = 1.25
-FLOOR = 0.1
+#: The floor is what idle members hold back from the busy ones, and it compounds: a region of
+#: gateways, each a host of workers, used to lose a tenth twice (a job moved at 90% of its cap on
+#: the testbed, tests/test_bwlimit_testbed.py). A fiftieth still lets an idle member send its first
+#: burst (MIN_BURST) at once, which is what shows that it is held back.
+FLOOR = 0.02
 
 
 def check_rate(value: object, what: str = "bwlimit") -> float | None:

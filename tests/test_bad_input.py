@@ -38,6 +38,8 @@ def _cases(tmp_path, s3):
         ("1000 gateways per region", dict(src=src, dsts=[d], gateways_per_region=1000), BadOptionError),
         ("unreadable chunk size", dict(src=src, dsts=[d], chunk_size="12 parsecs"), BadOptionError),
         ("chunk size below 1 MiB", dict(src=src, dsts=[d], chunk_size="4KiB"), BadOptionError),
+        ("unreadable bandwidth cap", dict(src=src, dsts=[d], bwlimit="fast"), BadOptionError),
+        ("bandwidth cap of zero", dict(src=src, dsts=[d], bwlimit=0), BadOptionError),
         ("no destination", dict(src=src, dsts=[]), BadOptionError),
         ("same destination twice", dict(src=src, dsts=[d, d]), BadOptionError),
         ("destination inside the source", dict(src=s3 + "/data/", dsts=[s3 + "/data/copy/"]), BadOptionError),
@@ -129,6 +131,7 @@ def test_bad_input_unknown_option():
     (["cp", "/definitely/missing/dir", "/tmp", "-r"], "does not exist"),
     (["sync", "ftp://x/y", "/tmp"], "scheme"),
     (["cp", "-r", "/tmp", "/var/tmp", "--gateways-per-region", "0"], "gateways_per_region"),
+    (["cp", "-r", "/tmp", "/var/tmp", "--bwlimit", "200MB/h"], "bandwidth cap"),
     (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/dev/null"], "not valid JSON"),
     (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/no/such/settings.json"], "can't open"),
 ])

@@ -1,4 +1,5 @@
-"""The bandwidth cap's parts: the pacer (a token bucket) and how a cap is shared out (gateway/bandwidth.py)."""
+"""The bandwidth cap's parts: the pacer (a token bucket), how a cap is shared out (gateway/bandwidth.py),
+and how a job's cap is written (``TransferRequest.bwlimit``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import time
 
 import pytest
 
-from gateway.bandwidth import FLOOR, Pacer, Sharer, Usage, check_rate, share_out
+from gateway.bandwidth import FLOOR, HEADROOM, Pacer, Sharer, Usage, check_rate, share_out
 from planner.errors import BadOptionError
+from skyplane_provider.transfer.request import TransferRequest, parse_rate
 
 MiB = 1024**2
 
@@ -80,7 +82,9 @@ def test_members_held_back_split_what_the_others_leave_equally():
 def test_nobody_held_back_keeps_equal_shares_and_the_sum_is_the_cap():
     shares = share_out(100.0, [Usage(5.0, 0.0), Usage(6.0, 0.0), Usage(0.0, 0.0)])
     assert sum(shares) == pytest.approx(100.0)
-    assert max(shares) - min(shares) < 5.0
+    # each keeps its demand (what it sent plus a quarter, or the floor), and the rest is split equally
+    extra = [s - d for s, d in zip(shares, (HEADROOM * 5.0, HEADROOM * 6.0, FLOOR * 100.0 / 3))]
+    assert max(extra) - min(extra) == pytest.approx(0.0, abs=1e-9)
     assert share_out(100.0, []) == []
 
 
@@ -92,7 +96,19 @@ def test_sharer_splits_once_per_period_from_cumulative_counters():
     assert sharer.update({"a": (0, 0.0), "b": (0, 0.0)}) == {"a": 50.0, "b": 50.0}
     now[0] = 2.0
     shares = sharer.update({"a": (50, 0.9), "b": (0, 0.0)})  # a was held back, b idle
-    assert shares["a"] == pytest.approx(95.0) and shares["b"] == pytest.approx(5.0)
+    assert shares["a"] == pytest.approx(100.0 - FLOOR * 50.0) and shares["b"] == pytest.approx(FLOOR * 50.0)
     now[0] = 3.0
     shares = sharer.update({"a": (145, 1.8), "b": (5, 0.9)})  # b started and was held back too
     assert shares["a"] == pytest.approx(50.0) and shares["b"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("text, rate", [("200MiB/s", 200 * MiB), ("200M", 200 * MiB), ("1.5GiB/s", 3 * 512 * MiB),
+                                        ("64KiB/s", 64 * 1024), (3 * MiB, 3 * MiB), (None, None)])
+def test_a_jobs_bandwidth_cap_reads_as_rclone_writes_it(text, rate):
+    assert TransferRequest(src="/tmp/a", dsts=["/tmp/b"], bwlimit=text).bwlimit == rate
+
+
+@pytest.mark.parametrize("bad", ["fast", "200MB/h", "-5M", 0, 1000, float("nan"), True, [5]])
+def test_bad_bandwidth_caps_say_what_to_write(bad):
+    with pytest.raises(BadOptionError, match="200MiB/s"):
+        parse_rate(bad)

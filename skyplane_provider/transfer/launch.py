@@ -9,6 +9,8 @@ from gateway.control_client import GatewayClient
 from planner.plan import Plan, RegionProgram
 from skyplane_provider.provisioners.base import Fleet, GatewaySpec
 
+from .bandwidth import initial_share
+
 
 @dataclass
 class JobSecrets:
@@ -40,11 +42,13 @@ def _handles_plaintext(program: RegionProgram) -> bool:
 
 
 def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,
-                  credentials: dict, queue_chunks: int = 8, max_chunk_bytes: int | None = None) -> list[GatewaySpec]:
+                  credentials: dict, queue_chunks: int = 8, max_chunk_bytes: int | None = None,
+                  bwlimit: float | None = None) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
     they only ever see ciphertext. ``max_chunk_bytes``: the job's largest chunk, so a gateway refuses
     (before allocating) any frame longer than this job can send, and so that big chunks get fewer
-    readers, writers and queue slots (:func:`pipeline_depth`): memory stays bounded."""
+    readers, writers and queue slots (:func:`pipeline_depth`): memory stays bounded. ``bwlimit``: the
+    job's cap per region; each gateway starts with an equal share of its region's (bandwidth.py)."""
     depth = pipeline_depth(max_chunk_bytes) if max_chunk_bytes is not None else None
     specs = []
     for region, program in plan.programs().items():
@@ -66,6 +70,9 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
             if max_chunk_bytes is not None:
                 config["max_chunk_bytes"] = max(1, max_chunk_bytes)
                 config.update(readers=depth, writers=depth, queue_chunks=min(queue_chunks, depth))
+            share = initial_share(bwlimit, plan.gateways[region])
+            if share is not None:
+                config["bwlimit"] = share
             if plaintext and encrypt:
                 config["encryption_key"] = job_secrets.encryption_key
             specs.append(GatewaySpec(gateway_id=gid, region=region, config=config))

@@ -18,6 +18,9 @@ from skyplane_provider.redaction import REDACTED, redact
 
 MiB = 1024**2
 DEFAULT_CHUNK_SIZE = 32 * MiB
+#: The least bandwidth cap: below one pacer burst per second (gateway/bandwidth.py) a gateway would
+#: send in rare bursts, and a typo such as ``200`` for ``200MiB/s`` is caught.
+MIN_BWLIMIT = 64 * 1024
 SOLVERS = ("direct", "widest", "ilp", "mst", "steiner")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -33,6 +36,28 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_rate(text: str | int | float | None) -> int | None:
+    """A bandwidth cap: ``"200MiB/s"``, ``"200M"``, ``"1.5GiB/s"`` or a number of bytes per second ->
+    bytes per second (binary units, as rclone's ``--bwlimit``); None stays None (no cap)."""
+    if text is None:
+        return None
+    hint = "write a rate in bytes per second such as 200MiB/s, 50M or 1.5GiB/s, or leave it unset for no cap"
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise BadOptionError(f"cannot read bandwidth cap {text!r}", hint=hint)
+    if isinstance(text, str):
+        body = text.strip()
+        body = body[:-2] if body.lower().endswith("/s") else body
+        try:
+            rate = parse_size(body)
+        except BadOptionError:
+            raise BadOptionError(f"cannot read bandwidth cap {text!r}", hint=hint) from None
+    else:
+        rate = int(text) if math.isfinite(text) else 0
+    if rate < MIN_BWLIMIT:
+        raise BadOptionError(f"bandwidth cap {text!r} is below {MIN_BWLIMIT // 1024}KiB/s", hint=hint)
+    return rate
+
+
 @dataclass(repr=False)
 class TransferRequest:
     """One copy (or sync) from ``src`` to one or more ``dsts``.
@@ -40,8 +65,9 @@ class TransferRequest:
     ``credentials`` is a credentials document (see ``gateway.stores``): keys are store root URIs or
     schemes; one under ``provisioner_settings["credentials"]`` fills in the entries it lacks. ``plan``
     is an optional hand-written :class:`planner.plan.Plan` as a dict; otherwise the planner computes
-    one with ``solver`` and the targets. ``repr``/``str`` show :meth:`redacted`:
-    which stores have credentials, and the provisioner settings without their secrets.
+    one with ``solver`` and the targets. ``bwlimit`` caps the bytes per second that leave each region's
+    gateways together (text such as ``"200MiB/s"`` or a number; see :func:`parse_rate`).
+    ``repr``/``str`` show :meth:`redacted`: which stores have credentials, and the provisioner settings without their secrets.
 
     What is taken (rclone's filters, :mod:`skyplane_provider.filters`): ``include`` / ``exclude``
     globs and ``filter`` rules (``"+ glob"`` / ``"- glob"``), ``min_size`` / ``max_size`` and
@@ -84,12 +110,14 @@ class TransferRequest:
     max_cost_usd: float | None = None
     delete: bool = False
     max_delete: int | None = None
+    bwlimit: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dsts, str):
             self.dsts = [self.dsts]
         self.dsts = list(self.dsts)
         self.chunk_size = parse_size(self.chunk_size)
+        self.bwlimit = parse_rate(self.bwlimit)
         self._take_fleet_credentials()
 
     def _take_fleet_credentials(self) -> None:

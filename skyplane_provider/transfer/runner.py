@@ -19,6 +19,7 @@ from planner.plan import Plan
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import Fleet, Provisioner
 
+from .bandwidth import RegionCaps
 from .chunks import Chunk, ObjectJob, Target, cut, part_size_for
 from .dispatch import Dispatcher, abort_stale_uploads, abort_uploads
 from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
@@ -136,10 +137,13 @@ class Transfer:
             self.deleted = delete_all(self.deletions, self.dests)
             return self._stats(started, chunks=[])
         chunks = cut(self.objects, self.request.chunk_size, self.dests, self.plan.partition_weights)
+        caps: RegionCaps | None = None
         try:
             self._begin_uploads()
             self.fleet = self._provision(max_chunk_bytes=max(c.length for c in chunks))
             clients = wire_peers(self.fleet, self.plan)
+            if self.request.bwlimit is not None:
+                caps = RegionCaps(self.fleet, self.request.bwlimit, counters=self._gateway_counters).start()
             mark = self._phase("provision", started)
             self.dispatcher = Dispatcher(
                 job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, chunks=chunks,
@@ -156,6 +160,8 @@ class Transfer:
                     log.debug("log of %s:\n%s", g.gateway_id, self.fleet.logs(g.gateway_id, tail=40))
             raise
         finally:
+            if caps is not None:
+                caps.stop()
             if self.fleet is not None:
                 self.fleet.teardown()
         self.deleted = delete_all(self.deletions, self.dests)  # only once every copy is verified
@@ -168,7 +174,7 @@ class Transfer:
     def _provision(self, *, max_chunk_bytes: int) -> Fleet:
         req = self.request
         specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
-                              credentials=req.credentials, max_chunk_bytes=max_chunk_bytes)
+                              credentials=req.credentials, max_chunk_bytes=max_chunk_bytes, bwlimit=req.bwlimit)
         return self._provisioner.provision(self.job_id, specs)
 
     def _begin_uploads(self) -> None:
@@ -178,6 +184,10 @@ class Transfer:
         abort_stale_uploads(targets, self.dests)
         for t in targets:
             t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
+
+    def _gateway_counters(self) -> dict[str, dict]:
+        """The counters of each gateway as the dispatcher last read them from ``GET /status``."""
+        return dict(self.dispatcher.counters) if self.dispatcher else {}
 
     def _phase(self, name: str, since: float) -> float:
         now = time.monotonic()
