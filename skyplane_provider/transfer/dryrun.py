@@ -35,6 +35,7 @@ class DryRun:
     plan: dict
     route: list[dict]
     filters: list[str] = field(default_factory=list)
+    mirror: bool = False
     copies: list[tuple[str, int, list[str]]] = field(default_factory=list)
     deletions: list[tuple[str, int]] = field(default_factory=list)
 
@@ -48,7 +49,7 @@ class DryRun:
             skipped_objects=transfer.skipped, predicted_seconds=est.seconds, cost_usd=round(est.total_usd, 6),
             cost=est.to_dict(), plan=plan.summary(),
             route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3)} for e in plan.edges],
-            filters=req.filters().describe(),
+            filters=req.filters().describe(), mirror=req.delete,
             copies=[(f"{src_root}/{o.info.key}", o.info.size,
                      [f"{dests[t.dest_index].store.root_uri}/{t.key}" for t in o.targets]) for o in transfer.objects],
             deletions=[(f"{dests[d.dest_index].store.root_uri}/{d.key}", d.size) for d in transfer.deletions])
@@ -68,8 +69,9 @@ class DryRun:
             else f"{self.predicted_seconds:.1f} s"
         route = ", ".join(f"{e['src']} -> {e['dst']} ({e['gbps']} Gbps)" for e in self.route) \
             or f"within {self.plan['src']}"
+        deletions = f", delete {len(self.deletions)}" if self.mirror else ""
         lines = [f"dry run: would move {self.objects} objects ({human_bytes(self.bytes)}), "
-                 f"{self.skipped_objects} already up to date, delete {len(self.deletions)}; nothing was moved",
+                 f"{self.skipped_objects} already up to date{deletions}; nothing was moved",
                  f"route ({self.plan['solver']}): {route}; predicted time {seconds}",
                  f"predicted cost ${c['total_usd']:.4f}: egress ${c['egress_usd']:.4f} + VMs ${c['vm_usd']:.4f} + "
                  f"store requests ${c['requests_usd']:.4f}"
