@@ -186,3 +186,27 @@ def test_cli_dry_run_filters_and_delete(s3_bucket, gcs_bucket, home):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["deleted_objects"] == 1
     assert set(read_all(gcs_bucket, "out/")) == {k for k in SOURCE if k.endswith(".json")}
+
+
+def test_estimate_counts_and_prices():
+    """The estimate's arithmetic: requests per object, VM time per gateway, the budget's refusal."""
+    from planner.plan import direct_plan
+    from planner.store_requests import RequestCounts
+    from skyplane_provider.transfer.estimate import check_budget, copy_requests, estimate, list_requests
+
+    MiB = 1024**2
+    assert copy_requests(5, None) == (1, 1)  # one GET, one PUT
+    assert copy_requests(10 * MiB, 4 * MiB) == (3, 5)  # three ranged GETs; begin + 3 parts + complete
+    assert (list_requests(0), list_requests(1000), list_requests(2001)) == (1, 1, 3)
+
+    plan = direct_plan("aws:us-east-1", ["gcp:us-central1-a"], gbps=1.0)
+    counts = {"s3://src": ("aws:us-east-1", RequestCounts(list=1, read=1000)),
+              "gs://dst": ("gcp:us-central1-a", RequestCounts(write=1000, head=1000))}
+    est = estimate(plan, 10**9, 1000, counts, hourly_price=lambda region: 1.8)
+    assert est.seconds == 8.0  # 1 GB at 1 Gbps
+    assert est.vm_usd == pytest.approx(2 * 1.8 * (8 + 60) / 3600)  # two gateways, plus the billed start-up
+    assert est.requests_usd == pytest.approx((0.005 + 1000 * 0.0004) / 1000 + (1000 * 0.005 + 1000 * 0.0004) / 1000)
+    assert est.total_usd == pytest.approx(est.egress_usd + est.vm_usd + est.requests_usd)
+    check_budget(est, est.total_usd + 1e-9)
+    with pytest.raises(CostLimitError, match=r"store requests \$0\.0058"):
+        check_budget(est, est.total_usd / 2)
