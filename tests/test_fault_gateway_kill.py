@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from planner.plan import Edge, Plan
 from skyplane_provider.testing.faultproxy import FaultProxy
+from skyplane_provider.testing.leftovers import leftovers
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.dispatch import MAX_ATTEMPTS
 
@@ -164,3 +166,46 @@ def test_fault_cli_gateway_killed_at_half(tmp_path, slow_source):
            f"{len(objs)} objects were written", f"exit 0, {same}/{len(objs)} objects sha256-identical, "
            f"{stats['retries']} chunk re-dispatches, {len(left)} gateway processes left")
     assert got == digests(objs) and left == []
+
+
+def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
+    """A local copy with two gateways, one SIGKILLed while the destination holds temp files being
+    written: the copy completes, and the dead writer's half-written temp files are gone after it."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    objs = {f"f{i:02d}.bin": os.urandom(16 * MiB + i) for i in range(16)}
+    for key, data in objs.items():
+        (src / key).write_bytes(data)
+    tmp = dst / ".skyplane-tmp"
+    seen: list[str] = []
+
+    finished = threading.Event()
+
+    def kill_while_writing() -> None:
+        while not finished.is_set():
+            names = os.listdir(tmp) if tmp.is_dir() else []
+            if transfer.fleet is not None and len(names) >= 2:
+                seen[:] = names
+                os.kill(transfer.fleet.gateways[1].pid, signal.SIGKILL)
+                return
+            time.sleep(0.002)
+
+    req = TransferRequest(src=f"{src}/", dsts=[f"{dst}/"], recursive=True, gateways_per_region=2)
+    transfer = Transfer(req)
+    killer = threading.Thread(target=kill_while_writing, daemon=True)
+    killer.start()
+    try:
+        stats = transfer.run()
+    finally:
+        finished.set()
+        killer.join(5)
+    left = leftovers(f"file://{dst}")
+    record("fault", f"SIGKILL of one of 2 local gateways while {len(seen)} temp files were being written "
+                    f"(file -> file, {len(objs)} objects of 16 MiB)",
+           f"completed, {stats.retries} chunk re-dispatches, "
+           f"{'all' if read_all(f'file://{dst}') == digests(objs) else 'NOT all'} objects sha256-identical, "
+           f"{len(left)} temp files left")
+    assert len(seen) >= 2, "the copy ended before a gateway could be killed mid-write"
+    assert read_all(f"file://{dst}") == digests(objs)
+    assert left == [], "a killed gateway's half-written temp file was left behind"

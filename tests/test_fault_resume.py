@@ -20,7 +20,8 @@ import boto3
 
 from gateway.stores import open_store
 from skyplane_provider.testing.faultproxy import FaultProxy
-from skyplane_provider.transfer import copy
+from skyplane_provider.testing.leftovers import leftovers
+from skyplane_provider.transfer import copy, sync
 
 from .helpers import digests, fleet_pids, gateway_pids, put_objects, read_all
 from .reliability_report import record
@@ -129,3 +130,30 @@ def test_fault_stale_upload_listed_and_aborted_by_the_next_run(tmp_path, store_u
            f"{len(after)} unfinished after it; copy sha256-identical: {identical}")
     assert identical and after == []
     assert listed
+
+
+def test_fault_stale_upload_of_an_up_to_date_key_aborted_by_sync(tmp_path, store_uri):
+    """A killed `cp` over a destination that already held the object leaves an upload of a key
+    that is complete; the `sync` that follows moves nothing for that key, and still aborts the
+    upload (a re-run clears what a killed run left, for every key of the job)."""
+    store = open_store(store_uri)
+    kind = store_uri.split(":")[0]
+    data = os.urandom(6 * MiB)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(data)
+    copy(str(src), store_uri + "/", chunk_size="5MiB")
+    stale = store.begin_multipart("big.bin")
+    store.upload_part("big.bin", stale, 1, os.urandom(5 * MiB))
+    before = leftovers(store_uri)
+    stats = sync(str(src), store_uri + "/", chunk_size="5MiB")
+    after = leftovers(store_uri)
+    record("fault", f"{kind} store: an upload a killed run left of a key that is complete, then `sync`",
+           f"{len(before)} leftover(s) before, the sync moved {stats.objects} objects and skipped "
+           f"{stats.skipped_objects}; {len(after)} leftovers after, copy sha256-identical: "
+           f"{read_all(store_uri) == digests({'big.bin': data})}")
+    assert stats.objects == 0 and stats.skipped_objects == 1
+    assert after == [] and store.pending_uploads() == []
+    assert read_all(store_uri) == digests({"big.bin": data})
+    if kind != "az":  # Azure keeps staged blocks of a committed blob out of sight (and drops them in 7 days)
+        assert before, "the stale upload was not there to clear"

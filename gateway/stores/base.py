@@ -201,6 +201,10 @@ class ObjectStore(ABC):
         """Discard an upload and every part of it; no object becomes visible."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
 
+    def reap_orphans(self) -> None:
+        """Remove what writers that died left half-written (a local directory's temp files of a killed
+        gateway worker on this host). Nothing to do where the store drops unfinished writes itself."""
+
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """``(key, upload_id)`` of every multipart upload of a key under ``prefix`` that was begun and
         neither completed nor aborted (what a killed transfer leaves behind), as far as the store can

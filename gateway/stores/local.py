@@ -95,7 +95,7 @@ class LocalStore(ObjectStore):
             raise BadURIError(f"local store root {root!r} is not an absolute path", hint="give an absolute path")
         self._root = os.path.normpath(root)
         self._inside: set[str] = set()  # directories whose real path is inside the root (see _check_inside)
-        self._remove_orphans()
+        self.reap_orphans()
 
     @property
     def root_uri(self) -> str:
@@ -275,7 +275,7 @@ class LocalStore(ObjectStore):
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """As the interface says; the temp files of writers that died go first (they belong to no upload)."""
         self._check_prefix(prefix)
-        self._remove_orphans()
+        self.reap_orphans()
         try:
             upload_ids = sorted(os.listdir(os.path.join(self._root, TMP_DIR)))
         except FileNotFoundError:
@@ -367,7 +367,7 @@ class LocalStore(ObjectStore):
             except OSError as exc:
                 raise _translate(exc, self.root_uri) from exc
 
-    def _remove_orphans(self) -> None:
+    def reap_orphans(self) -> None:
         """Remove the temp files of whole-object writes whose writer died (SIGKILL, OOM) mid-write."""
         try:
             names = os.listdir(os.path.join(self._root, TMP_DIR))

@@ -50,6 +50,9 @@ class Transfer:
         self.dests: list[Destination] = []
         self.objects: list[ObjectJob] = []
         self.skipped = 0
+        #: Destination keys already up to date (sync): an upload an earlier, killed run left of
+        #: one of them is aborted too.
+        self.up_to_date: list[Target] = []
         self.plan: Plan | None = None
         self.fleet: Fleet | None = None
         self.dispatcher: Dispatcher | None = None
@@ -87,6 +90,8 @@ class Transfer:
                 key = d.key_for(rel)
                 if present is None or needs_copy(info, present[i].get(key)):
                     targets.append(Target(dest_index=i, key=key, multipart=False))
+                else:
+                    self.up_to_date.append(Target(dest_index=i, key=key, multipart=False))
             if targets:
                 self.objects.append(ObjectJob(info=info, targets=targets))
             else:
@@ -133,6 +138,8 @@ class Transfer:
             raise BadOptionError("this request is a dry run: it moves nothing",
                                  hint="call Transfer.dry_run() for what it would do, or drop dry_run to run it")
         started = time.monotonic()
+        # Every key of the job, up to date or not: a re-run clears the uploads a killed run left.
+        abort_stale_uploads([t for o in self.objects for t in o.targets] + self.up_to_date, self.dests)
         if not self.objects:
             self.deleted = delete_all(self.deletions, self.dests)
             return self._stats(started, chunks=[])
@@ -164,6 +171,7 @@ class Transfer:
                 caps.stop()
             if self.fleet is not None:
                 self.fleet.teardown()
+                self._reap_orphans()
         self.deleted = delete_all(self.deletions, self.dests)  # only once every copy is verified
         return self._stats(started, chunks)
 
@@ -181,13 +189,21 @@ class Transfer:
         targets = [t for obj in self.objects if part_size_for(obj.info.size, self.request.chunk_size,
                                                                    [d.store.capabilities for d in self.dests])
                    for t in obj.targets]
-        abort_stale_uploads(targets, self.dests)
         for t in targets:
             t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
 
     def _gateway_counters(self) -> dict[str, dict]:
         """The counters of each gateway as the dispatcher last read them from ``GET /status``."""
         return dict(self.dispatcher.counters) if self.dispatcher else {}
+
+    def _reap_orphans(self) -> None:
+        """After the fleet is gone: remove what its killed gateways left half-written in the
+        destinations (temp files of a local directory on this host), whatever the outcome."""
+        for d in self.dests:
+            try:
+                d.store.reap_orphans()
+            except (SkyplaneError, OSError) as exc:
+                log.warning("could not remove what dead gateways left in %s: %s", d.store.root_uri, exc)
 
     def _phase(self, name: str, since: float) -> float:
         now = time.monotonic()
