@@ -8,25 +8,7 @@ import os
 from pathlib import Path
 
 from gateway.stores import open_store
-
-
-def gateway_pids(marker: str = "gateway.daemon", *, workers: bool = True) -> list[int]:
-    """PIDs of running gateway daemons (by command line), zombies excluded; without a multi-worker
-    gateway's worker processes (gateway/supervisor.py) when ``workers`` is False: one pid per gateway."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{entry}/stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        worker = "/worker-" in cmd
-        if marker in cmd and ("gateway.daemon" in cmd or "skyplane-gateway" in cmd) and state != "Z" \
-                and (workers or not worker):
-            pids.append(int(entry))
-    return pids
+from skyplane_provider.testing.leftovers import gateway_pids  # noqa: F401 - the tests' name for it
 
 
 def sha256(data: bytes) -> str:

@@ -7,14 +7,12 @@ must never be written; the orchestrator sends their chunks again and the copy en
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import pytest
 
-from skyplane_provider.provisioners.local import LocalFleet, LocalProvisioner
-from skyplane_provider.testing.frameproxy import FrameTamperProxy
+from skyplane_provider.testing.frameproxy import TamperingProvisioner
 from skyplane_provider.transfer import Transfer, TransferRequest
 
 from .helpers import digests, gateway_pids, read_all
@@ -22,27 +20,6 @@ from .reliability_report import record
 
 MiB = 1024**2
 SRC, DST = "aws:us-east-1", "aws:us-west-2"
-
-
-class TamperingProvisioner(LocalProvisioner):
-    """Local gateways, with the destination region's data ports reached through a FrameTamperProxy."""
-
-    def __init__(self, **faults) -> None:
-        super().__init__()
-        self.faults = faults
-        self.proxies: list[FrameTamperProxy] = []
-
-    def provision(self, job_id, specs) -> LocalFleet:
-        fleet = super().provision(job_id, specs)
-        handles = []
-        for g in fleet.gateways:
-            if g.region == DST:
-                proxy = FrameTamperProxy((g.data_host, g.data_port), **self.faults)
-                self.proxies.append(proxy)
-                g = dataclasses.replace(g, data_port=proxy.start())
-            handles.append(g)
-        fleet.gateways = handles
-        return fleet
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +57,7 @@ def _run(tmp_path, prov: TamperingProvisioner, **options) -> tuple[Transfer, flo
 
 @pytest.mark.parametrize("encrypt", [True, False], ids=["encrypted", "clear"])
 def test_fault_corrupted_frames_are_rejected_and_resent(tmp_path, encrypt):
-    prov = TamperingProvisioner(corrupt={1, 4, 6})
+    prov = TamperingProvisioner(DST, corrupt={1, 4, 6})
     transfer, seconds = _run(tmp_path, prov, encrypt=encrypt)
     counts = prov.proxies[0].counts
     rejected = transfer.dispatcher.counter_sum("frames_rejected", DST)
@@ -94,7 +71,7 @@ def test_fault_corrupted_frames_are_rejected_and_resent(tmp_path, encrypt):
 
 
 def test_fault_frame_cut_mid_body_is_resent(tmp_path):
-    prov = TamperingProvisioner(truncate={3})
+    prov = TamperingProvisioner(DST, truncate={3})
     transfer, seconds = _run(tmp_path, prov)
     counts = prov.proxies[0].counts
     rejected = transfer.dispatcher.counter_sum("frames_rejected", DST)

@@ -12,11 +12,13 @@ would. Everything else is forwarded byte for byte. ``counts`` tells what it did.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from dataclasses import dataclass, field
 
 from gateway import wire
+from skyplane_provider.provisioners.local import LocalFleet, LocalProvisioner
 
 from .sockets import cut
 
@@ -129,3 +131,27 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
             dst.sendall(chunk)
     except OSError:
         pass
+
+
+class TamperingProvisioner(LocalProvisioner):
+    """Local gateways, those of the ``regions`` given reached through a :class:`FrameTamperProxy`
+    each (their peers get the proxy's port instead of the data port), damaging the frames ``faults``
+    name (``corrupt``, ``truncate``). ``proxies`` are the proxies started; stop them after the run."""
+
+    def __init__(self, regions: str | set[str], **faults) -> None:
+        super().__init__()
+        self.regions = {regions} if isinstance(regions, str) else set(regions)
+        self.faults = faults
+        self.proxies: list[FrameTamperProxy] = []
+
+    def provision(self, job_id, specs) -> LocalFleet:
+        fleet = super().provision(job_id, specs)
+        handles = []
+        for g in fleet.gateways:
+            if g.region in self.regions:
+                proxy = FrameTamperProxy((g.data_host, g.data_port), **self.faults)
+                self.proxies.append(proxy)
+                g = dataclasses.replace(g, data_port=proxy.start())
+            handles.append(g)
+        fleet.gateways = handles
+        return fleet

@@ -4,12 +4,15 @@ our adapters, whose job it is to leave nothing): for tests and the chaos soak.
 - a local directory: anything in ``.skyplane-tmp/`` (temp files of writes, multipart upload folders);
 - S3: unfinished multipart uploads;
 - GCS: part objects (and compose temporaries) under ``.skyplane-parts/``;
-- Azure: keys that hold staged (uncommitted) blocks and no blob.
+- Azure: keys that hold staged (uncommitted) blocks and no blob;
+
+and the gateway processes still running (:func:`gateway_pids`).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from gateway.stores import open_store
 from gateway.stores.gcs import PARTS_PREFIX
@@ -32,3 +35,22 @@ def leftovers(root_uri: str, prefix: str = "") -> list[str]:
     committed = {b.name for b in container.list_blobs(name_starts_with=prefix or None)}
     return sorted(b.name for b in container.list_blobs(name_starts_with=prefix or None, include=["uncommittedblobs"])
                   if b.name not in committed)
+
+
+def gateway_pids(marker: str = "gateway.daemon", *, workers: bool = True) -> list[int]:
+    """PIDs of running gateway daemons (by command line), zombies excluded; without a multi-worker
+    gateway's worker processes (gateway/supervisor.py) when ``workers`` is False: one pid per gateway."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        worker = "/worker-" in cmd
+        if marker in cmd and ("gateway.daemon" in cmd or "skyplane-gateway" in cmd) and state != "Z" \
+                and (workers or not worker):
+            pids.append(int(entry))
+    return pids
