@@ -210,3 +210,26 @@ def test_estimate_counts_and_prices():
     check_budget(est, est.total_usd + 1e-9)
     with pytest.raises(CostLimitError, match=r"store requests \$0\.0058"):
         check_budget(est, est.total_usd / 2)
+
+
+def test_dry_run_on_an_ec2_fleet_starts_no_vm_and_prices_its_time(emulators, ec2_endpoint, aws_env, s3_bucket):
+    """With the aws provisioner (moto's EC2): the dry run prices the gateway VMs' time, launches nothing;
+    the cost guard counts that time."""
+    import boto3
+
+    from skyplane_provider.provisioners.aws import TAG_JOB
+    from skyplane_provider.testing.buckets import create_bucket
+
+    put_objects(s3_bucket, {"in/" + k: v for k, v in SOURCE.items()})
+    dst = create_bucket("s3")
+    fleet = dict(provisioner="aws", credentials=emulators.credentials,
+                 provisioner_settings={"endpoint_url": ec2_endpoint, "orchestrator_cidr": "127.0.0.1/32",
+                                       "instance_type": "m5.large"})
+    dry = copy(f"{s3_bucket}/in/", f"{dst}/out/", dry_run=True, **fleet)
+    assert dry.cost["vm_usd"] == pytest.approx(0.096 * (dry.predicted_seconds + 60) / 3600)  # one m5.large
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=ec2_endpoint)
+    tagged = ec2.describe_instances(Filters=[{"Name": f"tag:{TAG_JOB}", "Values": [dry.job_id]}])["Reservations"]
+    assert tagged == [] and read_all(dst) == {}
+    with pytest.raises(CostLimitError, match="VMs"):
+        copy(f"{s3_bucket}/in/", f"{dst}/out/", max_cost_usd=0.001, **fleet)
+    assert read_all(dst) == {}
