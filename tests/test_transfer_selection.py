@@ -149,6 +149,7 @@ def test_mirror_deletes_after_verified_copies(s3_bucket, gcs_bucket, tmp_path):
     (dict(delete=True), "sync --delete"),
     (dict(sync=True, delete=True, max_delete=-1), "0 or more"),
     (dict(sync=True, max_delete=3), "add --delete"),
+    (dict(sync=True, delete=True, dsts=["{s3}/out/", "{s3}/out/nested/"]), "overlap"),
     (dict(max_cost_usd=-1), "0 or more"),
     (dict(max_cost_usd="5 dollars"), "max_cost_usd"),
     (dict(dry_run="yes"), "True or False"),
@@ -157,8 +158,10 @@ def test_bad_selection_values_refused_before_any_gateway(tmp_path, s3_bucket, ho
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.json").write_bytes(b"{}")
+    options = dict(options)
+    dsts = [d.format(s3=s3_bucket) for d in options.pop("dsts", ["{s3}/out/"])]
     with pytest.raises(BadOptionError) as info:
-        Transfer(TransferRequest(src=str(src), dsts=[f"{s3_bucket}/out/"], **options)).prepare()
+        Transfer(TransferRequest(src=str(src), dsts=dsts, **options)).prepare()
     assert needle in str(info.value)
     assert gateway_pids(home) == [] and read_all(s3_bucket) == {}
 

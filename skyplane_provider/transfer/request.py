@@ -191,6 +191,13 @@ class TransferRequest:
         if self.delete and not self.recursive:
             raise BadOptionError("delete mirrors a prefix, but the source is one object",
                                  hint="name a source prefix with recursive=True, or drop delete")
+        if self.delete:
+            dsts = [parse_uri(d) for d in self.dsts]
+            for i, a in enumerate(dsts):
+                for b in dsts[i + 1:]:
+                    if (a.scheme, a.bucket) == (b.scheme, b.bucket) and _overlaps(a.path, b.path):
+                        raise BadOptionError(f"destinations {a} and {b} overlap: the mirror of one would delete the "
+                                             "copies in the other", hint="mirror to separate prefixes, or drop delete")
         n = self.max_delete
         if n is not None:
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
