@@ -40,6 +40,7 @@ def _cases(tmp_path, s3):
         ("chunk size below 1 MiB", dict(src=src, dsts=[d], chunk_size="4KiB"), BadOptionError),
         ("unreadable bandwidth cap", dict(src=src, dsts=[d], bwlimit="fast"), BadOptionError),
         ("bandwidth cap of zero", dict(src=src, dsts=[d], bwlimit=0), BadOptionError),
+        ("unknown server-side copy mode", dict(src=src, dsts=[d], server_side="sometimes"), BadOptionError),
         ("no destination", dict(src=src, dsts=[]), BadOptionError),
         ("same destination twice", dict(src=src, dsts=[d, d]), BadOptionError),
         ("destination inside the source", dict(src=s3 + "/data/", dsts=[s3 + "/data/copy/"]), BadOptionError),

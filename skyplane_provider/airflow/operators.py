@@ -74,6 +74,8 @@ class SkyplaneTransferOperator(BaseOperator):
     :param chunk_size: part size in bytes or text (``"32MiB"``).
     :param bwlimit: bandwidth cap per region in bytes per second or text (``"200MiB/s"``): the gateways
         of each region together send at most this. Default: no cap.
+    :param server_side: ``"auto"`` (default): destination stores that can copy from the source (probed)
+        do so, with no gateway, where that is cheaper at the requested speed; ``"always"``; ``"never"``.
     :param src_region: region tag of the source when the store cannot tell (Azure: ``"azure:eastus"``). Templated.
     :param dst_regions: region tags of the destinations, aligned with ``dst``. Templated.
     :param grid: a throughput/price grid CSV instead of the packaged one.
@@ -105,7 +107,8 @@ class SkyplaneTransferOperator(BaseOperator):
                  max_gateways_per_region: int = 1, gateways_per_region: int | None = None,
                  connections: int | None = None, compress: bool = True, encrypt: bool = True,
                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, bwlimit: int | str | None = None,
-                 src_region: str | None = None, dst_regions: list[str | None] | None = None, grid: str | None = None,
+                 server_side: str = "auto", src_region: str | None = None,
+                 dst_regions: list[str | None] | None = None, grid: str | None = None,
                  provisioner: str | None = None, skyplane_conn_id: str | None = None,
                  include: Sequence[str] = (), exclude: Sequence[str] = (), filter: Sequence[str] = (),
                  min_size: int | str | None = None, max_size: int | str | None = None,
@@ -128,7 +131,8 @@ class SkyplaneTransferOperator(BaseOperator):
         self.options = dict(recursive=recursive, sync=sync, solver=solver, throughput_gbps=throughput_gbps,
                             max_cost_per_gb=max_cost_per_gb, max_gateways_per_region=max_gateways_per_region,
                             gateways_per_region=gateways_per_region, connections=connections, compress=compress,
-                            encrypt=encrypt, chunk_size=chunk_size, bwlimit=bwlimit, grid=grid, include=list(include),
+                            encrypt=encrypt, chunk_size=chunk_size, bwlimit=bwlimit,
+                            server_side=server_side, grid=grid, include=list(include),
                             exclude=list(exclude), filter=list(filter), min_size=min_size, max_size=max_size,
                             min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd,
                             delete=delete, max_delete=max_delete)

@@ -11,7 +11,7 @@ from skyplane_provider.errors import BadInputError, BadOptionError
 from skyplane_provider.provisioners import REGISTRY
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.estimate import unpriced_regions
-from skyplane_provider.transfer.request import SOLVERS, parse_rate, parse_size
+from skyplane_provider.transfer.request import SERVER_SIDE_MODES, SOLVERS, parse_rate, parse_size
 
 from .progress import progress_printer
 from .wording import UsageError, examples, plural, usd
@@ -92,6 +92,10 @@ def add_transfer_options(p: argparse.ArgumentParser, *, recursive: bool = True) 
     p.add_argument("--bwlimit", type=_rate, metavar="RATE",
                    help="bandwidth cap per region, e.g. 200MiB/s (binary units, bytes per second): the "
                         "gateways of each region together send at most this (default: no cap)")
+    p.add_argument("--server-side", choices=SERVER_SIDE_MODES, default="auto",
+                   help="let destination stores that can copy from the source (S3 to S3, GCS to GCS, Azure "
+                        "to Azure; probed first) do so with no gateway: where cheaper at the requested speed "
+                        "(auto), always (fail if one cannot), or never (docs/server-side-copy.md)")
     p.add_argument("--chunk-size", type=_size, default="32MiB", metavar="SIZE", help="part size, e.g. 16MiB")
     p.add_argument("--src-region", metavar="TAG",
                    help="region tag of the source, e.g. aws:us-east-1 (default: asked from the store)")
@@ -148,7 +152,8 @@ def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] |
         throughput_gbps=args.throughput_gbps, max_cost_per_gb=args.max_cost_per_gb,
         max_gateways_per_region=args.max_gateways_per_region, gateways_per_region=args.gateways_per_region,
         connections=args.connections, compress=not args.no_compress, encrypt=not args.no_encrypt,
-        chunk_size=args.chunk_size, bwlimit=args.bwlimit, src_region=args.src_region,
+        chunk_size=args.chunk_size, bwlimit=args.bwlimit, server_side=args.server_side,
+        src_region=args.src_region,
         dst_regions=dst_regions(args.dst_region, dsts),
         grid=args.grid, plan=json.load(args.plan) if args.plan else None,
         **{name: getattr(args, name) for name in _SELECTION if getattr(args, name, None) is not None})

@@ -85,6 +85,7 @@ def skyplane_transfer(
     encrypt: bool = True,
     chunk_size: int | str = DEFAULT_CHUNK_SIZE,
     bwlimit: int | str | None = None,
+    server_side: str = "auto",
     src_region: str | None = None,
     dst_regions: Sequence[str | None] | None = None,
     grid: str | None = None,
@@ -129,6 +130,8 @@ def skyplane_transfer(
         chunk_size: part size, e.g. ``"32MiB"`` or bytes.
         bwlimit: bandwidth cap per region, e.g. ``"200MiB/s"`` or bytes per second: the gateways of each
             region together send at most this. Default: no cap.
+        server_side: ``"auto"`` (default): destination stores that can copy from the source (probed) do
+            so, with no gateway, where that is cheaper at the requested speed; ``"always"``; ``"never"``.
         src_region: region of the source (``"azure:eastus"``) when the store cannot tell.
         dst_regions: regions of the destinations, aligned with ``dst``.
         grid: a throughput/price grid CSV to plan with instead of the packaged one.
@@ -165,6 +168,7 @@ def skyplane_transfer(
             sync=sync, solver=solver, throughput_gbps=throughput_gbps, max_cost_per_gb=max_cost_per_gb,
             max_gateways_per_region=max_gateways_per_region, gateways_per_region=gateways_per_region,
             connections=connections, compress=compress, encrypt=encrypt, chunk_size=chunk_size, bwlimit=bwlimit,
+            server_side=server_side,
             src_region=src_region, dst_regions=list(dst_regions) if dst_regions is not None else None, grid=grid,
             include=list(include), exclude=list(exclude), filter=list(filter), min_size=min_size, max_size=max_size,
             min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd, delete=delete,

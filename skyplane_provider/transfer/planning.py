@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 
 from planner.errors import BadOptionError, UnknownRegionError
 from planner.plan import BYTES_PER_GB, Plan, direct_plan
@@ -13,10 +14,14 @@ from .request import TransferRequest
 log = logging.getLogger(__name__)
 
 
-def make_plan(req: TransferRequest, src_region: str, dst_regions: list[str], size_bytes: int) -> Plan:
+def make_plan(req: TransferRequest, src_region: str, dst_regions: list[str], size_bytes: int, *,
+              server_side: Sequence[str] = (), requests_usd: Callable[[Sequence[str]], float] | None = None) -> Plan:
     """The plan for this request. Regions the grid does not know (``local``, ``azure:unknown``,
     testbed tags without ``--grid``) are fine for the direct solver, which needs no grid; any other
-    solver names the unknown region."""
+    solver names the unknown region. ``server_side``: the destination regions whose stores can copy
+    from the source (probed, transfer/server_side.py); the planner copies them server-side where
+    that is cheaper at the requested speed (``req.server_side``: auto, always, never), pricing the
+    stores' requests with ``requests_usd``."""
     dsts = list(dict.fromkeys(dst_regions))
     if req.plan is not None:
         plan = Plan.from_dict(req.plan)
@@ -24,11 +29,24 @@ def make_plan(req: TransferRequest, src_region: str, dst_regions: list[str], siz
             raise BadOptionError(
                 f"the given plan routes {plan.src} -> {', '.join(plan.dsts)}, but the transfer is "
                 f"{src_region} -> {', '.join(dsts)}", hint="pass --src-region/--dst-region or fix the plan")
+    elif server_side and req.server_side != "never":
+        plan = _choose(req, src_region, dsts, size_bytes, server_side, requests_usd)
     else:
         plan = _solve(req, src_region, dsts, size_bytes)
     plan = _override(plan, req)
     plan.validate()
     return plan
+
+
+def _choose(req: TransferRequest, src: str, dsts: list[str], size_bytes: int, candidates: Sequence[str],
+            requests_usd: Callable[[Sequence[str]], float] | None) -> Plan:
+    import planner
+    from planner.server_side import choose
+
+    grid = planner.Grid.from_csv(req.grid) if req.grid else planner.Grid.load_default()
+    return choose(src, dsts, candidates, routed=lambda regions: _solve(req, src, regions, size_bytes), grid=grid,
+                  size_gb=max(size_bytes / BYTES_PER_GB, 1e-6), throughput_gbps=req.throughput_gbps,
+                  mode=req.server_side, requests_usd=requests_usd or (lambda server_side: 0.0))
 
 
 def _solve(req: TransferRequest, src: str, dsts: list[str], size_bytes: int) -> Plan:

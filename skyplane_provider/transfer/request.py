@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError
+from planner.server_side import MODES as SERVER_SIDE_MODES
 from skyplane_provider.filters import Filter
 from skyplane_provider.redaction import REDACTED, redact
 
@@ -67,6 +68,9 @@ class TransferRequest:
     is an optional hand-written :class:`planner.plan.Plan` as a dict; otherwise the planner computes
     one with ``solver`` and the targets. ``bwlimit`` caps the bytes per second that leave each region's
     gateways together (text such as ``"200MiB/s"`` or a number; see :func:`parse_rate`).
+    ``server_side``: ``"auto"`` lets the destination stores that can (probed) copy from the source
+    themselves where the planner finds that cheaper at the requested speed, ``"always"`` insists (and
+    fails naming a store that cannot), ``"never"`` routes every copy through gateways.
     ``repr``/``str`` show :meth:`redacted`: which stores have credentials, and the provisioner settings without their secrets.
 
     What is taken (rclone's filters, :mod:`skyplane_provider.filters`): ``include`` / ``exclude``
@@ -111,6 +115,7 @@ class TransferRequest:
     delete: bool = False
     max_delete: int | None = None
     bwlimit: int | None = None
+    server_side: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.dsts, str):
@@ -206,6 +211,9 @@ class TransferRequest:
             if not self.delete:
                 raise BadOptionError("max_delete limits the deletions of delete, which is not set",
                                      hint="add --delete (delete=True) to a sync, or drop max_delete")
+        if self.server_side not in SERVER_SIDE_MODES:
+            raise BadOptionError(f"unknown server-side copy mode {self.server_side!r}",
+                                 hint=f"choose one of {', '.join(SERVER_SIDE_MODES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from planner.errors import BadOptionError, SkyplaneError
@@ -30,6 +31,7 @@ from .mirror import Deletion, DestOnly, check_limit, delete_all, probe_delete
 from .planning import make_plan
 from .preflight import preflight
 from .request import TransferRequest
+from .server_side import GATEWAYS, SERVER_SIDE, Copier, Way, candidate_regions, probe_ways, requests_usd_for, split
 from .stats import Progress, TransferStats, egress_usd_actual, wire_bytes_by_edge
 from .verify import Verification, verify_all
 
@@ -66,6 +68,11 @@ class Transfer:
         self.deleted = 0
         #: The predicted cost (egress + VMs + store requests), set by prepare().
         self.estimate: Estimate | None = None
+        #: Destinations (by index) whose stores can copy from the source (probed by prepare()); the
+        #: plan's ``server_side`` regions are copied by them (server_side.py).
+        self.ways: dict[int, Way] = {}
+        #: Copies per path: "server-side" and "gateways".
+        self.paths: dict[str, int] = {}
 
     # -- phase 1: everything that can be checked without a gateway ---------------------------
     def prepare(self) -> "Transfer":
@@ -108,7 +115,11 @@ class Transfer:
             for i in sorted({x.dest_index for x in self.deletions}):
                 probe_delete(self.dests[i])
         size = sum(o.info.size for o in self.objects)
-        self.plan = make_plan(req, self.source.region, [d.region for d in self.dests], size)
+        self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size, mode=req.server_side)
+        self.plan = make_plan(req, self.source.region, [d.region for d in self.dests], size,
+                              server_side=candidate_regions(self.dests, self.ways, self.objects),
+                              requests_usd=requests_usd_for(self.source, self.dests, self.objects, self.ways,
+                                                            req.chunk_size))
         self.estimate = estimate(
             self.plan, size, len(self.objects),
             count_requests(self.source, self.dests, listing.requests, present, self.objects, self.deletions,
@@ -143,10 +154,26 @@ class Transfer:
         if not self.objects:
             self.deleted = delete_all(self.deletions, self.dests)
             return self._stats(started, chunks=[])
-        chunks = cut(self.objects, self.request.chunk_size, self.dests, self.plan.partition_weights)
+        routed, copied = split(self.objects, self.dests, self.plan.server_side) if self.plan.server_side \
+            else (self.objects, [])
+        copier = Copier(self.source, self.dests, self.ways, chunk_size=self.request.chunk_size, stop=self._stop)
+        if not routed:  # every copy server-side: no gateway at all
+            try:
+                entries = copier.run(copied)
+            except BaseException:
+                copier.abort(copied)
+                raise
+            self._server_side_done(copier, entries, started)
+            self._phase("move", started)
+            self.deleted = delete_all(self.deletions, self.dests)
+            return self._stats(started, chunks=[])
+        # Server-side copies run beside the gateways' (they share no resource but the stores).
+        side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="server-side")
+        copying = side.submit(copier.run, copied)
+        chunks = cut(routed, self.request.chunk_size, self.dests, self.plan.partition_weights)
         caps: RegionCaps | None = None
         try:
-            self._begin_uploads()
+            self._begin_uploads(routed)
             self.fleet = self._provision(max_chunk_bytes=max(c.length for c in chunks))
             clients = wire_peers(self.fleet, self.plan)
             if self.request.bwlimit is not None:
@@ -154,19 +181,24 @@ class Transfer:
             mark = self._phase("provision", started)
             self.dispatcher = Dispatcher(
                 job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, chunks=chunks,
-                objects=self.objects, source=self.source, dests=self.dests, stop=self._stop,
+                objects=routed, source=self.source, dests=self.dests, stop=self._stop,
                 progress=self.progress)
             self.dispatcher.run()
             mark = self._phase("move", mark)
-            self.verification, self.manifest = verify_all(self.objects, chunks, self.source, self.dests, self.job_id)
+            self.verification, self.manifest = verify_all(routed, chunks, self.source, self.dests, self.job_id)
             self._phase("verify", mark)
+            self._server_side_done(copier, copying.result(), started)
         except BaseException:
-            abort_uploads(self.objects, self.dests)
+            self._stop.set()  # the server-side copies stop too, then their open uploads are aborted
+            side.shutdown(wait=True)
+            copier.abort(copied)
+            abort_uploads(routed, self.dests)
             if self.fleet is not None:
                 for g in self.fleet.gateways:
                     log.debug("log of %s:\n%s", g.gateway_id, self.fleet.logs(g.gateway_id, tail=40))
             raise
         finally:
+            side.shutdown(wait=False)
             if caps is not None:
                 caps.stop()
             if self.fleet is not None:
@@ -185,8 +217,23 @@ class Transfer:
                               credentials=req.credentials, max_chunk_bytes=max_chunk_bytes, bwlimit=req.bwlimit)
         return self._provisioner.provision(self.job_id, specs)
 
-    def _begin_uploads(self) -> None:
-        targets = [t for obj in self.objects if part_size_for(obj.info.size, self.request.chunk_size,
+    def _server_side_done(self, copier: Copier, entries: list[dict], started: float) -> None:
+        """Count the server-side copies into the job's verification, manifest and paths."""
+        gateways = self.verification.objects
+        self.verification.add(copier.verification)
+        self.paths = {SERVER_SIDE: copier.verification.objects, GATEWAYS: gateways}
+        manifest = self.manifest or {"job_id": self.job_id, "source": self.source.store.root_uri, "objects": []}
+        for entry in manifest["objects"]:
+            for c in entry["copies"]:
+                c.setdefault("path", GATEWAYS)
+        manifest["objects"].extend(entries)
+        self.manifest = manifest
+        if copier.verification.objects:
+            log.info("job %s: %d copies made server-side by the stores, %d through gateways", self.job_id,
+                     copier.verification.objects, gateways)
+
+    def _begin_uploads(self, objects: list[ObjectJob]) -> None:
+        targets = [t for obj in objects if part_size_for(obj.info.size, self.request.chunk_size,
                                                                    [d.store.capabilities for d in self.dests])
                    for t in obj.targets]
         for t in targets:
@@ -230,7 +277,7 @@ class Transfer:
             cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
             egress_usd_actual=round(egress_usd_actual(self.plan, counters), 6), vm_usd=round(vm_usd, 6),
             skipped_objects=self.skipped, deleted_objects=self.deleted, chunks=len(chunks),
-            provisioner=self.request.provisioner,
+            provisioner=self.request.provisioner, paths=dict(self.paths),
             route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3), "bytes_sent": sent.get((e.src, e.dst), 0)}
                    for e in self.plan.edges])
 

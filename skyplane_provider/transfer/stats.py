@@ -83,7 +83,9 @@ class TransferStats:
     ``{"path", "counts": {"copied", "skipped", "failed"}}``; ``first_byte_seconds`` how long after the
     start the first object was written; ``resumed_copies`` the copies an earlier run of the job had
     done (a resumed job skips them); ``deleted_objects`` the destination objects a mirror (sync with
-    delete) removed after every copy was verified.
+    delete) removed after every copy was verified; ``paths`` how many copies took each path:
+    ``{"server-side": copied by the destination store itself, "gateways": moved through the fleet}``
+    (the manifest names each copy's).
     """
 
     job_id: str
@@ -113,6 +115,7 @@ class TransferStats:
     report: dict = field(default_factory=dict)
     first_byte_seconds: float | None = None
     resumed_copies: int = 0
+    paths: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,6 +7,9 @@ Each copy must have the source's size, and then the strongest check both sides a
     one the source store reports. Only kinds both stores declare in ``capabilities.checksums`` are
     tried, and only when both objects really have one (a multipart S3 or Azure object has no MD5, a
     composed GCS object only a CRC32C).
+``size``
+    a server-side copy (skyplane_provider/transfer/server_side.py) that no checksum both stores
+    report can check: the store's own copy service moved the bytes, and the size is what we check.
 ``aead`` / ``chunk-crc32c`` / ``local``
     otherwise: every chunk was confirmed by the gateway that wrote it, with how it checked the bytes
     end to end (the ``integrity`` of its ``written`` event): authenticated by AES-256-GCM, the
@@ -46,7 +49,12 @@ class Verification:
 
     def to_dict(self) -> dict:
         return {"objects": self.objects,
-                "by": {m: self.by[m] for m in (*NATIVE, *CHUNK_METHODS.values()) if self.by[m]}}
+                "by": {m: self.by[m] for m in (*NATIVE, *CHUNK_METHODS.values(), "size") if self.by[m]}}
+
+    def add(self, other: "Verification") -> None:
+        """Count ``other``'s copies too (the gateways' and the server-side copies of one job)."""
+        self.objects += other.objects
+        self.by.update(other.by)
 
 
 def shared_kinds(src: ObjectStore, dst: ObjectStore) -> tuple[str, ...]:
@@ -55,8 +63,10 @@ def shared_kinds(src: ObjectStore, dst: ObjectStore) -> tuple[str, ...]:
 
 
 def check_copy(src: ObjectInfo, dst: ObjectInfo, where: str, kinds: tuple[str, ...],
-               chunk_integrity: list[str]) -> str:
-    """Check one copy (``where`` names it); return the method that verified it, or raise."""
+               chunk_integrity: list[str], fallback: str | None = None) -> str:
+    """Check one copy (``where`` names it); return the method that verified it, or raise.
+    ``fallback``: the method to name when no checksum could be compared and no chunk was written by
+    a gateway (a server-side copy: ``"size"``)."""
     if dst.size != src.size:
         raise VerificationError(f"{where} has {dst.size} bytes, the source {src.key} {src.size}",
                                 hint="re-run the transfer; the object will be copied again")
@@ -68,6 +78,8 @@ def check_copy(src: ObjectInfo, dst: ObjectInfo, where: str, kinds: tuple[str, .
                                         "the copy is corrupt or the source changed during the transfer",
                                         hint="re-run the transfer; the object will be copied again")
             return kind
+    if fallback is not None and not chunk_integrity:
+        return fallback
     if not chunk_integrity or not all(i in CHUNK_METHODS for i in chunk_integrity):
         raise VerificationError(f"{where}: no gateway confirmed the integrity of every chunk",
                                 hint="re-run the transfer; the object will be copied again")

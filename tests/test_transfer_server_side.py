@@ -1,0 +1,115 @@
+"""Server-side copy in a transfer (skyplane_provider/transfer/server_side.py) on the real emulators:
+destinations whose stores copy from the source themselves get no gateway, big objects are copied in
+parts, every copy is verified, and the stats say which path each copy took."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gateway.stores import open_store
+from planner.errors import BadOptionError
+from skyplane_provider.buckets import make_bucket
+from skyplane_provider.testing.buckets import create_bucket, unique_name
+from skyplane_provider.testing.leftovers import leftovers
+from skyplane_provider.transfer import Transfer, TransferRequest
+
+from .helpers import digests, gateway_pids, put_objects, read_all
+
+MiB = 1024**2
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> str:
+    home = str(tmp_path / "home")
+    monkeypatch.setenv("SKYPLANE_HOME", home)
+    yield home
+    assert gateway_pids(home) == [], "a gateway process was left running"
+
+
+def _sample(big: int = 0) -> dict[str, bytes]:
+    objects = {f"in/small-{i}.bin": os.urandom(1000 + i) for i in range(3)}
+    objects["in/empty"] = b""
+    if big:
+        objects["in/big.bin"] = os.urandom(big)
+    return objects
+
+
+def _run(src: str, dsts: list[str], **options) -> Transfer:
+    transfer = Transfer(TransferRequest(src=src + "/in/", dsts=[d + "/out/" for d in dsts], **options))
+    transfer.stats = transfer.run()
+    return transfer
+
+
+def _copied(root: str, objects: dict[str, bytes]) -> None:
+    assert read_all(root, "out/") == {k.removeprefix("in/"): v for k, v in digests(objects).items()}
+    assert leftovers(root) == []  # no open upload, no probe object
+
+
+def test_s3_to_s3_across_regions_is_copied_by_s3_in_parts_with_no_gateway(emulators):
+    src = create_bucket("s3")
+    dst = make_bucket(f"s3://{unique_name()}", region="aws:eu-west-1")
+    objects = _sample(big=12 * MiB)
+    put_objects(src, objects)
+    t = _run(src, [dst], chunk_size="5MiB")
+    stats = t.stats
+    assert t.fleet is None and stats.plan["gateways"] == {} and stats.plan["server_side"] == ["aws:eu-west-1"]
+    assert stats.paths == {"server-side": 5, "gateways": 0} and stats.objects == 5 and stats.verified
+    # whole copies keep the source's MD5; a copy in parts (3 of 5 MiB) has none to compare: its size
+    assert stats.verification["by"] == {"md5": 4, "size": 1}
+    big = next(o for o in t.manifest["objects"] if o["key"] == "in/big.bin")
+    assert big["copies"][0]["path"] == "server-side"
+    assert open_store(dst).head("out/big.bin").md5 is None  # it was assembled from parts
+    _copied(dst, objects)
+
+
+def test_gcs_to_gcs_is_rewritten_by_gcs(emulators):
+    src, dst = create_bucket("gcs"), create_bucket("gcs")
+    objects = _sample(big=3 * MiB)
+    put_objects(src, objects)
+    t = _run(src, [dst])
+    assert t.fleet is None and t.stats.paths == {"server-side": 5, "gateways": 0}
+    assert t.stats.verification["by"] == {"md5": 5}
+    _copied(dst, objects)
+
+
+def test_azure_to_azure_is_copied_from_a_sas_url(emulators):
+    src, dst = create_bucket("azure"), create_bucket("azure")
+    objects = _sample(big=2 * MiB)
+    put_objects(src, objects)
+    t = _run(src, [dst], dst_regions=["azure:westeurope"], src_region="azure:eastus")
+    assert t.fleet is None and t.stats.paths == {"server-side": 5, "gateways": 0}
+    assert sum(t.stats.verification["by"].values()) == 5
+    _copied(dst, objects)
+
+
+def test_one_destination_server_side_and_one_through_gateways(emulators):
+    src, gcs = create_bucket("s3"), create_bucket("gcs")
+    dst = make_bucket(f"s3://{unique_name()}", region="aws:eu-west-1")
+    objects = _sample(big=3 * MiB)
+    put_objects(src, objects)
+    t = _run(src, [dst, gcs], chunk_size="1MiB")
+    # S3 copies to eu-west-1 for the same egress as a gateway would pay, and no VM there
+    assert t.fleet is not None and t.stats.plan["server_side"] == ["aws:eu-west-1"]
+    assert t.stats.paths == {"server-side": 5, "gateways": 5}
+    paths = {(c["store"], c["path"]) for o in t.manifest["objects"] for c in o["copies"]}
+    assert paths == {(dst, "server-side"), (gcs, "gateways")}
+    _copied(dst, objects)
+    _copied(gcs, objects)
+
+
+def test_never_routes_through_gateways_and_always_names_a_store_that_cannot(emulators, tmp_path, home):
+    src, dst = create_bucket("gcs"), create_bucket("gcs")
+    objects = _sample()
+    put_objects(src, objects)
+    t = _run(src, [dst], server_side="never")
+    assert t.fleet is not None and t.stats.paths == {"server-side": 0, "gateways": 4}
+    _copied(dst, objects)
+    (tmp_path / "local").mkdir()
+    with pytest.raises(BadOptionError, match="cannot copy server-side from") as info:
+        Transfer(TransferRequest(src=src + "/in/", dsts=[f"file://{tmp_path}/local/"], server_side="always")).prepare()
+    assert "server_side='auto'" in info.value.hint
+    assert gateway_pids(home) == [] and os.listdir(tmp_path / "local") == []
+    with pytest.raises(BadOptionError, match="server-side copy mode"):
+        TransferRequest(src=src, dsts=[dst], server_side="sometimes").validate()
