@@ -17,13 +17,13 @@ pytest.importorskip("airflow")
 
 from planner.errors import BadURIError, SkyplaneError, TransferError  # noqa: E402
 from skyplane_provider.airflow.examples import emulator_connections  # noqa: E402
-from skyplane_provider.airflow.operators import JOB_XCOM_KEY, SkyplaneTransferOperator  # noqa: E402
+from skyplane_provider.airflow.operators import SkyplaneTransferOperator  # noqa: E402
 from skyplane_provider.airflow.triggers import SkyplaneTransferTrigger  # noqa: E402
 from skyplane_provider.testing.buckets import create_bucket  # noqa: E402
 from skyplane_provider.testing.samples import digests, put_objects, sample_objects, sha256s  # noqa: E402
 
 from .fixtures.airflow import REPO  # noqa: E402
-from .helpers import gateway_pids  # noqa: E402
+from .helpers import gateway_pids, wait_gone  # noqa: E402
 
 MiB = 1024**2
 SMALL = dict(n_small=3, small_bytes=64 * 1024, big_bytes=3 * MiB)  # the big one spans two 2 MiB chunks
@@ -31,11 +31,11 @@ SMALL = dict(n_small=3, small_bytes=64 * 1024, big_bytes=3 * MiB)  # the big one
 
 @pytest.fixture
 def sky_home(monkeypatch, tmp_path) -> Path:
-    """SKYPLANE_HOME for this test; afterwards no gateway runs and no gateway state is left."""
+    """SKYPLANE_HOME for this test; afterwards no coordinator or gateway runs and no gateway state is left."""
     home = tmp_path / "skyplane"
     monkeypatch.setenv("SKYPLANE_HOME", str(home))
     yield home
-    assert gateway_pids(str(home)) == [], "a gateway process of this test was left running"
+    assert wait_gone(str(home)) == [], "a coordinator or gateway process of this test was left running"
     assert not list(home.glob("jobs/*/gw-*")) and not list(home.glob("jobs/*/pids.json"))
 
 
@@ -132,7 +132,8 @@ def test_replace_pairwise_example(example_env):
 
 
 def test_multicast_example_deferrable(example_env):
-    """The deferrable path: start_job, defer, the trigger (run inline by dag.test) fires, execute_complete."""
+    """The deferrable path: start the coordinator, defer, the trigger (run inline by dag.test) polls it
+    and fires, execute_complete returns the stats."""
     s3, gcs, az = (example_env[f"SKYPLANE_EXAMPLE_{k}"] for k in ("S3", "GCS", "AZURE"))
     objs = sample_objects(**SMALL)
     put_objects(f"{gcs}/releases/v7/", objs)
@@ -142,10 +143,9 @@ def test_multicast_example_deferrable(example_env):
     assert digests(f"{s3}/models/v7/") == sha256s(objs) and digests(f"{az}/v7/") == sha256s(objs)
     ti = dag_run.get_task_instance("publish_release")
     stats = ti.xcom_pull(task_ids="publish_release", key="return_value")
-    job = ti.xcom_pull(task_ids="publish_release", key=JOB_XCOM_KEY)
-    assert stats["objects"] == len(objs) and stats["job_id"] == job["job_id"] and stats["verified"]
+    assert stats["objects"] == len(objs) and stats["verified"]
     assert stats["plan"]["solver"] == "ilp"
-    assert not _alive(job["pid"])
+    assert wait_gone(stats["job_id"]) == []
 
 
 def test_dry_run_then_mirror_with_filters(airflow_home, emulators, sky_home, s3_bucket, gcs_bucket):
@@ -187,27 +187,30 @@ def test_on_kill_tears_the_fleet_down(emulators, airflow_home, sky_home, s3_buck
     worker = threading.Thread(target=lambda: _capture(outcome, op.execute, {}))
     worker.start()
     deadline = time.monotonic() + 60
-    while (op._transfer is None or op._transfer.fleet is None) and time.monotonic() < deadline and worker.is_alive():
+    while not gateway_pids(str(sky_home)) and time.monotonic() < deadline and worker.is_alive():
         time.sleep(0.05)
-    assert op._transfer.fleet is not None, outcome
-    pids = [g.pid for g in op._transfer.fleet.gateways]
-    assert pids and all(_alive(p) for p in pids)
+    assert gateway_pids(str(sky_home)), outcome
     op.on_kill()
-    worker.join(30)
+    worker.join(60)
     assert isinstance(outcome.get("error"), SkyplaneError), outcome
-    assert not any(_alive(p) for p in pids)
+    assert wait_gone(str(sky_home)) == []
+
+
+def _start(request) -> "TransferHandle":  # noqa: F821 - the handle of a real coordinator
+    from skyplane_provider.transfer import Transfer
+
+    return Transfer(request).start()
 
 
 def test_trigger_round_trip_and_deadline_cancels_the_job(emulators, sky_home, s3_bucket, gcs_bucket):
-    """A real detached job: past its deadline the trigger cancels it (the fleet goes) and fires
+    """A real coordinator: past its deadline the trigger cancels the job (the fleet goes) and fires
     ``timeout``; execute_complete turns that into a failed task."""
     import asyncio
 
-    from skyplane_provider.transfer.jobs import start_job
     from skyplane_provider.transfer.request import TransferRequest
 
     put_objects(f"{s3_bucket}/d/", sample_objects(**SMALL))
-    handle = start_job(TransferRequest(src=f"{s3_bucket}/d/", dsts=[f"{gcs_bucket}/d/"], chunk_size="2MiB"))
+    handle = _start(TransferRequest(src=f"{s3_bucket}/d/", dsts=[f"{gcs_bucket}/d/"], chunk_size="2MiB"))
     trigger = SkyplaneTransferTrigger(handle.to_dict(), poll_interval=0.2, deadline=time.time())
     classpath, kwargs = trigger.serialize()
     assert classpath == "skyplane_provider.airflow.triggers.SkyplaneTransferTrigger"
@@ -218,47 +221,37 @@ def test_trigger_round_trip_and_deadline_cancels_the_job(emulators, sky_home, s3
             return event.payload
 
     payload = asyncio.run(first_event())
-    assert payload["status"] == "timeout" and payload["job"] == handle.to_dict()
-    assert not _alive(handle.pid)
+    assert payload["status"] == "timeout" and payload["job_id"] == handle.job_id
+    assert "token" not in str(payload) and handle.to_dict()["token"] not in str(payload)
+    with pytest.raises(TransferError, match="cancel"):
+        handle.result()
+    assert wait_gone(handle.job_id) == []
     op = SkyplaneTransferOperator(task_id="t", src=f"{s3_bucket}/d/", dst=f"{gcs_bucket}/d/")
     with pytest.raises(TransferError, match="did not finish in time"):
         op.execute_complete({}, payload)
 
 
-def test_trigger_on_kill_cancels_the_job(emulators, sky_home, s3_bucket, gcs_bucket):
+def test_trigger_reports_a_failed_job_as_its_error(emulators, sky_home, s3_bucket, gcs_bucket):
+    """The trigger's event carries the job's error; execute_complete raises it as the same class."""
     import asyncio
 
-    from skyplane_provider.transfer.jobs import job_status, start_job
     from skyplane_provider.transfer.request import TransferRequest
 
     put_objects(f"{s3_bucket}/k/", sample_objects(n_small=0, big_bytes=32 * MiB))
-    handle = start_job(TransferRequest(src=f"{s3_bucket}/k/", dsts=[f"{gcs_bucket}/k/"], chunk_size="1MiB"))
-    asyncio.run(SkyplaneTransferTrigger(handle.to_dict()).on_kill())
-    assert not _alive(handle.pid)
-    assert job_status(handle)["state"] == "failed"
+    handle = _start(TransferRequest(src=f"{s3_bucket}/k/", dsts=[f"{gcs_bucket}/k/"], chunk_size="1MiB"))
+    trigger = SkyplaneTransferTrigger(handle.to_dict(), poll_interval=0.2)
+    asyncio.run(trigger.on_kill())  # what a user marking the deferred task failed does
 
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
 
-def test_failed_deferral_cancels_the_job(emulators, sky_home, s3_bucket, gcs_bucket):
-    """Airflow's own deferral timeout resumes the task with ``__fail__`` (the event is lost): the
-    operator finds the job in its XCom and cancels it before failing."""
-    from airflow.sdk.bases.operator import TriggerFailureReason
-    from airflow.sdk.exceptions import TaskDeferralTimeout
-
-    from skyplane_provider.transfer.jobs import start_job
-    from skyplane_provider.transfer.request import TransferRequest
-
-    put_objects(f"{s3_bucket}/f/", sample_objects(n_small=0, big_bytes=32 * MiB))
-    handle = start_job(TransferRequest(src=f"{s3_bucket}/f/", dsts=[f"{gcs_bucket}/f/"], chunk_size="1MiB"))
-
-    class TaskInstance:  # the one call resume_execution makes on the runtime task instance
-        @staticmethod
-        def xcom_pull(task_ids: str, key: str) -> dict | None:
-            return handle.to_dict() if (task_ids, key) == ("t", JOB_XCOM_KEY) else None
-
-    op = SkyplaneTransferOperator(task_id="t", src=f"{s3_bucket}/f/", dst=f"{gcs_bucket}/f/", deferrable=True)
-    with pytest.raises(TaskDeferralTimeout):
-        op.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, {"ti": TaskInstance()})
-    assert not _alive(handle.pid)
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "failed" and payload["error_type"] == "TransferError", payload
+    assert wait_gone(handle.job_id) == []
+    op = SkyplaneTransferOperator(task_id="t", src=f"{s3_bucket}/k/", dst=f"{gcs_bucket}/k/")
+    with pytest.raises(TransferError, match="cancel"):
+        op.execute_complete({}, payload)
 
 
 def test_lineage_and_assets():
@@ -290,9 +283,3 @@ def _capture(outcome: dict, fn, *args) -> None:
         outcome["error"] = exc
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

@@ -83,7 +83,7 @@ def test_fault_gateway_killed_at_half(role, tmp_path, slow_source):
 
     transfer = Transfer(req, progress=kill_one_at_half)
     started = time.monotonic()
-    stats = transfer.run()
+    stats = transfer.execute()  # in this process: the test reads the fleet and the dispatcher
     seconds = time.monotonic() - started
     assert killed and killed["at"] < 0.75, f"the transfer went too fast to kill a gateway mid-way: {killed}"
     got = read_all("file://" + str(dst))
@@ -119,7 +119,7 @@ def test_fault_only_relay_gateway_killed_is_replaced(tmp_path, slow_source):
             killed.update(gateway=victim.gateway_id, at=done)
 
     transfer = Transfer(req, progress=kill_relay_at_half)
-    stats = transfer.run()
+    stats = transfer.execute()  # in this process: the test reads the fleet and the dispatcher
     got = read_all("file://" + str(dst))
     left = wait_gone(transfer.job_id)
     record("fault", f"SIGKILL of the only relay gateway {killed.get('gateway')} at {killed.get('at', 0):.0%} of the "

@@ -1,7 +1,7 @@
-"""Stopping a Prefect run stops its transfer and tears the gateway fleet down: task timeout, SIGTERM to
-the flow's process (what a worker does to cancel), the flow hook stopping a transfer in another thread,
-and a process killed outright (the hook reaps its gateways from another process, as Prefect's runner
-runs hooks after killing a flow run).
+"""Stopping a Prefect run stops its transfer job and tears the gateway fleet down: task timeout, SIGTERM
+to the flow's process (what a worker does to cancel), the flow hook stopping a job of another thread,
+and a process killed outright (its job's coordinator goes on; the hook, run from another process as
+Prefect's runner runs hooks after killing a flow run, cancels it).
 
 The transfers read their source through a bandwidth-capped TCP relay in front of moto, so they are
 still moving bytes when the run is stopped."""
@@ -29,11 +29,11 @@ from prefect.client.schemas.filters import TaskRunFilterFlowRunId  # noqa: E402
 
 from planner.errors import TransferError  # noqa: E402
 from skyplane_provider.prefect import skyplane_transfer, teardown_fleets  # noqa: E402
-from skyplane_provider.prefect.execution import GuardedTransfer, active_transfers, records_dir  # noqa: E402
+from skyplane_provider.prefect.execution import records_dir, run_job  # noqa: E402
 from skyplane_provider.testing.sockets import cut  # noqa: E402
-from skyplane_provider.transfer import TransferRequest  # noqa: E402
+from skyplane_provider.transfer import Transfer, TransferRequest  # noqa: E402
 
-from .helpers import gateway_pids, put_objects, read_all  # noqa: E402
+from .helpers import gateway_pids, put_objects, read_all, wait_gone  # noqa: E402
 
 MiB = 1024**2
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ class GatewayWatch:
 @pytest.fixture
 def home(prefect_skyplane_home):
     yield prefect_skyplane_home
-    assert gateway_pids(str(prefect_skyplane_home)) == [], "a gateway process was left running"
+    assert wait_gone(str(prefect_skyplane_home)) == [], "a coordinator or gateway process was left running"
 
 
 @pytest.fixture
@@ -207,18 +207,17 @@ def test_sigterm_to_the_flow_process_tears_down(prefect_harness, home, slow_sour
 
 
 def test_hook_cancels_the_transfers_of_its_flow_run(home, slow_source, gcs_bucket):
-    """``teardown_fleets`` stops a transfer running in another thread of this process (a task submitted
-    to a task runner) and waits for its teardown."""
+    """``teardown_fleets`` stops a job whose task runs in another thread of this process (a task
+    submitted to a task runner) and waits for its teardown."""
     src, entry = slow_source
     request = TransferRequest(src=src, dsts=[gcs_bucket + "/out/"], credentials={src.split("/big")[0]: entry},
                               chunk_size="1MiB")
-    guarded = GuardedTransfer(request, flow_run_id="flow-run-1")
-    guarded.prepare()
+    transfer = Transfer(request).prepare()
     outcome = {}
 
     def run():
         try:
-            guarded.run(lambda p: None)
+            run_job(transfer, flow_run_id="flow-run-1", on_progress=lambda p: None)
         except BaseException as exc:  # noqa: BLE001 - checked below
             outcome["error"] = exc
 
@@ -227,22 +226,22 @@ def test_hook_cancels_the_transfers_of_its_flow_run(home, slow_source, gcs_bucke
     thread.start()
     try:
         watch.wait_for_gateways(timeout=60)
-        assert active_transfers("flow-run-1") == [guarded]
+        assert [p.stem for p in records_dir("flow-run-1").glob("*.json")] == [transfer.job_id]
         teardown_fleets(None, SimpleNamespace(id="flow-run-1"), SimpleNamespace(name="Crashed"))
-        assert gateway_pids(str(home)) == [] and active_transfers() == []
+        assert gateway_pids(str(home)) == []  # at once: the hook waited for the teardown
     finally:
-        guarded.cancel_and_wait()
+        transfer.cancel()
         thread.join(60)
         watch.stop()
-    assert isinstance(outcome["error"], TransferError) and "cancelled" in str(outcome["error"])
+    assert isinstance(outcome["error"], TransferError) and "cancel" in str(outcome["error"])
     assert not records_dir("flow-run-1").exists()
 
 
-def test_hook_reaps_the_gateways_of_a_killed_process(prefect_harness, home, slow_source, gcs_bucket, tmp_path):
-    """A flow process killed outright: the flow hook, run from another process as Prefect's runner does
-    after killing a flow run, finds the job's record and reaps its gateways and their files. Local
-    gateways would also stop by themselves when they notice their orchestrator is gone; these are
-    frozen (SIGSTOP) first, as a hung or remote gateway would be, so only the reaper can end them."""
+def test_hook_stops_the_job_of_a_killed_process(prefect_harness, home, slow_source, gcs_bucket, tmp_path):
+    """A flow process killed outright: its job's coordinator goes on; the flow hook, run from another
+    process as Prefect's runner does after killing a flow run, finds the job's record and cancels it
+    through the coordinator, which tears the fleet down. The gateways are frozen (SIGSTOP) first, as
+    hung or remote gateways would be: the teardown ends them all the same."""
     src, entry = slow_source
     proc = _flow_process(prefect_harness, src, gcs_bucket + "/out/", entry, tmp_path)
     watch = GatewayWatch(home)
@@ -256,13 +255,13 @@ def test_hook_reaps_the_gateways_of_a_killed_process(prefect_harness, home, slow
             os.kill(pid, signal.SIGSTOP)
         proc.kill()
         proc.communicate(timeout=30)
-        time.sleep(2)  # longer than a running gateway takes to notice that its orchestrator is gone
-        assert sorted(gateway_pids(str(home))) == sorted(frozen) and len(frozen) == 2
+        time.sleep(2)  # longer than a gateway would take to notice that its orchestrator is gone
+        assert sorted(gateway_pids(str(home))) == sorted(frozen) and len(frozen) == 2  # the coordinator lives
         run = _flow_run_of(src)
         assert list(records_dir(str(run.id)).glob("*.json"))
         teardown_fleets(None, run, run.state)
         assert gateway_pids(str(home)) == []  # at once: the hook waited for them
-        assert list((home / "jobs").iterdir()) == []  # nor their configs (the job's secrets and credentials)
+        assert not list(home.glob("jobs/*/gw-*")) and not list(home.glob("jobs/*/pids.json"))  # nor their configs
         assert not records_dir(str(run.id)).exists()
     finally:
         watch.stop()

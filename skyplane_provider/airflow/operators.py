@@ -10,14 +10,15 @@ The operator is thin: :class:`~.hooks.SkyplaneHook` turns connections into a
 Every check that bad input can fail runs before a gateway starts. The XCom value is the compact
 stats dict (counts, bytes, seconds, cost, plan summary), never a list of keys.
 
-In deferrable mode the transfer runs as a detached job (:mod:`skyplane_provider.transfer.jobs`)
-watched by :class:`~.triggers.SkyplaneTransferTrigger`; the worker slot is free meanwhile.
+The transfer runs in its job's coordinator process (docs/coordinator.md); the task holds its
+:class:`~skyplane_provider.transfer.handle.TransferHandle` and logs its progress as a subscriber. In
+deferrable mode the task hands the handle to :class:`~.triggers.SkyplaneTransferTrigger`, which polls
+the coordinator over HTTP from any triggerer host; the worker slot is free meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -28,9 +29,9 @@ from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.configuration import conf
 
 from gateway.stores.uri import parse_uri
-from planner.errors import BadInputError, TransferError
+from planner.errors import BadInputError, CoordinatorError, TransferError
+from skyplane_provider.coordinator.client import job_error
 from skyplane_provider.transfer import Progress, Transfer, TransferRequest
-from skyplane_provider.transfer.jobs import JobHandle, cancel_job, job_result, start_job
 from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
 from skyplane_provider.transfer.stats import human_bytes
 
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 # Airflow's task logs run at INFO, where azure-core logs every HTTP request and response in full.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
-#: XCom key under which a deferred task keeps its job handle (to cancel the job if the deferral fails).
-JOB_XCOM_KEY = "skyplane_job"
 #: How long on_kill waits for the transfer to tear its fleet down (Airflow SIGKILLs 5 s after SIGTERM).
 KILL_GRACE_SECONDS = 4.0
 #: Airflow's own deferral timeout comes this much after the trigger's deadline, as a backstop.
@@ -93,8 +92,8 @@ class SkyplaneTransferOperator(BaseOperator):
         requests) is over this many US dollars.
     :param delete: with ``sync``: delete destination objects the source no longer has, once every copy is verified.
     :param max_delete: with ``delete``: fail, deleting nothing, when more objects would be deleted.
-    :param deferrable: run the transfer as a detached job and free the worker slot while it runs.
-    :param poll_interval: seconds between progress lines (and status polls when deferred).
+    :param deferrable: free the worker slot while the job runs: the triggerer watches its coordinator.
+    :param poll_interval: seconds between progress lines (and the trigger's polls when deferred).
     """
 
     template_fields: Sequence[str] = ("src", "dst", "src_conn_id", "dst_conn_id", "src_region", "dst_regions",
@@ -139,9 +138,7 @@ class SkyplaneTransferOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self._transfer: Transfer | None = None
-        self._done: threading.Event | None = None  # set when the transfer thread has finished
-        self._job: JobHandle | None = None
-        self._progress: Progress | None = None
+        self._next_line = 0.0
 
     @property
     def dsts(self) -> list[Target]:
@@ -159,39 +156,15 @@ class SkyplaneTransferOperator(BaseOperator):
 
     # -- run in the worker ----------------------------------------------------------------------
     def execute(self, context: Context) -> dict:
+        """Prepare here (bad input fails before anything starts), start the job's coordinator, then
+        wait for it here, or defer to the triggerer. A dry run only logs what the job would do."""
         request = self.make_request()
         if request.dry_run:
             return self._dry_run(request)
+        transfer = self._transfer = Transfer(request, progress=self._log_progress)
         if self.deferrable:
-            self._defer(context, request)  # raises TaskDeferred
-        transfer = self._transfer = Transfer(request, progress=self._on_progress)
-        transfer.prepare()  # lists and plans (and logs the plan): bad input fails here, before any gateway
-        return self._report(self._run(transfer).to_dict())
-
-    def _run(self, transfer: Transfer):
-        """Run the transfer in a thread; this (main) thread logs progress and stays free for signals,
-        so ``on_kill`` can cancel and wait for the teardown. Waits are on an Event: a ``Thread.join``
-        interrupted by Airflow's timeout alarm can leave the thread looking finished (CPython < 3.13)."""
-        outcome: dict[str, Any] = {}
-        self._done = done = threading.Event()
-
-        def work() -> None:
-            try:
-                outcome["stats"] = transfer.run()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                outcome["error"] = exc
-            finally:
-                done.set()
-
-        threading.Thread(target=work, name=f"skyplane-{transfer.job_id}", daemon=True).start()
-        next_line = time.monotonic() + self.poll_interval
-        while not done.wait(timeout=0.5):
-            if time.monotonic() >= next_line and self._progress is not None:
-                self.log.info("job %s: %s", transfer.job_id, self._progress.line())
-                next_line = time.monotonic() + self.poll_interval
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["stats"]
+            self._defer(transfer.start())  # raises TaskDeferred
+        return self._report(transfer.run().to_dict())
 
     def _dry_run(self, request: TransferRequest) -> dict:
         """Log what the transfer would do and return its summary; nothing moves, no gateway starts."""
@@ -200,8 +173,12 @@ class SkyplaneTransferOperator(BaseOperator):
             self.log.info("%s", line)
         return dry.to_dict()
 
-    def _on_progress(self, progress: Progress) -> None:
-        self._progress = progress
+    def _log_progress(self, progress: Progress) -> None:
+        """The handle's subscriber: a task log line every ``poll_interval`` seconds."""
+        now = time.monotonic()
+        if now >= self._next_line or progress.bytes_done == progress.bytes_total:
+            self._next_line = now + self.poll_interval
+            self.log.info("job %s: %s", progress.job_id, progress.line())
 
     def _report(self, stats: dict) -> dict:
         self.log.info("job %s: %d objects, %s in %.1f s (%.3f Gbit/s, %.3f while moving), verified %s, %d retries, "
@@ -213,42 +190,32 @@ class SkyplaneTransferOperator(BaseOperator):
         return stats
 
     # -- deferrable mode -----------------------------------------------------------------------
-    def _defer(self, context: Context, request: TransferRequest) -> NoReturn:
-        self._job = start_job(request)  # prepares (fails on bad input) before the job process starts
-        self.log.info("job %s started as pid %d; deferring", self._job.job_id, self._job.pid)
-        context["ti"].xcom_push(key=JOB_XCOM_KEY, value=self._job.to_dict())
+    def _defer(self, handle) -> NoReturn:
+        """Hand the job to the triggerer. Its handle (with the API token) travels only in the trigger's
+        kwargs, which Airflow stores encrypted with its Fernet key, never in XCom."""
+        self.log.info("job %s: coordinator at %s; deferring", handle.job_id, handle.url)
         timeout = self.execution_timeout
-        self.defer(trigger=SkyplaneTransferTrigger(self._job.to_dict(), poll_interval=self.poll_interval,
+        self.defer(trigger=SkyplaneTransferTrigger(handle.to_dict(), poll_interval=self.poll_interval,
                                                    deadline=time.time() + timeout.total_seconds() if timeout else None),
                    method_name="execute_complete", timeout=timeout + DEFER_TIMEOUT_MARGIN if timeout else None)
 
     def execute_complete(self, context: Context, event: dict) -> dict:
         """Resumed when the trigger fires: the job's stats, or its error (the same ``SkyplaneError`` class)."""
-        handle = JobHandle.from_dict(event["job"])
-        if event["status"] == "timeout":
-            cancel_job(handle)
+        status = event["status"]
+        if status == "success":
+            return self._report(event["stats"])
+        if status == "timeout":
             raise TransferError(event["message"], hint="raise the task's execution_timeout")
-        return self._report(job_result(handle))
-
-    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
-        """When Airflow fails the deferral itself (its timeout, a crashed trigger), stop the job first."""
-        if next_method == "__fail__":
-            job = context["ti"].xcom_pull(task_ids=self.task_id, key=JOB_XCOM_KEY)
-            if job:
-                self.log.warning("deferral failed: cancelling job %s", job["job_id"])
-                cancel_job(JobHandle.from_dict(job))
-        return super().resume_execution(next_method, next_kwargs, context)
+        if status == "lost":
+            raise CoordinatorError(event["message"], hint=f"resume the job: `skyplane-provider resume {event['job_id']}`")
+        raise job_error(event)
 
     def on_kill(self) -> None:
-        """Cancel the transfer (or job) and wait for its fleet to be torn down."""
-        if self._job is not None:
-            cancel_job(self._job, grace=KILL_GRACE_SECONDS)
-        if self._transfer is None:
-            return
-        self._transfer.cancel()
-        finished = self._done is not None and self._done.wait(timeout=KILL_GRACE_SECONDS)
-        if not finished and self._transfer.fleet is not None:
-            self._transfer.fleet.teardown()  # idempotent; the runner would do it too, but we may not live that long
+        """Cancel the job and wait (briefly: Airflow SIGKILLs soon) for its coordinator to tear the fleet
+        down; the coordinator finishes the teardown even if this process is killed first."""
+        handle = self._transfer.handle if self._transfer is not None else None
+        if handle is not None:
+            handle.stop(KILL_GRACE_SECONDS)
 
     # -- lineage ---------------------------------------------------------------------------------
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -1,15 +1,15 @@
-"""``SkyplaneTransferTrigger``: watches a detached transfer job from the triggerer.
+"""``SkyplaneTransferTrigger``: watches a transfer job's coordinator from the triggerer.
 
-The job (:mod:`skyplane_provider.transfer.jobs`) runs in its own process and owns the gateway
-fleet; the trigger only reads its status file, off the event loop, and logs progress. It fires ONE
-event, when the job ends (or its deadline passes), because the first event resumes the task.
+The job runs in its coordinator process (docs/coordinator.md), which owns the gateway fleet and
+needs no client. The trigger holds only the job's handle (coordinator URL, API token, pinned
+certificate) and polls ``GET /job`` with the async client, so it runs on whichever triggerer host
+picks it up: no shared files, no shared process namespace. It fires ONE event, when the job ends, its
+deadline passes or its coordinator stays unreachable, because the first event resumes the task. The
+event carries the stats or the error, never the token.
 
 Cancellation follows Airflow's split: ``on_kill`` (a user marked the task failed/success or cleared
-it) cancels the job, which tears its fleet down; a plain ``CancelledError`` (triggerer restart or
-rebalancing) leaves the job running, so the next triggerer picks it up where it was.
-
-Worker and triggerer must share the host (or ``SKYPLANE_HOME`` and the process namespace): the job
-is found by its directory and pid.
+it) cancels the job, whose coordinator tears its fleet down; a plain ``CancelledError`` (triggerer
+restart or rebalancing) leaves the job running, so the next triggerer picks it up where it was.
 """
 
 from __future__ import annotations
@@ -21,63 +21,89 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from planner.errors import CoordinatorError, SkyplaneError
+from skyplane_provider.coordinator.client import CoordinatorClient
 from skyplane_provider.transfer import Progress
-from skyplane_provider.transfer.jobs import JobHandle, cancel_job, job_status
+from skyplane_provider.transfer.handle import FINAL_STATES
+
+#: Seconds the coordinator may stay unreachable before the trigger reports the job lost.
+GONE_AFTER = 120.0
 
 
 class SkyplaneTransferTrigger(BaseTrigger):
-    """Fires ``{"status": "success" | "failed" | "timeout", "job": handle, "message": ...}`` once.
+    """Fires ``{"status": "success", "stats"}``, ``{"status": "failed", "error", "error_type",
+    "failed_objects"}`` or ``{"status": "timeout" | "lost", "job_id", "message"}``, once.
 
-    :param job: the :class:`~skyplane_provider.transfer.jobs.JobHandle` as a dict.
-    :param poll_interval: seconds between status reads (and progress lines).
+    :param handle: the job's :class:`~skyplane_provider.transfer.handle.TransferHandle` as a dict
+        (a secret: Airflow stores trigger kwargs encrypted with its Fernet key).
+    :param poll_interval: seconds between polls (and progress lines).
     :param deadline: epoch seconds after which the job is cancelled and ``timeout`` fires.
     """
 
-    def __init__(self, job: dict, poll_interval: float = 5.0, deadline: float | None = None) -> None:
+    def __init__(self, handle: dict, poll_interval: float = 5.0, deadline: float | None = None) -> None:
         super().__init__()
-        self.job = job
+        self.handle = handle
         self.poll_interval = poll_interval
         self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"job": self.job, "poll_interval": self.poll_interval, "deadline": self.deadline})
+                {"handle": self.handle, "poll_interval": self.poll_interval, "deadline": self.deadline})
 
     @property
-    def handle(self) -> JobHandle:
-        return JobHandle.from_dict(self.job)
+    def job_id(self) -> str:
+        return self.handle["job_id"]
+
+    def client(self) -> CoordinatorClient:
+        return CoordinatorClient(self.handle["url"], self.handle["token"], cert=self.handle.get("cert"))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        handle = self.handle
+        client = self.client()
+        unreachable_since: float | None = None
         while True:
-            # Read after waiting, also the first time: an event fired right after the deferral can
+            # Poll after waiting, also the first time: an event fired right after the deferral can
             # reach the scheduler before the worker's exit does, and Airflow 3.3 then fails the
             # resumed task as "killed externally" (apache/airflow#67287, #72716).
             await asyncio.sleep(self.poll_interval)
-            doc = await asyncio.to_thread(job_status, handle)
-            state = doc.get("state")
-            if state == "success":
-                yield TriggerEvent({"status": "success", "job": self.job, "message": "transfer finished"})
+            try:
+                view = await client.job_async()
+            except CoordinatorError as exc:
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since < GONE_AFTER:
+                    self.log.warning("job %s: %s", self.job_id, exc)
+                    continue
+                yield self._event("lost", f"the coordinator of job {self.job_id} is gone ({exc})")
                 return
-            if state == "failed":
-                yield TriggerEvent({"status": "failed", "job": self.job,
-                                    "message": doc.get("error", "transfer failed")})
+            unreachable_since = None
+            if view.get("state") in FINAL_STATES:
+                yield await self._outcome(client)
                 return
-            if doc.get("progress"):
-                self.log.info("job %s: %s", handle.job_id, Progress(**_fields(doc["progress"])).line())
+            if view.get("progress"):
+                self.log.info("job %s: %s", self.job_id, Progress.from_dict(view["progress"]).line())
             if self.deadline is not None and time.time() >= self.deadline:
-                self.log.warning("job %s passed its deadline: cancelling it", handle.job_id)
-                await asyncio.to_thread(cancel_job, handle)
-                yield TriggerEvent({"status": "timeout", "job": self.job,
-                                    "message": f"job {handle.job_id} did not finish in time and was cancelled"})
+                self.log.warning("job %s passed its deadline: cancelling it", self.job_id)
+                await client.cancel_async()
+                yield self._event("timeout", f"job {self.job_id} did not finish in time and was cancelled")
                 return
+
+    async def _outcome(self, client: CoordinatorClient) -> TriggerEvent:
+        try:
+            stats = await client.result_async()
+        except CoordinatorError as exc:
+            return self._event("lost", str(exc))
+        except SkyplaneError as exc:
+            return TriggerEvent({"status": "failed", "job_id": self.job_id, "error": str(exc),
+                                 "error_type": type(exc).__name__,
+                                 "failed_objects": list(getattr(exc, "failed_objects", []))})
+        return TriggerEvent({"status": "success", "job_id": self.job_id, "stats": stats})
+
+    def _event(self, status: str, message: str) -> TriggerEvent:
+        return TriggerEvent({"status": status, "job_id": self.job_id, "message": message})
 
     async def on_kill(self) -> None:
-        """A user acted on the deferred task: stop the job (its runner tears the fleet down)."""
-        self.log.info("cancelling job %s", self.handle.job_id)
-        await asyncio.to_thread(cancel_job, self.handle)
-
-
-def _fields(progress: dict) -> dict:
-    """``Progress.to_dict()`` also carries derived values; keep the constructor's fields."""
-    return {k: progress[k] for k in Progress.__dataclass_fields__ if k in progress}
+        """A user acted on the deferred task: stop the job (its coordinator tears the fleet down)."""
+        self.log.info("cancelling job %s", self.job_id)
+        try:
+            await self.client().cancel_async()
+        except CoordinatorError as exc:
+            self.log.warning("job %s: %s", self.job_id, exc)

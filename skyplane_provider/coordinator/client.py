@@ -11,12 +11,16 @@ back as the same ``SkyplaneError`` subclass it had in the coordinator.
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 import httpx
 
 import planner.errors as errors
 from planner.errors import CoordinatorError, SkyplaneError, TransferError
+
+# httpx logs every request at INFO: a line per poll in Airflow task and triggerer logs.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class CoordinatorClient:

@@ -9,12 +9,15 @@
                                  src_credentials="aws-credentials/prod", sync=True)
 
 The task returns the transfer's stats as a dict, logs through the run logger and writes three artifacts
-(see :mod:`.reporting`). Bad input fails before any gateway starts and is not retried; other failures
-are retried, and a retry runs as a sync, so it resumes instead of copying everything again.
+(see :mod:`.reporting`). The job runs in its coordinator process; the task holds its handle
+(:mod:`.execution`). Bad input fails before any gateway starts and is not retried; other failures
+are retried, and a retry runs as a sync, so it resumes instead of copying everything again. The job
+id is the task run's id, so every attempt of a task run is the same job.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Sequence
 
 from prefect import Task, runtime, task
@@ -23,12 +26,12 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from gateway.stores.uri import parse_uri
 from planner.errors import AccessDeniedError, BadInputError, BadOptionError, CredentialsError, NotFoundError, PlanError
-from skyplane_provider.transfer import DryRun, TransferRequest
+from skyplane_provider.transfer import DryRun, Transfer, TransferRequest
 from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
 
 from .blocks import load_block
 from .credentials import credentials_document
-from .execution import GuardedTransfer
+from .execution import run_job
 from .reporting import RunReport, plan_markdown
 
 #: Failures that another attempt cannot fix: the task fails at once instead of retrying.
@@ -160,7 +163,7 @@ def skyplane_transfer(
     attempt = max(runtime.task_run.run_count, 1)
     sync = sync or attempt > 1  # a retry resumes: what already arrived intact is skipped
     report.started(src, dsts, attempt, sync)
-    guarded = None
+    transfer = None
     try:
         request = transfer_request(
             src, dsts, src_credentials=src_credentials, dst_credentials=dst_credentials, credentials=credentials,
@@ -173,18 +176,25 @@ def skyplane_transfer(
             include=list(include), exclude=list(exclude), filter=list(filter), min_size=min_size, max_size=max_size,
             min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd, delete=delete,
             max_delete=max_delete)
-        guarded = GuardedTransfer(request, flow_run_id=runtime.flow_run.id)
-        transfer = guarded.prepare()
+        request.job_id = _job_id(runtime.task_run.id)
+        transfer = Transfer(request).prepare()
         if request.dry_run:
             return report.dry_run(DryRun.of(transfer))
         size = sum(o.info.size for o in transfer.objects)
         report.planned(transfer.plan, len(transfer.objects), size, transfer.skipped)
-        stats = guarded.run(report.progress, progress_interval).to_dict()
+        stats = run_job(transfer, flow_run_id=runtime.flow_run.id, on_progress=report.progress,
+                        interval=progress_interval).to_dict()
     except BaseException as exc:
-        plan = guarded.transfer.plan if guarded is not None else None
+        plan = transfer.plan if transfer is not None else None
         report.failed(exc, None if plan is None else plan_markdown(
-            src, dsts, plan, sum(o.info.size for o in guarded.transfer.objects),
+            src, dsts, plan, sum(o.info.size for o in transfer.objects),
             error=f"{type(exc).__name__}: {exc}".rstrip(": "), sync=sync))
         raise
     report.finished(stats, plan_markdown(src, dsts, transfer.plan, size, stats=stats, sync=sync))
     return stats
+
+
+def _job_id(task_run_id: str | None) -> str | None:
+    """The job id of a task run: the same for each of its attempts, so a retry finds the job's
+    directory (and manifest); None outside a run (a fresh id per call)."""
+    return uuid.UUID(str(task_run_id)).hex if task_run_id else None

@@ -106,3 +106,10 @@ class Provisioner(ABC):
     def hourly_price(self, region: str) -> float:
         """USD per hour of one gateway in ``region`` (0 for local processes)."""
         return 0.0
+
+    def launch_coordinator(self, job_id: str, document: dict) -> dict:
+        """Start the job's coordinator (docs/coordinator.md) with its job ``document``; return
+        ``{"url", "cert"?}`` once its API listens. By default a detached process on this host."""
+        from skyplane_provider.coordinator.launcher import launch_local
+
+        return launch_local(job_id, document)

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable
 
-from planner.errors import CoordinatorError
+from planner.errors import CoordinatorError, SkyplaneError
 from skyplane_provider.coordinator.client import CoordinatorClient
 
 from .stats import Progress, TransferStats
@@ -65,8 +65,26 @@ class TransferHandle:
         except CoordinatorError as exc:
             log.warning("job %s: could not ask for cancellation: %s", self.job_id, exc)
 
+    def stop(self, grace: float) -> bool:
+        """Cancel the job unless it ended, and wait up to ``grace`` seconds for its end (the fleet torn
+        down); False if it had not ended by then. What a client does when its own run is interrupted."""
+        if not self.done():
+            self.cancel()
+        if not self.wait(grace):
+            return False
+        try:  # fetch the outcome: the coordinator need not keep it for us any longer
+            self.client.result()
+        except SkyplaneError:
+            pass
+        return True
+
     def done(self) -> bool:
         return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job ended (or its coordinator is gone); False if ``timeout`` passed first."""
+        self._poll_in_background()
+        return self._done.wait(timeout)
 
     def result(self, timeout: float | None = None) -> TransferStats:
         """Wait for the job; its stats, or its error raised as the same ``SkyplaneError`` subclass.
@@ -88,6 +106,7 @@ class TransferHandle:
 
     @classmethod
     def from_dict(cls, d: dict, **options) -> "TransferHandle":
+        """The handle of :meth:`to_dict` (other keys of ``d`` are ignored)."""
         return cls(d["job_id"], d["url"], d["token"], d.get("cert"), **options)
 
     # -- polling ---------------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
 """The engine-neutral transfer: validate, list, plan, provision, dispatch, complete, verify, tear down.
 
-``Transfer(request).run()`` is what the CLI, the Airflow operator and the Prefect task call. Every
-check that can fail on bad input runs in ``prepare()``, before any gateway starts. The fleet is torn
-down on every path out of ``run()`` (success, error, cancel, SIGTERM via the provisioner's hooks), and
-unfinished multipart uploads are aborted, so a failed transfer leaves only complete, verified objects.
+Clients (CLI, Airflow operator, Prefect task) call ``Transfer(request).start()`` (or ``run()``, which
+is ``start().result()``): every check that can fail on bad input runs in ``prepare()``, in the
+caller, before any gateway starts; then the job's coordinator process (docs/coordinator.md) runs
+``execute()``, the pipeline itself, and the caller holds a :class:`TransferHandle`. The fleet is torn
+down on every path out of ``execute()`` (success, error, cancel, SIGTERM via the provisioner's hooks),
+and unfinished multipart uploads are aborted, so a failed transfer leaves only complete, verified objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -26,6 +30,7 @@ from .dispatch import Dispatcher, abort_stale_uploads, abort_uploads
 from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
 from .dryrun import DryRun
 from .estimate import Estimate, check_budget, count_requests, estimate
+from .handle import TransferHandle
 from .launch import JobSecrets, gateway_specs, wire_peers
 from .mirror import Deletion, DestOnly, check_limit, delete_all, probe_delete
 from .planning import make_plan
@@ -37,6 +42,11 @@ from .verify import Verification, verify_all
 
 log = logging.getLogger(__name__)
 
+#: Seconds ``run()`` waits for a job it cancels (Ctrl-C, a task's timeout) to tear its fleet down.
+CANCEL_GRACE = 60.0
+#: Seconds a finished job's coordinator keeps the outcome for a client that has not fetched it.
+RESULT_LINGER = 3600.0
+
 
 class Transfer:
     """One transfer job. Not reusable: create one per run."""
@@ -47,6 +57,9 @@ class Transfer:
         self.job_id = request.job_id or uuid.uuid4().hex
         self.progress = progress
         self._provisioner = provisioner
+        #: A provisioner object cannot travel to a coordinator process: run() then executes here.
+        self._in_process = provisioner is not None
+        self.handle: TransferHandle | None = None
         self._stop = threading.Event()
         self.source: Source | None = None
         self.dests: list[Destination] = []
@@ -140,14 +153,46 @@ class Transfer:
             self.prepare()
         return DryRun.of(self)
 
-    # -- phase 2: move the bytes ---------------------------------------------------------------
-    def run(self) -> TransferStats:
-        """Run the whole transfer and return its stats; raises a ``SkyplaneError`` on failure."""
+    # -- phase 2: the job, run by its coordinator --------------------------------------------------
+    def start(self) -> TransferHandle:
+        """Prepare (if not done yet: bad input fails here), launch the job's coordinator and return
+        its handle at once. The ``progress`` callback, if any, is the handle's first subscriber."""
+        if self._in_process:
+            raise BadOptionError("a job started with a Provisioner object cannot run in a coordinator process",
+                                 hint="pass the provisioner's name and provisioner_settings in the request, "
+                                      "or call execute() to run the transfer in this process")
         if self.plan is None:
             self.prepare()
-        if self.request.dry_run:
-            raise BadOptionError("this request is a dry run: it moves nothing",
-                                 hint="call Transfer.dry_run() for what it would do, or drop dry_run to run it")
+        self._refuse_dry_run()
+        token = secrets.token_urlsafe(32)
+        request = dataclasses.replace(self.request, job_id=self.job_id)
+        address = self._provisioner.launch_coordinator(
+            self.job_id, {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER})
+        self.handle = TransferHandle(self.job_id, address["url"], token, address.get("cert"))
+        log.info("job %s: coordinator at %s", self.job_id, address["url"])
+        if self.progress is not None:
+            self.handle.subscribe(self.progress)
+        return self.handle
+
+    def run(self) -> TransferStats:
+        """``start().result()``: the stats, or the job's ``SkyplaneError``. Anything that interrupts
+        the wait (Ctrl-C, a task's timeout) cancels the job and waits for its teardown first.
+        With a Provisioner object the transfer runs in this process (``execute()``)."""
+        if self._in_process:
+            return self.execute()
+        handle = self.start()
+        try:
+            return handle.result()
+        except BaseException:
+            handle.stop(CANCEL_GRACE)
+            raise
+
+    # -- the pipeline, in this process (the coordinator's) ----------------------------------------
+    def execute(self) -> TransferStats:
+        """Run the whole transfer here and return its stats; raises a ``SkyplaneError`` on failure."""
+        if self.plan is None:
+            self.prepare()
+        self._refuse_dry_run()
         started = time.monotonic()
         # Every key of the job, up to date or not: a re-run clears the uploads a killed run left.
         abort_stale_uploads([t for o in self.objects for t in o.targets] + self.up_to_date, self.dests)
@@ -207,9 +252,16 @@ class Transfer:
         self.deleted = delete_all(self.deletions, self.dests)  # only once every copy is verified
         return self._stats(started, chunks)
 
+    def _refuse_dry_run(self) -> None:
+        if self.request.dry_run:
+            raise BadOptionError("this request is a dry run: it moves nothing",
+                                 hint="call Transfer.dry_run() for what it would do, or drop dry_run to run it")
+
     def cancel(self) -> None:
-        """Ask a running transfer to stop; ``run()`` then tears down and raises."""
+        """Ask a running transfer to stop (its coordinator, when started); it tears down and raises."""
         self._stop.set()
+        if self.handle is not None:
+            self.handle.cancel()
 
     def _provision(self, *, max_chunk_bytes: int) -> Fleet:
         req = self.request

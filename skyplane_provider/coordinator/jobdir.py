@@ -1,0 +1,68 @@
+"""A job's directory on the coordinator's host: ``$SKYPLANE_HOME/jobs/<job_id>/`` (0700).
+
+What the coordinator keeps there, beside the local fleet's files (``pids.json``, ``gw-*/``)::
+
+    request.json       the job document (0600): request with its credentials, API token, options;
+                       removed by the coordinator as soon as it has read it
+    coordinator.json   {"job_id", "url", "pid"} while its API listens (0600)
+    coordinator.log    its log
+    result.json        the outcome of the finished job (0600), kept for inspection
+
+Directories of finished jobs are pruned after a week (:func:`prune_finished_jobs`, run whenever a
+coordinator is launched).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from skyplane_provider.paths import skyplane_home
+
+log = logging.getLogger(__name__)
+
+REQUEST = "request.json"
+ADDRESS = "coordinator.json"
+LOG = "coordinator.log"
+RESULT = "result.json"
+#: Finished jobs' directories (result, log) are kept this long for inspection, then pruned.
+KEEP_FINISHED_SECONDS = 7 * 24 * 3600
+
+
+def job_dir(job_id: str) -> Path:
+    """The job's directory on this host (not created)."""
+    return skyplane_home() / "jobs" / job_id
+
+
+def write_private(path: Path, doc: dict) -> None:
+    """Write JSON readable by the owner only, new file then rename: a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def prune_finished_jobs(keep_seconds: float = KEEP_FINISHED_SECONDS) -> list[str]:
+    """Remove the directories of jobs that finished more than ``keep_seconds`` ago; their ids.
+
+    Only directories with a ``result.json`` are touched: a running job, or one whose coordinator died
+    without a result (``skyplane-provider resume`` continues it, ``deprovision`` reaps it), stays.
+    """
+    removed = []
+    cutoff = time.time() - keep_seconds
+    for directory in (skyplane_home() / "jobs").glob("*/"):
+        try:
+            finished = (directory / RESULT).stat().st_mtime
+        except OSError:
+            continue
+        if finished < cutoff:
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory.name)
+    if removed:
+        log.info("pruned %d finished job directories older than %.0f days", len(removed), keep_seconds / 86400)
+    return removed

@@ -1,0 +1,36 @@
+"""Starting a job's coordinator on this host (the ``local`` provisioner's, and any client's default).
+
+The job document (request with its credentials, API token, options) goes into the job's directory
+as a 0600 file, never into argv or the environment; the coordinator deletes it once read. The
+coordinator inherits this process's environment, so local gateways see the same SDK settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from planner.errors import CoordinatorError
+
+from .jobdir import ADDRESS, LOG, REQUEST, job_dir, prune_finished_jobs, write_private
+
+
+def launch_local(job_id: str, document: dict) -> dict:
+    """Start ``python -m skyplane_provider.coordinator`` detached; ``{"url", "pid"}`` once it listens."""
+    prune_finished_jobs()
+    directory = job_dir(job_id)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (directory / ADDRESS).unlink(missing_ok=True)  # a resumed job's coordinator must not be taken for the new one
+    write_private(directory / REQUEST, document)
+    with open(os.open(directory / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+        # The first process exits once the API listens (see .process); the coordinator itself is in
+        # a session of its own and nobody's child.
+        status = subprocess.call([sys.executable, "-m", "skyplane_provider.coordinator", str(directory)],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    if status != 0:
+        (directory / REQUEST).unlink(missing_ok=True)
+        tail = "\n".join((directory / LOG).read_text(errors="replace").splitlines()[-15:])
+        raise CoordinatorError(f"the coordinator of job {job_id} did not start (its log {directory / LOG}):\n{tail}")
+    return json.loads((directory / ADDRESS).read_text())

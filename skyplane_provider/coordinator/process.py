@@ -1,0 +1,137 @@
+"""The coordinator process: ``python -m skyplane_provider.coordinator JOB_DIR`` (docs/coordinator.md).
+
+Started detached, in a session of its own, by :mod:`.launcher` (locally, or on the source region's
+gateway host through the provisioner). It reads the job document from the job's directory and
+deletes it (credentials never travel in argv or the environment), serves the job's HTTP API on a
+random port with the document's token, writes its address, then runs the in-process pipeline
+(``Transfer.execute()``) with its progress fed into the :class:`~.state.JobState`. Gateways of a
+``local`` fleet are its children and stop when it is gone.
+
+It needs no client: the job runs to its end, the fleet is torn down, the outcome is written to
+``result.json`` and served until a client fetched it or ``result_linger`` seconds passed.
+``POST /job/cancel`` and SIGTERM cancel the job (uploads aborted, fleet torn down, state ``cancelled``).
+
+The process forks once at start: the first process waits until the API listens (or the job process
+died) and exits, so the launcher learns the outcome of the start from its exit status and the
+coordinator is nobody's child (no zombie in a long-lived client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from .jobdir import ADDRESS, LOG, REQUEST, RESULT, write_private
+
+log = logging.getLogger(__name__)
+
+#: Seconds a finished job's outcome stays served after a client fetched it (a second reader, e.g. a
+#: task resumed after its trigger fired, may ask again).
+FETCHED_GRACE = 2.0
+#: Seconds a cancelled job's outcome stays served unfetched: whoever cancelled may ask for it, but
+#: often gave up on the job (a trigger past its deadline, a killed task).
+CANCELLED_LINGER = 30.0
+#: Seconds the launching process waits for the API to listen.
+START_TIMEOUT = 120.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m skyplane_provider.coordinator",
+                                     description="Run one transfer job's coordinator (started by Transfer.start()).")
+    parser.add_argument("directory", type=Path, help="the job's directory, holding request.json")
+    parser.add_argument("--foreground", action="store_true", help="do not fork (the caller detaches it)")
+    args = parser.parse_args(argv)
+    if not args.foreground:
+        child = os.fork()
+        if child:
+            return _wait_started(args.directory, child)
+        os.setsid()
+    return run(args.directory)
+
+
+def _wait_started(directory: Path, child: int) -> int:
+    """In the launching process: 0 once the child's API listens, 1 if it died first or took too long."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if (directory / ADDRESS).exists():
+            return 0
+        pid, _ = os.waitpid(child, os.WNOHANG)
+        if pid:
+            return 1
+        time.sleep(0.05)
+    os.kill(child, signal.SIGTERM)
+    return 1
+
+
+def run(directory: Path) -> int:
+    """Serve and run the job whose document is in ``directory``; 0 when it succeeded."""
+    from skyplane_provider.transfer.request import TransferRequest
+    from skyplane_provider.transfer.runner import Transfer
+
+    from .server import CoordinatorServer
+    from .state import JobState
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    doc = json.loads((directory / REQUEST).read_text())
+    (directory / REQUEST).unlink()  # the credentials live no longer on disk than needed
+    request = TransferRequest.from_dict(doc["request"])
+    job = JobState(request.job_id)
+    server = CoordinatorServer(job, doc["token"], host=doc.get("host", "127.0.0.1"), port=int(doc.get("port", 0)),
+                               certfile=doc.get("certfile"), keyfile=doc.get("keyfile")).start()
+    transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()))
+
+    def on_signal(signum: int, frame) -> None:
+        log.warning("job %s: signal %d, cancelling", job.job_id, signum)
+        job.cancel_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    threading.Thread(target=_relay_cancel, args=(job, transfer), name="cancel", daemon=True).start()
+    write_private(directory / ADDRESS, {"job_id": job.job_id, "url": server.url, "pid": os.getpid()})
+    log.info("job %s: coordinator %d serving on %s", job.job_id, os.getpid(), server.url)
+    job.running()
+    try:
+        job.succeed(transfer.execute().to_dict())
+    except BaseException as exc:  # noqa: BLE001 - every ending is an outcome the clients must see
+        cancelled = job.cancel_requested.is_set()
+        log.log(logging.WARNING if cancelled else logging.ERROR, "job %s %s: %s", job.job_id,
+                "cancelled" if cancelled else "failed", exc, exc_info=not cancelled and not _expected(exc))
+        job.fail(exc, failed_objects=getattr(exc, "failed_objects", None), cancelled=cancelled)
+    write_private(directory / RESULT, job.final_document())
+    linger = float(doc.get("result_linger", 3600))
+    fetched = job.fetched.wait(min(linger, CANCELLED_LINGER) if job.state == "cancelled" else linger)
+    if fetched:
+        time.sleep(FETCHED_GRACE)
+    server.stop()
+    (directory / ADDRESS).unlink(missing_ok=True)
+    log.info("job %s: coordinator exits (%s)", job.job_id, job.state)
+    if fetched and job.state == "succeeded":
+        _forget(directory)  # the client has the stats; a failed job's files stay for inspection and resume
+    return 0 if job.state == "succeeded" else 1
+
+
+def _forget(directory: Path) -> None:
+    for name in (RESULT, LOG):
+        (directory / name).unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # something else of the job is still there (a fleet's files, a manifest)
+
+
+def _relay_cancel(job, transfer) -> None:
+    job.cancel_requested.wait()
+    transfer.cancel()
+
+
+def _expected(exc: BaseException) -> bool:
+    from planner.errors import SkyplaneError
+
+    return isinstance(exc, SkyplaneError)
+

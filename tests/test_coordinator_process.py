@@ -1,0 +1,105 @@
+"""The coordinator process (skyplane_provider/coordinator/process.py) started by ``Transfer.start()``:
+a real detached process with real local gateways, watched through its HTTP API by a handle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from planner.errors import BadURIError, TransferError
+from skyplane_provider.coordinator.jobdir import KEEP_FINISHED_SECONDS, job_dir, prune_finished_jobs
+from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.transfer.handle import TransferHandle
+
+from .helpers import read_all, wait_gone
+
+MiB = 1024**2
+
+
+def _tree(root: Path, n: int = 4, size: int = 256 * 1024) -> dict[str, bytes]:
+    """A source directory of ``n`` random files, and an empty destination beside it."""
+    root.mkdir()
+    (root.parent / "dst").mkdir()
+    objs = {f"f{i}": os.urandom(size) for i in range(n)}
+    for k, v in objs.items():
+        (root / k).write_bytes(v)
+    return objs
+
+
+def test_start_returns_a_handle_and_the_job_runs_in_its_own_process(home, tmp_path):
+    objs = _tree(tmp_path / "src")
+    seen = []
+    transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], chunk_size="1MiB"),
+                        progress=seen.append)
+    handle = transfer.start()
+    directory = job_dir(handle.job_id)
+    address = json.loads((directory / "coordinator.json").read_text())
+    assert address["url"] == handle.url and address["pid"] != os.getpid()
+    assert os.getsid(address["pid"]) == address["pid"]  # detached: a session of its own
+    assert not (directory / "request.json").exists()  # the credentials' file is gone once read
+    assert oct((directory / "coordinator.json").stat().st_mode & 0o777) == "0o600"
+    stats = handle.result()
+    assert stats.objects == len(objs) and stats.verified and stats.job_id == handle.job_id
+    assert seen and seen[-1].objects_done == len(objs)
+    assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
+    assert wait_gone(handle.job_id) == []
+    assert not directory.exists()  # a fetched success leaves nothing behind
+
+
+def test_bad_input_fails_in_the_caller_before_any_coordinator(home, tmp_path):
+    with pytest.raises(BadURIError):
+        Transfer(TransferRequest(src="s4://nope/x", dsts=[str(tmp_path)])).start()
+    assert not (home / "jobs").exists()
+
+
+def test_a_job_outlives_its_client_and_another_process_fetches_the_result(home, tmp_path):
+    """The client process starts the job and exits at once; a handle rebuilt from its dict (what a
+    trigger gets) watches the job to its end."""
+    objs = _tree(tmp_path / "src")
+    script = ("import json, sys; from skyplane_provider.transfer import Transfer, TransferRequest; "
+              "h = Transfer(TransferRequest(src=sys.argv[1], dsts=[sys.argv[2]], chunk_size='1MiB')).start(); "
+              "print(json.dumps(h.to_dict()))")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "src"), str(tmp_path / "dst")],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    handle = TransferHandle.from_dict(json.loads(out.splitlines()[-1]))
+    assert handle.result().objects == len(objs)
+    assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
+    assert wait_gone(handle.job_id) == []
+
+
+@pytest.mark.parametrize("how", ["api", "sigterm"])
+def test_cancel_tears_the_fleet_down_and_the_result_says_cancelled(home, tmp_path, how):
+    _tree(tmp_path / "src", n=8, size=2 * MiB)
+    handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")],
+                                      chunk_size="1MiB")).start()
+    if how == "api":
+        handle.cancel()
+    else:
+        os.kill(json.loads((job_dir(handle.job_id) / "coordinator.json").read_text())["pid"], signal.SIGTERM)
+    with pytest.raises(TransferError, match="cancel"):
+        handle.result()
+    assert handle.client.job()["state"] == "cancelled"
+    assert wait_gone(handle.job_id) == []
+    result = json.loads((job_dir(handle.job_id) / "result.json").read_text())
+    assert result["state"] == "cancelled"  # kept for inspection (and resume)
+    assert not list((tmp_path / "dst").rglob("*"))  # nothing partial
+
+
+def test_only_old_finished_jobs_are_pruned(home):
+    for job_id, has_result, age in (("old-done", True, KEEP_FINISHED_SECONDS + 60),
+                                    ("new-done", True, 60), ("old-running", False, KEEP_FINISHED_SECONDS + 60)):
+        d = job_dir(job_id)
+        d.mkdir(parents=True)
+        marker = d / ("result.json" if has_result else "coordinator.json")
+        marker.write_text("{}")
+        then = time.time() - age
+        os.utime(marker, (then, then))
+    assert prune_finished_jobs() == ["old-done"]
+    assert sorted(p.name for p in (home / "jobs").iterdir()) == ["new-done", "old-running"]
