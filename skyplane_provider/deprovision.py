@@ -84,13 +84,14 @@ class Selection:
 
 # -- local processes -------------------------------------------------------------------------------
 def deprovision_local(selection: Selection, *, dry_run: bool = False, grace: float = 5.0) -> list[Reaped]:
-    """Stop leftover local gateway processes recorded in ``$SKYPLANE_HOME/jobs/*/pids.json`` (the
-    local provisioner's records) and remove their files."""
+    """Stop leftover job coordinators (``$SKYPLANE_HOME/jobs/*/coordinator.json``) and local gateway
+    processes recorded in ``$SKYPLANE_HOME/jobs/*/pids.json`` (the local provisioner's records), and
+    remove the gateways' files."""
     from .paths import skyplane_home
     from .provisioners.local import PIDS_FILE, gateway_dir_name
 
     jobs = skyplane_home() / "jobs"
-    reaped = []
+    reaped = _stop_coordinators(jobs, selection, dry_run=dry_run, grace=grace)
     for job_dir in sorted(jobs.iterdir()) if jobs.is_dir() else []:
         try:
             record = json.loads((job_dir / PIDS_FILE).read_text())
@@ -115,8 +116,32 @@ def deprovision_local(selection: Selection, *, dry_run: bool = False, grace: flo
     return reaped
 
 
+def _stop_coordinators(jobs: Path, selection: Selection, *, dry_run: bool, grace: float) -> list[Reaped]:
+    """SIGTERM the running coordinators of the selected jobs (each cancels its job and tears its fleet
+    down), SIGKILL what is left after ``grace`` seconds; before the gateways are reaped."""
+    from .coordinator.jobdir import ADDRESS
+
+    reaped, pids = [], []
+    for address in sorted(jobs.glob(f"*/{ADDRESS}")):
+        try:
+            record = json.loads(address.read_text())
+        except (OSError, ValueError):
+            continue
+        job_id, pid = record.get("job_id", address.parent.name), int(record.get("pid", 0))
+        if not selection.matches(job_id, record.get("created_at")) \
+                or not _is_gateway_of(pid, str(address.parent), job_id):
+            continue
+        pids.append(pid)
+        reaped.append(Reaped("local", "this host", job_id,
+                             f"coordinator process {pid} {'found' if dry_run else 'stopped'}"))
+    if not dry_run:
+        _stop_groups(pids, grace * 2)  # the coordinator's own teardown comes first
+    return reaped
+
+
 def _is_gateway_of(pid: int, marker: str | None, job_id: str) -> bool:
-    """Whether ``pid`` still runs and its command line names the job (so a recycled pid is left alone)."""
+    """Whether ``pid`` still runs and its command line holds ``marker``, which names the job (so a
+    recycled pid is left alone); for gateways and coordinators alike."""
     if pid <= 0 or not marker or job_id not in marker or not _running(pid):
         return False
     try:

@@ -103,3 +103,18 @@ def test_only_old_finished_jobs_are_pruned(home):
         os.utime(marker, (then, then))
     assert prune_finished_jobs() == ["old-done"]
     assert sorted(p.name for p in (home / "jobs").iterdir()) == ["new-done", "old-running"]
+
+
+def test_deprovision_stops_a_coordinator_left_running(home, tmp_path):
+    """A finished job whose result nobody fetched keeps its coordinator (for ``result_linger``);
+    ``deprovision`` stops it like a leftover gateway."""
+    from skyplane_provider.deprovision import Selection, deprovision_local
+
+    _tree(tmp_path / "src", n=1)
+    handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")])).start()
+    assert handle.wait(60) and handle.client.job()["state"] == "succeeded"
+    assert [r.detail for r in deprovision_local(Selection(job_id=handle.job_id), dry_run=True)] == [
+        f"coordinator process {json.loads((job_dir(handle.job_id) / 'coordinator.json').read_text())['pid']} found"]
+    reaped = deprovision_local(Selection(job_id=handle.job_id))
+    assert [r.job_id for r in reaped] == [handle.job_id]
+    assert wait_gone(handle.job_id) == []

@@ -25,6 +25,7 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .jobdir import ADDRESS, LOG, REQUEST, RESULT, write_private
@@ -89,11 +90,14 @@ def run(directory: Path) -> int:
     def on_signal(signum: int, frame) -> None:
         log.warning("job %s: signal %d, cancelling", job.job_id, signum)
         job.cancel_requested.set()
+        if job.finished.is_set():
+            job.fetched.set()  # told to go: stop keeping the outcome for a client (deprovision)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     threading.Thread(target=_relay_cancel, args=(job, transfer), name="cancel", daemon=True).start()
-    write_private(directory / ADDRESS, {"job_id": job.job_id, "url": server.url, "pid": os.getpid()})
+    write_private(directory / ADDRESS, {"job_id": job.job_id, "url": server.url, "pid": os.getpid(),
+                                        "created_at": datetime.now(timezone.utc).isoformat()})
     log.info("job %s: coordinator %d serving on %s", job.job_id, os.getpid(), server.url)
     job.running()
     try:
