@@ -39,7 +39,7 @@ def test_every_subcommand_has_a_description_examples_and_verbose():
         text = child.format_help()
         assert child.description, child.prog
         assert "-v, --verbose" in text, child.prog
-    for name in ("cp", "sync", "publish", "datasets", "mb", "deprovision", "plan", "testbed"):
+    for name in ("cp", "sync", "resume", "publish", "datasets", "mb", "deprovision", "plan", "testbed"):
         assert "examples:\n  skyplane-provider" in cli(name, "--help").stdout, name
 
 

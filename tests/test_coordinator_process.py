@@ -118,3 +118,25 @@ def test_deprovision_stops_a_coordinator_left_running(home, tmp_path):
     reaped = deprovision_local(Selection(job_id=handle.job_id))
     assert [r.job_id for r in reaped] == [handle.job_id]
     assert wait_gone(handle.job_id) == []
+
+
+def test_resume_runs_a_cancelled_job_again_under_its_id(home, tmp_path, capsys):
+    """``skyplane-provider resume JOB``: the request kept without secrets, run as a sync, same job id."""
+    from skyplane_provider.cli.main import main
+
+    objs = _tree(tmp_path / "src", n=6, size=MiB)
+    handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")],
+                                      chunk_size="1MiB", credentials={"s3": {"secret_access_key": "x"}})).start()
+    handle.cancel()
+    with pytest.raises(TransferError, match="cancel"):
+        handle.result()
+    kept = json.loads((job_dir(handle.job_id) / "resume.json").read_text())
+    assert kept["credentials"] == {} and "secret" not in json.dumps(kept)
+    assert main(["resume", "no-such-job"]) == 1
+    assert "no job no-such-job to resume" in capsys.readouterr().err
+    assert main(["resume", handle.job_id, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert stats["job_id"] == handle.job_id and stats["objects"] + stats["skipped_objects"] == len(objs)
+    assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
+    assert wait_gone(handle.job_id) == []
+    assert not job_dir(handle.job_id).exists()  # resumed to success: nothing left to resume

@@ -19,7 +19,7 @@ from .wording import HelpFormatter, UsageError, examples
 #: The loggers -v turns to DEBUG.
 OUR_LOGGERS = ("skyplane_provider", "gateway", "planner")
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS: list[str] = ["cp", "publish", "datasets", "mb", "deprovision", "plan", "testbed"]
+COMMANDS: list[str] = ["cp", "resume", "publish", "datasets", "mb", "deprovision", "plan", "testbed"]
 
 EXAMPLES = examples(
     "skyplane-provider mb s3://raw                                  # a bucket (emulators: see README.md)",

@@ -4,6 +4,8 @@ What the coordinator keeps there, beside the local fleet's files (``pids.json``,
 
     request.json       the job document (0600): request with its credentials, API token, options;
                        removed by the coordinator as soon as it has read it
+    resume.json        the request without credentials and secret settings, for
+                       ``skyplane-provider resume`` (0600; removed with a fetched success)
     coordinator.json   {"job_id", "url", "pid"} while its API listens (0600)
     coordinator.log    its log
     result.json        the outcome of the finished job (0600), kept for inspection
@@ -26,6 +28,7 @@ from skyplane_provider.paths import skyplane_home
 log = logging.getLogger(__name__)
 
 REQUEST = "request.json"
+RESUME = "resume.json"
 ADDRESS = "coordinator.json"
 LOG = "coordinator.log"
 RESULT = "result.json"
@@ -45,6 +48,20 @@ def write_private(path: Path, doc: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f)
     os.replace(tmp, path)
+
+
+def resumable_request(request_doc: dict) -> dict:
+    """``TransferRequest.redacted()`` without what it hides: no credentials, no secret setting."""
+    from skyplane_provider.redaction import REDACTED
+
+    def keep(value):
+        if isinstance(value, dict):
+            return {k: keep(v) for k, v in value.items() if v != REDACTED}
+        if isinstance(value, list):
+            return [keep(v) for v in value if v != REDACTED]
+        return value
+
+    return {**keep(request_doc), "credentials": {}}
 
 
 def prune_finished_jobs(keep_seconds: float = KEEP_FINISHED_SECONDS) -> list[str]:

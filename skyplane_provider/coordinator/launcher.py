@@ -14,7 +14,7 @@ import sys
 
 from planner.errors import CoordinatorError
 
-from .jobdir import ADDRESS, LOG, REQUEST, job_dir, prune_finished_jobs, write_private
+from .jobdir import ADDRESS, LOG, REQUEST, RESULT, job_dir, prune_finished_jobs, write_private
 
 
 def launch_local(job_id: str, document: dict) -> dict:
@@ -22,7 +22,8 @@ def launch_local(job_id: str, document: dict) -> dict:
     prune_finished_jobs()
     directory = job_dir(job_id)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (directory / ADDRESS).unlink(missing_ok=True)  # a resumed job's coordinator must not be taken for the new one
+    for stale in (ADDRESS, RESULT):  # a resumed job's: neither the new coordinator's, nor a reason to prune
+        (directory / stale).unlink(missing_ok=True)
     write_private(directory / REQUEST, document)
     with open(os.open(directory / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         # The first process exits once the API listens (see .process); the coordinator itself is in

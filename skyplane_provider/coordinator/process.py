@@ -28,7 +28,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .jobdir import ADDRESS, LOG, REQUEST, RESULT, write_private
+from .jobdir import ADDRESS, LOG, REQUEST, RESULT, RESUME, resumable_request, write_private
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def run(directory: Path) -> int:
     doc = json.loads((directory / REQUEST).read_text())
     (directory / REQUEST).unlink()  # the credentials live no longer on disk than needed
     request = TransferRequest.from_dict(doc["request"])
+    write_private(directory / RESUME, resumable_request(request.redacted()))
     job = JobState(request.job_id)
     server = CoordinatorServer(job, doc["token"], host=doc.get("host", "127.0.0.1"), port=int(doc.get("port", 0)),
                                certfile=doc.get("certfile"), keyfile=doc.get("keyfile")).start()
@@ -113,15 +114,23 @@ def run(directory: Path) -> int:
     if fetched:
         time.sleep(FETCHED_GRACE)
     server.stop()
-    (directory / ADDRESS).unlink(missing_ok=True)
+    if _mine(directory / ADDRESS):  # not a resumed job's newer coordinator's
+        (directory / ADDRESS).unlink()
     log.info("job %s: coordinator exits (%s)", job.job_id, job.state)
     if fetched and job.state == "succeeded":
         _forget(directory)  # the client has the stats; a failed job's files stay for inspection and resume
     return 0 if job.state == "succeeded" else 1
 
 
+def _mine(address: Path) -> bool:
+    try:
+        return json.loads(address.read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
 def _forget(directory: Path) -> None:
-    for name in (RESULT, LOG):
+    for name in (RESULT, LOG, RESUME):
         (directory / name).unlink(missing_ok=True)
     try:
         directory.rmdir()
