@@ -1,6 +1,11 @@
 """The real thing: ``airflow standalone`` (api-server, scheduler with LocalExecutor, dag-processor,
 triggerer), a DAG run triggered through the REST API, the task deferred to the real triggerer.
 
+The triggerer runs with another ``HOME`` and ``SKYPLANE_HOME`` than the scheduler and its task
+processes (a shim ``airflow`` first on PATH gives them to ``airflow triggerer`` only): it shares no
+file with the worker and watches the job through its coordinator's HTTP API alone. The task's
+process is SIGKILLed as soon as the REST API shows the task deferred.
+
 Every process is stopped by PID at the end: SIGINT to ``standalone`` (its own shutdown), then its
 process group, then SIGKILL to anything of its process tree still alive.
 """
@@ -25,22 +30,27 @@ from skyplane_provider.testing.emulators import free_port  # noqa: E402
 from skyplane_provider.testing.samples import MiB, digests, put_objects, sample_objects, sha256s  # noqa: E402
 
 from .fixtures.airflow import REPO  # noqa: E402
-from .helpers import gateway_pids  # noqa: E402
+from .helpers import wait_gone  # noqa: E402
 
 TEST_DAGS = REPO / "tests/airflow_dags/skyplane_test_dags.py"
 AIRFLOW = Path(sys.executable).parent / "airflow"
 
 
-RUN_ENV = "SKYPLANE_TEST_AIRFLOW_STANDALONE"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get(RUN_ENV) != "1",
-                    reason=f"starts a whole Airflow: 60-120 s measured on the 2 shared cores; set {RUN_ENV}=1")
-def test_standalone_deferred_run_through_the_rest_api(tmp_path, emulators, s3_bucket, gcs_bucket):
-    sky_home = tmp_path / "skyplane"
+def test_standalone_deferred_run_with_a_triggerer_of_its_own_home(tmp_path, emulators, s3_bucket, gcs_bucket):
+    worker_home, trigger_home = tmp_path / "worker", tmp_path / "triggerer"
+    for home in (worker_home, trigger_home):
+        (home / "skyplane").mkdir(parents=True)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "airflow").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = triggerer ]; then export HOME="{trigger_home}" SKYPLANE_HOME="{trigger_home}/skyplane"; fi\n'
+        f'exec "{AIRFLOW}" "$@"\n')
+    (shim / "airflow").chmod(0o755)
     port = free_port()
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "SKYPLANE_HOME": str(sky_home),
+    env = {**os.environ, "HOME": str(worker_home), "SKYPLANE_HOME": str(worker_home / "skyplane"),
+           "AIRFLOW_HOME": str(tmp_path / "airflow"),
            "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "airflow/dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
@@ -48,7 +58,7 @@ def test_standalone_deferred_run_through_the_rest_api(tmp_path, emulators, s3_bu
            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-           "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{shim}{os.pathsep}{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     objs = sample_objects(n_small=3, small_bytes=64 * 1024, big_bytes=3 * MiB)
     put_objects(f"{s3_bucket}/in/", objs)
     # standalone migrates the database itself, and its dag-processor parses the files present at start
@@ -59,6 +69,7 @@ def test_standalone_deferred_run_through_the_rest_api(tmp_path, emulators, s3_bu
     api = f"http://127.0.0.1:{port}/api/v2"
     log_path = tmp_path / "standalone.log"
     log = open(log_path, "wb")
+    started = time.monotonic()
     proc = subprocess.Popen([str(AIRFLOW), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     tree: set[int] = set()
@@ -68,20 +79,44 @@ def test_standalone_deferred_run_through_the_rest_api(tmp_path, emulators, s3_bu
         run = call(f"{api}/dags/skyplane_test_deferred/dagRuns", {
             "logical_date": None, "conf": {"src": f"{s3_bucket}/in/", "dst": f"{gcs_bucket}/out/", "dst_region": None}})
         run_url = f"{api}/dags/skyplane_test_deferred/dagRuns/{run['dag_run_id']}"
+        ti_url = f"{run_url}/taskInstances/copy"
+        wait_for(lambda: call(ti_url)["state"] in ("deferred", "success", "failed"), 120, tree, proc,
+                 "the task to defer", log_path)
+        assert call(ti_url)["state"] == "deferred", tail(log_path)
+        killed = kill_task_processes(call(ti_url)["id"])
         wait_for(lambda: call(run_url)["state"] in ("success", "failed"), 120, tree, proc, "the DAG run to finish",
                  log_path)
         assert call(run_url)["state"] == "success", tail(log_path)
-        xcom = f"{run_url}/taskInstances/copy/xcomEntries"
-        stats = call(f"{xcom}/return_value?deserialize=true")["value"]
+        stats = call(f"{ti_url}/xcomEntries/return_value?deserialize=true")["value"]
         assert stats["objects"] == len(objs) and stats["verified"]
         assert digests(f"{gcs_bucket}/out/") == sha256s(objs)
-        tries = call(f"{run_url}/taskInstances/copy/tries")["task_instances"]
+        tries = call(f"{ti_url}/tries")["task_instances"]
         assert len(tries) == 1  # one try, resumed after the trigger fired
+        print(f"standalone run: {time.monotonic() - started:.1f} s to success; task processes killed "
+              f"after the deferral: {killed}")
     finally:
         stop(proc, tree)
         log.close()
     assert not [p for p in tree if alive(p)]
-    assert gateway_pids(str(sky_home)) == []
+    assert wait_gone(str(worker_home)) == []  # the job's coordinator and its fleet are gone
+    assert not (trigger_home / "skyplane" / "jobs").exists()  # the triggerer wrote nothing of the job
+
+
+def kill_task_processes(ti_id: str) -> int:
+    """SIGKILL every process of the task instance (its title is ``airflow worker -- <ti id>``); how many."""
+    killed = 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ti_id in cmd and alive(int(entry)):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 def call(url: str, body: dict | None = None) -> dict:
