@@ -162,6 +162,25 @@ def test_dry_run_then_mirror_with_filters(airflow_home, emulators, sky_home, s3_
     assert digests(f"{gcs_bucket}/out/") == sha256s({"a.json": b"{}", "b.json": b"[]", "keep.tmp": b"not taken"})
 
 
+def test_an_aws_connection_naming_a_profile_is_read_by_the_amazon_providers_hook(
+        airflow_home, emulators, sky_home, s3_bucket, gcs_bucket, tmp_path, monkeypatch):
+    pytest.importorskip("airflow.providers.amazon")
+    import json
+
+    (tmp_path / "credentials").write_text("[skyplane-moto]\naws_access_key_id = AKIAPROFILEKEY\n"
+                                          "aws_secret_access_key = profile-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_PROFILE", json.dumps({"conn_type": "aws", "extra": {
+        "profile_name": "skyplane-moto", "endpoint_url": emulators.endpoints["s3"], "region_name": "us-east-1"}}))
+    objs = sample_objects(**SMALL)
+    put_objects(f"{s3_bucket}/in/", objs)
+    dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_aws_profile")
+    state, xcoms = run(dag, run_conf={"src": f"{s3_bucket}/in/", "dst": f"{gcs_bucket}/out/"})
+    assert state == "success", xcoms
+    assert xcoms["copy"]["objects"] == len(objs) and xcoms["copy"]["verified"]
+    assert digests(f"{gcs_bucket}/out/") == sha256s(objs)
+
+
 def test_bad_uri_fails_the_task_before_any_gateway(airflow_home, sky_home, capfd):
     dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_copy")
     state, xcoms = run(dag, run_conf={"src": "s3://Not_A_Bucket/x/", "dst": "gs://some-bucket/y/"})

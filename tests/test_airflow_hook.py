@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("airflow")
 
 from planner.errors import BadOptionError, BadURIError, CredentialsError  # noqa: E402
-from skyplane_provider.airflow.hooks import SkyplaneHook  # noqa: E402
+from skyplane_provider.airflow.hooks import SkyplaneHook, fields_aws_source  # noqa: E402
 from skyplane_provider.airflow.provider import get_provider_info  # noqa: E402
 from skyplane_provider.testing.emulators import AZURITE_KEY, connection_string  # noqa: E402
 
@@ -77,9 +77,30 @@ def test_aws_role_arn_is_assumed_through_sts(monkeypatch, emulators, s3_bucket):
 
 @pytest.mark.parametrize("extra", [{"profile_name": "dev"},
                                    {"role_arn": "arn:x", "assume_role_method": "assume_role_with_saml"}])
-def test_aws_unsupported_fields_are_refused(monkeypatch, extra):
-    with pytest.raises(CredentialsError, match="not supported"):
-        entry(monkeypatch, {"conn_type": "aws", "extra": extra}, "s3://bucket-a")
+def test_aws_fields_only_the_amazon_providers_hook_honours_are_refused_without_it(monkeypatch, extra):
+    conn(monkeypatch, "side", {"conn_type": "aws", "extra": extra})
+    with pytest.raises(CredentialsError, match="needs the amazon provider") as info:
+        fields_aws_source(SkyplaneHook.get_connection("side"), "s3://bucket-a")
+    assert "apache-airflow-providers-amazon" in info.value.hint
+
+
+def test_aws_profile_through_the_amazon_providers_hook(monkeypatch, tmp_path, emulators, s3_bucket):
+    """A connection naming a profile of the shared credentials file: the amazon provider's hook reads
+    it; the entry carries that profile's keys, which reach moto."""
+    pytest.importorskip("airflow.providers.amazon")
+    from gateway.stores import open_store
+
+    (tmp_path / "credentials").write_text("[skyplane-moto]\naws_access_key_id = AKIAPROFILEKEY\n"
+                                          "aws_secret_access_key = profile-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    endpoint = emulators.endpoints["s3"]
+    got = entry(monkeypatch, {"conn_type": "aws", "extra": {"profile_name": "skyplane-moto", "endpoint_url": endpoint,
+                                                            "region_name": "us-east-1"}}, s3_bucket)
+    assert got == {"aws_access_key_id": "AKIAPROFILEKEY", "aws_secret_access_key": "profile-secret",
+                   "region_name": "us-east-1", "endpoint_url": endpoint}
+    store = open_store(s3_bucket, {s3_bucket: got})
+    store.write("from-profile", b"hi")
+    assert store.read("from-profile") == b"hi"
 
 
 def test_aws_without_keys_leaves_the_sdk_chain(monkeypatch):

@@ -1,7 +1,11 @@
 """``SkyplaneHook``: Airflow connections -> a :class:`~skyplane_provider.transfer.TransferRequest`.
 
-Users already have connections for their clouds, so the hook reads the standard ones directly (the
-amazon/google/azure providers stay optional; nothing of theirs is imported):
+Users already have connections for their clouds, so the hook reads the standard ones. Where the
+amazon provider (``apache-airflow-providers-amazon``) is installed, an ``aws`` connection that carries
+credentials of its own is read by that provider's ``AwsBaseHook``, exactly as the user's other AWS
+tasks read it: profiles, web identity, every ``assume_role_method``, and its session's renewal. Without
+it (and for the other clouds; the google and microsoft-azure providers are not used yet) the hook
+reads the connection's fields itself, and refuses those it cannot honour:
 
 ==========================  ===============================================================================
 connection type             fields read
@@ -39,7 +43,7 @@ from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError, CredentialsError
 from skyplane_provider.redaction import secret_values
 from skyplane_provider.transfer import TransferRequest
-from skyplane_provider.transfer.credential_sources import CredentialSource, assume_role, document
+from skyplane_provider.transfer.credential_sources import AwsSessionSource, CredentialSource, assume_role, document
 
 from .paths import is_path, path_uri
 from .provider import CONN_TYPE
@@ -214,15 +218,55 @@ class SkyplaneHook(BaseHook):
 
 
 def aws_source(conn: Connection, key: str) -> CredentialSource:
-    """The ``s3`` entry of an ``aws`` connection; with ``role_arn``, the role's temporary keys, asked
-    with the connection's own keys and renewed by botocore before they expire."""
+    """The ``s3`` entry of an ``aws`` connection: through the amazon provider's hook where it is
+    installed (:func:`provider_aws_source`), else from the connection's fields
+    (:func:`fields_aws_source`)."""
+    return provider_aws_source(conn, key) or fields_aws_source(conn, key)
+
+
+#: Extras by which an ``aws`` connection names credentials of its own (else the SDK chain serves it).
+_AWS_CREDENTIAL_EXTRAS = ("aws_access_key_id", "role_arn", "profile_name", "assume_role_method")
+
+
+def provider_aws_source(conn: Connection, key: str) -> CredentialSource | None:
+    """The ``s3`` entry as the amazon provider's ``AwsBaseHook`` resolves the connection (its profile,
+    web identity token, assumed role...), renewed with that hook's session; None where the provider
+    is not installed, or the connection names no credentials (the gateways then use the SDK chain,
+    as without the provider)."""
+    try:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    except ImportError:
+        return None
+    extra = _extra(conn)
+    if not (conn.login or any(extra.get(name) for name in _AWS_CREDENTIAL_EXTRAS)):
+        return None
+    hook = AwsBaseHook(aws_conn_id=conn.conn_id, client_type="s3")
+    try:
+        credentials = hook.get_session().get_credentials()
+        if credentials is None:
+            raise CredentialsError("the session has no credentials")
+        config = hook.conn_config
+        source = AwsSessionSource(key, credentials, _prune({
+            "region_name": config.region_name, "endpoint_url": config.get_service_endpoint_url("s3")}))
+        source.current()  # a profile, token or role that does not work fails here, before any gateway
+    except Exception as exc:  # noqa: BLE001 - the provider and botocore raise many classes
+        raise CredentialsError(f"connection {conn.conn_id!r}: the amazon provider's hook found no usable "
+                               f"credentials: {exc}", hint="check the connection with a task of the amazon "
+                                                            "provider, e.g. S3ListOperator") from exc
+    return source
+
+
+def fields_aws_source(conn: Connection, key: str) -> CredentialSource:
+    """The ``s3`` entry from an ``aws`` connection's fields; with ``role_arn``, the role's temporary
+    keys, asked with the connection's own keys and renewed by botocore before they expire."""
     extra = _extra(conn)
     for unsupported in ("profile_name", "assume_role_method"):
         if extra.get(unsupported) and not (unsupported == "assume_role_method"
                                            and extra[unsupported] == "assume_role"):
             raise CredentialsError(f"connection {conn.conn_id!r}: {unsupported}={extra[unsupported]!r} "
-                                   "is not supported (the gateways may run on other hosts)",
-                                   hint="put keys in login/password, or a role_arn to assume")
+                                   "needs the amazon provider's hook (the gateways may run on other hosts)",
+                                   hint="install apache-airflow-providers-amazon, or put keys in "
+                                        "login/password, or a role_arn to assume")
     entry = _prune({
         "aws_access_key_id": conn.login or extra.get("aws_access_key_id"),
         "aws_secret_access_key": conn.password or extra.get("aws_secret_access_key"),

@@ -47,3 +47,12 @@ with DAG(dag_id="skyplane_test_mirror", schedule=None, start_date=pendulum.datet
     (SkyplaneTransferOperator(task_id="preview", dry_run=True, **mirror)
      >> SkyplaneTransferOperator(task_id="mirror", **mirror))
 skyplane_test_mirror = dag
+
+
+# The source's credentials from an aws connection (aws_profile, set by the test) that names a profile:
+# read by the amazon provider's hook, which the connection's fields alone cannot do.
+with DAG(dag_id="skyplane_test_aws_profile", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         params={"src": "", "dst": ""}) as dag:
+    SkyplaneTransferOperator(task_id="copy", src="{{ params.src }}", dst="{{ params.dst }}", src_conn_id="aws_profile",
+                             chunk_size="2MiB")
+skyplane_test_aws_profile = dag
