@@ -140,3 +140,23 @@ def test_resume_runs_a_cancelled_job_again_under_its_id(home, tmp_path, capsys):
     assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
     assert wait_gone(handle.job_id) == []
     assert not job_dir(handle.job_id).exists()  # resumed to success: nothing left to resume
+
+
+def test_a_coordinator_for_other_hosts_speaks_tls_with_a_pinned_certificate(home, tmp_path):
+    """``coordinator_host``: the API over TLS with a certificate of the job's own; only a client that
+    pins it (the handle, e.g. in a trigger's kwargs) gets an answer; the key is nowhere on disk."""
+    from planner.errors import CoordinatorError
+    from skyplane_provider.coordinator.client import CoordinatorClient
+    from skyplane_provider.coordinator.tls import self_signed
+
+    objs = _tree(tmp_path / "src", n=2)
+    handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")],
+                                      provisioner_settings={"coordinator_host": "127.0.0.1"})).start()
+    doc = handle.to_dict()
+    assert handle.url.startswith("https://127.0.0.1:") and "BEGIN CERTIFICATE" in doc["cert"]
+    assert not [p for p in job_dir(handle.job_id).iterdir() if "key" in p.name]
+    for cert in (None, self_signed("127.0.0.1")[0]):  # the system's CAs, another job's certificate
+        with pytest.raises(CoordinatorError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            CoordinatorClient(handle.url, doc["token"], cert=cert).health()
+    assert TransferHandle.from_dict(doc).result().objects == len(objs)
+    assert wait_gone(handle.job_id) == []

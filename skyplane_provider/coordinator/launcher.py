@@ -17,8 +17,12 @@ from planner.errors import CoordinatorError
 from .jobdir import ADDRESS, LOG, REQUEST, RESULT, job_dir, prune_finished_jobs, write_private
 
 
-def launch_local(job_id: str, document: dict) -> dict:
-    """Start ``python -m skyplane_provider.coordinator`` detached; ``{"url", "pid"}`` once it listens."""
+def launch_local(job_id: str, document: dict, host: str | None = None) -> dict:
+    """Start ``python -m skyplane_provider.coordinator`` detached; ``{"url", "pid", "cert"}`` once it
+    listens. Its API listens on 127.0.0.1, or on ``host`` (an address of this host that clients on
+    other hosts can reach) over TLS with a certificate of its own, which ``cert`` carries for pinning."""
+    if host:
+        document = {**document, "host": host, "tls": True}
     prune_finished_jobs()
     directory = job_dir(job_id)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -84,8 +84,13 @@ def run(directory: Path) -> int:
     request = TransferRequest.from_dict(doc["request"])
     write_private(directory / RESUME, resumable_request(request.redacted()))
     job = JobState(request.job_id)
-    server = CoordinatorServer(job, doc["token"], host=doc.get("host", "127.0.0.1"), port=int(doc.get("port", 0)),
-                               certfile=doc.get("certfile"), keyfile=doc.get("keyfile")).start()
+    host = doc.get("host", "127.0.0.1")
+    cert = None
+    if doc.get("tls"):
+        server, cert = _tls_server(directory, job, doc["token"], host)
+    else:
+        server = CoordinatorServer(job, doc["token"], host=host)
+    server.start()
     transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()))
 
     def on_signal(signum: int, frame) -> None:
@@ -97,7 +102,7 @@ def run(directory: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     threading.Thread(target=_relay_cancel, args=(job, transfer), name="cancel", daemon=True).start()
-    write_private(directory / ADDRESS, {"job_id": job.job_id, "url": server.url, "pid": os.getpid(),
+    write_private(directory / ADDRESS, {"job_id": job.job_id, "url": server.url, "pid": os.getpid(), "cert": cert,
                                         "created_at": datetime.now(timezone.utc).isoformat()})
     log.info("job %s: coordinator %d serving on %s", job.job_id, os.getpid(), server.url)
     job.running()
@@ -136,6 +141,25 @@ def _forget(directory: Path) -> None:
         directory.rmdir()
     except OSError:
         pass  # something else of the job is still there (a fleet's files, a manifest)
+
+
+def _tls_server(directory: Path, job, token: str, host: str):
+    """The API over TLS with a fresh self-signed certificate (clients pin it); the key file lives
+    only while ``ssl`` loads it."""
+    from .server import CoordinatorServer
+    from .tls import self_signed
+
+    cert, key = self_signed(host)
+    paths = directory / ".api-cert.pem", directory / ".api-key.pem"
+    try:
+        for path, pem in zip(paths, (cert, key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(pem)
+        return CoordinatorServer(job, token, host=host, certfile=str(paths[0]), keyfile=str(paths[1])), cert
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 def _relay_cancel(job, transfer) -> None:

@@ -166,7 +166,10 @@ class LocalProvisioner(Provisioner):
     ``health_timeout``: seconds to wait for each gateway; ``stop_grace``: seconds between shutdown
     steps; ``keep_logs``: leave the gateway logs in the job directory after teardown;
     ``replacements``: how many dead gateways a job may replace (default 2), so a region whose
-    gateways all died gets a new one instead of failing the transfer.
+    gateways all died gets a new one instead of failing the transfer. ``coordinator_host``: an
+    address of this host where the job's coordinator serves its API over TLS (a certificate of its
+    own, pinned by the job's handle), for clients on other hosts such as an Airflow triggerer; by
+    default it listens on 127.0.0.1 only.
     """
 
     name = "local"
@@ -174,11 +177,12 @@ class LocalProvisioner(Provisioner):
 
     def __init__(self, *, bind_host: str = "127.0.0.1", placement: dict[str, dict] | None = None,
                  netns: dict[str, str] | None = None, health_timeout: float = 30.0, stop_grace: float = 3.0,
-                 keep_logs: bool = False, replacements: int = 2, **unknown: Any) -> None:
+                 keep_logs: bool = False, replacements: int = 2, coordinator_host: str | None = None,
+                 **unknown: Any) -> None:
         if unknown:
             raise BadOptionError(f"unknown local provisioner settings {sorted(unknown)}",
                                  hint="allowed: bind_host, placement, netns, health_timeout, stop_grace, keep_logs, "
-                                      "replacements")
+                                      "replacements, coordinator_host")
         if not isinstance(replacements, int) or replacements < 0:
             raise BadOptionError(f"replacements must be a whole number >= 0, not {replacements!r}")
         self.replacements = replacements
@@ -193,6 +197,12 @@ class LocalProvisioner(Provisioner):
         self.health_timeout = health_timeout
         self.stop_grace = stop_grace
         self.keep_logs = keep_logs
+        self.coordinator_host = coordinator_host
+
+    def launch_coordinator(self, job_id: str, document: dict) -> dict:
+        from skyplane_provider.coordinator.launcher import launch_local
+
+        return launch_local(job_id, document, host=self.coordinator_host)
 
     def provision(self, job_id: str, specs: list[GatewaySpec]) -> LocalFleet:
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
