@@ -19,6 +19,7 @@ import time
 
 from planner.errors import SkyplaneError
 
+from .allocator import keep_chunk_memory
 from .config import GatewayConfig, write_ready_file
 from .control import ControlServer
 from .node import GatewayNode
@@ -31,6 +32,7 @@ def run(config: GatewayConfig, config_path: str) -> None:
     """Run a gateway until it is told to stop: one process, or (``workers`` > 1) a supervisor of
     worker processes (gateway/supervisor.py), each of which runs this with ``workers`` 1."""
     stop = threading.Event()
+    keep_chunk_memory(config.max_chunk_bytes)
     node: GatewayNode | Supervisor
     if config.workers > 1 and not config.supervised:
         node = Supervisor(config, config_path)
