@@ -76,51 +76,68 @@ class Timer:
         self.seconds = time.perf_counter() - self._start
 
 
-def _own_cpu_and_parent(pid: int) -> tuple[float, int] | None:
-    """(user + system CPU of the process itself, its parent PID); None once it is gone."""
+def _own_cpu_parent_start(pid: int) -> tuple[float, int, int] | None:
+    """(user + system CPU of the process itself, its parent PID, its start time); None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[1])
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[1]), int(fields[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 class TreeCPU:
     """The CPU seconds of a process and of every process it starts, its gateways and their workers
-    included, however they detach (new sessions): every ``interval`` the descendants of ``root`` are
-    found by parent PID and each one's own CPU remembered; ``total()`` adds the last figure of each.
-    What a process spends after its last sample is missed (at most ``interval`` each)."""
+    included, however they detach: every ``interval`` the descendants of ``root`` are found by parent
+    PID, and so is every process whose command line contains ``marker`` (a path only this run's
+    processes name, such as its ``SKYPLANE_HOME``: a coordinator is started in a session of its own
+    and is nobody's child); each one's own CPU is remembered and ``total()`` adds the last figure of
+    each. What a process spends after its last sample is missed (at most ``interval`` each)."""
 
-    def __init__(self, root: int, interval: float = 0.1) -> None:
+    def __init__(self, root: int, interval: float = 0.1, marker: str | None = None) -> None:
         import threading
 
-        self.root, self.interval = root, interval
-        self._seen: dict[int, float] = {}
+        self.root, self.interval, self.marker = root, interval, marker
+        self._seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> its CPU when last seen
+        self._marked: dict[tuple[int, int], bool] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        parents: dict[int, int] = {}
-        cpu: dict[int, float] = {}
+        procs: dict[int, tuple[float, int, int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
-                got = _own_cpu_and_parent(int(entry))
+                got = _own_cpu_parent_start(int(entry))
                 if got is not None:
-                    cpu[int(entry)], parents[int(entry)] = got
-        inside = {self.root} | {p for p in self._seen if p in cpu}  # a descendant whose parent died stays ours
+                    procs[int(entry)] = got
+        inside = {pid for pid, (_, _, start) in procs.items() if (pid, start) in self._seen or pid == self.root}
+        if self.marker:
+            for pid, (_, _, start) in procs.items():
+                key = (pid, start)
+                if key not in self._marked:
+                    self._marked[key] = self.marker in _cmdline(pid)
+                if self._marked[key]:
+                    inside.add(pid)
         changed = True
         while changed:
             changed = False
-            for pid, parent in parents.items():
+            for pid, (_, parent, _) in procs.items():
                 if parent in inside and pid not in inside:
                     inside.add(pid)
                     changed = True
         for pid in inside:
-            if pid in cpu:
-                self._seen[pid] = cpu[pid]
+            cpu, _, start = procs[pid]
+            self._seen[(pid, start)] = cpu
 
     def _run(self) -> None:
+        self._sample()
         while not self._stop.wait(self.interval):
             self._sample()
 

@@ -16,9 +16,10 @@ object counts (development).
   ``execute()`` (a worker has already started and imported Airflow; that start-up is not counted).
 
 Every copy is checked object by object (sha256) against the source, then deleted. Besides time, each
-run's CPU: the tool's own (ours: the CLI process and every gateway process and worker it starts;
-rclone: its process; Airflow: the worker process during ``execute()``) and the stores' (the two
-emulators' processes), as CPU-seconds per GiB and per 1,000 objects. Prints a table per mix and
+run's CPU: the tool's own (ours: the CLI process, the job's coordinator, which runs detached, and
+every gateway process and worker; rclone: its process; Airflow: the worker process during
+``execute()``) and the stores' (the two emulators' processes), as CPU-seconds per GiB and per 1,000
+objects. Prints a table per mix and
 ``routes ours/baseline=R`` lines (R = the baseline's seconds / ours: above 1, we are faster).
 """
 
@@ -119,7 +120,7 @@ def run_ours(src: str, dst: str, env: dict[str, str]) -> tuple[float, float, dic
     with Timer() as t:
         proc = subprocess.Popen([str(CLI), "cp", "-r", src, dst, "--json"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        tree = TreeCPU(proc.pid)
+        tree = TreeCPU(proc.pid, marker=os.environ["SKYPLANE_HOME"])
         out, err = proc.communicate(timeout=3600)
     cpu = tree.total()
     if proc.returncode:
