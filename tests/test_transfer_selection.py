@@ -237,3 +237,7 @@ def test_dry_run_on_an_ec2_fleet_starts_no_vm_and_prices_its_time(emulators, ec2
     with pytest.raises(CostLimitError, match="VMs"):
         copy(f"{s3_bucket}/in/", f"{dst}/out/", max_cost_usd=0.001, **fleet)
     assert read_all(dst) == {}
+    # Server-side (the default where the stores can): no VM, no GET through us, the PUTs are COPYs.
+    fleet.pop("server_side")
+    same = copy(f"{s3_bucket}/in/", f"{dst}/out/", dry_run=True, **fleet)
+    assert same.plan["server_side"] and same.cost["vm_usd"] == 0 and same.cost["requests"][s3_bucket]["read"] == 0

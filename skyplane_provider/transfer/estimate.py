@@ -48,10 +48,12 @@ def copy_requests(size: int, part: int | None) -> tuple[int, int]:
 
 def count_requests(source: "Source", dests: list["Destination"], listing: RequestCounts,
                    present: list[dict] | None, objects: list["ObjectJob"], deletions: list["Deletion"],
-                   chunk_size: int) -> dict[str, tuple[str, RequestCounts]]:
+                   chunk_size: int, server_side: tuple[str, ...] = ()) -> dict[str, tuple[str, RequestCounts]]:
     """Requests per store (root URI -> (region, counts)) of a prepared job: the source's listing
     (``listing``) and reads, each destination's listing (sync: ``present``), writes, one metadata
-    read per copy (verification) and deletions."""
+    read per copy (verification) and deletions. A copy to a destination whose region the plan
+    copies server-side (``server_side``) reads nothing through us: its writes are the store's COPY
+    requests, priced as PUTs (as S3 and GCS price them)."""
     tally: dict[str, tuple[str, RequestCounts]] = {}
 
     def add(uri: str, region: str, counts: RequestCounts) -> None:
@@ -63,7 +65,8 @@ def count_requests(source: "Source", dests: list["Destination"], listing: Reques
     caps = [d.store.capabilities for d in dests]
     for obj in objects:
         reads, writes = copy_requests(obj.info.size, part_size_for(obj.info.size, chunk_size, caps))
-        add(source.store.root_uri, source.region, RequestCounts(read=reads))
+        if any(dests[t.dest_index].region not in server_side for t in obj.targets):
+            add(source.store.root_uri, source.region, RequestCounts(read=reads))
         for t in obj.targets:
             d = dests[t.dest_index]
             add(d.store.root_uri, d.region, RequestCounts(write=writes, head=1))

@@ -136,7 +136,7 @@ class Transfer:
         self.estimate = estimate(
             self.plan, size, len(self.objects),
             count_requests(self.source, self.dests, listing.requests, present, self.objects, self.deletions,
-                           req.chunk_size),
+                           req.chunk_size, self.plan.server_side),
             hourly_price=self._provisioner.hourly_price, grid_csv=req.grid)
         log.info("job %s: %d objects (%d bytes) to move, %d up to date%s; plan %s; predicted cost %s", self.job_id,
                  len(self.objects), size, self.skipped,
