@@ -75,6 +75,24 @@ def test_aws_role_arn_is_assumed_through_sts(monkeypatch, emulators, s3_bucket):
     assert store.read("hello") == b"hi"
 
 
+def test_the_request_and_the_keeper_share_the_role_s_source(monkeypatch, emulators, s3_bucket, tmp_path):
+    """The operator's transfer renews what the request holds: the hook makes one source per store,
+    so the keeper asks the very session whose keys went into the credentials document (the role is
+    assumed once, then refreshed by botocore) and has nothing to push until botocore renews them."""
+    from skyplane_provider.transfer.credential_sources import CredentialKeeper
+
+    conn(monkeypatch, "side", {"conn_type": "aws", "login": "testing", "password": "testing",
+                               "extra": {"endpoint_url": emulators.endpoints["s3"], "region_name": "us-east-1",
+                                         "role_arn": "arn:aws:iam::123456789012:role/skyplane-writer"}})
+    hook = SkyplaneHook(src_conn_id="side")
+    request = hook.make_request(s3_bucket + "/p/", [str(tmp_path)], recursive=True)
+    sources = hook.credential_sources(s3_bucket + "/p/", [str(tmp_path)])
+    assert [s.key for s in sources] == [s3_bucket]
+    assert request.credentials[s3_bucket]["aws_session_token"] == sources[0].current()["aws_session_token"]
+    pushed: list[dict] = []
+    assert CredentialKeeper(sources, pushed.append, started_with=request.credentials).tick() == {} and not pushed
+
+
 @pytest.mark.parametrize("extra", [{"profile_name": "dev"},
                                    {"role_arn": "arn:x", "assume_role_method": "assume_role_with_saml"}])
 def test_aws_fields_only_the_amazon_providers_hook_honours_are_refused_without_it(monkeypatch, extra):

@@ -289,6 +289,40 @@ def test_handle_subscribes_cancels_and_returns_the_result(served):
         handle.result(timeout=10)
 
 
+def test_credentials_relayed_to_the_sink_refused_when_malformed_or_ended(served):
+    """POST /job/credentials hands the entries to what the pipeline registered (in a real job,
+    Transfer.push_credentials) and answers how many gateways took them; the handle, the client and
+    its async twin call it. A malformed document is 400, an entry the sink refuses 400 with its
+    error, a job that takes none yet or has ended 409. (The end-to-end relay to real gateways:
+    tests/test_credentials_renewal.py.)"""
+    job, server = served
+    client = CoordinatorClient(server.url, "secret-token")
+    with pytest.raises(CoordinatorError, match="409.*takes no credentials yet"):
+        client.push_credentials({"s3://raw": {"aws_access_key_id": "k"}})
+    got: list[dict] = []
+
+    def sink(entries: dict) -> int:
+        if "bad" in entries:
+            raise BadOptionError("unknown field 'x' in credentials entry 'bad'")
+        got.append(entries)
+        return 2
+
+    job.take_credentials(sink)
+    handle = TransferHandle("job-1", server.url, "secret-token")
+    assert handle.push_credentials({"s3://raw": {"aws_access_key_id": "k1"}}) == 2
+    assert asyncio.run(client.push_credentials_async({"gs": {"access_token": "t"}})) == 2
+    assert got == [{"s3://raw": {"aws_access_key_id": "k1"}}, {"gs": {"access_token": "t"}}]
+    for bad in ({"credentials": []}, {"credentials": {"s3": "keys"}}, {"creds": {}}, {"credentials": {}}):
+        with pytest.raises(CoordinatorError, match="400"):
+            client._call("POST", "/job/credentials", body=bad)  # noqa: SLF001 - malformed on purpose
+    with pytest.raises(CoordinatorError, match="400.*unknown field"):
+        client.push_credentials({"bad": {"x": 1}})
+    job.succeed({"objects": 1})
+    with pytest.raises(CoordinatorError, match="409.*succeeded"):
+        client.push_credentials({"s3://raw": {"aws_access_key_id": "k2"}})
+    assert len(got) == 2
+
+
 def test_handle_of_a_lost_coordinator(served):
     job, server = served
     handle = TransferHandle("job-1", server.url, "secret-token", poll_interval=0.05, gone_after=0.3)

@@ -20,8 +20,12 @@ from gateway.stores import open_store
 from planner.errors import GatewayError
 from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.testing.emulators import AZURITE_KEY
+from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.provisioners.local import LocalProvisioner
+from skyplane_provider.transfer.credential_sources import CredentialSource
 
 from .gateway_jobs import DST, RELAY, SRC, batch, chunk, obj, sha, to
+from .reliability_report import record
 
 
 def container_sas(emulators, az: str, seconds: float) -> dict:
@@ -107,3 +111,57 @@ def test_gateways_take_renewed_credentials_and_call_an_expired_sas_expired(jobs,
         assert outcome["type"] == "written", outcome
     dst = open_store(az)
     assert {o.key: sha(dst.read(o.key)) for o in dst.list()} == {k: sha(v) for k, v in objects.items()}
+
+
+class MintingSasSource(CredentialSource):
+    """The entry of a container whose SAS lives ``seconds``: a new one is minted once less than half
+    of the current one's life is left, as a client's SDK renews temporary credentials before they expire."""
+
+    def __init__(self, emulators, az: str, seconds: float) -> None:
+        super().__init__(az, {})
+        self.emulators, self.az, self.seconds = emulators, az, seconds
+        self.minted = 0
+        self.entry, self.expires = self._mint()
+
+    def _mint(self) -> tuple[dict, float]:
+        self.minted += 1
+        return container_sas(self.emulators, self.az, self.seconds), time.monotonic() + self.seconds
+
+    def current(self) -> dict:
+        if self.expires - time.monotonic() < self.seconds / 2:
+            self.entry, self.expires = self._mint()
+        return dict(self.entry)
+
+
+@pytest.mark.parametrize("via", ["coordinator", "in-process"])
+def test_a_job_outlives_its_short_lived_sas(via, tmp_path, emulators, azure_container):
+    """End to end: a transfer capped at 64 KiB/s moves ~0.9 MB (about 14 s) into Azurite with a SAS
+    that lives 8 s. A keeper asks the source every second and pushes each new SAS: the client's,
+    through the job's coordinator process (``via`` coordinator: TransferHandle.push_credentials ->
+    POST /job/credentials -> Transfer.push_credentials there), or the transfer's own when it runs in
+    this process (``via`` in-process). Transfer.push_credentials hands it to the destination
+    gateways and opens the pipeline's own store anew (it verifies the copies at the end, long after
+    the first SAS expired). The copy completes, sha256-identical; without a keeper it fails (its
+    chunks' writes end in CredentialsExpiredError)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    objects = {f"o{i:02d}.bin": os.urandom(110_000 + i) for i in range(8)}
+    for key, data in objects.items():
+        (src / key).write_bytes(data)
+    source = MintingSasSource(emulators, azure_container, 8)
+    request = TransferRequest(src=f"{src}/", dsts=[f"{azure_container}/out/"], recursive=True,
+                              dst_regions=["azure:eastus"], bwlimit="64KiB/s",
+                              credentials={azure_container: source.current()})
+    in_process = {"provisioner": LocalProvisioner()} if via == "in-process" else {}
+    started = time.monotonic()
+    stats = Transfer(request, credential_sources=[source], renew_every=1.0, **in_process).run()
+    seconds = time.monotonic() - started
+    dst = open_store(azure_container, {azure_container: source.current()})
+    got = {o.key.removeprefix("out/"): sha(dst.read(o.key)) for o in dst.list("out/")}
+    record("fault", f"a transfer of ~14 s (64 KiB/s cap) into Azurite under a SAS living 8 s, renewed every "
+                    f"second by the client's keeper {'through the coordinator API' if in_process == {} else 'in process'}",
+           f"{source.minted} SAS tokens minted and pushed, completed in {seconds:.1f} s, "
+           f"{sum(got.get(k) == sha(v) for k, v in objects.items())}/{len(objects)} objects sha256-identical, "
+           f"{stats.retries} chunk re-sends")
+    assert got == {k: sha(v) for k, v in objects.items()}
+    assert seconds > 10 and source.minted >= 3, (seconds, source.minted)

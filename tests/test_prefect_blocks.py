@@ -146,3 +146,23 @@ def test_block_types_register_with_the_cli(prefect_harness):
     with get_client(sync_client=True) as client:
         for slug in ("skyplane-credentials", "skyplane-fleet"):
             assert client.read_block_type_by_slug(slug).slug == slug
+
+
+def test_a_profile_that_assumes_a_role_gives_a_renewing_source(monkeypatch, tmp_path, emulators):
+    """AwsCredentials without keys but with a profile that assumes a role (through moto's STS): the
+    task's source gives the role's temporary keys from the profile's boto3 session, which renews
+    them; the gateways get keys, not the profile."""
+    from skyplane_provider.prefect.credentials import credential_sources
+    from skyplane_provider.transfer.credential_sources import AwsSessionSource
+
+    (tmp_path / "config").write_text("[profile writer]\nrole_arn = arn:aws:iam::123456789012:role/w\n"
+                                     "source_profile = base\nregion = us-east-1\n")
+    (tmp_path / "credentials").write_text("[base]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    block = AwsCredentials("", "", profile_name="writer")
+    sources = credential_sources(parse_uri("s3://raw/x/"), [parse_uri("/tmp/out/")], src_credentials=block)
+    assert len(sources) == 1 and isinstance(sources[0], AwsSessionSource) and sources[0].key == "s3://raw"
+    entry = sources[0].current()
+    assert entry["aws_access_key_id"] != "testing" and entry["aws_session_token"] and "profile_name" not in entry
+    assert entry["region_name"] == "us-east-1"

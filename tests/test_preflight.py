@@ -122,7 +122,7 @@ def test_prefect_blocks_and_fleet_settings_reach_ssh_gateways(stores, ssh_settin
                               aws_endpoint_url=doc["s3"]["endpoint_url"])
     gcp = SkyplaneCredentials(gcp_endpoint=doc["gs"]["endpoint"], gcp_project="test")
     fleet = SkyplaneFleet(provisioner="ssh", settings=ssh_settings, secret_settings={"credentials": {"az": doc["az"]}})
-    request = transfer_request(f"{s3}/events/", [f"{gs}/x/", f"{az}/y/"], src_credentials=aws,
+    request, _ = transfer_request(f"{s3}/events/", [f"{gs}/x/", f"{az}/y/"], src_credentials=aws,
                                dst_credentials=[gcp, None], credentials=None, provisioner=None,
                                provisioner_settings=None, fleet=fleet, src_region=REGIONS[0],
                                dst_regions=list(REGIONS[1:]), chunk_size="1MiB")

@@ -78,6 +78,9 @@ class SkyplaneHook(BaseHook):
         self.src_conn_id = src_conn_id
         self.dst_conn_id = dst_conn_id
         self.skyplane_conn_id = skyplane_conn_id
+        #: The sources made per transfer's sides: the credentials document and the keeper that
+        #: renews it must ask the same sources (an assumed role is assumed once, then refreshed).
+        self._made: dict[tuple, list[CredentialSource]] = {}
 
     def get_conn(self) -> dict:
         """The provisioner setup: ``{"provisioner": NAME, "provisioner_settings": {...}}``."""
@@ -139,6 +142,12 @@ class SkyplaneHook(BaseHook):
         return self._sources(self.sides(src, dsts))
 
     def _sources(self, sides: list[tuple[str, str | None]]) -> list[CredentialSource]:
+        made = self._made.get(tuple(sides))
+        if made is None:
+            made = self._made[tuple(sides)] = self._make_sources(sides)
+        return made
+
+    def _make_sources(self, sides: list[tuple[str, str | None]]) -> list[CredentialSource]:
         by_root: dict[str, tuple[str, CredentialSource]] = {}
         for uri, conn_id in sides:
             if conn_id is None:

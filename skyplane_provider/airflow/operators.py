@@ -161,9 +161,13 @@ class SkyplaneTransferOperator(BaseOperator):
         request = self.make_request()
         if request.dry_run:
             return self._dry_run(request)
-        transfer = self._transfer = Transfer(request, progress=self._log_progress)
         if self.deferrable:
+            transfer = self._transfer = Transfer(request, progress=self._log_progress)
             self._defer(transfer.start())  # raises TaskDeferred
+        # While this worker waits, the connections' sources renew what expires (an assumed role's
+        # keys) and the handle pushes it to the job (docs/credentials.md).
+        transfer = self._transfer = Transfer(request, progress=self._log_progress,
+                                             credential_sources=self.hook.credential_sources(self.src, self.dsts))
         return self._report(transfer.run().to_dict())
 
     def _dry_run(self, request: TransferRequest) -> dict:

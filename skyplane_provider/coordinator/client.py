@@ -2,6 +2,7 @@
 
     client = CoordinatorClient(url, token)
     client.job()                 # {"job_id", "state", "progress", ...}
+    client.push_credentials({"s3://raw": entry})   # renewed credentials, relayed to the gateways
     stats = client.result()      # None while running; the stats; or raises the job's SkyplaneError
     await client.job_async()     # the same from a triggerer's event loop
 
@@ -52,6 +53,11 @@ class CoordinatorClient:
     def health(self) -> dict:
         return self._call("GET", "/health")
 
+    def push_credentials(self, entries: dict[str, dict]) -> int:
+        """Hand the job renewed entries of its credentials document (``{key: entry}``); the
+        coordinator passes them on to its gateways. Returns how many gateways took them."""
+        return int(self._call("POST", "/job/credentials", body={"credentials": entries})["gateways"])
+
     async def job_async(self) -> dict:
         return await self._call_async("GET", "/job")
 
@@ -64,25 +70,30 @@ class CoordinatorClient:
     async def health_async(self) -> dict:
         return await self._call_async("GET", "/health")
 
+    async def push_credentials_async(self, entries: dict[str, dict]) -> int:
+        doc = await self._call_async("POST", "/job/credentials", body={"credentials": entries})
+        return int(doc["gateways"])
+
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()
             self._sync = None
 
     # -- transport -----------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, *, running_ok: bool = False) -> dict | None:
+    def _call(self, method: str, path: str, *, running_ok: bool = False, body: dict | None = None) -> dict | None:
         if self._sync is None:
             self._sync = httpx.Client(verify=self._verify, timeout=self._timeout, headers=self._headers)
         try:
-            response = self._sync.request(method, self.url + path)
+            response = self._sync.request(method, self.url + path, json=body)
         except httpx.HTTPError as exc:
             raise self._unreachable(method, path, exc) from None
         return self._answer(method, path, response, running_ok)
 
-    async def _call_async(self, method: str, path: str, *, running_ok: bool = False) -> dict | None:
+    async def _call_async(self, method: str, path: str, *, running_ok: bool = False,
+                          body: dict | None = None) -> dict | None:
         try:
             async with httpx.AsyncClient(verify=self._verify, timeout=self._timeout, headers=self._headers) as c:
-                response = await c.request(method, self.url + path)
+                response = await c.request(method, self.url + path, json=body)
         except httpx.HTTPError as exc:
             raise self._unreachable(method, path, exc) from None
         return self._answer(method, path, response, running_ok)

@@ -92,6 +92,7 @@ def run(directory: Path) -> int:
         server = CoordinatorServer(job, doc["token"], host=host)
     server.start()
     transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()))
+    job.take_credentials(transfer.push_credentials)  # POST /job/credentials: renewed entries, to the gateways
 
     def on_signal(signum: int, frame) -> None:
         log.warning("job %s: signal %d, cancelling", job.job_id, signum)

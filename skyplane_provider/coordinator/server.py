@@ -6,9 +6,13 @@
 | ``GET /job/result`` | the stats when succeeded, ``{"error", "error_type", "failed_objects"}`` |
 |                     | when failed or cancelled; 409 while the job runs                        |
 | ``POST /job/cancel``| ``{"ok": true}``; the job stops, aborts its uploads, tears down         |
+| ``POST /job/credentials`` | ``{"credentials": {key: entry}}`` -> ``{"ok": true, "gateways": n}``: |
+|                     | renewed entries, passed on to the gateways holding store credentials;   |
+|                     | 400 for a malformed document or entry, 409 once the job has ended       |
 | ``GET /health``     | ``{"ok": true, "job_id", "pid"}``                                       |
 
-Every call is cheap (no store access), so clients may poll it every few seconds. The token is
+Every call but ``POST /job/credentials`` is cheap (no store access), so clients may poll them every
+few seconds; renewed credentials are held in memory only, never written to the job's files. The token is
 compared in constant time; a wrong one answers 401. With a certificate and key the server speaks TLS
 (clients pin the certificate).
 """
@@ -24,13 +28,18 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from gateway.events import error_type
+from planner.errors import ConflictError, SkyplaneError
+
 from .state import JobState
 
 log = logging.getLogger(__name__)
 
 #: Seconds a connection may stay silent before it is dropped (idle clients cannot pin threads).
 IDLE_TIMEOUT = 10.0
-_API = "GET /job, GET /job/result, POST /job/cancel, GET /health"
+_API = "GET /job, GET /job/result, POST /job/cancel, POST /job/credentials, GET /health"
+#: The largest request body read (a credentials document of a few entries is a few KiB).
+MAX_BODY = 1024 * 1024
 
 
 class CoordinatorServer(ThreadingHTTPServer):
@@ -84,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route({"/job": self._job, "/job/result": self._result, "/health": self._health})
 
     def do_POST(self) -> None:  # noqa: N802
-        self._route({"/job/cancel": self._cancel})
+        self._route({"/job/cancel": self._cancel, "/job/credentials": self._credentials})
 
     def _other(self) -> None:
         self._route({})
@@ -120,6 +129,29 @@ class _Handler(BaseHTTPRequestHandler):
         log.warning("job %s: cancel requested over the API", self.server.job.job_id)
         self.server.job.cancel_requested.set()
         return HTTPStatus.OK, {"ok": True}
+
+    def _credentials(self) -> tuple[HTTPStatus, dict]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 < length <= MAX_BODY:
+            return HTTPStatus.BAD_REQUEST, {"error": f"send a JSON body of 1 to {MAX_BODY} bytes"}
+        try:
+            doc = json.loads(self.rfile.read(length))
+        except ValueError:
+            doc = None
+        entries = doc.get("credentials") if isinstance(doc, dict) else None
+        if not (isinstance(entries, dict) and entries
+                and all(isinstance(k, str) and isinstance(v, dict) for k, v in entries.items())):
+            return HTTPStatus.BAD_REQUEST, {"error": 'send {"credentials": {KEY: ENTRY, ...}}, KEY a store root URI '
+                                                     'or a scheme as in the credentials document'}
+        try:
+            gateways = self.server.job.push_credentials(entries)
+        except ConflictError as exc:
+            return HTTPStatus.CONFLICT, {"error": str(exc)}
+        except SkyplaneError as exc:
+            return HTTPStatus.BAD_REQUEST, {"error": str(exc), "error_type": error_type(exc)}
+        log.info("job %s: renewed credentials for %s passed on to %d gateways", self.server.job.job_id,
+                 ", ".join(sorted(entries)), gateways)
+        return HTTPStatus.OK, {"ok": True, "gateways": gateways}
 
     def _health(self) -> tuple[HTTPStatus, dict]:
         return HTTPStatus.OK, {"ok": True, "job_id": self.server.job.job_id, "pid": os.getpid()}

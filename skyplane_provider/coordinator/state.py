@@ -7,8 +7,9 @@ outcome until a client fetched it (``fetched``) or the coordinator's linger time
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
-from planner.errors import SkyplaneError
+from planner.errors import ConflictError, SkyplaneError
 
 STATES = ("starting", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -30,6 +31,7 @@ class JobState:
         self.fetched = threading.Event()
         #: Set when the job reached a final state.
         self.finished = threading.Event()
+        self._credentials_sink: Callable[[dict], int] | None = None
 
     @property
     def state(self) -> str:
@@ -44,6 +46,23 @@ class JobState:
     def progress(self, progress: dict) -> None:
         with self._lock:
             self._progress = progress
+
+    def take_credentials(self, sink: Callable[[dict], int]) -> None:
+        """Where ``POST /job/credentials`` hands renewed entries: the pipeline's
+        ``Transfer.push_credentials`` (it answers how many gateways took them)."""
+        with self._lock:
+            self._credentials_sink = sink
+
+    def push_credentials(self, entries: dict[str, dict]) -> int:
+        """``POST /job/credentials``: hand ``entries`` to the job's gateways; how many took them.
+        Raises :class:`ConflictError` when the job has ended, or nothing takes credentials yet."""
+        with self._lock:
+            sink, state = self._credentials_sink, self._state
+        if state in FINAL or sink is None:
+            raise ConflictError(f"job {self.job_id} is {state}: it takes no credentials"
+                                + ("" if state in FINAL else " yet"),
+                                hint="push renewed credentials while the job runs")
+        return sink(entries)
 
     def succeed(self, stats: dict) -> None:
         self._finish("succeeded", stats=stats)

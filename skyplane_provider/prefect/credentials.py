@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from gateway.stores.uri import StoreURI
 from planner.errors import BadOptionError, CredentialsError
+from skyplane_provider.transfer.credential_sources import AwsSessionSource, CredentialSource, document
 
 from .blocks import SkyplaneCredentials, load_block, reveal
 
@@ -75,9 +76,27 @@ def _aws_entry(obj: Any) -> dict[str, Any]:
         "region_name": getattr(obj, "region_name", None),
         "endpoint_url": _client_parameter(obj, "endpoint_url"),
     }
-    if not entry["aws_access_key_id"] and (getattr(obj, "profile_name", None) or getattr(obj, "assume_role_arn", None)):
-        entry.update(_resolved_aws_keys(obj))
     return {k: v for k, v in entry.items() if v}
+
+
+def _renews(obj: Any) -> bool:
+    """An AWS credentials object without keys but with a profile or a role to assume: its keys are
+    temporary, and its boto3 session renews them."""
+    return "s3" in kinds_of(obj) and not isinstance(obj, (dict, SkyplaneCredentials)) \
+        and not getattr(obj, "aws_access_key_id", None) \
+        and bool(getattr(obj, "profile_name", None) or getattr(obj, "assume_role_arn", None))
+
+
+def source_for(obj: Any, scheme: str, where: str, key: str) -> CredentialSource:
+    """The source of the entry ``key`` from one credentials object: a profile or an assumed role is
+    resolved here, by its boto3 session, to temporary keys that the session renews (the gateways get
+    keys, never this machine's AWS configuration); anything else is a fixed entry."""
+    if scheme == "s3" and _renews(obj):
+        credentials, region = _aws_session(obj)
+        base = _aws_entry(obj)
+        base["region_name"] = base.get("region_name") or region
+        return AwsSessionSource(key, credentials, {k: v for k, v in base.items() if v})
+    return CredentialSource(key, entry_for(obj, scheme, where))
 
 
 def _client_parameter(obj: Any, name: str) -> Any:
@@ -87,9 +106,9 @@ def _client_parameter(obj: Any, name: str) -> Any:
     return getattr(params, name, None)
 
 
-def _resolved_aws_keys(obj: Any) -> dict[str, Any]:
-    """A profile or an assumed role, resolved here to temporary keys: the gateways get keys, not
-    this machine's AWS configuration."""
+def _aws_session(obj: Any) -> tuple[Any, str | None]:
+    """(the botocore credentials of the object's boto3 session, its region), resolved now so that a
+    wrong profile or role fails before any gateway starts."""
     try:
         if callable(getattr(obj, "get_boto3_session", None)):
             session = obj.get_boto3_session()
@@ -97,12 +116,12 @@ def _resolved_aws_keys(obj: Any) -> dict[str, Any]:
             import boto3
 
             session = boto3.Session(profile_name=obj.profile_name)
-        frozen = session.get_credentials().get_frozen_credentials()
+        credentials = session.get_credentials()
+        credentials.get_frozen_credentials()
     except Exception as exc:  # noqa: BLE001 - botocore raises many unrelated classes here
         raise CredentialsError(f"cannot resolve the AWS profile or role of {type(obj).__name__}: {exc}",
                                hint="check the profile name / role ARN, or give access keys") from exc
-    return {"aws_access_key_id": frozen.access_key, "aws_secret_access_key": frozen.secret_key,
-            "aws_session_token": frozen.token, "region_name": getattr(obj, "region_name", None) or session.region_name}
+    return credentials, session.region_name
 
 
 def _gcp_entry(obj: Any) -> dict[str, Any]:
@@ -133,16 +152,24 @@ def credentials_document(src: StoreURI, dsts: Sequence[StoreURI], *, src_credent
     ``dst_credentials`` is one credentials object (used for every destination of a cloud it serves)
     or a list aligned with ``dsts`` (``None`` entries use the environment).
     """
-    doc: dict[str, dict] = {}
+    return document(credential_sources(src, dsts, src_credentials=src_credentials, dst_credentials=dst_credentials,
+                                       credentials=credentials))
+
+
+def credential_sources(src: StoreURI, dsts: Sequence[StoreURI], *, src_credentials: Any = None,
+                       dst_credentials: Any = None, credentials: Any = None) -> list[CredentialSource]:
+    """The sources of the entries of :func:`credentials_document`: what the task's transfer asks
+    again while it runs (an AWS profile's or assumed role's keys, renewed by its session)."""
+    doc: dict[str, CredentialSource] = {}
     general = load_block(credentials)
     if isinstance(general, dict):
-        doc.update({k: {f: reveal(v) for f, v in e.items()} for k, e in general.items()})
+        doc.update({k: CredentialSource(k, {f: reveal(v) for f, v in e.items()}) for k, e in general.items()})
     elif general is not None:
         kinds = kinds_of(general)
         if not kinds:
             raise BadOptionError(f"cannot use {type(general).__name__} as credentials",
                                  hint="pass SkyplaneCredentials, a collection's credentials block or a dict")
-        doc.update({s: entry_for(general, s, f"every {_CLOUD[s]} store") for s in sorted(kinds)})
+        doc.update({s: source_for(general, s, f"every {_CLOUD[s]} store", s) for s in sorted(kinds)})
     sides = [(src, src_credentials)]
     if isinstance(dst_credentials, (list, tuple)):
         if len(dst_credentials) != len(dsts):
@@ -161,9 +188,9 @@ def credentials_document(src: StoreURI, dsts: Sequence[StoreURI], *, src_credent
             continue
         if uri.scheme == "file":
             raise BadOptionError(f"credentials given for the local path {uri}", hint="local paths need none")
-        entry = entry_for(load_block(obj), uri.scheme, str(uri))
-        if doc.get(uri.root_uri, entry) != entry:
+        source = source_for(load_block(obj), uri.scheme, str(uri), uri.root_uri)
+        if uri.root_uri in doc and doc[uri.root_uri].current() != source.current():
             raise BadOptionError(f"two different credentials given for {uri.root_uri}",
                                  hint="the source and a destination in one bucket must use the same credentials")
-        doc[uri.root_uri] = entry
-    return doc
+        doc.setdefault(uri.root_uri, source)
+    return list(doc.values())

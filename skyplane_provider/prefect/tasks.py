@@ -27,10 +27,11 @@ from prefect.client.schemas.objects import State, TaskRun
 from gateway.stores.uri import parse_uri
 from planner.errors import AccessDeniedError, BadInputError, BadOptionError, CredentialsError, NotFoundError, PlanError
 from skyplane_provider.transfer import DryRun, Transfer, TransferRequest
+from skyplane_provider.transfer.credential_sources import CredentialSource, document
 from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
 
 from .blocks import load_block
-from .credentials import credentials_document
+from .credentials import credential_sources
 from .execution import run_job
 from .reporting import RunReport, plan_markdown
 
@@ -51,10 +52,11 @@ def retry_unless_bad_input(task: Task, task_run: TaskRun, state: State) -> bool:
 
 def transfer_request(src: str, dsts: list[str], *, src_credentials: Any, dst_credentials: Any, credentials: Any,
                      provisioner: str | None, provisioner_settings: dict | None, fleet: Any,
-                     **options: Any) -> TransferRequest:
-    """The engine's request from the task's arguments (credentials objects and blocks resolved)."""
-    doc = credentials_document(parse_uri(src), [parse_uri(d) for d in dsts], src_credentials=src_credentials,
-                               dst_credentials=dst_credentials, credentials=credentials)
+                     **options: Any) -> tuple[TransferRequest, list[CredentialSource]]:
+    """The engine's request from the task's arguments (credentials objects and blocks resolved), and
+    the sources of its credentials, which renew what expires while the transfer runs."""
+    sources = credential_sources(parse_uri(src), [parse_uri(d) for d in dsts], src_credentials=src_credentials,
+                                 dst_credentials=dst_credentials, credentials=credentials)
     fleet = load_block(fleet)
     if fleet is not None:
         if provisioner is not None or provisioner_settings:
@@ -63,8 +65,8 @@ def transfer_request(src: str, dsts: list[str], *, src_credentials: Any, dst_cre
         if not callable(getattr(fleet, "provisioner_settings", None)):
             raise BadOptionError(f"fleet must be a SkyplaneFleet block, not {type(fleet).__name__}")
         provisioner, provisioner_settings = fleet.provisioner, fleet.provisioner_settings()
-    return TransferRequest(src=src, dsts=dsts, credentials=doc, provisioner=provisioner or "local",
-                           provisioner_settings=dict(provisioner_settings or {}), **options)
+    return TransferRequest(src=src, dsts=dsts, credentials=document(sources), provisioner=provisioner or "local",
+                           provisioner_settings=dict(provisioner_settings or {}), **options), sources
 
 
 @task(name="skyplane-transfer", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_unless_bad_input,
@@ -165,7 +167,7 @@ def skyplane_transfer(
     report.started(src, dsts, attempt, sync)
     transfer = None
     try:
-        request = transfer_request(
+        request, sources = transfer_request(
             src, dsts, src_credentials=src_credentials, dst_credentials=dst_credentials, credentials=credentials,
             provisioner=provisioner, provisioner_settings=provisioner_settings, fleet=fleet, recursive=recursive,
             sync=sync, solver=solver, throughput_gbps=throughput_gbps, max_cost_per_gb=max_cost_per_gb,
@@ -177,7 +179,7 @@ def skyplane_transfer(
             min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd, delete=delete,
             max_delete=max_delete)
         request.job_id = _job_id(runtime.task_run.id)
-        transfer = Transfer(request).prepare()
+        transfer = Transfer(request, credential_sources=sources).prepare()
         if request.dry_run:
             return report.dry_run(DryRun.of(transfer))
         size = sum(o.info.size for o in transfer.objects)

@@ -21,6 +21,7 @@ from typing import Callable
 from planner.errors import CoordinatorError, SkyplaneError
 from skyplane_provider.coordinator.client import CoordinatorClient
 
+from .credential_sources import CredentialKeeper, CredentialSource
 from .stats import Progress, TransferStats
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class TransferHandle:
         self._done = threading.Event()
         self._lost: CoordinatorError | None = None
         self._last: dict | None = None
+        self._keeper: CredentialKeeper | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"TransferHandle(job_id={self.job_id!r}, url={self.url!r})"
@@ -77,6 +79,20 @@ class TransferHandle:
         except SkyplaneError:
             pass
         return True
+
+    def push_credentials(self, entries: dict[str, dict]) -> int:
+        """Hand the job renewed entries of its credentials document; the coordinator passes them on
+        to its gateways. Returns how many took them; raises ``CoordinatorError`` when the coordinator
+        cannot be reached or refuses them."""
+        return self.client.push_credentials(entries)
+
+    def keep_credentials(self, sources: list[CredentialSource], started_with: dict[str, dict],
+                         interval: float) -> None:
+        """Run a :class:`CredentialKeeper` until the job ends: every ``interval`` seconds it asks
+        ``sources`` and pushes what changed since ``started_with`` (docs/credentials.md)."""
+        self._keeper = CredentialKeeper(sources, self.push_credentials, started_with=started_with,
+                                        interval=interval).start()
+        self._poll_in_background()  # its end stops the keeper
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -129,7 +145,7 @@ class TransferHandle:
                     self._lost = CoordinatorError(
                         f"the coordinator of job {self.job_id} is gone ({exc})",
                         hint=f"resume the job: `skyplane-provider resume {self.job_id}`")
-                    self._done.set()
+                    self._ended()
                     return
                 time.sleep(self.poll_interval)
                 continue
@@ -139,9 +155,14 @@ class TransferHandle:
                 self._last = progress
                 self._notify(Progress.from_dict(progress))
             if final:
-                self._done.set()
+                self._ended()
                 return
             time.sleep(self.poll_interval)
+
+    def _ended(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+        self._done.set()
 
     def _notify(self, progress: Progress) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from gateway.stores import open_store
 from planner.errors import BadOptionError, SkyplaneError
 from planner.plan import Plan
 from skyplane_provider.provisioners import get_provisioner
@@ -26,6 +27,7 @@ from skyplane_provider.provisioners.base import Fleet, Provisioner
 
 from .bandwidth import RegionCaps
 from .chunks import Chunk, ObjectJob, Target, cut, part_size_for
+from .credential_sources import CredentialKeeper, CredentialSource
 from .dispatch import Dispatcher, abort_stale_uploads, abort_uploads
 from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
 from .dryrun import DryRun
@@ -37,7 +39,7 @@ from .planning import make_plan
 from .preflight import preflight
 from .request import TransferRequest
 from .server_side import GATEWAYS, SERVER_SIDE, Copier, Way, candidate_regions, probe_ways, requests_usd_for, split
-from .stats import Progress, TransferStats, egress_usd_actual, wire_bytes_by_edge
+from .stats import Progress, TransferStats, egress_usd_actual, region_of, wire_bytes_by_edge
 from .verify import Verification, verify_all
 
 log = logging.getLogger(__name__)
@@ -46,14 +48,25 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE = 60.0
 #: Seconds a finished job's coordinator keeps the outcome for a client that has not fetched it.
 RESULT_LINGER = 3600.0
+#: Seconds between two asks of the credential sources while a job runs (docs/credentials.md).
+RENEW_EVERY = 30.0
 
 
 class Transfer:
     """One transfer job. Not reusable: create one per run."""
 
     def __init__(self, request: TransferRequest, *, provisioner: Provisioner | None = None,
-                 progress: Callable[[Progress], None] | None = None) -> None:
+                 progress: Callable[[Progress], None] | None = None,
+                 credential_sources: list[CredentialSource] | None = None,
+                 renew_every: float = RENEW_EVERY) -> None:
+        """``credential_sources``: what renews entries of the request's credentials document (an
+        assumed role's keys, a SAS minted anew; docs/credentials.md). While the job runs, a
+        :class:`CredentialKeeper` asks them every ``renew_every`` seconds and hands what changed to
+        the job: through its handle to the coordinator (``start()``), or to :meth:`push_credentials`
+        (``execute()`` in this process)."""
         self.request = request
+        self.credential_sources = list(credential_sources or ())
+        self.renew_every = renew_every
         self.job_id = request.job_id or uuid.uuid4().hex
         self.progress = progress
         self._provisioner = provisioner
@@ -170,6 +183,9 @@ class Transfer:
             self.job_id, {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER})
         self.handle = TransferHandle(self.job_id, address["url"], token, address.get("cert"))
         log.info("job %s: coordinator at %s", self.job_id, address["url"])
+        if self.credential_sources:
+            self.handle.keep_credentials(self.credential_sources, started_with=self.request.credentials,
+                                         interval=self.renew_every)
         if self.progress is not None:
             self.handle.subscribe(self.progress)
         return self.handle
@@ -217,6 +233,7 @@ class Transfer:
         copying = side.submit(copier.run, copied)
         chunks = cut(routed, self.request.chunk_size, self.dests, self.plan.partition_weights)
         caps: RegionCaps | None = None
+        keeper: CredentialKeeper | None = None
         try:
             self._begin_uploads(routed)
             self.fleet = self._provision(max_chunk_bytes=max(c.length for c in chunks))
@@ -228,6 +245,9 @@ class Transfer:
                 job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, chunks=chunks,
                 objects=routed, source=self.source, dests=self.dests, stop=self._stop,
                 progress=self.progress)
+            if self.credential_sources:
+                keeper = CredentialKeeper(self.credential_sources, self.push_credentials,
+                                          started_with=self.request.credentials, interval=self.renew_every).start()
             self.dispatcher.run()
             mark = self._phase("move", mark)
             self.verification, self.manifest = verify_all(routed, chunks, self.source, self.dests, self.job_id)
@@ -244,6 +264,8 @@ class Transfer:
             raise
         finally:
             side.shutdown(wait=False)
+            if keeper is not None:
+                keeper.stop()
             if caps is not None:
                 caps.stop()
             if self.fleet is not None:
@@ -256,6 +278,36 @@ class Transfer:
         if self.request.dry_run:
             raise BadOptionError("this request is a dry run: it moves nothing",
                                  hint="call Transfer.dry_run() for what it would do, or drop dry_run to run it")
+
+    def push_credentials(self, entries: dict[str, dict]) -> int:
+        """Hand the job running here renewed entries of its credentials document (``{key: entry}``,
+        keys as in the document: a store root URI or a scheme); the coordinator's ``POST
+        /job/credentials`` calls it. The stores this process opened with them are opened anew (a bad
+        entry raises here, before any gateway sees it), every gateway that holds store credentials
+        takes them (``POST /credentials``; relays hold none), and gateways started later in place of
+        dead ones start with them. Returns how many gateways took them; one that cannot be reached is
+        logged and skipped (it is dying: the dispatcher replaces it)."""
+        sides = [s for s in (self.source, *self.dests) if s is not None]
+        merged = {**self.request.credentials, **entries}
+        reopened = {id(side): open_store(side.store.root_uri, merged) for side in sides
+                    if side.store.root_uri in entries or side.store.scheme in entries}
+        for side in sides:
+            if id(side) in reopened:
+                side.store = reopened[id(side)]
+        # In place: the gateway specs share this document, so replacement gateways start with it.
+        self.request.credentials.update(entries)
+        holders = {self.plan.src, *(d.region for d in self.dests)} if self.plan else set()
+        clients = dict(self.dispatcher.clients) if self.dispatcher else {}
+        took = 0
+        for gid, client in clients.items():
+            if region_of(gid) not in holders:
+                continue
+            try:
+                client.push_credentials(entries)
+                took += 1
+            except SkyplaneError as exc:
+                log.warning("gateway %s did not take the renewed credentials: %s", gid, exc)
+        return took
 
     def cancel(self) -> None:
         """Ask a running transfer to stop (its coordinator, when started); it tears down and raises."""
