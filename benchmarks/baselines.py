@@ -70,12 +70,12 @@ def azurite_sas_url(endpoint: str) -> str:
 
 
 def run_rclone(src: str, dst: str, env: dict[str, str], transfers: int,
-               prefix: Sequence[str] = ()) -> BaselineRun:
-    """``rclone copy SRC DST --transfers N`` (remotes from ``env``), timed around the whole process."""
+               prefix: Sequence[str] = (), extra: Sequence[str] = ()) -> BaselineRun:
+    """``rclone copy SRC DST --transfers N [EXTRA]`` (remotes from ``env``), timed around the whole process."""
     env = {**baseline_env(env), "RCLONE_CONFIG": "/dev/null"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with Timer() as t:
-        out = subprocess.run([*prefix, "rclone", "copy", src, dst, "--transfers", str(transfers)],
+        out = subprocess.run([*prefix, "rclone", "copy", src, dst, "--transfers", str(transfers), *extra],
                              env=env, capture_output=True, text=True, timeout=3600)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode:

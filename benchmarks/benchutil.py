@@ -98,15 +98,21 @@ class TreeCPU:
     PID, and so is every process whose command line contains ``marker`` (a path only this run's
     processes name, such as its ``SKYPLANE_HOME``: a coordinator is started in a session of its own
     and is nobody's child); each one's own CPU is remembered and ``total()`` adds the last figure of
-    each. What a process spends after its last sample is missed (at most ``interval`` each)."""
+    each. What a process spends after its last sample is missed (at most ``interval`` each).
+    ``from_now``: count only what the processes already running spend from now on (``root`` may be
+    this very process, then)."""
 
-    def __init__(self, root: int, interval: float = 0.1, marker: str | None = None) -> None:
+    def __init__(self, root: int, interval: float = 0.1, marker: str | None = None, from_now: bool = False) -> None:
         import threading
 
         self.root, self.interval, self.marker = root, interval, marker
         self._seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> its CPU when last seen
         self._marked: dict[tuple[int, int], bool] = {}
+        self._base: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
+        if from_now:
+            self._sample()
+            self._base = dict(self._seen)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -145,4 +151,4 @@ class TreeCPU:
         """Stop sampling; the CPU seconds seen over the whole tree."""
         self._stop.set()
         self._thread.join()
-        return sum(self._seen.values())
+        return sum(cpu - self._base.get(key, 0.0) for key, cpu in self._seen.items())

@@ -13,7 +13,9 @@ puts/s on these 2 cores, so this measures moto as much as either tool: keep ``--
 - **ours**: ``skyplane_provider.transfer.copy`` (what ``skyplane-provider cp -r`` runs), timed from
   the call to its return: listing, gateway start-up, transfer, verification and teardown.
 
-Every destination object is checked (sha256) against the source. Prints a table and
+Every destination object is checked (sha256) against the source. CPU per 1,000 objects: rclone's
+process; ours: this process during the call, the job's coordinator and every gateway process (all
+started for the call, coordinator included: ``benchutil.TreeCPU``). Prints a table and
 ``small_files ours/baseline=R`` (R = rclone's seconds / ours: above 1, we are faster).
 """
 
@@ -22,12 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchutil import MiB, Timer, machine_line, ratio_line
+from baselines import run_rclone
+from benchutil import MiB, Timer, TreeCPU, machine_line, ratio_line
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import start_all
 from skyplane_provider.testing.samples import digests
@@ -44,15 +46,6 @@ def make_tree(root: Path, count: int, size: int) -> None:
         if i % PER_DIR == 0:
             d.mkdir(parents=True)
         (d / f"f{i:07d}").write_bytes(block[i:i + size])
-
-
-def run_rclone(src: Path, dst: str, transfers: int, env: dict[str, str]) -> float:
-    with Timer() as t:
-        out = subprocess.run(["rclone", "copy", str(src), dst, "--transfers", str(transfers),
-                              "--checkers", str(transfers)], env=env, capture_output=True, text=True, timeout=7200)
-    if out.returncode:
-        raise SystemExit(f"rclone failed:\n{out.stderr[-3000:]}")
-    return t.seconds
 
 
 def main() -> int:
@@ -98,11 +91,14 @@ def main() -> int:
               f"directory ({where}) to {args.to}", flush=True)
         print(f"  {machine_line()}", flush=True)
 
-        rclone_s = run_rclone(src, dests["rclone"][0], args.transfers, env)
+        rclone = run_rclone(str(src), dests["rclone"][0], env, args.transfers,
+                            extra=("--checkers", str(args.transfers)))
+        rclone_s = rclone.seconds
         if digests(dests["rclone"][1]) != expected:
             raise SystemExit("rclone's copy does not match the source")
         print(f"  rclone: {rclone_s:.2f} s", flush=True)
 
+        tree = TreeCPU(os.getpid(), marker=os.environ["SKYPLANE_HOME"], from_now=True)
         with Timer() as t:
             # two region tags, so a source and a destination gateway with a real TCP hop between them
             regions = {"src_region": "local:src"}
@@ -110,20 +106,23 @@ def main() -> int:
                 regions["dst_regions"] = ["local:dst"]
             stats = copy(str(src), dests["ours"][0], gateways_per_region=args.gateways,
                          connections=args.connections, **regions)
+        ours_cpu = tree.total()
         if digests(dests["ours"][1]) != expected:
             raise SystemExit("our copy does not match the source")
         print(f"  ours: {t.seconds:.2f} s ({stats.seconds:.2f} s after listing and planning), "
               f"{stats.chunks} chunks, {stats.retries} retries", flush=True)
 
         print()
-        print("| run | seconds | objects/s | MiB/s | bytes moved | bytes on the wire (wire/data) | egress $ |")
-        print("|---|---|---|---|---|---|---|")
+        print("| run | seconds | objects/s | MiB/s | CPU-s per 1,000 objects | bytes moved | "
+              "bytes on the wire (wire/data) | egress $ |")
+        print("|---|---|---|---|---|---|---|---|")
         print(f"| rclone copy --transfers {args.transfers} --checkers {args.transfers} | {rclone_s:.2f} | "
-              f"{count / rclone_s:.0f} | {count * size / rclone_s / MiB:.2f} | {count * size} | "
-              f"{count * size} (1.000) | 0 |")
+              f"{count / rclone_s:.0f} | {count * size / rclone_s / MiB:.2f} | {rclone.cpu_seconds / count * 1000:.3f} | "
+              f"{count * size} | {count * size} (1.000) | 0 |")
         print(f"| ours ({args.gateways} gateway/region) | {t.seconds:.2f} | {count / t.seconds:.0f} | "
-              f"{count * size / t.seconds / MiB:.2f} | {stats.bytes} | {stats.bytes_on_wire} "
-              f"({stats.bytes_on_wire / max(stats.bytes, 1):.3f}) | {stats.egress_usd_actual:.5f} |")
+              f"{count * size / t.seconds / MiB:.2f} | {ours_cpu / count * 1000:.3f} | {stats.bytes} | "
+              f"{stats.bytes_on_wire} ({stats.bytes_on_wire / max(stats.bytes, 1):.3f}) | "
+              f"{stats.egress_usd_actual:.5f} |")
         print()
         print(ratio_line("small_files", t.seconds, rclone_s,
                          f"{count} x {size} B to {args.to}; ours {count / t.seconds:.0f} obj/s, "
