@@ -109,6 +109,7 @@ class TreeCPU:
         self._seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> its CPU when last seen
         self._marked: dict[tuple[int, int], bool] = {}
         self._base: dict[tuple[int, int], float] = {}
+        self._names: dict[tuple[int, int], str] = {}
         self._stop = threading.Event()
         if from_now:
             self._sample()
@@ -141,6 +142,8 @@ class TreeCPU:
         for pid in inside:
             cpu, _, start = procs[pid]
             self._seen[(pid, start)] = cpu
+            if (pid, start) not in self._names:
+                self._names[(pid, start)] = _cmdline(pid)
 
     def _run(self) -> None:
         self._sample()
@@ -149,6 +152,23 @@ class TreeCPU:
 
     def total(self) -> float:
         """Stop sampling; the CPU seconds seen over the whole tree."""
+        return sum(self.by(lambda _: "").values())
+
+    def by(self, label) -> dict[str, float]:
+        """Stop sampling; the CPU seconds per ``label(command line)``."""
         self._stop.set()
         self._thread.join()
-        return sum(cpu - self._base.get(key, 0.0) for key, cpu in self._seen.items())
+        out: dict[str, float] = {}
+        for key, cpu in self._seen.items():
+            name = label(self._names.get(key, ""))
+            out[name] = out.get(name, 0.0) + cpu - self._base.get(key, 0.0)
+        return out
+
+
+def our_role(cmdline: str) -> str:
+    """Which of our processes a command line is: gateway, coordinator or client (CLI, caller)."""
+    if "gateway.daemon" in cmdline or "skyplane-gateway" in cmdline:
+        return "gateways"
+    if "skyplane_provider.coordinator" in cmdline:
+        return "coordinator"
+    return "client"

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from baselines import AIRFLOW_NAMES, AIRFLOW_OPERATORS, airflow_env, rclone_remote, run_airflow, run_rclone
-from benchutil import MiB, Timer, TreeCPU, cpu_seconds, machine_line, ratio_line
+from benchutil import MiB, Timer, TreeCPU, cpu_seconds, machine_line, our_role, ratio_line
 from gateway.stores import open_store
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import EmulatorSet, start_all
@@ -85,6 +85,7 @@ class Run:
     nbytes: int
     tool_cpu: float
     stores_cpu: float
+    roles: dict[str, float] | None = None  # ours: CPU by process role
 
     @property
     def mib_s(self) -> float:
@@ -115,14 +116,15 @@ def delete_prefix(prefix_uri: str) -> None:
         store.delete(o.key)
 
 
-def run_ours(src: str, dst: str, env: dict[str, str]) -> tuple[float, float, dict]:
-    """``skyplane-provider cp -r SRC DST --json``: whole-process seconds, CPU of its process tree, stats."""
+def run_ours(src: str, dst: str, env: dict[str, str]) -> tuple[float, dict[str, float], dict]:
+    """``skyplane-provider cp -r SRC DST --json``: whole-process seconds, CPU of its processes by role
+    (client, coordinator, gateways), stats."""
     with Timer() as t:
         proc = subprocess.Popen([str(CLI), "cp", "-r", src, dst, "--json"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         tree = TreeCPU(proc.pid, marker=os.environ["SKYPLANE_HOME"])
         out, err = proc.communicate(timeout=3600)
-    cpu = tree.total()
+    cpu = tree.by(our_role)
     if proc.returncode:
         raise SystemExit(f"skyplane-provider cp failed:\n{err[-3000:]}")
     return t.seconds, cpu, json.loads(out.strip().splitlines()[-1])
@@ -171,14 +173,17 @@ def main() -> int:
                 def measured(tool: str, dest: str, go) -> None:
                     stores_before = sum(cpu_seconds(p) for p in pids)
                     seconds, cpu = go()
+                    roles = cpu if isinstance(cpu, dict) else None
+                    cpu = sum(roles.values()) if roles else cpu
                     stores = sum(cpu_seconds(p) for p in pids) - stores_before
                     if digests(dest) != expected:
                         raise SystemExit(f"{name} {mix} {tool}: the copy at {dest} does not match the source")
                     delete_prefix(dest)
-                    run = Run(name, mix, tool, seconds, len(expected), nbytes, cpu, stores)
+                    run = Run(name, mix, tool, seconds, len(expected), nbytes, cpu, stores, roles)
                     runs.append(run)
+                    split = f" = {', '.join(f'{k} {v:.1f}' for k, v in sorted(roles.items()))}" if roles else ""
                     print(f"  {name} {mix} {tool}: {seconds:.2f} s, {run.mib_s:.1f} MiB/s, {run.obj_s:.0f} obj/s, "
-                          f"CPU {cpu:.1f} s (stores {stores:.1f} s)", flush=True)
+                          f"CPU {cpu:.1f} s{split} (stores {stores:.1f} s)", flush=True)
 
                 if "airflow" in tools:
                     operator = AIRFLOW_OPERATORS[(src_kind, dst_kind)]
