@@ -9,8 +9,8 @@ one of 5-12 MiB that moves in parts) from one store to one or two others (multic
 - ``none``: a control transfer;
 - ``gateway_kill``: SIGKILL of a gateway worker process (or of a single-process gateway) while
   the fleet moves data;
-- ``orchestrator_kill``: SIGKILL of the process running the job (``skyplane-provider cp`` in a
-  subprocess), then the job re-run as a ``sync``;
+- ``coordinator_kill``: SIGKILL of the job's coordinator process (docs/coordinator.md) once its
+  fleet is up, then the job resumed under its id (``skyplane-provider resume``'s request: a sync);
 - ``store_throttle`` / ``store_reset``: the source's or a destination's store behind a
   :class:`FaultProxy` that answers 30% of requests 503 SlowDown / 429 / ServerBusy, or drops 10%
   of connections without an answer;
@@ -19,7 +19,7 @@ one of 5-12 MiB that moves in parts) from one store to one or two others (multic
 
 After every transfer: every object at every destination must be sha256-identical to the source,
 or the transfer must have failed loudly (a ``SkyplaneError``) and its re-run (a ``sync`` without
-faults) converged to that; and nothing may be left: no gateway process, no temporary file, no
+faults) converged to that; and nothing may be left: no gateway or coordinator process, no temporary file, no
 unfinished multipart upload, no GCS part object, no uncommitted Azure block. A fault the transfer
 outran (it finished before the kill, or had fewer frames than the one to damage) is counted as
 missed, not injected.
@@ -39,7 +39,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,20 +49,22 @@ from pathlib import Path
 
 from benchutil import MiB, machine_line
 from planner.errors import SkyplaneError
+from skyplane_provider.cli.resume import resumed_request
+from skyplane_provider.coordinator.jobdir import ADDRESS, job_dir
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import connection_string, start_all
 from skyplane_provider.testing.faultproxy import FaultProxy
 from skyplane_provider.testing.frameproxy import TamperingProvisioner
-from skyplane_provider.testing.leftovers import gateway_pids, leftovers
+from skyplane_provider.testing.leftovers import coordinator_pids, gateway_pids, leftovers
 from skyplane_provider.testing.samples import digests, put_objects, sha256s
 from skyplane_provider.transfer import Transfer, TransferRequest
 
 KINDS = ("local", "s3", "gcs", "azure")
 #: Region tags the soak gives each kind of store (Azure and a directory cannot tell theirs).
 REGION = {"local": "local", "s3": "aws:us-east-1", "gcs": "gcp:us-central1", "azure": "azure:eastus"}
-FAULTS = ("none", "gateway_kill", "orchestrator_kill", "store_throttle", "store_reset", "frame_corrupt", "frame_cut")
+FAULTS = ("none", "gateway_kill", "coordinator_kill", "store_throttle", "store_reset", "frame_corrupt", "frame_cut")
 CHUNK = "5MiB"  # S3's smallest part: the big objects go in parts everywhere
-#: Seconds the gateways of a killed orchestrator get to stop by themselves before they count as a leak.
+#: Seconds a transfer's gateways and coordinator get to end by themselves before they count as a leak.
 GATEWAYS_GONE_WITHIN = 20.0
 _ENV = ("AWS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST", "AZURE_STORAGE_CONNECTION_STRING")
 
@@ -133,34 +134,26 @@ def worker_pids(home: str) -> list[int]:
     return [p for p in every if p not in gateways] or gateways
 
 
-def cli_cp(src: Store, dsts: list[Store], env: dict) -> subprocess.Popen:
-    args = [sys.executable, "-m", "skyplane_provider.cli.main", "cp", "-r", src.uri, *(d.uri for d in dsts),
-            "--chunk-size", CHUNK, "--src-region", REGION[src.kind], "--json"]
-    for d in dsts:
-        args += ["--dst-region", f"{d.uri}={REGION[d.kind]}"]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def request(src: Store, dsts: list[Store], *, sync: bool = False, credentials: dict | None = None) -> TransferRequest:
     return TransferRequest(src=src.uri, dsts=[d.uri for d in dsts], recursive=True, sync=sync, chunk_size=CHUNK,
                            src_region=REGION[src.kind], dst_regions=[REGION[d.kind] for d in dsts],
                            credentials=credentials or {})
 
 
-def run_faulted(fault: str, rng: random.Random, src: Store, dsts: list[Store], home: str, ends: dict) -> bool:
-    """Run the transfer with ``fault``; True when the fault really struck. Raises the transfer's error."""
-    if fault == "orchestrator_kill":
-        proc = cli_cp(src, dsts, {**os.environ, "SKYPLANE_HOME": home})
+def run_faulted(fault: str, rng: random.Random, src: Store, dsts: list[Store], home: str,
+                ends: dict) -> tuple[bool, str | None]:
+    """Run the transfer with ``fault``: whether the fault really struck, and the id of a job whose
+    coordinator was killed (to resume). Raises the transfer's error."""
+    if fault == "coordinator_kill":
+        handle = Transfer(request(src, dsts)).start()
         deadline = time.monotonic() + 120
-        while proc.poll() is None and not gateway_pids(home) and time.monotonic() < deadline:
+        while not handle.done() and not gateway_pids(home) and time.monotonic() < deadline:
             time.sleep(0.02)  # until its fleet is up: a kill before that tests nothing of ours
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 1.5))
-            return False  # it finished first
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
+        if handle.wait(rng.uniform(0.0, 1.5)):
+            handle.result()  # it finished first
+            return False, None
+        os.kill(json.loads((job_dir(handle.job_id) / ADDRESS).read_text())["pid"], signal.SIGKILL)
+        return True, handle.job_id
     if fault in ("store_throttle", "store_reset"):
         store = rng.choice([s for s in (src, *dsts) if s.kind != "local"])
         proxy = FaultProxy(ends[store.kind], kind=store.kind, seed=rng.randrange(2**32),
@@ -171,7 +164,7 @@ def run_faulted(fault: str, rng: random.Random, src: Store, dsts: list[Store], h
         finally:
             proxy.stop()
         c = proxy.counts
-        return (c.throttled if fault == "store_throttle" else c.reset) > 0
+        return (c.throttled if fault == "store_throttle" else c.reset) > 0, None
     if fault in ("frame_corrupt", "frame_cut"):
         frame = {rng.randrange(4)}
         prov = TamperingProvisioner({REGION[d.kind] for d in dsts},
@@ -181,16 +174,16 @@ def run_faulted(fault: str, rng: random.Random, src: Store, dsts: list[Store], h
         finally:
             for proxy in prov.proxies:
                 proxy.stop()
-        return any(p.counts.corrupted or p.counts.truncated for p in prov.proxies)
+        return any(p.counts.corrupted or p.counts.truncated for p in prov.proxies), None
     transfer = Transfer(request(src, dsts))
     if fault == "none":
         transfer.run()
-        return True
+        return True, None
     finished, struck = threading.Event(), threading.Event()
     delay = rng.uniform(0.0, 1.0)
 
-    def kill_a_worker() -> None:  # once the fleet moves data, after a random moment
-        while not finished.is_set() and transfer.dispatcher is None:
+    def kill_a_worker() -> None:  # once the fleet is up, after a random moment
+        while not finished.is_set() and not gateway_pids(home):
             time.sleep(0.01)
         if finished.wait(delay):
             return
@@ -206,14 +199,16 @@ def run_faulted(fault: str, rng: random.Random, src: Store, dsts: list[Store], h
     finally:
         finished.set()
         killer.join(10)
-    return struck.is_set()
+    return struck.is_set(), None
 
 
-def gateways_gone(home: str, within: float) -> list[int]:
+def processes_left(home: str, within: float) -> list[int]:
+    """The gateway and coordinator processes of this transfer still running after ``within`` seconds
+    (a finished job's coordinator serves its outcome a moment longer; killed gateways take a moment)."""
     deadline = time.monotonic() + within
-    while gateway_pids(home) and time.monotonic() < deadline:
+    while (gateway_pids(home) or coordinator_pids(home)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return gateway_pids(home)
+    return gateway_pids(home) + coordinator_pids(home)
 
 
 def one_transfer(n: int, rng: random.Random, scratch: Path, ends: dict, tally: Tally) -> None:
@@ -233,13 +228,15 @@ def one_transfer(n: int, rng: random.Random, scratch: Path, ends: dict, tally: T
     started = time.monotonic()
     outcome = "ok"
     try:
-        struck = run_faulted(fault, rng, src, dsts, home, ends)
-        if fault == "orchestrator_kill":
-            tally.leaks["gateway processes"] += len(left := gateways_gone(home, GATEWAYS_GONE_WITHIN))
-            for pid in left:  # counted; do not let them disturb the next transfers
-                os.kill(pid, signal.SIGKILL)
-            Transfer(request(src, dsts, sync=True)).run()
-            outcome = "killed, sync re-run" if struck else "ended before the kill"
+        struck, killed_job = run_faulted(fault, rng, src, dsts, home, ends)
+        if fault == "coordinator_kill":
+            if struck:
+                tally.leaks["processes"] += len(left := processes_left(home, GATEWAYS_GONE_WITHIN))
+                for pid in left:  # counted; do not let them disturb the next transfers
+                    os.kill(pid, signal.SIGKILL)
+                resumed = resumed_request(killed_job, credentials={}, provisioner_settings={})
+                Transfer(resumed).run()
+            outcome = "killed, resumed" if struck else "ended before the kill"
     except SkyplaneError as exc:
         struck = True
         tally.failed_loudly += 1
@@ -256,7 +253,7 @@ def one_transfer(n: int, rng: random.Random, scratch: Path, ends: dict, tally: T
         lost += sum(got.get(k) != v for k, v in want.items())
         tally.leaks["stray objects"] += len(set(got) - set(want))
         tally.leaks["temporaries and uploads"] += len(leftovers(d.root, d.prefix))
-    tally.leaks["gateway processes"] += len(gateways_gone(home, GATEWAYS_GONE_WITHIN))
+    tally.leaks["processes"] += len(processes_left(home, GATEWAYS_GONE_WITHIN))
     tally.lost += lost
     tally.transfers += 1
     tally.objects += len(data) * len(dsts)

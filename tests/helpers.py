@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from gateway.stores import open_store
-from skyplane_provider.testing.leftovers import gateway_pids  # noqa: F401 - the tests' name for it
-
-
-def coordinator_pids(marker: str = "") -> list[int]:
-    """PIDs of running coordinator processes whose command line holds ``marker`` (a job id, a
-    SKYPLANE_HOME), zombies excluded."""
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if "skyplane_provider.coordinator" in cmd and marker in cmd and state != "Z":
-            pids.append(int(entry))
-    return pids
+from skyplane_provider.testing.leftovers import coordinator_pids, gateway_pids
 
 
 def wait_gone(marker: str, timeout: float = 30) -> list[int]:

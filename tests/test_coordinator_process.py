@@ -160,3 +160,26 @@ def test_a_coordinator_for_other_hosts_speaks_tls_with_a_pinned_certificate(home
             CoordinatorClient(handle.url, doc["token"], cert=cert).health()
     assert TransferHandle.from_dict(doc).result().objects == len(objs)
     assert wait_gone(handle.job_id) == []
+
+
+def test_fault_resume_after_the_coordinator_was_killed(home, tmp_path, capsys):
+    """SIGKILL of a job's coordinator while its fleet moves data (the chaos soak's fault): its
+    gateways stop by themselves, its address file stays behind, and ``resume`` runs the job again
+    (a dead coordinator does not count as running) to a sha256-identical copy."""
+    from skyplane_provider.cli.main import main
+    from skyplane_provider.testing.leftovers import gateway_pids
+
+    objs = _tree(tmp_path / "src", n=6, size=100_000)
+    handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], bwlimit="64KiB/s",
+                                      src_region="aws:us-east-1", dst_regions=["aws:us-west-2"])).start()
+    deadline = time.monotonic() + 60
+    while not gateway_pids(handle.job_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    address = job_dir(handle.job_id) / "coordinator.json"
+    os.kill(json.loads(address.read_text())["pid"], signal.SIGKILL)
+    assert wait_gone(handle.job_id) == [] and address.exists()
+    assert main(["resume", handle.job_id, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert stats["job_id"] == handle.job_id and stats["objects"] + stats["skipped_objects"] == len(objs)
+    assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
+    assert wait_gone(handle.job_id) == []

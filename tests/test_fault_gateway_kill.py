@@ -19,6 +19,7 @@ import time
 import pytest
 
 from planner.plan import Edge, Plan
+from skyplane_provider.provisioners.local import LocalProvisioner
 from skyplane_provider.testing.faultproxy import FaultProxy
 from skyplane_provider.testing.leftovers import leftovers
 from skyplane_provider.transfer import Transfer, TransferRequest
@@ -192,7 +193,7 @@ def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
             time.sleep(0.002)
 
     req = TransferRequest(src=f"{src}/", dsts=[f"{dst}/"], recursive=True, gateways_per_region=2)
-    transfer = Transfer(req)
+    transfer = Transfer(req, provisioner=LocalProvisioner())  # in this process: its fleet is at hand
     killer = threading.Thread(target=kill_while_writing, daemon=True)
     killer.start()
     try:

@@ -12,7 +12,7 @@ import argparse
 import json
 
 from planner.errors import BadOptionError
-from skyplane_provider.coordinator.jobdir import ADDRESS, RESULT, RESUME, job_dir
+from skyplane_provider.coordinator.jobdir import RESULT, RESUME, coordinator_running, job_dir
 from skyplane_provider.transfer import TransferRequest
 
 from .cp import execute, json_object
@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def resumed_request(job_id: str, *, credentials: dict, provisioner_settings: dict) -> TransferRequest:
     """The request of job ``job_id`` as kept on this host, with the secrets given now, as a sync."""
     directory = job_dir(job_id)
-    if (directory / ADDRESS).exists() and not (directory / RESULT).exists():  # not one keeping its outcome
+    # A coordinator keeping a finished job's outcome does not stand in the way, nor one killed outright.
+    if coordinator_running(directory) and not (directory / RESULT).exists():
         raise BadOptionError(f"job {job_id} still has a running coordinator",
                              hint="wait for it, or stop it with `skyplane-provider deprovision --job JOB`")
     try:

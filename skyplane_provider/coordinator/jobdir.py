@@ -41,6 +41,19 @@ def job_dir(job_id: str) -> Path:
     return skyplane_home() / "jobs" / job_id
 
 
+def coordinator_running(directory: Path) -> bool:
+    """Whether the coordinator that ``coordinator.json`` in the job's ``directory`` names still runs:
+    its pid is alive (not a zombie) and its command line names this directory (a recycled pid does
+    not). A coordinator killed outright (SIGKILL, a lost host) leaves the file behind."""
+    try:
+        pid = int(json.loads((directory / ADDRESS).read_text()).get("pid", 0))
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return False
+    return pid > 0 and state != "Z" and str(directory) in cmdline
+
+
 def write_private(path: Path, doc: dict) -> None:
     """Write JSON readable by the owner only, new file then rename: a reader never sees half of it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -6,7 +6,7 @@ our adapters, whose job it is to leave nothing): for tests and the chaos soak.
 - GCS: part objects (and compose temporaries) under ``.skyplane-parts/``;
 - Azure: keys that hold staged (uncommitted) blocks and no blob;
 
-and the gateway processes still running (:func:`gateway_pids`).
+and the gateway and coordinator processes still running (:func:`gateway_pids`, :func:`coordinator_pids`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,17 @@ def leftovers(root_uri: str, prefix: str = "") -> list[str]:
 def gateway_pids(marker: str = "gateway.daemon", *, workers: bool = True) -> list[int]:
     """PIDs of running gateway daemons (by command line), zombies excluded; without a multi-worker
     gateway's worker processes (gateway/supervisor.py) when ``workers`` is False: one pid per gateway."""
+    return _pids(lambda cmd: marker in cmd and ("gateway.daemon" in cmd or "skyplane-gateway" in cmd)
+                 and (workers or "/worker-" not in cmd))
+
+
+def coordinator_pids(marker: str = "") -> list[int]:
+    """PIDs of running job coordinators (``python -m skyplane_provider.coordinator JOB_DIR``) whose
+    command line holds ``marker`` (a job id, the SKYPLANE_HOME their job directories are under)."""
+    return _pids(lambda cmd: marker in cmd and "skyplane_provider.coordinator" in cmd)
+
+
+def _pids(match) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -49,8 +60,6 @@ def gateway_pids(marker: str = "gateway.daemon", *, workers: bool = True) -> lis
             state = Path(f"/proc/{entry}/stat").read_text().split(")")[-1].split()[0]
         except OSError:
             continue
-        worker = "/worker-" in cmd
-        if marker in cmd and ("gateway.daemon" in cmd or "skyplane-gateway" in cmd) and state != "Z" \
-                and (workers or not worker):
+        if state != "Z" and match(cmd):
             pids.append(int(entry))
     return pids
