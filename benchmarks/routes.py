@@ -26,6 +26,7 @@ objects. Prints a table per mix and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -151,6 +152,7 @@ def main() -> int:
     home = scratch / "home"
     os.environ["SKYPLANE_HOME"] = str(home)
     runs: list[Run] = []
+    failed: list[str] = []
     emulators: EmulatorSet | None = None
     try:
         kinds = sorted({k for r in routes for k in ROUTES[r]})
@@ -171,6 +173,15 @@ def main() -> int:
                 del objects
 
                 def measured(tool: str, dest: str, go) -> None:
+                    try:
+                        one(tool, dest, go)
+                    except (Exception, SystemExit) as exc:  # one failed cell must not lose the others
+                        failed.append(f"{name} {mix} {tool}: {exc}")
+                        print(f"  {name} {mix} {tool}: FAILED: {str(exc)[-500:]}", flush=True)
+                        with contextlib.suppress(Exception):
+                            delete_prefix(dest)
+
+                def one(tool: str, dest: str, go) -> None:
                     stores_before = sum(cpu_seconds(p) for p in pids)
                     seconds, cpu = go()
                     roles = cpu if isinstance(cpu, dict) else None
@@ -224,7 +235,9 @@ def main() -> int:
     report(runs, routes, mixes)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))
-    return 0
+    for line in failed:
+        print(f"FAILED {line[-300:]}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def report(runs: list[Run], routes: list[str], mixes: list[str]) -> None:
