@@ -117,11 +117,12 @@ def delete_prefix(prefix_uri: str) -> None:
         store.delete(o.key)
 
 
-def run_ours(src: str, dst: str, env: dict[str, str]) -> tuple[float, dict[str, float], dict]:
-    """``skyplane-provider cp -r SRC DST --json``: whole-process seconds, CPU of its processes by role
-    (client, coordinator, gateways), stats."""
+def run_ours(src: str, dst: str, env: dict[str, str],
+             extra: tuple[str, ...] = ()) -> tuple[float, dict[str, float], dict]:
+    """``skyplane-provider cp -r SRC DST --json [EXTRA...]``: whole-process seconds, CPU of its processes
+    by role (client, coordinator, gateways), stats."""
     with Timer() as t:
-        proc = subprocess.Popen([str(CLI), "cp", "-r", src, dst, "--json"], env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([str(CLI), "cp", "-r", src, dst, "--json", *extra], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         tree = TreeCPU(proc.pid, marker=os.environ["SKYPLANE_HOME"])
         out, err = proc.communicate(timeout=3600)

@@ -13,7 +13,7 @@ from planner.errors import BadOptionError
 from skyplane_provider.buckets import make_bucket
 from skyplane_provider.testing.buckets import create_bucket, unique_name
 from skyplane_provider.testing.leftovers import leftovers
-from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.transfer import Transfer, TransferRequest, server_side
 
 from .helpers import digests, gateway_pids, put_objects, read_all
 
@@ -37,8 +37,11 @@ def _sample(big: int = 0) -> dict[str, bytes]:
 
 
 def _run(src: str, dsts: list[str], **options) -> Transfer:
-    transfer = Transfer(TransferRequest(src=src + "/in/", dsts=[d + "/out/" for d in dsts], **options))
-    transfer.stats = transfer.run()
+    snapshots = []
+    transfer = Transfer(TransferRequest(src=src + "/in/", dsts=[d + "/out/" for d in dsts], **options),
+                        progress=snapshots.append)
+    transfer.stats = transfer.execute()  # in this process: its fleet, manifest and progress are looked at
+    transfer.snapshots = snapshots
     return transfer
 
 
@@ -47,7 +50,9 @@ def _copied(root: str, objects: dict[str, bytes]) -> None:
     assert leftovers(root) == []  # no open upload, no probe object
 
 
-def test_s3_to_s3_across_regions_is_copied_by_s3_in_parts_with_no_gateway(emulators):
+def test_s3_to_s3_across_regions_is_copied_by_s3_in_parts_with_no_gateway(emulators, monkeypatch):
+    # objects above the cutoff (4.656 GiB by default, rclone's) go in parts: lowered to 5 MiB here
+    monkeypatch.setattr(server_side, "COPY_CUTOFF", 5 * MiB)
     src = create_bucket("s3")
     dst = make_bucket(f"s3://{unique_name()}", region="aws:eu-west-1")
     objects = _sample(big=12 * MiB)
@@ -61,6 +66,8 @@ def test_s3_to_s3_across_regions_is_copied_by_s3_in_parts_with_no_gateway(emulat
     big = next(o for o in t.manifest["objects"] if o["key"] == "in/big.bin")
     assert big["copies"][0]["path"] == "server-side"
     assert open_store(dst).head("out/big.bin").md5 is None  # it was assembled from parts
+    last = t.snapshots[-1]  # progress is reported without gateways too
+    assert (last.bytes_done, last.objects_done) == (last.bytes_total, 5) == (stats.bytes, 5)
     _copied(dst, objects)
 
 

@@ -217,7 +217,8 @@ class Transfer:
             return self._stats(started, chunks=[])
         routed, copied = split(self.objects, self.dests, self.plan.server_side) if self.plan.server_side \
             else (self.objects, [])
-        copier = Copier(self.source, self.dests, self.ways, chunk_size=self.request.chunk_size, stop=self._stop)
+        copier = Copier(self.source, self.dests, self.ways, chunk_size=self.request.chunk_size, stop=self._stop,
+                        job_id=self.job_id, progress=None if routed else self.progress)
         if not routed:  # every copy server-side: no gateway at all
             try:
                 entries = copier.run(copied)
