@@ -302,3 +302,44 @@ def _capture(outcome: dict, fn, *args) -> None:
         outcome["error"] = exc
 
 
+
+
+def test_the_trigger_renews_an_assumed_role_s_keys(emulators, sky_home, s3_bucket, tmp_path, monkeypatch, caplog):
+    """A deferred job whose source connection assumes a role (moto's STS): the trigger rebuilds the
+    connection's source in the triggerer from the connection id it was given (never a secret) and
+    pushes the role's renewed keys to the running job's coordinator, which takes them; the copy
+    completes, sha256-identical."""
+    import asyncio
+    import json
+    import logging
+
+    from skyplane_provider.airflow.hooks import SkyplaneHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_ROLE", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": emulators.endpoints["s3"], "region_name": "us-east-1",
+                  "role_arn": "arn:aws:iam::123456789012:role/skyplane-reader",
+                  "assume_role_kwargs": {"DurationSeconds": 900}}}))
+    objs = {f"o{i}.bin": os.urandom(100_000 + i) for i in range(5)}
+    put_objects(f"{s3_bucket}/r/", objs)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    hook = SkyplaneHook(src_conn_id="role")
+    request = hook.make_request(f"{s3_bucket}/r/", [str(dst)], recursive=True, bwlimit="64KiB/s")  # ~8 s
+    handle = _start(request)
+    renew = {"sides": [list(side) for side in hook.sides(f"{s3_bucket}/r/", [str(dst)])], "every": 0.5}
+    trigger = SkyplaneTransferTrigger(handle.to_dict(), poll_interval=0.2, renew=renew)
+    assert SkyplaneTransferTrigger(**trigger.serialize()[1]).renew == renew and "testing" not in str(renew)
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    with caplog.at_level(logging.INFO, logger="skyplane_provider.transfer.credential_sources"):
+        payload = asyncio.run(first_event())
+    assert payload["status"] == "success", payload
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"renewed credentials for {s3_bucket} handed to the job" in m for m in messages), messages
+    assert not any("could not hand" in m for m in messages), messages
+    assert digests(f"file://{dst}/") == sha256s(objs)
+    assert wait_gone(handle.job_id) == []

@@ -33,6 +33,7 @@ from planner.errors import BadInputError, CoordinatorError, TransferError
 from skyplane_provider.coordinator.client import job_error
 from skyplane_provider.transfer import Progress, Transfer, TransferRequest
 from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
+from skyplane_provider.transfer.runner import RENEW_EVERY
 from skyplane_provider.transfer.stats import human_bytes
 
 from .hooks import SkyplaneHook, Target
@@ -199,8 +200,11 @@ class SkyplaneTransferOperator(BaseOperator):
         kwargs, which Airflow stores encrypted with its Fernet key, never in XCom."""
         self.log.info("job %s: coordinator at %s; deferring", handle.job_id, handle.url)
         timeout = self.execution_timeout
+        sides = self.hook.sides(self.src, self.dsts)  # URIs and connection ids: the trigger renews from them
+        renew = {"sides": [list(side) for side in sides], "every": RENEW_EVERY} if any(c for _, c in sides) else None
         self.defer(trigger=SkyplaneTransferTrigger(handle.to_dict(), poll_interval=self.poll_interval,
-                                                   deadline=time.time() + timeout.total_seconds() if timeout else None),
+                                                   deadline=time.time() + timeout.total_seconds() if timeout else None,
+                                                   renew=renew),
                    method_name="execute_complete", timeout=timeout + DEFER_TIMEOUT_MARGIN if timeout else None)
 
     def execute_complete(self, context: Context, event: dict) -> dict:

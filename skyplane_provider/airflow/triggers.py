@@ -7,6 +7,11 @@ picks it up: no shared files, no shared process namespace. It fires ONE event, w
 deadline passes or its coordinator stays unreachable, because the first event resumes the task. The
 event carries the stats or the error, never the token.
 
+Credentials that expire while the job runs (an assumed role's keys) are renewed here too: with
+``renew`` (the transfer's store URIs and connection ids, never a secret), the trigger rebuilds the
+connections' credential sources in the triggerer and pushes what they renew to the coordinator
+(``POST /job/credentials``) every ``renew["every"]`` seconds (docs/credentials.md).
+
 Cancellation follows Airflow's split: ``on_kill`` (a user marked the task failed/success or cleared
 it) cancels the job, whose coordinator tears its fleet down; a plain ``CancelledError`` (triggerer
 restart or rebalancing) leaves the job running, so the next triggerer picks it up where it was.
@@ -24,7 +29,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from planner.errors import CoordinatorError, SkyplaneError
 from skyplane_provider.coordinator.client import CoordinatorClient
 from skyplane_provider.transfer import Progress
+from skyplane_provider.transfer.credential_sources import CredentialKeeper, CredentialSource
 from skyplane_provider.transfer.handle import FINAL_STATES
+from skyplane_provider.transfer.runner import RENEW_EVERY
 
 #: Seconds the coordinator may stay unreachable before the trigger reports the job lost.
 GONE_AFTER = 120.0
@@ -38,17 +45,22 @@ class SkyplaneTransferTrigger(BaseTrigger):
         (a secret: Airflow stores trigger kwargs encrypted with its Fernet key).
     :param poll_interval: seconds between polls (and progress lines).
     :param deadline: epoch seconds after which the job is cancelled and ``timeout`` fires.
+    :param renew: ``{"sides": [[uri, conn_id], ...] (source first), "every": seconds}``: the
+        connections whose renewed credentials the trigger pushes to the job (None: none).
     """
 
-    def __init__(self, handle: dict, poll_interval: float = 5.0, deadline: float | None = None) -> None:
+    def __init__(self, handle: dict, poll_interval: float = 5.0, deadline: float | None = None,
+                 renew: dict | None = None) -> None:
         super().__init__()
         self.handle = handle
         self.poll_interval = poll_interval
         self.deadline = deadline
+        self.renew = renew
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"handle": self.handle, "poll_interval": self.poll_interval, "deadline": self.deadline})
+                {"handle": self.handle, "poll_interval": self.poll_interval, "deadline": self.deadline,
+                 "renew": self.renew})
 
     @property
     def job_id(self) -> str:
@@ -60,7 +72,12 @@ class SkyplaneTransferTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         client = self.client()
         unreachable_since: float | None = None
+        keeper = await self._keeper(client)
+        next_renewal = time.monotonic()
         while True:
+            if keeper is not None and time.monotonic() >= next_renewal:
+                await asyncio.to_thread(keeper.tick)  # the sources may ask STS: not on the event loop
+                next_renewal = time.monotonic() + float(self.renew.get("every", RENEW_EVERY))
             # Poll after waiting, also the first time: an event fired right after the deferral can
             # reach the scheduler before the worker's exit does, and Airflow 3.3 then fails the
             # resumed task as "killed externally" (apache/airflow#67287, #72716).
@@ -85,6 +102,27 @@ class SkyplaneTransferTrigger(BaseTrigger):
                 await client.cancel_async()
                 yield self._event("timeout", f"job {self.job_id} did not finish in time and was cancelled")
                 return
+
+    async def _keeper(self, client: CoordinatorClient) -> CredentialKeeper | None:
+        """A keeper over the sources of ``renew``'s connections that renew anything, rebuilt here from
+        the connection ids; None when there is none. A source that cannot be rebuilt is logged: the
+        job goes on with the credentials it started with."""
+        if not self.renew or not self.renew.get("sides"):
+            return None
+        from .hooks import SkyplaneHook
+
+        sides = [(str(uri), conn_id) for uri, conn_id in self.renew["sides"]]
+        hook = SkyplaneHook(src_conn_id=sides[0][1], dst_conn_id=[conn_id for _, conn_id in sides[1:]])
+        try:
+            sources = await asyncio.to_thread(hook.credential_sources, sides[0][0], [uri for uri, _ in sides[1:]])
+        except Exception as exc:  # noqa: BLE001 - a connection gone or unusable here; the job goes on
+            self.log.warning("job %s: cannot renew its credentials from the triggerer: %s", self.job_id, exc)
+            return None
+        renewing = [source for source in sources if type(source) is not CredentialSource]
+        if not renewing:
+            return None
+        # started_with empty: the first tick hands the job the triggerer's own fresh entries.
+        return CredentialKeeper(renewing, client.push_credentials, started_with={})
 
     async def _outcome(self, client: CoordinatorClient) -> TriggerEvent:
         try:
