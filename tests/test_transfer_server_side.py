@@ -120,3 +120,23 @@ def test_never_routes_through_gateways_and_always_names_a_store_that_cannot(emul
     assert gateway_pids(home) == [] and os.listdir(tmp_path / "local") == []
     with pytest.raises(BadOptionError, match="server-side copy mode"):
         TransferRequest(src=src, dsts=[dst], server_side="sometimes").validate()
+
+
+def test_the_command_line_copies_server_side_under_a_bandwidth_cap(emulators):
+    """``cp --server-side always --bwlimit``: the job document carries both to the coordinator process;
+    the copy is the store's, so the cap (which paces gateways) has nothing to pace."""
+    import json
+    import subprocess
+    import sys
+
+    src = create_bucket("s3")
+    dst = make_bucket(f"s3://{unique_name()}", region="aws:eu-west-1")
+    objects = _sample()
+    put_objects(src, objects)
+    out = subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "cp", "-r", src + "/in/",
+                          dst + "/out/", "--server-side", "always", "--bwlimit", "50MiB/s", "--json"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    assert stats["paths"] == {"server-side": 4, "gateways": 0} and stats["plan"]["gateways"] == {}
+    _copied(dst, objects)
