@@ -9,7 +9,7 @@ import os
 import pytest
 
 from gateway.stores import open_store
-from planner.errors import BadOptionError
+from planner.errors import BadOptionError, SkyplaneError
 from skyplane_provider.buckets import make_bucket
 from skyplane_provider.testing.buckets import create_bucket, unique_name
 from skyplane_provider.testing.leftovers import leftovers
@@ -140,3 +140,18 @@ def test_the_command_line_copies_server_side_under_a_bandwidth_cap(emulators):
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     assert stats["paths"] == {"server-side": 4, "gateways": 0} and stats["plan"]["gateways"] == {}
     _copied(dst, objects)
+
+
+def test_a_failed_copy_in_parts_is_aborted_and_leaves_nothing(emulators, monkeypatch):
+    """The source object vanishes between the listing and its copy: the job fails naming it, the
+    upload its parts went to is aborted, and no object appears at the destination."""
+    monkeypatch.setattr(server_side, "COPY_CUTOFF", 5 * MiB)
+    src = create_bucket("s3")
+    dst = make_bucket(f"s3://{unique_name()}", region="aws:eu-west-1")
+    put_objects(src, {"in/big.bin": os.urandom(11 * MiB)})
+    transfer = Transfer(TransferRequest(src=src + "/in/", dsts=[dst + "/out/"], chunk_size="5MiB",
+                                        server_side="always")).prepare()
+    open_store(src).delete("in/big.bin")
+    with pytest.raises(SkyplaneError, match="big.bin"):
+        transfer.execute()
+    assert read_all(dst, "out/") == {} and leftovers(dst) == []
