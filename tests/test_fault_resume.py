@@ -1,5 +1,6 @@
-"""Fault: the orchestrator (``skyplane-provider cp`` in a subprocess) is killed with SIGKILL at about half
-of a transfer; a ``sync`` re-run finishes the job.
+"""Fault: the orchestrator (the job's coordinator process, started by ``skyplane-provider cp`` in a
+subprocess) is killed with SIGKILL at about half of a transfer, and its CLI client with it; a ``sync``
+re-run finishes the job.
 
 The source is a fake-gcs bucket behind a :class:`FaultProxy` that holds every request for a while, so
 the transfer takes seconds; the destination is an S3 bucket on moto, where one object goes as a
@@ -23,7 +24,7 @@ from skyplane_provider.testing.faultproxy import FaultProxy
 from skyplane_provider.testing.leftovers import leftovers
 from skyplane_provider.transfer import copy, sync
 
-from .helpers import digests, fleet_pids, gateway_pids, put_objects, read_all
+from .helpers import coordinator_pids, digests, fleet_pids, gateway_pids, put_objects, read_all
 from .reliability_report import record
 
 MiB = 1024**2
@@ -62,8 +63,11 @@ def test_fault_orchestrator_killed_then_sync_resumes(tmp_path, emulators, gcs_bu
                 if len(written) >= len(objs) // 2:
                     break
                 time.sleep(0.05)
-            gateways = fleet_pids(home)
-            assert first.poll() is None and gateways, "the transfer ended before it could be killed half-way"
+            gateways, coordinators = fleet_pids(home), coordinator_pids(str(home))
+            assert first.poll() is None and gateways and coordinators, \
+                "the transfer ended before it could be killed half-way"
+            for pid in coordinators:
+                os.kill(pid, signal.SIGKILL)
             first.send_signal(signal.SIGKILL)
             first.communicate(timeout=30)
         finally:
@@ -91,7 +95,8 @@ def test_fault_orchestrator_killed_then_sync_resumes(tmp_path, emulators, gcs_bu
     final = read_all(s3_bucket, PREFIX)
     left_uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     total = sum(map(len, objs.values()))
-    record("fault", f"SIGKILL of the orchestrator (CLI cp, {len(gateways)} local gateways) with {len(written)}/"
+    record("fault", f"SIGKILL of the orchestrator (the coordinator of a CLI cp, and the CLI; {len(gateways)} local "
+           f"gateways) with {len(written)}/"
            f"{len(objs)} objects written, then `sync` re-run",
            f"gateways stopped by themselves in {stopped_in:.1f} s ({len(orphans)} left); {len(after_kill)} complete "
            f"objects visible, no partial one; {len(dangling)} unfinished multipart upload ({parts}/6 parts) left "

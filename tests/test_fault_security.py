@@ -38,7 +38,7 @@ def _mode(path: Path) -> int:
 
 
 def test_fault_secrets_stay_out_of_logs_and_in_private_files(tmp_path, monkeypatch, caplog):
-    """A relayed, encrypted transfer with the orchestrator and every gateway logging at DEBUG: no
+    """A relayed, encrypted transfer with the client, its coordinator and every gateway logging at DEBUG: no
     job secret, key or control token appears in any log; the files holding them are 0600 in 0700
     directories while the job runs and gone after it; the relay's config has no key and no credentials."""
     home_dir = tmp_path / "home"
@@ -53,10 +53,16 @@ def test_fault_secrets_stay_out_of_logs_and_in_private_files(tmp_path, monkeypat
         (src / k).write_bytes(v)
     plan = Plan(src=A, dsts=(B,), solver="manual", gateways={A: 1, R: 1, B: 1},
                 edges=[Edge(A, R, 1.0, 2), Edge(R, B, 1.0, 2)], throughput_gbps=1.0, cost_per_gb=0.0)
+    monkeypatch.setenv("SKYPLANE_COORDINATOR_DEBUG", "1")
     seen: dict[str, dict] = {}
     modes: dict[str, int] = {}
+    coordinator: dict[str, str] = {}
 
     def inspect(progress) -> None:
+        # The job's coordinator logs to its own file, removed once the job succeeded and the result was
+        # fetched; the last call comes with the final state, when the pipeline has logged everything.
+        for log in home_dir.glob("jobs/*/coordinator.log"):
+            coordinator["log"] = log.read_text(errors="replace")
         if seen:
             return
         for cfg in home_dir.glob("jobs/*/gw-*/config.json"):
@@ -84,13 +90,13 @@ def test_fault_secrets_stay_out_of_logs_and_in_private_files(tmp_path, monkeypat
         | {c["encryption_key"] for c in seen.values() if "encryption_key" in c}
     assert len(secrets) == 1 + 3 + 1  # one job secret and key, one token per gateway
     logs = {str(p): p.read_text(errors="replace") for p in home_dir.glob("jobs/*/gw-*/gateway.log")}
-    logs["orchestrator"] = caplog.text
-    assert len(logs) == 4 and all(logs.values())
-    assert any(" DEBUG " in text for name, text in logs.items() if name != "orchestrator")  # really at DEBUG
+    logs["client"], logs["coordinator"] = caplog.text, coordinator.get("log", "")
+    assert len(logs) == 5 and all(logs.values())
+    assert all(" DEBUG " in text for name, text in logs.items() if name != "client")  # really at DEBUG
     leaks = [(name, s[:6]) for name, text in logs.items() for s in secrets if s in text or s.upper() in text]
     assert not leaks, leaks
     assert list(home_dir.glob("jobs/*/gw-*/config.json")) == []  # secrets removed at teardown
-    record("fault", "relayed encrypted transfer with the orchestrator and 3 gateways logging at DEBUG; "
+    record("fault", "relayed encrypted transfer with the client, its coordinator and 3 gateways logging at DEBUG; "
            "logs grepped for the job secret, the key and 3 control tokens; file modes checked while running",
            f"{sum(map(len, logs.values()))} log bytes, no secret found; configs and pids.json 0600, job and "
            "gateway dirs 0700, configs removed at teardown; relay config has no encryption_key and no credentials; "

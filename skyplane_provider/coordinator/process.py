@@ -78,7 +78,11 @@ def run(directory: Path) -> int:
     from .server import CoordinatorServer
     from .state import JobState
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    debug = os.environ.get("SKYPLANE_COORDINATOR_DEBUG") == "1"  # as SKYPLANE_GATEWAY_DEBUG for gateways
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # At INFO azure-core logs every HTTP request and response in full: a job's log would be mostly that.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     doc = json.loads((directory / REQUEST).read_text())
     (directory / REQUEST).unlink()  # the credentials live no longer on disk than needed
     request = TransferRequest.from_dict(doc["request"])
@@ -91,7 +95,7 @@ def run(directory: Path) -> int:
     else:
         server = CoordinatorServer(job, doc["token"], host=host)
     server.start()
-    transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()))
+    transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()), checked=bool(doc.get("checked")))
     job.take_credentials(transfer.push_credentials)  # POST /job/credentials: renewed entries, to the gateways
 
     def on_signal(signum: int, frame) -> None:

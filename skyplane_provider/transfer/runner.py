@@ -58,13 +58,16 @@ class Transfer:
     def __init__(self, request: TransferRequest, *, provisioner: Provisioner | None = None,
                  progress: Callable[[Progress], None] | None = None,
                  credential_sources: list[CredentialSource] | None = None,
-                 renew_every: float = RENEW_EVERY) -> None:
+                 renew_every: float = RENEW_EVERY, checked: bool = False) -> None:
         """``credential_sources``: what renews entries of the request's credentials document (an
         assumed role's keys, a SAS minted anew; docs/credentials.md). While the job runs, a
         :class:`CredentialKeeper` asks them every ``renew_every`` seconds and hands what changed to
         the job: through its handle to the coordinator (``start()``), or to :meth:`push_credentials`
-        (``execute()`` in this process)."""
+        (``execute()`` in this process). ``checked``: the stores passed the pre-flight with the
+        request's credentials already (in the client that started this job's coordinator, which then
+        runs the job without checking again)."""
         self.request = request
+        self._checked = checked
         self.credential_sources = list(credential_sources or ())
         self.renew_every = renew_every
         self.job_id = request.job_id or uuid.uuid4().hex
@@ -106,7 +109,8 @@ class Transfer:
         req = self.request
         src_uri, dst_uris = req.validate()
         self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
-        req.credentials = preflight(req.credentials, self._provisioner, src_uri, dst_uris)
+        if not self._checked:
+            req.credentials = preflight(req.credentials, self._provisioner, src_uri, dst_uris)
         self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
                                   region=req.src_region)
         dst_regions = req.dst_regions or [None] * len(dst_uris)
@@ -180,9 +184,12 @@ class Transfer:
         token = secrets.token_urlsafe(32)
         request = dataclasses.replace(self.request, job_id=self.job_id)
         address = self._provisioner.launch_coordinator(
-            self.job_id, {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER})
+            self.job_id, {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER,
+                          "checked": True})
         self.handle = TransferHandle(self.job_id, address["url"], token, address.get("cert"))
         log.info("job %s: coordinator at %s", self.job_id, address["url"])
+        if self._stop.is_set():  # cancelled before it started
+            self.handle.cancel()
         if self.credential_sources:
             self.handle.keep_credentials(self.credential_sources, started_with=self.request.credentials,
                                          interval=self.renew_every)
