@@ -305,7 +305,8 @@ class GatewayNode(Controlled):
             with memoryview(buf) as view:
                 return store.read_into(obj.key, obj.offset, view)
 
-        got = with_retries(read, what=f"reading {src}/{obj.key}", on_retry=self._count_retry, stop=self.stopping)
+        got = with_retries(read, what=f"reading {src}/{obj.key}", on_retry=self._count_retry, stop=self.stopping,
+                           resent_above=True)
         if got != obj.length:
             what = f"{obj.length} bytes at offset {obj.offset}" if obj.is_part else f"a size of {obj.length} bytes"
             raise SkyplaneError(f"{src}/{obj.key} changed during the transfer: expected {what}, "
@@ -406,12 +407,12 @@ class GatewayNode(Controlled):
             what = f"writing {store_uri}/{target.key}"
             if target.upload_id is None:
                 info = with_retries(lambda: store.write(target.key, data), what=what, on_retry=self._count_retry,
-                                    stop=self.stopping)
+                                    stop=self.stopping, resent_above=True)
                 state.result = {"part": None, "receipt": {"size": info.size, "etag": info.etag, "md5": info.md5,
                                                           "crc32c": info.crc32c}}
             else:
                 part = with_retries(lambda: store.upload_part(target.key, target.upload_id, target.part, data),
-                                    what=what, on_retry=self._count_retry, stop=self.stopping)
+                                    what=what, on_retry=self._count_retry, stop=self.stopping, resent_above=True)
                 state.result = {"part": {"part_number": part.part_number, "etag": part.etag, "size": part.size},
                                 "receipt": None}
         except BaseException:

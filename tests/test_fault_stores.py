@@ -125,6 +125,29 @@ def test_fault_throttled_s3_call_spends_the_sdk_retries_once(s3_bucket, emulator
            f"marked retried, retry_after={caught.value.retry_after}")
 
 
+def test_fault_throttled_call_that_nothing_resends_gets_sdk_rounds(s3_bucket, emulators):
+    """A call the coordinator makes itself (a HEAD while verifying, completing an upload) has no
+    re-send above it: with_retries gives it SDK_ROUNDS rounds of botocore's attempts, no more."""
+    from gateway.retry import SDK_ROUNDS, with_retries
+    from gateway.stores import open_store
+    from gateway.stores.s3 import SDK_ATTEMPTS
+    from planner.errors import ThrottledError
+
+    put_objects(s3_bucket, {"hot.bin": b"x"})
+    proxy = FaultProxy(emulators.endpoints["s3"], kind="s3", throttle=1.0,
+                       match=lambda method, path: method == "HEAD" and path.split("?")[0].endswith("/hot.bin"))
+    url = proxy.start()
+    try:
+        store = open_store(s3_bucket, proxied_credentials("s3", s3_bucket, url))
+        with pytest.raises(ThrottledError):
+            with_retries(lambda: store.head("hot.bin"), what="verifying hot.bin")
+    finally:
+        proxy.stop()
+    assert proxy.counts.throttled == SDK_ATTEMPTS * SDK_ROUNDS == 12, proxy.counts
+    record("fault", "one S3 HEAD throttled every time, as the coordinator verifies a copy (nothing re-sends it)",
+           f"{proxy.counts.throttled} attempts ({SDK_ATTEMPTS} by botocore x {SDK_ROUNDS} rounds), then ThrottledError")
+
+
 def test_fault_throttled_s3_read_attempts_in_a_transfer(s3_bucket, emulators, tmp_path):
     """A read that S3 throttles every time, end to end: its attempts are botocore's times the chunk's
     dispatches (no gateway retry stacked on the SDK's), then the transfer fails loudly and leaves
