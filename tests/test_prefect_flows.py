@@ -218,5 +218,6 @@ def test_retry_resumes_as_a_sync(prefect_harness, home, emulators, s3_bucket, gc
     assert proxy.counts.reset > 0 and [type(e) for e in failures] == [StoreUnavailableError]
     runs = task_runs_of(state.state_details.flow_run_id)
     assert len(runs) == 1 and runs[0].run_count == 2
+    assert stats["job_id"] == runs[0].id.hex  # every attempt of the task run is the same job
     assert stats["skipped_objects"] == len(present) and stats["objects"] == len(objs) - len(present)
     assert read_all(gcs_bucket, "dst/") == digests(objs)
