@@ -18,6 +18,7 @@ from typing import Iterator
 #: Keys a listing page holds at most (the contract's ``POST /store`` list limit; Azure's own page limit).
 MAX_LIST_PAGE = 5000
 
+from gateway.retry import with_retries
 from planner.errors import BadOptionError
 
 
@@ -135,10 +136,12 @@ class ObjectStore(ABC):
         listing can go on from any page in another process."""
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, sorted by key, one page after the other."""
+        """Every object whose key starts with ``prefix``, sorted by key, one page after the other (each
+        page retried as a call that nothing re-sends: gateway/retry.py)."""
         token: str | None = None
         while True:
-            page, token = self.list_page(prefix, token, MAX_LIST_PAGE)
+            page, token = with_retries(lambda: self.list_page(prefix, token, MAX_LIST_PAGE),
+                                       what=f"listing {self.root_uri}/{prefix}")
             yield from page
             if token is None:
                 return
