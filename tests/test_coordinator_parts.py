@@ -136,6 +136,10 @@ def test_small_objects_are_bundled_up_to_the_limits():
     out = [c for size in (600, 300, 200, 900, 0) for c in chunker.add(task("k", size))] + chunker.flush()
     assert [[p.length for p in c.pieces] for c in out] == [[600, 300], [200], [900, 0]]
     assert all(c.length <= 1000 for c in out) and MAX_BUNDLE_OBJECTS == 1024
+    # Above the bundle threshold an object travels alone, and the bundle being filled waits for the next.
+    chunker = Chunker(chunk_size=1000, weights=(1.0,), alone_above=500)
+    out = [c for size in (100, 600, 200) for c in chunker.add(task("k", size))] + chunker.flush()
+    assert [[p.length for p in c.pieces] for c in out] == [[600], [100, 200]]
 
 
 def test_chunk_spec_of_a_bundle_and_of_a_part():

@@ -50,7 +50,7 @@ def test_start_returns_a_handle_and_the_job_runs_in_its_own_process(home, tmp_pa
     assert seen and seen[-1].objects_done == len(objs)
     assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
     assert wait_gone(handle.job_id) == []
-    assert not directory.exists()  # a fetched success leaves nothing behind
+    assert os.listdir(directory) == ["report.jsonl"]  # a fetched success leaves only its per-object report
 
 
 def test_bad_input_fails_in_the_caller_before_any_coordinator(home, tmp_path):
@@ -139,7 +139,7 @@ def test_resume_runs_a_cancelled_job_again_under_its_id(home, tmp_path, capsys):
     assert stats["job_id"] == handle.job_id and stats["objects"] + stats["skipped_objects"] == len(objs)
     assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
     assert wait_gone(handle.job_id) == []
-    assert not job_dir(handle.job_id).exists()  # resumed to success: nothing left to resume
+    assert os.listdir(job_dir(handle.job_id)) == ["report.jsonl"]  # resumed to success: only its report left
 
 
 def test_a_coordinator_for_other_hosts_speaks_tls_with_a_pinned_certificate(home, tmp_path):

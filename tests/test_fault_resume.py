@@ -32,8 +32,9 @@ PREFIX = "r/"
 
 
 def sample() -> dict[str, bytes]:
-    """24 small objects and, sorted among them, one of 6 parts of 5 MiB (S3's minimum part size)."""
-    objs = {f"{i:02d}.bin": os.urandom(64 * 1024 + i) for i in range(24)}
+    """24 objects of just over 1 MiB (above the bundle threshold: each travels alone, so they land one by
+    one) and, sorted among them, one of 6 parts of 5 MiB (S3's minimum part size)."""
+    objs = {f"{i:02d}.bin": os.urandom(MiB + 64 * 1024 + i) for i in range(24)}
     objs["11-big.bin"] = os.urandom(30 * MiB - 11)
     return objs
 

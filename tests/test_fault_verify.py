@@ -8,12 +8,10 @@ import os
 import pytest
 
 from gateway.stores import open_store
-from gateway.stores.uri import parse_uri
 from planner.errors import VerificationError
+from gateway.stores.base import ObjectInfo
+from skyplane_provider.coordinator.finish import check_copy, shared_kinds
 from skyplane_provider.transfer import copy
-from skyplane_provider.transfer.chunks import Chunk, ObjectJob, Target
-from skyplane_provider.transfer.endpoints import open_destination, open_source
-from skyplane_provider.transfer.verify import verify_all
 
 from .helpers import digests, gateway_pids, put_objects, read_all
 from .reliability_report import record
@@ -23,36 +21,38 @@ AZ = "azure:eastus"
 _BUCKET_FIXTURE = {"s3": "s3_bucket", "gcs": "gcs_bucket", "azure": "azure_container", "local": "local_root"}
 
 
-def verify_one(src_root: str, dst_root: str, key: str, integrity: str = "aead") -> dict:
-    """Run the transfer's verifier on one object copied as one chunk; returns its manifest entry."""
-    source = open_source(parse_uri(f"{src_root}/"), recursive=True, credentials={}, region="local")
-    dest = open_destination(parse_uri(f"{dst_root}/"), single_source=False, credentials={}, region="local")
-    info = next(o for o in source.store.list() if o.key == key)
-    obj = ObjectJob(info, [Target(0, key, multipart=False, integrity={0: integrity})], chunk_ids=[0])
-    tally, manifest = verify_all([obj], [Chunk(0, obj, 0, info.size, None)], source, [dest], "job")
-    assert tally.objects == 1
-    return manifest["objects"][0]["copies"][0]
+def verify_one(src_root: str, dst_root: str, key: str, receipt: ObjectInfo, integrity: str | None = "aead") -> str:
+    """The check a copy gets as it lands: the source object as listed (here a HEAD, which carries every
+    checksum the store keeps, as GCS and Azure listings do) against what the destination store answered
+    to the write (``receipt``); ``integrity``: the weakest of the copy's chunks. Returns the method."""
+    src, dst = open_store(src_root), open_store(dst_root)
+    return check_copy(src.head(key), receipt, f"{dst_root}/{key}", shared_kinds(src, dst), integrity)
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs", "azure", "local"])
 def test_fault_verifier_catches_corrupt_copy(kind, request, local_root, emulators):
-    """Same size, one flipped byte: the store-native MD5 tells. Then a short copy: the size tells."""
+    """Same size, one flipped byte: the MD5 in the store's answer to the write tells (a local directory
+    answers with the size only: there the gateways' end-to-end check of the chunk is what vouches for
+    the bytes). Then a short copy: the size tells, whatever the store."""
     data = os.urandom(64 * 1024)
     put_objects(local_root, {"obj": data})
     dst = request.getfixturevalue(_BUCKET_FIXTURE[kind])
     if kind == "local":  # a second directory, not the source itself
         dst = request.getfixturevalue("tmp_path_factory").mktemp("dst").as_uri()
     store = open_store(dst)
-    store.write("obj", data)
-    assert verify_one(local_root, dst, "obj")["verified_by"] == "md5"
-    store.write("obj", data[:100] + bytes([data[100] ^ 1]) + data[101:])
-    with pytest.raises(VerificationError, match=r"/obj has md5 [0-9a-f]{32}, the source obj [0-9a-f]{32}"):
-        verify_one(local_root, dst, "obj")
-    store.write("obj", data[:-1])
+    native = kind != "local"
+    assert verify_one(local_root, dst, "obj", store.write("obj", data)) == ("md5" if native else "aead")
+    corrupt = store.write("obj", data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    if native:
+        with pytest.raises(VerificationError, match=r"/obj has md5 [0-9a-f]{32}, the source obj [0-9a-f]{32}"):
+            verify_one(local_root, dst, "obj", corrupt)
+    short = store.write("obj", data[:-1])
     with pytest.raises(VerificationError, match=f"/obj has {len(data) - 1} bytes, the source obj {len(data)}"):
-        verify_one(local_root, dst, "obj")
-    record("fault", f"verifier: a copy in {kind} with one flipped byte, then one byte short",
-           "VerificationError naming the object both times (md5 mismatch, then size mismatch)")
+        verify_one(local_root, dst, "obj", short)
+    record("fault", f"verifier: a copy in {kind} with one flipped byte, then one byte short, checked against "
+           "the store's answer to the write", "VerificationError naming the object both times (md5 mismatch, "
+           "then size mismatch)" if native else "size mismatch raised VerificationError (a local write answers "
+           "with the size only)")
 
 
 def test_fault_verifier_needs_every_chunk_confirmed(s3_bucket, local_root):
@@ -62,11 +62,11 @@ def test_fault_verifier_needs_every_chunk_confirmed(s3_bucket, local_root):
     store = open_store(s3_bucket)
     upload = store.begin_multipart("big")
     parts = [store.upload_part("big", upload, n + 1, data[n * 5 * MiB:(n + 1) * 5 * MiB]) for n in range(2)]
-    store.complete_multipart("big", upload, parts)
-    assert verify_one(local_root, s3_bucket, "big")["verified_by"] == "aead"
-    assert verify_one(local_root, s3_bucket, "big", "crc32c")["verified_by"] == "chunk-crc32c"
+    done = store.complete_multipart("big", upload, parts)
+    assert verify_one(local_root, s3_bucket, "big", done) == "aead"
+    assert verify_one(local_root, s3_bucket, "big", done, "crc32c") == "chunk-crc32c"
     with pytest.raises(VerificationError, match="big: no gateway confirmed the integrity of every chunk"):
-        verify_one(local_root, s3_bucket, "big", integrity="")
+        verify_one(local_root, s3_bucket, "big", done, integrity=None)
 
 
 @pytest.fixture
@@ -77,13 +77,15 @@ def own_home(tmp_path, monkeypatch):
     assert gateway_pids(marker=str(home)) == [], "a gateway process was left running"
 
 
-# Pairs, and how each object of (small, 6 MiB in parts) is verified on the emulators.
+# Pairs, and how each object of (small, 6 MiB in parts) is verified on the emulators, from the source
+# listing and the destination's answers to the writes (no HEAD, no second pass).
 PAIRS = [
-    # S3 multipart ETags are no MD5: the chunks' CRC32C (local gateways send clear frames to each other)
-    ("local", "s3", {"md5": 1, "chunk-crc32c": 1}),
-    ("s3", "azure", {"md5": 1, "chunk-crc32c": 1}),  # S3 source MD5 from a HEAD; committed blocks have none
+    # A local listing reads no file (no MD5), S3 multipart ETags are no MD5: the chunks' CRC32C
+    # (local gateways send clear frames to each other).
+    ("local", "s3", {"chunk-crc32c": 2}),
+    ("s3", "azure", {"chunk-crc32c": 2}),  # S3 listings carry no MD5 (an ETag may not be one)
     ("azure", "gcs", {"md5": 2}),  # fake-gcs keeps an MD5 of composed objects (real GCS: aead)
-    ("gcs", "local", {"md5": 2}),
+    ("gcs", "local", {"chunk-crc32c": 2}),  # a local write answers with the size only
 ]
 
 
@@ -105,19 +107,16 @@ def test_fault_stats_say_how_copies_were_verified(src_kind, dst_kind, expected, 
 
 def test_fault_verifier_uses_crc32c_when_only_that_is_shared():
     """A composed GCS object has only a CRC32C (fake-gcs keeps an MD5 too, so this is checked here)."""
-    from gateway.stores.base import ObjectInfo
-    from skyplane_provider.transfer.verify import check_copy
-
     src = ObjectInfo("k", 10, md5=None, crc32c="0a0b0c0d")
-    assert check_copy(src, ObjectInfo("k", 10, crc32c="0a0b0c0d"), "gs://b/k", ("md5", "crc32c"), []) == "crc32c"
+    assert check_copy(src, ObjectInfo("k", 10, crc32c="0a0b0c0d"), "gs://b/k", ("md5", "crc32c"), None) == "crc32c"
     with pytest.raises(VerificationError, match="crc32c"):
-        check_copy(src, ObjectInfo("k", 10, crc32c="ffffffff"), "gs://b/k", ("md5", "crc32c"), ["c0ffee"])
-    # Neither side has a shared native checksum: how the gateways checked each chunk decides (the weakest).
-    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["aead"]) == "aead"
-    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"),
-                      ["aead", "crc32c"]) == "chunk-crc32c"
+        check_copy(src, ObjectInfo("k", 10, crc32c="ffffffff"), "gs://b/k", ("md5", "crc32c"), "c0ffee")
+    # Neither side has a shared native checksum: how the gateways checked the chunks decides (the weakest,
+    # kept per copy as its chunks land: ``Copy.note_integrity``).
+    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), "aead") == "aead"
+    assert check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), "crc32c") == "chunk-crc32c"
     with pytest.raises(VerificationError, match="no gateway confirmed"):
-        check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), ["aead", ""])
+        check_copy(src, ObjectInfo("k", 10, md5="aa"), "gs://b/k", ("md5", "crc32c"), None)
     record("fault", "verifier on copies with only a CRC32C in common (a composed GCS object), a wrong CRC32C, "
            "and no common checksum with one chunk unconfirmed", "crc32c used and a mismatch raised "
            "VerificationError; the chunks' integrity (aead, chunk-crc32c) used otherwise, an unconfirmed chunk "

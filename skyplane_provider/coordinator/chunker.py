@@ -157,9 +157,12 @@ class Chunker:
     (lazily, part by part, for a big one); :meth:`flush` closes the bundle being filled."""
 
     def __init__(self, chunk_size: int, weights: tuple[float, ...] | list[float], *,
-                 max_objects: int = MAX_BUNDLE_OBJECTS, first_id: int = 0) -> None:
+                 max_objects: int = MAX_BUNDLE_OBJECTS, first_id: int = 0, alone_above: int | None = None) -> None:
         self.chunk_size = chunk_size
         self.max_objects = max_objects
+        #: Whole objects bigger than this travel alone, one to a chunk (``Sizing.bundle_threshold``:
+        #: beyond it per-request costs no longer dominate, and a bundle is read object after object).
+        self.alone_above = alone_above
         self._picker = PartitionPicker(weights)
         self._next_id = first_id
         self._bundle: list[Piece] = []
@@ -187,9 +190,11 @@ class Chunker:
 
     def _bundled(self, obj: ObjectTask) -> Iterator[Chunk]:
         size = obj.info.size
+        every = tuple(range(len(obj.copies)))
+        if self.alone_above is not None and size > self.alone_above:
+            return iter([self._chunk([Piece(obj, 0, size, None, every, set(every))])])
         full = self._bundle and (len(self._bundle) >= self.max_objects or self._bundle_bytes + size > self.chunk_size)
         done = self.flush() if full else []
-        every = tuple(range(len(obj.copies)))
         self._bundle.append(Piece(obj, 0, size, None, every, set(every)))
         self._bundle_bytes += size
         return iter(done)

@@ -112,14 +112,23 @@ def decide(info: ObjectInfo, rel: str, found: list[ObjectInfo | None]) -> Decisi
     return Decision(info, rel, copy, tuple(i for i in range(len(found)) if i not in copy))
 
 
+#: ``(destination index, object)``: called for each object a destination holds and the source does not.
+OnDestOnly = Callable[[int, ObjectInfo], None]
+
+
 def diff(source: Iterable[ObjectInfo], rel: Callable[[str], str], dest_keys: list[Callable[[str], str]],
-         dest_listings: list[Iterable[ObjectInfo]] | None, *, where: str = "the source") -> Iterator[Decision]:
+         dest_listings: list[Iterable[ObjectInfo]] | None, *, where: str = "the source",
+         on_dest_only: OnDestOnly | None = None) -> Iterator[Decision]:
     """A :class:`Decision` per source object, in listing order. ``rel`` maps a source key to its
     relative name, ``dest_keys[i]`` a relative name to destination ``i``'s key; ``dest_listings``
     (sync only) are the destinations' sorted listings under their prefixes. Directory markers
-    (keys ending in ``/``) are not objects and are left out."""
+    (keys ending in ``/``) are not objects and are left out. ``on_dest_only`` (sync only) hears of
+    every destination object with no source object, in key order, as the join passes it; the last
+    ones once the source is exhausted (a mirror's deletions: act on them after the copies verified)."""
     cursors = None if dest_listings is None else [
-        DestCursor(listing, f"destination {i}") for i, listing in enumerate(dest_listings)]
+        DestCursor(listing, f"destination {i}",
+                   None if on_dest_only is None else (lambda obj, i=i: on_dest_only(i, obj)))
+        for i, listing in enumerate(dest_listings)]
     every = tuple(range(len(dest_keys)))
     for info in in_order(source, where):
         if info.key.endswith("/"):
@@ -129,3 +138,6 @@ def diff(source: Iterable[ObjectInfo], rel: Callable[[str], str], dest_keys: lis
             yield Decision(info, name, every, ())
         else:
             yield decide(info, name, [c.seek(key_for(name)) for c, key_for in zip(cursors, dest_keys)])
+    if cursors is not None and on_dest_only is not None:
+        for c in cursors:
+            c.drain()

@@ -1,14 +1,17 @@
-"""The orchestrator's loop: feed chunks to source gateways, track completion, retry, finish objects.
+"""The dispatch loop: chunks from the listing (:class:`~skyplane_provider.coordinator.feed.Feed`) to the
+source gateways, their ``written`` / ``failed`` events back to the objects, each object completed and
+verified as its last piece lands, recorded in the manifest and the report, then forgotten.
 
 The orchestrator never touches the data: it submits chunk batches, reads the gateways' events,
-re-submits what failed or stalled (a rewrite of identical bytes is harmless), and completes each
-multipart upload once every part of it is written.
+re-submits what failed or stalled (a rewrite of identical bytes is harmless; a gateway confirms a
+copy it already wrote) and completes each multipart upload once every part of it is written.
+Memory is the chunks in flight (at most :data:`MAX_INFLIGHT_CHUNKS` chunks and
+:data:`MAX_INFLIGHT_OBJECTS` objects), whatever the size of the job.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -17,13 +20,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from gateway.control_client import GatewayClient
-from gateway.retry import MAX_RETRY_AFTER, RetryBudget, with_retries
-from gateway.stores.base import PartInfo
+from gateway.retry import MAX_RETRY_AFTER, RetryBudget
 from planner.errors import GatewayError, SkyplaneError, TransferError
 from planner.plan import Plan
+from skyplane_provider.coordinator.chunker import Chunk, ObjectTask, Piece
+from skyplane_provider.coordinator.feed import Feed
+from skyplane_provider.coordinator.finish import finish_copies, needs_store, shared_kinds
+from skyplane_provider.coordinator.ledger import Ledger
+from skyplane_provider.coordinator.manifest import Manifest
 from skyplane_provider.provisioners.base import Fleet
 
-from .chunks import Chunk, ObjectJob, Target, batch_request
 from .endpoints import Destination, Source
 from .launch import wire_peers
 from .stats import Progress
@@ -34,85 +40,72 @@ BATCH = 256  # chunk requests per POST: 100k small objects cost ~400 round trips
 #: Batches per source gateway per tick (50 ms) while it accepts them. One batch a tick capped small
 #: objects at ~2,500/s whatever the gateways could do; their queues bound what is outstanding.
 BATCHES_PER_TICK = 8
-#: Dispatches of one chunk whose own operation failed (a store error, a damaged frame, a stall):
-#: the fourth failure fails the transfer. Re-sends after a gateway on the chunk's route died do not
-#: count here (the chunk did nothing wrong) but draw on the job's RetryBudget like every re-send.
+#: Dispatches of one chunk whose own operation failed (a store error, a damaged frame, a stall): the
+#: fourth failure fails its objects (reported; the job goes on and fails at the end). Re-sends after a
+#: gateway on the chunk's route died do not count here (the chunk did nothing wrong) but draw on the
+#: job's RetryBudget like every re-send; a spent budget fails the job.
 MAX_ATTEMPTS = 4
+#: What the orchestrator holds at most: chunks taken from the listing and not yet settled, and the
+#: objects in them (a bundle holds up to 1,024). Enough to keep every gateway queue full.
+MAX_INFLIGHT_CHUNKS = 2048
+MAX_INFLIGHT_OBJECTS = 65_536
+#: Seconds between manifest commits (each commit is one fsync-free WAL append).
+COMMIT_EVERY = 0.5
 
 
 class Dispatcher:
-    """Runs one transfer's chunks through a started fleet. ``run()`` returns when every object is
-    complete at every destination, or raises."""
+    """Runs one transfer's chunks through a started fleet. ``run()`` returns when the listing is
+    exhausted and every object it produced is settled (verified, or failed and reported), or raises
+    on a failure of the whole job (cancel, no gateway left, a listing error)."""
 
-    def __init__(self, *, job_id: str, plan: Plan, fleet: Fleet, clients: dict[str, GatewayClient],
-                 chunks: list[Chunk], objects: list[ObjectJob], source: Source, dests: list[Destination],
+    def __init__(self, *, job_id: str, plan: Plan, fleet: Fleet, clients: dict[str, GatewayClient], feed: Feed,
+                 source: Source, dests: list[Destination], manifest: Manifest, ledger: Ledger,
                  stop: threading.Event, progress: Callable[[Progress], None] | None = None,
                  stall_seconds: float = 120.0, health_every: float = 2.0) -> None:
         self.job_id, self.plan, self.fleet, self.clients = job_id, plan, fleet, clients
-        self.chunks, self.objects, self.source, self.dests = chunks, objects, source, dests
+        self.feed, self.source, self.dests = feed, source, dests
+        self.manifest, self.ledger = manifest, ledger
         self.stop, self.progress = stop, progress
         self.stall_seconds, self.health_every = stall_seconds, health_every
-        self.queue: deque[int] = deque(range(len(chunks)))
+        self.chunks: dict[int, Chunk] = {}  # taken from the feed and not yet settled
+        self.queue: deque[int] = deque()  # chunk ids to submit (new, or to retry)
         self.not_before: dict[int, float] = {}
-        self.inflight: dict[int, float] = {}  # chunk id -> submit time
-        self.attempts: dict[int, int] = {}
+        self.inflight: dict[int, float] = {}  # chunk id -> last submit or news
+        self.attempts: dict[int, int] = {}  # of chunks in flight
+        self.most_attempts = 0  # the most any chunk of the job needed
         self.cursor: dict[str, int] = {gid: 0 for gid in clients}
         self.counters: dict[str, dict] = {}
         self.retries = 0
-        self.budget = RetryBudget.for_chunks(len(chunks))
+        self.budget = RetryBudget.for_chunks(0)  # grows by one per chunk taken from the listing
         self.replaced: list[str] = []  # gateways started in place of dead ones
         self.bytes_done = 0
         self.objects_done = 0
-        self.bytes_total = sum(o.info.size for o in objects)
-        self._chunks_left = {id(o): len(o.chunk_ids) for o in objects}
+        self.chunk_count = 0  # chunks taken from the feed
+        self.first_written: float | None = None  # monotonic time of the first written event
+        self._objects_inflight = 0
+        self._feed_done = False
+        self._kinds = [shared_kinds(source.store, d.store) for d in dests]
         self._finishing: list[Future] = []
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         self._rr = 0
         self.started = time.monotonic()
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _sources(self) -> list[str]:
-        return [g for g in self.clients if g.startswith(self.plan.src + "/")]
-
-    def _requeue(self, cid: int, reason: str, *, failed: bool = True, retry_after: float | None = None) -> None:
-        """Send chunk ``cid`` again after a backoff (at least the store's ``retry_after``); ``failed``:
-        its own operation failed (counted against MAX_ATTEMPTS), not a gateway on its route."""
-        chunk = self.chunks[cid]
-        if self._chunk_done(chunk) or cid in self.queue:
-            return
-        self.inflight.pop(cid, None)
-        n = self.attempts.get(cid, 0) + failed
-        self.attempts[cid] = n
-        if n >= MAX_ATTEMPTS:
-            raise TransferError(
-                f"chunk {cid} of {chunk.obj.info.key} failed {n} times, last: {reason}",
-                hint="see the gateway logs; the destination was left without partial objects")
-        if not self.budget.spend():
-            raise TransferError(
-                f"the job's retry budget is spent ({self.budget.total} re-sent chunks); last: chunk {cid} of "
-                f"{chunk.obj.info.key}: {reason}",
-                hint="the store or the fleet keeps failing: see the gateway logs, then re-run the transfer "
-                     "(sync) to finish what is missing; the destination was left without partial objects")
-        self.retries += 1
-        backoff = min(10.0, 0.2 * 2**max(n, 1)) * (0.5 + random.random())
-        self.not_before[cid] = time.monotonic() + max(backoff, min(retry_after or 0.0, MAX_RETRY_AFTER))
-        log.warning("retrying chunk %d (%s), attempt %d: %s", cid, chunk.obj.info.key, n + 1, reason)
-        self.queue.append(cid)
-
-    def _chunk_done(self, chunk: Chunk) -> bool:
-        return len(chunk.written) == len(chunk.obj.targets)
-
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
-        last_health = last_progress = 0.0
+        last_health = last_progress = last_commit = 0.0
         try:
-            while self._chunks_pending() or self._finishing:
+            while not self._feed_done or self.chunks or self._finishing:
                 if self.stop.is_set():
-                    raise TransferError("transfer cancelled", hint="re-run it (sync) to finish what is missing")
+                    raise TransferError("transfer cancelled", hint="resume the job to finish what is missing")
+                self._take()
                 self._submit()
                 self._poll()
                 self._reap_finishers()
                 now = time.monotonic()
+                if now - last_commit > COMMIT_EVERY:
+                    self.ledger.flush()
+                    self.manifest.commit()
+                    last_commit = now
                 if now - last_health > self.health_every:
                     self._check_health()
                     self._check_stalls(now)
@@ -120,14 +113,44 @@ class Dispatcher:
                 if self.progress and now - last_progress > 1.0:
                     self.progress(self.snapshot())
                     last_progress = now
-                time.sleep(0.05)
+                if not self._busy():
+                    time.sleep(0.05)
+            self.ledger.flush()
+            self.manifest.commit()
             if self.progress:
                 self.progress(self.snapshot())
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _chunks_pending(self) -> bool:
-        return bool(self.queue or self.inflight)
+    def _busy(self) -> bool:
+        """Whether the feed has chunks waiting that there is room for (then the loop does not sleep)."""
+        return not self.feed.queue.empty() and self._room()
+
+    def _room(self) -> bool:
+        return len(self.chunks) < MAX_INFLIGHT_CHUNKS and self._objects_inflight < MAX_INFLIGHT_OBJECTS
+
+    def _take(self) -> None:
+        """Chunks from the listing, while there is room."""
+        while not self._feed_done and self._room():
+            item = self.feed.take()
+            if item is None:
+                return
+            if item is Feed.DONE:
+                self._feed_done = True
+                if self.feed.error is not None:
+                    raise self.feed.error
+            elif isinstance(item, ObjectTask):  # every part recorded by an earlier run
+                self._object_settled(item)
+            else:
+                self.chunks[item.id] = item
+                self.queue.append(item.id)
+                self.chunk_count += 1
+                self.budget.total += 1
+                self._objects_inflight += len(item.pieces)
+
+    # -- submitting --------------------------------------------------------------------------
+    def _sources(self) -> list[str]:
+        return [g for g in self.clients if g.startswith(self.plan.src + "/")]
 
     def _submit(self) -> None:
         sources = self._sources()
@@ -143,15 +166,14 @@ class Dispatcher:
             deferred: list[int] = []
             while self.queue and len(batch) < BATCH:
                 cid = self.queue.popleft()
-                if self._chunk_done(self.chunks[cid]):
-                    continue  # a stalled copy that arrived after all
+                if cid not in self.chunks:
+                    continue  # settled after all (a stalled copy that arrived)
                 (deferred if self.not_before.get(cid, 0) > now else batch).append(cid)
             self.queue.extendleft(reversed(deferred))
             if not batch:
                 return
             try:
-                accepted = self.clients[gid].submit(batch_request([self.chunks[c] for c in batch], self.source,
-                                                                  self.dests))
+                accepted = self.clients[gid].submit(self._batch([self.chunks[c] for c in batch]))
             except GatewayError as exc:
                 log.warning("gateway %s refused a batch: %s", gid, exc)
                 accepted = 0
@@ -161,6 +183,40 @@ class Dispatcher:
             if accepted < len(batch):
                 return  # backpressure: the source gateways' queues are full
 
+    def _batch(self, chunks: list[Chunk]) -> dict:
+        """The ``POST /chunks`` body (docs/gateway.md, control API v2)."""
+        return {"src": self.source.store.root_uri,
+                "dests": [{"region": d.region, "store": d.store.root_uri} for d in self.dests],
+                "chunks": [c.spec() for c in chunks]}
+
+    def _requeue(self, cid: int, reason: str, pieces: list[Piece] | None = None, *, failed: bool = True,
+                 retry_after: float | None = None) -> None:
+        """Send a chunk again after a backoff (at least the store's ``retry_after``); ``failed``: its own
+        operation failed (counted against :data:`MAX_ATTEMPTS`, after which its unsettled pieces fail),
+        not a gateway on its route."""
+        chunk = self.chunks.get(cid)
+        if chunk is None or cid in self.queue:
+            return
+        self.inflight.pop(cid, None)
+        n = self.attempts.get(cid, 0) + failed
+        self.attempts[cid] = n
+        self.most_attempts = max(self.most_attempts, n + 1)
+        if n >= MAX_ATTEMPTS:
+            self._fail_pieces(chunk, pieces or chunk.pieces, f"failed {n} times, last: {reason}")
+            return
+        if not self.budget.spend():
+            raise TransferError(
+                f"the job's retry budget is spent ({self.budget.total} re-sent chunks); last: chunk {cid} of "
+                f"{chunk.pieces[0].obj.info.key}: {reason}",
+                hint="the store or the fleet keeps failing: see the gateway logs, then resume the job; the "
+                     "destination was left without partial objects")
+        self.retries += 1
+        backoff = min(10.0, 0.2 * 2**max(n, 1)) * (0.5 + random.random())
+        self.not_before[cid] = time.monotonic() + max(backoff, min(retry_after or 0.0, MAX_RETRY_AFTER))
+        log.warning("retrying chunk %d (%s...), attempt %d: %s", cid, chunk.pieces[0].obj.info.key, n + 1, reason)
+        self.queue.append(cid)
+
+    # -- events ------------------------------------------------------------------------------
     def _poll(self) -> None:
         for gid, client in list(self.clients.items()):
             try:
@@ -173,57 +229,117 @@ class Dispatcher:
                 self._on_event(gid, ev)
 
     def _on_event(self, gid: str, ev: dict) -> None:
-        cid = ev.get("chunk_id")
-        if not isinstance(cid, int) or not 0 <= cid < len(self.chunks):
-            return
-        chunk = self.chunks[cid]
-        if ev.get("type") == "failed":
-            if self._chunk_done(chunk):
-                return
-            if not ev.get("retryable", False):
-                raise TransferError(f"gateway {gid} could not move {chunk.obj.info.key}: {ev.get('error')}")
-            self._requeue(cid, f"{gid}: {ev.get('error')}", retry_after=ev.get("retry_after"))
-        elif ev.get("type") == "written":
+        chunk = self.chunks.get(ev.get("chunk_id"))
+        if chunk is None:
+            return  # settled already (a late confirmation of a re-send)
+        if chunk.id in self.inflight:
+            self.inflight[chunk.id] = time.monotonic()  # news: not stalled
+        if ev.get("type") == "written":
+            if self.first_written is None:
+                self.first_written = time.monotonic()
+            integrity = ev.get("integrity") or ""
             for entry in ev.get("objects") or ():
-                for target in chunk.obj.targets:
-                    if target.dest_index == entry.get("dest") and target.key == entry.get("key"):
-                        self._on_written(chunk, target, ev.get("integrity", ""), entry)
+                self._on_written(chunk, entry, integrity)
+        elif ev.get("type") == "failed":
+            which = ev.get("objects")
+            pieces = chunk.pieces if which is None else [chunk.pieces[i] for i in which
+                                                          if isinstance(i, int) and 0 <= i < len(chunk.pieces)]
+            pieces = [p for p in pieces if not p.settled]
+            if not pieces:
+                return
+            error = f"{ev.get('error_type') or 'error'} at {gid}: {ev.get('error')}"
+            if ev.get("retryable", False):
+                self._requeue(chunk.id, error, pieces, retry_after=ev.get("retry_after"))
+            else:
+                self._fail_pieces(chunk, pieces, error)
+        self._maybe_settled(chunk)
 
-    def _on_written(self, chunk: Chunk, target, integrity: str, entry: dict) -> None:
-        if target.dest_index in chunk.written:
+    def _on_written(self, chunk: Chunk, entry: dict, integrity: str) -> None:
+        i = entry.get("i")
+        if not isinstance(i, int) or not 0 <= i < len(chunk.pieces):
             return
-        chunk.written.add(target.dest_index)
-        target.integrity[chunk.chunk_id] = integrity
+        piece = chunk.pieces[i]
+        copies = piece.obj.copies
+        c = next((c for c in piece.waiting if copies[c].dest == entry.get("dest") and copies[c].key == entry.get("key")),
+                 None)
+        if c is None:
+            return
+        copy = copies[c]
+        copy.note_integrity(integrity)
         part = entry.get("part")
-        if chunk.part_number is not None and part:
-            target.parts[chunk.part_number] = {"etag": part["etag"], "size": part.get("size", chunk.length)}
-        if self._chunk_done(chunk):
-            self.inflight.pop(chunk.chunk_id, None)
-            self.bytes_done += chunk.length
-            left = self._chunks_left[id(chunk.obj)] = self._chunks_left[id(chunk.obj)] - 1
-            if left == 0:
-                self._finishing.append(self._pool.submit(self._finish_object, chunk.obj))
+        if piece.part is not None:
+            if not part or part.get("part_number") != piece.part:
+                return
+            copy.parts[piece.part] = (part["etag"], int(part.get("size", piece.length)))
+            self.manifest.record_part(copy.dest, copy.key, piece.part, part["etag"],
+                                      int(part.get("size", piece.length)), integrity)
+        else:
+            copy.receipt = entry.get("receipt")
+        piece.waiting.discard(c)
+        if not piece.waiting:
+            self.bytes_done += piece.length
 
-    def _finish_object(self, obj: ObjectJob) -> ObjectJob:
-        for t in obj.targets:
-            if t.multipart:
-                store = self.dests[t.dest_index].store
-                parts = [PartInfo(n, p["etag"], p["size"]) for n, p in sorted(t.parts.items())]
-                with_retries(lambda: store.complete_multipart(t.key, t.upload_id, parts),
-                             what=f"completing {store.root_uri}/{t.key}", stop=self.stop)
-            t.done = True
-        return obj
+    def _fail_pieces(self, chunk: Chunk, pieces: list[Piece], error: str) -> None:
+        for p in pieces:
+            if p.settled:
+                continue
+            p.failed = True
+            for c in p.waiting:
+                p.obj.copies[c].error = error
+            log.error("%s could not be copied: %s", p.obj.info.key, error)
+        self._maybe_settled(chunk)
+
+    def _maybe_settled(self, chunk: Chunk) -> None:
+        if chunk.id not in self.chunks or not chunk.settled:
+            return
+        del self.chunks[chunk.id]
+        self.inflight.pop(chunk.id, None)
+        self.attempts.pop(chunk.id, None)
+        self.not_before.pop(chunk.id, None)
+        self._objects_inflight -= len(chunk.pieces)
+        for p in chunk.pieces:
+            p.obj.pieces_left -= 1
+            if p.obj.pieces_left == 0:
+                self._object_settled(p.obj)
+
+    # -- finishing objects ---------------------------------------------------------------------
+    def _object_settled(self, obj: ObjectTask) -> None:
+        """Every piece of ``obj`` is written or failed: complete, verify, record (in a thread when that
+        needs a store call)."""
+        if needs_store(obj):
+            self._finishing.append(self._pool.submit(
+                lambda: (obj, finish_copies(obj, self._stores(), self._kinds, self.stop))))
+        else:
+            self._record(obj, finish_copies(obj, self._stores(), self._kinds))
+
+    def _stores(self) -> list:
+        """The destinations' stores as they are now (renewed credentials reopen them)."""
+        return [d.store for d in self.dests]
 
     def _reap_finishers(self) -> None:
         still = []
         for f in self._finishing:
             if f.done():
-                f.result()  # re-raises a failed completion
-                self.objects_done += 1
+                self._record(*f.result())
             else:
                 still.append(f)
         self._finishing = still
 
+    def _record(self, obj: ObjectTask, outcomes: list) -> None:
+        ok = True
+        for copy, method, error in outcomes:
+            if method is not None:
+                self.manifest.record_copy(obj.info.key, copy.dest, copy.key, obj.info.size, method)
+                self.ledger.copied(obj.info, copy.dest, copy.key, method)
+            else:
+                ok = False
+                if copy.upload_id is not None:
+                    self.manifest.forget_upload(copy.dest, copy.key)
+                self.ledger.failed(obj.info, copy.dest, copy.key, error)
+        self.ledger.object_done(obj.info, ok)
+        self.objects_done += 1
+
+    # -- gateways ------------------------------------------------------------------------------
     def _check_health(self) -> None:
         dead = [gid for gid in self.clients if not self.fleet.alive(gid)]
         if not dead:
@@ -246,13 +362,12 @@ class Dispatcher:
         region = dead.split("/")[0]
         if not self.fleet.can_replace:
             raise TransferError(f"every gateway in {region} died",
-                                hint="re-run the transfer (sync) to resume, with --gateways-per-region 2 for "
-                                     "spares; see the gateway logs")
+                                hint="resume the job, with --gateways-per-region 2 for spares; see the gateway logs")
         try:
             handle = self.fleet.replace(dead)
         except SkyplaneError as exc:
             raise TransferError(f"every gateway in {region} died and no replacement could start: {exc}",
-                                hint="re-run the transfer (sync) to resume; see the gateway logs") from exc
+                                hint="resume the job; see the gateway logs") from exc
         self.replaced.append(handle.gateway_id)
         return handle.gateway_id
 
@@ -261,41 +376,14 @@ class Dispatcher:
             if now - t > self.stall_seconds:
                 self._requeue(cid, f"no progress for {self.stall_seconds:.0f}s")
 
+    # -- what it reports -------------------------------------------------------------------------
     def snapshot(self) -> Progress:
-        return Progress(job_id=self.job_id, bytes_done=self.bytes_done, bytes_total=self.bytes_total,
-                        objects_done=self.objects_done, objects_total=len(self.objects),
-                        seconds=time.monotonic() - self.started, retries=self.retries)
+        feed = self.feed
+        return Progress(job_id=self.job_id, bytes_done=self.bytes_done, bytes_total=feed.bytes_listed,
+                        objects_done=self.objects_done, objects_total=feed.objects_listed,
+                        seconds=time.monotonic() - self.started, retries=self.retries,
+                        listing_done=feed.listing_done, objects_failed=self.ledger.objects_failed)
 
     def counter_sum(self, name: str, region: str | None = None) -> int:
         return sum(int(c.get(name, 0)) for gid, c in self.counters.items()
                    if region is None or gid.startswith(region + "/"))
-
-
-def abort_uploads(objects: list[ObjectJob], dests: list[Destination]) -> None:
-    """Abort every multipart upload not completed: no partial object becomes visible."""
-    for obj in objects:
-        for t in obj.targets:
-            if t.multipart and t.upload_id and not t.done:
-                try:
-                    dests[t.dest_index].store.abort_multipart(t.key, t.upload_id)
-                except SkyplaneError as exc:
-                    log.warning("could not abort upload of %s: %s", t.key, exc)
-
-
-def abort_stale_uploads(targets: list[Target], dests: list[Destination]) -> int:
-    """Abort the unfinished multipart uploads of these targets' keys that an earlier run began and
-    could not finish or abort (its orchestrator was killed): the object is uploaded again from its
-    first part, and no upload is left dangling. Returns how many were aborted."""
-    keys: dict[int, set[str]] = {}
-    for t in targets:
-        keys.setdefault(t.dest_index, set()).add(t.key)
-    aborted = 0
-    for i, mine in keys.items():
-        store = dests[i].store
-        for key, upload_id in store.pending_uploads(os.path.commonprefix(sorted(mine))):
-            if key in mine:
-                log.info("aborting the unfinished upload %s of %s/%s left by an earlier run", upload_id,
-                         store.root_uri, key)
-                store.abort_multipart(key, upload_id)
-                aborted += 1
-    return aborted

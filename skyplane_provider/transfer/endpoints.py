@@ -18,6 +18,7 @@ from gateway.stores.uri import StoreURI
 from planner.errors import AccessDeniedError, BadOptionError, NotFoundError
 from planner.store_requests import RequestCounts
 from skyplane_provider.filters import Filter
+from skyplane_provider.coordinator.listing import PAGE_LIMIT
 from skyplane_provider.coordinator.listing import differs as needs_copy  # noqa: F401 - the sync rule, one copy
 
 from .estimate import list_requests
@@ -159,13 +160,33 @@ def list_source(source: Source, filters: Filter | None = None) -> Listing:
             listing.kept_back.add(name)
     if not listing.objects:
         log.warning("nothing under %s passes the filters (%s)", source.uri, "; ".join(filters.describe()))
+    _check_readable(source, listing.objects)
+    return listing
+
+
+def first_page(source: Source) -> tuple[list[ObjectInfo], str | None]:
+    """The first page of an unfiltered source listing (one object for a single-object source) and the
+    token of the next; raises ``NotFoundError`` when there is nothing to copy. The rest is listed
+    while the data moves (:mod:`skyplane_provider.coordinator.feed`); only this page is checked here
+    for local files the process may not read (a later one fails alone, in the report)."""
+    if source.single:
+        objs, token = [source.store.head(source.prefix)], None
+    else:
+        objs, token = source.store.list_page(source.prefix, None, PAGE_LIMIT)
+        objs = [o for o in objs if not o.key.endswith("/")]
+    if not objs and token is None:
+        raise NotFoundError(f"nothing to copy: no object under {source.uri}", hint="check the source prefix")
+    _check_readable(source, objs)
+    return objs, token
+
+
+def _check_readable(source: Source, objs: list[ObjectInfo]) -> None:
     if source.uri.scheme == "file":
         root = source.store.root_uri[len("file://"):]
-        unreadable = [o.key for o in listing.objects if not os.access(os.path.join(root, o.key), os.R_OK)]
+        unreadable = [o.key for o in objs if not os.access(os.path.join(root, o.key), os.R_OK)]
         if unreadable:
             raise AccessDeniedError(f"cannot read {len(unreadable)} source file(s), e.g. {unreadable[0]}",
                                     hint="fix their permissions or leave them out")
-    return listing
 
 
 def existing(dest: Destination, heads: Sequence[str] = ("",)) -> dict[str, ObjectInfo]:

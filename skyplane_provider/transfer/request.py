@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.stores.uri import StoreURI, parse_uri
@@ -103,6 +104,12 @@ class TransferRequest:
     grid: str | None = None
     plan: dict | None = None
     job_id: str | None = None
+    #: Continue the job ``job_id`` from its manifest (docs/coordinator.md): copies it records done are
+    #: skipped, multipart uploads it records are continued from their recorded parts.
+    resume: bool = False
+    #: Where the per-object JSON Lines report goes (a local path); default ``report.jsonl`` in the job's
+    #: directory, ``$SKYPLANE_HOME/jobs/<job_id>/``.
+    report_uri: str | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     filter: list[str] = field(default_factory=list)
@@ -169,6 +176,11 @@ class TransferRequest:
                                  hint="use 1MiB to 5GiB; 16-64MiB suits most transfers")
         if self.dst_regions is not None and len(self.dst_regions) != len(self.dsts):
             raise BadOptionError("give one destination region per destination (or none)")
+        if self.resume and not self.job_id:
+            raise BadOptionError("resume needs the job id of the job to continue",
+                                 hint="pass the job_id the job was started with")
+        if self.report_uri is not None:
+            report_path(self.report_uri)
         if not isinstance(self.credentials, dict):
             raise BadOptionError("credentials must be a mapping of store root URI or scheme to settings")
         self.filters()
@@ -243,3 +255,14 @@ class TransferRequest:
 def _overlaps(a: str, b: str) -> bool:
     a, b = a.rstrip("/"), b.rstrip("/")
     return a == b or not a or not b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def report_path(uri: str) -> Path:
+    """The local file a ``report_uri`` names (a path or a ``file://`` URI) whose directory exists."""
+    if "://" in uri and not uri.startswith("file://"):
+        raise BadOptionError(f"the report goes to a local file, not {uri}",
+                             hint="pass a path; copy the report to a store afterwards if you need it there")
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if not path.parent.is_dir():
+        raise BadOptionError(f"the report's directory {path.parent} does not exist", hint="create it first")
+    return path

@@ -1,11 +1,23 @@
-"""The engine-neutral transfer: validate, list, plan, provision, dispatch, complete, verify, tear down.
+"""The engine-neutral transfer: validate, plan, provision, then list -> chunk -> move -> verify as one stream.
 
 Clients (CLI, Airflow operator, Prefect task) call ``Transfer(request).start()`` (or ``run()``, which
 is ``start().result()``): every check that can fail on bad input runs in ``prepare()``, in the
 caller, before any gateway starts; then the job's coordinator process (docs/coordinator.md) runs
 ``execute()``, the pipeline itself, and the caller holds a :class:`TransferHandle`. The fleet is torn
 down on every path out of ``execute()`` (success, error, cancel, SIGTERM via the provisioner's hooks),
-and unfinished multipart uploads are aborted, so a failed transfer leaves only complete, verified objects.
+and unfinished multipart uploads are aborted, so a failed transfer leaves only complete, verified objects
+(a killed one leaves its uploads open and recorded, for a resume).
+
+``prepare()`` reads only the first listing page (the plan is sized from it) unless the job needs its
+whole listing before anything moves: a dry run, a cost ceiling (``max_cost_usd``), a mirror
+(``delete``, whose ``max_delete`` is checked first), filters (applied by the full listing), or a
+destination that copies server-side (the split needs every object). ``execute()`` lists the rest
+while the data moves (:mod:`skyplane_provider.coordinator.feed` -> :mod:`.dispatch`), verifies each
+copy as it lands from the stores' write receipts (:mod:`skyplane_provider.coordinator.finish`),
+records it in the job's manifest and report and forgets it. The job's directory
+``$SKYPLANE_HOME/jobs/<job_id>/`` holds ``manifest.sqlite3`` (copies done, uploads begun, parts
+written) and, by default, ``report.jsonl``; a request with the same ``job_id`` and ``resume=True``
+skips what the manifest records done and continues its multipart uploads from their recorded parts.
 """
 
 from __future__ import annotations
@@ -17,19 +29,32 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
+from gateway.sizing import Sizing, choose
 from gateway.stores import open_store
-from planner.errors import BadOptionError, SkyplaneError
+from gateway.stores.base import ObjectInfo
+from planner.errors import BadOptionError, SkyplaneError, TransferError
 from planner.plan import Plan
+from planner.store_requests import RequestCounts
+from skyplane_provider.coordinator.chunker import part_size_for
+from skyplane_provider.coordinator.feed import Feed, abort_upload
+from skyplane_provider.coordinator.finish import Verification
+from skyplane_provider.coordinator.ledger import Ledger
+from skyplane_provider.coordinator.listing import Decision
+from skyplane_provider.coordinator.manifest import Manifest
+from skyplane_provider.coordinator.report import Report
+from skyplane_provider.paths import skyplane_home
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import Fleet, Provisioner
 
 from .bandwidth import RegionCaps
-from .chunks import Chunk, ObjectJob, Target, cut, part_size_for
+from .chunks import ObjectJob, Target
 from .credential_sources import CredentialKeeper, CredentialSource
-from .dispatch import Dispatcher, abort_stale_uploads, abort_uploads
-from .endpoints import Destination, Source, existing, list_source, needs_copy, open_destination, open_source
+from .dispatch import Dispatcher
+from .endpoints import (Destination, Source, existing, first_page, list_source, needs_copy, open_destination,
+                        open_source)
 from .dryrun import DryRun
 from .estimate import Estimate, check_budget, count_requests, estimate
 from .handle import TransferHandle
@@ -37,10 +62,9 @@ from .launch import JobSecrets, gateway_specs, wire_peers
 from .mirror import Deletion, DestOnly, check_limit, delete_all, probe_delete
 from .planning import make_plan
 from .preflight import preflight
-from .request import TransferRequest
+from .request import TransferRequest, report_path
 from .server_side import GATEWAYS, SERVER_SIDE, Copier, Way, candidate_regions, probe_ways, requests_usd_for, split
 from .stats import Progress, TransferStats, egress_usd_actual, region_of, wire_bytes_by_edge
-from .verify import Verification, verify_all
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +74,8 @@ CANCEL_GRACE = 60.0
 RESULT_LINGER = 3600.0
 #: Seconds between two asks of the credential sources while a job runs (docs/credentials.md).
 RENEW_EVERY = 30.0
+MANIFEST = "manifest.sqlite3"
+REPORT = "report.jsonl"
 
 
 class Transfer:
@@ -79,18 +105,25 @@ class Transfer:
         self._stop = threading.Event()
         self.source: Source | None = None
         self.dests: list[Destination] = []
+        #: The objects known before anything moves: every one (a full listing) or the first page's.
         self.objects: list[ObjectJob] = []
         self.skipped = 0
-        #: Destination keys already up to date (sync): an upload an earlier, killed run left of
-        #: one of them is aborted too.
-        self.up_to_date: list[Target] = []
+        #: Whether execute() lists as it goes (else prepare() listed in full: see the module's doc).
+        self.streaming = False
+        self.feed: Feed | None = None
+        self.ledger: Ledger | None = None
+        self._first: list[ObjectInfo] = []
+        self._next_token: str | None = None
+        self._decisions: list[Decision] = []  # a full listing's, in key order
+        self._sizing: Sizing | None = None
+        self._max_chunk_bytes = 0
         self.plan: Plan | None = None
         self.fleet: Fleet | None = None
         self.dispatcher: Dispatcher | None = None
         self.verification = Verification()
-        #: Per copy: how it was verified and how the gateways checked each chunk (verify.py).
-        self.manifest: dict | None = None
-        #: Seconds spent per phase of run(): provision (fleet up and wired), move, verify.
+        #: Seconds per phase of execute(): ``provision`` (until the fleet is up and wired), ``move``
+        #: (from then until the last copy is verified), ``listing`` (from the start until the listing
+        #: ended; it overlaps the other two).
         self.phases: dict[str, float] = {}
         #: Mirror (sync with delete): destination objects the source no longer has; how many were deleted.
         self.deletions: list[Deletion] = []
@@ -105,7 +138,9 @@ class Transfer:
 
     # -- phase 1: everything that can be checked without a gateway ---------------------------
     def prepare(self) -> "Transfer":
-        """Validate the request, open and check every store, list, diff (sync) and plan."""
+        """Validate the request, open and check every store, read the first listing page (or the whole
+        listing, diffed, when the job needs it first: see the module's doc) and plan and price the job
+        (from the first page's objects when streaming: the rest is not known yet)."""
         req = self.request
         src_uri, dst_uris = req.validate()
         self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
@@ -117,6 +152,53 @@ class Transfer:
         self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials, region=r)
                       for u, r in zip(dst_uris, dst_regions)]
         filters = req.filters()
+        self.streaming = not (req.dry_run or req.max_cost_usd is not None or req.delete or filters.active)
+        listed = RequestCounts(list=1)
+        present = None
+        if self.streaming:
+            self._first, self._next_token = first_page(self.source)
+            self.objects = [ObjectJob(o, [Target(i, d.key_for(self.source.relative(o.key)), multipart=False)
+                                          for i, d in enumerate(self.dests)]) for o in self._first]
+            self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size,
+                                   mode=req.server_side)
+            if self.ways:  # server-side copies: the split needs every object
+                self.streaming = False
+                self.objects, self._first, self._next_token = [], [], None
+        if not self.streaming:
+            listed, present = self._list_in_full(filters)
+            self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size,
+                                   mode=req.server_side)
+        size = sum(o.info.size for o in self.objects)
+        self.plan = make_plan(req, self.source.region, [d.region for d in self.dests], size,
+                              server_side=candidate_regions(self.dests, self.ways, self.objects),
+                              requests_usd=requests_usd_for(self.source, self.dests, self.objects, self.ways,
+                                                            req.chunk_size))
+        self.estimate = estimate(
+            self.plan, size, len(self.objects),
+            count_requests(self.source, self.dests, listed, present, self.objects, self.deletions, req.chunk_size,
+                           self.plan.server_side),
+            hourly_price=self._provisioner.hourly_price, grid_csv=req.grid)
+        sizes = [o.info.size for o in self.objects]
+        caps = [d.store.capabilities for d in self.dests]
+        self._sizing = choose(sizes, caps, part_size=req.chunk_size)
+        # A chunk is at most a part, or a whole object below its part size: a destination's minimum part
+        # size may exceed the chunk size (S3's 5 MiB), and a first-page object may need bigger parts.
+        self._max_chunk_bytes = max([req.chunk_size, *(c.min_part_size for c in caps if c.multipart),
+                                     *(part_size_for(n, req.chunk_size, caps) or 0 for n in sizes)])
+        if req.resume and (self.directory / MANIFEST).exists():
+            Manifest(self.directory / MANIFEST, self._fingerprint()).close()  # another transfer's: refused here
+        log.info("job %s: %d objects (%d bytes) to move%s, %d up to date%s; plan %s; predicted cost %s", self.job_id,
+                 len(self.objects), size, " in the first listing page (the rest is listed while moving)"
+                 if self.streaming and self._next_token else "", self.skipped,
+                 f", {len(self.deletions)} to delete" if req.delete else "", self.plan.summary(),
+                 self.estimate.breakdown())
+        check_budget(self.estimate, req.max_cost_usd)
+        return self
+
+    def _list_in_full(self, filters) -> tuple[RequestCounts, list[dict] | None]:
+        """List (with the filters), diff (sync) and find a mirror's deletions before anything moves;
+        returns the listing's requests and the destinations' listings (sync)."""
+        req = self.request
         listing = list_source(self.source, filters)
         heads = filters.list_prefixes()
         present = [existing(d, heads) for d in self.dests] if req.sync else None
@@ -127,8 +209,9 @@ class Transfer:
                 key = d.key_for(rel)
                 if present is None or needs_copy(info, present[i].get(key)):
                     targets.append(Target(dest_index=i, key=key, multipart=False))
-                else:
-                    self.up_to_date.append(Target(dest_index=i, key=key, multipart=False))
+            self._decisions.append(Decision(info, rel, tuple(t.dest_index for t in targets),
+                                            tuple(i for i in range(len(self.dests))
+                                                  if i not in {t.dest_index for t in targets})))
             if targets:
                 self.objects.append(ObjectJob(info=info, targets=targets))
             else:
@@ -144,23 +227,17 @@ class Transfer:
             check_limit(self.deletions, req.max_delete)
             for i in sorted({x.dest_index for x in self.deletions}):
                 probe_delete(self.dests[i])
-        size = sum(o.info.size for o in self.objects)
-        self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size, mode=req.server_side)
-        self.plan = make_plan(req, self.source.region, [d.region for d in self.dests], size,
-                              server_side=candidate_regions(self.dests, self.ways, self.objects),
-                              requests_usd=requests_usd_for(self.source, self.dests, self.objects, self.ways,
-                                                            req.chunk_size))
-        self.estimate = estimate(
-            self.plan, size, len(self.objects),
-            count_requests(self.source, self.dests, listing.requests, present, self.objects, self.deletions,
-                           req.chunk_size, self.plan.server_side),
-            hourly_price=self._provisioner.hourly_price, grid_csv=req.grid)
-        log.info("job %s: %d objects (%d bytes) to move, %d up to date%s; plan %s; predicted cost %s", self.job_id,
-                 len(self.objects), size, self.skipped,
-                 f", {len(self.deletions)} to delete" if req.delete else "", self.plan.summary(),
-                 self.estimate.breakdown())
-        check_budget(self.estimate, req.max_cost_usd)
-        return self
+        return listing.requests, present
+
+    @property
+    def directory(self) -> Path:
+        """The job's directory: its manifest and, by default, its report."""
+        return skyplane_home() / "jobs" / self.job_id
+
+    def _fingerprint(self) -> dict:
+        """What makes a job the same job: a manifest is resumed only by the transfer that wrote it."""
+        r = self.request
+        return {"src": r.src, "dsts": list(r.dsts), "recursive": r.recursive, "chunk_size": r.chunk_size}
 
     def dry_run(self) -> DryRun:
         """Everything :meth:`prepare` does (list with the filters, diff, plan, price), then what a run
@@ -212,60 +289,70 @@ class Transfer:
 
     # -- the pipeline, in this process (the coordinator's) ----------------------------------------
     def execute(self) -> TransferStats:
-        """Run the whole transfer here and return its stats; raises a ``SkyplaneError`` on failure."""
+        """Run the whole transfer here and return its stats; raises a ``SkyplaneError`` on failure (a
+        ``TransferError`` naming the first few failed objects when some could not be copied: the
+        report lists them all)."""
         if self.plan is None:
             self.prepare()
         self._refuse_dry_run()
         started = time.monotonic()
-        # Every key of the job, up to date or not: a re-run clears the uploads a killed run left.
-        abort_stale_uploads([t for o in self.objects for t in o.targets] + self.up_to_date, self.dests)
-        if not self.objects:
-            self.deleted = delete_all(self.deletions, self.dests)
-            return self._stats(started, chunks=[])
+        manifest, feed_manifest, report = self._open_records()
+        self.ledger = Ledger(report, list(self.request.dsts))
         routed, copied = split(self.objects, self.dests, self.plan.server_side) if self.plan.server_side \
             else (self.objects, [])
         copier = Copier(self.source, self.dests, self.ways, chunk_size=self.request.chunk_size, stop=self._stop,
                         job_id=self.job_id, progress=None if routed else self.progress)
-        if not routed:  # every copy server-side: no gateway at all
-            try:
-                entries = copier.run(copied)
-            except BaseException:
-                copier.abort(copied)
-                raise
-            self._server_side_done(copier, entries, started)
-            self._phase("move", started)
-            self.deleted = delete_all(self.deletions, self.dests)
-            return self._stats(started, chunks=[])
-        # Server-side copies run beside the gateways' (they share no resource but the stores).
         side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="server-side")
-        copying = side.submit(copier.run, copied)
-        chunks = cut(routed, self.request.chunk_size, self.dests, self.plan.partition_weights)
         caps: RegionCaps | None = None
         keeper: CredentialKeeper | None = None
         try:
-            self._begin_uploads(routed)
-            self.fleet = self._provision(max_chunk_bytes=max(c.length for c in chunks))
-            clients = wire_peers(self.fleet, self.plan)
-            if self.request.bwlimit is not None:
-                caps = RegionCaps(self.fleet, self.request.bwlimit, counters=self._gateway_counters).start()
-            mark = self._phase("provision", started)
-            self.dispatcher = Dispatcher(
-                job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, chunks=chunks,
-                objects=routed, source=self.source, dests=self.dests, stop=self._stop,
-                progress=self.progress)
-            if self.credential_sources:
-                keeper = CredentialKeeper(self.credential_sources, self.push_credentials,
-                                          started_with=self.request.credentials, interval=self.renew_every).start()
-            self.dispatcher.run()
-            mark = self._phase("move", mark)
-            self.verification, self.manifest = verify_all(routed, chunks, self.source, self.dests, self.job_id)
-            self._phase("verify", mark)
-            self._server_side_done(copier, copying.result(), started)
+            # Server-side copies run beside the gateways' (they share no resource but the stores).
+            copying = side.submit(copier.run, copied) if copied else None
+            self.feed = Feed(source=self.source, dests=self.dests, first_page=self._first,
+                             next_token=self._next_token, sync=self.request.sync, chunk_size=self.request.chunk_size,
+                             sizing=self._sizing, max_chunk_bytes=self._max_chunk_bytes,
+                             weights=self.plan.partition_weights, manifest=feed_manifest,
+                             resume=self.request.resume, ledger=self.ledger, stop=self._stop,
+                             decisions=None if self.streaming else self._routed_decisions(routed)).start()
+            self._first = []  # the feed owns the page now
+            if self.feed.wait_first():  # else nothing goes through gateways: no fleet
+                self.fleet = self._provision()
+                clients = wire_peers(self.fleet, self.plan)
+                if self.request.bwlimit is not None:
+                    caps = RegionCaps(self.fleet, self.request.bwlimit, counters=self._gateway_counters).start()
+                mark = self._phase("provision", started)
+                self.dispatcher = Dispatcher(
+                    job_id=self.job_id, plan=self.plan, fleet=self.fleet, clients=clients, feed=self.feed,
+                    source=self.source, dests=self.dests, manifest=manifest, ledger=self.ledger, stop=self._stop,
+                    progress=self.progress)
+                if self.credential_sources:
+                    keeper = CredentialKeeper(self.credential_sources, self.push_credentials,
+                                              started_with=self.request.credentials, interval=self.renew_every).start()
+                self.dispatcher.run()
+                self._phase("move", mark)
+            else:
+                self.feed.join()
+                self._phase("move", started)
+            if self.feed.listing_seconds is not None:
+                self.phases["listing"] = self.feed.listing_seconds
+            if copying is not None:
+                self._server_side_done(copier, copying.result(), manifest)
+            self.paths = {SERVER_SIDE: copier.verification.objects, GATEWAYS: self.ledger.verification.objects}
+            self._abort_recorded(manifest)  # uploads of objects no longer listed (a resumed job)
+            report.flush()
+            if report.counts["failed"]:
+                exc = TransferError(f"{report.counts['failed']} object copies failed: {report.failure_text()}",
+                                    hint=f"the report {report.path} lists every object; fix the cause and "
+                                         "resume the job (copies done are skipped)")
+                exc.failed_objects = [{"key": k, "dest": d, "error": e} for k, d, e in report.failures]
+                raise exc
         except BaseException:
-            self._stop.set()  # the server-side copies stop too, then their open uploads are aborted
+            self._stop.set()  # the listing and the server-side copies stop too
+            if self.feed is not None:
+                self.feed.join(timeout=30)
             side.shutdown(wait=True)
             copier.abort(copied)
-            abort_uploads(routed, self.dests)
+            self._abort_recorded(manifest)
             if self.fleet is not None:
                 for g in self.fleet.gateways:
                     log.debug("log of %s:\n%s", g.gateway_id, self.fleet.logs(g.gateway_id, tail=40))
@@ -279,8 +366,48 @@ class Transfer:
             if self.fleet is not None:
                 self.fleet.teardown()
                 self._reap_orphans()
+            report.close()
+            manifest.close()
+            feed_manifest.close()
+        self._forget_manifest()  # done: nothing to resume (the report stays)
         self.deleted = delete_all(self.deletions, self.dests)  # only once every copy is verified
-        return self._stats(started, chunks)
+        return self._stats(started, routed, copied)
+
+    def _routed_decisions(self, routed: list[ObjectJob]) -> list[Decision]:
+        """A full listing's decisions, each object's copies narrowed to those going through gateways
+        (the server-side ones are the :class:`Copier`'s; the feed still clears the uploads an earlier
+        run left of their keys)."""
+        going = {(o.info.key, t.dest_index) for o in routed for t in o.targets}
+        return [Decision(d.info, d.rel, tuple(i for i in d.copy if (d.info.key, i) in going), d.up_to_date)
+                for d in self._decisions]
+
+    def _open_records(self) -> tuple[Manifest, Manifest, Report]:
+        """The job's manifest (one connection for the dispatch loop, one for the listing thread) and
+        report. A job that is not resumed starts both afresh."""
+        req = self.request
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.directory / MANIFEST
+        report_file = report_path(req.report_uri) if req.report_uri else self.directory / REPORT
+        if not req.resume:
+            self._forget_manifest()
+            report_file.unlink(missing_ok=True)
+        elif not path.exists():
+            log.info("job %s has no manifest to resume from: copying everything", self.job_id)
+        manifest = Manifest(path, self._fingerprint())
+        return manifest, manifest.another(), Report(report_file)
+
+    def _forget_manifest(self) -> None:
+        path = self.directory / MANIFEST
+        for name in (path, path.with_name(MANIFEST + "-wal"), path.with_name(MANIFEST + "-shm")):
+            name.unlink(missing_ok=True)
+
+    def _abort_recorded(self, manifest: Manifest) -> None:
+        """Abort every upload the manifest records as begun and not completed: none is left open."""
+        manifest.commit()
+        for dest, key, upload_id in manifest.uploads():
+            abort_upload(self.dests[dest].store, key, upload_id)
+            manifest.forget_upload(dest, key)
+        manifest.commit()
 
     def _refuse_dry_run(self) -> None:
         if self.request.dry_run:
@@ -323,33 +450,26 @@ class Transfer:
         if self.handle is not None:
             self.handle.cancel()
 
-    def _provision(self, *, max_chunk_bytes: int) -> Fleet:
+    def _provision(self) -> Fleet:
         req = self.request
         specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
-                              credentials=req.credentials, max_chunk_bytes=max_chunk_bytes, bwlimit=req.bwlimit)
+                              credentials=req.credentials, max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit)
         return self._provisioner.provision(self.job_id, specs)
 
-    def _server_side_done(self, copier: Copier, entries: list[dict], started: float) -> None:
-        """Count the server-side copies into the job's verification, manifest and paths."""
-        gateways = self.verification.objects
-        self.verification.add(copier.verification)
-        self.paths = {SERVER_SIDE: copier.verification.objects, GATEWAYS: gateways}
-        manifest = self.manifest or {"job_id": self.job_id, "source": self.source.store.root_uri, "objects": []}
-        for entry in manifest["objects"]:
+    def _server_side_done(self, copier: Copier, entries: list[dict], manifest: Manifest) -> None:
+        """The server-side copies into the job's verification, manifest, report and paths."""
+        roots = [d.store.root_uri for d in self.dests]
+        for entry in entries:
+            info = ObjectInfo(entry["key"], entry["size"])
             for c in entry["copies"]:
-                c.setdefault("path", GATEWAYS)
-        manifest["objects"].extend(entries)
-        self.manifest = manifest
+                dest = roots.index(c["store"])
+                manifest.record_copy(info.key, dest, c["key"], info.size, c["verified_by"])
+                self.ledger.copied(info, dest, c["key"], c["verified_by"], count=False)
+        manifest.commit()
+        self.verification.add(copier.verification)
         if copier.verification.objects:
             log.info("job %s: %d copies made server-side by the stores, %d through gateways", self.job_id,
-                     copier.verification.objects, gateways)
-
-    def _begin_uploads(self, objects: list[ObjectJob]) -> None:
-        targets = [t for obj in objects if part_size_for(obj.info.size, self.request.chunk_size,
-                                                                   [d.store.capabilities for d in self.dests])
-                   for t in obj.targets]
-        for t in targets:
-            t.upload_id = self.dests[t.dest_index].store.begin_multipart(t.key)
+                     copier.verification.objects, self.ledger.verification.objects)
 
     def _gateway_counters(self) -> dict[str, dict]:
         """The counters of each gateway as the dispatcher last read them from ``GET /status``."""
@@ -369,29 +489,37 @@ class Transfer:
         self.phases[name] = round(now - since, 3)
         return now
 
-    def _stats(self, started: float, chunks: list[Chunk]) -> TransferStats:
+    def _stats(self, started: float, routed: list[ObjectJob], copied: list[ObjectJob]) -> TransferStats:
         seconds = max(time.monotonic() - started, 1e-9)
-        moved = sum(o.info.size for o in self.objects)
-        d = self.dispatcher
+        ledger, d = self.ledger, self.dispatcher
+        # Objects copied server-side only (none of their copies went through gateways) count here once.
+        through_gateways = {o.info.key for o in routed}
+        alone = [o for o in copied if o.info.key not in through_gateways]
+        objects = ledger.objects_copied + len(alone)
+        moved = ledger.bytes_copied + sum(o.info.size for o in alone)
+        self.verification.add(ledger.verification)
         wire = d.counter_sum("bytes_sent_wire", self.plan.src) if d else 0
         vm_seconds = self.fleet.vm_seconds() if self.fleet else 0.0
         vm_usd = self._provisioner_vm_usd(vm_seconds)
         egress_pred = self.plan.egress_usd(moved)
         counters = d.counters if d else {}
         sent = wire_bytes_by_edge(counters)
+        first_byte = round(d.first_written - started, 3) if d and d.first_written else None
         return TransferStats(
             job_id=self.job_id, src=self.request.src, dsts=list(self.request.dsts),
-            objects=len(self.objects), bytes=moved, bytes_on_wire=wire, seconds=round(seconds, 3),
+            objects=objects, bytes=moved, bytes_on_wire=wire, seconds=round(seconds, 3),
             gbps=round(moved * 8 / seconds / 1e9, 4), phases=dict(self.phases),
             move_gbps=round(moved * 8 / self.phases["move"] / 1e9, 4) if self.phases.get("move") else 0.0,
             verified=True, verification=self.verification.to_dict(),
             retries=d.retries if d else 0, gateways_replaced=len(d.replaced) if d else 0, plan=self.plan.summary(),
             cost_usd=round(egress_pred + vm_usd, 6), egress_usd_predicted=round(egress_pred, 6),
             egress_usd_actual=round(egress_usd_actual(self.plan, counters), 6), vm_usd=round(vm_usd, 6),
-            skipped_objects=self.skipped, deleted_objects=self.deleted, chunks=len(chunks),
+            skipped_objects=ledger.objects_skipped if self.streaming else self.skipped,
+            deleted_objects=self.deleted, chunks=d.chunk_count if d else 0,
             provisioner=self.request.provisioner, paths=dict(self.paths),
             route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3), "bytes_sent": sent.get((e.src, e.dst), 0)}
-                   for e in self.plan.edges])
+                   for e in self.plan.edges],
+            report=ledger.report.summary(), first_byte_seconds=first_byte, resumed_copies=ledger.resumed_copies)
 
     def _provisioner_vm_usd(self, vm_seconds: float) -> float:
         if not vm_seconds:

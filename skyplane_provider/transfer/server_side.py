@@ -32,12 +32,12 @@ from gateway.retry import with_retries
 from gateway.stores.base import Capabilities, CopySource, ObjectInfo, PartInfo
 from planner.errors import BadOptionError, SkyplaneError, TransferError
 from planner.store_requests import RequestCounts, requests_usd
+from skyplane_provider.coordinator.finish import Verification, check_copy, shared_kinds
 
 from .chunks import ObjectJob, Target, part_size_for
 from .endpoints import Destination, Source
 from .estimate import copy_requests
 from .stats import Progress
-from .verify import Verification, check_copy, shared_kinds
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Copier:
             kinds = shared_kinds(self.source.store, store)
             if kinds and not set(kinds) & set(src.checksums()):
                 src = self._source_checksums(src, info)
-            method = check_copy(src, info, where, kinds, [], fallback="size")
+            method = check_copy(src, info, where, kinds, None, fallback="size")
             with self._lock:
                 self.verification.objects += 1
                 self.verification.by[method] += 1
