@@ -25,7 +25,7 @@ from skyplane_provider.testing.leftovers import leftovers
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.dispatch import MAX_ATTEMPTS
 
-from .helpers import digests, fleet_pids, gateway_pids, put_objects, read_all
+from .helpers import digests, fleet_pids, gateway_pids, put_objects, read_all, wait_gone
 from .reliability_report import record
 
 MiB = 1024**2
@@ -56,13 +56,6 @@ def slow_source(emulators, s3_bucket):
     url = proxy.start()
     yield s3_bucket, {s3_bucket: {"endpoint_url": url}}, objs
     proxy.stop()
-
-
-def wait_gone(marker: str, seconds: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while gateway_pids(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return gateway_pids(marker)
 
 
 @pytest.mark.parametrize("role", list(ROLES))
