@@ -131,6 +131,10 @@ class Supervisor(Controlled):
                "parent_pid": os.getpid(), "program": self._share_of_connections().to_dict(), "bwlimit": w.bwlimit,
                # the supervisor reads every worker's status twice a second: its dead-man timer is ours
                "coordinator_timeout": max(self.config.coordinator_timeout, 60.0)}
+        with self._lock:
+            # A worker restarted after a renewal opens its stores with the renewed entries, not the expired
+            # ones of the start-up document (it would fail its first chunks before the push below reached it).
+            doc["credentials"] = {**(self._doc.get("credentials") or {}), **self._renewed}
         _remove(w.ready_path)
         fd = os.open(w.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:

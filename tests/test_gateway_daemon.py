@@ -507,6 +507,24 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
+def _connections(pid: int, port: int) -> int:
+    """Established TCP connections the process holds on local ``port`` (/proc/net/tcp{,6} by socket inode)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                    inodes.add(fields[9])
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held += os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").removesuffix("]") in inodes
+        except OSError:
+            pass  # closed meanwhile
+    return held
+
+
 def _move(job: Job, body: dict, chunks: list[dict], *, during=None, timeout: float = 120.0) -> dict:
     """Act as a coordinator: submit ``chunks``, re-submit every one reported failed (retryable), until the
     destination wrote them all; ``during(written)`` runs after each poll. Returns the retries made."""
@@ -584,12 +602,14 @@ def test_a_worker_killed_mid_transfer_is_replaced_and_the_copy_completes(jobs, s
     for k, v in objects.items():
         src.write(k, v)
     chunks = [chunk(i, obj(k, len(v), to(0, k))) for i, (k, v) in enumerate(objects.items())]
-    dst_pid = job.handles[DST].pid
+    dst_pid, data_port = job.handles[DST].pid, job.handles[DST].data_port
     victims: list[int] = []
 
     def kill_one(written: set) -> None:
         if not victims and len(written) >= 5:
-            victims.append(_children(dst_pid)[0])
+            # The worker with the most data connections: SO_REUSEPORT may have hashed every connection to
+            # one of the two, and killing the idle one would test nothing.
+            victims.append(max(_children(dst_pid), key=lambda pid: _connections(pid, data_port)))
             os.kill(victims[0], signal.SIGKILL)
 
     moved = _move(job, batch(stores["src"], [(DST, stores["dst"])]), chunks, during=kill_one)
