@@ -343,3 +343,34 @@ def test_the_trigger_renews_an_assumed_role_s_keys(emulators, sky_home, s3_bucke
     assert not any("could not hand" in m for m in messages), messages
     assert digests(f"file://{dst}/") == sha256s(objs)
     assert wait_gone(handle.job_id) == []
+
+
+def test_a_retried_task_resumes_its_job_as_a_sync(airflow_home, emulators, sky_home, s3_bucket, gcs_bucket,
+                                                  monkeypatch):
+    """Try 1 cannot reach the source (a proxy in front of moto resets every connection); the proxy heals
+    when Airflow puts the task up for retry; try 2 is the same job (its id from the task instance), resumed
+    as a sync: what is already at the destination is skipped."""
+    import json
+
+    from skyplane_provider.airflow.operators import task_job_id
+    from skyplane_provider.testing.faultproxy import FaultProxy
+
+    objs = sample_objects(**SMALL)
+    put_objects(f"{s3_bucket}/in/", objs)
+    present = dict(list(objs.items())[:2])
+    put_objects(f"{gcs_bucket}/out/", present)
+    proxy = FaultProxy(emulators.endpoints["s3"], kind="s3", reset=1.0)
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_FLAKY", json.dumps({"conn_type": "aws", "login": "testing",
+                       "password": "testing", "extra": {"endpoint_url": proxy.start(), "region_name": "us-east-1"}}))
+    dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_retry")
+    dag.get_task("copy").on_retry_callback = [lambda context: setattr(proxy, "reset", 0.0)]
+    try:
+        dag_run = dag.test(logical_date=None, run_conf={"src": f"{s3_bucket}/in/", "dst": f"{gcs_bucket}/out/"})
+    finally:
+        proxy.stop()
+    ti = dag_run.get_task_instance("copy")
+    stats = ti.xcom_pull(task_ids="copy", key="return_value")
+    assert dag_run.state == "success" and ti.try_number == 2 and proxy.counts.reset > 0
+    assert stats["job_id"] == task_job_id(ti)
+    assert stats["skipped_objects"] == len(present) and stats["objects"] == len(objs) - len(present)
+    assert digests(f"{gcs_bucket}/out/") == sha256s(objs)

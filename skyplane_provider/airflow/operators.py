@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
@@ -162,6 +163,13 @@ class SkyplaneTransferOperator(BaseOperator):
         request = self.make_request()
         if request.dry_run:
             return self._dry_run(request)
+        ti = context.get("ti")  # None when called outside a task run
+        if ti is not None:
+            request.job_id = task_job_id(ti)
+            # A retry (or a cleared task run again) continues the job of the tries before it from its
+            # manifest, when that ran on this host, and runs as a sync: what arrived intact is not sent again.
+            if ti.try_number > 1:
+                request.resume = request.sync = True
         if self.deferrable:
             transfer = self._transfer = Transfer(request, progress=self._log_progress)
             self._defer(transfer.start())  # raises TaskDeferred
@@ -278,3 +286,10 @@ def _assets(uris: list[Target]) -> list[Asset]:
         if parsed.scheme != "file" or parsed.path.strip("/"):
             assets.append(Asset(str(parsed)))
     return assets
+
+
+def task_job_id(ti: Any) -> str:
+    """The job id of a task instance: the same for every try of it (a retry finds the job's directory and
+    manifest), another for each DAG run and mapped index."""
+    name = f"airflow:{ti.dag_id}/{ti.task_id}/{ti.run_id}/{getattr(ti, 'map_index', -1)}"
+    return uuid.uuid5(uuid.NAMESPACE_URL, name).hex

@@ -2,8 +2,9 @@
 
 The job's coordinator kept its request without secrets (``resume.json`` in the job's directory on
 this host); the store credentials and secret provisioner settings come again from ``--credentials``
-and ``--provisioner-settings`` (or the SDKs' environment, for local gateways). The job runs as a sync:
-what already arrived intact is skipped.
+and ``--provisioner-settings`` (or the SDKs' environment, for local gateways). The job continues from
+its manifest (copies recorded done are skipped, multipart uploads go on from their recorded parts) and
+runs as a sync, so what arrived intact but was not recorded is skipped too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import json
 
 from planner.errors import BadOptionError
-from skyplane_provider.coordinator.jobdir import RESULT, RESUME, coordinator_running, job_dir
+from skyplane_provider.coordinator.jobdir import RESUME, job_dir
 from skyplane_provider.transfer import TransferRequest
 
 from .cp import execute, json_object
@@ -38,18 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resumed_request(job_id: str, *, credentials: dict, provisioner_settings: dict) -> TransferRequest:
-    """The request of job ``job_id`` as kept on this host, with the secrets given now, as a sync."""
+    """The request of job ``job_id`` as kept on this host, with the secrets given now, resumed as a sync."""
     directory = job_dir(job_id)
-    # A coordinator keeping a finished job's outcome does not stand in the way, nor one killed outright.
-    if coordinator_running(directory) and not (directory / RESULT).exists():
-        raise BadOptionError(f"job {job_id} still has a running coordinator",
-                             hint="wait for it, or stop it with `skyplane-provider deprovision --job JOB`")
     try:
         saved = json.loads((directory / RESUME).read_text())
     except FileNotFoundError:
         raise BadOptionError(f"no job {job_id} to resume on this host (nothing under {directory})",
                              hint="a job that succeeded leaves nothing to resume; check the id") from None
-    saved.update(credentials=credentials, sync=True, job_id=job_id,
+    saved.update(credentials=credentials, sync=True, resume=True, job_id=job_id,
                  provisioner_settings={**saved.get("provisioner_settings", {}), **provisioner_settings})
     return TransferRequest.from_dict(saved)
 

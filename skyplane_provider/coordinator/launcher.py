@@ -14,7 +14,7 @@ import sys
 
 from planner.errors import CoordinatorError
 
-from .jobdir import ADDRESS, LOG, REQUEST, RESULT, job_dir, prune_finished_jobs, write_private
+from .jobdir import ADDRESS, LOG, REQUEST, RESULT, coordinator_running, job_dir, prune_finished_jobs, write_private
 
 
 def launch_local(job_id: str, document: dict, host: str | None = None) -> dict:
@@ -25,6 +25,13 @@ def launch_local(job_id: str, document: dict, host: str | None = None) -> dict:
         document = {**document, "host": host, "tls": True}
     prune_finished_jobs()
     directory = job_dir(job_id)
+    # Two coordinators of one job would write one manifest: a retried task whose previous try's job
+    # still runs (its process was killed, its coordinator was not) waits for it instead. One that only
+    # keeps a finished job's outcome does not stand in the way.
+    if coordinator_running(directory) and not (directory / RESULT).exists():
+        raise CoordinatorError(f"job {job_id} is still running under its coordinator from an earlier try",
+                               hint="wait for it to finish (the next retry then resumes it), or stop it with "
+                                    f"`skyplane-provider deprovision --job {job_id}`")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     for stale in (ADDRESS, RESULT):  # a resumed job's: neither the new coordinator's, nor a reason to prune
         (directory / stale).unlink(missing_ok=True)

@@ -11,8 +11,9 @@
 The task returns the transfer's stats as a dict, logs through the run logger and writes three artifacts
 (see :mod:`.reporting`). The job runs in its coordinator process; the task holds its handle
 (:mod:`.execution`). Bad input fails before any gateway starts and is not retried; other failures
-are retried, and a retry runs as a sync, so it resumes instead of copying everything again. The job
-id is the task run's id, so every attempt of a task run is the same job.
+are retried. The job id is the task run's id, so every attempt of a task run is the same job, and a
+retry resumes it: it continues from the job's manifest (docs/coordinator.md) and runs as a sync, so
+nothing that arrived intact is copied again.
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def skyplane_transfer(
             min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd, delete=delete,
             max_delete=max_delete)
         request.job_id = _job_id(runtime.task_run.id)
+        # A retry continues the attempt before it from its manifest (when it ran on this host).
+        request.resume = attempt > 1 and request.job_id is not None
         transfer = Transfer(request, credential_sources=sources).prepare()
         if request.dry_run:
             return report.dry_run(DryRun.of(transfer))

@@ -56,3 +56,12 @@ with DAG(dag_id="skyplane_test_aws_profile", schedule=None, start_date=pendulum.
     SkyplaneTransferOperator(task_id="copy", src="{{ params.src }}", dst="{{ params.dst }}", src_conn_id="aws_profile",
                              chunk_size="2MiB")
 skyplane_test_aws_profile = dag
+
+
+# One retry at once: the source's connection (aws_flaky, set by the test) points at a proxy the test
+# heals before the second try, which resumes the first try's job.
+with DAG(dag_id="skyplane_test_retry", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         params={"src": "", "dst": ""}) as dag:
+    SkyplaneTransferOperator(task_id="copy", src="{{ params.src }}", dst="{{ params.dst }}", src_conn_id="aws_flaky",
+                             chunk_size="1MiB", retries=1, retry_delay=pendulum.duration(seconds=0))
+skyplane_test_retry = dag
