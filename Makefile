@@ -12,7 +12,7 @@ test: setup
 	$(PY) -m pytest tests -q
 
 demo: setup
-	$(PY) -m skyplane_provider.demo
+	$(PY) -m skyplane_provider.airflow.demo
 
 emulators-up: setup
 	@scripts/emulators start

@@ -54,6 +54,7 @@ with DAG(
 
 
 if __name__ == "__main__":
-    from skyplane_provider.airflow.examples import run_example, yesterday
+    from skyplane_provider.airflow.examples import run_example
+    from skyplane_provider.testing.example_data import yesterday
 
     run_example(dag, seed=[f"{RAW}/events/dt={yesterday()}/"])

@@ -51,7 +51,7 @@ def publish_release(release: str = "v42", max_cost_per_gb: float = 0.25, fleet: 
 
 
 if __name__ == "__main__":
-    from skyplane_provider.airflow.examples import EMULATOR_ROOTS, on_emulators, seed_emulators
+    from skyplane_provider.testing.example_data import EMULATOR_ROOTS, on_emulators, seed_emulators
 
     if on_emulators(dict(os.environ)):  # the example buckets, created and seeded (engine-neutral helpers)
         for var, root in EMULATOR_ROOTS.items():

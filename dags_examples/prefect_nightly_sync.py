@@ -55,7 +55,7 @@ def nightly_events(partition: str | None = None, max_cost_per_gb: float | None =
 
 
 if __name__ == "__main__":
-    from skyplane_provider.airflow.examples import EMULATOR_ROOTS, on_emulators, seed_emulators, yesterday
+    from skyplane_provider.testing.example_data import EMULATOR_ROOTS, on_emulators, seed_emulators, yesterday
 
     if on_emulators(dict(os.environ)):  # the example buckets, created and seeded (engine-neutral helpers)
         for var, root in EMULATOR_ROOTS.items():

@@ -20,12 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from skyplane_provider.airflow.examples import example_env, prepare_airflow_home, seed_emulators, yesterday
+from skyplane_provider.airflow.examples import example_env, prepare_airflow_home
+from skyplane_provider.testing.example_data import seed_emulators, yesterday
 from skyplane_provider.testing.emulators import start_all
 from skyplane_provider.testing.samples import MiB, digests, put_objects, sample_objects, sha256s
 from skyplane_provider.transfer.stats import human_bytes
 
-NIGHTLY = Path(__file__).resolve().parents[1] / "dags_examples" / "nightly_sync_dag.py"
+NIGHTLY = Path(__file__).resolve().parents[2] / "dags_examples" / "nightly_sync_dag.py"
 
 
 def main() -> int:
