@@ -9,7 +9,7 @@ setup:
 	@scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=30
 
 demo: setup
 	$(PY) -m skyplane_provider.airflow.demo

@@ -34,7 +34,7 @@ from tests.helpers import gateway_pids
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<needs>[a-z, ]+))? -->\s*$")
-PAGE_TIMEOUT = 900  # seconds for all the blocks of one page
+PAGE_TIMEOUT = 240  # seconds for all the blocks of one page (the slowest takes ~40 s alone)
 
 
 @dataclass
@@ -103,6 +103,7 @@ def test_readme_has_runnable_blocks():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(PAGE_TIMEOUT + 120)  # ours first: it shows the page's output and the job's logs
 @pytest.mark.parametrize("page", documented_pages(), ids=lambda p: p.name)
 def test_doc_runs_as_written(page, tmp_path):
     blocks = runnable_blocks(page)
@@ -120,7 +121,7 @@ def test_doc_runs_as_written(page, tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail(f"{page.name} did not finish in {PAGE_TIMEOUT} s:\n{output[-6000:]}")
+        pytest.fail(f"{page.name} did not finish in {PAGE_TIMEOUT} s:\n{output[-6000:]}\n{_log_tails(home)}")
     finally:
         _clean_up(proc, checkout, env)
     where = [line for line in output.splitlines() if line.startswith("=== ")]
@@ -128,6 +129,13 @@ def test_doc_runs_as_written(page, tmp_path):
     assert len(where) == len(blocks)
     assert not re.search(r"^\S* ?\| ERROR|Traceback \(most recent call last\)", output, re.M), output[-6000:]
     assert gateway_pids(str(home)) == [] and gateway_pids(str(checkout)) == []
+
+
+def _log_tails(home: Path, files: int = 6, lines: int = 25) -> str:
+    """The last lines of the newest logs the page's jobs wrote (coordinators, gateways): where it hung."""
+    logs = sorted(home.rglob("*.log"), key=lambda p: p.stat().st_mtime)[-files:]
+    return "\n".join(f"--- {p.relative_to(home)}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+                     for p in logs)
 
 
 def _clean_up(proc: subprocess.Popen, checkout: Path, env: dict[str, str]) -> None:
