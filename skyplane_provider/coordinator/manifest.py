@@ -71,6 +71,16 @@ class Manifest:
             raise BadOptionError(f"the manifest {self.path} records another transfer ({row[0]}), not {text}",
                                  hint="resume a job with the request it was started with, or start a new job")
 
+    def note(self, name: str, value: str) -> None:
+        """Keep ``value`` under ``name`` beside the records (committed at once), e.g. the request
+        without its secrets, which a resume on a host that never ran the job needs."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+        self._db.commit()
+
+    def noted(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
     def another(self) -> "Manifest":
         """A second connection to the same manifest, for another thread."""
         return Manifest(self.path)

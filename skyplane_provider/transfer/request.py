@@ -15,6 +15,7 @@ from typing import Any
 from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError
 from planner.server_side import MODES as SERVER_SIDE_MODES
+from skyplane_provider.coordinator.statecopy import parse_state_uri
 from skyplane_provider.filters import Filter
 from skyplane_provider.redaction import REDACTED, redact
 
@@ -110,6 +111,10 @@ class TransferRequest:
     #: Where the per-object JSON Lines report goes (a local path); default ``report.jsonl`` in the job's
     #: directory, ``$SKYPLANE_HOME/jobs/<job_id>/``.
     report_uri: str | None = None
+    #: Where a snapshot of the job's manifest is kept off the coordinator's host, so that a resume
+    #: survives the host (``<state_uri>/<job_id>/manifest.sqlite3``; any store URI, e.g.
+    #: ``s3://bucket/skyplane-state``); default: none (docs/coordinator.md, "Durable manifest").
+    state_uri: str | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     filter: list[str] = field(default_factory=list)
@@ -181,6 +186,8 @@ class TransferRequest:
                                  hint="pass the job_id the job was started with")
         if self.report_uri is not None:
             report_path(self.report_uri)
+        if self.state_uri is not None:
+            parse_state_uri(self.state_uri)
         if not isinstance(self.credentials, dict):
             raise BadOptionError("credentials must be a mapping of store root URI or scheme to settings")
         self.filters()

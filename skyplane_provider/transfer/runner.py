@@ -18,11 +18,14 @@ records it in the job's manifest and report and forgets it. The job's directory
 ``$SKYPLANE_HOME/jobs/<job_id>/`` holds ``manifest.sqlite3`` (copies done, uploads begun, parts
 written) and, by default, ``report.jsonl``; a request with the same ``job_id`` and ``resume=True``
 skips what the manifest records done and continues its multipart uploads from their recorded parts.
+With ``state_uri`` a snapshot of the manifest is kept in a store too (:mod:`~skyplane_provider.coordinator.statecopy`),
+and a resume on a host without the manifest continues from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import secrets
 import threading
@@ -41,10 +44,12 @@ from planner.store_requests import RequestCounts
 from skyplane_provider.coordinator.chunker import part_size_for
 from skyplane_provider.coordinator.feed import Feed, abort_upload
 from skyplane_provider.coordinator.finish import Verification
+from skyplane_provider.coordinator.jobdir import resumable_request
 from skyplane_provider.coordinator.ledger import Ledger
 from skyplane_provider.coordinator.listing import Decision
 from skyplane_provider.coordinator.manifest import Manifest
 from skyplane_provider.coordinator.report import Report
+from skyplane_provider.coordinator.statecopy import StateCopy
 from skyplane_provider.paths import skyplane_home
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import Fleet, Provisioner
@@ -135,6 +140,8 @@ class Transfer:
         self.ways: dict[int, Way] = {}
         #: Copies per path: "server-side" and "gateways".
         self.paths: dict[str, int] = {}
+        #: The manifest's copy off this host (request option ``state_uri``), set by prepare().
+        self.state: StateCopy | None = None
 
     # -- phase 1: everything that can be checked without a gateway ---------------------------
     def prepare(self) -> "Transfer":
@@ -146,6 +153,10 @@ class Transfer:
         self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
         if not self._checked:
             req.credentials = preflight(req.credentials, self._provisioner, src_uri, dst_uris)
+        self.state = StateCopy(req.state_uri, self.job_id, self.directory / MANIFEST, req.credentials) \
+            if req.state_uri else None
+        if self.state is not None and not self._checked:
+            self.state.check()
         self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
                                   region=req.src_region)
         dst_regions = req.dst_regions or [None] * len(dst_uris)
@@ -185,6 +196,8 @@ class Transfer:
         # size may exceed the chunk size (S3's 5 MiB), and a first-page object may need bigger parts.
         self._max_chunk_bytes = max([req.chunk_size, *(c.min_part_size for c in caps if c.multipart),
                                      *(part_size_for(n, req.chunk_size, caps) or 0 for n in sizes)])
+        if req.resume and not (self.directory / MANIFEST).exists() and self.state is not None:
+            self.state.fetch()  # this host never ran the job, or lost its directory
         if req.resume and (self.directory / MANIFEST).exists():
             Manifest(self.directory / MANIFEST, self._fingerprint()).close()  # another transfer's: refused here
         log.info("job %s: %d objects (%d bytes) to move%s, %d up to date%s; plan %s; predicted cost %s", self.job_id,
@@ -305,7 +318,10 @@ class Transfer:
         side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="server-side")
         caps: RegionCaps | None = None
         keeper: CredentialKeeper | None = None
+        succeeded = False
         try:
+            if self.state is not None:
+                self.state.start()
             # Server-side copies run beside the gateways' (they share no resource but the stores).
             copying = side.submit(copier.run, copied) if copied else None
             self.feed = Feed(source=self.source, dests=self.dests, first_page=self._first,
@@ -346,6 +362,7 @@ class Transfer:
                                          "resume the job (copies done are skipped)")
                 exc.failed_objects = [{"key": k, "dest": d, "error": e} for k, d, e in report.failures]
                 raise exc
+            succeeded = True
         except BaseException:
             self._stop.set()  # the listing and the server-side copies stop too
             if self.feed is not None:
@@ -369,7 +386,14 @@ class Transfer:
             report.close()
             manifest.close()
             feed_manifest.close()
+            if self.state is not None:
+                self.state.stop()
+                if not succeeded:
+                    self.state.upload()  # what a resume continues from, as the job ended
+                self.state.close()
         self._forget_manifest()  # done: nothing to resume (the report stays)
+        if self.state is not None:
+            self.state.delete()
         self.deleted = delete_all(self.deletions, self.dests)  # only once every copy is verified
         return self._stats(started, routed, copied)
 
@@ -394,6 +418,8 @@ class Transfer:
         elif not path.exists():
             log.info("job %s has no manifest to resume from: copying everything", self.job_id)
         manifest = Manifest(path, self._fingerprint())
+        # What `skyplane-provider resume` needs on a host without the job's resume.json (state_uri).
+        manifest.note("request", json.dumps(resumable_request(req.redacted())))
         return manifest, manifest.another(), Report(report_file)
 
     def _forget_manifest(self) -> None:

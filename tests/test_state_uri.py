@@ -1,0 +1,96 @@
+"""The manifest kept off the coordinator's host (#15 item 4, ``state_uri``): a job whose coordinator is
+SIGKILLed mid-job and whose host is then lost (its job directory removed) resumes from the snapshot
+in a moto bucket: what the snapshot records is skipped, the rest copied, every object sha256-identical,
+and the snapshot deleted once the job succeeded. Real coordinator, real gateways, real moto server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import time
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from planner.errors import BadOptionError
+from skyplane_provider.coordinator.jobdir import job_dir
+from skyplane_provider.testing.buckets import create_bucket
+from skyplane_provider.transfer import Transfer, TransferRequest
+
+from .helpers import digests, read_all, wait_gone
+from .reliability_report import record
+
+MiB = 1024**2
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    path = tmp_path / "home"
+    monkeypatch.setenv("SKYPLANE_HOME", str(path))
+    return path
+
+
+def _snapshot_copies(bucket: str, key: str, scratch) -> int | None:
+    """Copies the snapshot at ``s3://bucket/key`` records done; None while there is none."""
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "NoSuchKey":
+            return None
+        raise
+    scratch.write_bytes(body)
+    with sqlite3.connect(scratch) as db:  # a plain database file, complete in itself
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        return db.execute("SELECT COUNT(*) FROM copies").fetchone()[0]
+
+
+def test_resume_from_the_state_uri_after_the_coordinator_host_is_lost(home, tmp_path, s3_bucket):
+    src = tmp_path / "src"
+    src.mkdir()
+    # Objects above the bundle threshold (1 MiB) travel alone, so they land, and are recorded, one by one.
+    objs = {f"obj-{i:02d}.bin": os.urandom(MiB + 512 * 1024) for i in range(12)}
+    for k, v in objs.items():
+        (src / k).write_bytes(v)
+    state = create_bucket("s3")
+    state_bucket = state.removeprefix("s3://")
+    options = dict(src=str(src), dsts=[f"{s3_bucket}/r/"], chunk_size="5MiB", state_uri=f"{state}/skyplane-state")
+    # A bandwidth cap stretches the first run (~18 s nominal), so the kill lands mid-job.
+    handle = Transfer(TransferRequest(**options, bwlimit="1MiB/s")).start()
+    key = f"skyplane-state/{handle.job_id}/manifest.sqlite3"
+    scratch = tmp_path / "snapshot.sqlite3"
+    deadline = time.monotonic() + 90
+    seen = None
+    while time.monotonic() < deadline:
+        seen = _snapshot_copies(state_bucket, key, scratch)
+        if seen is not None and seen >= 2:
+            break
+        time.sleep(0.2)
+    assert seen is not None and seen >= 2, f"no snapshot recording copies appeared at {state}/{key}: {seen}"
+    directory = job_dir(handle.job_id)
+    os.kill(json.loads((directory / "coordinator.json").read_text())["pid"], signal.SIGKILL)
+    assert wait_gone(handle.job_id) == [], "the gateways outlived their killed coordinator"
+    visible = read_all(s3_bucket, "r/")
+    assert len(visible) < len(objs), "the job finished before the kill"
+    shutil.rmtree(home)  # the coordinator's host is lost: its manifest, resume.json and report with it
+
+    with pytest.raises(BadOptionError, match="records another transfer"):  # the snapshot names its transfer
+        Transfer(TransferRequest(**{**options, "chunk_size": "6MiB"}, job_id=handle.job_id, resume=True)).prepare()
+    shutil.rmtree(home)  # what that refused attempt fetched
+    stats = Transfer(TransferRequest(**options, job_id=handle.job_id, resume=True)).run()
+
+    final = read_all(s3_bucket, "r/")
+    left = boto3.client("s3").list_objects_v2(Bucket=state_bucket).get("KeyCount", 0)
+    record("fault", f"SIGKILL of the job's coordinator with {seen} of {len(objs)} copies in the manifest's snapshot "
+           f"at state_uri (moto), then its job directory removed (host lost) and the job resumed from the snapshot",
+           f"{stats.resumed_copies} copies skipped as recorded, {stats.objects} copied again; final "
+           f"{len(final)}/{len(objs)} sha256-identical; {left} state objects left")
+    assert final == digests(objs)
+    assert stats.resumed_copies >= seen > 0
+    assert stats.objects + stats.resumed_copies == len(objs)
+    assert left == 0, "the snapshot outlived the job's success"
+    assert not (job_dir(handle.job_id) / "manifest.sqlite3").exists()
+    assert wait_gone(handle.job_id) == []
