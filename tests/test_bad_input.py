@@ -57,6 +57,11 @@ def _cases(tmp_path, s3):
         ("missing destination bucket", dict(src=src, dsts=["s3://no-such-bucket-anywhere/x/"]), NotFoundError),
         ("missing destination directory", dict(src=f, dsts=[str(tmp_path / "no" / "dir") + "/"], recursive=False),
          NotFoundError),
+        ("malformed state_uri", dict(src=src, dsts=[d], state_uri="s3://Bad_Bucket/state"), BadURIError),
+        ("state_uri that is no URI", dict(src=src, dsts=[d], state_uri="state"), BadURIError),
+        ("missing state_uri bucket", dict(src=src, dsts=[d], state_uri="s3://no-such-state-bucket/x"), NotFoundError),
+        ("missing state_uri directory", dict(src=src, dsts=[d], state_uri=str(tmp_path / "no" / "state")),
+         NotFoundError),
         ("Azure account not matching the credentials",
          dict(src=src, dsts=["az://otheraccount/container/x/"]), CredentialsError),
     ]
@@ -133,6 +138,7 @@ def test_bad_input_unknown_option():
     (["sync", "ftp://x/y", "/tmp"], "scheme"),
     (["cp", "-r", "/tmp", "/var/tmp", "--gateways-per-region", "0"], "gateways_per_region"),
     (["cp", "-r", "/tmp", "/var/tmp", "--bwlimit", "200MB/h"], "bandwidth cap"),
+    (["cp", "-r", "/tmp", "/var/tmp", "--state-uri", "s3://Bad_Bucket/state"], "state_uri"),
     (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/dev/null"], "not valid JSON"),
     (["cp", "-r", "/tmp", "/var/tmp", "--provisioner-settings", "/no/such/settings.json"], "can't open"),
 ])

@@ -58,8 +58,9 @@ def test_resume_from_the_state_uri_after_the_coordinator_host_is_lost(home, tmp_
     state = create_bucket("s3")
     state_bucket = state.removeprefix("s3://")
     options = dict(src=str(src), dsts=[f"{s3_bucket}/r/"], chunk_size="5MiB", state_uri=f"{state}/skyplane-state")
-    # A bandwidth cap stretches the first run (~18 s nominal), so the kill lands mid-job.
-    handle = Transfer(TransferRequest(**options, bwlimit="1MiB/s")).start()
+    # A bandwidth cap over one connection stretches the first run (~18 s nominal) and lands the objects one
+    # after the other, so the kill comes mid-job with some of them recorded.
+    handle = Transfer(TransferRequest(**options, bwlimit="1MiB/s", connections=1)).start()
     key = f"skyplane-state/{handle.job_id}/manifest.sqlite3"
     scratch = tmp_path / "snapshot.sqlite3"
     deadline = time.monotonic() + 90
@@ -93,4 +94,41 @@ def test_resume_from_the_state_uri_after_the_coordinator_host_is_lost(home, tmp_
     assert stats.objects + stats.resumed_copies == len(objs)
     assert left == 0, "the snapshot outlived the job's success"
     assert not (job_dir(handle.job_id) / "manifest.sqlite3").exists()
+    assert wait_gone(handle.job_id) == []
+
+
+def test_cli_resume_on_a_host_without_the_job_from_a_cancelled_jobs_snapshot(home, tmp_path, capsys, emulators):
+    """A cancelled job writes its snapshot once more as it ends; ``skyplane-provider resume JOB
+    --state-uri URI`` on a host without the job's directory takes the request kept in the snapshot
+    (no secret in it) and finishes the job."""
+    from skyplane_provider.cli.main import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    objs = {f"f{i}.bin": os.urandom(MiB) for i in range(6)}
+    for k, v in objs.items():
+        (src / k).write_bytes(v)
+    (tmp_path / "dst").mkdir()
+    state = create_bucket("s3")
+    state_uri = f"{state}/st"
+    handle = Transfer(TransferRequest(src=str(src), dsts=[str(tmp_path / "dst")], chunk_size="1MiB",
+                                      state_uri=state_uri, credentials={"gs": {"project": "s3cr3t"}})).start()
+    handle.cancel()
+    with pytest.raises(Exception, match="cancel"):
+        handle.result()
+    assert wait_gone(handle.job_id) == []
+    scratch = tmp_path / "snapshot.sqlite3"
+    assert _snapshot_copies(state.removeprefix("s3://"), f"st/{handle.job_id}/manifest.sqlite3", scratch) is not None
+    with sqlite3.connect(scratch) as db:
+        kept = json.loads(db.execute("SELECT value FROM meta WHERE name = 'request'").fetchone()[0])
+    assert kept["src"] == str(src) and kept["credentials"] == {} and "s3cr3t" not in json.dumps(kept)
+    shutil.rmtree(home)  # another host: no job directory, no resume.json
+
+    assert main(["resume", handle.job_id, "--json"]) == 1
+    assert "--state-uri" in capsys.readouterr().err
+    assert main(["resume", handle.job_id, "--state-uri", state_uri, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert stats["job_id"] == handle.job_id
+    assert read_all("file://" + str(tmp_path / "dst")) == digests(objs)
+    assert boto3.client("s3").list_objects_v2(Bucket=state.removeprefix("s3://")).get("KeyCount", 0) == 0
     assert wait_gone(handle.job_id) == []

@@ -29,6 +29,7 @@ SYNC_EXAMPLES = examples(
     "skyplane-provider sync s3://raw/events/ gs://lake/events/ --delete --max-delete 100 --dry-run   # a mirror",
     "skyplane-provider sync s3://raw/ gs://lake/ --include '/2024/**' --exclude '*.tmp' --max-age 7d --max-cost-usd 5",
     "skyplane-provider sync /data/events/ s3://raw/events/ --gateways-per-region 2",
+    "skyplane-provider sync s3://raw/events/ gs://lake/events/ --state-uri gs://lake/skyplane-state   # resumable elsewhere",
 )
 #: Cloud of a region tag -> URI scheme of its stores.
 _SCHEME_OF = {"aws": "s3", "gcp": "gs", "azure": "az"}
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("dst", nargs="+", help="one or more destination URIs (one fleet multicasts to all)")
         add_transfer_options(p, recursive=name == "cp")
         add_selection_options(p)
+        add_state_option(p)
         p.set_defaults(func=run_sync if name == "sync" else run_cp)
 
 
@@ -142,6 +144,15 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
                    help="with --delete: refuse a run that would delete more than N objects (deleting nothing)")
 
 
+def add_state_option(p: argparse.ArgumentParser) -> None:
+    """``--state-uri``: where the job's manifest is kept off this host (cp, sync and resume)."""
+    p.add_argument("--state-uri", metavar="URI",
+                   help="keep a copy of the job's manifest (what is done) at URI/JOB/manifest.sqlite3, e.g. "
+                        "s3://bucket/skyplane-state (any store URI; its bucket must exist): written every few "
+                        "seconds and when the job fails, deleted when it succeeds, so `skyplane-provider resume "
+                        "JOB --state-uri URI` continues the job on another host (default: this host only)")
+
+
 def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] | None = None) -> TransferRequest:
     dsts = dsts if dsts is not None else args.dst
     return TransferRequest(
@@ -155,7 +166,7 @@ def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] |
         chunk_size=args.chunk_size, bwlimit=args.bwlimit, server_side=args.server_side,
         src_region=args.src_region,
         dst_regions=dst_regions(args.dst_region, dsts),
-        grid=args.grid, plan=json.load(args.plan) if args.plan else None,
+        grid=args.grid, plan=json.load(args.plan) if args.plan else None, state_uri=getattr(args, "state_uri", None),
         **{name: getattr(args, name) for name in _SELECTION if getattr(args, name, None) is not None})
 
 
