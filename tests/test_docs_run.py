@@ -114,16 +114,20 @@ def test_doc_runs_as_written(page, tmp_path):
     home = tmp_path / "home"
     (home / "tmp").mkdir(parents=True)
     env = newcomer_env(home)
-    proc = subprocess.Popen(["bash", "--noprofile", "--norc", "-c", script(blocks)], cwd=checkout, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Output to a file, and wait for the shell, not for the end of its output: a daemon a page starts in
+    # the background (an sshd) keeps the shell's stdout open after a failed block left it running.
+    transcript = tmp_path / "output.txt"
+    with open(transcript, "w") as out:
+        proc = subprocess.Popen(["bash", "--noprofile", "--norc", "-c", script(blocks)], cwd=checkout, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=PAGE_TIMEOUT)
+        proc.wait(timeout=PAGE_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"{page.name} did not finish in {PAGE_TIMEOUT} s:\n{output[-6000:]}\n{_log_tails(home)}")
+        pytest.fail(f"{page.name} did not finish in {PAGE_TIMEOUT} s:\n{transcript.read_text()[-6000:]}\n"
+                    f"{_log_tails(home)}")
     finally:
         _clean_up(proc, checkout, env)
+    output = transcript.read_text()
     where = [line for line in output.splitlines() if line.startswith("=== ")]
     assert proc.returncode == 0, f"{page.name}: the block at {where[-1][4:] if where else '?'} failed:\n{output[-6000:]}"
     assert len(where) == len(blocks)

@@ -18,6 +18,7 @@ job's directory, so a recycled pid is never killed by mistake.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -107,7 +108,8 @@ class HostBootstrap:
 
     # -- install -------------------------------------------------------------------------------
     def install(self, wheel: PackagedWheel, wheelhouse: Path | None = None) -> str:
-        """Make ``<base>/venv-<hash>`` hold exactly ``wheel``; returns its python. Skipped when done before.
+        """Make ``<base>/venv-<hash>-<python>`` hold exactly ``wheel``; returns its python. Skipped when done
+        before for this wheel and this host python.
 
         The venv sees the site-packages of the host's ``python`` (which must provide the
         dependencies), unless a ``wheelhouse`` of dependency wheels is shipped and installed from.
@@ -115,7 +117,9 @@ class HostBootstrap:
         its python imported the shipped version from the venv itself.
         """
         host = self.session.host
-        venv = f"{self.base}/venv-{wheel.content_hash}"
+        # Keyed on the host's python too: the venv reads that python's site-packages through a .pth
+        # file, so a venv made for another interpreter (one since deleted) must not be reused.
+        venv = f"{self.base}/venv-{wheel.content_hash}-{hashlib.sha256(host.python.encode()).hexdigest()[:8]}"
         marker = f"{venv}/.skyplane-complete"
         self.venv_python = f"{venv}/bin/python"
         if self.session.exists(marker):
