@@ -295,6 +295,15 @@ def test_bad_uri_in_a_templated_field_does_not_break_parsing():
         op.make_request()
 
 
+def test_state_uri_is_templated_and_checked_before_anything_starts():
+    op = SkyplaneTransferOperator(task_id="t", src="s3://raw-bucket/x/", dst="gs://lake-bucket/x/",
+                                  state_uri="s3://{{ params.bucket }}/skyplane-state")
+    assert "state_uri" in op.template_fields
+    op.state_uri = "s3://Not_A_Bucket/state"  # as a template might render it
+    with pytest.raises(BadURIError, match="state_uri"):
+        op.make_request()
+
+
 def _capture(outcome: dict, fn, *args) -> None:
     try:
         outcome["value"] = fn(*args)

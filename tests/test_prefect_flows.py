@@ -161,7 +161,8 @@ def test_dry_run_and_mirror_with_filters(prefect_harness, home, s3_bucket, azure
     assert read_all(azure_container, "out/") == digests({"a.csv": b"x" * 500})
 
 
-@pytest.mark.parametrize("case", ["missing-source", "cost-ceiling", "bad-artifact-key", "unknown-block"])
+@pytest.mark.parametrize("case", ["missing-source", "cost-ceiling", "bad-artifact-key", "unknown-block",
+                                  "missing-state-bucket"])
 def test_bad_input_fails_the_task_run_without_starting_gateways(prefect_harness, home, s3_bucket, gcs_bucket, case):
     put_objects(s3_bucket, {"x/a": b"a" * 100})
     kwargs, error, words = {
@@ -170,6 +171,8 @@ def test_bad_input_fails_the_task_run_without_starting_gateways(prefect_harness,
         "bad-artifact-key": (dict(src=f"{s3_bucket}/x/", artifact_key="Nightly Sync"), BadOptionError, "artifact key"),
         "unknown-block": (dict(src=f"{s3_bucket}/x/", src_credentials="skyplane-credentials/never-saved"),
                           BadOptionError, "cannot load block"),
+        "missing-state-bucket": (dict(src=f"{s3_bucket}/x/", state_uri="s3://no-such-state-bucket/st"),
+                                 NotFoundError, "state_uri"),
     }[case]
 
     @flow

@@ -75,6 +75,11 @@ class SkyplaneTransferOperator(BaseOperator):
     :param chunk_size: part size in bytes or text (``"32MiB"``).
     :param bwlimit: bandwidth cap per region in bytes per second or text (``"200MiB/s"``): the gateways
         of each region together send at most this. Default: no cap.
+    :param state_uri: where a snapshot of the job's manifest is kept off the worker, so that a retry on
+        another worker (or after the first one was lost) resumes the job from it: any store URI such as
+        ``"s3://bucket/skyplane-state"`` whose bucket exists, read and written with the credentials
+        document's entry for it (a connection's when the state is in a bucket the transfer uses), else
+        the SDKs' environment. Templated. Default: none (the manifest stays on the worker).
     :param server_side: ``"auto"`` (default): destination stores that can copy from the source (probed)
         do so, with no gateway, where that is cheaper at the requested speed; ``"always"``; ``"never"``.
     :param src_region: region tag of the source when the store cannot tell (Azure: ``"azure:eastus"``). Templated.
@@ -99,7 +104,7 @@ class SkyplaneTransferOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("src", "dst", "src_conn_id", "dst_conn_id", "src_region", "dst_regions",
-                                      "provisioner", "skyplane_conn_id")
+                                      "provisioner", "skyplane_conn_id", "state_uri")
     ui_color = "#c6dbef"
 
     def __init__(self, *, src: Target, dst: Target | list[Target], src_conn_id: str | None = None,
@@ -108,6 +113,7 @@ class SkyplaneTransferOperator(BaseOperator):
                  max_gateways_per_region: int = 1, gateways_per_region: int | None = None,
                  connections: int | None = None, compress: bool = True, encrypt: bool = True,
                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, bwlimit: int | str | None = None,
+                 state_uri: str | None = None,
                  server_side: str = "auto", src_region: str | None = None,
                  dst_regions: list[str | None] | None = None, grid: str | None = None,
                  provisioner: str | None = None, skyplane_conn_id: str | None = None,
@@ -129,6 +135,7 @@ class SkyplaneTransferOperator(BaseOperator):
         self.dst_regions = dst_regions
         self.provisioner = provisioner
         self.skyplane_conn_id = skyplane_conn_id
+        self.state_uri = state_uri
         self.options = dict(recursive=recursive, sync=sync, solver=solver, throughput_gbps=throughput_gbps,
                             max_cost_per_gb=max_cost_per_gb, max_gateways_per_region=max_gateways_per_region,
                             gateways_per_region=gateways_per_region, connections=connections, compress=compress,
@@ -154,7 +161,7 @@ class SkyplaneTransferOperator(BaseOperator):
     def make_request(self) -> TransferRequest:
         """The validated request (raises a ``BadInputError`` before anything starts)."""
         return self.hook.make_request(self.src, self.dsts, provisioner=self.provisioner, src_region=self.src_region,
-                                      dst_regions=self.dst_regions, **self.options)
+                                      dst_regions=self.dst_regions, state_uri=self.state_uri, **self.options)
 
     # -- run in the worker ----------------------------------------------------------------------
     def execute(self, context: Context) -> dict:
@@ -167,7 +174,7 @@ class SkyplaneTransferOperator(BaseOperator):
         if ti is not None:
             request.job_id = task_job_id(ti)
             # A retry (or a cleared task run again) continues the job of the tries before it from its
-            # manifest, when that ran on this host, and runs as a sync: what arrived intact is not sent again.
+            # manifest (kept on this host, or its snapshot at state_uri), and runs as a sync: what arrived intact is not sent again.
             if ti.try_number > 1:
                 request.resume = request.sync = True
         if self.deferrable:

@@ -91,6 +91,7 @@ def skyplane_transfer(
     encrypt: bool = True,
     chunk_size: int | str = DEFAULT_CHUNK_SIZE,
     bwlimit: int | str | None = None,
+    state_uri: str | None = None,
     server_side: str = "auto",
     src_region: str | None = None,
     dst_regions: Sequence[str | None] | None = None,
@@ -136,6 +137,9 @@ def skyplane_transfer(
         chunk_size: part size, e.g. ``"32MiB"`` or bytes.
         bwlimit: bandwidth cap per region, e.g. ``"200MiB/s"`` or bytes per second: the gateways of each
             region together send at most this. Default: no cap.
+        state_uri: where a snapshot of the job's manifest is kept off this host (any store URI such as
+            ``"s3://bucket/skyplane-state"`` whose bucket exists), so that a retry on another worker
+            resumes the job from it. Default: none (the manifest stays on the host that ran the job).
         server_side: ``"auto"`` (default): destination stores that can copy from the source (probed) do
             so, with no gateway, where that is cheaper at the requested speed; ``"always"``; ``"never"``.
         src_region: region of the source (``"azure:eastus"``) when the store cannot tell.
@@ -174,13 +178,14 @@ def skyplane_transfer(
             sync=sync, solver=solver, throughput_gbps=throughput_gbps, max_cost_per_gb=max_cost_per_gb,
             max_gateways_per_region=max_gateways_per_region, gateways_per_region=gateways_per_region,
             connections=connections, compress=compress, encrypt=encrypt, chunk_size=chunk_size, bwlimit=bwlimit,
-            server_side=server_side,
+            state_uri=state_uri, server_side=server_side,
             src_region=src_region, dst_regions=list(dst_regions) if dst_regions is not None else None, grid=grid,
             include=list(include), exclude=list(exclude), filter=list(filter), min_size=min_size, max_size=max_size,
             min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd, delete=delete,
             max_delete=max_delete)
         request.job_id = _job_id(runtime.task_run.id)
-        # A retry continues the attempt before it from its manifest (when it ran on this host).
+        # A retry continues the attempt before it from its manifest (kept on this host, or its snapshot
+        # at state_uri when this host has none).
         request.resume = attempt > 1 and request.job_id is not None
         transfer = Transfer(request, credential_sources=sources).prepare()
         if request.dry_run:
