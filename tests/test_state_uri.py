@@ -132,3 +132,39 @@ def test_cli_resume_on_a_host_without_the_job_from_a_cancelled_jobs_snapshot(hom
     assert read_all("file://" + str(tmp_path / "dst")) == digests(objs)
     assert boto3.client("s3").list_objects_v2(Bucket=state.removeprefix("s3://")).get("KeyCount", 0) == 0
     assert wait_gone(handle.job_id) == []
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_warning_and_is_written_again_later(home, tmp_path, s3_bucket):
+    """The state bucket disappears while the job runs: the coordinator logs a warning per failed
+    snapshot and goes on; once the bucket is back, the next snapshot lands; the job succeeds and its
+    snapshot is deleted."""
+    src = tmp_path / "src"
+    src.mkdir()
+    objs = {f"o{i}.bin": os.urandom(MiB + 512 * 1024) for i in range(6)}
+    for k, v in objs.items():
+        (src / k).write_bytes(v)
+    state = create_bucket("s3")
+    bucket = state.removeprefix("s3://")
+    s3 = boto3.client("s3")
+    handle = Transfer(TransferRequest(src=str(src), dsts=[f"{s3_bucket}/r/"], state_uri=state, bwlimit="1MiB/s",
+                                      connections=1)).start()
+    key = f"{handle.job_id}/manifest.sqlite3"
+    scratch = tmp_path / "snapshot.sqlite3"
+    log = job_dir(handle.job_id) / "coordinator.log"
+
+    def until(what, condition, seconds=60.0):
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    until("the first snapshot", lambda: _snapshot_copies(bucket, key, scratch) is not None)
+    s3.delete_object(Bucket=bucket, Key=key)
+    s3.delete_bucket(Bucket=bucket)
+    until("a warning about the failed snapshot", lambda: "could not write the manifest's snapshot" in log.read_text())
+    s3.create_bucket(Bucket=bucket)
+    until("a snapshot written again", lambda: _snapshot_copies(bucket, key, scratch) is not None)
+    stats = handle.result(timeout=120)
+    assert stats.objects == len(objs) and read_all(s3_bucket, "r/") == digests(objs)
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert wait_gone(handle.job_id) == []

@@ -4,7 +4,10 @@ Three tables, written as the gateways' events arrive:
 
 ``copies``   every object copy done: source key, destination index and key, size, how it was verified;
 ``uploads``  every multipart upload begun and not yet completed: its id and part size;
-``parts``    every part written of those uploads: number, etag, size, how its bytes were checked.
+``parts``    every part written of those uploads: number, etag, size, how its bytes were checked;
+
+and ``meta``: the transfer's fingerprint and the request without its secrets (:meth:`Manifest.note`),
+so that a copy of the manifest (:mod:`.statecopy`) says which job it belongs to.
 
 A resumed job (same job id, same manifest) skips the copies recorded done, continues the recorded
 uploads from their recorded parts, and copies the rest: what it redoes is at most what was in

@@ -112,9 +112,9 @@ class StateCopy:
                     return True
                 data = (Path(tmp) / NAME).read_bytes()
             self.store.write(self.key, data)
-        except (SkyplaneError, OSError, sqlite3.Error) as exc:
-            log.warning("could not write the manifest's snapshot to %s (trying again in %.0f s): %s",
-                        self.where, EVERY, exc)
+        except Exception as exc:  # noqa: BLE001 - a snapshot never fails the job, nor hides its error
+            log.warning("could not write the manifest's snapshot to %s (the next snapshot tries again): %s: %s",
+                        self.where, type(exc).__name__, exc)
             return False
         self._written_version = version
         log.debug("manifest snapshot (%d bytes) written to %s", len(data), self.where)
