@@ -174,7 +174,8 @@ class SkyplaneTransferOperator(BaseOperator):
         if ti is not None:
             request.job_id = task_job_id(ti)
             # A retry (or a cleared task run again) continues the job of the tries before it from its
-            # manifest (kept on this host, or its snapshot at state_uri), and runs as a sync: what arrived intact is not sent again.
+            # manifest (kept on this host, or its snapshot at state_uri), and runs as a sync: what
+            # arrived intact is not sent again.
             if ti.try_number > 1:
                 request.resume = request.sync = True
         if self.deferrable:

@@ -29,7 +29,7 @@ SYNC_EXAMPLES = examples(
     "skyplane-provider sync s3://raw/events/ gs://lake/events/ --delete --max-delete 100 --dry-run   # a mirror",
     "skyplane-provider sync s3://raw/ gs://lake/ --include '/2024/**' --exclude '*.tmp' --max-age 7d --max-cost-usd 5",
     "skyplane-provider sync /data/events/ s3://raw/events/ --gateways-per-region 2",
-    "skyplane-provider sync s3://raw/events/ gs://lake/events/ --state-uri gs://lake/skyplane-state   # resumable elsewhere",
+    "skyplane-provider sync s3://raw/events/ gs://lake/events/ --state-uri gs://lake/skyplane-state  # resume anywhere",
 )
 #: Cloud of a region tag -> URI scheme of its stores.
 _SCHEME_OF = {"aws": "s3", "gcp": "gs", "azure": "az"}
@@ -166,7 +166,8 @@ def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] |
         chunk_size=args.chunk_size, bwlimit=args.bwlimit, server_side=args.server_side,
         src_region=args.src_region,
         dst_regions=dst_regions(args.dst_region, dsts),
-        grid=args.grid, plan=json.load(args.plan) if args.plan else None, state_uri=getattr(args, "state_uri", None),
+        grid=args.grid, plan=json.load(args.plan) if args.plan else None,
+        state_uri=getattr(args, "state_uri", None),  # publish has no --state-uri
         **{name: getattr(args, name) for name in _SELECTION if getattr(args, name, None) is not None})
 
 

@@ -50,7 +50,7 @@ def parse_state_uri(text: object) -> StoreURI:
     try:
         return parse_uri(text)
     except BadURIError as exc:
-        raise BadURIError(f"state_uri: {exc}", hint=exc.hint or _HINT) from None
+        raise BadURIError(f"state_uri: {exc.message}", hint=exc.hint or _HINT) from None
 
 
 class StateCopy:
@@ -76,10 +76,10 @@ class StateCopy:
         try:
             self.store.check()
         except NotFoundError as exc:
-            raise NotFoundError(f"state_uri: {exc}", hint="create the bucket (container, directory) first, or "
+            raise NotFoundError(f"state_uri: {exc.message}", hint="create the bucket (container, directory) first, or "
                                                           "name one that exists") from None
         except SkyplaneError as exc:
-            raise type(exc)(f"state_uri: {exc}", hint=exc.hint) from None
+            raise _named(exc) from None
 
     # -- while the job runs ----------------------------------------------------------------------
     def start(self) -> "StateCopy":
@@ -160,6 +160,8 @@ class StateCopy:
             data = self.store.read(self.key)
         except NotFoundError:
             return False
+        except SkyplaneError as exc:
+            raise _named(exc) from None
         self.manifest_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.manifest_path.with_name(f".{NAME}.{os.getpid()}.fetched")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -177,3 +179,7 @@ class StateCopy:
         log.info("fetched the manifest's snapshot from %s (%d bytes)", self.where, len(data))
         return True
 
+
+def _named(exc: SkyplaneError) -> SkyplaneError:
+    """The store's error, of the same class, saying it came from the state_uri."""
+    return type(exc)(f"state_uri: {exc.message}", hint=exc.hint)
