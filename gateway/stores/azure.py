@@ -22,7 +22,7 @@ import azure.core.exceptions as aze
 import requests
 import requests.adapters
 from azure.core import MatchConditions
-from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+from azure.core.credentials import AccessToken, AzureNamedKeyCredential, AzureSasCredential
 from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient, ExponentialRetry, generate_blob_sas
 from urllib3.util.retry import Retry
 
@@ -30,7 +30,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
                             SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, download_into, md5_hex,
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, check_range, check_upload_id, download_into, md5_hex,
                      new_upload_id, parse_expiration, part_numbers, probe_key, translated)
 
 MiB = 1024**2
@@ -38,8 +38,11 @@ _HEX = re.compile(r"^[0-9a-f]{32}$")
 _SINGLE_PUT = 256 * MiB  # one Put Blob request up to this size; bigger writes are staged blocks
 _SYNC_COPY_MAX = 256 * MiB  # Copy Blob From URL copies up to this in one synchronous request
 _CREDENTIALS_HINT = ("set AZURE_STORAGE_CONNECTION_STRING, or give an 'az' entry in the credentials document: "
-                     "{connection_string} or {account_url, account_key | sas_token}")
-CREDENTIAL_FIELDS = frozenset({"connection_string", "account_url", "account_key", "sas_token", "expiration"})
+                     "{connection_string} or {account_url, account_key | sas_token | access_token}")
+CREDENTIAL_FIELDS = frozenset({"connection_string", "account_url", "account_key", "sas_token", "access_token",
+                               "expiration"})
+#: What an Entra ID token for Blob Storage is asked for (the resource "https://storage.azure.com").
+STORAGE_SCOPE = "https://storage.azure.com/.default"
 
 
 def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
@@ -69,11 +72,32 @@ def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
                 credential = AzureNamedKeyCredential(account, settings["account_key"])
             elif settings.get("sas_token"):
                 credential = AzureSasCredential(settings["sas_token"].lstrip("?"))
+            elif "access_token" in settings:
+                credential = StaticTokenCredential(bearer_token(settings, "az", "an Entra ID access token for "
+                                                                                f"{STORAGE_SCOPE}"),
+                                                   settings.get("expiration"))
             return BlobServiceClient(settings["account_url"], credential=credential, **options)
     except ValueError as exc:
         raise CredentialsError(f"unusable Azure credentials for account {account!r}: {exc}",
                                hint=_CREDENTIALS_HINT) from exc
     raise CredentialsError(f"no Azure credentials for account {account!r}", hint=_CREDENTIALS_HINT)
+
+
+class StaticTokenCredential:
+    """An Entra ID access token the client obtained (``TokenCredential`` protocol of azure-core):
+    given as it is, never renewed here; the client pushes the next one before it expires
+    (docs/credentials.md)."""
+
+    def __init__(self, token: str, expiration: str | None) -> None:
+        self._token = token
+        # azure-core only asks for a new token (here: the same one) within 300 s of expires_on
+        self._expires_on = int(parse_expiration(expiration, "az")) if expiration else 2**31 - 1
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, self._expires_on)
+
+    def __repr__(self) -> str:  # it holds a secret
+        return "StaticTokenCredential(<redacted>)"
 
 
 def sas_expiry(settings: dict[str, Any]) -> float | None:

@@ -90,6 +90,23 @@ def parse_expiration(value: object, where: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def bearer_token(settings: dict, scheme: str, what: str) -> str:
+    """An entry's ``access_token`` for a ``scheme`` store, refused when it is empty or its
+    ``expiration`` has passed: a store opened with it could only fail, later and less clearly.
+    ``what`` says what to give instead."""
+    token = settings.get("access_token")
+    if not isinstance(token, str) or not token.strip():
+        raise CredentialsError(f"the {scheme!r} credentials entry has an empty access_token", hint=f"give {what}")
+    if settings.get("expiration"):
+        expires_at = parse_expiration(settings["expiration"], scheme)
+        if expires_at <= time.time():
+            when = datetime.fromtimestamp(expires_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise CredentialsExpiredError(f"the access token of the {scheme!r} credentials entry expired at {when}",
+                                          hint=f"give a fresh one ({what}), or a source the client can renew: "
+                                               "a connection or credentials block rather than a token")
+    return token.strip()
+
+
 def check_range(offset: int, length: int | None) -> None:
     """Reject negative offsets and lengths (``read`` semantics are those of a slice otherwise)."""
     if offset < 0 or (length is not None and length < 0):

@@ -30,8 +30,8 @@ from planner.errors import (AccessDeniedError, ChecksumError, ConflictError, Cre
                             SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, check_range, check_upload_id, download_into, md5_hex,
-                     new_upload_id, part_numbers, probe_key, translated)
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, check_range, check_upload_id,
+                     download_into, md5_hex, new_upload_id, part_numbers, probe_key, translated)
 
 PARTS_PREFIX = ".skyplane-parts/"
 _KEY_METADATA = "skyplane-key"  # on each part: the key its upload is for, so leftovers can be found
@@ -45,17 +45,20 @@ _TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
 _RETRY = DEFAULT_RETRY.with_timeout(10.0).with_delay(initial=0.5, multiplier=2.0, maximum=4.0)
 _CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
                      "or give a 'gs' entry in the credentials document")
-CREDENTIAL_FIELDS = frozenset({"project", "endpoint", "service_account_info", "service_account_file", "anonymous",
-                               "expiration"})
+CREDENTIAL_FIELDS = frozenset({"project", "endpoint", "service_account_info", "service_account_file", "access_token",
+                               "anonymous", "expiration"})
 
 
 def make_client(settings: dict[str, Any]) -> storage.Client:
     """One GCS client for a credentials entry (see ``gateway.stores``), with a pooled HTTP session.
 
     With no entry the library's own rules apply: ``STORAGE_EMULATOR_HOST``, then application
-    default credentials.
+    default credentials. An ``access_token`` (OAuth 2.0, what the client's google-auth credentials
+    minted: an impersonated account, workload identity) is used as it is, never refreshed here: the
+    client pushes a new one before it expires (docs/credentials.md).
     """
     from google.auth.credentials import AnonymousCredentials
+    from google.oauth2 import credentials as oauth2
     from google.oauth2 import service_account
 
     kwargs: dict[str, Any] = {}
@@ -67,6 +70,9 @@ def make_client(settings: dict[str, Any]) -> storage.Client:
         elif settings.get("service_account_file"):
             kwargs["credentials"] = service_account.Credentials.from_service_account_file(
                 settings["service_account_file"], scopes=scopes)
+        elif "access_token" in settings:
+            kwargs["credentials"] = oauth2.Credentials(token_of(settings), refresh_handler=_token_refused)
+            kwargs["project"] = settings.get("project")  # None: no project needed for bucket operations
         elif settings.get("anonymous") or settings.get("endpoint"):
             kwargs["credentials"] = AnonymousCredentials()
             kwargs["project"] = settings.get("project")  # None: no project needed for bucket operations
@@ -81,6 +87,17 @@ def make_client(settings: dict[str, Any]) -> storage.Client:
     client._http.mount("https://", adapter)  # noqa: SLF001  (the library offers no public pool setting)
     client._http.mount("http://", adapter)  # noqa: SLF001
     return client
+
+
+def token_of(settings: dict[str, Any]) -> str:
+    """The entry's ``access_token``; an empty one, or one past its ``expiration``, is refused here,
+    before any request (and, on the client, before any gateway starts)."""
+    return bearer_token(settings, "gs", "an OAuth 2.0 access token (google-auth credentials' .token)")
+
+
+def _token_refused(request: Any, scopes: Any) -> tuple[str, datetime.datetime]:
+    """google-auth asks for a new token when GCS answers 401: a given token cannot be renewed here."""
+    raise aex.RefreshError("GCS refused the access token (expired or revoked), and a gateway cannot renew it")
 
 
 class GCSStore(ObjectStore):
@@ -327,8 +344,10 @@ def _translate(exc: Exception, bucket: str, key: str | None, bucket_level: bool 
     where = f"gs://{bucket}/{key}" if key else f"gs://{bucket}"
     if isinstance(exc, gex.RetryError) and exc.cause is not None:
         return _translate(exc.cause, bucket, key, bucket_level) or StoreUnavailableError(f"GCS kept failing on {where}: {exc}")
-    if isinstance(exc, (aex.DefaultCredentialsError, aex.RefreshError)):
+    if isinstance(exc, aex.DefaultCredentialsError):
         return CredentialsError(f"no usable Google Cloud credentials for {where}: {exc}", hint=_CREDENTIALS_HINT)
+    if isinstance(exc, aex.RefreshError):
+        return CredentialsError(f"GCS rejected the credentials for {where}: {exc}", hint=_CREDENTIALS_HINT)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, aex.TransportError, http.client.HTTPException,
                         ConnectionError, TimeoutError)):
         return StoreUnavailableError(f"cannot reach GCS for {where}: {exc}",

@@ -4,7 +4,9 @@ For a configurable fraction of requests it answers like a throttling store (S3 `
 GCS ``429``, Azure ``503 ServerBusy``) or drops the connection without an answer; everything else is
 forwarded to the upstream server unchanged, after ``delay`` seconds (a slow store, so that a test can
 act at a chosen point of a transfer). It counts what it did, so a test can show that faults
-really happened. Loopback only.
+really happened. With ``authorization``, it answers 401 (in the store's words) to every request not
+carrying exactly that ``Authorization`` header, which the emulators do not check themselves: a test
+can show that a store sends the credentials it was given. Loopback only.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ _THROTTLE = {
               b"<?xml version='1.0' encoding='utf-8'?><Error><Code>ServerBusy</Code>"
               b"<Message>The server is busy.</Message></Error>"),
 }
+_UNAUTHORIZED = {
+    "s3": (403, "application/xml", b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidAccessKeyId</Code>"
+                                   b"<Message>The AWS Access Key Id you provided does not exist.</Message></Error>"),
+    "gcs": (401, "application/json", b'{"error": {"code": 401, "message": "Invalid Credentials", '
+                                     b'"errors": [{"reason": "authError", "message": "Invalid Credentials"}]}}'),
+    "azure": (401, "application/xml", b"<?xml version='1.0' encoding='utf-8'?><Error><Code>InvalidAuthenticationInfo"
+                                      b"</Code><Message>Authentication information is not given in the correct "
+                                      b"format.</Message></Error>"),
+}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
 
 
@@ -47,6 +58,7 @@ class FaultCounts:
     forwarded: int = 0
     throttled: int = 0
     reset: int = 0
+    unauthorized: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, what: str) -> None:
@@ -59,9 +71,11 @@ class FaultProxy:
 
     def __init__(self, upstream: str, *, kind: str, throttle: float = 0.0, reset: float = 0.0,
                  seed: int | None = None, spare_first: int = 0, delay: float = 0.0,
-                 match: Callable[[str, str], bool] | None = None, retry_after: str = "0") -> None:
+                 match: Callable[[str, str], bool] | None = None, retry_after: str = "0",
+                 authorization: str | None = None) -> None:
         """``match(method, path)``: only the requests it accepts may be faulted (all when None);
-        ``retry_after``: the ``Retry-After`` header of a throttling answer."""
+        ``retry_after``: the ``Retry-After`` header of a throttling answer; ``authorization``: the
+        only ``Authorization`` header let through (any when None)."""
         up = urlsplit(upstream)
         if up.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fault proxy only forwards to loopback")
@@ -70,7 +84,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.rng_lock = threading.Lock()
         self.spare_first = spare_first  # setup requests (bucket creation...) pass untouched
-        self.match, self.retry_after = match, retry_after
+        self.match, self.retry_after, self.authorization = match, retry_after, authorization
         self.counts = FaultCounts()
         self._server: ThreadingHTTPServer | None = None
 
@@ -109,6 +123,14 @@ class FaultProxy:
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _answer(self, status: int, ctype: str, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Retry-After", proxy.retry_after)
+                self.end_headers()
+                self.wfile.write(payload)
+
             def _handle(self) -> None:
                 body = self._body()
                 action = proxy._roll(self.command, self.path)
@@ -117,15 +139,13 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
+                if proxy.authorization is not None and self.headers.get("Authorization") != proxy.authorization:
+                    proxy.counts.add("unauthorized")
+                    self._answer(*_UNAUTHORIZED[proxy.kind])
+                    return
                 if action == "throttle":
                     proxy.counts.add("throttled")
-                    status, ctype, payload = _THROTTLE[proxy.kind]
-                    self.send_response(status)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.send_header("Retry-After", proxy.retry_after)
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self._answer(*_THROTTLE[proxy.kind])
                     return
                 proxy.counts.add("forwarded")
                 if proxy.delay:
