@@ -181,6 +181,35 @@ def test_an_aws_connection_naming_a_profile_is_read_by_the_amazon_providers_hook
     assert digests(f"{gcs_bucket}/out/") == sha256s(objs)
 
 
+def test_a_wasb_connection_is_read_by_the_microsoft_azure_providers_hook(
+        airflow_home, emulators, sky_home, s3_bucket, azure_container, gcs_bucket, monkeypatch, capfd, caplog):
+    """S3 -> Azurite -> GCS in one DAG run, the Azure side through a wasb connection (account key,
+    host = Azurite's account URL) that WasbHook resolves; the second task's include and min_size
+    come from the run's params (template fields)."""
+    pytest.importorskip("airflow.providers.microsoft.azure")
+    import json
+
+    from skyplane_provider.testing.emulators import AZURITE_KEY
+
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_KEY", json.dumps({
+        "conn_type": "wasb", "login": "devstoreaccount1", "password": AZURITE_KEY,
+        "host": f"{emulators.endpoints['azure']}/devstoreaccount1"}))
+    objs = {**sample_objects(**SMALL), "tiny.csv": b"a,b\n", "skip.json": b"{}" * 4096}
+    put_objects(f"{s3_bucket}/in/", objs)
+    dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_wasb")
+    state, xcoms = run(dag, run_conf={"src": f"{s3_bucket}/in/", "az": f"{azure_container}/mid/",
+                                      "dst": f"{gcs_bucket}/out/", "include": "*.csv", "min_size": "1KiB"})
+    assert state == "success", xcoms
+    assert xcoms["to_azure"]["objects"] == len(objs) and xcoms["to_azure"]["verified"]
+    assert digests(f"{azure_container}/mid/") == sha256s(objs)
+    taken = {k: v for k, v in objs.items() if k.endswith(".csv") and len(v) >= 1024}
+    assert taken and xcoms["from_azure"]["objects"] == len(taken)
+    assert digests(f"{gcs_bucket}/out/") == sha256s(taken)
+    assert "'wasb_key': an account key for az://devstoreaccount1/" in caplog.text
+    out = capfd.readouterr()
+    assert AZURITE_KEY not in out.out + out.err + caplog.text
+
+
 def test_bad_uri_fails_the_task_before_any_gateway(airflow_home, sky_home, capfd):
     dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_copy")
     state, xcoms = run(dag, run_conf={"src": "s3://Not_A_Bucket/x/", "dst": "gs://some-bucket/y/"})
@@ -286,6 +315,19 @@ def test_lineage_and_assets():
         import airflow.providers.openlineage  # noqa: F401
     except ImportError:
         assert op.get_openlineage_facets_on_complete(None) is None
+
+
+def test_filters_are_template_fields():
+    op = SkyplaneTransferOperator(task_id="t", src="s3://raw-bucket/x/", dst="gs://lake-bucket/x/",
+                                  include=["{{ params.table }}/*.parquet"], exclude=["*.tmp"],
+                                  filter=["- {{ params.skip }}"], min_size="{{ params.min }}", max_size=None,
+                                  min_age="{{ params.age }}", max_age="30d")
+    for name in ("include", "exclude", "filter", "min_size", "max_size", "min_age", "max_age"):
+        assert name in op.template_fields
+    op.render_template_fields({"params": {"table": "events", "skip": "*.bak", "min": "1KiB", "age": "2h"}})
+    request = op.make_request()
+    assert (request.include, request.exclude, request.filter) == (["events/*.parquet"], ["*.tmp"], ["- *.bak"])
+    assert (request.min_size, request.min_age, request.max_age) == ("1KiB", "2h", "30d")
 
 
 def test_bad_uri_in_a_templated_field_does_not_break_parsing():

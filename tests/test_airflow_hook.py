@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,7 +16,8 @@ import pytest
 pytest.importorskip("airflow")
 
 from planner.errors import BadOptionError, BadURIError, CredentialsError  # noqa: E402
-from skyplane_provider.airflow.hooks import SkyplaneHook, fields_aws_source  # noqa: E402
+from skyplane_provider.airflow.hooks import (SkyplaneHook, fields_aws_source, fields_gcp_source,  # noqa: E402
+                                             fields_wasb_source, provider_wasb_source)
 from skyplane_provider.airflow.provider import get_provider_info  # noqa: E402
 from skyplane_provider.testing.emulators import AZURITE_KEY, connection_string  # noqa: E402
 
@@ -131,18 +133,24 @@ SA = {"type": "service_account", "project_id": "p1", "client_email": "sa@p1.iam.
       "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"}
 
 
+def gcp_fields(monkeypatch, value: dict | str, uri: str) -> dict:
+    """The entry from the connection's fields (what a worker without the google provider gets)."""
+    conn(monkeypatch, "side", value)
+    return fields_gcp_source(SkyplaneHook.get_connection("side"), parse_root(uri)).current()
+
+
 def test_gcp_key_path_is_read_for_remote_gateways(monkeypatch, tmp_path):
     key = tmp_path / "sa.json"
     key.write_text(json.dumps(SA))
     value = {"conn_type": "google_cloud_platform", "extra": {"key_path": str(key), "project": "p1"}}
-    assert entry(monkeypatch, value, "gs://lake-bucket/x") == {"service_account_info": SA, "project": "p1"}
+    assert gcp_fields(monkeypatch, value, "gs://lake-bucket/x") == {"service_account_info": SA, "project": "p1"}
 
 
 def test_gcp_keyfile_dict_text_and_prefixed_extras(monkeypatch):
     value = {"conn_type": "google_cloud_platform",
              "extra": {"extra__google_cloud_platform__keyfile_dict": json.dumps(SA),
                        "extra__google_cloud_platform__project": "p2"}}
-    assert entry(monkeypatch, value, "gs://lake-bucket") == {"service_account_info": SA, "project": "p2"}
+    assert gcp_fields(monkeypatch, value, "gs://lake-bucket") == {"service_account_info": SA, "project": "p2"}
 
 
 def test_gcp_emulator_uri_form(monkeypatch):
@@ -152,39 +160,138 @@ def test_gcp_emulator_uri_form(monkeypatch):
 
 def test_gcp_bad_key_file(monkeypatch, tmp_path):
     with pytest.raises(CredentialsError, match="cannot read the key file"):
-        entry(monkeypatch, {"conn_type": "google_cloud_platform", "extra": {"key_path": str(tmp_path / "no.json")}},
-              "gs://lake-bucket")
+        gcp_fields(monkeypatch, {"conn_type": "google_cloud_platform",
+                                 "extra": {"key_path": str(tmp_path / "no.json")}}, "gs://lake-bucket")
+
+
+@pytest.mark.parametrize("extra", [{"impersonation_chain": "sa@p1.iam.gserviceaccount.com"},
+                                   {"credential_config_file": "/etc/wif.json"}])
+def test_gcp_fields_only_the_google_providers_hook_honours_are_refused_without_it(monkeypatch, extra):
+    with pytest.raises(CredentialsError, match="needs the google provider's hook") as info:
+        gcp_fields(monkeypatch, {"conn_type": "google_cloud_platform", "extra": extra}, "gs://lake-bucket")
+    assert "apache-airflow-providers-google" in info.value.hint
+
+
+def test_gcp_key_through_the_google_providers_hook_gives_the_gateways_a_token(
+        monkeypatch, tmp_path, emulators, gcs_bucket):
+    """GoogleBaseHook reads a key file whose token_uri is the Compute stand-in's OAuth endpoint (JWT
+    bearer grant, signature checked): the entry carries the access token it issued and its expiry,
+    not the key; a transfer to fake-gcs behind a proxy that lets only that token through completes.
+    Not run where the google provider is not installed (it is not in the test extra: docs/credentials.md)."""
+    pytest.importorskip("airflow.providers.google")
+    from skyplane_provider.testing.faultproxy import FaultProxy
+    from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
+    from skyplane_provider.transfer import Transfer
+
+    standin = GCPComputeStandIn("p1", {"us-central1": ["a"]})
+    standin.start()
+    proxy = FaultProxy(emulators.endpoints["gcs"], kind="gcs")
+    url = proxy.start()
+    try:
+        key = standin.adc_file(tmp_path / "sa.json")
+        conn(monkeypatch, "side", {"conn_type": "google_cloud_platform",
+                                   "extra": {"key_path": str(key), "endpoint": url}})
+        hook, src, dsts = SkyplaneHook(dst_conn_id="side"), f"{tmp_path}/src/", [f"{gcs_bucket}/in/"]
+        got = hook.credentials(src, dsts)[gcs_bucket]
+        assert set(got) == {"access_token", "expiration", "project", "endpoint"} and got["project"] == "p1"
+        assert got["access_token"] in standin._tokens  # noqa: SLF001 - issued by the token endpoint
+        proxy.authorization = f"Bearer {got['access_token']}"
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "a.bin").write_bytes(os.urandom(10_000))
+        stats = Transfer(hook.make_request(src, dsts)).run()  # the same source: the same token
+        assert stats.objects == 1 and stats.verified
+        assert proxy.counts.forwarded > 0 and proxy.counts.unauthorized == 0, proxy.counts
+    finally:
+        proxy.stop()
+        standin.stop()
 
 
 # -- wasb -------------------------------------------------------------------------------------------
-def test_wasb_connection_string_uri_form(monkeypatch):
+# Each form through both paths: the microsoft-azure provider's WasbHook (a test extra) and the
+# connection's fields (what a worker without that provider gets).
+def wasb(monkeypatch, value: dict | str, uri: str, path: str) -> dict:
+    conn(monkeypatch, "side", value)
+    connection, key = SkyplaneHook.get_connection("side"), parse_root(uri)
+    if path == "fields":
+        return fields_wasb_source(connection, key).current()
+    pytest.importorskip("airflow.providers.microsoft.azure")
+    source = provider_wasb_source(connection, key)
+    assert source is not None
+    return source.current()
+
+
+WASB_PATHS = ["fields", "provider"]
+
+
+@pytest.mark.parametrize("path", WASB_PATHS)
+def test_wasb_connection_string_uri_form(monkeypatch, path):
     cs = connection_string("http://127.0.0.1:10000")
-    assert entry(monkeypatch, "wasb://?connection_string=" + quote(cs, safe=""), "az://devstoreaccount1/cont1/x") == {
-        "connection_string": cs}
+    got = wasb(monkeypatch, "wasb://?connection_string=" + quote(cs, safe=""), "az://devstoreaccount1/cont1/x", path)
+    assert got == ({"connection_string": cs} if path == "fields" else  # the hook's client holds its parts
+                   {"account_url": "http://127.0.0.1:10000/devstoreaccount1", "account_key": AZURITE_KEY})
 
 
-def test_wasb_account_key_and_host(monkeypatch):
+@pytest.mark.parametrize("path", WASB_PATHS)
+def test_wasb_account_key_and_host(monkeypatch, path):
     value = {"conn_type": "wasb", "login": "devstoreaccount1", "password": AZURITE_KEY,
              "host": "http://127.0.0.1:10000/devstoreaccount1"}
-    assert entry(monkeypatch, value, "az://devstoreaccount1/cont1") == {
+    assert wasb(monkeypatch, value, "az://devstoreaccount1/cont1", path) == {
         "account_url": "http://127.0.0.1:10000/devstoreaccount1", "account_key": AZURITE_KEY}
-    value = {"conn_type": "wasb", "login": "acct1", "password": "k"}
-    assert entry(monkeypatch, value, "az://acct1/cont1")["account_url"] == "https://acct1.blob.core.windows.net"
+    value = {"conn_type": "wasb", "login": "acct1", "password": "a2V5"}
+    assert wasb(monkeypatch, value, "az://acct1/cont1", path)["account_url"] == "https://acct1.blob.core.windows.net"
 
 
-def test_wasb_sas_token_and_sas_url(monkeypatch):
+@pytest.mark.parametrize("path", WASB_PATHS)
+def test_wasb_sas_token_and_sas_url(monkeypatch, path):
     value = {"conn_type": "wasb", "login": "acct1", "extra": {"sas_token": "sv=2024&sig=abc"}}
-    assert entry(monkeypatch, value, "az://acct1/cont1") == {
+    assert wasb(monkeypatch, value, "az://acct1/cont1", path) == {
         "account_url": "https://acct1.blob.core.windows.net", "sas_token": "sv=2024&sig=abc"}
     value = {"conn_type": "wasb", "extra": {"sas_token": "https://acct1.blob.core.windows.net?sv=1&sig=x"}}
-    assert entry(monkeypatch, value, "az://acct1/cont1") == {
+    assert wasb(monkeypatch, value, "az://acct1/cont1", path) == {
         "account_url": "https://acct1.blob.core.windows.net", "sas_token": "sv=1&sig=x"}
 
 
-def test_wasb_entra_id_is_refused(monkeypatch):
-    with pytest.raises(CredentialsError, match="not supported"):
-        entry(monkeypatch, {"conn_type": "wasb", "login": "client", "password": "secret",
-                            "extra": {"tenant_id": "t"}}, "az://acct1/cont1")
+def test_wasb_entra_id_needs_the_provider_s_hook(monkeypatch):
+    with pytest.raises(CredentialsError, match="need the microsoft-azure provider's hook") as info:
+        wasb(monkeypatch, {"conn_type": "wasb", "login": "client", "password": "secret", "extra": {"tenant_id": "t"}},
+             "az://acct1/cont1", "fields")
+    assert "apache-airflow-providers-microsoft-azure" in info.value.hint
+
+
+def test_wasb_entra_id_through_the_provider_s_hook(monkeypatch, tmp_path):
+    """A wasb connection naming only the account: WasbHook falls back to DefaultAzureCredential, here a
+    managed identity whose endpoint is the ARM stand-in (https; App Service protocol). The gateways
+    get that identity's access token for Blob Storage and its expiry, never the identity; the source
+    hands the same token until less than 10 minutes are left."""
+    pytest.importorskip("airflow.providers.microsoft.azure")
+    from skyplane_provider.testing.azure_arm import AzureARMStandIn
+
+    from .fixtures.cloud_standins import _OTHER_AZURE_CREDENTIALS
+
+    standin = AzureARMStandIn("sub", ["rg"], certificate_dir=tmp_path / "tls")
+    standin.start()
+    try:
+        for var in _OTHER_AZURE_CREDENTIALS:
+            monkeypatch.delenv(var, raising=False)
+        for var, value in standin.identity_env().items():
+            monkeypatch.setenv(var, value)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(standin.ca_file))
+        conn(monkeypatch, "side", {"conn_type": "wasb", "login": "acct1"})
+        source = SkyplaneHook(src_conn_id="side").credential_sources("az://acct1/cont1", [])[0]
+        got = source.current()
+        assert set(got) == {"account_url", "access_token", "expiration"}
+        assert got["account_url"] == "https://acct1.blob.core.windows.net"
+        assert got["access_token"] in standin._tokens  # noqa: SLF001 - issued by the identity endpoint
+        assert datetime.fromisoformat(got["expiration"]) > datetime.now(timezone.utc) + timedelta(minutes=50)
+        assert source.current() == got and len(standin._tokens) == 1  # noqa: SLF001
+    finally:
+        standin.stop()
+
+
+def test_wasb_without_any_credential_fails_before_any_gateway(monkeypatch):
+    """Without the provider: no key, SAS or connection string is an error naming what to set."""
+    with pytest.raises(CredentialsError, match="no usable Azure credentials"):
+        wasb(monkeypatch, {"conn_type": "wasb", "login": "acct1"}, "az://acct1/cont1", "fields")
 
 
 # -- sides, keys and errors --------------------------------------------------------------------------

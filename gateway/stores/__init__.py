@@ -15,12 +15,14 @@ A dict whose keys are store root URIs (most specific: ``"s3://bucket-a"``, ``"az
 
     s3: {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region_name", "endpoint_url"}
     gs: {"project", "endpoint" (an emulator URL), "service_account_info" (the key file's JSON as a dict),
-         "service_account_file", "anonymous" (bool)}
-    az: {"connection_string"}  or  {"account_url", "account_key" | "sas_token"}
+         "service_account_file", "access_token" (OAuth 2.0), "anonymous" (bool)}
+    az: {"connection_string"}  or  {"account_url", "account_key" | "sas_token" | "access_token" (Entra ID)}
 
 Every field is optional; every entry may also carry ``expiration`` (ISO 8601) when its secrets stop
 working (an Azure ``sas_token``'s own ``se=`` counts too): a refusal of them from then on is a
-retryable ``CredentialsExpiredError``, since the client renews them (docs/credentials.md). Example::
+retryable ``CredentialsExpiredError``, since the client renews them (docs/credentials.md). An
+``access_token`` is used as given, never refreshed by the store; an empty one, or one whose
+``expiration`` has passed, is refused when the store is opened. Example::
 
     {"s3": {"aws_access_key_id": "AKIA...", "aws_secret_access_key": "..."},
      "s3://other-account-bucket": {"aws_access_key_id": "...", "aws_secret_access_key": "..."},

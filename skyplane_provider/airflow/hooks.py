@@ -1,11 +1,22 @@
 """``SkyplaneHook``: Airflow connections -> a :class:`~skyplane_provider.transfer.TransferRequest`.
 
-Users already have connections for their clouds, so the hook reads the standard ones. Where the
-amazon provider (``apache-airflow-providers-amazon``) is installed, an ``aws`` connection that carries
-credentials of its own is read by that provider's ``AwsBaseHook``, exactly as the user's other AWS
-tasks read it: profiles, web identity, every ``assume_role_method``, and its session's renewal. Without
-it (and for the other clouds; the google and microsoft-azure providers are not used yet) the hook
-reads the connection's fields itself, and refuses those it cannot honour:
+Users already have connections for their clouds, so the hook reads the standard ones, through the
+cloud's own Airflow provider where it is installed, exactly as the user's other tasks read them:
+
+- amazon (``apache-airflow-providers-amazon``): an ``aws`` connection that carries credentials of its
+  own is read by ``AwsBaseHook`` (profiles, web identity, every ``assume_role_method``); the gateways
+  get its session's keys, renewed with that session.
+- google (``apache-airflow-providers-google``): a ``google_cloud_platform`` connection that names
+  credentials (a key, ``key_secret_name``, ``credential_config_file``, ``impersonation_chain``...) is
+  read by ``GoogleBaseHook``; the gateways get an OAuth 2.0 access token of those credentials and its
+  expiry, refreshed here, never the key.
+- microsoft-azure (``apache-airflow-providers-microsoft-azure``): a ``wasb`` connection is resolved by
+  ``WasbHook``; the gateways get the account key or SAS of the client it builds, or, for an Entra ID
+  identity (``tenant_id`` + client secret, or ``DefaultAzureCredential``: managed or workload identity),
+  its access token for Blob Storage and its expiry, renewed here.
+
+Without the provider the hook reads the connection's fields itself, and refuses those only the
+provider's hook could honour, saying so:
 
 ==========================  ===============================================================================
 connection type             fields read
@@ -30,6 +41,7 @@ AWS accounts in one transfer do not clash. A side without a connection uses the 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,13 +55,16 @@ from gateway.stores.uri import StoreURI, parse_uri
 from planner.errors import BadOptionError, CredentialsError
 from skyplane_provider.redaction import secret_values
 from skyplane_provider.transfer import TransferRequest
-from skyplane_provider.transfer.credential_sources import AwsSessionSource, CredentialSource, assume_role, document
+from skyplane_provider.transfer.credential_sources import (AwsSessionSource, AzureTokenSource, CredentialSource,
+                                                           GoogleAuthSource, assume_role, document)
 
 from .paths import is_path, path_uri
 from .provider import CONN_TYPE
 
 #: A source or destination: a URI, or Airflow's ``ObjectStoragePath`` (which brings its connection).
 Target = str | ObjectStoragePath
+
+log = logging.getLogger(__name__)
 
 #: Which connection type serves which URI scheme.
 CONN_TYPES = {"s3": "aws", "gs": "google_cloud_platform", "az": "wasb"}
@@ -195,9 +210,7 @@ class SkyplaneHook(BaseHook):
         if conn.conn_type != expected:
             raise CredentialsError(f"connection {conn_id!r} has type {conn.conn_type!r}, but {store.root_uri} "
                                    f"needs a {expected!r} connection", hint="pick the connection for that cloud")
-        if expected == "aws":
-            return aws_source(conn, store.root_uri)
-        return CredentialSource(store.root_uri, {"google_cloud_platform": gcp_entry, "wasb": wasb_entry}[expected](conn))
+        return {"aws": aws_source, "google_cloud_platform": gcp_source, "wasb": wasb_source}[expected](conn, store.root_uri)
 
     def _connection(self, conn_id: str) -> Connection:
         try:
@@ -296,13 +309,59 @@ def fields_aws_source(conn: Connection, key: str) -> CredentialSource:
     return source
 
 
-def gcp_entry(conn: Connection) -> dict:
-    """A ``gs`` credentials entry from a ``google_cloud_platform`` connection."""
+def gcp_source(conn: Connection, key: str) -> CredentialSource:
+    """The ``gs`` entry of a ``google_cloud_platform`` connection: through the google provider's hook
+    where it is installed (:func:`provider_gcp_source`), else from the connection's fields
+    (:func:`fields_gcp_source`)."""
+    return provider_gcp_source(conn, key) or fields_gcp_source(conn, key)
+
+
+#: Extras by which a ``google_cloud_platform`` connection names credentials of its own (else
+#: application default credentials serve it, on the gateways too).
+_GCP_CREDENTIAL_EXTRAS = ("key_path", "keyfile_dict", "key_secret_name", "credential_config_file",
+                          "impersonation_chain", "idp_issuer_url")
+
+
+def provider_gcp_source(conn: Connection, key: str) -> CredentialSource | None:
+    """The ``gs`` entry as the google provider's ``GoogleBaseHook`` resolves the connection (a key,
+    Secret Manager, workload identity federation, ``impersonation_chain``): the gateways get an
+    access token of those credentials and its expiry, renewed here (:class:`GoogleAuthSource`), never
+    the key. None where the provider is not installed, or the connection names no credentials."""
+    try:
+        from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
+    except ImportError:
+        return None
     extra = _extra(conn, prefix="extra__google_cloud_platform__")
-    for unsupported in ("credential_config_file", "impersonation_chain"):
+    if not any(extra.get(name) for name in _GCP_CREDENTIAL_EXTRAS):
+        return None
+    try:
+        hook = GoogleBaseHook(gcp_conn_id=conn.conn_id)
+        credentials, project = hook.get_credentials_and_project_id()
+        source = GoogleAuthSource(key, credentials, _prune({"project": extra.get("project") or project,
+                                                             "endpoint": extra.get("endpoint")}))
+        source.current()  # a key, role or chain that yields no token fails here, before any gateway
+    except Exception as exc:  # noqa: BLE001 - the provider and google-auth raise many classes
+        raise CredentialsError(f"connection {conn.conn_id!r}: the google provider's hook found no usable "
+                               f"credentials: {exc}", hint="check the connection with a task of the google "
+                                                            "provider, e.g. GCSListObjectsOperator") from exc
+    log.info("connection %r: access tokens of %s for %s, as the google provider's GoogleBaseHook resolves it",
+             conn.conn_id, type(credentials).__name__, key)
+    return source
+
+
+def fields_gcp_source(conn: Connection, key: str) -> CredentialSource:
+    """The ``gs`` entry from a ``google_cloud_platform`` connection's fields."""
+    return CredentialSource(key, gcp_entry(conn))
+
+
+def gcp_entry(conn: Connection) -> dict:
+    """A ``gs`` credentials entry from a ``google_cloud_platform`` connection's fields."""
+    extra = _extra(conn, prefix="extra__google_cloud_platform__")
+    for unsupported in ("credential_config_file", "impersonation_chain", "key_secret_name", "idp_issuer_url"):
         if extra.get(unsupported):
-            raise CredentialsError(f"connection {conn.conn_id!r}: {unsupported} is not supported",
-                                   hint="use a service-account key (key_path or keyfile_dict)")
+            raise CredentialsError(f"connection {conn.conn_id!r}: {unsupported} needs the google provider's hook",
+                                   hint="install apache-airflow-providers-google, or use a service-account key "
+                                        "(key_path or keyfile_dict)")
     info = extra.get("keyfile_dict")
     if isinstance(info, str) and info.strip():
         try:
@@ -321,14 +380,62 @@ def gcp_entry(conn: Connection) -> dict:
                    "endpoint": extra.get("endpoint"), "anonymous": _flag(extra.get("anonymous")) or None})
 
 
+def wasb_source(conn: Connection, key: str) -> CredentialSource:
+    """The ``az`` entry of a ``wasb`` connection: through the microsoft-azure provider's hook where it
+    is installed (:func:`provider_wasb_source`), else from the connection's fields
+    (:func:`fields_wasb_source`)."""
+    return provider_wasb_source(conn, key) or fields_wasb_source(conn, key)
+
+
+def provider_wasb_source(conn: Connection, key: str) -> CredentialSource | None:
+    """The ``az`` entry as the microsoft-azure provider's ``WasbHook`` resolves the connection: the
+    account URL and credential of the client it builds. An account key (also from a connection
+    string) or a SAS token goes to the gateways as it is; an Entra ID credential (``tenant_id`` with a
+    client secret, or ``DefaultAzureCredential``: managed or workload identity) stays here and the
+    gateways get its access tokens, renewed here (:class:`AzureTokenSource`). None where the provider
+    is not installed."""
+    try:
+        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+    except ImportError:
+        return None
+    try:
+        client = WasbHook(wasb_conn_id=conn.conn_id).get_conn()
+        url = urlsplit(client.url)
+        base = {"account_url": f"{url.scheme}://{url.netloc}{url.path}".rstrip("/")}
+        credential = client.credential
+        if getattr(credential, "account_key", None):
+            source, kind = CredentialSource(key, {**base, "account_key": credential.account_key}), "an account key"
+        elif getattr(credential, "signature", None) or url.query:
+            sas = getattr(credential, "signature", None) or url.query
+            source, kind = CredentialSource(key, {**base, "sas_token": sas}), "a SAS token"
+        elif hasattr(credential, "get_token"):
+            source, kind = AzureTokenSource(key, credential, base), f"Entra ID tokens of {type(credential).__name__}"
+            source.current()  # an identity that yields no token fails here, before any gateway
+        else:
+            raise CredentialsError("it resolved no credential")
+    except Exception as exc:  # noqa: BLE001 - the provider, azure-core and azure-identity raise many classes
+        raise CredentialsError(f"connection {conn.conn_id!r}: the microsoft-azure provider's hook found no usable "
+                               f"credentials: {exc}", hint="check the connection with a task of the microsoft-azure "
+                                                            "provider, e.g. WasbPrefixSensor") from exc
+    log.info("connection %r: %s for %s, as the microsoft-azure provider's WasbHook resolves it", conn.conn_id, kind, key)
+    return source
+
+
+def fields_wasb_source(conn: Connection, key: str) -> CredentialSource:
+    """The ``az`` entry from a ``wasb`` connection's fields."""
+    return CredentialSource(key, wasb_entry(conn))
+
+
 def wasb_entry(conn: Connection) -> dict:
-    """An ``az`` credentials entry from a ``wasb`` connection."""
+    """An ``az`` credentials entry from a ``wasb`` connection's fields."""
     extra = _extra(conn, prefix="extra__wasb__")
     if extra.get("connection_string"):
         return {"connection_string": extra["connection_string"]}
     if extra.get("tenant_id") or extra.get("managed_identity_client_id"):
         raise CredentialsError(f"connection {conn.conn_id!r}: Entra ID (tenant_id / managed identity) logins "
-                               "are not supported", hint="use a connection string, an account key or a SAS token")
+                               "need the microsoft-azure provider's hook",
+                               hint="install apache-airflow-providers-microsoft-azure, or use a connection string, "
+                                    "an account key or a SAS token")
     account_url = (conn.host or (f"https://{conn.login}.blob.core.windows.net" if conn.login else "")).rstrip("/")
     sas = extra.get("sas_token")
     if sas:

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 # Airflow's task logs run at INFO, where azure-core logs every HTTP request and response in full.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
+#: The filter arguments, templated like the URIs (``include=["{{ params.table }}/*.parquet"]``).
+FILTER_FIELDS = ("include", "exclude", "filter", "min_size", "max_size", "min_age", "max_age")
 #: How long on_kill waits for the transfer to tear its fleet down (Airflow SIGKILLs 5 s after SIGTERM).
 KILL_GRACE_SECONDS = 4.0
 #: Airflow's own deferral timeout comes this much after the trigger's deadline, as a backstop.
@@ -104,7 +106,7 @@ class SkyplaneTransferOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("src", "dst", "src_conn_id", "dst_conn_id", "src_region", "dst_regions",
-                                      "provisioner", "skyplane_conn_id", "state_uri")
+                                      "provisioner", "skyplane_conn_id", "state_uri", *FILTER_FIELDS)
     ui_color = "#c6dbef"
 
     def __init__(self, *, src: Target, dst: Target | list[Target], src_conn_id: str | None = None,
@@ -140,10 +142,11 @@ class SkyplaneTransferOperator(BaseOperator):
                             max_cost_per_gb=max_cost_per_gb, max_gateways_per_region=max_gateways_per_region,
                             gateways_per_region=gateways_per_region, connections=connections, compress=compress,
                             encrypt=encrypt, chunk_size=chunk_size, bwlimit=bwlimit,
-                            server_side=server_side, grid=grid, include=list(include),
-                            exclude=list(exclude), filter=list(filter), min_size=min_size, max_size=max_size,
-                            min_age=min_age, max_age=max_age, dry_run=dry_run, max_cost_usd=max_cost_usd,
+                            server_side=server_side, grid=grid, dry_run=dry_run, max_cost_usd=max_cost_usd,
                             delete=delete, max_delete=max_delete)
+        # templated (a run's partition, a size from params), so attributes read at execute time
+        self.include, self.exclude, self.filter = list(include), list(exclude), list(filter)
+        self.min_size, self.max_size, self.min_age, self.max_age = min_size, max_size, min_age, max_age
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self._transfer: Transfer | None = None
@@ -161,7 +164,8 @@ class SkyplaneTransferOperator(BaseOperator):
     def make_request(self) -> TransferRequest:
         """The validated request (raises a ``BadInputError`` before anything starts)."""
         return self.hook.make_request(self.src, self.dsts, provisioner=self.provisioner, src_region=self.src_region,
-                                      dst_regions=self.dst_regions, state_uri=self.state_uri, **self.options)
+                                      dst_regions=self.dst_regions, state_uri=self.state_uri, **self.options,
+                                      **{name: getattr(self, name) for name in FILTER_FIELDS})
 
     # -- run in the worker ----------------------------------------------------------------------
     def execute(self, context: Context) -> dict:

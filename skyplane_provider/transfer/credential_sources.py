@@ -4,7 +4,8 @@ with whatever renews it (docs/credentials.md).
 A :class:`CredentialSource` gives one entry (``key``: a store root URI or a scheme, as in the
 credentials document) as of now. A static entry never changes; an AWS entry over botocore's
 refreshing credentials returns new keys once the SDK has renewed them (botocore does so 15 minutes
-before they expire). :class:`CredentialKeeper` asks every source at an interval and pushes the entries
+before they expire); a GCS or Azure entry over google-auth credentials or an azure-core
+``TokenCredential`` returns an access token, a new one once the old has less than 10 minutes left. :class:`CredentialKeeper` asks every source at an interval and pushes the entries
 that changed, so that gateways hold renewed credentials before the old ones expire.
 """
 
@@ -13,12 +14,18 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
+
+from planner.errors import CredentialsError
 
 log = logging.getLogger(__name__)
 
 #: The fields of an ``s3`` entry that a source fills in from its credentials.
 AWS_KEY_FIELDS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+#: An access token with less left than this is renewed (docs/credentials.md): the keeper asks every
+#: 30 s, so the gateways hold the new one minutes before the old one stops working.
+RENEW_BEFORE = timedelta(minutes=10)
 
 
 class CredentialSource:
@@ -50,6 +57,78 @@ class AwsSessionSource(CredentialSource):
         if frozen.token:
             entry["aws_session_token"] = frozen.token
         return entry
+
+
+class GoogleAuthSource(CredentialSource):
+    """A ``gs`` entry holding an OAuth 2.0 access token of google-auth ``credentials`` (a service
+    account, an impersonated one, workload identity federation: what the google provider's hook or
+    a Prefect ``GcpCredentials`` block resolves). The base credentials stay here; the entry carries
+    the token and its ``expiration``, refreshed with ``credentials.refresh()`` once less than
+    :data:`RENEW_BEFORE` is left. ``base`` holds the entry's other fields (``project``, ``endpoint``)."""
+
+    def __init__(self, key: str, credentials: Any, base: dict[str, Any]) -> None:
+        super().__init__(key, base)
+        self._credentials = credentials
+        self._lock = threading.Lock()  # the keeper's thread and the task's may ask at once
+
+    def current(self) -> dict[str, Any]:
+        import google.auth.transport.requests
+
+        with self._lock:
+            creds = self._credentials
+            if not creds.token or _left(creds.expiry) < RENEW_BEFORE:
+                creds.refresh(google.auth.transport.requests.Request())
+            return token_entry(self.key, self._entry, creds.token, creds.expiry)
+
+
+class AzureTokenSource(CredentialSource):
+    """An ``az`` entry holding an Entra ID access token for Blob Storage from an azure-core
+    ``TokenCredential`` (a service principal, managed or workload identity: what the microsoft-azure
+    provider's ``WasbHook`` resolves). azure-identity caches the token and fetches a new one near its
+    expiry; this asks it again once less than :data:`RENEW_BEFORE` is left. ``base`` holds
+    ``account_url``."""
+
+    def __init__(self, key: str, credential: Any, base: dict[str, Any]) -> None:
+        super().__init__(key, base)
+        self._credential = credential
+        self._token: Any = None
+        self._lock = threading.Lock()
+
+    def current(self) -> dict[str, Any]:
+        from gateway.stores.azure import STORAGE_SCOPE
+
+        with self._lock:
+            expires = None if self._token is None else datetime.fromtimestamp(self._token.expires_on, timezone.utc)
+            if self._token is None or _left(expires) < RENEW_BEFORE:
+                self._token = self._credential.get_token(STORAGE_SCOPE)
+                expires = datetime.fromtimestamp(self._token.expires_on, timezone.utc)
+            return token_entry(self.key, self._entry, self._token.token, expires)
+
+
+def token_entry(key: str, base: dict[str, Any], token: str | None, expiry: datetime | None) -> dict[str, Any]:
+    """``base`` with ``access_token`` and ``expiration``; a missing or expired token is refused here,
+    on the client, before any gateway starts."""
+    if not token:
+        raise CredentialsError(f"the credentials for {key} gave no access token",
+                               hint="check the connection with a task of its cloud's provider")
+    entry = {**base, "access_token": token}
+    if expiry is not None:
+        when = _utc(expiry)
+        if when <= datetime.now(timezone.utc):
+            raise CredentialsError(f"the access token for {key} expired at {when:%Y-%m-%d %H:%M:%S} UTC",
+                                   hint="check the clock of this host, and the connection's credentials")
+        entry["expiration"] = when.isoformat()
+    return entry
+
+
+def _utc(moment: datetime) -> datetime:
+    """google-auth gives naive UTC datetimes."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _left(expiry: datetime | None) -> timedelta:
+    """How long a token that expires at ``expiry`` (None: never said) still works."""
+    return timedelta.max if expiry is None else _utc(expiry) - datetime.now(timezone.utc)
 
 
 def assume_role(key: str, base: dict[str, Any], role_arn: str, *, session_name: str,

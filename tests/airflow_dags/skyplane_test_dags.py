@@ -65,3 +65,15 @@ with DAG(dag_id="skyplane_test_retry", schedule=None, start_date=pendulum.dateti
     SkyplaneTransferOperator(task_id="copy", src="{{ params.src }}", dst="{{ params.dst }}", src_conn_id="aws_flaky",
                              chunk_size="1MiB", retries=1, retry_delay=pendulum.duration(seconds=0))
 skyplane_test_retry = dag
+
+
+# Azure through a wasb connection (wasb_key, set by the test) resolved by the microsoft-azure
+# provider's WasbHook, both ways; the second task's filters are templated.
+with DAG(dag_id="skyplane_test_wasb", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         params={"src": "", "az": "", "dst": "", "include": "", "min_size": ""}) as dag:
+    (SkyplaneTransferOperator(task_id="to_azure", src="{{ params.src }}", dst="{{ params.az }}",
+                              dst_conn_id="wasb_key", dst_regions=["azure:westeurope"], chunk_size="2MiB")
+     >> SkyplaneTransferOperator(task_id="from_azure", src="{{ params.az }}", dst="{{ params.dst }}",
+                                 src_conn_id="wasb_key", src_region="azure:westeurope", chunk_size="2MiB",
+                                 include=["{{ params.include }}"], min_size="{{ params.min_size }}"))
+skyplane_test_wasb = dag
