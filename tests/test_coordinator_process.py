@@ -69,6 +69,10 @@ def test_a_job_outlives_its_client_and_another_process_fetches_the_result(home, 
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "src"), str(tmp_path / "dst")],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     handle = TransferHandle.from_dict(json.loads(out.splitlines()[-1]))
+    deadline = time.monotonic() + 120
+    while not handle.done():  # done() alone, in a loop, sees the end (it starts the handle's polling)
+        assert time.monotonic() < deadline, "done() never turned true"
+        time.sleep(0.05)
     assert handle.result().objects == len(objs)
     assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
     assert wait_gone(handle.job_id) == []

@@ -95,6 +95,9 @@ class TransferHandle:
         self._poll_in_background()  # its end stops the keeper
 
     def done(self) -> bool:
+        """Whether the job ended (or its coordinator is gone); never blocks. The first call starts the
+        handle's polling, so a caller that only asks ``done()`` in a loop sees the end too."""
+        self._poll_in_background()
         return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
