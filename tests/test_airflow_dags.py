@@ -181,33 +181,48 @@ def test_an_aws_connection_naming_a_profile_is_read_by_the_amazon_providers_hook
     assert digests(f"{gcs_bucket}/out/") == sha256s(objs)
 
 
+@pytest.mark.parametrize("login", ["account key", "Entra ID"])
 def test_a_wasb_connection_is_read_by_the_microsoft_azure_providers_hook(
-        airflow_home, emulators, sky_home, s3_bucket, azure_container, gcs_bucket, monkeypatch, capfd, caplog):
-    """S3 -> Azurite -> GCS in one DAG run, the Azure side through a wasb connection (account key,
-    host = Azurite's account URL) that WasbHook resolves; the second task's include and min_size
+        login, airflow_home, emulators, sky_home, s3_bucket, azure_container, gcs_bucket, monkeypatch, capfd, caplog,
+        request):
+    """S3 -> Azurite -> GCS in one DAG run, the Azure side through a wasb connection that WasbHook
+    resolves: an account key (host = Azurite's account URL), or only the account, for which WasbHook
+    takes DefaultAzureCredential: a managed identity (the ARM stand-in's endpoint) whose tokens an
+    Azurite over https checks (audience, issuer, expiry). The second task's include and min_size
     come from the run's params (template fields)."""
     pytest.importorskip("airflow.providers.microsoft.azure")
     import json
 
+    from gateway.stores import open_store
+    from skyplane_provider.buckets import make_bucket
     from skyplane_provider.testing.emulators import AZURITE_KEY
 
-    monkeypatch.setenv("AIRFLOW_CONN_WASB_KEY", json.dumps({
-        "conn_type": "wasb", "login": "devstoreaccount1", "password": AZURITE_KEY,
-        "host": f"{emulators.endpoints['azure']}/devstoreaccount1"}))
+    if login == "account key":
+        conn, container, key_credentials = {"login": "devstoreaccount1", "password": AZURITE_KEY,
+                                            "host": f"{emulators.endpoints['azure']}/devstoreaccount1"}, azure_container, None
+    else:
+        entra = request.getfixturevalue("entra_azurite")
+        conn, key_credentials = {"login": "devstoreaccount1", "host": entra.account_url}, entra.key_credentials
+        container = make_bucket("az://devstoreaccount1/entra-dag", credentials=key_credentials)
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_KEY", json.dumps({"conn_type": "wasb", **conn}))
     objs = {**sample_objects(**SMALL), "tiny.csv": b"a,b\n", "skip.json": b"{}" * 4096}
     put_objects(f"{s3_bucket}/in/", objs)
     dag = load_dag(REPO / "tests/airflow_dags/skyplane_test_dags.py", "skyplane_test_wasb")
-    state, xcoms = run(dag, run_conf={"src": f"{s3_bucket}/in/", "az": f"{azure_container}/mid/",
+    state, xcoms = run(dag, run_conf={"src": f"{s3_bucket}/in/", "az": f"{container}/mid/",
                                       "dst": f"{gcs_bucket}/out/", "include": "*.csv", "min_size": "1KiB"})
     assert state == "success", xcoms
     assert xcoms["to_azure"]["objects"] == len(objs) and xcoms["to_azure"]["verified"]
-    assert digests(f"{azure_container}/mid/") == sha256s(objs)
+    store = open_store(container, key_credentials)
+    assert {o.key.removeprefix("mid/"): sha256s({"": store.read(o.key)})[""] for o in store.list("mid/")} == sha256s(objs)
     taken = {k: v for k, v in objs.items() if k.endswith(".csv") and len(v) >= 1024}
     assert taken and xcoms["from_azure"]["objects"] == len(taken)
     assert digests(f"{gcs_bucket}/out/") == sha256s(taken)
-    assert "'wasb_key': an account key for az://devstoreaccount1/" in caplog.text
+    kind = "an account key" if login == "account key" else "Entra ID tokens of DefaultAzureCredential"
+    assert f"'wasb_key': {kind} for az://devstoreaccount1/" in caplog.text
     out = capfd.readouterr()
-    assert AZURITE_KEY not in out.out + out.err + caplog.text
+    tokens = list(request.getfixturevalue("entra_azurite").standin._tokens) if login == "Entra ID" else []  # noqa: SLF001
+    for secret in [AZURITE_KEY, *tokens]:
+        assert secret not in out.out + out.err + caplog.text
 
 
 def test_bad_uri_fails_the_task_before_any_gateway(airflow_home, sky_home, capfd):

@@ -258,34 +258,20 @@ def test_wasb_entra_id_needs_the_provider_s_hook(monkeypatch):
     assert "apache-airflow-providers-microsoft-azure" in info.value.hint
 
 
-def test_wasb_entra_id_through_the_provider_s_hook(monkeypatch, tmp_path):
+def test_wasb_entra_id_through_the_provider_s_hook(monkeypatch, entra_azurite):
     """A wasb connection naming only the account: WasbHook falls back to DefaultAzureCredential, here a
     managed identity whose endpoint is the ARM stand-in (https; App Service protocol). The gateways
     get that identity's access token for Blob Storage and its expiry, never the identity; the source
     hands the same token until less than 10 minutes are left."""
     pytest.importorskip("airflow.providers.microsoft.azure")
-    from skyplane_provider.testing.azure_arm import AzureARMStandIn
-
-    from .fixtures.cloud_standins import _OTHER_AZURE_CREDENTIALS
-
-    standin = AzureARMStandIn("sub", ["rg"], certificate_dir=tmp_path / "tls")
-    standin.start()
-    try:
-        for var in _OTHER_AZURE_CREDENTIALS:
-            monkeypatch.delenv(var, raising=False)
-        for var, value in standin.identity_env().items():
-            monkeypatch.setenv(var, value)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(standin.ca_file))
-        conn(monkeypatch, "side", {"conn_type": "wasb", "login": "acct1"})
-        source = SkyplaneHook(src_conn_id="side").credential_sources("az://acct1/cont1", [])[0]
-        got = source.current()
-        assert set(got) == {"account_url", "access_token", "expiration"}
-        assert got["account_url"] == "https://acct1.blob.core.windows.net"
-        assert got["access_token"] in standin._tokens  # noqa: SLF001 - issued by the identity endpoint
-        assert datetime.fromisoformat(got["expiration"]) > datetime.now(timezone.utc) + timedelta(minutes=50)
-        assert source.current() == got and len(standin._tokens) == 1  # noqa: SLF001
-    finally:
-        standin.stop()
+    conn(monkeypatch, "side", {"conn_type": "wasb", "login": "acct1"})
+    source = SkyplaneHook(src_conn_id="side").credential_sources("az://acct1/cont1", [])[0]
+    got = source.current()
+    assert set(got) == {"account_url", "access_token", "expiration"}
+    assert got["account_url"] == "https://acct1.blob.core.windows.net"
+    assert got["access_token"] in entra_azurite.standin._tokens  # noqa: SLF001 - issued by the identity endpoint
+    assert datetime.fromisoformat(got["expiration"]) > datetime.now(timezone.utc) + timedelta(minutes=50)
+    assert source.current() == got and len(entra_azurite.standin._tokens) == 1  # noqa: SLF001
 
 
 def test_wasb_without_any_credential_fails_before_any_gateway(monkeypatch):

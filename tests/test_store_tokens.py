@@ -1,6 +1,6 @@
 """Access tokens as store credentials (docs/credentials.md): a ``gs`` entry's OAuth 2.0
 ``access_token`` (what the google provider's hook or any google-auth credentials mint) and an ``az``
-entry's Entra ID ``access_token``.
+entry's Entra ID ``access_token`` (against an Azurite over https that checks tokens: ``entra_azurite``).
 
 fake-gcs-server accepts any bearer token, so the GCS transfers here go through a proxy that lets
 only ``Authorization: Bearer <the token>`` through (and answers GCS's 401 otherwise): a copy that
@@ -99,11 +99,55 @@ def test_an_expired_or_empty_token_is_refused_before_any_gateway(scheme, emulato
 
 
 def test_an_azure_token_is_a_static_token_credential():
-    """What the SDK's bearer policy asks: the token as given, expiring when the entry says (Azurite
-    accepts Entra ID tokens only over HTTPS with --oauth, which the test emulators do not run)."""
+    """What the SDK's bearer policy asks: the token as given, expiring when the entry says."""
     store = open_store("az://acct1/cont1", {"az://acct1": {"account_url": "https://acct1.blob.core.windows.net",
                                                            "access_token": TOKEN, "expiration": "2030-01-01T00:00:00Z"}})
     credential = store._service.credential  # noqa: SLF001
     assert isinstance(credential, StaticTokenCredential) and TOKEN not in repr(credential)
     token = credential.get_token("https://storage.azure.com/.default")
     assert token.token == TOKEN and token.expires_on == int(datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp())
+
+
+def test_an_entra_id_identity_through_wasbhook_writes_to_azurite_with_its_tokens(entra_azurite, tmp_path,
+                                                                                 sky_home, monkeypatch):
+    """A wasb connection naming only the account (Azurite over https, which checks a bearer token's
+    audience, issuer and expiry): WasbHook falls back to DefaultAzureCredential, a managed identity
+    served by the ARM stand-in; the gateways get its token for https://storage.azure.com and write
+    with it. A token for another audience is refused by Azurite."""
+    pytest.importorskip("airflow.providers.microsoft.azure")
+    import json
+
+    from skyplane_provider.airflow.hooks import SkyplaneHook
+    from skyplane_provider.buckets import make_bucket
+
+    root = make_bucket("az://devstoreaccount1/entra", credentials=entra_azurite.key_credentials)
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_ENTRA", json.dumps({"conn_type": "wasb", "login": "devstoreaccount1",
+                                                              "host": entra_azurite.account_url}))
+    objects = {f"k{i}.bin": os.urandom(40_000 + i) for i in range(4)}
+    (tmp_path / "src").mkdir()
+    for key, data in objects.items():
+        (tmp_path / "src" / key).write_bytes(data)
+    hook = SkyplaneHook(dst_conn_id="wasb_entra")
+    src, dsts = f"{tmp_path}/src/", [f"{root}/out/"]
+    entry = hook.credentials(src, dsts)[root]
+    assert entry["access_token"] in entra_azurite.standin._tokens  # noqa: SLF001 - issued by the identity
+    stats = Transfer(hook.make_request(src, dsts, dst_regions=["azure:westeurope"]),
+                     credential_sources=hook.credential_sources(src, dsts)).run()
+    assert stats.objects == len(objects) and stats.verified
+    store = open_store(root, entra_azurite.key_credentials)
+    assert {o.key: sha256s({"x": store.read(o.key)})["x"] for o in store.list("out/")} == {
+        f"out/{k}": v for k, v in sha256s(objects).items()}
+    other = dict(entry, access_token=_with_audience(entry["access_token"], "https://management.azure.com"))
+    with pytest.raises(CredentialsError, match="Azure rejected the credentials"):
+        open_store(root, {root: other}).read("out/k0.bin")
+
+
+def _with_audience(token: str, audience: str) -> str:
+    """The same JWT-shaped token naming another audience."""
+    import base64
+    import json
+
+    header, claims, signature = token.split(".")
+    data = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+    data["aud"] = audience
+    return ".".join([header, base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode(), signature])

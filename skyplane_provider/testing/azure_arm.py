@@ -23,7 +23,10 @@ certificate made for the run: clients trust it through ``REQUESTS_CA_BUNDLE``.
 - Credentials: ``GET /msi/token`` is the App Service managed-identity endpoint (protocol
   2019-08-01, learn.microsoft.com/azure/app-service/overview-managed-identity): with
   ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER`` (:meth:`AzureARMStandIn.identity_env`),
-  ``DefaultAzureCredential`` gets its tokens here. Every ARM call must carry one of them.
+  ``DefaultAzureCredential`` gets its tokens here. Every ARM call must carry one of them. Like
+  Entra ID's, they are JWTs naming the ``resource`` asked for (``aud``), the tenant's issuer
+  (``iss``) and their expiry (``exp``), which is what Azurite reads of a token in its ``--oauth
+  basic`` mode; they are not signed with a key anyone could check (Azurite does not).
 
 VMs get addresses from documentation ranges (RFC 5737; never contacted: tests map VMs to local sshd
 servers with ``address_map``); the SSH keys of a running VM's OS profile are installed by
@@ -32,8 +35,10 @@ servers with ``address_map``); the SSH keys of a running VM's OS profile are ins
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import itertools
+import json
 import re
 import secrets
 import threading
@@ -46,6 +51,19 @@ SUB = "/subscriptions/(?P<sub>[^/]+)"
 TYPES = {"Microsoft.Compute": ("virtualMachines", "sshPublicKeys"),
          "Microsoft.Network": ("publicIPAddresses", "networkInterfaces", "networkSecurityGroups", "virtualNetworks")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]?")
+
+
+#: The tenant whose issuer the managed-identity tokens name.
+TENANT = "5c7a3d1e-0000-4000-8000-00000000abcd"
+
+
+def _jwt(claims: dict) -> str:
+    """A JWT-shaped token carrying ``claims``; its signature is random bytes (nobody here checks it)."""
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return ".".join([part(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()), part(json.dumps(claims).encode()),
+                     part(secrets.token_bytes(32))])
 
 
 def _error(status: int, code: str, message: str) -> HTTPError:
@@ -100,9 +118,12 @@ class AzureARMStandIn(StandIn):
             raise HTTPError(400, {"statusCode": 400, "message": "Unable to load the proper Managed Identity."})
         if req.query.get("api-version") != "2019-08-01" or not req.query.get("resource"):
             raise HTTPError(400, {"statusCode": 400, "message": "api-version and resource are required"})
-        token = "standin-" + secrets.token_urlsafe(24)
+        now = int(time.time())
+        token = _jwt({"aud": req.query["resource"], "iss": f"https://sts.windows.net/{TENANT}/", "tid": TENANT,
+                      "oid": "00000000-0000-0000-0000-00000000c11e", "iat": now, "nbf": now - 60, "exp": now + 3600,
+                      "jti": secrets.token_urlsafe(12)})
         self._tokens.add(token)
-        return Response(200, {"access_token": token, "expires_on": str(int(time.time()) + 3600),
+        return Response(200, {"access_token": token, "expires_on": str(now + 3600),
                               "resource": req.query["resource"], "token_type": "Bearer",
                               "client_id": "00000000-0000-0000-0000-00000000c11e"})
 

@@ -12,6 +12,8 @@ emulator    process                                     environment it sets
 ``azure``   Azurite (``azurite-blob`` from npm)         ``AZURE_STORAGE_CONNECTION_STRING``
 ==========  ==========================================  =========================================
 
+``AzuriteEntraID`` runs Azurite over https taking Entra ID bearer tokens too (tests of tokens only).
+
 The pytest fixtures (``tests/fixtures/emulators.py``), ``scripts/emulators``, the demo and the
 benchmarks all start them through :func:`start_all`. Processes are stopped by PID only.
 
@@ -29,6 +31,7 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -89,6 +92,7 @@ class Emulator:
 
     name = ""
     ready_path = "/"
+    scheme = "http"
 
     def binary(self) -> str:
         raise NotImplementedError
@@ -112,7 +116,7 @@ class Emulator:
         argv = [*prefix, *self.command(host, port)]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT, start_new_session=detach, cwd=cwd)
-        url = f"http://{host}:{port}"
+        url = f"{self.scheme}://{host}:{port}"
         return RunningEmulator(self.name, proc.pid, url, self.env(url), proc)
 
     def start(self, host: str = "127.0.0.1", port: int | None = None, *, log: IO[bytes] | None = None,
@@ -132,12 +136,16 @@ class Emulator:
             raise
         return running
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What trusts the server's certificate (https emulators only)."""
+        return None
+
     def wait_ready(self, running: RunningEmulator, timeout: float = _READY_TIMEOUT) -> None:
         """Poll until the server gives any HTTP answer; raise if it exits or stays silent."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                urllib.request.urlopen(running.url + self.ready_path, timeout=1).close()
+                urllib.request.urlopen(running.url + self.ready_path, timeout=1, context=self.tls_context()).close()
                 return
             except urllib.error.HTTPError:
                 return  # an HTTP error status still means the server is up
@@ -224,6 +232,31 @@ class Azurite(Emulator):
 
     def credentials(self, url: str) -> dict[str, dict]:
         return {"az": {"connection_string": connection_string(url)}}
+
+
+class AzuriteEntraID(Azurite):
+    """Azurite over https that also takes Entra ID bearer tokens (``--oauth basic``: it reads a
+    token's audience, issuer and expiry, not its signature; it accepts them over https only), with
+    ``cert_file`` / ``key_file`` (PEM, for 127.0.0.1; clients trust it through ``REQUESTS_CA_BUNDLE``).
+    It sets no environment: tests give entries with its ``account_url``."""
+
+    scheme = "https"
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+
+    def command(self, host: str, port: int) -> list[str]:
+        return [*super().command(host, port), "--oauth", "basic", "--cert", str(self.cert_file),
+                "--key", str(self.key_file)]
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert_file))
+
+    def env(self, url: str) -> dict[str, str]:
+        return {}
+
+    def credentials(self, url: str) -> dict[str, dict]:
+        return {"az": {"account_url": f"{url}/{AZURITE_ACCOUNT}", "account_key": AZURITE_KEY}}
 
 
 #: ``platform.machine()`` -> the architecture in fake-gcs-server's binary names (Go's GOARCH).

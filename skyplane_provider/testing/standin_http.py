@@ -76,6 +76,7 @@ class StandInServer:
         self._tls = tls
         self._cert_dir = certificate_dir
         self.ca_file: Path | None = None
+        self.key_file: Path | None = None  # the certificate's key: another local https server may serve it too
         self.log: list[tuple[str, str]] = []
         self._server: _Server | None = None
         self.url = ""
@@ -119,9 +120,9 @@ class StandInServer:
         self._server = _Server(("127.0.0.1", 0), RequestHandler)
         scheme = "http"
         if self._tls:
-            self.ca_file, key_file = self_signed_certificate(self._cert_dir)
+            self.ca_file, self.key_file = self_signed_certificate(self._cert_dir)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(self.ca_file, key_file)
+            context.load_cert_chain(self.ca_file, self.key_file)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
             scheme = "https"
         threading.Thread(target=self._server.serve_forever, name="standin-http", daemon=True).start()
