@@ -151,3 +151,43 @@ def _with_audience(token: str, audience: str) -> str:
     data = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
     data["aud"] = audience
     return ".".join([header, base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode(), signature])
+
+
+class MintingEntraCredential:
+    """An azure-core ``TokenCredential`` whose tokens (for Azurite's audience and issuer checks) live
+    ``seconds``: a new one at every ask, as an identity near its token's expiry gives."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds, self.minted = seconds, 0
+
+    def get_token(self, *scopes: str, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        from skyplane_provider.testing.azure_arm import entra_token
+
+        self.minted += 1
+        return AccessToken(*entra_token(scopes[0].removesuffix("/.default"), self.seconds))
+
+
+def test_a_job_outlives_its_short_lived_entra_tokens(entra_azurite, tmp_path, sky_home):
+    """A transfer capped at 64 KiB/s moves ~0.9 MB (about 14 s) into an Azurite that checks token
+    expiry, under Entra ID tokens that live 8 s: the keeper asks the AzureTokenSource every second
+    (less than 10 minutes left: a new token) and pushes it through the job's coordinator
+    (POST /job/credentials) to the gateways. The copy completes, sha256-identical."""
+    from skyplane_provider.buckets import make_bucket
+    from skyplane_provider.transfer.credential_sources import AzureTokenSource
+
+    root = make_bucket("az://devstoreaccount1/renew", credentials=entra_azurite.key_credentials)
+    credential = MintingEntraCredential(8)
+    source = AzureTokenSource(root, credential, {"account_url": entra_azurite.account_url})
+    objects = {f"o{i:02d}.bin": os.urandom(110_000 + i) for i in range(8)}
+    (tmp_path / "src").mkdir()
+    for key, data in objects.items():
+        (tmp_path / "src" / key).write_bytes(data)
+    request = TransferRequest(src=f"{tmp_path}/src/", dsts=[f"{root}/out/"], dst_regions=["azure:eastus"],
+                              bwlimit="64KiB/s", credentials={root: source.current()})
+    stats = Transfer(request, credential_sources=[source], renew_every=1.0).run()
+    store = open_store(root, entra_azurite.key_credentials)
+    got = {o.key.removeprefix("out/"): store.read(o.key) for o in store.list("out/")}
+    assert sha256s(got) == sha256s(objects) and stats.verified
+    assert stats.seconds > 10 and credential.minted >= 3, (stats.seconds, credential.minted)

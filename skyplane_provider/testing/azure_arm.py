@@ -57,13 +57,19 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]?")
 TENANT = "5c7a3d1e-0000-4000-8000-00000000abcd"
 
 
-def _jwt(claims: dict) -> str:
-    """A JWT-shaped token carrying ``claims``; its signature is random bytes (nobody here checks it)."""
+def entra_token(resource: str, seconds: int) -> tuple[str, int]:
+    """``(token, expires_on)``: a JWT-shaped access token for ``resource`` (its audience) from
+    :data:`TENANT`'s issuer that expires in ``seconds``. Its signature is random bytes: nothing here
+    checks it (Azurite's ``--oauth basic`` does not)."""
     def part(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
+    now = int(time.time())
+    claims = {"aud": resource, "iss": f"https://sts.windows.net/{TENANT}/", "tid": TENANT,
+              "oid": "00000000-0000-0000-0000-00000000c11e", "iat": now, "nbf": now - 60, "exp": now + seconds,
+              "jti": secrets.token_urlsafe(12)}
     return ".".join([part(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()), part(json.dumps(claims).encode()),
-                     part(secrets.token_bytes(32))])
+                     part(secrets.token_bytes(32))]), now + seconds
 
 
 def _error(status: int, code: str, message: str) -> HTTPError:
@@ -118,12 +124,9 @@ class AzureARMStandIn(StandIn):
             raise HTTPError(400, {"statusCode": 400, "message": "Unable to load the proper Managed Identity."})
         if req.query.get("api-version") != "2019-08-01" or not req.query.get("resource"):
             raise HTTPError(400, {"statusCode": 400, "message": "api-version and resource are required"})
-        now = int(time.time())
-        token = _jwt({"aud": req.query["resource"], "iss": f"https://sts.windows.net/{TENANT}/", "tid": TENANT,
-                      "oid": "00000000-0000-0000-0000-00000000c11e", "iat": now, "nbf": now - 60, "exp": now + 3600,
-                      "jti": secrets.token_urlsafe(12)})
+        token, expires_on = entra_token(req.query["resource"], 3600)
         self._tokens.add(token)
-        return Response(200, {"access_token": token, "expires_on": str(now + 3600),
+        return Response(200, {"access_token": token, "expires_on": str(expires_on),
                               "resource": req.query["resource"], "token_type": "Bearer",
                               "client_id": "00000000-0000-0000-0000-00000000c11e"})
 
