@@ -191,3 +191,40 @@ def test_a_job_outlives_its_short_lived_entra_tokens(entra_azurite, tmp_path, sk
     got = {o.key.removeprefix("out/"): store.read(o.key) for o in store.list("out/")}
     assert sha256s(got) == sha256s(objects) and stats.verified
     assert stats.seconds > 10 and credential.minted >= 3, (stats.seconds, credential.minted)
+
+
+def test_a_google_auth_source_hands_the_gateways_its_access_token(gcs_bucket, tmp_path, sky_home, emulators):
+    """GoogleAuthSource (what the google provider's hook path builds) over service-account credentials
+    whose token_uri is the Compute stand-in's OAuth endpoint (JWT-bearer grant, signature checked):
+    the entry carries the token issued there, the same one until less than 10 minutes are left, then
+    a new one; a transfer to fake-gcs behind a proxy that lets only the current token through completes."""
+    from google.oauth2 import service_account
+
+    from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
+    from skyplane_provider.transfer.credential_sources import GoogleAuthSource
+
+    standin = GCPComputeStandIn("p1", {"us-central1": ["a"]})
+    standin.start()
+    proxy = FaultProxy(emulators.endpoints["gcs"], kind="gcs")
+    url = proxy.start()
+    try:
+        credentials = service_account.Credentials.from_service_account_file(
+            str(standin.adc_file(tmp_path / "sa.json")), scopes=["https://www.googleapis.com/auth/devstorage.full_control"])
+        source = GoogleAuthSource(gcs_bucket, credentials, {"endpoint": url, "project": "p1"})
+        first = source.current()
+        assert first["access_token"] in standin._tokens and source.current() == first  # noqa: SLF001
+        assert datetime.fromisoformat(first["expiration"]) > datetime.now(timezone.utc) + timedelta(minutes=50)
+        credentials.expiry = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=9)  # time passes
+        renewed = source.current()
+        assert renewed["access_token"] != first["access_token"] and len(standin._tokens) == 2  # noqa: SLF001
+        proxy.authorization = f"Bearer {renewed['access_token']}"
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "a.bin").write_bytes(os.urandom(20_000))
+        stats = Transfer(TransferRequest(src=f"{tmp_path}/src/", dsts=[f"{gcs_bucket}/in/"],
+                                         credentials={gcs_bucket: source.current()}),
+                         credential_sources=[source]).run()
+        assert stats.objects == 1 and stats.verified
+        assert proxy.counts.forwarded > 0 and proxy.counts.unauthorized == 0, proxy.counts
+    finally:
+        proxy.stop()
+        standin.stop()

@@ -30,8 +30,8 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
                             SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, check_range, check_upload_id, download_into, md5_hex,
-                     new_upload_id, parse_expiration, part_numbers, probe_key, translated)
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, check_range, check_upload_id,
+                     download_into, md5_hex, new_upload_id, parse_expiration, part_numbers, probe_key, translated)
 
 MiB = 1024**2
 _HEX = re.compile(r"^[0-9a-f]{32}$")

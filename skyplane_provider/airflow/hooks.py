@@ -210,7 +210,8 @@ class SkyplaneHook(BaseHook):
         if conn.conn_type != expected:
             raise CredentialsError(f"connection {conn_id!r} has type {conn.conn_type!r}, but {store.root_uri} "
                                    f"needs a {expected!r} connection", hint="pick the connection for that cloud")
-        return {"aws": aws_source, "google_cloud_platform": gcp_source, "wasb": wasb_source}[expected](conn, store.root_uri)
+        make = {"aws": aws_source, "google_cloud_platform": gcp_source, "wasb": wasb_source}[expected]
+        return make(conn, store.root_uri)
 
     def _connection(self, conn_id: str) -> Connection:
         try:
@@ -417,7 +418,8 @@ def provider_wasb_source(conn: Connection, key: str) -> CredentialSource | None:
         raise CredentialsError(f"connection {conn.conn_id!r}: the microsoft-azure provider's hook found no usable "
                                f"credentials: {exc}", hint="check the connection with a task of the microsoft-azure "
                                                             "provider, e.g. WasbPrefixSensor") from exc
-    log.info("connection %r: %s for %s, as the microsoft-azure provider's WasbHook resolves it", conn.conn_id, kind, key)
+    log.info("connection %r: %s for %s, as the microsoft-azure provider's WasbHook resolves it",
+             conn.conn_id, kind, key)
     return source
 
 

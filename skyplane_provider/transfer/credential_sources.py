@@ -5,8 +5,9 @@ A :class:`CredentialSource` gives one entry (``key``: a store root URI or a sche
 credentials document) as of now. A static entry never changes; an AWS entry over botocore's
 refreshing credentials returns new keys once the SDK has renewed them (botocore does so 15 minutes
 before they expire); a GCS or Azure entry over google-auth credentials or an azure-core
-``TokenCredential`` returns an access token, a new one once the old has less than 10 minutes left. :class:`CredentialKeeper` asks every source at an interval and pushes the entries
-that changed, so that gateways hold renewed credentials before the old ones expire.
+``TokenCredential`` returns an access token, a new one once the old has less than 10 minutes left.
+:class:`CredentialKeeper` asks every source at an interval and pushes the entries that changed, so
+that gateways hold renewed credentials before the old ones expire.
 """
 
 from __future__ import annotations
