@@ -48,13 +48,19 @@ def _snapshot_copies(bucket: str, key: str, scratch) -> int | None:
         return db.execute("SELECT COUNT(*) FROM copies").fetchone()[0]
 
 
-def test_resume_from_the_state_uri_after_the_coordinator_host_is_lost(home, tmp_path, s3_bucket):
+def _source(tmp_path, n: int) -> tuple:
+    """A local source of ``n`` random objects above the bundle threshold (1 MiB): each travels alone, so
+    they land, and are recorded, one by one."""
     src = tmp_path / "src"
     src.mkdir()
-    # Objects above the bundle threshold (1 MiB) travel alone, so they land, and are recorded, one by one.
-    objs = {f"obj-{i:02d}.bin": os.urandom(MiB + 512 * 1024) for i in range(12)}
+    objs = {f"obj-{i:02d}.bin": os.urandom(MiB + 512 * 1024) for i in range(n)}
     for k, v in objs.items():
         (src / k).write_bytes(v)
+    return src, objs
+
+
+def test_resume_from_the_state_uri_after_the_coordinator_host_is_lost(home, tmp_path, s3_bucket):
+    src, objs = _source(tmp_path, 12)
     state = create_bucket("s3")
     state_bucket = state.removeprefix("s3://")
     options = dict(src=str(src), dsts=[f"{s3_bucket}/r/"], chunk_size="5MiB", state_uri=f"{state}/skyplane-state")
@@ -138,11 +144,7 @@ def test_a_snapshot_that_cannot_be_written_is_a_warning_and_is_written_again_lat
     """The state bucket disappears while the job runs: the coordinator logs a warning per failed
     snapshot and goes on; once the bucket is back, the next snapshot lands; the job succeeds and its
     snapshot is deleted."""
-    src = tmp_path / "src"
-    src.mkdir()
-    objs = {f"o{i}.bin": os.urandom(MiB + 512 * 1024) for i in range(6)}
-    for k, v in objs.items():
-        (src / k).write_bytes(v)
+    src, objs = _source(tmp_path, 6)
     state = create_bucket("s3")
     bucket = state.removeprefix("s3://")
     s3 = boto3.client("s3")
