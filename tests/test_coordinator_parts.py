@@ -142,6 +142,18 @@ def test_small_objects_are_bundled_up_to_the_limits():
     assert [[p.length for p in c.pieces] for c in out] == [[600], [100, 200]]
 
 
+def test_first_bundles_ramp_up_to_the_limit():
+    # A small first bundle lands soon; each next one doubles until the sizing's limit.
+    chunker = Chunker(chunk_size=10**6, weights=(1.0,), max_objects=16, ramp_from=2)
+    out = [c for i in range(50) for c in chunker.add(task(f"k{i}", 10))] + chunker.flush()
+    assert [len(c.pieces) for c in out] == [2, 4, 8, 16, 16, 4]
+    # The bytes still bound a bundle while it ramps, and a page's flush counts as a bundle (4 -> 8 -> 16).
+    chunker = Chunker(chunk_size=250, weights=(1.0,), max_objects=16, ramp_from=4)
+    out = [c for i in range(3) for c in chunker.add(task(f"a{i}", 100))] + chunker.flush()
+    out += [c for i in range(20) for c in chunker.add(task(f"b{i}", 10))] + chunker.flush()
+    assert [len(c.pieces) for c in out] == [2, 1, 16, 4]
+
+
 def test_chunk_spec_of_a_bundle_and_of_a_part():
     chunker = Chunker(chunk_size=MiB, weights=(1.0,))
     small = task("s", 10, dests=2)

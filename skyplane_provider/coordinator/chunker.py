@@ -20,6 +20,12 @@ from gateway.stores.base import Capabilities, ObjectInfo
 
 #: Whole objects per bundle at most (the gateways' limit).
 MAX_BUNDLE_OBJECTS = 1024
+#: A job's first bundle holds at most this many objects, each next one twice as many, up to the
+#: sizing's limit. A bundle is read object after object at the source and written object after object
+#: at the destination, and nothing of it lands before the source read it all: a full first bundle
+#: (1,024 small objects) held the first byte back by a second under load (benchmarks/scale.py). The
+#: ramp costs six more chunks per job, nothing once bundles are full.
+RAMP_FROM = 16
 
 #: How a chunk's bytes were checked end to end, weakest first (``written`` events' ``integrity``).
 INTEGRITY_RANK = {"local": 0, "crc32c": 1, "aead": 2}
@@ -154,12 +160,17 @@ class PartitionPicker:
 
 class Chunker:
     """Turns objects into chunks as they come. :meth:`add` yields the chunks an object completes
-    (lazily, part by part, for a big one); :meth:`flush` closes the bundle being filled."""
+    (lazily, part by part, for a big one); :meth:`flush` closes the bundle being filled.
+    ``ramp_from``: the first bundle's object limit, doubled at every bundle up to ``max_objects``
+    (:data:`RAMP_FROM`); None: every bundle may hold ``max_objects``."""
 
     def __init__(self, chunk_size: int, weights: tuple[float, ...] | list[float], *,
-                 max_objects: int = MAX_BUNDLE_OBJECTS, first_id: int = 0, alone_above: int | None = None) -> None:
+                 max_objects: int = MAX_BUNDLE_OBJECTS, first_id: int = 0, alone_above: int | None = None,
+                 ramp_from: int | None = None) -> None:
         self.chunk_size = chunk_size
         self.max_objects = max_objects
+        #: Objects the bundle being filled may hold: ramps up from ``ramp_from`` to ``max_objects``.
+        self._limit = min(ramp_from or max_objects, max_objects)
         #: Whole objects bigger than this travel alone, one to a chunk (``Sizing.bundle_threshold``:
         #: beyond it per-request costs no longer dominate, and a bundle is read object after object).
         self.alone_above = alone_above
@@ -193,7 +204,7 @@ class Chunker:
         every = tuple(range(len(obj.copies)))
         if self.alone_above is not None and size > self.alone_above:
             return iter([self._chunk([Piece(obj, 0, size, None, every, set(every))])])
-        full = self._bundle and (len(self._bundle) >= self.max_objects or self._bundle_bytes + size > self.chunk_size)
+        full = self._bundle and (len(self._bundle) >= self._limit or self._bundle_bytes + size > self.chunk_size)
         done = self.flush() if full else []
         self._bundle.append(Piece(obj, 0, size, None, every, set(every)))
         self._bundle_bytes += size
@@ -209,4 +220,5 @@ class Chunker:
         if not self._bundle:
             return []
         pieces, self._bundle, self._bundle_bytes = self._bundle, [], 0
+        self._limit = min(2 * self._limit, self.max_objects)
         return [self._chunk(pieces)]

@@ -26,7 +26,7 @@ from gateway.sizing import Sizing
 from gateway.stores.base import ObjectInfo
 from planner.errors import NotFoundError, SkyplaneError, TransferError
 
-from .chunker import Chunk, Chunker, Copy, ObjectTask, part_size_for
+from .chunker import RAMP_FROM, Chunk, Chunker, Copy, ObjectTask, part_size_for
 from .ledger import Ledger
 from .listing import PAGE_LIMIT, Decision, OnDestOnly, diff, flatten, pages
 from .manifest import Manifest
@@ -68,7 +68,7 @@ class Feed:
         self.on_dest_only = on_dest_only
         self._decisions = decisions
         self.chunker = Chunker(sizing.bundle_bytes, weights, max_objects=sizing.bundle_objects,
-                               alone_above=sizing.bundle_threshold)
+                               alone_above=sizing.bundle_threshold, ramp_from=RAMP_FROM)
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self._caps = [d.store.capabilities for d in dests]
         #: Objects and bytes listed that have something to copy (the progress totals so far).

@@ -95,7 +95,8 @@ def run(directory: Path) -> int:
     else:
         server = CoordinatorServer(job, doc["token"], host=host)
     server.start()
-    transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()), checked=bool(doc.get("checked")))
+    transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()), checked=bool(doc.get("checked")),
+                        prepared=doc.get("prepared"))
     job.take_credentials(transfer.push_credentials)  # POST /job/credentials: renewed entries, to the gateways
 
     def on_signal(signum: int, frame) -> None:

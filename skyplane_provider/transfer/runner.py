@@ -89,16 +89,19 @@ class Transfer:
     def __init__(self, request: TransferRequest, *, provisioner: Provisioner | None = None,
                  progress: Callable[[Progress], None] | None = None,
                  credential_sources: list[CredentialSource] | None = None,
-                 renew_every: float = RENEW_EVERY, checked: bool = False) -> None:
+                 renew_every: float = RENEW_EVERY, checked: bool = False, prepared: dict | None = None) -> None:
         """``credential_sources``: what renews entries of the request's credentials document (an
         assumed role's keys, a SAS minted anew; docs/credentials.md). While the job runs, a
         :class:`CredentialKeeper` asks them every ``renew_every`` seconds and hands what changed to
         the job: through its handle to the coordinator (``start()``), or to :meth:`push_credentials`
         (``execute()`` in this process). ``checked``: the stores passed the pre-flight with the
         request's credentials already (in the client that started this job's coordinator, which then
-        runs the job without checking again)."""
+        runs the job without checking again). ``prepared``: what that client's :meth:`prepare` read
+        and chose for a streaming job (:meth:`handoff`), so the coordinator neither lists the first
+        page nor plans again."""
         self.request = request
         self._checked = checked
+        self._prepared = prepared
         self.credential_sources = list(credential_sources or ())
         self.renew_every = renew_every
         self.job_id = request.job_id or uuid.uuid4().hex
@@ -166,12 +169,15 @@ class Transfer:
         self.streaming = not (req.dry_run or req.max_cost_usd is not None or req.delete or filters.active)
         listed = RequestCounts(list=1)
         present = None
+        handed = self._prepared if self.streaming else None
         if self.streaming:
-            self._first, self._next_token = first_page(self.source)
+            self._first, self._next_token = first_page(self.source) if handed is None else (
+                [ObjectInfo(**o) for o in handed["first_page"]], handed["next_token"])
             self.objects = [ObjectJob(o, [Target(i, d.key_for(self.source.relative(o.key)), multipart=False)
                                           for i, d in enumerate(self.dests)]) for o in self._first]
-            self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size,
-                                   mode=req.server_side)
+            # A handed-over job streams: its client found no destination that copies server-side.
+            self.ways = {} if handed is not None else probe_ways(
+                self.source, self.dests, self.objects, chunk_size=req.chunk_size, mode=req.server_side)
             if self.ways:  # server-side copies: the split needs every object
                 self.streaming = False
                 self.objects, self._first, self._next_token = [], [], None
@@ -180,10 +186,10 @@ class Transfer:
             self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size,
                                    mode=req.server_side)
         size = sum(o.info.size for o in self.objects)
-        self.plan = make_plan(req, self.source.region, [d.region for d in self.dests], size,
-                              server_side=candidate_regions(self.dests, self.ways, self.objects),
-                              requests_usd=requests_usd_for(self.source, self.dests, self.objects, self.ways,
-                                                            req.chunk_size))
+        self.plan = Plan.from_dict(handed["plan"]) if handed is not None else make_plan(
+            req, self.source.region, [d.region for d in self.dests], size,
+            server_side=candidate_regions(self.dests, self.ways, self.objects),
+            requests_usd=requests_usd_for(self.source, self.dests, self.objects, self.ways, req.chunk_size))
         self.estimate = estimate(
             self.plan, size, len(self.objects),
             count_requests(self.source, self.dests, listed, present, self.objects, self.deletions, req.chunk_size,
@@ -242,6 +248,17 @@ class Transfer:
                 probe_delete(self.dests[i])
         return listing.requests, present
 
+    def handoff(self) -> dict | None:
+        """What :meth:`prepare` read and chose that the job's coordinator would otherwise read and
+        choose again (the ``prepared`` argument of its :class:`Transfer`): a streaming job's first
+        listing page, the token of the next and the plan (solving one may take seconds). None for a
+        job that lists in full first: its coordinator lists again (the listing may be millions)."""
+        if not self.streaming:
+            return None
+        return {"plan": self.plan.to_dict(), "next_token": self._next_token,
+                "first_page": [{k: v for k, v in dataclasses.asdict(o).items() if v is not None}
+                               for o in self._first]}
+
     @property
     def directory(self) -> Path:
         """The job's directory: its manifest and, by default, its report."""
@@ -275,7 +292,7 @@ class Transfer:
         request = dataclasses.replace(self.request, job_id=self.job_id)
         address = self._provisioner.launch_coordinator(
             self.job_id, {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER,
-                          "checked": True})
+                          "checked": True, "prepared": self.handoff()})
         self.handle = TransferHandle(self.job_id, address["url"], token, address.get("cert"))
         log.info("job %s: coordinator at %s", self.job_id, address["url"])
         if self._stop.is_set():  # cancelled before it started
