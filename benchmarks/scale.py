@@ -7,16 +7,21 @@ it has room); destination: another tmpfs directory (rclone's local backend again
 behind a source and a destination gateway, no emulator in the way). Side by side in one run:
 
 - **rclone**: ``rclone copy SRC DST --transfers T --checkers T``.
-- **ours**: ``skyplane_provider.transfer.copy`` with default flags (what ``skyplane-provider cp -r``
-  runs), timed from the call to its return (listing, coordinator and gateway start-up, transfer,
+- **ours**: a ``Transfer`` with default flags run as ``skyplane_provider.transfer.copy`` runs it
+  (what ``skyplane-provider cp -r`` runs: ``prepare()``, ``start()``, the handle's ``result()``),
+  timed from the call to its return (listing, coordinator and gateway start-up, transfer,
   verification, teardown).
 
 Measured for ours: peak RSS (``VmHWM``) of the coordinator process and of each gateway process
 (sampled every 0.2 s from /proc: every process whose command line names this run's
 ``SKYPLANE_HOME``, and their children), seconds from the call to the first destination file
-written (a watcher polls the destination), CPU-seconds per 1,000 objects (client, coordinator and
-gateways: ``benchutil.TreeCPU``). Every destination file is checked (sha256). Prints a table and
-``scale ours/baseline=R`` (R = rclone's seconds / ours: above 1, we are faster).
+written whole (a watcher polls the destination; a gateway's temp file does not count), CPU-seconds
+per 1,000 objects (client, coordinator and gateways: ``benchutil.TreeCPU``). The first byte is
+broken down: the client's ``prepare()`` (first listing page, pre-flight, plan), the coordinator's
+start (``start()`` until its API listens), its ``prepare`` and ``provision`` phases, and the rest
+(the first chunks submitted, read, sent and written); and when the coordinator learnt of its first
+chunk written whole (``first_byte_seconds``). Every destination file is checked (sha256). Prints a
+table and ``scale ours/baseline=R`` (R = rclone's seconds / ours: above 1, we are faster).
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from baselines import run_rclone
 from benchutil import MiB, Timer, TreeCPU, _cmdline, machine_line, our_role, ratio_line, status_kib
 from small_files import make_tree
 
+from gateway.stores.local import TMP_DIR
 from skyplane_provider.testing.samples import digests
-from skyplane_provider.transfer import copy
+from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.request import parse_size
 
 
@@ -85,13 +91,28 @@ class PeakRSS:
 
 
 def first_file(root: Path, since: float, found: list[float], stop: threading.Event) -> None:
-    """Record in ``found`` the seconds from ``since`` until a file appears anywhere in ``root``'s tree."""
+    """Record in ``found`` the seconds from ``since`` until a file written whole appears in ``root`` or
+    a directory of it (a source tree's depth); the local store's temp directory does not count."""
     while not stop.is_set():
         for d in os.scandir(root) if root.is_dir() else ():
+            if d.name == TMP_DIR:
+                continue
             if d.is_file() or (d.is_dir() and any(e.is_file() for e in os.scandir(d.path))):
                 found.append(time.monotonic() - since)
                 return
         time.sleep(0.01)
+
+
+def first_byte_line(first: float | None, client: float, start: float, stats) -> str:
+    """The first file's seconds after the call, and what they were spent on."""
+    if first is None:
+        return "no file seen"
+    prepare, provision = stats.phases.get("prepare", 0.0), stats.phases.get("provision", 0.0)
+    rest = first - client - start - prepare - provision
+    return (f"{first:.2f} s after the call = client prepare {client:.2f} + coordinator start {start:.2f} + "
+            f"coordinator prepare {prepare:.2f} + provision {provision:.2f} + first chunks {rest:.2f} "
+            f"(submitted, read, sent, first object written); the coordinator learnt of its first chunk "
+            f"written whole {stats.first_byte_seconds} s after its job started")
 
 
 def main() -> int:
@@ -126,20 +147,27 @@ def main() -> int:
         rss = PeakRSS(str(home))
         found: list[float] = []
         done = threading.Event()
+        # two region tags: a source and a destination gateway with a real TCP hop between them
+        transfer = Transfer(TransferRequest(src=str(src), dsts=[str(ours_dst)], src_region="local:src",
+                                            dst_regions=["local:dst"]))
         with Timer() as t:
-            watcher = threading.Thread(target=first_file, args=(ours_dst, time.monotonic(), found, done), daemon=True)
+            call = time.monotonic()
+            watcher = threading.Thread(target=first_file, args=(ours_dst, call, found, done), daemon=True)
             watcher.start()
-            # two region tags: a source and a destination gateway with a real TCP hop between them
-            stats = copy(str(src), str(ours_dst), src_region="local:src", dst_regions=["local:dst"])
+            transfer.prepare()
+            prepared = time.monotonic()
+            handle = transfer.start()
+            started = time.monotonic()
+            stats = handle.result()
         done.set()
         cpu = tree.by(our_role)
         peaks = rss.stop()
         if digests("file://" + str(ours_dst)) != expected:
             raise SystemExit("our copy does not match the source")
         first = found[0] if found else None
-        print(f"  ours: {t.seconds:.2f} s, {stats.chunks} chunks, {stats.retries} retries, phases {stats.phases}, "
-              f"first byte {first if first is None else round(first, 2)} s after the call "
-              f"({stats.first_byte_seconds} s after the coordinator started the job)", flush=True)
+        print(f"  ours: {t.seconds:.2f} s, {stats.chunks} chunks, {stats.retries} retries, phases {stats.phases}",
+              flush=True)
+        print(f"  first byte: {first_byte_line(first, prepared - call, started - prepared, stats)}", flush=True)
 
         ours_cpu = sum(cpu.values())
         print()

@@ -53,6 +53,22 @@ def test_start_returns_a_handle_and_the_job_runs_in_its_own_process(home, tmp_pa
     assert os.listdir(directory) == ["report.jsonl"]  # a fetched success leaves only its per-object report
 
 
+def test_the_coordinator_takes_its_clients_first_page_and_plan(home, tmp_path):
+    # The client's prepare() listed the first page and planned; the coordinator does neither again: a
+    # file added in between is not in the page it was handed (the listing had no second page).
+    objs = _tree(tmp_path / "src")
+    transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")])).prepare()
+    handed = transfer.handoff()
+    assert [o["key"] for o in handed["first_page"]] == sorted(objs) and handed["next_token"] is None
+    (tmp_path / "src" / "e-late").write_bytes(b"after the client listed")
+    stats = transfer.start().result()
+    assert stats.objects == len(objs) and stats.plan == transfer.plan.summary()
+    assert sorted(os.listdir(tmp_path / "dst")) == sorted(objs)
+    # A job that lists in full before anything moves hands nothing over (its listing may be millions).
+    filtered = TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], include=["f*"])
+    assert Transfer(filtered).prepare().handoff() is None
+
+
 def test_bad_input_fails_in_the_caller_before_any_coordinator(home, tmp_path):
     with pytest.raises(BadURIError):
         Transfer(TransferRequest(src="s4://nope/x", dsts=[str(tmp_path)])).start()

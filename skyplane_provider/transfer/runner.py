@@ -129,7 +129,8 @@ class Transfer:
         self.fleet: Fleet | None = None
         self.dispatcher: Dispatcher | None = None
         self.verification = Verification()
-        #: Seconds per phase of execute(): ``provision`` (until the fleet is up and wired), ``move``
+        #: Seconds per phase: ``prepare`` (prepare() in this process: in a coordinator, before the job's
+        #: ``seconds`` start), then execute()'s ``provision`` (until the fleet is up and wired), ``move``
         #: (from then until the last copy is verified), ``listing`` (from the start until the listing
         #: ended; it overlaps the other two).
         self.phases: dict[str, float] = {}
@@ -151,6 +152,7 @@ class Transfer:
         """Validate the request, open and check every store, read the first listing page (or the whole
         listing, diffed, when the job needs it first: see the module's doc) and plan and price the job
         (from the first page's objects when streaming: the rest is not known yet)."""
+        began = time.monotonic()
         req = self.request
         src_uri, dst_uris = req.validate()
         self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
@@ -212,6 +214,7 @@ class Transfer:
                  f", {len(self.deletions)} to delete" if req.delete else "", self.plan.summary(),
                  self.estimate.breakdown())
         check_budget(self.estimate, req.max_cost_usd)
+        self._phase("prepare", began)
         return self
 
     def _list_in_full(self, filters) -> tuple[RequestCounts, list[dict] | None]:

@@ -71,9 +71,10 @@ class TransferStats:
 
     ``bytes`` counts source bytes moved (each object once, whatever the number of destinations);
     ``bytes_on_wire`` the frame bytes the source gateways sent (after compression and encryption);
-    ``seconds`` / ``gbps`` the whole run, ``phases`` its seconds per phase (``provision``: fleet up and
-    wired, ``move``, ``verify``) and ``move_gbps`` the rate while data moved; ``gateways_replaced``
-    how many dead gateways were replaced by new ones;
+    ``seconds`` / ``gbps`` the whole run, ``phases`` its seconds per phase (``prepare``: the
+    coordinator's checks, first listing page and plan, before ``seconds`` start; ``provision``: fleet up
+    and wired; ``move``; ``listing``, which overlaps both) and ``move_gbps`` the rate while data moved;
+    ``gateways_replaced`` how many dead gateways were replaced by new ones;
     ``cost_usd`` the predicted egress of the plan for these bytes plus gateway VM time;
     ``egress_usd_actual`` the egress of the frame bytes that really crossed each region edge
     (:func:`egress_usd_actual`), each route entry's ``bytes_sent`` those bytes;
@@ -81,8 +82,9 @@ class TransferStats:
     were): ``{"objects": copies checked, "by": {"md5" | "crc32c" | "aead" | "chunk-crc32c" | "local": n}}``
     (see :mod:`skyplane_provider.coordinator.finish`); ``report`` the per-object report's
     ``{"path", "counts": {"copied", "skipped", "failed"}}``; ``first_byte_seconds`` how long after the
-    start the first object was written; ``resumed_copies`` the copies an earlier run of the job had
-    done (a resumed job skips them); ``deleted_objects`` the destination objects a mirror (sync with
+    start the coordinator learnt of the first chunk written (its objects written whole);
+    ``resumed_copies`` the copies an earlier run of the job had done (a resumed job skips them);
+    ``deleted_objects`` the destination objects a mirror (sync with
     delete) removed after every copy was verified; ``paths`` how many copies took each path:
     ``{"server-side": copied by the destination store itself, "gateways": moved through the fleet}``
     (the manifest names each copy's).
