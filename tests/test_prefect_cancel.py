@@ -48,6 +48,7 @@ class CappedRelay:
         assert host in ("127.0.0.1", "localhost")
         self.upstream = (host, int(port))
         self.rate = rate
+        self.sent = 0  # bytes passed downstream, over all connections
         self._lock = threading.Lock()
         self._next_send = time.monotonic()
         self._sockets: list[socket.socket] = []
@@ -76,12 +77,20 @@ class CappedRelay:
                     with self._lock:  # reserve a slot on the shared link
                         start = max(self._next_send, time.monotonic())
                         self._next_send = start + len(data) / self.rate
+                        self.sent += len(data)
                     time.sleep(max(0.0, start - time.monotonic()))
                 dst.sendall(data)
         except OSError:
             pass
         finally:
             cut(src, dst, close=False)
+
+    def wait_for_bytes(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` bytes went downstream (data moving, not only a listing)."""
+        deadline = time.monotonic() + timeout
+        while self.sent < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.sent >= count, f"{self.sent} bytes through the relay in {timeout} s, expected {count}"
 
     def close(self) -> None:
         self._listener.close()
@@ -120,12 +129,18 @@ def home(prefect_skyplane_home):
 
 
 @pytest.fixture
-def slow_source(emulators, s3_bucket):
+def slow_relay(emulators):
+    """moto behind a :class:`CappedRelay` of 0.5 MiB/s."""
+    relay = CappedRelay(emulators.env["AWS_ENDPOINT_URL"], rate=MiB // 2)
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def slow_source(s3_bucket, slow_relay):
     """An S3 prefix of 12 MiB that gateways read at 0.5 MiB/s (about 24 s): its credentials entry and URI."""
     put_objects(s3_bucket, {f"big/part-{i}.bin": os.urandom(2 * MiB) for i in range(6)})
-    relay = CappedRelay(emulators.env["AWS_ENDPOINT_URL"], rate=MiB // 2)
-    yield f"{s3_bucket}/big/", {"endpoint_url": relay.url}
-    relay.close()
+    return f"{s3_bucket}/big/", {"endpoint_url": slow_relay.url}
 
 
 def test_task_timeout_cancels_the_transfer_and_tears_down(prefect_harness, home, slow_source, gcs_bucket, caplog):
@@ -237,17 +252,21 @@ def test_hook_cancels_the_transfers_of_its_flow_run(home, slow_source, gcs_bucke
     assert not records_dir("flow-run-1").exists()
 
 
-def test_hook_stops_the_job_of_a_killed_process(prefect_harness, home, slow_source, gcs_bucket, tmp_path):
+def test_hook_stops_the_job_of_a_killed_process(prefect_harness, home, slow_source, slow_relay, gcs_bucket,
+                                                tmp_path):
     """A flow process killed outright: its job's coordinator goes on; the flow hook, run from another
     process as Prefect's runner does after killing a flow run, finds the job's record and cancels it
     through the coordinator, which tears the fleet down. The gateways are frozen (SIGSTOP) first, as
-    hung or remote gateways would be: the teardown ends them all the same."""
+    hung or remote gateways would be, while they move data: the teardown ends them all the same."""
     src, entry = slow_source
     proc = _flow_process(prefect_harness, src, gcs_bucket + "/out/", entry, tmp_path)
     watch = GatewayWatch(home)
     frozen: list[int] = []
     try:
         watch.wait_for_gateways(timeout=60)
+        # Freezing them before they bound their ports would make the coordinator sit out the fleet's
+        # health timeout (30 s) before it could tear it down: not the case this test is about.
+        slow_relay.wait_for_bytes(MiB // 4, timeout=60)  # a listing is a few KiB: this is a chunk's read
         deadline = time.monotonic() + 30
         while len(frozen := gateway_pids(str(home))) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
