@@ -40,8 +40,11 @@ BATCH = 256  # chunk requests per POST: 100k small objects cost ~400 round trips
 #: Objects per POST at most (one chunk more when that chunk alone has more). A gateway reads nothing of
 #: a batch before it parsed and checked all of it: a job's first POST, 64 bundles of small objects
 #: (~60,000 entries, ~6 MB of JSON), held the first byte back by 0.2 s under load. 4,096 objects cost
-#: 25 POSTs per 100,000 small objects, a few ms each.
+#: 25 POSTs per 100,000 small objects, a few ms each. A job's first POST carries its first chunk alone.
 BATCH_OBJECTS = 4096
+#: Seconds of submitting per tick at most, so that the gateways' events are read in between: under
+#: load a POST of 4,096 objects takes ~0.1 s, and a tick's eight came before the job's first event.
+SUBMIT_SECONDS = 0.1
 #: Batches per source gateway per tick (50 ms) while it accepts them. One batch a tick capped small
 #: objects at ~2,500/s whatever the gateways could do; their queues bound what is outstanding.
 BATCHES_PER_TICK = 8
@@ -93,6 +96,8 @@ class Dispatcher:
         self._finishing: list[Future] = []
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         self._rr = 0
+        self._posted = False  # whether a batch was submitted yet (the job's first carries one chunk)
+        self._cut = False  # whether the last _submit() stopped on SUBMIT_SECONDS with chunks left
         self.started = time.monotonic()
 
     # -- the loop --------------------------------------------------------------------------
@@ -128,8 +133,9 @@ class Dispatcher:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _busy(self) -> bool:
-        """Whether the feed has chunks waiting that there is room for (then the loop does not sleep)."""
-        return not self.feed.queue.empty() and self._room()
+        """Whether chunks wait that there is room for, in the feed or cut off by :data:`SUBMIT_SECONDS`
+        (then the loop does not sleep)."""
+        return self._cut or (not self.feed.queue.empty() and self._room())
 
     def _room(self) -> bool:
         return len(self.chunks) < MAX_INFLIGHT_CHUNKS and self._objects_inflight < MAX_INFLIGHT_OBJECTS
@@ -162,8 +168,12 @@ class Dispatcher:
         if not sources:
             raise TransferError(f"every gateway in the source region {self.plan.src} is gone")
         now = time.monotonic()
+        self._cut = False
         for _ in range(len(sources) * BATCHES_PER_TICK):
             if not self.queue:
+                return
+            if time.monotonic() - now > SUBMIT_SECONDS:
+                self._cut = True
                 return
             gid = sources[self._rr % len(sources)]
             self._rr += 1
@@ -179,12 +189,13 @@ class Dispatcher:
                     deferred.append(self.queue.popleft())
                     continue
                 objects += len(self.chunks[cid].pieces)
-                if batch and objects > BATCH_OBJECTS:
+                if batch and (objects > BATCH_OBJECTS or not self._posted):
                     break
                 batch.append(self.queue.popleft())
             self.queue.extendleft(reversed(deferred))
             if not batch:
                 return
+            self._posted = True
             try:
                 accepted = self.clients[gid].submit(self._batch([self.chunks[c] for c in batch]))
             except GatewayError as exc:
