@@ -164,26 +164,40 @@ def test_fault_cli_gateway_killed_at_half(tmp_path, slow_source):
 
 
 def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
-    """A local copy with two gateways, one SIGKILLed while the destination holds temp files being
-    written: the copy completes, and the dead writer's half-written temp files are gone after it."""
+    """A local copy with two gateways, one SIGKILLed while it holds files of the destination being
+    written (unnamed O_TMPFILE files, or temp files where a write replaces an object): the copy
+    completes, and nothing half-written of the dead writer is left after it."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     dst.mkdir()
     objs = {f"f{i:02d}.bin": os.urandom(16 * MiB + i) for i in range(16)}
     for key, data in objs.items():
         (src / key).write_bytes(data)
-    tmp = dst / ".skyplane-tmp"
     seen: list[str] = []
 
     finished = threading.Event()
 
+    def writing(pid: int) -> list[str]:
+        """The destination's files that gateway ``pid`` holds open for writing, named or not."""
+        names = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(dst) + "/"):
+                names.append(target)
+        return names
+
     def kill_while_writing() -> None:
         while not finished.is_set():
-            names = os.listdir(tmp) if tmp.is_dir() else []
-            if transfer.fleet is not None and len(names) >= 2:
-                seen[:] = names
-                os.kill(transfer.fleet.gateways[1].pid, signal.SIGKILL)
-                return
+            if transfer.fleet is not None:
+                pid = transfer.fleet.gateways[1].pid
+                names = writing(pid) if os.path.isdir(f"/proc/{pid}/fd") else []
+                if names:
+                    seen[:] = names
+                    os.kill(pid, signal.SIGKILL)
+                    return
             time.sleep(0.002)
 
     req = TransferRequest(src=f"{src}/", dsts=[f"{dst}/"], recursive=True, gateways_per_region=2)
@@ -196,12 +210,12 @@ def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
         finished.set()
         killer.join(5)
     left = leftovers(f"file://{dst}")
-    record("fault", f"SIGKILL of one of 2 local gateways while {len(seen)} temp files were being written "
+    record("fault", f"SIGKILL of one of 2 local gateways while it wrote {len(seen)} destination files "
                     f"(file -> file, {len(objs)} objects of 16 MiB)",
            f"completed, {stats.retries} chunk re-dispatches, "
            f"{'all' if read_all(f'file://{dst}') == digests(objs) else 'NOT all'} objects sha256-identical, "
            f"{len(left)} temp files left")
-    assert len(seen) >= 2, "the copy ended before a gateway could be killed mid-write"
+    assert seen, "the copy ended before a gateway could be killed mid-write"
     assert read_all(f"file://{dst}") == digests(objs)
     assert left == [], "a killed gateway's half-written temp file was left behind"
 

@@ -394,3 +394,18 @@ def test_local_temporaries_of_a_writer_that_died_are_removed(tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_local_write_replaces_an_object_and_leaves_nothing_behind(tmp_path):
+    """A new object is an unnamed file named by a link once written; a write over an existing object
+    (or over a link inside the root) replaces it through a temp file. Either way the directory holds
+    the objects only, and a read through a link inside the root follows it."""
+    store = open_store("file://" + str(tmp_path))
+    store.write("a/k", b"one")
+    store.write("a/k", b"two!")
+    (tmp_path / "alias").symlink_to(tmp_path / "a" / "k")
+    assert store.read("alias") == b"two!" and store.read("a/k", 1, 2) == b"wo"
+    store.write("alias", b"three")  # the link is replaced, its target untouched
+    assert not (tmp_path / "alias").is_symlink() and store.read("alias") == b"three"
+    assert store.read("a/k") == b"two!"
+    assert sorted(os.listdir(tmp_path)) == ["a", "alias"] and os.listdir(tmp_path / "a") == ["k"]
