@@ -59,3 +59,19 @@ def test_a_broken_cache_file_turns_persistence_off(tmp_path, caplog):
     assert cache.get(version) == "00" * 16  # still at hand in memory
     assert DigestCache(tmp_path / "not-a-db").get(version) is None  # but nothing was persisted
     assert "is off for this process" in caplog.text
+
+
+def test_get_many_answers_a_page_of_versions_from_the_file(tmp_path):
+    """get_many answers from the file in queries of many inodes: a version whose size or mtime changed
+    is not known, one never put is not either."""
+    path = tmp_path / "md5.sqlite3"
+    writer = DigestCache(path)
+    versions = [(1, ino, 1024, 7) for ino in range(1, 1201)]
+    for v in versions:
+        writer.put(v, f"{v[1]:032x}")
+    writer.flush()
+    reader = DigestCache(path)
+    asked = [*versions, (1, 5, 1025, 7), (1, 9999, 1024, 7)]
+    found = reader.get_many(asked)
+    assert found == {v: f"{v[1]:032x}" for v in versions}
+    assert reader.get_many(versions[:3]) == {v: f"{v[1]:032x}" for v in versions[:3]}  # from memory now

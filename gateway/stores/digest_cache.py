@@ -29,6 +29,7 @@ Version = tuple[int, int, int, int]
 MAX_ROWS = 2_000_000
 MAX_IN_MEMORY = 100_000  # digests a process keeps at hand (about 20 MB at most)
 _FLUSH_EVERY = 512  # new digests written in one transaction
+_QUERY_INODES = 500  # files looked up in one query (SQLite takes 999 parameters at least)
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS md5 (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, "
            "md5 TEXT, PRIMARY KEY (dev, ino))")
 
@@ -64,6 +65,35 @@ class DigestCache:
             if row:
                 self._remember(version, row[0])
         return row[0] if row else None
+
+    def get_many(self, versions: list[Version]) -> dict[Version, str]:
+        """The digests known of ``versions`` (a listing page's files): those not in memory in one
+        query per :data:`_QUERY_INODES` files, not one each."""
+        found: dict[Version, str] = {}
+        with self._lock:
+            missing = []
+            for v in versions:
+                md5 = self._memory.get(v)
+                if md5 is None:
+                    missing.append(v)
+                else:
+                    found[v] = md5
+            conn = self._connect() if missing else None
+            if conn is None:
+                return found
+            wanted = set(missing)
+            try:
+                for i in range(0, len(missing), _QUERY_INODES):
+                    inodes = [v[1] for v in missing[i:i + _QUERY_INODES]]
+                    rows = conn.execute("SELECT dev, ino, size, mtime_ns, md5 FROM md5 WHERE ino IN "
+                                        f"({','.join('?' * len(inodes))})", inodes)
+                    for *version, md5 in rows:
+                        if tuple(version) in wanted:
+                            found[tuple(version)] = md5
+                            self._remember(tuple(version), md5)
+            except sqlite3.Error as exc:
+                self._disable(exc)
+        return found
 
     def put(self, version: Version, md5: str) -> None:
         with self._lock:
