@@ -7,6 +7,7 @@ idempotent, and provisioners register their fleets so SIGTERM / Ctrl-C handlers 
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -47,6 +48,13 @@ class GatewayHandle:
     data_port: int
     pid: int | None = None
     extra: dict = field(default_factory=dict)
+
+
+def check_stop(stop: threading.Event | None) -> None:
+    """Raise the ``ProvisionError`` of a fleet start that the job's cancel ended, once ``stop`` is set."""
+    if stop is not None and stop.is_set():
+        raise ProvisionError("the job was cancelled while its fleet started",
+                             hint="what had started is torn down; start the job again to run it")
 
 
 class Fleet(ABC):
@@ -99,9 +107,13 @@ class Provisioner(ABC):
     shares_environment: bool = False
 
     @abstractmethod
-    def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:
+    def provision(self, job_id: str, specs: list[GatewaySpec], stop: threading.Event | None = None) -> Fleet:
         """Start every gateway in ``specs`` and wait until each answers on its control API.
-        On any failure, tear down what was started and raise ``ProvisionError`` naming the host/region."""
+        On any failure, tear down what was started and raise ``ProvisionError`` naming the host/region.
+        ``stop`` (the job's cancel) ends the start the same way once it is set: the ``local``
+        provisioner looks at it while it waits for its gateways, the SSH and cloud ones between
+        their steps (VMs launched, booted, package installed: a step that runs on the hosts runs to
+        its end)."""
 
     def hourly_price(self, region: str) -> float:
         """USD per hour of one gateway in ``region`` (0 for local processes)."""

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from planner.errors import BadOptionError, ProvisionError
 
 from . import teardown_hooks
-from .base import Fleet, GatewaySpec, Provisioner
+from .base import Fleet, GatewaySpec, Provisioner, check_stop
 from skyplane_provider.paths import skyplane_home
 from .ssh import SSHFleet, bootstrap_fleet, utc_now
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR
@@ -305,7 +305,7 @@ class CloudProvisioner(Provisioner):
             raise BadOptionError(f"bad orchestrator_cidr {self.orchestrator_cidr!r}: {exc}",
                                  hint="write an address with its prefix length, e.g. 203.0.113.7/32") from None
 
-    def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:
+    def provision(self, job_id: str, specs: list[GatewaySpec], stop: threading.Event | None = None) -> Fleet:
         by_region: dict[str, list[GatewaySpec]] = {}
         for spec in specs:
             by_region.setdefault(self.region_name(spec.region), []).append(spec)
@@ -314,8 +314,10 @@ class CloudProvisioner(Provisioner):
         job = self.new_job(job_id)
         try:
             for region, region_specs in by_region.items():
+                check_stop(stop)
                 job.launch(region, region_specs)
             instances = job.wait_running(self.boot_timeout)
+            check_stop(stop)
             addresses = sorted({a for i in instances.values() for a in (i.public_ip, i.private_ip) if a})
             job.authorize(cidr, self.data_port, addresses)
             assignments = [(spec, self.ssh_host(i, instances[spec.gateway_id], job.key.path))
@@ -325,7 +327,7 @@ class CloudProvisioner(Provisioner):
             ssh_fleet = bootstrap_fleet(
                 job_id, assignments, policy=policy, remote_dir=self.remote_dir, wheelhouse=self.wheelhouse,
                 health_timeout=self.health_timeout, provisioner=self.name,
-                data_port=0 if self.address_map else self.data_port)
+                data_port=0 if self.address_map else self.data_port, stop=stop)
         except BaseException:
             job.teardown()
             raise

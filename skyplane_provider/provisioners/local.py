@@ -42,11 +42,14 @@ from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 from skyplane_provider.paths import skyplane_home
 
 from . import teardown_hooks
-from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
+from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner, check_stop
 
 log = logging.getLogger(__name__)
 
 PIDS_FILE = "pids.json"
+#: Seconds a gateway has to answer ``POST /shutdown`` (it answers before it stops); one that does not
+#: gets SIGTERM. Calls go one after the other: a fleet of hung gateways costs this much per gateway.
+SHUTDOWN_CALL_TIMEOUT = 1.0
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PLACEMENT_FIELDS = {"netns", "bind_host", "control_host"}
 
@@ -76,9 +79,10 @@ class _LocalGateway:
             return ""
         return "\n".join(lines[-tail:])
 
-    def wait_ready(self, deadline: float) -> dict:
+    def wait_ready(self, deadline: float, stop: threading.Event | None) -> dict:
         ready = self.directory / "ready.json"
         while True:
+            check_stop(stop)
             if ready.exists():
                 try:
                     return json.loads(ready.read_text())
@@ -99,7 +103,7 @@ class LocalFleet(Fleet):
 
     def __init__(self, job_id: str, job_dir: Path, members: list[_LocalGateway], *, grace: float,
                  keep_logs: bool, provisioner: "LocalProvisioner | None" = None, record: dict | None = None,
-                 replacements: int = 0) -> None:
+                 replacements: int = 0, stop: threading.Event | None = None) -> None:
         self.job_id = job_id
         self.job_dir = job_dir
         self._members = {m.spec.gateway_id: m for m in members}
@@ -110,6 +114,7 @@ class LocalFleet(Fleet):
         self._replaced = 0
         self._lock = threading.Lock()
         self._done = False
+        self._stop = stop  # the job's cancel: a replacement's start ends at it too
 
     def replace(self, gateway_id: str) -> GatewayHandle:
         with self._lock:
@@ -129,7 +134,7 @@ class LocalFleet(Fleet):
             self._members[spec.gateway_id] = member
         self._record["gateways"].append(_pid_entry(member))
         _write_private(self.job_dir / PIDS_FILE, json.dumps(self._record, indent=1))
-        _bring_up([member], time.monotonic() + self._provisioner.health_timeout)
+        _bring_up([member], time.monotonic() + self._provisioner.health_timeout, self._stop)
         with self._lock:
             self.gateways.append(member.handle)
         log.warning("gateway %s replaces the dead %s", spec.gateway_id, gateway_id)
@@ -204,7 +209,7 @@ class LocalProvisioner(Provisioner):
 
         return launch_local(job_id, document, host=self.coordinator_host)
 
-    def provision(self, job_id: str, specs: list[GatewaySpec]) -> LocalFleet:
+    def provision(self, job_id: str, specs: list[GatewaySpec], stop: threading.Event | None = None) -> LocalFleet:
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             raise BadOptionError(f"job id {job_id!r} cannot name a directory", hint="use letters, digits, '-', '_'")
         job_dir = skyplane_home() / "jobs" / job_id
@@ -220,12 +225,12 @@ class LocalProvisioner(Provisioner):
                 members.append(member)
                 record["gateways"].append(_pid_entry(member))
                 _write_private(job_dir / PIDS_FILE, json.dumps(record, indent=1))
-            _bring_up(members, time.monotonic() + self.health_timeout)
+            _bring_up(members, time.monotonic() + self.health_timeout, stop)
         except BaseException:
             LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs).teardown()
             raise
         fleet = LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs,
-                           provisioner=self, record=record, replacements=self.replacements)
+                           provisioner=self, record=record, replacements=self.replacements, stop=stop)
         teardown_hooks.register(fleet)
         log.info("local fleet of job %s: %d gateway(s) up", job_id, len(members))
         return fleet
@@ -263,37 +268,44 @@ def _pid_entry(member: _LocalGateway) -> dict:
     return {"gateway_id": member.spec.gateway_id, "pid": member.proc.pid, "cmdline_marker": str(member.config_path)}
 
 
-def _bring_up(members: list[_LocalGateway], deadline: float) -> None:
-    """Wait until each started gateway bound its ports (then give it its handle) and is healthy."""
+def _bring_up(members: list[_LocalGateway], deadline: float, stop: threading.Event | None) -> None:
+    """Wait until each started gateway bound its ports (then give it its handle) and is healthy;
+    ``ProvisionError`` once ``stop`` is set."""
     for m in members:
-        ready = m.wait_ready(deadline)
+        ready = m.wait_ready(deadline, stop)
         m.handle = GatewayHandle(
             gateway_id=m.spec.gateway_id, region=m.spec.region,
             control_url=f"http://{_url_host(m.control_host)}:{int(ready['control_port'])}",
             control_token=m.token, data_host=m.data_host, data_port=int(ready["data_port"]),
             pid=m.proc.pid, extra={"directory": str(m.directory), "log": str(m.directory / "gateway.log")})
     for m in members:
-        _wait_healthy(m, deadline)
+        _wait_healthy(m, deadline, stop)
 
 
 def _stop_all(members: list[_LocalGateway], grace: float) -> None:
     """``POST /shutdown`` to every gateway, then SIGTERM, then SIGKILL to the process groups of those
-    still running, waiting up to ``grace`` seconds after each step; every process is reaped.
+    still running, waiting up to ``grace`` seconds after each step; every process is reaped. A
+    gateway that did not take the shutdown (it hangs, or never bound its ports) is not waited for
+    before its SIGTERM.
 
     Steps go to all gateways at once, without helper threads: this also runs from ``atexit``, when
     new threads may no longer be started."""
+    asked = []
     for m in members:
         if m.proc.poll() is None and m.handle is not None:
             try:
-                GatewayClient(m.handle.control_url, m.token, timeout=2.0).shutdown()
+                GatewayClient(m.handle.control_url, m.token, timeout=SHUTDOWN_CALL_TIMEOUT).shutdown()
+                asked.append(m)
             except SkyplaneError:
                 pass
-    _wait_all(members, grace)
+    _wait_all(asked, grace)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         running = [m for m in members if m.proc.poll() is None]
         for m in running:
             try:
                 os.killpg(m.proc.pid, sig)
+                if sig == signal.SIGTERM:  # a stopped process (SIGSTOP, a debugger) acts on it once it runs
+                    os.killpg(m.proc.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
         _wait_all(running, wait)
@@ -308,9 +320,10 @@ def _wait_all(members: list[_LocalGateway], seconds: float) -> None:
         time.sleep(0.05)
 
 
-def _wait_healthy(member: _LocalGateway, deadline: float) -> None:
+def _wait_healthy(member: _LocalGateway, deadline: float, stop: threading.Event | None) -> None:
     client = GatewayClient(member.handle.control_url, member.token, timeout=2.0)
     while True:
+        check_stop(stop)
         try:
             if client.health().get("ok"):
                 return

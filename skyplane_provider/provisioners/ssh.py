@@ -25,7 +25,7 @@ from typing import Any
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 
 from . import teardown_hooks
-from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
+from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner, check_stop
 from skyplane_provider.paths import skyplane_home
 from .package_wheel import package_wheel
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR, HostBootstrap
@@ -89,7 +89,7 @@ def teardown_hosts(hosts: list[HostBootstrap]) -> None:
 
 def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]], *, policy: ConnectPolicy,
                     remote_dir: str, wheelhouse: str | None, health_timeout: float, provisioner: str,
-                    data_port: int = 0) -> SSHFleet:
+                    data_port: int = 0, stop: threading.Event | None = None) -> SSHFleet:
     """Install the package on every host, start every gateway, wait for health through tunnels.
 
     Hosts are prepared in parallel, gateways of one host one after the other. On any failure every
@@ -109,6 +109,7 @@ def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]],
         with lock:
             started.append(boot)
         boot.install(wheel, Path(wheelhouse).expanduser() if wheelhouse else None)
+        check_stop(stop)  # cancelled while installing: start no gateway
         return boot.start(by_host[host], host, health_timeout=health_timeout, data_port=data_port)
 
     try:
@@ -193,8 +194,9 @@ class SSHProvisioner(Provisioner):
             counters[key] += 1
         return out
 
-    def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:
+    def provision(self, job_id: str, specs: list[GatewaySpec], stop: threading.Event | None = None) -> Fleet:
         fleet = bootstrap_fleet(job_id, self.assign(specs), policy=self.policy, remote_dir=self.remote_dir,
-                                wheelhouse=self.wheelhouse, health_timeout=self.health_timeout, provisioner=self.name)
+                                wheelhouse=self.wheelhouse, health_timeout=self.health_timeout, provisioner=self.name,
+                                stop=stop)
         teardown_hooks.register(fleet)
         return fleet

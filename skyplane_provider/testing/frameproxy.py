@@ -144,8 +144,8 @@ class TamperingProvisioner(LocalProvisioner):
         self.faults = faults
         self.proxies: list[FrameTamperProxy] = []
 
-    def provision(self, job_id, specs) -> LocalFleet:
-        fleet = super().provision(job_id, specs)
+    def provision(self, job_id, specs, stop=None) -> LocalFleet:
+        fleet = super().provision(job_id, specs, stop)
         handles = []
         for g in fleet.gateways:
             if g.region in self.regions:

@@ -33,6 +33,7 @@ from skyplane_provider.provisioners.base import Fleet
 from .endpoints import Destination, Source
 from .launch import wire_peers
 from .stats import Progress
+from .stoppable import StoppableCalls, cancelled
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class Dispatcher:
         self._kinds = [shared_kinds(source.store, d.store) for d in dests]
         self._finishing: list[Future] = []
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
+        #: Every call to a gateway goes through it: a cancel is not held up by a gateway that hangs.
+        self._call = StoppableCalls(stop)
         self._rr = 0
         self._posted = False  # whether a batch was submitted yet (the job's first carries one chunk)
         self._cut = False  # whether the last _submit() stopped on SUBMIT_SECONDS with chunks left
@@ -109,7 +112,7 @@ class Dispatcher:
         try:
             while not self._feed_done or self.chunks or self._finishing:
                 if self.stop.is_set():
-                    raise TransferError("transfer cancelled", hint="resume the job to finish what is missing")
+                    raise cancelled()
                 self._take()
                 self._submit()
                 self._poll()
@@ -133,6 +136,7 @@ class Dispatcher:
             if self.progress:
                 self.progress(self.snapshot())
         finally:
+            self._call.close()
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _busy(self) -> bool:
@@ -216,7 +220,7 @@ class Dispatcher:
                 return
             self._posted = True
             try:
-                accepted = self.clients[gid].submit(self._batch([self.chunks[c] for c in batch]))
+                accepted = self._call(self.clients[gid].submit, self._batch([self.chunks[c] for c in batch]))
             except GatewayError as exc:
                 log.warning("gateway %s refused a batch: %s", gid, exc)
                 accepted = 0
@@ -282,7 +286,7 @@ class Dispatcher:
     def _poll(self) -> None:
         for gid, client in list(self.clients.items()):
             try:
-                status = client.status(self.cursor[gid])
+                status = self._call(client.status, self.cursor[gid])
             except GatewayError:
                 continue  # health check decides whether it is dead
             self.cursor[gid] = status.get("next", self.cursor[gid])
@@ -415,7 +419,7 @@ class Dispatcher:
         living = {g.split("/")[0] for g in alive}
         for region in sorted(set(self.plan.gateways) - living):
             alive.add(self._replace(next(g for g in dead if g.split("/")[0] == region)))
-        self.clients = wire_peers(self.fleet, self.plan, alive=alive)
+        self.clients = self._call(wire_peers, self.fleet, self.plan, alive=alive)
         for gid in self.clients:
             self.cursor.setdefault(gid, 0)
         for cid in list(self.inflight):

@@ -38,7 +38,7 @@ from typing import Callable
 from gateway.sizing import Sizing, choose
 from gateway.stores import open_store
 from gateway.stores.base import ObjectInfo
-from planner.errors import BadOptionError, SkyplaneError, TransferError
+from planner.errors import BadOptionError, ProvisionError, SkyplaneError, TransferError
 from planner.plan import Plan
 from planner.store_requests import RequestCounts
 from skyplane_provider.coordinator.chunker import part_size_for
@@ -70,6 +70,7 @@ from .preflight import preflight
 from .request import TransferRequest, report_path
 from .server_side import GATEWAYS, SERVER_SIDE, Copier, Way, candidate_regions, probe_ways, requests_usd_for, split
 from .stats import Progress, TransferStats, egress_usd_actual, region_of, wire_bytes_by_edge
+from .stoppable import StoppableCalls, cancelled
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,11 @@ class Transfer:
             self._first = []  # the feed owns the page now
             if self.feed.wait_first():  # else nothing goes through gateways: no fleet
                 self.fleet = self._provision()
-                clients = wire_peers(self.fleet, self.plan)
+                wiring = StoppableCalls(self._stop)
+                try:
+                    clients = wiring(wire_peers, self.fleet, self.plan)
+                finally:
+                    wiring.close()
                 if self.request.bwlimit is not None:
                     caps = RegionCaps(self.fleet, self.request.bwlimit, counters=self._gateway_counters).start()
                 mark = self._phase("provision", started)
@@ -500,7 +505,12 @@ class Transfer:
         req = self.request
         specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
                               credentials=req.credentials, max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit)
-        return self._provisioner.provision(self.job_id, specs)
+        try:
+            return self._provisioner.provision(self.job_id, specs, stop=self._stop)
+        except ProvisionError:
+            if self._stop.is_set():  # the start ended on the cancel: say so as every cancelled job does
+                raise cancelled() from None
+            raise
 
     def _server_side_done(self, copier: Copier, entries: list[dict], manifest: Manifest) -> None:
         """The server-side copies into the job's verification, manifest, report and paths."""
