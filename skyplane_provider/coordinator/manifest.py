@@ -50,6 +50,10 @@ class RecordedUpload:
     parts: dict[int, tuple[str, int, str | None]]
 
 
+#: Copies recorded and held in memory at most before they are written (uncommitted) to the database.
+_HELD_COPIES = 4096
+
+
 class Manifest:
     """One connection to a job's manifest. ``fingerprint`` names the transfer (source, destinations,
     ...): opening an existing manifest with another fingerprint raises ``BadOptionError``, so a job id
@@ -61,6 +65,7 @@ class Manifest:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._copies: list[tuple[str, int, str, int, str]] = []  # recorded, not yet written (record_copy)
         if fingerprint is not None:
             self._check(fingerprint)
 
@@ -91,6 +96,7 @@ class Manifest:
     @property
     def resumed(self) -> bool:
         """Whether an earlier run recorded anything."""
+        self._write_copies()
         return self._db.execute("SELECT EXISTS (SELECT 1 FROM copies) OR EXISTS (SELECT 1 FROM uploads)").fetchone()[0]
 
     # -- writes (committed by commit(), except record_upload) ------------------------------------
@@ -106,13 +112,25 @@ class Manifest:
                          (dest, dest_key, part, etag, size, integrity))
 
     def record_copy(self, src_key: str, dest: int, dest_key: str, size: int, verified_by: str) -> None:
-        """A copy is done (and verified); its upload, if any, is no longer in progress."""
-        self._db.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?)",
-                         (src_key, dest, dest_key, size, verified_by))
-        self._drop_upload(dest, dest_key)
+        """A copy is done (and verified); its upload, if any, is no longer in progress. Held until the
+        next commit (or read), then written with the others: three statements per copy, each run on
+        its own, were a tenth of the coordinator's CPU at 100,000 small objects."""
+        self._copies.append((src_key, dest, dest_key, size, verified_by))
+        if len(self._copies) >= _HELD_COPIES:
+            self._write_copies()
+
+    def _write_copies(self) -> None:
+        if not self._copies:
+            return
+        rows, self._copies = self._copies, []
+        keys = [(dest, dest_key) for _, dest, dest_key, _, _ in rows]
+        self._db.executemany("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?)", rows)
+        self._db.executemany("DELETE FROM uploads WHERE dest = ? AND dest_key = ?", keys)
+        self._db.executemany("DELETE FROM parts WHERE dest = ? AND dest_key = ?", keys)
 
     def forget_upload(self, dest: int, dest_key: str) -> None:
         """An upload was aborted."""
+        self._write_copies()  # in the order they came
         self._drop_upload(dest, dest_key)
 
     def _drop_upload(self, dest: int, dest_key: str) -> None:
@@ -120,16 +138,19 @@ class Manifest:
         self._db.execute("DELETE FROM parts WHERE dest = ? AND dest_key = ?", (dest, dest_key))
 
     def commit(self) -> None:
+        self._write_copies()
         self._db.commit()
 
     # -- reads -------------------------------------------------------------------------------------
     def done_between(self, first: str, last: str) -> set[tuple[str, int]]:
         """``(source key, destination)`` of the copies recorded done with ``first <= key <= last``
         (one listing page's range: memory stays a page)."""
+        self._write_copies()
         rows = self._db.execute("SELECT src_key, dest FROM copies WHERE src_key BETWEEN ? AND ?", (first, last))
         return set(rows)
 
     def upload(self, dest: int, dest_key: str) -> RecordedUpload | None:
+        self._write_copies()
         row = self._db.execute("SELECT src_key, upload_id, part_size FROM uploads WHERE dest = ? AND dest_key = ?",
                                (dest, dest_key)).fetchone()
         if row is None:
@@ -140,10 +161,12 @@ class Manifest:
 
     def uploads(self) -> list[tuple[int, str, str]]:
         """``(destination, key, upload id)`` of every upload recorded in progress."""
+        self._write_copies()
         return list(self._db.execute("SELECT dest, dest_key, upload_id FROM uploads ORDER BY dest, dest_key"))
 
     def copies_done(self) -> int:
+        self._write_copies()
         return self._db.execute("SELECT COUNT(*) FROM copies").fetchone()[0]
 
     def close(self) -> None:
-        self._db.close()
+        self._db.close()  # held copies not committed are dropped, as uncommitted writes are

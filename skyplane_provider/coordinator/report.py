@@ -16,6 +16,8 @@ from pathlib import Path
 STATUSES = ("copied", "skipped", "failed")
 #: Failed copies named in the error of a failed job (the report has them all).
 NAMED_FAILURES = 5
+#: One encoder for every line: ``json.dumps`` with an option builds a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class Report:
@@ -33,8 +35,8 @@ class Report:
             error: str | None = None) -> None:
         if status not in STATUSES:
             raise ValueError(f"report status {status!r} is not one of {STATUSES}")
-        self._file.write(json.dumps({"key": key, "dest": dest, "dest_key": dest_key, "status": status, "size": size,
-                                     "verified_by": verified_by, "error": error}, ensure_ascii=False) + "\n")
+        self._file.write(_encode({"key": key, "dest": dest, "dest_key": dest_key, "status": status, "size": size,
+                                  "verified_by": verified_by, "error": error}) + "\n")
         self.counts[status] += 1
         if status == "failed" and len(self.failures) < NAMED_FAILURES:
             self.failures.append((key, dest, error or "failed"))
