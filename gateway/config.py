@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 _KNOWN = {"gateway_id", "job_id", "region", "program", "bind_host", "data_port", "control_port", "advertise_host",
           "control_host", "job_secret", "control_token", "encryption_key", "compress", "encrypt", "credentials",
           "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes",
-          "parent_pid", "coordinator_timeout", "loopback_clear", "workers", "supervised", "bwlimit"}
+          "parent_pid", "coordinator_timeout", "loopback_clear", "workers", "supervised", "bwlimit",
+          "control_tls"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class GatewayConfig:
     #: This gateway's share of the job's bandwidth cap, bytes per second (None: no cap); see
     #: gateway/bandwidth.py. ``POST /bwlimit`` changes it while the job runs.
     bwlimit: float | None = None
+    #: Serve the control API over TLS with a fresh self-signed certificate (in the ready file as
+    #: ``control_cert``, which clients pin): for a control API that other hosts reach (a coordinator
+    #: on another gateway host), where the bearer token must not travel in clear.
+    control_tls: bool = False
 
     @property
     def reads(self) -> bool:
@@ -126,6 +131,7 @@ class GatewayConfig:
             workers=_positive(doc, "workers", default_workers()),
             supervised=_bool(doc, "supervised", False),
             bwlimit=check_rate(doc.get("bwlimit"), "gateway config: 'bwlimit'"),
+            control_tls=_bool(doc, "control_tls", False),
         )
         if program.region != config.region:
             raise BadOptionError(f"gateway config: program is for {program.region}, the gateway is in {config.region}")

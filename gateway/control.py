@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import ssl
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,11 +48,30 @@ class ControlServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str, port: int, *, node: "Controlled", token: str, on_shutdown) -> None:
+    def __init__(self, host: str, port: int, *, node: "Controlled", token: str, on_shutdown,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.node = node
         self.token = token.encode()
         self.on_shutdown = on_shutdown
+        self.tls = tls
         super().__init__((host, port), _Handler)
+
+    def finish_request(self, request, client_address) -> None:
+        # The handshake runs in the request's own thread (not in the accept loop, where one silent
+        # client would block every other), bounded by the idle timeout like the request itself.
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(IDLE_TIMEOUT)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("control: TLS handshake from %s failed: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            self.shutdown_request(wrapped)  # the plain socket it wrapped is detached: closing that is a no-op
 
     @property
     def port(self) -> int:

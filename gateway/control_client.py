@@ -19,18 +19,22 @@ import planner.errors
 from planner.errors import GatewayError, SkyplaneError
 
 from .stores.base import CopySource, ObjectInfo, PartInfo
+from .tls import pinned_context
 
 #: Seconds a store operation may take (a listing page of 5,000 keys on a slow store) before the call fails.
 STORE_TIMEOUT = 120.0
 
 
 class GatewayClient:
-    """``GatewayClient("http://127.0.0.1:PORT", token)``; thread-safe (one HTTP request per call)."""
+    """``GatewayClient("http://127.0.0.1:PORT", token)``; thread-safe (one HTTP request per call).
+    ``cert``: the gateway's control certificate (PEM) when it serves over TLS (config ``control_tls``,
+    an ``https://`` URL); only that certificate is trusted."""
 
-    def __init__(self, control_url: str, token: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, control_url: str, token: str, *, timeout: float = 10.0, cert: str | None = None) -> None:
         self.control_url = control_url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self._tls = pinned_context(cert) if cert else None
 
     def __repr__(self) -> str:  # never show the token
         return f"GatewayClient({self.control_url!r})"
@@ -152,7 +156,7 @@ class GatewayClient:
                                               "Content-Type": "application/json"})
         where = f"gateway {self.control_url} ({method} {path.split('?')[0]})"
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout, context=self._tls) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             doc = _error_doc(exc)

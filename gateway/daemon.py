@@ -40,8 +40,9 @@ def run(config: GatewayConfig, config_path: str) -> None:
     else:
         node = GatewayNode(config)
         data_port = node.listener.port
+    cert, tls = _control_tls(config, config_path) if config.control_tls else (None, None)
     control = ControlServer(config.control_host, config.control_port, node=node, token=config.control_token,
-                            on_shutdown=stop.set)
+                            on_shutdown=stop.set, tls=tls)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
@@ -54,7 +55,8 @@ def run(config: GatewayConfig, config_path: str) -> None:
              config.region, config.bind_host, data_port, config.control_host, control.port, config.workers,
              config.program.to_dict())
     if config.ready_file:
-        write_ready_file(config.ready_file, {"control_port": control.port, "data_port": data_port, "pid": os.getpid()})
+        ready = {"control_port": control.port, "data_port": data_port, "pid": os.getpid()}
+        write_ready_file(config.ready_file, {**ready, "control_cert": cert} if cert else ready)
     while not stop.wait(1.0):
         if config.parent_pid and os.getppid() != config.parent_pid:
             # The orchestrator died without tearing us down (SIGKILL, OOM): nobody will ever
@@ -73,6 +75,15 @@ def run(config: GatewayConfig, config_path: str) -> None:
     control.shutdown()
     control.server_close()
     log.info("gateway %s stopped", config.gateway_id)
+
+
+def _control_tls(config: GatewayConfig, config_path: str):
+    """``(certificate PEM, server context)`` for the control API (config ``control_tls``). Clients pin
+    the certificate itself, not a name: the one in it is only informative."""
+    from .tls import self_signed, server_context
+
+    cert, key = self_signed(config.control_host)
+    return cert, server_context(cert, key, os.path.dirname(os.path.abspath(config_path)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,7 @@ class Supervisor(Controlled):
     def _launch(self, w: _Worker) -> None:
         token = secrets.token_hex(16)
         doc = {**self._doc, "workers": 1, "supervised": True, "control_host": "127.0.0.1", "control_port": 0,
+               "control_tls": False,
                "control_token": token, "data_port": self.data_port, "ready_file": w.ready_path,
                "parent_pid": os.getpid(), "program": self._share_of_connections().to_dict(), "bwlimit": w.bwlimit,
                # the supervisor reads every worker's status twice a second: its dead-man timer is ours

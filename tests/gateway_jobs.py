@@ -48,7 +48,7 @@ class Job:
             specs.append(GatewaySpec(gateway_id=f"{region}/0", region=region, config=config))
         self.fleet: LocalFleet = (provisioner or get_provisioner("local")).provision(self.id, specs)
         self.handles = {g.region: g for g in self.fleet.gateways}
-        self.clients = {g.region: GatewayClient(g.control_url, g.control_token) for g in self.fleet.gateways}
+        self.clients = {g.region: g.client() for g in self.fleet.gateways}
         if wire_peers:
             for region, program in programs.items():
                 self.wire(region, program)

@@ -167,7 +167,7 @@ def test_a_coordinator_for_other_hosts_speaks_tls_with_a_pinned_certificate(home
     pins it (the handle, e.g. in a trigger's kwargs) gets an answer; the key is nowhere on disk."""
     from planner.errors import CoordinatorError
     from skyplane_provider.coordinator.client import CoordinatorClient
-    from skyplane_provider.coordinator.tls import self_signed
+    from gateway.tls import self_signed
 
     objs = _tree(tmp_path / "src", n=2)
     handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")],

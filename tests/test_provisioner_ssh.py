@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.control_client import GatewayClient
 from planner.errors import ProvisionError
 from planner.plan import direct_plan
 from skyplane_provider.provisioners import get_provisioner
@@ -56,7 +55,7 @@ def test_ssh_fleet_two_hosts_healthy_through_tunnels_then_torn_down(sshd_servers
     try:
         assert [g.region for g in fleet.gateways] == list(REGIONS)
         for g, server in zip(fleet.gateways, sshd_servers):
-            health = GatewayClient(g.control_url, g.control_token).health()
+            health = g.client().health()
             assert health["ok"] and health["gateway_id"] == g.gateway_id
             assert fleet.alive(g.gateway_id)
             assert g.extra["ssh_host"] == f"root@127.0.0.1:{server.port}"

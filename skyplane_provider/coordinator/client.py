@@ -18,6 +18,7 @@ import ssl
 import httpx
 
 import planner.errors as errors
+from gateway.tls import pinned_context
 from planner.errors import CoordinatorError, SkyplaneError, TransferError
 
 # httpx logs every request at INFO: a line per poll in Airflow task and triggerer logs.
@@ -31,7 +32,7 @@ class CoordinatorClient:
     def __init__(self, url: str, token: str, *, cert: str | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
-        self._verify: ssl.SSLContext | bool = _pinned(cert) if cert else True
+        self._verify: ssl.SSLContext | bool = pinned_context(cert) if cert else True
         self._timeout = timeout
         self._sync: httpx.Client | None = None
 
@@ -135,10 +136,3 @@ def job_error(doc: dict) -> SkyplaneError:
     exc.hint = None
     exc.failed_objects = list(doc.get("failed_objects") or [])
     return exc
-
-
-def _pinned(cert: str) -> ssl.SSLContext:
-    """Trust exactly this certificate (self-signed by the coordinator), whatever the host name."""
-    ctx = ssl.create_default_context(cadata=cert)
-    ctx.check_hostname = False
-    return ctx

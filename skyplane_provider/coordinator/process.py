@@ -95,8 +95,9 @@ def run(directory: Path) -> int:
     else:
         server = CoordinatorServer(job, doc["token"], host=host)
     server.start()
-    transfer = Transfer(request, progress=lambda p: job.progress(p.to_dict()), checked=bool(doc.get("checked")),
-                        prepared=doc.get("prepared"))
+    handed = _handed_provisioner(request, doc)
+    transfer = Transfer(request, provisioner=handed, progress=lambda p: job.progress(p.to_dict()),
+                        checked=bool(doc.get("checked")), prepared=doc.get("prepared"))
     job.take_credentials(transfer.push_credentials)  # POST /job/credentials: renewed entries, to the gateways
 
     def on_signal(signum: int, frame) -> None:
@@ -119,6 +120,9 @@ def run(directory: Path) -> int:
         log.log(logging.WARNING if cancelled else logging.ERROR, "job %s %s: %s", job.job_id,
                 "cancelled" if cancelled else "failed", exc, exc_info=not cancelled and not _expected(exc))
         job.fail(exc, failed_objects=getattr(exc, "failed_objects", None), cancelled=cancelled)
+    finally:
+        if handed is not None:  # also when no chunk needed a gateway, or prepare() failed
+            handed.fleet.teardown()
     write_private(directory / RESULT, job.final_document())
     linger = float(doc.get("result_linger", 3600))
     fetched = job.fetched.wait(min(linger, CANCELLED_LINGER) if job.state == "cancelled" else linger)
@@ -131,6 +135,16 @@ def run(directory: Path) -> int:
     if fetched and job.state == "succeeded":
         _forget(directory)  # the client has the stats; a failed job's files stay for inspection and resume
     return 0 if job.state == "succeeded" else 1
+
+
+def _handed_provisioner(request, doc: dict):
+    """For a coordinator on a gateway host: the fleet the client started and handed over in the job
+    document (``fleet``), as the provisioner the pipeline provisions from; None otherwise."""
+    if not doc.get("fleet"):
+        return None
+    from skyplane_provider.provisioners.handed import HandedFleet, HandedProvisioner
+
+    return HandedProvisioner(request.provisioner, HandedFleet(request.job_id, doc["fleet"]), doc.get("hourly_prices"))
 
 
 def _mine(address: Path) -> bool:
@@ -152,20 +166,12 @@ def _forget(directory: Path) -> None:
 def _tls_server(directory: Path, job, token: str, host: str):
     """The API over TLS with a fresh self-signed certificate (clients pin it); the key file lives
     only while ``ssl`` loads it."""
+    from gateway.tls import self_signed, server_context
+
     from .server import CoordinatorServer
-    from .tls import self_signed
 
     cert, key = self_signed(host)
-    paths = directory / ".api-cert.pem", directory / ".api-key.pem"
-    try:
-        for path, pem in zip(paths, (cert, key)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(pem)
-        return CoordinatorServer(job, token, host=host, certfile=str(paths[0]), keyfile=str(paths[1])), cert
-    finally:
-        for path in paths:
-            path.unlink(missing_ok=True)
+    return CoordinatorServer(job, token, host=host, tls=server_context(cert, key, directory)), cert
 
 
 def _relay_cancel(job, transfer) -> None:

@@ -49,15 +49,13 @@ class CoordinatorServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, job: JobState, token: str, *, host: str = "127.0.0.1", port: int = 0,
-                 certfile: str | None = None, keyfile: str | None = None) -> None:
+                 tls: ssl.SSLContext | None = None) -> None:
         self.job = job
         self._token = token.encode()
         super().__init__((host, port), _Handler)
         self.scheme = "http"
-        if certfile:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(certfile, keyfile)
-            self.socket = ctx.wrap_socket(self.socket, server_side=True)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
             self.scheme = "https"
         self._thread: threading.Thread | None = None
 

@@ -11,6 +11,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from gateway.control_client import GatewayClient
 from planner.errors import ProvisionError
 from skyplane_provider.redaction import redact
 
@@ -37,7 +38,8 @@ class GatewayHandle:
     """A started gateway as the orchestrator and the other gateways reach it.
 
     ``control_url``: base URL of the control API, reachable from the orchestrator (possibly through
-    a tunnel). ``data_host``/``data_port``: where *peer gateways* connect for data.
+    a tunnel). ``data_host``/``data_port``: where *peer gateways* connect for data. ``control_cert``:
+    the control API's certificate (PEM) when it serves over TLS (``https://``), which clients pin.
     """
 
     gateway_id: str
@@ -48,6 +50,11 @@ class GatewayHandle:
     data_port: int
     pid: int | None = None
     extra: dict = field(default_factory=dict)
+    control_cert: str | None = field(default=None, repr=False)
+
+    def client(self, timeout: float = 10.0) -> GatewayClient:
+        """A client of this gateway's control API."""
+        return GatewayClient(self.control_url, self.control_token, timeout=timeout, cert=self.control_cert)
 
 
 def check_stop(stop: threading.Event | None) -> None:
@@ -90,6 +97,12 @@ class Fleet(ABC):
         """Billable gateway-seconds so far (0 for local processes)."""
         return 0.0
 
+    def hand_over(self) -> None:
+        """The job's coordinator, started on one of the fleet's hosts, drives the fleet from now on and
+        tears it down (docs/coordinator.md): this process no longer does when it ends. Only fleets of
+        provisioners with ``coordinator_on_fleet`` can be handed over."""
+        raise ProvisionError(f"a {type(self).__name__} cannot be handed to a coordinator on its hosts")
+
     def __enter__(self) -> "Fleet":
         return self
 
@@ -119,7 +132,13 @@ class Provisioner(ABC):
         """USD per hour of one gateway in ``region`` (0 for local processes)."""
         return 0.0
 
-    def launch_coordinator(self, job_id: str, document: dict) -> dict:
+    #: Whether the job's coordinator runs on a host of the fleet (docs/coordinator.md): the client then
+    #: provisions the fleet first (it holds the access to the hosts) and hands it to
+    #: :meth:`launch_coordinator`, which starts the coordinator on the host of the fleet's first
+    #: gateway in the document's ``coordinator_region`` (the source region).
+    coordinator_on_fleet: bool = False
+
+    def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
         """Start the job's coordinator (docs/coordinator.md) with its job ``document``; return
         ``{"url", "cert"?}`` once its API listens. By default a detached process on this host."""
         from skyplane_provider.coordinator.launcher import launch_local

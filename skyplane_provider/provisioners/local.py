@@ -204,7 +204,7 @@ class LocalProvisioner(Provisioner):
         self.keep_logs = keep_logs
         self.coordinator_host = coordinator_host
 
-    def launch_coordinator(self, job_id: str, document: dict) -> dict:
+    def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
         from skyplane_provider.coordinator.launcher import launch_local
 
         return launch_local(job_id, document, host=self.coordinator_host)

@@ -8,8 +8,10 @@
 A host is a dict of :class:`SSHHost` fields or ``"user@host:port"``; ``user``, ``key_file`` and
 ``python`` given to the provisioner are defaults for hosts that leave them out. Each host gets this
 exact version of the package in a private venv, gateways are started detached with their secrets in
-0600 files, data ports bind to the host's address and control APIs to its 127.0.0.1, reached only
-through SSH tunnels. See docs/provisioners.md.
+0600 files, data ports bind to the host's address. The job's coordinator runs on the source region's
+first host (:meth:`SSHProvisioner.launch_coordinator`): the gateways' control APIs listen on their
+hosts' addresses over TLS (pinned certificates) so that it reaches them, and this process reaches
+them through SSH tunnels while it provisions. See docs/provisioners.md and docs/coordinator.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 
 from . import teardown_hooks
 from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner, check_stop
+from .handed import fleet_document
 from skyplane_provider.paths import skyplane_home
 from .package_wheel import package_wheel
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR, HostBootstrap
@@ -48,16 +51,25 @@ class SSHFleet(Fleet):
         self._lock = threading.Lock()
         self._done = False
 
-    def _host_of(self, gateway_id: str) -> HostBootstrap | None:
+    def host_of(self, gateway_id: str) -> HostBootstrap | None:
+        """The host (its bootstrap and SSH session) that runs ``gateway_id``."""
         return next((h for h in self._hosts if gateway_id in h.gateways), None)
 
     def logs(self, gateway_id: str, tail: int = 200) -> str:
-        host = self._host_of(gateway_id)
+        host = self.host_of(gateway_id)
         return host.log_tail(gateway_id, tail=tail) if host and not self._done else ""
 
     def alive(self, gateway_id: str) -> bool:
-        host = self._host_of(gateway_id)
+        host = self.host_of(gateway_id)
         return bool(host and host.alive(gateway_id))
+
+    def hand_over(self) -> None:
+        """The job's coordinator drives the fleet now and tears it down (``POST /shutdown``): this
+        process no longer does when it ends (a deferred Airflow task's does, at once); it only closes
+        its tunnels. :meth:`teardown` still reaps the hosts, for a client still there at the job's end."""
+        teardown_hooks.unregister(self)
+        for boot in self._hosts:
+            boot.close_tunnels()
 
     def teardown(self) -> None:
         with self._lock:
@@ -89,7 +101,8 @@ def teardown_hosts(hosts: list[HostBootstrap]) -> None:
 
 def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]], *, policy: ConnectPolicy,
                     remote_dir: str, wheelhouse: str | None, health_timeout: float, provisioner: str,
-                    data_port: int = 0, stop: threading.Event | None = None) -> SSHFleet:
+                    data_port: int = 0, stop: threading.Event | None = None,
+                    control_tls: bool = False) -> SSHFleet:
     """Install the package on every host, start every gateway, wait for health through tunnels.
 
     Hosts are prepared in parallel, gateways of one host one after the other. On any failure every
@@ -110,7 +123,8 @@ def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]],
             started.append(boot)
         boot.install(wheel, Path(wheelhouse).expanduser() if wheelhouse else None)
         check_stop(stop)  # cancelled while installing: start no gateway
-        return boot.start(by_host[host], host, health_timeout=health_timeout, data_port=data_port)
+        return boot.start(by_host[host], host, health_timeout=health_timeout, data_port=data_port,
+                          control_tls=control_tls)
 
     try:
         with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
@@ -147,6 +161,7 @@ class SSHProvisioner(Provisioner):
     """Gateways on the user's own hosts over SSH."""
 
     name = "ssh"
+    coordinator_on_fleet = True
 
     def __init__(self, hosts: dict[str, list] | list | None = None, *, known_hosts: str | None = None,
                  accept_unknown_host_keys: bool = False, remote_dir: str = DEFAULT_REMOTE_DIR,
@@ -197,6 +212,28 @@ class SSHProvisioner(Provisioner):
     def provision(self, job_id: str, specs: list[GatewaySpec], stop: threading.Event | None = None) -> Fleet:
         fleet = bootstrap_fleet(job_id, self.assign(specs), policy=self.policy, remote_dir=self.remote_dir,
                                 wheelhouse=self.wheelhouse, health_timeout=self.health_timeout, provisioner=self.name,
-                                stop=stop)
+                                stop=stop, control_tls=True)
         teardown_hooks.register(fleet)
         return fleet
+
+    def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
+        """Start the job's coordinator on the host of ``fleet``'s first gateway in the source region
+        (the plan's ``src``), with the fleet handed to it; ``{"url", "cert"}`` once its API listens
+        there over TLS. The package is installed there already (provisioning did it)."""
+        return launch_on_fleet(job_id, document, fleet, health_timeout=self.health_timeout)
+
+
+def launch_on_fleet(job_id: str, document: dict, fleet: Fleet | None, *, health_timeout: float) -> dict:
+    """The ``launch_coordinator`` of fleets on SSH hosts (``ssh``, ``aws``): the coordinator on the
+    source region's first gateway host, serving on that host's peer address."""
+    if not isinstance(fleet, SSHFleet):
+        raise ProvisionError(f"job {job_id}: a coordinator on a gateway host needs the fleet started first")
+    src = document.get("coordinator_region")
+    first = next((g for g in fleet.gateways if g.region == src), None)
+    boot = fleet.host_of(first.gateway_id) if first else None
+    if boot is None:
+        raise ProvisionError(f"job {job_id}: no gateway of the source region {src} to run the coordinator on")
+    doc = {**document, "fleet": fleet_document(fleet)}
+    started = boot.start_coordinator(doc, address=boot.session.host.peer_address, timeout=health_timeout + 30)
+    log.info("job %s: coordinator %s on %s at %s", job_id, started.get("pid"), boot.label, started["url"])
+    return {"url": started["url"], "cert": started.get("cert"), "host": boot.label, "pid": started.get("pid")}

@@ -9,6 +9,8 @@ Host layout, under ``remote_dir`` (default ``~/.skyplane``)::
     jobs/<job_id>/job.json          {"job_id", "created_at", "provisioner", "host", "pids": {gateway_id: pid}}
     jobs/<job_id>/gw-<slug>/        config.json (0600: it holds the job's secrets), gateway.log,
                                     ready.json, gateway.pid
+    jobs/<job_id>/coordinator.pid   the job's coordinator, on the source region's first host
+                                    (its own files there: skyplane_provider/coordinator/jobdir.py)
 
 Gateways run detached (``setsid``: own session and process group, pid file), so they survive a lost
 SSH connection; a dead orchestrator's gateways are found again by ``deprovision`` through job.json
@@ -26,8 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.control_client import GatewayClient
 from planner.errors import ProvisionError, SkyplaneError
+
+from skyplane_provider.coordinator.jobdir import ADDRESS, LOG, REQUEST
 
 from .base import GatewayHandle, GatewaySpec
 from .local import gateway_dir_name
@@ -38,7 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_DIR = "~/.skyplane"
 
-#: POSIX sh: ``reap_job DIR`` stops every gateway started under DIR and removes their files.
+#: POSIX sh: ``reap_job DIR`` stops every gateway started under DIR, and the job's coordinator when it
+#: runs on this host (``coordinator.pid``: it cancels and stops the fleet on TERM), and removes their files.
 #: Only pids whose command line contains DIR are signalled (whole process group, TERM then KILL).
 #: DIR itself is removed only when nothing else lives in it (a detached transfer on the same host
 #: may share the job's directory).
@@ -46,7 +50,7 @@ REAP_SH = r"""
 alive() { [ -r /proc/$1/stat ] && [ "$(sed 's/.*) //' /proc/$1/stat | cut -c1)" != Z ]; }
 reap_job() {
   d=$1; pids=""
-  for f in "$d"/gw-*/gateway.pid; do
+  for f in "$d"/gw-*/gateway.pid "$d/coordinator.pid"; do
     [ -f "$f" ] || continue
     p=$(cat "$f"); case "$p" in ''|*[!0-9]*) continue;; esac
     if alive "$p" && tr '\0' ' ' < /proc/$p/cmdline | grep -qF "$d/"; then
@@ -59,7 +63,7 @@ reap_job() {
     for p in $left; do alive "$p" && still="$still $p"; done; left=$still
   done
   for p in $left; do kill -KILL "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
-  rm -rf "$d"/gw-* "$d/job.json"; rmdir "$d" 2>/dev/null; true
+  rm -rf "$d"/gw-* "$d/job.json" "$d/coordinator.pid"; rmdir "$d" 2>/dev/null; true
 }
 """
 
@@ -73,6 +77,11 @@ def resolve_remote_dir(session: SSHSession, remote_dir: str) -> str:
         return path
     home = session.home().rstrip("/")
     return f"{home}/{path}" if path else home
+
+
+def _url_host(address: str) -> str:
+    """``address`` as the host part of a URL (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address else address
 
 
 @dataclass
@@ -168,22 +177,26 @@ class HostBootstrap:
         self.session.put_bytes(json.dumps(record).encode(), f"{self.job_dir}/job.json")
 
     def start(self, specs: list[GatewaySpec], host: SSHHost, *, health_timeout: float,
-              data_port: int = 0) -> list[GatewayHandle]:
+              data_port: int = 0, control_tls: bool = False) -> list[GatewayHandle]:
         """Start the gateways detached (one round trip for all of them) and wait until each answers
-        on its control API through a tunnel."""
+        on its control API through a tunnel. ``control_tls``: the control APIs listen on the host's
+        address over TLS (certificates pinned in the handles), for a coordinator on another host;
+        ``extra["host_control_url"]`` is where it reaches them. Otherwise they listen on the host's
+        127.0.0.1, reached only through the tunnels."""
         if self.venv_python is None:
             raise ProvisionError(f"no package installed on {self.label} yet")
         q = shlex.quote
         self.session.makedirs(self.job_dir)
         self._write_job_record()
+        control_host = host.bind_address if control_tls else "127.0.0.1"
         dirs, tokens = [], []
         for spec in specs:
             gdir = f"{self.job_dir}/{gateway_dir_name(spec.gateway_id)}"
             self.session.makedirs(gdir)
             config = {**spec.config, "gateway_id": spec.gateway_id, "job_id": self.job_id, "region": spec.region,
                       "bind_host": host.bind_address, "advertise_host": host.peer_address,
-                      "control_host": "127.0.0.1", "data_port": data_port, "control_port": 0,
-                      "ready_file": f"{gdir}/ready.json"}
+                      "control_host": control_host, "control_tls": control_tls, "data_port": data_port,
+                      "control_port": 0, "ready_file": f"{gdir}/ready.json"}
             config.pop("log_file", None)  # stdout and stderr already go to gateway.log
             self.session.put_bytes(json.dumps(config).encode(), f"{gdir}/config.json", mode=0o600)
             dirs.append(gdir)
@@ -210,20 +223,54 @@ class HostBootstrap:
         for spec, gdir, token in zip(specs, dirs, tokens):
             ready = json.loads(self.session.read_bytes(f"{gdir}/ready.json"))
             pid = int(self.session.read_bytes(f"{gdir}/gateway.pid"))
-            forward = self.session.forward("127.0.0.1", int(ready["control_port"]))
-            self.gateways[spec.gateway_id] = RemoteGateway(spec.gateway_id, gdir, pid, int(ready["control_port"]),
+            port = int(ready["control_port"])
+            forward = self.session.forward(control_host, port)
+            self.gateways[spec.gateway_id] = RemoteGateway(spec.gateway_id, gdir, pid, port,
                                                            int(ready["data_port"]), forward)
+            extra = {"ssh_host": self.label, "directory": gdir}
+            if control_tls:
+                extra["host_control_url"] = f"https://{_url_host(host.peer_address)}:{port}"
             handles.append(GatewayHandle(
-                gateway_id=spec.gateway_id, region=spec.region, control_url=f"http://127.0.0.1:{forward.port}",
+                gateway_id=spec.gateway_id, region=spec.region,
+                control_url=f"{'https' if control_tls else 'http'}://127.0.0.1:{forward.port}",
                 control_token=token, data_host=host.peer_address, data_port=int(ready["data_port"]), pid=pid,
-                extra={"ssh_host": self.label, "directory": gdir}))
+                extra=extra, control_cert=ready.get("control_cert")))
         self._write_job_record()
         for handle in handles:
             self._wait_healthy(handle, health_timeout)
         return handles
 
+    def start_coordinator(self, document: dict, *, address: str, timeout: float) -> dict:
+        """Start the job's coordinator on this host, detached, with its job ``document`` in a 0600 file
+        (never in argv or the environment); its API listens on ``address`` over TLS. Returns its
+        ``coordinator.json`` (``{"job_id", "url", "pid", "cert", ...}``) once it listens; raises
+        ``ProvisionError`` with its log's tail when it exits first or takes longer than ``timeout``."""
+        if self.venv_python is None:
+            raise ProvisionError(f"no package installed on {self.label} yet")
+        q = shlex.quote
+        d = self.job_dir
+        self.session.makedirs(d)
+        self.session.put_bytes(json.dumps({**document, "host": address, "tls": True}).encode(),
+                               f"{d}/{REQUEST}", mode=0o600)
+        tries = max(1, int(timeout / 0.1))
+        # SKYPLANE_HOME makes its job directory this one (its manifest and report go here); the trailing
+        # slash in argv lets reap_job recognise it by "$d/".
+        script = (f"{REAP_SH}\ncd {q(d)} && rm -f {ADDRESS} && SKYPLANE_HOME={q(self.base)} setsid nohup "
+                  f"{q(self.venv_python)} -m skyplane_provider.coordinator --foreground {q(d + '/')} "
+                  f">> {LOG} 2>&1 < /dev/null & echo $! > {q(d)}/coordinator.pid\n"
+                  f"i=0; while [ ! -s {q(d)}/{ADDRESS} ]; do alive \"$(cat {q(d)}/coordinator.pid)\" || exit 3; "
+                  f"i=$((i+1)); [ $i -ge {tries} ] && exit 4; sleep 0.1; done")
+        rc, _, _ = self.session.run(script, timeout=timeout + 30, check=False)
+        if rc != 0:
+            self.session.run(f"rm -f {q(d)}/{REQUEST}", check=False, timeout=15)
+            what = {3: "exited while starting", 4: f"did not listen within {timeout:.0f} s"}.get(rc, f"failed ({rc})")
+            _, tail, _ = self.session.run(f"tail -n 30 {q(d)}/{LOG}", check=False, timeout=15)
+            raise ProvisionError(f"the coordinator of job {self.job_id} on {self.label} {what}; log tail:\n{tail}",
+                                 hint=f"see {d}/{LOG} on {self.label}")
+        return json.loads(self.session.read_bytes(f"{d}/{ADDRESS}"))
+
     def _wait_healthy(self, handle: GatewayHandle, timeout: float) -> None:
-        client = GatewayClient(handle.control_url, handle.control_token, timeout=2.0)
+        client = handle.client(timeout=2.0)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -257,6 +304,11 @@ class HostBootstrap:
         except ProvisionError:
             return False
         return rc == 0
+
+    def close_tunnels(self) -> None:
+        """Close the tunnels to this host's control APIs (the SSH session stays, for :meth:`teardown`)."""
+        for gw in self.gateways.values():
+            gw.forward.close()
 
     def teardown(self) -> None:
         """Stop this job's gateways on the host, remove their files, close tunnels and the session."""

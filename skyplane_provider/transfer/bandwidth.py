@@ -80,7 +80,7 @@ class RegionCaps:
             for gid, share in (sharer.update(counters) or {}).items():
                 client = self._clients.get(gid)
                 if client is None:
-                    client = self._clients[gid] = GatewayClient(handles[gid].control_url, handles[gid].control_token)
+                    client = self._clients[gid] = handles[gid].client()
                 try:
                     client.set_bwlimit(share)
                 except GatewayError as exc:

@@ -92,7 +92,7 @@ def wire_peers(fleet: Fleet, plan: Plan, alive: set[str] | None = None) -> dict[
             {"gateway_id": g.gateway_id, "host": g.data_host, "data_port": g.data_port})
     clients = {}
     for g in handles:
-        client = GatewayClient(g.control_url, g.control_token)
+        client = g.client()
         hops = {h.region for p in programs[g.region].partitions.values() for h in p.send}
         client.set_peers({r: by_region.get(r, []) for r in hops})
         clients[g.gateway_id] = client

@@ -294,9 +294,24 @@ class Transfer:
         self._refuse_dry_run()
         token = secrets.token_urlsafe(32)
         request = dataclasses.replace(self.request, job_id=self.job_id)
-        address = self._provisioner.launch_coordinator(
-            self.job_id, {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER,
-                          "checked": True, "prepared": self.handoff()})
+        document = {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER,
+                    "checked": True, "prepared": self.handoff()}
+        fleet = None
+        if self._provisioner.coordinator_on_fleet:
+            # Only this process can reach the hosts (the SSH keys stay here): it starts the fleet, and the
+            # coordinator on the source region's gateway host drives it.
+            fleet = self._provision()
+            document.update(coordinator_region=self.plan.src,
+                            hourly_prices={r: self._provisioner.hourly_price(r) for r in self.plan.gateways})
+        try:
+            address = self._provisioner.launch_coordinator(self.job_id, document, fleet)
+        except BaseException:
+            if fleet is not None:
+                fleet.teardown()
+            raise
+        if fleet is not None:
+            fleet.hand_over()
+            self.fleet = fleet  # run() reaps its hosts once the job ended, when this process is still there
         self.handle = TransferHandle(self.job_id, address["url"], token, address.get("cert"))
         log.info("job %s: coordinator at %s", self.job_id, address["url"])
         if self._stop.is_set():  # cancelled before it started
@@ -320,6 +335,9 @@ class Transfer:
         except BaseException:
             handle.stop(CANCEL_GRACE)
             raise
+        finally:
+            if self.fleet is not None:  # handed to a coordinator on its hosts: what is left there goes
+                self.fleet.teardown()
 
     # -- the pipeline, in this process (the coordinator's) ----------------------------------------
     def execute(self) -> TransferStats:
