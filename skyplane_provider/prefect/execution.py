@@ -58,6 +58,7 @@ def run_job(transfer: Transfer, *, flow_run_id: str | None, on_progress: Callabl
         raise
     finally:
         _forget(record)
+        transfer.reap()
 
 
 def teardown_fleets(flow: Any, flow_run: Any, state: Any) -> None:

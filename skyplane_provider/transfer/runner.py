@@ -311,7 +311,7 @@ class Transfer:
             raise
         if fleet is not None:
             fleet.hand_over()
-            self.fleet = fleet  # run() reaps its hosts once the job ended, when this process is still there
+            self.fleet = fleet  # reap() clears its hosts once the job ended, when this process is still there
         self.handle = TransferHandle(self.job_id, address["url"], token, address.get("cert"))
         log.info("job %s: coordinator at %s", self.job_id, address["url"])
         if self._stop.is_set():  # cancelled before it started
@@ -336,8 +336,15 @@ class Transfer:
             handle.stop(CANCEL_GRACE)
             raise
         finally:
-            if self.fleet is not None:  # handed to a coordinator on its hosts: what is left there goes
-                self.fleet.teardown()
+            self.reap()
+
+    def reap(self) -> None:
+        """Once the job ended: remove what the fleet that :meth:`start` handed to a coordinator on its
+        hosts left there (``ssh``: the gateways' directories; the coordinator stopped the gateways,
+        and a coordinator still running is stopped). :meth:`run` calls it; a client that waits on
+        the handle itself calls it at its end. Nothing to do for other fleets."""
+        if self.fleet is not None:
+            self.fleet.teardown()
 
     # -- the pipeline, in this process (the coordinator's) ----------------------------------------
     def execute(self) -> TransferStats:
