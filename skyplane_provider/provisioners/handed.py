@@ -12,6 +12,7 @@ at the job's end, else by ``skyplane-provider deprovision``.
 from __future__ import annotations
 
 import logging
+import threading
 
 from planner.errors import ProvisionError, SkyplaneError
 
@@ -81,7 +82,7 @@ class HandedProvisioner(Provisioner):
         self.fleet = fleet
         self._prices = dict(hourly_prices or {})
 
-    def provision(self, job_id: str, specs: list[GatewaySpec]) -> Fleet:
+    def provision(self, job_id: str, specs: list[GatewaySpec], stop: threading.Event | None = None) -> Fleet:
         wanted = sorted(s.gateway_id for s in specs)
         have = sorted(g.gateway_id for g in self.fleet.gateways)
         if wanted != have:
