@@ -217,8 +217,10 @@ class GatewayNode(Controlled):
             t.start()
             self._threads.append(t)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting work, let workers finish the chunk in hand (up to ``grace`` seconds)."""
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting work, let workers finish the chunk in hand (up to ``grace`` seconds: as a
+        supervisor's workers, within the local provisioner's 3 s between teardown steps; a cancelled
+        job's teardown waited out 5 s for a read from a slow store whose chunk nobody would take)."""
         if self.stopping.is_set():
             return
         self.stopping.set()
