@@ -31,7 +31,8 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
 
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, check_range, check_upload_id,
-                     download_into, md5_hex, new_upload_id, parse_expiration, part_numbers, probe_key, translated)
+                     download_into, env_ca_bundle, md5_hex, new_upload_id, parse_expiration, part_numbers,
+                     probe_key, settle_environment, translated)
 
 MiB = 1024**2
 _HEX = re.compile(r"^[0-9a-f]{32}$")
@@ -53,20 +54,24 @@ def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
     # of waits in all (the SDK's default waits 15 s + 3^n s, 84 s for an unreachable host); nothing
     # above the store retries the call again, only the coordinator re-sends a failed chunk.
     retry = ExponentialRetry(initial_backoff=0.5, increment_base=1.5, retry_total=3, random_jitter_range=0.5)
-    options: dict[str, Any] = dict(session=_pooled_session(), connection_timeout=CONNECT_TIMEOUT,
+    session = _pooled_session()
+    options: dict[str, Any] = dict(session=session, connection_timeout=CONNECT_TIMEOUT,
                                    read_timeout=READ_TIMEOUT, retry_policy=retry, max_single_put_size=_SINGLE_PUT,
                                    max_block_size=64 * MiB)
+    if env_ca_bundle():  # azure-core passes verify=True with every request: the bundle must be given here
+        options["connection_verify"] = env_ca_bundle()
     conn = settings.get("connection_string")
     if not conn and not settings.get("account_url"):
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    client = None
     try:
         if conn:
             named = connection_string_account(conn)
             if named is not None and named != account:
                 raise CredentialsError(f"the Azure connection string is for account {named!r}, not {account!r}",
                                        hint=f"give a credentials entry for az://{account}/... or fix the URI's account")
-            return BlobServiceClient.from_connection_string(conn, **options)
-        if settings.get("account_url"):
+            client = BlobServiceClient.from_connection_string(conn, **options)
+        elif settings.get("account_url"):
             credential: Any = None
             if settings.get("account_key"):
                 credential = AzureNamedKeyCredential(account, settings["account_key"])
@@ -76,10 +81,13 @@ def make_client(account: str, settings: dict[str, Any]) -> BlobServiceClient:
                 credential = StaticTokenCredential(bearer_token(settings, "az", "an Entra ID access token for "
                                                                                 f"{STORAGE_SCOPE}"),
                                                    settings.get("expiration"))
-            return BlobServiceClient(settings["account_url"], credential=credential, **options)
+            client = BlobServiceClient(settings["account_url"], credential=credential, **options)
     except ValueError as exc:
         raise CredentialsError(f"unusable Azure credentials for account {account!r}: {exc}",
                                hint=_CREDENTIALS_HINT) from exc
+    if client is not None:
+        settle_environment(session, client.url)
+        return client
     raise CredentialsError(f"no Azure credentials for account {account!r}", hint=_CREDENTIALS_HINT)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import time
 import uuid
@@ -49,6 +50,29 @@ def translated(translate: Callable[[Exception], SkyplaneError | None],
             mapped.retried = True
             mapped.retry_after = retry_after_of(exc)
         raise expired(mapped, expires_at) from exc
+
+
+def settle_environment(session, url: str):
+    """Have a ``requests`` session (``session``, returned) read the environment's proxy and CA-bundle
+    settings once, for the one endpoint ``url`` it talks to, instead of on every request: with
+    ``trust_env`` on, requests walks ``os.environ`` three or four times per request (proxies,
+    ``no_proxy``), 31% of a gateway's CPU per small object written to GCS (cProfile, 1,000 x 64 KiB).
+    What it would have found for ``url`` is what it now uses: the same proxy (none when ``no_proxy``
+    names the host), the same CA bundle (:func:`env_ca_bundle`; an SDK that passes ``verify`` with
+    each request must pass that bundle itself)."""
+    import requests.utils
+
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = env_ca_bundle()
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
+    return session
+
+
+def env_ca_bundle() -> str | None:
+    """The CA bundle ``requests`` takes from the environment when it trusts it."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
 
 
 def retry_after_of(exc: BaseException) -> float | None:

@@ -31,7 +31,7 @@ from planner.errors import (AccessDeniedError, ChecksumError, ConflictError, Cre
 
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, check_range, check_upload_id,
-                     download_into, md5_hex, new_upload_id, part_numbers, probe_key, translated)
+                     download_into, md5_hex, new_upload_id, part_numbers, probe_key, settle_environment, translated)
 
 PARTS_PREFIX = ".skyplane-parts/"
 _KEY_METADATA = "skyplane-key"  # on each part: the key its upload is for, so leftovers can be found
@@ -86,6 +86,7 @@ def make_client(settings: dict[str, Any]) -> storage.Client:
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
     client._http.mount("https://", adapter)  # noqa: SLF001  (the library offers no public pool setting)
     client._http.mount("http://", adapter)  # noqa: SLF001
+    settle_environment(client._http, client._connection.API_BASE_URL)  # noqa: SLF001
     return client
 
 
