@@ -60,12 +60,14 @@ class Sizing:
 
 def choose(sizes: Sequence[int], dests: Sequence[Capabilities], *, part_size: int | None = None) -> Sizing:
     """The sizing for objects like ``sizes`` (all of a job's, or a first listing page's) going to
-    stores with capabilities ``dests``. ``part_size``: the user's chunk size, if they gave one."""
+    stores with capabilities ``dests``. ``part_size``: the user's chunk size, if they gave one (then
+    every object above it goes in parts, as the user asked)."""
     part = part_size or PART_SIZE
     multipart = all(c.multipart for c in dests)
     # One request up to what every destination takes in one; never parts smaller than the threshold.
+    # A user's chunk size is the cut itself: an object above it goes in parts of that size.
     threshold = min((c.single_request_max for c in dests), default=PART_SIZE) if multipart else math.inf
-    threshold = max(threshold, part) if multipart else threshold
+    threshold = (part if part_size else max(threshold, part)) if multipart else threshold
     small = [s for s in sizes if s <= BUNDLE_THRESHOLD]
     # Spread the small objects over STREAMS bundles at least, a bundle within [BUNDLE_MIN, BUNDLE_MAX]
     # and never above a part (the chunk size the gateways are told to accept).

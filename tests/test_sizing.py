@@ -22,8 +22,9 @@ def test_objects_up_to_the_destinations_single_request_size_go_whole():
     # Several destinations: the smallest threshold; one without multipart: never parts.
     assert choose([1], [S3, AZ]).multipart_threshold == 64 * MiB
     assert not choose([1], [S3, Capabilities(multipart=False)]).in_parts(10 * 1024**3)
-    # A user's chunk size above the threshold raises it: no part is smaller than a whole object could be.
+    # A user's chunk size is the cut: objects above it go in parts of that size, below it whole.
     assert choose([1], [AZ], part_size=128 * MiB).multipart_threshold == 128 * MiB
+    assert choose([1], [GCS], part_size=8 * MiB).multipart_threshold == 8 * MiB
 
 
 def test_small_objects_are_bundled_over_enough_chunks():

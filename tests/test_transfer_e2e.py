@@ -147,6 +147,20 @@ def test_one_gib_file_to_file_with_parts(tmp_path):
     assert read_all("file://" + str(dst)) == read_all("file://" + str(src))
 
 
+def test_default_flags_write_an_object_up_to_the_stores_single_request_size_whole(tmp_path, gcs_bucket):
+    """With no chunk size given, an object up to the destination's one-request size (GCS: 150 MiB)
+    travels as one chunk and is written in one request (no parts, no compose); the user's chunk size
+    cuts it in parts as before."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "forty.bin").write_bytes(os.urandom(40 * MiB))
+    stats = copy(str(src), f"{gcs_bucket}/whole/")
+    assert stats.verified and stats.chunks == 1
+    stats = copy(str(src), f"{gcs_bucket}/parts/", chunk_size="16MiB")
+    assert stats.verified and stats.chunks == 3
+    assert read_all(gcs_bucket, "whole/") == read_all(gcs_bucket, "parts/") == read_all("file://" + str(src))
+
+
 # ---- bad input: a clear error before any gateway starts, destination untouched ----------------
 
 def test_bad_input_errors_before_any_gateway(tmp_path, s3_bucket):

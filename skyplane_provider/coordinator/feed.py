@@ -67,6 +67,7 @@ class Feed:
         self.manifest, self.resume, self.ledger, self.stop = manifest, resume, ledger, stop
         self.on_dest_only = on_dest_only
         self._decisions = decisions
+        self.sizing = sizing
         self.chunker = Chunker(sizing.bundle_bytes, weights, max_objects=sizing.bundle_objects,
                                alone_above=sizing.bundle_threshold, ramp_from=RAMP_FROM)
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -237,6 +238,11 @@ class Feed:
         """Set the object's part size and, for a multipart object, each copy's upload (continued from
         the manifest or begun). False when the object cannot be sent (reported failed)."""
         part = part_size_for(obj.info.size, self.chunk_size, self._caps)
+        if part is not None and not self.sizing.in_parts(obj.info.size) and obj.info.size <= self.max_chunk_bytes:
+            # In one request, as the stores' own tools do (gateway/sizing.py): no begin, completion or
+            # GCS compose (which copies every byte again in the store). An object of a later listing
+            # page above what the gateways were told to take goes in parts.
+            part = None
         if (part or obj.info.size) > self.max_chunk_bytes:
             error = (f"needs chunks of {part or obj.info.size} bytes, more than this job's gateways take "
                      f"({self.max_chunk_bytes}): its stores' part limits; copy it with a larger chunk size")

@@ -67,7 +67,7 @@ from .launch import JobSecrets, gateway_specs, wire_peers
 from .mirror import Deletion, DestOnly, check_limit, delete_all, probe_delete
 from .planning import make_plan
 from .preflight import preflight
-from .request import TransferRequest, report_path
+from .request import DEFAULT_CHUNK_SIZE, TransferRequest, report_path
 from .server_side import GATEWAYS, SERVER_SIDE, Copier, Way, candidate_regions, probe_ways, requests_usd_for, split
 from .stats import Progress, TransferStats, egress_usd_actual, region_of, wire_bytes_by_edge
 from .stoppable import StoppableCalls, cancelled
@@ -200,11 +200,13 @@ class Transfer:
             hourly_price=self._provisioner.hourly_price, grid_csv=req.grid)
         sizes = [o.info.size for o in self.objects]
         caps = [d.store.capabilities for d in self.dests]
-        self._sizing = choose(sizes, caps, part_size=req.chunk_size)
-        # A chunk is at most a part, or a whole object below its part size: a destination's minimum part
-        # size may exceed the chunk size (S3's 5 MiB), and a first-page object may need bigger parts.
+        self._sizing = choose(sizes, caps, part_size=None if req.chunk_size == DEFAULT_CHUNK_SIZE else req.chunk_size)
+        # A chunk is at most a part, or a whole object below its part size or the sizing's one-request
+        # threshold: a destination's minimum part size may exceed the chunk size (S3's 5 MiB), a
+        # first-page object may need bigger parts, and one up to the threshold goes whole.
         self._max_chunk_bytes = max([req.chunk_size, *(c.min_part_size for c in caps if c.multipart),
-                                     *(part_size_for(n, req.chunk_size, caps) or 0 for n in sizes)])
+                                     *(part_size_for(n, req.chunk_size, caps) or 0 for n in sizes),
+                                     *(n for n in sizes if not self._sizing.in_parts(n))])
         if req.resume and not (self.directory / MANIFEST).exists() and self.state is not None:
             self.state.fetch()  # this host never ran the job, or lost its directory
         if req.resume and (self.directory / MANIFEST).exists():
