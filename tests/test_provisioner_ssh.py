@@ -61,11 +61,11 @@ def test_ssh_fleet_two_hosts_healthy_through_tunnels_then_torn_down(sshd_servers
             assert g.extra["ssh_host"] == f"root@127.0.0.1:{server.port}"
             gdir = Path(g.extra["directory"])
             assert gdir.parent == Path(server.remote_dir) / "jobs" / job_id
-            config = json.loads((gdir / "config.json").read_text())
-            assert stat.S_IMODE((gdir / "config.json").stat().st_mode) == 0o600
-            assert config["control_host"] == "127.0.0.1" and config["job_secret"]
-            # The orchestrator reaches the control API only through its local tunnel port.
+            # Read by the gateway, then removed: its secrets live in its memory only.
+            assert not (gdir / "config.json").exists() and stat.S_IMODE(gdir.stat().st_mode) == 0o700
+            # The orchestrator reaches the control API through its local tunnel port, over TLS.
             ready = json.loads((gdir / "ready.json").read_text())
+            assert "BEGIN CERTIFICATE" in ready["control_cert"] and g.control_url.startswith("https://127.0.0.1:")
             assert int(g.control_url.rsplit(":", 1)[1]) != ready["control_port"]
             record = json.loads((gdir.parent / "job.json").read_text())
             assert record["job_id"] == job_id and record["created_at"]

@@ -121,6 +121,8 @@ def test_ssh_job_runs_its_coordinator_on_the_source_gateway_host_and_outlives_a_
     assert stats.report["path"] == str(host_job / "report.jsonl")
     _wait(lambda: not gateway_pids(job_id) and not coordinator_pids(job_id))
     assert list(host_job.glob("gw-*/gateway.log")), "nobody reaped the hosts yet: the client is gone"
+    for server in sshd_servers:  # but no gateway's secrets are left there: configs go once read
+        assert not list((Path(server.remote_dir) / "jobs" / job_id).glob("gw-*/config.json"))
     hosts = [SSHHost.from_setting(s.host_setting()) for s in sshd_servers]
     reaped = deprovision_ssh(hosts, Selection(job_id=job_id), policy=ConnectPolicy(known_hosts=str(ssh_known_hosts)))
     assert sorted(r.job_id for r in reaped) == [job_id, job_id]

@@ -7,8 +7,8 @@ Host layout, under ``remote_dir`` (default ``~/.skyplane``)::
     venv-<content hash>/            private venv with exactly the orchestrator's version (kept as a cache)
     wheels/<wheel>                  the shipped wheel (cache)
     jobs/<job_id>/job.json          {"job_id", "created_at", "provisioner", "host", "pids": {gateway_id: pid}}
-    jobs/<job_id>/gw-<slug>/        config.json (0600: it holds the job's secrets), gateway.log,
-                                    ready.json, gateway.pid
+    jobs/<job_id>/gw-<slug>/        config.json (0600: it holds the job's secrets; removed once the
+                                    gateway is ready), gateway.log, ready.json, gateway.pid
     jobs/<job_id>/coordinator.pid   the job's coordinator, on the source region's first host
                                     (its own files there: skyplane_provider/coordinator/jobdir.py)
 
@@ -205,11 +205,15 @@ class HostBootstrap:
             f"cd {q(d)} && setsid nohup {q(self.venv_python)} -m gateway.daemon --config {q(d + '/config.json')} "
             f"> gateway.log 2>&1 < /dev/null & echo $! > {q(d)}/gateway.pid\n" for d in dirs)
         tries = max(1, int(health_timeout / 0.1))
-        # Wait on the host for every ready file, or stop at the first gateway that died.
+        # Wait on the host for every ready file, or stop at the first gateway that died. A ready gateway
+        # has read its config (a supervisor too, before it starts its workers): the file, with the job's
+        # secrets and store credentials, goes, so that a gateway stopped without a reap (POST /shutdown
+        # from a coordinator whose client is gone) leaves none on the host.
         wait = (f"i=0; while :; do all=1; for d in {' '.join(q(d) for d in dirs)}; do "
                 f"[ -s \"$d/ready.json\" ] && continue; all=0; "
                 f"alive \"$(cat \"$d/gateway.pid\")\" || {{ echo \"$d\"; exit 3; }}; done; "
-                f"[ $all = 1 ] && exit 0; i=$((i+1)); [ $i -ge {tries} ] && exit 4; sleep 0.1; done")
+                f"[ $all = 1 ] && {{ rm -f {' '.join(q(d + '/config.json') for d in dirs)}; exit 0; }}; "
+                f"i=$((i+1)); [ $i -ge {tries} ] && exit 4; sleep 0.1; done")
         rc, out, _ = self.session.run(f"{REAP_SH}\n{launch}{wait}", timeout=health_timeout + 30, check=False)
         if rc != 0:
             last = out.strip().splitlines()[-1] if out.strip() else ""
