@@ -202,3 +202,33 @@ def test_gateway_control_api_over_tls_trusts_only_its_pinned_certificate(sshd_se
         with pytest.raises(GatewayError):
             GatewayClient(url.replace("https://", "http://"), g.control_token, timeout=5).health()
     assert gateway_pids(job_id) == []
+
+
+def test_ssh_job_watched_by_the_deferred_airflow_trigger_over_pinned_https(sshd_servers, ssh_known_hosts, tmp_path):
+    """What a deferred Airflow task hands its triggerer: the handle alone (URL on the source gateway
+    host, token, certificate). The real trigger polls the coordinator there over HTTPS and fires the
+    stats; the client then reaps the hosts."""
+    pytest.importorskip("airflow")
+    import asyncio
+
+    from skyplane_provider.airflow.triggers import SkyplaneTransferTrigger
+
+    objs = _tree(tmp_path / "src", {f"f{i}": 300 * 1024 for i in range(6)})
+    job_id = uuid.uuid4().hex
+    transfer = Transfer(_request(sshd_servers, ssh_known_hosts, tmp_path / "src", tmp_path / "dst", job_id))
+    handle = transfer.start()
+    trigger = SkyplaneTransferTrigger(json.loads(json.dumps(handle.to_dict())), poll_interval=0.3)
+    assert trigger.handle["url"].startswith("https://") and trigger.handle["cert"]
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "success", payload
+    assert payload["stats"]["objects"] == len(objs) and _copied(tmp_path / "dst") == objs
+    _wait(lambda: not gateway_pids(job_id))
+    transfer.reap()
+    _wait(lambda: not coordinator_pids(job_id))
+    for server in sshd_servers:
+        assert not list((Path(server.remote_dir) / "jobs" / job_id).glob("gw-*"))
