@@ -232,3 +232,22 @@ def test_ssh_job_watched_by_the_deferred_airflow_trigger_over_pinned_https(sshd_
     _wait(lambda: not coordinator_pids(job_id))
     for server in sshd_servers:
         assert not list((Path(server.remote_dir) / "jobs" / job_id).glob("gw-*"))
+
+
+def test_deprovision_stops_a_running_ssh_coordinator_which_stops_its_fleet(sshd_servers, ssh_known_hosts, tmp_path):
+    """``deprovision --job`` while the job runs and its client is gone: the coordinator on the source
+    host gets TERM (it cancels: uploads aborted, POST /shutdown to every gateway), the gateways of
+    both hosts are stopped and their files removed."""
+    _tree(tmp_path / "src", {f"f{i:02d}": MiB for i in range(12)})
+    job_id = uuid.uuid4().hex
+    transfer = Transfer(_request(sshd_servers, ssh_known_hosts, tmp_path / "src", tmp_path / "dst", job_id,
+                                 bwlimit="1MiB"))
+    transfer.start()
+    assert len(coordinator_pids(job_id)) == 1 and len(gateway_pids(job_id, workers=False)) == 2
+    hosts = [SSHHost.from_setting(s.host_setting()) for s in sshd_servers]
+    reaped = deprovision_ssh(hosts, Selection(job_id=job_id), policy=ConnectPolicy(known_hosts=str(ssh_known_hosts)))
+    assert sorted(r.job_id for r in reaped) == [job_id, job_id]
+    _wait(lambda: not gateway_pids(job_id) and not coordinator_pids(job_id))
+    for server in sshd_servers:
+        assert not list((Path(server.remote_dir) / "jobs" / job_id).glob("gw-*"))
+    transfer.reap()  # nothing left to do, and it says nothing
