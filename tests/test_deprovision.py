@@ -184,7 +184,7 @@ def test_deprovision_removes_gcp_and_azure_leftovers_of_a_killed_orchestrator(
                                           "known_hosts": str(ssh_known_hosts)}))
         args = [*CLI, "deprovision", "--all", "--ssh-config", str(ssh_config), "--gcp-project", gcp_standin.project,
                 "--gcp-endpoint", gcp_standin.url, "--azure-subscription", azure_standin.subscription,
-                "--azure-endpoint", azure_standin.url, "--json"]
+                "--azure-endpoint", azure_standin.url, "--poll-seconds", "0.05", "--json"]
 
         dry = subprocess.run([*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
         assert dry.returncode == 0, dry.stderr

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     azure = p.add_argument_group("azure (DefaultAzureCredential)")
     azure.add_argument("--azure-subscription", metavar="ID", help="the subscription to search (default: AZURE_SUBSCRIPTION_ID)")
     azure.add_argument("--azure-endpoint", metavar="URL", help="Azure Resource Manager endpoint override")
+    p.add_argument("--poll-seconds", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between two checks of a GCP or Azure operation (a deletion) until it is done "
+                        "(default 5; an emulator or stand-in answers at once)")
     p.set_defaults(func=run)
 
 
@@ -93,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
         reaped += deprovision_aws(args.aws_region, selection, endpoint_url=args.aws_endpoint_url,
                                   profile=args.aws_profile, dry_run=args.dry_run)
     if "gcp" in wanted:
-        reaped += deprovision_gcp(selection, project=args.gcp_project, endpoint=args.gcp_endpoint, dry_run=args.dry_run)
+        reaped += deprovision_gcp(selection, project=args.gcp_project, endpoint=args.gcp_endpoint,
+                                  poll_seconds=args.poll_seconds, dry_run=args.dry_run)
     if "azure" in wanted:
         reaped += deprovision_azure(selection, subscription_id=args.azure_subscription, base_url=args.azure_endpoint,
-                                    dry_run=args.dry_run)
+                                    poll_seconds=args.poll_seconds, dry_run=args.dry_run)
     if args.json:
         print(json.dumps([vars(r) for r in reaped]))
     else:
