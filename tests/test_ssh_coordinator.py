@@ -251,3 +251,47 @@ def test_deprovision_stops_a_running_ssh_coordinator_which_stops_its_fleet(sshd_
     for server in sshd_servers:
         assert not list((Path(server.remote_dir) / "jobs" / job_id).glob("gw-*"))
     transfer.reap()  # nothing left to do, and it says nothing
+
+
+def test_ssh_retry_while_the_earlier_try_runs_is_refused_and_leaves_it_alone(sshd_servers, ssh_known_hosts, tmp_path):
+    """A retried task whose earlier try's coordinator still runs on the source host (its task process
+    was killed): refused with ``CoordinatorError`` before any host is touched; the running job keeps
+    its fleet and finishes."""
+    from planner.errors import CoordinatorError
+
+    objs = _tree(tmp_path / "src", {f"f{i}": MiB for i in range(5)})
+    job_id = uuid.uuid4().hex
+    request = _request(sshd_servers, ssh_known_hosts, tmp_path / "src", tmp_path / "dst", job_id, bwlimit="1MiB")
+    first = Transfer(request)
+    handle = first.start()
+    running = sorted(gateway_pids(job_id)), coordinator_pids(job_id)
+    with pytest.raises(CoordinatorError, match="still running under its coordinator from an earlier try"):
+        Transfer(_request(sshd_servers, ssh_known_hosts, tmp_path / "src", tmp_path / "dst", job_id)).start()
+    assert (sorted(gateway_pids(job_id)), coordinator_pids(job_id)) == running
+    assert handle.result(timeout=300).objects == len(objs) and _copied(tmp_path / "dst") == objs
+    first.reap()
+    _wait(lambda: not gateway_pids(job_id) and not coordinator_pids(job_id))
+
+
+def test_ssh_retry_after_the_coordinator_was_killed_resumes_from_the_manifest_on_its_host(
+        sshd_servers, ssh_known_hosts, tmp_path):
+    """SIGKILL of the coordinator on the source host mid-job (its gateways keep running, nobody drives
+    them); the retry (same job id, ``resume``) reaps them, and its coordinator, on the same host,
+    continues from the manifest the first left there: the copies it recorded are not made again."""
+    objs = _tree(tmp_path / "src", {f"f{i:02d}": MiB for i in range(10)})
+    job_id = uuid.uuid4().hex
+    # One connection at 1 MiB/s: the objects land one after the other, about a second apart.
+    handle = Transfer(_request(sshd_servers, ssh_known_hosts, tmp_path / "src", tmp_path / "dst", job_id,
+                               bwlimit="1MiB", connections=1)).start()
+    _wait(lambda: (handle.client.job().get("progress") or {}).get("objects_done", 0) >= 3)
+    time.sleep(1.0)  # the manifest commits every half second
+    host_job = Path(sshd_servers[0].remote_dir) / "jobs" / job_id
+    os.kill(int((host_job / "coordinator.pid").read_text()), signal.SIGKILL)
+    orphans = gateway_pids(job_id)
+    assert orphans and (host_job / "manifest.sqlite3").exists()
+    stats = Transfer(_request(sshd_servers, ssh_known_hosts, tmp_path / "src", tmp_path / "dst", job_id,
+                              resume=True)).run()
+    assert stats.verified and _copied(tmp_path / "dst") == objs
+    assert 1 <= stats.resumed_copies < len(objs) and stats.objects == len(objs) - stats.resumed_copies
+    assert not set(orphans) & set(gateway_pids(job_id))
+    _wait(lambda: not gateway_pids(job_id) and not coordinator_pids(job_id))

@@ -114,11 +114,18 @@ def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]],
     for spec, host in assignments:
         by_host[host].append(spec)
     started: list[HostBootstrap] = []
+    boots: dict[SSHHost, HostBootstrap] = {}
     lock = threading.Lock()
 
-    def prepare(host: SSHHost) -> list[GatewayHandle]:
+    def connect(host: SSHHost) -> None:
         boot = HostBootstrap(SSHSession(host, policy), job_id, remote_dir=host.remote_dir or remote_dir,
                              created_at=created_at, provisioner=provisioner)
+        with lock:
+            boots[host] = boot
+        boot.refuse_running()
+
+    def prepare(host: SSHHost) -> list[GatewayHandle]:
+        boot = boots[host]
         with lock:
             started.append(boot)
         boot.install(wheel, Path(wheelhouse).expanduser() if wheelhouse else None)
@@ -126,6 +133,17 @@ def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]],
         return boot.start(by_host[host], host, health_timeout=health_timeout, data_port=data_port,
                           control_tls=control_tls)
 
+    # Every host is asked first whether an earlier try of the job still runs there: if one does, this
+    # try leaves every host as it found it.
+    try:
+        with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
+            futures = {host: pool.submit(connect, host) for host in by_host}
+            for f in futures.values():
+                _result(f, futures)
+    except BaseException:
+        for boot in boots.values():
+            boot.close()
+        raise
     try:
         with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
             futures = {host: pool.submit(prepare, host) for host in by_host}

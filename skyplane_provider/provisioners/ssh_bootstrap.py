@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import ProvisionError, SkyplaneError
+from planner.errors import CoordinatorError, ProvisionError, SkyplaneError
 
-from skyplane_provider.coordinator.jobdir import ADDRESS, LOG, REQUEST
+from skyplane_provider.coordinator.jobdir import ADDRESS, LOG, REQUEST, RESULT
 
 from .base import GatewayHandle, GatewaySpec
 from .local import gateway_dir_name
@@ -186,6 +186,9 @@ class HostBootstrap:
         if self.venv_python is None:
             raise ProvisionError(f"no package installed on {self.label} yet")
         q = shlex.quote
+        # What an earlier try of the job left here (gateways its dead coordinator no longer drives) goes;
+        # its manifest and report stay, for a resumed job to continue from.
+        self.session.run(f"{REAP_SH}\nif [ -d {q(self.job_dir)} ]; then reap_job {q(self.job_dir)}; fi", timeout=60)
         self.session.makedirs(self.job_dir)
         self._write_job_record()
         control_host = host.bind_address if control_tls else "127.0.0.1"
@@ -244,6 +247,27 @@ class HostBootstrap:
             self._wait_healthy(handle, health_timeout)
         return handles
 
+    def refuse_running(self) -> None:
+        """Raise ``CoordinatorError`` when a coordinator of this job still runs on this host (an earlier
+        try whose client was killed). Asked of every host before any is touched: this try must then
+        leave the running one's gateways, on whatever host, alone."""
+        q = shlex.quote
+        d = self.job_dir
+        rc, _, _ = self.session.run(
+            f"{REAP_SH}\np=$(cat {q(d)}/coordinator.pid 2>/dev/null); case \"$p\" in ''|*[!0-9]*) exit 0;; esac; "
+            f"alive \"$p\" && tr '\\0' ' ' < /proc/$p/cmdline | grep -qF {q(d + '/')} && exit 6; exit 0",
+            timeout=60, check=False)
+        if rc == 6:
+            raise CoordinatorError(f"job {self.job_id} is still running under its coordinator from an earlier "
+                                   f"try on {self.label}",
+                                   hint="wait for it to finish (the next retry then resumes it), or stop it with "
+                                        f"`skyplane-provider deprovision --job {self.job_id}`")
+
+    def close(self) -> None:
+        """Close the session without touching the host (a try refused before it started anything)."""
+        self._torn_down = True
+        self.session.close()
+
     def start_coordinator(self, document: dict, *, address: str, timeout: float) -> dict:
         """Start the job's coordinator on this host, detached, with its job ``document`` in a 0600 file
         (never in argv or the environment); its API listens on ``address`` over TLS. Returns its
@@ -259,7 +283,7 @@ class HostBootstrap:
         tries = max(1, int(timeout / 0.1))
         # SKYPLANE_HOME makes its job directory this one (its manifest and report go here); the trailing
         # slash in argv lets reap_job recognise it by "$d/".
-        script = (f"{REAP_SH}\ncd {q(d)} && rm -f {ADDRESS} && SKYPLANE_HOME={q(self.base)} setsid nohup "
+        script = (f"{REAP_SH}\ncd {q(d)} && rm -f {ADDRESS} {RESULT} || exit 5\nSKYPLANE_HOME={q(self.base)} setsid nohup "
                   f"{q(self.venv_python)} -m skyplane_provider.coordinator --foreground {q(d + '/')} "
                   f">> {LOG} 2>&1 < /dev/null & echo $! > {q(d)}/coordinator.pid\n"
                   f"i=0; while [ ! -s {q(d)}/{ADDRESS} ]; do alive \"$(cat {q(d)}/coordinator.pid)\" || exit 3; "
