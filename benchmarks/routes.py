@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from baselines import AIRFLOW_NAMES, AIRFLOW_OPERATORS, airflow_env, rclone_remote, run_airflow, run_rclone
-from benchutil import MiB, Timer, TreeCPU, cpu_seconds, machine_line, our_role, ratio_line
+from benchutil import MiB, Timer, TreeCPU, compile_ours, cpu_seconds, machine_line, our_role, ratio_line
 from gateway.stores import open_store
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import EmulatorSet, start_all
@@ -149,6 +149,7 @@ def main() -> int:
     for m in mixes:
         if m not in MIXES:
             ap.error(f"unknown mix {m!r}")
+    compile_ours()
     scratch = Path(tempfile.mkdtemp(prefix="routes-bench-"))
     home = scratch / "home"
     os.environ["SKYPLANE_HOME"] = str(home)
