@@ -106,7 +106,9 @@ def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]],
     """Install the package on every host, start every gateway, wait for health through tunnels.
 
     Hosts are prepared in parallel, gateways of one host one after the other. On any failure every
-    host touched so far is torn down and a ``ProvisionError`` naming the host is raised.
+    host touched so far is torn down and a ``ProvisionError`` naming the host is raised. First every
+    host is asked whether a coordinator of the job still runs there (``CoordinatorError``: then no
+    host is touched).
     """
     wheel = package_wheel(skyplane_home() / "wheels")
     created_at = utc_now()
@@ -242,8 +244,9 @@ class SSHProvisioner(Provisioner):
 
 
 def launch_on_fleet(job_id: str, document: dict, fleet: Fleet | None, *, health_timeout: float) -> dict:
-    """The ``launch_coordinator`` of fleets on SSH hosts (``ssh``, ``aws``): the coordinator on the
-    source region's first gateway host, serving on that host's peer address."""
+    """``launch_coordinator`` for a fleet on SSH hosts (``ssh``; docs/coordinator.md says what ``aws``
+    still lacks): the coordinator on the source region's first gateway host, serving on that host's
+    peer address."""
     if not isinstance(fleet, SSHFleet):
         raise ProvisionError(f"job {job_id}: a coordinator on a gateway host needs the fleet started first")
     src = document.get("coordinator_region")
