@@ -305,6 +305,22 @@ def test_handle_subscribes_cancels_and_returns_the_result(served):
         handle.result(timeout=10)
 
 
+def test_a_watcher_sees_the_end_at_once_not_at_its_next_poll(served):
+    """``GET /job?wait=S`` holds the answer while the job runs, and answers as soon as it ends: a
+    handle polling every 5 s sees the end of a job that ends 0.2 s in well before 5 s."""
+    job, server = served
+    client = CoordinatorClient(server.url, "secret-token")
+    began = time.monotonic()
+    assert client.job(wait=0.3)["state"] == "starting" and time.monotonic() - began >= 0.3
+    with pytest.raises(CoordinatorError, match="wait must be a number"):
+        client._call("GET", "/job?wait=nan")
+    handle = TransferHandle("job-1", server.url, "secret-token", poll_interval=5.0)
+    threading.Timer(0.2, lambda: job.succeed({"objects": 1})).start()
+    began = time.monotonic()
+    assert handle.wait(4) and time.monotonic() - began < 4 and client.result() == {"objects": 1}
+    assert client.job(wait=30)["state"] == "succeeded"  # an ended job: at once
+
+
 def test_credentials_relayed_to_the_sink_refused_when_malformed_or_ended(served):
     """POST /job/credentials hands the entries to what the pipeline registered (in a real job,
     Transfer.push_credentials) and answers how many gateways took them; the handle, the client and

@@ -40,9 +40,10 @@ class CoordinatorClient:
         return f"CoordinatorClient({self.url!r})"
 
     # -- calls ---------------------------------------------------------------------------------------
-    def job(self) -> dict:
-        """``{"job_id", "state", "progress", "error"?, "error_type"?}``."""
-        return self._call("GET", "/job")
+    def job(self, wait: float = 0.0) -> dict:
+        """``{"job_id", "state", "progress", "error"?, "error_type"?}``; with ``wait``, once the job has
+        ended or after that many seconds (the server holds the answer at most 5 s)."""
+        return self._call("GET", f"/job?wait={wait:g}" if wait else "/job")
 
     def result(self) -> dict | None:
         """The stats of a succeeded job; None while it runs; raises the error of a failed or cancelled one."""

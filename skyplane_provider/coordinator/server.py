@@ -3,6 +3,8 @@
 | call                | answer                                                                  |
 |---------------------|-------------------------------------------------------------------------|
 | ``GET /job``        | ``{"job_id", "state", "progress", "error"?, "error_type"?}``            |
+| ``GET /job?wait=S`` | the same, once the job has ended or after ``S`` seconds (at most        |
+|                     | :data:`MAX_WAIT`): a watcher sees the end at once, not at its next poll |
 | ``GET /job/result`` | the stats when succeeded, ``{"error", "error_type", "failed_objects"}`` |
 |                     | when failed or cancelled; 409 while the job runs                        |
 | ``POST /job/cancel``| ``{"ok": true}``; the job stops, aborts its uploads, tears down         |
@@ -22,11 +24,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 import ssl
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.events import error_type
 from planner.errors import ConflictError, SkyplaneError
@@ -40,6 +44,8 @@ IDLE_TIMEOUT = 10.0
 _API = "GET /job, GET /job/result, POST /job/cancel, POST /job/credentials, GET /health"
 #: The largest request body read (a credentials document of a few entries is a few KiB).
 MAX_BODY = 1024 * 1024
+#: Seconds ``GET /job?wait=`` holds its answer at most (well below the clients' 10 s timeout).
+MAX_WAIT = 5.0
 
 
 class CoordinatorServer(ThreadingHTTPServer):
@@ -115,6 +121,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, doc)
 
     def _job(self) -> tuple[HTTPStatus, dict]:
+        wait = parse_qs(urlsplit(self.path).query).get("wait", ["0"])[-1]
+        try:
+            seconds = float(wait)
+        except ValueError:
+            seconds = math.nan
+        if not 0 <= seconds < math.inf:
+            return HTTPStatus.BAD_REQUEST, {"error": f"wait must be a number of seconds >= 0, not {wait!r}"}
+        if seconds:
+            self.server.job.finished.wait(min(seconds, MAX_WAIT))
         return HTTPStatus.OK, self.server.job.view()
 
     def _result(self) -> tuple[HTTPStatus, dict]:

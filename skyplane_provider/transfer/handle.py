@@ -7,8 +7,9 @@
     TransferHandle.from_dict(handle.to_dict())   # through XCom, to a trigger on another host
 
 The handle holds only the coordinator's address and token: any process that can reach the
-coordinator can watch or cancel the job. Progress is polled (``GET /job``) by one daemon thread,
-started by the first :meth:`subscribe` or :meth:`result`; subscribers are called from it.
+coordinator can watch or cancel the job. Progress is polled (``GET /job?wait=``, answered at once
+when the job ends) by one daemon thread, started by the first :meth:`subscribe` or :meth:`result`;
+subscribers are called from it.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ class TransferHandle:
     def _poll(self) -> None:
         unreachable_since: float | None = None
         while True:
+            asked = time.monotonic()
             try:
-                view = self.client.job()
+                # The coordinator answers at once when the job ends: its end is seen then, not at the next poll.
+                view = self.client.job(wait=self.poll_interval)
                 unreachable_since = None
             except CoordinatorError as exc:
                 now = time.monotonic()
@@ -160,7 +163,7 @@ class TransferHandle:
             if final:
                 self._ended()
                 return
-            time.sleep(self.poll_interval)
+            time.sleep(max(0.0, self.poll_interval - (time.monotonic() - asked)))  # a server that did not wait
 
     def _ended(self) -> None:
         if self._keeper is not None:
