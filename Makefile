@@ -8,7 +8,10 @@ export SKYPLANE_VENV := $(abspath $(VENV))
 setup:
 	@scripts/setup.sh
 
+# The suite starts hundreds of Python processes (coordinators, gateways, CLIs) that import our packages:
+# compiled once here, not again in each (~0.07 CPU-s apiece where PYTHONDONTWRITEBYTECODE is set: nothing compiled is kept).
 test: setup
+	$(PY) -m compileall -q -j 0 planner gateway skyplane_provider
 	$(PY) -m pytest tests -q --durations=30
 
 demo: setup
