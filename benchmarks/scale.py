@@ -1,6 +1,6 @@
 """Scale: a local tree of many 1 KiB files, ours against rclone, with the memory each of our processes held.
 
-    .venv/bin/python benchmarks/scale.py [--objects 20000] [--size 1KiB] [--transfers 16]
+    .venv/bin/python benchmarks/scale.py [--objects 20000] [--size 1KiB] [--transfers 16] [--dir DIR]
 
 Source: ``--objects`` random files of ``--size`` bytes, 1,000 per directory, on tmpfs (``/dev/shm`` when
 it has room); destination: another tmpfs directory (rclone's local backend against our local stores
@@ -120,10 +120,13 @@ def main() -> int:
     ap.add_argument("--objects", type=int, default=20_000)
     ap.add_argument("--size", default="1KiB")
     ap.add_argument("--transfers", type=int, default=16, help="rclone's --transfers and --checkers")
+    ap.add_argument("--dir", default=None, help="where the three trees go (default: /dev/shm when it has room "
+                                                "for them, else the temp directory); 1,000,000 files take "
+                                                "~12 GiB of tmpfs, so a disk directory on a machine short of RAM")
     args = ap.parse_args()
     count, size = args.objects, parse_size(args.size)
     room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
-    base_dir = "/dev/shm" if room > 3 * count * max(size, 4096) + 2 * 1024**3 else None
+    base_dir = args.dir or ("/dev/shm" if room > 3 * count * max(size, 4096) + 2 * 1024**3 else None)
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=base_dir))
     home = scratch / "home"
     os.environ["SKYPLANE_HOME"] = str(home)
@@ -135,7 +138,7 @@ def main() -> int:
         expected = digests("file://" + str(src))
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Debian's rclone cannot load it
         print(f"scale: {count} objects x {size} B ({count * size / MiB:.0f} MiB, random) from a local directory "
-              f"({'tmpfs' if base_dir else 'disk'}) to another", flush=True)
+              f"({'tmpfs' if base_dir == '/dev/shm' else 'disk'}) to another", flush=True)
         print(f"  {machine_line()}", flush=True)
 
         rclone = run_rclone(str(src), str(theirs), env, args.transfers, extra=("--checkers", str(args.transfers)))
