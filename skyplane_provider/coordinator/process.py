@@ -19,6 +19,7 @@ coordinator is nobody's child (no zombie in a long-lived client).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -40,6 +41,12 @@ FETCHED_GRACE = 2.0
 CANCELLED_LINGER = 30.0
 #: Seconds the launching process waits for the API to listen.
 START_TIMEOUT = 120.0
+#: New containers between two collections of the cyclic garbage collector's youngest generation
+#: (Python's default: 700). Every object in flight is a few containers (ObjectInfo, ObjectTask, Copy,
+#: Piece, a chunk spec's dicts) that live for seconds, so the default collected thousands of times
+#: over the same young survivors: two thirds of the CPU of chunking and of building chunk specs
+#: (3.3 -> 1.3 and 2.4 -> 1.1 us per object, 100,000 small objects in flight, microbenchmark).
+GC_YOUNG_THRESHOLD = 100_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +79,7 @@ def _wait_started(directory: Path, child: int) -> int:
 
 def run(directory: Path) -> int:
     """Serve and run the job whose document is in ``directory``; 0 when it succeeded."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     from skyplane_provider.transfer.request import TransferRequest
     from skyplane_provider.transfer.runner import Transfer
 
