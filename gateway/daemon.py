@@ -10,6 +10,7 @@ the reason on stderr. Nothing secret is ever logged.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -86,7 +87,16 @@ def _control_tls(config: GatewayConfig, config_path: str):
     return cert, server_context(cert, key, os.path.dirname(os.path.abspath(config_path)))
 
 
+#: New containers between two collections of the cyclic garbage collector's youngest generation
+#: (Python's default: 700). A gateway holds the parsed specs of the chunks queued and in flight (a
+#: few containers per object, up to tens of thousands of small objects) for seconds, and the default
+#: collected over and over the same young survivors: half the CPU of parsing a POST /chunks
+#: (11.6 -> 5.8 us per object, batches of 4,096 1 KiB objects, 100,000 held, microbenchmark).
+GC_YOUNG_THRESHOLD = 100_000
+
+
 def main(argv: list[str] | None = None) -> int:
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     parser = argparse.ArgumentParser(prog="skyplane-gateway", description="Run one skyplane gateway.")
     parser.add_argument("--config", required=True, help="the gateway's JSON config (see docs/gateway.md)")
     parser.add_argument("-v", "--verbose", action="store_true",
