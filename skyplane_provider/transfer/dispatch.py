@@ -104,6 +104,7 @@ class Dispatcher:
         self._rr = 0
         self._posted = False  # whether a batch was submitted yet (the job's first carries one chunk)
         self._cut = False  # whether the last _submit() stopped on SUBMIT_SECONDS with chunks left
+        self._suspect = False  # whether a gateway failed to answer since the last health check
         self.started = time.monotonic()
 
     # -- the loop --------------------------------------------------------------------------
@@ -122,10 +123,10 @@ class Dispatcher:
                     self.ledger.flush()
                     self.manifest.commit()
                     last_commit = now
-                if now - last_health > self.health_every:
+                if now - last_health > (0.0 if self._suspect else self.health_every):
                     self._check_health()
                     self._check_stalls(now)
-                    last_health = now
+                    last_health, self._suspect = now, False
                 if self.progress and now - last_progress > 1.0:
                     self.progress(self.snapshot())
                     last_progress = now
@@ -288,7 +289,8 @@ class Dispatcher:
             try:
                 status = self._call(client.status, self.cursor[gid])
             except GatewayError:
-                continue  # health check decides whether it is dead
+                self._suspect = True  # the health check decides whether it is dead: at once, not in 2 s
+                continue
             self.cursor[gid] = status.get("next", self.cursor[gid])
             self.counters[gid] = status.get("counters", {})
             for ev in status.get("events", []):
