@@ -45,9 +45,10 @@ class CoordinatorClient:
         ended or after that many seconds (the server holds the answer at most 5 s)."""
         return self._call("GET", f"/job?wait={wait:g}" if wait else "/job")
 
-    def result(self) -> dict | None:
-        """The stats of a succeeded job; None while it runs; raises the error of a failed or cancelled one."""
-        return _outcome(self._call("GET", "/job/result", running_ok=True))
+    def result(self, last: bool = False) -> dict | None:
+        """The stats of a succeeded job; None while it runs; raises the error of a failed or cancelled one.
+        ``last``: this client is the job's only reader (its coordinator then exits at once)."""
+        return _outcome(self._call("GET", "/job/result?last=1" if last else "/job/result", running_ok=True))
 
     def cancel(self) -> None:
         self._call("POST", "/job/cancel")

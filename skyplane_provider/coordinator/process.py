@@ -134,7 +134,7 @@ def run(directory: Path) -> int:
     write_private(directory / RESULT, job.final_document())
     linger = float(doc.get("result_linger", 3600))
     fetched = job.fetched.wait(min(linger, CANCELLED_LINGER) if job.state == "cancelled" else linger)
-    if fetched:
+    if fetched and not job.last_read.is_set():
         time.sleep(FETCHED_GRACE)
     server.stop()
     if _mine(directory / ADDRESS):  # not a resumed job's newer coordinator's

@@ -6,7 +6,8 @@
 | ``GET /job?wait=S`` | the same, once the job has ended or after ``S`` seconds (at most        |
 |                     | :data:`MAX_WAIT`): a watcher sees the end at once, not at its next poll |
 | ``GET /job/result`` | the stats when succeeded, ``{"error", "error_type", "failed_objects"}`` |
-|                     | when failed or cancelled; 409 while the job runs                        |
+|                     | when failed or cancelled; 409 while the job runs; ``?last=1``: no other |
+|                     | client will ask (the coordinator exits without its 2 s grace)           |
 | ``POST /job/cancel``| ``{"ok": true}``; the job stops, aborts its uploads, tears down         |
 | ``POST /job/credentials`` | ``{"credentials": {key: entry}}`` -> ``{"ok": true, "gateways": n}``: |
 |                     | renewed entries, passed on to the gateways holding store credentials;   |
@@ -133,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         return HTTPStatus.OK, self.server.job.view()
 
     def _result(self) -> tuple[HTTPStatus, dict]:
-        doc = self.server.job.outcome()
+        doc = self.server.job.outcome(last=parse_qs(urlsplit(self.path).query).get("last") == ["1"])
         if doc is None:
             return HTTPStatus.CONFLICT, {"error": f"job {self.server.job.job_id} is still {self.server.job.state}"}
         return HTTPStatus.OK, doc

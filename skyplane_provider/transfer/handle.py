@@ -106,15 +106,17 @@ class TransferHandle:
         self._poll_in_background()
         return self._done.wait(timeout)
 
-    def result(self, timeout: float | None = None) -> TransferStats:
+    def result(self, timeout: float | None = None, *, last: bool = False) -> TransferStats:
         """Wait for the job; its stats, or its error raised as the same ``SkyplaneError`` subclass.
-        ``TimeoutError`` when ``timeout`` seconds pass first (the job goes on)."""
+        ``TimeoutError`` when ``timeout`` seconds pass first (the job goes on). ``last``: no one else
+        watches the job (the caller started it and kept its handle to itself): its coordinator exits
+        once this read its outcome, not 2 s later."""
         self._poll_in_background()
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {self.job_id} did not finish within {timeout} s")
         if self._lost is not None:
             raise self._lost
-        stats = self.client.result()
+        stats = self.client.result(last=last)
         if stats is None:  # cannot happen after a final state; say so rather than return nothing
             raise CoordinatorError(f"job {self.job_id} ended without a result")
         return TransferStats(**{k: v for k, v in stats.items() if k in TransferStats.__dataclass_fields__})
