@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,9 +65,25 @@ def test_the_coordinator_takes_its_clients_first_page_and_plan(home, tmp_path):
     stats = transfer.start().result()
     assert stats.objects == len(objs) and stats.plan == transfer.plan.summary()
     assert sorted(os.listdir(tmp_path / "dst")) == sorted(objs)
-    # A job that lists in full before anything moves hands nothing over (its listing may be millions).
-    filtered = TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], include=["f*"])
-    assert Transfer(filtered).prepare().handoff() is None
+
+
+
+def test_the_coordinator_takes_its_clients_full_listing(home, tmp_path):
+    # A job that lists in full before anything moves (filters) hands its listing over: the coordinator
+    # does not list again, so a matching file added in between is not copied, and the one the client
+    # found up to date (a sync) is not either.
+    objs = _tree(tmp_path / "src")
+    first = sorted(objs)[0]
+    shutil.copy2(tmp_path / "src" / first, tmp_path / "dst" / first)  # size and mtime: up to date
+    filtered = TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], sync=True,
+                               exclude=["zz*"])
+    transfer = Transfer(filtered).prepare()
+    listing = transfer.handoff()["listing"]
+    assert [d[0]["key"] for d in listing["decisions"]] == sorted(objs) and listing["present"] == [1]
+    (tmp_path / "src" / "e-late").write_bytes(b"after the client listed")
+    stats = transfer.start().result()
+    assert stats.objects == len(objs) - 1 and stats.skipped_objects == 1
+    assert sorted(os.listdir(tmp_path / "dst")) == sorted(objs)
 
 
 def test_bad_input_fails_in_the_caller_before_any_coordinator(home, tmp_path):

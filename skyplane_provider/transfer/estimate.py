@@ -47,10 +47,10 @@ def copy_requests(size: int, part: int | None) -> tuple[int, int]:
 
 
 def count_requests(source: "Source", dests: list["Destination"], listing: RequestCounts,
-                   present: list[dict] | None, objects: list["ObjectJob"], deletions: list["Deletion"],
+                   present: list[int] | None, objects: list["ObjectJob"], deletions: list["Deletion"],
                    chunk_size: int, server_side: tuple[str, ...] = ()) -> dict[str, tuple[str, RequestCounts]]:
     """Requests per store (root URI -> (region, counts)) of a prepared job: the source's listing
-    (``listing``) and reads, each destination's listing (sync: ``present``), writes, one metadata
+    (``listing``) and reads, each destination's listing (sync: ``present``, the objects each holds), writes, one metadata
     read per copy (verification) and deletions. A copy to a destination whose region the plan
     copies server-side (``server_side``) reads nothing through us: its writes are the store's COPY
     requests, priced as PUTs (as S3 and GCS price them)."""
@@ -61,7 +61,7 @@ def count_requests(source: "Source", dests: list["Destination"], listing: Reques
 
     add(source.store.root_uri, source.region, listing)
     for i, d in enumerate(dests):
-        add(d.store.root_uri, d.region, RequestCounts(list=list_requests(len(present[i])) if present else 0))
+        add(d.store.root_uri, d.region, RequestCounts(list=list_requests(present[i]) if present else 0))
     caps = [d.store.capabilities for d in dests]
     for obj in objects:
         reads, writes = copy_requests(obj.info.size, part_size_for(obj.info.size, chunk_size, caps))

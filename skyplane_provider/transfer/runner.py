@@ -124,6 +124,8 @@ class Transfer:
         self._first: list[ObjectInfo] = []
         self._next_token: str | None = None
         self._decisions: list[Decision] = []  # a full listing's, in key order
+        #: The source listing's requests and how many objects each destination listing held (sync).
+        self._listed: tuple[RequestCounts, list[int] | None] = (RequestCounts(), None)
         self._sizing: Sizing | None = None
         self._max_chunk_bytes = 0
         self.plan: Plan | None = None
@@ -172,7 +174,7 @@ class Transfer:
         self.streaming = not (req.dry_run or req.max_cost_usd is not None or req.delete or filters.active)
         listed = RequestCounts(list=1)
         present = None
-        handed = self._prepared if self.streaming else None
+        handed = self._prepared
         if self.streaming:
             self._first, self._next_token = first_page(self.source) if handed is None else (
                 [ObjectInfo(**o) for o in handed["first_page"]], handed["next_token"])
@@ -184,10 +186,13 @@ class Transfer:
             if self.ways:  # server-side copies: the split needs every object
                 self.streaming = False
                 self.objects, self._first, self._next_token = [], [], None
-        if not self.streaming:
+        if not self.streaming and handed is not None:
+            listed, present = self._take_listing(handed["listing"])
+        elif not self.streaming:
             listed, present = self._list_in_full(filters)
             self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size,
                                    mode=req.server_side)
+        self._listed = (listed, present)
         size = sum(o.info.size for o in self.objects)
         self.plan = Plan.from_dict(handed["plan"]) if handed is not None else make_plan(
             req, self.source.region, [d.region for d in self.dests], size,
@@ -220,9 +225,9 @@ class Transfer:
         self._phase("prepare", began)
         return self
 
-    def _list_in_full(self, filters) -> tuple[RequestCounts, list[dict] | None]:
+    def _list_in_full(self, filters) -> tuple[RequestCounts, list[int] | None]:
         """List (with the filters), diff (sync) and find a mirror's deletions before anything moves;
-        returns the listing's requests and the destinations' listings (sync)."""
+        returns the listing's requests and how many objects each destination's listing held (sync)."""
         req = self.request
         listing = list_source(self.source, filters)
         heads = filters.list_prefixes()
@@ -252,18 +257,41 @@ class Transfer:
             check_limit(self.deletions, req.max_delete)
             for i in sorted({x.dest_index for x in self.deletions}):
                 probe_delete(self.dests[i])
-        return listing.requests, present
+        return listing.requests, None if present is None else [len(p) for p in present]
+
+    def _take_listing(self, doc: dict) -> tuple[RequestCounts, list[int] | None]:
+        """A full listing as the client's :meth:`prepare` made it (:meth:`handoff`): its decisions,
+        deletions and request counts, so that the coordinator does not list the stores again."""
+        for info, rel, copy, up_to_date in doc["decisions"]:
+            info = ObjectInfo(**info)
+            self._decisions.append(Decision(info, rel, tuple(copy), tuple(up_to_date)))
+            if copy:
+                self.objects.append(ObjectJob(info=info, targets=[
+                    Target(dest_index=i, key=self.dests[i].key_for(rel), multipart=False) for i in copy]))
+            else:
+                self.skipped += 1
+        self.deletions = [Deletion(*d) for d in doc["deletions"]]
+        return RequestCounts(**doc["requests"]), doc["present"]
 
     def handoff(self) -> dict | None:
         """What :meth:`prepare` read and chose that the job's coordinator would otherwise read and
-        choose again (the ``prepared`` argument of its :class:`Transfer`): a streaming job's first
-        listing page, the token of the next and the plan (solving one may take seconds). None for a
-        job that lists in full first: its coordinator lists again (the listing may be millions)."""
-        if not self.streaming:
+        choose again (the ``prepared`` argument of its :class:`Transfer`): the plan (solving one may
+        take seconds) and a streaming job's first listing page and the token of the next, or the
+        whole listing of a job that lists in full first (filters, mirror, ``max_cost_usd``: its
+        decisions, deletions and request counts; listing the stores again took as long as the
+        first time, minutes for millions of objects). None when some destination copies
+        server-side: the coordinator probes and splits again."""
+        if self.ways:
             return None
-        return {"plan": self.plan.to_dict(), "next_token": self._next_token,
-                "first_page": [{k: v for k, v in dataclasses.asdict(o).items() if v is not None}
-                               for o in self._first]}
+        doc: dict = {"plan": self.plan.to_dict()}
+        if self.streaming:
+            doc.update(next_token=self._next_token, first_page=[_info_doc(o) for o in self._first])
+        else:
+            listed, present = self._listed
+            doc["listing"] = {"decisions": [[_info_doc(d.info), d.rel, d.copy, d.up_to_date] for d in self._decisions],
+                              "deletions": [[x.dest_index, x.key, x.size] for x in self.deletions],
+                              "requests": dataclasses.asdict(listed), "present": present}
+        return doc
 
     @property
     def directory(self) -> Path:
@@ -609,6 +637,11 @@ class Transfer:
             return 0.0
         price = self._provisioner.hourly_price(self.plan.src)
         return price * vm_seconds / 3600.0
+
+
+def _info_doc(info: ObjectInfo) -> dict:
+    """An :class:`ObjectInfo` as JSON (``ObjectInfo(**doc)`` again), its unset fields left out."""
+    return {k: v for k, v in dataclasses.asdict(info).items() if v is not None}
 
 
 def copy(src: str, dst: str | list[str], *, progress: Callable[[Progress], None] | None = None,
