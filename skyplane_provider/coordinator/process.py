@@ -134,8 +134,8 @@ def run(directory: Path) -> int:
     write_private(directory / RESULT, job.final_document())
     linger = float(doc.get("result_linger", 3600))
     fetched = job.fetched.wait(min(linger, CANCELLED_LINGER) if job.state == "cancelled" else linger)
-    if fetched and not job.last_read.is_set():
-        time.sleep(FETCHED_GRACE)
+    if fetched:  # keep it for a second reader, unless the one that read it was the only one
+        job.last_read.wait(FETCHED_GRACE)
     server.stop()
     if _mine(directory / ADDRESS):  # not a resumed job's newer coordinator's
         (directory / ADDRESS).unlink()

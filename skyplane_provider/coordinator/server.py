@@ -31,6 +31,7 @@ import ssl
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from gateway.events import error_type
@@ -93,6 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "skyplane-coordinator"
     sys_version = ""
     timeout = IDLE_TIMEOUT
+    _after_reply: Callable[[], None] | None = None  # what a call does once its answer is written
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
         self._route({"/job": self._job, "/job/result": self._result, "/health": self._health})
@@ -120,6 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("coordinator API error on %s %s", self.command, self.path)
             status, doc = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"}
         self._reply(status, doc)
+        after, self._after_reply = self._after_reply, None  # one connection may carry more calls
+        if after is not None:
+            after()
 
     def _job(self) -> tuple[HTTPStatus, dict]:
         wait = parse_qs(urlsplit(self.path).query).get("wait", ["0"])[-1]
@@ -134,9 +139,12 @@ class _Handler(BaseHTTPRequestHandler):
         return HTTPStatus.OK, self.server.job.view()
 
     def _result(self) -> tuple[HTTPStatus, dict]:
-        doc = self.server.job.outcome(last=parse_qs(urlsplit(self.path).query).get("last") == ["1"])
+        doc = self.server.job.outcome()
         if doc is None:
             return HTTPStatus.CONFLICT, {"error": f"job {self.server.job.job_id} is still {self.server.job.state}"}
+        if parse_qs(urlsplit(self.path).query).get("last") == ["1"]:
+            # Once the answer is out, not before: the coordinator then exits at once.
+            self._after_reply = self.server.job.last_read.set
         return HTTPStatus.OK, doc
 
     def _cancel(self) -> tuple[HTTPStatus, dict]:

@@ -29,7 +29,8 @@ class JobState:
         self.cancel_requested = threading.Event()
         #: Set once a client read the outcome of a finished job.
         self.fetched = threading.Event()
-        #: Set when that client said it is the job's only reader (the one that started and waited for it).
+        #: Set once the outcome went out to a client that said it is the job's only reader (the one that
+        #: started the job and waited for it): the coordinator need not keep it any longer.
         self.last_read = threading.Event()
         #: Set when the job reached a final state.
         self.finished = threading.Event()
@@ -91,15 +92,12 @@ class JobState:
                 doc.update(error=self._error["error"], error_type=self._error["error_type"])
             return doc
 
-    def outcome(self, last: bool = False) -> dict | None:
-        """``GET /job/result``: the stats, or the error; None while the job runs. ``last``: no other
-        client will ask (the coordinator need not keep the outcome a moment longer for one)."""
+    def outcome(self) -> dict | None:
+        """``GET /job/result``: the stats, or the error; None while the job runs."""
         with self._lock:
             if self._state not in FINAL:
                 return None
             doc = dict(self._stats) if self._state == "succeeded" else dict(self._error)
-        if last:
-            self.last_read.set()
         self.fetched.set()
         return doc
 
