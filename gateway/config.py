@@ -22,7 +22,7 @@ _KNOWN = {"gateway_id", "job_id", "region", "program", "bind_host", "data_port",
           "control_host", "job_secret", "control_token", "encryption_key", "compress", "encrypt", "credentials",
           "ready_file", "queue_chunks", "log_file", "readers", "writers", "max_chunk_bytes", "read_ahead_bytes",
           "parent_pid", "coordinator_timeout", "loopback_clear", "workers", "supervised", "bwlimit",
-          "control_tls"}
+          "control_tls", "handoff_fd", "events_fd"}
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,13 @@ class GatewayConfig:
     loopback_clear: bool = True
     #: Worker processes behind the one data port and control endpoint (gateway/supervisor.py).
     workers: int = 1
-    #: Set by a supervisor in its workers' configs: bind the data port shared (SO_REUSEPORT) and
-    #: report the chunks held in /status.
+    #: Set by a supervisor in its workers' configs: take data connections from ``handoff_fd`` instead of
+    #: binding the data port, write events to ``events_fd``, and report the chunks held in /status.
     supervised: bool = False
+    #: A supervised worker's end of its supervisor's hand-over socket (gateway/listener.py, HandOver).
+    handoff_fd: int | None = None
+    #: A supervised worker's pipe for its events (gateway/events.py).
+    events_fd: int | None = None
     #: This gateway's share of the job's bandwidth cap, bytes per second (None: no cap); see
     #: gateway/bandwidth.py. ``POST /bwlimit`` changes it while the job runs.
     bwlimit: float | None = None
@@ -130,6 +134,8 @@ class GatewayConfig:
             loopback_clear=_bool(doc, "loopback_clear", True),
             workers=_positive(doc, "workers", default_workers()),
             supervised=_bool(doc, "supervised", False),
+            handoff_fd=_positive(doc, "handoff_fd", 0) if "handoff_fd" in doc else None,
+            events_fd=_positive(doc, "events_fd", 0) if "events_fd" in doc else None,
             bwlimit=check_rate(doc.get("bwlimit"), "gateway config: 'bwlimit'"),
             control_tls=_bool(doc, "control_tls", False),
         )

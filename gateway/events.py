@@ -2,11 +2,17 @@
 
 The orchestrator reads ``/status?since=N`` with the ``next`` of its previous read; events it has
 thereby acknowledged (sequence < N) are released, so a long job does not grow the log without end.
+
+A supervised worker (gateway/supervisor.py) keeps no events: it writes each one at once, a JSON line,
+to a pipe its supervisor reads, and adds ``held`` records (a frame taken off a connection), so the
+supervisor knows what a worker held up to the moment it died.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import threading
 from collections import deque
 
@@ -28,7 +34,9 @@ def error_type(error: SkyplaneError) -> str:
 class EventLog:
     """Thread-safe event log and counters of one gateway."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream_fd: int | None = None) -> None:
+        """``stream_fd``: a pipe to write the events to instead of keeping them (a supervised worker)."""
+        self._stream_fd = stream_fd
         self._lock = threading.Lock()
         self._events: deque[dict] = deque()
         self._next = 0
@@ -56,6 +64,13 @@ class EventLog:
             event["retry_after"] = error.retry_after  # the store's Retry-After: the re-send waits as long
         self._add(event)
         self.error(f"chunk {chunk_id}{'' if objects is None else f' objects {objects}'}: {error}")
+
+    def held(self, chunk_id: int) -> None:
+        """A frame of the chunk was taken off a connection (written to the stream only: the supervisor
+        reports it failed if this worker dies before its written event)."""
+        if self._stream_fd is not None:
+            with self._lock:
+                self._write({"type": "held", "chunk_id": chunk_id})
 
     def error(self, message: str) -> None:
         """Remember a problem for ``/status`` (also those that concern no chunk, e.g. a refused peer)."""
@@ -100,4 +115,16 @@ class EventLog:
         with self._lock:
             event["seq"] = self._next
             self._next += 1
-            self._events.append(event)
+            if self._stream_fd is None:
+                self._events.append(event)
+            else:
+                self._write(event)
+
+    def _write(self, event: dict) -> None:
+        """Called with the lock held (one writer at a time: lines never interleave)."""
+        data = memoryview((json.dumps(event, separators=(",", ":")) + "\n").encode())
+        try:
+            while data:
+                data = data[os.write(self._stream_fd, data):]
+        except OSError:  # the supervisor is gone; this worker stops once it sees that (daemon.run)
+            pass

@@ -18,6 +18,7 @@ import collections
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ class Controlled:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.events = EventLog()
+        self.events = EventLog(config.events_fd)
         self.stopping = threading.Event()
         self.last_control = time.monotonic()  # see touch()
         self.stores = store_api.Stores(config.credentials)
@@ -201,7 +202,8 @@ class GatewayNode(Controlled):
         self.listener = DataListener(config.bind_host, config.data_port, job_id=config.job_id,
                                      secret=config.job_secret, max_chunk=config.max_chunk_bytes,
                                      on_frame=self._on_frame, events=self.events, stop=self.stopping,
-                                     shared=config.supervised)
+                                     handoff=None if config.handoff_fd is None else
+                                     socket.socket(fileno=config.handoff_fd))
 
     # ---- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -322,6 +324,7 @@ class GatewayNode(Controlled):
         """Called by the receiving connection's thread; blocking here slows that sender down."""
         h = frame.header
         self.in_flight.hold(h.chunk_id)
+        self.events.held(h.chunk_id)
         pp = self._program.get(h.partition)
         if pp is None or pp.source != "receive":
             self.in_flight.release(h.chunk_id)

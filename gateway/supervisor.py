@@ -3,29 +3,30 @@
 The process the provisioner starts (``skyplane-gateway --config``, ``workers`` > 1) is the
 *supervisor*: it serves the gateway's one control endpoint and starts ``workers`` worker processes,
 each a whole gateway of one process (:class:`gateway.node.GatewayNode`) with a private control
-endpoint on 127.0.0.1. All of them listen on the gateway's one data port (``SO_REUSEPORT``: the
-kernel spreads the peers' connections over them), and each opens its share of every hop's
-connections, so a host uses all its cores while the fleet, the plan and the coordinator still see one
-gateway: one id, one control URL, one data address.
+endpoint on 127.0.0.1. The supervisor accepts on the gateway's one data port and passes each
+connection to the workers in turn (gateway/listener.py, :class:`HandOver`), and each worker opens its
+share of every hop's connections, so a host uses all its cores while the fleet, the plan and the
+coordinator still see one gateway: one id, one control URL, one data address.
 
 - ``POST /chunks``: the batch is checked whole here, then cut into consecutive slices handed to the
   workers with the fewest chunks queued first; the answer is the prefix they accepted.
-- ``GET /status``: the workers' events, numbered anew in one log, and their counters summed (those of
-  dead workers kept).
+- ``GET /status``: the workers' events, numbered anew in one log as they come (each worker writes them
+  to a pipe, read by a thread per worker), and their counters summed (those of dead workers kept).
 - ``POST /peers`` goes to every worker; ``POST /store`` is run by the supervisor itself.
-- A worker that dies is restarted; the chunks it held (and those it let go of last, whose frames may
-  still have waited in its queues) are reported ``failed``, retryable, so they are sent again at once.
+- A worker that dies is restarted; the chunks it held (its last report, those given to it since, the
+  frames it took off a connection since, and those it let go of last, whose frames may still have
+  waited in its queues) are reported ``failed``, retryable, so they are sent again at once.
   Memory stays bounded per worker: each has its own queues.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -39,13 +40,14 @@ from . import store_api
 from .bandwidth import Sharer
 from .config import GatewayConfig
 from .control_client import GatewayClient
+from .listener import HandOver
 from .node import Controlled, check_batch
 from .peers import Peer
 from .retry import with_retries
 
 log = logging.getLogger(__name__)
 
-_PUMP_EVERY = 0.5  # seconds between two reads of every worker's events, when nobody asks
+_PUMP_EVERY = 0.5  # seconds between two reads of every worker's counters and holdings, when nobody asks
 _SHARE_EVERY = 1.0  # seconds between two splits of the gateway's bandwidth cap over its workers
 _READY_TIMEOUT = 60.0
 _DICT_COUNTERS = ("bytes_sent_wire_to", "skipped")
@@ -60,11 +62,13 @@ class _Worker:
     ready_path: str
     proc: subprocess.Popen | None = None
     client: GatewayClient | None = None
-    cursor: int = 0
+    relay: threading.Thread | None = None  # reads its events pipe
     counters: dict = field(default_factory=dict)
     queued: int = 0
     errors: list = field(default_factory=list)
-    holding: set[int] = field(default_factory=set)  # its last report, and what was given to it since
+    holding: set[int] = field(default_factory=set)  # its last report
+    #: (monotonic time, chunk id): given to it, or taken off a connection by it, since its last report
+    taken: collections.deque = field(default_factory=collections.deque)
     token: str = ""
     bwlimit: float | None = None  # its share of the gateway's bandwidth cap
 
@@ -80,11 +84,8 @@ class Supervisor(Controlled):
         super().__init__(config)
         with open(config_path, encoding="utf-8") as f:
             self._doc = json.load(f)
-        # The data port, reserved (bound, never listening) so every worker can bind it too.
-        self._reserved = socket.socket(socket.AF_INET6 if ":" in config.bind_host else socket.AF_INET)
-        self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._reserved.bind((config.bind_host, config.data_port))
-        self.data_port: int = self._reserved.getsockname()[1]
+        self._handover = HandOver(config.bind_host, config.data_port, config.workers)
+        self.data_port: int = self._handover.port
         directory = os.path.dirname(os.path.abspath(config_path))
         self._workers = [_Worker(i, os.path.join(directory, f"worker-{i}.json"),
                                  os.path.join(directory, f"worker-{i}.ready.json")) for i in range(config.workers)]
@@ -102,6 +103,7 @@ class Supervisor(Controlled):
             self._launch(w)
         for w in self._workers:
             self._wait_ready(w)
+        self._handover.start()
         threading.Thread(target=self._watch, name="supervise", daemon=True).start()
 
     def stop(self, grace: float = 2.0) -> None:
@@ -122,13 +124,16 @@ class Supervisor(Controlled):
                     w.proc.wait()
             for path in (w.config_path, w.ready_path):
                 _remove(path)
-        self._reserved.close()
+        self._handover.close()
 
     def _launch(self, w: _Worker) -> None:
         token = secrets.token_hex(16)
+        handoff = self._handover.channel(w.index)
+        events_read, events_write = os.pipe()
         doc = {**self._doc, "workers": 1, "supervised": True, "control_host": "127.0.0.1", "control_port": 0,
                "control_tls": False,
                "control_token": token, "data_port": self.data_port, "ready_file": w.ready_path,
+               "handoff_fd": handoff.fileno(), "events_fd": events_write,
                "parent_pid": os.getpid(), "program": self._share_of_connections().to_dict(), "bwlimit": w.bwlimit,
                # the supervisor reads every worker's status twice a second: its dead-man timer is ours
                "coordinator_timeout": max(self.config.coordinator_timeout, 60.0)}
@@ -141,9 +146,16 @@ class Supervisor(Controlled):
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(doc, f)
         # Same stdout/stderr (the gateway's log) and process group: a teardown that kills the group ends them.
-        w.proc = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", w.config_path],
-                                  stdin=subprocess.DEVNULL)
-        w.client, w.cursor, w.holding, w.token = None, 0, set(), token
+        try:
+            w.proc = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", w.config_path],
+                                      stdin=subprocess.DEVNULL, pass_fds=(handoff.fileno(), events_write))
+        finally:  # the worker's ends: once it exits, its channel refuses and its pipe ends
+            handoff.close()
+            os.close(events_write)
+        w.client, w.holding, w.taken, w.token = None, set(), collections.deque(), token
+        w.relay = threading.Thread(target=self._relay, args=(w.taken, events_read), name=f"events-{w.index}",
+                                   daemon=True)
+        w.relay.start()
 
     def _wait_ready(self, w: _Worker) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT
@@ -181,9 +193,23 @@ class Supervisor(Controlled):
                     self._replace(w)
             self._pump()
 
+    def _relay(self, taken: collections.deque, fd: int) -> None:
+        """Move one worker's events into the one log as they come, until the worker's pipe ends; note
+        the frames it takes. Takes no supervisor lock: a worker blocked writing to a full pipe would
+        otherwise wait for a supervisor that waits (under that lock) for the worker's answer."""
+        with open(fd, "rb") as pipe:
+            for line in pipe:
+                event = json.loads(line)
+                if event["type"] == "held":
+                    taken.append((time.monotonic(), event["chunk_id"]))
+                else:
+                    self.events.relay(event)
+
     def _replace(self, w: _Worker) -> None:
+        if w.relay is not None:
+            w.relay.join(5.0)  # its last events (and frames taken) are in before the losses are counted
         with self._lock:
-            lost = sorted(w.holding)
+            lost = sorted(w.holding | {chunk_id for _, chunk_id in w.taken})
             for name, value in w.counters.items():
                 _add(self._retired, name, value)
             w.counters, w.queued, w.errors = {}, 0, []
@@ -201,20 +227,20 @@ class Supervisor(Controlled):
             log.error("worker %d of gateway %s could not be restarted: %s", w.index, self.config.gateway_id, exc)
 
     def _pump(self) -> None:
-        """Move the workers' new events into the one log; keep their counters, queue lengths and holdings."""
+        """Keep the workers' counters, queue lengths and holdings (their events come through the pipes)."""
         with self._lock:
             for w in self._workers:
                 if w.client is None or not w.alive:
                     continue
+                asked = time.monotonic()
                 try:
-                    status = w.client.status(w.cursor)
+                    status = w.client.status(0)
                 except GatewayError:
                     continue  # dead (the watcher restarts it) or busy: next time
-                w.cursor = status["next"]
                 w.counters, w.queued, w.errors = status["counters"], status["queued"], status["errors"]
                 w.holding = set(status.get("holding", ()))
-                for event in status["events"]:
-                    self.events.relay(event)
+                while w.taken and w.taken[0][0] < asked:  # in that report if still held
+                    w.taken.popleft()
             self._share_bandwidth()
 
     def _share_bandwidth(self) -> None:
@@ -274,7 +300,8 @@ class Supervisor(Controlled):
                 except GatewayError as exc:
                     log.warning("worker %d refused chunks: %s", w.index, exc)
                     took = 0
-                w.holding.update(c["id"] for c in share[:took])
+                now = time.monotonic()
+                w.taken.extend((now, c["id"]) for c in share[:took])
                 w.queued += took
                 accepted += took
                 if took < len(share):

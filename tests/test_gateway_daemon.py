@@ -574,7 +574,7 @@ def test_a_host_of_two_workers_moves_data_behind_one_port_and_one_control_endpoi
     assert counters[DST]["objects_written"] == 40 and counters[SRC]["bytes_read"] == sum(map(len, objects.values()))
     assert counters[SRC]["bytes_sent_wire_to"] == {DST: counters[SRC]["bytes_sent_wire"]}
     assert counters[DST]["bytes_received_wire"] == counters[SRC]["bytes_sent_wire"]
-    # Both workers of the destination received frames: the kernel spread the connections over them.
+    # Both workers of the destination received frames: the supervisor hands connections over in turn.
     assert all(w.counters.get("bytes_received_wire") for w in _supervisor_workers(job, DST))
 
 
@@ -607,8 +607,8 @@ def test_a_worker_killed_mid_transfer_is_replaced_and_the_copy_completes(jobs, s
 
     def kill_one(written: set) -> None:
         if not victims and len(written) >= 5:
-            # The worker with the most data connections: SO_REUSEPORT may have hashed every connection to
-            # one of the two, and killing the idle one would test nothing.
+            # A worker that holds data connections (the supervisor gives them out in turn, two each here):
+            # killing one with none would test nothing.
             victims.append(max(_children(dst_pid), key=lambda pid: _connections(pid, data_port)))
             os.kill(victims[0], signal.SIGKILL)
 
