@@ -21,6 +21,7 @@ size), which nothing checks.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -229,15 +230,9 @@ class LocalStore(ObjectStore):
             return ObjectInfo(key, len(data))
         path = self._path(key, for_write=True)
         fd, tmp = self._new_temp()
-        try:
-            with self._errors(key):
-                _write_fd(fd, data)
-                self._publish(tmp, path)
-        except BaseException:
-            _remove(tmp)
-            raise
-        finally:
-            self._tidy_tmp_dir()
+        with self._tidied(tmp), self._errors(key):
+            _write_fd(fd, data)
+            self._publish(tmp, path)
         # No MD5 here: a file system reports none, and computing one cost more than the write.
         return ObjectInfo(key, len(data))
 
@@ -407,8 +402,15 @@ class LocalStore(ObjectStore):
         first (a link cannot replace), then renamed into place."""
         tag = _writer_tag()
         tmp = self._in_tmp_dir(lambda tmp_dir: _link_fd(fd, os.path.join(tmp_dir, f"{tag}{new_upload_id()}.tmp")))
-        try:
+        with self._tidied(tmp):
             self._publish(tmp, path)
+
+    @contextlib.contextmanager
+    def _tidied(self, tmp: str) -> Iterator[None]:
+        """Around the publishing of the temp file ``tmp``: removed if that fails; the temp directory
+        tidied either way."""
+        try:
+            yield
         except BaseException:
             _remove(tmp)
             raise
