@@ -40,11 +40,17 @@ DSTS = ["aws:us-west-2", "aws:eu-west-1", "azure:westeurope", "azure:eastus", "g
 BACKENDS = ("cbc", "highs")
 
 
+#: Why a timed solve gave no plan (printed under the tables: "infeasible" and "out of time" differ).
+NO_PLAN: list[str] = []
+
+
 def timed(**kwargs) -> tuple[planner.Plan | None, float]:
     started = time.perf_counter()
     try:
         plan = planner.solve(**kwargs)
-    except InfeasiblePlanError:
+    except InfeasiblePlanError as exc:
+        NO_PLAN.append(f"{kwargs.get('backend', 'cbc')}, {kwargs.get('throughput_gbps') or 'no'} Gbps target: "
+                       f"{exc.message}")
         plan = None
     return plan, time.perf_counter() - started
 
@@ -121,6 +127,8 @@ def multicast(size_gb: float, png: Path) -> dict[str, float]:
                                 size_gb=size_gb)
     row(same_price, "ILP fastest at MST's egress price", 1, size_gb, f"{t_price:.2f}", "")
     print()
+    for reason in NO_PLAN:
+        print(f"- no plan ({reason})")
     for backend in BACKENDS:
         print(f"- {backend}: median {statistics.median(times[backend]):.2f} s, max {max(times[backend]):.2f} s "
               f"over {len(times[backend])} multicast MILPs")
@@ -151,7 +159,7 @@ def gbps_usd(plan: planner.Plan) -> str:
 
 def row(plan: planner.Plan | None, name: str, n: int, size_gb: float, *times: str) -> None:
     if plan is None:
-        print(f"| {name} | {n} | infeasible | | | | {' | '.join(times)} |")
+        print(f"| {name} | {n} | no plan (CBC) | | | | {' | '.join(times)} |")
         return
     minutes = plan.predicted_seconds(int(size_gb * 1e9)) / 60
     print(f"| {name} | {n} | {plan.throughput_gbps:.2f} | {minutes:.0f} min | {plan.cost_per_gb:.4f} | "

@@ -74,6 +74,13 @@ class MulticastMILP:
             model = self._build(rate, ceiling=None, objective="cost")
             if not milp.run(model.problem, solver):
                 best = self._fastest(None)
+                if best >= rate:
+                    # The solver ran out of time before any plan at this rate, though faster ones exist
+                    # (CBC near the highest feasible rate on a loaded machine): not infeasible.
+                    raise InfeasiblePlanError(
+                        f"the cheapest multicast at {rate:g} Gbps was not found within {TIME_LIMIT_S:g} s, "
+                        f"though plans reach {best:.3f} Gbps",
+                        hint="try --backend highs, or a lower --throughput-gbps")
                 raise InfeasiblePlanError(
                     f"no multicast {self.src} -> {len(self.dsts)} destinations reaches {throughput_gbps:g} Gbps "
                     f"with at most {self.max_gateways} gateway(s) per region; the best achievable is {best:.3f} Gbps",

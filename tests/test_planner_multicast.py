@@ -127,3 +127,19 @@ def test_ilp_never_costs_more_than_mst_at_its_throughput():
     assert_consistent(ilp, grid)
     assert transfer_usd(ilp, 1000) <= transfer_usd(mst, 1000) * (1 + 1e-6)
     assert ilp.solve_seconds < 30
+
+
+def test_a_target_the_solver_runs_out_of_time_on_is_not_called_unreachable(grid, monkeypatch):
+    # The cost MILP finds no plan in time (as CBC does near the highest feasible rate under load); the
+    # feasibility search still reaches the target, so the error must not claim the target is unreachable.
+    from planner import milp
+
+    real_run, calls = milp.run, []
+
+    def cost_model_times_out(problem, solver):
+        calls.append(problem)
+        return False if len(calls) == 1 else real_run(problem, solver)
+
+    monkeypatch.setattr(milp, "run", cost_model_times_out)
+    with pytest.raises(InfeasiblePlanError, match=r"at 5 Gbps was not found within 25 s, though plans reach"):
+        planner.solve("x:s", DSTS, solver="ilp", throughput_gbps=5, grid=grid)
