@@ -65,3 +65,12 @@ def mapped_to(servers, *drop: str) -> dict[str, dict]:
     """An ``address_map`` putting gateway i on test sshd server i, without the host fields in ``drop``
     (without ``key_file``, the job's own key must log in)."""
     return {str(i): {k: v for k, v in s.host_setting().items() if k not in drop} for i, s in enumerate(servers)}
+
+
+def ancestors(pid: int) -> list[int]:
+    """The parent of ``pid``, its parent, ... up to init (from /proc)."""
+    out = []
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        out.append(pid)
+    return out

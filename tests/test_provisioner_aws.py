@@ -5,19 +5,24 @@ moto's instance addresses are fake: every test checks that no connection goes an
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
 
-from gateway.control_client import GatewayClient
 from planner.errors import CredentialsError, ProvisionError
 from planner.plan import direct_plan
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.aws import TAG_CREATED, TAG_GATEWAY, TAG_JOB, AWSProvisioner
+from skyplane_provider.provisioners.ssh_bootstrap import HostBootstrap
+from skyplane_provider.testing.leftovers import coordinator_pids
+from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.launch import JobSecrets, gateway_specs
-from tests.helpers import gateway_pids
+from tests.helpers import ancestors, gateway_pids
 
 REGIONS = ("aws:us-east-1", "aws:eu-west-1")
 
@@ -72,12 +77,17 @@ def test_aws_fleet_on_moto_boots_over_mapped_sshd_and_tears_down(
             assert tags[TAG_JOB] == job_id and tags[TAG_CREATED] and tags[TAG_GATEWAY] in {g.gateway_id for g in fleet.gateways}
             assert inst["State"]["Name"] == "running" and inst["InstanceType"] == "m5.large"
             assert inst.get("InstanceLifecycle") == "spot"
+            shutdown = ec2(ec2_endpoint, inst["Placement"]["AvailabilityZone"][:-1]).describe_instance_attribute(
+                InstanceId=inst["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
+            assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
             instance_ips |= {inst["PublicIpAddress"], inst["PrivateIpAddress"]}
         for group in res["groups"]:
-            rules = {(p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p["IpRanges"]}
-            assert rules == {(22, "127.0.0.1/32")} | {(47800, f"{ip}/32") for ip in instance_ips}
+            rules = {(p["FromPort"], p["ToPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p["IpRanges"]}
+            # SSH and the coordinator's API from the orchestrator; data and control ports from the fleet
+            assert rules == {(22, 22, "127.0.0.1/32"), (47802, 47802, "127.0.0.1/32")} | {
+                (47800, 47801, f"{ip}/32") for ip in instance_ips}
         for g in fleet.gateways:
-            assert GatewayClient(g.control_url, g.control_token).health()["ok"]
+            assert g.client().health()["ok"]
             assert g.data_host == "127.0.0.1"
         assert len(gateway_pids(job_id, workers=False)) == 2
         key_file = Path(tmp_path / "home" / "keys" / f"{job_id}.key")
@@ -131,3 +141,63 @@ def test_aws_unmapped_instance_is_never_contacted(ec2_endpoint, aws_env, sshd_se
         get_provisioner("aws", **s).provision(job_id, specs_for(job_id))
     assert connections == []
     assert job_resources(ec2_endpoint, job_id) == {"instances": [], "groups": [], "keys": []}
+
+
+def _sha256s(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def test_aws_job_runs_its_coordinator_on_the_source_instance_and_leaves_nothing(
+        ec2_endpoint, aws_env, sshd_servers, ssh_known_hosts, connections, tmp_path, monkeypatch):
+    """The coordinator of an aws job is a process of the source instance's (mapped) host, not of this
+    client; it gets no AWS credentials; the copy is identical; after the job and the client's reap no
+    instance, security group, key pair, gateway or coordinator of the job is left."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(6):
+        (src / f"f{i}").write_bytes(os.urandom(200_000))
+    (src / "big.bin").write_bytes(os.urandom(3 * 1024**2 + 17))  # a multipart object of four parts
+    job_id = uuid.uuid4().hex
+    documents: list[dict] = []
+    real_start = HostBootstrap.start_coordinator
+
+    def spy(self, document, **kwargs):  # what the instance gets
+        documents.append(document)
+        return real_start(self, document, **kwargs)
+
+    monkeypatch.setattr(HostBootstrap, "start_coordinator", spy)
+    prov_settings = settings(ec2_endpoint, sshd_servers, ssh_known_hosts,
+                             aws_access_key_id="testing", aws_secret_access_key="testing")
+    transfer = Transfer(TransferRequest(src=str(src), dsts=[str(dst)], job_id=job_id, chunk_size="1MiB",
+                                        src_region=REGIONS[0], dst_regions=[REGIONS[1]], provisioner="aws",
+                                        provisioner_settings=prov_settings))
+    started = time.monotonic()
+    handle = transfer.start()
+    try:
+        host_job = Path(sshd_servers[0].remote_dir) / "jobs" / job_id  # gateway #0 is the source's
+        pid = int((host_job / "coordinator.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[0].decode().startswith(sshd_servers[0].remote_dir + "/venv-")
+        assert cmdline[1:3] == [b"-m", b"skyplane_provider.coordinator"]
+        assert os.getsid(pid) == pid and os.getpid() not in ancestors(pid)
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"AWS_" not in environ  # its host's clean session: nothing of this client's environment
+        assert not (Path(sshd_servers[1].remote_dir) / "jobs" / job_id / "coordinator.pid").exists()
+        assert handle.url.startswith("https://127.0.0.1:") and "BEGIN CERTIFICATE" in handle.to_dict()["cert"]
+        [doc] = documents
+        shipped = doc["request"]["provisioner_settings"]
+        assert "aws_access_key_id" not in shipped and "aws_secret_access_key" not in shipped
+        assert shipped["endpoint_url"] == ec2_endpoint  # the rest of the settings travel
+        stats = handle.result(timeout=120)
+    finally:
+        transfer.reap()  # the client still here deletes what only its credentials may: the VMs
+    elapsed = time.monotonic() - started
+    assert stats.verified and stats.objects == 7
+    assert _sha256s(dst) == _sha256s(src)
+    assert job_resources(ec2_endpoint, job_id) == {"instances": [], "groups": [], "keys": []}
+    assert gateway_pids(job_id) == [] and coordinator_pids(job_id) == []
+    assert not (tmp_path / "home" / "keys" / f"{job_id}.key").exists()
+    assert {h for h, _ in connections} == {"127.0.0.1"}
+    print(f"aws job with its coordinator on the source instance: {elapsed:.1f} s from start() to reaped")
+

@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 
-from gateway.control_client import GatewayClient
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.azure import TAG_CREATED, TAG_GATEWAY, TAG_JOB, AzureProvisioner
@@ -76,11 +75,13 @@ def test_azure_fleet_on_standin_boots_with_its_own_key_and_tears_down(
             assert rules["skyplane-ssh"]["sourceAddressPrefixes"] == ["127.0.0.1/32"]
             assert rules["skyplane-ssh"]["destinationPortRange"] == "22"
             assert set(rules["skyplane-data"]["sourceAddressPrefixes"]) == {f"{a}/32" for a in addresses}
-            assert rules["skyplane-data"]["destinationPortRange"] == "47800"
+            assert rules["skyplane-data"]["destinationPortRange"] == "47800-47801"  # data, control
+            assert rules["skyplane-api"]["sourceAddressPrefixes"] == ["127.0.0.1/32"]  # the coordinator's
+            assert rules["skyplane-api"]["destinationPortRange"] == "47802"
             assert rules["deny-all-inbound"]["access"] == "Deny" and rules["deny-all-inbound"]["priority"] == 4096
         assert all(public_key in (s.directory / "authorized_keys").read_text() for s in sshd_servers)
         for g in fleet.gateways:
-            assert GatewayClient(g.control_url, g.control_token).health()["ok"]
+            assert g.client().health()["ok"]
         assert len(gateway_pids(job_id, workers=False)) == 2
         assert key_file.stat().st_mode & 0o777 == 0o600
         assert fleet.vm_seconds() > 0 and fleet.vm_usd() > 0

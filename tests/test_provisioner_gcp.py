@@ -12,7 +12,6 @@ import uuid
 
 import pytest
 
-from gateway.control_client import GatewayClient
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
@@ -70,14 +69,15 @@ def test_gcp_fleet_on_standin_boots_with_its_own_key_and_tears_down(
         rules = {f["name"]: f for f in gcp_standin.firewalls.values()}
         assert set(rules) == {f"skyplane-{job_id}-ssh", f"skyplane-{job_id}-data"}
         ssh, data = rules[f"skyplane-{job_id}-ssh"], rules[f"skyplane-{job_id}-data"]
-        assert ssh["sourceRanges"] == ["127.0.0.1/32"] and ssh["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+        assert ssh["sourceRanges"] == ["127.0.0.1/32"]  # and the coordinator's API, on the source VM
+        assert ssh["allowed"] == [{"IPProtocol": "tcp", "ports": ["22", "47802"]}]
         assert set(data["sourceRanges"]) == {f"{a}/32" for a in addresses}
-        assert data["allowed"] == [{"IPProtocol": "tcp", "ports": ["47800"]}]
+        assert data["allowed"] == [{"IPProtocol": "tcp", "ports": ["47800", "47801"]}]  # data, control
         assert all(r["targetTags"] == [f"skyplane-{job_id}"] and job_id in r["description"] for r in rules.values())
         # The job's key (not the test's client key) is authorized on the mapped hosts while instances live.
         assert all(public_key in (s.directory / "authorized_keys").read_text() for s in sshd_servers)
         for g in fleet.gateways:
-            assert GatewayClient(g.control_url, g.control_token).health()["ok"]
+            assert g.client().health()["ok"]
         assert len(gateway_pids(job_id, workers=False)) == 2
         assert key_file.stat().st_mode & 0o777 == 0o600
         assert fleet.vm_seconds() > 0 and fleet.vm_usd() > 0

@@ -22,6 +22,7 @@ from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
 from skyplane_provider.testing.leftovers import coordinator_pids, gateway_pids
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.handle import TransferHandle
+from tests.helpers import ancestors
 
 REGIONS = ("aws:us-east-1", "gcp:us-central1")
 MiB = 1024**2
@@ -64,14 +65,6 @@ def _wait(condition, timeout: float = 120.0):
     return value
 
 
-def _ancestors(pid: int) -> list[int]:
-    out = []
-    while pid > 1:
-        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        out.append(pid)
-    return out
-
-
 #: A client that starts the job, prints its handle and waits to be killed.
 CLIENT = """
 import json, sys, time
@@ -105,7 +98,7 @@ def test_ssh_job_runs_its_coordinator_on_the_source_gateway_host_and_outlives_a_
         assert cmdline[0].decode().startswith(sshd_servers[0].remote_dir + "/venv-")
         assert cmdline[1:4] == [b"-m", b"skyplane_provider.coordinator", b"--foreground"]
         assert environ[b"SKYPLANE_HOME"].decode() == sshd_servers[0].remote_dir
-        assert client.pid not in _ancestors(pid) and os.getsid(pid) == pid
+        assert client.pid not in ancestors(pid) and os.getsid(pid) == pid
         assert json.loads((host_job / "coordinator.json").read_text())["pid"] == pid
         assert not (host_job / "request.json").exists()  # read and deleted: the credentials stay in memory
         assert handle_doc["url"].startswith("https://127.0.0.1:") and "BEGIN CERTIFICATE" in handle_doc["cert"]

@@ -97,12 +97,15 @@ def run(directory: Path) -> int:
     write_private(directory / RESUME, resumable_request(request.redacted()))
     job = JobState(request.job_id)
     host = doc.get("host", "127.0.0.1")
+    # A cloud VM's public address is a NAT's: it binds its private one and is reached at the public one.
+    bind, port = doc.get("bind_host") or host, int(doc.get("port") or 0)
     cert = None
     if doc.get("tls"):
-        server, cert = _tls_server(directory, job, doc["token"], host)
+        server, cert = _tls_server(directory, job, doc["token"], host, bind, port)
     else:
         server = CoordinatorServer(job, doc["token"], host=host)
     server.start()
+    url = server.url_at(host)
     handed = _handed_provisioner(request, doc)
     transfer = Transfer(request, provisioner=handed, progress=lambda p: job.progress(p.to_dict()),
                         checked=bool(doc.get("checked")), prepared=doc.get("prepared"))
@@ -117,9 +120,9 @@ def run(directory: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     threading.Thread(target=_relay_cancel, args=(job, transfer), name="cancel", daemon=True).start()
-    write_private(directory / ADDRESS, {"job_id": job.job_id, "url": server.url, "pid": os.getpid(), "cert": cert,
+    write_private(directory / ADDRESS, {"job_id": job.job_id, "url": url, "pid": os.getpid(), "cert": cert,
                                         "created_at": datetime.now(timezone.utc).isoformat()})
-    log.info("job %s: coordinator %d serving on %s", job.job_id, os.getpid(), server.url)
+    log.info("job %s: coordinator %d serving on %s", job.job_id, os.getpid(), url)
     job.running()
     try:
         job.succeed(transfer.execute().to_dict())
@@ -171,15 +174,15 @@ def _forget(directory: Path) -> None:
         pass  # something else of the job is still there (a fleet's files, a manifest)
 
 
-def _tls_server(directory: Path, job, token: str, host: str):
-    """The API over TLS with a fresh self-signed certificate (clients pin it); the key file lives
-    only while ``ssl`` loads it."""
+def _tls_server(directory: Path, job, token: str, host: str, bind: str, port: int):
+    """The API over TLS on ``(bind, port)`` with a fresh self-signed certificate for ``host`` (clients
+    pin it); the key file lives only while ``ssl`` loads it."""
     from gateway.tls import self_signed, server_context
 
     from .server import CoordinatorServer
 
     cert, key = self_signed(host)
-    return CoordinatorServer(job, token, host=host, tls=server_context(cert, key, directory)), cert
+    return CoordinatorServer(job, token, host=bind, port=port, tls=server_context(cert, key, directory)), cert
 
 
 def _relay_cancel(job, transfer) -> None:

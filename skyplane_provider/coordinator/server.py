@@ -69,8 +69,11 @@ class CoordinatorServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+        return self.url_at(self.server_address[0])
+
+    def url_at(self, host: str) -> str:
+        """This server's URL as clients reach it at ``host`` (its own address, or a NAT's that maps onto it)."""
+        return f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{self.server_address[1]}"
 
     def authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")

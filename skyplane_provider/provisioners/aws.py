@@ -20,7 +20,7 @@ from typing import Any
 from planner.errors import CredentialsError, ProvisionError
 
 from .base import GatewaySpec
-from .cloud_fleet import CloudJob, CloudProvisioner, Instance, per_region
+from .cloud_fleet import CloudJob, CloudProvisioner, FleetPorts, Instance, per_region
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,12 @@ class AWSJob(CloudJob):
             step = "finding an AMI"
             image = ami or default_ami(ec2)
             step = f"run_instances ({len(specs)} x {s.instance_type})"
+            # An instance shut down from inside (a user's poweroff, a watchdog in user_data) is terminated,
+            # not stopped: a stopped instance still bills its volume, and nothing of the job restarts it.
             kwargs: dict[str, Any] = dict(
                 ImageId=image, InstanceType=s.instance_type, MinCount=len(specs), MaxCount=len(specs),
-                KeyName=name, TagSpecifications=self._tag_spec("instance", [{"Key": "Name", "Value": name}]))
+                KeyName=name, TagSpecifications=self._tag_spec("instance", [{"Key": "Name", "Value": name}]),
+                InstanceInitiatedShutdownBehavior="terminate")
             if subnet_id:
                 kwargs["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet_id, "Groups": [res.group_id],
                                                 "AssociatePublicIpAddress": True}]
@@ -174,12 +177,15 @@ class AWSJob(CloudJob):
                                                   now.get("PrivateIpAddress"))
         return out
 
-    def authorize(self, orchestrator_cidr: str, data_port: int, fleet_addresses: list[str]) -> None:
-        """SSH from the orchestrator only; the data port from the fleet's own addresses only."""
+    def authorize(self, orchestrator_cidr: str, ports: FleetPorts, fleet_addresses: list[str]) -> None:
+        """SSH and the coordinator's API from the orchestrator only; the gateways' data and control
+        ports from the fleet's own addresses only."""
+        orchestrator = [{"CidrIp": orchestrator_cidr, "Description": "skyplane orchestrator"}]
         for res in self.regions.values():
-            perms = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                      "IpRanges": [{"CidrIp": orchestrator_cidr, "Description": "skyplane orchestrator"}]},
-                     {"IpProtocol": "tcp", "FromPort": data_port, "ToPort": data_port,
+            perms = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": orchestrator},
+                     {"IpProtocol": "tcp", "FromPort": ports.coordinator, "ToPort": ports.coordinator,
+                      "IpRanges": orchestrator},
+                     {"IpProtocol": "tcp", "FromPort": ports.data, "ToPort": ports.control,
                       "IpRanges": [{"CidrIp": f"{ip}/32", "Description": "skyplane gateway"}
                                    for ip in fleet_addresses]}]
             try:
@@ -241,6 +247,7 @@ class AWSProvisioner(CloudProvisioner):
     name = "aws"
     cloud = "AWS"
     hourly_prices = HOURLY_PRICE
+    credential_settings = frozenset({"profile", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
 
     def __init__(self, *, instance_type: str = "m5.8xlarge", ami: str | dict | None = None,
                  subnet_id: str | dict | None = None, spot: bool = False, user_data: str | None = None,

@@ -25,7 +25,7 @@ from typing import Any
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
 
 from .base import GatewaySpec
-from .cloud_fleet import CloudJob, CloudProvisioner, Instance, per_region, require_sdk
+from .cloud_fleet import CloudJob, CloudProvisioner, FleetPorts, Instance, per_region, require_sdk
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +218,18 @@ class AzureJob(CloudJob):
             out[vm["gateway_id"]] = Instance(vm["name"], ip, private)
         return out
 
-    def authorize(self, orchestrator_cidr: str, data_port: int, fleet_addresses: list[str]) -> None:
-        def allow(name: str, priority: int, port: int, sources: list[str]) -> dict:
+    def authorize(self, orchestrator_cidr: str, ports: FleetPorts, fleet_addresses: list[str]) -> None:
+        """SSH and the coordinator's API from the orchestrator only; the gateways' data and control
+        ports from the fleet's own addresses only."""
+        def allow(name: str, priority: int, port: int | str, sources: list[str]) -> dict:
             return {"name": name, "properties": {
                 "priority": priority, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
                 "sourceAddressPrefixes": sources, "sourcePortRange": "*", "destinationAddressPrefix": "*",
                 "destinationPortRange": str(port)}}
 
         rules = [allow("skyplane-ssh", 100, 22, [orchestrator_cidr]),
-                 allow("skyplane-data", 110, data_port, [f"{a}/32" for a in fleet_addresses])]
+                 allow("skyplane-api", 105, ports.coordinator, [orchestrator_cidr]),
+                 allow("skyplane-data", 110, f"{ports.data}-{ports.control}", [f"{a}/32" for a in fleet_addresses])]
         for _, name, region in self.created["networkSecurityGroups"]:
             try:
                 self._create("networkSecurityGroups", name, region, self._nsg_body(region, rules)).result()

@@ -5,12 +5,15 @@ A cloud provisioner only knows how to create, open and delete its cloud's resour
 
 1. settings common to all clouds (instance type, SSH user, the orchestrator's address, the data port,
    an ``address_map``, timeouts), checked before anything is created;
-2. the provisioning flow: launch per region, wait until the VMs run, open SSH to the orchestrator and
-   the data port to the fleet's own addresses, then the shared SSH bootstrap (``ssh.bootstrap_fleet``)
-   installs this exact package and starts the gateways; any failure tears everything down;
-3. :class:`CloudFleet`, the running fleet: teardown stops the gateways, then deletes the VMs and
+2. the provisioning flow: launch per region, wait until the VMs run, open SSH and the coordinator's
+   API to the orchestrator and the data and control ports to the fleet's own addresses
+   (:func:`fleet_ports`), then the shared SSH bootstrap (``ssh.bootstrap_fleet``) installs this exact
+   package and starts the gateways; any failure tears everything down;
+3. the job's coordinator on the source region's first VM (``ssh.launch_on_fleet``, as for ``ssh``
+   hosts), given no cloud credentials: the client keeps deleting the VMs (docs/provisioners.md);
+4. :class:`CloudFleet`, the running fleet: teardown stops the gateways, then deletes the VMs and
    everything else the job created, and the per-job SSH key (:class:`JobKey`);
-4. cost: each VM counts from launch to confirmed deletion.
+5. cost: each VM counts from launch to confirmed deletion.
 
 ``address_map`` (tests against a stand-in API, or hosts behind NAT): instance id or gateway index ->
 an SSH host to use instead of the VM's address. With a map, every connection goes through one
@@ -33,15 +36,32 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from planner.errors import BadOptionError, ProvisionError
+from skyplane_provider.paths import skyplane_home
+from skyplane_provider.redaction import is_secret_name
 
 from . import teardown_hooks
 from .base import Fleet, GatewaySpec, Provisioner, check_stop
-from skyplane_provider.paths import skyplane_home
-from .ssh import SSHFleet, bootstrap_fleet, utc_now
+from .ssh import SSHFleet, bootstrap_fleet, launch_on_fleet, utc_now
 from .ssh_bootstrap import DEFAULT_REMOTE_DIR
 from .ssh_connection import ConnectPolicy, SSHHost
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetPorts:
+    """The fixed ports of a job's VMs, which their firewall opens: ``data`` and ``control`` (the
+    gateways') to the fleet's own addresses, ``coordinator`` (the job's API, on the source region's
+    first VM) to the orchestrator's, as SSH is."""
+
+    data: int
+    control: int
+    coordinator: int
+
+
+def fleet_ports(data_port: int) -> FleetPorts:
+    """The data port and the two after it."""
+    return FleetPorts(data_port, data_port + 1, data_port + 2)
 
 
 class JobKey:
@@ -108,8 +128,9 @@ class CloudJob(ABC):
         """Wait until every VM runs; gateway id -> its instance, with current addresses."""
 
     @abstractmethod
-    def authorize(self, orchestrator_cidr: str, data_port: int, fleet_addresses: list[str]) -> None:
-        """Admit SSH (22) from ``orchestrator_cidr`` only and ``data_port`` from the fleet's addresses only."""
+    def authorize(self, orchestrator_cidr: str, ports: FleetPorts, fleet_addresses: list[str]) -> None:
+        """Admit SSH (22) and ``ports.coordinator`` from ``orchestrator_cidr`` only, and ``ports.data``
+        and ``ports.control`` from the fleet's addresses only."""
 
     @abstractmethod
     def _teardown(self) -> None:
@@ -177,6 +198,20 @@ class CloudFleet(Fleet):
     def alive(self, gateway_id: str) -> bool:
         return self._ssh.alive(gateway_id)
 
+    @property
+    def ssh_fleet(self) -> SSHFleet:
+        """The gateways on the VMs, as SSH hosts."""
+        return self._ssh
+
+    def hand_over(self) -> None:
+        """The coordinator on the source VM drives the fleet now and stops the gateways when the job
+        ends: this process no longer tears anything down when it exits (a deferred Airflow task's
+        does at once). The VMs and the rest stay until :meth:`teardown` (``Transfer.reap()``, at the
+        job's end when the client is still there) or ``deprovision``: deleting them needs the cloud
+        credentials, which never leave the client."""
+        self._ssh.hand_over()
+        teardown_hooks.unregister(self)
+
     def teardown(self) -> None:
         try:
             self._ssh.teardown()
@@ -216,6 +251,11 @@ class CloudProvisioner(Provisioner):
     cloud: str = ""
     #: USD per hour of instance types other than the planner's gateway VM (on-demand, cheapest US region).
     hourly_prices: dict[str, float] = {}
+    #: The coordinator runs on the source region's first VM (docs/coordinator.md).
+    coordinator_on_fleet = True
+    #: Settings that authenticate to the cloud: never in the job document a VM gets (nor any setting
+    #: whose name says it is a secret).
+    credential_settings: frozenset[str] = frozenset()
 
     def __init__(self, *, instance_type: str, ssh_user: str, python: str = "python3",
                  orchestrator_cidr: str | None = None, data_port: int = 47800, address_map: dict | None = None,
@@ -225,8 +265,10 @@ class CloudProvisioner(Provisioner):
         if unknown:
             raise BadOptionError(f"unknown {self.name} provisioner settings {sorted(unknown)}",
                                  hint=f"see docs/provisioners.md for the {self.name} settings")
-        if not isinstance(data_port, int) or not 0 < data_port < 65536 or data_port == 22:
-            raise BadOptionError(f"bad data_port {data_port!r}", hint="use a TCP port number other than 22, e.g. 47800")
+        if not isinstance(data_port, int) or not 0 < data_port < 65534 or 20 <= data_port <= 22:
+            raise BadOptionError(f"bad data_port {data_port!r}",
+                                 hint="use a TCP port number below 65534 such that neither it nor the two after it "
+                                      "(the control API's, the coordinator's) is 22, e.g. 47800")
         for setting, value in (("boot_timeout", boot_timeout), ("health_timeout", health_timeout),
                                ("poll_seconds", poll_seconds)):
             if not isinstance(value, (int, float)) or value <= 0:
@@ -292,7 +334,10 @@ class CloudProvisioner(Provisioner):
         if not instance.public_ip:
             raise ProvisionError(f"instance {instance.instance_id} has no public IP address",
                                  hint="use a network that assigns public addresses")
-        return SSHHost(host=instance.public_ip, port=22, user=self.ssh_user, key_file=str(key_file), python=self.python)
+        # The public address is a NAT's (every cloud maps it 1:1 onto the VM's private one): the
+        # gateways bind the private address and peers dial the public one.
+        return SSHHost(host=instance.public_ip, port=22, user=self.ssh_user, key_file=str(key_file), python=self.python,
+                       data_host=instance.private_ip, advertise_host=instance.public_ip)
 
     def check_orchestrator_cidr(self) -> str:
         if not self.orchestrator_cidr:
@@ -319,18 +364,35 @@ class CloudProvisioner(Provisioner):
             instances = job.wait_running(self.boot_timeout)
             check_stop(stop)
             addresses = sorted({a for i in instances.values() for a in (i.public_ip, i.private_ip) if a})
-            job.authorize(cidr, self.data_port, addresses)
+            ports = fleet_ports(self.data_port)
+            job.authorize(cidr, ports, addresses)
             assignments = [(spec, self.ssh_host(i, instances[spec.gateway_id], job.key.path))
                            for i, spec in enumerate(specs)]
             policy = ConnectPolicy(known_hosts=self.known_hosts, accept_unknown_host_keys=self.accept_unknown_host_keys,
                                    retry_seconds=self.boot_timeout, allowed=self.allowed_addresses())
             ssh_fleet = bootstrap_fleet(
                 job_id, assignments, policy=policy, remote_dir=self.remote_dir, wheelhouse=self.wheelhouse,
-                health_timeout=self.health_timeout, provisioner=self.name,
-                data_port=0 if self.address_map else self.data_port, stop=stop)
+                health_timeout=self.health_timeout, provisioner=self.name, stop=stop, control_tls=True,
+                # mapped hosts may share an address (tests: loopback): free ports there
+                data_port=0 if self.address_map else ports.data, control_port=0 if self.address_map else ports.control)
         except BaseException:
             job.teardown()
             raise
         fleet = CloudFleet(job_id, job, ssh_fleet, self.hourly_price(specs[0].region) if specs else 0.0)
         teardown_hooks.register(fleet)
         return fleet
+
+    def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
+        """Start the job's coordinator on the source region's first VM (as ``ssh`` does on its first
+        host), serving on the VM's private address and reached at its public one, on
+        :func:`fleet_ports`' ``coordinator`` port. Its job document holds the request without the
+        settings that authenticate to the cloud: the coordinator stops the gateways, the client
+        deletes the VMs."""
+        if not isinstance(fleet, CloudFleet):
+            raise ProvisionError(f"job {job_id}: a coordinator on a gateway VM needs the fleet started first")
+        request = document["request"]
+        settings = {k: v for k, v in request.get("provisioner_settings", {}).items()
+                    if k not in self.credential_settings and not is_secret_name(k)}
+        document = {**document, "request": {**request, "provisioner_settings": settings}}
+        return launch_on_fleet(job_id, document, fleet.ssh_fleet, health_timeout=self.health_timeout, behind_nat=True,
+                               port=0 if self.address_map else fleet_ports(self.data_port).coordinator)

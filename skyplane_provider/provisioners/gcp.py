@@ -23,7 +23,7 @@ from typing import Any
 from planner.errors import BadOptionError, CredentialsError, ProvisionError
 
 from .base import GatewaySpec
-from .cloud_fleet import CloudJob, CloudProvisioner, Instance, per_region, poll_until, require_sdk
+from .cloud_fleet import CloudJob, CloudProvisioner, FleetPorts, Instance, per_region, poll_until, require_sdk
 
 log = logging.getLogger(__name__)
 
@@ -231,21 +231,23 @@ class GCPJob(CloudJob):
                    what="waiting for the GCP instances to run")
         return out
 
-    def authorize(self, orchestrator_cidr: str, data_port: int, fleet_addresses: list[str]) -> None:
-        """Two rules for the job's network tag: SSH from the orchestrator, the data port from the fleet."""
+    def authorize(self, orchestrator_cidr: str, ports: FleetPorts, fleet_addresses: list[str]) -> None:
+        """Two rules for the job's network tag: SSH and the coordinator's API from the orchestrator,
+        the gateways' data and control ports from the fleet."""
         from google.cloud import compute_v1
 
         description = FIREWALL_DESCRIPTION.format(job_id=self.job_id, created_at=label_time(self.created_at))
-        rules = [("ssh", 22, [orchestrator_cidr]), ("data", data_port, [f"{a}/32" for a in fleet_addresses])]
+        rules = [("ssh", ["22", str(ports.coordinator)], [orchestrator_cidr]),
+                 ("data", [str(ports.data), str(ports.control)], [f"{a}/32" for a in fleet_addresses])]
         ops = []
         try:
-            for suffix, port, sources in rules:
+            for suffix, port_list, sources in rules:
                 name = f"skyplane-{self.slug}-{suffix}"
                 self.firewalls.append(name)
                 ops.append(self.clients.firewalls.insert(project=self.project, firewall_resource=compute_v1.Firewall(
                     name=name, network=self._settings.network, direction="INGRESS", priority=1000,
                     description=description, target_tags=[self.network_tag], source_ranges=sources,
-                    allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(port)])])))
+                    allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=port_list)])))
             for op in ops:
                 self.clients.wait(op, None, timeout=300, poll_seconds=self.poll_seconds)
         except Exception as exc:

@@ -102,7 +102,7 @@ def teardown_hosts(hosts: list[HostBootstrap]) -> None:
 def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]], *, policy: ConnectPolicy,
                     remote_dir: str, wheelhouse: str | None, health_timeout: float, provisioner: str,
                     data_port: int = 0, stop: threading.Event | None = None,
-                    control_tls: bool = False) -> SSHFleet:
+                    control_tls: bool = False, control_port: int = 0) -> SSHFleet:
     """Install the package on every host, start every gateway, wait for health through tunnels.
 
     Hosts are prepared in parallel, gateways of one host one after the other. On any failure every
@@ -133,7 +133,7 @@ def bootstrap_fleet(job_id: str, assignments: list[tuple[GatewaySpec, SSHHost]],
         boot.install(wheel, Path(wheelhouse).expanduser() if wheelhouse else None)
         check_stop(stop)  # cancelled while installing: start no gateway
         return boot.start(by_host[host], host, health_timeout=health_timeout, data_port=data_port,
-                          control_tls=control_tls)
+                          control_tls=control_tls, control_port=control_port)
 
     # Every host is asked first whether an earlier try of the job still runs there: if one does, this
     # try leaves every host as it found it.
@@ -240,21 +240,25 @@ class SSHProvisioner(Provisioner):
         """Start the job's coordinator on the host of ``fleet``'s first gateway in the source region
         (the plan's ``src``), with the fleet handed to it; ``{"url", "cert"}`` once its API listens
         there over TLS. The package is installed there already (provisioning did it)."""
+        if not isinstance(fleet, SSHFleet):
+            raise ProvisionError(f"job {job_id}: a coordinator on a gateway host needs the fleet started first")
         return launch_on_fleet(job_id, document, fleet, health_timeout=self.health_timeout)
 
 
-def launch_on_fleet(job_id: str, document: dict, fleet: Fleet | None, *, health_timeout: float) -> dict:
-    """``launch_coordinator`` for a fleet on SSH hosts (``ssh``; docs/coordinator.md says what ``aws``
-    still lacks): the coordinator on the source region's first gateway host, serving on that host's
-    peer address."""
-    if not isinstance(fleet, SSHFleet):
-        raise ProvisionError(f"job {job_id}: a coordinator on a gateway host needs the fleet started first")
+def launch_on_fleet(job_id: str, document: dict, fleet: SSHFleet, *, health_timeout: float,
+                    behind_nat: bool = False, port: int = 0) -> dict:
+    """``launch_coordinator`` for a fleet on SSH hosts (``ssh``, and the cloud provisioners' VMs): the
+    coordinator on the source region's first gateway host, serving over TLS on that host's peer
+    address. ``behind_nat`` (a cloud VM): it binds the host's own ``data_host`` and is reached at the
+    peer address a NAT maps onto it; ``port``: a fixed port that the VM's firewall opens (0: a free one)."""
     src = document.get("coordinator_region")
     first = next((g for g in fleet.gateways if g.region == src), None)
     boot = fleet.host_of(first.gateway_id) if first else None
     if boot is None:
         raise ProvisionError(f"job {job_id}: no gateway of the source region {src} to run the coordinator on")
+    host = boot.session.host
     doc = {**document, "fleet": fleet_document(fleet)}
-    started = boot.start_coordinator(doc, address=boot.session.host.peer_address, timeout=health_timeout + 30)
+    started = boot.start_coordinator(doc, address=host.peer_address, timeout=health_timeout + 30,
+                                     bind=host.bind_address if behind_nat else None, port=port)
     log.info("job %s: coordinator %s on %s at %s", job_id, started.get("pid"), boot.label, started["url"])
     return {"url": started["url"], "cert": started.get("cert"), "host": boot.label, "pid": started.get("pid")}

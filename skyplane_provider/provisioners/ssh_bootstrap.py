@@ -177,12 +177,13 @@ class HostBootstrap:
         self.session.put_bytes(json.dumps(record).encode(), f"{self.job_dir}/job.json")
 
     def start(self, specs: list[GatewaySpec], host: SSHHost, *, health_timeout: float,
-              data_port: int = 0, control_tls: bool = False) -> list[GatewayHandle]:
+              data_port: int = 0, control_tls: bool = False, control_port: int = 0) -> list[GatewayHandle]:
         """Start the gateways detached (one round trip for all of them) and wait until each answers
         on its control API through a tunnel. ``control_tls``: the control APIs listen on the host's
         address over TLS (certificates pinned in the handles), for a coordinator on another host;
         ``extra["host_control_url"]`` is where it reaches them. Otherwise they listen on the host's
-        127.0.0.1, reached only through the tunnels."""
+        127.0.0.1, reached only through the tunnels. ``data_port`` / ``control_port``: 0 for free ones
+        (a cloud VM's firewall opens fixed ones)."""
         if self.venv_python is None:
             raise ProvisionError(f"no package installed on {self.label} yet")
         q = shlex.quote
@@ -199,7 +200,7 @@ class HostBootstrap:
             config = {**spec.config, "gateway_id": spec.gateway_id, "job_id": self.job_id, "region": spec.region,
                       "bind_host": host.bind_address, "advertise_host": host.peer_address,
                       "control_host": control_host, "control_tls": control_tls, "data_port": data_port,
-                      "control_port": 0, "ready_file": f"{gdir}/ready.json"}
+                      "control_port": control_port, "ready_file": f"{gdir}/ready.json"}
             config.pop("log_file", None)  # stdout and stderr already go to gateway.log
             self.session.put_bytes(json.dumps(config).encode(), f"{gdir}/config.json", mode=0o600)
             dirs.append(gdir)
@@ -268,9 +269,12 @@ class HostBootstrap:
         self._torn_down = True
         self.session.close()
 
-    def start_coordinator(self, document: dict, *, address: str, timeout: float) -> dict:
+    def start_coordinator(self, document: dict, *, address: str, timeout: float, bind: str | None = None,
+                          port: int = 0) -> dict:
         """Start the job's coordinator on this host, detached, with its job ``document`` in a 0600 file
-        (never in argv or the environment); its API listens on ``address`` over TLS. Returns its
+        (never in argv or the environment); its API listens over TLS on ``bind`` (default ``address``)
+        and ``port`` (0: a free one), and its URL names ``address`` (a cloud VM binds its private
+        address and is reached at its public one, which a NAT maps onto it). Returns its
         ``coordinator.json`` (``{"job_id", "url", "pid", "cert", ...}``) once it listens; raises
         ``ProvisionError`` with its log's tail when it exits first or takes longer than ``timeout``."""
         if self.venv_python is None:
@@ -278,7 +282,8 @@ class HostBootstrap:
         q = shlex.quote
         d = self.job_dir
         self.session.makedirs(d)
-        self.session.put_bytes(json.dumps({**document, "host": address, "tls": True}).encode(),
+        self.session.put_bytes(json.dumps({**document, "host": address, "bind_host": bind or address, "port": port,
+                                           "tls": True}).encode(),
                                f"{d}/{REQUEST}", mode=0o600)
         tries = max(1, int(timeout / 0.1))
         # SKYPLANE_HOME makes its job directory this one (its manifest and report go here); the trailing
