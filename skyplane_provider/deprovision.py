@@ -217,11 +217,13 @@ def deprovision_ssh(hosts: list[SSHHost], selection: Selection, *, policy: Conne
 
 # -- AWS -------------------------------------------------------------------------------------------
 def deprovision_aws(regions: list[str], selection: Selection, *, endpoint_url: str | None = None,
-                    profile: str | None = None, poll_seconds: float = 5.0, dry_run: bool = False) -> list[Reaped]:
-    """Terminate tagged instances, then delete tagged security groups and key pairs, per region."""
+                    profile: str | None = None, poll_seconds: float = 5.0, dry_run: bool = False,
+                    session=None) -> list[Reaped]:
+    """Terminate tagged instances, then delete tagged security groups and key pairs, per region.
+    ``session``: a boto3 session to use instead of ``profile``'s (an aws provisioner's own credentials)."""
     from .provisioners.aws import TAG_CREATED, TAG_JOB, AWSJob, RegionResources, api_error, aws_session
 
-    session = aws_session(profile=profile)
+    session = session or aws_session(profile=profile)
     reaped = []
     for region in regions:
         ec2 = session.client("ec2", region_name=region, endpoint_url=endpoint_url)

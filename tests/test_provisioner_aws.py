@@ -22,7 +22,7 @@ from skyplane_provider.provisioners.ssh_bootstrap import HostBootstrap
 from skyplane_provider.testing.leftovers import coordinator_pids
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.launch import JobSecrets, gateway_specs
-from tests.helpers import ancestors, gateway_pids
+from tests.helpers import ancestors, gateway_pids, wait_gone
 
 REGIONS = ("aws:us-east-1", "aws:eu-west-1")
 
@@ -201,3 +201,56 @@ def test_aws_job_runs_its_coordinator_on_the_source_instance_and_leaves_nothing(
     assert {h for h, _ in connections} == {"127.0.0.1"}
     print(f"aws job with its coordinator on the source instance: {elapsed:.1f} s from start() to reaped")
 
+
+
+def test_deferred_airflow_task_deletes_its_aws_fleet_in_execute_complete(
+        ec2_endpoint, aws_env, sshd_servers, ssh_known_hosts, tmp_path, monkeypatch):
+    """A deferrable operator on an aws fleet: the task defers once the coordinator runs on the source
+    instance (its process would exit: nothing of the client tears down), the real trigger fires the
+    stats, and execute_complete, in a fresh operator as a resuming worker builds it, deletes every VM,
+    group and key pair with the ``skyplane`` connection's credentials."""
+    pytest.importorskip("airflow")
+    import asyncio
+    import json
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from skyplane_provider.airflow.operators import SkyplaneTransferOperator
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(4):
+        (src / f"f{i}").write_bytes(os.urandom(150_000))
+    prov_settings = settings(ec2_endpoint, sshd_servers, ssh_known_hosts)
+    monkeypatch.setenv("AIRFLOW_CONN_SKYPLANE_AWS", json.dumps(
+        {"conn_type": "skyplane", "extra": {"provisioner": "aws", "provisioner_settings": prov_settings}}))
+
+    def operator() -> SkyplaneTransferOperator:
+        return SkyplaneTransferOperator(task_id="copy", src=str(src), dst=str(dst), src_region=REGIONS[0],
+                                        dst_regions=[REGIONS[1]], skyplane_conn_id="skyplane_aws", deferrable=True,
+                                        chunk_size="1MiB", poll_interval=0.2)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator().execute({})
+    fleet = deferred.value.kwargs["fleet"]
+    job_id = fleet["job_id"]
+    try:
+        assert sorted(fleet["regions"]) == sorted(REGIONS) and len(coordinator_pids(job_id)) == 1
+        assert len(job_resources(ec2_endpoint, job_id)["instances"]) == 2
+
+        async def first_event():
+            async for event in deferred.value.trigger.run():
+                return event.payload
+
+        payload = asyncio.run(first_event())
+        assert payload["status"] == "success", payload
+        assert len(job_resources(ec2_endpoint, job_id)["instances"]) == 2  # the coordinator cannot delete them
+        stats = operator().execute_complete({}, payload, **deferred.value.kwargs)
+        assert stats["objects"] == 4 and _sha256s(dst) == _sha256s(src)
+        assert job_resources(ec2_endpoint, job_id) == {"instances": [], "groups": [], "keys": []}
+        # Here the "instances" are local sshd hosts, which moto's terminate does not stop: the gateways
+        # end by the coordinator's POST /shutdown, the coordinator a moment after the trigger read its result.
+        assert wait_gone(job_id) == []
+    finally:
+        get_provisioner("aws", **prov_settings).reap_job(job_id, list(REGIONS))  # whatever a failure left

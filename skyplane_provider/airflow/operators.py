@@ -32,6 +32,7 @@ from airflow.sdk.configuration import conf
 from gateway.stores.uri import parse_uri
 from planner.errors import BadInputError, CoordinatorError, TransferError
 from skyplane_provider.coordinator.client import job_error
+from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.transfer import Progress, Transfer, TransferRequest
 from skyplane_provider.transfer.request import DEFAULT_CHUNK_SIZE
 from skyplane_provider.transfer.runner import RENEW_EVERY
@@ -184,7 +185,7 @@ class SkyplaneTransferOperator(BaseOperator):
                 request.resume = request.sync = True
         if self.deferrable:
             transfer = self._transfer = Transfer(request, progress=self._log_progress)
-            self._defer(transfer.start())  # raises TaskDeferred
+            self._defer(transfer.start(), sorted(transfer.plan.gateways))  # raises TaskDeferred
         # While this worker waits, the connections' sources renew what expires (an assumed role's
         # keys) and the handle pushes it to the job (docs/credentials.md).
         transfer = self._transfer = Transfer(request, progress=self._log_progress,
@@ -215,9 +216,10 @@ class SkyplaneTransferOperator(BaseOperator):
         return stats
 
     # -- deferrable mode -----------------------------------------------------------------------
-    def _defer(self, handle) -> NoReturn:
+    def _defer(self, handle, regions: list[str]) -> NoReturn:
         """Hand the job to the triggerer. Its handle (with the API token) travels only in the trigger's
-        kwargs, which Airflow stores encrypted with its Fernet key, never in XCom."""
+        kwargs, which Airflow stores encrypted with its Fernet key, never in XCom. The job's id and
+        ``regions`` (no secret) come back to :meth:`execute_complete`, which deletes a cloud fleet."""
         self.log.info("job %s: coordinator at %s; deferring", handle.job_id, handle.url)
         timeout = self.execution_timeout
         sides = self.hook.sides(self.src, self.dsts)  # URIs and connection ids: the trigger renews from them
@@ -225,10 +227,15 @@ class SkyplaneTransferOperator(BaseOperator):
         self.defer(trigger=SkyplaneTransferTrigger(handle.to_dict(), poll_interval=self.poll_interval,
                                                    deadline=time.time() + timeout.total_seconds() if timeout else None,
                                                    renew=renew),
-                   method_name="execute_complete", timeout=timeout + DEFER_TIMEOUT_MARGIN if timeout else None)
+                   method_name="execute_complete", timeout=timeout + DEFER_TIMEOUT_MARGIN if timeout else None,
+                   kwargs={"fleet": {"job_id": handle.job_id, "regions": regions}})
 
-    def execute_complete(self, context: Context, event: dict) -> dict:
-        """Resumed when the trigger fires: the job's stats, or its error (the same ``SkyplaneError`` class)."""
+    def execute_complete(self, context: Context, event: dict, fleet: dict | None = None) -> dict:
+        """Resumed when the trigger fires: the job's stats, or its error (the same ``SkyplaneError``
+        class). Either way the job has ended: its cloud VMs, which its coordinator cannot delete (it
+        holds no cloud credentials), are deleted here first (docs/provisioners.md, "Who deletes what")."""
+        if fleet is not None:
+            self._reap(fleet)
         status = event["status"]
         if status == "success":
             return self._report(event["stats"])
@@ -237,6 +244,13 @@ class SkyplaneTransferOperator(BaseOperator):
         if status == "lost":
             raise CoordinatorError(event["message"], hint=f"resume the job: `skyplane-provider resume {event['job_id']}`")
         raise job_error(event)
+
+    def _reap(self, fleet: dict) -> None:
+        """The client's share of the job's teardown, from any worker: ``reap_job`` of the ``skyplane``
+        connection's provisioner (which has the cloud credentials), nothing for ``local`` and ``ssh``."""
+        name, settings = self.hook.provisioner(self.provisioner)
+        settings.pop("credentials", None)  # the fleet's store credentials: the request's, not the provisioner's
+        get_provisioner(name, **settings).reap_job(fleet["job_id"], fleet["regions"])
 
     def on_kill(self) -> None:
         """Cancel the job and wait (briefly: Airflow SIGKILLs soon) for its coordinator to tear the fleet

@@ -260,6 +260,12 @@ class AWSProvisioner(CloudProvisioner):
         self._credentials = dict(profile=profile, aws_access_key_id=aws_access_key_id,
                                  aws_secret_access_key=aws_secret_access_key, aws_session_token=aws_session_token)
 
+    def _deprovision(self, job_id: str, regions: list[str]) -> list:
+        from skyplane_provider.deprovision import Selection, deprovision_aws
+
+        return deprovision_aws(regions, Selection(job_id=job_id), endpoint_url=self.endpoint_url,
+                               poll_seconds=self.poll_seconds, session=aws_session(**self._credentials))
+
     def new_job(self, job_id: str) -> AWSJob:
         return AWSJob(job_id, aws_session(**self._credentials), endpoint_url=self.endpoint_url,
                       poll_seconds=self.poll_seconds, settings=self)

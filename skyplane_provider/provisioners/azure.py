@@ -295,6 +295,12 @@ class AzureProvisioner(CloudProvisioner):
         self.subnet_id, self.address_space = subnet_id, address_space
         self.spot, self.user_data, self.base_url = spot, user_data, base_url
 
+    def _deprovision(self, job_id: str, regions: list[str]) -> list:
+        from skyplane_provider.deprovision import Selection, deprovision_azure
+
+        return deprovision_azure(Selection(job_id=job_id), subscription_id=self.subscription_id,
+                                 base_url=self.base_url, poll_seconds=self.poll_seconds)  # the whole subscription
+
     def new_job(self, job_id: str) -> AzureJob:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}", job_id):
             raise BadOptionError(f"the azure provisioner cannot name resources after job id {job_id!r}",

@@ -138,6 +138,13 @@ class Provisioner(ABC):
     #: gateway in the document's ``coordinator_region`` (the source region).
     coordinator_on_fleet: bool = False
 
+    def reap_job(self, job_id: str, regions: list[str]) -> None:
+        """Remove what the fleet of the ended job ``job_id`` left in ``regions`` (the plan's), for a
+        client that no longer holds the fleet: a deferred Airflow task resumed on any worker. The
+        cloud provisioners delete the job's VMs and their resources by tag, as ``deprovision --job``
+        does; nothing by default (``local`` gateways are their coordinator's children; ``ssh`` hosts
+        keep the gateways' directories, without secrets, until ``deprovision``)."""
+
     def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
         """Start the job's coordinator (docs/coordinator.md) with its job ``document``; return
         ``{"url", "cert"?}`` once its API listens. By default a detached process on this host."""

@@ -288,6 +288,11 @@ class CloudProvisioner(Provisioner):
     def new_job(self, job_id: str) -> CloudJob:
         """The job's (still empty) resources, with credentials checked. Creates nothing."""
 
+    @abstractmethod
+    def _deprovision(self, job_id: str, regions: list[str]) -> list:
+        """``deprovision --job job_id`` in ``regions`` (names without the cloud) with this provisioner's
+        credentials and endpoint; the ``Reaped`` records."""
+
     def region_name(self, tag: str) -> str:
         """``gcp:us-central1`` -> ``us-central1``; a region of another cloud is refused."""
         cloud, _, name = tag.partition(":")
@@ -381,6 +386,12 @@ class CloudProvisioner(Provisioner):
         fleet = CloudFleet(job_id, job, ssh_fleet, self.hourly_price(specs[0].region) if specs else 0.0)
         teardown_hooks.register(fleet)
         return fleet
+
+    def reap_job(self, job_id: str, regions: list[str]) -> None:
+        """Delete every VM, network rule and key tagged with ``job_id``, and its local key (the client's
+        share of a job whose coordinator ran on the fleet: docs/provisioners.md, "Who deletes what")."""
+        for reaped in self._deprovision(job_id, sorted({self.region_name(r) for r in regions})):
+            log.info("job %s: %s", job_id, reaped)
 
     def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
         """Start the job's coordinator on the source region's first VM (as ``ssh`` does on its first

@@ -317,6 +317,12 @@ class GCPProvisioner(CloudProvisioner):
                 raise BadOptionError(f"zone {zone} is not in region {region}",
                                      hint=f"give a zone of {region} (e.g. {region}-b), or a dict region -> zone")
 
+    def _deprovision(self, job_id: str, regions: list[str]) -> list:
+        from skyplane_provider.deprovision import Selection, deprovision_gcp
+
+        return deprovision_gcp(Selection(job_id=job_id), project=self.project, endpoint=self.endpoint,
+                               poll_seconds=self.poll_seconds)  # the project's every zone: regions not needed
+
     def new_job(self, job_id: str) -> GCPJob:
         if not _JOB_ID.fullmatch(job_id):
             raise BadOptionError(f"the gcp provisioner cannot label resources with job id {job_id!r}",
