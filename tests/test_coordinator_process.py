@@ -19,7 +19,7 @@ from skyplane_provider.coordinator.jobdir import KEEP_FINISHED_SECONDS, job_dir,
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.handle import TransferHandle
 
-from .helpers import read_all, wait_gone
+from .helpers import digests, read_all, wait_gone
 
 MiB = 1024**2
 
@@ -84,6 +84,21 @@ def test_the_coordinator_takes_its_clients_full_listing(home, tmp_path):
     stats = transfer.start().result()
     assert stats.objects == len(objs) - 1 and stats.skipped_objects == 1
     assert sorted(os.listdir(tmp_path / "dst")) == sorted(objs)
+
+
+def test_a_full_listing_handed_for_a_request_that_streams_is_taken(home, tmp_path):
+    # A client whose first probe finds a destination that copies server-side lists in full; when its
+    # probe of every object then finds none (the chaos soak, seed 2028: a throttled store failed it),
+    # it hands the full listing over for a request that would otherwise stream. The coordinator went
+    # by the request, looked for a first page and crashed (KeyError 'first_page').
+    objs = _tree(tmp_path / "src")
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    listing = Transfer(TransferRequest(src=src, dsts=[dst], exclude=["zz*"])).prepare().handoff()
+    assert "listing" in listing and "first_page" not in listing
+    (tmp_path / "src" / "e-late").write_bytes(b"after the client listed")
+    stats = Transfer(TransferRequest(src=src, dsts=[dst]), prepared=listing).execute()
+    assert stats.objects == len(objs) and stats.verified
+    assert read_all("file://" + dst) == digests(objs)  # the late file was not in the listing handed over
 
 
 def test_bad_input_fails_in_the_caller_before_any_coordinator(home, tmp_path):

@@ -171,10 +171,15 @@ class Transfer:
         self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials, region=r)
                       for u, r in zip(dst_uris, dst_regions)]
         filters = req.filters()
+        handed = self._prepared
         self.streaming = not (req.dry_run or req.max_cost_usd is not None or req.delete or filters.active)
+        if handed is not None:
+            # What the client handed over decides, not the request: a client whose first probe found a
+            # destination that copies server-side lists in full, and when its probe of every object
+            # then finds none (a throttled store fails the probe), it hands that full listing over.
+            self.streaming = "listing" not in handed
         listed = RequestCounts(list=1)
         present = None
-        handed = self._prepared
         if self.streaming:
             self._first, self._next_token = first_page(self.source) if handed is None else (
                 [ObjectInfo(**o) for o in handed["first_page"]], handed["next_token"])
