@@ -5,7 +5,9 @@
 One file of ``--size`` (alternating 32 MiB stretches of CSV-like text and random bytes, as in
 ``gateway_loopback.py``) goes from a local-directory store through three gateway processes,
 source -> relay -> destination, by a hand-written plan (the planner would never add a relay on
-loopback), with the defaults a user gets (lz4 + AES-GCM, default queues). The resident set of every
+loopback), with the defaults a user gets between hosts (lz4 + AES-GCM, default queues: the gateways'
+``loopback_clear`` is turned off, which would otherwise send these loopback hops without lz4 and
+encryption, holding fewer copies of each chunk; ``--loopback-clear`` measures that). The resident set of every
 gateway is sampled every 0.2 s from /proc (VmRSS, and VmHWM, the kernel's own peak) until the
 transfer returns. The destination's parts are assembled by the local store at the end, as for any
 multipart object; the sha256 of the copy is checked.
@@ -19,6 +21,7 @@ MiB limit (R = limit / the largest gateway peak: above 1 means every gateway sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -38,15 +41,18 @@ SRC, RELAY, DST = "local:src", "local:relay", "local:dst"
 
 
 class WatchedProvisioner(LocalProvisioner):
-    """The local provisioner, keeping the fleet it started so that its processes can be sampled."""
+    """The local provisioner, keeping the fleet it started so that its processes can be sampled;
+    ``loopback_clear`` goes into every gateway's config."""
 
-    def __init__(self) -> None:
+    def __init__(self, loopback_clear: bool) -> None:
         super().__init__()
         self.fleet: LocalFleet | None = None
         self.started = threading.Event()
+        self.loopback_clear = loopback_clear
 
-    def provision(self, job_id, specs) -> LocalFleet:
-        self.fleet = super().provision(job_id, specs)
+    def provision(self, job_id, specs, stop: threading.Event | None = None) -> LocalFleet:
+        specs = [dataclasses.replace(s, config={**s.config, "loopback_clear": self.loopback_clear}) for s in specs]
+        self.fleet = super().provision(job_id, specs, stop=stop)
         self.started.set()
         return self.fleet
 
@@ -70,6 +76,8 @@ def main() -> int:
     ap.add_argument("--chunk", default="32MiB")
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--dir", default=None, help="where the stores go when tmpfs lacks room")
+    ap.add_argument("--loopback-clear", action="store_true",
+                    help="let the gateways skip lz4 and encryption on loopback hops (what a local job does)")
     args = ap.parse_args()
     size, chunk = parse_size(args.size), parse_size(args.chunk)
     shm_room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
@@ -89,13 +97,14 @@ def main() -> int:
         with Timer() as t:
             make_file(src / "big.bin", size, 32 * MiB)
         print(f"memory: one {size / MiB:.0f} MiB object, {chunk / MiB:.0f} MiB chunks, {SRC} -> {RELAY} -> {DST}, "
-              f"{args.connections} connections per hop, stores on {'tmpfs' if on_shm else scratch.parent} "
+              f"{args.connections} connections per hop, "
+              f"{'no lz4 or encryption on loopback' if args.loopback_clear else 'lz4 + AES-GCM'}, stores on {'tmpfs' if on_shm else scratch.parent} "
               f"(file made in {t.seconds:.0f} s)", flush=True)
         print(f"  {machine_line()}", flush=True)
         plan = Plan(src=SRC, dsts=(DST,), solver="manual", gateways={SRC: 1, RELAY: 1, DST: 1},
                     edges=[Edge(SRC, RELAY, 1.0, args.connections), Edge(RELAY, DST, 1.0, args.connections)],
                     throughput_gbps=1.0, cost_per_gb=0.0)
-        prov = WatchedProvisioner()
+        prov = WatchedProvisioner(args.loopback_clear)
         done = threading.Event()
         peaks: dict[str, dict[str, float]] = {}
         sampler = threading.Thread(target=sample, args=(prov, done, peaks), daemon=True)
