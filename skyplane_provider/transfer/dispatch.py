@@ -418,10 +418,23 @@ class Dispatcher:
             log.error("gateway %s died; re-routing its work through the survivors", gid)
             del self.clients[gid]
         alive = set(self.clients)
-        living = {g.split("/")[0] for g in alive}
-        for region in sorted(set(self.plan.gateways) - living):
-            alive.add(self._replace(next(g for g in dead if g.split("/")[0] == region)))
-        self.clients = self._call(wire_peers, self.fleet, self.plan, alive=alive)
+        while True:
+            living = {g.split("/")[0] for g in alive}
+            for region in sorted(set(self.plan.gateways) - living):
+                alive.add(self._replace(next(g for g in reversed(dead) if g.split("/")[0] == region)))
+            try:
+                self.clients = self._call(wire_peers, self.fleet, self.plan, alive=alive)
+                break
+            except GatewayError:
+                # A gateway (a replacement just started, say) died while the fleet was told its peers:
+                # that is one more death, handled as the others, not a control-plane failure.
+                gone = sorted(g for g in alive if not self.fleet.alive(g))
+                if not gone:
+                    raise
+                for gid in gone:
+                    log.error("gateway %s died while its peers were being set; re-routing again", gid)
+                alive.difference_update(gone)
+                dead.extend(gone)
         for gid in self.clients:
             self.cursor.setdefault(gid, 0)
         for cid in list(self.inflight):
