@@ -7,8 +7,9 @@ one of 5-12 MiB that moves in parts) from one store to one or two others (multic
 (moto), GCS (fake-gcs-server), Azure (Azurite) and a local directory, with one fault drawn from:
 
 - ``none``: a control transfer;
-- ``gateway_kill``: SIGKILL of a gateway worker process (or of a single-process gateway) while
-  the fleet moves data;
+- ``gateway_kill``: SIGKILL of a gateway worker process (or of a single-process gateway) up to 1 s
+  after the fleet's processes appear: while it moves data, or (under load, often) while a gateway
+  still starts, which fails the job loudly before anything moves;
 - ``coordinator_kill``: SIGKILL of the job's coordinator process (docs/coordinator.md) once its
   fleet is up, then the job resumed under its id (``skyplane-provider resume``'s request: a sync);
 - ``store_throttle`` / ``store_reset``: the source's or a destination's store behind a

@@ -87,7 +87,7 @@ def test_fault_gateway_killed_at_half(role, tmp_path, slow_source):
     record("fault", f"SIGKILL of the {role} gateway {killed['gateway']} with {killed['at']:.0%} of the bytes done, "
            f"relayed transfer (S3 -> relay -> local, 2 gateways per region, {len(objs)} objects, one of 6 parts)",
            f"completed in {seconds:.1f} s, {same}/{len(objs)} objects sha256-identical, {stats.retries} chunk "
-           f"re-dispatches (at most {transfer.dispatcher.most_attempts} sends of one chunk; {MAX_ATTEMPTS} fail "
+           f"re-dispatches (the most sends of one chunk: {transfer.dispatcher.most_attempts}; {MAX_ATTEMPTS} fail "
            f"its objects), {len(left)} gateway processes left")
     assert got == digests(objs)
     assert stats.objects == len(objs) and stats.verified
@@ -142,7 +142,9 @@ def test_fault_cli_gateway_killed_at_half(tmp_path, slow_source):
         victim = None
         deadline = time.monotonic() + 60
         while victim is None and cli.poll() is None and time.monotonic() < deadline:
-            if _landed(dst) >= len(objs) // 2:
+            # At the first objects written: they land in bursts, and waiting for half of them found
+            # 48 of 49 written under load, with nothing left for the relay to carry (0 re-dispatches).
+            if _landed(dst) > 0:
                 victim = fleet_pids(home).get(f"{RELAY}/0")
             time.sleep(0.05)
         assert victim, "no relay gateway found while the transfer ran"
@@ -161,6 +163,7 @@ def test_fault_cli_gateway_killed_at_half(tmp_path, slow_source):
            f"{len(objs)} objects were written", f"exit 0, {same}/{len(objs)} objects sha256-identical, "
            f"{stats['retries']} chunk re-dispatches, {len(left)} gateway processes left")
     assert got == digests(objs) and left == []
+    assert stats["retries"] > 0  # the dead relay's chunks really went again
 
 
 def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
@@ -210,7 +213,7 @@ def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
         finished.set()
         killer.join(5)
     left = leftovers(f"file://{dst}")
-    record("fault", f"SIGKILL of one of 2 local gateways while it wrote {len(seen)} destination files "
+    record("fault", f"SIGKILL of one of 2 local gateways while it wrote {len(seen)} destination file(s) "
                     f"(file -> file, {len(objs)} objects of 16 MiB)",
            f"completed, {stats.retries} chunk re-dispatches, "
            f"{'all' if read_all(f'file://{dst}') == digests(objs) else 'NOT all'} objects sha256-identical, "
