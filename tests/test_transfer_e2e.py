@@ -197,15 +197,17 @@ def test_missing_credentials(tmp_path, s3_bucket, monkeypatch):
 
 def test_failed_transfer_leaves_no_partial_object(tmp_path, s3_bucket):
     """Every gateway killed mid-transfer, and each replacement as it starts: once the replacements
-    are used up the transfer fails loudly, its multipart uploads are
-    aborted and nothing partial is visible at the destination."""
+    are used up the transfer fails loudly, its multipart uploads are aborted and nothing partial is
+    visible at the destination: the object is absent, or whole where every part had landed before
+    the kills and the coordinator completed the upload (seen 1 run in 20)."""
     import signal
 
     import boto3
 
     src = tmp_path / "src"
     src.mkdir()
-    (src / "big").write_bytes(os.urandom(64 * MiB))
+    data = os.urandom(64 * MiB)
+    (src / "big").write_bytes(data)
 
     def kill_fleet(progress):
         for pid in gateway_pids(progress.job_id):  # this job's gateways only: others may run on the host
@@ -215,7 +217,7 @@ def test_failed_transfer_leaves_no_partial_object(tmp_path, s3_bucket):
         copy(str(src), s3_bucket + "/p/", chunk_size="5MiB", progress=kill_fleet)
     bucket = s3_bucket.split("://")[1]
     assert boto3.client("s3").list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert read_all(s3_bucket, "p/") == {}
+    assert read_all(s3_bucket, "p/") in ({}, digests({"big": data}))
 
 
 def test_cli_cp_json(tmp_path, s3_bucket):
