@@ -163,3 +163,8 @@ class VerificationError(TransferError):
 
 class CoordinatorError(TransferError):
     """A job's coordinator cannot be reached, refused a request, or is gone."""
+
+
+class JobEndedError(CoordinatorError):
+    """The coordinator refused a request meant for a running job (renewed credentials) because the
+    job has ended: nothing is wrong, there is nothing left to hand it."""

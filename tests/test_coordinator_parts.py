@@ -13,7 +13,7 @@ import time
 import pytest
 
 from gateway.stores.base import Capabilities, ObjectInfo
-from planner.errors import BadOptionError, CoordinatorError, NotFoundError, TransferError
+from planner.errors import BadOptionError, CoordinatorError, JobEndedError, NotFoundError, TransferError
 from skyplane_provider.coordinator.chunker import (MAX_BUNDLE_OBJECTS, Chunker, Copy, ObjectTask, PartitionPicker,
                                                    part_size_for)
 from skyplane_provider.coordinator.client import CoordinatorClient
@@ -22,6 +22,7 @@ from skyplane_provider.coordinator.manifest import Manifest
 from skyplane_provider.coordinator.report import Report
 from skyplane_provider.coordinator.server import CoordinatorServer
 from skyplane_provider.coordinator.state import JobState
+from skyplane_provider.transfer.credential_sources import CredentialKeeper, CredentialSource
 from skyplane_provider.transfer.handle import TransferHandle
 from skyplane_provider.transfer.stats import Progress
 
@@ -332,8 +333,9 @@ def test_credentials_relayed_to_the_sink_refused_when_malformed_or_ended(served)
     tests/test_credentials_renewal.py.)"""
     job, server = served
     client = CoordinatorClient(server.url, "secret-token")
-    with pytest.raises(CoordinatorError, match="409.*takes no credentials yet"):
+    with pytest.raises(CoordinatorError, match="409.*takes no credentials yet") as not_yet:
         client.push_credentials({"s3://raw": {"aws_access_key_id": "k"}})
+    assert not isinstance(not_yet.value, JobEndedError)  # push again later
     got: list[dict] = []
 
     def sink(entries: dict) -> int:
@@ -353,9 +355,49 @@ def test_credentials_relayed_to_the_sink_refused_when_malformed_or_ended(served)
     with pytest.raises(CoordinatorError, match="400.*unknown field"):
         client.push_credentials({"bad": {"x": 1}})
     job.succeed({"objects": 1})
-    with pytest.raises(CoordinatorError, match="409.*succeeded"):
+    with pytest.raises(JobEndedError, match="409.*succeeded"):
         client.push_credentials({"s3://raw": {"aws_access_key_id": "k2"}})
+    with pytest.raises(JobEndedError, match="409.*succeeded"):
+        asyncio.run(client.push_credentials_async({"gs": {"access_token": "t2"}}))
     assert len(got) == 2
+
+
+class _Renewing(CredentialSource):
+    """A source whose entry changes at every ask (a role's keys inside their refresh window)."""
+
+    def __init__(self) -> None:
+        super().__init__("s3://raw", {})
+        self.asked = 0
+
+    def current(self) -> dict:
+        self.asked += 1
+        return {"aws_access_key_id": f"k{self.asked}"}
+
+
+def test_a_keeper_whose_job_ended_stops_without_a_warning(served, caplog):
+    """A watcher (the trigger, a handle) ticks its keeper until it sees the job's end; a tick between
+    the end and that poll is refused with 409. That is no failure to report: the keeper stops asking
+    its sources and pushing, quietly. A job that takes no credentials yet is still a warning, and the
+    next tick pushes again."""
+    import logging
+
+    job, server = served
+    source = _Renewing()
+    keeper = CredentialKeeper([source], CoordinatorClient(server.url, "secret-token").push_credentials,
+                              started_with={})
+    logger = "skyplane_provider.transfer.credential_sources"
+    with caplog.at_level(logging.DEBUG, logger=logger):
+        assert keeper.tick() == {} and not keeper.ended
+        assert any(r.levelno == logging.WARNING and "takes no credentials yet" in r.getMessage()
+                   for r in caplog.records)
+        job.take_credentials(lambda entries: 1)
+        assert list(keeper.tick()) == ["s3://raw"]
+        caplog.clear()
+        job.succeed({"objects": 1})
+        assert keeper.tick() == {} and keeper.ended
+        asked = source.asked
+        assert keeper.tick() == {} and source.asked == asked  # nothing asked once the job ended
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
 def test_handle_of_a_lost_coordinator(served):

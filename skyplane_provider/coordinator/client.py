@@ -6,8 +6,9 @@
     stats = client.result()      # None while running; the stats; or raises the job's SkyplaneError
     await client.job_async()     # the same from a triggerer's event loop
 
-Every failure to talk to the coordinator is a :class:`CoordinatorError`; a failed job's error comes
-back as the same ``SkyplaneError`` subclass it had in the coordinator.
+Every failure to talk to the coordinator is a :class:`CoordinatorError` (:class:`JobEndedError` for
+credentials pushed to a job that has ended); a failed job's error comes back as the same
+``SkyplaneError`` subclass it had in the coordinator.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import httpx
 
 import planner.errors as errors
 from gateway.tls import pinned_context
-from planner.errors import CoordinatorError, SkyplaneError, TransferError
+from planner.errors import CoordinatorError, JobEndedError, SkyplaneError, TransferError
+
+from .state import FINAL
 
 # httpx logs every request at INFO: a line per poll in Airflow task and triggerer logs.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -118,6 +121,8 @@ class CoordinatorClient:
             raise CoordinatorError(f"{where} refused the token", hint="use the job handle's token")
         if response.status_code != 200 or not isinstance(doc, dict):
             detail = doc.get("error", doc) if isinstance(doc, dict) else doc
+            if response.status_code == 409 and isinstance(doc, dict) and doc.get("state") in FINAL:
+                raise JobEndedError(f"{where} answered 409: {detail}")
             raise CoordinatorError(f"{where} answered {response.status_code}: {detail}")
         return doc
 

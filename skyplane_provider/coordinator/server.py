@@ -12,6 +12,7 @@
 | ``POST /job/credentials`` | ``{"credentials": {key: entry}}`` -> ``{"ok": true, "gateways": n}``: |
 |                     | renewed entries, passed on to the gateways holding store credentials;   |
 |                     | 400 for a malformed document or entry, 409 once the job has ended       |
+|                     | (or takes none yet), with the job's ``state``                           |
 | ``GET /health``     | ``{"ok": true, "job_id", "pid"}``                                       |
 
 Every call but ``POST /job/credentials`` is cheap (no store access), so clients may poll them every
@@ -171,7 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             gateways = self.server.job.push_credentials(entries)
         except ConflictError as exc:
-            return HTTPStatus.CONFLICT, {"error": str(exc)}
+            # The state tells a job that takes none yet (push again) from one that has ended (stop).
+            return HTTPStatus.CONFLICT, {"error": str(exc), "state": self.server.job.state}
         except SkyplaneError as exc:
             return HTTPStatus.BAD_REQUEST, {"error": str(exc), "error_type": error_type(exc)}
         log.info("job %s: renewed credentials for %s passed on to %d gateways", self.server.job.job_id,

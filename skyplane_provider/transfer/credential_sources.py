@@ -18,7 +18,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
-from planner.errors import CredentialsError
+from planner.errors import CredentialsError, JobEndedError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ class CredentialKeeper:
     """Pushes renewed entries while a job runs: every ``interval`` seconds (:meth:`tick`) it asks each
     source for its entry and calls ``push({key: entry})`` with those that differ from what the job holds
     (``started_with``, then what was pushed). A source or a push that fails is logged and tried again at
-    the next tick."""
+    the next tick. A push refused because the job has ended (:class:`JobEndedError`: its watcher had not
+    seen the end yet) is no failure: the keeper stops (``ended``) and pushes nothing more."""
 
     def __init__(self, sources: Iterable[CredentialSource], push: Callable[[dict], None], *,
                  started_with: dict[str, dict], interval: float = 30.0) -> None:
@@ -171,9 +172,12 @@ class CredentialKeeper:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ended = False
 
     def tick(self) -> dict[str, dict]:
-        """Push what changed; return it (empty when nothing did, or when the push failed)."""
+        """Push what changed; return it (empty when nothing did, when the push failed or the job ended)."""
+        if self.ended:
+            return {}
         changed = {}
         for source in self._sources:
             try:
@@ -187,6 +191,11 @@ class CredentialKeeper:
             return {}
         try:
             self._push(changed)
+        except JobEndedError as exc:
+            log.debug("renewed credentials for %s not handed on: %s", ", ".join(sorted(changed)), exc)
+            self.ended = True
+            self._stop.set()
+            return {}
         except Exception as exc:  # noqa: BLE001 - the coordinator may be briefly unreachable
             log.warning("could not hand renewed credentials for %s to the job: %s", ", ".join(sorted(changed)), exc)
             return {}
