@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -254,3 +255,7 @@ def test_deferred_airflow_task_deletes_its_aws_fleet_in_execute_complete(
         assert wait_gone(job_id) == []
     finally:
         get_provisioner("aws", **prov_settings).reap_job(job_id, list(REGIONS))  # whatever a failure left
+        # A real instance's disk goes with it; these stand-in hosts are shared by the session's other
+        # tests, which must not find this job's gateway directories there.
+        for server in sshd_servers:
+            shutil.rmtree(Path(server.remote_dir) / "jobs" / job_id, ignore_errors=True)
