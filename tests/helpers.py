@@ -74,3 +74,15 @@ def ancestors(pid: int) -> list[int]:
         pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         out.append(pid)
     return out
+
+
+def launch_cloud_job(prov, job_id: str, specs) -> None:
+    """Launch a cloud job's VMs (one per spec), wait until they run and open its rules, as provisioning
+    does before the SSH bootstrap: what a test of the reaping then expects gone."""
+    from skyplane_provider.provisioners.cloud_fleet import fleet_ports
+
+    job = prov.new_job(job_id)
+    for spec in specs:
+        job.launch(prov.region_name(spec.region), [spec])
+    job.wait_running(60)
+    job.authorize("127.0.0.1/32", fleet_ports(47800), ["192.0.2.1"])

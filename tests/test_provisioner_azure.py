@@ -17,7 +17,7 @@ from planner.errors import BadOptionError, CredentialsError, ProvisionError
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.azure import TAG_CREATED, TAG_GATEWAY, TAG_JOB, AzureProvisioner
 from tests.fixtures.cloud_standins import AZURE_RESOURCE_GROUP
-from tests.helpers import direct_specs, gateway_pids, mapped_to
+from tests.helpers import direct_specs, gateway_pids, launch_cloud_job, mapped_to
 from tests.reliability_report import record
 
 REGIONS = ("azure:eastus", "azure:westeurope")
@@ -152,15 +152,9 @@ def test_bad_input_azure_needs_a_subscription(monkeypatch):
 def test_azure_reap_job_deletes_everything_the_job_left(azure_standin, sshd_servers, ssh_known_hosts):
     """``Provisioner.reap_job``, what a resumed deferred Airflow task calls once its job ended (the
     coordinator on the fleet holds no cloud credentials): every resource of the job goes."""
-    from skyplane_provider.provisioners.cloud_fleet import fleet_ports
-
     job_id = uuid.uuid4().hex
     prov = get_provisioner("azure", **settings(azure_standin, sshd_servers, ssh_known_hosts))
-    job = prov.new_job(job_id)
-    for spec in specs_for(job_id):
-        job.launch(prov.region_name(spec.region), [spec])
-    job.wait_running(60)
-    job.authorize("127.0.0.1/32", fleet_ports(47800), ["192.0.2.1"])
+    launch_cloud_job(prov, job_id, specs_for(job_id))
     assert left(azure_standin, job_id)["virtualMachines"] == 2
     prov.reap_job(job_id, list(REGIONS))
     assert left(azure_standin, job_id) == {}

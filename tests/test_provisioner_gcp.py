@@ -16,7 +16,7 @@ from planner.errors import BadOptionError, CredentialsError, ProvisionError
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
 from skyplane_provider.provisioners.gcp import LABEL_CREATED, LABEL_JOB, META_GATEWAY, GCPProvisioner
-from tests.helpers import direct_specs, gateway_pids, mapped_to
+from tests.helpers import direct_specs, gateway_pids, launch_cloud_job, mapped_to
 from tests.reliability_report import record
 
 REGIONS = ("gcp:us-central1", "gcp:europe-west1")
@@ -168,15 +168,9 @@ def test_bad_input_gcp_without_its_sdk_says_which_extra_to_install(monkeypatch):
 def test_gcp_reap_job_deletes_everything_the_job_left(gcp_standin, sshd_servers, ssh_known_hosts):
     """``Provisioner.reap_job``, what a resumed deferred Airflow task calls once its job ended (the
     coordinator on the fleet holds no cloud credentials): every instance and rule of the job goes."""
-    from skyplane_provider.provisioners.cloud_fleet import fleet_ports
-
     job_id = uuid.uuid4().hex
     prov = get_provisioner("gcp", **settings(gcp_standin, sshd_servers, ssh_known_hosts))
-    job = prov.new_job(job_id)
-    for spec in specs_for(job_id):
-        job.launch(prov.region_name(spec.region), [spec])
-    job.wait_running(60)
-    job.authorize("127.0.0.1/32", fleet_ports(47800), ["192.0.2.1"])
+    launch_cloud_job(prov, job_id, specs_for(job_id))
     assert not nothing_left(gcp_standin, job_id)
     prov.reap_job(job_id, list(REGIONS))
     assert nothing_left(gcp_standin, job_id)
