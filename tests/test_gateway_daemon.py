@@ -544,7 +544,7 @@ def _move(job: Job, body: dict, chunks: list[dict], *, during=None, timeout: flo
                 if e["type"] == "written":
                     written.add(e["chunk_id"])
                 elif e["chunk_id"] not in written:
-                    assert e["retryable"], e
+                    assert e["retryable"], json.dumps(e)
                     pending.append(by_id[e["chunk_id"]])
                     retries += 1
         if during:
