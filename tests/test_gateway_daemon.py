@@ -527,9 +527,10 @@ def _connections(pid: int, port: int) -> int:
 
 def _move(job: Job, body: dict, chunks: list[dict], *, during=None, timeout: float = 120.0) -> dict:
     """Act as a coordinator: submit ``chunks``, re-submit every one reported failed (retryable), until the
-    destination wrote them all; ``during(written)`` runs after each poll. Returns the retries made."""
+    destination wrote them all; ``during(written)`` runs after each poll. Returns the retries made and
+    the retryable failures reported (also those of chunks already written, which are only confirmed)."""
     by_id = {c["id"]: c for c in chunks}
-    pending, written, retries = list(chunks), set(), 0
+    pending, written, retries, reported = list(chunks), set(), 0, 0
     cursors = {SRC: 0, DST: 0}
     deadline = time.monotonic() + timeout
     while len(written) < len(chunks):
@@ -543,14 +544,16 @@ def _move(job: Job, body: dict, chunks: list[dict], *, during=None, timeout: flo
             for e in status["events"]:
                 if e["type"] == "written":
                     written.add(e["chunk_id"])
-                elif e["chunk_id"] not in written:
+                    continue
+                reported += e["retryable"]
+                if e["chunk_id"] not in written:
                     assert e["retryable"], json.dumps(e)
                     pending.append(by_id[e["chunk_id"]])
                     retries += 1
         if during:
             during(written)
         time.sleep(0.05)
-    return {"retries": retries}
+    return {"retries": retries, "reported": reported, "cursors": cursors}
 
 
 def test_a_host_of_two_workers_moves_data_behind_one_port_and_one_control_endpoint(jobs, stores):
@@ -606,6 +609,9 @@ def test_a_worker_killed_mid_transfer_is_replaced_and_the_copy_completes(jobs, s
     victims: list[int] = []
 
     def kill_one(written: set) -> None:
+        # Late enough that every data connection has passed its handshake: a worker killed inside one
+        # makes its peer read a refusal (ProtocolError, not retried): a known gap, seen when killing
+        # at the first written chunk.
         if not victims and len(written) >= 5:
             # A worker that holds data connections (the supervisor gives them out in turn, two each here):
             # killing one with none would test nothing.
@@ -613,13 +619,17 @@ def test_a_worker_killed_mid_transfer_is_replaced_and_the_copy_completes(jobs, s
             os.kill(victims[0], signal.SIGKILL)
 
     moved = _move(job, batch(stores["src"], [(DST, stores["dst"])]), chunks, during=kill_one)
-    assert victims and moved["retries"] >= 1
     dst = open_store(stores["dst"])
     assert {o.key: sha(dst.read(o.key)) for o in dst.list()} == {k: sha(v) for k, v in objects.items()}
     deadline = time.monotonic() + 30
     while job.clients[DST].status(10**9)["counters"]["workers"] < 2:
         assert time.monotonic() < deadline, "the dead worker was not replaced"
         time.sleep(0.2)
+    # What it held is reported failed: chunks not written yet are sent again, and those it wrote last
+    # (whose frames may have waited in its queues) are only confirmed. The survivor may have written
+    # the rest before the supervisor noticed the death (0.5 s): the report then comes after the copy.
+    later = job.clients[DST].status(moved["cursors"][DST])["events"]
+    assert victims and moved["reported"] + sum(e["type"] == "failed" and e["retryable"] for e in later) >= 1
     counters = job.clients[DST].status(10**9)["counters"]
     assert counters["worker_restarts"] == 1 and victims[0] not in _children(dst_pid)
     job.fleet.teardown()
