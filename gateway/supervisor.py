@@ -149,6 +149,9 @@ class Supervisor(Controlled):
         try:
             w.proc = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", w.config_path],
                                       stdin=subprocess.DEVNULL, pass_fds=(handoff.fileno(), events_write))
+        except BaseException:
+            os.close(events_read)  # no worker, no relay to close it
+            raise
         finally:  # the worker's ends: once it exits, its channel refuses and its pipe ends
             handoff.close()
             os.close(events_write)

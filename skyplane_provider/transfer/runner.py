@@ -172,12 +172,11 @@ class Transfer:
                       for u, r in zip(dst_uris, dst_regions)]
         filters = req.filters()
         handed = self._prepared
-        self.streaming = not (req.dry_run or req.max_cost_usd is not None or req.delete or filters.active)
-        if handed is not None:
-            # What the client handed over decides, not the request: a client whose first probe found a
-            # destination that copies server-side lists in full, and when its probe of every object
-            # then finds none (a throttled store fails the probe), it hands that full listing over.
-            self.streaming = "listing" not in handed
+        # What a client handed over decides, not the request: a client whose first probe found a
+        # destination that copies server-side lists in full, and when its probe of every object then
+        # finds none (a throttled store fails the probe), it hands that full listing over.
+        self.streaming = ("listing" not in handed) if handed is not None else not (
+            req.dry_run or req.max_cost_usd is not None or req.delete or filters.active)
         listed = RequestCounts(list=1)
         present = None
         if self.streaming:
