@@ -211,7 +211,7 @@ def test_down_from_a_fresh_process_cleans_up_after_a_crash(testbed_home):
 @pytest.mark.netns
 @needs_netns
 def test_teardown_without_state_file_removes_namespaces_by_prefix(testbed_home):
-    testbed_id = "orphan"
+    testbed_id = f"o{os.getpid() % 100000}"  # not a fixed id: two checkouts' suites may run at once
     ns = f"{namespace_prefix(testbed_id)}r0"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "300"])
