@@ -51,6 +51,9 @@ def test_file_to_s3(tmp_path, s3_bucket):
     assert stats.verified and stats.chunks == 3
     assert stats.report["counts"] == {"copied": 6, "skipped": 0, "failed": 0}
     assert 0 < stats.bytes_on_wire < stats.bytes * 1.1
+    # A local fleet's hop never leaves the host: every frame went without lz4 and encryption, and the
+    # stats say so (issue #14 item 6).
+    assert stats.work_skipped == {"encryption_loopback": 3, "lz4_loopback": 3}
 
 
 def test_s3_to_gcs_to_azure_to_file(tmp_path, s3_bucket, gcs_bucket, azure_container):
@@ -231,6 +234,7 @@ def test_cli_cp_json(tmp_path, s3_bucket):
     for key in ("objects", "bytes", "bytes_on_wire", "seconds", "gbps", "verified", "retries", "plan", "cost_usd"):
         assert key in stats
     assert stats["objects"] == 1 and stats["verified"] is True
+    assert stats["work_skipped"] == {"encryption_loopback": 1, "lz4_loopback": 1}
 
 
 def test_cli_bad_uri_exit_code(tmp_path):

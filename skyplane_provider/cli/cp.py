@@ -12,6 +12,7 @@ from skyplane_provider.provisioners import REGISTRY
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.estimate import unpriced_regions
 from skyplane_provider.transfer.request import SERVER_SIDE_MODES, SOLVERS, parse_rate, parse_size
+from skyplane_provider.transfer.stats import SKIP_REASONS
 
 from .progress import progress_printer
 from .wording import UsageError, examples, plural, usd
@@ -264,6 +265,8 @@ def execute(req: TransferRequest, args: argparse.Namespace) -> int:
               f"predicted cost {usd(d['cost_usd'], unpriced)}")
         print(f"route ({d['plan']['solver']}): " + ", ".join(f"{e['src']} -> {e['dst']}" for e in d["route"])
               if d["route"] else f"route: within {d['plan']['src']}")
+        for reason, frames in d["work_skipped"].items():
+            print(f"{SKIP_REASONS.get(reason, reason)}: {plural(frames, 'chunk')}")
     return 0
 
 

@@ -69,7 +69,7 @@ from .planning import make_plan
 from .preflight import preflight
 from .request import DEFAULT_CHUNK_SIZE, TransferRequest, report_path
 from .server_side import GATEWAYS, SERVER_SIDE, Copier, Way, candidate_regions, probe_ways, requests_usd_for, split
-from .stats import Progress, TransferStats, egress_usd_actual, region_of, wire_bytes_by_edge
+from .stats import Progress, TransferStats, egress_usd_actual, region_of, wire_bytes_by_edge, work_skipped
 from .stoppable import StoppableCalls, cancelled
 
 log = logging.getLogger(__name__)
@@ -634,7 +634,8 @@ class Transfer:
             provisioner=self.request.provisioner, paths=dict(self.paths),
             route=[{"src": e.src, "dst": e.dst, "gbps": round(e.gbps, 3), "bytes_sent": sent.get((e.src, e.dst), 0)}
                    for e in self.plan.edges],
-            report=ledger.report.summary(), first_byte_seconds=first_byte, resumed_copies=ledger.resumed_copies)
+            report=ledger.report.summary(), first_byte_seconds=first_byte, resumed_copies=ledger.resumed_copies,
+            work_skipped=work_skipped(counters))
 
     def _provisioner_vm_usd(self, vm_seconds: float) -> float:
         if not vm_seconds:

@@ -87,7 +87,8 @@ class TransferStats:
     ``deleted_objects`` the destination objects a mirror (sync with
     delete) removed after every copy was verified; ``paths`` how many copies took each path:
     ``{"server-side": copied by the destination store itself, "gateways": moved through the fleet}``
-    (the manifest names each copy's).
+    (the manifest names each copy's); ``work_skipped`` the frames that went without lz4 or encryption
+    because it would have bought nothing, by reason (:func:`work_skipped`).
     """
 
     job_id: str
@@ -118,6 +119,7 @@ class TransferStats:
     first_byte_seconds: float | None = None
     resumed_copies: int = 0
     paths: dict[str, int] = field(default_factory=dict)
+    work_skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +148,26 @@ def wire_bytes_by_edge(counters: dict[str, dict]) -> dict[tuple[str, str], int]:
             pair = (region_of(gid), dst)
             edges[pair] = edges.get(pair, 0) + int(n)
     return edges
+
+
+#: Why the gateways left lz4 or encryption out of a frame (their ``skipped`` counters, named as in
+#: gateway/codec.py), in words.
+SKIP_REASONS = {
+    "lz4_loopback": "lz4 left out: the hop never leaves the host",
+    "encryption_loopback": "encryption left out: the hop never leaves the host (CRC32C-checked instead)",
+    "lz4_incompressible": "lz4 left out: the data did not shrink",
+}
+
+
+def work_skipped(counters: dict[str, dict]) -> dict[str, int]:
+    """Frames sent without lz4 or encryption, by reason (``lz4_loopback``, ``encryption_loopback``,
+    ``lz4_incompressible``: :data:`SKIP_REASONS`), summed over the gateways' ``/status`` counters
+    keyed by gateway id (a multi-worker host's already sums its workers')."""
+    total: dict[str, int] = {}
+    for c in counters.values():
+        for reason, n in (c.get("skipped") or {}).items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return dict(sorted(total.items()))
 
 
 def egress_usd_actual(plan: Plan, counters: dict[str, dict]) -> float:
