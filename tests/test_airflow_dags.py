@@ -391,7 +391,9 @@ def test_the_trigger_renews_an_assumed_role_s_keys(emulators, sky_home, s3_bucke
     dst = tmp_path / "dst"
     dst.mkdir()
     hook = SkyplaneHook(src_conn_id="role")
-    request = hook.make_request(f"{s3_bucket}/r/", [str(dst)], recursive=True, bwlimit="64KiB/s")  # ~8 s
+    # ~2 s: role keys of 900 s are inside botocore's 15-minute refresh window, so each renewal tick
+    # (every 0.5 s) has new keys to hand over; the job only has to outlive the first ticks.
+    request = hook.make_request(f"{s3_bucket}/r/", [str(dst)], recursive=True, bwlimit="256KiB/s")
     handle = _start(request)
     renew = {"sides": [list(side) for side in hook.sides(f"{s3_bucket}/r/", [str(dst)])], "every": 0.5}
     trigger = SkyplaneTransferTrigger(handle.to_dict(), poll_interval=0.2, renew=renew)

@@ -222,7 +222,9 @@ def test_fault_resume_after_the_coordinator_was_killed(home, tmp_path, capsys):
     from skyplane_provider.testing.leftovers import gateway_pids
 
     objs = _tree(tmp_path / "src", n=6, size=100_000)
-    handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], bwlimit="64KiB/s",
+    # The cap keeps the job moving until the kill (which comes as soon as its gateways run); the resume
+    # runs under it too: at 64 KiB/s that was ~9 s of waiting for 600 kB, ~2 s at 256 KiB/s.
+    handle = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], bwlimit="256KiB/s",
                                       src_region="aws:us-east-1", dst_regions=["aws:us-west-2"])).start()
     deadline = time.monotonic() + 60
     while not gateway_pids(handle.job_id) and time.monotonic() < deadline:
