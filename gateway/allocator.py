@@ -16,7 +16,6 @@ Nothing to do on other C libraries (musl, macOS): they run as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -41,7 +40,9 @@ def keep_chunk_memory(max_chunk_bytes: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # glibc's soname, loaded directly: ctypes.util.find_library runs `ldconfig -p` in a subprocess,
+        # tens of milliseconds on every gateway process's start-up path.
+        libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has no such symbol
     except (OSError, AttributeError):

@@ -76,6 +76,7 @@ class RequestQueue:
         self._bytes = 0
         self._min_chunks, self._max_bytes = min_chunks, max_bytes
         self._cond = threading.Condition()
+        self._closed = False
 
     def offer(self, requests: list[SourceChunk]) -> int:
         """Queue the longest prefix of ``requests`` that fits; returns how many were taken."""
@@ -94,8 +95,11 @@ class RequestQueue:
             return taken
 
     def get(self, timeout: float) -> SourceChunk | None:
+        """The oldest chunk, or None after ``timeout`` seconds without one or once the queue is closed."""
         with self._cond:
-            if not self._items and not self._cond.wait_for(lambda: self._items, timeout):
+            if not self._items and not self._cond.wait_for(lambda: self._items or self._closed, timeout):
+                return None
+            if not self._items:
                 return None
             r = self._items.popleft()
             self._bytes -= r.length
@@ -104,6 +108,13 @@ class RequestQueue:
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
+
+    def close(self) -> None:
+        """Wake every reader waiting for a chunk (the gateway is stopping): an idle reader ends at once
+        instead of at its next poll, so a stop does not wait out a poll per reader."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 def check_batch(doc: object, config: GatewayConfig) -> Batch:
@@ -192,7 +203,7 @@ class GatewayNode(Controlled):
         self.router = Router(hops, job_id=config.job_id, secret=config.job_secret, queue_chunks=config.queue_chunks,
                              events=self.events, stop=self.stopping, encrypted_job=config.encrypt, pacer=self.pacer)
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
-        self._writes: queue.Queue[Decoded | wire.Frame] = queue.Queue(maxsize=config.queue_chunks)
+        self._writes: queue.Queue[Decoded | wire.Frame | None] = queue.Queue(maxsize=config.queue_chunks)
         # (chunk id, object index, store, key, upload id, part) -> its write, oldest first; finished
         # entries beyond WRITE_WINDOW are forgotten (a re-send older than that is written again).
         self._written: collections.OrderedDict[tuple, _TargetWrite] = collections.OrderedDict()
@@ -228,6 +239,12 @@ class GatewayNode(Controlled):
         self.stopping.set()
         self.listener.close()
         self.router.close()
+        self.requests.close()
+        for _ in range(self.config.writers):  # idle writers wake and see the stop (a full queue has none idle)
+            try:
+                self._writes.put_nowait(None)
+            except queue.Full:
+                break
         per_thread = grace / max(1, len(self._threads))
         for t in self._threads:
             t.join(per_thread)
@@ -353,6 +370,8 @@ class GatewayNode(Controlled):
             try:
                 item = self._writes.get(timeout=_POLL)
             except queue.Empty:
+                continue
+            if item is None:  # stop() woke this writer
                 continue
             if isinstance(item, Decoded):  # read here: held by the reader until it is handed over
                 self._guard(item.chunk_id, lambda: self._write_chunk(item))
