@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import time
 import threading
 from typing import Callable
@@ -75,7 +74,7 @@ def parse_credentials(doc: object) -> dict:
 
 def info_dict(info: ObjectInfo) -> dict:
     """``{"key", "size", "etag", "mtime", "md5", "crc32c"}``, nulls where unknown."""
-    return dataclasses.asdict(info)
+    return info.to_dict()
 
 
 def run(doc: object, store_for: Callable[[str], ObjectStore], retrying: Callable) -> dict:

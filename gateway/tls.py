@@ -15,10 +15,6 @@ import os
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 #: A job's certificate outlives any job's result linger.
 VALID_DAYS = 30
@@ -26,6 +22,13 @@ VALID_DAYS = 30
 
 def self_signed(host: str) -> tuple[str, str]:
     """``(certificate PEM, private key PEM)`` for ``host`` (an IP address or a DNS name)."""
+    # Here, not at the top: only a server that serves TLS makes one, and cryptography.x509 was about a
+    # tenth of a second of every gateway's and client's start-up (they import this module for pinned_context).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"skyplane {host}")])
     try:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from planner.errors import BadOptionError, SkyplaneError
 
-from .provisioners.ssh_bootstrap import DEFAULT_REMOTE_DIR, REAP_SH, resolve_remote_dir
+from .paths import DEFAULT_REMOTE_DIR
+from .provisioners.ssh_bootstrap import REAP_SH, resolve_remote_dir
 from .provisioners.ssh_connection import ConnectPolicy, SSHHost, SSHSession
 
 log = logging.getLogger(__name__)

@@ -6,13 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from planner.errors import BadOptionError
-from skyplane_provider.deprovision import (Selection, deprovision_aws, deprovision_azure, deprovision_gcp,
-                                           deprovision_local, deprovision_ssh, parse_duration)
-from skyplane_provider.provisioners.ssh_bootstrap import DEFAULT_REMOTE_DIR
-from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
+from skyplane_provider.paths import DEFAULT_REMOTE_DIR
 
 from .wording import examples, plural
+
+if TYPE_CHECKING:
+    from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
 
 PROVISIONERS = ("local", "ssh", "aws", "gcp", "azure")
 EXAMPLES = examples(
@@ -63,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _ssh_targets(args: argparse.Namespace) -> tuple[list[SSHHost], ConnectPolicy]:
+    from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
+
     settings = json.loads(args.ssh_config.read_text()) if args.ssh_config else {}
     defaults = {k: v for k, v in {"key_file": args.ssh_key or settings.get("key_file"),
                                   "user": settings.get("user"), "python": settings.get("python")}.items() if v}
@@ -79,6 +83,10 @@ def _ssh_targets(args: argparse.Namespace) -> tuple[list[SSHHost], ConnectPolicy
 
 
 def run(args: argparse.Namespace) -> int:
+    # Here, not at the top: every command line builds this parser, and these bring paramiko.
+    from skyplane_provider.deprovision import (Selection, deprovision_aws, deprovision_azure, deprovision_gcp,
+                                               deprovision_local, deprovision_ssh, parse_duration)
+
     selection = Selection(job_id=args.job, older_than=parse_duration(args.older_than) if args.older_than else None)
     hosts, policy = _ssh_targets(args)
     wanted = args.provisioner or (["local"] + (["ssh"] if hosts else []) + (["aws"] if args.aws_region else [])

@@ -36,13 +36,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from planner.errors import BadOptionError, ProvisionError
-from skyplane_provider.paths import skyplane_home
+from skyplane_provider.paths import DEFAULT_REMOTE_DIR, skyplane_home
 from skyplane_provider.redaction import is_secret_name
 
 from . import teardown_hooks
 from .base import Fleet, GatewaySpec, Provisioner, check_stop
 from .ssh import SSHFleet, bootstrap_fleet, launch_on_fleet, utc_now
-from .ssh_bootstrap import DEFAULT_REMOTE_DIR
 from .ssh_connection import ConnectPolicy, SSHHost
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 from . import teardown_hooks
 from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner, check_stop
 from .handed import fleet_document
-from skyplane_provider.paths import skyplane_home
+from skyplane_provider.paths import DEFAULT_REMOTE_DIR, skyplane_home
 from .package_wheel import package_wheel
-from .ssh_bootstrap import DEFAULT_REMOTE_DIR, HostBootstrap
+from .ssh_bootstrap import HostBootstrap
 from .ssh_connection import ConnectPolicy, SSHHost, SSHSession
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from pathlib import Path
 from planner.errors import CoordinatorError, ProvisionError, SkyplaneError
 
 from skyplane_provider.coordinator.jobdir import ADDRESS, LOG, REQUEST, RESULT
+from skyplane_provider.paths import DEFAULT_REMOTE_DIR
 
 from .base import GatewayHandle, GatewaySpec
 from .local import gateway_dir_name
@@ -38,8 +39,6 @@ from .package_wheel import PackagedWheel
 from .ssh_connection import LocalForward, SSHHost, SSHSession
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REMOTE_DIR = "~/.skyplane"
 
 #: POSIX sh: ``reap_job DIR`` stops every gateway started under DIR, and the job's coordinator when it
 #: runs on this host (``coordinator.pid``: it cancels and stops the fleet on TERM), and removes their files.

@@ -646,7 +646,7 @@ class Transfer:
 
 def _info_doc(info: ObjectInfo) -> dict:
     """An :class:`ObjectInfo` as JSON (``ObjectInfo(**doc)`` again), its unset fields left out."""
-    return {k: v for k, v in dataclasses.asdict(info).items() if v is not None}
+    return {k: v for k, v in info.to_dict().items() if v is not None}
 
 
 def copy(src: str, dst: str | list[str], *, progress: Callable[[Progress], None] | None = None,
