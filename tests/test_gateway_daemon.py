@@ -31,7 +31,7 @@ from planner.errors import GatewayError, NotFoundError, ProtocolError, Provision
 from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
-from skyplane_provider.provisioners.local import PIDS_FILE
+from skyplane_provider.provisioners.local import PIDS_FILE, local_workers
 from skyplane_provider.testbed import Scenario
 from tests.fixtures.testbed import needs_netns
 
@@ -485,6 +485,12 @@ def test_fleet_torn_down_when_the_orchestrator_exits_or_is_signalled(home, how):
     assert code == {"exit": 0, "SIGTERM": -signal.SIGTERM, "SIGINT": -signal.SIGINT}[how]
     assert gateway_pids(job_id) == []
     assert not (home / "jobs" / job_id).exists()
+
+
+def test_a_local_fleet_leaves_one_cpu_to_the_coordinator():
+    assert [local_workers(2, n) for n in (1, 2, 3)] == [1, 1, 1]  # this machine: one process per gateway
+    assert [local_workers(8, n) for n in (1, 2, 3, 8)] == [7, 3, 2, 1]
+    assert local_workers(1, 1) == 1
 
 
 def test_get_provisioner_by_name_or_object():
