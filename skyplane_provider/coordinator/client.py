@@ -13,10 +13,11 @@ credentials pushed to a job that has ended); a failed job's error comes back as 
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import ssl
-
-import httpx
+import urllib.parse
 
 import planner.errors as errors
 from gateway.tls import pinned_context
@@ -24,20 +25,24 @@ from planner.errors import CoordinatorError, JobEndedError, SkyplaneError, Trans
 
 from .state import FINAL
 
-# httpx logs every request at INFO: a line per poll in Airflow task and triggerer logs.
+# httpx (the async calls' transport) logs every request at INFO: a line per poll in Airflow triggerer logs.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class CoordinatorClient:
     """``CoordinatorClient("http://127.0.0.1:PORT", token, cert=None)``. ``cert``: the coordinator's
-    certificate (PEM) when it speaks TLS; only that certificate is trusted."""
+    certificate (PEM) when it speaks TLS; only that certificate is trusted. Thread-safe: each call
+    has its own connection.
+
+    The calls speak through ``http.client``, the async ones through httpx (imported when first used):
+    httpx imports its command line's rich, click and pygments where they are installed (Prefect and
+    Airflow install them), ~0.2 CPU-s of every ``skyplane-provider`` start."""
 
     def __init__(self, url: str, token: str, *, cert: str | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
         self._verify: ssl.SSLContext | bool = pinned_context(cert) if cert else True
         self._timeout = timeout
-        self._sync: httpx.Client | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"CoordinatorClient({self.url!r})"
@@ -80,50 +85,61 @@ class CoordinatorClient:
         doc = await self._call_async("POST", "/job/credentials", body={"credentials": entries})
         return int(doc["gateways"])
 
-    def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
-
     # -- transport -----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, running_ok: bool = False, body: dict | None = None) -> dict | None:
-        if self._sync is None:
-            self._sync = httpx.Client(verify=self._verify, timeout=self._timeout, headers=self._headers)
+        where = urllib.parse.urlsplit(self.url)
+        if where.scheme == "https":
+            context = self._verify if isinstance(self._verify, ssl.SSLContext) else ssl.create_default_context()
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                where.hostname, where.port, timeout=self._timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(where.hostname, where.port, timeout=self._timeout)
+        headers = dict(self._headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            response = self._sync.request(method, self.url + path, json=body)
-        except httpx.HTTPError as exc:
+            conn.request(method, where.path + path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(method, path, exc) from None
-        return self._answer(method, path, response, running_ok)
+        finally:
+            conn.close()
+        return self._answer(method, path, response.status, raw, running_ok)
 
     async def _call_async(self, method: str, path: str, *, running_ok: bool = False,
                           body: dict | None = None) -> dict | None:
+        import httpx
+
         try:
             async with httpx.AsyncClient(verify=self._verify, timeout=self._timeout, headers=self._headers) as c:
                 response = await c.request(method, self.url + path, json=body)
         except httpx.HTTPError as exc:
             raise self._unreachable(method, path, exc) from None
-        return self._answer(method, path, response, running_ok)
+        return self._answer(method, path, response.status_code, response.content, running_ok)
 
     def _unreachable(self, method: str, path: str, exc: Exception) -> CoordinatorError:
         return CoordinatorError(f"cannot reach the coordinator at {self.url} ({method} {path}): {exc}",
                                 hint="if the job's coordinator is gone, resume the job with "
                                      "`skyplane-provider resume JOB_ID`")
 
-    def _answer(self, method: str, path: str, response: httpx.Response, running_ok: bool) -> dict | None:
+    def _answer(self, method: str, path: str, status: int, raw: bytes, running_ok: bool) -> dict | None:
         where = f"the coordinator at {self.url} ({method} {path})"
-        if response.status_code == 409 and running_ok:
+        if status == 409 and running_ok:
             return None
         try:
-            doc = response.json()
+            doc = json.loads(raw)
         except ValueError:
-            raise CoordinatorError(f"{where} did not answer JSON (status {response.status_code})") from None
-        if response.status_code == 401:
+            raise CoordinatorError(f"{where} did not answer JSON (status {status})") from None
+        if status == 401:
             raise CoordinatorError(f"{where} refused the token", hint="use the job handle's token")
-        if response.status_code != 200 or not isinstance(doc, dict):
+        if status != 200 or not isinstance(doc, dict):
             detail = doc.get("error", doc) if isinstance(doc, dict) else doc
-            if response.status_code == 409 and isinstance(doc, dict) and doc.get("state") in FINAL:
+            if status == 409 and isinstance(doc, dict) and doc.get("state") in FINAL:
                 raise JobEndedError(f"{where} answered 409: {detail}")
-            raise CoordinatorError(f"{where} answered {response.status_code}: {detail}")
+            raise CoordinatorError(f"{where} answered {status}: {detail}")
         return doc
 
 

@@ -33,7 +33,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gateway.sizing import Sizing, choose
 from gateway.stores import open_store
@@ -62,7 +62,6 @@ from .endpoints import (Destination, Source, existing, first_page, list_source, 
                         open_source)
 from .dryrun import DryRun
 from .estimate import Estimate, check_budget, count_requests, estimate
-from .handle import TransferHandle
 from .launch import JobSecrets, gateway_specs, wire_peers
 from .mirror import Deletion, DestOnly, check_limit, delete_all, probe_delete
 from .planning import make_plan
@@ -71,6 +70,9 @@ from .request import DEFAULT_CHUNK_SIZE, TransferRequest, report_path
 from .server_side import GATEWAYS, SERVER_SIDE, Copier, Way, candidate_regions, probe_ways, requests_usd_for, split
 from .stats import Progress, TransferStats, egress_usd_actual, region_of, wire_bytes_by_edge, work_skipped
 from .stoppable import StoppableCalls, cancelled
+
+if TYPE_CHECKING:  # imported by start(): a job's coordinator process, which runs execute(), needs no client
+    from .handle import TransferHandle
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +348,8 @@ class Transfer:
         if fleet is not None:
             fleet.hand_over()
             self.fleet = fleet  # reap() clears its hosts once the job ended, when this process is still there
+        from .handle import TransferHandle
+
         self.handle = TransferHandle(self.job_id, address["url"], token, address.get("cert"))
         log.info("job %s: coordinator at %s", self.job_id, address["url"])
         if self._stop.is_set():  # cancelled before it started
