@@ -101,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the gateway's JSON config (see docs/gateway.md)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log at DEBUG level (so does SKYPLANE_GATEWAY_DEBUG=1 in the environment)")
+    parser.add_argument("--wait-for-config", action="store_true",
+                        help="read a line from stdin before the config, and exit 0 at the end of input: the local "
+                             "provisioner starts a gateway's process ahead of its config, so that its imports overlap "
+                             "the coordinator's")
     args = parser.parse_args(argv)
+    if args.wait_for_config and not sys.stdin.readline():
+        return 0  # never needed: the job ended or provisioned fewer gateways
     try:
         config = GatewayConfig.load(args.config)
     except SkyplaneError as exc:

@@ -31,6 +31,7 @@ from planner.errors import GatewayError, NotFoundError, ProtocolError, Provision
 from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
+from skyplane_provider.provisioners import local as local_module
 from skyplane_provider.provisioners.local import PIDS_FILE, local_workers
 from skyplane_provider.testbed import Scenario
 from tests.fixtures.testbed import needs_netns
@@ -403,6 +404,28 @@ def test_provisioning_failure_tears_down_what_started(home, stores):
         get_provisioner("local", health_timeout=20).provision(job_id, specs)
     assert gateway_pids(job_id) == []
     assert not (home / "jobs" / job_id).exists()
+
+
+def test_gateways_started_ahead_are_used_and_unused_ones_exit(home, stores):
+    """The coordinator starts a job's gateway processes before it knows their configs (their imports
+    run beside its own); provisioning hands each its config, and one the fleet does not use exits."""
+    program = RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})
+    job_id = uuid.uuid4().hex
+    prov = get_provisioner("local")
+    prov.start_ahead(job_id, [f"{SRC}/0", f"{SRC}/1"], [SRC, SRC])
+    ahead = dict(local_module._spares)
+    assert len(ahead) == 2
+    fleet = prov.provision(job_id, [GatewaySpec(f"{SRC}/0", SRC, {"program": program.to_dict(), "job_secret": "ab" * 32,
+                                                                  "control_token": "t" * 32, "encrypt": False})])
+    try:
+        used = ahead.pop(str(fleet._members[f"{SRC}/0"].config_path))
+        assert fleet.gateways[0].pid == used.pid and fleet.alive(f"{SRC}/0")
+        assert local_module._spares == {}
+        (unused,) = ahead.values()
+        assert unused.wait(30) == 0  # its stdin closed: it exits without a config
+    finally:
+        fleet.teardown()
+    assert gateway_pids(job_id) == []
 
 
 def test_data_port_refuses_garbage_before_allocating(jobs):

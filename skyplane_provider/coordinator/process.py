@@ -80,6 +80,9 @@ def _wait_started(directory: Path, child: int) -> int:
 def run(directory: Path) -> int:
     """Serve and run the job whose document is in ``directory``; 0 when it succeeded."""
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    doc = json.loads((directory / REQUEST).read_text())
+    (directory / REQUEST).unlink()  # the credentials live no longer on disk than needed
+    _start_gateways_ahead(doc)
     from skyplane_provider.transfer.request import TransferRequest
     from skyplane_provider.transfer.runner import Transfer
 
@@ -91,8 +94,6 @@ def run(directory: Path) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # At INFO azure-core logs every HTTP request and response in full: a job's log would be mostly that.
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
-    doc = json.loads((directory / REQUEST).read_text())
-    (directory / REQUEST).unlink()  # the credentials live no longer on disk than needed
     request = TransferRequest.from_dict(doc["request"])
     write_private(directory / RESUME, resumable_request(request.redacted()))
     job = JobState(request.job_id)
@@ -134,6 +135,7 @@ def run(directory: Path) -> int:
     finally:
         if handed is not None:  # also when no chunk needed a gateway, or prepare() failed
             handed.fleet.teardown()
+        _drop_gateways_ahead(doc)
     write_private(directory / RESULT, job.final_document())
     linger = float(doc.get("result_linger", 3600))
     fetched = job.fetched.wait(min(linger, CANCELLED_LINGER) if job.state == "cancelled" else linger)
@@ -146,6 +148,32 @@ def run(directory: Path) -> int:
     if fetched and job.state == "succeeded":
         _forget(directory)  # the client has the stats; a failed job's files stay for inspection and resume
     return 0 if job.state == "succeeded" else 1
+
+
+def _start_gateways_ahead(doc: dict) -> None:
+    """A local job whose plan came with its document: start its gateways' processes now, so that their
+    imports run beside this process's (docs/coordinator.md, "Start-up"). Best effort: the fleet starts
+    any it lacks, as it always did."""
+    request, plan = doc["request"], (doc.get("prepared") or {}).get("plan")
+    if request.get("provisioner") != "local" or plan is None or doc.get("fleet"):
+        return
+    from planner.plan import Plan
+    from skyplane_provider.provisioners.local import LocalProvisioner
+
+    try:
+        plan = Plan.from_dict(plan)
+        ids = [(f"{region}/{i}", region) for region in plan.programs() for i in range(plan.gateways[region])]
+        LocalProvisioner(**request.get("provisioner_settings", {})).start_ahead(
+            request["job_id"], [g for g, _ in ids], [r for _, r in ids])
+    except Exception as exc:  # noqa: BLE001 - only a head start is lost; provisioning reports real problems
+        log.debug("job %s: gateways not started ahead: %s", request.get("job_id"), exc)
+
+
+def _drop_gateways_ahead(doc: dict) -> None:
+    if doc["request"].get("provisioner") == "local":
+        from skyplane_provider.provisioners.local import drop_spares
+
+        drop_spares()
 
 
 def _handed_provisioner(request, doc: dict):

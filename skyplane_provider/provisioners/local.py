@@ -94,7 +94,7 @@ class _LocalGateway:
             if time.monotonic() > deadline:
                 raise ProvisionError(f"gateway {self.spec.gateway_id} did not bind its ports in time; "
                                      f"log tail:\n{self.log_tail(30)}")
-            time.sleep(0.05)
+            time.sleep(0.01)  # a gateway started ahead is ready ~20 ms after its go: every job waits here
 
 class LocalFleet(Fleet):
     """Gateway processes of one job on this host; up to ``replacements`` dead ones are replaced."""
@@ -224,8 +224,10 @@ class LocalProvisioner(Provisioner):
                 members.append(member)
                 record["gateways"].append(_pid_entry(member))
                 _write_private(job_dir / PIDS_FILE, json.dumps(record, indent=1))
+            drop_spares()  # daemons started ahead for gateways this fleet does not have
             _bring_up(members, time.monotonic() + self.health_timeout, stop)
         except BaseException:
+            drop_spares()
             LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs).teardown()
             raise
         fleet = LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs,
@@ -251,16 +253,83 @@ class LocalProvisioner(Provisioner):
         config.pop("log_file", None)  # stdout/stderr already go to the gateway's log
         config_path = directory / "config.json"
         _write_private(config_path, json.dumps(config))
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        argv = [*prefix, sys.executable, "-m", "gateway.daemon", "--config", str(config_path)]
-        with open(directory / "gateway.log", "ab") as logf:
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                        cwd=directory, start_new_session=True)
-            except OSError as exc:
-                raise ProvisionError(f"cannot start gateway {spec.gateway_id}: {exc}") from exc
+        spare = _take_spare(config_path)
+        if spare is not None:
+            proc = spare  # it imported its modules while this process was busy: it reads the config now
+            log.debug("gateway %s: its process %d was started ahead", spec.gateway_id, proc.pid)
+        else:
+            proc = self._start_process(spec.gateway_id, directory, netns)
         log.debug("started gateway %s as pid %d", spec.gateway_id, proc.pid)
         return _LocalGateway(spec, directory, proc, config.get("control_token", ""), control_host, bind_host)
+
+
+    def _start_process(self, gateway_id: str, directory: Path, netns: str | None, *,
+                       ahead: bool = False) -> subprocess.Popen:
+        """The daemon of ``gateway_id``, its log in ``directory``. ``ahead``: before its config exists
+        (:meth:`start_ahead`); it waits on stdin for :func:`_take_spare`'s go."""
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        argv = [*prefix, sys.executable, "-m", "gateway.daemon", "--config", str(directory / "config.json")]
+        with open(directory / "gateway.log", "ab") as logf:
+            try:
+                return subprocess.Popen([*argv, "--wait-for-config"] if ahead else argv,
+                                        stdin=subprocess.PIPE if ahead else subprocess.DEVNULL, stdout=logf,
+                                        stderr=subprocess.STDOUT, cwd=directory, start_new_session=True)
+            except OSError as exc:
+                raise ProvisionError(f"cannot start gateway {gateway_id}: {exc}") from exc
+
+    def start_ahead(self, job_id: str, gateway_ids: list[str], regions: list[str]) -> None:
+        """Start the daemons of a job's gateways before their configs exist (the job's coordinator
+        calls this before importing its own modules): each imports its modules meanwhile, ~0.2 CPU-s
+        and a third of a second on a loaded 2-core host that no longer stand between the coordinator
+        and its first chunk, then waits on stdin. :meth:`provision` writes each config, then says go.
+        One never told (the job needed fewer gateways, or none) exits when :func:`drop_spares` or the
+        end of this process closes its stdin. Best effort: a gateway that cannot be started ahead is
+        started by :meth:`provision` as usual."""
+        job_dir = skyplane_home() / "jobs" / job_id
+        job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for gateway_id, region in zip(gateway_ids, regions):
+            place = self.placement.get(gateway_id) or self.placement.get(region, {})
+            directory = job_dir / gateway_dir_name(gateway_id)
+            try:
+                directory.mkdir(mode=0o700, exist_ok=True)
+                proc = self._start_process(gateway_id, directory, place.get("netns"), ahead=True)
+            except (OSError, ProvisionError) as exc:
+                log.debug("gateway %s not started ahead: %s", gateway_id, exc)
+                continue
+            with _spares_lock:
+                _spares[str(directory / "config.json")] = proc
+
+
+#: Gateway daemons started ahead of their configs (:meth:`LocalProvisioner.start_ahead`), by config path.
+_spares: dict[str, subprocess.Popen] = {}
+_spares_lock = threading.Lock()
+
+
+def _take_spare(config_path: Path) -> subprocess.Popen | None:
+    """The daemon started ahead for ``config_path``, told to read it (which must be written), or None."""
+    with _spares_lock:
+        proc = _spares.pop(str(config_path), None)
+    if proc is None:
+        return None
+    try:
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+    except OSError:  # it died meanwhile: provision() starts another
+        proc.kill()
+        return None
+    return proc
+
+
+def drop_spares() -> None:
+    """Let every daemon started ahead and not used exit (its stdin closes)."""
+    with _spares_lock:
+        procs = list(_spares.values())
+        _spares.clear()
+    for proc in procs:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
 
 
 def _pid_entry(member: _LocalGateway) -> dict:
