@@ -168,7 +168,8 @@ class PeerLink:
                 if conn is not None:
                     self._lost(conn, str(exc))
                     conn = None
-                # A peer that refuses our proof will refuse it again: only network trouble is retried.
+                # A peer that refused us (its refusal message) or could not prove the secret will do so
+                # again: only network trouble is retried, a connection cut inside the handshake included.
                 final = attempt == SEND_ATTEMPTS or isinstance(exc, ProtocolError) or self._closed.is_set()
                 if final:
                     log.warning("could not send chunk %d to %s: %s", frame.header.chunk_id, self.peer.gateway_id, exc)

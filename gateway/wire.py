@@ -1,7 +1,7 @@
 """The gateway wire protocol: a per-job handshake, then a stream of framed chunks (docs/wire-protocol.md).
 
 Every data connection starts with a mutual HMAC-SHA256 challenge/response over the job's secret and
-id; only then does the client send frames, one after the other, never receiving anything back.
+id, which the server ends by accepting or by refusing with a reason; only then does the client send frames, one after the other, never receiving anything back.
 A frame is a fixed binary header (:data:`HEADER`) followed by a body of ``wire_length`` bytes:
 ``meta || payload`` in the clear, or ``nonce || AES-256-GCM(meta || payload)`` when encrypted (see
 :mod:`gateway.codec`). The header travels in the clear so that relays can route a frame by its
@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from planner.errors import ProtocolError
 
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from .bandwidth import Pacer
 
 MAGIC = b"SKYF"
-VERSION = 2
+#: One version for the handshake and the frames. 3: the server answers a peer it refuses with a
+#: refusal message, so that a connection that ends inside the handshake is told apart from a refusal.
+VERSION = 3
 
 FLAG_COMPRESSED = 0x01
 FLAG_ENCRYPTED = 0x02
@@ -59,7 +61,18 @@ _NONCE = 32
 _HELLO = struct.Struct(f">4sB{_NONCE}s")  # server -> client: its challenge
 _AUTH = struct.Struct(f">4sB{JOB_ID_SIZE}s{_NONCE}s32s")  # client -> server: job, challenge, proof
 _ACCEPT = struct.Struct(">4s32s")  # server -> client: its proof
-_HELLO_MAGIC, _AUTH_MAGIC, _ACCEPT_MAGIC = b"SKYH", b"SKYA", b"SKYS"
+_REFUSE = struct.Struct(">4sB")  # server -> client: why it refuses (a key of _REFUSALS)
+_HELLO_MAGIC, _AUTH_MAGIC, _ACCEPT_MAGIC, _REFUSE_MAGIC = b"SKYH", b"SKYA", b"SKYS", b"SKYR"
+_MAGIC_SIZE = 4
+_MALFORMED, _OTHER_JOB, _BAD_PROOF = 1, 2, 3
+#: Refusal reason -> what the refused client is told, and the hint it gives its user.
+_REFUSALS = {
+    _MALFORMED: ("it did not read a skyplane authentication message of our wire version",
+                 "run the same skyplane-provider version on every gateway"),
+    _OTHER_JOB: ("it serves another job", "the peer list points at another job's gateway"),
+    _BAD_PROOF: ("our proof of the job secret is wrong",
+                 "the gateways of one job must share its job_secret: check their configs"),
+}
 #: What a client sends during the handshake; its first frame follows.
 AUTH_SIZE = _AUTH.size
 
@@ -221,6 +234,13 @@ def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_M
     return Frame(header, bytes(raw), body, via_loopback)
 
 
+def _recv(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes; ``ConnectionError`` if the stream ends first."""
+    buf = bytearray(n)
+    _recv_exact(sock, memoryview(buf))
+    return bytes(buf)
+
+
 def _recv_exact(sock: socket.socket, view: memoryview, *, allow_eof: bool = False) -> bool:
     """Fill ``view``; False if the peer closed before sending anything and ``allow_eof``."""
     got = 0
@@ -245,31 +265,42 @@ def server_handshake(sock: socket.socket, *, job_id: bytes, secret: bytes,
     """Authenticate a connecting peer for this job, and prove ourselves to it.
 
     Raises :class:`ProtocolError` (the caller drops the connection) for a peer of another job, a
-    wrong proof, or a malformed message; ``OSError`` for timeouts and resets.
+    wrong proof, or a malformed message, after telling the peer why in a refusal message (nothing
+    else: no proof of ours); ``OSError`` for timeouts and resets.
     """
     sock.settimeout(timeout)
     server_nonce = os.urandom(_NONCE)
     sock.sendall(_HELLO.pack(_HELLO_MAGIC, VERSION, server_nonce))
-    buf = bytearray(_AUTH.size)
-    _recv_exact(sock, memoryview(buf))
-    magic, version, job, client_nonce, proof = _AUTH.unpack(buf)
+    magic, version, job, client_nonce, proof = _AUTH.unpack(_recv(sock, _AUTH.size))
     if magic != _AUTH_MAGIC or version != VERSION:
-        raise ProtocolError("peer did not answer the handshake with a skyplane authentication message")
+        _refuse(sock, _MALFORMED, "peer did not answer the handshake with a skyplane authentication message")
     if not hmac.compare_digest(job, job_id):
-        raise ProtocolError(f"peer belongs to another job ({job.hex()})")
+        _refuse(sock, _OTHER_JOB, f"peer belongs to another job ({job.hex()})")
     if not hmac.compare_digest(proof, _proof(secret, b"client", job_id, server_nonce, client_nonce)):
-        raise ProtocolError("peer failed the job-secret challenge")
+        _refuse(sock, _BAD_PROOF, "peer failed the job-secret challenge")
     sock.sendall(_ACCEPT.pack(_ACCEPT_MAGIC, _proof(secret, b"server", job_id, server_nonce, client_nonce)))
     sock.settimeout(None)
 
 
+def _refuse(sock: socket.socket, reason: int, message: str) -> NoReturn:
+    """Tell the peer why it is refused (best effort: it may be gone), then raise :class:`ProtocolError`."""
+    try:
+        sock.sendall(_REFUSE.pack(_REFUSE_MAGIC, reason))
+    except OSError:
+        pass
+    raise ProtocolError(message)
+
+
 def client_handshake(sock: socket.socket, *, job_id: bytes, secret: bytes,
                      timeout: float = HANDSHAKE_TIMEOUT) -> None:
-    """Prove to the server that we hold the job's secret, and check that it does too."""
+    """Prove to the server that we hold the job's secret, and check that it does too.
+
+    Raises :class:`ProtocolError` when the server refuses us (with its reason) or cannot prove the
+    secret: trying again will not help. A connection that ends or breaks inside the handshake raises
+    ``ConnectionError`` (an ``OSError``, as timeouts do): network trouble, worth a new connection.
+    """
     sock.settimeout(timeout)
-    buf = bytearray(_HELLO.size)
-    _recv_exact(sock, memoryview(buf))
-    magic, version, server_nonce = _HELLO.unpack(buf)
+    magic, version, server_nonce = _HELLO.unpack(_recv(sock, _HELLO.size))
     if magic != _HELLO_MAGIC:
         raise ProtocolError("the peer is not a skyplane gateway (bad handshake magic)")
     if version != VERSION:
@@ -278,12 +309,17 @@ def client_handshake(sock: socket.socket, *, job_id: bytes, secret: bytes,
     client_nonce = os.urandom(_NONCE)
     proof = _proof(secret, b"client", job_id, server_nonce, client_nonce)
     sock.sendall(_AUTH.pack(_AUTH_MAGIC, VERSION, job_id, client_nonce, proof))
-    buf = bytearray(_ACCEPT.size)
     try:
-        _recv_exact(sock, memoryview(buf))
+        magic = _recv(sock, _MAGIC_SIZE)
+        if magic == _REFUSE_MAGIC:
+            (reason,) = _recv(sock, _REFUSE.size - _MAGIC_SIZE)
+            why, hint = _REFUSALS.get(reason, (f"for a reason unknown to us ({reason})", None))
+            raise ProtocolError(f"the peer refused our handshake: {why}", hint=hint)
+        server_proof = _recv(sock, _ACCEPT.size - _MAGIC_SIZE) if magic == _ACCEPT_MAGIC else b""
     except ConnectionError as exc:
-        raise ProtocolError("the peer refused our handshake (wrong job or job secret?)") from exc
-    magic, server_proof = _ACCEPT.unpack(buf)
+        # Not a refusal (that comes as a message): the peer died or restarted meanwhile, so a new
+        # connection may well succeed.
+        raise ConnectionError(f"the connection ended inside the handshake: {exc}") from exc
     if magic != _ACCEPT_MAGIC or not hmac.compare_digest(
             server_proof, _proof(secret, b"server", job_id, server_nonce, client_nonce)):
         raise ProtocolError("the peer failed to prove it holds the job secret")

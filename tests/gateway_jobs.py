@@ -139,6 +139,21 @@ def assert_hung_up(sock: socket.socket) -> None:
         pass
 
 
+def assert_refused(sock: socket.socket) -> bool:
+    """The peer ended a handshake we had not passed: at most its refusal message (docs/wire-protocol.md;
+    none when its reset overtook it), never an accept, then the end of the connection. Whether the
+    refusal came."""
+    sock.settimeout(10)
+    got = b""
+    try:
+        while b := sock.recv(64):
+            got += b
+    except ConnectionResetError:
+        pass
+    assert got == b"" or (got[:4] == b"SKYR" and len(got) == 5), got
+    return bool(got)
+
+
 def chain() -> dict[str, RegionProgram]:
     """Partition 0: source -> relay -> destination (2 connections per hop)."""
     return {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(RELAY, 2),))}),

@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import struct
 import threading
+import time
 
 import pytest
 
 from gateway import wire
 from gateway.batch import ChunkMeta, DestStore, SentObject, Target
 from gateway.codec import Codec, worth_compressing
+from gateway.events import EventLog
+from gateway.peers import Peer, PeerLink
 from planner.errors import BadOptionError, ChecksumError, ProtocolError
 
 JOB = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -300,17 +304,99 @@ def test_handshake_then_frames():
     assert codec().decode(server.frames[1]).objects == [TEXT]
 
 
-@pytest.mark.parametrize("client_job, client_secret, match", [
-    (JOB, os.urandom(32), "challenge"),
-    (OTHER_JOB, SECRET, "another job"),
-])
-def test_wrong_job_or_secret_is_dropped(client_job, client_secret, match):
+@pytest.mark.parametrize("client_job, client_secret, match, told", [
+    (JOB, os.urandom(32), "challenge", "our proof of the job secret is wrong"),
+    (OTHER_JOB, SECRET, "another job", "it serves another job"),
+], ids=["wrong secret", "other job"])
+def test_wrong_job_or_secret_is_refused_with_the_reason(client_job, client_secret, match, told):
     server = Server()
-    with pytest.raises(ProtocolError, match="refused"):
+    with pytest.raises(ProtocolError, match=f"refused our handshake: {told}"):
         wire.connect("127.0.0.1", server.port, job_id=client_job, secret=client_secret)
     result = server.join()
     assert isinstance(result, ProtocolError) and match in str(result)
     assert server.frames == []
+
+
+class DyingServer:
+    """Accepts connections on loopback; the first ``die`` of them end inside the handshake (after the
+    client's authentication message, with neither an accept nor a refusal: a gateway worker killed
+    there), with a FIN or, ``reset``, an RST. Later ones are served like :class:`Server`'s."""
+
+    def __init__(self, die: int, *, reset: bool = False) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.frames: list[wire.Frame] = []
+        self._die, self._reset = die, reset
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                if self._die:
+                    self._die -= 1
+                    conn.sendall(b"SKYH" + bytes([wire.VERSION]) + os.urandom(32))
+                    conn.recv(wire.AUTH_SIZE, socket.MSG_WAITALL)
+                    if self._reset:
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
+                wire.server_handshake(conn, job_id=JOB, secret=SECRET, timeout=2)
+                while (f := wire.recv_frame(conn, job_id=JOB)) is not None:
+                    self.frames.append(f)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_connection_that_ends_inside_the_handshake_is_not_a_refusal(reset):
+    """Network trouble (an OSError, which senders retry), not a ProtocolError (which they do not)."""
+    server = DyingServer(die=1, reset=reset)
+    try:
+        with pytest.raises(ConnectionError, match="inside the handshake"):
+            wire.connect("127.0.0.1", server.port, job_id=JOB, secret=SECRET)
+    finally:
+        server.close()
+
+
+def test_a_peer_of_the_previous_wire_version_is_told_apart_at_its_first_message():
+    """Version 2 ended a refusal without a word: a client of version 3 must not read that as network
+    trouble, so it stops at the version 2 challenge (and a version 2 client at ours)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def old_server() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"SKYH" + bytes([2]) + os.urandom(32))
+                conn.recv(1)
+        t = threading.Thread(target=old_server)
+        t.start()
+        with pytest.raises(ProtocolError, match=f"speaks wire version 2, we speak {wire.VERSION}"):
+            wire.connect("127.0.0.1", listener.getsockname()[1], job_id=JOB, secret=SECRET)
+        t.join(5)
+
+
+def test_a_sender_reconnects_when_its_peer_dies_inside_the_handshake():
+    """gateway/peers.py: the frame goes out on a new connection, nothing is reported failed."""
+    server = DyingServer(die=1)
+    events, stop = EventLog(), threading.Event()
+    link = PeerLink(Peer("dst-0", "127.0.0.1", server.port), "dst", 1, job_id=JOB, secret=SECRET,
+                    queue_chunks=2, events=events, stop=stop)
+    try:
+        assert link.put(encode(codec(), TEXT, chunk_id=5))
+        deadline = time.monotonic() + 10
+        while not server.frames:
+            assert time.monotonic() < deadline, events.status(0)
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        server.close()
+    status = events.status(0)
+    assert [f.header.chunk_id for f in server.frames] == [5]
+    assert status["counters"]["retries"] == 1 and status["events"] == []
 
 
 def test_client_refuses_a_server_without_the_secret():
