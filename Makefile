@@ -5,6 +5,9 @@ export SKYPLANE_VENV := $(abspath $(VENV))
 
 .PHONY: setup test demo emulators-up emulators-down reliability-report
 
+# Also installs the google Airflow provider with --no-deps into $(VENV)-extras/google, not into the venv
+# (there it would pull 107 packages and downgrade two of ours): only its hook's test uses it, in a
+# subprocess with that directory on PYTHONPATH (docs/credentials.md).
 setup:
 	@scripts/setup.sh
 

@@ -20,6 +20,7 @@ from skyplane_provider.airflow.hooks import (SkyplaneHook, fields_aws_source, fi
                                              fields_wasb_source, provider_wasb_source)
 from skyplane_provider.airflow.provider import get_provider_info  # noqa: E402
 from skyplane_provider.testing.emulators import AZURITE_KEY, connection_string  # noqa: E402
+from .google_hook_copy import RESULT  # noqa: E402
 
 
 def conn(monkeypatch, conn_id: str, value: dict | str) -> None:
@@ -172,16 +173,23 @@ def test_gcp_fields_only_the_google_providers_hook_honours_are_refused_without_i
     assert "apache-airflow-providers-google" in info.value.hint
 
 
+#: The google provider, installed by ``make setup`` beside the venv, not in it (scripts/extras-google.txt).
+GOOGLE_PROVIDER = Path(f"{sys.prefix}-extras") / "google"
+REPO = Path(__file__).resolve().parents[1]
+
+
 def test_gcp_key_through_the_google_providers_hook_gives_the_gateways_a_token(
         monkeypatch, tmp_path, emulators, gcs_bucket):
-    """GoogleBaseHook reads a key file whose token_uri is the Compute stand-in's OAuth endpoint (JWT
-    bearer grant, signature checked): the entry carries the access token it issued and its expiry,
-    not the key; a transfer to fake-gcs behind a proxy that lets only that token through completes.
-    Not run where the google provider is not installed (it is not in the test extra: docs/credentials.md)."""
-    pytest.importorskip("airflow.providers.google")
+    """The real GoogleBaseHook (apache-airflow-providers-google, in a subprocess with its directory on
+    PYTHONPATH) reads a key file whose token_uri is the Compute stand-in's OAuth endpoint (JWT bearer
+    grant, signature checked): the entry carries the access token it issued and its expiry, not the
+    key; a transfer to fake-gcs behind a proxy that lets only that token through completes."""
+    if not (GOOGLE_PROVIDER / "airflow/providers/google").is_dir():
+        if os.environ.get("SKYPLANE_VENV"):  # make test: its setup installs the provider
+            pytest.fail(f"{GOOGLE_PROVIDER} lacks the google provider: scripts/setup.sh should have installed it")
+        pytest.skip(f"the google provider is not installed in {GOOGLE_PROVIDER}: run make setup")
     from skyplane_provider.testing.faultproxy import FaultProxy
     from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
-    from skyplane_provider.transfer import Transfer
 
     standin = GCPComputeStandIn("p1", {"us-central1": ["a"]})
     standin.start()
@@ -191,19 +199,35 @@ def test_gcp_key_through_the_google_providers_hook_gives_the_gateways_a_token(
         key = standin.adc_file(tmp_path / "sa.json")
         conn(monkeypatch, "side", {"conn_type": "google_cloud_platform",
                                    "extra": {"key_path": str(key), "endpoint": url}})
-        hook, src, dsts = SkyplaneHook(dst_conn_id="side"), f"{tmp_path}/src/", [f"{gcs_bucket}/in/"]
-        got = hook.credentials(src, dsts)[gcs_bucket]
-        assert set(got) == {"access_token", "expiration", "project", "endpoint"} and got["project"] == "p1"
-        assert got["access_token"] in standin._tokens  # noqa: SLF001 - issued by the token endpoint
-        proxy.authorization = f"Bearer {got['access_token']}"
         (tmp_path / "src").mkdir()
         (tmp_path / "src" / "a.bin").write_bytes(os.urandom(10_000))
-        stats = Transfer(hook.make_request(src, dsts)).run()  # the same source: the same token
-        assert stats.objects == 1 and stats.verified
-        assert proxy.counts.forwarded > 0 and proxy.counts.unauthorized == 0, proxy.counts
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(GOOGLE_PROVIDER),
+                                                                          os.environ.get("PYTHONPATH")]))}
+        log = tmp_path / "child.log"  # a file, not a pipe: a full pipe would stall the child
+        with log.open("w") as err, subprocess.Popen(
+                [sys.executable, "-m", "tests.google_hook_copy", f"{tmp_path}/src/", f"{gcs_bucket}/in/"],
+                cwd=REPO, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err) as child:
+            try:
+                got = next((json.loads(line.removeprefix(RESULT)) for line in child.stdout
+                            if line.startswith(RESULT)), None)  # after Airflow's log lines
+                if got:  # the token is known now: let only it through
+                    proxy.authorization = f"Bearer {got['entry']['access_token']}"
+                    child.stdin.write("go\n")
+                    child.stdin.flush()
+                out, _ = child.communicate(timeout=120)
+            finally:
+                child.kill()
+        assert child.returncode == 0 and got, log.read_text()[-3000:]
+        copied = json.loads([line for line in out.splitlines() if line.startswith(RESULT)][-1].removeprefix(RESULT))
     finally:
         proxy.stop()
         standin.stop()
+    assert Path(got["provider"]).is_relative_to(GOOGLE_PROVIDER)
+    entry = got["entry"]
+    assert set(entry) == {"access_token", "expiration", "project", "endpoint"} and entry["project"] == "p1"
+    assert entry["access_token"] in standin._tokens  # noqa: SLF001 - issued by the token endpoint
+    assert copied == {"objects": 1, "verified": True}
+    assert proxy.counts.forwarded > 0 and proxy.counts.unauthorized == 0, proxy.counts
 
 
 # -- wasb -------------------------------------------------------------------------------------------

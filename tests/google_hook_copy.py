@@ -1,0 +1,37 @@
+"""Run by tests/test_airflow_hook.py in a subprocess whose PYTHONPATH holds the google provider
+(installed beside the venv by scripts/setup.sh, not in it): ``SkyplaneHook`` resolves the
+``google_cloud_platform`` connection ``side`` (from ``AIRFLOW_CONN_SIDE``) through the provider's
+``GoogleBaseHook``, and a ``Transfer`` copies ``SRC`` to ``DST`` with what it gave.
+
+Usage: ``python -m tests.google_hook_copy SRC DST``. Prints the ``gs`` entry and the file the
+provider was imported from, waits for a line on stdin (the caller arms its token check meanwhile),
+copies, and prints the copy's counts: each a line ``RESULT <json>`` among the log lines that Airflow
+also writes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from gateway.stores.uri import parse_uri
+from skyplane_provider.airflow.hooks import SkyplaneHook
+from skyplane_provider.transfer import Transfer
+
+RESULT = "RESULT "
+
+
+def main(src: str, dst: str) -> None:
+    # Here, not at the top: the test that runs this imports RESULT without the provider on its path.
+    import airflow.providers.google.common.hooks.base_google as base_google
+
+    hook = SkyplaneHook(dst_conn_id="side")
+    entry = hook.credentials(src, [dst])[parse_uri(dst).root_uri]
+    print(RESULT + json.dumps({"entry": entry, "provider": base_google.__file__}), flush=True)
+    sys.stdin.readline()
+    stats = Transfer(hook.make_request(src, [dst])).run()  # the same connection: the same token
+    print(RESULT + json.dumps({"objects": stats.objects, "verified": stats.verified}), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
