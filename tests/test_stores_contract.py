@@ -352,6 +352,42 @@ def test_transient_failures_are_retryable_errors(emulators):
         assert seconds < 20, (kind, expected, seconds)
 
 
+def test_s3_body_cut_off_before_its_length_is_a_retryable_error():
+    """S3 bodies are read straight into the caller's buffer (http.client's readinto, not urllib3's):
+    a body the connection ends before its Content-Length is a retryable StoreUnavailableError, not a
+    short read (which the gateway would take for an object that shrank, and not retry); a whole body
+    is read as the store sent it. A real HTTP server on loopback sends 1,000 of 4,096 bytes. Under 1 s."""
+    sent = os.urandom(4096)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            cut = self.path.endswith("/cut")
+            self.send_response(206)
+            self.send_header("Content-Length", str(len(sent)))
+            self.send_header("Content-Range", f"bytes 0-{len(sent) - 1}/{len(sent)}")
+            self.end_headers()
+            self.wfile.write(sent[:1000] if cut else sent)
+            self.close_connection = True
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = open_store("s3://cut", _docs(f"http://127.0.0.1:{server.server_address[1]}")["s3"])
+        buf = bytearray(len(sent) + 1)
+        assert store.read_into("whole", 0, memoryview(buf)) == len(sent) and buf[:len(sent)] == sent
+        with pytest.raises(StoreUnavailableError) as caught:
+            store.read_into("cut", 0, memoryview(buf))
+        assert caught.value.retryable
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 def test_local_objects_get_the_mode_of_a_plain_file(tmp_path):
     """Temp files are private while being written; the published object is what open() would make."""
     store = open_store("file://" + str(tmp_path))
