@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import crc32c
 import pytest
 
 from gateway.stores import open_store
@@ -185,6 +186,26 @@ def test_multipart_compose_tree_past_32_parts(gcs_bucket):
     store.complete_multipart("tree", upload, parts)
     assert store.read("tree") == b"".join(chunks)
     assert leftovers(store.root_uri) == []
+
+
+def test_gcs_objects_above_the_librarys_multipart_limit_go_in_one_request(gcs_bucket):
+    """Above 8 MiB (where the library would upload resumably) a whole object and a part go in our own
+    one-request multipart upload with their CRC32C: the receipt is the server's (its MD5 and CRC32C of
+    what it stored), the bytes read back whole, a part keeps its metadata (the upload finds it), and a
+    missing bucket is still NotFoundError. 9 MiB each, about 1 s."""
+    store = open_store(gcs_bucket)
+    data = bytearray(os.urandom(9 * 1024**2 + 7))
+    receipt = store.write("big/one", data)
+    assert receipt.size == len(data) and receipt.md5 == hashlib.md5(data).hexdigest()
+    assert receipt.crc32c == crc32c.crc32c(data).to_bytes(4, "big").hex()
+    assert store.read("big/one") == data
+    upload = store.begin_multipart("big/parts")
+    part = store.upload_part("big/parts", upload, 1, data)
+    assert store.pending_uploads("big/") == [("big/parts", upload)]
+    assert store.complete_multipart("big/parts", upload, [part]).size == len(data)
+    assert store.read("big/parts") == data and leftovers(store.root_uri) == []
+    with pytest.raises(NotFoundError):
+        open_store(missing_root(gcs_bucket)).write("x", data)
 
 
 # ---- missing buckets, capabilities, regions ---------------------------------------------------------
