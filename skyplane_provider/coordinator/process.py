@@ -126,7 +126,11 @@ def run(directory: Path) -> int:
     log.info("job %s: coordinator %d serving on %s", job.job_id, os.getpid(), url)
     job.running()
     try:
-        job.succeed(transfer.execute().to_dict())
+        try:
+            stats = transfer.execute()
+        finally:  # before the outcome is out: whoever reads it finds no process of the job left
+            _drop_gateways_ahead(doc)
+        job.succeed(stats.to_dict())
     except BaseException as exc:  # noqa: BLE001 - every ending is an outcome the clients must see
         cancelled = job.cancel_requested.is_set()
         log.log(logging.WARNING if cancelled else logging.ERROR, "job %s %s: %s", job.job_id,
@@ -135,7 +139,6 @@ def run(directory: Path) -> int:
     finally:
         if handed is not None:  # also when no chunk needed a gateway, or prepare() failed
             handed.fleet.teardown()
-        _drop_gateways_ahead(doc)
     write_private(directory / RESULT, job.final_document())
     linger = float(doc.get("result_linger", 3600))
     fetched = job.fetched.wait(min(linger, CANCELLED_LINGER) if job.state == "cancelled" else linger)
@@ -154,9 +157,12 @@ def _start_gateways_ahead(doc: dict) -> None:
     """A local job whose plan came with its document: start its gateways' processes now, so that their
     imports run beside this process's (docs/coordinator.md, "Start-up"). Best effort: the fleet starts
     any it lacks, as it always did."""
-    request, plan = doc["request"], (doc.get("prepared") or {}).get("plan")
+    request, prepared = doc["request"], doc.get("prepared") or {}
+    plan, listing = prepared.get("plan"), prepared.get("listing")
     if request.get("provisioner") != "local" or plan is None or doc.get("fleet"):
         return
+    if listing is not None and not any(copy for _, _, copy, _ in listing["decisions"]):
+        return  # a full listing with nothing to copy (a sync up to date, a mirror that only deletes)
     from planner.plan import Plan
     from skyplane_provider.provisioners.local import LocalProvisioner
 
@@ -173,7 +179,7 @@ def _drop_gateways_ahead(doc: dict) -> None:
     if doc["request"].get("provisioner") == "local":
         from skyplane_provider.provisioners.local import drop_spares
 
-        drop_spares()
+        drop_spares(wait=10.0)
 
 
 def _handed_provisioner(request, doc: dict):

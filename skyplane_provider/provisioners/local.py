@@ -320,8 +320,9 @@ def _take_spare(config_path: Path) -> subprocess.Popen | None:
     return proc
 
 
-def drop_spares() -> None:
-    """Let every daemon started ahead and not used exit (its stdin closes)."""
+def drop_spares(wait: float = 0.0) -> None:
+    """Let every daemon started ahead and not used exit (its stdin closes); ``wait``: seconds to wait
+    for them (one still importing exits once done), after which the rest are killed."""
     with _spares_lock:
         procs = list(_spares.values())
         _spares.clear()
@@ -330,6 +331,13 @@ def drop_spares() -> None:
             proc.stdin.close()
         except OSError:
             pass
+    deadline = time.monotonic() + wait
+    for proc in procs if wait else ():
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _pid_entry(member: _LocalGateway) -> dict:
