@@ -250,7 +250,10 @@ def test_on_kill_tears_the_fleet_down(emulators, airflow_home, sky_home, s3_buck
     worker = threading.Thread(target=lambda: _capture(outcome, op.execute, {}))
     worker.start()
     deadline = time.monotonic() + 60
-    while not gateway_pids(str(sky_home)) and time.monotonic() < deadline and worker.is_alive():
+    # Until the fleet is provisioned (pids.json): a local job's gateway processes start with its coordinator,
+    # before the operator holds the job's handle.
+    while not (gateway_pids(str(sky_home)) and list(Path(sky_home).glob("jobs/*/pids.json"))) \
+            and time.monotonic() < deadline and worker.is_alive():
         time.sleep(0.05)
     assert gateway_pids(str(sky_home)), outcome
     op.on_kill()

@@ -112,8 +112,10 @@ class GatewayWatch:
             self.seen.update(gateway_pids(self.home))
 
     def wait_for_gateways(self, timeout: float) -> None:
+        """Until a fleet is provisioned: a local job's gateway processes start with its coordinator, ahead
+        of their configs (before its client has the job's handle); pids.json records them once provisioned."""
         deadline = time.monotonic() + timeout
-        while not self.seen and time.monotonic() < deadline:
+        while not (self.seen and list(Path(self.home).glob("jobs/*/pids.json"))) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert self.seen, f"no gateway started within {timeout} s"
 
