@@ -49,6 +49,7 @@ class WatchedProvisioner(LocalProvisioner):
         self.fleet: LocalFleet | None = None
         self.started = threading.Event()
         self.loopback_clear = loopback_clear
+        self.loopback_fleet = loopback_clear  # its pipeline depth then counts clear frames' copies
 
     def provision(self, job_id, specs, stop: threading.Event | None = None) -> LocalFleet:
         specs = [dataclasses.replace(s, config={**s.config, "loopback_clear": self.loopback_clear}) for s in specs]

@@ -38,3 +38,24 @@ def test_small_objects_are_bundled_over_enough_chunks():
     assert choose([], [S3]).bundle_bytes == BUNDLE_MAX
     # A bundle is never bigger than a part (the chunk size the gateways are told to accept).
     assert choose([4096] * 100_000, [S3], part_size=2 * MiB).bundle_bytes == 2 * MiB
+
+
+def test_a_fleet_whose_hops_stay_on_the_host_runs_a_deeper_pipeline():
+    """Frames sent clear hold no lz4 or AES-GCM copies, so the same buffer budget gives twice the
+    readers, writers and queue slots (4 instead of 2 at 64 MiB, 8 instead of 4 at 32 MiB); a local
+    fleet on loopback is one, one placed in network namespaces or on another address is not. Pure."""
+    from planner.plan import direct_plan
+    from skyplane_provider.provisioners.local import LocalProvisioner
+    from skyplane_provider.transfer.launch import JobSecrets, gateway_specs, pipeline_depth
+
+    assert [pipeline_depth(n * MiB) for n in (16, 32, 64, 150)] == [8, 4, 2, 2]
+    assert [pipeline_depth(n * MiB, clear=True) for n in (16, 32, 64, 150)] == [8, 8, 4, 2]
+    assert LocalProvisioner().loopback_fleet
+    assert not LocalProvisioner(netns={"aws:us-east-1": "ns1"}).loopback_fleet
+    assert not LocalProvisioner(bind_host="10.0.0.1").loopback_fleet
+    plan = direct_plan("aws:us-east-1", ["gcp:us-central1"])
+    for clear, depth in ((False, 2), (True, 4)):
+        specs = gateway_specs(plan, "0" * 32, JobSecrets(), compress=True, encrypt=True, credentials={},
+                              max_chunk_bytes=64 * MiB, loopback_fleet=clear)
+        assert {(s.config["readers"], s.config["writers"], s.config["queue_chunks"]) for s in specs} == {
+            (depth, depth, depth)}

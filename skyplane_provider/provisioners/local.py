@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.control_client import GatewayClient
+from gateway.wire import is_loopback
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 from skyplane_provider.paths import skyplane_home
 
@@ -203,6 +204,7 @@ class LocalProvisioner(Provisioner):
         self.stop_grace = stop_grace
         self.keep_logs = keep_logs
         self.coordinator_host = coordinator_host
+        self.loopback_fleet = is_loopback(bind_host) and not self.placement
 
     def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
         from skyplane_provider.coordinator.launcher import launch_local

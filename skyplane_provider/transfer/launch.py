@@ -29,12 +29,21 @@ class JobSecrets:
 #: chunks a destination gateway peaked at 1.1 GiB (benchmarks/memory.py, 10 GiB through a relay).
 BUFFER_BUDGET = 512 * 1024**2
 MAX_DEPTH = 8
+#: Copies of a chunk counted per reader or writer and queue slot: lz4 and AES-GCM outputs beside the
+#: raw bytes; on hops that never leave the host (sent clear) only the raw bytes and one copy a store's
+#: SDK may take of them.
+COPIES, CLEAR_COPIES = 4, 2
 
 
-def pipeline_depth(max_chunk_bytes: int) -> int:
+def pipeline_depth(max_chunk_bytes: int, clear: bool = False) -> int:
     """Readers, writers and queue slots per gateway for chunks up to this size: 8 for chunks up to
-    16 MiB (small objects need the parallelism), fewer for bigger ones, at least 2."""
-    return max(2, min(MAX_DEPTH, BUFFER_BUDGET // (4 * max(1, max_chunk_bytes))))
+    16 MiB (small objects need the parallelism), fewer for bigger ones, at least 2. ``clear``: every
+    hop stays on the host, frames go without lz4 and AES-GCM, so the same buffer budget holds twice
+    the chunks (8 at 32 MiB, 4 at 64 MiB): a store written 4 objects at a time instead of 8 is
+    latency-bound (8 x 32 MiB to moto: 4.4 s at 4, 2.5 s at 8; routes.py GCS -> S3 text 5.2-6.1 ->
+    4.0-4.6 s, docs/benchmarks.md)."""
+    copies = CLEAR_COPIES if clear else COPIES
+    return max(2, min(MAX_DEPTH, BUFFER_BUDGET // (copies * max(1, max_chunk_bytes))))
 
 
 def _handles_plaintext(program: RegionProgram) -> bool:
@@ -43,13 +52,15 @@ def _handles_plaintext(program: RegionProgram) -> bool:
 
 def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,
                   credentials: dict, queue_chunks: int = 8, max_chunk_bytes: int | None = None,
-                  bwlimit: float | None = None) -> list[GatewaySpec]:
+                  bwlimit: float | None = None, loopback_fleet: bool = False) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
     they only ever see ciphertext. ``max_chunk_bytes``: the job's largest chunk, so a gateway refuses
     (before allocating) any frame longer than this job can send, and so that big chunks get fewer
     readers, writers and queue slots (:func:`pipeline_depth`): memory stays bounded. ``bwlimit``: the
-    job's cap per region; each gateway starts with an equal share of its region's (bandwidth.py)."""
-    depth = pipeline_depth(max_chunk_bytes) if max_chunk_bytes is not None else None
+    job's cap per region; each gateway starts with an equal share of its region's (bandwidth.py).
+    ``loopback_fleet``: every gateway on this host (the provisioner's ``loopback_fleet``), so frames
+    travel clear and the pipeline may be deeper (:func:`pipeline_depth`)."""
+    depth = pipeline_depth(max_chunk_bytes, clear=loopback_fleet) if max_chunk_bytes is not None else None
     specs = []
     for region, program in plan.programs().items():
         plaintext = _handles_plaintext(program)

@@ -567,7 +567,8 @@ class Transfer:
     def _provision(self) -> Fleet:
         req = self.request
         specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
-                              credentials=req.credentials, max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit)
+                              credentials=req.credentials, max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit,
+                              loopback_fleet=self._provisioner.loopback_fleet)
         try:
             return self._provisioner.provision(self.job_id, specs, stop=self._stop)
         except ProvisionError:
