@@ -150,6 +150,7 @@ def run(directory: Path) -> int:
     log.info("job %s: coordinator exits (%s)", job.job_id, job.state)
     if fetched and job.state == "succeeded":
         _forget(directory)  # the client has the stats; a failed job's files stay for inspection and resume
+    gc.freeze()  # no final collection over what the job left behind (gateway/daemon.py: main)
     return 0 if job.state == "succeeded" else 1
 
 
