@@ -4,6 +4,7 @@ real sshd servers on loopback stand for the hosts (tests/fixtures/sshd.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from gateway.control_client import GatewayClient
+from gateway.stores import open_store
 from planner.errors import GatewayError, NotFoundError, ProvisionError, TransferError
 from skyplane_provider.deprovision import Selection, deprovision_ssh
+from skyplane_provider.provisioners.ssh_bootstrap import HostBootstrap
 from skyplane_provider.provisioners.ssh_connection import ConnectPolicy, SSHHost
 from skyplane_provider.testing.leftovers import coordinator_pids, gateway_pids
 from skyplane_provider.transfer import Transfer, TransferRequest
@@ -287,4 +290,87 @@ def test_ssh_retry_after_the_coordinator_was_killed_resumes_from_the_manifest_on
     assert stats.verified and _copied(tmp_path / "dst") == objs
     assert 1 <= stats.resumed_copies < len(objs) and stats.objects == len(objs) - stats.resumed_copies
     assert not set(orphans) & set(gateway_pids(job_id))
+    _wait(lambda: not gateway_pids(job_id) and not coordinator_pids(job_id))
+
+
+def _holds(pid: int, needle: bytes) -> bool | None:
+    """Whether the process's readable memory holds ``needle``; None when this user may not read it."""
+    found = False
+    try:
+        with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
+            for line in maps:
+                span, perms = line.split()[:2]
+                if not perms.startswith("r"):
+                    continue
+                lo, hi = (int(x, 16) for x in span.split("-"))
+                try:
+                    mem.seek(lo)
+                    found = found or needle in mem.read(hi - lo)
+                except (OSError, ValueError, OverflowError):
+                    continue  # a mapping the kernel will not hand out ([vvar])
+    except PermissionError:
+        return None
+    return found
+
+
+def _gateway_of(server, job_id: str) -> int:
+    [pid] = [p for p in gateway_pids(job_id, workers=False)
+             if server.remote_dir.encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return pid
+
+
+def test_ssh_source_host_holds_no_destination_credential(sshd_servers, ssh_known_hosts, tmp_path, emulators,
+                                                         s3_bucket, monkeypatch):
+    """A sync from the source host's directory into an S3 bucket (moto) whose credentials entry is its
+    own: the job document, the files of the source host and the coordinator's and the source
+    gateway's environment, command line and memory hold none of its secret, which the destination's
+    gateway holds; renewed keys pushed through the coordinator reach that gateway alone; the
+    coordinator lists the destination (the sync diff), begins and completes the multipart upload and
+    verifies through that gateway, and the copy is sha256-identical. (~15 s)"""
+    secret = f"dst-secret-{uuid.uuid4().hex}"
+    entry = {"aws_access_key_id": "AKIADESTINATION", "aws_secret_access_key": secret,
+             "endpoint_url": emulators.endpoints["s3"], "region_name": "us-east-1"}
+    objs = _tree(tmp_path / "src", {**{f"f{i:02d}": 300 * 1024 for i in range(8)}, "big.bin": 6 * MiB + 17})
+    dest = open_store(s3_bucket, {s3_bucket: entry})
+    dest.write("out/f00", objs["f00"])  # already there: the sync skips it
+    documents: list[dict] = []
+    real_start = HostBootstrap.start_coordinator
+
+    def spy(self, document, **kwargs):
+        documents.append(document)
+        return real_start(self, document, **kwargs)
+
+    monkeypatch.setattr(HostBootstrap, "start_coordinator", spy)
+    job_id = uuid.uuid4().hex
+    transfer = Transfer(_request(sshd_servers, ssh_known_hosts, tmp_path / "src", f"{s3_bucket}/out/", job_id,
+                                 sync=True, bwlimit="2MiB", credentials={s3_bucket: entry}))
+    handle = transfer.start()
+    try:
+        needle = secret.encode()
+        [doc] = documents
+        assert doc["request"]["credentials"] == {} and secret not in json.dumps(doc)
+        host_dir = Path(sshd_servers[0].remote_dir)
+        coordinator = int((host_dir / "jobs" / job_id / "coordinator.pid").read_text())
+        source_gw, dest_gw = _gateway_of(sshd_servers[0], job_id), _gateway_of(sshd_servers[1], job_id)
+        for pid in (coordinator, source_gw):
+            for name in ("environ", "cmdline"):
+                assert needle not in Path(f"/proc/{pid}/{name}").read_bytes()
+        # A renewal reaches the destination's gateway alone, relayed by the coordinator, which keeps nothing.
+        _wait(lambda: (handle.client.job().get("progress") or {}).get("bytes_done", 0) > 0)
+        renewed = f"dst-renewed-{uuid.uuid4().hex}"
+        assert handle.push_credentials({s3_bucket: {**entry, "aws_secret_access_key": renewed}}) == 1
+        seen = {pid: _holds(pid, needle) for pid in (coordinator, source_gw, dest_gw)}
+        if seen[dest_gw] is not None:  # memory readable here: the destination's gateway is the one holding it
+            assert seen == {coordinator: False, source_gw: False, dest_gw: True}
+            assert _holds(source_gw, renewed.encode()) is False and _holds(dest_gw, renewed.encode()) is True
+        stats = handle.result(timeout=120)
+        for path in host_dir.rglob("*"):  # what the source host keeps: the job's directory, the gateways'
+            if path.is_file() and not path.is_symlink() and "/venv-" not in str(path):
+                assert needle not in path.read_bytes(), path
+    finally:
+        transfer.reap()
+    assert stats.verified and stats.objects == len(objs) - 1 and stats.skipped_objects == 1
+    assert {k: hashlib.sha256(dest.read("out/" + k)).hexdigest() for k in objs} == \
+        {k: hashlib.sha256(v).hexdigest() for k, v in objs.items()}
+    assert dest.pending_uploads() == []
     _wait(lambda: not gateway_pids(job_id) and not coordinator_pids(job_id))

@@ -52,7 +52,8 @@ from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import parse_expiration
 from .uri import _ALIASES, parse_uri
 
-__all__ = ["open_store", "credentials_entry", "check_document", "merge_documents", "discard", "close_all",
+__all__ = ["open_store", "credentials_entry", "entry_key", "covers", "narrow", "check_document", "merge_documents",
+           "discard", "close_all",
            "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
 
 _ENV_PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "CLOUDSDK_"),
@@ -194,14 +195,44 @@ def _entry(scheme: str, root_uri: str, document: dict | None) -> dict:
     if not isinstance(document, dict):
         raise BadOptionError("the credentials document must be a dict", hint="see gateway.stores for its format")
     normal = {_normal_key(k): v for k, v in document.items()}
-    candidates = [root_uri]
-    if scheme == "az":
-        candidates.append(root_uri.rsplit("/", 1)[0])  # az://account
-    candidates.append(scheme)
-    for candidate in candidates:
+    for candidate in _candidates(scheme, root_uri):
         if candidate in normal:
             return _check_entry(scheme, candidate, normal[candidate])
     return {}
+
+
+def _candidates(scheme: str, root_uri: str) -> list[str]:
+    """The document keys that may hold a store's entry, most specific first."""
+    candidates = [root_uri]
+    if scheme == "az":
+        candidates.append(root_uri.rsplit("/", 1)[0])  # az://account
+    return candidates + [scheme]
+
+
+def entry_key(root_uri: str, credentials: dict | None) -> str | None:
+    """The key (in normal form) of the entry of ``credentials`` that :func:`open_store` uses for
+    ``root_uri``; None when none matches (a local directory, or the SDK's environment applies)."""
+    uri = parse_uri(root_uri)
+    if not credentials or uri.scheme == "file":
+        return None
+    normal = {_normal_key(k) for k in credentials}
+    return next((c for c in _candidates(uri.scheme, uri.root_uri) if c in normal), None)
+
+
+def covers(key: str, root_uri: str) -> bool:
+    """Whether a credentials document key (a root URI or a scheme) may hold the entry of ``root_uri``."""
+    uri = parse_uri(root_uri)
+    return uri.scheme != "file" and _normal_key(key) in _candidates(uri.scheme, uri.root_uri)
+
+
+def narrow(credentials: dict | None, roots) -> dict:
+    """The part of a credentials document that the stores at ``roots`` (root URIs) use: for each, the
+    entry :func:`open_store` would take, under its key. A host that opens only these stores gets only
+    this (docs/credentials.md, "Who holds what"). Stores that share an entry (a scheme key such as
+    ``"s3"``) share it here too: give each store its own root-URI entry to keep them apart."""
+    normal = {_normal_key(k): v for k, v in (credentials or {}).items()}
+    keys = {entry_key(root, normal) for root in roots} - {None}
+    return {k: normal[k] for k in sorted(keys)}
 
 
 def _check_entry(scheme: str, name: str, entry: object) -> dict:

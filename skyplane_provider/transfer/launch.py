@@ -51,10 +51,14 @@ def _handles_plaintext(program: RegionProgram) -> bool:
 
 
 def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,
-                  credentials: dict, queue_chunks: int = 8, max_chunk_bytes: int | None = None,
-                  bwlimit: float | None = None, loopback_fleet: bool = False) -> list[GatewaySpec]:
+                  credentials: dict, by_region: dict[str, dict] | None = None, queue_chunks: int = 8,
+                  max_chunk_bytes: int | None = None, bwlimit: float | None = None,
+                  loopback_fleet: bool = False) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
-    they only ever see ciphertext. ``max_chunk_bytes``: the job's largest chunk, so a gateway refuses
+    they only ever see ciphertext. ``by_region``: the credentials document of each region's gateways
+    (the entries of the stores they open themselves), instead of the whole ``credentials``; the very
+    object goes into their configs, so that entries renewed in it reach gateways started later.
+    ``max_chunk_bytes``: the job's largest chunk, so a gateway refuses
     (before allocating) any frame longer than this job can send, and so that big chunks get fewer
     readers, writers and queue slots (:func:`pipeline_depth`): memory stays bounded. ``bwlimit``: the
     job's cap per region; each gateway starts with an equal share of its region's (bandwidth.py).
@@ -76,7 +80,7 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
                 "compress": compress,
                 "encrypt": encrypt,
                 "queue_chunks": queue_chunks,
-                "credentials": credentials if plaintext else {},
+                "credentials": (credentials if by_region is None else by_region.get(region, {})) if plaintext else {},
             }
             if max_chunk_bytes is not None:
                 config["max_chunk_bytes"] = max(1, max_chunk_bytes)

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from gateway.sizing import Sizing, choose
-from gateway.stores import open_store
+from gateway.control_client import GatewayClient
+from gateway.stores import check_document, covers, narrow, open_store
 from gateway.stores.base import ObjectInfo
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError, TransferError
 from planner.plan import Plan
@@ -44,6 +45,7 @@ from planner.store_requests import RequestCounts
 from skyplane_provider.coordinator.chunker import part_size_for
 from skyplane_provider.coordinator.feed import Feed, abort_upload
 from skyplane_provider.coordinator.finish import Verification
+from skyplane_provider.coordinator.gateway_store import GatewayStore, capabilities_doc, capabilities_from
 from skyplane_provider.coordinator.jobdir import resumable_request
 from skyplane_provider.coordinator.ledger import Ledger
 from skyplane_provider.coordinator.listing import Decision
@@ -53,6 +55,7 @@ from skyplane_provider.coordinator.statecopy import StateCopy
 from skyplane_provider.paths import skyplane_home
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import Fleet, Provisioner
+from skyplane_provider.provisioners.handed import HandedProvisioner
 
 from .bandwidth import RegionCaps
 from .chunks import ObjectJob, Target
@@ -151,6 +154,11 @@ class Transfer:
         self.paths: dict[str, int] = {}
         #: The manifest's copy off this host (request option ``state_uri``), set by prepare().
         self.state: StateCopy | None = None
+        #: Each region's gateways' credentials document: the entries of the stores their own steps open
+        #: (:meth:`_store_roots`), shared with their specs so that replacements start with renewed ones.
+        self._held: dict[str, dict] = {}
+        #: Control clients of a handed fleet's gateways, by id (a remote coordinator's destination stores).
+        self._handed_clients: dict[str, GatewayClient] = {}
 
     # -- phase 1: everything that can be checked without a gateway ---------------------------
     def prepare(self) -> "Transfer":
@@ -169,11 +177,14 @@ class Transfer:
             self.state.check()
         self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
                                   region=req.src_region)
-        dst_regions = req.dst_regions or [None] * len(dst_uris)
-        self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials, region=r)
-                      for u, r in zip(dst_uris, dst_regions)]
-        filters = req.filters()
         handed = self._prepared
+        if isinstance(self._provisioner, HandedProvisioner):
+            self.dests = self._destinations_through_gateways(dst_uris, handed)
+        else:
+            dst_regions = req.dst_regions or [None] * len(dst_uris)
+            self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials,
+                                           region=r) for u, r in zip(dst_uris, dst_regions)]
+        filters = req.filters()
         # What a client handed over decides, not the request: a client whose first probe found a
         # destination that copies server-side lists in full, and when its probe of every object then
         # finds none (a throttled store fails the probe), it hands that full listing over.
@@ -194,6 +205,9 @@ class Transfer:
                 self.objects, self._first, self._next_token = [], [], None
         if not self.streaming and handed is not None:
             listed, present = self._take_listing(handed["listing"])
+            # The client probed the server-side copies: a coordinator could not (a remote one reaches the
+            # destinations only through their gateways' store operations, which have no probe).
+            self.ways = {int(i): Way(*w) for i, w in handed.get("ways", {}).items()}
         elif not self.streaming:
             listed, present = self._list_in_full(filters)
             self.ways = probe_ways(self.source, self.dests, self.objects, chunk_size=req.chunk_size,
@@ -279,17 +293,21 @@ class Transfer:
         self.deletions = [Deletion(*d) for d in doc["deletions"]]
         return RequestCounts(**doc["requests"]), doc["present"]
 
-    def handoff(self) -> dict | None:
+    def handoff(self) -> dict:
         """What :meth:`prepare` read and chose that the job's coordinator would otherwise read and
         choose again (the ``prepared`` argument of its :class:`Transfer`): the plan (solving one may
         take seconds) and a streaming job's first listing page and the token of the next, or the
-        whole listing of a job that lists in full first (filters, mirror, ``max_cost_usd``: its
-        decisions, deletions and request counts; listing the stores again took as long as the
-        first time, minutes for millions of objects). None when some destination copies
-        server-side: the coordinator probes and splits again."""
+        whole listing of a job that lists in full first (filters, mirror, ``max_cost_usd``, server-side
+        copies: its decisions, deletions and request counts, and the server-side copies' probed
+        ways; listing the stores again took as long as the first time, minutes for millions of
+        objects), and each destination as the client found it (root, key prefix, region and
+        capabilities: a coordinator on a remote fleet reaches it only through its gateways)."""
+        doc: dict = {"plan": self.plan.to_dict(),
+                     "dests": [{"root": d.store.root_uri, "base": d.base, "exact_key": d.exact_key,
+                                "region": d.region, "capabilities": capabilities_doc(d.store.capabilities)}
+                               for d in self.dests]}
         if self.ways:
-            return None
-        doc: dict = {"plan": self.plan.to_dict()}
+            doc["ways"] = {str(i): [w.by, w.parts] for i, w in self.ways.items()}
         if self.streaming:
             doc.update(next_token=self._next_token, first_page=[_info_doc(o) for o in self._first])
         else:
@@ -298,6 +316,43 @@ class Transfer:
                               "deletions": [[x.dest_index, x.key, x.size] for x in self.deletions],
                               "requests": dataclasses.asdict(listed), "present": present}
         return doc
+
+    def _destinations_through_gateways(self, uris: list, handed: dict | None) -> list[Destination]:
+        """A remote fleet's coordinator's destinations (it holds none of their credentials): each as
+        the client found it, reached through ``POST /store`` on its region's gateways."""
+        found = (handed or {}).get("dests")
+        if not isinstance(found, list) or len(found) != len(uris):
+            raise BadOptionError("the job document does not say how the client found the destinations",
+                                 hint="start the job with the same skyplane-provider version on the client and the "
+                                      "fleet")
+        return [Destination(uri, GatewayStore(d["root"], capabilities=capabilities_from(d["capabilities"]),
+                                              region=d["region"], clients=self._store_clients(d["region"])),
+                            d["base"], d["exact_key"], d["region"]) for uri, d in zip(uris, found)]
+
+    def _store_clients(self, region: str) -> Callable[[], list[GatewayClient]]:
+        """The control clients of ``region``'s living gateways, asked anew at each call."""
+        return lambda: [c for gid, c in self._gateway_clients().items() if region_of(gid) == region]
+
+    def _gateway_clients(self) -> dict[str, GatewayClient]:
+        """The fleet's control clients by gateway id: the dispatcher's once it runs (it drops dead
+        gateways), else a handed fleet's (a remote coordinator's before it dispatches), else none."""
+        if self.dispatcher is not None:
+            return dict(self.dispatcher.clients)
+        if isinstance(self._provisioner, HandedProvisioner) and not self._handed_clients:
+            self._handed_clients = {g.gateway_id: g.client() for g in self._provisioner.fleet.gateways}
+        return dict(self._handed_clients)
+
+    def _store_roots(self) -> dict[str, list[str]]:
+        """The stores each region's gateways open for their own steps: the source where they read it,
+        the destinations of their region where they write (relays: none)."""
+        roots: dict[str, list[str]] = {}
+        for region, program in self.plan.programs().items():
+            mine = roots.setdefault(region, [])
+            if any(p.source == "read" for p in program.partitions.values()):
+                mine.append(self.source.store.root_uri)
+            if any(p.write for p in program.partitions.values()):
+                mine += [d.store.root_uri for d in self.dests if d.region == region]
+        return roots
 
     @property
     def directory(self) -> Path:
@@ -330,6 +385,11 @@ class Transfer:
         self._refuse_dry_run()
         token = secrets.token_urlsafe(32)
         request = dataclasses.replace(self.request, job_id=self.job_id)
+        if self._provisioner.coordinator_on_fleet:
+            # The coordinator's host gets the credentials of the stores the coordinator opens itself: the
+            # source it lists and the state_uri's store. It reaches the destinations through their
+            # gateways, which alone get their credentials (docs/credentials.md, "Who holds what").
+            request = dataclasses.replace(request, credentials=narrow(request.credentials, self._coordinator_roots()))
         document = {"request": request.to_dict(), "token": token, "result_linger": RESULT_LINGER,
                     "checked": True, "prepared": self.handoff()}
         fleet = None
@@ -360,6 +420,10 @@ class Transfer:
         if self.progress is not None:
             self.handle.subscribe(self.progress)
         return self.handle
+
+    def _coordinator_roots(self) -> list[str]:
+        """The stores a coordinator on a remote fleet opens itself: the source, and the state_uri's."""
+        return [self.source.store.root_uri] + ([self.state.store.root_uri] if self.state is not None else [])
 
     def run(self) -> TransferStats:
         """``start().result()``: the stats, or the job's ``SkyplaneError``. Anything that interrupts
@@ -450,6 +514,9 @@ class Transfer:
                                          "resume the job (copies done are skipped)")
                 exc.failed_objects = [{"key": k, "dest": d, "error": e} for k, d, e in report.failures]
                 raise exc
+            # Only once every copy is verified, and while the fleet runs: a remote coordinator deletes
+            # through the destination's gateways.
+            self.deleted = delete_all(self.deletions, self.dests)
             succeeded = True
         except BaseException:
             self._stop.set()  # the listing and the server-side copies stop too
@@ -482,7 +549,6 @@ class Transfer:
         self._forget_manifest()  # done: nothing to resume (the report stays)
         if self.state is not None:
             self.state.delete()
-        self.deleted = delete_all(self.deletions, self.dests)  # only once every copy is verified
         return self._stats(started, routed, copied)
 
     def _routed_decisions(self, routed: list[ObjectJob]) -> list[Decision]:
@@ -531,28 +597,35 @@ class Transfer:
     def push_credentials(self, entries: dict[str, dict]) -> int:
         """Hand the job running here renewed entries of its credentials document (``{key: entry}``,
         keys as in the document: a store root URI or a scheme); the coordinator's ``POST
-        /job/credentials`` calls it. The stores this process opened with them are opened anew (a bad
-        entry raises here, before any gateway sees it), every gateway that holds store credentials
-        takes them (``POST /credentials``; relays hold none), and gateways started later in place of
-        dead ones start with them. Returns how many gateways took them; one that cannot be reached is
-        logged and skipped (it is dying: the dispatcher replaces it)."""
-        sides = [s for s in (self.source, *self.dests) if s is not None]
-        merged = {**self.request.credentials, **entries}
-        reopened = {id(side): open_store(side.store.root_uri, merged) for side in sides
-                    if side.store.root_uri in entries or side.store.scheme in entries}
-        for side in sides:
+        /job/credentials`` calls it. A malformed entry raises here, before any gateway sees it. The
+        stores this process opened itself are opened anew with the entries theirs; each gateway that
+        holds store credentials takes the entries of the stores its own steps open (``POST
+        /credentials``; relays hold none), and gateways started later in place of dead ones start
+        with them. Nothing else is kept: a remote coordinator passes a destination's entries on to
+        its gateways without holding them. Returns how many gateways took entries; one that cannot
+        be reached is logged and skipped (it is dying: the dispatcher replaces it)."""
+        entries = check_document(entries)
+        own = [s for s in (self.source, *self.dests) if s is not None and not isinstance(s.store, GatewayStore)]
+        mine = {k: v for k, v in entries.items() if any(covers(k, side.store.root_uri) for side in own)}
+        merged = {**self.request.credentials, **mine}
+        reopened = {id(side): open_store(side.store.root_uri, merged) for side in own
+                    if any(covers(k, side.store.root_uri) for k in mine)}
+        for side in own:
             if id(side) in reopened:
                 side.store = reopened[id(side)]
-        # In place: the gateway specs share this document, so replacement gateways start with it.
-        self.request.credentials.update(entries)
-        holders = {self.plan.src, *(d.region for d in self.dests)} if self.plan else set()
-        clients = dict(self.dispatcher.clients) if self.dispatcher else {}
+        self.request.credentials.update(mine)
+        roots = self._store_roots() if self.plan is not None and self.source is not None else {}
+        by_region = {region: {k: v for k, v in entries.items() if any(covers(k, r) for r in rs)}
+                     for region, rs in roots.items()}
+        for region, held in self._held.items():
+            held.update(by_region.get(region, {}))  # in place: the gateway specs share it
         took = 0
-        for gid, client in clients.items():
-            if region_of(gid) not in holders:
+        for gid, client in self._gateway_clients().items():
+            theirs = by_region.get(region_of(gid))
+            if not theirs:
                 continue
             try:
-                client.push_credentials(entries)
+                client.push_credentials(theirs)
                 took += 1
             except SkyplaneError as exc:
                 log.warning("gateway %s did not take the renewed credentials: %s", gid, exc)
@@ -566,8 +639,10 @@ class Transfer:
 
     def _provision(self) -> Fleet:
         req = self.request
+        self._held = {region: narrow(req.credentials, roots) for region, roots in self._store_roots().items()}
         specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
-                              credentials=req.credentials, max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit,
+                              credentials=req.credentials, by_region=self._held,
+                              max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit,
                               loopback_fleet=self._provisioner.loopback_fleet)
         try:
             return self._provisioner.provision(self.job_id, specs, stop=self._stop)
