@@ -1,7 +1,8 @@
 """The gateway wire protocol: a per-job handshake, then a stream of framed chunks (docs/wire-protocol.md).
 
 Every data connection starts with a mutual HMAC-SHA256 challenge/response over the job's secret and
-id, which the server ends by accepting or by refusing with a reason; only then does the client send frames, one after the other, never receiving anything back.
+id, which the server ends by accepting or by refusing with a reason; only then does the client send
+frames, one after the other, never receiving anything back.
 A frame is a fixed binary header (:data:`HEADER`) followed by a body of ``wire_length`` bytes:
 ``meta || payload`` in the clear, or ``nonce || AES-256-GCM(meta || payload)`` when encrypted (see
 :mod:`gateway.codec`). The header travels in the clear so that relays can route a frame by its

@@ -264,7 +264,6 @@ class LocalProvisioner(Provisioner):
         log.debug("started gateway %s as pid %d", spec.gateway_id, proc.pid)
         return _LocalGateway(spec, directory, proc, config.get("control_token", ""), control_host, bind_host)
 
-
     def _start_process(self, gateway_id: str, directory: Path, netns: str | None, *,
                        ahead: bool = False) -> subprocess.Popen:
         """The daemon of ``gateway_id``, its log in ``directory``. ``ahead``: before its config exists
