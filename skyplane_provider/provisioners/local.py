@@ -322,16 +322,20 @@ def _take_spare(config_path: Path) -> subprocess.Popen | None:
 
 
 def drop_spares(wait: float = 0.0) -> None:
-    """Let every daemon started ahead and not used exit (its stdin closes); ``wait``: seconds to wait
-    for them (one still importing exits once done), after which the rest are killed."""
+    """Let every daemon started ahead and not used exit (its stdin closes) and remove the directory
+    made for it (a job cancelled before its fleet started leaves no gateway state); ``wait``: seconds
+    to wait for them (one still importing exits once done), after which the rest are killed."""
     with _spares_lock:
-        procs = list(_spares.values())
+        spares = list(_spares.items())
         _spares.clear()
-    for proc in procs:
+    procs = [proc for _, proc in spares]
+    for config_path, proc in spares:
         try:
             proc.stdin.close()
         except OSError:
             pass
+        # a daemon still importing keeps its log open, which needs no directory entry
+        shutil.rmtree(Path(config_path).parent, ignore_errors=True)
     deadline = time.monotonic() + wait
     for proc in procs if wait else ():
         try:
