@@ -78,6 +78,30 @@ def test_aws_role_arn_is_assumed_through_sts(monkeypatch, emulators, s3_bucket):
     assert store.read("hello") == b"hi"
 
 
+def test_aws_web_identity_through_the_amazon_providers_hook(monkeypatch, tmp_path, emulators, s3_bucket):
+    """A connection with no keys that assumes a role with a web identity token from a file (what EKS
+    service accounts and other OIDC federations hand a pod): the amazon provider's hook trades the
+    token at moto's STS (AssumeRoleWithWebIdentity); the entry carries the role's temporary keys,
+    which S3 accepts, and not the token."""
+    pytest.importorskip("airflow.providers.amazon")
+    from gateway.stores import open_store
+
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2ln")
+    endpoint = emulators.endpoints["s3"]
+    got = entry(monkeypatch, {"conn_type": "aws", "extra": {
+        "endpoint_url": endpoint, "region_name": "us-east-1",
+        "role_arn": "arn:aws:iam::123456789012:role/skyplane-federated",
+        "assume_role_method": "assume_role_with_web_identity",
+        "assume_role_with_web_identity_federation": "file",
+        "assume_role_with_web_identity_token_file": str(token)}}, s3_bucket + "/p/")
+    assert got["aws_access_key_id"] and got["aws_session_token"] and got["endpoint_url"] == endpoint
+    assert token.read_text() not in json.dumps(got)
+    store = open_store(s3_bucket, {s3_bucket: got})
+    store.write("federated", b"hi")
+    assert store.read("federated") == b"hi"
+
+
 def test_the_request_and_the_keeper_share_the_role_s_source(monkeypatch, emulators, s3_bucket, tmp_path):
     """The operator's transfer renews what the request holds: the hook makes one source per store,
     so the keeper asks the very session whose keys went into the credentials document (the role is
