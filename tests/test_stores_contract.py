@@ -329,7 +329,14 @@ def throttling_server(kind: str) -> Iterator[str]:
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(Handler) as url:
+        yield url
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on loopback answering with ``handler``; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -393,20 +400,13 @@ def test_s3_body_cut_off_before_its_length_is_a_retryable_error():
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        store = open_store("s3://cut", _docs(f"http://127.0.0.1:{server.server_address[1]}")["s3"])
+    with serving(Handler) as url:
+        store = open_store("s3://cut", _docs(url)["s3"])
         buf = bytearray(len(sent) + 1)
         assert store.read_into("whole", 0, memoryview(buf)) == len(sent) and buf[:len(sent)] == sent
         with pytest.raises(StoreUnavailableError) as caught:
             store.read_into("cut", 0, memoryview(buf))
         assert caught.value.retryable
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_local_objects_get_the_mode_of_a_plain_file(tmp_path):
