@@ -1,0 +1,162 @@
+"""Resume after the coordinator is killed: how much a resumed job sends again (issue #15, "Measure").
+
+    .venv/bin/python benchmarks/resume.py [--size 4GiB] [--at 0.5] [--to local|s3]
+
+One object of ``--size`` random bytes in a local directory (tmpfs when it has room) is copied with
+default flags (``skyplane_provider.transfer``, what ``skyplane-provider cp`` runs; a source and a
+destination gateway with a TCP hop between them) to ``--to``: another local directory (default) or a
+moto bucket (moto holds every part in memory: keep ``--size`` to what this machine's memory allows).
+Three runs, side by side:
+
+1. **uninterrupted**: the whole copy, timed (the baseline: what a job that is never killed costs);
+2. **killed**: the same copy as a new job, whose coordinator process gets SIGKILL once its manifest
+   records ``--at`` of the object's bytes written (multipart parts; the fleet tears itself down);
+3. **resumed**: that job continued under its id (``resume=True``, what ``skyplane-provider resume
+   JOB`` runs), timed.
+
+Printed: the bytes the resumed run sent against the bytes the manifest did not record (the rest is
+what it sent again: the chunks that were in flight at the kill, and framing), as a share of the
+object; what restarting the object from its first byte would have re-sent (everything the killed
+run had sent: a copy that cannot resume a multipart upload, as ours could not before #15); and the
+killed + resumed time against the uninterrupted one. The destination is checked (sha256) after the
+uninterrupted and after the resumed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchutil import MiB, Timer, machine_line
+from skyplane_provider.coordinator.jobdir import ADDRESS, job_dir
+from skyplane_provider.testing.buckets import create_bucket
+from skyplane_provider.testing.emulators import start_all
+from skyplane_provider.testing.leftovers import coordinator_pids, gateway_pids
+from skyplane_provider.testing.samples import digests
+from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.transfer.request import parse_size
+
+
+def recorded(manifest: Path) -> tuple[int, int]:
+    """(parts, bytes) the job's manifest records written, read the way another process may (WAL)."""
+    try:
+        with sqlite3.connect(f"file:{manifest}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM parts").fetchone()
+    except sqlite3.Error:
+        return 0, 0
+
+
+def make_object(path: Path, size: int) -> str:
+    """``size`` random bytes at ``path`` (1 MiB of randomness repeated with a counter: lz4 finds no
+    match within its window, and it is quick to make); its sha256."""
+    block, digest = os.urandom(MiB), hashlib.sha256()
+    with path.open("wb") as f:
+        for i in range(0, size, MiB):
+            piece = (i.to_bytes(8, "little") + block[8:])[:size - i]
+            f.write(piece)
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def wait_gone(job_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (gateway_pids(job_id) or coordinator_pids(job_id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if gateway_pids(job_id) or coordinator_pids(job_id):
+        raise SystemExit(f"job {job_id}: processes left {gateway_pids(job_id) + coordinator_pids(job_id)}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="4GiB")
+    ap.add_argument("--at", type=float, default=0.5, help="share of the bytes written when the coordinator is killed")
+    ap.add_argument("--to", choices=("local", "s3"), default="local")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+    base_dir = "/dev/shm" if args.to == "s3" and room > 2 * size + 2 * 1024**3 else None
+    base_dir = "/dev/shm" if args.to == "local" and room > 4 * size + 2 * 1024**3 else base_dir
+    scratch = Path(tempfile.mkdtemp(prefix="resume-", dir=base_dir))
+    os.environ["SKYPLANE_HOME"] = str(scratch / "home")
+    emulators = None
+    try:
+        src = scratch / "src"
+        src.mkdir()
+        expected = {"big.bin": make_object(src / "big.bin", size)}
+        if args.to == "s3":
+            emulators = start_all(("s3",), log_dir=scratch / "logs")
+            os.environ.update(emulators.env)
+            bucket = create_bucket("s3")
+            dsts = {run: f"{bucket}/{run}/" for run in ("uninterrupted", "killed")}
+            regions: dict = {}
+        else:
+            dsts = {run: "file://" + str(scratch / run) + "/" for run in ("uninterrupted", "killed")}
+            for run in dsts:
+                (scratch / run).mkdir()
+            regions = {"src_region": "local:src", "dst_regions": ["local:dst"]}  # a TCP hop, as between clouds
+        print(f"resume: one object of {size / MiB:.0f} MiB (random) from a local directory "
+              f"({'tmpfs' if base_dir else 'disk'}) to {args.to}, coordinator killed at {args.at:.0%} written",
+              flush=True)
+        print(f"  {machine_line()}", flush=True)
+
+        with Timer() as whole:
+            stats = Transfer(TransferRequest(src=str(src), dsts=[dsts["uninterrupted"]], **regions)).run()
+        if digests(dsts["uninterrupted"]) != expected:
+            raise SystemExit("the uninterrupted copy does not match the source")
+        print(f"  uninterrupted: {whole.seconds:.2f} s, {stats.chunks} chunks, "
+              f"{stats.bytes_on_wire / MiB:.0f} MiB on the wire", flush=True)
+
+        options = dict(src=str(src), dsts=[dsts["killed"]], **regions)
+        with Timer() as killed:
+            handle = Transfer(TransferRequest(**options)).start()
+            directory = job_dir(handle.job_id)
+            manifest = directory / "manifest.sqlite3"
+            while recorded(manifest)[1] < args.at * size:
+                if handle.done():
+                    raise SystemExit("the job ended before the kill: raise --size")
+                time.sleep(0.02)
+            os.kill(json.loads((directory / ADDRESS).read_text())["pid"], signal.SIGKILL)
+            wait_gone(handle.job_id)
+        parts, done = recorded(manifest)  # what the manifest holds once the kill has landed
+        print(f"  killed: after {killed.seconds:.2f} s with {parts} parts ({done / MiB:.0f} MiB) recorded", flush=True)
+
+        with Timer() as again:
+            resumed = Transfer(TransferRequest(**options, job_id=handle.job_id, resume=True)).run()
+        if digests(dsts["killed"]) != expected:
+            raise SystemExit("the resumed copy does not match the source")
+        missing = size - done
+        resent = max(resumed.bytes_on_wire - missing, 0)
+        print(f"  resumed: {again.seconds:.2f} s, {resumed.bytes_on_wire / MiB:.1f} MiB on the wire for "
+              f"{missing / MiB:.1f} MiB not recorded", flush=True)
+        print()
+        print("| figure | value |")
+        print("|---|---|")
+        print(f"| object | {size / MiB:.0f} MiB, {stats.chunks} chunks of {size / max(stats.chunks, 1) / MiB:.0f} MiB |")
+        print(f"| recorded at the kill | {parts} parts, {done / MiB:.0f} MiB ({done / size:.1%}) |")
+        print(f"| sent by the resumed run | {resumed.bytes_on_wire / MiB:.1f} MiB |")
+        print(f"| sent again (beyond what was not recorded) | {resent / MiB:.1f} MiB = {resent / size:.2%} of the "
+              f"object |")
+        print(f"| a restart from the first byte would send again | {done / MiB:.0f} MiB = {done / size:.0%} at least |")
+        print(f"| uninterrupted / killed + resumed seconds | {whole.seconds:.2f} / "
+              f"{killed.seconds:.2f} + {again.seconds:.2f} |")
+        print()
+        print(f"resume resent_share={resent / size:.4f} (goal: the chunks in flight, well under 5%; "
+              f"{size / MiB:.0f} MiB to {args.to}, killed at {done / size:.0%})")
+    finally:
+        if emulators is not None:
+            emulators.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
