@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from planner.errors import BadOptionError
 
@@ -31,21 +32,18 @@ class DestStore:
     store: str
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where one object (or part) of a chunk goes: ``dest`` indexes the batch's destination table."""
+class Target(NamedTuple):
+    """Where one object (or part) of a chunk goes: ``dest`` indexes the batch's destination table.
+    (Tuples, not dataclasses: a batch of small objects builds one per object, and a frozen
+    dataclass cost ~4x as much to build; one travels in a chunk's metadata as the list it is.)"""
 
     dest: int
     key: str
     upload_id: str | None = None
     part: int | None = None
 
-    def to_list(self) -> list:
-        return [self.dest, self.key, self.upload_id, self.part]
 
-
-@dataclass(frozen=True)
-class ObjectSpec:
+class ObjectSpec(NamedTuple):
     """A whole source object (``offset`` 0, ``length`` its size), or one part's byte range of it."""
 
     key: str
@@ -95,8 +93,7 @@ class Batch:
         return cls(src, table, tuple(_chunk(c, i, len(table), max_chunk_bytes) for i, c in enumerate(chunks)))
 
 
-@dataclass(frozen=True)
-class SentObject:
+class SentObject(NamedTuple):
     """An object inside a frame: its index in the chunk, its length, and its targets."""
 
     i: int
@@ -122,8 +119,8 @@ class ChunkMeta:
         return sum(o.length for o in self.objects)
 
     def encode(self) -> bytes:
-        doc = {"dests": [[d.region, d.store] for d in self.dests],
-               "objects": [[o.i, o.length, [t.to_list() for t in o.to]] for o in self.objects]}
+        # objects as [i, length, [[dest, key, upload_id, part], ...]]: tuples encode as lists
+        doc = {"dests": [[d.region, d.store] for d in self.dests], "objects": self.objects}
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -132,9 +129,7 @@ class ChunkMeta:
         try:
             doc = json.loads(raw)
             dests = tuple(DestStore(_text(r, "dest region"), _text(s, "dest store")) for r, s in doc["dests"])
-            objects = tuple(SentObject(_int(i, "i", maximum=MAX_BUNDLE_OBJECTS - 1), _int(n, "length"),
-                                       tuple(_meta_target(t, len(dests)) for t in to))
-                            for i, n, to in doc["objects"])
+            objects = tuple(_sent_fast(o, len(dests)) or _sent(o, len(dests)) for o in doc["objects"])
         except (ValueError, KeyError, TypeError) as exc:
             raise BadOptionError(f"chunk metadata is malformed: {exc}") from None
         meta = cls(dests, objects)
@@ -152,15 +147,47 @@ def _chunk(c: object, n: int, dest_count: int, max_chunk_bytes: int) -> ChunkSpe
     objects = c.get("objects")
     if not isinstance(objects, list) or not 1 <= len(objects) <= MAX_BUNDLE_OBJECTS:
         raise BadOptionError(f"{where}.objects must be a list of 1..{MAX_BUNDLE_OBJECTS} objects")
+    specs = []
+    for i, o in enumerate(objects):
+        spec = _object_fast(o, dest_count)
+        specs.append(spec if spec is not None else _object(o, f"{where}.objects[{i}]", dest_count))
     chunk = ChunkSpec(_int(c.get("id"), f"{where}.id"),
-                      _int(c.get("partition"), f"{where}.partition", maximum=_MAX_PARTITION),
-                      tuple(_object(o, f"{where}.objects[{i}]", dest_count) for i, o in enumerate(objects)))
+                      _int(c.get("partition"), f"{where}.partition", maximum=_MAX_PARTITION), tuple(specs))
     if len(chunk.objects) > 1 and any(o.is_part for o in chunk.objects):
         raise BadOptionError(f"{where}: a part of a multipart upload must be the only object of its chunk")
     if chunk.length > max_chunk_bytes:
         raise BadOptionError(f"{where} (chunk {chunk.id}) holds {chunk.length} bytes, more than the gateway's "
                              f"limit of {max_chunk_bytes}", hint="use smaller chunks")
     return chunk
+
+
+def _object_fast(o: object, dest_count: int) -> ObjectSpec | None:
+    """The common, well-formed object entry checked without naming its fields (no message is built
+    per object); None for anything else, which :func:`_object` then checks (and names what is bad)."""
+    if type(o) is not dict:
+        return None
+    key, offset, length, to = o.get("key"), o.get("offset"), o.get("length"), o.get("to")
+    if (type(key) is not str or not key or type(offset) is not int or type(length) is not int
+            or type(to) is not list or not to or not 0 <= offset <= _MAX_ID or not 0 <= length <= _MAX_ID):
+        return None
+    targets = []
+    for t in to:
+        if type(t) is not dict:
+            return None
+        dest, tkey, upload_id, part = t.get("dest"), t.get("key"), t.get("upload_id"), t.get("part")
+        if type(dest) is not int or not 0 <= dest < dest_count or type(tkey) is not str or not tkey:
+            return None
+        if upload_id is None:
+            if part is not None or offset != 0:
+                return None
+        elif type(upload_id) is not str or not upload_id or type(part) is not int or not 1 <= part <= _MAX_PART:
+            return None
+        targets.append(Target(dest, tkey, upload_id, part))
+    first = targets[0]
+    if len(targets) > 1 and any((t.upload_id is None) != (first.upload_id is None) or t.part != first.part
+                                for t in targets):
+        return None
+    return ObjectSpec(key, offset, length, tuple(targets))
 
 
 def _object(o: object, where: str, dest_count: int) -> ObjectSpec:
@@ -192,6 +219,37 @@ def _target(t: object, where: str, dest_count: int) -> Target:
         raise BadOptionError(f"{where}: upload_id and part go together (both null for a whole object)")
     return Target(_int(t.get("dest"), f"{where}.dest", maximum=dest_count - 1), _text(t.get("key"), f"{where}.key"),
                   upload_id, None if part is None else _int(part, f"{where}.part", minimum=1, maximum=_MAX_PART))
+
+
+def _sent_fast(o: object, dest_count: int) -> SentObject | None:
+    """A frame's object entry ``[i, length, targets]`` in its common form, checked without naming its
+    fields; None for anything else, which :func:`_sent` then checks."""
+    if type(o) is not list or len(o) != 3:
+        return None
+    i, n, to = o
+    if type(i) is not int or not 0 <= i < MAX_BUNDLE_OBJECTS or type(n) is not int or not 0 <= n <= _MAX_ID \
+            or type(to) is not list:
+        return None
+    targets = []
+    for t in to:
+        if type(t) is not list or len(t) != 4:
+            return None
+        dest, key, upload_id, part = t
+        if type(dest) is not int or not 0 <= dest < dest_count or type(key) is not str or not key:
+            return None
+        if upload_id is None:
+            if part is not None:
+                return None
+        elif type(upload_id) is not str or type(part) is not int or not 1 <= part <= _MAX_PART:
+            return None
+        targets.append(Target(dest, key, upload_id, part))
+    return SentObject(i, n, tuple(targets))
+
+
+def _sent(o: object, dest_count: int) -> SentObject:
+    i, n, to = o
+    return SentObject(_int(i, "i", maximum=MAX_BUNDLE_OBJECTS - 1), _int(n, "length"),
+                      tuple(_meta_target(t, dest_count) for t in to))
 
 
 def _meta_target(t: object, dest_count: int) -> Target:

@@ -156,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _BadRequest(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
 
     def _reply(self, status: HTTPStatus, doc: dict) -> None:
-        data = json.dumps(doc).encode()
+        data = json.dumps(doc, separators=(",", ":")).encode()  # compact: a status holds an entry per object
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

@@ -150,7 +150,7 @@ class GatewayClient:
 
     # ---- HTTP -------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: dict | None = None, *, timeout: float | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()  # a batch: per object
         req = urllib.request.Request(self.control_url + path, data=data, method=method,
                                      headers={"Authorization": f"Bearer {self._token}",
                                               "Content-Type": "application/json"})

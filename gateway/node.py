@@ -61,11 +61,17 @@ class SourceChunk:
 
 
 class _TargetWrite:
-    """The write of one object (or part) to one target, in progress (``done`` unset) or finished."""
+    """The write of one object (or part) to one target, in progress or ``finished``. Both fields, and
+    ``waiter``, are read and set under the node's write lock. A copy that arrives while the write is
+    in progress (rare: a re-send) waits on ``waiter``, made only then: an Event per write cost more
+    than the rest of the bookkeeping of a small object's write."""
+
+    __slots__ = ("finished", "result", "waiter")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
-        self.result: dict | None = None  # {"part", "receipt"} once written
+        self.finished = False
+        self.result: dict | None = None  # the written event's fields ("part" or "receipt") once written
+        self.waiter: threading.Event | None = None
 
 
 class RequestQueue:
@@ -413,7 +419,7 @@ class GatewayNode(Controlled):
     def _write_target(self, chunk_id: int, i: int, store_uri: str, target: Target,
                       data: bytes | bytearray) -> tuple[dict, bool]:
         """Write one object (or part) to one target once: a copy that arrives while or after it is
-        written (a re-send, a replay) is only confirmed. Returns ``({"part", "receipt"}, written now)``."""
+        written (a re-send, a replay) is only confirmed. Returns ``({"part"} or {"receipt"}, written now)``."""
         key = (chunk_id, i, store_uri, target.key, target.upload_id, target.part)
         while True:
             with self._written_lock:
@@ -422,7 +428,12 @@ class GatewayNode(Controlled):
                     state = self._written[key] = _TargetWrite()
                     self._forget_old_writes()
                     break  # ours to write
-            state.done.wait()
+                if state.finished:
+                    return state.result, False  # a finished write that failed is no longer here
+                if state.waiter is None:
+                    state.waiter = threading.Event()
+                waiter = state.waiter
+            waiter.wait()
             if state.result is not None:
                 return state.result, False
             # the other copy failed to write: try with ours
@@ -432,28 +443,39 @@ class GatewayNode(Controlled):
             if target.upload_id is None:
                 info = with_retries(lambda: store.write(target.key, data), what=what, on_retry=self._count_retry,
                                     stop=self.stopping, resent_above=True)
-                state.result = {"part": None, "receipt": {"size": info.size, "etag": info.etag, "md5": info.md5,
-                                                          "crc32c": info.crc32c}}
+                # what the store did not report is left out (docs/gateway.md, "Events")
+                receipt = {"size": info.size}
+                if info.etag is not None:
+                    receipt["etag"] = info.etag
+                if info.md5 is not None:
+                    receipt["md5"] = info.md5
+                if info.crc32c is not None:
+                    receipt["crc32c"] = info.crc32c
+                result = {"receipt": receipt}
             else:
                 part = with_retries(lambda: store.upload_part(target.key, target.upload_id, target.part, data),
                                     what=what, on_retry=self._count_retry, stop=self.stopping, resent_above=True)
-                state.result = {"part": {"part_number": part.part_number, "etag": part.etag, "size": part.size},
-                                "receipt": None}
+                result = {"part": {"part_number": part.part_number, "etag": part.etag, "size": part.size}}
         except BaseException:
-            with self._written_lock:
-                self._written.pop(key, None)
+            result = None
             raise
         finally:
-            state.done.set()
+            with self._written_lock:
+                state.result, state.finished = result, True
+                if result is None:
+                    self._written.pop(key, None)
+                waiter = state.waiter
+            if waiter is not None:
+                waiter.set()
         self.events.count("bytes_written", len(data))
         self.events.count("objects_written")
-        return state.result, True
+        return result, True
 
     def _forget_old_writes(self) -> None:
         """Called with the lock held: drop the oldest finished writes beyond :data:`WRITE_WINDOW`."""
         while len(self._written) > WRITE_WINDOW:
             key, oldest = next(iter(self._written.items()))
-            if not oldest.done.is_set():
+            if not oldest.finished:
                 return  # still being written: the window waits for it
             del self._written[key]
 

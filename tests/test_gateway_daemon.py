@@ -86,9 +86,9 @@ def test_chain_whole_objects_and_parts_through_a_keyless_relay(jobs, stores):
     assert all(e["region"] == DST and e["integrity"] == "aead" and len(e["objects"]) == 1 for e in written)
     entries = {e["chunk_id"]: e["objects"][0] for e in written}
     assert entries[0]["receipt"]["size"] == len(text) and entries[1]["receipt"]["size"] == 0
-    assert (entries[0]["i"], entries[0]["dest"], entries[0]["key"], entries[0]["part"]) == (0, 0, "out/a.csv", None)
+    assert (entries[0]["i"], entries[0]["dest"], entries[0]["key"], entries[0].get("part")) == (0, 0, "out/a.csv", None)
     parts = sorted((entries[c]["part"] for c in range(2, len(reqs))), key=lambda p: p["part_number"])
-    assert [p["part_number"] for p in parts] == [1, 2, 3] and all(entries[c]["receipt"] is None for c in range(2, 5))
+    assert [p["part_number"] for p in parts] == [1, 2, 3] and all("receipt" not in entries[c] for c in range(2, 5))
     dst.complete_multipart("out/big", upload, [PartInfo(p["part_number"], p["etag"], p["size"]) for p in parts])
 
     assert sha(dst.read("out/a.csv")) == sha(text)

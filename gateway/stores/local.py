@@ -35,7 +35,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotF
                             StoreError, StoreUnavailableError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import check_range, check_upload_id, new_upload_id, part_numbers, translated
+from .common import check_range, check_upload_id, new_upload_id, part_numbers
 from .digest_cache import shared_cache, version_of
 
 TMP_DIR = ".skyplane-tmp"
@@ -97,6 +97,7 @@ class LocalStore(ObjectStore):
         if not os.path.isabs(root):
             raise BadURIError(f"local store root {root!r} is not an absolute path", hint="give an absolute path")
         self._root = os.path.normpath(root)
+        self._root_slash = self._root if self._root.endswith("/") else self._root + "/"
         self._inside: set[str] = set()  # directories whose real path is inside the root (see _check_inside)
         self._no_tmpfile = not hasattr(os, "O_TMPFILE")  # see _anonymous
         self.reap_orphans()
@@ -213,10 +214,9 @@ class LocalStore(ObjectStore):
     def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         path = self._path(key, check_file=False)
         with self._errors(key):
-            fd = self._anonymous(key, os.path.dirname(path))
-        if fd is not None:
-            try:
-                with self._errors(key):
+            fd = self._anonymous(key, path[:path.rfind("/")] or "/")  # its directory (see _check_inside)
+            if fd is not None:
+                try:
                     _write_all(fd, data)
                     try:
                         # Appears whole or not at all, and only where nothing is: a link in the way
@@ -225,8 +225,9 @@ class LocalStore(ObjectStore):
                     except FileExistsError:
                         self._check_inside(key, path)
                         self._publish_anonymous(fd, path)
-            finally:
-                os.close(fd)
+                finally:
+                    os.close(fd)
+        if fd is not None:
             return ObjectInfo(key, len(data))
         path = self._path(key, for_write=True)
         fd, tmp = self._new_temp()
@@ -335,15 +336,14 @@ class LocalStore(ObjectStore):
         if not isinstance(key, str) or not key:
             raise BadURIError("empty object key", hint="give a key relative to the store root")
         segments = key.split("/")
-        bad = next((s for s in segments if s in ("", ".", "..")), None)
-        if key.startswith("/") or "\0" in key or bad is not None:
+        if key.startswith("/") or "\0" in key or "" in segments or "." in segments or ".." in segments:
             raise BadURIError(f"key {key!r} would escape or leave the store root {self._root}",
                               hint="keys are relative paths without '..', '.', empty segments or a leading '/'")
         if segments[0] == TMP_DIR:
             raise BadURIError(f"key {key!r} is inside the reserved directory {TMP_DIR}/", hint="choose another key")
         if for_write and not os.path.isdir(self._root):
             raise NotFoundError(f"directory {self._root} does not exist", hint="create it first")
-        path = os.path.join(self._root, *segments)
+        path = self._root_slash + key  # os.path.join(root, *segments), for the segments checked above
         self._check_inside(key, path, check_file=check_file)
         return path
 
@@ -355,7 +355,7 @@ class LocalStore(ObjectStore):
         took end to end. So a directory found inside the root is remembered, and later keys in it
         cost one lstat of the file itself. A directory swapped for an outward link after its first
         check goes unnoticed; the uncached check had the same window between check and use."""
-        parent = os.path.dirname(path)
+        parent = path[:path.rfind("/")] or "/"  # os.path.dirname of a path without "//" or a trailing "/"
         if parent not in self._inside:
             self._refuse_outside(key, os.path.realpath(parent))
             if len(self._inside) < _INSIDE_CACHE_MAX and os.path.isdir(parent):
@@ -522,9 +522,28 @@ class LocalStore(ObjectStore):
             cache.put(version_of(st), md5)
         return md5
 
-    def _errors(self, key: str):
-        uri = self._uri(key)
-        return translated(lambda exc: _translate(exc, uri) if isinstance(exc, OSError) else None)
+    def _errors(self, key: str) -> "_OSErrors":
+        return _OSErrors(self, key)
+
+
+class _OSErrors:
+    """Around a file operation on ``key``: an ``OSError`` is raised as the :class:`SkyplaneError` it
+    means (``_translate``), naming the object's URI; anything else passes. (What
+    ``common.translated`` does, as a plain class that builds the URI only on an error: entered two or
+    three times per object, the generator-based one and the URI made up front cost ~3 us each.)"""
+
+    __slots__ = ("_store", "_key")
+
+    def __init__(self, store: LocalStore, key: str) -> None:
+        self._store, self._key = store, key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, OSError):
+            raise _translate(exc, self._store._uri(self._key)) from exc
+        return False
 
 
 def _translate(exc: OSError, what: str) -> SkyplaneError:
@@ -557,22 +576,31 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view):]
 
 
-_procfd: tuple[int, int | None] | None = None
+#: ``(descriptor of /proc/self/fd or None,)`` once opened; forgotten in a forked child (see _proc_fds).
+_procfd: tuple[int | None] | None = None
+
+
+def _forget_proc_fds() -> None:
+    global _procfd
+    _procfd = None
+
+
+os.register_at_fork(after_in_child=_forget_proc_fds)
 
 
 def _proc_fds() -> int | None:
-    """A descriptor of this process's ``/proc/self/fd`` (per PID: a forked child has its own), through
-    which a link names an unnamed file; None without /proc. Python's ``os.link`` follows the source
-    link (``linkat`` with ``AT_SYMLINK_FOLLOW``) only when given a directory descriptor."""
+    """A descriptor of this process's ``/proc/self/fd`` (per process: a forked child opens its own, as
+    the inherited one names its parent's descriptors), through which a link names an unnamed file;
+    None without /proc. Python's ``os.link`` follows the source link (``linkat`` with
+    ``AT_SYMLINK_FOLLOW``) only when given a directory descriptor."""
     global _procfd
-    pid = os.getpid()
-    if _procfd is None or _procfd[0] != pid:
+    if _procfd is None:
         try:
             fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             fds = None
-        _procfd = (pid, fds)
-    return _procfd[1]
+        _procfd = (fds,)
+    return _procfd[0]
 
 
 def _link_fd(fd: int, path: str) -> str:

