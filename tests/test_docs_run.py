@@ -4,7 +4,7 @@ A block is runnable when the line before its opening fence is ``<!-- runnable --
 ``<!-- runnable: root -->`` for blocks that need root: namespaces, sshd) and the fence is ```` ```sh ````.
 The blocks of one page run in order in one fresh ``bash`` (as a reader types them into one shell), with
 ``set -euo pipefail`` added, in a fresh copy of the checkout (the files git tracks or would track; the
-``.venv`` and Azurite's ``node_modules`` are links to this checkout's). The shell starts with nothing of
+``.venv``, the ``.venv-extras`` beside it and Azurite's ``node_modules`` are links to this checkout's). The shell starts with nothing of
 this process's environment: a standard ``PATH`` without the venv, an empty ``HOME``, no emulator
 variables. The pages start their own emulators with ``make emulators-up`` in that copy and their data
 is small; whatever a page leaves running (emulators, a testbed, an sshd) is stopped afterwards.
@@ -70,8 +70,9 @@ def script(blocks: list[Block]) -> str:
 
 
 def fresh_checkout(dest: Path) -> Path:
-    """A copy of the files git tracks or would track (no build output, no state), with the venv and
-    Azurite linked from this checkout: what `make setup` leaves in a fresh clone."""
+    """A copy of the files git tracks or would track (no build output, no state), with the venv, the
+    google provider beside it and Azurite linked from this checkout: what `make setup` leaves in a fresh
+    clone (without the provider, each page's `make emulators-up` would pip-install it again: 5-20 s)."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
@@ -80,6 +81,9 @@ def fresh_checkout(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     (dest / ".venv").symlink_to(Path(sys.prefix))
+    extras = Path(sys.prefix + "-extras")
+    if extras.is_dir():
+        (dest / ".venv-extras").symlink_to(extras)
     node_modules = REPO / ".emulators" / "node_modules"
     if node_modules.is_dir():
         (dest / ".emulators").mkdir(exist_ok=True)
