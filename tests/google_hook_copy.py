@@ -3,15 +3,17 @@
 ``google_cloud_platform`` connection ``side`` (from ``AIRFLOW_CONN_SIDE``) through the provider's
 ``GoogleBaseHook``, and a ``Transfer`` copies ``SRC`` to ``DST`` with what it gave.
 
-Usage: ``python -m tests.google_hook_copy SRC DST``. Prints the ``gs`` entry and the file the
-provider was imported from, waits for a line on stdin (the caller arms its token check meanwhile),
-copies, and prints the copy's counts: each a line ``RESULT <json>`` among the log lines that Airflow
-also writes to stdout.
+Usage: ``python -m tests.google_hook_copy SRC DST [HOST ...]``. Each HOST (a stand-in's name in a
+private ``/etc/hosts``) must resolve to 127.0.0.1 only: checked first, before any request. Prints the
+``gs`` entry and the file the provider was imported from, waits for a line on stdin (the caller arms
+its token check meanwhile), copies, and prints the copy's counts: each a line ``RESULT <json>`` among
+the log lines that Airflow also writes to stdout.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 
 from gateway.stores.uri import parse_uri
@@ -21,7 +23,14 @@ from skyplane_provider.transfer import Transfer
 RESULT = "RESULT "
 
 
-def main(src: str, dst: str) -> None:
+def main(src: str, dst: str, *loopback: str) -> None:
+    for host in loopback:
+        try:
+            addresses = {a[4][0] for a in socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)}
+        except socket.gaierror as exc:
+            sys.exit(f"{host} does not resolve ({exc}): refusing to run")
+        if addresses != {"127.0.0.1"}:
+            sys.exit(f"{host} resolves to {sorted(addresses)}, not 127.0.0.1 only: refusing to run")
     # Here, not at the top: the test that runs this imports RESULT without the provider on its path.
     import airflow.providers.google.common.hooks.base_google as base_google
 

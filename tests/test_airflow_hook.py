@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -202,16 +203,59 @@ GOOGLE_PROVIDER = Path(f"{sys.prefix}-extras") / "google"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def unavailable(reason: str) -> None:
+    """Fail under ``make test`` (which must run every test), skip elsewhere."""
+    if os.environ.get("SKYPLANE_VENV"):
+        pytest.fail(f"{reason} (make test runs this test; a plain pytest run skips it)")
+    pytest.skip(reason)
+
+
+def need_google_provider() -> None:
+    if not (GOOGLE_PROVIDER / "airflow/providers/google").is_dir():
+        unavailable(f"the google provider is not installed in {GOOGLE_PROVIDER}: run make setup")
+
+
+def copy_through_google_hook(monkeypatch, tmp_path: Path, gcs_bucket: str, proxy, extra: dict, *,
+                             env: dict | None = None, wrapper: tuple[str, ...] = (), loopback: tuple[str, ...] = ()):
+    """``tests/google_hook_copy.py`` in a subprocess (under ``wrapper``, with ``env`` added) with
+    the google provider on its path and the connection ``side`` = ``extra``: its entry, then a local
+    -> GCS copy of one file through ``proxy``, armed with the entry's token before the copy starts.
+    Returns (what the child printed about the entry, the copy's counts)."""
+    conn(monkeypatch, "side", {"conn_type": "google_cloud_platform", "extra": extra})
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.bin").write_bytes(os.urandom(10_000))
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(GOOGLE_PROVIDER), os.environ.get("PYTHONPATH")]))}
+    # google-auth's regional access boundary lookup asks iamcredentials.googleapis.com: never from a test
+    env.pop("GOOGLE_SDK_EXPERIMENTAL_PYTHON_REGIONAL_ACCESS_BOUNDARY_LOOKUP_ENABLED", None)
+    log = tmp_path / "child.log"  # a file, not a pipe: a full pipe would stall the child
+    with log.open("w") as err, subprocess.Popen(
+            [*wrapper, sys.executable, "-m", "tests.google_hook_copy", f"{tmp_path}/src/", f"{gcs_bucket}/in/",
+             *loopback], cwd=REPO, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=err) as child:
+        try:
+            got = next((json.loads(line.removeprefix(RESULT)) for line in child.stdout
+                        if line.startswith(RESULT)), None)  # after Airflow's log lines
+            if got:  # the token is known now: let only it through
+                proxy.authorization = f"Bearer {got['entry']['access_token']}"
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            out, _ = child.communicate(timeout=120)
+        finally:
+            child.kill()
+    assert child.returncode == 0 and got, log.read_text()[-3000:]
+    copied = json.loads([line for line in out.splitlines() if line.startswith(RESULT)][-1].removeprefix(RESULT))
+    assert Path(got["provider"]).is_relative_to(GOOGLE_PROVIDER)
+    return got, copied
+
+
 def test_gcp_key_through_the_google_providers_hook_gives_the_gateways_a_token(
         monkeypatch, tmp_path, emulators, gcs_bucket):
     """The real GoogleBaseHook (apache-airflow-providers-google, in a subprocess with its directory on
     PYTHONPATH) reads a key file whose token_uri is the Compute stand-in's OAuth endpoint (JWT bearer
     grant, signature checked): the entry carries the access token it issued and its expiry, not the
     key; a transfer to fake-gcs behind a proxy that lets only that token through completes."""
-    if not (GOOGLE_PROVIDER / "airflow/providers/google").is_dir():
-        if os.environ.get("SKYPLANE_VENV"):  # make test: its setup installs the provider
-            pytest.fail(f"{GOOGLE_PROVIDER} lacks the google provider: scripts/setup.sh should have installed it")
-        pytest.skip(f"the google provider is not installed in {GOOGLE_PROVIDER}: run make setup")
+    need_google_provider()
     from skyplane_provider.testing.faultproxy import FaultProxy
     from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
 
@@ -221,35 +265,78 @@ def test_gcp_key_through_the_google_providers_hook_gives_the_gateways_a_token(
     url = proxy.start()
     try:
         key = standin.adc_file(tmp_path / "sa.json")
-        conn(monkeypatch, "side", {"conn_type": "google_cloud_platform",
-                                   "extra": {"key_path": str(key), "endpoint": url}})
-        (tmp_path / "src").mkdir()
-        (tmp_path / "src" / "a.bin").write_bytes(os.urandom(10_000))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(GOOGLE_PROVIDER),
-                                                                          os.environ.get("PYTHONPATH")]))}
-        log = tmp_path / "child.log"  # a file, not a pipe: a full pipe would stall the child
-        with log.open("w") as err, subprocess.Popen(
-                [sys.executable, "-m", "tests.google_hook_copy", f"{tmp_path}/src/", f"{gcs_bucket}/in/"],
-                cwd=REPO, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err) as child:
-            try:
-                got = next((json.loads(line.removeprefix(RESULT)) for line in child.stdout
-                            if line.startswith(RESULT)), None)  # after Airflow's log lines
-                if got:  # the token is known now: let only it through
-                    proxy.authorization = f"Bearer {got['entry']['access_token']}"
-                    child.stdin.write("go\n")
-                    child.stdin.flush()
-                out, _ = child.communicate(timeout=120)
-            finally:
-                child.kill()
-        assert child.returncode == 0 and got, log.read_text()[-3000:]
-        copied = json.loads([line for line in out.splitlines() if line.startswith(RESULT)][-1].removeprefix(RESULT))
+        got, copied = copy_through_google_hook(monkeypatch, tmp_path, gcs_bucket, proxy,
+                                               {"key_path": str(key), "endpoint": url})
     finally:
         proxy.stop()
         standin.stop()
-    assert Path(got["provider"]).is_relative_to(GOOGLE_PROVIDER)
     entry = got["entry"]
     assert set(entry) == {"access_token", "expiration", "project", "endpoint"} and entry["project"] == "p1"
     assert entry["access_token"] in standin._tokens  # noqa: SLF001 - issued by the token endpoint
+    assert copied == {"objects": 1, "verified": True}
+    assert proxy.counts.forwarded > 0 and proxy.counts.unauthorized == 0, proxy.counts
+
+
+def private_hosts(tmp_path: Path, hostname: str) -> tuple[str, ...]:
+    """A command prefix that runs a command in a mount namespace of its own, where ``/etc/hosts`` is
+    this machine's plus ``127.0.0.1 hostname`` (bind-mounted there only; the real file is untouched)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(Path("/etc/hosts").read_text() + f"\n127.0.0.1 {hostname}\n")
+    wrapper = ("unshare", "--mount", "--propagation", "private", "--",
+               "sh", "-ec", 'mount --bind "$0" /etc/hosts; exec "$@"', str(hosts))
+    if shutil.which("unshare") is None:
+        unavailable("unshare is not installed (apt-get install util-linux): the child needs a private /etc/hosts")
+    probe = subprocess.run([*wrapper, "true"], capture_output=True, text=True)
+    if probe.returncode:
+        unavailable(f"cannot give the child a private /etc/hosts (unshare --mount needs root): {probe.stderr.strip()}")
+    return wrapper
+
+
+TARGET = "lake-writer@p1.iam.gserviceaccount.com"
+DELEGATE = "transfer-broker@p1.iam.gserviceaccount.com"
+
+
+@pytest.mark.parametrize("chain", [[TARGET], [DELEGATE, TARGET]], ids=["one-account", "chain-of-two"])
+def test_gcp_impersonation_through_the_google_providers_hook_gives_the_gateways_the_target_s_token(
+        monkeypatch, tmp_path, emulators, gcs_bucket, chain):
+    """A connection with ``impersonation_chain``: the real GoogleBaseHook builds google-auth's
+    impersonated credentials, which ask IAM Credentials' generateAccessToken (a stand-in written from
+    the public reference, over https, at ``iamcredentials.<the key file's universe_domain>``, which
+    resolves to 127.0.0.1 in the child only) for a token of the chain's last account, authenticated
+    by a JWT the key's account signs (its universe is not googleapis.com). The entry carries that
+    token, not the key's; a transfer to fake-gcs behind a proxy that lets only it through completes."""
+    need_google_provider()
+    from skyplane_provider.testing.faultproxy import FaultProxy
+    from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
+    from skyplane_provider.testing.gcp_iam import HOSTNAME, IAMCredentialsStandIn
+
+    wrapper = private_hosts(tmp_path, HOSTNAME)
+    standin = GCPComputeStandIn("p1", {"us-central1": ["a"]})
+    standin.start()
+    # Token Creator: the key's account on the first of the chain, each on the next
+    iam = IAMCredentialsStandIn(standin.caller, {target: {holder} for holder, target
+                                                 in zip([standin.account, *chain], chain)},
+                                certificate_dir=tmp_path / "tls")
+    universe = iam.start()
+    proxy = FaultProxy(emulators.endpoints["gcs"], kind="gcs")
+    url = proxy.start()
+    try:
+        key = standin.adc_file(tmp_path / "sa.json", universe_domain=universe)
+        got, copied = copy_through_google_hook(
+            monkeypatch, tmp_path, gcs_bucket, proxy,
+            {"key_path": str(key), "endpoint": url, "impersonation_chain": ", ".join(chain)},
+            env={"REQUESTS_CA_BUNDLE": str(iam.ca_file)}, wrapper=wrapper, loopback=(HOSTNAME,))
+    finally:
+        proxy.stop()
+        iam.stop()
+        standin.stop()
+    entry = got["entry"]
+    assert set(entry) == {"access_token", "expiration", "project", "endpoint"} and entry["project"] == "p1"
+    issued = iam.issued.get(entry["access_token"])
+    assert issued is not None, "the entry's token was not issued by generateAccessToken"
+    assert issued["account"] == chain[-1] and issued["delegates"] == chain[:-1]
+    assert issued["scope"] == ["https://www.googleapis.com/auth/cloud-platform"]
+    assert len(iam.issued) == 1 and not standin._tokens  # noqa: SLF001 - the key's account signed its own JWT
     assert copied == {"objects": 1, "verified": True}
     assert proxy.counts.forwarded > 0 and proxy.counts.unauthorized == 0, proxy.counts
 

@@ -100,14 +100,22 @@ class GCPComputeStandIn(StandIn):
             ("POST", f"{BASE}/global/operations/(?P<op>[^/]+)/wait", self._get_operation),
         ]), authorized_keys)
 
-    def adc_file(self, path: Path) -> Path:
-        """A service-account key file (Application Default Credentials) whose tokens come from here."""
+    def adc_file(self, path: Path, universe_domain: str | None = None) -> Path:
+        """A service-account key file (Application Default Credentials) whose tokens come from here.
+
+        ``universe_domain``: the key file's field of that name. google-auth builds the URLs of
+        Google's other services from it (``iamcredentials.<universe_domain>``), and a service
+        account outside ``googleapis.com`` signs its own JWTs instead of asking ``token_uri``.
+        """
         pem = self._account_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()).decode()
+        key = {"type": "service_account", "project_id": self.project, "private_key_id": "standin",
+               "private_key": pem, "client_email": self.account, "client_id": "100000000000000000001",
+               "token_uri": f"{self.url}/token"}
+        if universe_domain:
+            key["universe_domain"] = universe_domain
         path.touch(mode=0o600)
-        path.write_text(json.dumps({"type": "service_account", "project_id": self.project,
-                                    "private_key_id": "standin", "private_key": pem, "client_email": self.account,
-                                    "client_id": "100000000000000000001", "token_uri": f"{self.url}/token"}))
+        path.write_text(json.dumps(key))
         return path
 
     def live_instances(self, label: str | None = None, value: str | None = None) -> list[dict]:
@@ -117,6 +125,11 @@ class GCPComputeStandIn(StandIn):
                     if label is None or (label in i.get("labels", {}) and value in (None, i["labels"][label]))]
 
     # -- auth --------------------------------------------------------------------------------------
+    def caller(self, token: str) -> str | None:
+        """The account a bearer token stands for: a token issued by ``/token`` or a JWT the account
+        signed itself; None for anything else."""
+        return self.account if token in self._tokens or self._signed_by_account(token) else None
+
     def _signed_by_account(self, token: str) -> bool:
         """Whether ``token`` is an unexpired JWT signed with the service account's key."""
         from google.auth import jwt
@@ -139,7 +152,7 @@ class GCPComputeStandIn(StandIn):
 
     def _check(self, req: Request, project: str) -> None:
         auth = req.headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or (auth[7:] not in self._tokens and not self._signed_by_account(auth[7:])):
+        if not auth.startswith("Bearer ") or self.caller(auth[7:]) is None:
             raise _error(401, "authError", "Request had invalid authentication credentials.")
         if project != self.project:
             raise _error(403, "forbidden", f"Required 'compute.instances.create' permission for 'projects/{project}'")

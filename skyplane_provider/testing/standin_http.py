@@ -71,10 +71,11 @@ class StandInServer:
     """
 
     def __init__(self, routes: list[tuple[str, str, Handler]], *, tls: bool = False,
-                 certificate_dir: Path | None = None) -> None:
+                 certificate_dir: Path | None = None, hostnames: tuple[str, ...] = ()) -> None:
         self._routes = [(m, re.compile(p + r"\Z"), h) for m, p, h in routes]
         self._tls = tls
         self._cert_dir = certificate_dir
+        self._hostnames = hostnames  # names the certificate is valid for, besides 127.0.0.1 and localhost
         self.ca_file: Path | None = None
         self.key_file: Path | None = None  # the certificate's key: another local https server may serve it too
         self.log: list[tuple[str, str]] = []
@@ -120,7 +121,7 @@ class StandInServer:
         self._server = _Server(("127.0.0.1", 0), RequestHandler)
         scheme = "http"
         if self._tls:
-            self.ca_file, self.key_file = self_signed_certificate(self._cert_dir)
+            self.ca_file, self.key_file = self_signed_certificate(self._cert_dir, self._hostnames)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(self.ca_file, self.key_file)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
@@ -149,8 +150,9 @@ class StandInServer:
             self._server = None
 
 
-def self_signed_certificate(directory: Path | None) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (and its key), valid one day, written as PEM files in ``directory``."""
+def self_signed_certificate(directory: Path | None, hostnames: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, localhost and ``hostnames`` (and its key), valid one day, written
+    as PEM files in ``directory``."""
     import tempfile
 
     from cryptography import x509
@@ -167,7 +169,8 @@ def self_signed_certificate(directory: Path | None) -> tuple[Path, Path]:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+                                                        *(x509.DNSName(n) for n in ("localhost", *hostnames))]),
+                           critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     cert_file, key_file = directory / "standin-cert.pem", directory / "standin-key.pem"
