@@ -216,12 +216,15 @@ def need_google_provider() -> None:
 
 
 def copy_through_google_hook(monkeypatch, tmp_path: Path, gcs_bucket: str, proxy, extra: dict, *,
-                             env: dict | None = None, wrapper: tuple[str, ...] = (), loopback: tuple[str, ...] = ()):
+                             also: dict[str, dict] | None = None, env: dict | None = None,
+                             wrapper: tuple[str, ...] = (), loopback: tuple[str, ...] = ()):
     """``tests/google_hook_copy.py`` in a subprocess (under ``wrapper``, with ``env`` added) with
-    the google provider on its path and the connection ``side`` = ``extra``: its entry, then a local
-    -> GCS copy of one file through ``proxy``, armed with the entry's token before the copy starts.
-    Returns (what the child printed about the entry, the copy's counts)."""
-    conn(monkeypatch, "side", {"conn_type": "google_cloud_platform", "extra": extra})
+    the google provider on its path and the connection ``side`` = ``extra`` (and each of ``also``,
+    id -> extra): their entries, then a local -> GCS copy of one file with ``side`` through
+    ``proxy``, armed with its token before the copy starts. Returns (what the child printed about
+    the entries, the copy's counts)."""
+    for conn_id, conn_extra in {"side": extra, **(also or {})}.items():
+        conn(monkeypatch, conn_id, {"conn_type": "google_cloud_platform", "extra": conn_extra})
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.bin").write_bytes(os.urandom(10_000))
     env = {**os.environ, **(env or {}),
@@ -231,7 +234,7 @@ def copy_through_google_hook(monkeypatch, tmp_path: Path, gcs_bucket: str, proxy
     log = tmp_path / "child.log"  # a file, not a pipe: a full pipe would stall the child
     with log.open("w") as err, subprocess.Popen(
             [*wrapper, sys.executable, "-m", "tests.google_hook_copy", f"{tmp_path}/src/", f"{gcs_bucket}/in/",
-             *loopback], cwd=REPO, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+             "--also", *(also or {}), "--loopback", *loopback], cwd=REPO, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=err) as child:
         try:
             got = next((json.loads(line.removeprefix(RESULT)) for line in child.stdout
@@ -296,15 +299,15 @@ TARGET = "lake-writer@p1.iam.gserviceaccount.com"
 DELEGATE = "transfer-broker@p1.iam.gserviceaccount.com"
 
 
-@pytest.mark.parametrize("chain", [[TARGET], [DELEGATE, TARGET]], ids=["one-account", "chain-of-two"])
 def test_gcp_impersonation_through_the_google_providers_hook_gives_the_gateways_the_target_s_token(
-        monkeypatch, tmp_path, emulators, gcs_bucket, chain):
-    """A connection with ``impersonation_chain``: the real GoogleBaseHook builds google-auth's
-    impersonated credentials, which ask IAM Credentials' generateAccessToken (a stand-in written from
-    the public reference, over https, at ``iamcredentials.<the key file's universe_domain>``, which
-    resolves to 127.0.0.1 in the child only) for a token of the chain's last account, authenticated
-    by a JWT the key's account signs (its universe is not googleapis.com). The entry carries that
-    token, not the key's; a transfer to fake-gcs behind a proxy that lets only it through completes."""
+        monkeypatch, tmp_path, emulators, gcs_bucket):
+    """Connections with ``impersonation_chain``, one account and a chain of two: the real
+    GoogleBaseHook builds google-auth's impersonated credentials, which ask IAM Credentials'
+    generateAccessToken (a stand-in written from the public reference, over https, at
+    ``iamcredentials.<the key file's universe_domain>``, a name that resolves to 127.0.0.1 in the
+    child only) for a token of the chain's last account, authenticated by a JWT the key's account
+    signs (its universe is not googleapis.com). Each entry carries such a token, not the key's; a
+    transfer to fake-gcs, through a proxy that lets only the chain's token through, completes."""
     need_google_provider()
     from skyplane_provider.testing.faultproxy import FaultProxy
     from skyplane_provider.testing.gcp_compute import GCPComputeStandIn
@@ -313,30 +316,32 @@ def test_gcp_impersonation_through_the_google_providers_hook_gives_the_gateways_
     wrapper = private_hosts(tmp_path, HOSTNAME)
     standin = GCPComputeStandIn("p1", {"us-central1": ["a"]})
     standin.start()
-    # Token Creator: the key's account on the first of the chain, each on the next
-    iam = IAMCredentialsStandIn(standin.caller, {target: {holder} for holder, target
-                                                 in zip([standin.account, *chain], chain)},
+    # Token Creator: the key's account on both accounts, the delegate on the target
+    iam = IAMCredentialsStandIn(standin.caller, {DELEGATE: {standin.account}, TARGET: {standin.account, DELEGATE}},
                                 certificate_dir=tmp_path / "tls")
     universe = iam.start()
     proxy = FaultProxy(emulators.endpoints["gcs"], kind="gcs")
     url = proxy.start()
     try:
-        key = standin.adc_file(tmp_path / "sa.json", universe_domain=universe)
+        key = str(standin.adc_file(tmp_path / "sa.json", universe_domain=universe))
         got, copied = copy_through_google_hook(
             monkeypatch, tmp_path, gcs_bucket, proxy,
-            {"key_path": str(key), "endpoint": url, "impersonation_chain": ", ".join(chain)},
+            {"key_path": key, "endpoint": url, "impersonation_chain": f"{DELEGATE}, {TARGET}"},
+            also={"one": {"key_path": key, "endpoint": url, "impersonation_chain": TARGET}},
             env={"REQUESTS_CA_BUNDLE": str(iam.ca_file)}, wrapper=wrapper, loopback=(HOSTNAME,))
     finally:
         proxy.stop()
         iam.stop()
         standin.stop()
-    entry = got["entry"]
-    assert set(entry) == {"access_token", "expiration", "project", "endpoint"} and entry["project"] == "p1"
-    issued = iam.issued.get(entry["access_token"])
-    assert issued is not None, "the entry's token was not issued by generateAccessToken"
-    assert issued["account"] == chain[-1] and issued["delegates"] == chain[:-1]
-    assert issued["scope"] == ["https://www.googleapis.com/auth/cloud-platform"]
-    assert len(iam.issued) == 1 and not standin._tokens  # noqa: SLF001 - the key's account signed its own JWT
+    chain, one = got["entry"], got["also"]["one"]
+    for entry, delegates in ((chain, [DELEGATE]), (one, [])):
+        assert set(entry) == {"access_token", "expiration", "project", "endpoint"} and entry["project"] == "p1"
+        issued = iam.issued.get(entry["access_token"])
+        assert issued is not None, "the entry's token was not issued by generateAccessToken"
+        assert issued == {"account": TARGET, "delegates": delegates,
+                          "scope": ["https://www.googleapis.com/auth/cloud-platform"],
+                          "expireTime": datetime.fromisoformat(entry["expiration"]).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    assert len(iam.issued) == 2 and not standin._tokens  # noqa: SLF001 - the key's account signed its own JWTs
     assert copied == {"objects": 1, "verified": True}
     assert proxy.counts.forwarded > 0 and proxy.counts.unauthorized == 0, proxy.counts
 
