@@ -234,8 +234,8 @@ def copy_through_google_hook(monkeypatch, tmp_path: Path, gcs_bucket: str, proxy
     log = tmp_path / "child.log"  # a file, not a pipe: a full pipe would stall the child
     with log.open("w") as err, subprocess.Popen(
             [*wrapper, sys.executable, "-m", "tests.google_hook_copy", f"{tmp_path}/src/", f"{gcs_bucket}/in/",
-             "--also", *(also or {}), "--loopback", *loopback], cwd=REPO, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=err) as child:
+             "--also", *(also or {}), "--loopback", *loopback],
+            cwd=REPO, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err) as child:
         try:
             got = next((json.loads(line.removeprefix(RESULT)) for line in child.stdout
                         if line.startswith(RESULT)), None)  # after Airflow's log lines
