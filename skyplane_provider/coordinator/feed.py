@@ -81,6 +81,7 @@ class Feed:
         self._done: set[tuple[str, int]] = set()  # (source key, dest) recorded done, this page's range
         self._page_last: str | None = None
         self._pending: list[dict[str, list[str]]] = []
+        self._stale = False  # whether any unfinished upload is left to abort (see _abort_stale)
         self._thread: threading.Thread | None = None
         self._started = 0.0
         self._head: object | None = None  # an item taken by wait_first() and not yet by take()
@@ -150,6 +151,7 @@ class Feed:
     def _items(self) -> Iterator[Chunk | ObjectTask]:
         """Chunks, and the objects that need no chunk (every part recorded written: only completing)."""
         self._pending = [self._pending_uploads(d) for d in self.dests]
+        self._stale = any(self._pending)
         src = self.source
         stream = self._decisions if self._decisions is not None else diff(
             self._source_objects(), src.relative, [d.key_for for d in self.dests], self._dest_listings(),
@@ -163,18 +165,21 @@ class Feed:
         self.listing_seconds = round(time.monotonic() - self._started, 3)
 
     def _object(self, decision) -> Iterator[Chunk | ObjectTask]:
-        info = decision.info
-        for i in (*decision.copy, *decision.up_to_date):
-            self._abort_stale(i, self.dests[i].key_for(decision.rel))
+        info, rel = decision.info, decision.rel
+        keys = {i: self.dests[i].key_for(rel) for i in (*decision.copy, *decision.up_to_date)}
+        if self._stale:
+            for i, key in keys.items():
+                self._abort_stale(i, key)
         for i in decision.up_to_date:
-            self.ledger.skipped(info, i, self.dests[i].key_for(decision.rel))
-        todo = [i for i in decision.copy if (info.key, i) not in self._done]
+            self.ledger.skipped(info, i, keys[i])
+        todo = [i for i in decision.copy if (info.key, i) not in self._done] if self._done else decision.copy
         resumed = len(decision.copy) - len(todo)
         if not todo:
             self.ledger.nothing_to_copy(resumed)
             return
-        self.ledger.resumed(resumed)
-        obj = ObjectTask(info, [Copy(i, self.dests[i].key_for(decision.rel)) for i in todo])
+        if resumed:
+            self.ledger.resumed(resumed)
+        obj = ObjectTask(info, [Copy(i, keys[i]) for i in todo])
         self.objects_listed += 1
         self.bytes_listed += info.size
         if not self._prepare_parts(obj):

@@ -123,10 +123,14 @@ class Manifest:
         if not self._copies:
             return
         rows, self._copies = self._copies, []
-        keys = [(dest, dest_key) for _, dest, dest_key, _, _ in rows]
         self._db.executemany("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?)", rows)
-        self._db.executemany("DELETE FROM uploads WHERE dest = ? AND dest_key = ?", keys)
-        self._db.executemany("DELETE FROM parts WHERE dest = ? AND dest_key = ?", keys)
+        # Inside the write transaction the insert began (no other connection commits until ours
+        # does), so this sees every upload and part recorded: with none (a job of small objects),
+        # the two deletes per copy, half of the cost of recording it, are skipped.
+        if self._db.execute("SELECT EXISTS (SELECT 1 FROM uploads) OR EXISTS (SELECT 1 FROM parts)").fetchone()[0]:
+            keys = [(dest, dest_key) for _, dest, dest_key, _, _ in rows]
+            self._db.executemany("DELETE FROM uploads WHERE dest = ? AND dest_key = ?", keys)
+            self._db.executemany("DELETE FROM parts WHERE dest = ? AND dest_key = ?", keys)
 
     def forget_upload(self, dest: int, dest_key: str) -> None:
         """An upload was aborted."""
