@@ -397,21 +397,32 @@ class GatewayNode(Controlled):
         what was written (or confirmed), one ``failed`` event per object that could not be."""
         region = self.config.region
         dests = chunk.meta.dests
+        paced = chunk.integrity == LOCAL
         written: list[dict] = []
-        fresh = False
-        for obj, data in zip(chunk.meta.objects, chunk.objects):
-            for target in (t for t in obj.to if dests[t.dest].region == region):
-                if chunk.integrity == LOCAL and not self.pacer.take_all(len(data), stop=self.stopping):
-                    return  # stopping; the bytes of a chunk never framed leave the gateway here, paced
-                try:
-                    result, new = self._write_target(chunk.chunk_id, obj.i, dests[target.dest].store, target, data)
-                except Exception as exc:  # noqa: BLE001 - reported as this object's failure
-                    self.events.failed(chunk.chunk_id, self._as_error(chunk.chunk_id, exc), objects=[obj.i],
-                                       region=region)
-                    continue
-                fresh |= new
-                written.append({"i": obj.i, "dest": target.dest, "key": target.key, **result})
-        if fresh:
+        fresh_objects = fresh_bytes = 0  # counted once per chunk: a lock per count per object cost more
+        try:
+            for obj, data in zip(chunk.meta.objects, chunk.objects):
+                for target in obj.to:
+                    if dests[target.dest].region != region:
+                        continue
+                    if paced and not self.pacer.take_all(len(data), stop=self.stopping):
+                        return  # stopping; the bytes of a chunk never framed leave the gateway here, paced
+                    try:
+                        result, new = self._write_target(chunk.chunk_id, obj.i, dests[target.dest].store, target,
+                                                         data)
+                    except Exception as exc:  # noqa: BLE001 - reported as this object's failure
+                        self.events.failed(chunk.chunk_id, self._as_error(chunk.chunk_id, exc), objects=[obj.i],
+                                           region=region)
+                        continue
+                    if new:
+                        fresh_objects += 1
+                        fresh_bytes += len(data)
+                    written.append({"i": obj.i, "dest": target.dest, "key": target.key, **result})
+        finally:
+            if fresh_objects:
+                self.events.count("bytes_written", fresh_bytes)
+                self.events.count("objects_written", fresh_objects)
+        if fresh_objects:
             self.events.count("chunks_written")
         if written:
             self.events.written(chunk_id=chunk.chunk_id, region=region, integrity=chunk.integrity, objects=written)
@@ -467,9 +478,7 @@ class GatewayNode(Controlled):
                 waiter = state.waiter
             if waiter is not None:
                 waiter.set()
-        self.events.count("bytes_written", len(data))
-        self.events.count("objects_written")
-        return result, True
+        return result, True  # counted by the caller
 
     def _forget_old_writes(self) -> None:
         """Called with the lock held: drop the oldest finished writes beyond :data:`WRITE_WINDOW`."""
