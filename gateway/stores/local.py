@@ -138,10 +138,11 @@ class LocalStore(ObjectStore):
                     next_token = key
                     break
         # The digest cache is asked once per page: a query per key was a fifth of a listing's CPU.
-        md5s = shared_cache().get_many([version_of(st) for _, st in found])
+        versions = [version_of(st) for _, st in found]
+        md5s = shared_cache().get_many(versions)
         page = []
-        for key, st in found:
-            md5 = md5s.get(version_of(st))
+        for (key, st), version in zip(found, versions):
+            md5 = md5s.get(version) if md5s else None  # none cached: a tree never hashed here
             page.append(ObjectInfo(key, st.st_size, md5, st.st_mtime, md5=md5))
         return page, next_token
 
