@@ -74,16 +74,26 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   quietly "venv" "$PY" -m venv "$VENV"
 fi
-# pip runs only when pyproject.toml asks for something the venv lacks (a fresh venv lacks everything).
+# Packages go in with uv (from PyPI, put into the venv by its pip): it resolves the same 308 versions
+# as pip but downloads in parallel, keeps a cache of its own (pip's stays empty on our machines) and
+# compiles the bytecode on every core. On a clean checkout at load 11-13 (2 cores): this whole setup
+# 223 s; pip's install alone took 30 min. At load ~1 the whole setup with pip took 182 s.
+UV="$VENV/bin/uv"
+need_uv() {
+  [ -x "$UV" ] || [ -n "${uv_asked:-}" ] || quietly "uv" "$VENV/bin/pip" install "uv>=0.13"
+  uv_asked=1  # a dry run says it once
+}
+# It runs only when pyproject.toml asks for something the venv lacks (a fresh venv lacks everything).
 if [ -x "$VENV/bin/python" ]; then
   lacking=$("$VENV/bin/python" scripts/missing_requirements.py all test 2>/dev/null || echo "(cannot tell yet)")
 else
   lacking="(a new virtualenv)"
 fi
 if [ -n "$lacking" ]; then
-  echo "setup: pip install -e .[all,test] for: $(echo "$lacking" | head -5 | tr '\n' ' ')"
-  quietly "pip upgrade" "$VENV/bin/pip" install --upgrade pip
-  quietly "pip install" "$VENV/bin/pip" install -e ".[all,test]"
+  echo "setup: uv pip install -e .[all,test] for: $(echo "$lacking" | head -5 | tr '\n' ' ')"
+  need_uv
+  # --compile-bytecode: as pip does; the suite's hundreds of processes would otherwise compile it each time
+  quietly "uv pip install" "$UV" pip install --python "$VENV/bin/python" --compile-bytecode -e ".[all,test]"
 fi
 
 # -- the google provider, beside the venv ----------------------------------------------------------
@@ -92,9 +102,11 @@ fi
 # PYTHONPATH, in a subprocess (tests/test_airflow_hook.py). Redone when scripts/extras-google.txt changes.
 EXTRAS="$VENV-extras/google"
 if ! cmp -s scripts/extras-google.txt "$EXTRAS/.requirements" 2>/dev/null; then
-  echo "setup: pip install --no-deps --target $EXTRAS -r scripts/extras-google.txt"
+  echo "setup: uv pip install --no-deps --target $EXTRAS -r scripts/extras-google.txt"
   [ $DRY = 1 ] || rm -rf "$EXTRAS"
-  quietly "google provider" "$VENV/bin/pip" install --no-deps --target "$EXTRAS" -r scripts/extras-google.txt
+  need_uv
+  quietly "google provider" "$UV" pip install --python "$VENV/bin/python" --compile-bytecode --no-deps \
+    --target "$EXTRAS" -r scripts/extras-google.txt
   [ $DRY = 1 ] || cp scripts/extras-google.txt "$EXTRAS/.requirements"
 fi
 
