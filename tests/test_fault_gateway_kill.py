@@ -9,7 +9,9 @@ found in the fleet the transfer started (its PID), never by guessing.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,24 +76,27 @@ def test_fault_gateway_killed_at_half(role, tmp_path, slow_source):
             return
         victim = next(g for g in transfer.fleet.gateways if g.region == ROLES[role])
         os.kill(victim.pid, signal.SIGKILL)
-        killed.update(gateway=victim.gateway_id, pid=victim.pid, at=done)
+        killed.update(gateway=victim.gateway_id, pid=victim.pid, at=done, **_at_kill(transfer.dispatcher, victim))
 
     transfer = Transfer(req, progress=kill_one_at_half)
     started = time.monotonic()
     stats = transfer.execute()  # in this process: the test reads the fleet and the dispatcher
     seconds = time.monotonic() - started
     assert killed and killed["at"] < 0.75, f"the transfer went too fast to kill a gateway mid-way: {killed}"
+    assert killed["inflight"] and killed["carried"], f"the killed gateway was not on the route of work left: {killed}"
     got = read_all("file://" + str(dst))
     same = sum(got.get(k) == v for k, v in digests(objs).items())
     left = wait_gone(transfer.job_id)
-    record("fault", f"SIGKILL of the {role} gateway {killed['gateway']} with {killed['at']:.0%} of the bytes done, "
-           f"relayed transfer (S3 -> relay -> local, 2 gateways per region, {len(objs)} objects, one of 6 parts)",
+    mine = f"{killed['its']} of them its own, " if role == "source" else ""
+    record("fault", f"SIGKILL of the {role} gateway {killed['gateway']} with {killed['at']:.0%} of the bytes done "
+           f"({killed['inflight']} chunks in flight, {mine}{killed['carried']} bytes through it so far), relayed "
+           f"transfer (S3 -> relay -> local, 2 gateways per region, {len(objs)} objects, one of 6 parts)",
            f"completed in {seconds:.1f} s, {same}/{len(objs)} objects sha256-identical, {stats.retries} chunk "
            f"re-dispatches (the most sends of one chunk: {transfer.dispatcher.most_attempts}; {MAX_ATTEMPTS} fail "
            f"its objects), {len(left)} gateway processes left")
     assert got == digests(objs)
     assert stats.objects == len(objs) and stats.verified
-    assert stats.retries > 0  # the dead gateway's chunks really went again
+    assert stats.retries > 0  # what was in flight went again (all of it: routes through a relay are not known)
     assert left == []
     assert not list(dst.rglob(".skyplane-tmp*")), "a part of the multipart upload was left behind"
 
@@ -111,18 +116,20 @@ def test_fault_only_relay_gateway_killed_is_replaced(tmp_path, slow_source):
         if not killed and done >= 0.4:
             victim = next(g for g in transfer.fleet.gateways if g.region == RELAY)
             os.kill(victim.pid, signal.SIGKILL)
-            killed.update(gateway=victim.gateway_id, at=done)
+            killed.update(gateway=victim.gateway_id, at=done, **_at_kill(transfer.dispatcher, victim))
 
     transfer = Transfer(req, progress=kill_relay_at_half)
     stats = transfer.execute()  # in this process: the test reads the fleet and the dispatcher
     got = read_all("file://" + str(dst))
     left = wait_gone(transfer.job_id)
     record("fault", f"SIGKILL of the only relay gateway {killed.get('gateway')} at {killed.get('at', 0):.0%} of the "
-           "bytes (1 gateway per region, no spare)",
+           f"bytes ({killed.get('inflight')} chunks in flight; 1 gateway per region, no spare)",
            f"replaced by {', '.join(transfer.dispatcher.replaced)}; completed, "
            f"{sum(got.get(k) == v for k, v in digests(objs).items())}/{len(objs)} objects sha256-identical, "
            f"{stats.retries} chunk re-dispatches, {len(left)} gateway processes left")
-    assert killed and got == digests(objs)
+    assert killed and killed["at"] < 0.75 and killed["inflight"], f"no work was left for the relay: {killed}"
+    assert got == digests(objs) and stats.objects == len(objs) and stats.verified
+    assert stats.retries > 0  # what was in flight through the dead relay went again, through its replacement
     assert stats.gateways_replaced == 1 and transfer.dispatcher.replaced == [f"{RELAY}/r1"]
     assert left == []
 
@@ -166,17 +173,19 @@ def test_fault_cli_gateway_killed_at_half(tmp_path, slow_source):
     assert stats["retries"] > 0  # the dead relay's chunks really went again
 
 
-def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
-    """A local copy with two gateways, one SIGKILLed while it holds files of the destination being
-    written (unnamed O_TMPFILE files, or temp files where a write replaces an object): the copy
-    completes, and nothing half-written of the dead writer is left after it."""
+def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path, caplog):
+    """A local copy with two gateways, one SIGKILLed at its first write (while it holds a file of the
+    destination open: an unnamed O_TMPFILE file, or a temp file where a write replaces an object), with
+    its other chunks still to do: the chunks it had are sent again, the copy completes, every object is
+    sha256-identical, and nothing half-written of the dead writer is left after it."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     dst.mkdir()
-    objs = {f"f{i:02d}.bin": os.urandom(16 * MiB + i) for i in range(16)}
+    objs = {f"f{i:02d}.bin": os.urandom(16 * MiB + i) for i in range(16)}  # one 32 MiB chunk each, 8 per gateway
     for key, data in objs.items():
         (src / key).write_bytes(data)
     seen: list[str] = []
+    held: set[int] = set()  # the chunks submitted to the victim and not settled when it died
 
     finished = threading.Event()
 
@@ -193,13 +202,16 @@ def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
         return names
 
     def kill_while_writing() -> None:
+        # Polled, not timed: a write of 16 MiB holds its file open for milliseconds, and when the first
+        # one happens depends on the host's load (the gateway's other 7 chunks are still to do then).
         while not finished.is_set():
-            if transfer.fleet is not None:
-                pid = transfer.fleet.gateways[1].pid
-                names = writing(pid) if os.path.isdir(f"/proc/{pid}/fd") else []
+            if transfer.fleet is not None and transfer.dispatcher is not None:
+                victim = transfer.fleet.gateways[1]
+                names = writing(victim.pid) if os.path.isdir(f"/proc/{victim.pid}/fd") else []
                 if names:
+                    os.kill(victim.pid, signal.SIGKILL)
                     seen[:] = names
-                    os.kill(pid, signal.SIGKILL)
+                    held.update(c for c, g in list(transfer.dispatcher.owner.items()) if g == victim.gateway_id)
                     return
             time.sleep(0.002)
 
@@ -207,20 +219,45 @@ def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path):
     transfer = Transfer(req, provisioner=LocalProvisioner())  # in this process: its fleet is at hand
     killer = threading.Thread(target=kill_while_writing, daemon=True)
     killer.start()
+    caplog.set_level(logging.WARNING, logger="skyplane_provider.transfer.dispatch")
+    started = time.monotonic()
     try:
         stats = transfer.run()
     finally:
         finished.set()
         killer.join(5)
+    seconds = time.monotonic() - started
+    resent = {int(m.group(1)) for r in caplog.records if (m := _RESENT.match(r.getMessage()))}
     left = leftovers(f"file://{dst}")
-    record("fault", f"SIGKILL of one of 2 local gateways while it wrote {len(seen)} destination file(s) "
-                    f"(file -> file, {len(objs)} objects of 16 MiB)",
-           f"completed, {stats.retries} chunk re-dispatches, "
-           f"{'all' if read_all(f'file://{dst}') == digests(objs) else 'NOT all'} objects sha256-identical, "
+    got, want = read_all(f"file://{dst}"), digests(objs)
+    record("fault", f"SIGKILL of one of 2 local gateways at its first write ({len(seen)} destination file(s) open, "
+                    f"{len(held)} of its chunks unsettled; file -> file, {len(objs)} objects of 16 MiB)",
+           f"completed in {seconds:.1f} s, {len(held & resent)} of the dead gateway's {len(held)} chunks sent again "
+           f"({stats.retries} chunk re-dispatches in all: every chunk in flight goes again), "
+           f"{sum(got.get(k) == v for k, v in want.items())}/{len(objs)} objects sha256-identical, "
            f"{len(left)} temp files left")
     assert seen, "the copy ended before a gateway could be killed mid-write"
-    assert read_all(f"file://{dst}") == digests(objs)
+    assert held, "the gateway killed while writing had no chunk the dispatcher waited for"
+    # The chunk it was writing cannot have been confirmed: it must have gone again, to the survivor.
+    assert held & resent, f"none of the dead gateway's chunks {sorted(held)} was sent again ({sorted(resent)})"
+    assert got == want
+    assert stats.objects == len(objs) and stats.verified
     assert left == [], "a killed gateway's half-written temp file was left behind"
+
+
+#: The dispatcher's account of a chunk it sends again (transfer/dispatch.py, ``_requeue``).
+_RESENT = re.compile(r"retrying chunk (\d+) ")
+
+
+def _at_kill(dispatcher, victim) -> dict:
+    """What the dispatcher knew as ``victim`` was killed (read in the dispatcher's own thread, from its
+    progress callback): the chunks in flight, which go again once the death is seen, those of them
+    submitted to the victim (a source gateway; the dispatcher does not know which relay or destination
+    gateway a chunk passes), and the bytes the victim had read or received by its last status, which
+    show it was on their route."""
+    counters = dispatcher.counters.get(victim.gateway_id, {})
+    return {"inflight": len(dispatcher.inflight), "its": sum(g == victim.gateway_id for g in dispatcher.owner.values()),
+            "carried": int(counters.get("bytes_read", 0)) + int(counters.get("bytes_received_wire", 0))}
 
 
 def _landed(dst: Path) -> int:
