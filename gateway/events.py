@@ -20,7 +20,7 @@ import planner.errors
 from planner.errors import ChecksumError, SkyplaneError
 
 COUNTERS = ("bytes_read", "bytes_sent_wire", "bytes_received_wire", "bytes_written", "chunks_written",
-            "objects_written", "frames_rejected", "retries")
+            "objects_written", "frames_rejected", "retries", "buffers_reused")
 _RECENT_ERRORS = 50
 _MAX_EVENTS_PER_READ = 10_000
 

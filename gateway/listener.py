@@ -39,8 +39,8 @@ class DataListener:
 
     def __init__(self, host: str, port: int, *, job_id: bytes, secret: bytes, max_chunk: int,
                  on_frame: Callable[[wire.Frame], None], events: EventLog, stop: threading.Event,
-                 handoff: socket.socket | None = None) -> None:
-        self._job_id, self._secret, self._max_chunk = job_id, secret, max_chunk
+                 handoff: socket.socket | None = None, alloc: Callable[[int], bytearray] = bytearray) -> None:
+        self._job_id, self._secret, self._max_chunk, self._alloc = job_id, secret, max_chunk, alloc
         self._on_frame, self._events, self._stop = on_frame, events, stop
         self._handoff = handoff
         self._sock = None if handoff is not None else socket.create_server((host, port), backlog=128)
@@ -118,7 +118,8 @@ class DataListener:
                 return
             while not self._stop.is_set():
                 try:
-                    frame = wire.recv_frame(conn, job_id=self._job_id, max_chunk=self._max_chunk, via_loopback=loopback)
+                    frame = wire.recv_frame(conn, job_id=self._job_id, max_chunk=self._max_chunk, via_loopback=loopback,
+                                            alloc=self._alloc)
                 except ProtocolError as exc:
                     self._events.count("frames_rejected")
                     self._events.error(f"dropped connection from {peer}: {exc}")

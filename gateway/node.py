@@ -28,6 +28,7 @@ from planner.errors import BadOptionError, GatewayError, ProtocolError, Skyplane
 from . import store_api, wire
 from .bandwidth import Pacer, pacing_counters
 from .batch import Batch, ChunkMeta, ChunkSpec, DestStore, ObjectSpec, Target
+from .buffers import BufferPool
 from .codec import Codec, Decoded
 from .config import GatewayConfig
 from .events import EventLog
@@ -216,11 +217,13 @@ class GatewayNode(Controlled):
         self._written_lock = threading.Lock()
         self.in_flight = InFlight()
         self._threads: list[threading.Thread] = []
+        # Received payloads, reused once written (buffers.py): as many idle as there are writers.
+        self.buffers = BufferPool(config.writers)
         self.listener = DataListener(config.bind_host, config.data_port, job_id=config.job_id,
                                      secret=config.job_secret, max_chunk=config.max_chunk_bytes,
                                      on_frame=self._on_frame, events=self.events, stop=self.stopping,
                                      handoff=None if config.handoff_fd is None else
-                                     socket.socket(fileno=config.handoff_fd))
+                                     socket.socket(fileno=config.handoff_fd), alloc=self.buffers.take)
 
     # ---- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -384,6 +387,14 @@ class GatewayNode(Controlled):
             else:
                 self._guard(item.header.chunk_id, lambda: self._write_chunk(self._decode(item)))
                 self.in_flight.release(item.header.chunk_id)
+                self._guard(item.header.chunk_id, lambda: self._recycle(item))
+
+    def _recycle(self, frame: wire.Frame) -> None:
+        """Hand a written frame's buffers back for the frames to come, unless it was relayed too (a
+        link may still be sending it)."""
+        pp = self._program.get(frame.header.partition)
+        if pp is not None and not pp.send and self.buffers.give(frame.body):
+            self.events.count("buffers_reused")
 
     def _decode(self, frame: wire.Frame) -> Decoded:
         try:

@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from planner.errors import ProtocolError
 
@@ -213,11 +213,12 @@ def _paced_send(sock: socket.socket, views: list[memoryview], pace: Pacer) -> in
 
 
 def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_MAX_CHUNK,
-               via_loopback: bool = False) -> Frame | None:
+               via_loopback: bool = False, alloc: Callable[[int], bytearray] = bytearray) -> Frame | None:
     """Read one frame; None on a clean end of stream between frames.
 
     The body is read with ``recv_into`` into buffers of exactly its size (a clear frame's metadata
-    and payload apart), allocated only after the header passed :meth:`Header.unpack`. Raises
+    and payload apart), taken from ``alloc`` (a :class:`gateway.buffers.BufferPool`'s ``take``:
+    contents undefined, each filled whole) only after the header passed :meth:`Header.unpack`. Raises
     :class:`ProtocolError` for a bad header, :class:`TruncatedFrame` when the stream ends inside the
     body and ``ConnectionError`` when it ends inside the header.
     """
@@ -226,7 +227,7 @@ def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_M
         return None
     header = Header.unpack(raw, job_id=job_id, max_chunk=max_chunk)
     sizes = (header.wire_length,) if header.encrypted else (header.meta_length, header.payload_length)
-    body = tuple(bytearray(n) for n in sizes)
+    body = tuple(alloc(n) for n in sizes)
     try:
         for buf in body:
             _recv_exact(sock, memoryview(buf))

@@ -611,6 +611,33 @@ def test_a_host_of_two_workers_moves_data_behind_one_port_and_one_control_endpoi
     assert all(w.counters.get("bytes_received_wire") for w in _supervisor_workers(job, DST))
 
 
+def test_received_payloads_of_one_size_are_reused_once_written_and_each_object_arrives_whole(jobs, stores):
+    """A destination receives each big frame into a buffer a written frame of the same size handed back
+    (gateway/buffers.py: not zeroed again): every object still arrives as it was, none with bytes of
+    the frame before it."""
+    programs = {SRC: RegionProgram(SRC, {0: PartitionProgram("read", (Hop(DST, 1),))}),
+                DST: RegionProgram(DST, {0: PartitionProgram("receive", (), write=True)})}
+    job = jobs(programs, overrides={SRC: {"readers": 1}, DST: {"writers": 1}})
+    src = open_store(stores["src"])
+    objects = {f"same{i}": os.urandom(2 * MiB) for i in range(4)}
+    objects["short"] = bytes(2 * MiB - 1)  # one byte shorter: never given an earlier frame's buffer
+    for k, v in objects.items():
+        src.write(k, v)
+    cursor = 0
+    for i, (k, v) in enumerate(objects.items()):  # one after the other: each frame written before the next
+        assert job.clients[SRC].submit(one(i, stores["src"], k, len(v), DST, stores["dst"])) == 1
+        deadline, written = time.monotonic() + 30, False
+        while not written:
+            assert time.monotonic() < deadline, f"chunk {i} not written"
+            status = job.clients[DST].status(cursor)
+            cursor = status["next"]
+            written = any(e["type"] == "written" and e["chunk_id"] == i for e in status["events"])
+            time.sleep(0.05)
+    dst = open_store(stores["dst"])
+    assert {o.key: sha(dst.read(o.key)) for o in dst.list()} == {k: sha(v) for k, v in objects.items()}
+    assert job.clients[DST].status(0)["counters"].get("buffers_reused", 0) >= 3
+
+
 def _supervisor_workers(job: Job, region: str) -> list:
     """The destination's workers' own counters, read from their private control endpoints."""
     directory = job.directory(region)
