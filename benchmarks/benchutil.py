@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,13 @@ def compile_ours() -> None:
 
     for package in ("gateway", "planner", "skyplane_provider"):
         compileall.compile_dir(REPO / package, quiet=2)
+
+
+def clean_up(scratch: Path, emulators=None) -> None:
+    """Stop the emulators a benchmark started (``None``: it started none) and remove its scratch directory."""
+    if emulators is not None:
+        emulators.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def cpu_seconds(pid: int) -> float:

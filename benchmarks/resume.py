@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import MiB, Timer, machine_line
+from benchutil import MiB, Timer, clean_up, machine_line
 from gateway.control_client import GatewayClient
 from skyplane_provider.coordinator.jobdir import ADDRESS, job_dir
 from skyplane_provider.testing.buckets import create_bucket
@@ -170,9 +170,7 @@ def main() -> int:
         print(f"resume resent_share={resent / size:.4f} (goal: the chunks in flight, well under 5%; "
               f"{size / MiB:.0f} MiB to {args.to}, killed at {done / size:.0%})")
     finally:
-        if emulators is not None:
-            emulators.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch, emulators)
     return 0
 
 

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from baselines import AIRFLOW_NAMES, AIRFLOW_OPERATORS, airflow_env, rclone_remote, run_airflow, run_rclone
-from benchutil import MiB, Timer, TreeCPU, compile_ours, cpu_seconds, machine_line, our_role, ratio_line
+from benchutil import (MiB, Timer, TreeCPU, clean_up, compile_ours, cpu_seconds, machine_line, our_role,
+                       ratio_line)
 from gateway.stores import open_store
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import EmulatorSet, start_all
@@ -231,9 +231,7 @@ def main() -> int:
                     measured("ours (cp -r, default flags)", dst_root + "/ours/", go_ours)
                 delete_prefix(src_root + "/data/")
     finally:
-        if emulators is not None:
-            emulators.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch, emulators)
     report(runs, routes, mixes)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from baselines import rclone_remote, run_rclone
-from benchutil import cpu_seconds, machine_line, ratio_line
+from benchutil import clean_up, cpu_seconds, machine_line, ratio_line
 from routes import Run, bucket_name, delete_prefix, make_mix, run_ours
 from skyplane_provider.buckets import make_bucket
 from skyplane_provider.testing.buckets import create_bucket, unique_name
@@ -117,9 +116,7 @@ def main() -> int:
                 measured(f"rclone --transfers {RCLONE_TRANSFERS} (one remote)", dst_root + "/rclone/", go_rclone)
                 delete_prefix(src_root + "/data/")
     finally:
-        if emulators is not None:
-            emulators.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch, emulators)
     print()
     by = {(r.route, r.mix, r.tool.split(" (")[0]): r for r in runs}
     for route in routes:

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from baselines import run_rclone
-from benchutil import MiB, Timer, TreeCPU, machine_line, ratio_line
+from benchutil import MiB, Timer, TreeCPU, clean_up, machine_line, ratio_line
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import start_all
 from skyplane_provider.testing.samples import digests
@@ -128,9 +128,7 @@ def main() -> int:
                          f"{count} x {size} B to {args.to}; ours {count / t.seconds:.0f} obj/s, "
                          f"rclone {count / rclone_s:.0f} obj/s"))
     finally:
-        if emulators is not None:
-            emulators.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch, emulators)
     return 0
 
 

@@ -48,7 +48,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchutil import MiB, machine_line
+from benchutil import MiB, clean_up, machine_line
 from planner.errors import SkyplaneError
 from skyplane_provider.cli.resume import resumed_request
 from skyplane_provider.coordinator.jobdir import ADDRESS, job_dir
@@ -299,9 +299,7 @@ def main() -> int:
         while time.monotonic() < deadline and (args.transfers is None or tally.transfers < args.transfers):
             one_transfer(tally.transfers + 1, rng, scratch, endpoints(), tally)
     finally:
-        if emulators is not None:
-            emulators.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch, emulators)
     print(report(tally, args.minutes, seed))
     if args.json:
         print(json.dumps({"transfers": tally.transfers, "objects": tally.objects, "bytes": tally.bytes,
