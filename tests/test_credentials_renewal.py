@@ -52,15 +52,18 @@ def _wait_refused(az: str, entry: dict, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _outcome(client: GatewayClient, chunk_id: int, cursor: list[int], timeout: float = 60.0) -> dict:
-    """The first ``written`` or ``failed`` event of ``chunk_id`` the gateway reports."""
+def _outcome(client: GatewayClient, chunk_id: int, cursor: list[int], timeout: float = 60.0,
+             also: tuple[GatewayClient, list[int]] | None = None) -> dict:
+    """The first ``written`` or ``failed`` event of ``chunk_id`` the gateway reports, or ``also`` (another
+    gateway's client and its cursor: a relay reports a chunk it could not pass on)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = client.status(cursor[0])
-        cursor[0] = status["next"]
-        for e in status["events"]:
-            if e["chunk_id"] == chunk_id:
-                return e
+        for c, at in [(client, cursor)] + ([also] if also else []):
+            status = c.status(at[0])
+            at[0] = status["next"]
+            for e in status["events"]:
+                if e["chunk_id"] == chunk_id:
+                    return e
         time.sleep(0.1)
     raise AssertionError(f"no news of chunk {chunk_id} after {timeout}s")
 
@@ -113,14 +116,16 @@ def test_gateways_take_renewed_credentials_and_call_an_expired_sas_expired(jobs,
     while job.clients[DST].status(10**9)["counters"]["workers"] < 2:
         assert time.monotonic() < deadline, "the killed workers were not replaced"
         time.sleep(0.2)
+    relay = (job.clients[RELAY], [0])
     for cid, key in ((3, "o2"), (4, "o3")):
         send(cid, key)
-        outcome = _outcome(job.clients[DST], cid, cursor)
+        outcome = _outcome(job.clients[DST], cid, cursor, also=relay)
         if outcome["type"] == "failed" and outcome["retryable"] and outcome["error_type"] != "CredentialsExpiredError":
-            # A connection to a killed worker may still carry the first try; the coordinator re-sends a
-            # retryable failure, so does this test (once). An expired credential is never excused.
+            # The relay's connection to a killed worker may still carry the first try (the relay then
+            # reports it failed); the coordinator re-sends a retryable failure, so does this test (once).
+            # An expired credential is never excused.
             send(cid + 10, key)
-            outcome = _outcome(job.clients[DST], cid + 10, cursor)
+            outcome = _outcome(job.clients[DST], cid + 10, cursor, also=relay)
         assert outcome["type"] == "written", outcome
     dst = open_store(az)
     assert {o.key: sha(dst.read(o.key)) for o in dst.list()} == {k: sha(v) for k, v in objects.items()}
