@@ -35,7 +35,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotF
                             StoreError, StoreUnavailableError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import check_range, check_upload_id, new_upload_id, part_numbers
+from .common import check_range, check_upload_id, new_upload_id, part_numbers, translated
 from .digest_cache import shared_cache, version_of
 
 TMP_DIR = ".skyplane-tmp"
@@ -523,28 +523,9 @@ class LocalStore(ObjectStore):
             cache.put(version_of(st), md5)
         return md5
 
-    def _errors(self, key: str) -> "_OSErrors":
-        return _OSErrors(self, key)
-
-
-class _OSErrors:
-    """Around a file operation on ``key``: an ``OSError`` is raised as the :class:`SkyplaneError` it
-    means (``_translate``), naming the object's URI; anything else passes. (What
-    ``common.translated`` does, as a plain class that builds the URI only on an error: entered two or
-    three times per object, the generator-based one and the URI made up front cost ~3 us each.)"""
-
-    __slots__ = ("_store", "_key")
-
-    def __init__(self, store: LocalStore, key: str) -> None:
-        self._store, self._key = store, key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is not None and isinstance(exc, OSError):
-            raise _translate(exc, self._store._uri(self._key)) from exc
-        return False
+    def _errors(self, key: str) -> translated:
+        # the URI is made only on an error: this is entered two or three times per object
+        return translated(lambda exc: _translate(exc, self._uri(key)) if isinstance(exc, OSError) else None)
 
 
 def _translate(exc: OSError, what: str) -> SkyplaneError:
