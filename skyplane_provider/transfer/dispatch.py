@@ -447,8 +447,20 @@ class Dispatcher:
                 dead.extend(gone)
         for gid in self.clients:
             self.cursor.setdefault(gid, 0)
-        for cid in list(self.inflight):
+        for cid in [c for c in self.inflight if self._may_pass(c, dead)]:
             self._requeue(cid, "a gateway on its route died", failed=False)
+
+    def _may_pass(self, cid: int, dead: list[str]) -> bool:
+        """Whether chunk ``cid`` may have passed one of the ``dead`` gateways. The dispatcher knows only
+        the source gateway it gave the chunk to; the relay and destination gateways on its route are
+        picked by the gateways. A gateway sends only to other regions', so a dead gateway of the
+        owner's own region that is not the owner was not on the route: a single-region copy whose
+        gateway dies sends again only that gateway's chunks, not the survivors'."""
+        owner = self.owner.get(cid)
+        if owner is None or owner in dead:
+            return True
+        region = owner.split("/")[0]
+        return any(g.split("/")[0] != region for g in dead)
 
     def _replace(self, dead: str) -> str:
         """A new gateway for a region that lost all of its own; fails the transfer when none can start."""
