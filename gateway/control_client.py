@@ -98,6 +98,14 @@ class GatewayClient:
     def abort_multipart(self, store: str, key: str, upload_id: str) -> None:
         self._store("abort_multipart", store, key=key, upload_id=upload_id)
 
+    def list_parts(self, store: str, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts of an open upload the store holds, with the checksums it gave of each."""
+        docs = self._store("list_parts", store, key=key, upload_id=upload_id).get("parts")
+        try:
+            return [PartInfo(**d) for d in docs]
+        except TypeError:
+            raise GatewayError(f"gateway {self.control_url} answered {docs!r}, not a list of parts") from None
+
     def pending_uploads(self, store: str, prefix: str = "") -> list[tuple[str, str]]:
         """``(key, upload_id)`` of the unfinished multipart uploads under ``prefix``."""
         return [(k, u) for k, u in self._store("pending_uploads", store, prefix=prefix).get("uploads", ())]

@@ -135,6 +135,17 @@ def _abort(store: ObjectStore, doc: dict, retrying) -> dict:
     return {"ok": True}
 
 
+def _list_parts(store: ObjectStore, doc: dict, retrying) -> dict:
+    key, upload_id = _text(doc, "key"), _text(doc, "upload_id")
+    return {"parts": [part_dict(p) for p in retrying(lambda: store.list_parts(key, upload_id))]}
+
+
+def part_dict(part: PartInfo) -> dict:
+    """``{"part_number", "etag", "size", "md5", "crc32c"}``, nulls where unknown (``PartInfo(**d)`` again)."""
+    return {"part_number": part.part_number, "etag": part.etag, "size": part.size, "md5": part.md5,
+            "crc32c": part.crc32c}
+
+
 def _pending(store: ObjectStore, doc: dict, retrying) -> dict:
     prefix = doc.get("prefix") or ""
     if not isinstance(prefix, str):
@@ -207,7 +218,7 @@ def _source(doc: dict) -> CopySource:
 
 
 _OPS = {"list": _list, "head": _head, "begin_multipart": _begin, "complete_multipart": _complete,
-        "abort_multipart": _abort, "pending_uploads": _pending, "delete": _delete, "write": _write,
+        "abort_multipart": _abort, "list_parts": _list_parts, "pending_uploads": _pending, "delete": _delete, "write": _write,
         "presign": _presign, "copy": _copy, "copy_part": _copy_part}
 
 

@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import crc32c
 import pytest
 
 from gateway import wire
@@ -171,8 +172,8 @@ def test_a_chain_that_never_leaves_the_host_skips_lz4_and_encryption(jobs, store
 
 
 def test_store_operations_through_the_gateway(jobs, stores):
-    """``POST /store`` with GatewayClient: paged listing, head, write, multipart begin/complete/abort,
-    pending uploads, delete; a store's refusal comes back as the same error class."""
+    """``POST /store`` with GatewayClient: paged listing, head, write, multipart begin/list parts/complete/
+    abort, pending uploads, delete; a store's refusal comes back as the same error class."""
     job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})})
     client, root = job.clients[SRC], stores["dst"]
     keys = ["a", "b/c", "b/d", "b-e", "f 文件"]
@@ -193,6 +194,9 @@ def test_store_operations_through_the_gateway(jobs, stores):
     upload = client.begin_multipart(root, "big")
     parts = [open_store(root).upload_part("big", upload, n, bytes([n]) * 1000) for n in (1, 2)]
     assert client.pending_uploads(root) == [("big", upload)]
+    listed = client.list_parts(root, "big", upload)  # what a remote coordinator's resume asks
+    assert [(p.part_number, p.etag, p.size, p.crc32c) for p in listed] == \
+        [(p.part_number, p.etag, 1000, f"{crc32c.crc32c(bytes([p.part_number]) * 1000):08x}") for p in parts]
     done = client.complete_multipart(root, "big", upload, parts)
     assert (done.key, done.size) == ("big", 2000)
     other = client.begin_multipart(root, "aborted")

@@ -8,6 +8,9 @@ hold only staged blocks, and ``abort_multipart`` deletes such a key's blob, whic
 blocks with it. Blocks staged for a key that also has a committed blob cannot be discarded without
 rewriting that blob: Azure drops them at the key's next write, or after the week.
 ETags are the blob's Content-MD5 in hex when Azure keeps one (single-shot uploads), else Azure's etag.
+No ``list_parts``: Get Block List reports a staged block's id and size, no digest of its bytes, so a
+resumed upload cannot tell a good block from a damaged one and sends again every part its manifest
+does not record.
 """
 
 from __future__ import annotations

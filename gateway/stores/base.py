@@ -50,11 +50,15 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class PartInfo:
-    """One uploaded part of a multipart upload, as ``complete_multipart`` needs it."""
+    """One uploaded part of a multipart upload, as ``complete_multipart`` needs it; as
+    :meth:`ObjectStore.list_parts` reports it, also the content checksums the store gave of its bytes
+    (lowercase hex, CRC32C big-endian; None where it gave none)."""
 
     part_number: int  # 1-based
     etag: str
     size: int = 0
+    md5: str | None = None
+    crc32c: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,11 @@ class Capabilities:
     ``copy_max``: the largest object one :meth:`copy_from` copies (bigger ones need parts).
     ``presign``: :meth:`presign` can give a time-limited URL reading one object (if the credentials
     can sign). Declared here, then probed (:meth:`probe_copy_from`) before a job relies on it.
+
+    ``part_checksums``: content checksums :meth:`ObjectStore.list_parts` reports of the parts of an
+    open upload (``"md5"``, ``"crc32c"``); empty: the store cannot list them with a digest, and a
+    resumed upload sends again every part its manifest does not record. A listed part can still lack
+    a declared kind (then it is sent again too).
     """
 
     multipart: bool = False
@@ -107,6 +116,7 @@ class Capabilities:
     copy_parts: bool = False
     copy_max: int = 5 * 1024**4
     presign: bool = False
+    part_checksums: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         # A tuple, so that the capabilities travel as JSON (a job document) and come back equal.
@@ -210,6 +220,11 @@ class ObjectStore(ABC):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Discard an upload and every part of it; no object becomes visible."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts of an open upload the store holds, by part number, each with the checksums of
+        :attr:`Capabilities.part_checksums` it has. ``NotFoundError`` when the upload is gone."""
+        raise BadOptionError(f"{self.scheme} store cannot list the parts of an upload")
 
     def reap_orphans(self) -> None:
         """Remove what writers that died left half-written (a local directory's temp files of a killed

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable
+
+import crc32c
 
 from planner.errors import (BadOptionError, CredentialsError, CredentialsExpiredError, SkyplaneError,
                             StoreUnavailableError, ThrottledError)
@@ -209,3 +212,28 @@ def md5_hex(b64: str | bytes | bytearray | None) -> str | None:
         return None
     raw = base64.b64decode(b64) if isinstance(b64, str) else bytes(b64)
     return raw.hex() if len(raw) == 16 else None
+
+
+#: The content checksums :class:`Digest` computes, as stores report them.
+DIGEST_KINDS = ("md5", "crc32c")
+
+
+class Digest:
+    """A running content checksum of one kind (``"md5"`` or ``"crc32c"``), in the form stores report it
+    (:class:`~.base.ObjectInfo`: lowercase hex, CRC32C big-endian)."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in DIGEST_KINDS:
+            raise BadOptionError(f"unknown checksum kind {kind!r}", hint=f"one of {DIGEST_KINDS}")
+        self.kind = kind
+        self._md5 = hashlib.md5() if kind == "md5" else None
+        self._crc = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self._md5 is not None:
+            self._md5.update(data)
+        else:
+            self._crc = crc32c.crc32c(data, self._crc)
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest() if self._md5 is not None else f"{self._crc:08x}"

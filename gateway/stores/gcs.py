@@ -138,7 +138,9 @@ class GCSStore(ObjectStore):
                                 single_request_max=150 * 1024**2,
                                 # objects.rewrite copies any size, resumed with a token between calls
                                 # (Cloud Storage JSON API, "Objects: rewrite"); signing needs a private key.
-                                copy_from=("gs",), presign=True)
+                                copy_from=("gs",), presign=True,
+                                # a part is an object: a listing gives its MD5 and CRC32C
+                                part_checksums=frozenset({"md5", "crc32c"}))
 
     def __init__(self, bucket: str, client: storage.Client) -> None:
         self.bucket = bucket
@@ -265,6 +267,20 @@ class GCSStore(ObjectStore):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         check_upload_id(upload_id)
         self._delete_upload(upload_id)
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The part objects under the upload's prefix that name ``key`` (an upload has nothing at the
+        store before its first part: none listed is no error)."""
+        check_upload_id(upload_id)
+        parts = []
+        with self._errors(f"{key} (parts of multipart upload {upload_id})"):
+            for blob in self._client.list_blobs(self.bucket, prefix=f"{PARTS_PREFIX}{upload_id}/p", timeout=_TIMEOUT,
+                                                retry=_RETRY):
+                number = blob.name.rsplit("/p", 1)[1]
+                if number.isdigit() and (blob.metadata or {}).get(_KEY_METADATA) == key:
+                    info = _info(blob)
+                    parts.append(PartInfo(int(number), info.etag, info.size, md5=info.md5, crc32c=info.crc32c))
+        return sorted(parts, key=lambda p: p.part_number)
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """Uploads whose parts are still under the reserved prefix; each part names its key in its metadata."""

@@ -35,7 +35,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotF
                             StoreError, StoreUnavailableError)
 
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
-from .common import check_range, check_upload_id, new_upload_id, part_numbers, translated
+from .common import Digest, check_range, check_upload_id, new_upload_id, part_numbers, translated
 from .digest_cache import shared_cache, version_of
 
 TMP_DIR = ".skyplane-tmp"
@@ -91,7 +91,9 @@ class LocalStore(ObjectStore):
                                 checksums=frozenset({"md5"}),
                                 # Parts are joined again on completion: only worth it for parallel writes
                                 # of very big files.
-                                single_request_max=256 * 1024**2)
+                                single_request_max=256 * 1024**2,
+                                # list_parts reads each part file for its CRC32C (a local read, hardware CRC)
+                                part_checksums=frozenset({"crc32c"}))
 
     def __init__(self, root: str) -> None:
         if not os.path.isabs(root):
@@ -276,7 +278,7 @@ class LocalStore(ObjectStore):
         # Nothing checks a local part's ETag (complete_multipart goes by part number), and an MD5 of
         # each part was the costliest step of writing one (MD5 has no CPU support here, SHA-256
         # does): so it names the part file's version, like a web server's ETag of a file.
-        return PartInfo(part_number, f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}", len(data))
+        return PartInfo(part_number, _part_etag(st), len(data))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
         numbers = part_numbers(parts, self._uri(key))
@@ -307,6 +309,23 @@ class LocalStore(ObjectStore):
         check_upload_id(upload_id)
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
         self._tidy_tmp_dir()
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The upload's part files, each read for its CRC32C (nothing recorded it when it was written)."""
+        directory = self._open_upload(key, upload_id)
+        parts = []
+        with self._errors(key):
+            for name in sorted(os.listdir(directory)):
+                number = name.removeprefix("part-")
+                if not (name.startswith("part-") and number.isdigit()):
+                    continue  # the key file, a part being written
+                digest = Digest("crc32c")
+                with open(os.path.join(directory, name), "rb") as f:
+                    st = os.fstat(f.fileno())
+                    while block := f.read(_BLOCK):
+                        digest.update(block)
+                parts.append(PartInfo(int(number), _part_etag(st), st.st_size, crc32c=digest.hexdigest()))
+        return parts
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """As the interface says; the temp files of writers that died go first (they belong to no upload)."""
@@ -538,6 +557,11 @@ def _translate(exc: OSError, what: str) -> SkyplaneError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreUnavailableError(f"no space left while writing {what}", hint="free some disk space")
     return StoreError(f"local file error on {what}: {exc.strerror or exc}")
+
+
+def _part_etag(st: os.stat_result) -> str:
+    """A part file's ETag: its version (inode, mtime, size)."""
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 def _append_file(path: str, out: int) -> None:

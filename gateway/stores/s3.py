@@ -126,7 +126,10 @@ class S3Store(ObjectStore):
                                 single_request_max=100 * MiB,
                                 # CopyObject copies up to 5 GB; UploadPartCopy copies ranges of bigger
                                 # objects (S3 API Reference, CopyObject).
-                                copy_from=("s3",), copy_parts=True, copy_max=5 * 1000**3, presign=True)
+                                copy_from=("s3",), copy_parts=True, copy_max=5 * 1000**3, presign=True,
+                                # ListParts gives each part's ETag: the MD5 of its bytes, except under
+                                # SSE-KMS / SSE-C (then it matches nothing, and the part is sent again).
+                                part_checksums=frozenset({"md5"}))
 
     def __init__(self, bucket: str, client: Any) -> None:
         self.bucket = bucket
@@ -252,6 +255,16 @@ class S3Store(ObjectStore):
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except _NoSuchUpload:
             pass  # already completed or aborted: nothing left to discard
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        with self._errors(key):
+            pages = self._client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            listed = [p for page in pages for p in page.get("Parts", [])]
+        parts = []
+        for p in listed:
+            etag = _etag(p["ETag"])
+            parts.append(PartInfo(p["PartNumber"], etag, p["Size"], md5=_md5_of(etag, {})))
+        return sorted(parts, key=lambda p: p.part_number)
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         with self._errors():

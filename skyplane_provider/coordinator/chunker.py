@@ -27,8 +27,9 @@ MAX_BUNDLE_OBJECTS = 1024
 #: ramp costs six more chunks per job, nothing once bundles are full.
 RAMP_FROM = 16
 
-#: How a chunk's bytes were checked end to end, weakest first (``written`` events' ``integrity``).
-INTEGRITY_RANK = {"local": 0, "crc32c": 1, "aead": 2}
+#: How a chunk's bytes were checked end to end, weakest first (``written`` events' ``integrity``; a
+#: part a resumed job kept at the store: the checksum that matched the source's, see .stored_parts).
+INTEGRITY_RANK = {"local": 0, "crc32c": 1, "md5": 1, "aead": 2}
 
 
 @dataclass(slots=True, eq=False)

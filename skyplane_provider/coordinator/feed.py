@@ -29,7 +29,8 @@ from planner.errors import NotFoundError, SkyplaneError, TransferError
 from .chunker import RAMP_FROM, Chunk, Chunker, Copy, ObjectTask, part_size_for
 from .ledger import Ledger
 from .listing import PAGE_LIMIT, Decision, OnDestOnly, diff, flatten, pages
-from .manifest import Manifest
+from .manifest import Manifest, RecordedUpload
+from .stored_parts import Kept, SourceSums, kept_parts
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +259,10 @@ class Feed:
         if part is None:
             return True
         obj.part_size = part
+        sums = SourceSums(self.source.store, obj.info.key)  # what continued uploads compare their parts with
         try:
             for c in obj.copies:
-                self._upload(obj, c, part)
+                self._upload(obj, c, part, sums)
         except SkyplaneError as exc:
             for c in obj.copies:
                 self.ledger.failed(obj.info, c.dest, c.key, f"could not begin its upload: {exc}")
@@ -271,22 +273,45 @@ class Feed:
             return False
         return True
 
-    def _upload(self, obj: ObjectTask, c: Copy, part: int) -> None:
+    def _upload(self, obj: ObjectTask, c: Copy, part: int, sums: SourceSums) -> None:
         store = self.dests[c.dest].store
         recorded = self.manifest.upload(c.dest, c.key) if self.resume else None
         if recorded and recorded.part_size == part and recorded.src_key == obj.info.key:
-            c.upload_id = recorded.upload_id
-            c.parts = {n: (etag, size) for n, (etag, size, _) in recorded.parts.items()}
-            for _, _, integrity in recorded.parts.values():
-                c.note_integrity(integrity or "")
-            log.info("continuing the upload of %s/%s from %d recorded parts", store.root_uri, c.key, len(c.parts))
-            return
+            try:
+                parts = with_retries(lambda: kept_parts(obj, c.key, recorded.upload_id, recorded.parts, store, sums),
+                                     what=f"listing the parts of the upload of {store.root_uri}/{c.key}")
+            except NotFoundError:
+                log.warning("the upload of %s/%s recorded in the manifest is gone: beginning it again",
+                            store.root_uri, c.key)
+            except SkyplaneError as exc:  # a store (or a gateway) that cannot list them: the manifest's parts
+                log.warning("could not list the parts of the upload of %s/%s, continuing from the recorded "
+                            "ones: %s", store.root_uri, c.key, exc)
+                self._continue(c, recorded, dict(recorded.parts))
+                return
+            else:
+                self._continue(c, recorded, parts)
+                return
         where = f"{store.root_uri}/{c.key}"
         if recorded:
             self.manifest.forget_upload(c.dest, c.key)
         c.upload_id = with_retries(lambda: store.begin_multipart(c.key), what=f"beginning the upload of {where}")
         c.parts = {}
         self.manifest.record_upload(c.dest, c.key, obj.info.key, c.upload_id, part)
+
+    def _continue(self, c: Copy, recorded: RecordedUpload, parts: dict[int, Kept]) -> None:
+        """Continue the recorded upload with the parts kept at the store; the parts kept that the
+        manifest did not record (or recorded otherwise) are recorded now."""
+        c.upload_id = recorded.upload_id
+        c.parts = {n: (etag, size) for n, (etag, size, _) in parts.items()}
+        for n, (etag, size, integrity) in parts.items():
+            c.note_integrity(integrity or "")
+            if recorded.parts.get(n) != (etag, size, integrity):
+                self.manifest.record_part(c.dest, c.key, n, etag, size, integrity)
+        self.manifest.commit()
+        found = sum(1 for n in parts if n not in recorded.parts)
+        log.info("continuing the upload of %s/%s from %d parts: %d recorded, %d more found at the store; "
+                 "%d recorded parts not kept", self.dests[c.dest].store.root_uri, c.key, len(parts),
+                 len(parts) - found, found, sum(1 for n in recorded.parts if n not in parts))
 
 
 def _dest_listing(dest) -> Iterator[ObjectInfo]:

@@ -11,11 +11,13 @@ source object as listed:
 ``size``
     a server-side copy (``transfer/server_side.py``) that no checksum both stores report can check:
     the store's own copy service moved the bytes, and the size is what is checked;
-``aead`` / ``chunk-crc32c`` / ``local``
+``aead`` / ``chunk-crc32c`` / ``chunk-md5`` / ``local``
     otherwise every chunk of the copy was confirmed by the gateway that wrote it, with how it checked
     the bytes end to end (the ``integrity`` of its ``written`` events): authenticated by AES-256-GCM,
     the source's CRC32C of the original bytes recomputed (a job without encryption), or read and
-    written by one gateway. The weakest of the copy's chunks names the method.
+    written by one gateway; a part a resumed job found at the store and kept, by the store's CRC32C
+    or MD5 of it equal to the source's (:mod:`.stored_parts`). The weakest of the copy's chunks
+    names the method.
 
 A HEAD is asked only when a receipt has no size (no store here does that). A failed check is a
 :class:`VerificationError` naming the copy; the object is reported failed and the job fails.
@@ -33,7 +35,7 @@ from planner.errors import SkyplaneError, VerificationError
 #: Store-native checksums, strongest first.
 NATIVE = ("md5", "crc32c")
 #: The method a copy's chunks give, by their writers' ``integrity``, weakest first.
-CHUNK_METHODS = {"local": "local", "crc32c": "chunk-crc32c", "aead": "aead"}
+CHUNK_METHODS = {"local": "local", "crc32c": "chunk-crc32c", "md5": "chunk-md5", "aead": "aead"}
 
 
 @dataclass

@@ -31,13 +31,15 @@ def capabilities_doc(caps: Capabilities) -> dict:
     doc = dataclasses.asdict(caps)
     doc["checksums"] = sorted(caps.checksums)
     doc["copy_from"] = list(caps.copy_from)
+    doc["part_checksums"] = sorted(caps.part_checksums)
     return doc
 
 
 def capabilities_from(doc: dict) -> Capabilities:
     try:
         return Capabilities(**{**doc, "checksums": frozenset(doc.get("checksums", ())),
-                               "copy_from": tuple(doc.get("copy_from", ()))})
+                               "copy_from": tuple(doc.get("copy_from", ())),
+                               "part_checksums": frozenset(doc.get("part_checksums", ()))})
     except TypeError as exc:
         raise BadOptionError(f"the job document's store capabilities are malformed: {exc}",
                              hint="start the job with the same skyplane-provider version on the client and the fleet") \
@@ -121,6 +123,10 @@ class GatewayStore(ObjectStore):
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self._call(f"abort the upload of {key}", lambda c: c.abort_multipart(self._root, key, upload_id))
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        return self._call(f"list the parts of the upload of {key}",
+                          lambda c: c.list_parts(self._root, key, upload_id))
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         return self._call("list unfinished uploads", lambda c: c.pending_uploads(self._root, prefix))

@@ -58,7 +58,8 @@ MAX_ATTEMPTS = 4
 #: objects in them (a bundle holds up to 1,024). Enough to keep every gateway queue full.
 MAX_INFLIGHT_CHUNKS = 2048
 MAX_INFLIGHT_OBJECTS = 65_536
-#: Seconds between manifest commits (each commit is one fsync-free WAL append).
+#: Seconds between manifest commits (each commit is one fsync-free WAL append); a tick that recorded a
+#: part commits at once.
 COMMIT_EVERY = 0.5
 #: Seconds the loop sleeps when it has nothing to submit (each tick asks every gateway GET /status),
 #: and how much shorter during the job's first QUICK_SECONDS: a small job's copies land in tens of
@@ -113,6 +114,10 @@ class Dispatcher:
         self._posted = False  # whether a batch was submitted yet (the job's first carries one chunk)
         self._cut = False  # whether the last _submit() stopped on SUBMIT_SECONDS with chunks left
         self._suspect = False  # whether a gateway failed to answer since the last health check
+        #: Whether a part was recorded since the last commit: then the tick ends with one (a WAL append,
+        #: no fsync), so a killed coordinator's manifest misses no part whose event it had read (a
+        #: multipart job has a few parts a second, not thousands of objects).
+        self._parts_unsaved = False
         self.started = time.monotonic()
 
     # -- the loop --------------------------------------------------------------------------
@@ -127,10 +132,10 @@ class Dispatcher:
                 self._poll()
                 self._reap_finishers()
                 now = time.monotonic()
-                if now - last_commit > COMMIT_EVERY:
+                if self._parts_unsaved or now - last_commit > COMMIT_EVERY:
                     self.ledger.flush()
                     self.manifest.commit()
-                    last_commit = now
+                    last_commit, self._parts_unsaved = now, False
                 if now - last_health > (0.0 if self._suspect else self.health_every):
                     self._check_health()
                     self._check_stalls(now)
@@ -351,6 +356,7 @@ class Dispatcher:
             copy.parts[piece.part] = (part["etag"], int(part.get("size", piece.length)))
             self.manifest.record_part(copy.dest, copy.key, piece.part, part["etag"],
                                       int(part.get("size", piece.length)), integrity)
+            self._parts_unsaved = True
         else:
             copy.receipt = entry.get("receipt")
         piece.waiting.discard(c)
