@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from planner.errors import BadInputError, SkyplaneError
 
 from .bandwidth import check_rate
-from .events import error_type
+from .events import MAX_WAIT, error_type
 from .peers import parse_peers
 
 if TYPE_CHECKING:
@@ -171,10 +171,18 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.node.health()
 
     def _status(self, url) -> dict:
-        values = parse_qs(url.query).get("since", ["0"])
+        query = parse_qs(url.query)
+        values = query.get("since", ["0"])
         if len(values) != 1 or not _is_natural(values[0]):
             raise _BadRequest(HTTPStatus.BAD_REQUEST, "since must be a non-negative integer")
-        return self.server.node.status(int(values[0]))
+        waits = query.get("wait", ["0"])
+        try:
+            wait = float(waits[0]) if len(waits) == 1 else -1.0
+        except ValueError:
+            wait = -1.0
+        if not 0.0 <= wait <= MAX_WAIT:  # also refuses nan and inf
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
+        return self.server.node.status(int(values[0]), wait)
 
     def _peers(self, url) -> dict:
         self.server.node.set_peers(parse_peers(self._body()))

@@ -56,9 +56,13 @@ class GatewayClient:
             raise GatewayError(f"gateway {self.control_url} gave a bad answer to POST /chunks: {answer!r}")
         return accepted
 
-    def status(self, since: int = 0) -> dict:
-        """``{"events", "next", "counters", "queued", "errors"}``: events with sequence >= ``since``."""
-        return self._call("GET", f"/status?since={int(since)}")
+    def status(self, since: int = 0, wait: float = 0.0) -> dict:
+        """``{"events", "next", "counters", "queued", "errors"}``: events with sequence >= ``since``.
+        ``wait`` > 0: a long poll; the gateway answers once it has such an event, or after ``wait``
+        seconds (at most ``gateway.events.MAX_WAIT``) with none."""
+        if wait <= 0:
+            return self._call("GET", f"/status?since={int(since)}")
+        return self._call("GET", f"/status?since={int(since)}&wait={wait:g}", timeout=self.timeout + wait)
 
     def push_credentials(self, entries: dict[str, dict]) -> list[str]:
         """Hand the gateway renewed entries of its credentials document; returns their keys."""

@@ -2,6 +2,9 @@
 
 The orchestrator reads ``/status?since=N`` with the ``next`` of its previous read; events it has
 thereby acknowledged (sequence < N) are released, so a long job does not grow the log without end.
+With ``&wait=S`` the read is a long poll: it answers once an event numbered N or later exists, or
+after S seconds (:meth:`EventLog.wait`), so the orchestrator learns of a written chunk at once
+without asking again and again.
 
 A supervised worker (gateway/supervisor.py) keeps no events: it writes each one at once, a JSON line,
 to a pipe its supervisor reads, and adds ``held`` records (a frame taken off a connection), so the
@@ -23,6 +26,9 @@ COUNTERS = ("bytes_read", "bytes_sent_wire", "bytes_received_wire", "bytes_writt
             "objects_written", "frames_rejected", "retries", "buffers_reused")
 _RECENT_ERRORS = 50
 _MAX_EVENTS_PER_READ = 10_000
+#: The longest a ``/status`` read may wait for news (``wait``): short enough that the answer comes
+#: well within the client's timeout and the gateway's dead-man timer sees the reads.
+MAX_WAIT = 5.0
 
 
 def error_type(error: SkyplaneError) -> str:
@@ -38,6 +44,7 @@ class EventLog:
         """``stream_fd``: a pipe to write the events to instead of keeping them (a supervised worker)."""
         self._stream_fd = stream_fd
         self._lock = threading.Lock()
+        self._news = threading.Condition(self._lock)  # notified on every event numbered here
         self._events: deque[dict] = deque()
         self._next = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
@@ -96,6 +103,12 @@ class EventLog:
         with self._lock:
             return self._counters[name]
 
+    def wait(self, since: int, timeout: float) -> None:
+        """Return once an event numbered ``since`` or later exists, or after ``timeout`` seconds (at
+        most :data:`MAX_WAIT`); the long poll of ``/status?wait=``."""
+        with self._news:
+            self._news.wait_for(lambda: self._next > since, timeout=min(timeout, MAX_WAIT))
+
     def status(self, since: int) -> dict:
         """Events with sequence >= ``since`` (older ones are released), counters and recent errors."""
         with self._lock:
@@ -115,6 +128,7 @@ class EventLog:
         with self._lock:
             event["seq"] = self._next
             self._next += 1
+            self._news.notify_all()
             if self._stream_fd is None:
                 self._events.append(event)
             else:

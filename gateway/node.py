@@ -277,7 +277,10 @@ class GatewayNode(Controlled):
         """``POST /bwlimit``: this gateway's new share of the job's bandwidth cap."""
         self.pacer.set_rate(rate)
 
-    def status(self, since: int) -> dict:
+    def status(self, since: int, wait: float = 0.0) -> dict:
+        """``GET /status``: after up to ``wait`` seconds without an event numbered ``since`` or later."""
+        if wait > 0:
+            self.events.wait(since, wait)
         doc = self.events.status(since)
         doc["counters"].update(pacing_counters(self.pacer))
         doc["queued"] = len(self.requests)

@@ -311,7 +311,9 @@ class Supervisor(Controlled):
                     break  # keep the answer a prefix of the batch
         return accepted
 
-    def status(self, since: int) -> dict:
+    def status(self, since: int, wait: float = 0.0) -> dict:
+        if wait > 0:  # the workers' events reach this log through their pipes as they come
+            self.events.wait(since, wait)
         self._pump()
         doc = self.events.status(since)
         with self._lock:

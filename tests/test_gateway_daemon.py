@@ -343,7 +343,8 @@ def test_control_api_checks_token_and_input(jobs, stores):
     assert call("POST", "/shutdown", b"{}", token=h.control_token + "x")[0] == 401
     assert call("GET", "/health") == (200, {"ok": True, "gateway_id": h.gateway_id, "region": SRC, "pid": h.pid})
     assert call("GET", "/nope")[0] == 404
-    for path in ("/status?since=-1", "/status?since=abc"):
+    for path in ("/status?since=-1", "/status?since=abc", "/status?wait=-1", "/status?wait=abc", "/status?wait=nan",
+                 "/status?wait=6", "/status?wait=1&wait=2"):
         assert call("GET", path)[0] == 400
     dests = [(SRC, stores["dst"])]
     part = obj("k", 1, to(0, "k", "upload", 1))
@@ -704,3 +705,27 @@ def test_a_worker_killed_mid_transfer_is_replaced_and_the_copy_completes(jobs, s
     assert counters["worker_restarts"] == 1 and victims[0] not in _children(dst_pid)
     job.fleet.teardown()
     assert gateway_pids(job.id) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_status_long_poll_answers_with_the_news_it_waited_for(jobs, stores, workers):
+    """``GET /status?since=N&wait=S`` (docs/gateway.md) holds the read until an event numbered N or
+    later exists: a read begun before a chunk was submitted answers with that chunk's written event,
+    one gateway process or a supervisor of two workers alike; with no news it answers empty."""
+    import threading
+
+    job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})},
+               overrides={SRC: {"workers": workers}})
+    client = job.clients[SRC]
+    quiet = client.status(0, wait=0.2)
+    assert quiet["events"] == [] and quiet["next"] == 0
+    open_store(stores["src"]).write("k", b"news")
+    answers: list[dict] = []
+    reader = threading.Thread(target=lambda: answers.append(client.status(quiet["next"], wait=5)))
+    reader.start()
+    time.sleep(0.3)  # the read is waiting at the gateway (had it answered at once, it would hold nothing)
+    submit_all(client, batch(stores["src"], [(SRC, stores["dst"])], chunk(0, obj("k", 4, to(0, "k")))))
+    reader.join(10)
+    assert not reader.is_alive()
+    assert [e["type"] for e in answers[0]["events"]] == ["written"] and answers[0]["next"] == 1
+    assert open_store(stores["dst"]).read("k") == b"news"

@@ -32,6 +32,7 @@ from skyplane_provider.provisioners.base import Fleet
 
 from .endpoints import Destination, Source
 from .launch import wire_peers
+from .news import StatusWatch
 from .stats import Progress
 from .stoppable import StoppableCalls, cancelled
 
@@ -43,11 +44,12 @@ BATCH = 256  # chunk requests per POST: 100k small objects cost ~400 round trips
 #: (~60,000 entries, ~6 MB of JSON), held the first byte back by 0.2 s under load. 4,096 objects cost
 #: 25 POSTs per 100,000 small objects, a few ms each. A job's first POST carries its first chunk alone.
 BATCH_OBJECTS = 4096
-#: Seconds of submitting per tick at most, so that the gateways' events are read in between: under
-#: load a POST of 4,096 objects takes ~0.1 s, and a tick's eight came before the job's first event.
+#: Seconds of submitting per round of the loop at most, so that the gateways' events are read in
+#: between: under load a POST of 4,096 objects takes ~0.1 s, and a round's eight came before the job's
+#: first event.
 SUBMIT_SECONDS = 0.1
-#: Batches per source gateway per tick (50 ms) while it accepts them. One batch a tick capped small
-#: objects at ~2,500/s whatever the gateways could do; their queues bound what is outstanding.
+#: Batches per source gateway per round of the loop while it accepts them. One batch a 50 ms tick
+#: capped small objects at ~2,500/s whatever the gateways could do; their queues bound what is outstanding.
 BATCHES_PER_TICK = 8
 #: Dispatches of one chunk whose own operation failed (a store error, a damaged frame, a stall): the
 #: fourth failure fails its objects (reported; the job goes on and fails at the end). Re-sends after a
@@ -61,14 +63,11 @@ MAX_INFLIGHT_OBJECTS = 65_536
 #: Seconds between manifest commits (each commit is one fsync-free WAL append); a tick that recorded a
 #: part commits at once.
 COMMIT_EVERY = 0.5
-#: Seconds the loop sleeps when it has nothing to submit (each tick asks every gateway GET /status),
-#: and how much shorter during the job's first QUICK_SECONDS: a small job's copies land in tens of
-#: milliseconds, and a 50 ms tick stood between them and the job's end two or three times (a 1-file
-#: copy ~0.2 s -> ~0.1 s from POST /chunks to teardown); a long job keeps the longer tick, whose
-#: status calls would otherwise cost the coordinator and every gateway CPU all along.
-IDLE_TICK = 0.05
-QUICK_TICK = 0.01
-QUICK_SECONDS = 1.0
+#: Seconds the loop waits for news at most when it has nothing to submit: the gateways' answers wake it
+#: at once (:mod:`.news`: long polls of their ``GET /status``); while the listing has not caught up, or
+#: a finisher thread runs, it looks again this soon.
+IDLE_WAIT = 0.25
+QUICK_WAIT = 0.01
 
 
 class Dispatcher:
@@ -110,9 +109,11 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         #: Every call to a gateway goes through it: a cancel is not held up by a gateway that hangs.
         self._call = StoppableCalls(stop)
+        self._news = StatusWatch()
         self._rr = 0
         self._posted = False  # whether a batch was submitted yet (the job's first carries one chunk)
         self._cut = False  # whether the last _submit() stopped on SUBMIT_SECONDS with chunks left
+        self._full = False  # whether the last _submit() found every source gateway's queue full
         self._suspect = False  # whether a gateway failed to answer since the last health check
         #: Whether a part was recorded since the last commit: then the tick ends with one (a WAL append,
         #: no fsync), so a killed coordinator's manifest misses no part whose event it had read (a
@@ -123,13 +124,14 @@ class Dispatcher:
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
         last_health = last_progress = last_commit = 0.0
+        self._news.follow(self.clients, self.cursor)
         try:
             while not self._feed_done or self.chunks or self._finishing:
                 if self.stop.is_set():
                     raise cancelled()
                 self._take()
                 self._submit()
-                self._poll()
+                self._poll(0.0 if self._busy() else self._idle_wait())
                 self._reap_finishers()
                 now = time.monotonic()
                 if self._parts_unsaved or now - last_commit > COMMIT_EVERY:
@@ -143,20 +145,26 @@ class Dispatcher:
                 if self.progress and now - last_progress > 1.0:
                     self.progress(self.snapshot())
                     last_progress = now
-                if not self._busy():
-                    time.sleep(QUICK_TICK if now - self.started < QUICK_SECONDS else IDLE_TICK)
             self.ledger.flush()
             self.manifest.commit()
             if self.progress:
                 self.progress(self.snapshot())
         finally:
+            self._news.close()
             self._call.close()
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _busy(self) -> bool:
-        """Whether chunks wait that there is room for, in the feed or cut off by :data:`SUBMIT_SECONDS`
-        (then the loop does not sleep)."""
-        return self._cut or (not self.feed.queue.empty() and self._room())
+        """Whether chunks wait that there is room for (here and at a source gateway), in the feed or cut
+        off by :data:`SUBMIT_SECONDS` (then the loop does not wait for news)."""
+        return self._cut or (not self._full and not self.feed.queue.empty() and self._room())
+
+    def _idle_wait(self) -> float:
+        """How long the loop may wait for the gateways' news: briefly while the listing may bring
+        chunks or a finisher may end (neither wakes it), else until news or :data:`IDLE_WAIT`."""
+        if self._finishing or (not self._feed_done and self.feed.queue.empty()):
+            return QUICK_WAIT
+        return IDLE_WAIT
 
     def _room(self) -> bool:
         return len(self.chunks) < MAX_INFLIGHT_CHUNKS and self._objects_inflight < MAX_INFLIGHT_OBJECTS
@@ -197,7 +205,7 @@ class Dispatcher:
         if not sources:
             raise TransferError(f"every gateway in the source region {self.plan.src} is gone")
         now = time.monotonic()
-        self._cut = False
+        self._cut = self._full = False
         full: set[str] = set()
         # bytes outstanding or waiting, for the equal share (not needed, so not summed, for one gateway)
         pending = sum(self.load.get(g, 0) for g in sources) + sum(self.length.get(c, 0) for c in self.queue) \
@@ -210,7 +218,8 @@ class Dispatcher:
                 return
             open_ = [g for g in sources if g not in full]
             if not open_:
-                return  # backpressure: every source gateway's queue is full
+                self._full = True  # backpressure: the gateways' news (a chunk done) wakes the loop
+                return
             gid = self._least_loaded(open_)
             room = pending / len(sources) - self.load.get(gid, 0) if len(sources) > 1 else float("inf")
             batch: list[int] = []
@@ -297,11 +306,12 @@ class Dispatcher:
         self.queue.append(cid)
 
     # -- events ------------------------------------------------------------------------------
-    def _poll(self) -> None:
-        for gid, client in list(self.clients.items()):
-            try:
-                status = self._call(client.status, self.cursor[gid])
-            except GatewayError:
+    def _poll(self, timeout: float) -> None:
+        """The gateways' answers (waiting up to ``timeout`` seconds for the first): events, counters."""
+        for gid, status in self._news.take(timeout):
+            if gid not in self.clients:
+                continue  # dropped as dead since
+            if status is None:
                 self._suspect = True  # the health check decides whether it is dead: at once, not in 2 s
                 continue
             self.cursor[gid] = status.get("next", self.cursor[gid])
@@ -453,6 +463,7 @@ class Dispatcher:
                 dead.extend(gone)
         for gid in self.clients:
             self.cursor.setdefault(gid, 0)
+        self._news.follow(self.clients, self.cursor)
         for cid in [c for c in self.inflight if self._may_pass(c, dead)]:
             self._requeue(cid, "a gateway on its route died", failed=False)
 
