@@ -10,7 +10,8 @@ from its start until the command exits: interpreter start-up, imports, planning,
 gateway starts, the transfer, verification and teardown included. CPU: every process the command
 started, the detached coordinator and the gateways included (this process is their child subreaper:
 they are reparented to it and reaped, so ``RUSAGE_CHILDREN`` counts them), summed until the last one
-exited. Every copy is checked (sha256) against the source. Prints one line per run, the medians and
+exited. Both checkouts are byte-compiled first, as an installed package is (benchutil.compile_ours).
+Every copy is checked (sha256) against the source. Prints one line per run, the medians and
 ``cli_copy_N ours/baseline=R`` per count (R = rclone's median seconds / ours: above 1, we are faster).
 """
 
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import machine_line, ratio_line
+from benchutil import compile_ours, machine_line, ratio_line
 from skyplane_provider.testing.samples import digests
 from skyplane_provider.transfer.request import parse_size
 from small_files import make_tree
@@ -75,6 +76,9 @@ def main() -> int:
     if libc_prctl(PR_SET_CHILD_SUBREAPER, 1) != 0:
         raise SystemExit("cannot become a child subreaper: the detached processes' CPU would be lost")
     tools = (["before"] if args.before else []) + ["ours", "rclone"]
+    compile_ours()
+    if args.before:
+        compile_ours(args.before.resolve())
     scratch = Path(tempfile.mkdtemp(prefix="cli-copy-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_CA_BUNDLE", "PYTHONPATH")}
     try:
