@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.errors import BadURIError, TransferError
+from planner.errors import BadURIError, NotFoundError, TransferError
 from skyplane_provider.coordinator.jobdir import KEEP_FINISHED_SECONDS, job_dir, prune_finished_jobs
 from skyplane_provider.transfer import Transfer, TransferRequest
 from skyplane_provider.transfer.handle import TransferHandle
@@ -105,6 +105,30 @@ def test_bad_input_fails_in_the_caller_before_any_coordinator(home, tmp_path):
     with pytest.raises(BadURIError):
         Transfer(TransferRequest(src="s4://nope/x", dsts=[str(tmp_path)])).start()
     assert not (home / "jobs").exists()
+
+
+def test_the_coordinator_process_starts_while_the_client_prepares_and_a_refusal_ends_it(home, tmp_path):
+    """prepare() starts the job's coordinator process ahead (launcher.start_ahead): it imports while
+    the client checks and plans, and is the one that runs the job once told to go. A request refused
+    after it started (a source with nothing to copy) ends it: no process, no job directory left."""
+    from skyplane_provider.testing.leftovers import coordinator_pids
+
+    (tmp_path / "empty").mkdir()
+    transfer = Transfer(TransferRequest(src=str(tmp_path / "empty"), dsts=[str(tmp_path / "dst")]))
+    with pytest.raises(NotFoundError):
+        transfer.prepare()
+    assert coordinator_pids(transfer.job_id) == [] and not (home / "jobs").exists()
+
+    objs = _tree(tmp_path / "src")
+    transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")])).prepare()
+    waiting = coordinator_pids(transfer.job_id)
+    assert len(waiting) == 1 and not (home / "jobs").exists()  # imported, waiting: nothing written yet
+    handle = transfer.start()
+    pid = json.loads((job_dir(handle.job_id) / "coordinator.json").read_text())["pid"]
+    assert "--ahead" in Path(f"/proc/{pid}/cmdline").read_text()  # the job runs in the process started ahead
+    assert handle.result().objects == len(objs)
+    assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
+    assert wait_gone(handle.job_id) == []
 
 
 def test_a_job_outlives_its_client_and_another_process_fetches_the_result(home, tmp_path):

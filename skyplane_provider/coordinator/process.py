@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -54,13 +55,43 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run one transfer job's coordinator (started by Transfer.start()).")
     parser.add_argument("directory", type=Path, help="the job's directory, holding request.json")
     parser.add_argument("--foreground", action="store_true", help="do not fork (the caller detaches it)")
+    parser.add_argument("--ahead", action="store_true",
+                        help="started before the job document exists (launcher.start_ahead): import the job's "
+                             "modules, then wait for a line on stdin (the go) and log to the job's directory; "
+                             "exit 0 at the end of input")
     args = parser.parse_args(argv)
+    if args.ahead:
+        _import_job_modules()
+        if not sys.stdin.readline():
+            return 0  # not needed: the request was refused, or the job launched otherwise
+        _detach_io(args.directory / LOG)
     if not args.foreground:
         child = os.fork()
         if child:
             return _wait_started(args.directory, child)
         os.setsid()
     return run(args.directory)
+
+
+def _import_job_modules() -> None:
+    """What :func:`run` imports, ahead of the go (the launcher's client meanwhile plans the job)."""
+    import planner.plan  # noqa: F401
+    import skyplane_provider.provisioners.local  # noqa: F401
+    import skyplane_provider.transfer.runner  # noqa: F401
+
+    from . import server, state  # noqa: F401
+
+
+def _detach_io(log_path: Path) -> None:
+    """stdin from /dev/null (the launcher's pipe closes), stdout and stderr to the job's log, as the
+    launcher gives them to a coordinator it starts once the document is written."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    for fd in (1, 2):
+        os.dup2(out, fd)
+    os.close(out)
 
 
 def _wait_started(directory: Path, child: int) -> int:
@@ -72,7 +103,7 @@ def _wait_started(directory: Path, child: int) -> int:
         pid, _ = os.waitpid(child, os.WNOHANG)
         if pid:
             return 1
-        time.sleep(0.05)
+        time.sleep(0.01)  # the client waits for this process's exit: every job's start waits here
     os.kill(child, signal.SIGTERM)
     return 1
 

@@ -47,6 +47,7 @@ from skyplane_provider.coordinator.feed import Feed, abort_upload
 from skyplane_provider.coordinator.finish import Verification
 from skyplane_provider.coordinator.gateway_store import GatewayStore, capabilities_doc, capabilities_from
 from skyplane_provider.coordinator.jobdir import resumable_request
+from skyplane_provider.coordinator.launcher import drop_ahead, start_ahead
 from skyplane_provider.coordinator.ledger import Ledger
 from skyplane_provider.coordinator.listing import Decision
 from skyplane_provider.coordinator.manifest import Manifest
@@ -169,6 +170,26 @@ class Transfer:
         req = self.request
         src_uri, dst_uris = req.validate()
         self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
+        ahead = self._coordinator_ahead()
+        if ahead:  # its imports overlap the checks and the planning below
+            start_ahead(self.job_id)
+        try:
+            self._check_and_plan(src_uri, dst_uris, began)
+        except BaseException:
+            if ahead:
+                drop_ahead(self.job_id)  # refused: the process exits having done nothing
+            raise
+        return self
+
+    def _coordinator_ahead(self) -> bool:
+        """Whether :meth:`start` will launch this job's coordinator on this host (a client's transfer
+        to run, with a provisioner that does not start it on the fleet), so its process may start now."""
+        return not (self._in_process or self._checked or self._prepared is not None or self.request.dry_run
+                    or self.handle is not None or self._provisioner.coordinator_on_fleet)
+
+    def _check_and_plan(self, src_uri, dst_uris: list, began: float) -> None:
+        """:meth:`prepare` once the request is valid and the provisioner known."""
+        req = self.request
         if not self._checked:
             req.credentials = preflight(req.credentials, self._provisioner, src_uri, dst_uris)
         self.state = StateCopy(req.state_uri, self.job_id, self.directory / MANIFEST, req.credentials) \
@@ -243,7 +264,6 @@ class Transfer:
                  self.estimate.breakdown())
         check_budget(self.estimate, req.max_cost_usd)
         self._phase("prepare", began)
-        return self
 
     def _list_in_full(self, filters) -> tuple[RequestCounts, list[int] | None]:
         """List (with the filters), diff (sync) and find a mirror's deletions before anything moves;
@@ -370,6 +390,7 @@ class Transfer:
         (``max_cost_usd``) or deletion limit the job exceeds raises as the run would."""
         if self.plan is None:
             self.prepare()
+            drop_ahead(self.job_id)  # a dry run launches nothing
         return DryRun.of(self)
 
     # -- phase 2: the job, run by its coordinator --------------------------------------------------
@@ -405,6 +426,8 @@ class Transfer:
             if fleet is not None:
                 fleet.teardown()
             raise
+        finally:
+            drop_ahead(self.job_id)  # not used (a provisioner that launched it otherwise, or failed)
         if fleet is not None:
             fleet.hand_over()
             self.fleet = fleet  # reap() clears its hosts once the job ended, when this process is still there
