@@ -17,7 +17,7 @@ import crc32c
 import pytest
 
 from gateway.stores import open_store
-from gateway.stores.base import ObjectStore
+from gateway.stores.base import ObjectStore, PartInfo
 from planner.errors import BadOptionError, CredentialsError, NotFoundError, StoreUnavailableError, ThrottledError
 from skyplane_provider.testing.emulators import AZURITE_ACCOUNT, AZURITE_KEY, connection_string, free_port
 from skyplane_provider.testing.leftovers import leftovers
@@ -489,3 +489,37 @@ def test_s3_signs_request_bodies_only_where_they_could_be_altered(s3_bucket):
     store.complete_multipart("two", upload, [part])
     assert [h for m, h in sent if m == "PUT"] == [b"UNSIGNED-PAYLOAD"] * 2, sent
     assert store.read("one") == data == store.read("two")
+
+
+@pytest.mark.parametrize("uploads, completed", [
+    ([(1, 300), (2, 300), (3, 300)], [1, 2, 3]),  # all of one size: the data file is the object
+    ([(3, 120), (1, 300), (2, 300)], [1, 2, 3]),  # a shorter last part, uploaded first, is appended
+    ([(1, 300), (2, 300), (5, 300)], [1, 2, 5]),  # a gap: part 5 lies past where it belongs
+    ([(1, 300), (2, 100), (3, 300)], [1, 2, 3]),  # a short part in the middle
+    ([(1, 300), (2, 300), (2, 50), (3, 300)], [1, 2, 3]),  # part 2 sent again, shorter: the last copy wins
+    ([(1, 300), (2, 300), (3, 300)], [1, 3]),  # an uploaded part left out of the completion
+])
+def test_local_multipart_layouts(tmp_path, uploads, completed):
+    """Parts live in one data file per part size, at (number - 1) x size; completion renames the file
+    of the first parts into place and copies what does not follow them, whatever the layout."""
+    store = open_store("file://" + str(tmp_path))
+    upload = store.begin_multipart("o")
+    data = {}
+    for number, size in uploads:
+        data[number] = os.urandom(size)
+        store.upload_part("o", upload, number, data[number])
+    parts = [PartInfo(n, "", len(data[n])) for n in completed]
+    receipt = store.complete_multipart("o", upload, parts)
+    whole = b"".join(data[n] for n in completed)
+    assert receipt.size == len(whole) and store.read("o") == whole
+    assert leftovers(store.root_uri) == [] and sorted(os.listdir(tmp_path)) == ["o"]
+
+
+def test_local_multipart_part_missing_after_a_writer_died_overwriting_it(tmp_path):
+    """A part being written again is missing until its bytes are all there (its marker goes first)."""
+    store = open_store("file://" + str(tmp_path))
+    upload = store.begin_multipart("o")
+    parts = [store.upload_part("o", upload, n, b"x" * 100) for n in (1, 2)]
+    (tmp_path / ".skyplane-tmp" / upload / "part-00002").unlink()  # where a writer dying mid-write leaves it
+    with pytest.raises(NotFoundError, match="part 2"):
+        store.complete_multipart("o", upload, parts)

@@ -6,8 +6,11 @@ Keys are ``/``-separated paths relative to the root directory. A key that would 
 A whole-object write goes to an unnamed file in the object's directory (``O_TMPFILE``) that a link
 names once it is written, or, to replace an object (or where there is no ``O_TMPFILE``), to a temp
 file under ``<root>/.skyplane-tmp/`` renamed into place: an object is never visible half-written.
-Multipart parts live in ``.skyplane-tmp/<upload_id>/`` until
-``complete_multipart`` concatenates them. Listings never show the temp directory, and it is removed
+Multipart parts live in ``.skyplane-tmp/<upload_id>/``: part N of S bytes at offset (N-1)*S of
+that directory's file for parts of S bytes, so that parts 1, 2, ... of one size (a transfer's parts)
+are already the object, which ``complete_multipart`` renames into place after appending what
+follows them (a shorter last part); a marker file per part, written after its bytes, says it is
+there. Listings never show the temp directory, and it is removed
 whenever it falls empty, so a finished copy leaves nothing of ours behind. A temp file's name says
 which process writes it (host, PID, the PID's start time): the temp files of a writer that died (a
 killed gateway worker) are removed by the next store opened on that host, and by every
@@ -265,44 +268,49 @@ class LocalStore(ObjectStore):
             raise BadOptionError(f"part number {part_number} is out of range",
                                  hint=f"use 1..{self.capabilities.max_parts}")
         directory = self._open_upload(key, upload_id)
-        part = os.path.join(directory, f"part-{part_number:05d}")
-        tmp = part + f".{new_upload_id()}.tmp"
+        marker = os.path.join(directory, f"part-{part_number:05d}")
+        tmp = marker + f".{new_upload_id()}.tmp"
         try:
             with self._errors(key):
-                _write_fd(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), data)
-                os.replace(tmp, part)
-                st = os.stat(part)
+                # The marker goes first: a part overwritten by a writer that dies meanwhile is then
+                # missing, never half old and half new.
+                _remove(marker)
+                fd = os.open(os.path.join(directory, f"data-{len(data)}"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                             0o666)
+                try:
+                    _pwrite_all(fd, data, (part_number - 1) * len(data))
+                finally:
+                    os.close(fd)
+                _write_fd(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666),
+                          b"%d" % len(data))
+                os.replace(tmp, marker)
+                st = os.stat(marker)
         except BaseException:
             _remove(tmp)
             raise
         # Nothing checks a local part's ETag (complete_multipart goes by part number), and an MD5 of
         # each part was the costliest step of writing one (MD5 has no CPU support here, SHA-256
-        # does): so it names the part file's version, like a web server's ETag of a file.
-        return PartInfo(part_number, _part_etag(st), len(data))
+        # does): so it names the part's version, like a web server's ETag of a file.
+        return PartInfo(part_number, _part_etag(st, len(data)), len(data))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
         numbers = part_numbers(parts, self._uri(key))
         directory = self._open_upload(key, upload_id)
         path = self._path(key, for_write=True)
-        fd, tmp = self._new_temp()
-        try:
-            with self._errors(key):
+        with self._errors(key):
+            sizes = []
+            for number in numbers:
                 try:
-                    for number in numbers:
-                        part_path = os.path.join(directory, f"part-{number:05d}")
-                        if not os.path.exists(part_path):
-                            raise NotFoundError(f"part {number} of the upload of {self._uri(key)} is missing",
-                                                hint="upload every part before completing")
-                        _append_file(part_path, fd)
-                finally:
-                    os.close(fd)
-                self._publish(tmp, path)
-                st = os.stat(path)
-        finally:
-            _remove(tmp)
+                    sizes.append(_read_marker(os.path.join(directory, f"part-{number:05d}"))[0])
+                except FileNotFoundError:
+                    raise NotFoundError(f"part {number} of the upload of {self._uri(key)} is missing",
+                                        hint="upload every part before completing") from None
+            assembled = _assemble(directory, numbers, sizes)
+            self._publish(assembled, path)  # created with a plain file's mode (0666 less the umask)
+            st = os.stat(path)
         shutil.rmtree(directory, ignore_errors=True)
         self._tidy_tmp_dir()
-        # No MD5: the parts are joined in the kernel (sendfile), no byte passes through here.
+        # No MD5: no byte of the parts passes through here.
         return ObjectInfo(key, st.st_size, None, st.st_mtime)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -311,20 +319,25 @@ class LocalStore(ObjectStore):
         self._tidy_tmp_dir()
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
-        """The upload's part files, each read for its CRC32C (nothing recorded it when it was written)."""
+        """The upload's parts, each read for its CRC32C (nothing recorded it when it was written)."""
         directory = self._open_upload(key, upload_id)
         parts = []
         with self._errors(key):
             for name in sorted(os.listdir(directory)):
                 number = name.removeprefix("part-")
                 if not (name.startswith("part-") and number.isdigit()):
-                    continue  # the key file, a part being written
+                    continue  # the key file, a data file, a marker being written
+                size, st = _read_marker(os.path.join(directory, name))
                 digest = Digest("crc32c")
-                with open(os.path.join(directory, name), "rb") as f:
-                    st = os.fstat(f.fileno())
-                    while block := f.read(_BLOCK):
+                fd = os.open(os.path.join(directory, f"data-{size}"), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    offset, end = (int(number) - 1) * size, int(number) * size
+                    while offset < end and (block := os.pread(fd, min(_BLOCK, end - offset), offset)):
                         digest.update(block)
-                parts.append(PartInfo(int(number), _part_etag(st), st.st_size, crc32c=digest.hexdigest()))
+                        offset += len(block)
+                finally:
+                    os.close(fd)
+                parts.append(PartInfo(int(number), _part_etag(st, size), size, crc32c=digest.hexdigest()))
         return parts
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
@@ -559,20 +572,58 @@ def _translate(exc: OSError, what: str) -> SkyplaneError:
     return StoreError(f"local file error on {what}: {exc.strerror or exc}")
 
 
-def _part_etag(st: os.stat_result) -> str:
-    """A part file's ETag: its version (inode, mtime, size)."""
-    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+def _part_etag(marker: os.stat_result, size: int) -> str:
+    """A part's ETag: its version (its marker's inode and mtime, its size)."""
+    return f"{marker.st_ino:x}-{marker.st_mtime_ns:x}-{size:x}"
 
 
-def _append_file(path: str, out: int) -> None:
-    """Append the file at ``path`` to descriptor ``out`` inside the kernel (sendfile: no byte passes
-    through user space)."""
-    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _read_marker(path: str) -> tuple[int, os.stat_result]:
+    """A part's size, as its marker says, and the marker's stat (the part's version)."""
+    with open(path, "rb") as f:
+        return int(f.read()), os.fstat(f.fileno())
+
+
+def _assemble(directory: str, numbers: list[int], sizes: list[int]) -> str:
+    """The path of a file in ``directory`` holding the parts ``numbers`` (sorted, of ``sizes``) back
+    to back. Parts numbered 1, 2, ... of one size are already in place in their data file, which
+    becomes the object: only what follows them (a shorter last part) is copied, inside the kernel."""
+    size = sizes[0]
+    in_place = 0
+    while in_place < len(numbers) and numbers[in_place] == in_place + 1 and sizes[in_place] == size:
+        in_place += 1
+    rest = list(zip(numbers[in_place:], sizes[in_place:]))
+    if any(n == size for _, n in rest):  # a part after a gap lives in the base file: copy everything
+        in_place, rest = 0, list(zip(numbers, sizes))
+    if in_place:
+        out_path = os.path.join(directory, f"data-{size}")
+    else:
+        out_path = os.path.join(directory, f"assembled-{new_upload_id()}")
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        while os.sendfile(out, src, None, _BLOCK * 16):
-            pass
+        os.ftruncate(out, in_place * size)  # a part uploaded again after the gap may lie beyond
+        os.lseek(out, 0, os.SEEK_END)
+        for number, n in rest:
+            src = os.open(os.path.join(directory, f"data-{n}"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                offset, end = (number - 1) * n, number * n
+                while offset < end:
+                    sent = os.sendfile(out, src, offset, min(end - offset, _BLOCK * 16))
+                    if not sent:
+                        raise StoreError(f"part {number} in {directory} is shorter than its {n} bytes")
+                    offset += sent
+            finally:
+                os.close(src)
     finally:
-        os.close(src)
+        os.close(out)
+    return out_path
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    """Write all of ``data`` to ``fd`` at ``offset``."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
