@@ -7,11 +7,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from planner.errors import BadOptionError, InfeasiblePlanError
-from planner.grid import Grid
 from planner.milp import BACKENDS
 from planner.plan import Plan
+
+if TYPE_CHECKING:  # imported by solve(): a gateway imports this package, never the grid (~30 ms of its start)
+    from planner.grid import Grid
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,10 @@ def solve(src: str, dsts: Sequence[str], *, solver: str = "direct", throughput_g
     source and destinations (a destination given twice, in any spelling, is planned once).
     """
     _check_options(solver, throughput_gbps, max_cost_per_gb, max_gateways_per_region, size_gb, backend, dsts)
-    grid = grid if grid is not None else Grid.load_default()
+    if grid is None:
+        from planner.grid import Grid
+
+        grid = Grid.load_default()
     started = time.perf_counter()
     names = {grid.check_region(src): src}
     source = next(iter(names))

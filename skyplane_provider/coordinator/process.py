@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.foreground:
         child = os.fork()
         if child:
-            return _wait_started(args.directory, child)
+            # The launcher waits for this exit: no teardown of the modules imported (~20 ms at load 8),
+            # nothing to flush (this process wrote nothing).
+            os._exit(_wait_started(args.directory, child))
         os.setsid()
     return run(args.directory)
 
