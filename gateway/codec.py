@@ -10,8 +10,10 @@ the compressed bytes, so what decompresses is what the source read: no second ha
 (hardware-accelerated, ``crc32c``: it takes any buffer, where ``google-crc32c`` takes bytes only)
 when it is not. And each byte is copied at most once in
 user space: the AEAD runs over the scattered metadata and object buffers (no ``meta || payload``
-join), clear frames go out with ``sendmsg`` as they are, and a destination decrypts each object of
-an uncompressed frame straight into a buffer of its own.
+join), in place in the buffers the caller gives up (lz4's output, read buffers nothing else reads),
+clear frames go out with ``sendmsg`` as they are, and a destination decrypts a compressed payload in
+place in the received body (one it does not relay) and each object of an uncompressed frame straight
+into a buffer of its own.
 """
 
 from __future__ import annotations
@@ -101,24 +103,27 @@ class Codec:
         self._key = key
 
     def encode(self, *, chunk_id: int, partition: int, meta: bytes, pieces: Sequence[Buffer],
-               loopback: bool = False) -> tuple[Frame, list[str]]:
+               loopback: bool = False, consume: bool = False) -> tuple[Frame, list[str]]:
         """The frame carrying ``pieces`` (the original bytes, back to back) and ``meta``, and why lz4
         or encryption were skipped. ``loopback``: every next hop is on this host (see
-        ``loopback_clear``): the frame then goes without lz4 and encryption, with its CRC32C."""
+        ``loopback_clear``): the frame then goes without lz4 and encryption, with its CRC32C.
+        ``consume``: the caller no longer needs the bytes of ``pieces``, so those that are bytearrays
+        are encrypted in place."""
         raw_length = sum(len(p) for p in pieces)
         if raw_length > self.max_chunk:
             raise BadOptionError(f"chunk {chunk_id} has {raw_length} bytes, more than the limit of {self.max_chunk}",
                                  hint="use a smaller chunk size")
         local = loopback and self.loopback_clear
         skipped = []
-        flags, payload = 0, list(pieces)
+        flags, payload, ours = 0, list(pieces), consume
         if self.compress and local:
             skipped.append(SKIP_LZ4_LOOPBACK)
         elif self.compress and raw_length:
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)  # several only when a bundle has holes
-            packed = lz4.block.compress(data, store_size=False) if worth_compressing(data) else None
+            packed = (lz4.block.compress(data, store_size=False, return_bytearray=True) if worth_compressing(data)
+                      else None)
             if packed is not None and len(packed) < raw_length:
-                flags, payload = FLAG_COMPRESSED, [packed]
+                flags, payload, ours = FLAG_COMPRESSED, [packed], True
             else:
                 skipped.append(SKIP_LZ4_INCOMPRESSIBLE)
         payload_length = sum(len(p) for p in payload)
@@ -133,22 +138,28 @@ class Codec:
         wire_length = NONCE_SIZE + len(meta) + payload_length + TAG_SIZE
         header = Header(flags, partition, self.job_id, chunk_id, raw_length, wire_length, _NO_CHECKSUM, len(meta))
         header_bytes = header.pack()
-        body = bytearray(wire_length)
         nonce = os.urandom(NONCE_SIZE)
-        body[:NONCE_SIZE] = nonce
-        out = memoryview(body)
         encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
         encryptor.authenticate_additional_data(header_bytes)
-        at = NONCE_SIZE
-        for part in (meta, *payload):  # scattered: nothing is joined before sealing
-            at += encryptor.update_into(part, out[at:])
+        head = bytearray(NONCE_SIZE + len(meta))
+        head[:NONCE_SIZE] = nonce
+        encryptor.update_into(meta, memoryview(head)[NONCE_SIZE:])
+        if ours and all(type(p) is bytearray for p in payload):
+            for part in payload:  # in place: no second chunk-sized buffer, no pass to fill one
+                encryptor.update_into(part, part)
+            sealed = payload
+        else:  # the caller's bytes: sealed into one new buffer, scattered parts and all (nothing joined)
+            out, at = bytearray(payload_length), 0
+            for part in payload:
+                at += encryptor.update_into(part, memoryview(out)[at:])
+            sealed = [out]
         encryptor.finalize()
-        out[at:] = encryptor.tag
-        return Frame(header, header_bytes, (body,)), skipped
+        return Frame(header, header_bytes, (head, *sealed, encryptor.tag)), skipped
 
-    def decode(self, frame: Frame) -> Decoded:
+    def decode(self, frame: Frame, *, in_place: bool = False) -> Decoded:
         """Open a frame: authenticate and decrypt (or check the CRC32C), decompress, and cut the
-        payload into its objects as the metadata lists them.
+        payload into its objects as the metadata lists them. ``in_place``: nothing else reads the
+        frame's body (it is not relayed), so a compressed payload is decrypted where it lies.
 
         Raises :class:`ChecksumError` (retryable: the chunk must be sent again) when decryption
         fails authentication, decompression fails or the CRC32C does not match, and
@@ -161,7 +172,7 @@ class Codec:
             if self._key is None:
                 raise ProtocolError(f"chunk {h.chunk_id} is encrypted but this gateway has no encryption key",
                                     hint="give the job's encryption_key to every gateway that writes")
-            return self._open(frame)
+            return self._open(frame, in_place)
         if self.encrypt and not (self.loopback_clear and frame.via_loopback):
             raise ProtocolError(f"chunk {h.chunk_id} arrived unencrypted in a job that encrypts")
         meta_raw, *parts = frame.body  # as received: (meta, payload); as encoded: the payload may be in pieces
@@ -173,11 +184,13 @@ class Codec:
         meta = _meta(h, bytes(meta_raw))
         return Decoded(h.chunk_id, meta, _split(data, meta), CRC32C)
 
-    def _open(self, frame: Frame) -> Decoded:
-        """Decrypt an encrypted frame, each object of an uncompressed one into a buffer of its own;
-        nothing is used before the tag is verified."""
+    def _open(self, frame: Frame, in_place: bool) -> Decoded:
+        """Decrypt an encrypted frame: a compressed payload in place (``in_place`` and a received
+        body), each object of an uncompressed one into a buffer of its own; nothing is used before
+        the tag is verified."""
         h = frame.header
-        (body,) = frame.body
+        body = frame.body[0] if len(frame.body) == 1 else b"".join(frame.body)  # several: as encoded here
+        in_place = in_place and type(body) is bytearray
         view = memoryview(body)
         nonce, tag = bytes(view[:NONCE_SIZE]), bytes(view[-TAG_SIZE:])
         decryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce, tag)).decryptor()
@@ -192,7 +205,7 @@ class Codec:
             lengths = [h.payload_length]
         buffers = []
         for n in lengths:
-            buf = bytearray(n)
+            buf = view[at:at + n] if in_place and h.compressed else bytearray(n)
             at += decryptor.update_into(view[at:at + n], buf)
             buffers.append(buf)
         try:

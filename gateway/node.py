@@ -321,7 +321,7 @@ class GatewayNode(Controlled):
         if pp.send:
             loopback = all(self.router.loopback(hop.region) for hop in pp.send)
             frame, skipped = self._codec.encode(chunk_id=spec.id, partition=spec.partition, meta=meta.encode(),
-                                                pieces=pieces, loopback=loopback)
+                                                pieces=pieces, loopback=loopback, consume=not pp.write)
             for reason in skipped:
                 self.events.skipped(reason)
             for hop in pp.send:
@@ -395,13 +395,17 @@ class GatewayNode(Controlled):
     def _recycle(self, frame: wire.Frame) -> None:
         """Hand a written frame's buffers back for the frames to come, unless it was relayed too (a
         link may still be sending it)."""
-        pp = self._program.get(frame.header.partition)
-        if pp is not None and not pp.send and self.buffers.give(frame.body):
+        if not self._relayed(frame) and self.buffers.give(frame.body):
             self.events.count("buffers_reused")
+
+    def _relayed(self, frame: wire.Frame) -> bool:
+        pp = self._program.get(frame.header.partition)
+        return pp is None or bool(pp.send)
 
     def _decode(self, frame: wire.Frame) -> Decoded:
         try:
-            return self._codec.decode(frame)
+            # A frame relayed too must stay as it came: a link may still be sending it.
+            return self._codec.decode(frame, in_place=not self._relayed(frame))
         except ProtocolError:  # ChecksumError included
             self.events.count("frames_rejected")
             raise

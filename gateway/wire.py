@@ -150,7 +150,8 @@ class Frame:
     back, never joined), forwarded byte for byte by relays.
 
     A received clear frame's body is ``(meta, payload)`` (two buffers, so the payload needs no
-    slicing), an encrypted one's a single buffer. ``via_loopback``: it arrived on a connection
+    slicing), an encrypted one's a single buffer; an encoded encrypted one is
+    ``(nonce || sealed meta, sealed payload..., tag)``. ``via_loopback``: it arrived on a connection
     from a loopback address (see :func:`is_loopback`).
     """
 

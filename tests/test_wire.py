@@ -421,3 +421,28 @@ def test_silent_peer_times_out():
     with socket.create_connection(("127.0.0.1", server.port)):
         result = server.join()  # the server gives up after its 2 s handshake timeout
     assert isinstance(result, OSError) and server.frames == []
+
+
+@pytest.mark.parametrize("compress, data", [(True, TEXT), (False, os.urandom(300_000))])
+def test_buffers_the_caller_gives_up_are_sealed_in_place_and_received_bodies_opened_in_place(compress, data):
+    """``consume``: the source's read buffer (or lz4's output) is encrypted where it lies, no second
+    chunk-sized buffer; without it the caller's bytes are left as they were. A received body is
+    decrypted in place only when asked (a frame that is not relayed), and a damaged one is refused
+    all the same."""
+    c = codec(compress=compress)
+    kept = bytearray(data)
+    frame = encode(c, kept)
+    assert kept == data, "the caller's bytes changed without consume"
+    given = bytearray(data)
+    frame = encode(c, given, consume=True)
+    assert (given == data) == compress, "an uncompressed read buffer is sealed in place"
+    assert max(len(b) for b in frame.body) <= len(data) + 100 and sum(map(len, frame.body)) == frame.header.wire_length
+    received = roundtrip(frame)
+    as_received = bytes(received.body[0])
+    assert c.decode(received).objects[0] == data and bytes(received.body[0]) == as_received  # a relayed frame
+    assert c.decode(received, in_place=True).objects[0] == data
+    assert (bytes(received.body[0]) == as_received) != compress, "a compressed payload is decrypted in place"
+    damaged = roundtrip(frame)
+    damaged.body[0][len(damaged.body[0]) // 2] ^= 1
+    with pytest.raises(ChecksumError, match="failed authentication"):
+        c.decode(damaged, in_place=True)
