@@ -65,6 +65,11 @@ def test_the_coordinator_takes_its_clients_first_page_and_plan(home, tmp_path):
     stats = transfer.start().result()
     assert stats.objects == len(objs) and stats.plan == transfer.plan.summary()
     assert sorted(os.listdir(tmp_path / "dst")) == sorted(objs)
+    # Nor does it price the job again: the client's estimate travels with the plan.
+    assert handed["estimate"] == transfer.estimate.to_dict()
+    coordinator = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")]), checked=True,
+                           prepared={**handed, "estimate": {**handed["estimate"], "requests_usd": 1.5}}).prepare()
+    assert coordinator.estimate.requests_usd == 1.5
 
 
 
