@@ -164,3 +164,16 @@ def test_version_names_this_build_python_and_the_integrations():
     assert re.fullmatch(r"skyplane-provider \S+ \(Python [\d.]+(; .+)?\)", line), line
     assert line.startswith(f"skyplane-provider {version('skyplane-provider')} (Python {platform.python_version()}")
     assert f"apache-airflow {version('apache-airflow')}" in line and f"prefect {version('prefect')}" in line
+
+
+def test_a_command_imports_its_own_module_only():
+    """``sync`` builds only its own parser: the other commands' modules (the testbed's, the planner
+    command's) are not imported by a copy; ``--help`` still lists every command."""
+    code = ("import json, sys\nfrom skyplane_provider.cli.main import main\ntry:\n    main(['sync', '--help'])\n"
+            "except SystemExit:\n    pass\nprint(json.dumps([m for m in sys.modules if m.startswith('skyplane_provider.cli.')]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "usage: skyplane-provider sync" in out.stdout, out.stderr
+    imported = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "skyplane_provider.cli.cp" in imported
+    assert not imported & {f"skyplane_provider.cli.{m}" for m in ("testbed", "plan", "publish", "datasets")}
+    assert all(f" {c} " in cli("--help").stdout for c in ("cp", "sync", "testbed", "deprovision"))
