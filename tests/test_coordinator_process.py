@@ -73,6 +73,21 @@ def test_the_coordinator_takes_its_clients_first_page_and_plan(home, tmp_path):
 
 
 
+def test_the_client_reads_one_page_of_1000_and_the_coordinator_lists_the_rest(home, tmp_path):
+    """prepare() reads 1,000 keys (one LIST request on S3 and GCS) before anything starts; the job's
+    coordinator lists the rest while the data moves."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    for i in range(1500):
+        (tmp_path / "src" / f"f{i:04d}").write_bytes(b"%d" % i)
+    transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")])).prepare()
+    handed = transfer.handoff()
+    assert len(handed["first_page"]) == 1000 and handed["next_token"] is not None
+    stats = transfer.start().result()
+    assert stats.objects == 1500
+    assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
+
+
 def test_the_coordinator_takes_its_clients_full_listing(home, tmp_path):
     # A job that lists in full before anything moves (filters) hands its listing over: the coordinator
     # does not list again, so a matching file added in between is not copied, and the one the client

@@ -320,8 +320,8 @@ class Transfer:
         """What :meth:`prepare` read and chose that the job's coordinator would otherwise read and
         choose again (the ``prepared`` argument of its :class:`Transfer`): the plan (solving one may
         take seconds) and its predicted cost (counting a listing's requests again took ~50 ms per
-        5,000 objects of the coordinator's start) and a streaming job's first listing page and the token of the next, or the
-        whole listing of a job that lists in full first (filters, mirror, ``max_cost_usd``, server-side
+        5,000 objects of the coordinator's start), and a streaming job's first listing page and the
+        token of the next, or the whole listing of a job that lists in full first (filters, mirror, ``max_cost_usd``, server-side
         copies: its decisions, deletions and request counts, and the server-side copies' probed
         ways; listing the stores again took as long as the first time, minutes for millions of
         objects), and each destination as the client found it (root, key prefix, region and
