@@ -150,14 +150,16 @@ def test_fault_throttled_call_that_nothing_resends_gets_sdk_rounds(s3_bucket, em
            f"{proxy.counts.throttled} attempts ({SDK_ATTEMPTS} by botocore x {SDK_ROUNDS} rounds), then ThrottledError")
 
 
-def test_fault_throttled_s3_read_attempts_in_a_transfer(s3_bucket, emulators, tmp_path):
+def test_fault_throttled_s3_read_attempts_in_a_transfer(s3_bucket, emulators, tmp_path, monkeypatch):
     """A read that S3 throttles every time, end to end: its attempts are botocore's times the chunk's
     dispatches (no gateway retry stacked on the SDK's), then the transfer fails loudly and leaves
-    nothing at the destination. Before the one retry budget: 4 x 5 x 6 = 120 attempts."""
-    from gateway.stores.s3 import SDK_ATTEMPTS
+    nothing at the destination. Before the one retry budget: 4 x 5 x 6 = 120 attempts. botocore's
+    attempts are the user's AWS_MAX_ATTEMPTS, which the job's gateways inherit: 2 here, whose backoff
+    (~1 s per call against the default 4 attempts' ~3.5 s) is most of the test's time."""
     from planner.errors import TransferError
     from skyplane_provider.transfer.dispatch import MAX_ATTEMPTS
 
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     put_objects(s3_bucket, {"in/hot.bin": os.urandom(1000), "in/cold.bin": os.urandom(1000)})
     out = tmp_path / "out"
     out.mkdir()
@@ -168,9 +170,10 @@ def test_fault_throttled_s3_read_attempts_in_a_transfer(s3_bucket, emulators, tm
             copy(f"{s3_bucket}/in/", str(out), credentials=proxied_credentials("s3", s3_bucket, url))
     finally:
         proxy.stop()
-    assert proxy.counts.throttled == SDK_ATTEMPTS * MAX_ATTEMPTS == 16, proxy.counts
+    assert proxy.counts.throttled == 2 * MAX_ATTEMPTS == 8, proxy.counts
     assert not (out / "hot.bin").exists()
-    record("fault", "one S3 object's GET throttled every time (503 SlowDown) in a transfer to a local directory",
-           f"{proxy.counts.throttled} GET attempts in all ({SDK_ATTEMPTS} by botocore x {MAX_ATTEMPTS} dispatches of "
-           f"its chunk; 120 before the one retry budget), then the transfer failed with TransferError; "
-           f"the object was not written")
+    record("fault", "one S3 object's GET throttled every time (503 SlowDown) in a transfer to a local directory, "
+                    "AWS_MAX_ATTEMPTS=2",
+           f"{proxy.counts.throttled} GET attempts in all (2 by botocore x {MAX_ATTEMPTS} dispatches of "
+           f"its chunk; 16 with the default 4, 120 before the one retry budget), then the transfer failed with "
+           f"TransferError; the object was not written")

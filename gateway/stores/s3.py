@@ -43,7 +43,8 @@ CREDENTIAL_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aw
                                "endpoint_url", "expiration"})
 
 
-#: Attempts botocore makes for one S3 call (the first and its retries).
+#: Attempts botocore makes for one S3 call (the first and its retries), unless the user set their own
+#: (:func:`sdk_attempts`).
 SDK_ATTEMPTS = 4
 #: botocore's JSON data (the S3 service model, endpoints.json, retry rules) loaded once per process and
 #: shared by every client's session: a session of its own loads and parses it again for each client,
@@ -78,7 +79,7 @@ def make_client(settings: dict[str, Any]) -> Any:
         # (botocore's ``max_attempts`` counts retries, one more attempt: ``total_max_attempts`` does not),
         # and adaptive mode's client-side rate limiter slows every request of this client once S3
         # answers SlowDown. Nothing above the store retries a throttled call again.
-        retries={"total_max_attempts": SDK_ATTEMPTS, "mode": "adaptive"},
+        retries={"total_max_attempts": sdk_attempts(core), "mode": "adaptive"},
         # Checksums only where S3 requires them: the transfer verifies every chunk end to end, and
         # the default CRC trailers are not understood by every S3-compatible server.
         request_checksum_calculation="when_required",
@@ -90,6 +91,17 @@ def make_client(settings: dict[str, Any]) -> Any:
         },
     )
     return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def sdk_attempts(core: botocore.session.Session) -> int:
+    """Attempts botocore makes for one call: the user's own AWS setting where there is one
+    (``AWS_MAX_ATTEMPTS``, or ``max_attempts`` in the profile of the AWS config file; both count the
+    first attempt, as the AWS SDKs document them), else :data:`SDK_ATTEMPTS`. A job that should give
+    up on a throttling store sooner, or hold on longer, sets it where its gateways run (local
+    gateways inherit the orchestrator's environment). An explicit ``Config`` overrides the user's
+    setting in botocore, so it is read here."""
+    configured = core.get_config_variable("max_attempts")
+    return max(1, int(configured)) if configured is not None else SDK_ATTEMPTS
 
 
 def payload_signing(endpoint: str | None) -> bool:
