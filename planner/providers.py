@@ -52,6 +52,15 @@ def provider_name(tag: str) -> str:
     return tag.split(":", 1)[0]
 
 
+#: The providers whose regions a price grid holds.
+CLOUDS = ("aws", "gcp", "azure")
+
+
+def is_cloud(tag: str) -> bool:
+    """Whether a grid may hold region ``tag`` (a local or testbed region it never does)."""
+    return provider_name(tag) in CLOUDS
+
+
 def provider_of(tag: str) -> Provider:
     """The provider of a region tag; unknown providers are uncapped and free, like ``local``."""
     name = provider_name(tag)

@@ -177,3 +177,22 @@ def test_a_command_imports_its_own_module_only():
     assert "skyplane_provider.cli.cp" in imported
     assert not imported & {f"skyplane_provider.cli.{m}" for m in ("testbed", "plan", "publish", "datasets")}
     assert all(f" {c} " in cli("--help").stdout for c in ("cp", "sync", "testbed", "deprovision"))
+
+
+def test_a_local_copy_plans_and_prices_without_the_grid(tmp_path):
+    """A route of local (or testbed) regions is planned direct and priced at $0 without parsing the
+    packaged price grid, which holds only cloud regions; a cloud region still gets it."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "src" / "a").write_bytes(b"a")
+    code = ("import json, sys\nfrom skyplane_provider.transfer import Transfer, TransferRequest\n"
+            "from skyplane_provider.transfer.estimate import unpriced_regions\n"
+            f"t = Transfer(TransferRequest(src={str(tmp_path / 'src')!r}, dsts=[{str(tmp_path / 'dst')!r}], "
+            "dry_run=True)).dry_run()\n"
+            "grid = sys.modules.get('planner.grid')\n"
+            "before = grid.Grid.load_default.cache_info().currsize if grid else 0\n"
+            "cloud = unpriced_regions({'src': 'aws:us-east-1', 'dsts': ['azure:unknown'], 'gateways': {}}, None)\n"
+            "print(json.dumps([t.plan['solver'], t.plan['src'], before, cloud]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["direct", "local", 0, ["azure:unknown"]]
