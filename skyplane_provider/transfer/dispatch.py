@@ -145,6 +145,7 @@ class Dispatcher:
                 if self.progress and now - last_progress > 1.0:
                     self.progress(self.snapshot())
                     last_progress = now
+            self._last_counters()
             self.ledger.flush()
             self.manifest.commit()
             if self.progress:
@@ -318,6 +319,17 @@ class Dispatcher:
             self.counters[gid] = status.get("counters", {})
             for ev in status.get("events", []):
                 self._on_event(gid, ev)
+
+    def _last_counters(self) -> None:
+        """Every gateway's counters as the job ends, for its stats (bytes on the wire, work skipped): a
+        gateway with no news for the long poll (a source or relay: the destinations report the writes)
+        answered last up to :data:`.news.WAIT` seconds ago, before its last frames went out."""
+        self._news.close()
+        for gid, client in list(self.clients.items()):
+            try:
+                self.counters[gid] = self._call(client.status, self.cursor[gid]).get("counters", {})
+            except GatewayError as exc:
+                log.debug("gateway %s: no last counters: %s", gid, exc)
 
     def _on_event(self, gid: str, ev: dict) -> None:
         chunk = self.chunks.get(ev.get("chunk_id"))
