@@ -28,6 +28,12 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("gateway")
 
+#: Seconds a gateway whose orchestrator died keeps working at most, to finish what it took on
+#: (:func:`drain`), and how long it must have had nothing to do (no chunk, no peer connected: a
+#: source closes its connections when it stops) before it stops sooner.
+DRAIN_SECONDS = 10.0
+DRAIN_QUIET = 1.0
+
 
 def run(config: GatewayConfig, config_path: str) -> None:
     """Run a gateway until it is told to stop: one process, or (``workers`` > 1) a supervisor of
@@ -60,10 +66,12 @@ def run(config: GatewayConfig, config_path: str) -> None:
         write_ready_file(config.ready_file, {**ready, "control_cert": cert} if cert else ready)
     while not stop.wait(1.0):
         if config.parent_pid and os.getppid() != config.parent_pid:
-            # The orchestrator died without tearing us down (SIGKILL, OOM): nobody will ever
-            # read our events, so keeping the job's secrets and ports alive only leaks them.
-            log.warning("gateway %s: its orchestrator (pid %d) is gone; stopping", config.gateway_id,
-                        config.parent_pid)
+            # The orchestrator died without tearing us down (SIGKILL, OOM): nobody will ever read
+            # our events, so keeping the job's secrets and ports alive only leaks them, once what we
+            # took on is done (drain).
+            log.warning("gateway %s: its orchestrator (pid %d) is gone; finishing what it holds, then stopping",
+                        config.gateway_id, config.parent_pid)
+            drain(node, stop)
             break
         if time.monotonic() - node.last_control > config.coordinator_timeout:
             # Nobody has asked anything for that long: the coordinator is gone (a remote fleet's
@@ -76,6 +84,29 @@ def run(config: GatewayConfig, config_path: str) -> None:
     control.shutdown()
     control.server_close()
     log.info("gateway %s stopped", config.gateway_id)
+
+
+def drain(node: GatewayNode | Supervisor, stop: threading.Event, *, limit: float | None = None,
+          quiet: float | None = None) -> None:
+    """Wait, up to ``limit`` seconds (:data:`DRAIN_SECONDS`), until the gateway has had nothing to do
+    for ``quiet`` seconds (:data:`DRAIN_QUIET`): chunks it read are sent, frames it received are
+    written. A part written so is kept by the job's resume, which finds it at the store
+    (skyplane_provider/coordinator/stored_parts.py); dropped, it is sent again. A remote fleet's
+    gateways, whose dead-man timer waits far longer, finish their work the same way."""
+    limit = DRAIN_SECONDS if limit is None else limit
+    quiet = DRAIN_QUIET if quiet is None else quiet
+    deadline = time.monotonic() + limit
+    idle_since: float | None = None
+    while not stop.is_set() and (now := time.monotonic()) < deadline:
+        if node.busy():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= quiet:
+            return
+        stop.wait(0.1)
+    if not stop.is_set():
+        log.warning("gateway %s: still busy after %.0f s of draining; stopping", node.config.gateway_id, limit)
 
 
 def _control_tls(config: GatewayConfig, config_path: str):

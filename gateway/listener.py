@@ -52,6 +52,11 @@ class DataListener:
         target = self._accept if self._handoff is None else self._take_over
         threading.Thread(target=target, name="data-accept", daemon=True).start()
 
+    def open_connections(self) -> int:
+        """Data connections open now (a peer that may still send)."""
+        with self._lock:
+            return len(self._conns)
+
     def close(self) -> None:
         try:
             if self._handoff is not None:

@@ -161,6 +161,11 @@ class InFlight:
         with self._lock:
             return sorted(set(self._held) | set(self._recent))
 
+    def held(self) -> int:
+        """How many chunks it holds now."""
+        with self._lock:
+            return len(self._held)
+
 
 class Controlled:
     """What the control API needs of a gateway process, one node or a supervisor of several."""
@@ -273,6 +278,12 @@ class GatewayNode(Controlled):
             self.in_flight.hold(c.id)
         return accepted
 
+    def busy(self) -> int:
+        """What this gateway still works on or may still be sent: chunks queued to read, held, queued
+        to send, and open data connections from peers (a source that has not stopped yet may send
+        more, however long it paused); 0 when idle."""
+        return len(self.requests) + self.in_flight.held() + self.router.load() + self.listener.open_connections()
+
     def set_bwlimit(self, rate: float | None) -> None:
         """``POST /bwlimit``: this gateway's new share of the job's bandwidth cap."""
         self.pacer.set_rate(rate)
@@ -286,6 +297,7 @@ class GatewayNode(Controlled):
         doc["queued"] = len(self.requests)
         if self.config.supervised:
             doc["holding"] = self.in_flight.snapshot()  # for the supervisor (gateway/supervisor.py)
+            doc["busy"] = self.busy()
         return doc
 
     def store_op(self, doc: object) -> dict:

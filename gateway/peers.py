@@ -300,6 +300,11 @@ class Router:
             if link.put(frame):
                 return
 
+    def load(self) -> int:
+        """Frames queued on every link, not yet taken by a sender."""
+        with self._changed:
+            return sum(link.load() for links in self._links.values() for link in links)
+
     def close(self) -> None:
         with self._changed:
             for links in self._links.values():

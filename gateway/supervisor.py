@@ -65,6 +65,7 @@ class _Worker:
     relay: threading.Thread | None = None  # reads its events pipe
     counters: dict = field(default_factory=dict)
     queued: int = 0
+    busy: int = 0  # chunks it still works on, its last report
     errors: list = field(default_factory=list)
     holding: set[int] = field(default_factory=set)  # its last report
     #: (monotonic time, chunk id): given to it, or taken off a connection by it, since its last report
@@ -242,6 +243,7 @@ class Supervisor(Controlled):
                     continue  # dead (the watcher restarts it) or busy: next time
                 w.counters, w.queued, w.errors = status["counters"], status["queued"], status["errors"]
                 w.holding = set(status.get("holding", ()))
+                w.busy = status.get("busy", 0)
                 while w.taken and w.taken[0][0] < asked:  # in that report if still held
                     w.taken.popleft()
             self._share_bandwidth()
@@ -310,6 +312,12 @@ class Supervisor(Controlled):
                 if took < len(share):
                     break  # keep the answer a prefix of the batch
         return accepted
+
+    def busy(self) -> int:
+        """Chunks its workers still work on (their reports, read now)."""
+        self._pump()
+        with self._lock:
+            return sum(w.busy for w in self._workers if w.alive)
 
     def status(self, since: int, wait: float = 0.0) -> dict:
         if wait > 0:  # the workers' events reach this log through their pipes as they come

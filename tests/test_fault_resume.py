@@ -4,8 +4,9 @@ re-run finishes the job.
 
 The source is a fake-gcs bucket behind a :class:`FaultProxy` that holds every request for a while, so
 the transfer takes seconds; the destination is an S3 bucket on moto, where one object goes as a
-multipart upload. What must hold after the kill: every gateway stops by itself, the destination shows
-only complete objects, and the re-run moves only what is missing and leaves no multipart upload behind.
+multipart upload. What must hold after the kill: every gateway stops by itself (once it finished what
+it had been given), the destination shows only complete objects, and the re-run moves only what is
+missing and leaves no multipart upload behind.
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def test_fault_orchestrator_killed_then_sync_resumes(tmp_path, emulators, gcs_bu
     assert orphans == [], "gateways outlived their orchestrator"
     expected = digests(objs)
     assert after_kill and all(expected[k] == v for k, v in after_kill.items()), "a partial object was visible"
-    assert len(after_kill) < len(objs)
+    # The kill landed mid-job; the gateways then finished what they had been given (gateway/daemon.py,
+    # ``drain``), which may be every object left: the multipart one stays open, not visible, unless it
+    # was completed before the kill.
+    assert len(written) < len(objs)
     assert stats["skipped_objects"] == len(after_kill) and stats["objects"] == len(objs) - len(after_kill)
     assert stats["bytes"] < total
     assert final == expected
