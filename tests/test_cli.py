@@ -196,3 +196,24 @@ def test_a_local_copy_plans_and_prices_without_the_grid(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["direct", "local", 0, ["azure:unknown"]]
+
+
+def test_cp_starts_its_coordinator_first_and_ends_it_when_nothing_runs(tmp_path, home):
+    """``cp`` starts its job's coordinator process before it imports its own modules; a usage error,
+    a refused request and a dry run end it before the command exits: no process, no job directory.
+    A copy runs in it."""
+    from skyplane_provider.testing.leftovers import coordinator_pids
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "src" / "a").write_bytes(b"a")
+    for argv, status in ((["cp", "-r", str(tmp_path / "src"), str(tmp_path / "dst"), "--chunk-size", "lots"], 2),
+                         (["cp", "-r", str(tmp_path / "nothing"), str(tmp_path / "dst")], 1),
+                         (["cp", "-r", str(tmp_path / "src"), str(tmp_path / "dst"), "--dry-run"], 0)):
+        out = cli(*argv)
+        assert out.returncode == status, out.stderr
+        assert coordinator_pids(home) == [] and not (Path(home) / "jobs").exists(), argv
+    out = cli("cp", "-r", str(tmp_path / "src"), str(tmp_path / "dst"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["objects"] == 1
+    assert (tmp_path / "dst" / "a").read_bytes() == b"a"

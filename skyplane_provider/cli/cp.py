@@ -169,6 +169,7 @@ def request_from_args(args: argparse.Namespace, *, sync: bool, dsts: list[str] |
         dst_regions=dst_regions(args.dst_region, dsts),
         grid=args.grid, plan=json.load(args.plan) if args.plan else None,
         state_uri=getattr(args, "state_uri", None),  # publish has no --state-uri
+        job_id=getattr(args, "job_id", None),  # the id main() started the coordinator's process under
         **{name: getattr(args, name) for name in _SELECTION if getattr(args, name, None) is not None})
 
 

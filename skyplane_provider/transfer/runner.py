@@ -171,8 +171,10 @@ class Transfer:
         src_uri, dst_uris = req.validate()
         self._provisioner = self._provisioner or get_provisioner(req.provisioner, **req.provisioner_settings)
         ahead = self._coordinator_ahead()
-        if ahead:  # its imports overlap the checks and the planning below
+        if ahead:  # its imports overlap the checks and the planning below (unless the caller started it)
             start_ahead(self.job_id)
+        else:
+            drop_ahead(self.job_id)  # one a caller started for a job that will not launch it here
         try:
             self._check_and_plan(src_uri, dst_uris, began)
         except BaseException:
