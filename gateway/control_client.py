@@ -102,9 +102,10 @@ class GatewayClient:
     def abort_multipart(self, store: str, key: str, upload_id: str) -> None:
         self._store("abort_multipart", store, key=key, upload_id=upload_id)
 
-    def list_parts(self, store: str, key: str, upload_id: str) -> list[PartInfo]:
-        """The parts of an open upload the store holds, with the checksums it gave of each."""
-        docs = self._store("list_parts", store, key=key, upload_id=upload_id).get("parts")
+    def list_parts(self, store: str, key: str, upload_id: str, checksums_of: list[int] | None = None) -> list[PartInfo]:
+        """The parts of an open upload the store holds, with the checksums it gave of each (of
+        ``checksums_of`` at least; None: of every part)."""
+        docs = self._store("list_parts", store, key=key, upload_id=upload_id, checksums_of=checksums_of).get("parts")
         try:
             return [PartInfo(**d) for d in docs]
         except TypeError:

@@ -136,8 +136,10 @@ def _abort(store: ObjectStore, doc: dict, retrying) -> dict:
 
 
 def _list_parts(store: ObjectStore, doc: dict, retrying) -> dict:
-    key, upload_id = _text(doc, "key"), _text(doc, "upload_id")
-    return {"parts": [part_dict(p) for p in retrying(lambda: store.list_parts(key, upload_id))]}
+    key, upload_id, wanted = _text(doc, "key"), _text(doc, "upload_id"), doc.get("checksums_of")
+    if wanted is not None and not (isinstance(wanted, list) and all(_natural(n) for n in wanted)):
+        raise BadOptionError("list_parts: checksums_of must be a list of part numbers or null")
+    return {"parts": [part_dict(p) for p in retrying(lambda: store.list_parts(key, upload_id, wanted))]}
 
 
 def part_dict(part: PartInfo) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Collection, Iterator
 
 #: Keys a listing page holds at most (the contract's ``POST /store`` list limit; Azure's own page limit).
 MAX_LIST_PAGE = 5000
@@ -221,9 +221,11 @@ class ObjectStore(ABC):
         """Discard an upload and every part of it; no object becomes visible."""
         raise BadOptionError(f"{self.scheme} store does not support multipart uploads")
 
-    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    def list_parts(self, key: str, upload_id: str, checksums_of: Collection[int] | None = None) -> list[PartInfo]:
         """The parts of an open upload the store holds, by part number, each with the checksums of
-        :attr:`Capabilities.part_checksums` it has. ``NotFoundError`` when the upload is gone."""
+        :attr:`Capabilities.part_checksums` it has. ``checksums_of``: the part numbers whose checksums
+        are wanted (None: every part's); the others may come without, so a store that reads a part
+        to checksum it reads no more. ``NotFoundError`` when the upload is gone."""
         raise BadOptionError(f"{self.scheme} store cannot list the parts of an upload")
 
     def reap_orphans(self) -> None:

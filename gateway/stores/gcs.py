@@ -19,7 +19,7 @@ import http.client
 import json
 import secrets
 import urllib.parse
-from typing import Any
+from typing import Any, Collection
 
 import crc32c
 
@@ -268,7 +268,7 @@ class GCSStore(ObjectStore):
         check_upload_id(upload_id)
         self._delete_upload(upload_id)
 
-    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    def list_parts(self, key: str, upload_id: str, checksums_of: Collection[int] | None = None) -> list[PartInfo]:
         """The part objects under the upload's prefix that name ``key`` (an upload has nothing at the
         store before its first part: none listed is no error)."""
         check_upload_id(upload_id)

@@ -32,7 +32,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from typing import Iterator
+from typing import Collection, Iterator
 
 from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotFoundError, SkyplaneError,
                             StoreError, StoreUnavailableError)
@@ -318,9 +318,11 @@ class LocalStore(ObjectStore):
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
         self._tidy_tmp_dir()
 
-    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
-        """The upload's parts, each read for its CRC32C (nothing recorded it when it was written)."""
+    def list_parts(self, key: str, upload_id: str, checksums_of: Collection[int] | None = None) -> list[PartInfo]:
+        """The upload's parts, each of ``checksums_of`` read for its CRC32C (nothing recorded it when it
+        was written)."""
         directory = self._open_upload(key, upload_id)
+        wanted = None if checksums_of is None else set(checksums_of)
         parts = []
         with self._errors(key):
             for name in sorted(os.listdir(directory)):
@@ -328,17 +330,12 @@ class LocalStore(ObjectStore):
                 if not (name.startswith("part-") and number.isdigit()):
                     continue  # the key file, a data file, a marker being written
                 size, st = _read_marker(os.path.join(directory, name))
-                digest = Digest("crc32c")
-                fd = os.open(os.path.join(directory, f"data-{size}"), os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    offset, end = (int(number) - 1) * size, int(number) * size
-                    while offset < end and (block := os.pread(fd, min(_BLOCK, end - offset), offset)):
-                        digest.update(block)
-                        offset += len(block)
-                finally:
-                    os.close(fd)
-                parts.append(PartInfo(int(number), _part_etag(st, size), size, crc32c=digest.hexdigest()))
+                crc = None
+                if wanted is None or int(number) in wanted:
+                    crc = _part_crc32c(directory, int(number), size)
+                parts.append(PartInfo(int(number), _part_etag(st, size), size, crc32c=crc))
         return parts
+
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """As the interface says; the temp files of writers that died go first (they belong to no upload)."""
@@ -570,6 +567,21 @@ def _translate(exc: OSError, what: str) -> SkyplaneError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreUnavailableError(f"no space left while writing {what}", hint="free some disk space")
     return StoreError(f"local file error on {what}: {exc.strerror or exc}")
+
+
+def _part_crc32c(directory: str, number: int, size: int) -> str:
+    """The CRC32C of part ``number`` (of ``size`` bytes) of the upload in ``directory``, where its
+    data file holds it."""
+    digest = Digest("crc32c")
+    fd = os.open(os.path.join(directory, f"data-{size}"), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        offset, end = (number - 1) * size, number * size
+        while offset < end and (block := os.pread(fd, min(_BLOCK, end - offset), offset)):
+            digest.update(block)
+            offset += len(block)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
 
 
 def _part_etag(marker: os.stat_result, size: int) -> str:

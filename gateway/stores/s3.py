@@ -7,7 +7,7 @@ import email.utils
 import http.client
 import os
 import urllib.parse
-from typing import Any
+from typing import Any, Collection
 
 import boto3
 import botocore.exceptions as bex
@@ -276,7 +276,7 @@ class S3Store(ObjectStore):
         except _NoSuchUpload:
             pass  # already completed or aborted: nothing left to discard
 
-    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    def list_parts(self, key: str, upload_id: str, checksums_of: Collection[int] | None = None) -> list[PartInfo]:
         with self._errors(key):
             pages = self._client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
             listed = [p for page in pages for p in page.get("Parts", [])]

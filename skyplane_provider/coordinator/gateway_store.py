@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Callable, TypeVar
+from typing import Callable, Collection, TypeVar
 
 from gateway.control_client import GatewayClient
 from gateway.stores.base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
@@ -124,9 +124,10 @@ class GatewayStore(ObjectStore):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self._call(f"abort the upload of {key}", lambda c: c.abort_multipart(self._root, key, upload_id))
 
-    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    def list_parts(self, key: str, upload_id: str, checksums_of: Collection[int] | None = None) -> list[PartInfo]:
+        wanted = None if checksums_of is None else sorted(checksums_of)
         return self._call(f"list the parts of the upload of {key}",
-                          lambda c: c.list_parts(self._root, key, upload_id))
+                          lambda c: c.list_parts(self._root, key, upload_id, wanted))
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         return self._call("list unfinished uploads", lambda c: c.pending_uploads(self._root, prefix))

@@ -69,7 +69,10 @@ def kept_parts(obj: ObjectTask, key: str, upload_id: str, recorded: dict[int, Ke
     kinds = [k for k in PREFERRED if k in store.capabilities.part_checksums]
     if not kinds:
         return dict(recorded)
-    listed = {p.part_number: p for p in store.list_parts(key, upload_id)}
+    # A part the manifest records is kept by its ETag: its checksum, a read of it on some stores, is
+    # asked only for the others.
+    unrecorded = [n for n, _, _ in obj.part_ranges() if n not in recorded]
+    listed = {p.part_number: p for p in store.list_parts(key, upload_id, unrecorded)}
     kept: dict[int, Kept] = {}
     for number, offset, length in obj.part_ranges():
         part = listed.get(number)
