@@ -30,6 +30,7 @@ from gateway.stores import open_store
 from gateway.stores.base import PartInfo
 from planner.errors import GatewayError, NotFoundError, ProtocolError, ProvisionError
 from planner.plan import Hop, PartitionProgram, RegionProgram
+from skyplane_provider.coordinator.gateway_store import GatewayStore
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
 from skyplane_provider.provisioners import local as local_module
@@ -194,9 +195,12 @@ def test_store_operations_through_the_gateway(jobs, stores):
     upload = client.begin_multipart(root, "big")
     parts = [open_store(root).upload_part("big", upload, n, bytes([n]) * 1000) for n in (1, 2)]
     assert client.pending_uploads(root) == [("big", upload)]
-    listed = client.list_parts(root, "big", upload)  # what a remote coordinator's resume asks
+    listed = client.list_parts(root, "big", upload)
     assert [(p.part_number, p.etag, p.size, p.crc32c) for p in listed] == \
         [(p.part_number, p.etag, 1000, f"{crc32c.crc32c(bytes([p.part_number]) * 1000):08x}") for p in parts]
+    # What a remote fleet's coordinator asks on resume, through its GatewayStore: part 2's checksum only.
+    via = GatewayStore(root, capabilities=open_store(root).capabilities, region=SRC, clients=lambda: [client])
+    assert [(p.part_number, p.crc32c) for p in via.list_parts("big", upload, [2])] == [(1, None), (2, listed[1].crc32c)]
     done = client.complete_multipart(root, "big", upload, parts)
     assert (done.key, done.size) == ("big", 2000)
     other = client.begin_multipart(root, "aborted")
