@@ -1,4 +1,5 @@
-"""Big receive buffers reused from one frame to the next instead of allocated (and zeroed) per frame.
+"""Big buffers reused from one chunk to the next instead of allocated (and zeroed) per chunk: a
+destination's receive buffers and the buffers it decrypts objects into, a source's read buffers of parts.
 
 ``bytearray(n)`` writes every byte of a new buffer before ``recv_into`` writes it again: one pass
 over memory per byte a gateway receives, about what the kernel's copy into it costs (a 64 MiB
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import Callable
 
 #: Smaller buffers are allocated as before: zeroing them costs little, and they are many sizes.
 MIN_POOLED = 1024**2
@@ -21,23 +23,35 @@ _ONLY_HELD = 2
 
 
 class BufferPool:
-    """At most ``max_buffers`` idle buffers of ``MIN_POOLED`` bytes or more, by exact size; thread-safe."""
+    """At most ``max_buffers`` idle buffers of ``MIN_POOLED`` bytes or more (those waiting to be checked
+    included), by exact size; thread-safe."""
 
-    def __init__(self, max_buffers: int) -> None:
+    def __init__(self, max_buffers: int, on_reuse: Callable[[], None] | None = None) -> None:
+        self._on_reuse = on_reuse  # called for each buffer handed out again
         self._free: dict[int, list[bytearray]] = {}
         self._idle = 0
         self._max = max_buffers
+        self._pending: list[list] = []  # holders handed back by give_when_free, not yet checked
         self._lock = threading.Lock()
 
     def take(self, n: int) -> bytearray:
         """A buffer of ``n`` bytes whose contents are undefined (a reused one holds an earlier frame's
         bytes): the caller must fill all of it, or drop it."""
         if n >= MIN_POOLED:
+            if self._pending:
+                with self._lock:
+                    pending, self._pending = self._pending, []
+                for holder in pending:
+                    self.give(holder)
             with self._lock:
                 free = self._free.get(n)
-                if free:
+                buf = free.pop() if free else None
+                if buf is not None:
                     self._idle -= 1
-                    return free.pop()
+            if buf is not None:
+                if self._on_reuse is not None:
+                    self._on_reuse()
+                return buf
         return bytearray(n)
 
     def give(self, holder: tuple) -> int:
@@ -57,6 +71,14 @@ class BufferPool:
                 self._idle += 1
             kept += 1
         return kept
+
+    def give_when_free(self, holder: list) -> None:
+        """:meth:`give` ``holder``'s buffers at the next :meth:`take`: called when the last other thing
+        that referred to them goes (a sent frame's finalizer, while the frame is being freed), the
+        same checks then apply. The caller must not read ``holder`` afterwards."""
+        with self._lock:
+            if self._idle + len(self._pending) < self._max:  # with the idle ones, never more than max_buffers
+                self._pending.append(holder)
 
     @property
     def idle(self) -> int:

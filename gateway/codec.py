@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import crc32c
 import lz4.block
@@ -87,11 +87,13 @@ class Codec:
     (a pure relay never builds a codec) or in a job without encryption. ``encrypt`` makes
     :meth:`encode` encrypt and :meth:`decode` refuse frames sent in the clear (except, with
     ``loopback_clear``, those that arrived from a loopback address); ``compress`` makes
-    :meth:`encode` compress chunks that shrink.
+    :meth:`encode` compress chunks that shrink. ``alloc`` gives the buffers :meth:`decode` decrypts
+    the objects of an uncompressed frame into.
     """
 
     def __init__(self, job_id: bytes, *, key: bytes | None, encrypt: bool, compress: bool,
-                 max_chunk: int = DEFAULT_MAX_CHUNK, loopback_clear: bool = False) -> None:
+                 max_chunk: int = DEFAULT_MAX_CHUNK, loopback_clear: bool = False,
+                 alloc: Callable[[int], bytearray] = bytearray) -> None:
         if encrypt and (key is None or len(key) != 32):
             raise BadOptionError("encryption is on but no 256-bit encryption key was given",
                                  hint="pass encryption_key as 64 hex digits to gateways that read or write")
@@ -101,6 +103,7 @@ class Codec:
         self.max_chunk = max_chunk
         self.loopback_clear = loopback_clear
         self._key = key
+        self._alloc = alloc  # the buffers objects are decrypted into (a BufferPool's take: filled whole)
 
     def encode(self, *, chunk_id: int, partition: int, meta: bytes, pieces: Sequence[Buffer],
                loopback: bool = False, consume: bool = False) -> tuple[Frame, list[str]]:
@@ -205,7 +208,7 @@ class Codec:
             lengths = [h.payload_length]
         buffers = []
         for n in lengths:
-            buf = view[at:at + n] if in_place and h.compressed else bytearray(n)
+            buf = view[at:at + n] if in_place and h.compressed else self._alloc(n)
             at += decryptor.update_into(view[at:at + n], buf)
             buffers.append(buf)
         try:

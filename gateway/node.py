@@ -21,6 +21,7 @@ import queue
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 from planner.errors import BadOptionError, GatewayError, ProtocolError, SkyplaneError
@@ -28,7 +29,7 @@ from planner.errors import BadOptionError, GatewayError, ProtocolError, Skyplane
 from . import store_api, wire
 from .bandwidth import Pacer, pacing_counters
 from .batch import Batch, ChunkMeta, ChunkSpec, DestStore, ObjectSpec, Target
-from .buffers import BufferPool
+from .buffers import MIN_POOLED, BufferPool
 from .codec import Codec, Decoded
 from .config import GatewayConfig
 from .events import EventLog
@@ -203,9 +204,12 @@ class GatewayNode(Controlled):
         super().__init__(config)
         program = config.program.partitions
         self._program = program
+        # Big buffers reused once their chunk is done with (buffers.py): received bodies, the objects
+        # decrypted out of them, the read buffers of parts. As many idle as there are writers.
+        self.buffers = BufferPool(config.writers, on_reuse=lambda: self.events.count("buffers_reused"))
         self._codec = (Codec(config.job_id, key=config.encryption_key, encrypt=config.encrypt,
                              compress=config.compress, max_chunk=config.max_chunk_bytes,
-                             loopback_clear=config.loopback_clear)
+                             loopback_clear=config.loopback_clear, alloc=self.buffers.take)
                        if config.reads or config.writes else None)
         hops: dict[str, int] = {}
         for pp in program.values():
@@ -222,8 +226,6 @@ class GatewayNode(Controlled):
         self._written_lock = threading.Lock()
         self.in_flight = InFlight()
         self._threads: list[threading.Thread] = []
-        # Received payloads, reused once written (buffers.py): as many idle as there are writers.
-        self.buffers = BufferPool(config.writers)
         self.listener = DataListener(config.bind_host, config.data_port, job_id=config.job_id,
                                      secret=config.job_secret, max_chunk=config.max_chunk_bytes,
                                      on_frame=self._on_frame, events=self.events, stop=self.stopping,
@@ -338,13 +340,26 @@ class GatewayNode(Controlled):
                 self.events.skipped(reason)
             for hop in pp.send:
                 self.router.send(hop.region, frame)
+            if not pp.write:
+                self._reuse_read_buffers(frame, pieces)
         if pp.write:
             self._put_write(Decoded(spec.id, meta, pieces, LOCAL))
 
+    def _reuse_read_buffers(self, frame: wire.Frame, pieces: list[bytearray]) -> None:
+        """Hand big read buffers back for the next reads: now when the frame does not carry them (lz4's
+        output or a new sealed buffer does), else once the frame is gone (sent on every link)."""
+        if max(map(len, pieces)) < MIN_POOLED:
+            return
+        if any(p is b for p in pieces for b in frame.body):
+            weakref.finalize(frame, self.buffers.give_when_free, pieces).atexit = False
+        else:
+            self.buffers.give(pieces)
+
     def _read_object(self, store: ObjectStore, src: str, obj: ObjectSpec) -> bytearray:
         """The object's bytes (or the part's), read straight into a buffer of their size."""
-        # A whole object is read one byte past its size, so one that grew is caught too.
-        buf = bytearray(obj.length if obj.is_part else obj.length + 1)
+        # A whole object is read one byte past its size, so one that grew is caught too. A part's
+        # buffer may be a reused one (filled whole by a read that counts, else dropped).
+        buf = self.buffers.take(obj.length) if obj.is_part else bytearray(obj.length + 1)
 
         def read() -> int:
             with memoryview(buf) as view:
@@ -400,15 +415,22 @@ class GatewayNode(Controlled):
             if isinstance(item, Decoded):  # read here: held by the reader until it is handed over
                 self._guard(item.chunk_id, lambda: self._write_chunk(item))
             else:
-                self._guard(item.header.chunk_id, lambda: self._write_chunk(self._decode(item)))
+                self._guard(item.header.chunk_id, lambda: self._write_frame(item))
                 self.in_flight.release(item.header.chunk_id)
                 self._guard(item.header.chunk_id, lambda: self._recycle(item))
+
+    def _write_frame(self, frame: wire.Frame) -> None:
+        chunk = self._decode(frame)
+        self._write_chunk(chunk)
+        # Objects decrypted into buffers of their own; a clear frame's payload is still the frame's
+        # (kept by _recycle), a decompressed one is bytes: neither is taken here.
+        self.buffers.give(chunk.objects)
 
     def _recycle(self, frame: wire.Frame) -> None:
         """Hand a written frame's buffers back for the frames to come, unless it was relayed too (a
         link may still be sending it)."""
-        if not self._relayed(frame) and self.buffers.give(frame.body):
-            self.events.count("buffers_reused")
+        if not self._relayed(frame):
+            self.buffers.give(frame.body)
 
     def _relayed(self, frame: wire.Frame) -> bool:
         pp = self._program.get(frame.header.partition)

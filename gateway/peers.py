@@ -142,6 +142,7 @@ class PeerLink:
                         conn = None
                     continue
                 conn = self._send(conn, frame)
+                del frame  # not held while waiting for the next one: its buffers may be reused (node.py)
         finally:
             if conn is not None:
                 conn.sock.close()

@@ -446,3 +446,20 @@ def test_buffers_the_caller_gives_up_are_sealed_in_place_and_received_bodies_ope
     damaged.body[0][len(damaged.body[0]) // 2] ^= 1
     with pytest.raises(ChecksumError, match="failed authentication"):
         c.decode(damaged, in_place=True)
+
+
+def test_buffers_handed_back_while_still_referred_to_are_kept_only_once_free():
+    """A read buffer a frame still carries is offered when the frame goes (``give_when_free``) and
+    kept at the next ``take`` only if nothing else refers to it then; ``take`` hands it out once."""
+    from gateway.buffers import MIN_POOLED, BufferPool
+    reused = []
+    pool = BufferPool(4, on_reuse=lambda: reused.append(1))
+    held, free = bytearray(MIN_POOLED), bytearray(MIN_POOLED)
+    still_used, free_id = [held], id(free)
+    pool.give_when_free([held])
+    pool.give_when_free([free])
+    del free
+    taken = pool.take(MIN_POOLED)
+    assert id(taken) == free_id and pool.idle == 0 and reused == [1]
+    assert pool.take(MIN_POOLED) is not taken and reused == [1], "one buffer handed out twice"
+    assert still_used[0] is held
