@@ -47,6 +47,9 @@ MAX_QUEUED_REQUESTS = 10_000
 WRITE_WINDOW = 65_536
 #: The ``integrity`` of a chunk read and written by the same gateway (never framed).
 LOCAL = "local"
+#: The ``skipped`` reason of a chunk that the source's gateway wrote for another region itself (a fleet
+#: on one host, ``RegionProgram.writes_for``): no hop, so no frame, lz4, encryption or second CRC32C.
+SKIP_HOP_ONE_HOST = "hop_one_host"
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,8 @@ class GatewayNode(Controlled):
         # Big buffers reused once their chunk is done with (buffers.py): received bodies, the objects
         # decrypted out of them, the read buffers of parts. As many idle as there are writers.
         self.buffers = BufferPool(config.writers, on_reuse=lambda: self.events.count("buffers_reused"))
+        #: The regions whose destinations this gateway writes: its own, and those it writes for (one host).
+        self._write_regions = frozenset((config.region, *config.program.writes_for))
         self._codec = (Codec(config.job_id, key=config.encryption_key, encrypt=config.encrypt,
                              compress=config.compress, max_chunk=config.max_chunk_bytes,
                              loopback_clear=config.loopback_clear, alloc=self.buffers.take)
@@ -343,6 +348,8 @@ class GatewayNode(Controlled):
             if not pp.write:
                 self._reuse_read_buffers(frame, pieces)
         if pp.write:
+            if not pp.send and self.config.program.writes_for:
+                self.events.skipped(SKIP_HOP_ONE_HOST)
             self._put_write(Decoded(spec.id, meta, pieces, LOCAL))
 
     def _reuse_read_buffers(self, frame: wire.Frame, pieces: list[bytearray]) -> None:
@@ -445,9 +452,10 @@ class GatewayNode(Controlled):
             raise
 
     def _write_chunk(self, chunk: Decoded) -> None:
-        """Write every object of the chunk whose targets are in this region; one ``written`` event for
-        what was written (or confirmed), one ``failed`` event per object that could not be."""
-        region = self.config.region
+        """Write every object of the chunk whose targets are in the regions this gateway writes; one
+        ``written`` event for what was written (or confirmed), one ``failed`` event per object that
+        could not be."""
+        region, regions = self.config.region, self._write_regions
         dests = chunk.meta.dests
         paced = chunk.integrity == LOCAL
         written: list[dict] = []
@@ -455,7 +463,7 @@ class GatewayNode(Controlled):
         try:
             for obj, data in zip(chunk.meta.objects, chunk.objects):
                 for target in obj.to:
-                    if dests[target.dest].region != region:
+                    if dests[target.dest].region not in regions:
                         continue
                     if paced and not self.pacer.take_all(len(data), stop=self.stopping):
                         return  # stopping; the bytes of a chunk never framed leave the gateway here, paced

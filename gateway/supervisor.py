@@ -187,7 +187,7 @@ class Supervisor(Controlled):
         program = self.config.program
         return RegionProgram(program.region, {
             p: PartitionProgram(pp.source, tuple(Hop(h.region, math.ceil(h.connections / n)) for h in pp.send),
-                                pp.write) for p, pp in program.partitions.items()})
+                                pp.write) for p, pp in program.partitions.items()}, program.writes_for)
 
     def _watch(self) -> None:
         """Read the workers' events twice a second, and restart the ones that died."""

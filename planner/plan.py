@@ -15,7 +15,7 @@ region interprets; gateways hold no routing logic of their own.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from planner.errors import PlanError
 
@@ -63,6 +63,8 @@ class Plan:
     destinations); ``vm_cost_per_hour`` the hourly price of all gateways together. ``server_side``:
     destinations whose store copies the data from the source's store itself (no gateway, no route;
     :mod:`planner.server_side`); a plan with only those has no gateways at all.
+    ``written_at_source``: destinations that the source region's gateways write themselves, with no
+    gateway of their own and no hop (a fleet on one host: :meth:`on_one_host`).
     """
 
     src: str
@@ -77,6 +79,7 @@ class Plan:
     partition_weights: tuple[float, ...] = (1.0,)
     notes: list[str] = field(default_factory=list)
     server_side: tuple[str, ...] = ()
+    written_at_source: tuple[str, ...] = ()
 
     @property
     def routed(self) -> tuple[str, ...]:
@@ -126,12 +129,16 @@ class Plan:
             raise PlanError("plan has no partitions or a negative partition weight")
         if not set(self.server_side) <= set(self.dsts):
             raise PlanError("plan copies server-side to a region that is not one of its destinations")
+        if not set(self.written_at_source) <= set(self.routed) - {self.src}:
+            raise PlanError("plan writes at the source a region that is not one of its routed destinations")
+        if any(e.dst in self.written_at_source or e.src in self.written_at_source for e in self.edges):
+            raise PlanError("a destination written at the source has no edge: no gateway of its own receives")
         if self.server_side and not self.routed:
             if self.gateways or self.edges:
                 raise PlanError("a plan that copies every destination server-side has no gateways and no route")
             return
         for region in [self.src, *self.routed]:
-            if self.gateways.get(region, 0) < 1:
+            if self.gateways.get(region, 0) < 1 and region not in self.written_at_source:
                 raise PlanError(f"plan has no gateway in {region}")
         for p in range(self.partitions):
             edges = [e for e in self.edges if p in e.partitions]
@@ -143,7 +150,7 @@ class Plan:
                     raise PlanError(f"partition {p} reaches {e.dst} twice; routes must be trees")
                 parents[e.dst] = e.src
             for d in self.routed:
-                if d == self.src:
+                if d == self.src or d in self.written_at_source:
                     continue
                 seen, node = set(), d
                 while node != self.src:
@@ -168,14 +175,37 @@ class Plan:
                 ]
                 receives = any(e.dst == region and p in e.partitions for e in self.edges)
                 is_src = region == self.src
-                writes = region in self.routed and (receives or is_src)
+                writes = (region in self.routed and (receives or is_src)) or (is_src and bool(self.written_at_source))
                 if not (is_src or receives):
                     continue
                 parts[p] = PartitionProgram(
                     source="read" if is_src else "receive", send=tuple(hops), write=writes
                 )
-            out[region] = RegionProgram(region=region, partitions=parts)
+            out[region] = RegionProgram(region=region, partitions=parts,
+                                        writes_for=self.written_at_source if region == self.src else ())
         return out
+
+    def on_one_host(self) -> "Plan":
+        """This plan for a fleet whose gateways all run on one host: every destination that the source
+        reaches straight, in every partition, and that relays nothing is written by the source's
+        gateways themselves (``written_at_source``). A gateway of its own there would only receive
+        over loopback what the source's read, and check it again: two more copies of each byte and
+        a CRC32C pass at each end, and one more process. Destinations behind a relay keep their
+        route (an overlay someone planned on purpose). Returns ``self`` when nothing changes."""
+        direct = {d for d in self.routed if d != self.src and d not in self.written_at_source
+                  and all(e.src == self.src for e in self.edges if e.dst == d)
+                  and not any(e.src == d for e in self.edges)
+                  and all(any(e.dst == d and p in e.partitions for e in self.edges) for p in range(self.partitions))}
+        if not direct:
+            return self
+        merged = tuple(d for d in self.routed if d in direct or d in self.written_at_source)
+        keep = [e for e in self.edges if e.dst not in direct]
+        used = {self.src} | {e.dst for e in keep} | {e.src for e in keep}
+        gateways = {r: n for r, n in self.gateways.items() if r in used}
+        note = (f"one host: the source's gateways write {', '.join(sorted(direct))} themselves "
+                "(no destination gateway, no hop, no lz4 or encryption between them)")
+        return replace(self, gateways=gateways, edges=keep, written_at_source=merged,
+                                   notes=[*self.notes, note])
 
     def summary(self) -> dict:
         """A compact description for logs, XCom and artifacts."""
@@ -191,6 +221,7 @@ class Plan:
             "throughput_gbps": round(self.throughput_gbps, 3),
             "cost_per_gb": round(self.cost_per_gb, 5),
             **({"server_side": list(self.server_side)} if self.server_side else {}),
+            **({"written_at_source": list(self.written_at_source)} if self.written_at_source else {}),
         }
 
     def to_dict(self) -> dict:
@@ -207,6 +238,7 @@ class Plan:
             "partition_weights": list(self.partition_weights),
             "notes": list(self.notes),
             "server_side": list(self.server_side),
+            "written_at_source": list(self.written_at_source),
         }
 
     @classmethod
@@ -225,6 +257,7 @@ class Plan:
                 partition_weights=tuple(float(w) for w in d.get("partition_weights", (1.0,))),
                 notes=list(d.get("notes", [])),
                 server_side=tuple(d.get("server_side", ())),
+                written_at_source=tuple(d.get("written_at_source", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"not a valid plan document: {exc!r}") from exc
@@ -265,14 +298,18 @@ class PartitionProgram:
 
 @dataclass(frozen=True)
 class RegionProgram:
-    """The program every gateway of ``region`` interprets: partition id -> what to do."""
+    """The program every gateway of ``region`` interprets: partition id -> what to do. ``writes_for``:
+    the other regions whose destinations it writes too (a source written at by one host's fleet:
+    :meth:`Plan.on_one_host`)."""
 
     region: str
     partitions: dict[int, PartitionProgram]
+    writes_for: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
             "region": self.region,
+            **({"writes_for": list(self.writes_for)} if self.writes_for else {}),
             "partitions": {
                 str(p): {
                     "source": pp.source,
@@ -294,12 +331,13 @@ class RegionProgram:
                 )
                 for p, pp in d["partitions"].items()
             }
+            writes_for = tuple(str(r) for r in d.get("writes_for", ()))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanError(f"not a valid gateway program: {exc!r}") from exc
         for pp in parts.values():
             if pp.source not in ("read", "receive"):
                 raise PlanError(f"gateway program has unknown source {pp.source!r}")
-        return cls(region=d["region"], partitions=parts)
+        return cls(region=d["region"], partitions=parts, writes_for=writes_for)
 
 
 def direct_plan(src: str, dsts: list[str] | tuple[str, ...], *, gateways_per_region: int = 1,

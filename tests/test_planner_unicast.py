@@ -8,7 +8,7 @@ import pytest
 
 import planner
 from planner import Grid
-from planner.errors import BadOptionError, InfeasiblePlanError
+from planner.errors import BadOptionError, InfeasiblePlanError, PlanError
 from planner.model import transfer_usd
 from tests.planner_checks import assert_consistent, assert_unicast_flow_conserved, write_grid
 
@@ -169,3 +169,30 @@ def test_same_region_copy_needs_no_edges():
     plan = planner.solve("aws:us-east-1", ["aws:us-east-1"], solver="ilp")
     assert plan.edges == [] and plan.cost_per_gb == 0 and plan.throughput_gbps == 5.0
     plan.validate()
+
+
+def test_one_host_plan_writes_direct_destinations_at_the_source():
+    """A fleet on one host: the source's gateways write the destinations they reach straight, no
+    destination gateway and no edge, and the plan says so (printed, JSON, programs)."""
+    from planner.plan import Edge, Plan, RegionProgram, direct_plan
+
+    plan = direct_plan("aws:us-east-1", ["gcp:us-central1", "azure:westeurope"]).on_one_host()
+    assert plan.gateways == {"aws:us-east-1": 1} and plan.edges == []
+    assert plan.written_at_source == ("gcp:us-central1", "azure:westeurope")
+    assert plan.summary()["written_at_source"] == ["gcp:us-central1", "azure:westeurope"]
+    assert "one host" in plan.notes[-1]
+    assert Plan.from_json(plan.to_json()) == plan
+    (program,) = plan.programs().values()
+    assert program.writes_for == plan.written_at_source
+    assert program.partitions[0].source == "read" and program.partitions[0].write and not program.partitions[0].send
+    assert RegionProgram.from_dict(program.to_dict()) == program
+    # A destination behind a relay keeps its route; the one reached straight is written at the source.
+    relayed = Plan(src="a", dsts=("b", "c"), solver="steiner", gateways={"a": 1, "r": 1, "b": 1, "c": 1},
+                   edges=[Edge("a", "r", 1, 8), Edge("r", "b", 1, 8), Edge("a", "c", 1, 8)],
+                   throughput_gbps=1, cost_per_gb=0)
+    one = relayed.on_one_host()
+    assert one.written_at_source == ("c",) and set(one.gateways) == {"a", "r", "b"}
+    assert one.programs()["a"].partitions[0].send[0].region == "r" and one.programs()["a"].writes_for == ("c",)
+    assert one.on_one_host() is one  # nothing more to merge
+    with pytest.raises(PlanError):
+        Plan(**{**vars(one), "edges": [*one.edges, Edge("a", "c", 1, 8)]}).validate()

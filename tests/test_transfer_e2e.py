@@ -50,9 +50,26 @@ def test_file_to_s3(tmp_path, s3_bucket):
     # The big object went in two parts (S3's 5 MiB minimum part size), the five small ones in one bundle.
     assert stats.verified and stats.chunks == 3
     assert stats.report["counts"] == {"copied": 6, "skipped": 0, "failed": 0}
+    # A local fleet runs on one host: the source's gateway wrote S3 itself (no destination gateway, no
+    # hop, nothing on the wire), the plan shows it and the stats say what was skipped (issue #14 item 6).
+    assert stats.plan["gateways"] == {"local": 1} and stats.plan["written_at_source"] == ["aws:us-east-1"]
+    assert stats.route == [] and stats.bytes_on_wire == 0
+    assert stats.work_skipped == {"hop_one_host": 3}
+    assert stats.verification["by"] == {"local": len(objs)}
+
+
+def test_two_gateways_on_one_host_send_clear_frames(tmp_path, s3_bucket):
+    """``one_gateway=False``: a gateway per region on one host; the hop never leaves it, so every
+    frame goes without lz4 and encryption, and the stats say so (issue #14 item 6)."""
+    objs = sample()
+    src = tmp_path / "src"
+    for k, v in objs.items():
+        (src / k).parent.mkdir(parents=True, exist_ok=True)
+        (src / k).write_bytes(v)
+    stats = copy(str(src), f"{s3_bucket}/in/", chunk_size="2MiB", provisioner_settings={"one_gateway": False})
+    assert read_all(s3_bucket, "in/") == digests(objs)
+    assert set(stats.plan["gateways"]) == {"local", "aws:us-east-1"} and "written_at_source" not in stats.plan
     assert 0 < stats.bytes_on_wire < stats.bytes * 1.1
-    # A local fleet's hop never leaves the host: every frame went without lz4 and encryption, and the
-    # stats say so (issue #14 item 6).
     assert stats.work_skipped == {"encryption_loopback": 3, "lz4_loopback": 3}
 
 
@@ -234,7 +251,7 @@ def test_cli_cp_json(tmp_path, s3_bucket):
     for key in ("objects", "bytes", "bytes_on_wire", "seconds", "gbps", "verified", "retries", "plan", "cost_usd"):
         assert key in stats
     assert stats["objects"] == 1 and stats["verified"] is True
-    assert stats["work_skipped"] == {"encryption_loopback": 1, "lz4_loopback": 1}
+    assert stats["work_skipped"] == {"hop_one_host": 1}
 
 
 def test_cli_bad_uri_exit_code(tmp_path):

@@ -264,8 +264,10 @@ def execute(req: TransferRequest, args: argparse.Namespace) -> int:
               f"({d['gbps']:.3f} Gbps; {d['move_gbps']:.3f} Gbps while moving), {d['skipped_objects']} already "
               f"up to date{deleted}; verified: {d['verified']}; retries: {d['retries']}; "
               f"predicted cost {usd(d['cost_usd'], unpriced)}")
-        print(f"route ({d['plan']['solver']}): " + ", ".join(f"{e['src']} -> {e['dst']}" for e in d["route"])
-              if d["route"] else f"route: within {d['plan']['src']}")
+        hops = [f"{e['src']} -> {e['dst']}" for e in d["route"]]
+        hops += [f"{d['plan']['src']} => {r} (written by the source's gateways: one host, no hop)"
+                 for r in d["plan"].get("written_at_source", ())]
+        print(f"route ({d['plan']['solver']}): " + ", ".join(hops) if hops else f"route: within {d['plan']['src']}")
         for reason, frames in d["work_skipped"].items():
             print(f"{SKIP_REASONS.get(reason, reason)}: {plural(frames, 'chunk')}")
     return 0

@@ -117,6 +117,9 @@ class Provisioner(ABC):
     #: Every gateway of its fleets on this one host, peers on loopback addresses: hops never leave the
     #: host, so frames go without lz4 and encryption (the gateways' ``loopback_clear``).
     loopback_fleet: bool = False
+    #: Every gateway on this one host, and the source's gateways write the destinations they reach
+    #: straight themselves: no destination gateway, no hop (``Plan.on_one_host``).
+    writes_at_source: bool = False
     #: Whether the gateways inherit this process's environment (SDK variables, ~/.aws, ~/.config/gcloud).
     #: Where they do not (other hosts), they can use only the job's credentials document, and the
     #: transfer's pre-flight checks the stores with that alone (skyplane_provider/transfer/preflight.py).

@@ -184,11 +184,13 @@ class LocalProvisioner(Provisioner):
     def __init__(self, *, bind_host: str = "127.0.0.1", placement: dict[str, dict] | None = None,
                  netns: dict[str, str] | None = None, health_timeout: float = 30.0, stop_grace: float = 3.0,
                  keep_logs: bool = False, replacements: int = 2, coordinator_host: str | None = None,
-                 **unknown: Any) -> None:
+                 one_gateway: bool = True, **unknown: Any) -> None:
         if unknown:
             raise BadOptionError(f"unknown local provisioner settings {sorted(unknown)}",
                                  hint="allowed: bind_host, placement, netns, health_timeout, stop_grace, keep_logs, "
-                                      "replacements, coordinator_host")
+                                      "replacements, coordinator_host, one_gateway")
+        if not isinstance(one_gateway, bool):
+            raise BadOptionError(f"one_gateway must be true or false, not {one_gateway!r}")
         if not isinstance(replacements, int) or replacements < 0:
             raise BadOptionError(f"replacements must be a whole number >= 0, not {replacements!r}")
         self.replacements = replacements
@@ -205,6 +207,7 @@ class LocalProvisioner(Provisioner):
         self.keep_logs = keep_logs
         self.coordinator_host = coordinator_host
         self.loopback_fleet = is_loopback(bind_host) and not self.placement
+        self.writes_at_source = self.loopback_fleet and one_gateway
 
     def launch_coordinator(self, job_id: str, document: dict, fleet: Fleet | None = None) -> dict:
         from skyplane_provider.coordinator.launcher import launch_local

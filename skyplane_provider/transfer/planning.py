@@ -16,13 +16,16 @@ log = logging.getLogger(__name__)
 
 
 def make_plan(req: TransferRequest, src_region: str, dst_regions: list[str], size_bytes: int, *,
-              server_side: Sequence[str] = (), requests_usd: Callable[[Sequence[str]], float] | None = None) -> Plan:
+              server_side: Sequence[str] = (), requests_usd: Callable[[Sequence[str]], float] | None = None,
+              one_host: bool = False) -> Plan:
     """The plan for this request. Regions the grid does not know (``local``, ``azure:unknown``,
     testbed tags without ``--grid``) are fine for the direct solver, which needs no grid; any other
     solver names the unknown region. ``server_side``: the destination regions whose stores can copy
     from the source (probed, transfer/server_side.py); the planner copies them server-side where
     that is cheaper at the requested speed (``req.server_side``: auto, always, never), pricing the
-    stores' requests with ``requests_usd``."""
+    stores' requests with ``requests_usd``. ``one_host``: every gateway runs on this host (the
+    provisioner's ``writes_at_source``), so the source's gateways write the destinations they reach
+    straight themselves (``Plan.on_one_host``); a plan the user gave is kept as given."""
     dsts = list(dict.fromkeys(dst_regions))
     if req.plan is not None:
         plan = Plan.from_dict(req.plan)
@@ -35,6 +38,8 @@ def make_plan(req: TransferRequest, src_region: str, dst_regions: list[str], siz
     else:
         plan = _solve(req, src_region, dsts, size_bytes)
     plan = _override(plan, req)
+    if one_host and req.plan is None:
+        plan = plan.on_one_host()
     plan.validate()
     return plan
 

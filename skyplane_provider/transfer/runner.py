@@ -240,7 +240,8 @@ class Transfer:
         self.plan = Plan.from_dict(handed["plan"]) if handed is not None else make_plan(
             req, self.source.region, [d.region for d in self.dests], size,
             server_side=candidate_regions(self.dests, self.ways, self.objects),
-            requests_usd=requests_usd_for(self.source, self.dests, self.objects, self.ways, req.chunk_size))
+            requests_usd=requests_usd_for(self.source, self.dests, self.objects, self.ways, req.chunk_size),
+            one_host=self._provisioner.writes_at_source)
         if handed is not None and "estimate" in handed:  # priced by the client: counting again costs ~10 us per object
             self.estimate = Estimate(**{k: v for k, v in handed["estimate"].items() if k != "total_usd"})
         else:
@@ -370,14 +371,16 @@ class Transfer:
 
     def _store_roots(self) -> dict[str, list[str]]:
         """The stores each region's gateways open for their own steps: the source where they read it,
-        the destinations of their region where they write (relays: none)."""
+        the destinations of their region, and of the regions they write for, where they write
+        (relays: none)."""
         roots: dict[str, list[str]] = {}
         for region, program in self.plan.programs().items():
             mine = roots.setdefault(region, [])
             if any(p.source == "read" for p in program.partitions.values()):
                 mine.append(self.source.store.root_uri)
             if any(p.write for p in program.partitions.values()):
-                mine += [d.store.root_uri for d in self.dests if d.region == region]
+                writes = {region, *program.writes_for}
+                mine += [d.store.root_uri for d in self.dests if d.region in writes]
         return roots
 
     @property

@@ -150,9 +150,11 @@ def wire_bytes_by_edge(counters: dict[str, dict]) -> dict[tuple[str, str], int]:
     return edges
 
 
-#: Why the gateways left lz4 or encryption out of a frame (their ``skipped`` counters, named as in
-#: gateway/codec.py), in words.
+#: Why the gateways left lz4 or encryption out of a frame, or a hop out of a chunk's way (their
+#: ``skipped`` counters, named as in gateway/codec.py and gateway/node.py), in words.
 SKIP_REASONS = {
+    "hop_one_host": "hop left out (no frame, lz4, encryption or second CRC32C): source and destination on "
+                    "one host, the source's gateway wrote the chunk itself",
     "lz4_loopback": "lz4 left out: the hop never leaves the host",
     "encryption_loopback": "encryption left out: the hop never leaves the host (CRC32C-checked instead)",
     "lz4_incompressible": "lz4 left out: the data did not shrink",
@@ -160,8 +162,8 @@ SKIP_REASONS = {
 
 
 def work_skipped(counters: dict[str, dict]) -> dict[str, int]:
-    """Frames sent without lz4 or encryption, by reason (``lz4_loopback``, ``encryption_loopback``,
-    ``lz4_incompressible``: :data:`SKIP_REASONS`), summed over the gateways' ``/status`` counters
+    """Frames sent without lz4 or encryption, and chunks written without a hop, by reason
+    (``lz4_loopback``, ``encryption_loopback``, ``lz4_incompressible``, ``hop_one_host``: :data:`SKIP_REASONS`), summed over the gateways' ``/status`` counters
     keyed by gateway id (a multi-worker host's already sums its workers')."""
     total: dict[str, int] = {}
     for c in counters.values():
