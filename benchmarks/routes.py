@@ -11,6 +11,9 @@ object counts (development).
 - **ours**: ``skyplane-provider cp -r SRC DST --json`` with no other flag, timed around the whole
   process (start-up, listing, planning, gateway start-up, transfer, verification, teardown).
 - **rclone**: ``rclone copy --transfers 16`` (Debian's 1.60.1), timed around the whole process.
+- **ours-2gw** (with ``--tools ...,ours-2gw``): the same with ``one_gateway: false`` in the local
+  provisioner's settings: a gateway per region and a loopback hop between them, as before the
+  one-host plan (docs/provisioners.md): the code before and after that cut, in one run.
 - **Airflow**: the route's own operator (``S3ToGCSOperator``, ``S3ToAzureBlobStorageOperator``,
   ``GCSToS3Operator``) in the benchmark virtualenv (``benchmarks/setup_bench_venv.sh``), timed around
   ``execute()`` (a worker has already started and imported Airflow; that start-up is not counted).
@@ -137,7 +140,8 @@ def main() -> int:
     ap.add_argument("--routes", default=",".join(ROUTES), help="comma-separated, of: " + ", ".join(ROUTES))
     ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated, of: " + ", ".join(MIXES))
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every mix's object count (development)")
-    ap.add_argument("--tools", default="airflow,rclone,ours", help="comma-separated, of: airflow, rclone, ours")
+    ap.add_argument("--tools", default="airflow,rclone,ours",
+                    help="comma-separated, of: airflow, rclone, ours, ours-2gw (a gateway per region: one_gateway false)")
     ap.add_argument("--json", metavar="FILE", help="also write every run as JSON")
     args = ap.parse_args()
     routes = [r for r in args.routes.split(",") if r]
@@ -229,6 +233,16 @@ def main() -> int:
                         return seconds, cpu
 
                     measured("ours (cp -r, default flags)", dst_root + "/ours/", go_ours)
+                if "ours-2gw" in tools:
+                    settings = scratch / "two-gateways.json"
+                    settings.write_text(json.dumps({"one_gateway": False}))
+
+                    def go_two():
+                        seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/ours2/", env,
+                                                        ("--provisioner-settings", str(settings)))
+                        return seconds, cpu
+
+                    measured("ours-2gw (cp -r, one_gateway false)", dst_root + "/ours2/", go_two)
                 delete_prefix(src_root + "/data/")
     finally:
         clean_up(scratch, emulators)
@@ -243,7 +257,7 @@ def main() -> int:
 def report(runs: list[Run], routes: list[str], mixes: list[str]) -> None:
     by = {(r.route, r.mix, r.tool.split()[0]): r for r in runs}
     names = [f"{LABELS[ROUTES[r][0]]} -> {LABELS[ROUTES[r][1]]}" for r in routes]
-    order = [t for t in ("ours", "rclone", "Airflow") if any(k[2] == t for k in by)]
+    order = [t for t in ("ours", "ours-2gw", "rclone", "Airflow") if any(k[2] == t for k in by)]
     unit = {m: ("obj/s" if MIXES[m][1] < MiB else "MiB/s") for m in mixes}
     print()
     print("| route | " + " | ".join(f"{m} {unit[m]}: {' / '.join(order)}" for m in mixes) + " |")

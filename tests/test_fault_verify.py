@@ -80,17 +80,19 @@ def own_home(tmp_path, monkeypatch):
 # Pairs, and how each object of (small, 6 MiB in parts) is verified on the emulators, from the source
 # listing and the destination's answers to the writes (no HEAD, no second pass).
 PAIRS = [
-    # A local listing reads no file (no MD5), S3 multipart ETags are no MD5: the chunks' CRC32C
-    # (local gateways send clear frames to each other).
-    ("local", "s3", {"chunk-crc32c": 2}),
-    ("s3", "azure", {"chunk-crc32c": 2}),  # S3 listings carry no MD5 (an ETag may not be one)
-    ("azure", "gcs", {"md5": 2}),  # fake-gcs keeps an MD5 of composed objects (real GCS: aead)
-    ("gcs", "local", {"chunk-crc32c": 2}),  # a local write answers with the size only
+    # One host: the source's gateway reads and writes every chunk itself (``local``): a local listing
+    # reads no file (no MD5), S3 multipart ETags are no MD5.
+    ("local", "s3", {"local": 2}, {}),
+    # A gateway per region (one_gateway false): S3 listings carry no MD5 (an ETag may not be one), so
+    # the chunks' CRC32C (local gateways send clear frames to each other).
+    ("s3", "azure", {"chunk-crc32c": 2}, {"one_gateway": False}),
+    ("azure", "gcs", {"md5": 2}, {}),  # fake-gcs keeps an MD5 of composed objects (real GCS: aead)
+    ("gcs", "local", {"local": 2}, {}),  # a local write answers with the size only
 ]
 
 
-@pytest.mark.parametrize("src_kind,dst_kind,expected", PAIRS, ids=[f"{a}-{b}" for a, b, _ in PAIRS])
-def test_fault_stats_say_how_copies_were_verified(src_kind, dst_kind, expected, request, own_home):
+@pytest.mark.parametrize("src_kind,dst_kind,expected,settings", PAIRS, ids=[f"{a}-{b}" for a, b, _, _ in PAIRS])
+def test_fault_stats_say_how_copies_were_verified(src_kind, dst_kind, expected, settings, request, own_home):
     objs = {"small.txt": b"hello\n" * 100, "big.bin": os.urandom(6 * MiB + 7)}
     src = request.getfixturevalue(_BUCKET_FIXTURE[src_kind])
     dst = request.getfixturevalue(_BUCKET_FIXTURE[dst_kind])
@@ -98,7 +100,7 @@ def test_fault_stats_say_how_copies_were_verified(src_kind, dst_kind, expected, 
         dst = request.getfixturevalue("tmp_path_factory").mktemp("dst").as_uri()
     put_objects(src, objs)
     regions = {"src_region": AZ} if src_kind == "azure" else {"dst_regions": [AZ]} if dst_kind == "azure" else {}
-    stats = copy(f"{src}/", f"{dst}/", chunk_size="1MiB", **regions)
+    stats = copy(f"{src}/", f"{dst}/", chunk_size="1MiB", provisioner_settings=settings, **regions)
     assert read_all(dst) == digests(objs)
     assert stats.verified and stats.verification == {"objects": 2, "by": expected}
     record("fault", f"verification of a {src_kind} -> {dst_kind} copy (one small object, one of 6 MiB in parts)",
