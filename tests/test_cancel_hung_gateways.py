@@ -25,6 +25,8 @@ from .helpers import gateway_pids, wait_gone
 MiB = 1024**2
 #: Seconds from the cancel to the job's end (fleet torn down) that these tests allow (~3 s unloaded).
 ENDS_WITHIN = 12.0
+#: A gateway per region (not one writing for both, as on one host by default): two to freeze.
+TWO_GATEWAYS = {"one_gateway": False}
 
 
 def _source(root: Path, n: int) -> str:
@@ -58,7 +60,8 @@ def test_a_cancel_of_a_job_whose_gateways_hang_ends_it_at_once(home, tmp_path):
     src = _source(tmp_path / "src", n=24)
     # Two regions, a gateway each; ~12 s of moving at the cap: they are frozen while they move data.
     handle = Transfer(TransferRequest(src=src, dsts=[str(tmp_path / "dst")], chunk_size="1MiB", bwlimit="2MiB/s",
-                                      src_region="aws:us-east-1", dst_regions=["aws:eu-west-1"])).start()
+                                      src_region="aws:us-east-1", dst_regions=["aws:eu-west-1"],
+                                      provisioner_settings=TWO_GATEWAYS)).start()
     moving = threading.Event()
     handle.subscribe(lambda progress: moving.set())  # the dispatch loop reports from its first round
     frozen: list[int] = []
@@ -92,7 +95,7 @@ def test_a_cancel_while_the_fleet_starts_ends_the_start(home, tmp_path, monkeypa
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hang), os.environ.get("PYTHONPATH")])))
     src = _source(tmp_path / "src", n=2)
     handle = Transfer(TransferRequest(src=src, dsts=[str(tmp_path / "dst")], src_region="aws:us-east-1",
-                                      dst_regions=["aws:eu-west-1"])).start()
+                                      dst_regions=["aws:eu-west-1"], provisioner_settings=TWO_GATEWAYS)).start()
     stopped: list[int] = []
     try:
         deadline = time.monotonic() + 60

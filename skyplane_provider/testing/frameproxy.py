@@ -139,7 +139,7 @@ class TamperingProvisioner(LocalProvisioner):
     name (``corrupt``, ``truncate``). ``proxies`` are the proxies started; stop them after the run."""
 
     def __init__(self, regions: str | set[str], **faults) -> None:
-        super().__init__()
+        super().__init__(one_gateway=False)  # the frames to tamper with cross a hop: a gateway per region
         self.regions = {regions} if isinstance(regions, str) else set(regions)
         self.faults = faults
         self.proxies: list[FrameTamperProxy] = []
