@@ -149,7 +149,10 @@ def test_a_snapshot_that_cannot_be_written_is_a_warning_and_is_written_again_lat
     bucket = state.removeprefix("s3://")
     s3 = boto3.client("s3")
     handle = Transfer(TransferRequest(src=str(src), dsts=[f"{s3_bucket}/r/"], state_uri=state, bwlimit="1MiB/s",
-                                      connections=1)).start()
+                                      connections=1, provisioner_settings={"one_gateway": False})).start()
+    # A gateway per region: one connection between them sends the paced objects one after the other, so
+    # they land (and the manifest changes) while the job runs. One gateway writing for both paces all
+    # its writers at once, and every object lands at the end.
     key = f"{handle.job_id}/manifest.sqlite3"
     scratch = tmp_path / "snapshot.sqlite3"
     log = job_dir(handle.job_id) / "coordinator.log"
