@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from skyplane_provider.testing.emulators import free_port
+from skyplane_provider.testing.leftovers import coordinator_pids
 from tests.helpers import gateway_pids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,14 +148,20 @@ def _log_tails(home: Path, files: int = 6, lines: int = 25) -> str:
 
 
 def _clean_up(proc: subprocess.Popen, checkout: Path, env: dict[str, str]) -> None:
-    """Stop what the page may have left: its shell's process group, the copy's emulators, a testbed."""
+    """Stop what the page may have left: its shell's process group, a job's coordinator and gateways
+    (a coordinator runs in a session of its own: a page stopped mid-job left it running), the copy's
+    emulators, a testbed."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    sky_home = str(Path(env["HOME"]) / ".skyplane")
+    if coordinator_pids(sky_home) or gateway_pids(sky_home):
+        subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "deprovision", "--all", "--provisioner",
+                        "local"], env={**os.environ, "SKYPLANE_HOME": sky_home}, capture_output=True, timeout=120)
     subprocess.run([sys.executable, "-m", "skyplane_provider.testing.emulators_cli", "stop", "--dir",
                     str(checkout / ".emulators")], cwd=checkout, capture_output=True, timeout=60)
     if os.geteuid() == 0:
         subprocess.run([sys.executable, "-m", "skyplane_provider.cli.main", "testbed", "down", env["TESTBED_ID"]],
-                       env={**os.environ, "SKYPLANE_HOME": str(Path(env["HOME"]) / ".skyplane")},
+                       env={**os.environ, "SKYPLANE_HOME": sky_home},
                        capture_output=True, timeout=120)
