@@ -150,6 +150,15 @@ def test_the_coordinator_process_starts_while_the_client_prepares_and_a_refusal_
     assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
     assert wait_gone(handle.job_id) == []
 
+    # execute() runs the job in this process: the process started ahead ends (it waited on stdin
+    # until this process exited, and every test after an execute() that waits for its job's processes
+    # to be gone waited 30 s for it and failed).
+    (tmp_path / "dst2").mkdir()
+    transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst2")])).prepare()
+    assert len(coordinator_pids(transfer.job_id)) == 1
+    assert transfer.execute().objects == len(objs)
+    assert coordinator_pids(transfer.job_id) == []
+
 
 def test_a_job_outlives_its_client_and_another_process_fetches_the_result(home, tmp_path):
     """The client process starts the job and exits at once; a handle rebuilt from its dict (what a

@@ -487,6 +487,7 @@ class Transfer:
         report lists them all)."""
         if self.plan is None:
             self.prepare()
+        drop_ahead(self.job_id)  # the job runs here: a coordinator process prepare() started is not used
         self._refuse_dry_run()
         started = time.monotonic()
         manifest, feed_manifest, report = self._open_records()
