@@ -45,9 +45,10 @@ def test_what_each_store_declares():
     assert caps["s3"].copy_from == ("s3",) and caps["s3"].copy_parts and caps["s3"].presign
     assert caps["gs"].copy_from == ("gs",) and not caps["gs"].copy_parts
     assert caps["az"].copy_from == ("url",) and caps["az"].copy_parts and caps["az"].copy_max == 256 * MiB
-    # a job document carries them as JSON (the checksums as a list)
-    loaded = json.loads(json.dumps({**dataclasses.asdict(caps["s3"]), "checksums": ["md5"]}))
-    assert Capabilities(**{**loaded, "checksums": frozenset(loaded["checksums"])}) == caps["s3"]
+    # a job document carries them as JSON (the checksum sets as lists)
+    loaded = json.loads(json.dumps({**dataclasses.asdict(caps["s3"]), "checksums": ["md5"], "part_checksums": ["md5"]}))
+    assert Capabilities(**{**loaded, "checksums": frozenset(loaded["checksums"]),
+                           "part_checksums": frozenset(loaded["part_checksums"])}) == caps["s3"]
     with pytest.raises(BadOptionError, match="cannot copy server-side"):
         open_store("file:///tmp").copy_from(CopySource("s3://x-y-z", "k", 1), "k")
 
