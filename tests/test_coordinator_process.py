@@ -149,6 +149,13 @@ def test_the_coordinator_process_starts_while_the_client_prepares_and_a_refusal_
     assert handle.result().objects == len(objs)
     assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
     assert wait_gone(handle.job_id) == []
+    # A job run in this process (execute(), after a prepare() or not) ends the one prepare() started.
+    for first in (True, False):
+        transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], sync=True))
+        if first:
+            assert len(coordinator_pids(transfer.prepare().job_id)) == 1
+        transfer.execute()
+        assert coordinator_pids(transfer.job_id) == []
 
     # execute() runs the job in this process: the process started ahead ends (it waited on stdin
     # until this process exited, and every test after an execute() that waits for its job's processes
@@ -177,6 +184,13 @@ def test_a_job_outlives_its_client_and_another_process_fetches_the_result(home, 
     assert handle.result().objects == len(objs)
     assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
     assert wait_gone(handle.job_id) == []
+    # A job run in this process (execute(), after a prepare() or not) ends the one prepare() started.
+    for first in (True, False):
+        transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")], sync=True))
+        if first:
+            assert len(coordinator_pids(transfer.prepare().job_id)) == 1
+        transfer.execute()
+        assert coordinator_pids(transfer.job_id) == []
 
 
 @pytest.mark.parametrize("how", ["api", "sigterm"])

@@ -116,6 +116,7 @@ class Transfer:
         self._provisioner = provisioner
         #: A provisioner object cannot travel to a coordinator process: run() then executes here.
         self._in_process = provisioner is not None
+        self._runs_here = False  # execute() was called: the pipeline runs in this process
         self.handle: TransferHandle | None = None
         self._stop = threading.Event()
         self.source: Source | None = None
@@ -186,8 +187,8 @@ class Transfer:
     def _coordinator_ahead(self) -> bool:
         """Whether :meth:`start` will launch this job's coordinator on this host (a client's transfer
         to run, with a provisioner that does not start it on the fleet), so its process may start now."""
-        return not (self._in_process or self._checked or self._prepared is not None or self.request.dry_run
-                    or self.handle is not None or self._provisioner.coordinator_on_fleet)
+        return not (self._in_process or self._runs_here or self._checked or self._prepared is not None
+                    or self.request.dry_run or self.handle is not None or self._provisioner.coordinator_on_fleet)
 
     def _check_and_plan(self, src_uri, dst_uris: list, began: float) -> None:
         """:meth:`prepare` once the request is valid and the provisioner known."""
@@ -485,9 +486,10 @@ class Transfer:
         """Run the whole transfer here and return its stats; raises a ``SkyplaneError`` on failure (a
         ``TransferError`` naming the first few failed objects when some could not be copied: the
         report lists them all)."""
+        self._runs_here = True  # prepare() starts no coordinator process: the job runs here
         if self.plan is None:
             self.prepare()
-        drop_ahead(self.job_id)  # the job runs here: a coordinator process prepare() started is not used
+        drop_ahead(self.job_id)  # one a prepare() before this call started, or a caller's
         self._refuse_dry_run()
         started = time.monotonic()
         manifest, feed_manifest, report = self._open_records()
