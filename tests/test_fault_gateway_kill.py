@@ -75,8 +75,9 @@ def test_fault_gateway_killed_at_half(role, tmp_path, slow_source):
         if killed or done < 0.4:
             return
         victim = next(g for g in transfer.fleet.gateways if g.region == ROLES[role])
+        seen = _at_kill(transfer.dispatcher, victim)
         os.kill(victim.pid, signal.SIGKILL)
-        killed.update(gateway=victim.gateway_id, pid=victim.pid, at=done, **_at_kill(transfer.dispatcher, victim))
+        killed.update(gateway=victim.gateway_id, pid=victim.pid, at=done, **seen)
 
     transfer = Transfer(req, progress=kill_one_at_half)
     started = time.monotonic()
@@ -117,8 +118,9 @@ def test_fault_only_relay_gateway_killed_is_replaced(tmp_path, slow_source):
         done = p.fraction  # of the bytes: small objects travel 15 to a bundle, objects_done jumps
         if not killed and done >= 0.4:
             victim = next(g for g in transfer.fleet.gateways if g.region == RELAY)
+            seen = _at_kill(transfer.dispatcher, victim)
             os.kill(victim.pid, signal.SIGKILL)
-            killed.update(gateway=victim.gateway_id, at=done, **_at_kill(transfer.dispatcher, victim))
+            killed.update(gateway=victim.gateway_id, at=done, **seen)
 
     transfer = Transfer(req, progress=kill_relay_at_half)
     stats = transfer.execute()  # in this process: the test reads the fleet and the dispatcher
@@ -257,12 +259,13 @@ _RESENT = re.compile(r"retrying chunk (\d+) ")
 
 
 def _at_kill(dispatcher, victim) -> dict:
-    """What the dispatcher knew as ``victim`` was killed (read in the dispatcher's own thread, from its
-    progress callback): the chunks in flight, which go again once the death is seen, those of them
+    """What the dispatcher knew just before ``victim`` was killed (read in the dispatcher's own thread,
+    from its progress callback): the chunks in flight, which go again once the death is seen, those of them
     submitted to the victim (a source gateway; the dispatcher does not know which relay or destination
-    gateway a chunk passes), and the bytes the victim had read or received by its last status, which
-    show it was on their route."""
-    counters = dispatcher.counters.get(victim.gateway_id, {})
+    gateway a chunk passes), and the bytes the victim had read or received, which show it was on their
+    route: asked of the victim itself (from the dispatcher's event cursor: nothing it has not read is
+    released), as the dispatcher's copy of a gateway's counters is up to a long poll (0.25 s) old."""
+    counters = victim.client().status(dispatcher.cursor.get(victim.gateway_id, 0))["counters"]
     return {"inflight": len(dispatcher.inflight), "its": sum(g == victim.gateway_id for g in dispatcher.owner.values()),
             "carried": int(counters.get("bytes_read", 0)) + int(counters.get("bytes_received_wire", 0))}
 
