@@ -137,8 +137,8 @@ def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connection
         cpu = {r: sum(cpu_seconds(p) for p in pids) - at_start[r] for r, pids in procs.items()}
     gib = size / 1024**3
     print(f"  gateways compress={compress} encrypt={encrypt} workers={workers}: {seconds:.2f} s, "
-          f"{size / seconds / MiB:.0f} MiB/s (all parts written after {moved:.2f} s, then the local store "
-          f"assembles them), wire/data={wire / size:.3f}, peak RSS per process: source {peak[SRC]:.0f} MiB, "
+          f"{size / seconds / MiB:.0f} MiB/s (all parts written after {moved:.2f} s, then the upload "
+          f"completed), wire/data={wire / size:.3f}, peak RSS per process: source {peak[SRC]:.0f} MiB, "
           f"destination {peak[DST]:.0f} MiB; gateway CPU after start-up: source {cpu[SRC] / gib:.2f}, "
           f"destination {cpu[DST] / gib:.2f} CPU-s/GiB", flush=True)
     return seconds
