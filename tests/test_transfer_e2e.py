@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -229,12 +231,30 @@ def test_failed_transfer_leaves_no_partial_object(tmp_path, s3_bucket):
     data = os.urandom(64 * MiB)
     (src / "big").write_bytes(data)
 
-    def kill_fleet(progress):
-        for pid in gateway_pids(progress.job_id):  # this job's gateways only: others may run on the host
-            os.kill(pid, signal.SIGKILL)
+    done, killers = threading.Event(), []
 
-    with pytest.raises(SkyplaneError, match="died|gone"):
-        copy(str(src), s3_bucket + "/p/", chunk_size="5MiB", progress=kill_fleet)
+    def kill_fleet(progress):
+        # From the first progress on, every gateway of this job (others may run on the host) is killed
+        # as it appears, replacements too, until the copy returns: killed only at each progress, a
+        # replacement could finish the copy between two of them (the long poll reports less often).
+        def keep_killing() -> None:
+            while not done.is_set():
+                for pid in gateway_pids(progress.job_id):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                done.wait(0.01)
+
+        if not killers:
+            killers.append(threading.Thread(target=keep_killing, daemon=True))
+            killers[0].start()
+
+    try:
+        with pytest.raises(SkyplaneError, match="died|gone"):
+            copy(str(src), s3_bucket + "/p/", chunk_size="5MiB", progress=kill_fleet)
+    finally:
+        done.set()
+        for k in killers:
+            k.join(5)
     bucket = s3_bucket.split("://")[1]
     assert boto3.client("s3").list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert read_all(s3_bucket, "p/") in ({}, digests({"big": data}))
