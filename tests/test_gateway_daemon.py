@@ -35,6 +35,7 @@ from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
 from skyplane_provider.provisioners import local as local_module
 from skyplane_provider.provisioners.local import PIDS_FILE, local_workers
+from skyplane_provider.transfer.launch import ONE_WORKER_BYTES, ONE_WORKER_OBJECTS, workers_for
 from skyplane_provider.testbed import Scenario
 from tests.fixtures.testbed import needs_netns
 
@@ -548,10 +549,38 @@ def test_fleet_torn_down_when_the_orchestrator_exits_or_is_signalled(home, how):
     assert not (home / "jobs" / job_id).exists()
 
 
-def test_a_local_fleet_leaves_one_cpu_to_the_coordinator():
-    assert [local_workers(2, n) for n in (1, 2, 3)] == [1, 1, 1]  # this machine: one process per gateway
-    assert [local_workers(8, n) for n in (1, 2, 3, 8)] == [7, 3, 2, 1]
+def test_a_local_fleet_shares_the_cpus_among_its_gateways_and_a_small_job_runs_one_worker():
+    assert [local_workers(2, n) for n in (1, 2, 3)] == [2, 1, 1]
+    assert [local_workers(8, n) for n in (1, 2, 3, 8)] == [8, 4, 2, 1]
     assert local_workers(1, 1) == 1
+    assert workers_for(1, 4096, listed_in_full=True) == 1  # a 1-file copy: no worker processes to start
+    assert workers_for(ONE_WORKER_OBJECTS, ONE_WORKER_BYTES, listed_in_full=True) == 1
+    assert workers_for(ONE_WORKER_OBJECTS + 1, 4096, listed_in_full=True) is None  # the host decides
+    assert workers_for(3, ONE_WORKER_BYTES + 1, listed_in_full=True) is None
+    assert workers_for(3, 4096, listed_in_full=False) is None  # more listing pages to come
+
+
+def test_a_local_copy_runs_as_many_workers_as_its_size_needs(tmp_path):
+    """Through a real local fleet: a copy of a few files runs its gateway as one process, one of more
+    objects than a listing page holds as the host's share of workers (a supervisor and its workers)."""
+    from skyplane_provider.provisioners.local import LocalProvisioner
+    from skyplane_provider.transfer import Transfer, TransferRequest
+
+    def workers(count: int) -> int:
+        src, dst = tmp_path / f"src{count}", tmp_path / f"dst{count}"
+        src.mkdir()
+        dst.mkdir()
+        for i in range(count):
+            (src / f"{i:05d}").write_bytes(b"x%d" % i)
+        transfer = Transfer(TransferRequest(src=f"{src}/", dsts=[f"{dst}/"], recursive=True),
+                            provisioner=LocalProvisioner())
+        stats = transfer.execute()
+        assert stats.objects == count and len(list(dst.iterdir())) == count
+        (counters,) = transfer.dispatcher.counters.values()
+        return counters["workers"]
+
+    assert workers(3) == 1
+    assert workers(ONE_WORKER_OBJECTS + 200) == local_workers(len(os.sched_getaffinity(0)), 1)
 
 
 def test_get_provisioner_by_name_or_object():

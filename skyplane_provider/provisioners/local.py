@@ -367,13 +367,14 @@ def _bring_up(members: list[_LocalGateway], deadline: float, stop: threading.Eve
 
 
 def local_workers(cpus: int, gateways: int) -> int:
-    """Worker processes per gateway of a local fleet: the gateways share this host's CPUs with the job's
-    coordinator, which runs here too and keeps one of them busy on small objects (it lists, dispatches,
-    verifies and records every object: ~40% of a 20,000 x 4 KiB copy's CPU), so they get the others.
-    On 2 CPUs one gateway runs 1 worker, not 2 behind a supervisor: each process costs ~0.25 CPU-s to
-    start and the supervisor relays every event, which the second core could not win back (20,000 x 4 KiB
-    local copy: 4.1-4.7 -> 3.7-4.3 CPU-s)."""
-    return max(1, (cpus - 1) // max(1, gateways))
+    """Worker processes per gateway of a local fleet: this host's CPUs shared among its gateways (a
+    job's config may ask for fewer: :func:`skyplane_provider.transfer.launch.workers_for`). The job's
+    coordinator runs here too, but it costs about a third of its gateways' CPU per object (100,000 x
+    1 KiB: 0.026 against 0.085 CPU-s per 1,000), so leaving it a CPU of its own left one idle on 2 CPUs:
+    there one gateway of 2 workers moved 100,000 x 1 KiB at 19,500-21,600 objects/s against 12,100 with
+    1 worker, with less CPU per object (0.081-0.091 against 0.117), and 20,000 x 4 KiB through `cp -r` in
+    1.57 s against 2.74 s (2026-12-07 00:25-00:33 UTC, load ~2, docs/benchmarks.md)."""
+    return max(1, cpus // max(1, gateways))
 
 
 def _stop_all(members: list[_LocalGateway], grace: float) -> None:

@@ -50,10 +50,27 @@ def _handles_plaintext(program: RegionProgram) -> bool:
     return any(p.source == "read" or p.write for p in program.partitions.values())
 
 
+#: A job that fits in this many objects and bytes, its whole listing known before its fleet starts,
+#: runs every gateway as one process. A host's further worker processes each cost a Python start
+#: (~0.2 s and 0.3 CPU-s before the first byte on 2 CPUs: a 1-file `cp -r` took 0.61 s with 2 workers
+#: against 0.41 s with 1) and win ~30 us per small object and ~0.15 s per GiB there (docs/benchmarks.md,
+#: 2026-12-07): they pay for themselves from a few thousand objects or a GiB or two.
+ONE_WORKER_OBJECTS = 1_000
+ONE_WORKER_BYTES = 1024**3
+
+
+def workers_for(objects: int, size: int, listed_in_full: bool) -> int | None:
+    """Worker processes for every gateway of a job of ``objects`` objects and ``size`` bytes: 1 for a
+    small job whose listing is complete (``listed_in_full``), else None (the host decides:
+    its cores, ``gateway.config.default_workers``, or the local provisioner's share of them)."""
+    small = listed_in_full and objects <= ONE_WORKER_OBJECTS and size <= ONE_WORKER_BYTES
+    return 1 if small else None
+
+
 def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,
                   credentials: dict, by_region: dict[str, dict] | None = None, queue_chunks: int = 8,
                   max_chunk_bytes: int | None = None, bwlimit: float | None = None,
-                  loopback_fleet: bool = False) -> list[GatewaySpec]:
+                  loopback_fleet: bool = False, workers: int | None = None) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
     they only ever see ciphertext. ``by_region``: the credentials document of each region's gateways
     (the entries of the stores they open themselves), instead of the whole ``credentials``; the very
@@ -63,7 +80,8 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
     readers, writers and queue slots (:func:`pipeline_depth`): memory stays bounded. ``bwlimit``: the
     job's cap per region; each gateway starts with an equal share of its region's (bandwidth.py).
     ``loopback_fleet``: every gateway on this host (the provisioner's ``loopback_fleet``), so frames
-    travel clear and the pipeline may be deeper (:func:`pipeline_depth`)."""
+    travel clear and the pipeline may be deeper (:func:`pipeline_depth`). ``workers``: each gateway's
+    worker processes (:func:`workers_for`); None leaves it to the host."""
     depth = pipeline_depth(max_chunk_bytes, clear=loopback_fleet) if max_chunk_bytes is not None else None
     specs = []
     for region, program in plan.programs().items():
@@ -85,6 +103,8 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
             if max_chunk_bytes is not None:
                 config["max_chunk_bytes"] = max(1, max_chunk_bytes)
                 config.update(readers=depth, writers=depth, queue_chunks=min(queue_chunks, depth))
+            if workers is not None:
+                config["workers"] = workers
             share = initial_share(bwlimit, plan.gateways[region])
             if share is not None:
                 config["bwlimit"] = share

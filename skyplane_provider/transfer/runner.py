@@ -66,7 +66,7 @@ from .endpoints import (Destination, Source, existing, first_page, list_source, 
                         open_source)
 from .dryrun import DryRun
 from .estimate import Estimate, check_budget, count_requests, estimate
-from .launch import JobSecrets, gateway_specs, wire_peers
+from .launch import JobSecrets, gateway_specs, wire_peers, workers_for
 from .mirror import Deletion, DestOnly, check_limit, delete_all, probe_delete
 from .planning import make_plan
 from .preflight import preflight
@@ -678,7 +678,9 @@ class Transfer:
         specs = gateway_specs(self.plan, self.job_id, JobSecrets(), compress=req.compress, encrypt=req.encrypt,
                               credentials=req.credentials, by_region=self._held,
                               max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit,
-                              loopback_fleet=self._provisioner.loopback_fleet)
+                              loopback_fleet=self._provisioner.loopback_fleet,
+                              workers=workers_for(len(self.objects), sum(o.info.size for o in self.objects),
+                                                  listed_in_full=not (self.streaming and self._next_token)))
         try:
             return self._provisioner.provision(self.job_id, specs, stop=self._stop)
         except ProvisionError:
