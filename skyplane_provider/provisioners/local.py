@@ -373,7 +373,7 @@ def local_workers(cpus: int, gateways: int) -> int:
     1 KiB: 0.026 against 0.085 CPU-s per 1,000), so leaving it a CPU of its own left one idle on 2 CPUs:
     there one gateway of 2 workers moved 100,000 x 1 KiB at 19,500-21,600 objects/s against 12,100 with
     1 worker, with less CPU per object (0.081-0.091 against 0.117), and 20,000 x 4 KiB through `cp -r` in
-    1.57 s against 2.74 s (2026-12-07 00:25-00:33 UTC, load ~2, docs/benchmarks.md)."""
+    1.57 s against 2.74 s (2026-12-07 00:22-00:30 UTC, load ~2, docs/benchmarks.md, Small files)."""
     return max(1, cpus // max(1, gateways))
 
 
