@@ -151,7 +151,8 @@ def main() -> int:
         rss = PeakRSS(str(home))
         found: list[float] = []
         done = threading.Event()
-        # two region tags: a source and a destination gateway with a real TCP hop between them
+        # two region tags, as two regions' stores would be: on this one host the plan has the source's
+        # gateway write the destination itself (Plan.on_one_host), as a user's default run does
         transfer = Transfer(TransferRequest(src=str(src), dsts=[str(ours_dst)], src_region="local:src",
                                             dst_regions=["local:dst"]))
         with Timer() as t:

@@ -101,7 +101,8 @@ def main() -> int:
 
         tree = TreeCPU(os.getpid(), marker=os.environ["SKYPLANE_HOME"], from_now=True)
         with Timer() as t:
-            # two region tags, so a source and a destination gateway with a real TCP hop between them
+            # two region tags, as two regions' stores would be: on this one host the plan has the source's
+            # gateway write the destination itself (Plan.on_one_host), as a user's default run does
             regions = {"src_region": "local:src"}
             if args.to == "local":
                 regions["dst_regions"] = ["local:dst"]
