@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import time
 import threading
 from typing import Callable
@@ -139,13 +140,8 @@ def _list_parts(store: ObjectStore, doc: dict, retrying) -> dict:
     key, upload_id, wanted = _text(doc, "key"), _text(doc, "upload_id"), doc.get("checksums_of")
     if wanted is not None and not (isinstance(wanted, list) and all(_natural(n) for n in wanted)):
         raise BadOptionError("list_parts: checksums_of must be a list of part numbers or null")
-    return {"parts": [part_dict(p) for p in retrying(lambda: store.list_parts(key, upload_id, wanted))]}
-
-
-def part_dict(part: PartInfo) -> dict:
-    """``{"part_number", "etag", "size", "md5", "crc32c"}``, nulls where unknown (``PartInfo(**d)`` again)."""
-    return {"part_number": part.part_number, "etag": part.etag, "size": part.size, "md5": part.md5,
-            "crc32c": part.crc32c}
+    # every field of each PartInfo, nulls where unknown: the client rebuilds them with PartInfo(**d)
+    return {"parts": [dataclasses.asdict(p) for p in retrying(lambda: store.list_parts(key, upload_id, wanted))]}
 
 
 def _pending(store: ObjectStore, doc: dict, retrying) -> dict:

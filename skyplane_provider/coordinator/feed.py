@@ -283,12 +283,12 @@ class Feed:
             except NotFoundError:
                 log.warning("the upload of %s/%s recorded in the manifest is gone: beginning it again",
                             store.root_uri, c.key)
+                parts = None
             except SkyplaneError as exc:  # a store (or a gateway) that cannot list them: the manifest's parts
                 log.warning("could not list the parts of the upload of %s/%s, continuing from the recorded "
                             "ones: %s", store.root_uri, c.key, exc)
-                self._continue(c, recorded, dict(recorded.parts))
-                return
-            else:
+                parts = dict(recorded.parts)
+            if parts is not None:
                 self._continue(c, recorded, parts)
                 return
         where = f"{store.root_uri}/{c.key}"

@@ -33,7 +33,7 @@ from skyplane_provider.provisioners.base import Fleet
 from .endpoints import Destination, Source
 from .launch import wire_peers
 from .news import StatusWatch
-from .stats import Progress
+from .stats import Progress, region_of
 from .stoppable import StoppableCalls, cancelled
 
 log = logging.getLogger(__name__)
@@ -457,9 +457,9 @@ class Dispatcher:
             del self.clients[gid]
         alive = set(self.clients)
         while True:
-            living = {g.split("/")[0] for g in alive}
+            living = {region_of(g) for g in alive}
             for region in sorted(set(self.plan.gateways) - living):
-                alive.add(self._replace(next(g for g in reversed(dead) if g.split("/")[0] == region)))
+                alive.add(self._replace(next(g for g in reversed(dead) if region_of(g) == region)))
             try:
                 self.clients = self._call(wire_peers, self.fleet, self.plan, alive=alive)
                 break
@@ -488,12 +488,11 @@ class Dispatcher:
         owner = self.owner.get(cid)
         if owner is None or owner in dead:
             return True
-        region = owner.split("/")[0]
-        return any(g.split("/")[0] != region for g in dead)
+        return any(region_of(g) != region_of(owner) for g in dead)
 
     def _replace(self, dead: str) -> str:
         """A new gateway for a region that lost all of its own; fails the transfer when none can start."""
-        region = dead.split("/")[0]
+        region = region_of(dead)
         if not self.fleet.can_replace:
             raise TransferError(f"every gateway in {region} died",
                                 hint="resume the job, with --gateways-per-region 2 for spares; see the gateway logs")
