@@ -22,7 +22,6 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
-import crc32c
 import lz4.block
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -63,9 +62,13 @@ def worth_compressing(data: Buffer) -> bool:
 def crc32c_of(header: Header, meta: Buffer, pieces: Sequence[Buffer]) -> bytes:
     """The checksum field of a clear frame: CRC32C of the header (its checksum field zero), the
     metadata and the original bytes, big-endian, in the first 4 bytes of the field."""
-    crc = crc32c.crc32c(meta, crc32c.crc32c(dataclasses.replace(header, checksum=_NO_CHECKSUM).pack()))
+    # Imported here: the package's own import reads its version from the installed distributions
+    # (importlib.metadata, ~10 ms of every process's start), and a one-host job frames nothing.
+    from crc32c import crc32c
+
+    crc = crc32c(meta, crc32c(dataclasses.replace(header, checksum=_NO_CHECKSUM).pack()))
     for piece in pieces:
-        crc = crc32c.crc32c(piece, crc)
+        crc = crc32c(piece, crc)
     return crc.to_bytes(4, "big") + bytes(CHECKSUM_SIZE - 4)
 
 

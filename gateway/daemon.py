@@ -126,6 +126,16 @@ def _control_tls(config: GatewayConfig, config_path: str):
 GC_YOUNG_THRESHOLD = 100_000
 
 
+def _log_to(path: str) -> None:
+    """Send this process's stdout and stderr to ``path`` (appended, 0600), as the provisioner would have."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     parser = argparse.ArgumentParser(prog="skyplane-gateway", description="Run one skyplane gateway.")
@@ -136,9 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="read a line from stdin before the config, and exit 0 at the end of input: the local "
                              "provisioner starts a gateway's process ahead of its config, so that its imports overlap "
                              "the coordinator's")
+    parser.add_argument("--log-beside-config", action="store_true",
+                        help="with --wait-for-config: at the go, append stdout and stderr to gateway.log in the "
+                             "config's directory (a process started before its job's directory existed)")
     args = parser.parse_args(argv)
     if args.wait_for_config and not sys.stdin.readline():
         return 0  # never needed: the job ended or provisioned fewer gateways
+    if args.log_beside_config:
+        _log_to(os.path.join(os.path.dirname(os.path.abspath(args.config)), "gateway.log"))
     try:
         config = GatewayConfig.load(args.config)
     except SkyplaneError as exc:

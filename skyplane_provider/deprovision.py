@@ -84,12 +84,21 @@ class Selection:
 
 
 # -- local processes -------------------------------------------------------------------------------
+def _gateway_dir(job_dir: Path, entry: dict) -> Path:
+    """A local gateway's directory: the one its config (``cmdline_marker``) is in, when that is one of
+    the job's (a gateway started before its job was planned has ``gw-ahead-K``), else its id's."""
+    from .provisioners.local import gateway_dir_name
+
+    marker = Path(str(entry.get("cmdline_marker") or ""))
+    return marker.parent if marker.parent.parent == job_dir else job_dir / gateway_dir_name(entry["gateway_id"])
+
+
 def deprovision_local(selection: Selection, *, dry_run: bool = False, grace: float = 5.0) -> list[Reaped]:
     """Stop leftover job coordinators (``$SKYPLANE_HOME/jobs/*/coordinator.json``) and local gateway
     processes recorded in ``$SKYPLANE_HOME/jobs/*/pids.json`` (the local provisioner's records), and
     remove the gateways' files."""
     from .paths import skyplane_home
-    from .provisioners.local import PIDS_FILE, gateway_dir_name
+    from .provisioners.local import PIDS_FILE
 
     jobs = skyplane_home() / "jobs"
     reaped = _stop_coordinators(jobs, selection, dry_run=dry_run, grace=grace)
@@ -106,7 +115,7 @@ def deprovision_local(selection: Selection, *, dry_run: bool = False, grace: flo
         if not dry_run:
             _stop_groups(pids, grace)
             for g in gateways:
-                shutil.rmtree(job_dir / gateway_dir_name(g["gateway_id"]), ignore_errors=True)
+                shutil.rmtree(_gateway_dir(job_dir, g), ignore_errors=True)
             (job_dir / PIDS_FILE).unlink(missing_ok=True)
             try:
                 job_dir.rmdir()  # only when empty: a detached transfer may share the directory

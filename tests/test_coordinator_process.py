@@ -161,6 +161,37 @@ def test_the_coordinator_process_starts_while_the_client_prepares_and_a_refusal_
     assert coordinator_pids(transfer.job_id) == []
 
 
+def test_a_local_job_starts_its_gateway_with_its_coordinator_and_runs_in_it(home, tmp_path):
+    """prepare() of a job whose fleet runs on this host's loopback starts its coordinator's process
+    with one gateway process (spares.py): the gateway is the coordinator's job process's child and
+    writes nothing before the go; a refusal ends both (no process, no directory), and a job runs its
+    first gateway in it (its log, kept, is in the directory that process's command line names)."""
+    from skyplane_provider.coordinator.launcher import drop_ahead, start_ahead
+    from skyplane_provider.testing.leftovers import gateway_pids
+
+    start_ahead("refused-job", gateways=1)
+    deadline = time.monotonic() + 30
+    while not (gateways := gateway_pids("refused-job")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (gateway,) = gateways
+    parent = int(Path(f"/proc/{gateway}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent in _started_ahead("refused-job") and "gw-ahead-0" in Path(f"/proc/{gateway}/cmdline").read_text()
+    drop_ahead("refused-job")
+    assert wait_gone("refused-job", timeout=0) == [] and not (home / "jobs").exists()
+
+    objs = _tree(tmp_path / "src")
+    transfer = Transfer(TransferRequest(src=str(tmp_path / "src"), dsts=[str(tmp_path / "dst")],
+                                        provisioner_settings={"keep_logs": True})).prepare()
+    deadline = time.monotonic() + 30
+    while not gateway_pids(transfer.job_id) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(gateway_pids(transfer.job_id)) == 1 and not (home / "jobs").exists()  # nothing written yet
+    assert transfer.run().objects == len(objs)
+    assert read_all("file://" + str(tmp_path / "dst")) == read_all("file://" + str(tmp_path / "src"))
+    assert "gateway local/0" in (job_dir(transfer.job_id) / "gw-ahead-0" / "gateway.log").read_text()
+    assert wait_gone(transfer.job_id) == []
+
+
 def _started_ahead(job_id: str, timeout: float = 10.0) -> list[int]:
     """The coordinator processes of ``job_id``, once one shows its command line (a process just
     forked still shows this one's until it has exec'd)."""

@@ -33,7 +33,7 @@ from planner.plan import Hop, PartitionProgram, RegionProgram
 from skyplane_provider.coordinator.gateway_store import GatewayStore
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
-from skyplane_provider.provisioners import local as local_module
+from skyplane_provider.provisioners import spares
 from skyplane_provider.provisioners.local import PIDS_FILE, local_workers
 from skyplane_provider.transfer.launch import ONE_WORKER_BYTES, ONE_WORKER_OBJECTS, workers_for
 from skyplane_provider.testbed import Scenario
@@ -452,19 +452,48 @@ def test_gateways_started_ahead_are_used_and_unused_ones_exit(home, stores):
     job_id = uuid.uuid4().hex
     prov = get_provisioner("local")
     prov.start_ahead(job_id, [f"{SRC}/0", f"{SRC}/1"], [SRC, SRC])
-    ahead = dict(local_module._spares)
+    ahead = dict(spares._named)
     assert len(ahead) == 2
     fleet = prov.provision(job_id, [GatewaySpec(f"{SRC}/0", SRC, {"program": program.to_dict(), "job_secret": "ab" * 32,
                                                                   "control_token": "t" * 32, "encrypt": False})])
     try:
         used = ahead.pop(str(fleet._members[f"{SRC}/0"].config_path))
         assert fleet.gateways[0].pid == used.pid and fleet.alive(f"{SRC}/0")
-        assert local_module._spares == {}
+        assert spares._named == {}
         (unused,) = ahead.values()
         assert unused.wait(30) == 0  # its stdin closed: it exits without a config
     finally:
         fleet.teardown()
     assert gateway_pids(job_id) == []
+
+
+def test_gateways_started_before_the_plan_take_the_first_gateways_and_log_once_told(home, stores):
+    """Daemons started before any plan exists (the coordinator started ahead of a local job: spares.py)
+    write nothing until provisioning takes one: it gets the fleet's first gateway, its directory the
+    one its command line names (deprovision finds it there), its log beside its config; one not taken
+    exits when dropped, its directory never made."""
+    program = RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})
+    job_id = uuid.uuid4().hex
+    job_dir = home / "jobs" / job_id
+    spares.start_unnamed(job_dir, 2)
+    unnamed = dict(spares._unnamed)
+    assert len(unnamed) == 2 and not job_dir.exists()
+    spec = GatewaySpec(f"{SRC}/0", SRC, {"program": program.to_dict(), "job_secret": "ab" * 32,
+                                         "control_token": "t" * 32, "encrypt": False})
+    fleet = get_provisioner("local").provision(job_id, [spec])
+    try:
+        member = fleet._members[f"{SRC}/0"]
+        assert member.directory == job_dir / "gw-ahead-0"
+        assert fleet.gateways[0].pid == unnamed.pop(str(member.config_path)).pid and fleet.alive(f"{SRC}/0")
+        record = json.loads((job_dir / PIDS_FILE).read_text())["gateways"][0]
+        cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert record["cmdline_marker"] in cmdline
+        assert f"gateway {SRC}/0" in (member.directory / "gateway.log").read_text()  # its log, once told
+        (unused,) = unnamed.values()
+        assert unused.wait(30) == 0 and not (job_dir / "gw-ahead-1").exists()
+    finally:
+        fleet.teardown()
+    assert gateway_pids(job_id) == [] and not job_dir.exists()
 
 
 def test_data_port_refuses_garbage_before_allocating(jobs):

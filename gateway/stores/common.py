@@ -11,8 +11,6 @@ import uuid
 from datetime import datetime, timezone
 from typing import Callable
 
-import crc32c
-
 from planner.errors import (BadOptionError, CredentialsError, CredentialsExpiredError, SkyplaneError,
                             StoreUnavailableError, ThrottledError)
 
@@ -233,7 +231,9 @@ class Digest:
         if self._md5 is not None:
             self._md5.update(data)
         else:
-            self._crc = crc32c.crc32c(data, self._crc)
+            from crc32c import crc32c  # not at the module's import: see gateway.codec.crc32c_of
+
+            self._crc = crc32c(data, self._crc)
 
     def hexdigest(self) -> str:
         return self._md5.hexdigest() if self._md5 is not None else f"{self._crc:08x}"

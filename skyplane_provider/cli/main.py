@@ -10,12 +10,10 @@ import argparse
 import gc
 import importlib
 import logging
-import platform
 import sys
 
-from planner.errors import SkyplaneError
-
-from .wording import HelpFormatter, UsageError, examples
+# Nothing of ours at the top: a command that starts a job starts its coordinator's process first
+# (main), and planner's package (dataclasses, inspect) took ~13 ms of that on an idle machine.
 
 #: The loggers -v turns to DEBUG.
 OUR_LOGGERS = ("skyplane_provider", "gateway", "planner")
@@ -27,7 +25,8 @@ _MODULE_OF = {"sync": "cp"}
 #: before this one imports its own modules (see :func:`main`).
 _STARTS_A_JOB = ("cp", "sync")
 
-EXAMPLES = examples(
+#: The top-level help's example lines (laid out by wording.examples when the parser is built).
+EXAMPLES = (
     "skyplane-provider mb s3://raw                                  # a bucket (emulators: see README.md)",
     "skyplane-provider cp -r s3://raw/events/ gs://lake/events/     # copy a prefix",
     "skyplane-provider sync s3://raw/events/ gs://lake/events/      # only what is missing or changed",
@@ -39,6 +38,7 @@ EXAMPLES = examples(
 def version_text() -> str:
     """``skyplane-provider 0.1.0 (Python 3.11.7; apache-airflow 3.3.2, prefect 3.7.7)``: this build (a
     gateway host's shipped copy says ``0.1.0+<content hash>``) and the integrations installed beside it."""
+    import platform
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(dist: str) -> str | None:
@@ -65,10 +65,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every sub-command, or of ``command``'s module alone when it names one (a copy
     does not import the testbed's, the broker's or the planner command's modules: 20-100 ms of every
     command's start on the 2-core machine; ``--help`` and an unknown name still get all of them)."""
+    from .wording import HelpFormatter, examples
+
     parser = argparse.ArgumentParser(
         prog="skyplane-provider",
         description="Plan and run overlay-routed transfers between clouds and regions.",
-        epilog=EXAMPLES, formatter_class=HelpFormatter,
+        epilog=examples(*EXAMPLES), formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument("--version", action=_Version, nargs=0,
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # The sub-command is the first word that is not an option (the top-level options take no value).
     command = next((a for a in argv if not a.startswith("-")), None)
-    job_id = _coordinator_ahead(command)
+    job_id = _coordinator_ahead(command, argv)
     try:
         return _run(build_parser(command), argv, job_id)
     finally:
@@ -109,23 +111,37 @@ def main(argv: list[str] | None = None) -> int:
             drop_ahead(job_id)  # not launched (a usage error, a refused request, a dry run): it exits unused
 
 
-def _coordinator_ahead(command: str | None) -> str | None:
+def _coordinator_ahead(command: str | None, argv: list[str]) -> str | None:
     """For a command that starts a job: its id, after starting its coordinator's process (it imports
     its modules, ~0.1 CPU-s, beside this process's imports and checks, then waits for the go; see
-    :func:`skyplane_provider.coordinator.launcher.start_ahead`). ``Transfer.prepare()`` would start
-    it too, but only once this process has imported what it needs (0.1-0.2 s later)."""
+    :func:`skyplane_provider.coordinator.launcher.start_ahead`), which starts the job's first gateway's
+    process too when the job looks local (:func:`_looks_local`). ``Transfer.prepare()`` would start
+    them too, but only once this process has imported what it needs (0.1-0.2 s later)."""
     if command not in _STARTS_A_JOB:
         return None
-    import uuid
+    from os import urandom
 
     from skyplane_provider.coordinator.launcher import start_ahead
 
-    job_id = uuid.uuid4().hex
-    start_ahead(job_id)
+    job_id = urandom(16).hex()  # what uuid.uuid4().hex holds, without importing uuid (~5 ms)
+    start_ahead(job_id, gateways=1 if _looks_local(argv) else 0)
     return job_id
 
 
+def _looks_local(argv: list[str]) -> bool:
+    """Whether the words of a ``cp``/``sync`` command, before they are parsed, leave its gateways to
+    the default provisioner (``local`` on loopback: one gateway writes every destination, Plan.on_one_host)
+    and move data: no ``--provisioner``/``--provisioner-settings`` (or an abbreviation argparse
+    would take), no ``--dry-run``, no ``--help``. A wrong guess costs one gateway process that
+    imports its modules and exits unused (a sync with nothing to copy), never a gateway that runs."""
+    return not any(a.startswith(("--pro", "--dr", "--h", "-h")) for a in argv)
+
+
 def _run(parser: argparse.ArgumentParser, argv: list[str], job_id: str | None) -> int:
+    from planner.errors import SkyplaneError
+
+    from .wording import UsageError
+
     args = parser.parse_args(argv)
     if job_id is not None:
         args.job_id = job_id

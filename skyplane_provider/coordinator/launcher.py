@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 
-from planner.errors import CoordinatorError
-
 from .jobdir import ADDRESS, LOG, REQUEST, RESULT, coordinator_running, job_dir, prune_finished_jobs, write_private
 
 log = logging.getLogger(__name__)
@@ -25,17 +23,21 @@ _ahead: dict[str, subprocess.Popen] = {}
 DROP_WAIT = 5.0
 
 
-def start_ahead(job_id: str) -> None:
+def start_ahead(job_id: str, gateways: int = 0) -> None:
     """Start the process of ``job_id``'s coordinator now, before its job document exists
     (``--ahead``): it imports its modules (~0.1 CPU-s and as many seconds) while this process still
     checks the stores and plans, then waits on stdin. :func:`launch_local` writes the document and
     says go; :func:`drop_ahead` (a request refused, no job) closes its stdin and it exits having
-    done nothing: no file, no gateway. Best effort: a launch without one starts the process then."""
+    done nothing: no file, no gateway. ``gateways``: local gateway processes it starts at once to
+    wait for their configs too (a job whose gateways will run on this host's loopback: its first
+    gateway's imports are otherwise what the job waits for after the go). Best effort: a launch
+    without one starts the process then."""
     if job_id in _ahead:
         return
+    extra = ["--gateways-ahead", str(gateways)] if gateways > 0 else []
     try:
         _ahead[job_id] = subprocess.Popen(
-            [sys.executable, "-m", "skyplane_provider.coordinator", str(job_dir(job_id)), "--ahead"],
+            [sys.executable, "-m", "skyplane_provider.coordinator", str(job_dir(job_id)), "--ahead", *extra],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:
         log.debug("job %s: coordinator not started ahead: %s", job_id, exc)
@@ -59,6 +61,8 @@ def launch_local(job_id: str, document: dict, host: str | None = None) -> dict:
     go); ``{"url", "pid", "cert"}`` once it listens. Its API listens on 127.0.0.1, or on ``host`` (an
     address of this host that clients on other hosts can reach) over TLS with a certificate of its
     own, which ``cert`` carries for pinning."""
+    from planner.errors import CoordinatorError  # not before start_ahead: see cli/main.py
+
     if host:
         document = {**document, "host": host, "tls": True}
     prune_finished_jobs()

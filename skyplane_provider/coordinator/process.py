@@ -23,10 +23,10 @@ import gc
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,6 +42,8 @@ FETCHED_GRACE = 2.0
 CANCELLED_LINGER = 30.0
 #: Seconds the launching process waits for the API to listen.
 START_TIMEOUT = 120.0
+#: Seconds an unused process started ahead waits for the gateways it started ahead to exit.
+DROP_WAIT = 5.0
 #: New containers between two collections of the cyclic garbage collector's youngest generation
 #: (Python's default: 700). Every object in flight is a few containers (ObjectInfo, ObjectTask, Copy,
 #: Piece, a chunk spec's dicts) that live for seconds, so the default collected thousands of times
@@ -59,20 +61,56 @@ def main(argv: list[str] | None = None) -> int:
                         help="started before the job document exists (launcher.start_ahead): import the job's "
                              "modules, then wait for a line on stdin (the go) and log to the job's directory; "
                              "exit 0 at the end of input")
+    parser.add_argument("--gateways-ahead", type=int, default=0, metavar="N",
+                        help="with --ahead: also start N local gateway processes before importing anything, to "
+                             "wait for their configs (provisioners/spares.py: a job on this host's loopback)")
     args = parser.parse_args(argv)
+    if args.foreground:
+        return run(args.directory)
+    started_r, started_w = os.pipe()  # the job process writes a byte once its API listens
     if args.ahead:
+        go_r, go_w = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(started_w)
+        if args.ahead:
+            os.close(go_r)
+            if not _relay_go(go_w):
+                os.waitpid(child, 0)  # it drops its gateways started ahead first
+                os._exit(0)  # not needed: the request was refused, or the job launched otherwise
+        # The launcher waits for this exit: no teardown of the modules imported (~20 ms at load 8),
+        # nothing to flush (this process wrote nothing).
+        os._exit(_wait_started(started_r, child))
+    os.setsid()
+    os.close(started_r)
+    if args.ahead:
+        # The job's process, nobody's child once the first exits: local gateways started now are its
+        # children (they stop when it is gone), and import beside this process and the client.
+        os.close(go_w)
+        os.dup2(go_r, 0)
+        os.close(go_r)
+        if args.gateways_ahead > 0:
+            from skyplane_provider.provisioners import spares
+
+            spares.start_unnamed(args.directory, args.gateways_ahead)
         _import_job_modules()
         if not sys.stdin.readline():
-            return 0  # not needed: the request was refused, or the job launched otherwise
+            from skyplane_provider.provisioners import spares
+
+            spares.drop(wait=DROP_WAIT)  # none left behind once the first process exits
+            return 0
         _detach_io(args.directory / LOG)
-    if not args.foreground:
-        child = os.fork()
-        if child:
-            # The launcher waits for this exit: no teardown of the modules imported (~20 ms at load 8),
-            # nothing to flush (this process wrote nothing).
-            os._exit(_wait_started(args.directory, child))
-        os.setsid()
-    return run(args.directory)
+    return run(args.directory, started_w)
+
+
+def _relay_go(go_w: int) -> bool:
+    """In the first process of one started ahead: pass the launcher's go (a line on stdin) to the job's
+    process; False at the end of input (no go: that process is told so by the pipe closing)."""
+    line = sys.stdin.buffer.readline()
+    if line:
+        os.write(go_w, line)
+    os.close(go_w)
+    return bool(line)
 
 
 def _import_job_modules() -> None:
@@ -96,22 +134,20 @@ def _detach_io(log_path: Path) -> None:
     os.close(out)
 
 
-def _wait_started(directory: Path, child: int) -> int:
-    """In the launching process: 0 once the child's API listens, 1 if it died first or took too long."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if (directory / ADDRESS).exists():
-            return 0
-        pid, _ = os.waitpid(child, os.WNOHANG)
-        if pid:
-            return 1
-        time.sleep(0.01)  # the client waits for this process's exit: every job's start waits here
-    os.kill(child, signal.SIGTERM)
+def _wait_started(started_r: int, child: int) -> int:
+    """In the launching process: 0 once the child's API listens (a byte on ``started_r``), 1 if it died
+    first (the pipe's end of file) or took too long."""
+    ready, _, _ = select.select([started_r], [], [], START_TIMEOUT)
+    if ready and os.read(started_r, 1):
+        return 0
+    if not ready:
+        os.kill(child, signal.SIGTERM)
     return 1
 
 
-def run(directory: Path) -> int:
-    """Serve and run the job whose document is in ``directory``; 0 when it succeeded."""
+def run(directory: Path, started: int | None = None) -> int:
+    """Serve and run the job whose document is in ``directory``; 0 when it succeeded. ``started``: a
+    pipe's end to write a byte to (then close) once the API listens and its address is written."""
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     doc = json.loads((directory / REQUEST).read_text())
     (directory / REQUEST).unlink()  # the credentials live no longer on disk than needed
@@ -156,6 +192,9 @@ def run(directory: Path) -> int:
     threading.Thread(target=_relay_cancel, args=(job, transfer), name="cancel", daemon=True).start()
     write_private(directory / ADDRESS, {"job_id": job.job_id, "url": url, "pid": os.getpid(), "cert": cert,
                                         "created_at": datetime.now(timezone.utc).isoformat()})
+    if started is not None:
+        os.write(started, b"1")
+        os.close(started)
     log.info("job %s: coordinator %d serving on %s", job.job_id, os.getpid(), url)
     job.running()
     try:
@@ -198,22 +237,25 @@ def _start_gateways_ahead(doc: dict) -> None:
     if listing is not None and not any(copy for _, _, copy, _ in listing["decisions"]):
         return  # a full listing with nothing to copy (a sync up to date, a mirror that only deletes)
     from planner.plan import Plan
+    from skyplane_provider.provisioners import spares
     from skyplane_provider.provisioners.local import LocalProvisioner
 
     try:
         plan = Plan.from_dict(plan)
         ids = [(f"{region}/{i}", region) for region in plan.programs() for i in range(plan.gateways[region])]
-        LocalProvisioner(**request.get("provisioner_settings", {})).start_ahead(
-            request["job_id"], [g for g, _ in ids], [r for _, r in ids])
+        provisioner = LocalProvisioner(**request.get("provisioner_settings", {}))
+        if provisioner.loopback_fleet:  # its first gateways take those started before the plan existed
+            ids = ids[spares.unnamed_held():]
+        provisioner.start_ahead(request["job_id"], [g for g, _ in ids], [r for _, r in ids])
     except Exception as exc:  # noqa: BLE001 - only a head start is lost; provisioning reports real problems
         log.debug("job %s: gateways not started ahead: %s", request.get("job_id"), exc)
 
 
 def _drop_gateways_ahead(doc: dict) -> None:
     if doc["request"].get("provisioner") == "local":
-        from skyplane_provider.provisioners.local import drop_spares
+        from skyplane_provider.provisioners import spares
 
-        drop_spares(wait=10.0)
+        spares.drop(wait=10.0)
 
 
 def _handed_provisioner(request, doc: dict):

@@ -6,11 +6,17 @@ Each is imported only when asked for, so a missing optional piece of one never b
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import BadOptionError
 
-from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
+if TYPE_CHECKING:
+    from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
+
+#: What this package gives from .base, imported when first asked for: a coordinator started ahead
+#: starts its gateways' processes (.spares) before it imports the control client, the stores and
+#: their SDKs' helpers that .base brings.
+_FROM_BASE = ("Fleet", "GatewayHandle", "GatewaySpec", "Provisioner")
 
 #: name -> "module:class", relative to this package.
 REGISTRY: dict[str, str] = {
@@ -25,6 +31,8 @@ REGISTRY: dict[str, str] = {
 def get_provisioner(name_or_obj: str | Provisioner, **settings: Any) -> Provisioner:
     """A provisioner instance: ``name_or_obj`` itself when it already is one (then no settings may be
     given), else the registered class of that name built with ``settings``."""
+    from .base import Provisioner
+
     if isinstance(name_or_obj, Provisioner):
         if settings:
             raise BadOptionError(f"settings {sorted(settings)} given with a ready-made {name_or_obj.name} provisioner",
@@ -40,6 +48,14 @@ def get_provisioner(name_or_obj: str | Provisioner, **settings: Any) -> Provisio
         raise BadOptionError(f"the {name_or_obj} provisioner cannot be loaded: {exc}",
                              hint="install its dependencies, or choose another provisioner") from exc
     return getattr(mod, cls)(**settings)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["REGISTRY", "Fleet", "GatewayHandle", "GatewaySpec", "Provisioner", "get_provisioner"]

@@ -10,6 +10,8 @@ State of a job, under ``$SKYPLANE_HOME/jobs/<job_id>/`` (default ``~/.skyplane``
     gw-<gateway>/config.json  the daemon config, 0600 (job secret, control token, key, credentials)
     gw-<gateway>/ready.json   written by the daemon once its ports are bound
     gw-<gateway>/gateway.log  the daemon's stdout and stderr
+    gw-ahead-<K>/             the same, for a gateway whose process was started before the job was
+                              planned (spares.py): the directory its command line names
 
 Each gateway runs ``python -m gateway.daemon --config <dir>/config.json`` in its own session and
 process group, so ``cmdline_marker`` (the config path, which names the job) identifies it for
@@ -30,7 +32,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -42,7 +43,7 @@ from gateway.wire import is_loopback
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 from skyplane_provider.paths import skyplane_home
 
-from . import teardown_hooks
+from . import spares, teardown_hooks
 from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner, check_stop
 
 log = logging.getLogger(__name__)
@@ -229,10 +230,10 @@ class LocalProvisioner(Provisioner):
                 members.append(member)
                 record["gateways"].append(_pid_entry(member))
                 _write_private(job_dir / PIDS_FILE, json.dumps(record, indent=1))
-            drop_spares()  # daemons started ahead for gateways this fleet does not have
+            spares.drop()  # daemons started ahead for gateways this fleet does not have
             _bring_up(members, time.monotonic() + self.health_timeout, stop)
         except BaseException:
-            drop_spares()
+            spares.drop()
             LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs).teardown()
             raise
         fleet = LocalFleet(job_id, job_dir, members, grace=self.stop_grace, keep_logs=self.keep_logs,
@@ -247,7 +248,11 @@ class LocalProvisioner(Provisioner):
         control_host = place.get("control_host", bind_host)
         netns = place.get("netns")
         _check_reachable(control_host, spec.gateway_id)
-        directory = job_dir / gateway_dir_name(spec.gateway_id)
+        # A daemon started ahead of the job's plan (spares.py) takes the first gateways that have none
+        # of their own, in the directory its command line names, on loopback only.
+        named = job_dir / gateway_dir_name(spec.gateway_id) / "config.json"
+        unnamed = spares.take_unnamed() if not netns and not spares.held(named) and self.loopback_fleet else None
+        directory = unnamed[0].parent if unnamed is not None else named.parent
         directory.mkdir(mode=0o700, exist_ok=True)
         (directory / "ready.json").unlink(missing_ok=True)
         config = {"workers": workers, **spec.config, "gateway_id": spec.gateway_id, "job_id": job_id,
@@ -258,9 +263,9 @@ class LocalProvisioner(Provisioner):
         config.pop("log_file", None)  # stdout/stderr already go to the gateway's log
         config_path = directory / "config.json"
         _write_private(config_path, json.dumps(config))
-        spare = _take_spare(config_path)
-        if spare is not None:
-            proc = spare  # it imported its modules while this process was busy: it reads the config now
+        # One started ahead imported its modules while this process was busy: it reads the config now.
+        proc = unnamed[1] if unnamed is not None and spares.go(unnamed[1]) else spares.take(config_path)
+        if proc is not None:
             log.debug("gateway %s: its process %d was started ahead", spec.gateway_id, proc.pid)
         else:
             proc = self._start_process(spec.gateway_id, directory, netns)
@@ -270,9 +275,8 @@ class LocalProvisioner(Provisioner):
     def _start_process(self, gateway_id: str, directory: Path, netns: str | None, *,
                        ahead: bool = False) -> subprocess.Popen:
         """The daemon of ``gateway_id``, its log in ``directory``. ``ahead``: before its config exists
-        (:meth:`start_ahead`); it waits on stdin for :func:`_take_spare`'s go."""
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        argv = [*prefix, sys.executable, "-m", "gateway.daemon", "--config", str(directory / "config.json")]
+        (:meth:`start_ahead`); it waits on stdin for its go (spares.py)."""
+        argv = spares.daemon_argv(directory / "config.json", netns)
         with open(directory / "gateway.log", "ab") as logf:
             try:
                 return subprocess.Popen([*argv, "--wait-for-config"] if ahead else argv,
@@ -286,7 +290,7 @@ class LocalProvisioner(Provisioner):
         calls this before importing its own modules): each imports its modules meanwhile, ~0.2 CPU-s
         and a third of a second on a loaded 2-core host that no longer stand between the coordinator
         and its first chunk, then waits on stdin. :meth:`provision` writes each config, then says go.
-        One never told (the job needed fewer gateways, or none) exits when :func:`drop_spares` or the
+        One never told (the job needed fewer gateways, or none) exits when :func:`spares.drop` or the
         end of this process closes its stdin. Best effort: a gateway that cannot be started ahead is
         started by :meth:`provision` as usual."""
         job_dir = skyplane_home() / "jobs" / job_id
@@ -300,52 +304,7 @@ class LocalProvisioner(Provisioner):
             except (OSError, ProvisionError) as exc:
                 log.debug("gateway %s not started ahead: %s", gateway_id, exc)
                 continue
-            with _spares_lock:
-                _spares[str(directory / "config.json")] = proc
-
-
-#: Gateway daemons started ahead of their configs (:meth:`LocalProvisioner.start_ahead`), by config path.
-_spares: dict[str, subprocess.Popen] = {}
-_spares_lock = threading.Lock()
-
-
-def _take_spare(config_path: Path) -> subprocess.Popen | None:
-    """The daemon started ahead for ``config_path``, told to read it (which must be written), or None."""
-    with _spares_lock:
-        proc = _spares.pop(str(config_path), None)
-    if proc is None:
-        return None
-    try:
-        proc.stdin.write(b"go\n")
-        proc.stdin.close()
-    except OSError:  # it died meanwhile: provision() starts another
-        proc.kill()
-        return None
-    return proc
-
-
-def drop_spares(wait: float = 0.0) -> None:
-    """Let every daemon started ahead and not used exit (its stdin closes) and remove the directory
-    made for it (a job cancelled before its fleet started leaves no gateway state); ``wait``: seconds
-    to wait for them (one still importing exits once done), after which the rest are killed."""
-    with _spares_lock:
-        spares = list(_spares.items())
-        _spares.clear()
-    procs = [proc for _, proc in spares]
-    for config_path, proc in spares:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        # a daemon still importing keeps its log open, which needs no directory entry
-        shutil.rmtree(Path(config_path).parent, ignore_errors=True)
-    deadline = time.monotonic() + wait
-    for proc in procs if wait else ():
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            spares.add_named(directory / "config.json", proc)
 
 
 def _pid_entry(member: _LocalGateway) -> dict:
