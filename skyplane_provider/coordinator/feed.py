@@ -52,7 +52,9 @@ class Feed:
     bundled (:func:`gateway.sizing.choose` of the first page); ``manifest`` a connection for this
     thread (uploads begun are committed at once); ``resume`` whether to skip what it records done.
     ``decisions``: the job's decisions made already from a whole listing (a dry run's, a cost guard's,
-    a mirror's or a filtered job's, which list in full first); then nothing is listed here."""
+    a mirror's or a filtered job's, which list in full first); then nothing is listed here.
+    ``pending``: each destination's unfinished uploads as :func:`pending_uploads` found them (the
+    client, before this job's coordinator started); None: they are listed here first."""
 
     #: Put after the last chunk; the dispatch loop then checks :attr:`error`.
     DONE = object()
@@ -61,7 +63,7 @@ class Feed:
                  chunk_size: int, sizing: Sizing, max_chunk_bytes: int, weights: tuple[float, ...],
                  manifest: Manifest, resume: bool, ledger: Ledger, stop: threading.Event,
                  on_dest_only: OnDestOnly | None = None, decisions: Iterable[Decision] | None = None,
-                 depth: int = QUEUE_CHUNKS) -> None:
+                 pending: list[dict[str, list[str]]] | None = None, depth: int = QUEUE_CHUNKS) -> None:
         self.source, self.dests = source, dests
         self._first_page, self._next_token = first_page, next_token
         self.sync, self.chunk_size, self.max_chunk_bytes = sync, chunk_size, max_chunk_bytes
@@ -81,7 +83,7 @@ class Feed:
         self.error: BaseException | None = None
         self._done: set[tuple[str, int]] = set()  # (source key, dest) recorded done, this page's range
         self._page_last: str | None = None
-        self._pending: list[dict[str, list[str]]] = []
+        self._pending = pending
         self._stale = False  # whether any unfinished upload is left to abort (see _abort_stale)
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -151,7 +153,8 @@ class Feed:
     # -- listing -> chunks --------------------------------------------------------------------------
     def _items(self) -> Iterator[Chunk | ObjectTask]:
         """Chunks, and the objects that need no chunk (every part recorded written: only completing)."""
-        self._pending = [self._pending_uploads(d) for d in self.dests]
+        if self._pending is None:
+            self._pending = [pending_uploads(d) for d in self.dests]
         self._stale = any(self._pending)
         src = self.source
         stream = self._decisions if self._decisions is not None else diff(
@@ -214,20 +217,6 @@ class Feed:
         return [_dest_listing(d) for d in self.dests]
 
     # -- multipart uploads --------------------------------------------------------------------------
-    def _pending_uploads(self, dest) -> dict[str, list[str]]:
-        """Unfinished uploads under a destination's prefix (key -> upload ids) that an earlier run began
-        and neither completed nor aborted (it was killed): each is aborted when the listing reaches its
-        key, copied or up to date, unless the manifest records it for this job to continue."""
-        prefix = dest.exact_key if dest.exact_key is not None else dest.base
-        store = dest.store
-        found: dict[str, list[str]] = {}
-        for key, upload_id in with_retries(lambda: store.pending_uploads(prefix),
-                                           what=f"listing unfinished uploads under {store.root_uri}/{prefix}"):
-            if len(found) >= MAX_PENDING:
-                break
-            found.setdefault(key, []).append(upload_id)
-        return found
-
     def _abort_stale(self, dest: int, key: str) -> None:
         ids = self._pending[dest].pop(key, None)
         if not ids:
@@ -331,3 +320,18 @@ def abort_upload(store, key: str, upload_id: str) -> None:
         with_retries(lambda: store.abort_multipart(key, upload_id), what=f"aborting {store.root_uri}/{key}")
     except SkyplaneError as exc:
         log.warning("could not abort the upload %s of %s/%s: %s", upload_id, store.root_uri, key, exc)
+
+
+def pending_uploads(dest) -> dict[str, list[str]]:
+    """Unfinished uploads under a destination's prefix (key -> upload ids) that an earlier run began
+    and neither completed nor aborted (it was killed): the feed aborts each when the listing reaches its
+    key, copied or up to date, unless the manifest records it for this job to continue."""
+    prefix = dest.exact_key if dest.exact_key is not None else dest.base
+    store = dest.store
+    found: dict[str, list[str]] = {}
+    for key, upload_id in with_retries(lambda: store.pending_uploads(prefix),
+                                       what=f"listing unfinished uploads under {store.root_uri}/{prefix}"):
+        if len(found) >= MAX_PENDING:
+            break
+        found.setdefault(key, []).append(upload_id)
+    return found

@@ -17,6 +17,8 @@ from gateway.stores.base import ObjectInfo, ObjectStore
 from gateway.stores.uri import StoreURI
 from planner.errors import AccessDeniedError, BadOptionError, NotFoundError
 from planner.store_requests import RequestCounts
+from skyplane_provider.coordinator.deferred_store import DeferredStore
+from skyplane_provider.coordinator.gateway_store import capabilities_from
 from skyplane_provider.filters import Filter
 from skyplane_provider.coordinator.listing import differs as needs_copy  # noqa: F401 - the sync rule, one copy
 
@@ -61,8 +63,11 @@ def _dir_prefix(path: str) -> str:
     return path if not path or path.endswith("/") else path + "/"
 
 
-def open_source(uri: StoreURI, *, recursive: bool, credentials: dict, region: str | None) -> Source:
-    """Open the source store and decide what is listed; raises if it does not exist."""
+def open_source(uri: StoreURI, *, recursive: bool, credentials: dict, region: str | None,
+                found: dict | None = None) -> Source:
+    """Open the source store and decide what is listed; raises if it does not exist. ``found``: the
+    source as the client that checked it handed it over (:meth:`Transfer.handoff`: region and
+    capabilities), so the store is neither asked again nor opened until a call needs it."""
     if uri.scheme == "file":
         path = uri.path.rstrip("/") or "/"
         if os.path.isdir(path):
@@ -74,6 +79,12 @@ def open_source(uri: StoreURI, *, recursive: bool, credentials: dict, region: st
         else:
             raise NotFoundError(f"source {uri} does not exist", hint="check the path")
         store = open_store("file://" + root, credentials)
+    elif found is not None:
+        if not recursive and (not uri.path or uri.path.endswith("/")):
+            raise BadOptionError(f"source {uri} names a prefix", hint="pass recursive (-r) to copy a prefix")
+        store = DeferredStore(uri.root_uri, credentials, capabilities_from(found["capabilities"]))
+        prefix, single = (_dir_prefix(uri.path), False) if recursive else (uri.path, True)
+        return Source(uri, store, prefix, single, found["region"])
     else:
         store = open_store(uri.root_uri, credentials)
         store.check()
@@ -89,8 +100,10 @@ def open_source(uri: StoreURI, *, recursive: bool, credentials: dict, region: st
     return Source(uri, store, prefix, single, region or _region_of(store, uri))
 
 
-def open_destination(uri: StoreURI, *, single_source: bool, credentials: dict, region: str | None) -> Destination:
-    """Open a destination store; its bucket must exist (we never create buckets)."""
+def open_destination(uri: StoreURI, *, single_source: bool, credentials: dict, region: str | None,
+                     found: dict | None = None) -> Destination:
+    """Open a destination store; its bucket must exist (we never create buckets). ``found``: the
+    destination as the client that checked it handed it over (as for :func:`open_source`)."""
     exact = None
     if uri.scheme == "file":
         path = uri.path
@@ -102,6 +115,9 @@ def open_destination(uri: StoreURI, *, single_source: bool, credentials: dict, r
             raise NotFoundError(f"destination directory {root} does not exist", hint="create it first")
         store = open_store("file://" + root, credentials)
         base = ""
+    elif found is not None:
+        return Destination(uri, DeferredStore(uri.root_uri, credentials, capabilities_from(found["capabilities"])),
+                           found["base"], found["exact_key"], found["region"])
     else:
         store = open_store(uri.root_uri, credentials)
         store.check()

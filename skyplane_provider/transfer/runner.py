@@ -43,8 +43,9 @@ from planner.errors import BadOptionError, ProvisionError, SkyplaneError, Transf
 from planner.plan import Plan
 from planner.store_requests import RequestCounts
 from skyplane_provider.coordinator.chunker import part_size_for
-from skyplane_provider.coordinator.feed import Feed, abort_upload
+from skyplane_provider.coordinator.feed import Feed, abort_upload, pending_uploads
 from skyplane_provider.coordinator.finish import Verification
+from skyplane_provider.coordinator.deferred_store import DeferredStore
 from skyplane_provider.coordinator.gateway_store import GatewayStore, capabilities_doc, capabilities_from
 from skyplane_provider.coordinator.jobdir import resumable_request
 from skyplane_provider.coordinator.launcher import drop_ahead, start_ahead
@@ -200,15 +201,19 @@ class Transfer:
             if req.state_uri else None
         if self.state is not None and not self._checked:
             self.state.check()
-        self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
-                                  region=req.src_region)
         handed = self._prepared
+        # What the client found, so that this coordinator opens (imports the SDK of) only the stores it
+        # calls, when it calls them (coordinator/deferred_store.py).
+        found = handed if handed is not None and "source" in handed else None
+        self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
+                                  region=req.src_region, found=found and found["source"])
         if isinstance(self._provisioner, HandedProvisioner):
             self.dests = self._destinations_through_gateways(dst_uris, handed)
         else:
             dst_regions = req.dst_regions or [None] * len(dst_uris)
             self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials,
-                                           region=r) for u, r in zip(dst_uris, dst_regions)]
+                                           region=r, found=found and found["dests"][i])
+                          for i, (u, r) in enumerate(zip(dst_uris, dst_regions))]
         filters = req.filters()
         # What a client handed over decides, not the request: a client whose first probe found a
         # destination that copies server-side lists in full, and when its probe of every object then
@@ -329,12 +334,16 @@ class Transfer:
         token of the next, or the whole listing of a job that lists in full first (filters, mirror, ``max_cost_usd``, server-side
         copies: its decisions, deletions and request counts, and the server-side copies' probed
         ways; listing the stores again took as long as the first time, minutes for millions of
-        objects), and each destination as the client found it (root, key prefix, region and
-        capabilities: a coordinator on a remote fleet reaches it only through its gateways)."""
+        objects), and the source and each destination as the client found them (region and capabilities,
+        and a destination's root, key prefix and the unfinished uploads an earlier run left there: a
+        coordinator on a remote fleet reaches it only through its gateways, one on this host opens a
+        store only when it calls it)."""
         doc: dict = {"plan": self.plan.to_dict(), "estimate": self.estimate.to_dict(),
+                     "source": {"region": self.source.region,
+                                "capabilities": capabilities_doc(self.source.store.capabilities)},
                      "dests": [{"root": d.store.root_uri, "base": d.base, "exact_key": d.exact_key,
-                                "region": d.region, "capabilities": capabilities_doc(d.store.capabilities)}
-                               for d in self.dests]}
+                                "region": d.region, "capabilities": capabilities_doc(d.store.capabilities),
+                                "pending": pending_uploads(d)} for d in self.dests]}
         if self.ways:
             doc["ways"] = {str(i): [w.by, w.parts] for i, w in self.ways.items()}
         if self.streaming:
@@ -513,7 +522,8 @@ class Transfer:
                              sizing=self._sizing, max_chunk_bytes=self._max_chunk_bytes,
                              weights=self.plan.partition_weights, manifest=feed_manifest,
                              resume=self.request.resume, ledger=self.ledger, stop=self._stop,
-                             decisions=None if self.streaming else self._routed_decisions(routed)).start()
+                             decisions=None if self.streaming else self._routed_decisions(routed),
+                             pending=self._handed_pending()).start()
             self._first = []  # the feed owns the page now
             if self.feed.wait_first():  # else nothing goes through gateways: no fleet
                 self.fleet = self._provision()
@@ -587,6 +597,11 @@ class Transfer:
             self.state.delete()
         return self._stats(started, routed, copied)
 
+    def _handed_pending(self) -> list[dict[str, list[str]]] | None:
+        """The destinations' unfinished uploads as the client listed them (:meth:`handoff`), or None."""
+        found = (self._prepared or {}).get("dests") or []
+        return [d["pending"] for d in found] if found and all("pending" in d for d in found) else None
+
     def _routed_decisions(self, routed: list[ObjectJob]) -> list[Decision]:
         """A full listing's decisions, each object's copies narrowed to those going through gateways
         (the server-side ones are the :class:`Copier`'s; the feed still clears the uploads an earlier
@@ -644,8 +659,10 @@ class Transfer:
         own = [s for s in (self.source, *self.dests) if s is not None and not isinstance(s.store, GatewayStore)]
         mine = {k: v for k, v in entries.items() if any(covers(k, side.store.root_uri) for side in own)}
         merged = {**self.request.credentials, **mine}
+        # A store not opened yet opens with the request's document, which takes the entries below.
         reopened = {id(side): open_store(side.store.root_uri, merged) for side in own
-                    if any(covers(k, side.store.root_uri) for k in mine)}
+                    if any(covers(k, side.store.root_uri) for k in mine)
+                    and not (isinstance(side.store, DeferredStore) and not side.store.opened)}
         for side in own:
             if id(side) in reopened:
                 side.store = reopened[id(side)]
