@@ -1,12 +1,20 @@
-"""Scale: a local tree of many 1 KiB files, ours against rclone, with the memory each of our processes held.
+"""Scale: many 1 KiB objects, in a local tree or in a moto bucket, ours against rclone, with the memory each
+of our processes held.
 
     .venv/bin/python benchmarks/scale.py [--objects 20000] [--size 1KiB] [--transfers 16] [--dir DIR]
+    .venv/bin/python benchmarks/scale.py --from s3 --objects 100000
 
-Source: ``--objects`` random files of ``--size`` bytes, 1,000 per directory, on tmpfs (``/dev/shm`` when
-it has room); destination: another tmpfs directory (rclone's local backend against our local stores
-behind a source and a destination gateway, no emulator in the way). Side by side in one run:
+Source (``--from local``, the default): ``--objects`` random files of ``--size`` bytes, 1,000 per
+directory, on tmpfs (``/dev/shm`` when it has room); destination: another tmpfs directory (rclone's
+local backend against our local stores, no emulator in the way). ``--from s3``: the same tree seeded
+into a bucket of a moto_server started for the run (by our own copy, not timed: moto takes a few
+milliseconds of its CPU per PUT), then downloaded to a tmpfs directory, what a user runs to fetch a
+bucket (``cp -r s3://BUCKET/ DIR``): every object listed from moto and read with a GET, nothing else
+in the way. (Bucket to bucket on one moto is a server-side copy for both tools, no gateway:
+benchmarks/server_side.py.) Side by side in one run:
 
-- **rclone**: ``rclone copy SRC DST --transfers T --checkers T``.
+- **rclone**: ``rclone copy SRC DST --transfers T --checkers T`` (``--from s3``: SRC is ``src:BUCKET``,
+  its S3 backend pointed at moto by ``RCLONE_CONFIG_SRC_*``, other flags at their defaults).
 - **ours**: a ``Transfer`` with default flags run as ``skyplane_provider.transfer.copy`` runs it
   (what ``skyplane-provider cp -r`` runs: ``prepare()``, ``start()``, the handle's ``result()``),
   timed from the call to its return (listing, coordinator and gateway start-up, transfer,
@@ -16,11 +24,13 @@ Measured for ours: peak RSS (``VmHWM``) of the coordinator process and of each g
 (sampled every 0.2 s from /proc: every process whose command line names this run's
 ``SKYPLANE_HOME``, and their children), seconds from the call to the first destination file
 written whole (a watcher polls the destination; a gateway's temp file does not count), CPU-seconds
-per 1,000 objects (client, coordinator and gateways: ``benchutil.TreeCPU``). The first byte is
+per 1,000 objects (client, coordinator and gateways: ``benchutil.TreeCPU``; with ``--from s3`` also moto's
+own, for each tool's run, from its /proc figures). The first byte is
 broken down: the client's ``prepare()`` (first listing page, pre-flight, plan), the coordinator's
 start (``start()`` until its API listens), its ``prepare`` and ``provision`` phases, and the rest
 (the first chunks submitted, read, sent and written); and when the coordinator learnt of its first
-chunk written whole (``first_byte_seconds``). Every destination file is checked (sha256). Prints a
+chunk written whole (``first_byte_seconds``). Every destination file of both copies is checked (sha256)
+against the local tree, so a copy missing or adding an object fails the run. Prints a
 table and ``scale ours/baseline=R`` (R = rclone's seconds / ours: above 1, we are faster).
 """
 
@@ -35,13 +45,16 @@ import threading
 import time
 from pathlib import Path
 
-from baselines import run_rclone
-from benchutil import MiB, Timer, TreeCPU, _cmdline, compile_ours, machine_line, our_role, ratio_line, status_kib
+from baselines import rclone_remote, run_rclone
+from benchutil import (MiB, Timer, TreeCPU, _cmdline, clean_up, compile_ours, cpu_seconds, machine_line, our_role,
+                       peak_rss_mib, ratio_line, status_kib)
 from small_files import make_tree
 
 from gateway.stores.local import TMP_DIR
+from skyplane_provider.testing.buckets import create_bucket
+from skyplane_provider.testing.emulators import start_all
 from skyplane_provider.testing.samples import digests
-from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.transfer import Transfer, TransferRequest, copy
 from skyplane_provider.transfer.request import parse_size
 
 
@@ -115,8 +128,33 @@ def first_byte_line(first: float | None, client: float, start: float, stats) -> 
             f"written whole {stats.first_byte_seconds} s after its job started")
 
 
+def role(cmdline: str) -> str:
+    """``benchutil.our_role``, except that moto (a child of this process, so inside its process tree) is
+    ``store``: its CPU is counted apart, not as ours."""
+    return "store" if "moto_server" in cmdline else our_role(cmdline)
+
+
+def seed_bucket(src: Path, count: int, scratch: Path) -> str:
+    """Copy the tree at ``src`` into a new moto bucket with our own tool (not timed, a home of its own so
+    its processes are not counted with the measured run's); return the bucket's URI."""
+    bucket = create_bucket("s3")
+    home = os.environ["SKYPLANE_HOME"]
+    os.environ["SKYPLANE_HOME"] = str(scratch / "seed-home")
+    try:
+        with Timer() as t:
+            stats = copy(str(src), bucket + "/", src_region="local:src")
+    finally:
+        os.environ["SKYPLANE_HOME"] = home
+    if stats.objects != count:
+        raise SystemExit(f"seeding moto copied {stats.objects} objects, not {count}")
+    print(f"  seeded {bucket} with {count} objects in {t.seconds:.1f} s (ours, not timed)", flush=True)
+    return bucket
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from", dest="source", choices=("local", "s3"), default="local",
+                    help="a local tree, or a moto bucket seeded from it (downloaded to a local directory)")
     ap.add_argument("--objects", type=int, default=20_000)
     ap.add_argument("--size", default="1KiB")
     ap.add_argument("--transfers", type=int, default=16, help="rclone's --transfers and --checkers")
@@ -131,18 +169,36 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=base_dir))
     home = scratch / "home"
     os.environ["SKYPLANE_HOME"] = str(home)
+    emulators = None
     try:
         src, theirs, ours_dst = scratch / "src", scratch / "rclone", scratch / "ours"
         make_tree(src, count, size)
         theirs.mkdir()
         ours_dst.mkdir()
         expected = digests("file://" + str(src))
-        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Debian's rclone cannot load it
-        print(f"scale: {count} objects x {size} B ({count * size / MiB:.0f} MiB, random) from a local directory "
-              f"({'tmpfs' if base_dir == '/dev/shm' else 'disk'}) to another", flush=True)
+        disk = "tmpfs" if base_dir == "/dev/shm" else "disk"
+        print(f"scale: {count} objects x {size} B ({count * size / MiB:.0f} MiB, random) from "
+              + (f"a local directory ({disk})" if args.source == "local" else "a moto bucket")
+              + f" to a local directory ({disk})", flush=True)
         print(f"  {machine_line()}", flush=True)
+        ours_src, rclone_src, store_pid = str(src), str(src), None
+        if args.source == "s3":
+            emulators = start_all(("s3",), log_dir=scratch / "logs")
+            os.environ.update(emulators.env)
+            store_pid = emulators.running["s3"].pid
+            ours_src = seed_bucket(src, count, scratch)
+            rclone_src = "src:" + ours_src.removeprefix("s3://")
+            os.environ.update(rclone_remote("src", "s3", emulators.endpoints["s3"]))
+            print(f"  {machine_line()} (seeded)", flush=True)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Debian's rclone cannot load it
+        store_cpu: dict[str, float] = {}
 
-        rclone = run_rclone(str(src), str(theirs), env, args.transfers, extra=("--checkers", str(args.transfers)))
+        def store_seconds() -> float:
+            return cpu_seconds(store_pid) if store_pid else 0.0
+
+        before = store_seconds()
+        rclone = run_rclone(rclone_src, str(theirs), env, args.transfers, extra=("--checkers", str(args.transfers)))
+        store_cpu["rclone"] = store_seconds() - before
         if digests("file://" + str(theirs)) != expected:
             raise SystemExit("rclone's copy does not match the source")
         print(f"  rclone: {rclone.seconds:.2f} s", flush=True)
@@ -151,10 +207,12 @@ def main() -> int:
         rss = PeakRSS(str(home))
         found: list[float] = []
         done = threading.Event()
-        # two region tags, as two regions' stores would be: on this one host the plan has the source's
-        # gateway write the destination itself (Plan.on_one_host), as a user's default run does
-        transfer = Transfer(TransferRequest(src=str(src), dsts=[str(ours_dst)], src_region="local:src",
-                                            dst_regions=["local:dst"]))
+        # a local source: two region tags, as two regions' stores would be: on this one host the plan has
+        # the source's gateway write the destination itself (Plan.on_one_host), as a user's default run
+        # does; a bucket: the region it reports, as the CLI finds it
+        regions = {"src_region": "local:src", "dst_regions": ["local:dst"]} if args.source == "local" else {}
+        transfer = Transfer(TransferRequest(src=ours_src, dsts=[str(ours_dst)], **regions))
+        before = store_seconds()
         with Timer() as t:
             call = time.monotonic()
             watcher = threading.Thread(target=first_file, args=(ours_dst, call, found, done), daemon=True)
@@ -164,8 +222,10 @@ def main() -> int:
             handle = transfer.start()
             started = time.monotonic()
             stats = handle.result()
+        store_cpu["ours"] = store_seconds() - before
         done.set()
-        cpu = tree.by(our_role)
+        cpu = tree.by(role)
+        cpu.pop("store", None)
         peaks = rss.stop()
         if digests("file://" + str(ours_dst)) != expected:
             raise SystemExit("our copy does not match the source")
@@ -175,21 +235,31 @@ def main() -> int:
         print(f"  first byte: {first_byte_line(first, prepared - call, started - prepared, stats)}", flush=True)
 
         ours_cpu = sum(cpu.values())
+        per_k = 1000 / count
+
+        def moto(tool: str) -> str:
+            return f"{store_cpu[tool] * per_k:.3f}" if store_pid else "-"
+
         print()
-        print("| run | seconds | objects/s | CPU-s per 1,000 objects | peak RSS MiB | first byte s |")
-        print("|---|---|---|---|---|---|")
+        print("| run | seconds | objects/s | CPU-s per 1,000 objects | moto CPU-s per 1,000 objects | peak RSS MiB | "
+              "first byte s |")
+        print("|---|---|---|---|---|---|---|")
         print(f"| rclone copy --transfers {args.transfers} --checkers {args.transfers} | {rclone.seconds:.2f} | "
-              f"{count / rclone.seconds:.0f} | {rclone.cpu_seconds / count * 1000:.3f} | | |")
-        rss_text = ", ".join(f"{role} {max(v):.0f} (of {len(v)})" for role, v in sorted(peaks.items()))
-        print(f"| ours | {t.seconds:.2f} | {count / t.seconds:.0f} | {ours_cpu / count * 1000:.3f} "
-              f"({', '.join(f'{k} {v / count * 1000:.3f}' for k, v in sorted(cpu.items()))}) | {rss_text} | "
+              f"{count / rclone.seconds:.0f} | {rclone.cpu_seconds * per_k:.3f} | "
+              f"{moto('rclone')} | | |")
+        rss_text = ", ".join(f"{name} {max(v):.0f} (of {len(v)})" for name, v in sorted(peaks.items()))
+        print(f"| ours | {t.seconds:.2f} | {count / t.seconds:.0f} | {ours_cpu * per_k:.3f} "
+              f"({', '.join(f'{k} {v * per_k:.3f}' for k, v in sorted(cpu.items()))}) | "
+              f"{moto('ours')} | {rss_text} | "
               f"{'' if first is None else f'{first:.2f}'} |")
+        if store_pid:
+            print(f"  moto's peak RSS: {peak_rss_mib(store_pid):.0f} MiB")
         print()
         print(ratio_line("scale", t.seconds, rclone.seconds,
-                         f"{count} x {size} B local -> local; ours {count / t.seconds:.0f} obj/s, "
+                         f"{count} x {size} B {args.source} -> local; ours {count / t.seconds:.0f} obj/s, "
                          f"rclone {count / rclone.seconds:.0f} obj/s; peak RSS MiB {peaks}"))
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        clean_up(scratch, emulators)
     return 0
 
 
