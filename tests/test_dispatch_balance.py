@@ -7,6 +7,13 @@ seconds long whatever the machine's load, so the gateways drain their queues at 
 share each one read depends on dispatch alone. Before the fix, the first POST /chunks went to one
 gateway and the next took every chunk listed so far (up to its 256 MiB of read-ahead): on the testbed
 the second source gateway of a small direct plan sent a quarter to a third of what the first sent.
+
+And a chunk that waits its turn at a busy gateway is not stalled: the dispatcher sends a chunk again
+only when neither it nor any other chunk of the job had news for its stall timeout. The job's bandwidth
+cap makes the one gateway write its chunks one after another for several seconds, so the last ones wait
+in its queue longer than the (shortened) stall timeout while the others are written. Before the fix
+each of them was sent again (and, at 100,000 small objects to moto under load, failed after four such
+rounds while the fleet wrote at full speed).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import os
 import pytest
 
 from planner.plan import Edge, Plan
-from skyplane_provider.transfer import Transfer, TransferRequest
+from skyplane_provider.transfer import Transfer, TransferRequest, dispatch
 
 from .helpers import gateway_pids, read_all
 
@@ -57,3 +64,21 @@ def test_source_gateways_each_read_their_share(tmp_path, files, size):
     # An equal share each; 0.3-0.7 leaves room for the chunk in hand and the pacing's re-splits under load.
     shares = {gid: n / (files * size) for gid, n in read.items()}
     assert all(0.3 <= s <= 0.7 for s in shares.values()), shares
+
+
+def test_chunks_queued_behind_a_busy_gateway_are_not_sent_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(dispatch, "STALL_SECONDS", 3.0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(24):  # 2 MiB each: one chunk per object, all accepted by the gateway at once
+        (src / f"f{i:02d}.bin").write_bytes(os.urandom(2 * MiB))
+    req = TransferRequest(src=f"file://{src}/", dsts=[f"file://{dst}/"], src_region="local:src",
+                          dst_regions=["local:dst"], compress=False, bwlimit="6MiB")  # ~8 s of writes
+    transfer = Transfer(req)
+    stats = transfer.execute()  # in this process: the test reads the dispatcher
+    assert stats.objects == 24 and stats.verified
+    assert read_all(f"file://{dst}") == read_all(f"file://{src}")
+    assert transfer.dispatcher.stall_seconds == 3.0
+    assert stats.seconds > 2 * 3.0, "the copy was too quick to show anything: slow it down further"
+    assert transfer.dispatcher.retries == 0
