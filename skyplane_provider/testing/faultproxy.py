@@ -3,7 +3,8 @@
 For a configurable fraction of requests it answers like a throttling store (S3 ``503 SlowDown``,
 GCS ``429``, Azure ``503 ServerBusy``) or drops the connection without an answer; everything else is
 forwarded to the upstream server unchanged, after ``delay`` seconds (a slow store, so that a test can
-act at a chosen point of a transfer). It counts what it did, so a test can show that faults
+act at a chosen point of a transfer). ``faults`` caps the faults of its whole life: with a ``seed``,
+exactly the first ones its random draws make, whatever the order the requests come in. It counts what it did, so a test can show that faults
 really happened. With ``authorization``, it answers 401 (in the store's words) to every request not
 carrying exactly that ``Authorization`` header, which the emulators do not check themselves: a test
 can show that a store sends the credentials it was given. Loopback only.
@@ -72,8 +73,10 @@ class FaultProxy:
     def __init__(self, upstream: str, *, kind: str, throttle: float = 0.0, reset: float = 0.0,
                  seed: int | None = None, spare_first: int = 0, delay: float = 0.0,
                  match: Callable[[str, str], bool] | None = None, retry_after: str = "0",
-                 authorization: str | None = None) -> None:
+                 authorization: str | None = None, faults: int | None = None) -> None:
         """``match(method, path)``: only the requests it accepts may be faulted (all when None);
+        ``faults``: at most this many throttles and resets in all, then every request is forwarded
+        (no limit when None: a test of a store that keeps throttling);
         ``retry_after``: the ``Retry-After`` header of a throttling answer; ``authorization``: the
         only ``Authorization`` header let through (any when None)."""
         up = urlsplit(upstream)
@@ -85,6 +88,7 @@ class FaultProxy:
         self.rng_lock = threading.Lock()
         self.spare_first = spare_first  # setup requests (bucket creation...) pass untouched
         self.match, self.retry_after, self.authorization = match, retry_after, authorization
+        self.faults_left = faults
         self.counts = FaultCounts()
         self._server: ThreadingHTTPServer | None = None
 
@@ -96,11 +100,11 @@ class FaultProxy:
                 self.spare_first -= 1
                 return "forward"
             x = self.rng.random()
-        if x < self.throttle:
-            return "throttle"
-        if x < self.throttle + self.reset:
-            return "reset"
-        return "forward"
+            if x >= self.throttle + self.reset or self.faults_left == 0:
+                return "forward"
+            if self.faults_left is not None:
+                self.faults_left -= 1
+        return "throttle" if x < self.throttle else "reset"
 
     def start(self) -> str:
         proxy = self
