@@ -7,10 +7,16 @@ over memory per byte a gateway receives, about what the kernel's copy into it co
 zeroing, not the page faults: with glibc's mmap off the faults fell 16x and the CPU did not move).
 A job's chunks mostly have one size (whole objects of one size, parts of one part size), so a
 buffer handed back once its frame is written is handed out again for the next frame of that size.
+
+A buffer the pool cannot hand out again is made without that zeroing (:func:`new_buffer`), and the
+bytes of chunks a source holds at once are bounded (:class:`ByteBudget`): each chunk-sized buffer
+beyond those a process already had is memory the kernel faults in afresh, ~0.5 CPU-s per GiB here,
+about what the copies of a plain hop cost (docs/benchmarks.md, "gateway_loopback").
 """
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 from typing import Callable
@@ -20,6 +26,20 @@ MIN_POOLED = 1024**2
 #: References to a buffer that only its holder refers to, as :meth:`BufferPool.give` counts them
 #: (the holder's, and ``sys.getrefcount``'s own argument).
 _ONLY_HELD = 2
+_POLL = 0.5
+
+_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_new_bytearray.argtypes, _new_bytearray.restype = (ctypes.c_void_p, ctypes.c_ssize_t), ctypes.py_object
+
+
+def new_buffer(n: int) -> bytearray:
+    """A ``bytearray`` of ``n`` bytes whose contents are undefined (whatever the memory held: the
+    caller must fill all of it, or drop it), for big buffers: ``bytearray(n)`` writes every byte first.
+    Small ones are zeroed as usual (it costs little)."""
+    if n < MIN_POOLED:
+        return bytearray(n)
+    # CPython's C API makes a bytearray of uninitialised memory when given no bytes to copy.
+    return _new_bytearray(None, n)
 
 
 class BufferPool:
@@ -52,7 +72,7 @@ class BufferPool:
                 if self._on_reuse is not None:
                     self._on_reuse()
                 return buf
-        return bytearray(n)
+        return new_buffer(n)
 
     def give(self, holder: tuple) -> int:
         """Hand back the buffers of ``holder`` (a written frame's body) that came from :meth:`take`,
@@ -84,3 +104,34 @@ class BufferPool:
     def idle(self) -> int:
         """Buffers waiting to be taken."""
         return self._idle
+
+
+class ByteBudget:
+    """How many bytes of chunks a stage may hold at once (those being read, encoded, queued and sent),
+    so that a burst does not make more chunk-sized buffers than the pipeline needs: a chunk larger
+    than the budget still goes, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, stop: threading.Event) -> bool:
+        """Wait until ``n`` more bytes fit (or nothing is held); False if ``stop`` was set meanwhile."""
+        with self._cond:
+            while self._held and self._held + n > self._limit:
+                if stop.is_set():
+                    return False
+                self._cond.wait(_POLL)
+            self._held += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._held -= n
+            self._cond.notify_all()
+
+    @property
+    def held(self) -> int:
+        """Bytes held now."""
+        return self._held

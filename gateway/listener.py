@@ -5,6 +5,10 @@ listens in its supervisor, whose :class:`HandOver` passes each accepted connecti
 turn over a private Unix socket (``SCM_RIGHTS``); the worker's :class:`DataListener` then serves it
 exactly as if it had accepted it.
 
+With a ``budget``, a frame's body is read only once its bytes fit (the frames received and not yet
+written or forwarded hold them until they are gone): a burst waits in the socket buffers, as a busy
+gateway's, instead of in chunk-sized buffers faulted in afresh.
+
 Every accepted connection must pass the job handshake within a few seconds or it is dropped; then
 its frames are read one by one (headers checked before any body is allocated) and handed to
 ``on_frame``, which may block: a busy gateway stops reading, and TCP slows the sender down.
@@ -19,11 +23,13 @@ import itertools
 import logging
 import socket
 import threading
+import weakref
 from typing import Callable
 
 from planner.errors import GatewayError, ProtocolError
 
 from . import wire
+from .buffers import ByteBudget
 from .events import EventLog
 
 log = logging.getLogger(__name__)
@@ -39,8 +45,10 @@ class DataListener:
 
     def __init__(self, host: str, port: int, *, job_id: bytes, secret: bytes, max_chunk: int,
                  on_frame: Callable[[wire.Frame], None], events: EventLog, stop: threading.Event,
-                 handoff: socket.socket | None = None, alloc: Callable[[int], bytearray] = bytearray) -> None:
+                 handoff: socket.socket | None = None, alloc: Callable[[int], bytearray] = bytearray,
+                 budget: ByteBudget | None = None) -> None:
         self._job_id, self._secret, self._max_chunk, self._alloc = job_id, secret, max_chunk, alloc
+        self._budget = budget
         self._on_frame, self._events, self._stop = on_frame, events, stop
         self._handoff = handoff
         self._sock = None if handoff is not None else socket.create_server((host, port), backlog=128)
@@ -110,6 +118,31 @@ class DataListener:
         threading.Thread(target=self._serve, args=(conn, addr), name=f"recv-{addr[0]}:{addr[1]}",
                          daemon=True).start()
 
+    def _recv_frame(self, conn: socket.socket, loopback: bool) -> wire.Frame | None:
+        """The next frame (:func:`wire.recv_frame`), its body read once it fits the budget, which it
+        holds until it is gone."""
+        if self._budget is None:
+            return wire.recv_frame(conn, job_id=self._job_id, max_chunk=self._max_chunk, via_loopback=loopback,
+                                   alloc=self._alloc)
+        held = 0
+
+        def hold(header: wire.Header) -> None:
+            nonlocal held
+            if not self._budget.acquire(header.wire_length, self._stop):
+                raise ConnectionError("the gateway is stopping")
+            held = header.wire_length
+
+        try:
+            frame = wire.recv_frame(conn, job_id=self._job_id, max_chunk=self._max_chunk, via_loopback=loopback,
+                                    alloc=self._alloc, on_header=hold)
+        except BaseException:
+            if held:
+                self._budget.release(held)
+            raise
+        if held:
+            weakref.finalize(frame, self._budget.release, held).atexit = False
+        return frame
+
     def _serve(self, conn: socket.socket, addr: tuple) -> None:
         peer = f"{addr[0]}:{addr[1]}"
         loopback = wire.is_loopback(addr[0])
@@ -123,8 +156,7 @@ class DataListener:
                 return
             while not self._stop.is_set():
                 try:
-                    frame = wire.recv_frame(conn, job_id=self._job_id, max_chunk=self._max_chunk, via_loopback=loopback,
-                                            alloc=self._alloc)
+                    frame = self._recv_frame(conn, loopback)
                 except ProtocolError as exc:
                     self._events.count("frames_rejected")
                     self._events.error(f"dropped connection from {peer}: {exc}")
@@ -143,6 +175,7 @@ class DataListener:
                     return
                 self._events.count("bytes_received_wire", frame.size)
                 self._on_frame(frame)
+                del frame  # not held while waiting for the next one: it holds the budget (and its buffers)
         except OSError as exc:
             if not self._stop.is_set():
                 log.info("data connection from %s ended: %s", peer, exc)

@@ -29,7 +29,7 @@ from planner.errors import BadOptionError, GatewayError, ProtocolError, Skyplane
 from . import store_api, wire
 from .bandwidth import Pacer, pacing_counters
 from .batch import Batch, ChunkMeta, ChunkSpec, DestStore, ObjectSpec, Target
-from .buffers import MIN_POOLED, BufferPool
+from .buffers import MIN_POOLED, BufferPool, ByteBudget, new_buffer
 from .codec import Codec, Decoded
 from .config import GatewayConfig
 from .events import EventLog
@@ -224,6 +224,8 @@ class GatewayNode(Controlled):
         self.router = Router(hops, job_id=config.job_id, secret=config.job_secret, queue_chunks=config.queue_chunks,
                              events=self.events, stop=self.stopping, encrypted_job=config.encrypt, pacer=self.pacer)
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
+        # Bytes of chunks read and not yet sent on every link (docs/gateway.md, "read_ahead_bytes").
+        self._unsent = ByteBudget(config.read_ahead_bytes)
         self._writes: queue.Queue[Decoded | wire.Frame | None] = queue.Queue(maxsize=config.queue_chunks)
         # (chunk id, object index, store, key, upload id, part) -> its write, oldest first; finished
         # entries beyond WRITE_WINDOW are forgotten (a re-send older than that is written again).
@@ -235,7 +237,8 @@ class GatewayNode(Controlled):
                                      secret=config.job_secret, max_chunk=config.max_chunk_bytes,
                                      on_frame=self._on_frame, events=self.events, stop=self.stopping,
                                      handoff=None if config.handoff_fd is None else
-                                     socket.socket(fileno=config.handoff_fd), alloc=self.buffers.take)
+                                     socket.socket(fileno=config.handoff_fd), alloc=self.buffers.take,
+                                     budget=ByteBudget(config.read_ahead_bytes))
 
     # ---- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -321,8 +324,29 @@ class GatewayNode(Controlled):
                 self.in_flight.release(item.spec.id)
 
     def _read_one(self, item: SourceChunk) -> None:
+        """Read a chunk, and send it or write it. A chunk that leaves only as a frame holds its bytes
+        until the frame is gone (sent on every link): such chunks are read only while they fit
+        ``read_ahead_bytes`` (else 8 readers, the link queues and the senders held twice the buffers
+        the links need, each one memory the kernel faulted in afresh)."""
+        pp = self._program[item.spec.partition]
+        framed_only = bool(pp.send) and not pp.write
+        n = item.spec.length
+        if framed_only and not self._unsent.acquire(n, self.stopping):
+            return  # stopping
+        frame = None
+        try:
+            frame = self._read_and_pass(item)
+        finally:
+            if framed_only:
+                if frame is None:
+                    self._unsent.release(n)
+                else:
+                    weakref.finalize(frame, self._unsent.release, n).atexit = False
+
+    def _read_and_pass(self, item: SourceChunk) -> wire.Frame | None:
         """Read every object of the chunk into a buffer of its own; one that cannot be read fails
-        alone, the others travel (sealed or checksummed together, never joined for it)."""
+        alone, the others travel (sealed or checksummed together, never joined for it). Returns the
+        frame sent, if any."""
         spec = item.spec
         store = self.stores(item.src)
         pieces, sent = [], []
@@ -333,10 +357,11 @@ class GatewayNode(Controlled):
             except Exception as exc:  # noqa: BLE001 - reported as this object's failure
                 self.events.failed(spec.id, self._as_error(spec.id, exc), objects=[i])
         if not sent:
-            return
+            return None
         self.events.count("bytes_read", sum(map(len, pieces)))
         meta = ChunkMeta.of(item.dests, spec, sent)
         pp = self._program[spec.partition]
+        frame = None
         if pp.send:
             loopback = all(self.router.loopback(hop.region) for hop in pp.send)
             frame, skipped = self._codec.encode(chunk_id=spec.id, partition=spec.partition, meta=meta.encode(),
@@ -351,6 +376,7 @@ class GatewayNode(Controlled):
             if not pp.send and self.config.program.writes_for:
                 self.events.skipped(SKIP_HOP_ONE_HOST)
             self._put_write(Decoded(spec.id, meta, pieces, LOCAL))
+        return frame
 
     def _reuse_read_buffers(self, frame: wire.Frame, pieces: list[bytearray]) -> None:
         """Hand big read buffers back for the next reads: now when the frame does not carry them (lz4's
@@ -364,9 +390,10 @@ class GatewayNode(Controlled):
 
     def _read_object(self, store: ObjectStore, src: str, obj: ObjectSpec) -> bytearray:
         """The object's bytes (or the part's), read straight into a buffer of their size."""
-        # A whole object is read one byte past its size, so one that grew is caught too. A part's
-        # buffer may be a reused one (filled whole by a read that counts, else dropped).
-        buf = self.buffers.take(obj.length) if obj.is_part else bytearray(obj.length + 1)
+        # A whole object is read one byte past its size, so one that grew is caught too. The buffer's
+        # bytes are undefined (a reused one's, or memory never zeroed): a read that counts fills it
+        # whole, else it is dropped.
+        buf = self.buffers.take(obj.length) if obj.is_part else new_buffer(obj.length + 1)
 
         def read() -> int:
             with memoryview(buf) as view:
@@ -425,6 +452,7 @@ class GatewayNode(Controlled):
                 self._guard(item.header.chunk_id, lambda: self._write_frame(item))
                 self.in_flight.release(item.header.chunk_id)
                 self._guard(item.header.chunk_id, lambda: self._recycle(item))
+            del item  # not held while waiting for the next one: a frame holds the receive budget
 
     def _write_frame(self, frame: wire.Frame) -> None:
         chunk = self._decode(frame)

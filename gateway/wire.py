@@ -214,12 +214,14 @@ def _paced_send(sock: socket.socket, views: list[memoryview], pace: Pacer) -> in
 
 
 def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_MAX_CHUNK,
-               via_loopback: bool = False, alloc: Callable[[int], bytearray] = bytearray) -> Frame | None:
+               via_loopback: bool = False, alloc: Callable[[int], bytearray] = bytearray,
+               on_header: Callable[[Header], None] | None = None) -> Frame | None:
     """Read one frame; None on a clean end of stream between frames.
 
     The body is read with ``recv_into`` into buffers of exactly its size (a clear frame's metadata
     and payload apart), taken from ``alloc`` (a :class:`gateway.buffers.BufferPool`'s ``take``:
-    contents undefined, each filled whole) only after the header passed :meth:`Header.unpack`. Raises
+    contents undefined, each filled whole) only after the header passed :meth:`Header.unpack` and
+    ``on_header`` returned (it may wait, or raise to end the connection). Raises
     :class:`ProtocolError` for a bad header, :class:`TruncatedFrame` when the stream ends inside the
     body and ``ConnectionError`` when it ends inside the header.
     """
@@ -227,6 +229,8 @@ def recv_frame(sock: socket.socket, *, job_id: bytes, max_chunk: int = DEFAULT_M
     if not _recv_exact(sock, memoryview(raw), allow_eof=True):
         return None
     header = Header.unpack(raw, job_id=job_id, max_chunk=max_chunk)
+    if on_header is not None:
+        on_header(header)
     sizes = (header.wire_length,) if header.encrypted else (header.meta_length, header.payload_length)
     body = tuple(alloc(n) for n in sizes)
     try:
