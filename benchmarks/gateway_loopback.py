@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import crc32c
+
 from benchutil import cpu_seconds, machine_line, peak_rss_mib
 from gateway.sizing import choose
 from gateway.batch import ChunkMeta, DestStore, SentObject, Target
@@ -115,8 +117,10 @@ def drive(src: GatewayClient, dst: GatewayClient, body: dict, chunks: list[dict]
 
 
 def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connections: int, *, compress: bool,
-                 encrypt: bool, workers: int) -> float:
-    """Seconds from the first submitted chunk until the destination object is complete."""
+                 encrypt: bool, workers: int) -> tuple[float, float, float]:
+    """Seconds from the first submitted chunk until the destination object is complete, the
+    gateways' CPU-seconds per GiB (source and destination together, after start-up) and the bytes
+    on the wire per byte of data."""
     with two_gateways(connections, compress=compress, encrypt=encrypt, workers=workers) as (src, dst, procs):
         src_root, dst_root = "file://" + str(src_dir), "file://" + str(dst_dir)
         store = open_store(dst_root)
@@ -141,7 +145,7 @@ def run_gateways(src_dir: Path, dst_dir: Path, size: int, chunk: int, connection
           f"completed), wire/data={wire / size:.3f}, peak RSS per process: source {peak[SRC]:.0f} MiB, "
           f"destination {peak[DST]:.0f} MiB; gateway CPU after start-up: source {cpu[SRC] / gib:.2f}, "
           f"destination {cpu[DST] / gib:.2f} CPU-s/GiB", flush=True)
-    return seconds
+    return seconds, (cpu[SRC] + cpu[DST]) / gib, wire / size
 
 
 def run_small(src_dir: Path, dst_dir: Path, count: int, size: int, *, bundled: bool, workers: int) -> float:
@@ -177,33 +181,82 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def cpu_limit(path: Path, chunk: int) -> float:
-    """Bytes per second the machine's cores could push through the source's and the destination's
-    lz4 + AES-GCM work on this file, from one core's rate of the same calls (the codec's own, on
-    buffers as the gateways have them: a read buffer the source encrypts in place, a received body
-    the destination decrypts in place; making those buffers is not counted)."""
+def codec_seconds(path: Path, chunk: int) -> tuple[float, float]:
+    """CPU-seconds per GiB of the lz4 + AES-GCM encode and decode calls on this file, on one core
+    (the codec's own, on buffers as the gateways have them: a read buffer the source encrypts in
+    place, a received body the destination decrypts in place; making those buffers is not counted)."""
     codec = Codec(b"b" * 16, key=os.urandom(32), encrypt=True, compress=True, loopback_clear=False)
     data = memoryview(path.read_bytes())
-    busy = 0.0
+    encode = decode = 0.0
     for i, off in enumerate(range(0, len(data), chunk)):
         piece = bytearray(data[off:off + chunk])
         meta = ChunkMeta((DestStore(DST, "file:///d"),), (SentObject(0, len(piece), (Target(0, "k", "u", 1),)),))
         started = time.process_time()
         frame, _ = codec.encode(chunk_id=i, partition=0, meta=meta.encode(), pieces=[piece], consume=True)
-        busy += time.process_time() - started
+        encode += time.process_time() - started
         received = Frame(frame.header, frame.header_bytes, (bytearray(b"".join(frame.body)),))
         started = time.process_time()
         codec.decode(received, in_place=True)
-        busy += time.process_time() - started
-    per_core = len(data) / busy
-    cores = len(os.sched_getaffinity(0))
-    print(f"  CPU limit: lz4 + AES-GCM encode and decode at {per_core / MiB:.0f} MiB/s on one core, "
-          f"x {cores} cores = {cores * per_core / MiB:.0f} MiB/s", flush=True)
-    return cores * per_core
+        decode += time.process_time() - started
+    gib = len(data) / 1024**3
+    return encode / gib, decode / gib
+
+
+def copy_stage_seconds(path: Path, scratch: Path, chunk: int) -> dict[str, float]:
+    """CPU-seconds per GiB of the steps any copy of this file through two processes on this host
+    pays besides the codec, each alone in this process: reading the file into a reused buffer,
+    writing it to a new file beside it, sending it over a loopback TCP connection into a reused
+    buffer (sender and receiver), and one CRC32C pass (a clear frame's check, paid at both ends)."""
+    size = path.stat().st_size
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    costs = {}
+    started = time.process_time()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    costs["read"] = time.process_time() - started
+    started = time.process_time()
+    with open(scratch, "wb", buffering=0) as out:
+        for _ in range(0, size, chunk):
+            out.write(view)
+    costs["write"] = time.process_time() - started
+    scratch.unlink()
+    started = time.process_time()
+    run_socket_copy_of(size, chunk)
+    costs["send+receive"] = time.process_time() - started
+    started = time.process_time()
+    for _ in range(0, size, chunk):
+        crc32c.crc32c(view)
+    costs["crc32c"] = time.process_time() - started
+    gib = size / 1024**3
+    return {k: v / gib for k, v in costs.items()}
+
+
+def run_socket_copy_of(size: int, chunk: int) -> None:
+    """Send ``size`` bytes from a reused buffer over one loopback TCP connection into another."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def receive() -> None:
+        conn, _ = server.accept()
+        into = memoryview(bytearray(chunk))
+        with conn:
+            while conn.recv_into(into):
+                pass
+
+    t = threading.Thread(target=receive)
+    t.start()
+    with socket.create_connection(server.getsockname()) as s:
+        block = memoryview(bytearray(chunk))
+        for _ in range(0, size, chunk):
+            s.sendall(block)
+    t.join()
+    server.close()
 
 
 def run_socket_copy(src: Path, dst: Path) -> float:
-    """Read the file, send it over one loopback TCP connection, write it: plain Python, 4 MiB buffers."""
+    """Read the file, send it over one loopback TCP connection, write it: plain Python, 4 MiB buffers
+    (the sender and the receiver threads of this process; its CPU is printed too)."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
@@ -216,16 +269,18 @@ def run_socket_copy(src: Path, dst: Path) -> float:
                 out.write(view[:n])
 
     t = threading.Thread(target=receive)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     t.start()
     with socket.create_connection(("127.0.0.1", port)) as s, open(src, "rb") as f:
         buf = bytearray(4 * MiB)
         while n := f.readinto(buf):
             s.sendall(memoryview(buf)[:n])
     t.join()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     server.close()
-    print(f"  python socket copy: {seconds:.2f} s, {src.stat().st_size / seconds / MiB:.0f} MiB/s", flush=True)
+    size = src.stat().st_size
+    print(f"  python socket copy: {seconds:.2f} s, {size / seconds / MiB:.0f} MiB/s, "
+          f"{cpu / (size / 1024**3):.2f} CPU-s/GiB", flush=True)
     return seconds
 
 
@@ -282,17 +337,18 @@ def main() -> int:
               f"{args.connections} connections, {args.workers} worker(s) per gateway, best of {args.repeat}; "
               f"{machine_line()}", flush=True)
 
-        def best(run, check: Path) -> float:
-            times = []
+        def best(run, check: Path):
+            """The fastest of ``--repeat`` runs (a time, or a tuple that starts with one)."""
+            results = []
             for _ in range(args.repeat):
                 shutil.rmtree(dst_dir, ignore_errors=True)
                 dst_dir.mkdir()
-                times.append(run())
+                results.append(run())
                 if sha256_file(check) != expected:
                     raise SystemExit(f"copy at {check} does not match the source")
-            return min(times)
+            return min(results)
 
-        ours = {
+        runs = {
             "compress+encrypt": best(lambda: run_gateways(src_dir, dst_dir, size, chunk, args.connections,
                                                           compress=True, encrypt=True, workers=args.workers),
                                      dst_dir / "out.bin"),
@@ -300,12 +356,19 @@ def main() -> int:
                                                compress=False, encrypt=False, workers=args.workers),
                           dst_dir / "out.bin"),
         }
+        ours = {name: seconds for name, (seconds, _, _) in runs.items()}
         baselines = {
             "python socket copy": best(lambda: run_socket_copy(src_dir / "in.bin", dst_dir / "out.bin"),
                                        dst_dir / "out.bin"),
             "cp": best(lambda: run_cp(src_dir / "in.bin", dst_dir / "out.bin"), dst_dir / "out.bin"),
         }
-        limit = cpu_limit(src_dir / "in.bin", chunk)
+        encode, decode = codec_seconds(src_dir / "in.bin", chunk)
+        cores = len(os.sched_getaffinity(0))
+        limit = cores / (encode + decode) * 1024**3
+        print(f"  CPU limit: lz4 + AES-GCM encode {encode:.2f} + decode {decode:.2f} CPU-s/GiB on one core, "
+              f"x {cores} cores = {limit / MiB:.0f} MiB/s", flush=True)
+        stage = copy_stage_seconds(src_dir / "in.bin", dst_dir / "stage.bin", chunk)
+        print("  other steps alone, CPU-s/GiB: " + ", ".join(f"{k} {v:.2f}" for k, v in stage.items()), flush=True)
         for name, seconds in ours.items():
             for base, base_seconds in baselines.items():
                 print(f"gateway_loopback ours/baseline={base_seconds / seconds:.2f} "
@@ -314,6 +377,20 @@ def main() -> int:
         rate = size / ours["compress+encrypt"]
         print(f"gateway_loopback ours/cpu_limit={rate / limit:.2f} (ours: compress+encrypt {rate / MiB:.0f} MiB/s; "
               f"limit: {limit / MiB:.0f} MiB/s)")
+        # What a copy through two processes cannot do without (docs/benchmarks.md, "gateway_loopback"):
+        # read, write, the loopback hop for the bytes on the wire, and the frame's check (a CRC32C at
+        # each end, or the codec). With every core busy, a copy spending F CPU-s/GiB runs at cores / F.
+        copies = stage["read"] + stage["write"]
+        _, plain_cpu, _ = runs["plain"]
+        _, sealed_cpu, sealed_wire = runs["compress+encrypt"]
+        floor_plain = copies + stage["send+receive"] + 2 * stage["crc32c"]
+        floor_sealed = copies + sealed_wire * stage["send+receive"] + encode + decode
+        print(f"gateway_loopback cpu_per_gib plain: ours {plain_cpu:.2f}, floor {floor_plain:.2f} "
+              f"(read + write + send+receive + 2 x crc32c); compress+encrypt: ours {sealed_cpu:.2f}, floor "
+              f"{floor_sealed:.2f} (read + write + {sealed_wire:.3f} x send+receive + encode + decode)")
+        print(f"gateway_loopback cpu_limit_ceiling={(encode + decode) / floor_sealed:.2f} (the most of the CPU "
+              f"limit a copy at the floor reaches with every core busy; ours at full use of the cores: "
+              f"{(encode + decode) / sealed_cpu:.2f})")
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
