@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from planner.errors import BadOptionError, ChecksumError, ProtocolError
 
 from .batch import ChunkMeta
+from .lz4raw import decompress_into
 from .wire import (CHECKSUM_SIZE, DEFAULT_MAX_CHUNK, FLAG_COMPRESSED, FLAG_ENCRYPTED, NONCE_SIZE, TAG_SIZE, Frame,
                    Header)
 
@@ -91,7 +92,7 @@ class Codec:
     :meth:`encode` encrypt and :meth:`decode` refuse frames sent in the clear (except, with
     ``loopback_clear``, those that arrived from a loopback address); ``compress`` makes
     :meth:`encode` compress chunks that shrink. ``alloc`` gives the buffers :meth:`decode` decrypts
-    the objects of an uncompressed frame into.
+    the objects of an uncompressed frame into, and decompresses payloads into.
     """
 
     def __init__(self, job_id: bytes, *, key: bytes | None, encrypt: bool, compress: bool,
@@ -106,7 +107,7 @@ class Codec:
         self.max_chunk = max_chunk
         self.loopback_clear = loopback_clear
         self._key = key
-        self._alloc = alloc  # the buffers objects are decrypted into (a BufferPool's take: filled whole)
+        self._alloc = alloc  # buffers objects are decrypted or decompressed into (a BufferPool's take)
 
     def encode(self, *, chunk_id: int, partition: int, meta: bytes, pieces: Sequence[Buffer],
                loopback: bool = False, consume: bool = False) -> tuple[Frame, list[str]]:
@@ -224,15 +225,23 @@ class Codec:
             return Decoded(h.chunk_id, meta, _split(self._decompress(h, buffers[0]), meta), AEAD)
         return Decoded(h.chunk_id, meta, buffers, AEAD)
 
-    @staticmethod
-    def _decompress(h: Header, payload: Buffer) -> bytes:
-        try:
-            data = lz4.block.decompress(payload, uncompressed_size=h.raw_length)
-        except lz4.block.LZ4BlockError:
+    def _decompress(self, h: Header, payload: Buffer) -> Buffer:
+        """The original bytes of a compressed payload, in a buffer of ``alloc`` (python-lz4's own
+        where liblz4 cannot be called: see gateway/lz4raw.py)."""
+        data = self._alloc(h.raw_length)
+        got = decompress_into(payload, data)
+        if got is None:
+            try:
+                data = lz4.block.decompress(payload, uncompressed_size=h.raw_length)
+            except lz4.block.LZ4BlockError:
+                got = -1
+            else:
+                got = len(data)
+        if got < 0:
             raise ChecksumError(f"chunk {h.chunk_id} does not decompress (corrupted on the way)",
-                                hint="it will be sent again") from None
-        if len(data) != h.raw_length:
-            raise ChecksumError(f"chunk {h.chunk_id} decompressed to {len(data)} bytes, not {h.raw_length}",
+                                hint="it will be sent again")
+        if got != h.raw_length:
+            raise ChecksumError(f"chunk {h.chunk_id} decompressed to {got} bytes, not {h.raw_length}",
                                 hint="it will be sent again")
         return data
 

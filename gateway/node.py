@@ -457,8 +457,8 @@ class GatewayNode(Controlled):
     def _write_frame(self, frame: wire.Frame) -> None:
         chunk = self._decode(frame)
         self._write_chunk(chunk)
-        # Objects decrypted into buffers of their own; a clear frame's payload is still the frame's
-        # (kept by _recycle), a decompressed one is bytes: neither is taken here.
+        # Objects decrypted or decompressed into buffers of their own; a clear frame's payload is still
+        # the frame's (kept by _recycle, not here: the frame refers to it too).
         self.buffers.give(chunk.objects)
 
     def _recycle(self, frame: wire.Frame) -> None:
