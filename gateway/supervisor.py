@@ -40,6 +40,7 @@ from . import store_api
 from .bandwidth import Sharer
 from .config import GatewayConfig
 from .control_client import GatewayClient
+from .exits import wait_exits
 from .listener import HandOver
 from .node import Controlled, check_batch
 from .peers import Peer
@@ -115,14 +116,12 @@ class Supervisor(Controlled):
         for w in self._workers:
             if w.alive:
                 w.proc.terminate()
-        deadline = time.monotonic() + grace
+        started = [w.proc for w in self._workers if w.proc is not None]
+        wait_exits(started, grace)
         for w in self._workers:
-            if w.proc is not None:
-                try:
-                    w.proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    w.proc.kill()
-                    w.proc.wait()
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
             for path in (w.config_path, w.ready_path):
                 _remove(path)
         self._handover.close()
@@ -170,7 +169,9 @@ class Supervisor(Controlled):
             if time.monotonic() > deadline:
                 raise GatewayError(f"worker {w.index} of gateway {self.config.gateway_id} did not start within "
                                    f"{_READY_TIMEOUT:.0f} s")
-            time.sleep(0.05)
+            # The gateway is ready (and the job's first chunk posted) only once every worker is: a
+            # look every 50 ms kept a 20,000-file cp -r waiting 25 ms on average for nothing.
+            time.sleep(0.005)
         with open(w.ready_path, encoding="utf-8") as f:
             port = json.load(f)["control_port"]
         w.client = GatewayClient(f"http://127.0.0.1:{port}", w.token)

@@ -99,7 +99,9 @@ def test_a_cancel_while_the_fleet_starts_ends_the_start(home, tmp_path, monkeypa
     stopped: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while len(stopped) < 2:  # both gateways started and stopped themselves
+        # Both gateways started and stopped themselves, and the fleet's start began (its record: processes
+        # started ahead, of the plan or at its go, stop themselves before provisioning told them anything).
+        while len(stopped) < 2 or not (job_dir(handle.job_id) / "pids.json").exists():
             assert time.monotonic() < deadline and not handle.done(), "the gateways did not start"
             stopped = [p for p in gateway_pids(handle.job_id) if _state(p) == "T"]
             time.sleep(0.05)

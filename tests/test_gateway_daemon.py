@@ -461,7 +461,7 @@ def test_gateways_started_ahead_are_used_and_unused_ones_exit(home, stores):
         assert fleet.gateways[0].pid == used.pid and fleet.alive(f"{SRC}/0")
         assert spares._named == {}
         (unused,) = ahead.values()
-        assert unused.wait(30) == 0  # its stdin closed: it exits without a config
+        assert unused.poll() is not None  # ended (and reaped) when provisioning dropped the spares
     finally:
         fleet.teardown()
     assert gateway_pids(job_id) == []
@@ -490,7 +490,7 @@ def test_gateways_started_before_the_plan_take_the_first_gateways_and_log_once_t
         assert record["cmdline_marker"] in cmdline
         assert f"gateway {SRC}/0" in (member.directory / "gateway.log").read_text()  # its log, once told
         (unused,) = unnamed.values()
-        assert unused.wait(30) == 0 and not (job_dir / "gw-ahead-1").exists()
+        assert unused.poll() is not None and not (job_dir / "gw-ahead-1").exists()
     finally:
         fleet.teardown()
     assert gateway_pids(job_id) == [] and not job_dir.exists()

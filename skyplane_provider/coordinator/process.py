@@ -42,8 +42,6 @@ FETCHED_GRACE = 2.0
 CANCELLED_LINGER = 30.0
 #: Seconds the launching process waits for the API to listen.
 START_TIMEOUT = 120.0
-#: Seconds an unused process started ahead waits for the gateways it started ahead to exit.
-DROP_WAIT = 5.0
 #: New containers between two collections of the cyclic garbage collector's youngest generation
 #: (Python's default: 700). Every object in flight is a few containers (ObjectInfo, ObjectTask, Copy,
 #: Piece, a chunk spec's dicts) that live for seconds, so the default collected thousands of times
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sys.stdin.readline():
             from skyplane_provider.provisioners import spares
 
-            spares.drop(wait=DROP_WAIT)  # none left behind once the first process exits
+            spares.drop()  # none left behind once the first process exits
             return 0
         _detach_io(args.directory / LOG)
     return run(args.directory, started_w)
@@ -255,7 +253,7 @@ def _drop_gateways_ahead(doc: dict) -> None:
     if doc["request"].get("provisioner") == "local":
         from skyplane_provider.provisioners import spares
 
-        spares.drop(wait=10.0)
+        spares.drop()
 
 
 def _handed_provisioner(request, doc: dict):

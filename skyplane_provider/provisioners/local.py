@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.control_client import GatewayClient
+from gateway.exits import wait_exits
 from gateway.wire import is_loopback
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError
 from skyplane_provider.paths import skyplane_home
@@ -369,9 +370,7 @@ def _stop_all(members: list[_LocalGateway], grace: float) -> None:
 
 
 def _wait_all(members: list[_LocalGateway], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while any(m.proc.poll() is None for m in members) and time.monotonic() < deadline:
-        time.sleep(0.01)  # a waitpid per gateway: cheap, and every job's end waits here
+    wait_exits([m.proc for m in members], seconds)  # every job's end waits here: woken by each exit
 
 
 def _wait_healthy(member: _LocalGateway, deadline: float, stop: threading.Event | None) -> None:

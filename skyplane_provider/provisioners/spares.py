@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 #: Daemons started ahead, by config path: named ones, then unnamed ones (taken in the order started).
@@ -97,6 +96,7 @@ def go(proc: subprocess.Popen) -> bool:
 
 
 def _go(proc: subprocess.Popen) -> bool:
+    """Write the go to ``proc``'s stdin; False (and it is reaped) when it died."""
     try:
         proc.stdin.write(b"go\n")
         proc.stdin.close()
@@ -107,32 +107,18 @@ def _go(proc: subprocess.Popen) -> bool:
     return True
 
 
-def drop(wait: float = 0.0) -> None:
-    """Let every daemon held and not taken exit (its stdin closes) and remove the directory made for
-    a named one (a job cancelled before its fleet started leaves no gateway state; an unnamed one
-    had none); ``wait``: seconds to wait for them (one still importing exits once done), after which
-    the rest are killed."""
+def drop() -> None:
+    """End every daemon held and not taken, and remove the directory made for a named one (a job
+    cancelled before its fleet started leaves no gateway state; an unnamed one had none). Killed, not
+    asked: before its go a daemon holds nothing (no config, no port, no child), and one still
+    importing, or stopped, kept the job's end (or a refused command's) waiting for it."""
     with _lock:
         named, unnamed = list(_named.items()), list(_unnamed.values())
         _named.clear()
         _unnamed.clear()
-    for config_path, proc in named:
-        _close(proc)
-        # a daemon still importing keeps its log open, which needs no directory entry
+    for config_path, _ in named:
         shutil.rmtree(Path(config_path).parent, ignore_errors=True)
-    for proc in unnamed:
-        _close(proc)
-    deadline = time.monotonic() + wait
-    for proc in [p for _, p in named] + unnamed if wait else ():
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _close(proc: subprocess.Popen) -> None:
-    try:
+    for proc in [p for _, p in named] + unnamed:
+        proc.kill()
+        proc.wait()
         proc.stdin.close()
-    except OSError:
-        pass
