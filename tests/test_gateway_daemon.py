@@ -34,7 +34,7 @@ from skyplane_provider.coordinator.gateway_store import GatewayStore
 from skyplane_provider.provisioners import get_provisioner
 from skyplane_provider.provisioners.base import GatewaySpec
 from skyplane_provider.provisioners import spares
-from skyplane_provider.provisioners.local import PIDS_FILE, local_workers
+from skyplane_provider.provisioners.local import PIDS_FILE, LocalProvisioner, local_workers
 from skyplane_provider.transfer.launch import ONE_WORKER_BYTES, ONE_WORKER_OBJECTS, workers_for
 from skyplane_provider.testbed import Scenario
 from tests.fixtures.testbed import needs_netns
@@ -59,7 +59,7 @@ from .gateway_jobs import (
     submit_all,
     to,
 )
-from .helpers import gateway_pids
+from .helpers import gateway_pids, put_objects
 
 
 def test_chain_whole_objects_and_parts_through_a_keyless_relay(jobs, stores):
@@ -587,6 +587,12 @@ def test_a_local_fleet_shares_the_cpus_among_its_gateways_and_a_small_job_runs_o
     assert workers_for(ONE_WORKER_OBJECTS + 1, 4096, listed_in_full=True) is None  # the host decides
     assert workers_for(3, ONE_WORKER_BYTES + 1, listed_in_full=True) is None
     assert workers_for(3, 4096, listed_in_full=False) is None  # more listing pages to come
+    # Store servers on the fleet's host (emulators on loopback) share its CPUs with the gateways.
+    big = dict(objects=ONE_WORKER_OBJECTS + 1, size=4096, listed_in_full=True)
+    assert workers_for(**big, store_servers=2, cpus=2, gateways=1) == 1
+    assert workers_for(**big, store_servers=2, cpus=8, gateways=1) == 2
+    assert workers_for(**big, store_servers=0, cpus=2, gateways=1) is None
+    assert workers_for(3, 4096, listed_in_full=True, store_servers=2, cpus=8) == 1  # small: one, as before
 
 
 def test_a_local_copy_runs_as_many_workers_as_its_size_needs(tmp_path):
@@ -610,6 +616,22 @@ def test_a_local_copy_runs_as_many_workers_as_its_size_needs(tmp_path):
 
     assert workers(3) == 1
     assert workers(ONE_WORKER_OBJECTS + 200) == local_workers(len(os.sched_getaffinity(0)), 1)
+
+
+def test_a_copy_between_store_servers_on_this_host_leaves_them_their_share_of_the_cpus(home, s3_bucket, gcs_bucket):
+    """Through a real local fleet, moto -> fake-gcs-server (both on loopback): a copy of more objects
+    than a listing page holds runs the CPUs shared among its one gateway and the two servers, not the
+    gateway's share alone (on 2 CPUs: 1 worker, where a local-directory copy runs 2)."""
+    from skyplane_provider.transfer import Transfer, TransferRequest
+
+    count = ONE_WORKER_OBJECTS + 200
+    put_objects(s3_bucket, {f"d/{i:05d}": b"x%d" % i for i in range(count)})
+    transfer = Transfer(TransferRequest(src=f"{s3_bucket}/d/", dsts=[f"{gcs_bucket}/d/"], recursive=True),
+                        provisioner=LocalProvisioner())
+    stats = transfer.execute()
+    assert stats.objects == count and stats.verified
+    (counters,) = transfer.dispatcher.counters.values()
+    assert counters["workers"] == local_workers(len(os.sched_getaffinity(0)), 3)
 
 
 def test_get_provisioner_by_name_or_object():

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import crc32c
@@ -523,3 +524,20 @@ def test_local_multipart_part_missing_after_a_writer_died_overwriting_it(tmp_pat
     (tmp_path / ".skyplane-tmp" / upload / "part-00002").unlink()  # where a writer dying mid-write leaves it
     with pytest.raises(NotFoundError, match="part 2"):
         store.complete_multipart("o", upload, parts)
+
+
+def test_endpoint_names_where_each_stores_sdk_sends_its_requests(s3_bucket, gcs_bucket, azure_container, emulators):
+    """``endpoint`` reads the entry or the SDK's environment as open_store does, without importing an SDK:
+    each emulator is found on loopback at its own port, and the store answers there."""
+    from gateway.stores import endpoint
+
+    for root, name in ((s3_bucket, "s3"), (gcs_bucket, "gcs"), (azure_container, "azure")):
+        found = endpoint(root)
+        assert (found.hostname, found.port) == (urlsplit(emulators.endpoints[name]).hostname,
+                                                urlsplit(emulators.endpoints[name]).port), name
+        open_store(root).check()
+    assert endpoint("file:///tmp") is None
+    entry = {"s3://" + s3_bucket[5:]: {"endpoint_url": "https://minio.example:9000"}}
+    assert endpoint(s3_bucket, entry).hostname == "minio.example"
+    assert endpoint("az://acct/ccc", {"az://acct": {"account_url": "https://acct.blob.core.windows.net"}}).hostname \
+        == "acct.blob.core.windows.net"

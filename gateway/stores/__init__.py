@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import urllib.parse
 from typing import Any
 
 from planner.errors import BadOptionError, BadURIError
@@ -52,7 +53,7 @@ from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import parse_expiration
 from .uri import _ALIASES, parse_uri
 
-__all__ = ["open_store", "credentials_entry", "entry_key", "covers", "narrow", "check_document", "merge_documents",
+__all__ = ["open_store", "credentials_entry", "entry_key", "endpoint", "covers", "narrow", "check_document", "merge_documents",
            "discard", "close_all",
            "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
 
@@ -207,6 +208,36 @@ def _candidates(scheme: str, root_uri: str) -> list[str]:
     if scheme == "az":
         candidates.append(root_uri.rsplit("/", 1)[0])  # az://account
     return candidates + [scheme]
+
+
+def endpoint(root_uri: str, credentials: dict | None = None) -> urllib.parse.SplitResult | None:
+    """Where the store's SDK sends its requests when that is not the cloud's own service (an emulator,
+    an S3-compatible server, Azurite): from the store's entry of ``credentials`` or the SDK's
+    environment, as :func:`open_store` reads them. None for the cloud's own endpoint and for a local
+    directory. Imports no SDK and checks no entry (opening the store does)."""
+    uri = parse_uri(root_uri)
+    if uri.scheme == "file":
+        return None
+    key = entry_key(root_uri, credentials)
+    entry = next((v for k, v in (credentials or {}).items() if _normal_key(k) == key), None) if key else None
+    entry = entry if isinstance(entry, dict) else {}
+    if uri.scheme == "s3":
+        url = entry.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    elif uri.scheme == "gs":
+        url = entry.get("endpoint") or os.environ.get("STORAGE_EMULATOR_HOST")
+    else:
+        conn = entry.get("connection_string")
+        url = entry.get("account_url") if not conn else None
+        if not conn and not url:
+            conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if conn:
+            fields = {k.strip().lower(): v.strip() for k, _, v in
+                      (part.partition("=") for part in conn.split(";") if "=" in part)}
+            url = fields.get("blobendpoint") or (
+                "http://127.0.0.1:10000" if fields.get("usedevelopmentstorage", "").lower() == "true" else None)
+    if not url:
+        return None
+    return urllib.parse.urlsplit(url if "://" in url else "//" + url)
 
 
 def entry_key(root_uri: str, credentials: dict | None) -> str | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from gateway.control_client import GatewayClient
 from planner.plan import Plan, RegionProgram
 from skyplane_provider.provisioners.base import Fleet, GatewaySpec
+from skyplane_provider.provisioners.local import local_workers
 
 from .bandwidth import initial_share
 
@@ -59,12 +60,22 @@ ONE_WORKER_OBJECTS = 1_000
 ONE_WORKER_BYTES = 1024**3
 
 
-def workers_for(objects: int, size: int, listed_in_full: bool) -> int | None:
+def workers_for(objects: int, size: int, listed_in_full: bool, *, store_servers: int = 0, cpus: int = 1,
+                gateways: int = 1) -> int | None:
     """Worker processes for every gateway of a job of ``objects`` objects and ``size`` bytes: 1 for a
-    small job whose listing is complete (``listed_in_full``), else None (the host decides:
-    its cores, ``gateway.config.default_workers``, or the local provisioner's share of them)."""
+    small job whose listing is complete (``listed_in_full``); else, when ``store_servers`` servers of
+    the job's stores run on the host of its ``gateways`` gateways (emulators or S3-compatible servers
+    on loopback, under a fleet on this host), the host's ``cpus`` shared among gateways and servers
+    alike (:func:`local_workers`); else None (the host decides: its cores,
+    ``gateway.config.default_workers``, or the local provisioner's share of them among its gateways).
+
+    Every object and byte a gateway moves costs such a server about as much CPU again (moto and
+    fake-gcs-server: 8-9 CPU-s beside the gateways' 6-10 for 2,000 x 64 KiB), so a second worker on
+    2 CPUs buys no speed there and costs 24-44% more gateway CPU (docs/benchmarks.md, routes)."""
     small = listed_in_full and objects <= ONE_WORKER_OBJECTS and size <= ONE_WORKER_BYTES
-    return 1 if small else None
+    if small:
+        return 1
+    return local_workers(cpus, gateways + store_servers) if store_servers else None
 
 
 def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -37,8 +38,9 @@ from typing import TYPE_CHECKING, Callable
 
 from gateway.sizing import Sizing, choose
 from gateway.control_client import GatewayClient
-from gateway.stores import check_document, covers, narrow, open_store
+from gateway.stores import check_document, covers, endpoint, narrow, open_store
 from gateway.stores.base import ObjectInfo
+from gateway.wire import is_loopback
 from planner.errors import BadOptionError, ProvisionError, SkyplaneError, TransferError
 from planner.plan import Plan
 from planner.store_requests import RequestCounts
@@ -597,6 +599,16 @@ class Transfer:
             self.state.delete()
         return self._stats(started, routed, copied)
 
+    def _store_servers_here(self) -> int:
+        """Servers of the job's stores on this host, where a fleet on this host runs (an emulator or an
+        S3-compatible server on a loopback address): they need this host's CPUs as its gateways do."""
+        if not self._provisioner.loopback_fleet:
+            return 0
+        roots = {self.source.store.root_uri, *(d.store.root_uri for d in self.dests)}
+        found = {(e.hostname, e.port) for e in (endpoint(r, self.request.credentials) for r in roots)
+                 if e is not None and is_loopback(e.hostname or "")}
+        return len(found)
+
     def _handed_pending(self) -> list[dict[str, list[str]]] | None:
         """The destinations' unfinished uploads as the client listed them (:meth:`handoff`), or None."""
         found = (self._prepared or {}).get("dests") or []
@@ -698,7 +710,10 @@ class Transfer:
                               max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit,
                               loopback_fleet=self._provisioner.loopback_fleet,
                               workers=workers_for(len(self.objects), sum(o.info.size for o in self.objects),
-                                                  listed_in_full=not (self.streaming and self._next_token)))
+                                                  listed_in_full=not (self.streaming and self._next_token),
+                                                  store_servers=self._store_servers_here(),
+                                                  cpus=len(os.sched_getaffinity(0)),
+                                                  gateways=sum(self.plan.gateways[r] for r in self.plan.programs())))
         try:
             return self._provisioner.provision(self.job_id, specs, stop=self._stop)
         except ProvisionError:
