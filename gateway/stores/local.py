@@ -40,6 +40,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, BadURIError, NotF
 from .base import Capabilities, ObjectInfo, ObjectStore, PartInfo
 from .common import Digest, check_range, check_upload_id, new_upload_id, part_numbers, translated
 from .digest_cache import shared_cache, version_of
+from .local_walk import LINK, KeptWalks, walk
 
 TMP_DIR = ".skyplane-tmp"
 _BLOCK = 4 * 1024 * 1024
@@ -105,6 +106,7 @@ class LocalStore(ObjectStore):
         self._root_slash = self._root if self._root.endswith("/") else self._root + "/"
         self._inside: set[str] = set()  # directories whose real path is inside the root (see _check_inside)
         self._no_tmpfile = not hasattr(os, "O_TMPFILE")  # see _anonymous
+        self._walks = KeptWalks()  # listings left off at a page's end (see list_page)
         self.reap_orphans()
 
     @property
@@ -123,7 +125,8 @@ class LocalStore(ObjectStore):
 
     def list_page(self, prefix: str = "", token: str | None = None,
                   limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
-        """The token is the last key listed; the walk skips every directory that holds only keys up to it."""
+        """The token is the last key listed: the walk that listed it goes on (:mod:`.local_walk`), or,
+        when none is kept, a walk from the token skips every directory that holds only keys up to it."""
         self._check_prefix(prefix)
         # Walk only below the deepest directory the prefix names, then filter by the full prefix.
         start_rel = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
@@ -133,14 +136,17 @@ class LocalStore(ObjectStore):
             return [], None
         found: list[tuple[str, os.stat_result]] = []
         next_token = None
+        keys = (token and self._walks.take(prefix, token)) or walk(self._root, start_rel, prefix, token or "",
+                                                                   TMP_DIR)
         with self._errors(prefix):
-            for key, entry in self._keys(start_rel, prefix, token or ""):
+            for key, kind in keys:
                 try:
-                    found.append((key, self._listed(key, entry)))
+                    found.append((key, self._listed(key, kind)))
                 except (NotFoundError, FileNotFoundError):
                     continue  # deleted while we listed, or not a file
                 if len(found) == limit:
                     next_token = key
+                    self._walks.keep(prefix, key, keys)
                     break
         # The digest cache is asked once per page: a query per key was a fifth of a listing's CPU.
         versions = [version_of(st) for _, st in found]
@@ -151,39 +157,13 @@ class LocalStore(ObjectStore):
             page.append(ObjectInfo(key, st.st_size, md5, st.st_mtime, md5=md5))
         return page, next_token
 
-    def _listed(self, key: str, entry: os.DirEntry) -> os.stat_result:
+    def _listed(self, key: str, kind: int) -> os.stat_result:
         """A listed file's status. A plain file's name came from its directory (no key to check) and
         its status costs one lstat; a link is checked as a key and followed."""
-        if entry.is_symlink():
-            st = os.stat(self._path(key))
-        else:
-            st = entry.stat(follow_symlinks=False)
+        st = os.stat(self._path(key)) if kind == LINK else os.lstat(self._root_slash + key)
         if not stat.S_ISREG(st.st_mode):
             raise NotFoundError(f"{self._uri(key)} is not a file")
         return st
-
-    def _keys(self, rel_dir: str, prefix: str, after: str) -> Iterator[tuple[str, os.DirEntry]]:
-        """Keys below ``rel_dir`` ("" or "a/b/") that start with ``prefix`` and sort after ``after``, in
-        code point order, with their directory entries: a directory ``d`` is ordered as ``d/``, which
-        is where its keys sort."""
-        entries = []
-        with os.scandir(os.path.join(self._root, rel_dir) if rel_dir else self._root) as it:
-            for entry in it:
-                if not rel_dir and entry.name == TMP_DIR:
-                    continue
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if not is_dir and entry.is_dir():
-                    continue  # a link to a directory: not followed
-                entries.append((f"{rel_dir}{entry.name}/" if is_dir else f"{rel_dir}{entry.name}", is_dir, entry))
-        entries.sort(key=lambda e: e[0])
-        for name, is_dir, entry in entries:
-            if not (name.startswith(prefix) or prefix.startswith(name)):
-                continue
-            if not is_dir:
-                if name > after and name.startswith(prefix):
-                    yield name, entry
-            elif not (after > name and not after.startswith(name)):  # else every key in it is <= after
-                yield from self._keys(name, prefix, after)
 
     def head(self, key: str) -> ObjectInfo:
         return self._info(key, with_md5=True)
