@@ -541,3 +541,92 @@ def test_endpoint_names_where_each_stores_sdk_sends_its_requests(s3_bucket, gcs_
     assert endpoint(s3_bucket, entry).hostname == "minio.example"
     assert endpoint("az://acct/ccc", {"az://acct": {"account_url": "https://acct.blob.core.windows.net"}}).hostname \
         == "acct.blob.core.windows.net"
+
+
+# ---- local listings: one walk continued page after page (gateway/stores/local_walk.py) --------------
+
+def _local_tree(root) -> list[str]:
+    """Files across directory boundaries where code point order differs from a per-directory walk:
+    ``a-b`` and ``a.txt`` sort before ``a/`` ('-' and '.' are below '/'), ``a0`` after it."""
+    keys = (["a-b", "a.txt", "a0", "z"] + [f"a/{i:02d}" for i in range(12)] + ["a/deep/er/x", "a/deep/y"]
+            + [f"d{i}/f{j}" for i in range(1, 13) for j in range(3)] + ["d1-x", "empty-sibling/k"])
+    for key in keys:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(key.encode())
+    (root / "empty-dir").mkdir()
+    return sorted(keys)
+
+
+def _pages(store, prefix: str, limit: int, token: str | None = None) -> tuple[list[str], list[str]]:
+    keys, tokens = [], []
+    while True:
+        page, token = store.list_page(prefix, token, limit)
+        keys += [o.key for o in page]
+        if token is None:
+            return keys, tokens
+        tokens.append(token)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 1000])
+def test_local_pages_are_ordered_and_complete_across_directories(tmp_path, limit):
+    """Pages of any size add up to every file in code point order; every token, handed to a fresh
+    store (no walk kept: another process), lists the same rest; prefixes that cut through names."""
+    from gateway.stores.local import LocalStore
+
+    keys = _local_tree(tmp_path)
+    store = LocalStore(str(tmp_path))
+    listed, tokens = _pages(store, "", limit)
+    assert listed == keys
+    for token in tokens:
+        assert _pages(LocalStore(str(tmp_path)), "", limit, token)[0] == [k for k in keys if k > token]
+    for prefix in ("a", "a/", "a/0", "a/deep/", "d1", "d1/", "d1-", "e", "nothing"):
+        assert _pages(store, prefix, limit)[0] == [k for k in keys if k.startswith(prefix)], prefix
+
+
+def test_local_listing_reads_each_directory_once(tmp_path, monkeypatch):
+    """A page continues the walk the previous one left off: one directory of 50 files listed 5 at a
+    time is read once (a walk from the root per page read it 10 times: quadratic in its size)."""
+    from gateway.stores import local_walk
+    from gateway.stores.local import LocalStore
+
+    for i in range(50):
+        (tmp_path / f"f{i:02d}").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "g").write_bytes(b"y")
+    read, scandir = [], os.scandir
+    monkeypatch.setattr(local_walk.os, "scandir", lambda path: read.append(path) or scandir(path))
+    store = LocalStore(str(tmp_path))
+    listed, tokens = _pages(store, "", 5)
+    assert listed == [f"f{i:02d}" for i in range(50)] + ["sub/g"] and len(tokens) == 10
+    assert sorted(read) == [str(tmp_path), str(tmp_path / "sub") + "/"]
+
+
+def test_local_listing_sees_files_deleted_and_added_while_it_lists(tmp_path):
+    """Between two pages: a file deleted in the directory being listed is passed over; a file added
+    to a directory not yet entered is listed; so is everything else, once, in order."""
+    from gateway.stores.local import LocalStore
+
+    keys = _local_tree(tmp_path)
+    store = LocalStore(str(tmp_path))
+    page, token = store.list_page("", None, 6)
+    assert [o.key for o in page] == keys[:6] and token == "a/03"
+    os.remove(tmp_path / "a" / "05")
+    (tmp_path / "d9" / "late").write_bytes(b"late")
+    rest = _pages(store, "", 6, token)[0]
+    assert rest == sorted({k for k in keys[6:] if k != "a/05"} | {"d9/late"})
+
+
+def test_local_listing_follows_links_to_files_inside_only(tmp_path):
+    """As before the walk was kept: a link to a file inside the root is listed with its target's size,
+    a link to a directory is not followed, a dangling link is not listed."""
+    from gateway.stores.local import LocalStore
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "k").write_bytes(b"12345")
+    (tmp_path / "b-link").symlink_to(tmp_path / "real" / "k")
+    (tmp_path / "dir-link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    store = LocalStore(str(tmp_path))
+    for limit in (1, 1000):
+        assert _pages(store, "", limit)[0] == ["b-link", "real/k"]
+    assert [(o.key, o.size) for o in store.list_page("", None, 1000)[0]] == [("b-link", 5), ("real/k", 5)]
