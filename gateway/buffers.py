@@ -44,7 +44,8 @@ def new_buffer(n: int) -> bytearray:
 
 class BufferPool:
     """At most ``max_buffers`` idle buffers of ``MIN_POOLED`` bytes or more (those waiting to be checked
-    included), by exact size; thread-safe."""
+    included), by exact size (a full pool makes room by dropping one of the size handed back longest
+    ago); thread-safe."""
 
     def __init__(self, max_buffers: int, on_reuse: Callable[[], None] | None = None) -> None:
         self._on_reuse = on_reuse  # called for each buffer handed out again
@@ -68,6 +69,8 @@ class BufferPool:
                 buf = free.pop() if free else None
                 if buf is not None:
                     self._idle -= 1
+                    if not free:
+                        del self._free[n]
             if buf is not None:
                 if self._on_reuse is not None:
                     self._on_reuse()
@@ -85,12 +88,29 @@ class BufferPool:
                     or sys.getrefcount(holder[i]) > _ONLY_HELD):
                 continue
             with self._lock:
-                if self._idle >= self._max:
+                n = len(holder[i])
+                if self._idle >= self._max and not self._evict_other(n):
                     return kept
-                self._free.setdefault(len(holder[i]), []).append(holder[i])
+                free = self._free.pop(n, [])  # re-inserted: sizes in the order last handed back
+                free.append(holder[i])
+                self._free[n] = free
                 self._idle += 1
             kept += 1
         return kept
+
+    def _evict_other(self, n: int) -> bool:
+        """Called with the lock held and the pool full: drop an idle buffer of another size than ``n``,
+        of the size handed back longest ago. Sizes that recur (a job's parts, a bundle's size) are
+        taken again before they age; compressed frames, each of its own size, would otherwise fill
+        the pool for good and leave no room for those. False if every idle buffer is ``n`` bytes."""
+        for size, free in self._free.items():
+            if size != n:
+                free.pop(0)
+                if not free:
+                    del self._free[size]
+                self._idle -= 1
+                return True
+        return False
 
     def give_when_free(self, holder: list) -> None:
         """:meth:`give` ``holder``'s buffers at the next :meth:`take`: called when the last other thing
