@@ -11,6 +11,8 @@ object counts (development).
 - **ours**: ``skyplane-provider cp -r SRC DST --json`` with no other flag, timed around the whole
   process (start-up, listing, planning, gateway start-up, transfer, verification, teardown).
 - **rclone**: ``rclone copy --transfers 16`` (Debian's 1.60.1), timed around the whole process.
+- **before** (with ``--before DIR``): ours on another checkout's packages (the code before a change), in
+  the same run.
 - **ours-2gw** (with ``--tools ...,ours-2gw``): the same with ``one_gateway: false`` in the local
   provisioner's settings: a gateway per region and a loopback hop between them, as before the
   one-host plan (docs/provisioners.md): the code before and after that cut, in one run.
@@ -142,6 +144,9 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every mix's object count (development)")
     ap.add_argument("--tools", default="airflow,rclone,ours",
                     help="comma-separated, of: airflow, rclone, ours, ours-2gw (a gateway per region: one_gateway false)")
+    ap.add_argument("--before", metavar="DIR",
+                    help="also run tool 'before': ours on the packages of another checkout in DIR (e.g. `git archive "
+                         "COMMIT gateway planner skyplane_provider | tar -x -C DIR`), after ours in each cell")
     ap.add_argument("--json", metavar="FILE", help="also write every run as JSON")
     args = ap.parse_args()
     routes = [r for r in args.routes.split(",") if r]
@@ -154,6 +159,8 @@ def main() -> int:
         if m not in MIXES:
             ap.error(f"unknown mix {m!r}")
     compile_ours()
+    if args.before:
+        compile_ours(Path(args.before))
     scratch = Path(tempfile.mkdtemp(prefix="routes-bench-"))
     home = scratch / "home"
     os.environ["SKYPLANE_HOME"] = str(home)
@@ -243,6 +250,15 @@ def main() -> int:
                         return seconds, cpu
 
                     measured("ours-2gw (cp -r, one_gateway false)", dst_root + "/ours2/", go_two)
+                if args.before:
+                    def go_before():
+                        # The same CLI on another checkout's packages: PYTHONPATH comes before the
+                        # editable install, and the coordinator and gateways inherit it.
+                        seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/before/",
+                                                        {**env, "PYTHONPATH": args.before})
+                        return seconds, cpu
+
+                    measured("before (cp -r, default flags, --before's code)", dst_root + "/before/", go_before)
                 delete_prefix(src_root + "/data/")
     finally:
         clean_up(scratch, emulators)
@@ -257,7 +273,7 @@ def main() -> int:
 def report(runs: list[Run], routes: list[str], mixes: list[str]) -> None:
     by = {(r.route, r.mix, r.tool.split()[0]): r for r in runs}
     names = [f"{LABELS[ROUTES[r][0]]} -> {LABELS[ROUTES[r][1]]}" for r in routes]
-    order = [t for t in ("ours", "ours-2gw", "rclone", "Airflow") if any(k[2] == t for k in by)]
+    order = [t for t in ("ours", "before", "ours-2gw", "rclone", "Airflow") if any(k[2] == t for k in by)]
     unit = {m: ("obj/s" if MIXES[m][1] < MiB else "MiB/s") for m in mixes}
     print()
     print("| route | " + " | ".join(f"{m} {unit[m]}: {' / '.join(order)}" for m in mixes) + " |")
