@@ -28,11 +28,14 @@ def test_routes_help_and_bad_options():
 
 @pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed (make setup)")
 def test_routes_small_run_checks_every_copy_and_prints_ratios():
+    # --before: this very checkout as the other code (its packages on PYTHONPATH), so the plumbing is tested
     out = run("--routes", "s3-azure", "--mixes", "small", "--scale", "0.005", "--tools", "rclone,ours,ours-2gw",
-              timeout=240)
+              "--before", str(BENCHMARKS.parent), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "S3 -> Azure small rclone --transfers 16:" in out.stdout
     assert "S3 -> Azure small ours (cp -r, default flags):" in out.stdout
     assert "S3 -> Azure small ours-2gw (cp -r, one_gateway false):" in out.stdout
     assert "routes ours/baseline=" in out.stdout and "baseline: rclone --transfers 16" in out.stdout
     assert "baseline: ours-2gw" in out.stdout
+    assert "S3 -> Azure small before (cp -r, default flags, --before's code):" in out.stdout
+    assert "baseline: before" in out.stdout
