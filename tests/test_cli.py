@@ -225,7 +225,8 @@ def test_cp_r_of_a_tree_listed_in_many_pages(tmp_path, home):
     page's walk (gateway/stores/local_walk.py), across directory boundaries. Every file arrives;
     ``sync`` then finds every one up to date (a merge join of two sorted listings)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    names = ["top"] + [f"big/{i:04d}" for i in range(6000)] + [f"d{d:02d}/{i:03d}" for d in range(10) for i in range(500)]
+    names = (["top"] + [f"big/{i:04d}" for i in range(6000)]
+             + [f"d{d:02d}/{i:03d}" for d in range(10) for i in range(500)])
     for name in names:
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(name.encode())
