@@ -112,7 +112,10 @@ def test_fault_orchestrator_killed_then_sync_resumes(tmp_path, emulators, gcs_bu
     # ``drain``), which may be every object left: the multipart one stays open, not visible, unless it
     # was completed before the kill.
     assert len(written) < len(objs)
-    assert stats["skipped_objects"] == len(after_kill) and stats["objects"] == len(objs) - len(after_kill)
+    # A PUT whose body had reached the store before its gateway stopped may still land after the look
+    # above (moto answers it late under load): the re-run skips at least what was visible, and together
+    # the two runs account for every object exactly once.
+    assert stats["skipped_objects"] >= len(after_kill) and stats["objects"] + stats["skipped_objects"] == len(objs)
     assert stats["bytes"] < total
     assert final == expected
     assert left_uploads == [], "a multipart upload was left dangling"
