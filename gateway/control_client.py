@@ -18,65 +18,22 @@ import urllib.request
 import planner.errors
 from planner.errors import GatewayError, SkyplaneError
 
-from .stores.base import CopySource, ObjectInfo, PartInfo
+from .stores.base import Capabilities, CopySource, ObjectInfo, PartInfo, capabilities_from
 from .tls import pinned_context
 
 #: Seconds a store operation may take (a listing page of 5,000 keys on a slow store) before the call fails.
 STORE_TIMEOUT = 120.0
 
 
-class GatewayClient:
-    """``GatewayClient("http://127.0.0.1:PORT", token)``; thread-safe (one HTTP request per call).
-    ``cert``: the gateway's control certificate (PEM) when it serves over TLS (config ``control_tls``,
-    an ``https://`` URL); only that certificate is trusted."""
+class StoreOps:
+    """A gateway's store operations (gateway/store_api.py), run with the gateway's credentials; a
+    subclass carries them (``_store``) and names the gateway in errors (``control_url``)."""
 
-    def __init__(self, control_url: str, token: str, *, timeout: float = 10.0, cert: str | None = None) -> None:
-        self.control_url = control_url.rstrip("/")
-        self._token = token
-        self.timeout = timeout
-        self._tls = pinned_context(cert) if cert else None
+    control_url: str
 
-    def __repr__(self) -> str:  # never show the token
-        return f"GatewayClient({self.control_url!r})"
+    def _store(self, op: str, store: str, **fields) -> dict:
+        raise NotImplementedError
 
-    def health(self) -> dict:
-        """``{"ok", "gateway_id", "region", "pid"}``."""
-        return self._call("GET", "/health")
-
-    def set_peers(self, peers: dict[str, list[dict]]) -> None:
-        """Next-hop gateways by region: ``{region: [{"gateway_id", "host", "data_port"}]}``."""
-        self._call("POST", "/peers", {"peers": peers})
-
-    def submit(self, batch: dict) -> int:
-        """Submit a batch ``{"src", "dests", "chunks"}``; returns how many of its first chunks were
-        accepted (backpressure: submit the rest later)."""
-        answer = self._call("POST", "/chunks", batch)
-        accepted = answer.get("accepted")
-        if not isinstance(accepted, int) or not 0 <= accepted <= len(batch.get("chunks", ())):
-            raise GatewayError(f"gateway {self.control_url} gave a bad answer to POST /chunks: {answer!r}")
-        return accepted
-
-    def status(self, since: int = 0, wait: float = 0.0) -> dict:
-        """``{"events", "next", "counters", "queued", "errors"}``: events with sequence >= ``since``.
-        ``wait`` > 0: a long poll; the gateway answers once it has such an event, or after ``wait``
-        seconds (at most ``gateway.events.MAX_WAIT``) with none."""
-        if wait <= 0:
-            return self._call("GET", f"/status?since={int(since)}")
-        return self._call("GET", f"/status?since={int(since)}&wait={wait:g}", timeout=self.timeout + wait)
-
-    def push_credentials(self, entries: dict[str, dict]) -> list[str]:
-        """Hand the gateway renewed entries of its credentials document; returns their keys."""
-        return list(self._call("POST", "/credentials", {"credentials": entries}).get("replaced", ()))
-
-    def set_bwlimit(self, bytes_per_second: float | None) -> None:
-        """This gateway's share of the job's bandwidth cap (None: no cap); see gateway/bandwidth.py."""
-        self._call("POST", "/bwlimit", {"bytes_per_second": bytes_per_second})
-
-    def shutdown(self) -> None:
-        """Ask the gateway to stop (it answers first, then exits)."""
-        self._call("POST", "/shutdown", {})
-
-    # ---- store operations (POST /store), with the gateway's credentials -----------------------------
     def list_page(self, store: str, prefix: str = "", token: str | None = None,
                   limit: int = 1000) -> tuple[list[ObjectInfo], str | None]:
         """One listing page of ``store`` (a root URI): up to ``limit`` (<= 5,000) objects in key order,
@@ -145,21 +102,100 @@ class GatewayClient:
     def copy_part(self, store: str, key: str, upload_id: str, part: int, source: CopySource, offset: int,
                   length: int) -> PartInfo:
         """Copy ``length`` bytes of ``source`` from ``offset`` as part ``part`` of an upload, server-side."""
-        doc = self._store("copy_part", store, key=key, upload_id=upload_id, part=part, source=_source_doc(source),
-                          offset=offset, length=length).get("part")
+        return self._part(self._store("copy_part", store, key=key, upload_id=upload_id, part=part,
+                                      source=_source_doc(source), offset=offset, length=length).get("part"))
+
+    def check(self, store: str) -> None:
+        """The store answers (its bucket or container exists and the credentials are taken)."""
+        self._store("check", store)
+
+    def region(self, store: str) -> str | None:
+        """The store's region as its API tells it (None where it does not: Azure)."""
+        region = self._store("region", store).get("region")
+        if region is not None and not isinstance(region, str):
+            raise GatewayError(f"gateway {self.control_url} answered {region!r}, not a region")
+        return region
+
+    def capabilities(self, store: str) -> Capabilities:
+        """What the store can do (opening it: no request)."""
+        return capabilities_from(self._store("capabilities", store).get("capabilities"))
+
+    def upload_part(self, store: str, key: str, upload_id: str, part: int, data: bytes) -> PartInfo:
+        """Write a small part (a probe's byte) of an open upload."""
+        return self._part(self._store("upload_part", store, key=key, upload_id=upload_id, part=part,
+                                      data=base64.b64encode(data).decode()).get("part"))
+
+    def probe_copy(self, store: str, source: CopySource, parts: bool = False) -> None:
+        """Whether ``store`` copies ``source`` server-side (whole, or in parts): raises the store's refusal."""
+        self._store("probe_copy", store, source=_source_doc(source), parts=parts)
+
+    def _part(self, doc: object) -> PartInfo:
         try:
             return PartInfo(**doc)
         except TypeError:
             raise GatewayError(f"gateway {self.control_url} answered {doc!r}, not a part") from None
-
-    def _store(self, op: str, store: str, **fields) -> dict:
-        return self._call("POST", "/store", {"op": op, "store": store, **fields}, timeout=STORE_TIMEOUT)
 
     def _info(self, doc: object) -> ObjectInfo:
         try:
             return ObjectInfo(**doc)
         except TypeError:
             raise GatewayError(f"gateway {self.control_url} answered {doc!r}, not an object's info") from None
+
+
+class GatewayClient(StoreOps):
+    """``GatewayClient("http://127.0.0.1:PORT", token)``; thread-safe (one HTTP request per call).
+    ``cert``: the gateway's control certificate (PEM) when it serves over TLS (config ``control_tls``,
+    an ``https://`` URL); only that certificate is trusted."""
+
+    def __init__(self, control_url: str, token: str, *, timeout: float = 10.0, cert: str | None = None) -> None:
+        self.control_url = control_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self._tls = pinned_context(cert) if cert else None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"GatewayClient({self.control_url!r})"
+
+    def health(self) -> dict:
+        """``{"ok", "gateway_id", "region", "pid"}``."""
+        return self._call("GET", "/health")
+
+    def set_peers(self, peers: dict[str, list[dict]]) -> None:
+        """Next-hop gateways by region: ``{region: [{"gateway_id", "host", "data_port"}]}``."""
+        self._call("POST", "/peers", {"peers": peers})
+
+    def submit(self, batch: dict) -> int:
+        """Submit a batch ``{"src", "dests", "chunks"}``; returns how many of its first chunks were
+        accepted (backpressure: submit the rest later)."""
+        answer = self._call("POST", "/chunks", batch)
+        accepted = answer.get("accepted")
+        if not isinstance(accepted, int) or not 0 <= accepted <= len(batch.get("chunks", ())):
+            raise GatewayError(f"gateway {self.control_url} gave a bad answer to POST /chunks: {answer!r}")
+        return accepted
+
+    def status(self, since: int = 0, wait: float = 0.0) -> dict:
+        """``{"events", "next", "counters", "queued", "errors"}``: events with sequence >= ``since``.
+        ``wait`` > 0: a long poll; the gateway answers once it has such an event, or after ``wait``
+        seconds (at most ``gateway.events.MAX_WAIT``) with none."""
+        if wait <= 0:
+            return self._call("GET", f"/status?since={int(since)}")
+        return self._call("GET", f"/status?since={int(since)}&wait={wait:g}", timeout=self.timeout + wait)
+
+    def push_credentials(self, entries: dict[str, dict]) -> list[str]:
+        """Hand the gateway renewed entries of its credentials document; returns their keys."""
+        return list(self._call("POST", "/credentials", {"credentials": entries}).get("replaced", ()))
+
+    def set_bwlimit(self, bytes_per_second: float | None) -> None:
+        """This gateway's share of the job's bandwidth cap (None: no cap); see gateway/bandwidth.py."""
+        self._call("POST", "/bwlimit", {"bytes_per_second": bytes_per_second})
+
+    def shutdown(self) -> None:
+        """Ask the gateway to stop (it answers first, then exits)."""
+        self._call("POST", "/shutdown", {})
+
+    # ---- POST /store, for StoreOps ----------------------------------------------------------------
+    def _store(self, op: str, store: str, **fields) -> dict:
+        return self._call("POST", "/store", {"op": op, "store": store, **fields}, timeout=STORE_TIMEOUT)
 
     # ---- HTTP -------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: dict | None = None, *, timeout: float | None = None) -> dict:
@@ -176,7 +212,7 @@ class GatewayClient:
             if exc.code == 401:
                 raise GatewayError(f"{where} refused the control token", hint="use the token from its config") from None
             if exc.code == 422:
-                raise _store_error(doc) from None
+                raise store_error(doc) from None
             raise GatewayError(f"{where} answered {exc.code}: {doc.get('error', exc.reason or 'no detail')}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -203,12 +239,21 @@ def _error_doc(exc: urllib.error.HTTPError) -> dict:
     return doc if isinstance(doc, dict) else {"error": str(doc)}
 
 
-def _store_error(doc: dict) -> SkyplaneError:
-    """The error a store raised in the gateway, as the same class (its message already has its hint)."""
+def store_error(doc: dict) -> SkyplaneError:
+    """The error a store raised in the gateway, as the same class: ``error`` (its message with its
+    hint), or ``message`` and ``hint`` apart (gateway/store_channel.py), with its retry fields."""
     cls = getattr(planner.errors, str(doc.get("error_type")), None)
     if not (isinstance(cls, type) and issubclass(cls, SkyplaneError)):
         cls = planner.errors.StoreError
-    error = cls(str(doc.get("error", "the store refused the operation")))
+    if isinstance(doc.get("message"), str):
+        hint = doc.get("hint")
+        error = cls(doc["message"], hint=hint if isinstance(hint, str) else None)
+    else:
+        error = cls(str(doc.get("error", "the store refused the operation")))
     if isinstance(doc.get("retryable"), bool) and doc["retryable"] != error.retryable:
         error.retryable = doc["retryable"]
+    if isinstance(doc.get("retried"), bool):
+        error.retried = doc["retried"]
+    if isinstance(doc.get("retry_after"), (int, float)) and not isinstance(doc["retry_after"], bool):
+        error.retry_after = float(doc["retry_after"])
     return error

@@ -20,6 +20,7 @@ import time
 
 from planner.errors import SkyplaneError
 
+from . import store_channel
 from .allocator import keep_chunk_memory
 from .config import GatewayConfig, write_ready_file
 from .control import ControlServer
@@ -149,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-beside-config", action="store_true",
                         help="with --wait-for-config: at the go, append stdout and stderr to gateway.log in the "
                              "config's directory (a process started before its job's directory existed)")
+    parser.add_argument("--store-fd", type=int, metavar="FD",
+                        help="with --wait-for-config: serve the store operations of the job's client on this "
+                             "inherited socket meanwhile (gateway/store_channel.py)")
     args = parser.parse_args(argv)
+    if args.store_fd is not None:
+        store_channel.start_serving(args.store_fd)
     if args.wait_for_config and not sys.stdin.readline():
         return 0  # never needed: the job ended or provisioned fewer gateways
     if args.log_beside_config:

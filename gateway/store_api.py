@@ -18,7 +18,7 @@ from typing import Callable
 from planner.errors import BadOptionError
 
 from .stores import ObjectStore, check_document, credentials_entry, discard, merge_documents, open_store
-from .stores.base import MAX_LIST_PAGE, CopySource, ObjectInfo, PartInfo
+from .stores.base import MAX_LIST_PAGE, CopySource, ObjectInfo, PartInfo, capabilities_doc
 from .stores.uri import parse_uri
 
 #: Largest object ``write`` accepts (manifests and reports, not data: data travels in chunks).
@@ -158,14 +158,19 @@ def _delete(store: ObjectStore, doc: dict, retrying) -> dict:
 
 
 def _write(store: ObjectStore, doc: dict, retrying) -> dict:
-    key, text = _text(doc, "key"), doc.get("data")
-    if not isinstance(text, str) or len(text) > (MAX_WRITE + 2) // 3 * 4:
-        raise BadOptionError(f"write: data must be base64 of at most {MAX_WRITE} bytes")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadOptionError("write: data is not base64") from None
+    key, data = _text(doc, "key"), _data(doc, "write")
     return {"object": info_dict(retrying(lambda: store.write(key, data)))}
+
+
+def _data(doc: dict, op: str) -> bytes:
+    """The bytes of ``data``: base64 of at most :data:`MAX_WRITE` bytes."""
+    text = doc.get("data")
+    if not isinstance(text, str) or len(text) > (MAX_WRITE + 2) // 3 * 4:
+        raise BadOptionError(f"{op}: data must be base64 of at most {MAX_WRITE} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadOptionError(f"{op}: data is not base64") from None
 
 
 def _presign(store: ObjectStore, doc: dict, retrying) -> dict:
@@ -215,9 +220,40 @@ def _source(doc: dict) -> CopySource:
     return CopySource(store, key, size, url)
 
 
+def _check(store: ObjectStore, doc: dict, retrying) -> dict:
+    retrying(store.check)
+    return {"ok": True}
+
+
+def _region(store: ObjectStore, doc: dict, retrying) -> dict:
+    return {"region": retrying(store.region)}
+
+
+def _capabilities(store: ObjectStore, doc: dict, retrying) -> dict:
+    return {"capabilities": capabilities_doc(store.capabilities)}
+
+
+def _upload_part(store: ObjectStore, doc: dict, retrying) -> dict:
+    """A small part (a pre-flight probe's byte): data travels in chunks."""
+    key, upload_id, number = _text(doc, "key"), _text(doc, "upload_id"), doc.get("part")
+    if not (_natural(number) and number >= 1):
+        raise BadOptionError("upload_part: part must be an integer >= 1")
+    data = _data(doc, "upload_part")
+    return {"part": dataclasses.asdict(retrying(lambda: store.upload_part(key, upload_id, number, data)))}
+
+
+def _probe_copy(store: ObjectStore, doc: dict, retrying) -> dict:
+    source, parts = _source(doc), doc.get("parts", False)
+    if not isinstance(parts, bool):
+        raise BadOptionError("probe_copy: parts must be true or false")
+    retrying(lambda: store.probe_copy_from(source, parts=parts))
+    return {"ok": True}
+
+
 _OPS = {"list": _list, "head": _head, "begin_multipart": _begin, "complete_multipart": _complete,
         "abort_multipart": _abort, "list_parts": _list_parts, "pending_uploads": _pending, "delete": _delete, "write": _write,
-        "presign": _presign, "copy": _copy, "copy_part": _copy_part}
+        "presign": _presign, "copy": _copy, "copy_part": _copy_part, "check": _check, "region": _region,
+        "capabilities": _capabilities, "upload_part": _upload_part, "probe_copy": _probe_copy}
 
 
 def _text(doc: dict, field: str) -> str:

@@ -12,7 +12,7 @@ Every method raises subclasses of :class:`planner.errors.SkyplaneError`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Collection, Iterator
 
 #: Keys a listing page holds at most (the contract's ``POST /store`` list limit; Azure's own page limit).
@@ -121,6 +121,28 @@ class Capabilities:
     def __post_init__(self) -> None:
         # A tuple, so that the capabilities travel as JSON (a job document) and come back equal.
         object.__setattr__(self, "copy_from", tuple(sorted(self.copy_from)))
+
+
+def capabilities_doc(caps: Capabilities) -> dict:
+    """A store's capabilities as JSON (a job document, a store operation's answer);
+    :func:`capabilities_from` reads it back."""
+    doc = asdict(caps)
+    doc["checksums"] = sorted(caps.checksums)
+    doc["copy_from"] = list(caps.copy_from)
+    doc["part_checksums"] = sorted(caps.part_checksums)
+    return doc
+
+
+def capabilities_from(doc: object) -> Capabilities:
+    """The :class:`Capabilities` of :func:`capabilities_doc`; ``BadOptionError`` when malformed."""
+    try:
+        return Capabilities(**{**doc, "checksums": frozenset(doc.get("checksums", ())),
+                               "copy_from": tuple(doc.get("copy_from", ())),
+                               "part_checksums": frozenset(doc.get("part_checksums", ()))})
+    except (TypeError, AttributeError) as exc:
+        raise BadOptionError(f"the store capabilities handed over are malformed: {exc}",
+                             hint="start the job with the same skyplane-provider version on the client and the fleet") \
+            from None
 
 
 class ObjectStore(ABC):

@@ -11,39 +11,19 @@ checked the store (``prepare()``), handed over in the job document.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from typing import Callable, Collection, TypeVar
 
 from gateway.control_client import GatewayClient
-from gateway.stores.base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
+from gateway.stores.base import (Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo,  # noqa: F401
+                                 capabilities_doc, capabilities_from)
 from gateway.stores.uri import parse_uri
 from planner.errors import BadOptionError, GatewayError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def capabilities_doc(caps: Capabilities) -> dict:
-    """A store's capabilities as JSON (for the job document); :func:`capabilities_from` reads it back."""
-    doc = dataclasses.asdict(caps)
-    doc["checksums"] = sorted(caps.checksums)
-    doc["copy_from"] = list(caps.copy_from)
-    doc["part_checksums"] = sorted(caps.part_checksums)
-    return doc
-
-
-def capabilities_from(doc: dict) -> Capabilities:
-    try:
-        return Capabilities(**{**doc, "checksums": frozenset(doc.get("checksums", ())),
-                               "copy_from": tuple(doc.get("copy_from", ())),
-                               "part_checksums": frozenset(doc.get("part_checksums", ()))})
-    except TypeError as exc:
-        raise BadOptionError(f"the job document's store capabilities are malformed: {exc}",
-                             hint="start the job with the same skyplane-provider version on the client and the fleet") \
-            from None
 
 
 class GatewayStore(ObjectStore):

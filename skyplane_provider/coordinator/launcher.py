@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: Coordinator processes started ahead of their job document, by job id (:func:`start_ahead`).
 _ahead: dict[str, subprocess.Popen] = {}
+#: This process's ends of the store channels of the processes started ahead, by job id (:func:`store_channel`).
+_channels: dict[str, socket.socket] = {}
 #: Seconds :func:`drop_ahead` waits for an unused process started ahead to exit (it ends its imports first).
 DROP_WAIT = 5.0
 
@@ -35,16 +38,42 @@ def start_ahead(job_id: str, gateways: int = 0) -> None:
     if job_id in _ahead:
         return
     extra = ["--gateways-ahead", str(gateways)] if gateways > 0 else []
+    mine = theirs = None
+    if gateways > 0:  # the first gateway serves this process's store operations (gateway/store_channel.py)
+        mine, theirs = socket.socketpair()
+        extra += ["--store-fd", str(theirs.fileno())]
     try:
         _ahead[job_id] = subprocess.Popen(
             [sys.executable, "-m", "skyplane_provider.coordinator", str(job_dir(job_id)), "--ahead", *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            pass_fds=(theirs.fileno(),) if theirs is not None else ())
     except OSError as exc:
         log.debug("job %s: coordinator not started ahead: %s", job_id, exc)
+        if mine is not None:
+            mine.close()
+        mine = None
+    finally:
+        if theirs is not None:
+            theirs.close()
+    if mine is not None:
+        _channels[job_id] = mine
+
+
+def store_channel(job_id: str) -> socket.socket | None:
+    """This process's end of the socket on which ``job_id``'s first gateway, started ahead, runs store
+    operations until the job launches (gateway/store_channel.py), or None when none was started."""
+    return _channels.get(job_id)
+
+
+def _close_channel(job_id: str) -> None:
+    sock = _channels.pop(job_id, None)
+    if sock is not None:
+        sock.close()
 
 
 def drop_ahead(job_id: str) -> None:
     """End the process :func:`start_ahead` started for ``job_id``, if it was not used, and reap it."""
+    _close_channel(job_id)
     proc = _ahead.pop(job_id, None)
     if proc is None:
         return
@@ -65,6 +94,7 @@ def launch_local(job_id: str, document: dict, host: str | None = None) -> dict:
 
     if host:
         document = {**document, "host": host, "tls": True}
+    _close_channel(job_id)  # the client's store work is done: the gateway stops serving it before its go
     prune_finished_jobs()
     directory = job_dir(job_id)
     # Two coordinators of one job would write one manifest: a retried task whose previous try's job

@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateways-ahead", type=int, default=0, metavar="N",
                         help="with --ahead: also start N local gateway processes before importing anything, to "
                              "wait for their configs (provisioners/spares.py: a job on this host's loopback)")
+    parser.add_argument("--store-fd", type=int, metavar="FD",
+                        help="with --gateways-ahead: an inherited socket the first gateway serves the client's store "
+                             "operations on until its go (gateway/store_channel.py)")
     args = parser.parse_args(argv)
+    if args.store_fd is not None and not (args.ahead and args.gateways_ahead > 0):
+        os.close(args.store_fd)
+        args.store_fd = None
     if args.foreground:
         return run(args.directory)
     started_r, started_w = os.pipe()  # the job process writes a byte once its API listens
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     child = os.fork()
     if child:
         os.close(started_w)
+        if args.store_fd is not None:
+            os.close(args.store_fd)  # the gateway's copy alone: the client sees the end when that gateway dies
         if args.ahead:
             os.close(go_r)
             if not _relay_go(go_w):
@@ -90,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.gateways_ahead > 0:
             from skyplane_provider.provisioners import spares
 
-            spares.start_unnamed(args.directory, args.gateways_ahead)
+            spares.start_unnamed(args.directory, args.gateways_ahead, args.store_fd)
+            if args.store_fd is not None:
+                os.close(args.store_fd)
         _import_job_modules()
         if not sys.stdin.readline():
             from skyplane_provider.provisioners import spares

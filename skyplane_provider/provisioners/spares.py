@@ -44,15 +44,18 @@ def add_named(config_path: Path, proc: subprocess.Popen) -> None:
         _named[str(config_path)] = proc
 
 
-def start_unnamed(job_dir: Path, count: int) -> None:
+def start_unnamed(job_dir: Path, count: int, store_fd: int | None = None) -> None:
     """Start ``count`` daemons for gateways of the job of ``job_dir`` (which need not exist) on this
-    host's loopback, before the job is planned. Best effort: one that cannot start is not started."""
+    host's loopback, before the job is planned. Best effort: one that cannot start is not started.
+    ``store_fd``: a socket the first serves the job's client's store operations on meanwhile
+    (gateway/store_channel.py); the caller closes its copy after this call."""
     for k in range(count):
         config_path = job_dir / UNNAMED_DIR.format(k) / "config.json"
+        channel = ["--store-fd", str(store_fd)] if store_fd is not None and k == 0 else []
         try:
-            proc = subprocess.Popen([*daemon_argv(config_path), "--wait-for-config", "--log-beside-config"],
+            proc = subprocess.Popen([*daemon_argv(config_path), "--wait-for-config", "--log-beside-config", *channel],
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=(store_fd,) if channel else ())
         except OSError:
             return
         with _lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.stores import open_store
@@ -25,6 +25,9 @@ from skyplane_provider.coordinator.listing import differs as needs_copy  # noqa:
 from .estimate import list_requests
 
 log = logging.getLogger(__name__)
+
+#: ``opener(root_uri, credentials)``: how a cloud store is opened (transfer/channel_stores.py).
+Opener = Callable[[str, dict], ObjectStore]
 
 _PROVIDER = {"s3": "aws", "gs": "gcp", "az": "azure", "file": "local"}
 
@@ -64,10 +67,11 @@ def _dir_prefix(path: str) -> str:
 
 
 def open_source(uri: StoreURI, *, recursive: bool, credentials: dict, region: str | None,
-                found: dict | None = None) -> Source:
-    """Open the source store and decide what is listed; raises if it does not exist. ``found``: the
-    source as the client that checked it handed it over (:meth:`Transfer.handoff`: region and
-    capabilities), so the store is neither asked again nor opened until a call needs it."""
+                found: dict | None = None, opener: Opener = open_store) -> Source:
+    """Open the source store (a cloud one by ``opener``) and decide what is listed; raises if it does
+    not exist. ``found``: the source as the client that checked it handed it over
+    (:meth:`Transfer.handoff`: region and capabilities), so the store is neither asked again nor
+    opened until a call needs it."""
     if uri.scheme == "file":
         path = uri.path.rstrip("/") or "/"
         if os.path.isdir(path):
@@ -86,7 +90,7 @@ def open_source(uri: StoreURI, *, recursive: bool, credentials: dict, region: st
         prefix, single = (_dir_prefix(uri.path), False) if recursive else (uri.path, True)
         return Source(uri, store, prefix, single, found["region"])
     else:
-        store = open_store(uri.root_uri, credentials)
+        store = opener(uri.root_uri, credentials)
         store.check()
         if recursive:
             prefix, single = _dir_prefix(uri.path), False
@@ -101,9 +105,10 @@ def open_source(uri: StoreURI, *, recursive: bool, credentials: dict, region: st
 
 
 def open_destination(uri: StoreURI, *, single_source: bool, credentials: dict, region: str | None,
-                     found: dict | None = None) -> Destination:
-    """Open a destination store; its bucket must exist (we never create buckets). ``found``: the
-    destination as the client that checked it handed it over (as for :func:`open_source`)."""
+                     found: dict | None = None, opener: Opener = open_store) -> Destination:
+    """Open a destination store (a cloud one by ``opener``); its bucket must exist (we never create
+    buckets). ``found``: the destination as the client that checked it handed it over (as for
+    :func:`open_source`)."""
     exact = None
     if uri.scheme == "file":
         path = uri.path
@@ -119,7 +124,7 @@ def open_destination(uri: StoreURI, *, single_source: bool, credentials: dict, r
         return Destination(uri, DeferredStore(uri.root_uri, credentials, capabilities_from(found["capabilities"])),
                            found["base"], found["exact_key"], found["region"])
     else:
-        store = open_store(uri.root_uri, credentials)
+        store = opener(uri.root_uri, credentials)
         store.check()
         if single_source and uri.path and not uri.path.endswith("/"):
             exact = uri.path

@@ -36,6 +36,8 @@ from gateway.stores.uri import StoreURI
 from planner.errors import CredentialsError, NotFoundError, SkyplaneError
 from skyplane_provider.provisioners.base import Provisioner
 
+from .endpoints import Opener
+
 log = logging.getLogger(__name__)
 
 #: Seconds the remote-credentials check may take (three SDK clients and a few requests per store).
@@ -44,16 +46,19 @@ PROBE_NAME = ".skyplane-preflight-"
 DOCS = 'docs/provisioners.md, "Store credentials"'
 
 
-def preflight(credentials: dict, provisioner: Provisioner, src: StoreURI, dsts: list[StoreURI]) -> dict:
+def preflight(credentials: dict, provisioner: Provisioner, src: StoreURI, dsts: list[StoreURI], *,
+              opener: Opener = open_store) -> dict:
     """Check the source (list) and every destination (write) with the credentials the provisioner's
     gateways will get, and return the credentials document to give them. Raises the store's
-    ``SkyplaneError`` (``CredentialsError``, ``AccessDeniedError``, ``NotFoundError``...) naming it."""
+    ``SkyplaneError`` (``CredentialsError``, ``AccessDeniedError``, ``NotFoundError``...) naming it.
+    ``opener``: how a store is opened where the gateways share this process's environment (through
+    the job's first gateway: transfer/channel_stores.py)."""
     checks = [{"uri": src.root_uri, "prefix": src.path, "write": False}]
     checks += [{"uri": d.root_uri, "prefix": d.path, "write": True} for d in dsts]
     checks = [c for c in checks if not c["uri"].startswith("file:")]  # paths are checked where they are opened
     if provisioner.shares_environment:
         for check in checks:
-            check_store(check, credentials)
+            check_store(check, credentials, opener)
         return credentials
     document = portable(credentials)
     if checks:
@@ -63,9 +68,10 @@ def preflight(credentials: dict, provisioner: Provisioner, src: StoreURI, dsts: 
     return document
 
 
-def check_store(check: dict[str, Any], credentials: dict) -> None:
-    """One store: it answers, and its prefix lists (``write`` false) or a probe write works."""
-    store = open_store(check["uri"], credentials)
+def check_store(check: dict[str, Any], credentials: dict,
+                opener: Opener = open_store) -> None:
+    """One store, opened by ``opener``: it answers, and its prefix lists (``write`` false) or a probe write works."""
+    store = opener(check["uri"], credentials)
     what = check["uri"]
     try:
         with_retries(store.check, what=f"pre-flight check of {what}")

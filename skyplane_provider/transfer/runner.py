@@ -62,6 +62,7 @@ from skyplane_provider.provisioners.base import Fleet, Provisioner
 from skyplane_provider.provisioners.handed import HandedProvisioner
 
 from .bandwidth import RegionCaps
+from .channel_stores import opener_for
 from .chunks import ObjectJob, Target
 from .credential_sources import CredentialKeeper, CredentialSource
 from .dispatch import Dispatcher
@@ -197,8 +198,10 @@ class Transfer:
     def _check_and_plan(self, src_uri, dst_uris: list, began: float) -> None:
         """:meth:`prepare` once the request is valid and the provisioner known."""
         req = self.request
+        # A client whose job's first gateway started ahead asks it to open the stores (no SDK import here).
+        opener = opener_for(self.job_id, self._provisioner)
         if not self._checked:
-            req.credentials = preflight(req.credentials, self._provisioner, src_uri, dst_uris)
+            req.credentials = preflight(req.credentials, self._provisioner, src_uri, dst_uris, opener=opener)
         self.state = StateCopy(req.state_uri, self.job_id, self.directory / MANIFEST, req.credentials) \
             if req.state_uri else None
         if self.state is not None and not self._checked:
@@ -208,13 +211,13 @@ class Transfer:
         # calls, when it calls them (coordinator/deferred_store.py).
         found = handed if handed is not None and "source" in handed else None
         self.source = open_source(src_uri, recursive=req.recursive, credentials=req.credentials,
-                                  region=req.src_region, found=found and found["source"])
+                                  region=req.src_region, found=found and found["source"], opener=opener)
         if isinstance(self._provisioner, HandedProvisioner):
             self.dests = self._destinations_through_gateways(dst_uris, handed)
         else:
             dst_regions = req.dst_regions or [None] * len(dst_uris)
             self.dests = [open_destination(u, single_source=self.source.single, credentials=req.credentials,
-                                           region=r, found=found and found["dests"][i])
+                                           region=r, found=found and found["dests"][i], opener=opener)
                           for i, (u, r) in enumerate(zip(dst_uris, dst_regions))]
         filters = req.filters()
         # What a client handed over decides, not the request: a client whose first probe found a
