@@ -452,14 +452,15 @@ def test_gateways_started_ahead_are_used_and_unused_ones_exit(home, stores):
     job_id = uuid.uuid4().hex
     prov = get_provisioner("local")
     prov.start_ahead(job_id, [f"{SRC}/0", f"{SRC}/1"], [SRC, SRC])
-    ahead = dict(spares._named)
-    assert len(ahead) == 2
+    ahead = {path: proc for path, (proc, _) in spares._held.items()}
+    assert len(ahead) == 2 and not (home / "jobs" / job_id).exists()  # nothing written before the go
     fleet = prov.provision(job_id, [GatewaySpec(f"{SRC}/0", SRC, {"program": program.to_dict(), "job_secret": "ab" * 32,
                                                                   "control_token": "t" * 32, "encrypt": False})])
     try:
         used = ahead.pop(str(fleet._members[f"{SRC}/0"].config_path))
         assert fleet.gateways[0].pid == used.pid and fleet.alive(f"{SRC}/0")
-        assert spares._named == {}
+        assert spares._held == {}
+        assert f"gateway {SRC}/0" in (fleet._members[f"{SRC}/0"].directory / "gateway.log").read_text()
         (unused,) = ahead.values()
         assert unused.poll() is not None  # ended (and reaped) when provisioning dropped the spares
     finally:
@@ -476,7 +477,7 @@ def test_gateways_started_before_the_plan_take_the_first_gateways_and_log_once_t
     job_id = uuid.uuid4().hex
     job_dir = home / "jobs" / job_id
     spares.start_unnamed(job_dir, 2)
-    unnamed = dict(spares._unnamed)
+    unnamed = {path: proc for path, (proc, _) in spares._held.items()}
     assert len(unnamed) == 2 and not job_dir.exists()
     spec = GatewaySpec(f"{SRC}/0", SRC, {"program": program.to_dict(), "job_secret": "ab" * 32,
                                          "control_token": "t" * 32, "encrypt": False})

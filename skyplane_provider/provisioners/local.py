@@ -249,11 +249,11 @@ class LocalProvisioner(Provisioner):
         control_host = place.get("control_host", bind_host)
         netns = place.get("netns")
         _check_reachable(control_host, spec.gateway_id)
-        # A daemon started ahead of the job's plan (spares.py) takes the first gateways that have none
-        # of their own, in the directory its command line names, on loopback only.
-        named = job_dir / gateway_dir_name(spec.gateway_id) / "config.json"
-        unnamed = spares.take_unnamed() if not netns and not spares.held(named) and self.loopback_fleet else None
-        directory = unnamed[0].parent if unnamed is not None else named.parent
+        # A spare daemon (spares.py): this gateway's own, else on loopback one started before the job's
+        # plan, in the directory its command line names.
+        own = job_dir / gateway_dir_name(spec.gateway_id) / "config.json"
+        spare = spares.take(own, loopback=not netns and self.loopback_fleet)
+        directory = (spare[0] if spare is not None else own).parent
         directory.mkdir(mode=0o700, exist_ok=True)
         (directory / "ready.json").unlink(missing_ok=True)
         config = {"workers": workers, **spec.config, "gateway_id": spec.gateway_id, "job_id": job_id,
@@ -264,48 +264,38 @@ class LocalProvisioner(Provisioner):
         config.pop("log_file", None)  # stdout/stderr already go to the gateway's log
         config_path = directory / "config.json"
         _write_private(config_path, json.dumps(config))
-        # One started ahead imported its modules while this process was busy: it reads the config now.
-        proc = unnamed[1] if unnamed is not None and spares.go(unnamed[1]) else spares.take(config_path)
-        if proc is not None:
+        # A spare imported its modules while this process was busy: it reads the config now.
+        if spare is not None and spares.go(spare[1]):
+            proc = spare[1]
             log.debug("gateway %s: its process %d was started ahead", spec.gateway_id, proc.pid)
         else:
             proc = self._start_process(spec.gateway_id, directory, netns)
         log.debug("started gateway %s as pid %d", spec.gateway_id, proc.pid)
         return _LocalGateway(spec, directory, proc, config.get("control_token", ""), control_host, bind_host)
 
-    def _start_process(self, gateway_id: str, directory: Path, netns: str | None, *,
-                       ahead: bool = False) -> subprocess.Popen:
-        """The daemon of ``gateway_id``, its log in ``directory``. ``ahead``: before its config exists
-        (:meth:`start_ahead`); it waits on stdin for its go (spares.py)."""
-        argv = spares.daemon_argv(directory / "config.json", netns)
+    def _start_process(self, gateway_id: str, directory: Path, netns: str | None) -> subprocess.Popen:
+        """The daemon of ``gateway_id``, its log in ``directory``."""
         with open(directory / "gateway.log", "ab") as logf:
             try:
-                return subprocess.Popen([*argv, "--wait-for-config"] if ahead else argv,
-                                        stdin=subprocess.PIPE if ahead else subprocess.DEVNULL, stdout=logf,
-                                        stderr=subprocess.STDOUT, cwd=directory, start_new_session=True)
+                return subprocess.Popen(spares.daemon_argv(directory / "config.json", netns),
+                                        stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                        cwd=directory, start_new_session=True)
             except OSError as exc:
                 raise ProvisionError(f"cannot start gateway {gateway_id}: {exc}") from exc
 
     def start_ahead(self, job_id: str, gateway_ids: list[str], regions: list[str]) -> None:
-        """Start the daemons of a job's gateways before their configs exist (the job's coordinator
-        calls this before importing its own modules): each imports its modules meanwhile, ~0.2 CPU-s
-        and a third of a second on a loaded 2-core host that no longer stand between the coordinator
-        and its first chunk, then waits on stdin. :meth:`provision` writes each config, then says go.
-        One never told (the job needed fewer gateways, or none) exits when :func:`spares.drop` or the
-        end of this process closes its stdin. Best effort: a gateway that cannot be started ahead is
-        started by :meth:`provision` as usual."""
+        """Start spare daemons (spares.py) for a job's gateways before their configs exist (the job's
+        coordinator calls this before importing its own modules): each imports its modules meanwhile,
+        ~0.2 CPU-s and a third of a second on a loaded 2-core host that no longer stand between the
+        coordinator and its first chunk, then waits on stdin. :meth:`provision` writes each config,
+        then says go. One never told (the job needed fewer gateways, or none) exits when
+        :func:`spares.drop` or the end of this process closes its stdin. Best effort: a gateway that
+        cannot be started ahead is started by :meth:`provision` as usual."""
         job_dir = skyplane_home() / "jobs" / job_id
-        job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for gateway_id, region in zip(gateway_ids, regions):
             place = self.placement.get(gateway_id) or self.placement.get(region, {})
-            directory = job_dir / gateway_dir_name(gateway_id)
-            try:
-                directory.mkdir(mode=0o700, exist_ok=True)
-                proc = self._start_process(gateway_id, directory, place.get("netns"), ahead=True)
-            except (OSError, ProvisionError) as exc:
-                log.debug("gateway %s not started ahead: %s", gateway_id, exc)
-                continue
-            spares.add_named(directory / "config.json", proc)
+            if not spares.start(job_dir / gateway_dir_name(gateway_id) / "config.json", place.get("netns")):
+                log.debug("gateway %s not started ahead", gateway_id)
 
 
 def _pid_entry(member: _LocalGateway) -> dict:
