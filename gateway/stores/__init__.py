@@ -162,8 +162,8 @@ def _make(scheme: str, bucket: str, root: str, entry: dict, env: tuple) -> Objec
     if scheme == "s3":
         from . import s3
 
-        client = _client(key, lambda: s3.make_client(entry))
-        return s3.S3Store(bucket, client)
+        clients = _client(key, lambda: s3.S3Clients(entry))
+        return s3.S3Store(bucket, clients.sdk, clients.direct)
     if scheme == "gs":
         from . import gcs
 

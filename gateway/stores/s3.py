@@ -6,6 +6,7 @@ import datetime
 import email.utils
 import http.client
 import os
+import threading
 import urllib.parse
 from typing import Any, Collection
 
@@ -24,6 +25,7 @@ from ..wire import is_loopback
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers, probe_key,
                      translated)
+from .s3_direct import BucketRoute, DirectGet
 
 MiB = 1024**2
 _LIST_REQUEST = 1000  # keys per ListObjectsV2 request at most
@@ -54,11 +56,32 @@ SDK_ATTEMPTS = 4
 _DATA_LOADER = botocore.loaders.create_loader()
 
 
-def make_client(settings: dict[str, Any]) -> Any:
+def make_client(settings: dict[str, Any], *, attempts: int | None = None) -> Any:
     """One boto3 S3 client for a credentials entry (see ``gateway.stores``); thread-safe, pooled.
+    ``attempts``: the attempts of each call (default :func:`sdk_attempts`).
 
     Without an ``endpoint_url`` boto3 still honours ``AWS_ENDPOINT_URL`` and its usual credential chain.
     """
+    return _build(settings, attempts)[0]
+
+
+class S3Clients:
+    """What the S3 stores of one credentials entry share: the boto3 client, and the direct GET path
+    for the gateways' reads (None where it does not apply: ``DirectGet.for_client``)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.sdk, core, attempts = _build(settings, None)
+        self.direct = DirectGet.for_client(self.sdk, core.get_credentials(), attempts,
+                                           lambda: make_client(settings, attempts=attempts - 1))
+
+    def close(self) -> None:
+        self.sdk.close()
+        if self.direct is not None:
+            self.direct.close()
+
+
+def _build(settings: dict[str, Any], attempts: int | None) -> tuple[Any, botocore.session.Session, int]:
+    """The client of :func:`make_client`, its botocore session and its attempts per call."""
     core = botocore.session.get_session()
     core.register_component("data_loader", _DATA_LOADER)
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=fast_timestamp)
@@ -69,6 +92,7 @@ def make_client(settings: dict[str, Any]) -> Any:
         aws_session_token=settings.get("aws_session_token"),
         region_name=settings.get("region_name"),
     )
+    attempts = attempts or sdk_attempts(core)
     endpoint = settings.get("endpoint_url")
     effective = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
@@ -79,7 +103,7 @@ def make_client(settings: dict[str, Any]) -> Any:
         # (botocore's ``max_attempts`` counts retries, one more attempt: ``total_max_attempts`` does not),
         # and adaptive mode's client-side rate limiter slows every request of this client once S3
         # answers SlowDown. Nothing above the store retries a throttled call again.
-        retries={"total_max_attempts": sdk_attempts(core), "mode": "adaptive"},
+        retries={"total_max_attempts": attempts, "mode": "adaptive"},
         # Checksums only where S3 requires them: the transfer verifies every chunk end to end, and
         # the default CRC trailers are not understood by every S3-compatible server.
         request_checksum_calculation="when_required",
@@ -90,7 +114,7 @@ def make_client(settings: dict[str, Any]) -> Any:
             "payload_signing_enabled": payload_signing(effective),
         },
     )
-    return session.client("s3", endpoint_url=endpoint, config=config)
+    return session.client("s3", endpoint_url=endpoint, config=config), core, attempts
 
 
 def sdk_attempts(core: botocore.session.Session) -> int:
@@ -151,10 +175,15 @@ class S3Store(ObjectStore):
                                 # SSE-KMS / SSE-C (then it matches nothing, and the part is sent again).
                                 part_checksums=frozenset({"md5"}))
 
-    def __init__(self, bucket: str, client: Any) -> None:
+    def __init__(self, bucket: str, client: Any, direct: DirectGet | None = None) -> None:
         self.bucket = bucket
         self._client = client
         self._region: str | None = None
+        self._direct = direct
+        #: The bucket's route for direct GETs: True until a first read has shown it, None once they
+        #: stop (an answer they do not handle sends this store's reads to botocore for good).
+        self._route: BucketRoute | bool | None = True if direct is not None else None
+        self._learning = threading.Lock()
 
     @property
     def root_uri(self) -> str:
@@ -212,13 +241,34 @@ class S3Store(ObjectStore):
         check_range(offset, len(view))
         if not len(view):
             return 0
+        byte_range = f"bytes={offset}-{offset + len(view) - 1}"
+        client = self._client
         try:
             with self._errors(key):
-                r = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + len(view) - 1}")
-                with r["Body"] as body:
-                    return _body_into(body, view)
+                route = self._route
+                if isinstance(route, BucketRoute):
+                    response = self._direct.get(route, key, byte_range)
+                    if response is not None:
+                        return _direct_body_into(response.raw, view)
+                    # Not an answer the direct path handles: botocore makes the call's other attempts,
+                    # and this store's reads from now on (its retries, rate limiting, redirects).
+                    self._route = None
+                    client = self._direct.rest_client()
+                elif route is True and self._learning.acquire(blocking=False):
+                    try:  # the first read, through botocore, shows the bucket's URL and signing region
+                        got, self._route = self._direct.learn(self.bucket, key,
+                                                              lambda: self._botocore_into(client, key, byte_range, view))
+                    finally:
+                        self._learning.release()
+                    return got
+                return self._botocore_into(client, key, byte_range, view)
         except _RangeNotSatisfiable:
             return 0
+
+    def _botocore_into(self, client: Any, key: str, byte_range: str, view: memoryview) -> int:
+        r = client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+        with r["Body"] as body:
+            return _body_into(body, view)
 
     def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         with self._errors(key):
@@ -384,6 +434,22 @@ def _body_into(body: Any, view: memoryview) -> int:
         raise bex.ResponseStreamingError(error=exc) from exc
     if got < len(view) and fp.length:  # the connection ended before the body's Content-Length
         raise bex.ResponseStreamingError(error=http.client.IncompleteRead(b"", fp.length))
+    return got
+
+
+def _direct_body_into(raw: Any, view: memoryview) -> int:
+    """:func:`_body_into` for a direct GET's urllib3 response; its connection goes back to the pool
+    when the body was read to its end (botocore's own reads do the same), else it is closed."""
+    try:
+        got = _body_into(raw, view)
+    except BaseException:
+        raw.close()
+        raise
+    fp = getattr(raw, "_fp", None)
+    if fp is None or fp.isclosed():
+        raw.release_conn()
+    else:
+        raw.close()
     return got
 
 
