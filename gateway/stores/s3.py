@@ -256,8 +256,8 @@ class S3Store(ObjectStore):
                     client = self._direct.rest_client()
                 elif route is True and self._learning.acquire(blocking=False):
                     try:  # the first read, through botocore, shows the bucket's URL and signing region
-                        got, self._route = self._direct.learn(self.bucket, key,
-                                                              lambda: self._botocore_into(client, key, byte_range, view))
+                        got, self._route = self._direct.learn(
+                            self.bucket, key, lambda: self._botocore_into(client, key, byte_range, view))
                     finally:
                         self._learning.release()
                     return got
