@@ -107,8 +107,8 @@ class DirectGet:
         S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", route.region).add_auth(request)
         try:
             response = self._http.send(request.prepare())
-        except (bex.HTTPClientError, bex.EndpointConnectionError):
-            return None  # botocore retries connection errors: its attempts go on
+        except (bex.HTTPClientError, bex.ConnectionError):
+            return None  # cut off or not connected (timeouts, resets, TLS): botocore's attempts go on
         if response.status_code in _OK:
             return response
         content = response.content
