@@ -1,8 +1,9 @@
 """Where a small ``skyplane-provider cp -r`` spends its wall time, per process, seen from outside.
 
-    .venv/bin/python benchmarks/cli_timeline.py [--count 1] [--runs 3] [--imports] [--code DIR]
+    .venv/bin/python benchmarks/cli_timeline.py [--count 1] [--runs 3] [--imports] [--code DIR] [--from s3]
 
-Copies a tree of ``--count`` random 4 KiB files local -> local with default flags under
+Copies a tree of ``--count`` random 4 KiB files local -> local (``--from s3|gcs|azure``: from a bucket
+of that store's emulator, started here, to a local directory) with default flags under
 ``strace -f --seccomp-bpf`` tracing only process starts and ends, ``listen``, ``connect`` and
 ``rename`` (no system call of an import is stopped), and prints, per run, each process of the job
 (the CLI, the coordinator's two and every gateway) with the milliseconds since the CLI's start at
@@ -28,6 +29,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchutil import REPO, compile_ours, machine_line
+from skyplane_provider.testing.buckets import create_bucket
+from skyplane_provider.testing.emulators import start_all
+from skyplane_provider.testing.samples import put_objects
 from small_files import make_tree
 
 #: ``PID SECONDS.MICROS rest``, strace -f -ttt's line.
@@ -189,6 +193,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--imports", action="store_true", help="also time each kind of process's imports alone")
     ap.add_argument("--code", type=Path, help="a checkout to run instead of this one (through PYTHONPATH)")
+    ap.add_argument("--from", dest="source", choices=("local", "s3", "gcs", "azure"), default="local",
+                    help="where the files are: a tmpfs tree, or a bucket of that store's emulator (started here)")
     args = ap.parse_args()
     compile_ours(args.code.resolve() if args.code else REPO)
     scratch = Path(tempfile.mkdtemp(prefix="cli-timeline-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
@@ -196,11 +202,19 @@ def main() -> int:
     env["SKYPLANE_HOME"] = str(scratch / "home")
     if args.code:
         env["PYTHONPATH"] = str(args.code.resolve())
+    emulators = None
     try:
-        print(f"cli_timeline: {args.count} x 4 KiB, local -> local, code at {args.code or REPO}; {machine_line()}",
-              flush=True)
-        src = scratch / "src"
-        make_tree(src, args.count, 4096)
+        print(f"cli_timeline: {args.count} x 4 KiB, {args.source} -> local, code at {args.code or REPO}; "
+              f"{machine_line()}", flush=True)
+        if args.source == "local":
+            src = scratch / "src"
+            make_tree(src, args.count, 4096)
+        else:  # the client checks the bucket and lists its first page: what the store SDKs were imported for
+            emulators = start_all([args.source], log_dir=scratch / "logs")
+            os.environ.update(emulators.env)
+            env.update(emulators.env)
+            src = create_bucket(args.source) + "/data"
+            put_objects(src + "/", {f"f{i:06d}": os.urandom(4096) for i in range(args.count)})
         runs: list[dict[str, float]] = []
         for run in range(args.runs):
             dst = scratch / "dst"
@@ -223,6 +237,8 @@ def main() -> int:
         if args.imports:
             imports(sys.executable, env)
     finally:
+        if emulators is not None:
+            emulators.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
