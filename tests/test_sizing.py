@@ -59,3 +59,21 @@ def test_a_fleet_whose_hops_stay_on_the_host_runs_a_deeper_pipeline():
                               max_chunk_bytes=64 * MiB, loopback_fleet=clear)
         assert {(s.config["readers"], s.config["writers"], s.config["queue_chunks"]) for s in specs} == {
             (depth, depth, depth)}
+
+
+def test_a_job_between_local_directories_runs_at_most_four_readers_and_writers():
+    """A file system call is CPU work, not a wait on a server: a job whose every store is a local
+    directory gets at most LOCAL_DEPTH (4) readers, writers and queue slots, whatever its chunks;
+    bigger chunks still get fewer. Pure."""
+    from planner.plan import direct_plan
+    from skyplane_provider.transfer.launch import LOCAL_DEPTH, JobSecrets, gateway_specs, pipeline_depth
+
+    assert LOCAL_DEPTH == 4
+    assert [pipeline_depth(n * MiB, clear=True, local=True) for n in (1, 16, 32, 64, 150)] == [4, 4, 4, 4, 2]
+    assert [pipeline_depth(n * MiB, local=True) for n in (1, 32, 64)] == [4, 4, 2]
+    plan = direct_plan("local:src", ["local:dst"])
+    for local, depth in ((False, 8), (True, 4)):
+        specs = gateway_specs(plan, "0" * 32, JobSecrets(), compress=False, encrypt=False, credentials={},
+                              max_chunk_bytes=MiB, loopback_fleet=True, local_stores=local)
+        assert {(s.config["readers"], s.config["writers"], s.config["queue_chunks"]) for s in specs} == {
+            (depth, depth, depth)}

@@ -30,21 +30,28 @@ class JobSecrets:
 #: chunks a destination gateway peaked at 1.1 GiB (benchmarks/memory.py, 10 GiB through a relay).
 BUFFER_BUDGET = 512 * 1024**2
 MAX_DEPTH = 8
+#: The most readers and writers for a job whose every store is a local directory. A file system call
+#: is CPU work in the kernel, not a wait on a server: threads beyond a few only take turns at the GIL
+#: (hand-offs, context switches), where on a network store they overlap round trips. 50,000 x 1 KiB
+#: on disk, 2 cores: gateways 0.077-0.116 CPU-s per 1,000 files at 4 against 0.079-0.159 at 8 in
+#: the same rounds (docs/benchmarks.md, "Scale").
+LOCAL_DEPTH = 4
 #: Copies of a chunk counted per reader or writer and queue slot: lz4 and AES-GCM outputs beside the
 #: raw bytes; on hops that never leave the host (sent clear) only the raw bytes and one copy a store's
 #: SDK may take of them.
 COPIES, CLEAR_COPIES = 4, 2
 
 
-def pipeline_depth(max_chunk_bytes: int, clear: bool = False) -> int:
+def pipeline_depth(max_chunk_bytes: int, clear: bool = False, local: bool = False) -> int:
     """Readers, writers and queue slots per gateway for chunks up to this size: 8 for chunks up to
     16 MiB (small objects need the parallelism), fewer for bigger ones, at least 2. ``clear``: every
     hop stays on the host, frames go without lz4 and AES-GCM, so the same buffer budget holds twice
     the chunks (8 at 32 MiB, 4 at 64 MiB): a store written 4 objects at a time instead of 8 is
     latency-bound (8 x 32 MiB to moto: 4.4 s at 4, 2.5 s at 8; routes.py GCS -> S3 text 5.2-6.1 ->
-    4.0-4.6 s, docs/benchmarks.md)."""
+    4.0-4.6 s, docs/benchmarks.md). ``local``: every store of the job is a local directory, at most
+    :data:`LOCAL_DEPTH`."""
     copies = CLEAR_COPIES if clear else COPIES
-    return max(2, min(MAX_DEPTH, BUFFER_BUDGET // (copies * max(1, max_chunk_bytes))))
+    return max(2, min(LOCAL_DEPTH if local else MAX_DEPTH, BUFFER_BUDGET // (copies * max(1, max_chunk_bytes))))
 
 
 def _handles_plaintext(program: RegionProgram) -> bool:
@@ -81,7 +88,8 @@ def workers_for(objects: int, size: int, listed_in_full: bool, *, store_servers:
 def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress: bool, encrypt: bool,
                   credentials: dict, by_region: dict[str, dict] | None = None, queue_chunks: int = 8,
                   max_chunk_bytes: int | None = None, bwlimit: float | None = None,
-                  loopback_fleet: bool = False, workers: int | None = None) -> list[GatewaySpec]:
+                  loopback_fleet: bool = False, workers: int | None = None,
+                  local_stores: bool = False) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
     they only ever see ciphertext. ``by_region``: the credentials document of each region's gateways
     (the entries of the stores they open themselves), instead of the whole ``credentials``; the very
@@ -92,8 +100,10 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
     job's cap per region; each gateway starts with an equal share of its region's (bandwidth.py).
     ``loopback_fleet``: every gateway on this host (the provisioner's ``loopback_fleet``), so frames
     travel clear and the pipeline may be deeper (:func:`pipeline_depth`). ``workers``: each gateway's
-    worker processes (:func:`workers_for`); None leaves it to the host."""
-    depth = pipeline_depth(max_chunk_bytes, clear=loopback_fleet) if max_chunk_bytes is not None else None
+    worker processes (:func:`workers_for`); None leaves it to the host. ``local_stores``: every store of
+    the job is a local directory (fewer readers and writers: :data:`LOCAL_DEPTH`)."""
+    depth = (pipeline_depth(max_chunk_bytes, clear=loopback_fleet, local=local_stores)
+             if max_chunk_bytes is not None else None)
     specs = []
     for region, program in plan.programs().items():
         plaintext = _handles_plaintext(program)

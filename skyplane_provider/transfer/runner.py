@@ -712,6 +712,8 @@ class Transfer:
                               credentials=req.credentials, by_region=self._held,
                               max_chunk_bytes=self._max_chunk_bytes, bwlimit=req.bwlimit,
                               loopback_fleet=self._provisioner.loopback_fleet,
+                              local_stores=all(r.startswith("file://") for r in (
+                                  self.source.store.root_uri, *(d.store.root_uri for d in self.dests))),
                               workers=workers_for(len(self.objects), sum(o.info.size for o in self.objects),
                                                   listed_in_full=not (self.streaming and self._next_token),
                                                   store_servers=self._store_servers_here(),
