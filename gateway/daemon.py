@@ -17,15 +17,14 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from planner.errors import SkyplaneError
 
-from . import store_channel
-from .allocator import keep_chunk_memory
-from .config import GatewayConfig, write_ready_file
-from .control import ControlServer
-from .node import GatewayNode
-from .supervisor import Supervisor
+if TYPE_CHECKING:
+    from .config import GatewayConfig
+    from .node import GatewayNode
+    from .supervisor import Supervisor
 
 log = logging.getLogger("gateway")
 
@@ -39,6 +38,12 @@ DRAIN_QUIET = 1.0
 def run(config: GatewayConfig, config_path: str) -> None:
     """Run a gateway until it is told to stop: one process, or (``workers`` > 1) a supervisor of
     worker processes (gateway/supervisor.py), each of which runs this with ``workers`` 1."""
+    from .allocator import keep_chunk_memory
+    from .config import write_ready_file
+    from .control import ControlServer
+    from .node import GatewayNode
+    from .supervisor import Supervisor
+
     stop = threading.Event()
     keep_chunk_memory(config.max_chunk_bytes)
     node: GatewayNode | Supervisor
@@ -137,6 +142,22 @@ def _log_to(path: str) -> None:
     os.close(fd)
 
 
+def _prepare(store_fd: int | None, schemes: list[str]) -> None:
+    """A gateway's work before its config: the job's client waits on the answers of the store channel
+    (``store_fd``), whose first one needs a store's SDK (boto3 alone: 0.3-0.6 s), not on the
+    daemon's own modules (0.1-0.2 s), which it needs only at the go. So the SDKs of ``schemes`` load
+    at once (not at the first request), the channel is served as soon as they have, and the daemon's
+    modules load after that, beside the client's requests."""
+    from .stores import preload
+
+    preload(schemes)
+    if store_fd is not None:
+        from . import store_channel
+
+        store_channel.start_serving(store_fd)
+    from . import control, node, supervisor  # noqa: F401 - run()'s, while the client works
+
+
 def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     parser = argparse.ArgumentParser(prog="skyplane-gateway", description="Run one skyplane gateway.")
@@ -153,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-fd", type=int, metavar="FD",
                         help="with --wait-for-config: serve the store operations of the job's client on this "
                              "inherited socket meanwhile (gateway/store_channel.py)")
+    parser.add_argument("--preload", default="", metavar="SCHEMES",
+                        help="with --wait-for-config: import the adapters (and SDKs) of these comma-separated store "
+                             "schemes first (the job's URIs'; unknown ones are ignored)")
     args = parser.parse_args(argv)
-    if args.store_fd is not None:
-        store_channel.start_serving(args.store_fd)
-    if args.wait_for_config and not sys.stdin.readline():
-        return 0  # never needed: the job ended or provisioned fewer gateways
+    if args.wait_for_config:
+        _prepare(args.store_fd, [s for s in args.preload.split(",") if s])
+        if not sys.stdin.readline():
+            return 0  # never needed: the job ended or provisioned fewer gateways
+    from .config import GatewayConfig
+
     if args.log_beside_config:
         _log_to(os.path.join(os.path.dirname(os.path.abspath(args.config)), "gateway.log"))
     try:

@@ -138,3 +138,41 @@ def test_a_gateway_serves_the_channel_until_its_go_and_then_runs(home, s3_bucket
     assert stats.objects == 4 and stats.verified
     assert read_all(gcs_bucket, "out/") == digests({k[2:]: v for k, v in objs.items()})
     assert wait_gone(home) == []
+
+
+def _imported(importtime: str) -> list[str]:
+    """The modules of a ``-X importtime`` trace, in the order their imports finished."""
+    return [line.rsplit("|", 1)[-1].strip() for line in importtime.splitlines() if line.startswith("import time:")]
+
+
+@pytest.mark.parametrize("preload", [["--preload", "s3,gcs,nosuch"], []])
+def test_a_gateway_waiting_for_its_config_loads_the_jobs_sdks_then_serves_then_its_own_modules(tmp_path, preload):
+    """``--preload``: the SDKs load at exec, before any request and before the daemon's own modules,
+    which load after the channel is served; without it no SDK loads until a store needs one."""
+    mine, theirs = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "gateway.daemon", "--config",
+                             str(tmp_path / "config.json"), "--wait-for-config", "--store-fd", str(theirs.fileno()),
+                             *preload], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            pass_fds=(theirs.fileno(),))
+    theirs.close()
+    chan = store_channel.StoreChannel(mine)
+    ChannelStore(f"file://{tmp_path}", ChannelClient(chan, {})).check()  # a store that needs no SDK
+    mine.close()
+    _, trace = proc.communicate("", timeout=60)  # no go: it exits
+    assert proc.returncode == 0
+    modules = _imported(trace)
+    assert "gateway.node" in modules
+    assert modules.index("gateway.store_channel") < modules.index("gateway.node")
+    if preload:
+        assert {"boto3", "google.cloud.storage"} <= set(modules)
+        assert modules.index("boto3") < modules.index("gateway.store_channel")
+    else:
+        assert _sdk_imports(trace) == []
+
+
+def test_the_cli_names_the_schemes_of_its_words():
+    from skyplane_provider.cli.main import _schemes
+
+    assert _schemes(["cp", "-r", "s3://b/d/", "gs://c/out/", "--exclude", "x://y", "/local", "s3://b2"]) == \
+        ("s3", "gs", "x")
+    assert _schemes(["cp", "-r", "/a", "/b", "--include=s3://z", "://q"]) == ()

@@ -41,6 +41,7 @@ clients behind them are shared by every store with the same credentials, so call
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -54,7 +55,7 @@ from .common import parse_expiration
 from .uri import _ALIASES, parse_uri
 
 __all__ = ["open_store", "credentials_entry", "entry_key", "endpoint", "covers", "narrow", "check_document", "merge_documents",
-           "discard", "close_all",
+           "discard", "close_all", "preload",
            "ObjectStore", "ObjectInfo", "PartInfo", "Capabilities"]
 
 _ENV_PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "CLOUDSDK_"),
@@ -151,6 +152,20 @@ def close_all() -> None:
         _clients.clear()
     for client in clients:
         client.close()
+
+
+#: The adapter module of each scheme whose store needs an SDK.
+_ADAPTERS = {"s3": "s3", "gs": "gcs", "az": "azure"}
+
+
+def preload(schemes: list[str]) -> None:
+    """Import the adapters (with their SDKs) of ``schemes`` (``s3``, ``gcs``, ...; aliases and any case;
+    unknown ones are ignored: they may be guessed from a command's words), so that the first store
+    opened does not wait for them."""
+    for scheme in schemes:
+        module = _ADAPTERS.get(_ALIASES.get(scheme.lower(), ""))
+        if module is not None:
+            importlib.import_module(f"{__name__}.{module}")
 
 
 def _make(scheme: str, bucket: str, root: str, entry: dict, env: tuple) -> ObjectStore:

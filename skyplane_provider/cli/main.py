@@ -124,8 +124,16 @@ def _coordinator_ahead(command: str | None, argv: list[str]) -> str | None:
     from skyplane_provider.coordinator.launcher import start_ahead
 
     job_id = urandom(16).hex()  # what uuid.uuid4().hex holds, without importing uuid (~5 ms)
-    start_ahead(job_id, gateways=1 if _looks_local(argv) else 0)
+    start_ahead(job_id, gateways=1 if _looks_local(argv) else 0, schemes=_schemes(argv))
     return job_id
+
+
+def _schemes(argv: list[str]) -> tuple[str, ...]:
+    """The URI schemes among the words of a command, before they are parsed (``s3``, ``gs``, ...): the
+    gateway started ahead imports their SDKs at once. A word that is no store URI only names a
+    scheme no store has, which the gateway ignores."""
+    found = (word.partition("://")[0] for word in argv if "://" in word)
+    return tuple(dict.fromkeys(scheme for scheme in found if scheme.isalnum()))
 
 
 def _looks_local(argv: list[str]) -> bool:

@@ -26,15 +26,17 @@ _channels: dict[str, socket.socket] = {}
 DROP_WAIT = 5.0
 
 
-def start_ahead(job_id: str, gateways: int = 0) -> None:
+def start_ahead(job_id: str, gateways: int = 0, schemes: tuple[str, ...] = ()) -> None:
     """Start the process of ``job_id``'s coordinator now, before its job document exists
     (``--ahead``): it imports its modules (~0.1 CPU-s and as many seconds) while this process still
     checks the stores and plans, then waits on stdin. :func:`launch_local` writes the document and
     says go; :func:`drop_ahead` (a request refused, no job) closes its stdin and it exits having
     done nothing: no file, no gateway. ``gateways``: local gateway processes it starts at once to
     wait for their configs too (a job whose gateways will run on this host's loopback: its first
-    gateway's imports are otherwise what the job waits for after the go). Best effort: a launch
-    without one starts the process then."""
+    gateway's imports are otherwise what the job waits for after the go); ``schemes``: the URI
+    schemes of the job's stores, whose SDKs those gateways import at once (the client's first store
+    operation through the first one waits for them). Best effort: a launch without one starts the
+    process then."""
     if job_id in _ahead:
         return
     extra = ["--gateways-ahead", str(gateways)] if gateways > 0 else []
@@ -42,6 +44,8 @@ def start_ahead(job_id: str, gateways: int = 0) -> None:
     if gateways > 0:  # the first gateway serves this process's store operations (gateway/store_channel.py)
         mine, theirs = socket.socketpair()
         extra += ["--store-fd", str(theirs.fileno())]
+        if schemes:
+            extra += ["--store-schemes", ",".join(schemes)]
     try:
         _ahead[job_id] = subprocess.Popen(
             [sys.executable, "-m", "skyplane_provider.coordinator", str(job_dir(job_id)), "--ahead", *extra],

@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-fd", type=int, metavar="FD",
                         help="with --gateways-ahead: an inherited socket the first gateway serves the client's store "
                              "operations on until its go (gateway/store_channel.py)")
+    parser.add_argument("--store-schemes", default="", metavar="SCHEMES",
+                        help="with --gateways-ahead: the job's stores' URI schemes (comma-separated), whose SDKs "
+                             "the gateways import first")
     args = parser.parse_args(argv)
     if args.store_fd is not None and not (args.ahead and args.gateways_ahead > 0):
         os.close(args.store_fd)
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.gateways_ahead > 0:
             from skyplane_provider.provisioners import spares
 
-            spares.start_unnamed(args.directory, args.gateways_ahead, args.store_fd)
+            spares.start_unnamed(args.directory, args.gateways_ahead, args.store_fd,
+                                 tuple(s for s in args.store_schemes.split(",") if s))
             if args.store_fd is not None:
                 os.close(args.store_fd)
         _import_job_modules()

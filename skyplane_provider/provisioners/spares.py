@@ -40,15 +40,18 @@ def daemon_argv(config_path: Path, netns: str | None = None) -> list[str]:
 
 
 def start(config_path: Path, netns: str | None = None, *, any_gateway: bool = False,
-          store_fd: int | None = None) -> bool:
+          store_fd: int | None = None, schemes: tuple[str, ...] = ()) -> bool:
     """Start and hold a spare for ``config_path`` (in ``netns``); ``any_gateway``: any gateway on
     loopback may take it (:func:`take`); ``store_fd``: a socket it serves the job's client's store
-    operations on until its go (gateway/store_channel.py). Best effort: False when it cannot start."""
+    operations on until its go (gateway/store_channel.py); ``schemes``: the job's stores' URI schemes,
+    whose SDKs it imports first. Best effort: False when it cannot start."""
     channel = ["--store-fd", str(store_fd)] if store_fd is not None else []
+    if schemes:
+        channel += ["--preload", ",".join(schemes)]
     try:
         proc = subprocess.Popen([*daemon_argv(config_path, netns), "--wait-for-config", "--log-beside-config", *channel],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, pass_fds=(store_fd,) if channel else ())
+                                start_new_session=True, pass_fds=(store_fd,) if store_fd is not None else ())
     except OSError:
         return False
     with _lock:
@@ -56,13 +59,14 @@ def start(config_path: Path, netns: str | None = None, *, any_gateway: bool = Fa
     return True
 
 
-def start_unnamed(job_dir: Path, count: int, store_fd: int | None = None) -> None:
+def start_unnamed(job_dir: Path, count: int, store_fd: int | None = None, schemes: tuple[str, ...] = ()) -> None:
     """Start ``count`` spares for the first gateways of the job of ``job_dir`` (which need not exist) on
     this host's loopback, before the job is planned. ``store_fd``: the first serves the job's client's
-    store operations on it meanwhile (:func:`start`); the caller closes its copy after this call."""
+    store operations on it meanwhile (:func:`start`); the caller closes its copy after this call.
+    ``schemes``: the job's stores' URI schemes, whose SDKs each imports first."""
     for k in range(count):
         if not start(job_dir / UNNAMED_DIR.format(k) / "config.json", any_gateway=True,
-                     store_fd=store_fd if k == 0 else None):
+                     store_fd=store_fd if k == 0 else None, schemes=schemes):
             return
 
 

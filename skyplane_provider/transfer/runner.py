@@ -178,7 +178,8 @@ class Transfer:
         ahead = self._coordinator_ahead()
         if ahead:  # its imports overlap the checks and the planning below (unless the caller started it),
             # and so do those of the first gateway's process where the fleet runs on this host's loopback
-            start_ahead(self.job_id, gateways=1 if self._provisioner.loopback_fleet else 0)
+            start_ahead(self.job_id, gateways=1 if self._provisioner.loopback_fleet else 0,
+                        schemes=tuple({uri.scheme for uri in (src_uri, *dst_uris)}))
         else:
             drop_ahead(self.job_id)  # one a caller started for a job that will not launch it here
         try:
