@@ -141,7 +141,7 @@ def check_batch(doc: object, config: GatewayConfig) -> Batch:
 
 
 class InFlight:
-    """The chunks a gateway holds (accepted and not yet read, received and not yet written), and the
+    """The chunks a gateway holds (accepted and not yet read, read or received and not yet written), and the
     last few it let go of, whose frames may still wait in its send queues: what a supervisor reports
     failed when this worker dies (a chunk sent again that did arrive is only confirmed)."""
 
@@ -375,6 +375,9 @@ class GatewayNode(Controlled):
         if pp.write:
             if not pp.send and self.config.program.writes_for:
                 self.events.skipped(SKIP_HOP_ONE_HOST)
+            # Held until written (_write_loop), as a received frame is: a gateway draining after its
+            # orchestrator died (daemon.py) stopped while its writers still wrote what it had read.
+            self.in_flight.hold(spec.id)
             self._put_write(Decoded(spec.id, meta, pieces, LOCAL))
         return frame
 
@@ -446,8 +449,9 @@ class GatewayNode(Controlled):
                 continue
             if item is None:  # stop() woke this writer
                 continue
-            if isinstance(item, Decoded):  # read here: held by the reader until it is handed over
+            if isinstance(item, Decoded):  # read here
                 self._guard(item.chunk_id, lambda: self._write_chunk(item))
+                self.in_flight.release(item.chunk_id)
             else:
                 self._guard(item.header.chunk_id, lambda: self._write_frame(item))
                 self.in_flight.release(item.header.chunk_id)

@@ -89,20 +89,34 @@ class PeerLink:
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        #: Frames put and not yet sent or failed, under ``_lock``: queued, or in a sender's hands.
+        self._unsent = 0
 
     def load(self) -> int:
-        return self._queue.qsize()
+        """Frames this link may still send: queued, or being sent. A frame in a sender's hands
+        counts: paced by a bandwidth cap it may take seconds, and a gateway draining after its
+        orchestrator died (daemon.py) stopped in the middle of it once the queue was empty."""
+        with self._lock:
+            return self._unsent
 
     def put(self, frame: wire.Frame) -> bool:
         """Queue a frame (blocking while the queue is full); False if the link closed meanwhile."""
         self._start()
+        with self._lock:
+            self._unsent += 1  # before it is queued: a sender may take it at once
         while not (self._closed.is_set() or self._stop.is_set()):
             try:
                 self._queue.put(frame, timeout=_POLL)
                 return True
             except queue.Full:
                 continue
+        self._done()
         return False
+
+    def _done(self) -> None:
+        """A frame :meth:`put` counted is sent, or failed."""
+        with self._lock:
+            self._unsent -= 1
 
     def close(self) -> None:
         """Stop the senders; frames still queued are reported as failed (the orchestrator re-sends)."""
@@ -112,6 +126,7 @@ class PeerLink:
                 frame = self._queue.get_nowait()
             except queue.Empty:
                 break
+            self._done()
             self._events.failed(frame.header.chunk_id, GatewayError(
                 f"peer {self.peer.gateway_id} was removed before the chunk could be sent to it"), retryable=True)
 
@@ -141,7 +156,10 @@ class PeerLink:
                         self._lost(conn, "the peer closed the connection")
                         conn = None
                     continue
-                conn = self._send(conn, frame)
+                try:
+                    conn = self._send(conn, frame)
+                finally:
+                    self._done()
                 del frame  # not held while waiting for the next one: its buffers may be reused (node.py)
         finally:
             if conn is not None:
@@ -302,7 +320,7 @@ class Router:
                 return
 
     def load(self) -> int:
-        """Frames queued on every link, not yet taken by a sender."""
+        """Frames queued or being sent on every link."""
         with self._changed:
             return sum(link.load() for links in self._links.values() for link in links)
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from gateway import wire
+from gateway.bandwidth import Pacer
 from gateway.batch import ChunkMeta, DestStore, SentObject, Target
 from gateway.codec import Codec, worth_compressing
 from gateway.events import EventLog
@@ -350,6 +351,34 @@ class DyingServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def test_a_link_counts_the_frame_its_sender_is_still_sending():
+    """gateway/peers.py: a link's load is what it may still send, a frame in a sender's hands included.
+    A gateway whose orchestrator died drains until its load is 0 for a second (gateway/daemon.py):
+    a frame paced over more than that second, the queue empty, was cut when the gateway stopped (a
+    part missing at the store after test_resume_stored_parts's kill, under load)."""
+    server = Server()
+    frame = encode(codec(), os.urandom(1024 * 1024), chunk_id=9)
+    seconds = 2.0
+    events, stop = EventLog(), threading.Event()
+    link = PeerLink(Peer("dst-0", "127.0.0.1", server.port), "dst", 1, job_id=JOB, secret=SECRET,
+                    queue_chunks=2, events=events, stop=stop, pacer=Pacer(frame.size / seconds))
+    try:
+        assert link.put(frame)
+        began, loads = time.monotonic(), []
+        while time.monotonic() - began < seconds / 2:  # the frame is still being paced out
+            loads.append(link.load())
+            time.sleep(0.02)
+        assert not server.frames and min(loads) == 1, loads
+        deadline = time.monotonic() + 30
+        while server.frames == [] or link.load():
+            assert time.monotonic() < deadline, events.status(0)
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        server.join()
+    assert [f.header.chunk_id for f in server.frames] == [9] and events.status(0)["events"] == []
 
 
 @pytest.mark.parametrize("reset", [False, True])
