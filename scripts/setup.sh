@@ -73,6 +73,7 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   quietly "venv" "$PY" -m venv "$VENV"
+  created=1
 fi
 # Packages go in with uv (from PyPI, put into the venv by its pip): it resolves the same 308 versions
 # as pip but downloads in parallel, keeps a cache of its own (pip's stays empty on our machines) and
@@ -84,10 +85,10 @@ need_uv() {
   uv_asked=1  # a dry run says it once
 }
 # It runs only when pyproject.toml asks for something the venv lacks (a fresh venv lacks everything).
-if [ -x "$VENV/bin/python" ]; then
-  lacking=$("$VENV/bin/python" scripts/missing_requirements.py all test 2>/dev/null || echo "(cannot tell yet)")
-else
+if [ -n "${created:-}" ] || [ ! -x "$VENV/bin/python" ]; then
   lacking="(a new virtualenv)"
+else
+  lacking=$("$VENV/bin/python" scripts/missing_requirements.py all test 2>/dev/null || echo "(cannot tell yet)")
 fi
 if [ -n "$lacking" ]; then
   echo "setup: uv pip install -e .[all,test] for: $(echo "$lacking" | head -5 | tr '\n' ' ')"
