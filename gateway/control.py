@@ -22,6 +22,7 @@ from planner.errors import BadInputError, SkyplaneError
 
 from .bandwidth import check_rate
 from .events import MAX_WAIT, error_type
+from .json_reply import reply_json
 from .peers import parse_peers
 
 if TYPE_CHECKING:
@@ -131,17 +132,17 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _BadRequest(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.command} {url.path} (the API is "
                                   f"{_METHODS})")
             answer = route(url)
-            self._reply(HTTPStatus.OK, answer)
+            reply_json(self, HTTPStatus.OK, answer)
         except _BadRequest as exc:
-            self._reply(exc.status, {"error": str(exc)})
+            reply_json(self, exc.status, {"error": str(exc)})
         except BadInputError as exc:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            reply_json(self, HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except SkyplaneError as exc:  # a store refused or failed (POST /store)
-            self._reply(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(exc), "error_type": error_type(exc),
+            reply_json(self, HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(exc), "error_type": error_type(exc),
                                                           "retryable": exc.retryable})
         except Exception as exc:  # noqa: BLE001 - answer 500 and keep serving
             log.exception("control API error on %s %s", self.command, self.path)
-            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"})
+            reply_json(self, HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"})
         if self._after is not None:
             self._after()
 
@@ -167,17 +168,6 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(raw)
         except ValueError as exc:
             raise _BadRequest(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
-
-    def _reply(self, status: HTTPStatus, doc: dict) -> None:
-        data = json.dumps(doc, separators=(",", ":")).encode()  # compact: a status holds an entry per object
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if status == HTTPStatus.UNAUTHORIZED:
-            self.send_header("WWW-Authenticate", "Bearer")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
     # ---- endpoints ----------------------------------------------------------------------------------
     def _health(self, url) -> dict:

@@ -36,6 +36,7 @@ from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from gateway.events import error_type
+from gateway.json_reply import reply_json
 from planner.errors import ConflictError, SkyplaneError
 
 from .state import JobState
@@ -113,19 +114,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, routes: dict) -> None:
         if not self.server.authorized(self.headers.get("Authorization", "")):
-            self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+            reply_json(self, HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
             return
         route = routes.get(self.path.split("?", 1)[0])
         if route is None:
             status = HTTPStatus.NOT_FOUND if self.command in ("GET", "POST") else HTTPStatus.METHOD_NOT_ALLOWED
-            self._reply(status, {"error": f"no such call: {self.command} {self.path} (the API is {_API})"})
+            reply_json(self, status, {"error": f"no such call: {self.command} {self.path} (the API is {_API})"})
             return
         try:
             status, doc = route()
         except Exception as exc:  # noqa: BLE001 - answer 500 and keep serving
             log.exception("coordinator API error on %s %s", self.command, self.path)
             status, doc = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"}
-        self._reply(status, doc)
+        reply_json(self, status, doc)
         after, self._after_reply = self._after_reply, None  # one connection may carry more calls
         if after is not None:
             after()
@@ -182,17 +183,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _health(self) -> tuple[HTTPStatus, dict]:
         return HTTPStatus.OK, {"ok": True, "job_id": self.server.job.job_id, "pid": os.getpid()}
-
-    def _reply(self, status: HTTPStatus, doc: dict) -> None:
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if status == HTTPStatus.UNAUTHORIZED:
-            self.send_header("WWW-Authenticate", "Bearer")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the http.server signature
         log.debug("api %s: %s", self.address_string(), format % args)
