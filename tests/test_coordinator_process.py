@@ -192,6 +192,26 @@ def test_a_local_job_starts_its_gateway_with_its_coordinator_and_runs_in_it(home
     assert wait_gone(transfer.job_id) == []
 
 
+def test_the_gateway_started_ahead_is_told_the_jobs_schemes_and_starts_before_the_planner_loads(home):
+    """The first gateway's command line names the request's URI schemes (it imports their SDKs at
+    exec: test_store_channel.py), and what the coordinator's job process imports to start it
+    (.spares, through its package) loads no planner module."""
+    from skyplane_provider.coordinator.launcher import drop_ahead, start_ahead
+    from skyplane_provider.testing.leftovers import gateway_pids
+
+    start_ahead("schemes-job", gateways=1, schemes=("file", "s3"))
+    deadline = time.monotonic() + 30
+    while not (gateways := gateway_pids("schemes-job")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (gateway,) = gateways
+    assert "\0--preload\0file,s3" in Path(f"/proc/{gateway}/cmdline").read_text()
+    drop_ahead("schemes-job")
+    assert wait_gone("schemes-job", timeout=0) == [] and not (home / "jobs").exists()
+    trace = subprocess.run([sys.executable, "-X", "importtime", "-c", "import skyplane_provider.provisioners.spares"],
+                           capture_output=True, text=True, timeout=60).stderr
+    assert "skyplane_provider.provisioners.spares" in trace and " planner" not in trace
+
+
 def _started_ahead(job_id: str, timeout: float = 10.0) -> list[int]:
     """The coordinator processes of ``job_id``, once one shows its command line (a process just
     forked still shows this one's until it has exec'd)."""

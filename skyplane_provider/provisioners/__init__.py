@@ -8,14 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from planner.errors import BadOptionError
-
 if TYPE_CHECKING:
     from .base import Fleet, GatewayHandle, GatewaySpec, Provisioner
 
 #: What this package gives from .base, imported when first asked for: a coordinator started ahead
 #: starts its gateways' processes (.spares) before it imports the control client, the stores and
-#: their SDKs' helpers that .base brings.
+#: their SDKs' helpers that .base brings (and the planner, which this package's import once brought:
+#: ~40 ms before the first gateway's exec at load 20).
 _FROM_BASE = ("Fleet", "GatewayHandle", "GatewaySpec", "Provisioner")
 
 #: name -> "module:class", relative to this package.
@@ -31,6 +30,8 @@ REGISTRY: dict[str, str] = {
 def get_provisioner(name_or_obj: str | Provisioner, **settings: Any) -> Provisioner:
     """A provisioner instance: ``name_or_obj`` itself when it already is one (then no settings may be
     given), else the registered class of that name built with ``settings``."""
+    from planner.errors import BadOptionError  # not at the top: .spares must load without the planner
+
     from .base import Provisioner
 
     if isinstance(name_or_obj, Provisioner):
