@@ -95,8 +95,8 @@ def run(config: GatewayConfig, config_path: str) -> None:
 def drain(node: GatewayNode | Supervisor, stop: threading.Event, *, limit: float | None = None,
           quiet: float | None = None) -> None:
     """Wait, up to ``limit`` seconds (:data:`DRAIN_SECONDS`), until the gateway has had nothing to do
-    for ``quiet`` seconds (:data:`DRAIN_QUIET`): chunks it read are sent, frames it received are
-    written. A part written so is kept by the job's resume, which finds it at the store
+    for ``quiet`` seconds (:data:`DRAIN_QUIET`): chunks it read are sent or written, frames it
+    received are written, the frames its senders hold are sent whole. A part written so is kept by the job's resume, which finds it at the store
     (skyplane_provider/coordinator/stored_parts.py); dropped, it is sent again. A remote fleet's
     gateways, whose dead-man timer waits far longer, finish their work the same way."""
     limit = DRAIN_SECONDS if limit is None else limit
