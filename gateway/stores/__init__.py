@@ -160,12 +160,19 @@ _ADAPTERS = {"s3": "s3", "gs": "gcs", "az": "azure"}
 
 def preload(schemes: list[str]) -> None:
     """Import the adapters (with their SDKs) of ``schemes`` (``s3``, ``gcs``, ...; aliases and any case;
-    unknown ones are ignored: they may be guessed from a command's words), so that the first store
-    opened does not wait for them."""
+    unknown ones are ignored: they may be guessed from a command's words), and let each warm what its
+    first client would load (an adapter's ``warm()``, where it has one), so that the first store
+    opened does not wait for them. Best effort: what fails here fails again, reported, at that open."""
     for scheme in schemes:
         module = _ADAPTERS.get(_ALIASES.get(scheme.lower(), ""))
-        if module is not None:
-            importlib.import_module(f"{__name__}.{module}")
+        if module is None:
+            continue
+        try:
+            warm = getattr(importlib.import_module(f"{__name__}.{module}"), "warm", None)
+            if warm is not None:
+                warm()
+        except Exception:  # noqa: BLE001 - e.g. an SDK not installed: the store's first open says so, with its hint
+            continue
 
 
 def _make(scheme: str, bucket: str, root: str, entry: dict, env: tuple) -> ObjectStore:
