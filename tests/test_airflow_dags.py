@@ -276,7 +276,10 @@ def test_trigger_round_trip_and_deadline_cancels_the_job(emulators, sky_home, s3
     from skyplane_provider.transfer.request import TransferRequest
 
     put_objects(f"{s3_bucket}/d/", sample_objects(**SMALL))
-    handle = _start(TransferRequest(src=f"{s3_bucket}/d/", dsts=[f"{gcs_bucket}/d/"], chunk_size="2MiB"))
+    # A cap that stretches the 3.2 MiB job to ~12 s: uncapped it can finish (0.2-0.3 s since the store
+    # checks run in the gateway started ahead) before the trigger's first poll reaches its deadline.
+    handle = _start(TransferRequest(src=f"{s3_bucket}/d/", dsts=[f"{gcs_bucket}/d/"], chunk_size="2MiB",
+                                    bwlimit="256KiB/s"))
     trigger = SkyplaneTransferTrigger(handle.to_dict(), poll_interval=0.2, deadline=time.time())
     classpath, kwargs = trigger.serialize()
     assert classpath == "skyplane_provider.airflow.triggers.SkyplaneTransferTrigger"

@@ -60,12 +60,15 @@ def _source(tmp_path, n: int) -> tuple:
 
 
 def test_resume_from_the_state_uri_after_the_coordinator_host_is_lost(home, tmp_path, s3_bucket):
-    src, objs = _source(tmp_path, 12)
+    src, objs = _source(tmp_path, 24)
     state = create_bucket("s3")
     state_bucket = state.removeprefix("s3://")
     options = dict(src=str(src), dsts=[f"{s3_bucket}/r/"], chunk_size="5MiB", state_uri=f"{state}/skyplane-state")
-    # A bandwidth cap over one connection stretches the first run (~18 s nominal) and lands the objects one
-    # after the other, so the kill comes mid-job with some of them recorded.
+    # A bandwidth cap over one connection stretches the first run (~36 s nominal) and lands the objects one
+    # after the other, so the kill comes mid-job with some of them recorded. After the kill the gateways
+    # still finish the objects they hold, for up to 10 s (gateway/daemon.py's drain, ~7 objects at this
+    # cap): with 12 objects that could be all of them. The resume runs uncapped (the cap is not part of
+    # what makes it the same transfer).
     handle = Transfer(TransferRequest(**options, bwlimit="1MiB/s", connections=1)).start()
     key = f"skyplane-state/{handle.job_id}/manifest.sqlite3"
     scratch = tmp_path / "snapshot.sqlite3"
