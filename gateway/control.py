@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 from planner.errors import BadInputError, SkyplaneError
 
 from .bandwidth import check_rate
-from .events import MAX_WAIT, error_type
+from .control_client import store_error_doc
+from .events import MAX_WAIT
 from .json_reply import reply_json
 from .peers import parse_peers
 
@@ -138,8 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         except BadInputError as exc:
             reply_json(self, HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except SkyplaneError as exc:  # a store refused or failed (POST /store)
-            reply_json(self, HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(exc), "error_type": error_type(exc),
-                                                          "retryable": exc.retryable})
+            reply_json(self, HTTPStatus.UNPROCESSABLE_ENTITY, store_error_doc(exc))
         except Exception as exc:  # noqa: BLE001 - answer 500 and keep serving
             log.exception("control API error on %s %s", self.command, self.path)
             reply_json(self, HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"})

@@ -18,6 +18,7 @@ import urllib.request
 import planner.errors
 from planner.errors import GatewayError, SkyplaneError
 
+from .events import error_type
 from .stores.base import Capabilities, CopySource, ObjectInfo, PartInfo, capabilities_from
 from .tls import pinned_context
 
@@ -239,9 +240,16 @@ def _error_doc(exc: urllib.error.HTTPError) -> dict:
     return doc if isinstance(doc, dict) else {"error": str(doc)}
 
 
+def store_error_doc(exc: SkyplaneError) -> dict:
+    """A store's error as the gateway answers it, on ``POST /store`` (422) and on the store channel
+    alike: :func:`store_error` reads it back as the same class, with its hint and retry fields."""
+    return {"error": str(exc), "message": exc.message, "hint": exc.hint, "error_type": error_type(exc),
+            "retryable": exc.retryable, "retried": exc.retried, "retry_after": exc.retry_after}
+
+
 def store_error(doc: dict) -> SkyplaneError:
-    """The error a store raised in the gateway, as the same class: ``error`` (its message with its
-    hint), or ``message`` and ``hint`` apart (gateway/store_channel.py), with its retry fields."""
+    """The error a store raised in the gateway (:func:`store_error_doc`), as the same class: ``message``
+    and ``hint`` apart, or only ``error`` (its message with its hint), with its retry fields."""
     cls = getattr(planner.errors, str(doc.get("error_type")), None)
     if not (isinstance(cls, type) and issubclass(cls, SkyplaneError)):
         cls = planner.errors.StoreError

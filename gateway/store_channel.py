@@ -10,8 +10,8 @@ coordinator), which runs them with the client's credentials document and this ho
 (the gateway inherits the client's), and only one process of the job imports the SDKs.
 
 One request per line: the body of ``POST /store`` (gateway/store_api.py) plus ``"credentials"``;
-one answer per line: ``{"ok": answer}``, or the store's error as ``message``, ``hint``,
-``error_type`` and its retry fields, which :class:`StoreChannel` raises again as the same class.
+one answer per line: ``{"ok": answer}``, or the store's error as ``POST /store`` answers it
+(control_client.store_error_doc), which :class:`StoreChannel` raises again as the same class.
 The gateway retries nothing: the client runs each call under the retries it would give the store.
 A channel that breaks (the gateway died, or never started) is not an error: the client then runs
 the operation itself, as it did before this channel existed.
@@ -27,8 +27,7 @@ import threading
 from planner.errors import SkyplaneError, StoreError
 
 from . import store_api
-from .control_client import store_error
-from .events import error_type
+from .control_client import store_error, store_error_doc
 from .stores import open_store
 
 log = logging.getLogger(__name__)
@@ -53,20 +52,14 @@ def serve(sock: socket.socket) -> None:
             try:
                 answer = {"ok": run(json.loads(line))}
             except SkyplaneError as exc:
-                answer = error_doc(exc)
+                answer = store_error_doc(exc)
             except Exception as exc:  # noqa: BLE001 - the client raises it; this gateway keeps serving
                 log.exception("store channel request failed")
-                answer = error_doc(StoreError(f"the store operation failed in the gateway: {exc!r}"))
+                answer = store_error_doc(StoreError(f"the store operation failed in the gateway: {exc!r}"))
             try:
                 sock.sendall(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
             except OSError:
                 return  # the client is gone
-
-
-def error_doc(exc: SkyplaneError) -> dict:
-    """A store's error as the channel carries it (control_client.store_error reads it back)."""
-    return {"message": exc.message, "hint": exc.hint, "error_type": error_type(exc), "retryable": exc.retryable,
-            "retried": exc.retried, "retry_after": exc.retry_after}
 
 
 def start_serving(fd: int) -> None:

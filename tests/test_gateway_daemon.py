@@ -191,8 +191,9 @@ def test_store_operations_through_the_gateway(jobs, stores):
     assert [o.key for o in client.list_page(root, prefix="b/")[0]] == ["b/c", "b/d"]
     info = client.head(root, "b/c")
     assert (info.key, info.size, info.md5) == ("b/c", 3, hashlib.md5(b"b/c").hexdigest())
-    with pytest.raises(NotFoundError, match="nope"):
+    with pytest.raises(NotFoundError, match="nope") as refused:
         client.head(root, "nope")
+    assert (refused.value.message.endswith("nope does not exist"), refused.value.hint) == (True, "check the path")
     upload = client.begin_multipart(root, "big")
     parts = [open_store(root).upload_part("big", upload, n, bytes([n]) * 1000) for n in (1, 2)]
     assert client.pending_uploads(root) == [("big", upload)]
