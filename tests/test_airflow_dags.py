@@ -300,6 +300,27 @@ def test_trigger_round_trip_and_deadline_cancels_the_job(emulators, sky_home, s3
         op.execute_complete({}, payload)
 
 
+def test_a_job_that_ends_as_its_deadline_passes_reports_its_own_outcome(emulators, sky_home, s3_bucket,
+                                                                         gcs_bucket):
+    """The race a nightly run can hit: the job completes while the trigger, past the deadline, sends
+    its cancel. The trigger reads how the job ended after the cancel: success, not a timeout."""
+    import asyncio
+
+    from skyplane_provider.transfer.request import TransferRequest
+
+    put_objects(f"{s3_bucket}/e/", sample_objects(n_small=4, big_bytes=0))
+    handle = _start(TransferRequest(src=f"{s3_bucket}/e/", dsts=[f"{gcs_bucket}/e/"]))
+    deadline = time.monotonic() + 60
+    while handle.result() is None:  # the job ends first; the trigger's cancel comes after it
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    trigger = SkyplaneTransferTrigger(handle.to_dict(), poll_interval=0.2, deadline=time.time())
+    payload = asyncio.run(trigger._cancel_at_deadline(trigger.client()))
+    assert payload.payload["status"] == "success", payload.payload
+    assert payload.payload["stats"]["objects"] == 5, payload.payload["stats"]  # 4 CSV and an empty blob
+    assert wait_gone(handle.job_id) == []
+
+
 def test_trigger_reports_a_failed_job_as_its_error(emulators, sky_home, s3_bucket, gcs_bucket):
     """The trigger's event carries the job's error; execute_complete raises it as the same class."""
     import asyncio

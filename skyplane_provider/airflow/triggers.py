@@ -44,7 +44,8 @@ class SkyplaneTransferTrigger(BaseTrigger):
     :param handle: the job's :class:`~skyplane_provider.transfer.handle.TransferHandle` as a dict
         (a secret: Airflow stores trigger kwargs encrypted with its Fernet key).
     :param poll_interval: seconds between polls (and progress lines).
-    :param deadline: epoch seconds after which the job is cancelled and ``timeout`` fires.
+    :param deadline: epoch seconds after which the job is cancelled and ``timeout`` fires (unless it
+        ended before the cancel reached it: then its own outcome does).
     :param renew: ``{"sides": [[uri, conn_id], ...] (source first), "every": seconds}``: the
         connections whose renewed credentials the trigger pushes to the job (None: none).
     """
@@ -98,9 +99,7 @@ class SkyplaneTransferTrigger(BaseTrigger):
             if view.get("progress"):
                 self.log.info("job %s: %s", self.job_id, Progress.from_dict(view["progress"]).line())
             if self.deadline is not None and time.time() >= self.deadline:
-                self.log.warning("job %s passed its deadline: cancelling it", self.job_id)
-                await client.cancel_async()
-                yield self._event("timeout", f"job {self.job_id} did not finish in time and was cancelled")
+                yield await self._cancel_at_deadline(client)
                 return
 
     async def _keeper(self, client: CoordinatorClient) -> CredentialKeeper | None:
@@ -123,6 +122,24 @@ class SkyplaneTransferTrigger(BaseTrigger):
             return None
         # started_with empty: the first tick hands the job the triggerer's own fresh entries.
         return CredentialKeeper(renewing, client.push_credentials, started_with={})
+
+    async def _cancel_at_deadline(self, client: CoordinatorClient) -> TriggerEvent:
+        """Cancel the job, then report how it ended: a job that finished (or failed on its own) while
+        the cancel was on its way reports that, not a timeout; a user's nightly run that completed
+        at the deadline must not fail its task."""
+        self.log.warning("job %s passed its deadline: cancelling it", self.job_id)
+        timeout = self._event("timeout", f"job {self.job_id} did not finish in time and was cancelled")
+        try:
+            await client.cancel_async()
+            settle_by = time.monotonic() + GONE_AFTER
+            while (state := (await client.job_async()).get("state")) not in FINAL_STATES:
+                if time.monotonic() >= settle_by:
+                    return timeout
+                await asyncio.sleep(min(self.poll_interval, 1.0))
+        except CoordinatorError as exc:
+            self.log.warning("job %s: %s", self.job_id, exc)
+            return timeout
+        return timeout if state == "cancelled" else await self._outcome(client)
 
     async def _outcome(self, client: CoordinatorClient) -> TriggerEvent:
         try:
