@@ -127,8 +127,11 @@ def run_ours(src: str, dst: str, env: dict[str, str],
     """``skyplane-provider cp -r SRC DST --json [EXTRA...]``: whole-process seconds, CPU of its processes
     by role (client, coordinator, gateways), stats."""
     with Timer() as t:
+        # cwd: the checkout whose code runs. The coordinator, and the gateway it starts ahead, start as
+        # ``python -m`` in this cwd, which goes ahead of PYTHONPATH: from this checkout's top, --before's
+        # run had its client on the other code and its coordinator and that gateway on this one.
         proc = subprocess.Popen([str(CLI), "cp", "-r", src, dst, "--json", *extra], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, cwd=env.get("PYTHONPATH", REPO))
         tree = TreeCPU(proc.pid, marker=os.environ["SKYPLANE_HOME"])
         out, err = proc.communicate(timeout=3600)
     cpu = tree.by(our_role)
@@ -147,6 +150,10 @@ def main() -> int:
     ap.add_argument("--before", metavar="DIR",
                     help="also run tool 'before': ours on the packages of another checkout in DIR (e.g. `git archive "
                          "COMMIT gateway planner skyplane_provider | tar -x -C DIR`), after ours in each cell")
+    ap.add_argument("--before-first", action="store_true",
+                    help="run 'before' ahead of ours in each cell, not after: alternate runs with and without it, "
+                         "the second of two runs of one cell can be the slower (the same code twice, GCS -> S3 "
+                         "big: 1.17 and 1.39x)")
     ap.add_argument("--json", metavar="FILE", help="also write every run as JSON")
     args = ap.parse_args()
     routes = [r for r in args.routes.split(",") if r]
@@ -234,11 +241,21 @@ def main() -> int:
                         return r.seconds, r.cpu_seconds
 
                     measured(f"rclone --transfers {RCLONE_TRANSFERS}", dst_root + "/rclone/", go_rclone)
-                if "ours" in tools:
-                    def go_ours():
-                        seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/ours/", env)
-                        return seconds, cpu
 
+                def go_ours():
+                    seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/ours/", env)
+                    return seconds, cpu
+
+                def go_before():
+                    # The same CLI on another checkout's packages: PYTHONPATH comes before the
+                    # editable install, and the coordinator and gateways inherit it (run_ours' cwd).
+                    seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/before/",
+                                                    {**env, "PYTHONPATH": args.before})
+                    return seconds, cpu
+
+                if args.before and args.before_first:
+                    measured("before (cp -r, default flags, --before's code)", dst_root + "/before/", go_before)
+                if "ours" in tools:
                     measured("ours (cp -r, default flags)", dst_root + "/ours/", go_ours)
                 if "ours-2gw" in tools:
                     settings = scratch / "two-gateways.json"
@@ -250,14 +267,7 @@ def main() -> int:
                         return seconds, cpu
 
                     measured("ours-2gw (cp -r, one_gateway false)", dst_root + "/ours2/", go_two)
-                if args.before:
-                    def go_before():
-                        # The same CLI on another checkout's packages: PYTHONPATH comes before the
-                        # editable install, and the coordinator and gateways inherit it.
-                        seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/before/",
-                                                        {**env, "PYTHONPATH": args.before})
-                        return seconds, cpu
-
+                if args.before and not args.before_first:
                     measured("before (cp -r, default flags, --before's code)", dst_root + "/before/", go_before)
                 delete_prefix(src_root + "/data/")
     finally:
