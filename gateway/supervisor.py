@@ -40,6 +40,7 @@ from . import store_api
 from .bandwidth import Sharer
 from .config import GatewayConfig
 from .control_client import GatewayClient
+from .events import EventLog, held_chunk
 from .exits import wait_exits
 from .listener import HandOver
 from .node import Controlled, check_batch
@@ -84,6 +85,7 @@ class Supervisor(Controlled):
 
     def __init__(self, config: GatewayConfig, config_path: str) -> None:
         super().__init__(config)
+        self.events = EventLog(encoded=True)  # the workers' lines are passed on as they came (_relay)
         with open(config_path, encoding="utf-8") as f:
             self._doc = json.load(f)
         self._handover = HandOver(config.bind_host, config.data_port, config.workers)
@@ -201,14 +203,15 @@ class Supervisor(Controlled):
     def _relay(self, taken: collections.deque, fd: int) -> None:
         """Move one worker's events into the one log as they come, until the worker's pipe ends; note
         the frames it takes. Takes no supervisor lock: a worker blocked writing to a full pipe would
-        otherwise wait for a supervisor that waits (under that lock) for the worker's answer."""
+        otherwise wait for a supervisor that waits (under that lock) for the worker's answer. An event
+        is numbered and passed on without being decoded."""
         with open(fd, "rb") as pipe:
             for line in pipe:
-                event = json.loads(line)
-                if event["type"] == "held":
-                    taken.append((time.monotonic(), event["chunk_id"]))
+                chunk_id = held_chunk(line)
+                if chunk_id is None:
+                    self.events.relay_line(line)
                 else:
-                    self.events.relay(event)
+                    taken.append((time.monotonic(), chunk_id))
 
     def _replace(self, w: _Worker) -> None:
         if w.relay is not None:
