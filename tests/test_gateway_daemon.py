@@ -875,3 +875,33 @@ def test_status_long_poll_answers_with_the_news_it_waited_for(jobs, stores, work
     assert not reader.is_alive()
     assert [e["type"] for e in answers[0]["events"]] == ["written"] and answers[0]["next"] == 1
     assert open_store(stores["dst"]).read("k") == b"news"
+
+
+def test_a_supervisors_status_numbers_its_workers_events_in_one_log_passed_on_whole(jobs, stores):
+    """The workers' events reach ``/status`` as they wrote them (gateway/events.py ``encoded``: the
+    supervisor numbers each line, never decodes it): every written event whole, numbered 0, 1, 2, ...
+    across both workers, a read from a cursor answering from there on."""
+    job = jobs({SRC: RegionProgram(SRC, {0: PartitionProgram("read", (), write=True)})},
+               overrides={SRC: {"workers": 2}})
+    client = job.clients[SRC]
+    objects = {f"d/o{i:02d}": os.urandom(10 + i) for i in range(12)}
+    for k, v in objects.items():
+        open_store(stores["src"]).write(k, v)
+    keys = list(objects)
+    chunks = [chunk(n, *(obj(k, len(objects[k]), to(0, k)) for k in keys[n * 3:n * 3 + 3])) for n in range(4)]
+    submit_all(client, batch(stores["src"], [(SRC, stores["dst"])], *chunks))
+    events: list[dict] = []
+    deadline = time.monotonic() + 30
+    while len([e for e in events if e["type"] == "written"]) < 4 and time.monotonic() < deadline:
+        events += client.status(events[-1]["seq"] + 1 if events else 0, wait=1)["events"]
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    written = [e for e in events if e["type"] == "written"]
+    assert sorted(e["chunk_id"] for e in written) == [0, 1, 2, 3]
+    for e in written:
+        assert e["region"] == SRC and e["integrity"] == "local"
+        assert [(o["i"], o["dest"], o["receipt"]["size"]) for o in e["objects"]] == [
+            (i, 0, len(objects[o["key"]])) for i, o in enumerate(e["objects"])]
+    assert sorted(o["key"] for e in written for o in e["objects"]) == keys
+    assert client.status(len(events))["events"] == [] and client.status(len(events))["next"] == len(events)
+    dst = open_store(stores["dst"])
+    assert {k: dst.read(k) for k in keys} == objects
