@@ -20,6 +20,7 @@ import json
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 
 import planner.errors
 from planner.errors import ChecksumError, SkyplaneError
@@ -161,9 +162,17 @@ class EventLog:
             pass
 
 
-def held_chunk(line: bytes) -> int | None:
-    """The chunk of a worker's ``held`` record (:meth:`EventLog.held`), None for any other line."""
-    return json.loads(line)["chunk_id"] if line.startswith(_HELD) else None
+def relay_lines(pipe: Iterable[bytes], log: EventLog, held: Callable[[int], None]) -> None:
+    """Read a worker's pipe (what its :class:`EventLog` wrote) to its end: each event into ``log``
+    (``encoded``) as it came, each ``held`` record's chunk id to ``held``. A line without its newline
+    is the last one of a worker killed while it wrote it: dropped, never passed on cut."""
+    for line in pipe:
+        if not line.endswith(b"\n"):
+            return
+        if line.startswith(_HELD):
+            held(json.loads(line)["chunk_id"])
+        else:
+            log.relay_line(line)
 
 
 def _json(event: dict) -> bytes:

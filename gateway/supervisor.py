@@ -40,7 +40,7 @@ from . import store_api
 from .bandwidth import Sharer
 from .config import GatewayConfig
 from .control_client import GatewayClient
-from .events import EventLog, held_chunk
+from .events import EventLog, relay_lines
 from .exits import wait_exits
 from .listener import HandOver
 from .node import Controlled, check_batch
@@ -206,12 +206,7 @@ class Supervisor(Controlled):
         otherwise wait for a supervisor that waits (under that lock) for the worker's answer. An event
         is numbered and passed on without being decoded."""
         with open(fd, "rb") as pipe:
-            for line in pipe:
-                chunk_id = held_chunk(line)
-                if chunk_id is None:
-                    self.events.relay_line(line)
-                else:
-                    taken.append((time.monotonic(), chunk_id))
+            relay_lines(pipe, self.events, lambda chunk_id: taken.append((time.monotonic(), chunk_id)))
 
     def _replace(self, w: _Worker) -> None:
         if w.relay is not None:
