@@ -174,9 +174,10 @@ class InFlight:
 class Controlled:
     """What the control API needs of a gateway process, one node or a supervisor of several."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, events: EventLog | None = None) -> None:
+        """``events``: the process's event log (default: a node's, written to ``events_fd`` if set)."""
         self.config = config
-        self.events = EventLog(config.events_fd)
+        self.events = EventLog(config.events_fd) if events is None else events
         self.stopping = threading.Event()
         self.last_control = time.monotonic()  # see touch()
         self.stores = store_api.Stores(config.credentials)

@@ -84,8 +84,7 @@ class Supervisor(Controlled):
     """The control side of a multi-worker gateway; the same interface as GatewayNode for the control API."""
 
     def __init__(self, config: GatewayConfig, config_path: str) -> None:
-        super().__init__(config)
-        self.events = EventLog(encoded=True)  # the workers' lines are passed on as they came (_relay)
+        super().__init__(config, EventLog(encoded=True))  # the workers' lines passed on as they came (_relay)
         with open(config_path, encoding="utf-8") as f:
             self._doc = json.load(f)
         self._handover = HandOver(config.bind_host, config.data_port, config.workers)
