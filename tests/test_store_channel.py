@@ -176,3 +176,16 @@ def test_the_cli_names_the_schemes_of_its_words():
     assert _schemes(["cp", "-r", "s3://b/d/", "gs://c/out/", "--exclude", "x://y", "/local", "s3://b2"]) == \
         ("s3", "gs", "x")
     assert _schemes(["cp", "-r", "/a", "/b", "--include=s3://z", "://q"]) == ()
+
+
+def test_a_gateway_loads_the_store_sdks_without_the_optional_packages_it_never_uses():
+    """The daemon's processes keep aiohttp and grpc out (gateway/daemon.py,
+    UNUSED_OPTIONAL_PACKAGES): the three SDKs still load, and open their stores, without them."""
+    probe = ("import sys\n"
+             "from gateway import daemon, stores\n"
+             "daemon._skip_unused_optional_packages()\n"
+             "stores.preload(['s3', 'gcs', 'azure'])\n"
+             "from gateway.stores import azure, gcs, s3\n"
+             "print(sorted(m for m in daemon.UNUSED_OPTIONAL_PACKAGES if sys.modules.get(m) is not None))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
