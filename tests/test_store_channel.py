@@ -61,7 +61,7 @@ def test_a_local_cp_client_imports_no_store_sdk(tmp_path, home, s3_bucket, gcs_b
     probe = subprocess.run([sys.executable, "-X", "importtime", "-c",
                             f"from gateway.stores import open_store; open_store({s3_bucket!r}).check()"],
                            capture_output=True, text=True, timeout=120)
-    assert "boto3" in _sdk_imports(probe.stderr)
+    assert "botocore.client" in _sdk_imports(probe.stderr)
 
 
 def test_a_refused_local_cp_says_why_and_leaves_nothing(tmp_path, home, s3_bucket):
@@ -164,8 +164,9 @@ def test_a_gateway_waiting_for_its_config_loads_the_jobs_sdks_then_serves_then_i
     assert "gateway.node" in modules
     assert modules.index("gateway.store_channel") < modules.index("gateway.node")
     if preload:
-        assert {"boto3", "google.cloud.storage"} <= set(modules)
-        assert modules.index("boto3") < modules.index("gateway.store_channel")
+        assert {"botocore.client", "google.cloud.storage"} <= set(modules)
+        assert "boto3" not in modules  # botocore's clients, without boto3's resources and transfers
+        assert modules.index("botocore.client") < modules.index("gateway.store_channel")
     else:
         assert _sdk_imports(trace) == []
 

@@ -1,5 +1,5 @@
 """A lighter S3 GET for the gateway's reads: botocore's own SigV4 signer on a prepared request, sent
-through the boto3 client's own urllib3 pool, without the client's per-call machinery.
+through the botocore client's own urllib3 pool, without the client's per-call machinery.
 
 Why: a gateway reading small objects spends most of its CPU in botocore's ``get_object`` around the
 HTTP exchange itself (cProfile of 2,000 x 1 KiB GETs from moto, docs/benchmarks.md "Scale"): ten
@@ -45,7 +45,7 @@ class BucketRoute:
 
 
 class DirectGet:
-    """Signed GETs through a boto3 S3 client's HTTP session; see the module's docstring.
+    """Signed GETs through a botocore S3 client's HTTP session; see the module's docstring.
 
     ``credentials``: the client's botocore credentials (refreshed as the client's are);
     ``rest``: builds the botocore client that makes a call's remaining attempts after a direct one
