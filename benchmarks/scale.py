@@ -3,6 +3,7 @@ of our processes held.
 
     .venv/bin/python benchmarks/scale.py [--objects 20000] [--size 1KiB] [--transfers 16] [--dir DIR]
     .venv/bin/python benchmarks/scale.py --from s3 --objects 100000
+    .venv/bin/python benchmarks/scale.py --from s3 --objects 20000 --before DIR   # DIR: `git archive main ...`
 
 Source (``--from local``, the default): ``--objects`` random files of ``--size`` bytes, 1,000 per
 directory, on tmpfs (``/dev/shm`` when it has room); destination: another tmpfs directory (rclone's
@@ -29,7 +30,13 @@ own, for each tool's run, from its /proc figures). The first byte is
 broken down: the client's ``prepare()`` (first listing page, pre-flight, plan), the coordinator's
 start (``start()`` until its API listens), its ``prepare`` and ``provision`` phases, and the rest
 (the first chunks submitted, read, sent and written); and when the coordinator learnt of its first
-chunk written whole (``first_byte_seconds``). Every destination file of both copies is checked (sha256)
+chunk written whole (``first_byte_seconds``). With ``--from s3``, moto's load during each tool's run
+is sampled every 0.25 s (its CPU from /proc, the connections open to its port from /proc/net/tcp):
+its busy fraction (CPU-s per second: one Python process, so 1.0 at most) over the whole run and over
+each tenth of it, and the connections it held. ``--before DIR``: ours also runs on the packages of
+another checkout (``git archive main gateway planner skyplane_provider | tar -x -C DIR``), in a child
+process whose PYTHONPATH and cwd are DIR (``python -m`` puts the cwd ahead of PYTHONPATH), on the same
+source, right after ours. Every destination file of both copies is checked (sha256)
 against the local tree, so a copy missing or adding an object fails the run. Prints a
 table and ``scale ours/baseline=R`` (R = rclone's seconds / ours: above 1, we are faster).
 """
@@ -37,8 +44,10 @@ table and ``scale ours/baseline=R`` (R = rclone's seconds / ours: above 1, we ar
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -151,7 +160,108 @@ def seed_bucket(src: Path, count: int, scratch: Path) -> str:
     return bucket
 
 
+class StoreLoad:
+    """moto's load while one tool runs: its CPU (from /proc) and the TCP connections established to its
+    port (its side of them, from /proc/net/tcp), every ``interval`` seconds until :meth:`stop`."""
+
+    def __init__(self, pid: int, port: int, interval: float = 0.25) -> None:
+        self.pid, self.port, self.interval = pid, port, interval
+        self.samples: list[tuple[float, float, int]] = []  # (monotonic seconds, CPU-s so far, connections)
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _connections(self) -> int:
+        port = f"{self.port:04X}"
+        n = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "01" and fields[1].rsplit(":", 1)[1] == port:  # ESTABLISHED, moto's end
+                    n += 1
+        return n
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), cpu_seconds(self.pid), self._connections()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> str:
+        """Stop sampling; moto's busy fraction over the run and over each tenth of it, and the
+        connections open to it (mean per tenth; the run's least and most)."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        (t0, c0, _), (t1, c1, _) = self.samples[0], self.samples[-1]
+        tenths = []
+        for k in range(10):
+            lo, hi = t0 + (t1 - t0) * k / 10, t0 + (t1 - t0) * (k + 1) / 10
+            part = [s for s in self.samples if lo <= s[0] <= hi]
+            if len(part) < 2:
+                tenths.append("-")
+                continue
+            busy = (part[-1][1] - part[0][1]) / max(1e-9, part[-1][0] - part[0][0])
+            conns = sum(s[2] for s in part) / len(part)
+            tenths.append(f"{busy:.2f}/{conns:.0f}")
+        conns = [s[2] for s in self.samples[1:-1]] or [0]
+        return (f"moto busy {(c1 - c0) / max(1e-9, t1 - t0):.2f} of {t1 - t0:.1f} s; per tenth busy/connections "
+                f"{' '.join(tenths)}; connections {min(conns)}-{max(conns)}")
+
+
+def run_ours(src: str, dst: Path, source: str, home: Path) -> dict:
+    """One copy of ours from ``src`` to ``dst``, timed and measured (see the module's docstring); the
+    figures as a JSON-able dict (a ``--before`` child prints them)."""
+    os.environ["SKYPLANE_HOME"] = str(home)
+    tree = TreeCPU(os.getpid(), marker=str(home), from_now=True)
+    rss = PeakRSS(str(home))
+    found: list[float] = []
+    done = threading.Event()
+    # a local source: two region tags, as two regions' stores would be: on this one host the plan has
+    # the source's gateway write the destination itself (Plan.on_one_host), as a user's default run
+    # does; a bucket: the region it reports, as the CLI finds it
+    regions = {"src_region": "local:src", "dst_regions": ["local:dst"]} if source == "local" else {}
+    transfer = Transfer(TransferRequest(src=src, dsts=[str(dst)], **regions))
+    with Timer() as t:
+        call = time.monotonic()
+        watcher = threading.Thread(target=first_file, args=(dst, call, found, done), daemon=True)
+        watcher.start()
+        transfer.prepare()
+        prepared = time.monotonic()
+        handle = transfer.start()
+        started = time.monotonic()
+        stats = handle.result()
+    done.set()
+    cpu = tree.by(role)
+    cpu.pop("store", None)
+    first = found[0] if found else None
+    return {"seconds": t.seconds, "cpu": cpu, "peaks": rss.stop(), "first": first,
+            "summary": f"{t.seconds:.2f} s, {stats.chunks} chunks, {stats.retries} retries, phases {stats.phases}",
+            "first_line": first_byte_line(first, prepared - call, started - prepared, stats)}
+
+
+def run_before(before: Path, src: str, dst: Path, source: str, home: Path) -> dict:
+    """:func:`run_ours` on the packages of the checkout at ``before``, in a child process (PYTHONPATH
+    and cwd: ``before``, so its coordinator and gateways run that code too)."""
+    env = {**os.environ, "PYTHONPATH": str(before)}
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", src, str(dst), source, str(home)],
+                         cwd=before, env=env, capture_output=True, text=True, timeout=7200)
+    if out.returncode:
+        raise SystemExit(f"the --before run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":  # run_before's child: one copy, its figures as JSON
+        src, dst, source, home = sys.argv[2:]
+        print(json.dumps(run_ours(src, Path(dst), source, Path(home))))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--from", dest="source", choices=("local", "s3"), default="local",
                     help="a local tree, or a moto bucket seeded from it (downloaded to a local directory)")
@@ -161,80 +271,75 @@ def main() -> int:
     ap.add_argument("--dir", default=None, help="where the three trees go (default: /dev/shm when it has room "
                                                 "for them, else the temp directory); 1,000,000 files take "
                                                 "~12 GiB of tmpfs, so a disk directory on a machine short of RAM")
+    ap.add_argument("--before", type=Path, metavar="DIR",
+                    help="also run ours on the packages of another checkout in DIR (e.g. `git archive main gateway "
+                         "planner skyplane_provider | tar -x -C DIR`), right after ours")
     args = ap.parse_args()
     compile_ours()  # as an installed package is: no module compiled again in each process
+    if args.before:
+        compile_ours(args.before.resolve())
     count, size = args.objects, parse_size(args.size)
     room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
-    base_dir = args.dir or ("/dev/shm" if room > 3 * count * max(size, 4096) + 2 * 1024**3 else None)
+    trees = 4 if args.before else 3
+    base_dir = args.dir or ("/dev/shm" if room > trees * count * max(size, 4096) + 2 * 1024**3 else None)
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=base_dir))
     home = scratch / "home"
     os.environ["SKYPLANE_HOME"] = str(home)
     emulators = None
     try:
-        src, theirs, ours_dst = scratch / "src", scratch / "rclone", scratch / "ours"
+        src, theirs, ours_dst, before_dst = scratch / "src", scratch / "rclone", scratch / "ours", scratch / "before"
         make_tree(src, count, size)
-        theirs.mkdir()
-        ours_dst.mkdir()
+        for d in (theirs, ours_dst, before_dst):
+            d.mkdir()
         expected = digests("file://" + str(src))
         disk = "tmpfs" if base_dir == "/dev/shm" else "disk"
         print(f"scale: {count} objects x {size} B ({count * size / MiB:.0f} MiB, random) from "
               + (f"a local directory ({disk})" if args.source == "local" else "a moto bucket")
               + f" to a local directory ({disk})", flush=True)
         print(f"  {machine_line()}", flush=True)
-        ours_src, rclone_src, store_pid = str(src), str(src), None
+        ours_src, rclone_src, store_pid, store_port = str(src), str(src), None, 0
         if args.source == "s3":
             emulators = start_all(("s3",), log_dir=scratch / "logs")
             os.environ.update(emulators.env)
             store_pid = emulators.running["s3"].pid
+            store_port = int(emulators.endpoints["s3"].rsplit(":", 1)[1].strip("/"))
             ours_src = seed_bucket(src, count, scratch)
             rclone_src = "src:" + ours_src.removeprefix("s3://")
             os.environ.update(rclone_remote("src", "s3", emulators.endpoints["s3"]))
             print(f"  {machine_line()} (seeded)", flush=True)
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Debian's rclone cannot load it
         store_cpu: dict[str, float] = {}
+        store_load: dict[str, str] = {}
 
-        def store_seconds() -> float:
-            return cpu_seconds(store_pid) if store_pid else 0.0
+        def measured(tool: str, run):
+            load = StoreLoad(store_pid, store_port) if store_pid else None
+            before = cpu_seconds(store_pid) if store_pid else 0.0
+            result = run()
+            if store_pid:
+                store_cpu[tool] = cpu_seconds(store_pid) - before
+                store_load[tool] = load.stop()
+                print(f"  {tool}: {store_load[tool]}", flush=True)
+            return result
 
-        before = store_seconds()
-        rclone = run_rclone(rclone_src, str(theirs), env, args.transfers, extra=("--checkers", str(args.transfers)))
-        store_cpu["rclone"] = store_seconds() - before
+        rclone = measured("rclone", lambda: run_rclone(rclone_src, str(theirs), env, args.transfers,
+                                                       extra=("--checkers", str(args.transfers))))
         if digests("file://" + str(theirs)) != expected:
             raise SystemExit("rclone's copy does not match the source")
-        print(f"  rclone: {rclone.seconds:.2f} s", flush=True)
+        print(f"  rclone: {rclone.seconds:.2f} s ({machine_line()})", flush=True)
 
-        tree = TreeCPU(os.getpid(), marker=str(home), from_now=True)
-        rss = PeakRSS(str(home))
-        found: list[float] = []
-        done = threading.Event()
-        # a local source: two region tags, as two regions' stores would be: on this one host the plan has
-        # the source's gateway write the destination itself (Plan.on_one_host), as a user's default run
-        # does; a bucket: the region it reports, as the CLI finds it
-        regions = {"src_region": "local:src", "dst_regions": ["local:dst"]} if args.source == "local" else {}
-        transfer = Transfer(TransferRequest(src=ours_src, dsts=[str(ours_dst)], **regions))
-        before = store_seconds()
-        with Timer() as t:
-            call = time.monotonic()
-            watcher = threading.Thread(target=first_file, args=(ours_dst, call, found, done), daemon=True)
-            watcher.start()
-            transfer.prepare()
-            prepared = time.monotonic()
-            handle = transfer.start()
-            started = time.monotonic()
-            stats = handle.result()
-        store_cpu["ours"] = store_seconds() - before
-        done.set()
-        cpu = tree.by(role)
-        cpu.pop("store", None)
-        peaks = rss.stop()
-        if digests("file://" + str(ours_dst)) != expected:
-            raise SystemExit("our copy does not match the source")
-        first = found[0] if found else None
-        print(f"  ours: {t.seconds:.2f} s, {stats.chunks} chunks, {stats.retries} retries, phases {stats.phases}",
-              flush=True)
-        print(f"  first byte: {first_byte_line(first, prepared - call, started - prepared, stats)}", flush=True)
+        runs = {"ours": measured("ours", lambda: run_ours(ours_src, ours_dst, args.source, home))}
+        print(f"  ours ({machine_line()})", flush=True)
+        if args.before:
+            runs["before"] = measured("before", lambda: run_before(args.before.resolve(), ours_src, before_dst,
+                                                                   args.source, scratch / "before-home"))
+            print(f"  before ({machine_line()})", flush=True)
+        for name, dst in (("ours", ours_dst), ("before", before_dst)):
+            if name in runs and digests("file://" + str(dst)) != expected:
+                raise SystemExit(f"{name}'s copy does not match the source")
+        for name, r in runs.items():
+            print(f"  {name}: {r['summary']}", flush=True)
+            print(f"  {name} first byte: {r['first_line']}", flush=True)
 
-        ours_cpu = sum(cpu.values())
         per_k = 1000 / count
 
         def moto(tool: str) -> str:
@@ -247,17 +352,21 @@ def main() -> int:
         print(f"| rclone copy --transfers {args.transfers} --checkers {args.transfers} | {rclone.seconds:.2f} | "
               f"{count / rclone.seconds:.0f} | {rclone.cpu_seconds * per_k:.3f} | "
               f"{moto('rclone')} | | |")
-        rss_text = ", ".join(f"{name} {max(v):.0f} (of {len(v)})" for name, v in sorted(peaks.items()))
-        print(f"| ours | {t.seconds:.2f} | {count / t.seconds:.0f} | {ours_cpu * per_k:.3f} "
-              f"({', '.join(f'{k} {v * per_k:.3f}' for k, v in sorted(cpu.items()))}) | "
-              f"{moto('ours')} | {rss_text} | "
-              f"{'' if first is None else f'{first:.2f}'} |")
+        for name, r in runs.items():
+            cpu, first = r["cpu"], r["first"]
+            rss_text = ", ".join(f"{k} {max(v):.0f} (of {len(v)})" for k, v in sorted(r["peaks"].items()))
+            print(f"| {name} | {r['seconds']:.2f} | {count / r['seconds']:.0f} | {sum(cpu.values()) * per_k:.3f} "
+                  f"({', '.join(f'{k} {v * per_k:.3f}' for k, v in sorted(cpu.items()))}) | "
+                  f"{moto(name)} | {rss_text} | "
+                  f"{'' if first is None else f'{first:.2f}'} |")
         if store_pid:
             print(f"  moto's peak RSS: {peak_rss_mib(store_pid):.0f} MiB")
         print()
-        print(ratio_line("scale", t.seconds, rclone.seconds,
-                         f"{count} x {size} B {args.source} -> local; ours {count / t.seconds:.0f} obj/s, "
-                         f"rclone {count / rclone.seconds:.0f} obj/s; peak RSS MiB {peaks}"))
+        ours = runs["ours"]
+        extra = f", before {count / runs['before']['seconds']:.0f} obj/s" if "before" in runs else ""
+        print(ratio_line("scale", ours["seconds"], rclone.seconds,
+                         f"{count} x {size} B {args.source} -> local; ours {count / ours['seconds']:.0f} obj/s, "
+                         f"rclone {count / rclone.seconds:.0f} obj/s{extra}; peak RSS MiB {ours['peaks']}"))
     finally:
         clean_up(scratch, emulators)
     return 0
