@@ -19,7 +19,8 @@ benchmarks/server_side.py.) Side by side in one run:
 - **ours**: a ``Transfer`` with default flags run as ``skyplane_provider.transfer.copy`` runs it
   (what ``skyplane-provider cp -r`` runs: ``prepare()``, ``start()``, the handle's ``result()``),
   timed from the call to its return (listing, coordinator and gateway start-up, transfer,
-  verification, teardown).
+  verification, teardown), in a child process (as ``--before`` runs: neither counts this process's
+  samplers).
 
 Measured for ours: peak RSS (``VmHWM``) of the coordinator process and of each gateway process
 (sampled every 0.2 s from /proc: every process whose command line names this run's
@@ -31,7 +32,7 @@ broken down: the client's ``prepare()`` (first listing page, pre-flight, plan), 
 start (``start()`` until its API listens), its ``prepare`` and ``provision`` phases, and the rest
 (the first chunks submitted, read, sent and written); and when the coordinator learnt of its first
 chunk written whole (``first_byte_seconds``). With ``--from s3``, moto's load during each tool's run
-is sampled every 0.25 s (its CPU from /proc, the connections open to its port from /proc/net/tcp):
+is sampled every 0.25 s (its CPU and its open connections, from /proc):
 its busy fraction (CPU-s per second: one Python process, so 1.0 at most) over the whole run and over
 each tenth of it, and the connections it held. ``--before DIR``: ours also runs on the packages of
 another checkout (``git archive main gateway planner skyplane_provider | tar -x -C DIR``), in a child
@@ -55,7 +56,7 @@ import time
 from pathlib import Path
 
 from baselines import rclone_remote, run_rclone
-from benchutil import (MiB, Timer, TreeCPU, _cmdline, clean_up, compile_ours, cpu_seconds, machine_line, our_role,
+from benchutil import (REPO, MiB, Timer, TreeCPU, _cmdline, clean_up, compile_ours, cpu_seconds, machine_line, our_role,
                        peak_rss_mib, ratio_line, status_kib)
 from small_files import make_tree
 
@@ -161,11 +162,11 @@ def seed_bucket(src: Path, count: int, scratch: Path) -> str:
 
 
 class StoreLoad:
-    """moto's load while one tool runs: its CPU (from /proc) and the TCP connections established to its
-    port (its side of them, from /proc/net/tcp), every ``interval`` seconds until :meth:`stop`."""
+    """moto's load while one tool runs: its CPU and its open connections (from /proc), every
+    ``interval`` seconds until :meth:`stop`."""
 
-    def __init__(self, pid: int, port: int, interval: float = 0.25) -> None:
-        self.pid, self.port, self.interval = pid, port, interval
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, float, int]] = []  # (monotonic seconds, CPU-s so far, connections)
         self._stop = threading.Event()
         self._sample()
@@ -173,18 +174,16 @@ class StoreLoad:
         self._thread.start()
 
     def _connections(self) -> int:
-        port = f"{self.port:04X}"
+        """moto's open sockets but its listening one: its connections (a listdir and a readlink per
+        file descriptor, cheaper than /proc/net/tcp with its TIME_WAIT lines)."""
         n = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        fds = f"/proc/{self.pid}/fd"
+        for fd in os.listdir(fds):
             try:
-                lines = Path(table).read_text().splitlines()[1:]
+                n += os.readlink(f"{fds}/{fd}").startswith("socket:")
             except OSError:
                 continue
-            for line in lines:
-                fields = line.split()
-                if fields[3] == "01" and fields[1].rsplit(":", 1)[1] == port:  # ESTABLISHED, moto's end
-                    n += 1
-        return n
+        return max(0, n - 1)
 
     def _sample(self) -> None:
         self.samples.append((time.monotonic(), cpu_seconds(self.pid), self._connections()))
@@ -246,19 +245,20 @@ def run_ours(src: str, dst: Path, source: str, home: Path) -> dict:
             "first_line": first_byte_line(first, prepared - call, started - prepared, stats)}
 
 
-def run_before(before: Path, src: str, dst: Path, source: str, home: Path) -> dict:
-    """:func:`run_ours` on the packages of the checkout at ``before``, in a child process (PYTHONPATH
-    and cwd: ``before``, so its coordinator and gateways run that code too)."""
-    env = {**os.environ, "PYTHONPATH": str(before)}
+def run_child(code: Path, src: str, dst: Path, source: str, home: Path) -> dict:
+    """:func:`run_ours` on the packages of the checkout at ``code``, in a child process (PYTHONPATH and
+    cwd: ``code``, so its coordinator and gateways run that code too). Ours and ``--before`` both run
+    so: neither's client figures count this process's samplers."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", src, str(dst), source, str(home)],
-                         cwd=before, env=env, capture_output=True, text=True, timeout=7200)
+                         cwd=code, env=env, capture_output=True, text=True, timeout=7200)
     if out.returncode:
-        raise SystemExit(f"the --before run failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"the run of {code}'s code failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
-    if len(sys.argv) == 6 and sys.argv[1] == "--child":  # run_before's child: one copy, its figures as JSON
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":  # run_child's child: one copy, its figures as JSON
         src, dst, source, home = sys.argv[2:]
         print(json.dumps(run_ours(src, Path(dst), source, Path(home))))
         return 0
@@ -297,12 +297,11 @@ def main() -> int:
               + (f"a local directory ({disk})" if args.source == "local" else "a moto bucket")
               + f" to a local directory ({disk})", flush=True)
         print(f"  {machine_line()}", flush=True)
-        ours_src, rclone_src, store_pid, store_port = str(src), str(src), None, 0
+        ours_src, rclone_src, store_pid = str(src), str(src), None
         if args.source == "s3":
             emulators = start_all(("s3",), log_dir=scratch / "logs")
             os.environ.update(emulators.env)
             store_pid = emulators.running["s3"].pid
-            store_port = int(emulators.endpoints["s3"].rsplit(":", 1)[1].strip("/"))
             ours_src = seed_bucket(src, count, scratch)
             rclone_src = "src:" + ours_src.removeprefix("s3://")
             os.environ.update(rclone_remote("src", "s3", emulators.endpoints["s3"]))
@@ -312,7 +311,7 @@ def main() -> int:
         store_load: dict[str, str] = {}
 
         def measured(tool: str, run):
-            load = StoreLoad(store_pid, store_port) if store_pid else None
+            load = StoreLoad(store_pid) if store_pid else None
             before = cpu_seconds(store_pid) if store_pid else 0.0
             result = run()
             if store_pid:
@@ -327,10 +326,10 @@ def main() -> int:
             raise SystemExit("rclone's copy does not match the source")
         print(f"  rclone: {rclone.seconds:.2f} s ({machine_line()})", flush=True)
 
-        runs = {"ours": measured("ours", lambda: run_ours(ours_src, ours_dst, args.source, home))}
+        runs = {"ours": measured("ours", lambda: run_child(REPO, ours_src, ours_dst, args.source, home))}
         print(f"  ours ({machine_line()})", flush=True)
         if args.before:
-            runs["before"] = measured("before", lambda: run_before(args.before.resolve(), ours_src, before_dst,
+            runs["before"] = measured("before", lambda: run_child(args.before.resolve(), ours_src, before_dst,
                                                                    args.source, scratch / "before-home"))
             print(f"  before ({machine_line()})", flush=True)
         for name, dst in (("ours", ours_dst), ("before", before_dst)):
