@@ -48,6 +48,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,6 +200,7 @@ class StoreLoad:
         self._thread.join()
         self._sample()
         (t0, c0, _), (t1, c1, _) = self.samples[0], self.samples[-1]
+        self.busy = (c1 - c0) / max(1e-9, t1 - t0)
         tenths = []
         for k in range(10):
             lo, hi = t0 + (t1 - t0) * k / 10, t0 + (t1 - t0) * (k + 1) / 10
@@ -210,7 +212,7 @@ class StoreLoad:
             conns = sum(s[2] for s in part) / len(part)
             tenths.append(f"{busy:.2f}/{conns:.0f}")
         conns = [s[2] for s in self.samples[1:-1]] or [0]
-        return (f"moto busy {(c1 - c0) / max(1e-9, t1 - t0):.2f} of {t1 - t0:.1f} s; per tenth busy/connections "
+        return (f"moto busy {self.busy:.2f} of {t1 - t0:.1f} s; per tenth busy/connections "
                 f"{' '.join(tenths)}; connections {min(conns)}-{max(conns)}")
 
 
@@ -271,26 +273,29 @@ def main() -> int:
     ap.add_argument("--dir", default=None, help="where the three trees go (default: /dev/shm when it has room "
                                                 "for them, else the temp directory); 1,000,000 files take "
                                                 "~12 GiB of tmpfs, so a disk directory on a machine short of RAM")
-    ap.add_argument("--before", type=Path, metavar="DIR",
+    ap.add_argument("--before", type=Path, metavar="DIR", action="append", default=[],
                     help="also run ours on the packages of another checkout in DIR (e.g. `git archive main gateway "
-                         "planner skyplane_provider | tar -x -C DIR`), right after ours")
+                         "planner skyplane_provider | tar -x -C DIR`), right after ours; repeated: each one, "
+                         "named by its directory")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="copies of the one seeded source per tool, the tools alternating within each round")
     args = ap.parse_args()
     compile_ours()  # as an installed package is: no module compiled again in each process
-    if args.before:
-        compile_ours(args.before.resolve())
+    for d in args.before:
+        compile_ours(d.resolve())
     count, size = args.objects, parse_size(args.size)
     room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
-    trees = 4 if args.before else 3
+    trees = 3 + len(args.before)
     base_dir = args.dir or ("/dev/shm" if room > trees * count * max(size, 4096) + 2 * 1024**3 else None)
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=base_dir))
     home = scratch / "home"
     os.environ["SKYPLANE_HOME"] = str(home)
     emulators = None
     try:
-        src, theirs, ours_dst, before_dst = scratch / "src", scratch / "rclone", scratch / "ours", scratch / "before"
+        src = scratch / "src"
         make_tree(src, count, size)
-        for d in (theirs, ours_dst, before_dst):
-            d.mkdir()
+        codes = {"ours": REPO, **{f"before {d.name}" if len(args.before) > 1 else "before": d.resolve()
+                                  for d in args.before}}
         expected = digests("file://" + str(src))
         disk = "tmpfs" if base_dir == "/dev/shm" else "disk"
         print(f"scale: {count} objects x {size} B ({count * size / MiB:.0f} MiB, random) from "
@@ -308,7 +313,7 @@ def main() -> int:
             print(f"  {machine_line()} (seeded)", flush=True)
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Debian's rclone cannot load it
         store_cpu: dict[str, float] = {}
-        store_load: dict[str, str] = {}
+        store_busy: dict[str, float] = {}
 
         def measured(tool: str, run):
             load = StoreLoad(store_pid) if store_pid else None
@@ -316,56 +321,71 @@ def main() -> int:
             result = run()
             if store_pid:
                 store_cpu[tool] = cpu_seconds(store_pid) - before
-                store_load[tool] = load.stop()
-                print(f"  {tool}: {store_load[tool]}", flush=True)
+                print(f"  {tool}: {load.stop()}", flush=True)
+                store_busy[tool] = load.busy
             return result
 
-        rclone = measured("rclone", lambda: run_rclone(rclone_src, str(theirs), env, args.transfers,
-                                                       extra=("--checkers", str(args.transfers))))
-        if digests("file://" + str(theirs)) != expected:
-            raise SystemExit("rclone's copy does not match the source")
-        print(f"  rclone: {rclone.seconds:.2f} s ({machine_line()})", flush=True)
+        results: list[tuple[int, str, float, dict]] = []  # (round, tool, moto CPU-s, figures)
 
-        runs = {"ours": measured("ours", lambda: run_child(REPO, ours_src, ours_dst, args.source, home))}
-        print(f"  ours ({machine_line()})", flush=True)
-        if args.before:
-            runs["before"] = measured("before", lambda: run_child(args.before.resolve(), ours_src, before_dst,
-                                                                   args.source, scratch / "before-home"))
-            print(f"  before ({machine_line()})", flush=True)
-        for name, dst in (("ours", ours_dst), ("before", before_dst)):
-            if name in runs and digests("file://" + str(dst)) != expected:
-                raise SystemExit(f"{name}'s copy does not match the source")
-        for name, r in runs.items():
-            print(f"  {name}: {r['summary']}", flush=True)
-            print(f"  {name} first byte: {r['first_line']}", flush=True)
+        def fresh(name: str) -> Path:
+            d = scratch / name.replace(" ", "-")
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            return d
+
+        for n in range(1, args.rounds + 1):
+            theirs = fresh("rclone")
+            rclone = measured("rclone", lambda: run_rclone(rclone_src, str(theirs), env, args.transfers,
+                                                           extra=("--checkers", str(args.transfers))))
+            if digests("file://" + str(theirs)) != expected:
+                raise SystemExit("rclone's copy does not match the source")
+            print(f"  round {n} rclone: {rclone.seconds:.2f} s ({machine_line()})", flush=True)
+            results.append((n, "rclone", store_cpu.get("rclone", 0.0), {"seconds": rclone.seconds,
+                                                                         "rclone_cpu": rclone.cpu_seconds,
+                                                                         "busy": store_busy.get("rclone")}))
+            for name, code in (codes.items() if n % 2 else reversed(codes.items())):
+                dst = fresh(name)
+                r = measured(name, lambda: run_child(code, ours_src, dst, args.source, scratch / f"home-{n}"
+                                                     if name == "ours" else scratch / f"{dst.name}-home-{n}"))
+                if digests("file://" + str(dst)) != expected:
+                    raise SystemExit(f"{name}'s copy does not match the source")
+                print(f"  round {n} {name}: {r['summary']} ({machine_line()})", flush=True)
+                print(f"  round {n} {name} first byte: {r['first_line']}", flush=True)
+                results.append((n, name, store_cpu.get(name, 0.0), {**r, "busy": store_busy.get(name)}))
 
         per_k = 1000 / count
 
-        def moto(tool: str) -> str:
-            return f"{store_cpu[tool] * per_k:.3f}" if store_pid else "-"
+        def busy(r: dict) -> str:
+            return "-" if r.get("busy") is None else f"{r['busy']:.2f}"
 
         print()
-        print("| run | seconds | objects/s | CPU-s per 1,000 objects | moto CPU-s per 1,000 objects | peak RSS MiB | "
-              "first byte s |")
-        print("|---|---|---|---|---|---|---|")
-        print(f"| rclone copy --transfers {args.transfers} --checkers {args.transfers} | {rclone.seconds:.2f} | "
-              f"{count / rclone.seconds:.0f} | {rclone.cpu_seconds * per_k:.3f} | "
-              f"{moto('rclone')} | | |")
-        for name, r in runs.items():
+        print("| round | run | seconds | objects/s | CPU-s per 1,000 objects | moto CPU-s per 1,000 objects | "
+              "moto busy | peak RSS MiB | first byte s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for n, name, moto, r in results:
+            moto_k = f"{moto * per_k:.3f}" if store_pid else "-"
+            if name == "rclone":
+                print(f"| {n} | rclone copy --transfers {args.transfers} --checkers {args.transfers} | "
+                      f"{r['seconds']:.2f} | {count / r['seconds']:.0f} | {r['rclone_cpu'] * per_k:.3f} | {moto_k} | "
+                      f"{busy(r)} | | |")
+                continue
             cpu, first = r["cpu"], r["first"]
             rss_text = ", ".join(f"{k} {max(v):.0f} (of {len(v)})" for k, v in sorted(r["peaks"].items()))
-            print(f"| {name} | {r['seconds']:.2f} | {count / r['seconds']:.0f} | {sum(cpu.values()) * per_k:.3f} "
-                  f"({', '.join(f'{k} {v * per_k:.3f}' for k, v in sorted(cpu.items()))}) | "
-                  f"{moto(name)} | {rss_text} | "
-                  f"{'' if first is None else f'{first:.2f}'} |")
+            print(f"| {n} | {name} | {r['seconds']:.2f} | {count / r['seconds']:.0f} | {sum(cpu.values()) * per_k:.3f} "
+                  f"({', '.join(f'{k} {v * per_k:.3f}' for k, v in sorted(cpu.items()))}) | {moto_k} | "
+                  f"{busy(r)} | {rss_text} | {'' if first is None else f'{first:.2f}'} |")
         if store_pid:
             print(f"  moto's peak RSS: {peak_rss_mib(store_pid):.0f} MiB")
         print()
-        ours = runs["ours"]
-        extra = f", before {count / runs['before']['seconds']:.0f} obj/s" if "before" in runs else ""
-        print(ratio_line("scale", ours["seconds"], rclone.seconds,
-                         f"{count} x {size} B {args.source} -> local; ours {count / ours['seconds']:.0f} obj/s, "
-                         f"rclone {count / rclone.seconds:.0f} obj/s{extra}; peak RSS MiB {ours['peaks']}"))
+        for name in ("rclone", *codes):
+            secs = [r["seconds"] for _, tool, _, r in results if tool == name]
+            print(f"  {name}: median {statistics.median(secs):.2f} s ({count / statistics.median(secs):.0f} obj/s) "
+                  f"over {len(secs)} round(s): {', '.join(f'{s:.2f}' for s in secs)}")
+        ours_s = statistics.median(r["seconds"] for _, tool, _, r in results if tool == "ours")
+        rclone_s = statistics.median(r["seconds"] for _, tool, _, r in results if tool == "rclone")
+        print(ratio_line("scale", ours_s, rclone_s, f"{count} x {size} B {args.source} -> local, medians of "
+                                                    f"{args.rounds} round(s); ours {count / ours_s:.0f} obj/s, "
+                                                    f"rclone {count / rclone_s:.0f} obj/s"))
     finally:
         clean_up(scratch, emulators)
     return 0
