@@ -227,10 +227,6 @@ class GatewayNode(Controlled):
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
         # Bytes of chunks read and not yet sent on every link (docs/gateway.md, "read_ahead_bytes").
         self._unsent = ByteBudget(config.read_ahead_bytes)
-        # Bytes of chunks being read (until handed on): at most ``writers`` chunks' worth, the memory the
-        # pipeline's sizing counts on (skyplane_provider/transfer/launch.py), however many readers keep
-        # a network store's small GETs in flight.
-        self._reading = ByteBudget(config.writers * config.max_chunk_bytes)
         self._writes: queue.Queue[Decoded | wire.Frame | None] = queue.Queue(maxsize=config.queue_chunks)
         # (chunk id, object index, store, key, upload id, part) -> its write, oldest first; finished
         # entries beyond WRITE_WINDOW are forgotten (a re-send older than that is written again).
@@ -340,12 +336,7 @@ class GatewayNode(Controlled):
             return  # stopping
         frame = None
         try:
-            if not self._reading.acquire(n, self.stopping):
-                return  # stopping
-            try:
-                frame = self._read_and_pass(item)
-            finally:
-                self._reading.release(n)
+            frame = self._read_and_pass(item)
         finally:
             if framed_only:
                 if frame is None:

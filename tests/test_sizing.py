@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.sizing import BUNDLE_MAX, BUNDLE_MIN, PART_SIZE, REMOTE_BUNDLE_OBJECTS, choose
+from gateway.sizing import BUNDLE_MAX, BUNDLE_MIN, PART_SIZE, choose
 from gateway.stores.azure import AzureStore
 from gateway.stores.base import Capabilities
 from gateway.stores.gcs import GCSStore
@@ -38,9 +38,6 @@ def test_small_objects_are_bundled_over_enough_chunks():
     assert choose([], [S3]).bundle_bytes == BUNDLE_MAX
     # A bundle is never bigger than a part (the chunk size the gateways are told to accept).
     assert choose([4096] * 100_000, [S3], part_size=2 * MiB).bundle_bytes == 2 * MiB
-    # From a store read over the network, one GET per object: 64 objects a bundle at most.
-    remote = choose([4096] * 100_000, [LOCAL], remote_source=True)
-    assert remote.bundle_objects == REMOTE_BUNDLE_OBJECTS == 64 and remote.bundle_bytes == BUNDLE_MAX
 
 
 def test_a_fleet_whose_hops_stay_on_the_host_runs_a_deeper_pipeline():
@@ -80,21 +77,3 @@ def test_a_job_between_local_directories_runs_at_most_four_readers_and_writers()
                               max_chunk_bytes=MiB, loopback_fleet=True, local_stores=local)
         assert {(s.config["readers"], s.config["writers"], s.config["queue_chunks"]) for s in specs} == {
             (depth, depth, depth)}
-
-
-def test_a_gateway_reading_a_store_over_the_network_runs_sixteen_readers():
-    """A bundle is read one GET after another, so a gateway's GETs in flight are its readers:
-    REMOTE_READERS (16) when the source is read over the network, whatever the chunks (the gateway
-    bounds the bytes being read by its writers' chunks: gateway/node.py); writers and queue slots as
-    the buffer budget gives them. Pure."""
-    from planner.plan import direct_plan
-    from skyplane_provider.transfer.launch import REMOTE_READERS, JobSecrets, gateway_specs
-
-    plan = direct_plan("aws:us-east-1", ["local:dst"])
-    for remote, chunk, readers, depth in ((True, MiB, 16, 8), (True, 32 * MiB, 16, 8), (False, MiB, 8, 8),
-                                          (True, 150 * MiB, 16, 2)):
-        specs = gateway_specs(plan, "0" * 32, JobSecrets(), compress=False, encrypt=False, credentials={},
-                              max_chunk_bytes=chunk, loopback_fleet=True, remote_source=remote)
-        assert {(s.config["readers"], s.config["writers"], s.config["queue_chunks"]) for s in specs} == {
-            (readers, depth, depth)}
-    assert REMOTE_READERS == 16

@@ -153,21 +153,6 @@ def test_two_thousand_small_objects(tmp_path, gcs_bucket):
     assert read_all(gcs_bucket, "many/") == digests(objs)
 
 
-def test_small_objects_from_a_bucket_travel_in_bundles_of_64_at_most(tmp_path, s3_bucket):
-    """A bundle is read one GET after another by one reader, so from a store read over the network
-    bundles hold at most 64 objects (gateway.sizing.REMOTE_BUNDLE_OBJECTS) and the readers keep GETs
-    in flight to the end of the job; from a local directory they still grow to 1,024."""
-    objs = {f"small/k{i:04d}": os.urandom(100) + str(i).encode() for i in range(600)}
-    put_objects(s3_bucket, objs)
-    dst = tmp_path / "dst"
-    stats = copy(f"{s3_bucket}/small/", str(dst))
-    assert stats.objects == 600 and stats.verified
-    assert read_all("file://" + str(dst)) == digests({k.removeprefix("small/"): v for k, v in objs.items()})
-    assert stats.chunks == 11  # the ramp's 16 and 32, eight of 64, the last 40
-    again = copy("file://" + str(dst), str(tmp_path / "again"))
-    assert again.objects == 600 and again.chunks == 6  # 16, 32, 64, 128, 256 and the last 104
-
-
 @pytest.mark.slow
 def test_one_gib_file_to_file_with_parts(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"

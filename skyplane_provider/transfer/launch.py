@@ -36,13 +36,6 @@ MAX_DEPTH = 8
 #: on disk, 2 cores: gateways 0.077-0.116 CPU-s per 1,000 files at 4 against 0.079-0.159 at 8 in
 #: the same rounds (docs/benchmarks.md, "Scale").
 LOCAL_DEPTH = 4
-#: Readers of a gateway whose source is read over the network (a store's server, not a local
-#: directory): its GETs in flight, one per reader (a bundle is read one GET after another), as
-#: rclone's ``--transfers 16``. Memory stays as :func:`pipeline_depth` bounds it: reads in progress
-#: hold at most ``writers`` chunks' bytes (gateway/node.py), so only small chunks use the extra readers.
-#: 20,000 x 1 KiB from moto: 15-16 connections busy against 5-8 with 8 readers (docs/benchmarks.md,
-#: "Scale").
-REMOTE_READERS = 16
 #: Copies of a chunk counted per reader or writer and queue slot: lz4 and AES-GCM outputs beside the
 #: raw bytes; on hops that never leave the host (sent clear) only the raw bytes and one copy a store's
 #: SDK may take of them.
@@ -96,7 +89,7 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
                   credentials: dict, by_region: dict[str, dict] | None = None, queue_chunks: int = 8,
                   max_chunk_bytes: int | None = None, bwlimit: float | None = None,
                   loopback_fleet: bool = False, workers: int | None = None,
-                  local_stores: bool = False, remote_source: bool = False) -> list[GatewaySpec]:
+                  local_stores: bool = False) -> list[GatewaySpec]:
     """One spec per planned gateway. Relays get neither the encryption key nor store credentials:
     they only ever see ciphertext. ``by_region``: the credentials document of each region's gateways
     (the entries of the stores they open themselves), instead of the whole ``credentials``; the very
@@ -108,8 +101,7 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
     ``loopback_fleet``: every gateway on this host (the provisioner's ``loopback_fleet``), so frames
     travel clear and the pipeline may be deeper (:func:`pipeline_depth`). ``workers``: each gateway's
     worker processes (:func:`workers_for`); None leaves it to the host. ``local_stores``: every store of
-    the job is a local directory (fewer readers and writers: :data:`LOCAL_DEPTH`). ``remote_source``: the
-    source is read over the network (:data:`REMOTE_READERS` readers)."""
+    the job is a local directory (fewer readers and writers: :data:`LOCAL_DEPTH`)."""
     depth = (pipeline_depth(max_chunk_bytes, clear=loopback_fleet, local=local_stores)
              if max_chunk_bytes is not None else None)
     specs = []
@@ -131,8 +123,7 @@ def gateway_specs(plan: Plan, job_id: str, job_secrets: JobSecrets, *, compress:
             }
             if max_chunk_bytes is not None:
                 config["max_chunk_bytes"] = max(1, max_chunk_bytes)
-                config.update(readers=max(depth, REMOTE_READERS) if remote_source else depth, writers=depth,
-                              queue_chunks=min(queue_chunks, depth))
+                config.update(readers=depth, writers=depth, queue_chunks=min(queue_chunks, depth))
             if workers is not None:
                 config["workers"] = workers
             share = initial_share(bwlimit, plan.gateways[region])

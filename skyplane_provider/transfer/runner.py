@@ -265,10 +265,8 @@ class Transfer:
                 hourly_price=self._provisioner.hourly_price, grid_csv=req.grid)
         sizes = [o.info.size for o in self.objects]
         caps = [d.store.capabilities for d in self.dests]
-        # read over the network, one request per object (bundles and readers: gateway/sizing.py, launch.py)
-        self._remote_source = not self.source.store.root_uri.startswith("file://")
         self._sizing = choose(sizes, caps, part_size=None if req.chunk_size == DEFAULT_CHUNK_SIZE else req.chunk_size,
-                              remote_source=self._remote_source)
+                              remote_source=not self.source.store.root_uri.startswith("file://"))
         # A chunk is at most a part, or a whole object below its part size or the sizing's one-request
         # threshold: a destination's minimum part size may exceed the chunk size (S3's 5 MiB), a
         # first-page object may need bigger parts, and one up to the threshold goes whole.
@@ -718,7 +716,6 @@ class Transfer:
                               loopback_fleet=self._provisioner.loopback_fleet,
                               local_stores=all(r.startswith("file://") for r in (
                                   self.source.store.root_uri, *(d.store.root_uri for d in self.dests))),
-                              remote_source=self._remote_source,
                               workers=workers_for(len(self.objects), sum(o.info.size for o in self.objects),
                                                   listed_in_full=not (self.streaming and self._next_token),
                                                   store_servers=self._store_servers_here(),
