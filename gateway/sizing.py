@@ -12,9 +12,6 @@ Why these numbers (docs/gateway.md, "Sizing"):
   on GCS, composes and deletes).
 - Bundles are sized so that the small objects of a job spread over enough chunks for every writer
   to have one (a bundle is written by one writer, object after object), and no bigger than a part.
-- From a source that answers each read over the network (a store's server, not a local directory),
-  a bundle holds at most :data:`REMOTE_BUNDLE_OBJECTS` objects: a reader reads its bundle object
-  after object, one GET each, so the GETs in flight are the bundles being read.
 """
 
 from __future__ import annotations
@@ -36,13 +33,6 @@ BUNDLE_THRESHOLD = 1 * MiB
 BUNDLE_MIN, BUNDLE_MAX = 1 * MiB, 16 * MiB
 #: Chunks written at once across a destination region's gateways that bundles should feed.
 STREAMS = 16
-#: Whole objects per bundle at most from a source read over the network. A gateway's readers each
-#: read one bundle, one GET after another, so the GETs it keeps in flight are the bundles left to
-#: read: with bundles of 1,024, the last rounds of a job left the store ever fewer requests (20,000 x
-#: 1 KiB from moto: 7-8 connections busy, then 3, moto ~30% less busy over the last third of the run,
-#: docs/benchmarks.md "Scale"). 64 makes that tail ~64 GETs per reader; 1,000,000 objects are ~16,000
-#: chunks (the coordinator holds at most MAX_INFLIGHT_OBJECTS of them).
-REMOTE_BUNDLE_OBJECTS = 64
 
 
 @dataclass(frozen=True)
@@ -68,12 +58,10 @@ class Sizing:
         return size <= self.bundle_threshold
 
 
-def choose(sizes: Sequence[int], dests: Sequence[Capabilities], *, part_size: int | None = None,
-           remote_source: bool = False) -> Sizing:
+def choose(sizes: Sequence[int], dests: Sequence[Capabilities], *, part_size: int | None = None) -> Sizing:
     """The sizing for objects like ``sizes`` (all of a job's, or a first listing page's) going to
     stores with capabilities ``dests``. ``part_size``: the user's chunk size, if they gave one (then
-    every object above it goes in parts, as the user asked). ``remote_source``: the source is read
-    over the network, one request per object (bundles of :data:`REMOTE_BUNDLE_OBJECTS` at most)."""
+    every object above it goes in parts, as the user asked)."""
     part = part_size or PART_SIZE
     multipart = all(c.multipart for c in dests)
     # One request up to what every destination takes in one; never parts smaller than the threshold.
@@ -86,5 +74,4 @@ def choose(sizes: Sequence[int], dests: Sequence[Capabilities], *, part_size: in
     share = sum(small) / STREAMS if small else BUNDLE_MAX
     bundle = int(min(max(share, BUNDLE_MIN), BUNDLE_MAX, part))
     return Sizing(part_size=part, multipart_threshold=int(min(threshold, 2**62)),
-                  bundle_threshold=min(BUNDLE_THRESHOLD, bundle), bundle_bytes=bundle,
-                  bundle_objects=REMOTE_BUNDLE_OBJECTS if remote_source else MAX_BUNDLE_OBJECTS)
+                  bundle_threshold=min(BUNDLE_THRESHOLD, bundle), bundle_bytes=bundle)

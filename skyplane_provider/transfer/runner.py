@@ -265,8 +265,7 @@ class Transfer:
                 hourly_price=self._provisioner.hourly_price, grid_csv=req.grid)
         sizes = [o.info.size for o in self.objects]
         caps = [d.store.capabilities for d in self.dests]
-        self._sizing = choose(sizes, caps, part_size=None if req.chunk_size == DEFAULT_CHUNK_SIZE else req.chunk_size,
-                              remote_source=not self.source.store.root_uri.startswith("file://"))
+        self._sizing = choose(sizes, caps, part_size=None if req.chunk_size == DEFAULT_CHUNK_SIZE else req.chunk_size)
         # A chunk is at most a part, or a whole object below its part size or the sizing's one-request
         # threshold: a destination's minimum part size may exceed the chunk size (S3's 5 MiB), a
         # first-page object may need bigger parts, and one up to the threshold goes whole.
