@@ -30,7 +30,7 @@ def leftovers(root_uri: str, prefix: str = "") -> list[str]:
         pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket, Prefix=prefix)
         return sorted(u["Key"] for page in pages for u in page.get("Uploads", []))
     if store.scheme == "gs":
-        return sorted(b.name for b in store._client.list_blobs(store.bucket, prefix=PARTS_PREFIX))  # noqa: SLF001
+        return sorted(item["name"] for item in store._list_all(PARTS_PREFIX))  # noqa: SLF001 - every object there
     container = store._container  # noqa: SLF001
     committed = {b.name for b in container.list_blobs(name_starts_with=prefix or None)}
     return sorted(b.name for b in container.list_blobs(name_starts_with=prefix or None, include=["uncommittedblobs"])
