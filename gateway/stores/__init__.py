@@ -3,7 +3,7 @@
 Root URIs (as :attr:`gateway.stores.uri.StoreURI.root_uri` gives them)::
 
     s3://bucket                 Amazon S3 (botocore)
-    gs://bucket                 Google Cloud Storage (google-cloud-storage)
+    gs://bucket                 Google Cloud Storage (its JSON API over urllib3, google-auth)
     az://account/container      Azure Blob Storage (azure-storage-blob)
     file:///some/dir            a local directory (keys are paths relative to it)
 

@@ -32,7 +32,7 @@ import urllib3
 
 from planner.errors import CredentialsError
 
-from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, env_ca_bundle
+from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, body_into, env_ca_bundle
 
 T = TypeVar("T")
 
@@ -360,8 +360,8 @@ def _certifi_bundle() -> str | None:
 
 
 def _body_into(response: Any, view: memoryview, skip: int) -> int:
-    """See :meth:`GCSClient.get_into`. A body cut off before its Content-Length raises urllib3's
-    ``ProtocolError`` (a connection error: retried within the budget)."""
+    """See :meth:`GCSClient.get_into`. A body cut off before its Content-Length raises
+    ``http.client.IncompleteRead`` (a connection error: retried within the budget)."""
     fp = getattr(response, "_fp", None)
     encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
     while skip:  # only after a 200 to a ranged GET; ordinary reads never come here
@@ -369,15 +369,10 @@ def _body_into(response: Any, view: memoryview, skip: int) -> int:
         if not piece:
             return 0
         skip -= len(piece)
+    if not encoded and isinstance(fp, http.client.HTTPResponse):
+        return body_into(fp, view)
     got = 0
-    if encoded or not isinstance(fp, http.client.HTTPResponse):
-        while got < len(view) and (piece := response.read(min(len(view) - got, _DECODED_PIECE),
-                                                          decode_content=True)):
-            view[got:got + len(piece)] = piece
-            got += len(piece)
-        return got
-    while got < len(view) and (n := fp.readinto(view[got:])):
-        got += n
-    if got < len(view) and fp.length:  # the connection ended before the body's Content-Length
-        raise urllib3.exceptions.ProtocolError(f"GCS's answer ended after {got} of {got + fp.length} bytes")
+    while got < len(view) and (piece := response.read(min(len(view) - got, _DECODED_PIECE), decode_content=True)):
+        view[got:got + len(piece)] = piece
+        got += len(piece)
     return got

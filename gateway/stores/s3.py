@@ -28,8 +28,8 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
 
 from ..wire import is_loopback
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, check_range, part_numbers, probe_key,
-                     translated)
+from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, body_into, check_range, part_numbers,
+                     probe_key, translated)
 from .s3_direct import BucketRoute, DirectGet
 
 MiB = 1024**2
@@ -427,11 +427,8 @@ def _md5_of(etag: str | None, head: dict) -> str | None:
 def _body_into(body: Any, view: memoryview) -> int:
     """Read a GetObject body into ``view`` until it is full or the body ends; returns the bytes read.
 
-    A body urllib3 does not decode (no Content-Encoding) is read with http.client's ``readinto``
-    straight into ``view``: the socket's bytes land in our buffer once. urllib3's own ``readinto``
-    reads a fresh buffer (http.client: a zeroed one, and a copy of it) and copies that into ours:
-    three user-space passes over every byte, about half of what reading from moto cost us (0.6-0.75
-    -> 0.3 CPU-s per GiB, docs/benchmarks.md). A body cut off before its Content-Length raises
+    A body urllib3 does not decode (no Content-Encoding) is read straight into ``view``
+    (:func:`~.common.body_into`). A body cut off before its Content-Length raises
     ``ResponseStreamingError`` (retryable), as botocore's reads do."""
     raw = getattr(body, "_raw_stream", body)  # botocore's StreamingBody, or (as a context) urllib3's response
     fp = getattr(raw, "_fp", None)
@@ -441,13 +438,9 @@ def _body_into(body: Any, view: memoryview) -> int:
             got += n
         return got
     try:
-        while got < len(view) and (n := fp.readinto(view[got:])):
-            got += n
+        return body_into(fp, view)
     except (OSError, http.client.HTTPException) as exc:
         raise bex.ResponseStreamingError(error=exc) from exc
-    if got < len(view) and fp.length:  # the connection ended before the body's Content-Length
-        raise bex.ResponseStreamingError(error=http.client.IncompleteRead(b"", fp.length))
-    return got
 
 
 def _direct_body_into(raw: Any, view: memoryview) -> int:
