@@ -4,8 +4,8 @@ gateway has its config (docs/gateway.md, "Store channel").
 A local job's first gateway process starts while its client still checks the stores and reads the
 first listing page (skyplane_provider/provisioners/spares.py). Both need the store SDKs, whose imports
 (0.2-0.5 CPU-s each: boto3, azure-storage-blob; google-cloud-storage before the GCS store spoke the
-JSON API itself) are most of a small job's
-client CPU; the gateway imports them anyway for its own reads and writes. So the client sends its
+JSON API itself) are most of a small job's client CPU; the gateway imports them anyway for its own
+reads and writes. So the client sends its
 store operations to that gateway (``--store-fd``: one end of a socket pair, handed down by the
 coordinator), which runs them with the client's credentials document and this host's environment
 (the gateway inherits the client's), and only one process of the job imports the SDKs.

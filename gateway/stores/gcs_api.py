@@ -192,7 +192,7 @@ class GCSClient:
             if response.status < 300:
                 return response
             if stream:
-                response.read()
+                response.data  # noqa: B018 - read (and kept for ApiError.of), so the connection can be reused
                 response.release_conn()
             if response.status == 401 and self._credentials is not None and not refreshed:
                 with self._auth_lock:
@@ -343,8 +343,9 @@ def _pool_manager(base: str) -> urllib3.PoolManager:
         import urllib.request
 
         host = urllib.parse.urlsplit(base).hostname or ""
+        proxies = urllib.request.getproxies_environment()
         proxy = None if urllib.request.proxy_bypass_environment(host) else (
-            urllib.request.getproxies_environment().get(base.split(":", 1)[0]))
+            proxies.get(base.split(":", 1)[0]) or proxies.get("all"))
         if proxy:
             return urllib3.ProxyManager(proxy, **kwargs)
     return urllib3.PoolManager(**kwargs)
