@@ -130,10 +130,14 @@ def test_credentials_errors(gcs_bucket, emulators, tmp_path):
 
 
 def test_plain_work_does_not_import_google_cloud_storage(gcs_bucket, emulators):
-    """What a gateway does in a plain copy (check, list, head, read, write, parts + compose, delete)
-    imports neither google-cloud-storage nor what it brought in (google.api_core, requests, grpc)."""
+    """What a gateway does in a plain copy (check, list, head, read, write, parts + compose, delete),
+    with every module of the gateway package loaded, imports neither google-cloud-storage nor what it
+    brought in (google.api_core, google.oauth2, requests, grpc)."""
     script = f"""
-import sys
+import importlib, pkgutil, sys
+import gateway
+for module in pkgutil.iter_modules(gateway.__path__):
+    importlib.import_module("gateway." + module.name)
 from gateway.stores import open_store
 store = open_store({gcs_bucket!r})
 store.check()
