@@ -25,7 +25,7 @@ def _read(store, key: str, size: int, offset: int = 0) -> bytes:
 
 
 def _botocore_sends(store) -> list[str]:
-    """The URLs of the requests the store's boto3 client sends from now on."""
+    """The URLs of the requests the store's botocore client sends from now on."""
     sent: list[str] = []
     store._client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.url))
     return sent
@@ -86,3 +86,35 @@ def test_throttled_direct_read_spends_the_sdk_attempts_once_then_stays_on_botoco
         assert proxy.counts.throttled == 2 * SDK_ATTEMPTS, proxy.counts
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("base, key, token", [
+    ("http://127.0.0.1:5000/bucket/", "a/two words+plus&amp.bin", None),
+    ("https://bucket.s3.eu-west-1.amazonaws.com/", "b/ümlaut~x?#%", "FQoG//token+with=chars"),
+    ("https://s3.amazonaws.com:443/bucket/", "k", None),
+    ("http://[::1]:9000/bucket/", "deep/dir/key", "t"),
+])
+def test_the_direct_signature_is_botocores(base, key, token):
+    """Every header the direct path sends equals what botocore's S3SigV4Auth adds to the same GET at
+    the same second (gateway/stores/s3_sign.py), with and without a session token."""
+    import urllib.parse
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from botocore.utils import percent_encode
+
+    from gateway.stores.s3_sign import GetSigner, canonical_host
+
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    url = base + percent_encode(key, safe="/~")
+    request = AWSRequest(method="GET", url=url, headers={"Range": "bytes=0-1024"})
+    S3SigV4Auth(credentials.get_frozen_credentials(), "s3", "eu-west-1").add_auth(request)
+    theirs = dict(request.headers.items())
+    signer = GetSigner(canonical_host(base), "eu-west-1")
+    ours = signer.headers(urllib.parse.urlsplit(url).path, "bytes=0-1024", credentials.access_key,
+                          credentials.secret_key, token, timestamp=theirs["X-Amz-Date"])
+    assert ours == theirs
+    # the day's key is derived once and reused
+    assert signer.headers(urllib.parse.urlsplit(url).path, "bytes=0-1024", credentials.access_key,
+                          credentials.secret_key, token, timestamp=theirs["X-Amz-Date"]) == theirs

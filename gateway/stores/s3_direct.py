@@ -1,5 +1,5 @@
-"""A lighter S3 GET for the gateway's reads: botocore's own SigV4 signer on a prepared request, sent
-through the botocore client's own urllib3 pool, without the client's per-call machinery.
+"""A lighter S3 GET for the gateway's reads: signed as botocore's SigV4 signer signs it, sent through
+the botocore client's own urllib3 pool, without the client's per-call machinery.
 
 Why: a gateway reading small objects spends most of its CPU in botocore's ``get_object`` around the
 HTTP exchange itself (cProfile of 2,000 x 1 KiB GETs from moto, docs/benchmarks.md "Scale"): ten
@@ -7,9 +7,9 @@ event emissions, the endpoint ruleset, the REST-XML serializer, the response par
 header into a modelled field, the retry handler. The request is the same either way: the URL
 botocore's endpoint resolution gives the bucket (seen on the store's first read, which botocore
 makes), the key encoded as
-botocore's serializer encodes it, a ``Range`` header, signed by botocore's ``S3SigV4Auth`` with the
-client's own credentials and signing region, sent by the client's own HTTP session (its proxies, CA
-bundle, timeouts and pool).
+botocore's serializer encodes it, a ``Range`` header, signed with the client's own credentials and
+signing region as botocore's ``S3SigV4Auth`` signs it (gateway/stores/s3_sign.py, checked against it
+in tests), sent by the client's own HTTP session (its proxies, CA bundle, timeouts and pool).
 
 Only the answers whose handling is plain are handled here: 200/206 (the body), 404, 416 and 403
 AccessDenied (raised as the ``ClientError`` botocore would raise, so the store maps them as before).
@@ -25,10 +25,13 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import urllib.parse
+
 import botocore.exceptions as bex
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
+from botocore.awsrequest import AWSPreparedRequest
 from botocore.utils import percent_encode
+
+from .s3_sign import GetSigner, canonical_host
 
 #: Answers handled here; any other goes to botocore (see the module's docstring).
 _OK = (200, 206)
@@ -59,6 +62,7 @@ class DirectGet:
         self._http = client._endpoint.http_session
         self._rest_factory = rest
         self._rest: Any = None
+        self._signers: dict[BucketRoute, tuple[GetSigner, str]] = {}  # and the path before the key
 
     @classmethod
     def for_client(cls, client: Any, credentials: Any, attempts: int,
@@ -102,11 +106,12 @@ class DirectGet:
         unread) when it is 200 or 206; raises botocore's ``ClientError`` for 404, 416 and 403
         AccessDenied; None for anything else, the attempt spent (the caller goes on with
         :meth:`rest_client`)."""
-        request = AWSRequest(method="GET", url=route.base + percent_encode(key, safe="/~"),
-                             headers={"Range": byte_range}, stream_output=True)
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", route.region).add_auth(request)
+        signer, prefix = self._signer(route)
+        encoded = percent_encode(key, safe="/~")
+        frozen = self._credentials.get_frozen_credentials()
+        headers = signer.headers(prefix + encoded, byte_range, frozen.access_key, frozen.secret_key, frozen.token)
         try:
-            response = self._http.send(request.prepare())
+            response = self._http.send(AWSPreparedRequest("GET", route.base + encoded, headers, None, True, {}))
         except (bex.HTTPClientError, bex.ConnectionError):
             return None  # cut off or not connected (timeouts, resets, TLS): botocore's attempts go on
         if response.status_code in _OK:
@@ -119,6 +124,14 @@ class DirectGet:
                                                         "HTTPHeaders": dict(response.headers.items())}},
                                   "GetObject")
         return None
+
+    def _signer(self, route: BucketRoute) -> tuple[GetSigner, str]:
+        """The route's signer and the path of its base (the signed path is that and the encoded key)."""
+        found = self._signers.get(route)
+        if found is None:
+            found = self._signers[route] = (GetSigner(canonical_host(route.base), route.region),
+                                            urllib.parse.urlsplit(route.base).path)
+        return found
 
     def rest_client(self) -> Any:
         """The botocore client holding a call's attempts after the direct one (built once)."""
