@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from planner.errors import (BadOptionError, CredentialsError, CredentialsExpiredError, SkyplaneError,
                             StoreUnavailableError, ThrottledError)
@@ -217,6 +217,24 @@ def body_into(fp: http.client.HTTPResponse, view: memoryview) -> int:
         got += n
     if got < len(view) and fp.length:  # the connection ended before the body's Content-Length
         raise http.client.IncompleteRead(b"", fp.length)
+    return got
+
+
+def read_then_release(response: Any, read: Callable[[], int]) -> int:
+    """Run ``read`` (which reads the body of ``response``, a urllib3 response not preloaded) and
+    return what it returns; the connection goes back to the pool when the body was read to its end,
+    else it is closed: a half-read body (an error, or more body than the caller asked for, not worth
+    reading to reuse the connection) must not be the next request's answer."""
+    try:
+        got = read()
+    except BaseException:
+        response.close()
+        raise
+    fp = getattr(response, "_fp", None)
+    if fp is None or fp.isclosed():
+        response.release_conn()
+    else:
+        response.close()
     return got
 
 

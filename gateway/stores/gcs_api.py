@@ -32,7 +32,8 @@ import urllib3
 
 from planner.errors import CredentialsError
 
-from .common import CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, body_into, env_ca_bundle
+from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, body_into, env_ca_bundle,
+                     read_then_release)
 
 T = TypeVar("T")
 
@@ -217,21 +218,11 @@ class GCSClient:
     def get_into(self, url: str, headers: dict[str, str], view: memoryview, offset: int = 0) -> int:
         """One media GET read into ``view`` until it is full or the body ends (the bytes read). A body
         GCS does not encode is read with http.client's ``readinto`` straight into ``view`` (no copy,
-        as the S3 store reads: ``s3._body_into``). A gzip one (an object stored gzip-encoded, served so
+        as the S3 store reads: ``common.body_into``). A gzip one (an object stored gzip-encoded, served so
         because we accept gzip as google-cloud-storage's downloads do) is decoded, as they decode it.
         ``offset``: where the asked range starts; an answer of 200 (the whole object) is read from there."""
         response = self.send("GET", url, headers=headers, stream=True)
-        try:
-            got = _body_into(response, view, offset if response.status == 200 else 0)
-        except BaseException:
-            response.close()  # a connection with a half-read body is not reused
-            raise
-        fp = getattr(response, "_fp", None)
-        if fp is None or fp.isclosed():
-            response.release_conn()
-        else:
-            response.close()  # more body than the caller asked for: not worth reading to reuse it
-        return got
+        return read_then_release(response, lambda: _body_into(response, view, offset if response.status == 200 else 0))
 
     def _authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
         if self._credentials is not None:

@@ -29,7 +29,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
 from ..wire import is_loopback
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
 from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, body_into, check_range, part_numbers,
-                     probe_key, translated)
+                     probe_key, read_then_release, translated)
 from .s3_direct import BucketRoute, DirectGet
 
 MiB = 1024**2
@@ -262,7 +262,7 @@ class S3Store(ObjectStore):
                 if isinstance(route, BucketRoute):
                     response = self._direct.get(route, key, byte_range)
                     if response is not None:
-                        return _direct_body_into(response.raw, view)
+                        return read_then_release(response.raw, lambda: _body_into(response.raw, view))
                     # Not an answer the direct path handles: botocore makes the call's other attempts,
                     # and this store's reads from now on (its retries, rate limiting, redirects).
                     self._route = None
@@ -441,22 +441,6 @@ def _body_into(body: Any, view: memoryview) -> int:
         return body_into(fp, view)
     except (OSError, http.client.HTTPException) as exc:
         raise bex.ResponseStreamingError(error=exc) from exc
-
-
-def _direct_body_into(raw: Any, view: memoryview) -> int:
-    """:func:`_body_into` for a direct GET's urllib3 response; its connection goes back to the pool
-    when the body was read to its end (botocore's own reads do the same), else it is closed."""
-    try:
-        got = _body_into(raw, view)
-    except BaseException:
-        raw.close()
-        raise
-    fp = getattr(raw, "_fp", None)
-    if fp is None or fp.isclosed():
-        raw.release_conn()
-    else:
-        raw.close()
-    return got
 
 
 def _translate(exc: Exception, bucket: str, key: str | None) -> SkyplaneError | None:
