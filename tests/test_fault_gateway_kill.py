@@ -214,9 +214,11 @@ def test_fault_writing_gateway_killed_leaves_no_temp_file(tmp_path, caplog):
                 victim = transfer.fleet.gateways[1]
                 names = writing(victim.pid) if os.path.isdir(f"/proc/{victim.pid}/fd") else []
                 if names:
+                    # Who holds what is read before the kill: once the victim is dead, the dispatcher may
+                    # notice and release its chunks before this thread runs again.
+                    owners = list(transfer.dispatcher.owner.items())
                     os.kill(victim.pid, signal.SIGKILL)
                     seen[:] = names
-                    owners = list(transfer.dispatcher.owner.items())
                     held.update(c for c, g in owners if g == victim.gateway_id)
                     kept.update(c for c, g in owners if g != victim.gateway_id)
                     return
