@@ -21,21 +21,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import threading
-import time
 import urllib.parse
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import google.auth.exceptions as aex
 import urllib3
 
 from planner.errors import CredentialsError
 
-from .common import (CONNECT_TIMEOUT, POOL_SIZE, READ_TIMEOUT, bearer_token, body_into, env_ca_bundle,
-                     read_then_release)
-
-T = TypeVar("T")
+from .common import CONNECT_TIMEOUT, READ_TIMEOUT, bearer_token, body_into, read_then_release
+from .http_pool import Backoff, pool_manager
 
 DEFAULT_BASE = "https://storage.googleapis.com"
 #: google-cloud-storage's ``Client.SCOPE``: what application default credentials are asked for.
@@ -79,33 +75,9 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS)
 
 
-class Backoff:
-    """The one retry of a GCS call (docs/reliability.md "One retry budget"): attempts for at most
-    ``deadline`` seconds, waits drawn from 0 to ``initial`` doubling to ``maximum`` (google-api-core's
-    ``Retry`` with these settings: no attempt starts past the deadline). Nothing above the store
-    retries the call again, only the coordinator re-sends a failed chunk. The last error is raised."""
-
-    def __init__(self, deadline: float = 10.0, initial: float = 0.5, multiplier: float = 2.0,
-                 maximum: float = 4.0) -> None:
-        self.deadline, self.initial, self.multiplier, self.maximum = deadline, initial, multiplier, maximum
-
-    def __call__(self, attempt: Callable[[], T]) -> T:
-        end = time.monotonic() + self.deadline
-        delay = min(self.initial, self.maximum)
-        while True:
-            try:
-                return attempt()
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                wait = random.uniform(0.0, delay)
-                if time.monotonic() + wait > end:
-                    raise
-                time.sleep(wait)
-                delay = min(delay * self.multiplier, self.maximum)
-
-
-RETRY = Backoff()
+#: The one retry of a GCS call (docs/reliability.md "One retry budget"): google-api-core's ``Retry``
+#: as google-cloud-storage set it (10 s deadline, 0.5 s first wait doubling to 4 s).
+RETRY = Backoff(retryable)
 
 
 def _token_refused(request: Any, scopes: Any) -> Any:
@@ -162,7 +134,7 @@ class GCSClient:
         self._library_kwargs = library_kwargs
         self._library: Any = None
         self._auth_lock = threading.Lock()
-        self._http = _pool_manager(self.base)
+        self._http = pool_manager(self.base)
         self._auth_request = _AuthRequest(self._http)
 
     # ---- URLs ---------------------------------------------------------------------------------
@@ -322,34 +294,6 @@ def _library_credentials(marker: Any) -> Any:
 
 def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
-
-
-def _pool_manager(base: str) -> urllib3.PoolManager:
-    """Room for ``POOL_SIZE`` connections to the endpoint, with the environment's proxy and CA bundle
-    as ``requests`` (google-cloud-storage's transport) would have found them for ``base``: read once,
-    here, never per request (see ``common.settle_environment``)."""
-    kwargs: dict[str, Any] = {"num_pools": 4, "maxsize": POOL_SIZE, "block": False}
-    if base.startswith("https:"):
-        kwargs["ca_certs"] = env_ca_bundle() or _certifi_bundle()
-    if any(name.lower().endswith("_proxy") for name in os.environ):
-        import urllib.request
-
-        host = urllib.parse.urlsplit(base).hostname or ""
-        proxies = urllib.request.getproxies_environment()
-        proxy = None if urllib.request.proxy_bypass_environment(host) else (
-            proxies.get(base.split(":", 1)[0]) or proxies.get("all"))
-        if proxy:
-            return urllib3.ProxyManager(proxy, **kwargs)
-    return urllib3.PoolManager(**kwargs)
-
-
-def _certifi_bundle() -> str | None:
-    """requests' CA bundle (certifi's), which google-cloud-storage's requests verified against."""
-    try:
-        import certifi
-    except ImportError:
-        return None
-    return certifi.where()
 
 
 def _body_into(response: Any, view: memoryview, skip: int) -> int:
