@@ -36,6 +36,7 @@ from .events import EventLog
 from .listener import DataListener
 from .peers import Peer, Router
 from .retry import with_retries
+from .shared_work import SharedWork
 from .stores import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,12 @@ class _TargetWrite:
 
 
 class RequestQueue:
-    """Chunks waiting for a reader, bounded by count and by bytes to read."""
+    """Chunks waiting for a reader, bounded by count and by bytes to read; and the bundles being read,
+    whose reads an idle reader helps with (:class:`~.shared_work.SharedWork`)."""
 
     def __init__(self, min_chunks: int, max_bytes: int) -> None:
         self._items: collections.deque[SourceChunk] = collections.deque()
+        self._shared: collections.deque[SharedWork] = collections.deque()
         self._bytes = 0
         self._min_chunks, self._max_bytes = min_chunks, max_bytes
         self._cond = threading.Condition()
@@ -105,16 +108,34 @@ class RequestQueue:
                 self._cond.notify(taken)
             return taken
 
-    def get(self, timeout: float) -> SourceChunk | None:
-        """The oldest chunk, or None after ``timeout`` seconds without one or once the queue is closed."""
+    def get(self, timeout: float) -> SourceChunk | SharedWork | None:
+        """The oldest chunk; else the oldest shared read with reads left to take; else None after
+        ``timeout`` seconds without either, or once the queue is closed."""
         with self._cond:
-            if not self._items and not self._cond.wait_for(lambda: self._items or self._closed, timeout):
+            if not self._cond.wait_for(lambda: self._items or self._closed or self._open_share(), timeout):
                 return None
             if not self._items:
-                return None
+                return None if self._closed else self._open_share()
             r = self._items.popleft()
             self._bytes -= r.length
             return r
+
+    def share(self, work: SharedWork) -> None:
+        """Offer ``work`` to the readers that find no chunk waiting."""
+        with self._cond:
+            self._shared.append(work)
+            self._cond.notify_all()
+
+    def unshare(self, work: SharedWork) -> None:
+        with self._cond:
+            if work in self._shared:
+                self._shared.remove(work)
+
+    def _open_share(self) -> SharedWork | None:
+        """Called with the lock held: the oldest shared work with steps left (those without are dropped)."""
+        while self._shared and not self._shared[0].open:
+            self._shared.popleft()
+        return next((w for w in self._shared if w.open), None)
 
     def __len__(self) -> int:
         with self._cond:
@@ -320,7 +341,11 @@ class GatewayNode(Controlled):
     def _read_loop(self) -> None:
         while not self.stopping.is_set():
             item = self.requests.get(_POLL)
-            if item is not None:
+            if isinstance(item, SharedWork):
+                helped = item.help()
+                if helped:
+                    self.events.count("objects_read_helping", helped)
+            elif item is not None:
                 self._guard(item.spec.id, lambda: self._read_one(item))
                 self.in_flight.release(item.spec.id)
 
@@ -345,18 +370,26 @@ class GatewayNode(Controlled):
                     weakref.finalize(frame, self._unsent.release, n).atexit = False
 
     def _read_and_pass(self, item: SourceChunk) -> wire.Frame | None:
-        """Read every object of the chunk into a buffer of its own; one that cannot be read fails
-        alone, the others travel (sealed or checksummed together, never joined for it). Returns the
-        frame sent, if any."""
+        """Read every object of the chunk into a buffer of its own (a bundle's with the help of idle
+        readers); one that cannot be read fails alone, the others travel (sealed or checksummed
+        together, never joined for it). Returns the frame sent, if any."""
         spec = item.spec
         store = self.stores(item.src)
-        pieces, sent = [], []
-        for i, obj in enumerate(spec.objects):
-            try:
-                pieces.append(self._read_object(store, item.src, obj))
-                sent.append(i)
-            except Exception as exc:  # noqa: BLE001 - reported as this object's failure
-                self.events.failed(spec.id, self._as_error(spec.id, exc), objects=[i])
+        objects = spec.objects
+        work = SharedWork(len(objects), lambda i: self._read_object(store, item.src, objects[i]))
+        if len(objects) > 1:
+            self.requests.share(work)
+        try:
+            results = work.finish()
+        finally:
+            self.requests.unshare(work)
+        for i, exc in [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]:
+            self.events.failed(spec.id, self._as_error(spec.id, exc), objects=[i])
+        # Comprehensions, and ``results`` dropped: a read buffer is reused only where ``pieces`` is
+        # the last thing that refers to it (BufferPool.give).
+        sent = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+        pieces = [results[i] for i in sent]
+        del results
         if not sent:
             return None
         self.events.count("bytes_read", sum(map(len, pieces)))
