@@ -28,7 +28,8 @@ from planner.errors import ChecksumError, SkyplaneError
 from .json_reply import Encoded
 
 COUNTERS = ("bytes_read", "bytes_sent_wire", "bytes_received_wire", "bytes_written", "chunks_written",
-            "objects_written", "frames_rejected", "retries", "buffers_reused", "objects_read_helping")
+            "objects_written", "frames_rejected", "retries", "buffers_reused", "objects_read_helping",
+            "objects_written_helping")
 _RECENT_ERRORS = 50
 _MAX_EVENTS_PER_READ = 10_000
 _HELD = b'{"type":"held",'  # how a worker's held record starts (EventLog.held): the others are passed on

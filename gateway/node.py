@@ -248,7 +248,7 @@ class GatewayNode(Controlled):
         self.requests = RequestQueue(config.queue_chunks, config.read_ahead_bytes)
         # Bytes of chunks read and not yet sent on every link (docs/gateway.md, "read_ahead_bytes").
         self._unsent = ByteBudget(config.read_ahead_bytes)
-        self._writes: queue.Queue[Decoded | wire.Frame | None] = queue.Queue(maxsize=config.queue_chunks)
+        self._writes: queue.Queue[Decoded | wire.Frame | SharedWork | None] = queue.Queue(maxsize=config.queue_chunks)
         # (chunk id, object index, store, key, upload id, part) -> its write, oldest first; finished
         # entries beyond WRITE_WINDOW are forgotten (a re-send older than that is written again).
         self._written: collections.OrderedDict[tuple, _TargetWrite] = collections.OrderedDict()
@@ -483,6 +483,11 @@ class GatewayNode(Controlled):
                 continue
             if item is None:  # stop() woke this writer
                 continue
+            if isinstance(item, SharedWork):  # another writer's bundle (_offer_help)
+                helped = item.help()
+                if helped:
+                    self.events.count("objects_written_helping", helped)
+                continue
             if isinstance(item, Decoded):  # read here
                 self._guard(item.chunk_id, lambda: self._write_chunk(item))
                 self.in_flight.release(item.chunk_id)
@@ -530,28 +535,40 @@ class GatewayNode(Controlled):
         # pacer's lock per object cost ~1 us a small file).
         if paced and not self.pacer.take_all(sum(len(data) for _, data, _ in todo), stop=self.stopping):
             return  # stopping
+        work = SharedWork(len(todo), lambda k: self._write_target(chunk.chunk_id, todo[k][0],
+                                                                  dests[todo[k][2].dest].store, todo[k][2], todo[k][1]))
+        if len(todo) > 1:
+            self._offer_help(work)
         written: list[dict] = []
         fresh_objects = fresh_bytes = 0  # counted once per chunk: a lock per count per object cost more
-        try:
-            for i, data, target in todo:
-                try:
-                    result, new = self._write_target(chunk.chunk_id, i, dests[target.dest].store, target, data)
-                except Exception as exc:  # noqa: BLE001 - reported as this object's failure
-                    self.events.failed(chunk.chunk_id, self._as_error(chunk.chunk_id, exc), objects=[i],
-                                       region=region)
-                    continue
-                if new:
-                    fresh_objects += 1
-                    fresh_bytes += len(data)
-                written.append({"i": i, "dest": target.dest, "key": target.key, **result})
-        finally:
-            if fresh_objects:
-                self.events.count("bytes_written", fresh_bytes)
-                self.events.count("objects_written", fresh_objects)
+        for (i, data, target), outcome in zip(todo, work.finish()):
+            if isinstance(outcome, Exception):
+                self.events.failed(chunk.chunk_id, self._as_error(chunk.chunk_id, outcome), objects=[i],
+                                   region=region)
+                continue
+            result, new = outcome
+            if new:
+                fresh_objects += 1
+                fresh_bytes += len(data)
+            written.append({"i": i, "dest": target.dest, "key": target.key, **result})
         if fresh_objects:
+            self.events.count("bytes_written", fresh_bytes)
+            self.events.count("objects_written", fresh_objects)
             self.events.count("chunks_written")
         if written:
             self.events.written(chunk_id=chunk.chunk_id, region=region, integrity=chunk.integrity, objects=written)
+
+    def _offer_help(self, work: SharedWork) -> None:
+        """Hand ``work`` (a bundle's writes) to the writers that wait for a chunk, through the write
+        queue: only when it is empty (else no writer waits, and a token would delay a chunk behind
+        it), one token per other writer at most. A token taken after the work is done is a no-op."""
+        if not self._writes.empty():
+            return
+        for _ in range(min(self.config.writers, len(work)) - 1):
+            try:
+                self._writes.put_nowait(work)
+            except queue.Full:
+                return
 
     def _write_target(self, chunk_id: int, i: int, store_uri: str, target: Target,
                       data: bytes | bytearray) -> tuple[dict, bool]:

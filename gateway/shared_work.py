@@ -1,11 +1,12 @@
-"""The steps of one chunk (its objects' reads) done by the worker that took the chunk and by the
-workers of the same pool that are idle meanwhile.
+"""The steps of one chunk (its objects' reads, or writes) done by the worker that took the chunk and
+by the workers of the same pool that are idle meanwhile.
 
 Why: small objects travel many to a chunk (a bundle of up to 1,024: gateway/sizing.py), and a bundle's
 reads are one GET each. Read by its own reader alone, the last bundles of a job kept 2-3 of a
 gateway's 8 readers busy over the last 30-40% of a 20,000-object copy from moto, the others idle
 (docs/benchmarks.md, "Scale"). Smaller bundles would cost a frame, a seal and an event each, and
 were measured slower; idle readers helping cost nothing while every reader has a chunk of its own.
+A bundle's writes are one request each too, and its writer is helped the same way.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ class SharedWork(Generic[T]):
     :meth:`help` or :meth:`finish`. A step's exception is its result: the others go on."""
 
     def __init__(self, n: int, step: Callable[[int], T]) -> None:
-        self._n, self._step = n, step
+        self._n = n
+        self._step: Callable[[int], T] | None = step  # dropped once every step is taken (it may hold buffers)
         self._next = 0  # the next step nobody took
         self._busy = 0  # steps taken and not finished
         self._results: list[T | Exception | None] = [None] * n
         self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return self._n
 
     @property
     def open(self) -> bool:
@@ -43,8 +48,11 @@ class SharedWork(Generic[T]):
                     return done
                 self._next = i + 1
                 self._busy += 1
+                step = self._step
+                if self._next == self._n:
+                    self._step = None  # a helper's stale handle on this work holds nothing of the chunk
             try:
-                result: T | Exception = self._step(i)
+                result: T | Exception = step(i)  # type: ignore[misc] - set until the last step is taken
             except Exception as exc:  # noqa: BLE001 - the step's own failure, reported by the owner
                 result = exc
             done += 1

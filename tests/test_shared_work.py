@@ -63,3 +63,24 @@ def test_idle_readers_help_read_a_bundle_from_moto_and_every_object_arrives_whol
     counters = job.clients[SRC].status(10**9)["counters"]
     assert 0 < counters["objects_read_helping"] < 120
     assert counters["bytes_read"] == sum(map(len, objects.values()))
+
+
+def test_idle_writers_help_write_a_bundle_to_moto_and_every_object_arrives_whole(jobs, stores, s3_bucket):
+    """One chunk of 120 small objects to moto, a destination gateway with 4 writers: the three without
+    a chunk write part of the bundle (``objects_written_helping``), and every object arrives whole,
+    reported in one ``written`` event."""
+    job = jobs(chain(), overrides={DST: {"writers": 4}})
+    src = open_store(stores["src"])
+    objects = {f"b/{i:03d}": (b"%d;" % i) * (40 + i) for i in range(120)}
+    for k, v in objects.items():
+        src.write(k, v)
+    entries = [obj(k, len(v), to(0, "in/" + k)) for k, v in objects.items()]
+    assert job.clients[SRC].submit(batch(stores["src"], [(DST, s3_bucket)], chunk(0, *entries))) == 1
+    (written,) = job.events(DST, 1, kind="written")
+    assert sorted(o["i"] for o in written["objects"]) == list(range(120))
+    assert all(o["receipt"]["size"] == len(objects[o["key"][3:]]) for o in written["objects"])
+    dst = open_store(s3_bucket)
+    assert {o.key: dst.read(o.key) for o in dst.list()} == {"in/" + k: v for k, v in objects.items()}
+    counters = job.clients[DST].status(10**9)["counters"]
+    assert 0 < counters["objects_written_helping"] < 120
+    assert counters["objects_written"] == 120 and counters["chunks_written"] == 1
