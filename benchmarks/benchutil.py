@@ -4,10 +4,12 @@ result lines. Imported by the scripts in this directory (``python benchmarks/x.p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -185,6 +187,19 @@ class TreeCPU:
             name = label(self._names.get(key, ""))
             out[name] = out.get(name, 0.0) + cpu - self._base.get(key, 0.0)
         return out
+
+
+@contextlib.contextmanager
+def sampled_alike(marker: str) -> Iterator[None]:
+    """Run a baseline under the sampler that measures our runs (:class:`TreeCPU`, every 0.1 s), its
+    figures dropped. Each sample reads every process's ``stat`` and new ones' command lines: ~0.035
+    CPU-s per second here, taken from the two cores the stores and the tool under test share. A
+    baseline timed without it had that CPU for itself, and ours did not."""
+    tree = TreeCPU(os.getpid(), marker=marker, from_now=True)
+    try:
+        yield
+    finally:
+        tree.total()
 
 
 def our_role(cmdline: str) -> str:

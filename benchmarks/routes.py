@@ -24,7 +24,9 @@ Every copy is checked object by object (sha256) against the source, then deleted
 run's CPU: the tool's own (ours: the CLI process, the job's coordinator, which runs detached, and
 every gateway process and worker; rclone: its process; Airflow: the worker process during
 ``execute()``) and the stores' (the two emulators' processes), as CPU-seconds per GiB and per 1,000
-objects. Prints a table per mix and
+objects. Ours' CPU is sampled from /proc every 0.1 s (its coordinator is nobody's child); rclone and
+Airflow run under the same sampler, its figures dropped (``benchutil.sampled_alike``), so that none
+runs with the CPU it costs for itself. Prints a table per mix and
 ``routes ours/baseline=R`` lines (R = the baseline's seconds / ours: above 1, we are faster).
 """
 
@@ -44,7 +46,7 @@ from pathlib import Path
 
 from baselines import AIRFLOW_NAMES, AIRFLOW_OPERATORS, airflow_env, rclone_remote, run_airflow, run_rclone
 from benchutil import (MiB, Timer, TreeCPU, clean_up, compile_ours, cpu_seconds, machine_line, our_role,
-                       ratio_line)
+                       ratio_line, sampled_alike)
 from gateway.stores import open_store
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import EmulatorSet, start_all
@@ -227,7 +229,8 @@ def main() -> int:
                         a_dst = dest = dst_root + "/airflow/"
 
                     def go_airflow():
-                        r = run_airflow(operator, bucket_name(src_root), "data/", a_dst, a_env)
+                        with sampled_alike(os.environ["SKYPLANE_HOME"]):  # as ours is measured
+                            r = run_airflow(operator, bucket_name(src_root), "data/", a_dst, a_env)
                         return r.seconds, r.cpu_seconds
 
                     measured(f"Airflow {AIRFLOW_NAMES[operator]}", dest, go_airflow)
@@ -236,8 +239,9 @@ def main() -> int:
                              **rclone_remote("dst", dst_kind, emulators.endpoints[dst_kind])}
 
                     def go_rclone():
-                        r = run_rclone(f"src:{bucket_name(src_root)}/data", f"dst:{bucket_name(dst_root)}/rclone",
-                                       r_env, RCLONE_TRANSFERS)
+                        with sampled_alike(os.environ["SKYPLANE_HOME"]):  # as ours is measured
+                            r = run_rclone(f"src:{bucket_name(src_root)}/data", f"dst:{bucket_name(dst_root)}/rclone",
+                                           r_env, RCLONE_TRANSFERS)
                         return r.seconds, r.cpu_seconds
 
                     measured(f"rclone --transfers {RCLONE_TRANSFERS}", dst_root + "/rclone/", go_rclone)

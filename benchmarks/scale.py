@@ -22,7 +22,11 @@ benchmarks/server_side.py.) Side by side in one run:
   verification, teardown), in a child process (as ``--before`` runs: neither counts this process's
   samplers).
 
-Measured for ours: peak RSS (``VmHWM``) of the coordinator process and of each gateway process
+rclone runs under the same /proc samplers as ours (``benchutil.sampled_alike`` and the peak RSS
+sampler, whose figure for rclone is printed too): they cost CPU that moto, on the same two cores,
+would otherwise have had, and until 2026-12-07 only our runs paid it.
+
+Measured for ours: peak RSS (``VmHWM``) of the coordinator process and of each gateway process (and rclone's)
 (sampled every 0.2 s from /proc: every process whose command line names this run's
 ``SKYPLANE_HOME``, and their children), seconds from the call to the first destination file
 written whole (a watcher polls the destination; a gateway's temp file does not count), CPU-seconds
@@ -58,7 +62,7 @@ from pathlib import Path
 
 from baselines import rclone_remote, run_rclone
 from benchutil import (REPO, MiB, Timer, TreeCPU, _cmdline, clean_up, compile_ours, cpu_seconds, machine_line, our_role,
-                       peak_rss_mib, ratio_line, status_kib)
+                       peak_rss_mib, ratio_line, sampled_alike, status_kib)
 from small_files import make_tree
 
 from gateway.stores.local import TMP_DIR
@@ -335,14 +339,27 @@ def main() -> int:
 
         for n in range(1, args.rounds + 1):
             theirs = fresh("rclone")
-            rclone = measured("rclone", lambda: run_rclone(rclone_src, str(theirs), env, args.transfers,
-                                                           extra=("--checkers", str(args.transfers))))
+
+            def run_theirs():
+                # Under the samplers that measure ours (run_ours), their figures dropped but rclone's
+                # peak RSS: each costs CPU that the two cores' other users (moto) then lack.
+                with sampled_alike(str(scratch)):
+                    rss = PeakRSS(str(theirs))
+                    try:
+                        run = run_rclone(rclone_src, str(theirs), env, args.transfers,
+                                         extra=("--checkers", str(args.transfers)))
+                    finally:
+                        peaks = rss.stop()
+                return run, peaks
+
+            rclone, rclone_peaks = measured("rclone", run_theirs)
             if digests("file://" + str(theirs)) != expected:
                 raise SystemExit("rclone's copy does not match the source")
             print(f"  round {n} rclone: {rclone.seconds:.2f} s ({machine_line()})", flush=True)
             results.append((n, "rclone", store_cpu.get("rclone", 0.0), {"seconds": rclone.seconds,
                                                                          "rclone_cpu": rclone.cpu_seconds,
-                                                                         "busy": store_busy.get("rclone")}))
+                                                                         "busy": store_busy.get("rclone"),
+                                                                         "peaks": rclone_peaks}))
             for name, code in (codes.items() if n % 2 else reversed(codes.items())):
                 dst = fresh(name)
                 r = measured(name, lambda: run_child(code, ours_src, dst, args.source, scratch / f"home-{n}"
@@ -367,7 +384,7 @@ def main() -> int:
             if name == "rclone":
                 print(f"| {n} | rclone copy --transfers {args.transfers} --checkers {args.transfers} | "
                       f"{r['seconds']:.2f} | {count / r['seconds']:.0f} | {r['rclone_cpu'] * per_k:.3f} | {moto_k} | "
-                      f"{busy(r)} | | |")
+                      f"{busy(r)} | {max((m for v in r['peaks'].values() for m in v), default=0):.0f} | |")
                 continue
             cpu, first = r["cpu"], r["first"]
             rss_text = ", ".join(f"{k} {max(v):.0f} (of {len(v)})" for k, v in sorted(r["peaks"].items()))
