@@ -4,7 +4,7 @@ Root URIs (as :attr:`gateway.stores.uri.StoreURI.root_uri` gives them)::
 
     s3://bucket                 Amazon S3 (botocore)
     gs://bucket                 Google Cloud Storage (its JSON API over urllib3, google-auth)
-    az://account/container      Azure Blob Storage (azure-storage-blob)
+    az://account/container      Azure Blob Storage (its REST API over urllib3)
     file:///some/dir            a local directory (keys are paths relative to it)
 
 Credentials document

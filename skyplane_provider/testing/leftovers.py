@@ -31,7 +31,9 @@ def leftovers(root_uri: str, prefix: str = "") -> list[str]:
         return sorted(u["Key"] for page in pages for u in page.get("Uploads", []))
     if store.scheme == "gs":
         return sorted(item["name"] for item in store._list_all(PARTS_PREFIX))  # noqa: SLF001 - every object there
-    container = store._container  # noqa: SLF001
+    from azure.storage.blob import ContainerClient
+
+    container = ContainerClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"], store.container)
     committed = {b.name for b in container.list_blobs(name_starts_with=prefix or None)}
     return sorted(b.name for b in container.list_blobs(name_starts_with=prefix or None, include=["uncommittedblobs"])
                   if b.name not in committed)
