@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gateway.stores import open_store
-from gateway.stores.azure import StaticTokenCredential
+from gateway.stores.azure_api import Bearer
 from planner.errors import CredentialsError, CredentialsExpiredError
 from skyplane_provider.testing.faultproxy import FaultProxy
 from skyplane_provider.testing.samples import digests, put_objects, sha256s
@@ -98,14 +98,12 @@ def test_an_expired_or_empty_token_is_refused_before_any_gateway(scheme, emulato
     assert not (sky_home / "jobs").exists()
 
 
-def test_an_azure_token_is_a_static_token_credential():
-    """What the SDK's bearer policy asks: the token as given, expiring when the entry says."""
+def test_an_azure_token_is_a_bearer_token_as_given():
+    """What the store's client sends: the token as given, in no repr."""
     store = open_store("az://acct1/cont1", {"az://acct1": {"account_url": "https://acct1.blob.core.windows.net",
                                                            "access_token": TOKEN, "expiration": "2030-01-01T00:00:00Z"}})
-    credential = store._service.credential  # noqa: SLF001
-    assert isinstance(credential, StaticTokenCredential) and TOKEN not in repr(credential)
-    token = credential.get_token("https://storage.azure.com/.default")
-    assert token.token == TOKEN and token.expires_on == int(datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp())
+    auth = store._client.auth  # noqa: SLF001
+    assert isinstance(auth, Bearer) and auth.token == TOKEN and TOKEN not in repr(auth)
 
 
 def test_an_entra_id_identity_through_wasbhook_writes_to_azurite_with_its_tokens(entra_azurite, tmp_path,

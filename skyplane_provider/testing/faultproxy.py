@@ -155,7 +155,10 @@ class FaultProxy:
                 if proxy.delay:
                     time.sleep(proxy.delay)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                # Header names in any case (HTTP's are case-insensitive): a client's own "content-length"
+                # next to ours made two, which Azurite's HTTP parser refuses (400, no answer headers).
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"}
                 headers["Content-Length"] = str(len(body))
                 conn.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None,
                              headers=headers)
