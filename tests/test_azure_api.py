@@ -125,6 +125,8 @@ def test_errors_map_as_before(azure_container, emulators):
             call(open_store(azure_container, wrong))
     with pytest.raises(CredentialsError, match="not base64"):
         open_store(azure_container, {azure_container: {"account_url": account_url, "account_key": "not base64!"}})
+    with pytest.raises(CredentialsError, match="over https only"):  # never sent in the clear (azure-core refused too)
+        open_store(azure_container, {azure_container: {"account_url": account_url, "access_token": "t"}})
     container = azure_container.rsplit("/", 1)[1]
     expired = _container_sas(container, "rl", datetime.now(timezone.utc) - timedelta(minutes=1))
     with pytest.raises(CredentialsExpiredError, match="expire"):  # the SAS's se= has passed: its expiry

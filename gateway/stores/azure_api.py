@@ -267,6 +267,9 @@ def make_client(account: str, settings: dict[str, Any]) -> AzureClient:
             sas = settings["sas_token"].lstrip("?")
         elif "access_token" in settings:
             auth = Bearer(bearer_token(settings, "az", f"an Entra ID access token for {STORAGE_SCOPE}"))
+            if url.scheme != "https":  # as azure-core refuses: a bearer token is never sent in the clear
+                raise CredentialsError(f"an Entra ID access token for account {account!r} is sent over https "
+                                       f"only, and the account_url {base!r} is not", hint="give the https endpoint")
         return AzureClient(account, base, auth, sas)
     raise CredentialsError(f"no Azure credentials for account {account!r}", hint=CREDENTIALS_HINT)
 
