@@ -54,7 +54,8 @@ def test_every_verb_is_accepted(kind, azure_container, emulators):
     key = "dir/a key+with%odd~chars é"
     written = store.write(key, bytearray(data))
     assert written.size == len(data) and written.md5 == store.head(key).md5 and store.head(key).size == len(data)
-    assert store.read(key) == data and store.read(key, 100, 50) == data[100:150] and store.read(key, len(data), 5) == b""
+    assert store.read(key) == data and store.read(key, 100, 50) == data[100:150]
+    assert store.read(key, len(data), 5) == b""
     view = bytearray(300)
     assert store.read_into(key, 9000, memoryview(view)) == 300 and view == data[9000:9300]
     assert store.read_into(key, len(data) - 40, memoryview(view)) == 40 and view[:40] == data[-40:]
@@ -76,7 +77,8 @@ def test_every_verb_is_accepted(kind, azure_container, emulators):
     with pytest.raises(ConflictError):
         store.write_if("state", b"3", version)
     url = store.presign(key, 60)  # (Azurite has no Put Block From URL: copy_part_from is not tried)
-    assert store.copy_from(CopySource(store=azure_container, key=key, size=len(data), url=url), "copy")[0].size == len(data)
+    source = CopySource(store=azure_container, key=key, size=len(data), url=url)
+    assert store.copy_from(source, "copy")[0].size == len(data)
     page, token = store.list_page("", limit=2)
     rest, end = store.list_page("", token)
     assert [o.key for o in page + rest] == ["big", "copy", key, "state"] and end is None
