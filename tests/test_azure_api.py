@@ -42,10 +42,13 @@ def _entry(kind: str, root: str, endpoint: str) -> dict:
         return {root: {"connection_string": connection_string(endpoint)}}
     if kind == "account_key":
         return {root: {"account_url": account_url, "account_key": AZURITE_KEY}}
-    return {root: {"account_url": account_url, "sas_token": _container_sas(root.rsplit("/", 1)[1], "racwdl")}}
+    sas = _container_sas(root.rsplit("/", 1)[1], "racwdl")
+    if kind == "connection_string_sas":
+        return {root: {"connection_string": f"BlobEndpoint={account_url};SharedAccessSignature={sas}"}}
+    return {root: {"account_url": account_url, "sas_token": sas}}
 
 
-@pytest.mark.parametrize("kind", ["environment", "connection_string", "account_key", "sas"])
+@pytest.mark.parametrize("kind", ["environment", "connection_string", "account_key", "sas", "connection_string_sas"])
 def test_every_verb_is_accepted(kind, azure_container, emulators):
     """Shared Key (Azurite checks the signature of every request) and a container SAS."""
     store = open_store(azure_container, _entry(kind, azure_container, emulators.endpoints["azure"]))
@@ -108,6 +111,22 @@ def test_the_shared_key_signature_is_azure_storage_blobs():
     from azure.storage.blob._serialize import _SUPPORTED_API_VERSIONS
 
     assert API_VERSION == _SUPPORTED_API_VERSIONS[-1]  # the version azure-storage-blob sends
+
+
+def test_a_connection_string_is_read_as_azure_storage_blob_reads_it():
+    """Azurite's well-known development account, the endpoint a suffix makes, a SAS in the string."""
+    from gateway.stores.azure_api import DEV_ENDPOINT, make_client
+
+    dev = make_client(AZURITE_ACCOUNT, {"connection_string": "UseDevelopmentStorage=true"})
+    assert dev.base == DEV_ENDPOINT and isinstance(dev.auth, SharedKey) and dev.auth.account_key == AZURITE_KEY
+    cloud = make_client("acct", {"connection_string": f"DefaultEndpointsProtocol=https;AccountName=acct;"
+                                                      f"AccountKey={AZURITE_KEY};EndpointSuffix=core.chinacloudapi.cn"})
+    assert cloud.base == "https://acct.blob.core.chinacloudapi.cn" and cloud.sas is None
+    sas = make_client("acct", {"connection_string": "BlobEndpoint=https://acct.blob.core.windows.net/;"
+                                                    "SharedAccessSignature=sv=2026-10-06&sig=abc%3D"})
+    assert sas.auth is None and sas.url("/c/k") == "https://acct.blob.core.windows.net/c/k?sv=2026-10-06&sig=abc%3D"
+    with pytest.raises(CredentialsError, match="is for account 'acct', not 'other'"):
+        make_client("other", {"connection_string": f"AccountName=acct;AccountKey={AZURITE_KEY}"})
 
 
 def test_errors_map_as_before(azure_container, emulators):
