@@ -1,4 +1,4 @@
-"""CPU per small S3 read from moto: the S3 store's direct GETs against the same reads through
+"""CPU per small S3 read from moto: the S3 store's light client against the same reads through
 botocore's client, and what moto spends on each; then moto's own CPU for listing a tree flat (as our
 listing asks) against directory by directory (as rclone's does).
 
@@ -7,9 +7,10 @@ listing asks) against directory by directory (as rclone's does).
 
 Reads: ``--objects`` objects seeded into a bucket of a moto_server started for the run, each read
 whole with ``S3Store.read_into`` (one byte past its size, as a gateway reads), one at a time, in
-rounds that alternate the two paths: ``botocore`` (the store with no direct path: every read is a
-``get_object`` call) and ``ours`` (the store as the gateways open it: after its first read, direct
-GETs, gateway/stores/s3_direct.py). CPU-seconds per 1,000 reads of this process and of moto.
+rounds that alternate the two paths: ``botocore`` (the store on botocore alone, as where the light
+client does not apply: every read is a ``get_object`` call) and ``ours`` (the store as the gateways
+open it: the light client, gateway/stores/s3_api.py). CPU-seconds per 1,000 reads of this process
+and of moto.
 ``--profile``: a cProfile (CPU time) of each path's last round, its top lines printed.
 
 Listing: moto's backend in this process (no HTTP: what its server spends for the same requests
@@ -33,7 +34,7 @@ from pathlib import Path
 from benchutil import clean_up, cpu_seconds, machine_line
 
 from gateway.stores import open_store
-from gateway.stores.s3 import S3Store
+from gateway.stores.s3 import S3Clients, S3Store
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import start_all
 from skyplane_provider.transfer.request import parse_size
@@ -110,12 +111,15 @@ def main() -> int:
         moto_pid = emulators.running["s3"].pid
         bucket = create_bucket("s3")
         ours = open_store(bucket)
-        botocore_only = S3Store(ours.bucket, ours._client)  # noqa: SLF001 - the same client, no direct path
+        botocore_clients = S3Clients({})
+        botocore_clients.api = None  # the same settings, botocore for every verb
+        botocore_only = S3Store(ours.bucket, botocore_clients)
         keys = [f"d{i // 1000:04d}/f{i:07d}" for i in range(args.objects)]
         block = os.urandom(size + args.objects)
         for i, key in enumerate(keys):
             ours.write(key, block[i:i + size])
-        read_round(ours, keys[:1], size, moto_pid)  # the store's first read shows the route
+        for store in (ours, botocore_only):
+            read_round(store, keys[:1], size, moto_pid)  # connections opened, botocore's client built
         totals = {"botocore": [0.0, 0.0], "ours": [0.0, 0.0]}
         profiles = {name: cProfile.Profile(time.process_time) for name in totals} if args.profile else {}
         for r in range(args.rounds):

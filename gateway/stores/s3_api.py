@@ -18,7 +18,7 @@ learns it from a redirect.
 
 Retries (docs/reliability.md "One retry budget"): ``attempts`` per call (``s3.sdk_attempts``) with
 botocore's standard backoff (waits drawn from 0-1 s doubling to 20 s, at least a ``Retry-After``), on
-5xx, 408/429, throttling codes and requests that got no (whole) answer; a throttled answer also slows
+500/502/503/504, 408/429, throttling codes and requests that got no (whole) answer; a throttled answer also slows
 the whole client (:class:`~.http_pool.RateLimiter`, as botocore's adaptive mode did).
 """
 
@@ -46,13 +46,15 @@ AWS_BASE = "https://{bucket}.s3.{region}.amazonaws.com"
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
 _NS = "{*}"  # any namespace or none: S3 answers in its 2006-03-01 one, some compatible servers in none
-#: Error codes S3 throttles with (botocore's standard retry's throttling codes, and S3's own).
-THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded",
-                        "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
-                        "TooManyRequests", "ProvisionedThroughputExceededException", "TransactionInProgressException",
-                        "BandwidthLimitExceeded", "EC2ThrottledException", "PriorRequestNotComplete"})
-#: Transient error codes botocore's standard retry tries again whatever their status.
-_TRANSIENT = frozenset({"RequestTimeout", "RequestTimeoutException", "InternalError"})
+#: Error codes of throttling (botocore's standard retry's list).
+THROTTLING = frozenset({"Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+                        "TooManyRequestsException", "ProvisionedThroughputExceededException",
+                        "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+                        "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+                        "EC2ThrottledException"})
+#: Transient error codes and statuses botocore's standard retry tries again (with 408 and 429).
+_TRANSIENT = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: Errors of a request that never got an answer, or whose answer was cut off.
 CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
 
@@ -87,10 +89,10 @@ class NoCredentials(Exception):
 
 
 def retryable(exc: BaseException) -> bool:
-    """What a call's attempts retry: 5xx, 408, 429, throttling and transient codes, and requests that
-    got no (whole) answer."""
+    """What a call's attempts retry: 500/502/503/504, 408, 429, throttling and transient codes, and
+    requests that got no (whole) answer (botocore's standard retry, with 408 and 429)."""
     if isinstance(exc, S3Error):
-        return exc.status >= 500 or exc.status in (408, 429) or exc.code in THROTTLING or exc.code in _TRANSIENT
+        return exc.status in _TRANSIENT_STATUS or exc.code in THROTTLING or exc.code in _TRANSIENT
     return isinstance(exc, CONNECTION_ERRORS)
 
 
@@ -167,7 +169,7 @@ class S3Api:
         asked = self._route_for(bucket, self.region or "us-east-1")
 
         def learn() -> str:
-            response = self._send(asked, "HEAD", "", "", {}, None, preload=True)
+            response = self._send(asked, "HEAD", None, "", {}, None, preload=True)
             region = response.headers.get("x-amz-bucket-region")
             if not region:
                 raise S3Error.of(response)
