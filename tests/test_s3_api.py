@@ -336,3 +336,17 @@ assert not loaded, loaded
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_no_credentials_anywhere_is_a_credentials_error(monkeypatch, tmp_path):
+    """Neither the entry, the environment nor the rest of botocore's chain has keys (instance metadata
+    switched off: nothing leaves the host): the first request is refused before it is sent."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none-either"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = open_store("s3://bkt", {"s3": {"endpoint_url": "http://127.0.0.1:9"}})
+    assert store._api is not None
+    with pytest.raises(CredentialsError, match="no AWS credentials for s3://bkt/k"):
+        store.read("k")

@@ -106,12 +106,6 @@ def light_settings(settings: dict[str, Any]) -> dict[str, Any] | None:
     return light
 
 
-def warm() -> None:
-    """Nothing to warm: importing this module (``gateway.stores.preload``) loads the light client; its
-    first request builds nothing more. (botocore, which took ~0.1 CPU-s to load its S3 model for a
-    first client, is loaded only where it is used.)"""
-
-
 def make_client(settings: dict[str, Any]) -> Any:
     """A botocore S3 client for a credentials entry (``s3_botocore.make_client``), for client-side
     work that wants one (creating buckets)."""
