@@ -201,12 +201,19 @@ class S3Api:
              read: Callable[[Any], Any] | None = None) -> Any:
         """A request within the call's attempts: the urllib3 response of an answer below 300, its body
         read; or, with ``read``, what ``read(response)`` returns (it reads the body itself, within the
-        attempt: a body cut off is tried again). An error answer raises :class:`S3Error`."""
+        attempt: a body cut off is tried again). An error answer raises :class:`S3Error`, and so does a
+        200 whose body is an error document (S3 sends one when a long call such as
+        CompleteMultipartUpload fails after its answer started), except for an object's own bytes:
+        botocore takes it for a 500, retried, for every verb but those with a streaming body."""
         route = self.route(bucket)
         query = encode_query(params) if params else ""
+        object_bytes = method == "GET" and key is not None and not params
 
         def attempt() -> Any:
             response = self._send(route, method, key, query, headers or {}, body, preload=read is None)
+            if response.status < 300 and read is None and not object_bytes and _is_error_document(response.data):
+                error = S3Error.of(response)
+                raise S3Error(500, error.code, error.message, response)
             if response.status >= 300:
                 error = S3Error.of(response)
                 if read is not None:
@@ -269,21 +276,14 @@ class S3Api:
                          body=data).headers.get("etag")
 
     def complete_multipart(self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
-        """CompleteMultipartUpload of ``(part number, ETag)`` in order. S3 may answer 200 and an error
-        document (once the answer has started): that is an error too, retried as botocore retries it."""
+        """CompleteMultipartUpload of ``(part number, ETag)`` in order (an error S3 sends after its 200
+        has started is one: :meth:`call`)."""
         body = ("<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
                 + "".join(f"<Part><ETag>{_escape(etag)}</ETag><PartNumber>{n}</PartNumber></Part>"
                           for n, etag in parts)
                 + "</CompleteMultipartUpload>").encode()
 
-        def complete(response: Any) -> None:
-            data = response.data
-            response.release_conn()
-            if data.lstrip().startswith(b"<?xml") and b"<Error>" in data[:512]:
-                error = S3Error.of(response, data)
-                raise S3Error(500 if error.code == "InternalError" else 400, error.code, error.message, response)
-
-        self.call(bucket, "POST", key, params={"uploadId": upload_id}, body=body, read=complete)
+        self.call(bucket, "POST", key, params={"uploadId": upload_id}, body=body)
 
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         self.call(bucket, "DELETE", key, params={"uploadId": upload_id})
@@ -321,7 +321,18 @@ def _quote_key(key: str) -> str:
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    """XML text, escaped as botocore's serializer (ElementTree) escapes it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _is_error_document(data: bytes) -> bool:
+    """Whether a 200's body is S3's error document (its root element ``Error``)."""
+    if b"<Error>" not in data[:512]:
+        return False
+    try:
+        return ElementTree.fromstring(data).tag.rpartition("}")[2] == "Error"
+    except ElementTree.ParseError:
+        return False
 
 
 def _xml(response: Any) -> ElementTree.Element:
