@@ -1,16 +1,17 @@
-"""CPU per small S3 read from moto: the S3 store's direct GETs against the same reads through
-botocore's client, and what moto spends on each; then moto's own CPU for listing a tree flat (as our
-listing asks) against directory by directory (as rclone's does).
+"""CPU per small S3 read, write and HEAD from moto: the S3 store's light client against the same
+calls through botocore's client, and what moto spends on each; then moto's own CPU for listing a tree
+flat (as our listing asks) against directory by directory (as rclone's does).
 
     .venv/bin/python benchmarks/s3_small_reads.py [--objects 2000] [--size 1KiB] [--rounds 3]
                                                   [--listing 100000] [--profile]
 
 Reads: ``--objects`` objects seeded into a bucket of a moto_server started for the run, each read
-whole with ``S3Store.read_into`` (one byte past its size, as a gateway reads), one at a time, in
-rounds that alternate the two paths: ``botocore`` (the store with no direct path: every read is a
-``get_object`` call) and ``ours`` (the store as the gateways open it: after its first read, direct
-GETs, gateway/stores/s3_direct.py). CPU-seconds per 1,000 reads of this process and of moto.
-``--profile``: a cProfile (CPU time) of each path's last round, its top lines printed.
+whole with ``S3Store.read_into`` (one byte past its size, as a gateway reads), then written again
+(``write``) and HEADed, one at a time, in rounds that alternate the two paths: ``botocore`` (the
+store on botocore alone, as where the light client does not apply: every read is a ``get_object``
+call) and ``ours`` (the store as the gateways open it: the light client, gateway/stores/s3_api.py).
+CPU-seconds per 1,000 calls of this process and of moto, per verb.
+``--profile``: a cProfile (CPU time) of each path's last round of reads, its top lines printed.
 
 Listing: moto's backend in this process (no HTTP: what its server spends for the same requests
 before the XML), ``--listing`` keys at 1,000 per directory (benchmarks/small_files.py's tree), listed
@@ -29,30 +30,39 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from benchutil import clean_up, cpu_seconds, machine_line
 
 from gateway.stores import open_store
-from gateway.stores.s3 import S3Store
+from gateway.stores.s3 import S3Clients, S3Store
 from skyplane_provider.testing.buckets import create_bucket
 from skyplane_provider.testing.emulators import start_all
 from skyplane_provider.transfer.request import parse_size
 
 
-def read_round(store: S3Store, keys: list[str], size: int, moto_pid: int,
-               profile: cProfile.Profile | None = None) -> tuple[float, float]:
-    """(our, moto's) CPU-seconds for reading every key whole once."""
-    buf = bytearray(size + 1)
+def timed_round(store: S3Store, keys: list[str], op: Callable[[S3Store, str], object], moto_pid: int,
+                profile: cProfile.Profile | None = None) -> tuple[float, float]:
+    """(our, moto's) CPU-seconds for ``op(store, key)`` on every key once."""
     ours, moto = time.process_time(), cpu_seconds(moto_pid)
     if profile:
         profile.enable()
-    with memoryview(buf) as view:
-        for key in keys:
-            if store.read_into(key, 0, view) != size:
-                raise SystemExit(f"{key}: a short read")
+    for key in keys:
+        op(store, key)
     if profile:
         profile.disable()
     return time.process_time() - ours, cpu_seconds(moto_pid) - moto
+
+
+def reader(size: int) -> Callable[[S3Store, str], object]:
+    """Read a key whole into a buffer of one byte more (as a gateway reads)."""
+    view = memoryview(bytearray(size + 1))
+
+    def read(store: S3Store, key: str) -> None:
+        if store.read_into(key, 0, view) != size:
+            raise SystemExit(f"{key}: a short read")
+
+    return read
 
 
 def listing_cost(count: int) -> tuple[float, int, float, int]:
@@ -110,31 +120,39 @@ def main() -> int:
         moto_pid = emulators.running["s3"].pid
         bucket = create_bucket("s3")
         ours = open_store(bucket)
-        botocore_only = S3Store(ours.bucket, ours._client)  # noqa: SLF001 - the same client, no direct path
+        botocore_clients = S3Clients({})
+        botocore_clients.api = None  # the same settings, botocore for every verb
+        botocore_only = S3Store(ours.bucket, botocore_clients)
         keys = [f"d{i // 1000:04d}/f{i:07d}" for i in range(args.objects)]
         block = os.urandom(size + args.objects)
         for i, key in enumerate(keys):
             ours.write(key, block[i:i + size])
-        read_round(ours, keys[:1], size, moto_pid)  # the store's first read shows the route
-        totals = {"botocore": [0.0, 0.0], "ours": [0.0, 0.0]}
-        profiles = {name: cProfile.Profile(time.process_time) for name in totals} if args.profile else {}
+        ops = {"reads": reader(size), "writes": lambda store, key: store.write(key, block[:size]),
+               "heads": lambda store, key: store.head(key)}
+        for store in (ours, botocore_only):
+            for op in ops.values():
+                op(store, keys[0])  # connections opened, botocore's client built
+        totals = {(op, name): [0.0, 0.0] for op in ops for name in ("botocore", "ours")}
+        profiles = {name: cProfile.Profile(time.process_time) for name in ("botocore", "ours")} if args.profile else {}
+        per_k = 1000 / len(keys)
         for r in range(args.rounds):
-            for name, store in (("botocore", botocore_only), ("ours", ours)):
-                last = r == args.rounds - 1
-                cpu, moto = read_round(store, keys, size, moto_pid, profiles.get(name) if last else None)
-                totals[name][0] += cpu
-                totals[name][1] += moto
-                per_k = 1000 / len(keys)
-                print(f"  round {r + 1} {name}: {cpu * per_k:.3f} CPU-s per 1,000 reads, moto {moto * per_k:.3f}",
-                      flush=True)
+            for op, call in ops.items():
+                for name, store in (("botocore", botocore_only), ("ours", ours)):
+                    profile = profiles.get(name) if r == args.rounds - 1 and op == "reads" else None
+                    cpu, moto = timed_round(store, keys, call, moto_pid, profile)
+                    totals[op, name][0] += cpu
+                    totals[op, name][1] += moto
+                    print(f"  round {r + 1} {op} {name}: {cpu * per_k:.3f} CPU-s per 1,000, moto {moto * per_k:.3f}",
+                          flush=True)
         per_k = 1000 / (len(keys) * args.rounds)
         print()
-        print("| path | CPU-s per 1,000 reads | moto CPU-s per 1,000 reads |")
-        print("|---|---|---|")
-        for name, (cpu, moto) in totals.items():
-            print(f"| {name} | {cpu * per_k:.3f} | {moto * per_k:.3f} |")
-        print(f"s3_small_reads ours/botocore CPU={totals['ours'][0] / totals['botocore'][0]:.2f} "
-              f"moto={totals['ours'][1] / totals['botocore'][1]:.2f}")
+        print("| verb | path | CPU-s per 1,000 | moto CPU-s per 1,000 |")
+        print("|---|---|---|---|")
+        for (op, name), (cpu, moto) in totals.items():
+            print(f"| {op} | {name} | {cpu * per_k:.3f} | {moto * per_k:.3f} |")
+        for op in ops:
+            print(f"s3_small_reads {op} ours/botocore CPU={totals[op, 'ours'][0] / totals[op, 'botocore'][0]:.2f} "
+                  f"moto={totals[op, 'ours'][1] / totals[op, 'botocore'][1]:.2f}")
         for name, profile in profiles.items():
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(25)

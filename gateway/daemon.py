@@ -162,8 +162,8 @@ def _log_to(path: str) -> None:
 
 def _prepare(store_fd: int | None, schemes: list[str]) -> None:
     """A gateway's work before its config: the job's client waits on the answers of the store channel
-    (``store_fd``), whose first one needs a store's SDK (botocore alone: 0.3-0.6 s), not on the
-    daemon's own modules (0.1-0.2 s), which it needs only at the go. So the SDKs of ``schemes`` load
+    (``store_fd``), whose first one needs a store's adapter and SDK (google-auth, azure-storage-blob;
+    S3's own client), not on the daemon's own modules (0.1-0.2 s), which it needs only at the go. So the SDKs of ``schemes`` load
     at once (not at the first request), the channel is served as soon as they have, and the daemon's
     modules load after that, beside the client's requests."""
     from .stores import preload

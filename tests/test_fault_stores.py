@@ -110,7 +110,7 @@ def _gets_of(key: str):
 
 
 def test_fault_throttled_s3_call_spends_the_sdk_retries_once(s3_bucket, emulators):
-    """The store's own retry is the call's only one: botocore makes SDK_ATTEMPTS attempts, then the
+    """The store's own retry is the call's only one: the S3 client makes SDK_ATTEMPTS attempts, then the
     error says they are spent and carries S3's Retry-After, for the layers above to honour."""
     from gateway.stores import open_store
     from gateway.stores.s3 import SDK_ATTEMPTS
@@ -129,13 +129,13 @@ def test_fault_throttled_s3_call_spends_the_sdk_retries_once(s3_bucket, emulator
     assert proxy.counts.throttled == SDK_ATTEMPTS, proxy.counts
     assert caught.value.retried and caught.value.retry_after == 2.0
     record("fault", "one S3 GET throttled every time (503 SlowDown, Retry-After: 2) through the store",
-           f"{proxy.counts.throttled} attempts (botocore adaptive, max {SDK_ATTEMPTS}), then ThrottledError "
+           f"{proxy.counts.throttled} attempts (the light client's, max {SDK_ATTEMPTS}), then ThrottledError "
            f"marked retried, retry_after={caught.value.retry_after}")
 
 
 def test_fault_throttled_call_that_nothing_resends_gets_sdk_rounds(s3_bucket, emulators):
     """A call the coordinator makes itself (a HEAD while verifying, completing an upload) has no
-    re-send above it: with_retries gives it SDK_ROUNDS rounds of botocore's attempts, no more."""
+    re-send above it: with_retries gives it SDK_ROUNDS rounds of the S3 client's attempts, no more."""
     from gateway.retry import SDK_ROUNDS, with_retries
     from gateway.stores import open_store
     from gateway.stores.s3 import SDK_ATTEMPTS
@@ -153,13 +153,13 @@ def test_fault_throttled_call_that_nothing_resends_gets_sdk_rounds(s3_bucket, em
         proxy.stop()
     assert proxy.counts.throttled == SDK_ATTEMPTS * SDK_ROUNDS == 12, proxy.counts
     record("fault", "one S3 HEAD throttled every time, as the coordinator verifies a copy (nothing re-sends it)",
-           f"{proxy.counts.throttled} attempts ({SDK_ATTEMPTS} by botocore x {SDK_ROUNDS} rounds), then ThrottledError")
+           f"{proxy.counts.throttled} attempts ({SDK_ATTEMPTS} by the S3 client x {SDK_ROUNDS} rounds), then ThrottledError")
 
 
 def test_fault_throttled_s3_read_attempts_in_a_transfer(s3_bucket, emulators, tmp_path, monkeypatch):
-    """A read that S3 throttles every time, end to end: its attempts are botocore's times the chunk's
+    """A read that S3 throttles every time, end to end: its attempts are the S3 client's times the chunk's
     dispatches (no gateway retry stacked on the SDK's), then the transfer fails loudly and leaves
-    nothing at the destination. Before the one retry budget: 4 x 5 x 6 = 120 attempts. botocore's
+    nothing at the destination. Before the one retry budget: 4 x 5 x 6 = 120 attempts. The S3 client's
     attempts are the user's AWS_MAX_ATTEMPTS, which the job's gateways inherit: 2 here, whose backoff
     (~1 s per call against the default 4 attempts' ~3.5 s) is most of the test's time."""
     from planner.errors import TransferError
@@ -180,6 +180,6 @@ def test_fault_throttled_s3_read_attempts_in_a_transfer(s3_bucket, emulators, tm
     assert not (out / "hot.bin").exists()
     record("fault", "one S3 object's GET throttled every time (503 SlowDown) in a transfer to a local directory, "
                     "AWS_MAX_ATTEMPTS=2",
-           f"{proxy.counts.throttled} GET attempts in all (2 by botocore x {MAX_ATTEMPTS} dispatches of "
+           f"{proxy.counts.throttled} GET attempts in all (2 by the S3 client x {MAX_ATTEMPTS} dispatches of "
            f"its chunk; 16 with the default 4, 120 before the one retry budget), then the transfer failed with "
            f"TransferError; the object was not written")

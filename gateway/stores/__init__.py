@@ -2,7 +2,7 @@
 
 Root URIs (as :attr:`gateway.stores.uri.StoreURI.root_uri` gives them)::
 
-    s3://bucket                 Amazon S3 (botocore)
+    s3://bucket                 Amazon S3 (its REST API over urllib3; botocore for rare verbs)
     gs://bucket                 Google Cloud Storage (its JSON API over urllib3, google-auth)
     az://account/container      Azure Blob Storage (its REST API over urllib3)
     file:///some/dir            a local directory (keys are paths relative to it)
@@ -185,7 +185,7 @@ def _make(scheme: str, bucket: str, root: str, entry: dict, env: tuple) -> Objec
         from . import s3
 
         clients = _client(key, lambda: s3.S3Clients(entry))
-        return s3.S3Store(bucket, clients.sdk, clients.direct)
+        return s3.S3Store(bucket, clients)
     if scheme == "gs":
         from . import gcs
 

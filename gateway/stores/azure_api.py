@@ -34,7 +34,7 @@ import urllib3
 
 from planner.errors import CredentialsError
 
-from .common import CONNECT_TIMEOUT, READ_TIMEOUT, bearer_token, body_into, read_then_release
+from .common import CONNECT_TIMEOUT, READ_TIMEOUT, bearer_token, body_into, read_then_release, retry_after_of
 from .http_pool import Backoff, pool_manager
 
 #: The REST API version azure-storage-blob 12.31 sends (its newest): answers have the same shape.
@@ -98,8 +98,8 @@ def storage_wait(retry: int) -> float:
 #: The one retry of an Azure call (docs/reliability.md "One retry budget"): 4 attempts, about 9 s of
 #: waits in all (the SDK's default waited 15 s + 3^n s, 84 s for an unreachable host), at least the
 #: store's Retry-After; nothing above the store retries the call again, only the coordinator re-sends
-#: a failed chunk. The deadline only bounds a long Retry-After.
-RETRY = Backoff(retryable, deadline=30.0, attempts=4, wait=storage_wait, honour_retry_after=True)
+#: a failed chunk. A Retry-After is honoured up to 30 s, and the deadline bounds the whole.
+RETRY = Backoff(retryable, deadline=30.0, maximum=30.0, attempts=4, wait=storage_wait, wait_at_least=retry_after_of)
 
 
 class SharedKey:

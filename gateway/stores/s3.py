@@ -1,26 +1,20 @@
-"""Amazon S3 (and S3-compatible servers such as moto) through botocore.
+"""Amazon S3 (and S3-compatible servers such as moto).
 
-The clients are botocore's own, made without boto3: boto3 adds resources and the managed transfers
-(s3transfer), which a store does not use, and importing them cost every S3 job's gateway ~25 ms of
-CPU before its first request (10 imports each, load 6: 0.174 against 0.150 CPU-s per process).
-Credentials, region and endpoint resolve as boto3's would (the same botocore chain).
+The verbs of a copy go through the light client (gateway/stores/s3_api.py: SigV4 requests on urllib3,
+no botocore imported); the rare ones (presigning, server-side copies, listing parts, creating buckets)
+through a botocore client built on their first use (gateway/stores/s3_botocore.py). A store whose
+settings the light client would not honour as botocore does (:func:`light_settings`) is botocore's for
+every verb, as before. Credentials, region and endpoint resolve as boto3's would (the same precedence:
+the credentials entry, then the environment, then the rest of botocore's chain).
 """
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import http.client
 import os
 import threading
 import urllib.parse
-from typing import Any, Collection
-
-import botocore.exceptions as bex
-import botocore.loaders
-import botocore.session
-from botocore.config import Config
-from botocore.utils import parse_timestamp
+from typing import Any, Callable, Collection
 
 from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, CredentialsError,
                             CredentialsExpiredError, NotFoundError, SkyplaneError, StoreError, StoreUnavailableError,
@@ -28,16 +22,14 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
 
 from ..wire import is_loopback
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import (CONNECT_TIMEOUT, EXPIRED_HINT, POOL_SIZE, READ_TIMEOUT, body_into, check_range, part_numbers,
-                     probe_key, read_then_release, translated)
-from .s3_direct import BucketRoute, DirectGet
+from .common import EXPIRED_HINT, body_into, check_range, part_numbers, probe_key, translated
+from .s3_api import CONNECTION_ERRORS, NoCredentials, S3Api, S3Error, http_time
 
 MiB = 1024**2
 _LIST_REQUEST = 1000  # keys per ListObjectsV2 request at most
-#: Bytes asked of a response body at a time where it cannot be read straight into our buffer
-#: (:func:`_body_into`): urllib3's readinto reads a new buffer of the size asked (http.client: another,
-#: and a copy) and copies it into ours, so whole 64 MiB asks cost three fresh, page-faulted 64 MiB
-#: buffers; 1 MiB ones are reused by malloc (64 MiB from moto: 80 -> 60 ms CPU).
+#: Bytes asked of a botocore response body at a time (:func:`_body_into`): urllib3's readinto reads a
+#: new buffer of the size asked and copies it into ours, so whole 64 MiB asks cost three fresh,
+#: page-faulted 64 MiB buffers; 1 MiB ones are reused by malloc (64 MiB from moto: 80 -> 60 ms CPU).
 _READ_PIECE = 1 * MiB
 _NOT_FOUND_KEY = {"NoSuchKey", "404", "NotFound"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
@@ -49,96 +41,104 @@ _CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PR
 CREDENTIAL_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region_name",
                                "endpoint_url", "expiration"})
 
-
-#: Attempts botocore makes for one S3 call (the first and its retries), unless the user set their own
-#: (:func:`sdk_attempts`).
+#: Attempts of one S3 call (the first and its retries), unless the user set their own (``AWS_MAX_ATTEMPTS``
+#: or ``max_attempts`` in the AWS config file's profile: ``s3_botocore.sdk_attempts``).
 SDK_ATTEMPTS = 4
-#: botocore's JSON data (the S3 service model, endpoints.json, retry rules) loaded once per process and
-#: shared by every client's session: a session of its own loads and parses it again for each client,
-#: 0.1 CPU-s apiece, and a job's coordinator, each gateway and every ``open_store`` make one
-#: (0.013-0.047 CPU-s per client with it shared, measured in one process). The loader only reads files
-#: and caches what it parsed, so sessions in several threads may share it.
-_DATA_LOADER = botocore.loaders.create_loader()
+#: Settings of the environment only botocore honours (FIPS and dual-stack endpoints, configured
+#: endpoints ignored): where one is set, stores are botocore's.
+_BOTOCORE_ONLY_ENV = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+#: The same settings in a profile of the AWS config file, and its ``s3`` section (addressing style,
+#: accelerate, ...) and per-service endpoints.
+_BOTOCORE_ONLY_PROFILE = frozenset({"s3", "services", "endpoint_url", "use_fips_endpoint", "use_dualstack_endpoint",
+                                    "ignore_configured_endpoint_urls"})
 
 
-def make_client(settings: dict[str, Any], *, attempts: int | None = None) -> Any:
-    """One botocore S3 client for a credentials entry (see ``gateway.stores``); thread-safe, pooled.
-    ``attempts``: the attempts of each call (default :func:`sdk_attempts`).
+def light_settings(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """How the light client (:class:`~.s3_api.S3Api`) is built for a credentials entry, as botocore
+    would resolve it; None where botocore must do it all (a setting only it honours). Static keys (the
+    entry's, else the environment's: botocore's precedence) need no botocore at all, unless an AWS
+    config file exists (it may set the region, the attempts or botocore-only settings: then a botocore
+    session reads it, no client is built); other credentials (profiles, SSO, assume-role, process,
+    container and instance credentials) are botocore's credential chain's, refreshed as it refreshes
+    them, signed with here."""
+    if any(os.environ.get(name) for name in _BOTOCORE_ONLY_ENV):
+        return None
+    keys = tuple(settings.get(k) for k in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"))
+    static: tuple[str, str, str | None] | None = None
+    if any(keys):
+        if not (keys[0] and keys[1]):
+            return None  # partial keys: botocore's own error
+        static = keys  # type: ignore[assignment]
+    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        static = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
+                  os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN") or None)
+    config_file = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    endpoint = settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    light: dict[str, Any] = {"endpoint": endpoint, "sign_payloads": payload_signing(endpoint)}
+    if static is not None and not os.path.exists(config_file):
+        attempts = os.environ.get("AWS_MAX_ATTEMPTS")
+        light.update(region=settings.get("region_name") or os.environ.get("AWS_DEFAULT_REGION"),
+                     ca_bundle=os.environ.get("AWS_CA_BUNDLE"),
+                     credentials=lambda: static,
+                     attempts=max(1, int(attempts)) if attempts and attempts.strip().isdigit() else SDK_ATTEMPTS)
+        return light
+    from . import s3_botocore
 
-    Without an ``endpoint_url`` botocore still honours ``AWS_ENDPOINT_URL`` and its usual credential chain.
-    """
-    return _build(settings, attempts)[0]
+    try:
+        core = s3_botocore.session(settings)
+        if set(core.get_scoped_config()) & _BOTOCORE_ONLY_PROFILE:
+            return None
+        light.update(region=core.get_config_variable("region"), ca_bundle=core.get_config_variable("ca_bundle"),
+                     attempts=s3_botocore.sdk_attempts(core))
+        chain = None if static is not None else core.get_credentials()
+    except Exception:  # noqa: BLE001 - a profile not found, a bad config file: botocore's client says so, as before
+        return None
+    if static is not None:
+        light["credentials"] = lambda: static
+    elif chain is None:
+        light["credentials"] = lambda: None
+    else:
+        def credentials() -> tuple[str, str, str | None]:
+            frozen = chain.get_frozen_credentials()
+            return frozen.access_key, frozen.secret_key, frozen.token
+
+        light["credentials"] = credentials
+    return light
 
 
-def warm() -> None:
-    """Load and parse what every client reads (the shared :data:`_DATA_LOADER`'s S3 model, endpoints and
-    retry rules) by building one client and dropping it: the first client of a process costs ~0.1
-    CPU-s more than the next (~0.01), and a gateway started ahead does this before its first request
-    (``gateway.stores.preload``). Contacts nothing: its credentials are placeholders, its endpoint is
-    never called."""
-    make_client({"aws_access_key_id": "warm", "aws_secret_access_key": "warm", "region_name": "us-east-1",
-                 "endpoint_url": "http://127.0.0.1:9"}).close()
+def make_client(settings: dict[str, Any]) -> Any:
+    """A botocore S3 client for a credentials entry (``s3_botocore.make_client``), for client-side
+    work that wants one (creating buckets)."""
+    from .s3_botocore import make_client as build
+
+    return build(settings)
 
 
 class S3Clients:
-    """What the S3 stores of one credentials entry share: the botocore client, and the direct GET path
-    for the gateways' reads (None where it does not apply: ``DirectGet.for_client``)."""
+    """What the S3 stores of one credentials entry share: the light client (``api``: None where
+    botocore must do it all, see :func:`light_settings`) and the botocore client (``sdk``: built on
+    first use)."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        self.sdk, core, attempts = _build(settings, None)
-        self.direct = DirectGet.for_client(self.sdk, core.get_credentials(), attempts,
-                                           lambda: make_client(settings, attempts=attempts - 1))
+        self._settings = settings
+        light = light_settings(settings)
+        self.api = S3Api(**light) if light is not None else None
+        self._sdk: Any = None
+        self._building = threading.Lock()
+
+    @property
+    def sdk(self) -> Any:
+        if self._sdk is None:
+            with self._building:
+                if self._sdk is None:
+                    self._sdk = make_client(self._settings)
+        return self._sdk
 
     def close(self) -> None:
-        self.sdk.close()
-        if self.direct is not None:
-            self.direct.close()
-
-
-def _build(settings: dict[str, Any], attempts: int | None) -> tuple[Any, botocore.session.Session, int]:
-    """The client of :func:`make_client`, its botocore session and its attempts per call."""
-    core = botocore.session.get_session()
-    core.register_component("data_loader", _DATA_LOADER)
-    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=fast_timestamp)
-    keys = [settings.get(k) for k in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")]
-    if any(keys):  # as boto3.Session sets them: the session's own, which DirectGet signs with too
-        core.set_credentials(*keys)
-    if settings.get("region_name") is not None:
-        core.set_config_variable("region", settings["region_name"])
-    attempts = attempts or sdk_attempts(core)
-    endpoint = settings.get("endpoint_url")
-    effective = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    config = Config(
-        max_pool_connections=POOL_SIZE,
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        # The one retry of an S3 call (docs/reliability.md "One retry budget"): 4 attempts in all
-        # (botocore's ``max_attempts`` counts retries, one more attempt: ``total_max_attempts`` does not),
-        # and adaptive mode's client-side rate limiter slows every request of this client once S3
-        # answers SlowDown. Nothing above the store retries a throttled call again.
-        retries={"total_max_attempts": attempts, "mode": "adaptive"},
-        # Checksums only where S3 requires them: the transfer verifies every chunk end to end, and
-        # the default CRC trailers are not understood by every S3-compatible server.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={
-            # Emulators and on-premises servers on an IP address cannot use virtual-host addressing.
-            "addressing_style": "path" if effective else "auto",
-            "payload_signing_enabled": payload_signing(effective),
-        },
-    )
-    return core.create_client("s3", endpoint_url=endpoint, config=config), core, attempts
-
-
-def sdk_attempts(core: botocore.session.Session) -> int:
-    """Attempts botocore makes for one call: the user's own AWS setting where there is one
-    (``AWS_MAX_ATTEMPTS``, or ``max_attempts`` in the profile of the AWS config file; both count the
-    first attempt, as the AWS SDKs document them), else :data:`SDK_ATTEMPTS`. A job that should give
-    up on a throttling store sooner, or hold on longer, sets it where its gateways run (local
-    gateways inherit the orchestrator's environment). An explicit ``Config`` overrides the user's
-    setting in botocore, so it is read here."""
-    configured = core.get_config_variable("max_attempts")
-    return max(1, int(configured)) if configured is not None else SDK_ATTEMPTS
+        if self.api is not None:
+            self.api.close()
+        if self._sdk is not None:
+            self._sdk.close()
 
 
 def payload_signing(endpoint: str | None) -> bool:
@@ -151,24 +151,6 @@ def payload_signing(endpoint: str | None) -> bool:
         return False
     url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
     return url.scheme != "https" and not is_loopback(url.hostname or "")
-
-
-def fast_timestamp(value: Any) -> datetime.datetime:
-    """botocore's timestamp parser for the two forms S3 sends, without dateutil: ISO 8601 in listings
-    (``2026-12-05T16:22:33.000Z``) and HTTP dates in headers (``Sat, 05 Dec 2026 16:22:33 GMT``);
-    anything else goes to botocore's own. botocore's takes 100 us per value (dateutil): 9% of a
-    gateway's CPU per small object read, 0.1 s per listing page of 1,000 keys; these take 0.1-8 us."""
-    if isinstance(value, str):
-        try:
-            if value.endswith("GMT"):
-                return email.utils.parsedate_to_datetime(value)
-            if value[:4].isdigit():
-                parsed = datetime.datetime.fromisoformat(value)
-                if parsed.tzinfo is not None:
-                    return parsed
-        except (TypeError, ValueError):
-            pass
-    return parse_timestamp(value)
 
 
 class S3Store(ObjectStore):
@@ -188,15 +170,17 @@ class S3Store(ObjectStore):
                                 # SSE-KMS / SSE-C (then it matches nothing, and the part is sent again).
                                 part_checksums=frozenset({"md5"}))
 
-    def __init__(self, bucket: str, client: Any, direct: DirectGet | None = None) -> None:
+    def __init__(self, bucket: str, clients: S3Clients) -> None:
         self.bucket = bucket
-        self._client = client
+        self._clients = clients
+        #: The light client, where it serves this bucket; else every verb is botocore's.
+        self._api = clients.api if clients.api is not None and clients.api.serves(bucket) else None
         self._region: str | None = None
-        self._direct = direct
-        #: The bucket's route for direct GETs: True until a first read has shown it, None once they
-        #: stop (an answer they do not handle sends this store's reads to botocore for good).
-        self._route: BucketRoute | bool | None = True if direct is not None else None
-        self._learning = threading.Lock()
+
+    @property
+    def _client(self) -> Any:
+        """The botocore client (built on first use)."""
+        return self._clients.sdk
 
     @property
     def root_uri(self) -> str:
@@ -204,12 +188,18 @@ class S3Store(ObjectStore):
 
     def check(self) -> None:
         with self._errors():
-            self._client.head_bucket(Bucket=self.bucket)
+            if self._api is not None:
+                self._api.head_bucket(self.bucket)
+            else:
+                self._client.head_bucket(Bucket=self.bucket)
 
     def region(self) -> str | None:
         if self._region is None:
             with self._errors():
-                location = self._client.get_bucket_location(Bucket=self.bucket).get("LocationConstraint")
+                if self._api is not None:
+                    location = self._api.location(self.bucket)
+                else:
+                    location = self._client.get_bucket_location(Bucket=self.bucket).get("LocationConstraint")
             # S3 reports us-east-1 as no constraint, and the oldest EU buckets as "EU".
             self._region = "aws:" + {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
         return self._region
@@ -221,17 +211,27 @@ class S3Store(ObjectStore):
         objects: list[ObjectInfo] = []
         with self._errors(prefix):
             while True:
-                kwargs = {"StartAfter": token} if token else {}
-                page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix,
-                                                    MaxKeys=min(_LIST_REQUEST, limit - len(objects)), **kwargs)
-                objects += [ObjectInfo(o["Key"], o["Size"], _etag(o.get("ETag")), o["LastModified"].timestamp())
-                            for o in page.get("Contents", [])]
-                token = objects[-1].key if page.get("IsTruncated") and objects else None
+                asked = min(_LIST_REQUEST, limit - len(objects))
+                if self._api is not None:
+                    listed, truncated = self._api.list_objects(self.bucket, prefix, token, asked)
+                    objects += [ObjectInfo(key, size, _etag(etag), mtime) for key, size, etag, mtime in listed]
+                else:
+                    kwargs = {"StartAfter": token} if token else {}
+                    page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=asked, **kwargs)
+                    objects += [ObjectInfo(o["Key"], o["Size"], _etag(o.get("ETag")), o["LastModified"].timestamp())
+                                for o in page.get("Contents", [])]
+                    truncated = page.get("IsTruncated")
+                token = objects[-1].key if truncated and objects else None
                 if token is None or len(objects) >= limit:
                     return objects, token
 
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):
+            if self._api is not None:
+                h = self._api.head(self.bucket, key)
+                etag = _etag(h.get("etag"))
+                return ObjectInfo(key, int(h.get("content-length") or 0), etag, http_time(h.get("last-modified")),
+                                  md5=_md5_of(etag, _encryption(h)))
             r = self._client.head_object(Bucket=self.bucket, Key=key)
         etag = _etag(r.get("ETag"))
         return ObjectInfo(key, r["ContentLength"], etag, r["LastModified"].timestamp(), md5=_md5_of(etag, r))
@@ -240,12 +240,14 @@ class S3Store(ObjectStore):
         check_range(offset, length)
         if length == 0:
             return b""
-        kwargs: dict[str, Any] = {}
+        byte_range = None
         if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            kwargs["Range"] = f"bytes={offset}-{end}"
+            byte_range = f"bytes={offset}-{'' if length is None else offset + length - 1}"
         try:
             with self._errors(key):
+                if self._api is not None:
+                    return self._api.get(self.bucket, key, byte_range).data
+                kwargs = {"Range": byte_range} if byte_range else {}
                 return self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)["Body"].read()
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
@@ -255,87 +257,93 @@ class S3Store(ObjectStore):
         if not len(view):
             return 0
         byte_range = f"bytes={offset}-{offset + len(view) - 1}"
-        client = self._client
         try:
             with self._errors(key):
-                route = self._route
-                if isinstance(route, BucketRoute):
-                    response = self._direct.get(route, key, byte_range)
-                    if response is not None:
-                        return read_then_release(response.raw, lambda: _body_into(response.raw, view))
-                    # Not an answer the direct path handles: botocore makes the call's other attempts,
-                    # and this store's reads from now on (its retries, rate limiting, redirects).
-                    self._route = None
-                    client = self._direct.rest_client()
-                elif route is True and self._learning.acquire(blocking=False):
-                    try:  # the first read, through botocore, shows the bucket's URL and signing region
-                        got, self._route = self._direct.learn(
-                            self.bucket, key, lambda: self._botocore_into(client, key, byte_range, view))
-                    finally:
-                        self._learning.release()
-                    return got
-                return self._botocore_into(client, key, byte_range, view)
+                if self._api is not None:
+                    return self._api.get_into(self.bucket, key, byte_range, view)
+                r = self._client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+                with r["Body"] as body:
+                    return _body_into(body, view)
         except _RangeNotSatisfiable:
             return 0
 
-    def _botocore_into(self, client: Any, key: str, byte_range: str, view: memoryview) -> int:
-        r = client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
-        with r["Body"] as body:
-            return _body_into(body, view)
-
     def write(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         with self._errors(key):
+            if self._api is not None:
+                h = self._api.put(self.bucket, key, data)
+                etag = _etag(h.get("etag"))
+                return ObjectInfo(key, len(data), etag, md5=_md5_of(etag, _encryption(h)))
             r = self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
         etag = _etag(r["ETag"])
         return ObjectInfo(key, len(data), etag, md5=_md5_of(etag, r))
 
     def delete(self, key: str) -> None:
         with self._errors(key):
-            self._client.delete_object(Bucket=self.bucket, Key=key)
+            if self._api is not None:
+                self._api.delete(self.bucket, key)
+            else:
+                self._client.delete_object(Bucket=self.bucket, Key=key)
 
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         with self._errors(key):
+            if self._api is not None:
+                r = self._api.get(self.bucket, key)
+                return r.data, _etag(r.headers.get("etag"))
             r = self._client.get_object(Bucket=self.bucket, Key=key)
             return r["Body"].read(), _etag(r["ETag"])
 
     def write_if(self, key: str, data: bytes, expected_version: str | None) -> str:
         # S3 conditional writes (2024): If-Match on the ETag, or If-None-Match: * for "only if absent".
-        condition = {"IfMatch": f'"{expected_version}"'} if expected_version else {"IfNoneMatch": "*"}
         with self._errors(key):
             try:
-                r = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
-            except bex.ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if self._api is not None:
+                    condition = {"If-Match": f'"{expected_version}"'} if expected_version else {"If-None-Match": "*"}
+                    return _etag(self._api.put(self.bucket, key, data, condition).get("etag"))
+                kwargs = {"IfMatch": f'"{expected_version}"'} if expected_version else {"IfNoneMatch": "*"}
+                return _etag(self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **kwargs)["ETag"])
+            except Exception as exc:
+                code, status, _ = _error_of(exc)
                 # 412: the ETag differs; 409: a concurrent conditional write; 404: deleted since read.
-                if status in (404, 409, 412) and exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                if status in (404, 409, 412) and code != "NoSuchBucket":
                     raise ConflictError(f"s3://{self.bucket}/{key} changed since it was read",
                                         hint="read it again and retry the update") from exc
                 raise
-        return _etag(r["ETag"])
 
     def begin_multipart(self, key: str) -> str:
         with self._errors(key):
+            if self._api is not None:
+                return self._api.create_multipart(self.bucket, key)
             return self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | bytearray) -> PartInfo:
         with self._errors(key):
-            r = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number,
-                                         Body=data)
-        return PartInfo(part_number, _etag(r["ETag"]), len(data))
+            if self._api is not None:
+                etag = self._api.upload_part(self.bucket, key, upload_id, part_number, data)
+            else:
+                etag = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                PartNumber=part_number, Body=data)["ETag"]
+        return PartInfo(part_number, _etag(etag), len(data))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> ObjectInfo:
         part_numbers(parts, f"s3://{self.bucket}/{key}")
         ordered = sorted(parts, key=lambda p: p.part_number)
         with self._errors(key):
-            self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": f'"{p.etag}"'} for p in ordered]})
+            if self._api is not None:
+                self._api.complete_multipart(self.bucket, key, upload_id,
+                                             [(p.part_number, f'"{p.etag}"') for p in ordered])
+            else:
+                self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": f'"{p.etag}"'} for p in ordered]})
         return self.head(key)  # the answer has no size
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
             with self._errors(key):
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                if self._api is not None:
+                    self._api.abort_multipart(self.bucket, key, upload_id)
+                else:
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except _NoSuchUpload:
             pass  # already completed or aborted: nothing left to discard
 
@@ -351,6 +359,8 @@ class S3Store(ObjectStore):
 
     def pending_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         with self._errors():
+            if self._api is not None:
+                return self._api.list_uploads(self.bucket, prefix)
             pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
             return [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])]
 
@@ -395,7 +405,7 @@ class S3Store(ObjectStore):
         return source.store.split("://", 1)[1]
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
 
     def _errors(self, key: str | None = None):
         return translated(lambda exc: _translate(exc, self.bucket, key), self.expires_at, sdk_retries=True)
@@ -424,13 +434,20 @@ def _md5_of(etag: str | None, head: dict) -> str | None:
     return etag.lower()
 
 
-def _body_into(body: Any, view: memoryview) -> int:
-    """Read a GetObject body into ``view`` until it is full or the body ends; returns the bytes read.
+def _encryption(headers: Any) -> dict[str, str | None]:
+    """How a light answer's object is encrypted, under the names botocore's answers give it (:func:`_md5_of`)."""
+    return {"ServerSideEncryption": headers.get("x-amz-server-side-encryption"),
+            "SSECustomerAlgorithm": headers.get("x-amz-server-side-encryption-customer-algorithm")}
 
-    A body urllib3 does not decode (no Content-Encoding) is read straight into ``view``
+
+def _body_into(body: Any, view: memoryview) -> int:
+    """Read a botocore GetObject body into ``view`` until it is full or the body ends; returns the bytes
+    read. A body urllib3 does not decode (no Content-Encoding) is read straight into ``view``
     (:func:`~.common.body_into`). A body cut off before its Content-Length raises
     ``ResponseStreamingError`` (retryable), as botocore's reads do."""
-    raw = getattr(body, "_raw_stream", body)  # botocore's StreamingBody, or (as a context) urllib3's response
+    import botocore.exceptions as bex
+
+    raw = getattr(body, "_raw_stream", body)  # botocore's StreamingBody
     fp = getattr(raw, "_fp", None)
     got = 0
     if not isinstance(fp, http.client.HTTPResponse) or raw.headers.get("content-encoding"):
@@ -443,22 +460,43 @@ def _body_into(body: Any, view: memoryview) -> int:
         raise bex.ResponseStreamingError(error=exc) from exc
 
 
+def _error_of(exc: BaseException) -> tuple[str, int, str]:
+    """The error code, HTTP status and message of an S3 error answer, from the light client's
+    :class:`~.s3_api.S3Error` or botocore's ``ClientError`` (``("", 0, "")`` for anything else)."""
+    if isinstance(exc, S3Error):
+        return exc.code, exc.status, exc.message
+    response = getattr(exc, "response", None)
+    if type(exc).__module__.startswith("botocore") and isinstance(response, dict):
+        error = response.get("Error", {})
+        return (str(error.get("Code", "")), response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0),
+                error.get("Message") or "")
+    return "", 0, ""
+
+
 def _translate(exc: Exception, bucket: str, key: str | None) -> SkyplaneError | None:
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
-    if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+    unreachable = f"cannot reach S3 for {where}: {exc}"
+    unreachable_hint = "check the network, the endpoint URL (AWS_ENDPOINT_URL) and retry"
+    if isinstance(exc, NoCredentials):
         return CredentialsError(f"no AWS credentials for {where}", hint=_CREDENTIALS_HINT)
-    if isinstance(exc, bex.ParamValidationError):
-        return BadOptionError(f"invalid request for {where}: {exc}")
-    if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ConnectTimeoutError,
-                        bex.ReadTimeoutError, bex.HTTPClientError)):
-        return StoreUnavailableError(f"cannot reach S3 for {where}: {exc}",
-                                     hint="check the network, the endpoint URL (AWS_ENDPOINT_URL) and retry")
-    if not isinstance(exc, bex.ClientError):
+    if isinstance(exc, CONNECTION_ERRORS):
+        return StoreUnavailableError(unreachable, hint=unreachable_hint)
+    if type(exc).__module__.startswith("botocore"):
+        import botocore.exceptions as bex
+
+        if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+            return CredentialsError(f"no AWS credentials for {where}", hint=_CREDENTIALS_HINT)
+        if isinstance(exc, bex.ParamValidationError):
+            return BadOptionError(f"invalid request for {where}: {exc}")
+        if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ConnectTimeoutError,
+                            bex.ReadTimeoutError, bex.HTTPClientError)):
+            return StoreUnavailableError(unreachable, hint=unreachable_hint)
+        if not isinstance(exc, bex.ClientError):
+            return None
+    elif not isinstance(exc, S3Error):
         return None
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    message = error.get("Message") or code
+    code, status, message = _error_of(exc)
+    message = message or code
     if code == "NoSuchBucket" or (status == 404 and not key):
         return NotFoundError(f"bucket s3://{bucket} does not exist", hint="create it, or check the name and the account")
     if code == "NoSuchUpload":

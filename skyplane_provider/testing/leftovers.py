@@ -26,9 +26,7 @@ def leftovers(root_uri: str, prefix: str = "") -> list[str]:
         tmp = os.path.join(store.root_uri[len("file://"):], TMP_DIR)
         return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
     if store.scheme == "s3":
-        client = store._client  # noqa: SLF001 - the adapter's own SDK client, credentials and endpoint
-        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket, Prefix=prefix)
-        return sorted(u["Key"] for page in pages for u in page.get("Uploads", []))
+        return sorted(key for key, _ in store.pending_uploads(prefix))
     if store.scheme == "gs":
         return sorted(item["name"] for item in store._list_all(PARTS_PREFIX))  # noqa: SLF001 - every object there
     from azure.storage.blob import ContainerClient
