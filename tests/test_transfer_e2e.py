@@ -250,7 +250,9 @@ def test_failed_transfer_leaves_no_partial_object(tmp_path, s3_bucket):
 
     try:
         with pytest.raises(SkyplaneError, match="died|gone"):
-            copy(str(src), s3_bucket + "/p/", chunk_size="5MiB", progress=kill_fleet)
+            # Capped so that the copy outlasts its first progress report, however fast the stores answer
+            # (64 MiB at 16 MiB/s: 4 s; the first report comes within one).
+            copy(str(src), s3_bucket + "/p/", chunk_size="5MiB", bwlimit="16MiB/s", progress=kill_fleet)
     finally:
         done.set()
         for k in killers:
