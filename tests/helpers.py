@@ -86,3 +86,28 @@ def launch_cloud_job(prov, job_id: str, specs) -> None:
         job.launch(prov.region_name(spec.region), [spec])
     job.wait_running(60)
     job.authorize("127.0.0.1/32", fleet_ports(47800), ["192.0.2.1"])
+
+
+def throttled_read(root_uri: str, endpoint: str, kind: str, entry, **faults) -> tuple[BaseException, float, object]:
+    """Read one object of ``root_uri`` (written here) through a :class:`FaultProxy` in front of the
+    store's server at ``endpoint`` that throttles what ``faults`` say, with the credentials entry
+    ``entry(proxy_url)``: the error the read raised, the seconds it took, and the proxy's counts.
+    Other calls on the object still go through (checked)."""
+    import pytest
+
+    from planner.errors import ThrottledError
+    from skyplane_provider.testing.faultproxy import FaultProxy
+
+    open_store(root_uri).write("hot", b"x" * 1000)
+    proxy = FaultProxy(endpoint, kind=kind, throttle=1.0, **faults)
+    url = proxy.start()
+    try:
+        store = open_store(root_uri, {root_uri: entry(url)})
+        started = time.monotonic()
+        with pytest.raises(ThrottledError, match="throttling") as caught:
+            store.read_into("hot", 0, memoryview(bytearray(1000)))
+        spent = time.monotonic() - started
+        assert store.head("hot").size == 1000  # other calls go through
+    finally:
+        proxy.stop()
+    return caught.value, spent, proxy.counts

@@ -14,9 +14,10 @@ from gateway.stores import open_store
 from gateway.stores.azure_api import API_VERSION, RETRY, SharedKey
 from gateway.stores.base import CopySource
 from planner.errors import (AccessDeniedError, ConflictError, CredentialsError, CredentialsExpiredError,
-                            NotFoundError, StoreUnavailableError, ThrottledError)
+                            NotFoundError, StoreUnavailableError)
 from skyplane_provider.testing.emulators import AZURITE_ACCOUNT, AZURITE_KEY, connection_string
 from skyplane_provider.testing.faultproxy import FaultProxy
+from tests.helpers import throttled_read
 from tests.plain_work import modules_after_plain_work
 
 
@@ -162,21 +163,11 @@ def _gets_of(key: str):
 def test_a_throttled_read_spends_the_retry_budget_then_raises_throttled(azure_container, emulators):
     """Every GET of one blob throttled (503 ServerBusy): 4 attempts with the SDK's waits (~2, 2.75,
     3.9 s), then ThrottledError marked retried, with the store's Retry-After."""
-    open_store(azure_container).write("hot", b"x" * 1000)
-    proxy = FaultProxy(emulators.endpoints["azure"], kind="azure", throttle=1.0, retry_after="1",
-                       match=_gets_of("hot"))
-    url = proxy.start()
-    try:
-        store = open_store(azure_container, {azure_container: {"connection_string": connection_string(url)}})
-        started = time.monotonic()
-        with pytest.raises(ThrottledError, match="throttling") as caught:
-            store.read_into("hot", 0, memoryview(bytearray(1000)))
-        spent = time.monotonic() - started
-        assert store.head("hot").size == 1000  # other calls go through
-    finally:
-        proxy.stop()
-    assert caught.value.retried and caught.value.retry_after == 1.0
-    assert proxy.counts.throttled == RETRY.attempts == 4, proxy.counts
+    error, spent, counts = throttled_read(azure_container, emulators.endpoints["azure"], "azure",
+                                          lambda url: {"connection_string": connection_string(url)},
+                                          retry_after="1", match=_gets_of("hot"))
+    assert error.retried and error.retry_after == 1.0
+    assert counts.throttled == RETRY.attempts == 4, counts
     assert 1.5 + 2.25 + 3.375 - 0.1 < spent < 2.5 + 3.25 + 4.375 + 2, spent
 
 

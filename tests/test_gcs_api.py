@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from gateway.stores import open_store
 from gateway.stores.gcs_api import RETRY
-from planner.errors import CredentialsError, NotFoundError, StoreUnavailableError, ThrottledError
+from planner.errors import CredentialsError, NotFoundError, StoreUnavailableError
 from skyplane_provider.testing.faultproxy import FaultProxy
+from tests.helpers import throttled_read
 from tests.plain_work import modules_after_plain_work
 
 
@@ -43,21 +43,11 @@ def test_read_into_a_memoryview_whole_ranged_and_past_the_end(gcs_bucket):
 def test_a_throttled_read_spends_the_retry_budget_then_raises_throttled(gcs_bucket, emulators):
     """Every GET of one object throttled (429): the store retries within its 10 s budget (waits 0.5 s
     doubling to 4 s), then raises ThrottledError marked retried, with GCS's Retry-After."""
-    open_store(gcs_bucket).write("hot", b"x" * 1000)
-    proxy = FaultProxy(emulators.endpoints["gcs"], kind="gcs", throttle=1.0, retry_after="3",
-                       match=lambda method, path: method == "GET" and "alt=media" in path)
-    url = proxy.start()
-    try:
-        store = open_store(gcs_bucket, {gcs_bucket: {"endpoint": url}})
-        started = time.monotonic()
-        with pytest.raises(ThrottledError, match="throttling") as caught:
-            store.read_into("hot", 0, memoryview(bytearray(1000)))
-        spent = time.monotonic() - started
-        assert store.head("hot").size == 1000  # other calls go through
-    finally:
-        proxy.stop()
-    assert caught.value.retried and caught.value.retry_after == 3.0
-    assert proxy.counts.throttled >= 3, proxy.counts  # waits of at most 0.5, 1, 2, 4, 4 s fit in 10 s
+    error, spent, counts = throttled_read(gcs_bucket, emulators.endpoints["gcs"], "gcs", lambda url: {"endpoint": url},
+                                          retry_after="3",
+                                          match=lambda method, path: method == "GET" and "alt=media" in path)
+    assert error.retried and error.retry_after == 3.0
+    assert counts.throttled >= 3, counts  # waits of at most 0.5, 1, 2, 4, 4 s fit in 10 s
     assert spent < RETRY.deadline + 1, spent
 
 
