@@ -8,7 +8,7 @@ botocore with its first client ~180 ms of a gateway's start. Every header the ca
 (none it sends is on botocore's list of unsigned ones), with ``host``, ``x-amz-content-sha256``,
 ``x-amz-date`` and, with temporary credentials, ``x-amz-security-token``; the path as sent (S3 paths
 are not normalised); the query as sent, its pairs sorted. The day's signing key of a secret and
-region is derived once. tests/test_s3_direct.py checks each header against botocore's for the same
+region is derived once. tests/test_s3_api.py checks each header against botocore's for the same
 request.
 """
 
