@@ -62,24 +62,6 @@ class translated:
         raise expired(mapped, self._expires_at) from exc
 
 
-def settle_environment(session, url: str):
-    """Have a ``requests`` session (``session``, returned) read the environment's proxy and CA-bundle
-    settings once, for the one endpoint ``url`` it talks to, instead of on every request: with
-    ``trust_env`` on, requests walks ``os.environ`` three or four times per request (proxies,
-    ``no_proxy``), 31% of a gateway's CPU per small object written to GCS (cProfile, 1,000 x 64 KiB).
-    What it would have found for ``url`` is what it now uses: the same proxy (none when ``no_proxy``
-    names the host), the same CA bundle (:func:`env_ca_bundle`; an SDK that passes ``verify`` with
-    each request must pass that bundle itself)."""
-    import requests.utils
-
-    session.proxies.update(requests.utils.get_environ_proxies(url))
-    bundle = env_ca_bundle()
-    if bundle and session.verify is True:
-        session.verify = bundle
-    session.trust_env = False
-    return session
-
-
 def env_ca_bundle() -> str | None:
     """The CA bundle ``requests`` takes from the environment when it trusts it."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
@@ -172,37 +154,6 @@ def part_numbers(parts: list, what: str) -> list[int]:
         raise BadOptionError(f"cannot complete the multipart upload of {what}: the part list is empty or has duplicates",
                              hint="pass each uploaded part once")
     return numbers
-
-
-class ViewWriter:
-    """A writable file object that fills a caller's buffer (for SDKs that download into a file)."""
-
-    def __init__(self, view: memoryview) -> None:
-        self._view, self.written = view, 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        n = len(data)
-        if self.written + n > len(self._view):
-            raise ValueError(f"the store sent more than the {len(self._view)} bytes asked for")
-        self._view[self.written:self.written + n] = data
-        self.written += n
-        return n
-
-
-def download_into(view: memoryview, offset: int, errors, past_end: type[Exception],
-                  download: Callable[[ViewWriter], object]) -> int:
-    """``read_into`` for SDKs that download a range into a file: ``download(writer)`` fills ``view``
-    under the store's ``errors`` translation; a range starting past the end (``past_end``) reads 0."""
-    check_range(offset, len(view))
-    if not len(view):
-        return 0
-    writer = ViewWriter(view)
-    try:
-        with errors:
-            download(writer)
-    except past_end:
-        return 0
-    return writer.written
 
 
 def body_into(fp: http.client.HTTPResponse, view: memoryview) -> int:

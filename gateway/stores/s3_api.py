@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import urllib3
 
-from .common import CONNECT_TIMEOUT, READ_TIMEOUT, body_into, read_then_release
+from .common import CONNECT_TIMEOUT, READ_TIMEOUT, body_into, read_then_release, retry_after_of
 from .http_pool import Backoff, RateLimiter, pool_manager
 from .s3_sign import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer, canonical_host, encode_query
 
@@ -96,16 +96,6 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS)
 
 
-def retry_after(exc: BaseException) -> float | None:
-    """An error answer's ``Retry-After`` seconds, if it has one."""
-    response = getattr(exc, "response", None)
-    value = getattr(response, "headers", {}).get("retry-after") if response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class Route:
     """Where one bucket's requests go: ``base`` (its URL, up to the key), the ``path`` of that URL
@@ -138,7 +128,7 @@ class S3Api:
         self._routing = threading.Lock()
         self.limiter = RateLimiter()
         self.retry = Backoff(retryable, deadline=float("inf"), initial=1.0, multiplier=2.0, maximum=20.0,
-                             attempts=attempts, wait_at_least=retry_after)
+                             attempts=attempts, wait_at_least=retry_after_of)
 
     # ---- routing ------------------------------------------------------------------------------
     def serves(self, bucket: str) -> bool:
