@@ -23,7 +23,6 @@ import base64
 import email.utils
 import hashlib
 import hmac
-import http.client
 import os
 import random
 import urllib.parse
@@ -35,7 +34,7 @@ import urllib3
 from planner.errors import CredentialsError
 
 from .common import CONNECT_TIMEOUT, READ_TIMEOUT, bearer_token, body_into, read_then_release, retry_after_of
-from .http_pool import Backoff, pool_manager
+from .http_pool import CONNECTION_ERRORS, Backoff, pool_manager
 
 #: The REST API version azure-storage-blob 12.31 sends (its newest): answers have the same shape.
 API_VERSION = "2026-10-06"
@@ -48,8 +47,6 @@ CREDENTIALS_HINT = ("set AZURE_STORAGE_CONNECTION_STRING, or give an 'az' entry 
 #: What an Entra ID token for Blob Storage is asked for (the resource "https://storage.azure.com").
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 _TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
-#: Errors of a request that never got an answer (or whose answer was cut off): retried, then "unavailable".
-CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
 #: The headers Shared Key signs by name, in order (the REST reference's string-to-sign; Range stays
 #: empty: ranges go in ``x-ms-range``, as azure-storage-blob sends them).
 _SIGNED = ("content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",

@@ -31,6 +31,7 @@ import urllib3
 from planner.errors import CredentialsError
 
 from .common import CONNECT_TIMEOUT, READ_TIMEOUT, bearer_token, body_into, read_then_release
+from .http_pool import CONNECTION_ERRORS as HTTP_ERRORS
 from .http_pool import Backoff, pool_manager
 
 DEFAULT_BASE = "https://storage.googleapis.com"
@@ -42,9 +43,8 @@ _ENTRY_SCOPES = ["https://www.googleapis.com/auth/devstorage.full_control"]  # a
 CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
                     "or give a 'gs' entry in the credentials document")
 _TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
-#: Errors of a request that never got an answer (or whose answer was cut off): retried, then "unavailable".
-CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError,
-                     aex.TransportError)
+#: Errors of a request that got no (whole) answer (http_pool's), and google-auth's failures to reach its token endpoint.
+CONNECTION_ERRORS = (*HTTP_ERRORS, aex.TransportError)
 #: Bytes asked of a decoded (gzip) body at a time: it cannot be read straight into the caller's buffer.
 _DECODED_PIECE = 1024**2
 

@@ -5,6 +5,7 @@ call (docs/reliability.md "One retry budget") and a client-wide rate limiter for
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import threading
@@ -17,6 +18,9 @@ import urllib3
 from .common import POOL_SIZE, env_ca_bundle
 
 T = TypeVar("T")
+
+#: Errors of a request that never got an answer, or whose answer was cut off: retried, then "unavailable".
+CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
 class Backoff:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import http.client
 import re
 import threading
 import urllib.parse
@@ -38,7 +37,7 @@ from typing import Any, Callable
 import urllib3
 
 from .common import CONNECT_TIMEOUT, READ_TIMEOUT, body_into, read_then_release, retry_after_of
-from .http_pool import Backoff, RateLimiter, pool_manager
+from .http_pool import CONNECTION_ERRORS, Backoff, RateLimiter, pool_manager
 from .s3_sign import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer, canonical_host, encode_query
 
 #: AWS's regional S3 endpoint of a bucket, virtual-host style.
@@ -55,8 +54,6 @@ THROTTLING = frozenset({"Throttling", "ThrottlingException", "ThrottledException
 #: Transient error codes and statuses botocore's standard retry tries again (with 408 and 429).
 _TRANSIENT = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-#: Errors of a request that never got an answer, or whose answer was cut off.
-CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
 class S3Error(Exception):
