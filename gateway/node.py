@@ -434,7 +434,7 @@ class GatewayNode(Controlled):
 
         def read() -> int:
             with memoryview(buf) as view:
-                return store.read_into(obj.key, obj.offset, view)
+                return store.read_into(obj.key, obj.offset, view, whole=not obj.is_part)
 
         got = with_retries(read, what=f"reading {src}/{obj.key}", on_retry=self._count_retry, stop=self.stopping,
                            resent_above=True)

@@ -85,6 +85,25 @@ def test_ranged_reads(store):
         store.read_into("missing", 0, memoryview(bytearray(4)))
 
 
+def test_whole_reads_fill_the_view_and_show_an_object_that_grew(store):
+    """A whole object read (``whole=True``: no range asked of an HTTP store) one byte past its size
+    returns its size; one whose object outgrew the view fills the view and returns its length (the
+    gateway's sign of an object changed during the transfer), and the store reads on afterwards (the
+    half-read answer's connection was not reused)."""
+    data = os.urandom(70_000)
+    store.write("w", data)
+    store.write("empty", b"")
+    buf = bytearray(len(data) + 1)
+    assert store.read_into("w", 0, memoryview(buf), whole=True) == len(data) and buf[:len(data)] == data
+    assert store.read_into("empty", 0, memoryview(bytearray(1)), whole=True) == 0
+    short = bytearray(1001)
+    assert store.read_into("w", 0, memoryview(short), whole=True) == 1001 and short == data[:1001]
+    for _ in range(3):
+        assert store.read_into("w", 0, memoryview(buf), whole=True) == len(data) and buf[:len(data)] == data
+    with pytest.raises(NotFoundError):
+        store.read_into("missing", 0, memoryview(bytearray(4)), whole=True)
+
+
 def test_zero_byte_objects(store):
     assert store.write("empty", b"").size == 0
     info = store.head("empty")
@@ -391,11 +410,14 @@ def test_s3_body_cut_off_before_its_length_is_a_retryable_error():
     """S3 bodies are read straight into the caller's buffer (http.client's readinto, not urllib3's):
     a body the connection ends before its Content-Length is a retryable StoreUnavailableError, not a
     short read (which the gateway would take for an object that shrank, and not retry); a whole body
-    is read as the store sent it. A real HTTP server on loopback sends 1,000 of 4,096 bytes. Under 1 s."""
+    is read as the store sent it, and asked for with no range when it is read whole. A real HTTP server
+    on loopback sends 1,000 of 4,096 bytes. Under 1 s."""
     sent = os.urandom(4096)
+    ranges = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            ranges.append(self.headers.get("Range"))
             cut = self.path.endswith("/cut")
             self.send_response(206)
             self.send_header("Content-Length", str(len(sent)))
@@ -411,6 +433,8 @@ def test_s3_body_cut_off_before_its_length_is_a_retryable_error():
         store = open_store("s3://cut", _docs(url)["s3"])
         buf = bytearray(len(sent) + 1)
         assert store.read_into("whole", 0, memoryview(buf)) == len(sent) and buf[:len(sent)] == sent
+        assert store.read_into("whole", 0, memoryview(buf), whole=True) == len(sent)
+        assert ranges == [f"bytes=0-{len(sent)}", None]
         with pytest.raises(StoreUnavailableError) as caught:
             store.read_into("cut", 0, memoryview(buf))
         assert caught.value.retryable

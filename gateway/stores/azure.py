@@ -119,14 +119,14 @@ class AzureStore(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+    def read_into(self, key: str, offset: int, view: memoryview, *, whole: bool = False) -> int:
         check_range(offset, len(view))
         if not len(view):
             return 0
         path = self._blob(key)
         try:
             with self._errors(key):
-                return RETRY(lambda: self._client.get_into(path, offset, view))
+                return RETRY(lambda: self._client.get_into(path, offset, view, ranged=bool(offset) or not whole))
         except _RangeNotSatisfiable:
             return 0
 

@@ -185,7 +185,7 @@ class LocalStore(ObjectStore):
             f.seek(offset)
             return f.read() if length is None else f.read(length)
 
-    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+    def read_into(self, key: str, offset: int, view: memoryview, *, whole: bool = False) -> int:
         check_range(offset, len(view))
         with self._errors(key):
             fd = self._open_read(key)

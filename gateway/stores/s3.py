@@ -252,7 +252,7 @@ class S3Store(ObjectStore):
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
 
-    def read_into(self, key: str, offset: int, view: memoryview) -> int:
+    def read_into(self, key: str, offset: int, view: memoryview, *, whole: bool = False) -> int:
         check_range(offset, len(view))
         if not len(view):
             return 0
@@ -260,7 +260,7 @@ class S3Store(ObjectStore):
         try:
             with self._errors(key):
                 if self._api is not None:
-                    return self._api.get_into(self.bucket, key, byte_range, view)
+                    return self._api.get_into(self.bucket, key, None if whole and not offset else byte_range, view)
                 r = self._client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
                 with r["Body"] as body:
                     return _body_into(body, view)

@@ -239,10 +239,10 @@ class S3Api:
         """The object (or ``byte_range`` of it), as the urllib3 response with its body read, as stored."""
         return self.call(bucket, "GET", key, headers={"Range": byte_range} if byte_range else None)
 
-    def get_into(self, bucket: str, key: str, byte_range: str, view: memoryview) -> int:
-        """``byte_range`` of the object read straight into ``view`` (``common.body_into``: no copy) until
-        it is full or the body ends; the bytes read."""
-        return self.call(bucket, "GET", key, headers={"Range": byte_range},
+    def get_into(self, bucket: str, key: str, byte_range: str | None, view: memoryview) -> int:
+        """``byte_range`` of the object (None: all of it) read straight into ``view``
+        (``common.body_into``: no copy) until it is full or the body ends; the bytes read."""
+        return self.call(bucket, "GET", key, headers={"Range": byte_range} if byte_range else None,
                          read=lambda response: read_then_release(response, lambda: body_into(response._fp, view)))
 
     def put(self, bucket: str, key: str, data: bytes | bytearray | memoryview,
