@@ -31,7 +31,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
 from .azure_api import (CONNECTION_ERRORS, CREDENTIALS_HINT, RETRY, STORAGE_SCOPE, ApiError, AzureClient,  # noqa: F401
                         SharedKey, connection_string_account, make_client, xml_of)
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import (check_range, check_upload_id, md5_hex, new_upload_id, parse_expiration, part_numbers,
+from .common import (byte_range, check_range, check_upload_id, md5_hex, new_upload_id, parse_expiration, part_numbers,
                      probe_key, translated)
 
 MiB = 1024**2
@@ -110,9 +110,8 @@ class AzureStore(ObjectStore):
         check_range(offset, length)
         if length == 0:
             return b""
-        headers = {}
-        if offset or length is not None:
-            headers["x-ms-range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
+        asked = byte_range(offset, length)
+        headers = {"x-ms-range": asked} if asked else {}
         try:
             with self._errors(key):
                 return self._client.call("GET", self._blob(key), headers=headers).data
@@ -126,7 +125,7 @@ class AzureStore(ObjectStore):
         path = self._blob(key)
         try:
             with self._errors(key):
-                return RETRY(lambda: self._client.get_into(path, offset, view, ranged=bool(offset) or not whole))
+                return RETRY(lambda: self._client.get_into(path, byte_range(offset, len(view), whole=whole), view))
         except _RangeNotSatisfiable:
             return 0
 
@@ -250,7 +249,7 @@ class AzureStore(ObjectStore):
         with self._errors(key):  # Put Block From URL
             self._client.call("PUT", self._blob(key), params=[("comp", "block"), ("blockid", _b64(block_id))],
                               headers={"x-ms-copy-source": source.url,
-                                       "x-ms-source-range": f"bytes={offset}-{offset + length - 1}"})
+                                       "x-ms-source-range": byte_range(offset, length)})
         return PartInfo(part_number, block_id, length)
 
     def probe_copy_from(self, source: CopySource, *, parts: bool = False) -> None:

@@ -205,12 +205,12 @@ class AzureClient:
         """:meth:`send` within the retry budget: the answer, its body read."""
         return RETRY(lambda: self.send(method, path, **kwargs))
 
-    def get_into(self, path: str, offset: int, view: memoryview, ranged: bool = True) -> int:
-        """One Get Blob read into ``view`` until it is full or the body ends (the bytes read), with
-        http.client's ``readinto`` straight into ``view`` (no copy: ``common.body_into``). The bytes
-        are the blob's as stored (a blob stored with a Content-Encoding is not decoded). ``ranged``:
-        ask for the bytes from ``offset`` that fit ``view``; else for the whole blob (``offset`` 0)."""
-        headers = {"x-ms-range": f"bytes={offset}-{offset + len(view) - 1}"} if ranged else {}
+    def get_into(self, path: str, byte_range: str | None, view: memoryview) -> int:
+        """One Get Blob of ``byte_range`` (None: the whole blob) read into ``view`` until it is full or
+        the body ends (the bytes read), with http.client's ``readinto`` straight into ``view`` (no
+        copy: ``common.body_into``). The bytes are the blob's as stored (a blob stored with a
+        Content-Encoding is not decoded)."""
+        headers = {"x-ms-range": byte_range} if byte_range else {}
         response = self.send("GET", path, headers=headers, stream=True)
         return read_then_release(response, lambda: body_into(response._fp, view))  # noqa: SLF001
 

@@ -129,6 +129,16 @@ def check_range(offset: int, length: int | None) -> None:
         raise BadOptionError(f"bad byte range (offset {offset}, length {length})", hint="offset and length must be >= 0")
 
 
+def byte_range(offset: int, length: int | None, *, whole: bool = False) -> str | None:
+    """The HTTP byte range of ``length`` bytes from ``offset`` (to the object's end when None), as the
+    stores' ``Range``, ``x-ms-range`` and copy-source range headers take it; None where the request
+    asks for the object from its start instead: no ``length``, or ``whole`` (a whole object read one
+    byte past its size, ``ObjectStore.read_into``), from offset 0."""
+    if not offset and (length is None or whole):
+        return None
+    return f"bytes={offset}-{'' if length is None else offset + length - 1}"
+
+
 #: Where a server-side copy probe puts what it copies for a moment (removed at once).
 PROBE_PREFIX = ".skyplane-probe/"
 

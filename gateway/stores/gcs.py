@@ -28,7 +28,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
                             SkyplaneError, StoreError, StoreUnavailableError, ThrottledError)
 
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import (check_range, check_upload_id, md5_hex, new_upload_id, part_numbers, probe_key,
+from .common import (byte_range, check_range, check_upload_id, md5_hex, new_upload_id, part_numbers, probe_key,
                      translated)
 from .gcs_api import (CONNECTION_ERRORS, CREDENTIALS_HINT, RETRY, ApiError, GCSClient, make_client,  # noqa: F401
                       token_of)
@@ -110,8 +110,8 @@ class GCSStore(ObjectStore):
         if length == 0:
             return b""
         headers = {"accept-encoding": "gzip"}  # as the library's downloads: GCS may then serve stored gzip as it is
-        if offset or length is not None:
-            headers["range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
+        if asked := byte_range(offset, length):
+            headers["range"] = asked
         url = self._client.media_url(self.bucket, key)
         try:
             with self._errors(key):
@@ -125,8 +125,8 @@ class GCSStore(ObjectStore):
             return 0
         # No checksum compared: a ranged download has none, and the copy is checked end to end.
         headers = {"accept-encoding": "gzip"}
-        if offset or not whole:
-            headers["range"] = f"bytes={offset}-{offset + len(view) - 1}"
+        if asked := byte_range(offset, len(view), whole=whole):
+            headers["range"] = asked
         url = self._client.media_url(self.bucket, key)
         try:
             with self._errors(key):

@@ -22,7 +22,7 @@ from planner.errors import (AccessDeniedError, BadOptionError, ConflictError, Cr
 
 from ..wire import is_loopback
 from .base import Capabilities, CopySource, ObjectInfo, ObjectStore, PartInfo
-from .common import EXPIRED_HINT, body_into, check_range, part_numbers, probe_key, translated
+from .common import EXPIRED_HINT, body_into, byte_range, check_range, part_numbers, probe_key, translated
 from .s3_api import CONNECTION_ERRORS, NoCredentials, S3Api, S3Error, http_time
 
 MiB = 1024**2
@@ -240,14 +240,12 @@ class S3Store(ObjectStore):
         check_range(offset, length)
         if length == 0:
             return b""
-        byte_range = None
-        if offset or length is not None:
-            byte_range = f"bytes={offset}-{'' if length is None else offset + length - 1}"
+        asked = byte_range(offset, length)
         try:
             with self._errors(key):
                 if self._api is not None:
-                    return self._api.get(self.bucket, key, byte_range).data
-                kwargs = {"Range": byte_range} if byte_range else {}
+                    return self._api.get(self.bucket, key, asked).data
+                kwargs = {"Range": asked} if asked else {}
                 return self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)["Body"].read()
         except _RangeNotSatisfiable:
             return b""  # the range starts at or past the end: like a slice, nothing
@@ -256,12 +254,12 @@ class S3Store(ObjectStore):
         check_range(offset, len(view))
         if not len(view):
             return 0
-        byte_range = f"bytes={offset}-{offset + len(view) - 1}"
+        asked = byte_range(offset, len(view), whole=whole)
         try:
             with self._errors(key):
                 if self._api is not None:
-                    return self._api.get_into(self.bucket, key, None if whole and not offset else byte_range, view)
-                r = self._client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+                    return self._api.get_into(self.bucket, key, asked, view)
+                r = self._client.get_object(Bucket=self.bucket, Key=key, **({"Range": asked} if asked else {}))
                 with r["Body"] as body:
                     return _body_into(body, view)
         except _RangeNotSatisfiable:
@@ -383,7 +381,7 @@ class S3Store(ObjectStore):
         with self._errors(key):
             r = self._client.upload_part_copy(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number,
                                               CopySource={"Bucket": bucket, "Key": source.key},
-                                              CopySourceRange=f"bytes={offset}-{offset + length - 1}")
+                                              CopySourceRange=byte_range(offset, length))
         return PartInfo(part_number, _etag(r["CopyPartResult"]["ETag"]), length)
 
     def probe_copy_from(self, source: CopySource, *, parts: bool = False) -> None:
