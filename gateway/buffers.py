@@ -11,7 +11,14 @@ buffer handed back once its frame is written is handed out again for the next fr
 A buffer the pool cannot hand out again is made without that zeroing (:func:`new_buffer`), and the
 bytes of chunks a source holds at once are bounded (:class:`ByteBudget`): each chunk-sized buffer
 beyond those a process already had is memory the kernel faults in afresh, ~0.5 CPU-s per GiB here,
-about what the copies of a plain hop cost (docs/benchmarks.md, "gateway_loopback").
+about what the copies of a plain hop cost (docs/benchmarks.md, "gateway_loopback"). glibc maps every
+allocation of 32 MiB or more on its own and unmaps it when freed, so a freed buffer is never memory
+the next one gets back: only the pool keeps it.
+
+Buffers are pooled by capacity, not by exact length: :meth:`BufferPool.take` rounds a length up to
+its size class (:func:`size_class`, at most a sixteenth more) and hands out a buffer of that capacity
+cut to the length in place. Whole objects of different sizes, a whole object's extra byte
+(gateway/node.py) and compressed frames of varying lengths then share buffers.
 """
 
 from __future__ import annotations
@@ -28,8 +35,15 @@ MIN_POOLED = 1024**2
 _ONLY_HELD = 2
 _POLL = 0.5
 
+#: Size classes per doubling of a pooled buffer's length (:func:`size_class`).
+_CLASSES_PER_DOUBLING = 16
+
 _new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
 _new_bytearray.argtypes, _new_bytearray.restype = (ctypes.c_void_p, ctypes.c_ssize_t), ctypes.py_object
+# Sets a bytearray's length without writing its bytes; within its allocation (and above half of it,
+# as a size class guarantees) it neither moves nor copies them. It refuses a buffer a view still has.
+_resize = ctypes.pythonapi.PyByteArray_Resize
+_resize.argtypes, _resize.restype = (ctypes.py_object, ctypes.c_ssize_t), ctypes.c_int
 
 
 def new_buffer(n: int) -> bytearray:
@@ -42,9 +56,21 @@ def new_buffer(n: int) -> bytearray:
     return _new_bytearray(None, n)
 
 
+def size_class(n: int) -> int:
+    """The capacity of a pooled buffer of ``n`` bytes: ``n`` rounded up to the next sixteenth of the
+    power of two below it (34 MiB for 32 MiB and one byte, 32 MiB for 32 MiB)."""
+    step = 1 << max(0, n.bit_length() - _CLASSES_PER_DOUBLING.bit_length())
+    return -(-n // step) * step
+
+
+def _capacity(buf: bytearray) -> int:
+    """The bytes ``buf`` can hold without moving (its allocation, less the terminating NUL)."""
+    return buf.__alloc__() - 1
+
+
 class BufferPool:
     """At most ``max_buffers`` idle buffers of ``MIN_POOLED`` bytes or more (those waiting to be checked
-    included), by exact size (a full pool makes room by dropping one of the size handed back longest
+    included), by capacity (a full pool makes room by dropping one of the capacity handed back longest
     ago); thread-safe."""
 
     def __init__(self, max_buffers: int, on_reuse: Callable[[], None] | None = None) -> None:
@@ -57,25 +83,29 @@ class BufferPool:
 
     def take(self, n: int) -> bytearray:
         """A buffer of ``n`` bytes whose contents are undefined (a reused one holds an earlier frame's
-        bytes): the caller must fill all of it, or drop it."""
-        if n >= MIN_POOLED:
-            if self._pending:
-                with self._lock:
-                    pending, self._pending = self._pending, []
-                for holder in pending:
-                    self.give(holder)
+        bytes): the caller must fill all of it, or drop it. One of ``MIN_POOLED`` bytes or more has the
+        capacity of ``n``'s size class (:func:`size_class`), so that it can be pooled again."""
+        if n < MIN_POOLED:
+            return new_buffer(n)
+        if self._pending:
             with self._lock:
-                free = self._free.get(n)
-                buf = free.pop() if free else None
-                if buf is not None:
-                    self._idle -= 1
-                    if not free:
-                        del self._free[n]
+                pending, self._pending = self._pending, []
+            for holder in pending:
+                self.give(holder)
+        capacity = size_class(n)
+        with self._lock:
+            free = self._free.get(capacity)
+            buf = free.pop() if free else None
             if buf is not None:
-                if self._on_reuse is not None:
-                    self._on_reuse()
-                return buf
-        return new_buffer(n)
+                self._idle -= 1
+                if not free:
+                    del self._free[capacity]
+        if buf is None:
+            buf = new_buffer(capacity)
+        elif self._on_reuse is not None:
+            self._on_reuse()
+        _resize(buf, n)
+        return buf
 
     def give(self, holder: tuple) -> int:
         """Hand back the buffers of ``holder`` (a written frame's body) that came from :meth:`take`,
@@ -87,22 +117,24 @@ class BufferPool:
             if (type(holder[i]) is not bytearray or len(holder[i]) < MIN_POOLED
                     or sys.getrefcount(holder[i]) > _ONLY_HELD):
                 continue
+            capacity = _capacity(holder[i])
+            if size_class(capacity) != capacity:
+                continue  # not made by take(): no take() would ask for its capacity
             with self._lock:
-                n = len(holder[i])
-                if self._idle >= self._max and not self._evict_other(n):
+                if self._idle >= self._max and not self._evict_other(capacity):
                     return kept
-                free = self._free.pop(n, [])  # re-inserted: sizes in the order last handed back
+                free = self._free.pop(capacity, [])  # re-inserted: classes in the order last handed back
                 free.append(holder[i])
-                self._free[n] = free
+                self._free[capacity] = free
                 self._idle += 1
             kept += 1
         return kept
 
     def _evict_other(self, n: int) -> bool:
-        """Called with the lock held and the pool full: drop an idle buffer of another size than ``n``,
-        of the size handed back longest ago. Sizes that recur (a job's parts, a bundle's size) are
-        taken again before they age; compressed frames, each of its own size, would otherwise fill
-        the pool for good and leave no room for those. False if every idle buffer is ``n`` bytes."""
+        """Called with the lock held and the pool full: drop an idle buffer of another capacity than
+        ``n``, of the capacity handed back longest ago. Classes that recur (a job's parts, its objects'
+        sizes) are taken again before they age; buffers of a class seen once would otherwise fill the
+        pool for good and leave no room for those. False if every idle buffer holds ``n`` bytes."""
         for size, free in self._free.items():
             if size != n:
                 free.pop(0)

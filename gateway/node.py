@@ -29,7 +29,7 @@ from planner.errors import BadOptionError, GatewayError, ProtocolError, Skyplane
 from . import store_api, wire
 from .bandwidth import Pacer, pacing_counters
 from .batch import Batch, ChunkMeta, ChunkSpec, DestStore, ObjectSpec, Target
-from .buffers import MIN_POOLED, BufferPool, ByteBudget, new_buffer
+from .buffers import MIN_POOLED, BufferPool, ByteBudget
 from .codec import Codec, Decoded
 from .config import GatewayConfig
 from .events import EventLog
@@ -230,7 +230,8 @@ class GatewayNode(Controlled):
         program = config.program.partitions
         self._program = program
         # Big buffers reused once their chunk is done with (buffers.py): received bodies, the objects
-        # decrypted out of them, the read buffers of parts. As many idle as there are writers.
+        # decrypted out of them, the read buffers of parts and whole objects (once sent, or written
+        # here). As many idle as there are writers.
         self.buffers = BufferPool(config.writers, on_reuse=lambda: self.events.count("buffers_reused"))
         #: The regions whose destinations this gateway writes: its own, and those it writes for (one host).
         self._write_regions = frozenset((config.region, *config.program.writes_for))
@@ -430,7 +431,7 @@ class GatewayNode(Controlled):
         # A whole object is read one byte past its size, so one that grew is caught too. The buffer's
         # bytes are undefined (a reused one's, or memory never zeroed): a read that counts fills it
         # whole, else it is dropped.
-        buf = self.buffers.take(obj.length) if obj.is_part else new_buffer(obj.length + 1)
+        buf = self.buffers.take(obj.length + (not obj.is_part))
 
         def read() -> int:
             with memoryview(buf) as view:
@@ -491,6 +492,9 @@ class GatewayNode(Controlled):
             if isinstance(item, Decoded):  # read here
                 self._guard(item.chunk_id, lambda: self._write_chunk(item))
                 self.in_flight.release(item.chunk_id)
+                # The read buffers, for the next reads (kept only where nothing else refers to them:
+                # a frame of the same chunk still being sent to another region does).
+                self.buffers.give(item.objects)
             else:
                 self._guard(item.header.chunk_id, lambda: self._write_frame(item))
                 self.in_flight.release(item.header.chunk_id)

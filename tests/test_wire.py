@@ -492,3 +492,32 @@ def test_buffers_handed_back_while_still_referred_to_are_kept_only_once_free():
     assert id(taken) == free_id and pool.idle == 0 and reused == [1]
     assert pool.take(MIN_POOLED) is not taken and reused == [1], "one buffer handed out twice"
     assert still_used[0] is held
+
+
+def test_pooled_buffers_are_shared_by_lengths_of_one_size_class_and_cut_in_place():
+    """``take`` hands out a buffer of its length's size class cut to that length; handed back, it is
+    taken again for any length of that class, in place (no copy: the same memory), and never while a
+    view of it is alive or for a length of another class."""
+    import ctypes
+
+    from gateway.buffers import MIN_POOLED, BufferPool, size_class
+    MiB = 1024**2
+    assert size_class(32 * MiB) == 32 * MiB and size_class(32 * MiB + 1) == 34 * MiB
+    assert all(n <= size_class(n) <= n * 17 // 16 + 1 for n in (MIN_POOLED, 3 * MiB - 7, 64 * MiB + 1, 10**9))
+    pool = BufferPool(2)
+    first = [pool.take(32 * MiB + 1)]
+    assert len(first[0]) == 32 * MiB + 1 and first[0].__alloc__() - 1 == 34 * MiB
+    first[0][:4] = b"old!"
+    address = ctypes.addressof(ctypes.c_char.from_buffer(first[0]))
+    del first[0][32 * MiB:]  # a whole object's extra byte, dropped after its read
+    assert pool.give(first) == 1
+    del first
+    again = pool.take(33 * MiB)
+    assert len(again) == 33 * MiB and ctypes.addressof(ctypes.c_char.from_buffer(again)) == address
+    assert again[:4] == b"old!", "handed out as it was: the caller fills it"
+    held, view = [again], memoryview(again)
+    del again
+    assert pool.give(held) == 0, "a buffer a view still has is not kept"
+    view.release()
+    assert pool.take(16 * MiB).__alloc__() - 1 == 16 * MiB, "another class: a buffer of its own"
+    assert pool.give([bytearray(3 * MiB + 5)]) == 0, "not made by take: no take asks for its capacity"
