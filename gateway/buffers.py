@@ -1,12 +1,14 @@
 """Big buffers reused from one chunk to the next instead of allocated (and zeroed) per chunk: a
-destination's receive buffers and the buffers it decrypts objects into, a source's read buffers of parts.
+destination's receive buffers and the buffers it decrypts objects into, a source's read buffers of parts
+and whole objects (handed back once sent, or once written when the source writes them itself).
 
 ``bytearray(n)`` writes every byte of a new buffer before ``recv_into`` writes it again: one pass
 over memory per byte a gateway receives, about what the kernel's copy into it costs (a 64 MiB
 ``bytearray`` took 1.1-1.3 CPU-s per GiB here, a copy into an existing buffer 0.6-1.1; it is the
 zeroing, not the page faults: with glibc's mmap off the faults fell 16x and the CPU did not move).
 A job's chunks mostly have one size (whole objects of one size, parts of one part size), so a
-buffer handed back once its frame is written is handed out again for the next frame of that size.
+buffer handed back once its frame is written is handed out again for the next frame of that size
+class.
 
 A buffer the pool cannot hand out again is made without that zeroing (:func:`new_buffer`), and the
 bytes of chunks a source holds at once are bounded (:class:`ByteBudget`): each chunk-sized buffer
@@ -35,7 +37,7 @@ MIN_POOLED = 1024**2
 _ONLY_HELD = 2
 _POLL = 0.5
 
-#: Size classes per doubling of a pooled buffer's length (:func:`size_class`).
+#: Size classes per doubling of a pooled buffer's length (:func:`size_class`; a power of two).
 _CLASSES_PER_DOUBLING = 16
 
 _new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
@@ -59,6 +61,7 @@ def new_buffer(n: int) -> bytearray:
 def size_class(n: int) -> int:
     """The capacity of a pooled buffer of ``n`` bytes: ``n`` rounded up to the next sixteenth of the
     power of two below it (34 MiB for 32 MiB and one byte, 32 MiB for 32 MiB)."""
+    # n in [2**k, 2**(k+1)) has k + 1 bits; its step is 2**k / _CLASSES_PER_DOUBLING.
     step = 1 << max(0, n.bit_length() - _CLASSES_PER_DOUBLING.bit_length())
     return -(-n // step) * step
 
