@@ -20,6 +20,12 @@ object counts (development).
   ``GCSToS3Operator``) in the benchmark virtualenv (``benchmarks/setup_bench_venv.sh``), timed around
   ``execute()`` (a worker has already started and imported Airflow; that start-up is not counted).
 
+``--rounds N`` (default 2) runs every tool N times per cell, in the listed order in even rounds and
+reversed in odd ones: on these emulators the second copy of a cell is the slower (the same code twice,
+GCS -> S3 big: 1.17-1.39x; docs/benchmarks.md), so one fixed order favours the tool that goes first
+(rclone, before ours). Tables and ratios use each tool's median over the rounds; the ratio lines add
+each round's.
+
 Every copy is checked object by object (sha256) against the source, then deleted. Besides time, each
 run's CPU: the tool's own (ours: the CLI process, the job's coordinator, which runs detached, and
 every gateway process and worker; rclone: its process; Airflow: the worker process during
@@ -38,9 +44,11 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,6 +102,7 @@ class Run:
     tool_cpu: float
     stores_cpu: float
     roles: dict[str, float] | None = None  # ours: CPU by process role
+    round: int = 0
 
     @property
     def mib_s(self) -> float:
@@ -156,8 +165,12 @@ def main() -> int:
                     help="run 'before' ahead of ours in each cell, not after: alternate runs with and without it, "
                          "the second of two runs of one cell can be the slower (the same code twice, GCS -> S3 "
                          "big: 1.17 and 1.39x)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="runs of every tool per cell, the order reversed every other round (default 2)")
     ap.add_argument("--json", metavar="FILE", help="also write every run as JSON")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     routes = [r for r in args.routes.split(",") if r]
     mixes = [m for m in args.mixes.split(",") if m]
     tools = [t for t in args.tools.split(",") if t]
@@ -194,16 +207,16 @@ def main() -> int:
                 nbytes = sum(map(len, objects.values()))
                 del objects
 
-                def measured(tool: str, dest: str, go) -> None:
+                def measured(tool: str, dest: str, go, rnd: int) -> None:
                     try:
-                        one(tool, dest, go)
+                        one(tool, dest, go, rnd)
                     except (Exception, SystemExit) as exc:  # one failed cell must not lose the others
                         failed.append(f"{name} {mix} {tool}: {exc}")
                         print(f"  {name} {mix} {tool}: FAILED: {str(exc)[-500:]}", flush=True)
                         with contextlib.suppress(Exception):
                             delete_prefix(dest)
 
-                def one(tool: str, dest: str, go) -> None:
+                def one(tool: str, dest: str, go, rnd: int) -> None:
                     stores_before = sum(cpu_seconds(p) for p in pids)
                     seconds, cpu = go()
                     roles = cpu if isinstance(cpu, dict) else None
@@ -212,12 +225,14 @@ def main() -> int:
                     if digests(dest) != expected:
                         raise SystemExit(f"{name} {mix} {tool}: the copy at {dest} does not match the source")
                     delete_prefix(dest)
-                    run = Run(name, mix, tool, seconds, len(expected), nbytes, cpu, stores, roles)
+                    run = Run(name, mix, tool, seconds, len(expected), nbytes, cpu, stores, roles, rnd)
                     runs.append(run)
                     split = f" = {', '.join(f'{k} {v:.1f}' for k, v in sorted(roles.items()))}" if roles else ""
-                    print(f"  {name} {mix} {tool}: {seconds:.2f} s, {run.mib_s:.1f} MiB/s, {run.obj_s:.0f} obj/s, "
+                    at = f" (round {rnd + 1})" if args.rounds > 1 else ""
+                    print(f"  {name} {mix} {tool}{at}: {seconds:.2f} s, {run.mib_s:.1f} MiB/s, {run.obj_s:.0f} obj/s, "
                           f"CPU {cpu:.1f} s{split} (stores {stores:.1f} s)", flush=True)
 
+                entries: list[tuple[str, str, Callable[[], tuple]]] = []  # (tool, destination, run)
                 if "airflow" in tools:
                     operator = AIRFLOW_OPERATORS[(src_kind, dst_kind)]
                     a_env = airflow_env(env, emulators.endpoints, scratch / "airflow-home")
@@ -233,7 +248,7 @@ def main() -> int:
                             r = run_airflow(operator, bucket_name(src_root), "data/", a_dst, a_env)
                         return r.seconds, r.cpu_seconds
 
-                    measured(f"Airflow {AIRFLOW_NAMES[operator]}", dest, go_airflow)
+                    entries.append((f"Airflow {AIRFLOW_NAMES[operator]}", dest, go_airflow))
                 if "rclone" in tools:
                     r_env = {**env, **rclone_remote("src", src_kind, emulators.endpoints[src_kind]),
                              **rclone_remote("dst", dst_kind, emulators.endpoints[dst_kind])}
@@ -244,7 +259,7 @@ def main() -> int:
                                            r_env, RCLONE_TRANSFERS)
                         return r.seconds, r.cpu_seconds
 
-                    measured(f"rclone --transfers {RCLONE_TRANSFERS}", dst_root + "/rclone/", go_rclone)
+                    entries.append((f"rclone --transfers {RCLONE_TRANSFERS}", dst_root + "/rclone/", go_rclone))
 
                 def go_ours():
                     seconds, cpu, _stats = run_ours(src_root + "/data/", dst_root + "/ours/", env)
@@ -257,10 +272,11 @@ def main() -> int:
                                                     {**env, "PYTHONPATH": args.before})
                     return seconds, cpu
 
+                before = ("before (cp -r, default flags, --before's code)", dst_root + "/before/", go_before)
                 if args.before and args.before_first:
-                    measured("before (cp -r, default flags, --before's code)", dst_root + "/before/", go_before)
+                    entries.append(before)
                 if "ours" in tools:
-                    measured("ours (cp -r, default flags)", dst_root + "/ours/", go_ours)
+                    entries.append(("ours (cp -r, default flags)", dst_root + "/ours/", go_ours))
                 if "ours-2gw" in tools:
                     settings = scratch / "two-gateways.json"
                     settings.write_text(json.dumps({"one_gateway": False}))
@@ -270,9 +286,12 @@ def main() -> int:
                                                         ("--provisioner-settings", str(settings)))
                         return seconds, cpu
 
-                    measured("ours-2gw (cp -r, one_gateway false)", dst_root + "/ours2/", go_two)
+                    entries.append(("ours-2gw (cp -r, one_gateway false)", dst_root + "/ours2/", go_two))
                 if args.before and not args.before_first:
-                    measured("before (cp -r, default flags, --before's code)", dst_root + "/before/", go_before)
+                    entries.append(before)
+                for rnd in range(args.rounds):
+                    for tool, dest, go in (entries if rnd % 2 == 0 else entries[::-1]):
+                        measured(tool, dest, go, rnd)
                 delete_prefix(src_root + "/data/")
     finally:
         clean_up(scratch, emulators)
@@ -284,8 +303,18 @@ def main() -> int:
     return 1 if failed else 0
 
 
+def median_run(runs: list[Run]) -> Run:
+    """One tool's runs of one cell as one: the medians of its seconds and CPU."""
+    first = runs[0]
+    return Run(first.route, first.mix, first.tool, statistics.median(r.seconds for r in runs), first.objects,
+               first.nbytes, statistics.median(r.tool_cpu for r in runs), statistics.median(r.stores_cpu for r in runs))
+
+
 def report(runs: list[Run], routes: list[str], mixes: list[str]) -> None:
-    by = {(r.route, r.mix, r.tool.split()[0]): r for r in runs}
+    grouped: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        grouped.setdefault((r.route, r.mix, r.tool.split()[0]), []).append(r)
+    by = {k: median_run(v) for k, v in grouped.items()}
     names = [f"{LABELS[ROUTES[r][0]]} -> {LABELS[ROUTES[r][1]]}" for r in routes]
     order = [t for t in ("ours", "before", "ours-2gw", "rclone", "Airflow") if any(k[2] == t for k in by)]
     unit = {m: ("obj/s" if MIXES[m][1] < MiB else "MiB/s") for m in mixes}
@@ -318,7 +347,11 @@ def report(runs: list[Run], routes: list[str], mixes: list[str]) -> None:
             for t in order[1:]:
                 base = by.get((name, m, t))
                 if ours and base:
-                    print(ratio_line("routes", ours.seconds, base.seconds, f"{name} {m}; baseline: {base.tool}"))
+                    each = {r.round: r.seconds for r in grouped[(name, m, t)]}
+                    rounds = [each[r.round] / r.seconds for r in grouped[(name, m, "ours")] if r.round in each]
+                    per_round = f"; rounds: {', '.join(f'{x:.2f}' for x in rounds)}" if len(rounds) > 1 else ""
+                    print(ratio_line("routes", ours.seconds, base.seconds,
+                                     f"{name} {m}; baseline: {base.tool}{per_round}"))
 
 
 if __name__ == "__main__":

@@ -32,10 +32,12 @@ def test_routes_small_run_checks_every_copy_and_prints_ratios():
     out = run("--routes", "s3-azure", "--mixes", "small", "--scale", "0.005", "--tools", "rclone,ours,ours-2gw",
               "--before", str(BENCHMARKS.parent), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "S3 -> Azure small rclone --transfers 16:" in out.stdout
-    assert "S3 -> Azure small ours (cp -r, default flags):" in out.stdout
-    assert "S3 -> Azure small ours-2gw (cp -r, one_gateway false):" in out.stdout
-    assert "routes ours/baseline=" in out.stdout and "baseline: rclone --transfers 16" in out.stdout
+    lines = [line.strip().split(":")[0] for line in out.stdout.splitlines() if line.startswith("  S3 -> Azure small")]
+    tools = ["rclone --transfers 16", "ours (cp -r, default flags)", "ours-2gw (cp -r, one_gateway false)",
+             "before (cp -r, default flags, --before's code)"]
+    # Two rounds (the default), the second in the reverse order: no tool always goes first.
+    assert lines == ([f"S3 -> Azure small {t} (round 1)" for t in tools]
+                     + [f"S3 -> Azure small {t} (round 2)" for t in reversed(tools)])
+    assert "routes ours/baseline=" in out.stdout and "baseline: rclone --transfers 16; rounds: " in out.stdout
     assert "baseline: ours-2gw" in out.stdout
-    assert "S3 -> Azure small before (cp -r, default flags, --before's code):" in out.stdout
     assert "baseline: before" in out.stdout
