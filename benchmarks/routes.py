@@ -21,10 +21,11 @@ object counts (development).
   ``execute()`` (a worker has already started and imported Airflow; that start-up is not counted).
 
 ``--rounds N`` (default 2) runs every tool N times per cell, in the listed order in even rounds and
-reversed in odd ones: on these emulators the second copy of a cell is the slower (the same code twice,
-GCS -> S3 big: 1.17-1.39x; docs/benchmarks.md), so one fixed order favours the tool that goes first
-(rclone, before ours). Tables and ratios use each tool's median over the rounds; the ratio lines add
-each round's.
+reversed in odd ones: on these emulators a copy's place in its cell changes its time (the same code
+twice, GCS -> S3 big: the first 1.17-1.39x faster; GCS -> S3 text: the first copy after the seeding
+the slower, docs/benchmarks.md), so one fixed order favours one tool (until b0b53c4 rclone always
+went first, ours second). Tables and ratios use each tool's median over the rounds; the ratio lines
+add each round's.
 
 Every copy is checked object by object (sha256) against the source, then deleted. Besides time, each
 run's CPU: the tool's own (ours: the CLI process, the job's coordinator, which runs detached, and
