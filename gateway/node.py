@@ -490,11 +490,8 @@ class GatewayNode(Controlled):
                     self.events.count("objects_written_helping", helped)
                 continue
             if isinstance(item, Decoded):  # read here
-                self._guard(item.chunk_id, lambda: self._write_chunk(item))
+                self._guard(item.chunk_id, lambda: self._write_decoded(item))
                 self.in_flight.release(item.chunk_id)
-                # The read buffers, for the next reads (kept only where nothing else refers to them:
-                # a frame of the same chunk still being sent to another region does).
-                self.buffers.give(item.objects)
             else:
                 self._guard(item.header.chunk_id, lambda: self._write_frame(item))
                 self.in_flight.release(item.header.chunk_id)
@@ -502,10 +499,14 @@ class GatewayNode(Controlled):
             del item  # not held while waiting for the next one: a frame holds the receive budget
 
     def _write_frame(self, frame: wire.Frame) -> None:
-        chunk = self._decode(frame)
+        self._write_decoded(self._decode(frame))
+
+    def _write_decoded(self, chunk: Decoded) -> None:
+        """Write the chunk, then hand its objects' buffers back for the next reads and frames: those
+        read here, or decrypted or decompressed out of a frame. The pool keeps only those nothing else
+        refers to: a clear frame's payload is still the frame's (kept by _recycle), and a chunk read
+        here may still be on its way to another region in a frame."""
         self._write_chunk(chunk)
-        # Objects decrypted or decompressed into buffers of their own; a clear frame's payload is still
-        # the frame's (kept by _recycle, not here: the frame refers to it too).
         self.buffers.give(chunk.objects)
 
     def _recycle(self, frame: wire.Frame) -> None:
