@@ -28,30 +28,22 @@ from small_files import PER_DIR
 from skyplane_provider.testing.emulators import start_all
 
 
+def _keys(s3, bucket: str, **query) -> int:
+    """Keys listed by every page (1,000 at most, after each continuation token) of one ListObjectsV2."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, PaginationConfig={"PageSize": 1000}, **query)
+    return sum(page["KeyCount"] - len(page.get("CommonPrefixes", [])) for page in pages)
+
+
 def flat(s3, bucket: str) -> int:
     """Every key, in pages of 1,000 after each continuation token; the number listed."""
-    listed, more = 0, {}
-    while True:
-        page = s3.list_objects_v2(Bucket=bucket, MaxKeys=1000, **more)
-        listed += page["KeyCount"]
-        if not page.get("IsTruncated"):
-            return listed
-        more = {"ContinuationToken": page["NextContinuationToken"]}
+    return _keys(s3, bucket)
 
 
 def by_directory(s3, bucket: str) -> int:
     """The top level's directories (``delimiter=/``), then each directory's pages; the number listed."""
     top = s3.list_objects_v2(Bucket=bucket, Delimiter="/", MaxKeys=1000)
-    listed = top["KeyCount"] - len(top.get("CommonPrefixes", []))
-    for d in top.get("CommonPrefixes", []):
-        more = {}
-        while True:
-            page = s3.list_objects_v2(Bucket=bucket, Prefix=d["Prefix"], Delimiter="/", MaxKeys=1000, **more)
-            listed += page["KeyCount"]
-            if not page.get("IsTruncated"):
-                break
-            more = {"ContinuationToken": page["NextContinuationToken"]}
-    return listed
+    dirs = [d["Prefix"] for d in top.get("CommonPrefixes", [])]
+    return top["KeyCount"] - len(dirs) + sum(_keys(s3, bucket, Prefix=d, Delimiter="/") for d in dirs)
 
 
 def main() -> int:
