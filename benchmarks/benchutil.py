@@ -121,8 +121,9 @@ class TreeCPU:
     included, however they detach: every ``interval`` the descendants of ``root`` are found by parent
     PID, and so is every process whose command line contains ``marker`` (a path only this run's
     processes name, such as its ``SKYPLANE_HOME``: a coordinator is started in a session of its own
-    and is nobody's child); each one's own CPU is remembered and ``total()`` adds the last figure of
-    each. What a process spends after its last sample is missed (at most ``interval`` each).
+    and is nobody's child) and started no earlier than ``root`` (a coordinator of the run before, still
+    lingering while it closes, is not this run's); each one's own CPU is remembered and ``total()`` adds
+    the last figure of each. What a process spends after its last sample is missed (at most ``interval`` each).
     ``from_now``: count only what the processes already running spend from now on (``root`` may be
     this very process, then)."""
 
@@ -134,6 +135,8 @@ class TreeCPU:
         self._marked: dict[tuple[int, int], bool] = {}
         self._base: dict[tuple[int, int], float] = {}
         self._names: dict[tuple[int, int], str] = {}
+        root_stat = _own_cpu_parent_start(root)
+        self._root_start = root_stat[2] if root_stat else 0
         self._stop = threading.Event()
         if from_now:
             self._sample()
@@ -153,8 +156,11 @@ class TreeCPU:
             for pid, (_, _, start) in procs.items():
                 key = (pid, start)
                 if key not in self._marked:
-                    self._marked[key] = self.marker in _cmdline(pid)
-                if self._marked[key]:
+                    line = _cmdline(pid)
+                    # Between fork and exec a process shows its parent's command line: ask it again later.
+                    if start < self._root_start or self.marker in line or line != _cmdline(procs[pid][1]):
+                        self._marked[key] = start >= self._root_start and self.marker in line
+                if self._marked.get(key):
                     inside.add(pid)
         changed = True
         while changed:
