@@ -30,8 +30,8 @@ add each round's.
 Every copy is checked object by object (sha256) against the source, then deleted. Besides time, each
 run's CPU: the tool's own (ours: the CLI process, the job's coordinator, which runs detached, and
 every gateway process and worker; rclone: its process; Airflow: the worker process during
-``execute()``) and the stores' (the two emulators' processes), as CPU-seconds per GiB and per 1,000
-objects. Ours' CPU is sampled from /proc every 0.1 s (its coordinator is nobody's child); rclone and
+``execute()``) and the stores' (the two emulators' processes; each run's line splits them into the
+source's and the destination's), as CPU-seconds per GiB and per 1,000 objects. Ours' CPU is sampled from /proc every 0.1 s (its coordinator is nobody's child); rclone and
 Airflow run under the same sampler, its figures dropped (``benchutil.sampled_alike``), so that none
 runs with the CPU it costs for itself. Prints a table per mix and
 ``routes ours/baseline=R`` lines (R = the baseline's seconds / ours: above 1, we are faster).
@@ -104,6 +104,7 @@ class Run:
     stores_cpu: float
     roles: dict[str, float] | None = None  # ours: CPU by process role
     round: int = 0
+    stores_each: tuple[float, float] = (0.0, 0.0)  # the source store's CPU, the destination's
 
     @property
     def mib_s(self) -> float:
@@ -218,20 +219,22 @@ def main() -> int:
                             delete_prefix(dest)
 
                 def one(tool: str, dest: str, go, rnd: int) -> None:
-                    stores_before = sum(cpu_seconds(p) for p in pids)
+                    stores_before = [cpu_seconds(p) for p in pids]
                     seconds, cpu = go()
                     roles = cpu if isinstance(cpu, dict) else None
                     cpu = sum(roles.values()) if roles else cpu
-                    stores = sum(cpu_seconds(p) for p in pids) - stores_before
+                    each = tuple(cpu_seconds(p) - b for p, b in zip(pids, stores_before))
+                    stores = sum(each)
                     if digests(dest) != expected:
                         raise SystemExit(f"{name} {mix} {tool}: the copy at {dest} does not match the source")
                     delete_prefix(dest)
-                    run = Run(name, mix, tool, seconds, len(expected), nbytes, cpu, stores, roles, rnd)
+                    run = Run(name, mix, tool, seconds, len(expected), nbytes, cpu, stores, roles, rnd, each)
                     runs.append(run)
                     split = f" = {', '.join(f'{k} {v:.1f}' for k, v in sorted(roles.items()))}" if roles else ""
                     at = f" (round {rnd + 1})" if args.rounds > 1 else ""
                     print(f"  {name} {mix} {tool}{at}: {seconds:.2f} s, {run.mib_s:.1f} MiB/s, {run.obj_s:.0f} obj/s, "
-                          f"CPU {cpu:.1f} s{split} (stores {stores:.1f} s)", flush=True)
+                          f"CPU {cpu:.1f} s{split} (stores {stores:.1f} s = {LABELS[src_kind]} {each[0]:.1f}, "
+                          f"{LABELS[dst_kind]} {each[1]:.1f})", flush=True)
 
                 entries: list[tuple[str, str, Callable[[], tuple]]] = []  # (tool, destination, run)
                 if "airflow" in tools:

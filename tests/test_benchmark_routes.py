@@ -3,6 +3,7 @@ so the table's plumbing (remotes, prefixes, checks, CPU accounting) stays workin
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -39,5 +40,8 @@ def test_routes_small_run_checks_every_copy_and_prints_ratios():
     assert lines == ([f"S3 -> Azure small {t} (round 1)" for t in tools]
                      + [f"S3 -> Azure small {t} (round 2)" for t in reversed(tools)])
     assert "routes ours/baseline=" in out.stdout and "baseline: rclone --transfers 16; rounds: " in out.stdout
+    # Each run's stores' CPU, split into the source's and the destination's.
+    assert all(re.search(r"\(stores [\d.]+ s = S3 [\d.]+, Azure [\d.]+\)$", line)
+               for line in out.stdout.splitlines() if line.startswith("  S3 -> Azure small"))
     assert "baseline: ours-2gw" in out.stdout
     assert "baseline: before" in out.stdout
