@@ -122,8 +122,9 @@ class TreeCPU:
     PID, and so is every process whose command line contains ``marker`` (a path only this run's
     processes name, such as its ``SKYPLANE_HOME``: a coordinator is started in a session of its own
     and is nobody's child) and started no earlier than ``root`` (a coordinator of the run before, still
-    lingering while it closes, is not this run's); each one's own CPU is remembered and ``total()`` adds
-    the last figure of each. What a process spends after its last sample is missed (at most ``interval`` each).
+    lingering while it closes, is not this run's); each one's own CPU is remembered and ``total()``
+    adds the last figure of each. What a process spends after its last sample is missed (at most
+    ``interval`` each).
     ``from_now``: count only what the processes already running spend from now on (``root`` may be
     this very process, then)."""
 

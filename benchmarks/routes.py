@@ -31,9 +31,10 @@ Every copy is checked object by object (sha256) against the source, then deleted
 run's CPU: the tool's own (ours: the CLI process, the job's coordinator, which runs detached, and
 every gateway process and worker; rclone: its process; Airflow: the worker process during
 ``execute()``) and the stores' (the two emulators' processes; each run's line splits them into the
-source's and the destination's), as CPU-seconds per GiB and per 1,000 objects. Ours' CPU is sampled from /proc every 0.1 s (its coordinator is nobody's child); rclone and
-Airflow run under the same sampler, its figures dropped (``benchutil.sampled_alike``), so that none
-runs with the CPU it costs for itself. Prints a table per mix and
+source's and the destination's), as CPU-seconds per GiB and per 1,000 objects. Ours' CPU is sampled
+from /proc every 0.1 s (its coordinator is nobody's child); rclone and Airflow run under the same
+sampler, its figures dropped (``benchutil.sampled_alike``), so that none runs with the CPU it costs
+for itself. Prints a table per mix and
 ``routes ours/baseline=R`` lines (R = the baseline's seconds / ours: above 1, we are faster).
 """
 
