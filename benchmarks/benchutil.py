@@ -157,10 +157,13 @@ class TreeCPU:
             for pid, (_, _, start) in procs.items():
                 key = (pid, start)
                 if key not in self._marked:
-                    line = _cmdline(pid)
-                    # Between fork and exec a process shows its parent's command line: ask it again later.
-                    if start < self._root_start or self.marker in line or line != _cmdline(procs[pid][1]):
-                        self._marked[key] = start >= self._root_start and self.marker in line
+                    if start < self._root_start:
+                        self._marked[key] = False  # not this run's, whatever it names: no command line read
+                    else:
+                        line = _cmdline(pid)
+                        # Between fork and exec a process shows its parent's command line: ask again later.
+                        if self.marker in line or line != _cmdline(procs[pid][1]):
+                            self._marked[key] = self.marker in line
                 if self._marked.get(key):
                     inside.add(pid)
         changed = True
